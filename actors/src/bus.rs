@@ -1,0 +1,192 @@
+//! [`EventBusActor`]: where events and invalidations enter, from clients, the host program
+//! or (later) a broker shared by several nodes. It stamps events with their time, encodes
+//! them once and hands them to the registry for fan-out.
+
+use crate::clock::EventClock;
+use crate::codec::{encoded_message, is_valid_part};
+use crate::connection::BindingId;
+use crate::credentials::{check_name, CredentialError};
+use crate::registry::{Deliver, Revoke, UserRegistryActor};
+use crate::supervisor::DeathNotice;
+use actix::prelude::*;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Routes events and invalidations to the registry.
+pub struct EventBusActor {
+    /// The registry in force; replaced when the supervisor restarts it.
+    registry: Addr<UserRegistryActor>,
+    /// Stamps events with their registration time.
+    clock: EventClock,
+    /// Tells the supervisor when this actor is gone, stopped or panicked.
+    _death: DeathNotice,
+}
+
+impl EventBusActor {
+    pub(crate) fn new(
+        registry: Addr<UserRegistryActor>,
+        clock: EventClock,
+        death: DeathNotice,
+    ) -> Self {
+        Self {
+            registry,
+            clock,
+            _death: death,
+        }
+    }
+}
+
+impl Actor for EventBusActor {
+    type Context = Context<Self>;
+}
+
+/// Publishes an event for a user: every connection bound to that user gets
+/// `event␟<time>␟<text>`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<PublishReceipt, PublishError>")]
+pub struct Publish {
+    /// The user the event is for.
+    pub user: String,
+    /// The event's text; it must not hold U+001E or U+001F.
+    pub text: String,
+}
+
+/// What happened to a published event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishReceipt {
+    /// The event's time as written on the wire (SPEC §3).
+    pub time: i64,
+    /// How many connections it was handed to.
+    pub connections: usize,
+}
+
+/// Why an event was not published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishError {
+    /// The user name breaks the rules of SPEC §5.
+    InvalidUser(CredentialError),
+    /// The text holds a message or part separator.
+    TextHasSeparator,
+    /// The bus or the registry stopped before answering.
+    Unavailable,
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUser(err) => write!(f, "invalid user: {err}"),
+            Self::TextHasSeparator => f.write_str("the text contains U+001E or U+001F"),
+            Self::Unavailable => f.write_str("the event bus is restarting"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+impl Handler<Publish> for EventBusActor {
+    type Result = ResponseFuture<Result<PublishReceipt, PublishError>>;
+
+    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
+        if let Err(err) = check_name(&msg.user) {
+            return Box::pin(std::future::ready(Err(PublishError::InvalidUser(err))));
+        }
+        if !is_valid_part(msg.text.as_bytes()) {
+            return Box::pin(std::future::ready(Err(PublishError::TextHasSeparator)));
+        }
+        let time = self.clock.now();
+        let message =
+            encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
+        let (delivered, count) = oneshot::channel();
+        self.registry.do_send(Deliver {
+            user: Arc::from(msg.user),
+            message,
+            delivered,
+        });
+        Box::pin(async move {
+            let connections = count.await.map_err(|_| PublishError::Unavailable)?;
+            Ok(PublishReceipt { time, connections })
+        })
+    }
+}
+
+/// Why a user's connections are invalidated; for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationCause {
+    /// Another connection of the user sent `invalidate`.
+    Client,
+    /// The user's password hash changed.
+    PasswordChanged,
+    /// The user was removed.
+    UserRemoved,
+    /// An operator or the host program asked for it.
+    Operator,
+}
+
+impl fmt::Display for InvalidationCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Client => "invalidate command",
+            Self::PasswordChanged => "password changed",
+            Self::UserRemoved => "user removed",
+            Self::Operator => "operator request",
+        })
+    }
+}
+
+/// Sends `invalidated` to the connections bound to `user` (all but `except`) and unbinds
+/// them. Answers with how many were invalidated.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<usize, PublishError>")]
+pub struct Invalidate {
+    /// Whose connections are invalidated.
+    pub user: String,
+    /// The binding that is spared: the connection that asked.
+    pub except: Option<BindingId>,
+    /// Why, for the log.
+    pub cause: InvalidationCause,
+}
+
+impl Handler<Invalidate> for EventBusActor {
+    type Result = ResponseFuture<Result<usize, PublishError>>;
+
+    fn handle(&mut self, msg: Invalidate, _: &mut Context<Self>) -> Self::Result {
+        let (revoked, count) = oneshot::channel();
+        let user: Arc<str> = Arc::from(msg.user);
+        self.registry.do_send(Revoke {
+            user: Arc::clone(&user),
+            except: msg.except,
+            revoked,
+        });
+        let cause = msg.cause;
+        Box::pin(async move {
+            let invalidated = count.await.map_err(|_| PublishError::Unavailable)?;
+            if invalidated > 0 {
+                log::info!("user {user:?}: {invalidated} connection(s) invalidated ({cause})");
+            }
+            Ok(invalidated)
+        })
+    }
+}
+
+/// The supervisor restarted the registry: use this address from now on.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct UseRegistry(pub Addr<UserRegistryActor>);
+
+impl Handler<UseRegistry> for EventBusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: UseRegistry, _: &mut Context<Self>) {
+        self.registry = msg.0;
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::supervisor::InjectPanic> for EventBusActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::InjectPanic, _: &mut Context<Self>) {
+        panic!("fault injected into the event bus");
+    }
+}

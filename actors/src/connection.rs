@@ -1,0 +1,611 @@
+//! [`ConnectionActor`]: one client socket. It reads and decodes commands, answers them in
+//! order, writes what the registry pushes, enforces the idle timeout and the output limit,
+//! and knows its own binding. The only module that touches a socket.
+
+use crate::bus::{Invalidate, InvalidationCause};
+use crate::codec::{encode_message, ends_at_boundary, Frame, MessageCodec};
+use crate::credentials::{check_name_bytes, check_password};
+use crate::password::PasswordChecker;
+use crate::protocol::{parse_command, Command, Reply};
+use crate::registry::{Bind, Unbind};
+use crate::supervisor::HubState;
+use crate::throttle::LoginThrottle;
+use crate::users::{PasswordHash, UserStore};
+use actix::prelude::*;
+use bytes::{Buf, Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio_stream::wrappers::WatchStream;
+
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 4096;
+/// Reads per wake-up before yielding, so one flooding client cannot hold an arbiter.
+const READS_PER_WAKEUP: usize = 16;
+/// How long a closing connection keeps reading (and discarding) so that unread input does
+/// not turn the close into a reset that destroys the last message.
+const LINGER: Duration = Duration::from_secs(1);
+/// Output buffers above this capacity are released once drained.
+const KEPT_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// Identifies one login of one connection; a stale invalidation names an old one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BindingId(u64);
+
+impl BindingId {
+    fn next() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// What the registry pushes to a connection.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum Push {
+    /// An event for `user`, written if the connection is still bound to that user.
+    Event {
+        /// Who the event is for.
+        user: Arc<str>,
+        /// The whole encoded message.
+        message: Bytes,
+    },
+    /// The binding `binding` is revoked: write `invalidated` and unbind.
+    Invalidated {
+        /// The binding revoked; a connection bound anew since then ignores it.
+        binding: BindingId,
+    },
+}
+
+/// Limits and services every connection of a server shares.
+pub(crate) struct ConnectionShared {
+    /// Inactivity allowed before `timeout`.
+    pub idle_timeout: Duration,
+    /// Longest message accepted.
+    pub max_message_bytes: usize,
+    /// Unsent output allowed before `io_error`.
+    pub max_pending_bytes: usize,
+    /// Where password hashes come from.
+    pub users: Arc<dyn UserStore>,
+    /// Runs bcrypt off the event loops.
+    pub checker: PasswordChecker,
+    /// Counts failed logins per client address and name.
+    pub throttle: LoginThrottle,
+    /// Checked for unknown users, so they cost as much as a wrong password.
+    pub stand_in_hash: PasswordHash,
+}
+
+/// The user a connection is bound to, and which login bound it.
+struct Binding {
+    user: Arc<str>,
+    id: BindingId,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading commands and writing replies and pushes.
+    Open,
+    /// Writing what is left, then shutting down the sending side.
+    Flushing { linger: bool },
+    /// Sending side shut; discarding input until the peer closes or the linger ends.
+    Lingering,
+}
+
+/// Why a connection closes, for the last message and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    Disconnect,
+    PeerClosed,
+    Timeout,
+    Shutdown,
+}
+
+/// One client connection.
+pub struct ConnectionActor {
+    /// The socket; reads and writes happen in place, without a split.
+    stream: TcpStream,
+    /// The client's address, for logs and throttling.
+    peer: SocketAddr,
+    /// Splits the input into messages and bounds their length.
+    codec: MessageCodec,
+    /// Received bytes not yet decoded; holds no memory while no message is partial.
+    input: BytesMut,
+    /// Encoded output the kernel has not taken yet.
+    output: BytesMut,
+    /// A flush is under way.
+    flushing: bool,
+    /// The last byte handed to the kernel ended a message (or none was sent yet).
+    output_at_boundary: bool,
+    /// The user this connection is bound to.
+    binding: Option<Binding>,
+    /// The hub's addresses in force and the registry generation they belong to.
+    hub: HubState,
+    /// When the last complete message arrived (or the connection opened).
+    last_message: Instant,
+    /// Where the connection is in its life.
+    phase: Phase,
+    /// The client shut its sending side (or the read side failed): nothing to linger for.
+    input_closed: bool,
+    /// What every connection shares.
+    shared: Arc<ConnectionShared>,
+    /// Changes of the hub: restarted children, shutdown.
+    hub_changes: Option<watch::Receiver<HubState>>,
+    /// This connection's place under `max_connections`; freed when the actor drops.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl ConnectionActor {
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<ConnectionShared>,
+        mut hub_changes: watch::Receiver<HubState>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        let hub = hub_changes.borrow_and_update().clone();
+        Self {
+            stream,
+            peer,
+            codec: MessageCodec::new(shared.max_message_bytes),
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            flushing: false,
+            output_at_boundary: true,
+            binding: None,
+            hub,
+            last_message: Instant::now(),
+            phase: Phase::Open,
+            input_closed: false,
+            shared,
+            hub_changes: Some(hub_changes),
+            _permit: permit,
+        }
+    }
+
+    /// Handles one complete message from the client.
+    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
+        self.last_message = Instant::now();
+        match parse_command(&frame) {
+            Err(err) => self.reply(err.reply(), ctx),
+            Ok(Command::Login { name, password }) => self.start_login(name, password, ctx),
+            Ok(Command::Logout) => {
+                if let Some(binding) = self.unbind() {
+                    log::info!("{}: logged out of {:?}", self.peer, binding.user);
+                }
+                self.reply(Reply::LogoutAck, ctx);
+            }
+            Ok(Command::Disconnect) => {
+                self.reply(Reply::DisconnectAck, ctx);
+                self.close(CloseReason::Disconnect, ctx);
+            }
+            Ok(Command::Prolongate) => self.reply(Reply::ProlongateAck, ctx),
+            Ok(Command::Invalidate) => {
+                if let Some(binding) = &self.binding {
+                    self.hub.bus.do_send(Invalidate {
+                        user: binding.user.to_string(),
+                        except: Some(binding.id),
+                        cause: InvalidationCause::Client,
+                    });
+                }
+                self.reply(Reply::InvalidateAck, ctx);
+            }
+        }
+    }
+
+    /// Checks a login off the event loop; nothing else on this connection runs until the
+    /// verdict is in, so pipelined commands keep their order.
+    fn start_login(&mut self, name: &[u8], password: &[u8], ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
+            log::warn!(
+                "{}: login as {:?} refused unchecked: too many failures",
+                self.peer,
+                String::from_utf8_lossy(name)
+            );
+            self.reply(Reply::LoginInvalid, ctx);
+            return;
+        }
+        let user = match (check_name_bytes(name), check_password(password)) {
+            (Ok(name), Ok(())) => self
+                .shared
+                .users
+                .password_hash(name)
+                .map(|hash| (Arc::<str>::from(name), hash)),
+            _ => None,
+        };
+        let hash = user.as_ref().map_or_else(
+            || self.shared.stand_in_hash.clone(),
+            |(_, hash)| hash.clone(),
+        );
+        let name = name.to_vec();
+        let verdict = self.shared.checker.check(password.to_vec(), hash);
+        ctx.wait(
+            verdict
+                .into_actor(self)
+                .map(move |matches, act, ctx| match user {
+                    Some((user, _)) if matches => act.login_succeeded(user, &name, ctx),
+                    _ => act.login_failed(&name, ctx),
+                }),
+        );
+    }
+
+    fn login_succeeded(&mut self, user: Arc<str>, name: &[u8], ctx: &mut Context<Self>) {
+        self.shared.throttle.record_success(self.peer.ip(), name);
+        let same_user = self
+            .binding
+            .as_ref()
+            .is_some_and(|binding| binding.user == user);
+        if !same_user {
+            self.unbind();
+            let binding = Binding {
+                user,
+                id: BindingId::next(),
+            };
+            self.announce(&binding, ctx);
+            log::info!("{}: logged in as {:?}", self.peer, binding.user);
+            self.binding = Some(binding);
+        }
+        self.reply(Reply::LoginValid, ctx);
+    }
+
+    fn login_failed(&mut self, name: &[u8], ctx: &mut Context<Self>) {
+        self.shared
+            .throttle
+            .record_failure(self.peer.ip(), name, Instant::now());
+        log::info!(
+            "{}: login as {:?} failed",
+            self.peer,
+            String::from_utf8_lossy(name)
+        );
+        self.reply(Reply::LoginInvalid, ctx);
+    }
+
+    /// Tells the registry about `binding`.
+    fn announce(&self, binding: &Binding, ctx: &mut Context<Self>) {
+        self.hub.registry.do_send(Bind {
+            user: Arc::clone(&binding.user),
+            binding: binding.id,
+            connection: ctx.address().recipient(),
+        });
+    }
+
+    /// Drops the binding, telling the registry; returns what it was.
+    fn unbind(&mut self) -> Option<Binding> {
+        let binding = self.binding.take()?;
+        self.hub.registry.do_send(Unbind {
+            user: Arc::clone(&binding.user),
+            binding: binding.id,
+        });
+        Some(binding)
+    }
+
+    fn reply(&mut self, reply: Reply, ctx: &mut Context<Self>) {
+        encode_message(&[reply.name().as_bytes()], &mut self.output);
+        self.output_grew(ctx);
+    }
+
+    fn write_message(&mut self, message: &[u8], ctx: &mut Context<Self>) {
+        self.output.extend_from_slice(message);
+        self.output_grew(ctx);
+    }
+
+    /// Enforces `max_pending_bytes` and makes sure a flush is under way.
+    fn output_grew(&mut self, ctx: &mut Context<Self>) {
+        if self.output.len() > self.shared.max_pending_bytes {
+            // What the kernel takes right now is not pending.
+            if self.write_now().is_err() || self.output.len() > self.shared.max_pending_bytes {
+                self.fail(
+                    "unsent output over max_pending_bytes (client not reading)",
+                    ctx,
+                );
+                return;
+            }
+        }
+        if !self.flushing {
+            self.flushing = true;
+            ctx.spawn(Flush);
+        }
+    }
+
+    /// Hands the kernel what it takes without waiting.
+    fn write_now(&mut self) -> std::io::Result<()> {
+        while !self.output.is_empty() {
+            match self.stream.try_write(&self.output) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(written) => self.consume_output(written),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    fn consume_output(&mut self, written: usize) {
+        self.output_at_boundary = ends_at_boundary(&self.output[..written]);
+        self.output.advance(written);
+        if self.output.is_empty() && self.output.capacity() > KEPT_OUTPUT_CAPACITY {
+            self.output = BytesMut::new();
+        }
+    }
+
+    /// Starts an orderly close: the last message (if any) is written, then the socket is
+    /// shut down.
+    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        match reason {
+            CloseReason::Timeout => {
+                log::info!("{}: idle timeout{}", self.peer, self.who());
+                self.reply(Reply::Timeout, ctx);
+            }
+            CloseReason::Shutdown => self.reply(Reply::Shutdown, ctx),
+            CloseReason::Disconnect => log::debug!("{}: disconnect{}", self.peer, self.who()),
+            CloseReason::PeerClosed => log::debug!("{}: peer closed{}", self.peer, self.who()),
+        }
+        self.unbind();
+        // Output may have been cut off by the last reply.
+        if self.phase != Phase::Open {
+            return;
+        }
+        self.phase = Phase::Flushing {
+            linger: reason != CloseReason::Shutdown,
+        };
+        if !self.flushing {
+            self.flushing = true;
+            ctx.spawn(Flush);
+        }
+    }
+
+    /// Closes after an I/O problem: `io_error` if it can be sent whole without waiting,
+    /// then the socket is dropped.
+    fn fail(&mut self, cause: &str, ctx: &mut Context<Self>) {
+        if matches!(self.phase, Phase::Lingering) {
+            ctx.stop();
+            return;
+        }
+        log::info!("{}: io_error: {cause}{}", self.peer, self.who());
+        self.unbind();
+        self.output.clear();
+        if self.output_at_boundary {
+            encode_message(&[Reply::IoError.name().as_bytes()], &mut self.output);
+            // Best effort: whatever the kernel takes now.
+            let _ = self.write_now();
+        }
+        self.phase = Phase::Lingering;
+        ctx.stop();
+    }
+
+    /// The sending side is flushed: shut it down, then linger or stop.
+    fn finish_close(
+        &mut self,
+        linger: bool,
+        task: &mut std::task::Context<'_>,
+        ctx: &mut Context<Self>,
+    ) {
+        // For TCP the shutdown completes at once; an error means the peer is gone anyway.
+        let _ = Pin::new(&mut self.stream).poll_shutdown(task);
+        if linger && !self.input_closed {
+            self.phase = Phase::Lingering;
+            ctx.run_later(LINGER, |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
+    }
+
+    fn who(&self) -> String {
+        match &self.binding {
+            Some(binding) => format!(" (user {:?})", binding.user),
+            None => String::new(),
+        }
+    }
+
+    /// Arms the idle check for when the timeout would expire if no message arrives.
+    fn schedule_idle_check(&self, after: Duration, ctx: &mut Context<Self>) {
+        ctx.run_later(after, |act, ctx| {
+            if act.phase != Phase::Open {
+                return;
+            }
+            let idle = act.last_message.elapsed();
+            if idle >= act.shared.idle_timeout {
+                act.close(CloseReason::Timeout, ctx);
+            } else {
+                act.schedule_idle_check(act.shared.idle_timeout - idle, ctx);
+            }
+        });
+    }
+
+    /// Reads, decodes and handles input until the socket has no more for now.
+    fn poll_input(
+        &mut self,
+        ctx: &mut Context<Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        for _ in 0..READS_PER_WAKEUP {
+            while self.phase == Phase::Open {
+                match self.codec.decode_frame(&mut self.input) {
+                    Ok(Some(frame)) => {
+                        self.on_frame(frame, ctx);
+                        if ctx.waiting() {
+                            // A login is being checked; the context polls us again after it.
+                            return Poll::Pending;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.fail(&err.to_string(), ctx);
+                        return Poll::Ready(());
+                    }
+                }
+            }
+            if self.phase != Phase::Open || self.input.is_empty() {
+                // No partial message: hold no read buffer while idle.
+                self.input = BytesMut::new();
+            }
+            match self.stream.poll_read_ready(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(err)) => {
+                    self.fail(&format!("read error: {err}"), ctx);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Ok(())) => {}
+            }
+            self.input.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(0) => {
+                    self.input = BytesMut::new();
+                    self.input_closed = true;
+                    match self.phase {
+                        Phase::Open => self.close(CloseReason::PeerClosed, ctx),
+                        Phase::Lingering => ctx.stop(),
+                        Phase::Flushing { .. } => {}
+                    }
+                    return Poll::Ready(());
+                }
+                Ok(_) if self.phase != Phase::Open => self.input.clear(),
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(err) => {
+                    self.fail(&format!("read error: {err}"), ctx);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        task.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        log::debug!("{}: connected", self.peer);
+        if let Some(changes) = self.hub_changes.take() {
+            ctx.add_stream(WatchStream::from_changes(changes));
+        }
+        ctx.spawn(ReadInput);
+        self.schedule_idle_check(self.shared.idle_timeout, ctx);
+        if self.hub.shutting_down {
+            self.close(CloseReason::Shutdown, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.unbind();
+        log::debug!("{}: closed", self.peer);
+    }
+}
+
+impl Handler<Push> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        match msg {
+            Push::Event { user, message } => {
+                if self
+                    .binding
+                    .as_ref()
+                    .is_some_and(|binding| binding.user == user)
+                {
+                    self.write_message(&message, ctx);
+                }
+            }
+            Push::Invalidated { binding } => {
+                if self
+                    .binding
+                    .as_ref()
+                    .is_some_and(|current| current.id == binding)
+                {
+                    if let Some(binding) = self.binding.take() {
+                        log::info!("{}: invalidated, no longer {:?}", self.peer, binding.user);
+                    }
+                    self.reply(Reply::Invalidated, ctx);
+                }
+            }
+        }
+    }
+}
+
+impl StreamHandler<HubState> for ConnectionActor {
+    fn handle(&mut self, state: HubState, ctx: &mut Context<Self>) {
+        let fresh_registry = state.registry_generation != self.hub.registry_generation;
+        self.hub = state;
+        if self.hub.shutting_down {
+            self.close(CloseReason::Shutdown, ctx);
+        } else if fresh_registry {
+            if let Some(binding) = &self.binding {
+                self.announce(binding, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The hub is gone only when the server is; closing is handled by shutdown.
+    }
+}
+
+/// Runs the input side for the connection's whole life.
+struct ReadInput;
+
+impl ActorFuture<ConnectionActor> for ReadInput {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut ConnectionActor,
+        ctx: &mut Context<ConnectionActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        act.poll_input(ctx, task)
+    }
+}
+
+/// Writes the output buffer until it is empty; spawned whenever output appears.
+struct Flush;
+
+impl ActorFuture<ConnectionActor> for Flush {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut ConnectionActor,
+        ctx: &mut Context<ConnectionActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        loop {
+            if let Err(err) = act.write_now() {
+                act.flushing = false;
+                act.fail(&format!("write error: {err}"), ctx);
+                return Poll::Ready(());
+            }
+            if act.output.is_empty() {
+                break;
+            }
+            match act.stream.poll_write_ready(task) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => {
+                    act.flushing = false;
+                    act.fail(&format!("write error: {err}"), ctx);
+                    return Poll::Ready(());
+                }
+            }
+        }
+        act.flushing = false;
+        if let Phase::Flushing { linger } = act.phase {
+            act.finish_close(linger, task, ctx);
+        }
+        Poll::Ready(())
+    }
+}

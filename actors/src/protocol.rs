@@ -1,0 +1,199 @@
+//! The commands a client sends and the one-part messages the server answers with
+//! (SPEC §2–§3), independent of sockets and actors.
+
+use crate::codec::Frame;
+
+/// A well-formed command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `login␟name␟password`: check the password and bind the connection to `name`.
+    Login {
+        /// The user name as sent, not yet checked.
+        name: &'a [u8],
+        /// The password as sent, not yet checked.
+        password: &'a [u8],
+    },
+    /// `logout`: bind the connection to no name.
+    Logout,
+    /// `disconnect`: answer, then close the connection.
+    Disconnect,
+    /// `prolongate`: reset the inactivity timer.
+    Prolongate,
+    /// `invalidate`: invalidate every other connection bound to the same name.
+    Invalidate,
+}
+
+/// Why a message is not a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandError {
+    /// The first part names no command.
+    Unknown,
+    /// A known command with the wrong number of arguments.
+    InvalidArgsCount,
+}
+
+impl CommandError {
+    /// The reply this error gets.
+    pub fn reply(self) -> Reply {
+        match self {
+            Self::Unknown => Reply::UnknownCommand,
+            Self::InvalidArgsCount => Reply::InvalidArgsCount,
+        }
+    }
+}
+
+/// Reads the command a message carries. Types are compared as exact bytes.
+pub fn parse_command(frame: &Frame) -> Result<Command<'_>, CommandError> {
+    let mut parts = frame.parts();
+    let kind = parts.next().unwrap_or_default();
+    let (expected_args, command) = match kind {
+        b"login" => (2, None),
+        b"logout" => (0, Some(Command::Logout)),
+        b"disconnect" => (0, Some(Command::Disconnect)),
+        b"prolongate" => (0, Some(Command::Prolongate)),
+        b"invalidate" => (0, Some(Command::Invalidate)),
+        _ => return Err(CommandError::Unknown),
+    };
+    let args: Vec<&[u8]> = parts.take(expected_args + 1).collect();
+    if args.len() != expected_args {
+        return Err(CommandError::InvalidArgsCount);
+    }
+    Ok(match command {
+        Some(command) => command,
+        None => Command::Login {
+            name: args[0],
+            password: args[1],
+        },
+    })
+}
+
+/// A one-part message the server sends: a reply to a command or a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The login succeeded.
+    LoginValid,
+    /// The login failed, for whatever reason.
+    LoginInvalid,
+    /// The connection is bound to no name.
+    LogoutAck,
+    /// The connection closes after this reply.
+    DisconnectAck,
+    /// The inactivity timer was reset.
+    ProlongateAck,
+    /// The other connections of the same name were invalidated.
+    InvalidateAck,
+    /// The first part named no command.
+    UnknownCommand,
+    /// A known command with the wrong number of arguments.
+    InvalidArgsCount,
+    /// Notification: the inactivity timeout expired; the connection closes.
+    Timeout,
+    /// Notification: the connection's binding was revoked.
+    Invalidated,
+    /// Notification: the server hit an error on this connection; it closes.
+    IoError,
+    /// Notification: the server is stopping; the connection closes.
+    Shutdown,
+}
+
+impl Reply {
+    /// The message's only part, as sent.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LoginValid => "login_valid",
+            Self::LoginInvalid => "login_invalid",
+            Self::LogoutAck => "logout_ack",
+            Self::DisconnectAck => "disconnect_ack",
+            Self::ProlongateAck => "prolongate_ack",
+            Self::InvalidateAck => "invalidate_ack",
+            Self::UnknownCommand => "unknown_command",
+            Self::InvalidArgsCount => "invalid_args_count",
+            Self::Timeout => "timeout",
+            Self::Invalidated => "invalidated",
+            Self::IoError => "io_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{encoded_message, MessageCodec};
+    use bytes::BytesMut;
+
+    fn frame(parts: &[&[u8]]) -> Frame {
+        let mut buf = BytesMut::from(&encoded_message(parts)[..]);
+        MessageCodec::new(1024)
+            .decode_frame(&mut buf)
+            .expect("decodes")
+            .expect("whole")
+    }
+
+    #[test]
+    fn each_command_parses_with_its_argument_count() {
+        let login = frame(&[b"login", b"alice", b"pw"]);
+        assert_eq!(
+            parse_command(&login),
+            Ok(Command::Login {
+                name: b"alice",
+                password: b"pw"
+            })
+        );
+        assert_eq!(parse_command(&frame(&[b"logout"])), Ok(Command::Logout));
+        assert_eq!(
+            parse_command(&frame(&[b"disconnect"])),
+            Ok(Command::Disconnect)
+        );
+        assert_eq!(
+            parse_command(&frame(&[b"prolongate"])),
+            Ok(Command::Prolongate)
+        );
+        assert_eq!(
+            parse_command(&frame(&[b"invalidate"])),
+            Ok(Command::Invalidate)
+        );
+    }
+
+    #[test]
+    fn wrong_argument_counts_are_reported_for_known_commands() {
+        for parts in [
+            &[&b"login"[..]][..],
+            &[b"login", b"alice"],
+            &[b"login", b"a", b"b", b"c"],
+            &[b"logout", b""],
+            &[b"prolongate", b"x", b"y"],
+        ] {
+            assert_eq!(
+                parse_command(&frame(parts)),
+                Err(CommandError::InvalidArgsCount),
+                "{parts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_types_the_empty_message_and_other_cases_are_unknown() {
+        for parts in [
+            &[&b""[..]][..],
+            &[b"LOGIN", b"a", b"b"],
+            &[b"Logout"],
+            &[b"hello", b"x", b"y", b"z"],
+            &[b"", b"login"],
+        ] {
+            assert_eq!(
+                parse_command(&frame(parts)),
+                Err(CommandError::Unknown),
+                "{parts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn replies_are_valid_single_parts() {
+        for reply in [Reply::LoginValid, Reply::Shutdown, Reply::InvalidArgsCount] {
+            assert!(crate::codec::is_valid_part(reply.name().as_bytes()));
+        }
+        assert_eq!(Reply::InvalidArgsCount.name(), "invalid_args_count");
+    }
+}

@@ -1,0 +1,199 @@
+//! [`UserRegistryActor`]: which connections are bound to which user name, and fan-out of
+//! what the bus hands it to exactly those connections.
+//!
+//! The registry's map is a cache of what the connections know: each connection holds its
+//! own binding and announces it again to a fresh registry after a restart.
+
+use crate::connection::{BindingId, Push};
+use crate::supervisor::DeathNotice;
+use actix::prelude::*;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// One connection bound to a user.
+struct BoundConnection {
+    /// Which login of that connection this entry is for.
+    binding: BindingId,
+    /// Where pushes for the connection go.
+    connection: Recipient<Push>,
+}
+
+/// Maps user names to the connections bound to them.
+pub struct UserRegistryActor {
+    /// Bound connections per user; a user with none has no entry.
+    by_user: HashMap<Arc<str>, Vec<BoundConnection>>,
+    /// Tells the supervisor when this actor is gone, stopped or panicked.
+    _death: DeathNotice,
+}
+
+impl UserRegistryActor {
+    /// An empty registry that reports its end through `death`.
+    pub(crate) fn new(death: DeathNotice) -> Self {
+        Self {
+            by_user: HashMap::new(),
+            _death: death,
+        }
+    }
+
+    /// Number of connections bound to `user`.
+    fn count(&self, user: &str) -> usize {
+        self.by_user.get(user).map_or(0, Vec::len)
+    }
+}
+
+impl Actor for UserRegistryActor {
+    type Context = Context<Self>;
+}
+
+/// A connection is bound to a user; repeating the same binding is harmless.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Bind {
+    /// The user name.
+    pub user: Arc<str>,
+    /// The login this binding comes from.
+    pub binding: BindingId,
+    /// The bound connection.
+    pub connection: Recipient<Push>,
+}
+
+impl Handler<Bind> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Bind, _: &mut Context<Self>) {
+        let entries = self.by_user.entry(msg.user).or_default();
+        match entries
+            .iter_mut()
+            .find(|entry| entry.binding == msg.binding)
+        {
+            Some(entry) => entry.connection = msg.connection,
+            None => entries.push(BoundConnection {
+                binding: msg.binding,
+                connection: msg.connection,
+            }),
+        }
+    }
+}
+
+/// A binding ended (logout, another login, close).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unbind {
+    /// The user name the binding was for.
+    pub user: Arc<str>,
+    /// The binding that ended.
+    pub binding: BindingId,
+}
+
+impl Handler<Unbind> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unbind, _: &mut Context<Self>) {
+        if let Some(entries) = self.by_user.get_mut(&*msg.user) {
+            entries.retain(|entry| entry.binding != msg.binding);
+            if entries.is_empty() {
+                self.by_user.remove(&*msg.user);
+            }
+        }
+    }
+}
+
+/// Hands an encoded event message to every connection bound to `user`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Deliver {
+    /// The user the event is for.
+    pub user: Arc<str>,
+    /// The whole `event` message, encoded once for all connections.
+    pub message: Bytes,
+    /// Receives how many connections it was handed to.
+    pub delivered: oneshot::Sender<usize>,
+}
+
+impl Handler<Deliver> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        let mut delivered = 0;
+        if let Some(entries) = self.by_user.get_mut(&*msg.user) {
+            // A connection that died without unbinding is dropped here.
+            entries.retain(|entry| entry.connection.connected());
+            for entry in entries.iter() {
+                entry.connection.do_send(Push::Event {
+                    user: Arc::clone(&msg.user),
+                    message: msg.message.clone(),
+                });
+            }
+            delivered = entries.len();
+            if entries.is_empty() {
+                self.by_user.remove(&*msg.user);
+            }
+        }
+        // The publisher may have stopped waiting.
+        let _ = msg.delivered.send(delivered);
+    }
+}
+
+/// Revokes the bindings of `user`, except the one named in `except`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Revoke {
+    /// Whose bindings end.
+    pub user: Arc<str>,
+    /// The binding that stays (the connection that asked for the invalidation).
+    pub except: Option<BindingId>,
+    /// Receives how many connections were invalidated.
+    pub revoked: oneshot::Sender<usize>,
+}
+
+impl Handler<Revoke> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Revoke, _: &mut Context<Self>) {
+        let mut revoked = 0;
+        if let Some(entries) = self.by_user.remove(&*msg.user) {
+            let mut kept = Vec::new();
+            for entry in entries {
+                if Some(entry.binding) == msg.except {
+                    kept.push(entry);
+                } else {
+                    entry.connection.do_send(Push::Invalidated {
+                        binding: entry.binding,
+                    });
+                    revoked += 1;
+                }
+            }
+            if !kept.is_empty() {
+                self.by_user.insert(msg.user, kept);
+            }
+        }
+        let _ = msg.revoked.send(revoked);
+    }
+}
+
+/// Asks how many connections are bound to `user` now.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct CountConnections {
+    /// The user name.
+    pub user: String,
+}
+
+impl Handler<CountConnections> for UserRegistryActor {
+    type Result = usize;
+
+    fn handle(&mut self, msg: CountConnections, _: &mut Context<Self>) -> usize {
+        self.count(&msg.user)
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Handler<crate::supervisor::InjectPanic> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::supervisor::InjectPanic, _: &mut Context<Self>) {
+        panic!("fault injected into the user registry");
+    }
+}

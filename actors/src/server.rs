@@ -1,0 +1,344 @@
+//! [`Tether`]: the protocol server started inside a running actix System — the accept loop,
+//! the connection cap, the worker arbiters, the hub, and graceful shutdown — and
+//! [`TetherHandle`], through which the host publishes events and invalidates users.
+
+use crate::bus::{
+    EventBusActor, Invalidate, InvalidationCause, Publish, PublishError, PublishReceipt,
+};
+use crate::clock::EventClock;
+use crate::connection::{ConnectionActor, ConnectionShared};
+use crate::password::{stand_in_hash, PasswordChecker};
+use crate::registry::CountConnections;
+use crate::supervisor::{BeginShutdown, HubState, HubSupervisor};
+use crate::throttle::LoginThrottle;
+use crate::users::UserStore;
+use actix::prelude::*;
+use actix_rt::{Arbiter, ArbiterHandle};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// Pending password checks allowed before logins wait for room.
+const PASSWORD_QUEUE: usize = 1024;
+/// First pause after a failed `accept` (such as running out of file descriptors).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause after repeated `accept` failures.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How often a refusal at the connection cap is logged at most.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a handle waits for the supervisor to replace a failed bus or registry.
+const RESTART_WAIT: Duration = Duration::from_secs(1);
+
+/// Everything the server needs to know, already checked (see the application's config).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Inactivity after which a connection gets `timeout` and is closed.
+    pub idle_timeout: Duration,
+    /// Longest message accepted from a client, terminator excluded.
+    pub max_message_bytes: usize,
+    /// Unsent output allowed per connection before `io_error`.
+    pub max_pending_bytes: usize,
+    /// Connections beyond this are closed at accept.
+    pub max_connections: u32,
+    /// How long shutdown waits for connections to flush and close.
+    pub shutdown_grace: Duration,
+    /// Event-loop threads for connections (at least 1).
+    pub workers: usize,
+    /// Threads running bcrypt (at least 1).
+    pub password_threads: usize,
+    /// Failed logins per client address and name per minute before refusal; 0 = no limit.
+    pub login_failures_per_minute: u32,
+    /// Cost of the stand-in hash checked for unknown users.
+    pub bcrypt_cost: u32,
+    /// The zone whose wall-clock time events carry.
+    pub time_zone: jiff::tz::TimeZone,
+}
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listener or a thread could not be set up.
+    Io(std::io::Error),
+    /// The stand-in hash could not be made (an invalid bcrypt cost).
+    Hash(bcrypt::BcryptError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(err) => write!(f, "cannot start the server: {err}"),
+            Self::Hash(err) => write!(f, "cannot prepare password checks: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<std::io::Error> for StartError {
+    fn from(err: std::io::Error) -> Self {
+        Self::Io(err)
+    }
+}
+
+/// A running protocol server.
+pub struct Tether {
+    /// Where clients connect.
+    local_addr: SocketAddr,
+    /// The hub's state, for handles.
+    hub: watch::Receiver<HubState>,
+    /// Restarts the registry and the bus; starts the shutdown broadcast.
+    supervisor: Addr<HubSupervisor>,
+    /// The accept loop; aborting it stops accepting.
+    accept: JoinHandle<()>,
+    /// One permit per open connection, `max_connections` in all.
+    permits: Arc<Semaphore>,
+    /// The number of permits.
+    max_connections: u32,
+    /// How long shutdown waits for connections.
+    shutdown_grace: Duration,
+    /// The worker and hub threads, stopped at the end of shutdown.
+    arbiters: Vec<Arbiter>,
+}
+
+impl Tether {
+    /// Starts serving `listener` in the current actix System.
+    ///
+    /// Computes the stand-in hash at the configured cost first, which takes as long as one
+    /// password check.
+    pub fn start(
+        listener: std::net::TcpListener,
+        settings: Settings,
+        users: Arc<dyn UserStore>,
+    ) -> Result<Self, StartError> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+
+        let hub_arbiter = Arbiter::new();
+        let (supervisor, hub) = HubSupervisor::launch(
+            hub_arbiter.handle(),
+            EventClock::new(settings.time_zone.clone()),
+        );
+        let workers: Vec<Arbiter> = (0..settings.workers.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
+        let shared = Arc::new(ConnectionShared {
+            idle_timeout: settings.idle_timeout,
+            max_message_bytes: settings.max_message_bytes,
+            max_pending_bytes: settings.max_pending_bytes,
+            users,
+            checker: PasswordChecker::start(settings.password_threads, PASSWORD_QUEUE)?,
+            throttle: LoginThrottle::new(settings.login_failures_per_minute),
+            stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
+        });
+        let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
+        let accept = actix_rt::spawn(accept_loop(
+            listener,
+            workers.iter().map(Arbiter::handle).collect(),
+            Arc::clone(&permits),
+            shared,
+            hub.clone(),
+        ));
+        let mut arbiters = workers;
+        arbiters.push(hub_arbiter);
+        Ok(Self {
+            local_addr,
+            hub,
+            supervisor,
+            accept,
+            permits,
+            max_connections: settings.max_connections,
+            shutdown_grace: settings.shutdown_grace,
+            arbiters,
+        })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for publishing events and invalidating users.
+    pub fn handle(&self) -> TetherHandle {
+        TetherHandle {
+            hub: self.hub.clone(),
+        }
+    }
+
+    /// Stops accepting, sends `shutdown` to every connection and waits up to the grace
+    /// period for them to flush and close; then stops the server's threads.
+    pub async fn shutdown(self) {
+        self.accept.abort();
+        let open = self.max_connections as usize - self.permits.available_permits();
+        log::info!("shutting down: closing {open} connection(s)");
+        if self.supervisor.send(BeginShutdown).await.is_err() {
+            log::error!("the hub supervisor is gone; connections are dropped without notice");
+        }
+        let drained = tokio::time::timeout(
+            self.shutdown_grace,
+            self.permits.acquire_many(self.max_connections),
+        )
+        .await;
+        if drained.is_err() {
+            let left = self.max_connections as usize - self.permits.available_permits();
+            log::warn!("shutdown grace ran out with {left} connection(s) still flushing");
+        }
+        for arbiter in self.arbiters {
+            arbiter.stop();
+        }
+    }
+
+    /// Makes the registry or the bus panic, to prove that supervision restores them.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, target: crate::supervisor::FaultTarget) {
+        let hub = self.hub.borrow();
+        match target {
+            crate::supervisor::FaultTarget::Registry => {
+                hub.registry.do_send(crate::supervisor::InjectPanic)
+            }
+            crate::supervisor::FaultTarget::Bus => hub.bus.do_send(crate::supervisor::InjectPanic),
+        }
+    }
+}
+
+/// Accepts connections and hands each to a worker arbiter, round-robin.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    workers: Vec<ArbiterHandle>,
+    permits: Arc<Semaphore>,
+    shared: Arc<ConnectionShared>,
+    hub: watch::Receiver<HubState>,
+) {
+    let mut next_worker = 0;
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut last_refusal_log: Option<Instant> = None;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                accepted
+            }
+            Err(err) => {
+                log::warn!("accept failed: {err}; pausing {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                log::warn!("{peer}: refused: max_connections reached");
+                last_refusal_log = Some(Instant::now());
+            }
+            continue;
+        };
+        if let Err(err) = stream.set_nodelay(true) {
+            log::debug!("{peer}: cannot disable Nagle's algorithm: {err}");
+        }
+        // A socket is bound to the event loop that registered it: move it as a plain
+        // socket and register it on the worker's own loop.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{peer}: cannot hand over the connection: {err}");
+                continue;
+            }
+        };
+        let worker = &workers[next_worker % workers.len()];
+        next_worker = next_worker.wrapping_add(1);
+        let shared = Arc::clone(&shared);
+        let hub = hub.clone();
+        worker.spawn(async move {
+            match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    ConnectionActor::create(|_| {
+                        ConnectionActor::new(stream, peer, shared, hub, permit)
+                    });
+                }
+                Err(err) => log::warn!("{peer}: cannot register the connection: {err}"),
+            }
+        });
+    }
+}
+
+/// Publishes events and invalidates users from anywhere in the host program; cheap to
+/// clone. Calls ride out a restart of the bus or the registry.
+#[derive(Clone)]
+pub struct TetherHandle {
+    /// The hub's state: where the bus and the registry are now.
+    hub: watch::Receiver<HubState>,
+}
+
+impl TetherHandle {
+    /// The event bus in force, for sending it [`Publish`] or [`Invalidate`] directly.
+    pub fn bus(&self) -> Addr<EventBusActor> {
+        self.hub.borrow().bus.clone()
+    }
+
+    /// Publishes `text` for `user`; see [`Publish`].
+    pub async fn publish(
+        &self,
+        user: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Result<PublishReceipt, PublishError> {
+        let message = Publish {
+            user: user.into(),
+            text: text.into(),
+        };
+        self.ask_bus(message).await
+    }
+
+    /// Invalidates every connection bound to `user`; answers how many there were.
+    pub async fn invalidate(
+        &self,
+        user: impl Into<String>,
+        cause: InvalidationCause,
+    ) -> Result<usize, PublishError> {
+        let message = Invalidate {
+            user: user.into(),
+            except: None,
+            cause,
+        };
+        self.ask_bus(message).await
+    }
+
+    /// How many connections are bound to `user` now.
+    pub async fn connections(&self, user: impl Into<String>) -> Result<usize, PublishError> {
+        let user = user.into();
+        let mut hub = self.hub.clone();
+        for _ in 0..3 {
+            let registry = hub.borrow_and_update().registry.clone();
+            match registry.send(CountConnections { user: user.clone() }).await {
+                Ok(count) => return Ok(count),
+                Err(_) => wait_for_restart(&mut hub).await,
+            }
+        }
+        Err(PublishError::Unavailable)
+    }
+
+    /// Sends `message` to the bus, again after a restart if the bus or the registry died
+    /// before handling it.
+    async fn ask_bus<M, R>(&self, message: M) -> Result<R, PublishError>
+    where
+        M: Message<Result = Result<R, PublishError>> + Clone + Send + 'static,
+        R: Send + 'static,
+        EventBusActor: Handler<M>,
+    {
+        let mut hub = self.hub.clone();
+        for _ in 0..3 {
+            let bus = hub.borrow_and_update().bus.clone();
+            match bus.send(message.clone()).await {
+                Ok(Err(PublishError::Unavailable)) | Err(_) => wait_for_restart(&mut hub).await,
+                Ok(answer) => return answer,
+            }
+        }
+        Err(PublishError::Unavailable)
+    }
+}
+
+/// Waits (bounded) until the supervisor publishes a new hub state.
+async fn wait_for_restart(hub: &mut watch::Receiver<HubState>) {
+    let _ = tokio::time::timeout(RESTART_WAIT, hub.changed()).await;
+}

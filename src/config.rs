@@ -1,0 +1,996 @@
+//! The server configuration of SPEC §4, read in two stages: TOML into raw structs that hold
+//! the defaults and refuse unknown keys, then checked into a [`Config`] of real types that
+//! the rest of the program trusts.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The client protocol listener and its limits.
+    pub server: ServerConfig,
+    /// The users file and login rules.
+    pub auth: AuthConfig,
+    /// How event times are written.
+    pub events: EventsConfig,
+    /// The HTTP admin API.
+    pub admin: AdminConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// The `[server]` table: the client protocol listener and its limits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// How long a connection may stay silent before it gets `timeout`; never zero.
+    pub idle_timeout: Duration,
+    /// Longest message accepted from a client, without its terminator.
+    ///
+    /// At least 256 so that every valid command fits: the longest, `login` with a
+    /// 128-byte name and a 72-byte password, is 207 bytes. At most 64 MiB.
+    pub max_message_bytes: usize,
+    /// Unsent output held for one connection before it gets `io_error`; at least 1024.
+    pub max_pending_bytes: usize,
+    /// Open connections beyond which new ones are refused at accept; at least 1.
+    pub max_connections: usize,
+    /// How long shutdown waits for output to flush; may be zero.
+    pub shutdown_grace: Duration,
+    /// Event-loop threads; a configured 0 is already resolved to the number of CPUs.
+    pub workers: usize,
+}
+
+/// The `[auth]` table: the users file and login rules.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// The users file, already resolved against the configuration file's folder.
+    pub users_file: PathBuf,
+    /// bcrypt cost of the hashes the server itself writes (4–31).
+    pub bcrypt_cost: u32,
+    /// Whether external edits of the users file are applied while running.
+    pub watch: bool,
+    /// Failed logins per (client address, name) and minute before further ones are
+    /// refused without a check; 0 means no limit.
+    pub login_failures_per_minute: u32,
+}
+
+/// The `[events]` table: how event times are written.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// The zone whose wall-clock time stamps events.
+    pub time_zone: jiff::tz::TimeZone,
+    /// The zone as written in the file ("local", "UTC" or an IANA name), for logs.
+    pub time_zone_name: String,
+}
+
+/// The `[admin]` table: the HTTP admin API.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Where the admin API listens; `None` turns it off.
+    pub listen: Option<SocketAddr>,
+    /// The bearer token every route but `/healthz` needs; `None` means no check.
+    /// Always set when `listen` is not a loopback address.
+    pub token: Option<String>,
+}
+
+/// The `[log]` table.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// The level used when `RUST_LOG` is not set.
+    pub level: log::LevelFilter,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, path),
+            Err(error) => Err(ConfigError::file(path, format!("cannot read it: {error}"))),
+        }
+    }
+
+    /// Like [`Config::load`], but a missing file gives all defaults (used for the default
+    /// `./server.toml`). Relative paths are then resolved against `path`'s folder all the same.
+    pub fn load_or_defaults(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, path),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                Config::from_toml("", path)
+            }
+            Err(error) => Err(ConfigError::file(path, format!("cannot read it: {error}"))),
+        }
+    }
+
+    /// Checks TOML text that came from `path`; `path` names the file in errors and is the
+    /// base of relative paths.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw = deserialize(text, path)?;
+        let check = Check { file: path };
+        Ok(Config {
+            server: check.server(raw.server)?,
+            auth: check.auth(raw.auth)?,
+            events: check.events(raw.events)?,
+            admin: check.admin(raw.admin)?,
+            log: check.log(raw.log)?,
+        })
+    }
+}
+
+/// Why a configuration was refused: which file, which key, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The configuration file.
+    file: PathBuf,
+    /// Where in the file, when known.
+    location: Location,
+    /// What is wrong, for a person.
+    message: String,
+}
+
+/// Where in the file a [`ConfigError`] lies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Location {
+    /// The file as a whole (it could not be read).
+    File,
+    /// A key path such as `server.idle_timeout`.
+    Key(String),
+    /// A TOML syntax error: 1-based line and column.
+    Text { line: usize, column: usize },
+}
+
+impl ConfigError {
+    fn file(file: &Path, message: String) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            location: Location::File,
+            message,
+        }
+    }
+
+    fn key(file: &Path, key: &str, message: String) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            location: Location::Key(key.to_string()),
+            message,
+        }
+    }
+
+    /// The configuration file the error is about.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The key path at fault, such as `server.idle_timeout`, when there is one.
+    pub fn key_path(&self) -> Option<&str> {
+        match &self.location {
+            Location::Key(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    /// What is wrong, without the file and key.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.file.display())?;
+        match &self.location {
+            Location::File => {}
+            Location::Key(key) => write!(f, "{key}: ")?,
+            Location::Text { line, column } => write!(f, "line {line}, column {column}: ")?,
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads a duration: one or more `<decimal integer><unit>` with units `ms`, `s`, `m`, `h`
+/// and no spaces, such as `"30m"`, `"250ms"` or `"1m30s"`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    const UNITS: &str = "units are ms, s, m and h";
+    if text.is_empty() {
+        return Err(
+            "the duration is empty (write it like \"30m\", \"5s\", \"250ms\" or \"1m30s\")"
+                .to_string(),
+        );
+    }
+    let mut total_ms: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (digits, after) = rest.split_at(digits_end);
+        if digits.is_empty() {
+            return Err(format!("expected a number at {rest:?} in {text:?}"));
+        }
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "" => return Err(format!("missing unit after {digits} in {text:?} ({UNITS})")),
+            other => return Err(format!("unknown unit {other:?} in {text:?} ({UNITS})")),
+        };
+        let too_long = || format!("the duration {text:?} is too long");
+        let amount: u64 = digits.parse().map_err(|_| too_long())?;
+        total_ms = amount
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .ok_or_else(too_long)?;
+        rest = after;
+    }
+    Ok(Duration::from_millis(total_ms))
+}
+
+/// TOML text into the raw structs; type errors and unknown keys name their key path.
+fn deserialize(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|error| {
+        let (line, column) = error
+            .span()
+            .map_or((1, 1), |span| line_and_column(text, span.start));
+        ConfigError {
+            file: file.to_path_buf(),
+            location: Location::Text { line, column },
+            message: error.message().to_string(),
+        }
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let message = error.inner().message();
+        let message =
+            describe_unknown_key(error.path(), message).unwrap_or_else(|| message.to_string());
+        ConfigError::key(file, &error.path().to_string(), message)
+    })
+}
+
+/// Rewrites serde's "unknown field `name`, expected …" to name the table the key was in;
+/// `None` for any other error.
+fn describe_unknown_key(path: &serde_path_to_error::Path, message: &str) -> Option<String> {
+    let keys: Vec<String> = path.iter().map(ToString::to_string).collect();
+    let (name, tables) = keys.split_last()?;
+    let expected = message.strip_prefix(&format!("unknown field `{name}`"))?;
+    Some(match tables {
+        [] => format!("unknown top-level key `{name}`{expected}"),
+        tables => format!("unknown key `{name}` in [{}]{expected}", tables.join(".")),
+    })
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// The file as written; every key optional, with the defaults of SPEC §4.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    auth: RawAuth,
+    events: RawEvents,
+    admin: RawAdmin,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [server] table")]
+struct RawServer {
+    listen: String,
+    idle_timeout: String,
+    max_message_bytes: u64,
+    max_pending_bytes: u64,
+    max_connections: u64,
+    shutdown_grace: String,
+    workers: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7700".to_string(),
+            idle_timeout: "30m".to_string(),
+            max_message_bytes: 65_536,
+            max_pending_bytes: 1_048_576,
+            max_connections: 10_000,
+            shutdown_grace: "5s".to_string(),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "an [auth] table")]
+struct RawAuth {
+    users_file: PathBuf,
+    bcrypt_cost: u32,
+    watch: bool,
+    login_failures_per_minute: u32,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            users_file: PathBuf::from("users.toml"),
+            bcrypt_cost: 12,
+            watch: true,
+            login_failures_per_minute: 10,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "an [events] table")]
+struct RawEvents {
+    time_zone: String,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        Self {
+            time_zone: "local".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "an [admin] table")]
+struct RawAdmin {
+    listen: String,
+    token: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7701".to_string(),
+            token: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [log] table")]
+struct RawLog {
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Largest accepted `server.max_message_bytes`.
+const MAX_MESSAGE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
+/// Largest accepted `server.workers`.
+const MAX_WORKERS: u64 = 1024;
+
+/// The second stage: raw values into checked ones, each error naming its key.
+struct Check<'a> {
+    /// The configuration file, for errors and relative paths.
+    file: &'a Path,
+}
+
+impl Check<'_> {
+    fn error(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::key(self.file, key, message)
+    }
+
+    fn server(&self, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+        let idle_timeout = self.duration("server.idle_timeout", &raw.idle_timeout)?;
+        if idle_timeout.is_zero() {
+            return Err(self.error("server.idle_timeout", "must be longer than 0".into()));
+        }
+        let max_message_bytes = self.size(
+            "server.max_message_bytes",
+            raw.max_message_bytes,
+            256,
+            MAX_MESSAGE_BYTES_LIMIT,
+            " (256 lets every valid command fit)",
+        )?;
+        let max_pending_bytes = self.size(
+            "server.max_pending_bytes",
+            raw.max_pending_bytes,
+            1024,
+            u64::MAX,
+            "",
+        )?;
+        let max_connections = self.size(
+            "server.max_connections",
+            raw.max_connections,
+            1,
+            u64::MAX,
+            "",
+        )?;
+        let workers = match self.size("server.workers", raw.workers, 0, MAX_WORKERS, "")? {
+            0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
+            workers => workers,
+        };
+        Ok(ServerConfig {
+            listen: self.address("server.listen", &raw.listen)?,
+            idle_timeout,
+            max_message_bytes,
+            max_pending_bytes,
+            max_connections,
+            shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
+            workers,
+        })
+    }
+
+    fn auth(&self, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+        if raw.users_file.as_os_str().is_empty() {
+            return Err(self.error("auth.users_file", "must not be empty".into()));
+        }
+        if !(4..=31).contains(&raw.bcrypt_cost) {
+            return Err(self.error(
+                "auth.bcrypt_cost",
+                format!("must be from 4 to 31, found {}", raw.bcrypt_cost),
+            ));
+        }
+        let folder = self.file.parent().unwrap_or(Path::new(""));
+        Ok(AuthConfig {
+            users_file: folder.join(raw.users_file),
+            bcrypt_cost: raw.bcrypt_cost,
+            watch: raw.watch,
+            login_failures_per_minute: raw.login_failures_per_minute,
+        })
+    }
+
+    fn events(&self, raw: RawEvents) -> Result<EventsConfig, ConfigError> {
+        let key = "events.time_zone";
+        let time_zone = match raw.time_zone.as_str() {
+            "local" => jiff::tz::TimeZone::try_system().map_err(|error| {
+                self.error(key, format!("cannot find the system time zone: {error}"))
+            })?,
+            "UTC" => jiff::tz::TimeZone::UTC,
+            name => jiff::tz::TimeZone::get(name).map_err(|_| {
+                self.error(
+                    key,
+                    format!(
+                        "unknown time zone {name:?} \
+                         (expected \"local\", \"UTC\" or an IANA name like \"Europe/Moscow\")"
+                    ),
+                )
+            })?,
+        };
+        Ok(EventsConfig {
+            time_zone,
+            time_zone_name: raw.time_zone,
+        })
+    }
+
+    fn admin(&self, raw: RawAdmin) -> Result<AdminConfig, ConfigError> {
+        let listen = match raw.listen.as_str() {
+            "" => None,
+            text => Some(self.address("admin.listen", text)?),
+        };
+        let token = match raw.token {
+            token if token.is_empty() => None,
+            token if !token.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(self.error(
+                    "admin.token",
+                    "must be printable ASCII without spaces (it is sent in an HTTP header)".into(),
+                ))
+            }
+            token => Some(token),
+        };
+        if let Some(address) = listen {
+            if token.is_none() && !address.ip().to_canonical().is_loopback() {
+                return Err(self.error(
+                    "admin.token",
+                    format!(
+                        "a non-loopback admin.listen needs a token ({address} is not loopback)"
+                    ),
+                ));
+            }
+        }
+        Ok(AdminConfig { listen, token })
+    }
+
+    fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
+        let level = raw.level.parse().map_err(|_| {
+            self.error(
+                "log.level",
+                format!(
+                    "unknown level {:?} (expected off, error, warn, info, debug or trace)",
+                    raw.level
+                ),
+            )
+        })?;
+        Ok(LogConfig { level })
+    }
+
+    fn duration(&self, key: &str, text: &str) -> Result<Duration, ConfigError> {
+        parse_duration(text).map_err(|message| self.error(key, message))
+    }
+
+    fn address(&self, key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse().map_err(|_| {
+            self.error(
+                key,
+                format!("invalid address {text:?}: expected an address like 127.0.0.1:7700"),
+            )
+        })
+    }
+
+    /// A count that must lie in `min..=max`; `why` explains the minimum when it is not
+    /// obvious.
+    fn size(
+        &self,
+        key: &str,
+        value: u64,
+        min: u64,
+        max: u64,
+        why: &str,
+    ) -> Result<usize, ConfigError> {
+        if value < min {
+            return Err(self.error(key, format!("must be at least {min}{why}, found {value}")));
+        }
+        if value > max {
+            return Err(self.error(key, format!("must be at most {max}, found {value}")));
+        }
+        usize::try_from(value)
+            .map_err(|_| self.error(key, format!("{value} is too large for this machine")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/tether/server.toml"))
+    }
+
+    fn refusal(text: &str) -> ConfigError {
+        match config(text) {
+            Ok(config) => panic!("accepted {text:?}: {config:?}"),
+            Err(error) => error,
+        }
+    }
+
+    /// Asserts that `text` is refused on `key`, with a message containing `words`.
+    fn assert_refused(text: &str, key: &str, words: &str) {
+        let error = refusal(text);
+        assert_eq!(error.key_path(), Some(key), "{error}");
+        assert!(error.message().contains(words), "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("/etc/tether/server.toml: {key}: ")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults_of_the_spec() {
+        let config = config("").unwrap();
+        let server = &config.server;
+        assert_eq!(
+            server.listen,
+            "127.0.0.1:7700".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(server.idle_timeout, Duration::from_secs(30 * 60));
+        assert_eq!(server.max_message_bytes, 65_536);
+        assert_eq!(server.max_pending_bytes, 1_048_576);
+        assert_eq!(server.max_connections, 10_000);
+        assert_eq!(server.shutdown_grace, Duration::from_secs(5));
+        assert!(server.workers >= 1);
+        let auth = &config.auth;
+        assert_eq!(auth.users_file, Path::new("/etc/tether/users.toml"));
+        assert_eq!(auth.bcrypt_cost, 12);
+        assert!(auth.watch);
+        assert_eq!(auth.login_failures_per_minute, 10);
+        assert_eq!(config.events.time_zone_name, "local");
+        assert_eq!(config.admin.listen, Some("127.0.0.1:7701".parse().unwrap()));
+        assert_eq!(config.admin.token, None);
+        assert_eq!(config.log.level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn shipped_server_toml_equals_the_defaults() {
+        let shipped = include_str!("../server.toml");
+        let shipped = config(shipped).unwrap();
+        let defaults = config("").unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = config(
+            r#"
+            [server]
+            listen = "[::1]:9000"
+            idle_timeout = "1m30s"
+            max_message_bytes = 256
+            max_pending_bytes = 1024
+            max_connections = 1
+            shutdown_grace = "0s"
+            workers = 3
+            [auth]
+            users_file = "/var/lib/tether/users.toml"
+            bcrypt_cost = 4
+            watch = false
+            login_failures_per_minute = 0
+            [events]
+            time_zone = "UTC"
+            [admin]
+            listen = "0.0.0.0:9001"
+            token = "s3cret"
+            [log]
+            level = "DEBUG"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.server.listen,
+            "[::1]:9000".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
+        assert_eq!(config.server.max_message_bytes, 256);
+        assert_eq!(config.server.max_pending_bytes, 1024);
+        assert_eq!(config.server.max_connections, 1);
+        assert_eq!(config.server.shutdown_grace, Duration::ZERO);
+        assert_eq!(config.server.workers, 3);
+        assert_eq!(
+            config.auth.users_file,
+            Path::new("/var/lib/tether/users.toml")
+        );
+        assert_eq!(config.auth.bcrypt_cost, 4);
+        assert!(!config.auth.watch);
+        assert_eq!(config.auth.login_failures_per_minute, 0);
+        assert_eq!(config.admin.listen, Some("0.0.0.0:9001".parse().unwrap()));
+        assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
+        assert_eq!(config.log.level, log::LevelFilter::Debug);
+    }
+
+    #[test]
+    fn relative_users_file_is_resolved_against_the_config_folder() {
+        let text = "[auth]\nusers_file = \"data/users.toml\"";
+        let config = Config::from_toml(text, Path::new("/srv/tether/server.toml")).unwrap();
+        assert_eq!(
+            config.auth.users_file,
+            Path::new("/srv/tether/data/users.toml")
+        );
+        let config = Config::from_toml(text, Path::new("server.toml")).unwrap();
+        assert_eq!(config.auth.users_file, Path::new("data/users.toml"));
+    }
+
+    #[test]
+    fn empty_users_file_is_refused() {
+        assert_refused("[auth]\nusers_file = \"\"", "auth.users_file", "empty");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let error = refusal("[server]\nlisten = \"127.0.0.1:1\"\nmax_conections = 5\n");
+        assert_eq!(error.key_path(), Some("server.max_conections"));
+        assert!(
+            error
+                .message()
+                .starts_with("unknown key `max_conections` in [server]"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_table_is_named() {
+        let error = refusal("[sever]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!(error.key_path(), Some("sever"));
+        assert!(
+            error.message().starts_with("unknown top-level key `sever`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_the_key_and_the_type() {
+        let error = refusal("[server]\nmax_connections = \"many\"\n");
+        assert!(
+            error.to_string().starts_with(
+                "/etc/tether/server.toml: server.max_connections: invalid type: string \"many\", expected"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn table_given_as_a_value_is_refused() {
+        assert_refused("server = 5", "server", "expected a [server] table");
+    }
+
+    #[test]
+    fn syntax_error_gives_line_and_column() {
+        let error = refusal("[server]\nlisten = \"127.0.0.1:1\"\nworkers = = 2\n");
+        assert_eq!(error.key_path(), None);
+        assert!(
+            error
+                .to_string()
+                .starts_with("/etc/tether/server.toml: line 3, column "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn listen_that_is_not_an_address_is_refused() {
+        assert_refused(
+            "[server]\nlisten = \"localhost:7700\"",
+            "server.listen",
+            "expected an address like 127.0.0.1:7700",
+        );
+        assert_refused(
+            "[server]\nlisten = \"\"",
+            "server.listen",
+            "invalid address",
+        );
+    }
+
+    #[test]
+    fn zero_idle_timeout_is_refused() {
+        assert_refused(
+            "[server]\nidle_timeout = \"0s\"",
+            "server.idle_timeout",
+            "longer than 0",
+        );
+    }
+
+    #[test]
+    fn bad_duration_is_refused_with_its_key() {
+        assert_refused(
+            "[server]\nidle_timeout = \"30\"",
+            "server.idle_timeout",
+            "missing unit",
+        );
+        assert_refused(
+            "[server]\nshutdown_grace = \"5 s\"",
+            "server.shutdown_grace",
+            "unknown unit",
+        );
+    }
+
+    #[test]
+    fn max_message_bytes_must_fit_every_command_and_stay_bounded() {
+        assert_refused(
+            "[server]\nmax_message_bytes = 255",
+            "server.max_message_bytes",
+            "at least 256",
+        );
+        assert_refused(
+            "[server]\nmax_message_bytes = 67108865",
+            "server.max_message_bytes",
+            "at most 67108864",
+        );
+        assert!(config("[server]\nmax_message_bytes = 67108864").is_ok());
+    }
+
+    #[test]
+    fn small_max_pending_bytes_is_refused() {
+        assert_refused(
+            "[server]\nmax_pending_bytes = 1023",
+            "server.max_pending_bytes",
+            "at least 1024",
+        );
+    }
+
+    #[test]
+    fn zero_max_connections_is_refused() {
+        assert_refused(
+            "[server]\nmax_connections = 0",
+            "server.max_connections",
+            "at least 1",
+        );
+    }
+
+    #[test]
+    fn negative_count_is_refused_with_its_key() {
+        assert_refused(
+            "[server]\nmax_connections = -1",
+            "server.max_connections",
+            "invalid value",
+        );
+    }
+
+    #[test]
+    fn too_many_workers_are_refused() {
+        assert_refused("[server]\nworkers = 1025", "server.workers", "at most 1024");
+    }
+
+    #[test]
+    fn bcrypt_cost_outside_4_to_31_is_refused() {
+        assert_refused(
+            "[auth]\nbcrypt_cost = 3",
+            "auth.bcrypt_cost",
+            "from 4 to 31",
+        );
+        assert_refused(
+            "[auth]\nbcrypt_cost = 32",
+            "auth.bcrypt_cost",
+            "from 4 to 31",
+        );
+    }
+
+    #[test]
+    fn utc_time_zone_is_utc() {
+        let config = config("[events]\ntime_zone = \"UTC\"").unwrap();
+        assert_eq!(config.events.time_zone, jiff::tz::TimeZone::UTC);
+        assert_eq!(config.events.time_zone_name, "UTC");
+    }
+
+    #[test]
+    fn iana_time_zone_is_looked_up() {
+        let config = config("[events]\ntime_zone = \"Europe/Moscow\"").unwrap();
+        let instant: jiff::Timestamp = "2026-11-26T22:33:06.123Z".parse().unwrap();
+        let offset = config.events.time_zone.to_offset(instant);
+        assert_eq!(offset.seconds(), 3 * 3600);
+        assert_eq!(config.events.time_zone_name, "Europe/Moscow");
+    }
+
+    #[test]
+    fn unknown_time_zone_is_named() {
+        assert_refused(
+            "[events]\ntime_zone = \"Mars/Olympus_Mons\"",
+            "events.time_zone",
+            "unknown time zone \"Mars/Olympus_Mons\"",
+        );
+    }
+
+    #[test]
+    fn empty_admin_listen_turns_the_admin_api_off() {
+        let config = config("[admin]\nlisten = \"\"").unwrap();
+        assert_eq!(config.admin.listen, None);
+    }
+
+    #[test]
+    fn bad_admin_listen_is_refused() {
+        assert_refused(
+            "[admin]\nlisten = \"7701\"",
+            "admin.listen",
+            "expected an address",
+        );
+    }
+
+    #[test]
+    fn non_loopback_admin_listen_without_token_is_refused() {
+        assert_refused(
+            "[admin]\nlisten = \"0.0.0.0:7701\"",
+            "admin.token",
+            "a non-loopback admin.listen needs a token",
+        );
+    }
+
+    #[test]
+    fn loopback_admin_listen_needs_no_token() {
+        assert!(config("[admin]\nlisten = \"[::1]:7701\"").is_ok());
+        assert!(config("[admin]\nlisten = \"[::ffff:127.0.0.1]:7701\"").is_ok());
+    }
+
+    #[test]
+    fn admin_token_that_cannot_travel_in_a_header_is_refused() {
+        assert_refused(
+            "[admin]\ntoken = \"two words\"",
+            "admin.token",
+            "printable ASCII",
+        );
+    }
+
+    #[test]
+    fn unknown_log_level_is_refused() {
+        assert_refused(
+            "[log]\nlevel = \"verbose\"",
+            "log.level",
+            "unknown level \"verbose\"",
+        );
+    }
+
+    #[test]
+    fn log_level_is_case_insensitive() {
+        assert_eq!(
+            config("[log]\nlevel = \"Trace\"").unwrap().log.level,
+            log::LevelFilter::Trace
+        );
+        assert_eq!(
+            config("[log]\nlevel = \"off\"").unwrap().log.level,
+            log::LevelFilter::Off
+        );
+    }
+
+    #[test]
+    fn durations_in_every_unit_and_combined_are_read() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("1h1m1s1ms"),
+            Ok(Duration::from_millis(3_661_001))
+        );
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn empty_duration_is_rejected() {
+        assert!(parse_duration("").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn duration_without_unit_is_rejected() {
+        assert!(parse_duration("30")
+            .unwrap_err()
+            .contains("missing unit after 30"));
+        assert!(parse_duration("1m30")
+            .unwrap_err()
+            .contains("missing unit after 30"));
+    }
+
+    #[test]
+    fn duration_with_unknown_unit_is_rejected() {
+        for text in ["5x", "5sec", "5S", "1d", "5 s", "5s "] {
+            assert!(
+                parse_duration(text).unwrap_err().contains("unknown unit"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn duration_without_number_is_rejected() {
+        for text in ["s", "ms", "-5s", "+5s", " 5s", "1.5s", "1m s"] {
+            assert!(parse_duration(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn duration_that_overflows_is_rejected() {
+        assert!(parse_duration("99999999999999999999ms")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("5124095576030432h")
+            .unwrap_err()
+            .contains("too long"));
+        assert!(parse_duration("5124095576030431h5124095576030431h")
+            .unwrap_err()
+            .contains("too long"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error_for_load_and_defaults_for_load_or_defaults() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("server.toml");
+        let error = Config::load(&path).unwrap_err();
+        assert!(error
+            .to_string()
+            .starts_with(&format!("{}: cannot read it", path.display())));
+        let config = Config::load_or_defaults(&path).unwrap();
+        assert_eq!(config.auth.users_file, folder.path().join("users.toml"));
+    }
+
+    #[test]
+    fn load_reads_the_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("server.toml");
+        std::fs::write(&path, "[server]\nworkers = 2\n").unwrap();
+        assert_eq!(Config::load(&path).unwrap().server.workers, 2);
+        assert_eq!(Config::load_or_defaults(&path).unwrap().server.workers, 2);
+    }
+}

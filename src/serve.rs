@@ -1,0 +1,115 @@
+//! Running the server as a process (SPEC §7): users loaded, listener bound, `listening on`
+//! logged, and on SIGINT or SIGTERM a graceful shutdown.
+
+use crate::config::Config;
+use crate::users_file::{self, UsersFile};
+use std::sync::Arc;
+use tether_actors::users::UserTable;
+use tether_actors::{Settings, Tether};
+
+/// How a run ended, as the process's exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stopped on a signal after a graceful shutdown.
+    Stopped,
+    /// The configuration or the users file is invalid.
+    BadConfiguration,
+    /// Something needed at run time failed (such as binding the address).
+    Failed,
+}
+
+impl Outcome {
+    /// The process exit code: 0, 2 or 1.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Stopped => 0,
+            Self::BadConfiguration => 2,
+            Self::Failed => 1,
+        }
+    }
+}
+
+/// The protocol server's settings from the configuration.
+pub fn settings(config: &Config) -> Settings {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    Settings {
+        idle_timeout: config.server.idle_timeout,
+        max_message_bytes: config.server.max_message_bytes,
+        max_pending_bytes: config.server.max_pending_bytes,
+        max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
+        shutdown_grace: config.server.shutdown_grace,
+        workers: config.server.workers,
+        password_threads: cpus,
+        login_failures_per_minute: config.auth.login_failures_per_minute,
+        bcrypt_cost: config.auth.bcrypt_cost,
+        time_zone: config.events.time_zone.clone(),
+    }
+}
+
+/// Loads the users file, serves until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(config: Config) -> Outcome {
+    let users = match users_file::load(&config.auth.users_file) {
+        Ok(UsersFile::Loaded(users)) => {
+            log::info!(
+                "{} user(s) loaded from {}",
+                users.len(),
+                config.auth.users_file.display()
+            );
+            users
+        }
+        Ok(UsersFile::Missing) => {
+            log::warn!(
+                "users file {} does not exist: nobody can log in until a user is added \
+                 (an entry [users.NAME] with password_hash = \"<bcrypt hash>\"; see README)",
+                config.auth.users_file.display()
+            );
+            Default::default()
+        }
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("tether: {err}");
+            return Outcome::BadConfiguration;
+        }
+    };
+    let users = Arc::new(UserTable::new(users));
+
+    let listener = match std::net::TcpListener::bind(config.server.listen) {
+        Ok(listener) => listener,
+        Err(err) => {
+            log::error!("cannot listen on {}: {err}", config.server.listen);
+            return Outcome::Failed;
+        }
+    };
+
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        let tether = match Tether::start(listener, settings(&config), users) {
+            Ok(tether) => tether,
+            Err(err) => {
+                log::error!("{err}");
+                return Outcome::Failed;
+            }
+        };
+        log::info!("listening on {}", tether.local_addr());
+        if let Err(err) = wait_for_stop_signal().await {
+            log::error!("cannot watch for signals: {err}");
+            return Outcome::Failed;
+        }
+        tether.shutdown().await;
+        log::info!("stopped");
+        Outcome::Stopped
+    })
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn wait_for_stop_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    log::info!("{name} received");
+    Ok(())
+}
