@@ -135,8 +135,10 @@ pub struct ConnectionActor {
     input_closed: bool,
     /// What every connection shares.
     shared: Arc<ConnectionShared>,
-    /// Changes of the hub: restarted children, shutdown.
-    hub_changes: Option<watch::Receiver<HubState>>,
+    /// The hub's state as the supervisor publishes it; its changes arrive as a stream.
+    hub_watch: watch::Receiver<HubState>,
+    /// An `invalidate` found the bus gone; it is sent again once the bus is replaced.
+    invalidate_deferred: bool,
     /// This connection's place under `max_connections`; freed when the actor drops.
     _permit: OwnedSemaphorePermit,
 }
@@ -146,10 +148,10 @@ impl ConnectionActor {
         stream: TcpStream,
         peer: SocketAddr,
         shared: Arc<ConnectionShared>,
-        mut hub_changes: watch::Receiver<HubState>,
+        mut hub_watch: watch::Receiver<HubState>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
-        let hub = hub_changes.borrow_and_update().clone();
+        let hub = hub_watch.borrow_and_update().clone();
         Self {
             stream,
             peer,
@@ -164,7 +166,8 @@ impl ConnectionActor {
             phase: Phase::Open,
             input_closed: false,
             shared,
-            hub_changes: Some(hub_changes),
+            hub_watch,
+            invalidate_deferred: false,
             _permit: permit,
         }
     }
@@ -187,16 +190,28 @@ impl ConnectionActor {
             }
             Ok(Command::Prolongate) => self.reply(Reply::ProlongateAck, ctx),
             Ok(Command::Invalidate) => {
-                if let Some(binding) = &self.binding {
-                    self.hub.bus.do_send(Invalidate {
-                        user: binding.user.to_string(),
-                        except: Some(binding.id),
-                        cause: InvalidationCause::Client,
-                    });
-                }
+                self.invalidate_others();
                 self.reply(Reply::InvalidateAck, ctx);
             }
         }
+    }
+
+    /// Asks the bus to invalidate the other connections of this one's user. If the bus
+    /// has just failed, the request waits for its replacement.
+    fn invalidate_others(&mut self) {
+        let Some(binding) = &self.binding else { return };
+        let bus = self.hub_watch.borrow().bus.clone();
+        if !bus.connected() {
+            log::warn!("{}: event bus restarting; invalidate deferred", self.peer);
+            self.invalidate_deferred = true;
+            return;
+        }
+        self.invalidate_deferred = false;
+        bus.do_send(Invalidate {
+            user: binding.user.to_string(),
+            except: Some(binding.id),
+            cause: InvalidationCause::Client,
+        });
     }
 
     /// Checks a login off the event loop; nothing else on this connection runs until the
@@ -488,9 +503,7 @@ impl Actor for ConnectionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         log::debug!("{}: connected", self.peer);
-        if let Some(changes) = self.hub_changes.take() {
-            ctx.add_stream(WatchStream::from_changes(changes));
-        }
+        ctx.add_stream(WatchStream::from_changes(self.hub_watch.clone()));
         ctx.spawn(ReadInput);
         self.schedule_idle_check(self.shared.idle_timeout, ctx);
         if self.hub.shutting_down {
@@ -543,10 +556,15 @@ impl StreamHandler<HubState> for ConnectionActor {
         self.hub = state;
         if self.hub.shutting_down {
             self.close(CloseReason::Shutdown, ctx);
-        } else if fresh_registry {
+            return;
+        }
+        if fresh_registry {
             if let Some(binding) = &self.binding {
                 self.announce(binding, ctx);
             }
+        }
+        if self.invalidate_deferred {
+            self.invalidate_others();
         }
     }
 

@@ -189,18 +189,6 @@ impl Tether {
             arbiter.stop();
         }
     }
-
-    /// Makes the registry or the bus panic, to prove that supervision restores them.
-    #[cfg(feature = "fault-injection")]
-    pub fn inject_panic(&self, target: crate::supervisor::FaultTarget) {
-        let hub = self.hub.borrow();
-        match target {
-            crate::supervisor::FaultTarget::Registry => {
-                hub.registry.do_send(crate::supervisor::InjectPanic)
-            }
-            crate::supervisor::FaultTarget::Bus => hub.bus.do_send(crate::supervisor::InjectPanic),
-        }
-    }
 }
 
 /// Accepts connections and hands each to a worker arbiter, round-robin.
@@ -302,6 +290,17 @@ impl TetherHandle {
             cause,
         };
         self.ask_bus(message).await
+    }
+
+    /// Makes the registry or the bus panic, to prove that supervision restores them.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, target: crate::supervisor::FaultTarget) {
+        use crate::supervisor::{FaultTarget, InjectPanic};
+        let hub = self.hub.borrow();
+        match target {
+            FaultTarget::Registry => hub.registry.do_send(InjectPanic),
+            FaultTarget::Bus => hub.bus.do_send(InjectPanic),
+        }
     }
 
     /// How many connections are bound to `user` now.

@@ -1,0 +1,207 @@
+//! Events published through the library API (SPEC §3): who gets them, in which order, and
+//! the time they carry.
+
+mod common;
+mod in_process;
+
+use common::TestClient;
+use in_process::{test_settings, InProcessServer};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tether_actors::bus::PublishError;
+use tether_actors::credentials::CredentialError;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn server() -> InProcessServer {
+    InProcessServer::start(test_settings(), &[("alice", "pw-a"), ("bob", "pw-b")])
+}
+
+fn utc_millis_now() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("fits")
+}
+
+#[test]
+fn events_reach_every_bound_connection_of_the_user_in_publish_order_and_nobody_else() {
+    let server = server();
+    let mut alice_1 = TestClient::connect(server.addr());
+    let mut alice_2 = TestClient::connect(server.addr());
+    let mut bob = TestClient::connect(server.addr());
+    let mut anonymous = TestClient::connect(server.addr());
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+    server.wait_for_connections("alice", 2);
+
+    let mut times = Vec::new();
+    for n in 0..50 {
+        let receipt = server
+            .block_on(server.handle().publish("alice", format!("event {n} ü")))
+            .expect("published");
+        assert_eq!(
+            receipt.connections, 2,
+            "event {n} handed to both connections"
+        );
+        times.push(receipt.time);
+    }
+    for client in [&mut alice_1, &mut alice_2] {
+        for (n, time) in times.iter().enumerate() {
+            let text = format!("event {n} ü");
+            client.expect(&["event", &time.to_string(), &text]);
+        }
+    }
+    common::expect_all_silent(&mut [&mut bob, &mut anonymous, &mut alice_1], QUIET);
+}
+
+#[test]
+fn events_for_a_user_without_connections_are_not_stored() {
+    let server = server();
+    let receipt = server
+        .block_on(server.handle().publish("alice", "nobody hears this"))
+        .expect("published");
+    assert_eq!(receipt.connections, 0);
+    let unknown = server
+        .block_on(server.handle().publish("nobody-by-that-name", "x"))
+        .expect("published");
+    assert_eq!(unknown.connections, 0);
+
+    let mut alice = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    alice.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn events_stop_reaching_a_connection_after_logout_invalidation_or_relogin() {
+    let server = server();
+    let mut logged_out = TestClient::connect(server.addr());
+    let mut invalidated = TestClient::connect(server.addr());
+    let mut moved = TestClient::connect(server.addr());
+    let mut staying = TestClient::connect(server.addr());
+    for client in [&mut logged_out, &mut invalidated, &mut moved, &mut staying] {
+        client.login("alice", "pw-a");
+    }
+    logged_out.send(&["logout"]);
+    logged_out.expect(&["logout_ack"]);
+    moved.login("bob", "pw-b");
+    staying.send(&["invalidate"]);
+    staying.expect(&["invalidate_ack"]);
+    invalidated.expect(&["invalidated"]);
+    server.wait_for_connections("alice", 1);
+
+    let receipt = server
+        .block_on(server.handle().publish("alice", "only for the one left"))
+        .expect("published");
+    assert_eq!(receipt.connections, 1);
+    staying.expect(&["event", &receipt.time.to_string(), "only for the one left"]);
+    common::expect_all_silent(&mut [&mut logged_out, &mut invalidated, &mut moved], QUIET);
+}
+
+#[test]
+fn event_time_is_utc_milliseconds_with_utc_zone() {
+    let server = server();
+    let mut alice = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    server.wait_for_connections("alice", 1);
+    let before = utc_millis_now();
+    let receipt = server
+        .block_on(server.handle().publish("alice", "t"))
+        .expect("published");
+    let after = utc_millis_now();
+    assert!(
+        (before..=after).contains(&receipt.time),
+        "{} not within [{before}, {after}]",
+        receipt.time
+    );
+    alice.expect(&["event", &receipt.time.to_string(), "t"]);
+}
+
+#[test]
+fn event_time_is_local_wall_clock_of_the_configured_zone() {
+    let mut settings = test_settings();
+    settings.time_zone = jiff::tz::TimeZone::get("Europe/Moscow").expect("zone known");
+    let server = InProcessServer::start(settings, &[("alice", "pw-a")]);
+    let mut alice = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    server.wait_for_connections("alice", 1);
+    let three_hours = 3 * 3600 * 1000;
+    let before = utc_millis_now();
+    let receipt = server
+        .block_on(server.handle().publish("alice", "moscow"))
+        .expect("published");
+    let after = utc_millis_now();
+    assert!(
+        (before + three_hours..=after + three_hours).contains(&receipt.time),
+        "{} is not UTC+3 of [{before}, {after}]",
+        receipt.time
+    );
+    alice.expect(&["event", &receipt.time.to_string(), "moscow"]);
+}
+
+#[test]
+fn events_with_separators_or_invalid_user_names_are_refused_and_not_delivered() {
+    let server = server();
+    let mut alice = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    server.wait_for_connections("alice", 1);
+    for text in ["a\u{1e}b", "a\u{1f}b"] {
+        assert_eq!(
+            server.block_on(server.handle().publish("alice", text)),
+            Err(PublishError::TextHasSeparator)
+        );
+    }
+    assert_eq!(
+        server.block_on(server.handle().publish("", "x")),
+        Err(PublishError::InvalidUser(CredentialError::EmptyName))
+    );
+    assert_eq!(
+        server.block_on(server.handle().publish("a\nb", "x")),
+        Err(PublishError::InvalidUser(
+            CredentialError::NameHasControlCharacter
+        ))
+    );
+    alice.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn events_are_whole_messages_between_pipelined_replies() {
+    let server = server();
+    let mut alice = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    server.wait_for_connections("alice", 1);
+    let pipeline: Vec<&[&str]> = vec![&["prolongate"]; 200];
+    let burst = common::encode_all(&pipeline);
+    let handle = server.handle().clone();
+    let publisher = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        for n in 0..100 {
+            runtime
+                .block_on(handle.publish("alice", format!("e{n}")))
+                .expect("published");
+        }
+    });
+    for _ in 0..5 {
+        alice.send_raw(&burst);
+    }
+    publisher.join().expect("publisher finished");
+    let (mut acks, mut events) = (0, 0);
+    while acks < 1000 || events < 100 {
+        let message = alice.recv();
+        match message[0].as_str() {
+            "prolongate_ack" => {
+                assert_eq!(message.len(), 1);
+                acks += 1;
+            }
+            "event" => {
+                assert_eq!(message.len(), 3, "{message:?}");
+                assert_eq!(message[2], format!("e{events}"), "events in publish order");
+                events += 1;
+            }
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Runs a tether server inside the test process, on its own actix System thread, so tests
+//! can publish events and inject faults through the library API while clients talk to it
+//! over real TCP.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tether_actors::users::{PasswordHash, UserSet, UserTable};
+use tether_actors::{Settings, Tether, TetherHandle};
+
+/// Settings for tests: short limits where a test does not choose, bcrypt cost 4.
+pub fn test_settings() -> Settings {
+    Settings {
+        idle_timeout: Duration::from_secs(60),
+        max_message_bytes: 4096,
+        max_pending_bytes: 1 << 20,
+        max_connections: 1000,
+        shutdown_grace: Duration::from_secs(2),
+        workers: 2,
+        password_threads: 2,
+        login_failures_per_minute: 100,
+        bcrypt_cost: 4,
+        time_zone: jiff::tz::TimeZone::UTC,
+    }
+}
+
+/// A server running on a thread of its own; stopped gracefully on drop.
+pub struct InProcessServer {
+    addr: SocketAddr,
+    handle: TetherHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl InProcessServer {
+    /// Starts a server with `settings` and users given as (name, password).
+    pub fn start(settings: Settings, users: &[(&str, &str)]) -> Self {
+        let set: UserSet = users
+            .iter()
+            .map(|(name, password)| {
+                let hash = bcrypt::hash(password, 4).expect("bcrypt hashes");
+                (name.to_string(), PasswordHash::from(hash))
+            })
+            .collect();
+        let table = Arc::new(UserTable::new(set));
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                let listener =
+                    std::net::TcpListener::bind("127.0.0.1:0").expect("binds a loopback port");
+                let tether = Tether::start(listener, settings, table).expect("server starts");
+                started_tx
+                    .send((tether.local_addr(), tether.handle()))
+                    .expect("test waits for the start");
+                let _ = stopped.await;
+                tether.shutdown().await;
+            });
+        });
+        let (addr, handle) = started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("server started within 10 s");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("test runtime builds");
+        Self {
+            addr,
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
+            runtime,
+        }
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The library handle of the running server.
+    pub fn handle(&self) -> &TetherHandle {
+        &self.handle
+    }
+
+    /// Runs a future of the library API to completion, at most 10 s.
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), future)
+                .await
+                .expect("library call answered within 10 s")
+        })
+    }
+
+    /// Waits (at most 5 s) until `user` has `expected` bound connections.
+    pub fn wait_for_connections(&self, user: &str, expected: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let count = self
+                .block_on(self.handle.connections(user))
+                .expect("registry answers");
+            if count == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user} has {count} bound connection(s), expected {expected}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for InProcessServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,787 @@
+//! The client protocol (SPEC §1–§3) against the real `tether` binary: commands and their
+//! replies, framing, bindings and invalidation, the idle timeout, message size limits,
+//! half-closed connections, login throttling, and bcrypt running off the event loops.
+
+mod common;
+
+use common::{encode, encode_all, expect_all_silent, RecvError, TestConfig, TestServer};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Long enough for a message the server would send to have arrived.
+const QUIET: Duration = Duration::from_millis(300);
+
+const ALICE: (&str, &str) = ("alice", "alice-secret");
+const BOB: (&str, &str) = ("bob", "bob-secret");
+
+fn alice_and_bob() -> TestServer {
+    TestServer::with_users(&[ALICE, BOB])
+}
+
+// ---------------------------------------------------------------------------------------
+// Commands and replies (§2)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn login_with_the_right_password_is_valid() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["login", "alice", "alice-secret"]);
+    client.expect(&["login_valid"]);
+}
+
+#[test]
+fn login_of_an_unknown_user_is_invalid() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["login", "carol", "alice-secret"]);
+    client.expect(&["login_invalid"]);
+}
+
+#[test]
+fn login_with_a_wrong_password_is_invalid() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["login", "alice", "bob-secret"]);
+    client.expect(&["login_invalid"]);
+    client.send(&["login", "alice", "alice-secreT"]);
+    client.expect(&["login_invalid"]);
+}
+
+#[test]
+fn login_with_an_empty_name_or_password_is_invalid() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["login", "", "alice-secret"]);
+    client.expect(&["login_invalid"]);
+    client.send(&["login", "alice", ""]);
+    client.expect(&["login_invalid"]);
+    client.send(&["login", "", ""]);
+    client.expect(&["login_invalid"]);
+}
+
+#[test]
+fn password_longer_than_72_bytes_is_rejected_not_truncated() {
+    let password_72: String = "correct-horse-battery-staple-"
+        .repeat(3)
+        .chars()
+        .take(72)
+        .collect();
+    assert_eq!(password_72.len(), 72);
+    let password_73 = format!("{password_72}!");
+    let server = TestServer::with_users(&[("alice", &password_72)]);
+
+    // bcrypt itself only looks at the first 72 bytes: the 73-byte password would match.
+    let mut client = server.client();
+    client.send(&["login", "alice", &password_73]);
+    client.expect(&["login_invalid"]);
+
+    // The 72-byte password itself is fine.
+    client.login("alice", &password_72);
+}
+
+#[test]
+fn login_with_a_control_character_in_the_name_is_invalid() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    for name in ["ali\u{7}ce", "alice\u{0}", "\u{7f}alice", "ali\nce"] {
+        client.send(&["login", name, "alice-secret"]);
+        let got = client.recv();
+        assert_eq!(got, ["login_invalid"], "login as {name:?}");
+    }
+    // The connection is still usable.
+    client.login("alice", "alice-secret");
+}
+
+#[test]
+fn logout_is_acknowledged() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["logout"]);
+    client.expect(&["logout_ack"]);
+    client.login("alice", "alice-secret");
+    client.send(&["logout"]);
+    client.expect(&["logout_ack"]);
+}
+
+#[test]
+fn disconnect_is_acknowledged_then_the_server_closes_the_connection() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.login("alice", "alice-secret");
+    client.send(&["disconnect"]);
+    client.expect(&["disconnect_ack"]);
+    client.expect_closed();
+}
+
+#[test]
+fn commands_pipelined_after_disconnect_are_not_answered() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_raw(&encode_all(&[
+        &["disconnect"],
+        &["prolongate"],
+        &["logout"],
+    ]));
+    client.expect(&["disconnect_ack"]);
+    client.expect_closed();
+}
+
+#[test]
+fn prolongate_is_acknowledged() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn invalidate_without_a_binding_is_only_acknowledged() {
+    let server = alice_and_bob();
+    let mut alice = server.client();
+    alice.login("alice", "alice-secret");
+    let mut anonymous = server.client();
+    anonymous.send(&["invalidate"]);
+    anonymous.expect(&["invalidate_ack"]);
+    expect_all_silent(&mut [&mut alice, &mut anonymous], QUIET);
+}
+
+// ---------------------------------------------------------------------------------------
+// unknown_command / invalid_args_count
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_command_type_is_rejected_whatever_the_argument_count() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    for command in [
+        &["frobnicate"][..],
+        &["frobnicate", "a"],
+        &["frobnicate", "a", "b", "c"],
+        &["event", "1", "text"],
+        &["login_valid"],
+    ] {
+        client.send(command);
+        let got = client.recv();
+        assert_eq!(got, ["unknown_command"], "command {command:?}");
+    }
+}
+
+#[test]
+fn empty_message_is_an_unknown_command() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_raw(b"\x1e");
+    client.expect(&["unknown_command"]);
+    // A message of two empty parts: empty type, one empty argument.
+    client.send_raw(b"\x1f\x1e");
+    client.expect(&["unknown_command"]);
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn command_types_are_case_sensitive() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    for command in [
+        &["LOGIN", "alice", "alice-secret"][..],
+        &["Login", "alice", "alice-secret"],
+        &["Logout"],
+        &["PROLONGATE"],
+        &["Disconnect"],
+        &["inValidate"],
+        &[" prolongate"],
+        &["prolongate "],
+    ] {
+        client.send(command);
+        let got = client.recv();
+        assert_eq!(got, ["unknown_command"], "command {command:?}");
+    }
+    // Still connected (Disconnect did nothing) and not logged in (LOGIN did nothing).
+    let mut other_alice = server.client();
+    other_alice.login("alice", "alice-secret");
+    other_alice.send(&["invalidate"]);
+    other_alice.expect(&["invalidate_ack"]);
+    client.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn known_commands_with_a_wrong_argument_count_get_invalid_args_count() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    for command in [
+        &["login"][..],
+        &["login", "alice"],
+        &["login", "alice", "alice-secret", "extra"],
+        &["login", "a", "b", "c", "d"],
+        &["logout", "x"],
+        &["logout", ""],
+        &["disconnect", "now"],
+        &["prolongate", "x"],
+        &["prolongate", "x", "y"],
+        &["invalidate", "alice"],
+    ] {
+        client.send(command);
+        let got = client.recv();
+        assert_eq!(got, ["invalid_args_count"], "command {command:?}");
+    }
+    // `disconnect now` did not close the connection.
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn login_with_too_many_arguments_does_not_bind() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send(&["login", "alice", "alice-secret", "extra"]);
+    client.expect(&["invalid_args_count"]);
+    let mut other_alice = server.client();
+    other_alice.login("alice", "alice-secret");
+    other_alice.send(&["invalidate"]);
+    other_alice.expect(&["invalidate_ack"]);
+    client.expect_nothing_for(QUIET);
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipelining and framing (§1, §2)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let config = TestConfig::new().auth("login_failures_per_minute", 100);
+    let server = TestServer::start(&config, &[ALICE, BOB]);
+    let round: [(&[&str], &str); 10] = [
+        (&["prolongate"], "prolongate_ack"),
+        (&["login", "alice", "wrong"], "login_invalid"),
+        (&["login", "alice", "alice-secret"], "login_valid"),
+        (&["invalidate"], "invalidate_ack"),
+        (&["frobnicate", "x"], "unknown_command"),
+        (&["logout", "y"], "invalid_args_count"),
+        (&["logout"], "logout_ack"),
+        (&["login", "bob", "bob-secret"], "login_valid"),
+        (&["login", "nobody", "bob-secret"], "login_invalid"),
+        (&["login", "bob"], "invalid_args_count"),
+    ];
+    let mut commands: Vec<&[&str]> = Vec::new();
+    let mut replies: Vec<&str> = Vec::new();
+    for _ in 0..6 {
+        for (command, reply) in round {
+            commands.push(command);
+            replies.push(reply);
+        }
+    }
+    commands.push(&["disconnect"]);
+    replies.push("disconnect_ack");
+    assert!(commands.len() >= 50);
+
+    let mut client = server.client();
+    client.send_raw(&encode_all(&commands));
+    for (index, (command, reply)) in commands.iter().zip(&replies).enumerate() {
+        let got = client.recv();
+        assert_eq!(got, [*reply], "reply #{index} (to {command:?})");
+    }
+    client.expect_closed();
+}
+
+#[test]
+fn command_pipelined_behind_a_login_acts_on_its_result() {
+    let server = alice_and_bob();
+    let mut alice = server.client();
+    alice.login("alice", "alice-secret");
+    let mut second = server.client();
+    second.send_raw(&encode_all(&[
+        &["login", "alice", "alice-secret"],
+        &["invalidate"],
+    ]));
+    second.expect(&["login_valid"]);
+    second.expect(&["invalidate_ack"]);
+    alice.expect(&["invalidated"]);
+}
+
+#[test]
+fn command_split_into_single_bytes_is_understood() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_bytewise(&encode(&["prolongate"]), Duration::from_millis(3));
+    client.expect(&["prolongate_ack"]);
+    client.send_bytewise(
+        &encode(&["login", "alice", "alice-secret"]),
+        Duration::from_millis(3),
+    );
+    client.expect(&["login_valid"]);
+}
+
+#[test]
+fn login_split_inside_multibyte_characters_succeeds() {
+    let server = TestServer::with_users(&[("Алиса", "пароль-ключ")]);
+    let mut client = server.client();
+    let bytes = encode(&["login", "Алиса", "пароль-ключ"]);
+    assert!(bytes.len() > 30, "the name and password are multi-byte");
+    client.send_bytewise(&bytes, Duration::from_millis(3));
+    client.expect(&["login_valid"]);
+    // The binding is to exactly that name.
+    let mut other = server.client();
+    other.login("Алиса", "пароль-ключ");
+    other.send(&["invalidate"]);
+    other.expect(&["invalidate_ack"]);
+    client.expect(&["invalidated"]);
+}
+
+#[test]
+fn several_messages_in_one_write_are_each_answered() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_raw(&encode_all(&[
+        &["prolongate"],
+        &["login", "alice", "alice-secret"],
+        &["logout"],
+    ]));
+    client.expect_all(&[&["prolongate_ack"], &["login_valid"], &["logout_ack"]]);
+    client.expect_nothing_for(Duration::from_millis(100));
+}
+
+#[test]
+fn message_split_across_writes_at_any_point_is_reassembled() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    // The end of one message and the start of the next in the same write.
+    client.send_raw(b"prolong");
+    client.expect_nothing_for(Duration::from_millis(100));
+    client.send_raw(b"ate\x1elog");
+    client.expect(&["prolongate_ack"]);
+    client.send_raw(b"in\x1falice\x1f");
+    client.expect_nothing_for(Duration::from_millis(100));
+    client.send_raw(b"alice-secret\x1e");
+    client.expect(&["login_valid"]);
+}
+
+#[test]
+fn messages_with_empty_parts_are_parsed_as_such() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_raw(b"login\x1f\x1f\x1e");
+    client.expect(&["login_invalid"]);
+    client.send_raw(b"login\x1falice\x1f\x1e");
+    client.expect(&["login_invalid"]);
+    client.send_raw(b"login\x1f\x1falice-secret\x1e");
+    client.expect(&["login_invalid"]);
+    client.send_raw(b"login\x1f\x1f\x1f\x1e");
+    client.expect(&["invalid_args_count"]);
+    client.send_raw(b"prolongate\x1f\x1e");
+    client.expect(&["invalid_args_count"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Bindings and invalidation (§2, §3)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invalidate_reaches_only_other_connections_of_the_same_user() {
+    let server = alice_and_bob();
+    let mut alice1 = server.client();
+    let mut alice2 = server.client();
+    let mut alice3 = server.client();
+    let mut bob = server.client();
+    alice1.login("alice", "alice-secret");
+    alice2.login("alice", "alice-secret");
+    alice3.login("alice", "alice-secret");
+    bob.login("bob", "bob-secret");
+
+    alice1.send(&["invalidate"]);
+    alice1.expect(&["invalidate_ack"]);
+    alice2.expect(&["invalidated"]);
+    alice3.expect(&["invalidated"]);
+    expect_all_silent(
+        &mut [&mut bob, &mut alice1, &mut alice2, &mut alice3],
+        QUIET,
+    );
+
+    // #2 and #3 are bound to nothing now, and stay connected.
+    alice2.send(&["invalidate"]);
+    alice2.expect(&["invalidate_ack"]);
+    expect_all_silent(&mut [&mut alice3, &mut alice1, &mut bob], QUIET);
+    alice3.send(&["prolongate"]);
+    alice3.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn logged_out_connection_is_not_invalidated() {
+    let server = alice_and_bob();
+    let mut logged_out = server.client();
+    let mut still_in = server.client();
+    let mut invalidator = server.client();
+    logged_out.login("alice", "alice-secret");
+    still_in.login("alice", "alice-secret");
+    invalidator.login("alice", "alice-secret");
+    logged_out.send(&["logout"]);
+    logged_out.expect(&["logout_ack"]);
+
+    invalidator.send(&["invalidate"]);
+    invalidator.expect(&["invalidate_ack"]);
+    still_in.expect(&["invalidated"]);
+    logged_out.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn failed_login_keeps_the_previous_binding() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.login("alice", "alice-secret");
+    client.send(&["login", "bob", "wrong"]);
+    client.expect(&["login_invalid"]);
+
+    // Not bound to bob...
+    let mut bob = server.client();
+    bob.login("bob", "bob-secret");
+    bob.send(&["invalidate"]);
+    bob.expect(&["invalidate_ack"]);
+    client.expect_nothing_for(QUIET);
+
+    // ...still bound to alice.
+    let mut alice = server.client();
+    alice.login("alice", "alice-secret");
+    alice.send(&["invalidate"]);
+    alice.expect(&["invalidate_ack"]);
+    client.expect(&["invalidated"]);
+}
+
+#[test]
+fn login_under_another_name_moves_the_binding() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.login("alice", "alice-secret");
+    client.login("bob", "bob-secret");
+
+    let mut alice = server.client();
+    alice.login("alice", "alice-secret");
+    alice.send(&["invalidate"]);
+    alice.expect(&["invalidate_ack"]);
+    client.expect_nothing_for(QUIET);
+
+    let mut bob = server.client();
+    bob.login("bob", "bob-secret");
+    bob.send(&["invalidate"]);
+    bob.expect(&["invalidate_ack"]);
+    client.expect(&["invalidated"]);
+}
+
+#[test]
+fn invalidated_connection_is_bound_to_nothing() {
+    let server = alice_and_bob();
+    let mut first = server.client();
+    let mut second = server.client();
+    first.login("alice", "alice-secret");
+    second.login("alice", "alice-secret");
+    first.send(&["invalidate"]);
+    first.expect(&["invalidate_ack"]);
+    second.expect(&["invalidated"]);
+
+    // A later invalidate of alice no longer reaches the invalidated connection.
+    let mut third = server.client();
+    third.login("alice", "alice-secret");
+    third.send(&["invalidate"]);
+    third.expect(&["invalidate_ack"]);
+    first.expect(&["invalidated"]);
+    second.expect_nothing_for(QUIET);
+}
+
+// ---------------------------------------------------------------------------------------
+// Inactivity timeout (§2)
+// ---------------------------------------------------------------------------------------
+
+fn one_second_idle_timeout() -> TestServer {
+    let config = TestConfig::new().server("idle_timeout", "1s");
+    TestServer::start(&config, &[ALICE])
+}
+
+/// The earliest a `timeout` may come after the last command, for a 1 s timeout.
+const NOT_BEFORE: Duration = Duration::from_millis(800);
+/// The latest it may come (generous, for loaded machines).
+const NOT_AFTER: Duration = Duration::from_millis(2500);
+
+#[test]
+fn silent_client_gets_timeout_then_close_after_the_idle_timeout() {
+    let server = one_second_idle_timeout();
+    let opened = Instant::now();
+    let mut client = server.client();
+    let got = client.recv_within(Duration::from_secs(4));
+    let elapsed = opened.elapsed();
+    assert_eq!(got, ["timeout"]);
+    assert!(
+        elapsed >= NOT_BEFORE && elapsed <= NOT_AFTER,
+        "timeout came after {elapsed:?}, expected about 1 s"
+    );
+    client.expect_closed();
+}
+
+#[test]
+fn prolongate_keeps_the_connection_alive() {
+    let server = one_second_idle_timeout();
+    let mut client = server.client();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        thread::sleep(Duration::from_millis(400));
+        client.send(&["prolongate"]);
+        client.expect(&["prolongate_ack"]);
+    }
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn partial_bytes_do_not_reset_the_idle_timer() {
+    let server = one_second_idle_timeout();
+    let opened = Instant::now();
+    let mut client = server.client();
+    let mut got = None;
+    // One byte of an unterminated message every 300 ms, for at most 3 s.
+    for byte in b"prolongate".iter() {
+        if client.try_send_raw(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        match client.try_recv(Duration::from_millis(300)) {
+            Ok(message) => {
+                got = Some((message, opened.elapsed()));
+                break;
+            }
+            Err(RecvError::Timeout(_)) => {}
+            Err(RecvError::Closed(partial)) => {
+                panic!("closed without a timeout message (incomplete: {partial:?})")
+            }
+        }
+    }
+    let (message, elapsed) = match got {
+        Some(got) => got,
+        None => (client.recv_within(Duration::from_secs(1)), opened.elapsed()),
+    };
+    assert_eq!(message, ["timeout"]);
+    assert!(
+        elapsed >= NOT_BEFORE && elapsed <= NOT_AFTER,
+        "timeout came after {elapsed:?}, expected about 1 s after the connection opened"
+    );
+    client.expect_closed();
+}
+
+#[test]
+fn any_command_resets_the_idle_timer() {
+    let server = one_second_idle_timeout();
+    let mut client = server.client();
+    thread::sleep(Duration::from_millis(600));
+    client.send(&["frobnicate"]);
+    client.expect(&["unknown_command"]);
+    let commanded = Instant::now();
+    // Past the first deadline (1 s after opening), still connected and silent.
+    client.expect_nothing_for(Duration::from_millis(700));
+    let got = client.recv_within(Duration::from_secs(3));
+    let elapsed = commanded.elapsed();
+    assert_eq!(got, ["timeout"]);
+    assert!(
+        elapsed >= NOT_BEFORE && elapsed <= NOT_AFTER,
+        "timeout came {elapsed:?} after the last command, expected about 1 s"
+    );
+    client.expect_closed();
+}
+
+// ---------------------------------------------------------------------------------------
+// Message size limit (§3 io_error)
+// ---------------------------------------------------------------------------------------
+
+fn small_message_limit() -> TestServer {
+    let config = TestConfig::new().server("max_message_bytes", 1024);
+    TestServer::start(&config, &[ALICE])
+}
+
+#[test]
+fn message_longer_than_the_limit_gets_io_error_and_close() {
+    let server = small_message_limit();
+    let mut bystander = server.client();
+    bystander.login("alice", "alice-secret");
+
+    let mut client = server.client();
+    let mut big = vec![b'x'; 2000];
+    big.push(common::RS);
+    client.send_raw(&big);
+    client.expect(&["io_error"]);
+    client.expect_closed();
+
+    bystander.send(&["prolongate"]);
+    bystander.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn message_of_exactly_the_limit_is_accepted() {
+    let server = small_message_limit();
+    let mut client = server.client();
+    let mut exact = vec![b'x'; 1024];
+    exact.push(common::RS);
+    client.send_raw(&exact);
+    client.expect(&["unknown_command"]);
+
+    // With parts: the separators count, the terminator does not.
+    let padding = "p".repeat(1024 - "login\x1falice\x1f".len());
+    let message = encode(&["login", "alice", &padding]);
+    assert_eq!(message.len(), 1025);
+    client.send_raw(&message);
+    client.expect(&["login_invalid"]);
+
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn unterminated_bytes_at_the_limit_are_not_an_error() {
+    let server = small_message_limit();
+    let mut client = server.client();
+    client.send_raw(&[b'x'; 1024]);
+    client.expect_nothing_for(QUIET);
+    client.send_raw(&[common::RS]);
+    client.expect(&["unknown_command"]);
+}
+
+#[test]
+fn unterminated_stream_past_the_limit_gets_io_error_while_others_are_served() {
+    let server = small_message_limit();
+    let mut bystander = server.client();
+    let mut client = server.client();
+
+    client.send_raw(&[b'x'; 1000]);
+    bystander.send(&["prolongate"]);
+    bystander.expect(&["prolongate_ack"]);
+    client.expect_nothing_for(Duration::from_millis(100));
+
+    client.send_raw(&[b'x'; 25]);
+    client.expect(&["io_error"]);
+    client.expect_closed();
+
+    bystander.send(&["prolongate"]);
+    bystander.expect(&["prolongate_ack"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Half-close (§3)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn half_closed_client_gets_all_replies_then_eof() {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.send_raw(&encode_all(&[
+        &["prolongate"],
+        &["login", "alice", "alice-secret"],
+        &["frobnicate"],
+        &["invalidate"],
+        &["login", "bob", "wrong"],
+        &["logout"],
+    ]));
+    client.shutdown_write();
+    client.expect_all(&[
+        &["prolongate_ack"],
+        &["login_valid"],
+        &["unknown_command"],
+        &["invalidate_ack"],
+        &["login_invalid"],
+        &["logout_ack"],
+    ]);
+    client.expect_closed();
+}
+
+// ---------------------------------------------------------------------------------------
+// Login throttling (§2, auth.login_failures_per_minute)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn logins_past_the_failure_limit_are_refused_at_once_even_with_the_right_password() {
+    // A costlier hash for alice, so a real check is measurably slower than a refusal.
+    let alice_hash = bcrypt::hash("alice-secret", 10).expect("hash");
+    let bob_hash = common::cheap_hash("bob-secret");
+    let config = TestConfig::new().auth("login_failures_per_minute", 3);
+    let server =
+        TestServer::start_with_hashes(&config, &[("alice", &alice_hash), ("bob", &bob_hash)]);
+
+    let mut first = server.client();
+    let mut slowest_check = Duration::ZERO;
+    for _ in 0..3 {
+        let sent = Instant::now();
+        first.send(&["login", "alice", "wrong"]);
+        first.expect(&["login_invalid"]);
+        slowest_check = slowest_check.max(sent.elapsed());
+    }
+
+    // The pair is (address, name), not the connection.
+    let mut second = server.client();
+    let sent = Instant::now();
+    second.send(&["login", "alice", "alice-secret"]);
+    second.expect(&["login_invalid"]);
+    let refusal = sent.elapsed();
+    assert!(
+        refusal < slowest_check / 2,
+        "a throttled login took {refusal:?}, as long as a real check ({slowest_check:?})"
+    );
+
+    first.send(&["login", "alice", "alice-secret"]);
+    first.expect(&["login_invalid"]);
+
+    // Another name from the same address is unaffected.
+    first.login("bob", "bob-secret");
+    second.login("bob", "bob-secret");
+}
+
+#[test]
+fn logins_below_the_failure_limit_still_succeed() {
+    let config = TestConfig::new().auth("login_failures_per_minute", 3);
+    let server = TestServer::start(&config, &[ALICE]);
+    let mut client = server.client();
+    for _ in 0..2 {
+        client.send(&["login", "alice", "wrong"]);
+        client.expect(&["login_invalid"]);
+    }
+    client.login("alice", "alice-secret");
+}
+
+// ---------------------------------------------------------------------------------------
+// bcrypt off the event loops (§2)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn slow_password_checks_do_not_stall_other_connections() {
+    let slow_hash = bcrypt::hash("alice-secret", 12).expect("hash");
+    let server = TestServer::start_with_hashes(&TestConfig::new(), &[("alice", &slow_hash)]);
+
+    let mut logins: Vec<_> = (0..8).map(|_| server.client()).collect();
+    let mut other = server.client();
+    for client in &mut logins {
+        client.send(&["login", "alice", "alice-secret"]);
+    }
+
+    let mut latencies = Vec::new();
+    for _ in 0..20 {
+        let sent = Instant::now();
+        other.send(&["prolongate"]);
+        other.expect(&["prolongate_ack"]);
+        latencies.push(sent.elapsed());
+        thread::sleep(Duration::from_millis(25));
+    }
+    let still_checking = logins
+        .iter_mut()
+        .map(|client| client.has_pending_input())
+        .filter(|answered| !answered)
+        .count();
+    assert!(
+        still_checking > 0,
+        "all logins were answered before the prolongates ended: the test proved nothing"
+    );
+    let slowest = latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_millis(100),
+        "prolongate replies took up to {slowest:?} while logins were checked: {latencies:?}"
+    );
+
+    for (index, client) in logins.iter_mut().enumerate() {
+        let got = client.recv_within(Duration::from_secs(60));
+        assert_eq!(got, ["login_valid"], "login #{index}");
+    }
+}

@@ -1,0 +1,108 @@
+//! Supervision: when the registry or the bus panics, a fresh one takes over, rebuilt from
+//! the connections, and clients notice nothing.
+
+mod common;
+mod in_process;
+
+use common::TestClient;
+use in_process::{test_settings, InProcessServer};
+use std::time::Duration;
+use tether_actors::supervisor::FaultTarget;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+struct Scene {
+    server: InProcessServer,
+    alice_1: TestClient,
+    alice_2: TestClient,
+    alice_3: TestClient,
+    bob: TestClient,
+}
+
+fn scene() -> Scene {
+    let server = InProcessServer::start(test_settings(), &[("alice", "pw-a"), ("bob", "pw-b")]);
+    let mut alice_1 = TestClient::connect(server.addr());
+    let mut alice_2 = TestClient::connect(server.addr());
+    let mut alice_3 = TestClient::connect(server.addr());
+    let mut bob = TestClient::connect(server.addr());
+    for client in [&mut alice_1, &mut alice_2, &mut alice_3] {
+        client.login("alice", "pw-a");
+    }
+    bob.login("bob", "pw-b");
+    server.wait_for_connections("alice", 3);
+    server.wait_for_connections("bob", 1);
+    Scene {
+        server,
+        alice_1,
+        alice_2,
+        alice_3,
+        bob,
+    }
+}
+
+/// Events and invalidations still reach the connections bound before the fault.
+fn assert_bindings_survived(scene: &mut Scene) {
+    let server = &scene.server;
+    server.wait_for_connections("alice", 3);
+    server.wait_for_connections("bob", 1);
+
+    let receipt = server
+        .block_on(server.handle().publish("alice", "after the fault"))
+        .expect("published");
+    assert_eq!(receipt.connections, 3);
+    let time = receipt.time.to_string();
+    for client in [&mut scene.alice_1, &mut scene.alice_2, &mut scene.alice_3] {
+        client.expect(&["event", &time, "after the fault"]);
+    }
+
+    scene.alice_1.send(&["invalidate"]);
+    scene.alice_1.expect(&["invalidate_ack"]);
+    scene.alice_2.expect(&["invalidated"]);
+    scene.alice_3.expect(&["invalidated"]);
+    common::expect_all_silent(&mut [&mut scene.bob, &mut scene.alice_1], QUIET);
+    server.wait_for_connections("alice", 1);
+}
+
+#[test]
+fn a_panicking_registry_is_replaced_and_rebuilt_from_the_connections() {
+    let mut scene = scene();
+    scene.server.handle().inject_panic(FaultTarget::Registry);
+    assert_bindings_survived(&mut scene);
+}
+
+#[test]
+fn a_panicking_bus_is_replaced_and_delivery_continues() {
+    let mut scene = scene();
+    scene.server.handle().inject_panic(FaultTarget::Bus);
+    assert_bindings_survived(&mut scene);
+}
+
+#[test]
+fn repeated_faults_of_both_children_leave_every_binding_in_place() {
+    let mut scene = scene();
+    for round in 0..5 {
+        let target = if round % 2 == 0 {
+            FaultTarget::Registry
+        } else {
+            FaultTarget::Bus
+        };
+        scene.server.handle().inject_panic(target);
+        scene.server.wait_for_connections("alice", 3);
+        let receipt = scene
+            .server
+            .block_on(
+                scene
+                    .server
+                    .handle()
+                    .publish("bob", format!("round {round}")),
+            )
+            .expect("published");
+        assert_eq!(receipt.connections, 1, "round {round}");
+        scene.bob.expect(&[
+            "event",
+            &receipt.time.to_string(),
+            &format!("round {round}"),
+        ]);
+    }
+    assert_bindings_survived(&mut scene);
+}
