@@ -6,6 +6,7 @@ use crate::clock::EventClock;
 use crate::codec::{encoded_message, is_valid_part};
 use crate::connection::BindingId;
 use crate::credentials::{check_name, CredentialError};
+use crate::metrics::Metrics;
 use crate::registry::{Deliver, Revoke, UserRegistryActor};
 use crate::supervisor::DeathNotice;
 use actix::prelude::*;
@@ -19,6 +20,10 @@ pub struct EventBusActor {
     registry: Addr<UserRegistryActor>,
     /// Stamps events with their registration time.
     clock: EventClock,
+    /// Longest event text accepted: an event must fit in a connection's output limit.
+    max_text_bytes: usize,
+    /// Counts events and invalidations.
+    metrics: Metrics,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -26,15 +31,28 @@ pub struct EventBusActor {
 impl EventBusActor {
     pub(crate) fn new(
         registry: Addr<UserRegistryActor>,
-        clock: EventClock,
+        limits: BusLimits,
         death: DeathNotice,
     ) -> Self {
         Self {
             registry,
-            clock,
+            clock: limits.clock,
+            max_text_bytes: limits.max_text_bytes,
+            metrics: limits.metrics,
             _death: death,
         }
     }
+}
+
+/// What a bus is started with, the same for every restart.
+#[derive(Debug, Clone)]
+pub(crate) struct BusLimits {
+    /// Stamps events.
+    pub clock: EventClock,
+    /// Longest event text accepted.
+    pub max_text_bytes: usize,
+    /// Counts events and invalidations.
+    pub metrics: Metrics,
 }
 
 impl Actor for EventBusActor {
@@ -68,6 +86,11 @@ pub enum PublishError {
     InvalidUser(CredentialError),
     /// The text holds a message or part separator.
     TextHasSeparator,
+    /// The text is longer than a connection may hold unsent (`max_pending_bytes`).
+    TextTooLong {
+        /// The longest text accepted, in bytes.
+        limit: usize,
+    },
     /// The bus or the registry stopped before answering.
     Unavailable,
 }
@@ -77,6 +100,7 @@ impl fmt::Display for PublishError {
         match self {
             Self::InvalidUser(err) => write!(f, "invalid user: {err}"),
             Self::TextHasSeparator => f.write_str("the text contains U+001E or U+001F"),
+            Self::TextTooLong { limit } => write!(f, "the text is longer than {limit} bytes"),
             Self::Unavailable => f.write_str("the event bus is restarting"),
         }
     }
@@ -94,6 +118,12 @@ impl Handler<Publish> for EventBusActor {
         if !is_valid_part(msg.text.as_bytes()) {
             return Box::pin(std::future::ready(Err(PublishError::TextHasSeparator)));
         }
+        if msg.text.len() > self.max_text_bytes {
+            return Box::pin(std::future::ready(Err(PublishError::TextTooLong {
+                limit: self.max_text_bytes,
+            })));
+        }
+        self.metrics.events_published.inc();
         let time = self.clock.now();
         let message =
             encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
@@ -159,8 +189,10 @@ impl Handler<Invalidate> for EventBusActor {
             revoked,
         });
         let cause = msg.cause;
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let invalidated = count.await.map_err(|_| PublishError::Unavailable)?;
+            metrics.invalidated(cause, invalidated);
             if invalidated > 0 {
                 log::info!("user {user:?}: {invalidated} connection(s) invalidated ({cause})");
             }

@@ -5,8 +5,9 @@
 use crate::bus::{Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, Frame, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
+use crate::metrics::{CommandKind, IoErrorCause, LoginResult, Metrics};
 use crate::password::PasswordChecker;
-use crate::protocol::{parse_command, Command, Reply};
+use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
 use crate::supervisor::HubState;
 use crate::throttle::LoginThrottle;
@@ -79,6 +80,8 @@ pub(crate) struct ConnectionShared {
     pub throttle: LoginThrottle,
     /// Checked for unknown users, so they cost as much as a wrong password.
     pub stand_in_hash: PasswordHash,
+    /// What the server counts.
+    pub metrics: Metrics,
 }
 
 /// The user a connection is bound to, and which login bound it.
@@ -152,6 +155,7 @@ impl ConnectionActor {
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let hub = hub_watch.borrow_and_update().clone();
+        shared.metrics.connections_open.inc();
         Self {
             stream,
             peer,
@@ -175,7 +179,17 @@ impl ConnectionActor {
     /// Handles one complete message from the client.
     fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         self.last_message = Instant::now();
-        match parse_command(&frame) {
+        let command = parse_command(&frame);
+        self.shared.metrics.command(match &command {
+            Ok(Command::Login { .. }) => CommandKind::Login,
+            Ok(Command::Logout) => CommandKind::Logout,
+            Ok(Command::Disconnect) => CommandKind::Disconnect,
+            Ok(Command::Prolongate) => CommandKind::Prolongate,
+            Ok(Command::Invalidate) => CommandKind::Invalidate,
+            Err(CommandError::Unknown) => CommandKind::Unknown,
+            Err(CommandError::InvalidArgsCount) => CommandKind::InvalidArgsCount,
+        });
+        match command {
             Err(err) => self.reply(err.reply(), ctx),
             Ok(Command::Login { name, password }) => self.start_login(name, password, ctx),
             Ok(Command::Logout) => {
@@ -219,6 +233,7 @@ impl ConnectionActor {
     fn start_login(&mut self, name: &[u8], password: &[u8], ctx: &mut Context<Self>) {
         let now = Instant::now();
         if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
+            self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
                 "{}: login as {:?} refused unchecked: too many failures",
                 self.peer,
@@ -253,6 +268,7 @@ impl ConnectionActor {
 
     fn login_succeeded(&mut self, user: Arc<str>, name: &[u8], ctx: &mut Context<Self>) {
         self.shared.throttle.record_success(self.peer.ip(), name);
+        self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
             .as_ref()
@@ -266,6 +282,7 @@ impl ConnectionActor {
             self.announce(&binding, ctx);
             log::info!("{}: logged in as {:?}", self.peer, binding.user);
             self.binding = Some(binding);
+            self.shared.metrics.connections_bound.inc();
         }
         self.reply(Reply::LoginValid, ctx);
     }
@@ -274,6 +291,7 @@ impl ConnectionActor {
         self.shared
             .throttle
             .record_failure(self.peer.ip(), name, Instant::now());
+        self.shared.metrics.login(LoginResult::Invalid);
         log::info!(
             "{}: login as {:?} failed",
             self.peer,
@@ -291,9 +309,16 @@ impl ConnectionActor {
         });
     }
 
+    /// Clears the binding without telling the registry (which already knows).
+    fn take_binding(&mut self) -> Option<Binding> {
+        let binding = self.binding.take()?;
+        self.shared.metrics.connections_bound.dec();
+        Some(binding)
+    }
+
     /// Drops the binding, telling the registry; returns what it was.
     fn unbind(&mut self) -> Option<Binding> {
-        let binding = self.binding.take()?;
+        let binding = self.take_binding()?;
         self.hub.registry.do_send(Unbind {
             user: Arc::clone(&binding.user),
             binding: binding.id,
@@ -317,6 +342,7 @@ impl ConnectionActor {
             // What the kernel takes right now is not pending.
             if self.write_now().is_err() || self.output.len() > self.shared.max_pending_bytes {
                 self.fail(
+                    IoErrorCause::SlowReader,
                     "unsent output over max_pending_bytes (client not reading)",
                     ctx,
                 );
@@ -359,6 +385,7 @@ impl ConnectionActor {
         match reason {
             CloseReason::Timeout => {
                 log::info!("{}: idle timeout{}", self.peer, self.who());
+                self.shared.metrics.timeouts.inc();
                 self.reply(Reply::Timeout, ctx);
             }
             CloseReason::Shutdown => self.reply(Reply::Shutdown, ctx),
@@ -381,12 +408,13 @@ impl ConnectionActor {
 
     /// Closes after an I/O problem: `io_error` if it can be sent whole without waiting,
     /// then the socket is dropped.
-    fn fail(&mut self, cause: &str, ctx: &mut Context<Self>) {
+    fn fail(&mut self, cause: IoErrorCause, detail: &str, ctx: &mut Context<Self>) {
         if matches!(self.phase, Phase::Lingering) {
             ctx.stop();
             return;
         }
-        log::info!("{}: io_error: {cause}{}", self.peer, self.who());
+        log::info!("{}: io_error: {detail}{}", self.peer, self.who());
+        self.shared.metrics.io_error(cause);
         self.unbind();
         self.output.clear();
         if self.output_at_boundary {
@@ -455,7 +483,7 @@ impl ConnectionActor {
                     }
                     Ok(None) => break,
                     Err(err) => {
-                        self.fail(&err.to_string(), ctx);
+                        self.fail(IoErrorCause::MessageTooLong, &err.to_string(), ctx);
                         return Poll::Ready(());
                     }
                 }
@@ -467,7 +495,7 @@ impl ConnectionActor {
             match self.stream.poll_read_ready(task) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(err)) => {
-                    self.fail(&format!("read error: {err}"), ctx);
+                    self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
                     return Poll::Ready(());
                 }
                 Poll::Ready(Ok(())) => {}
@@ -488,7 +516,7 @@ impl ConnectionActor {
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(err) => {
-                    self.fail(&format!("read error: {err}"), ctx);
+                    self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
                     return Poll::Ready(());
                 }
             }
@@ -517,6 +545,15 @@ impl Actor for ConnectionActor {
     }
 }
 
+impl Drop for ConnectionActor {
+    fn drop(&mut self) {
+        self.shared.metrics.connections_open.dec();
+        if self.binding.is_some() {
+            self.shared.metrics.connections_bound.dec();
+        }
+    }
+}
+
 impl Handler<Push> for ConnectionActor {
     type Result = ();
 
@@ -540,7 +577,7 @@ impl Handler<Push> for ConnectionActor {
                     .as_ref()
                     .is_some_and(|current| current.id == binding)
                 {
-                    if let Some(binding) = self.binding.take() {
+                    if let Some(binding) = self.take_binding() {
                         log::info!("{}: invalidated, no longer {:?}", self.peer, binding.user);
                     }
                     self.reply(Reply::Invalidated, ctx);
@@ -604,7 +641,7 @@ impl ActorFuture<ConnectionActor> for Flush {
         loop {
             if let Err(err) = act.write_now() {
                 act.flushing = false;
-                act.fail(&format!("write error: {err}"), ctx);
+                act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
                 return Poll::Ready(());
             }
             if act.output.is_empty() {
@@ -615,7 +652,7 @@ impl ActorFuture<ConnectionActor> for Flush {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(err)) => {
                     act.flushing = false;
-                    act.fail(&format!("write error: {err}"), ctx);
+                    act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
                     return Poll::Ready(());
                 }
             }

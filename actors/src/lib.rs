@@ -12,6 +12,7 @@ pub mod clock;
 pub mod codec;
 pub mod connection;
 pub mod credentials;
+pub mod metrics;
 pub mod password;
 pub mod protocol;
 pub mod registry;

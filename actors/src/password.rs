@@ -1,10 +1,15 @@
 //! Password checks off the event loops: a fixed set of threads running bcrypt, fed through
 //! a bounded queue, so a burst of logins never stalls an arbiter.
 
+use crate::metrics::Metrics;
 use crate::users::PasswordHash;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
+
+/// The most of a password bcrypt looks at; later bytes change no verdict.
+const BCRYPT_READS_BYTES: usize = 72;
 
 /// One password to compare with one hash.
 struct Check {
@@ -23,21 +28,24 @@ struct Check {
 pub struct PasswordChecker {
     /// The queue of pending checks; its capacity bounds the memory a login burst can take.
     queue: mpsc::Sender<Check>,
+    /// Queue depth and check durations.
+    metrics: Metrics,
 }
 
 impl PasswordChecker {
     /// Starts `threads` checker threads behind a queue holding at most `queue_capacity`
     /// pending checks.
-    pub fn start(threads: usize, queue_capacity: usize) -> std::io::Result<Self> {
+    pub fn start(threads: usize, queue_capacity: usize, metrics: Metrics) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel(queue_capacity.max(1));
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..threads.max(1) {
             let receiver = Arc::clone(&receiver);
+            let metrics = metrics.clone();
             thread::Builder::new()
                 .name(format!("tether-bcrypt-{index}"))
-                .spawn(move || run_checks(&receiver))?;
+                .spawn(move || run_checks(&receiver, &metrics))?;
         }
-        Ok(Self { queue })
+        Ok(Self { queue, metrics })
     }
 
     /// Whether `password` matches `hash`. Waits while the queue is full; a malformed hash
@@ -47,7 +55,12 @@ impl PasswordChecker {
         password: Vec<u8>,
         hash: PasswordHash,
     ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        // bcrypt reads at most 72 bytes; more, held in the queue, would only take memory.
+        let mut password = password;
+        password.truncate(BCRYPT_READS_BYTES);
+        password.shrink_to_fit();
         let queue = self.queue.clone();
+        let metrics = self.metrics.clone();
         async move {
             let (verdict, answer) = oneshot::channel();
             let check = Check {
@@ -55,7 +68,9 @@ impl PasswordChecker {
                 hash,
                 verdict,
             };
+            metrics.password_queue_depth.inc();
             if queue.send(check).await.is_err() {
+                metrics.password_queue_depth.dec();
                 return false;
             }
             answer.await.unwrap_or(false)
@@ -64,14 +79,19 @@ impl PasswordChecker {
 }
 
 /// Runs checks until every sender is gone.
-fn run_checks(receiver: &Mutex<mpsc::Receiver<Check>>) {
+fn run_checks(receiver: &Mutex<mpsc::Receiver<Check>>, metrics: &Metrics) {
     loop {
         let next = match receiver.lock() {
             Ok(mut receiver) => receiver.blocking_recv(),
             Err(_) => None,
         };
         let Some(check) = next else { return };
+        metrics.password_queue_depth.dec();
+        let started = Instant::now();
         let matches = bcrypt::verify(&check.password, &check.hash).unwrap_or(false);
+        metrics
+            .password_check_seconds
+            .observe(started.elapsed().as_secs_f64());
         // The connection may be gone; then nobody needs the verdict.
         let _ = check.verdict.send(matches);
     }
@@ -92,7 +112,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn checks_match_only_the_right_password() {
-        let checker = PasswordChecker::start(2, 4).expect("threads start");
+        let checker = PasswordChecker::start(2, 4, Metrics::new()).expect("threads start");
         let hash = PasswordHash::from(bcrypt::hash("secret", 4).expect("hashes"));
         assert!(checker.check(b"secret".to_vec(), hash.clone()).await);
         assert!(!checker.check(b"wrong".to_vec(), hash).await);
@@ -105,8 +125,21 @@ mod tests {
 
     #[actix_rt::test]
     async fn the_stand_in_hash_matches_no_valid_password() {
-        let checker = PasswordChecker::start(1, 1).expect("threads start");
+        let checker = PasswordChecker::start(1, 1, Metrics::new()).expect("threads start");
         let hash = stand_in_hash(4).expect("hashes");
         assert!(!checker.check(b"tether stand-in".to_vec(), hash).await);
+    }
+
+    #[actix_rt::test]
+    async fn an_over_long_password_gets_the_verdict_bcrypt_itself_gives() {
+        // Queued checks keep at most 72 bytes; bcrypt never reads further, so verdicts
+        // are unchanged (the connection refuses over-long passwords before this anyway).
+        let checker = PasswordChecker::start(1, 1, Metrics::new()).expect("threads start");
+        let long = vec![b'p'; 10_000];
+        let hash = PasswordHash::from(bcrypt::hash(&long[..72], 4).expect("hashes"));
+        let expected = bcrypt::verify(&long, &hash).expect("verifies");
+        assert!(expected);
+        assert_eq!(checker.check(long.clone(), hash.clone()).await, expected);
+        assert!(!checker.check(long[..71].to_vec(), hash).await);
     }
 }

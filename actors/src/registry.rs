@@ -5,6 +5,7 @@
 //! own binding and announces it again to a fresh registry after a restart.
 
 use crate::connection::{BindingId, Push};
+use crate::metrics::Metrics;
 use crate::supervisor::DeathNotice;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -24,15 +25,18 @@ struct BoundConnection {
 pub struct UserRegistryActor {
     /// Bound connections per user; a user with none has no entry.
     by_user: HashMap<Arc<str>, Vec<BoundConnection>>,
+    /// Counts deliveries.
+    metrics: Metrics,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
 
 impl UserRegistryActor {
     /// An empty registry that reports its end through `death`.
-    pub(crate) fn new(death: DeathNotice) -> Self {
+    pub(crate) fn new(metrics: Metrics, death: DeathNotice) -> Self {
         Self {
             by_user: HashMap::new(),
+            metrics,
             _death: death,
         }
     }
@@ -127,6 +131,7 @@ impl Handler<Deliver> for UserRegistryActor {
                 });
             }
             delivered = entries.len();
+            self.metrics.events_delivered.inc_by(delivered as u64);
             if entries.is_empty() {
                 self.by_user.remove(&*msg.user);
             }

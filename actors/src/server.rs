@@ -3,10 +3,11 @@
 //! [`TetherHandle`], through which the host publishes events and invalidates users.
 
 use crate::bus::{
-    EventBusActor, Invalidate, InvalidationCause, Publish, PublishError, PublishReceipt,
+    BusLimits, EventBusActor, Invalidate, InvalidationCause, Publish, PublishError, PublishReceipt,
 };
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
+use crate::metrics::Metrics;
 use crate::password::{stand_in_hash, PasswordChecker};
 use crate::registry::CountConnections;
 use crate::supervisor::{BeginShutdown, HubState, HubSupervisor};
@@ -22,12 +23,17 @@ use tokio::task::JoinHandle;
 
 /// Pending password checks allowed before logins wait for room.
 const PASSWORD_QUEUE: usize = 1024;
+/// Connections the kernel may hold completed but not yet accepted (it caps this at
+/// `net.core.somaxconn`); the standard library listens with 128.
+const LISTEN_BACKLOG: i32 = 4096;
 /// First pause after a failed `accept` (such as running out of file descriptors).
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 /// Longest pause after repeated `accept` failures.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How often a refusal at the connection cap is logged at most.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Room in an event message for everything but its text: `event`, the time, separators.
+const EVENT_OVERHEAD: usize = 64;
 /// How long a handle waits for the supervisor to replace a failed bus or registry.
 const RESTART_WAIT: Duration = Duration::from_secs(1);
 
@@ -100,6 +106,8 @@ pub struct Tether {
     shutdown_grace: Duration,
     /// The worker and hub threads, stopped at the end of shutdown.
     arbiters: Vec<Arbiter>,
+    /// What the server counts.
+    metrics: Metrics,
 }
 
 impl Tether {
@@ -113,13 +121,21 @@ impl Tether {
         users: Arc<dyn UserStore>,
     ) -> Result<Self, StartError> {
         listener.set_nonblocking(true)?;
+        // A burst of connections (clients reconnecting after a restart) must not overflow
+        // the accept queue: a dropped SYN costs its client a one-second retry.
+        socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
         let local_addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
 
+        let metrics = Metrics::new();
         let hub_arbiter = Arbiter::new();
         let (supervisor, hub) = HubSupervisor::launch(
             hub_arbiter.handle(),
-            EventClock::new(settings.time_zone.clone()),
+            BusLimits {
+                clock: EventClock::new(settings.time_zone.clone()),
+                max_text_bytes: settings.max_pending_bytes.saturating_sub(EVENT_OVERHEAD),
+                metrics: metrics.clone(),
+            },
         );
         let workers: Vec<Arbiter> = (0..settings.workers.max(1))
             .map(|_| Arbiter::new())
@@ -129,9 +145,14 @@ impl Tether {
             max_message_bytes: settings.max_message_bytes,
             max_pending_bytes: settings.max_pending_bytes,
             users,
-            checker: PasswordChecker::start(settings.password_threads, PASSWORD_QUEUE)?,
+            checker: PasswordChecker::start(
+                settings.password_threads,
+                PASSWORD_QUEUE,
+                metrics.clone(),
+            )?,
             throttle: LoginThrottle::new(settings.login_failures_per_minute),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
+            metrics: metrics.clone(),
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
         let accept = actix_rt::spawn(accept_loop(
@@ -152,7 +173,13 @@ impl Tether {
             max_connections: settings.max_connections,
             shutdown_grace: settings.shutdown_grace,
             arbiters,
+            metrics,
         })
+    }
+
+    /// What the server counts; register it with a Prometheus registry to expose it.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The address clients connect to.
@@ -201,21 +228,35 @@ async fn accept_loop(
 ) {
     let mut next_worker = 0;
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut failures_in_a_row: u64 = 0;
     let mut last_refusal_log: Option<Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
+                if failures_in_a_row > 0 {
+                    log::info!("accepting again after {failures_in_a_row} failed attempt(s)");
+                }
                 backoff = ACCEPT_BACKOFF_MIN;
+                failures_in_a_row = 0;
                 accepted
             }
+            Err(err) if is_per_connection(&err) => {
+                // That one connection is gone; the next may be fine.
+                log::debug!("accept failed for one connection: {err}");
+                continue;
+            }
             Err(err) => {
+                // Out of descriptors or memory: the pending connection stays queued and
+                // the listener stays ready, so retrying at once would spin.
                 log::warn!("accept failed: {err}; pausing {backoff:?}");
+                failures_in_a_row += 1;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            shared.metrics.connections_refused.inc();
             if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
                 log::warn!("{peer}: refused: max_connections reached");
                 last_refusal_log = Some(Instant::now());
@@ -249,6 +290,19 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// Whether an `accept` error concerns only the connection being accepted (it was reset or
+/// refused before it was taken), rather than the server (EMFILE, ENFILE, ENOBUFS, ENOMEM).
+fn is_per_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::Interrupted
+            | ErrorKind::PermissionDenied
+    )
 }
 
 /// Publishes events and invalidates users from anywhere in the host program; cheap to

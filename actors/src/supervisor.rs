@@ -3,8 +3,8 @@
 //! refilled by the connections, which re-announce their bindings when they see the new
 //! registry generation in the [`HubState`] they watch.
 
-use crate::bus::{EventBusActor, UseRegistry};
-use crate::clock::EventClock;
+use crate::bus::{BusLimits, EventBusActor, UseRegistry};
+use crate::metrics::Metrics;
 use crate::registry::UserRegistryActor;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
@@ -51,7 +51,7 @@ pub struct HubSupervisor {
     /// The thread the children run on.
     arbiter: ArbiterHandle,
     /// Given to every bus it starts.
-    clock: EventClock,
+    bus_limits: BusLimits,
     /// Publishes the children's addresses and the shutdown flag.
     state: watch::Sender<HubState>,
     /// Set during shutdown: children that end then are not restarted.
@@ -63,13 +63,13 @@ impl HubSupervisor {
     /// receiver of the hub's state.
     pub(crate) fn launch(
         arbiter: ArbiterHandle,
-        clock: EventClock,
+        bus_limits: BusLimits,
     ) -> (Addr<Self>, watch::Receiver<HubState>) {
         let mut receiver = None;
         let supervisor = Self::create(|ctx| {
             let me = ctx.address();
-            let registry = start_registry(&arbiter, &me);
-            let bus = start_bus(&arbiter, &me, registry.clone(), clock.clone());
+            let registry = start_registry(&arbiter, &me, &bus_limits.metrics);
+            let bus = start_bus(&arbiter, &me, registry.clone(), bus_limits.clone());
             let (state, watcher) = watch::channel(HubState {
                 registry,
                 registry_generation: 0,
@@ -79,7 +79,7 @@ impl HubSupervisor {
             receiver = Some(watcher);
             Self {
                 arbiter,
-                clock,
+                bus_limits,
                 state,
                 stopping: false,
             }
@@ -89,13 +89,21 @@ impl HubSupervisor {
     }
 }
 
-fn start_registry(arbiter: &ArbiterHandle, me: &Addr<HubSupervisor>) -> Addr<UserRegistryActor> {
+fn start_registry(
+    arbiter: &ArbiterHandle,
+    me: &Addr<HubSupervisor>,
+    metrics: &Metrics,
+) -> Addr<UserRegistryActor> {
     let supervisor = me.clone();
+    let metrics = metrics.clone();
     UserRegistryActor::start_in_arbiter(arbiter, move |_| {
-        UserRegistryActor::new(DeathNotice {
-            supervisor,
-            child: Child::Registry,
-        })
+        UserRegistryActor::new(
+            metrics,
+            DeathNotice {
+                supervisor,
+                child: Child::Registry,
+            },
+        )
     })
 }
 
@@ -103,13 +111,13 @@ fn start_bus(
     arbiter: &ArbiterHandle,
     me: &Addr<HubSupervisor>,
     registry: Addr<UserRegistryActor>,
-    clock: EventClock,
+    limits: BusLimits,
 ) -> Addr<EventBusActor> {
     let supervisor = me.clone();
     EventBusActor::start_in_arbiter(arbiter, move |_| {
         EventBusActor::new(
             registry,
-            clock,
+            limits,
             DeathNotice {
                 supervisor,
                 child: Child::Bus,
@@ -140,7 +148,7 @@ impl Handler<ChildGone> for HubSupervisor {
                 log::error!(
                     "user registry stopped; starting a fresh one, rebuilt from the connections"
                 );
-                let registry = start_registry(&self.arbiter, &me);
+                let registry = start_registry(&self.arbiter, &me, &self.bus_limits.metrics);
                 self.state.send_modify(|state| {
                     state.registry = registry.clone();
                     state.registry_generation += 1;
@@ -150,7 +158,7 @@ impl Handler<ChildGone> for HubSupervisor {
             Child::Bus => {
                 log::error!("event bus stopped; starting a fresh one");
                 let registry = self.state.borrow().registry.clone();
-                let bus = start_bus(&self.arbiter, &me, registry, self.clock.clone());
+                let bus = start_bus(&self.arbiter, &me, registry, self.bus_limits.clone());
                 self.state.send_modify(|state| state.bus = bus);
             }
         }

@@ -1,0 +1,268 @@
+//! What the server counts, for the admin API's `/metrics`: one [`Metrics`] per server,
+//! with every labelled child created up front so the hot paths only add to an atomic.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// A label set of one `(name, value)` pair.
+type Label = Vec<(&'static str, &'static str)>;
+
+/// The result of a `login`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginResult {
+    /// The password matched.
+    Valid,
+    /// The password was checked and did not match (or the user is unknown).
+    Invalid,
+    /// Refused unchecked by the throttle.
+    Throttled,
+}
+
+/// The type of a client message, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// `login`.
+    Login,
+    /// `logout`.
+    Logout,
+    /// `disconnect`.
+    Disconnect,
+    /// `prolongate`.
+    Prolongate,
+    /// `invalidate`.
+    Invalidate,
+    /// Answered `unknown_command`.
+    Unknown,
+    /// Answered `invalid_args_count`.
+    InvalidArgsCount,
+}
+
+/// Why a connection got `io_error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoErrorCause {
+    /// A message longer than `max_message_bytes`.
+    MessageTooLong,
+    /// Reading the socket failed.
+    Read,
+    /// Writing the socket failed.
+    Write,
+    /// Unsent output passed `max_pending_bytes`.
+    SlowReader,
+}
+
+/// Why connections were invalidated, as counted.
+pub use crate::bus::InvalidationCause;
+
+/// Every metric of one server.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// Open client connections.
+    pub(crate) connections_open: Gauge,
+    /// Connections bound to a user.
+    pub(crate) connections_bound: Gauge,
+    logins: [Counter; 3],
+    commands: [Counter; 7],
+    /// Events accepted by the bus.
+    pub(crate) events_published: Counter,
+    /// Event messages handed to connections.
+    pub(crate) events_delivered: Counter,
+    invalidations: [Counter; 4],
+    /// Connections closed by the idle timeout.
+    pub(crate) timeouts: Counter,
+    io_errors: [Counter; 4],
+    /// Password checks waiting for a bcrypt thread.
+    pub(crate) password_queue_depth: Gauge,
+    /// Time one bcrypt check took.
+    pub(crate) password_check_seconds: Histogram,
+    /// Connections refused because `max_connections` was reached.
+    pub(crate) connections_refused: Counter,
+    families: Families,
+}
+
+/// The labelled families, kept for registration.
+#[derive(Debug, Clone)]
+struct Families {
+    logins: Family<Label, Counter>,
+    commands: Family<Label, Counter>,
+    invalidations: Family<Label, Counter>,
+    io_errors: Family<Label, Counter>,
+}
+
+fn children<const N: usize>(
+    family: &Family<Label, Counter>,
+    key: &'static str,
+    values: [&'static str; N],
+) -> [Counter; N] {
+    values.map(|value| family.get_or_create_owned(&vec![(key, value)]))
+}
+
+impl Metrics {
+    /// Fresh metrics, all zero.
+    pub fn new() -> Self {
+        let families = Families {
+            logins: Family::default(),
+            commands: Family::default(),
+            invalidations: Family::default(),
+            io_errors: Family::default(),
+        };
+        Self {
+            connections_open: Gauge::default(),
+            connections_bound: Gauge::default(),
+            logins: children(
+                &families.logins,
+                "result",
+                ["valid", "invalid", "throttled"],
+            ),
+            commands: children(
+                &families.commands,
+                "type",
+                [
+                    "login",
+                    "logout",
+                    "disconnect",
+                    "prolongate",
+                    "invalidate",
+                    "unknown",
+                    "invalid_args_count",
+                ],
+            ),
+            events_published: Counter::default(),
+            events_delivered: Counter::default(),
+            invalidations: children(
+                &families.invalidations,
+                "cause",
+                ["client", "password_changed", "user_removed", "operator"],
+            ),
+            timeouts: Counter::default(),
+            io_errors: children(
+                &families.io_errors,
+                "cause",
+                ["message_too_long", "read", "write", "slow_reader"],
+            ),
+            password_queue_depth: Gauge::default(),
+            password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+            connections_refused: Counter::default(),
+            families,
+        }
+    }
+
+    /// Adds every metric to `registry` (give it a `tether` prefix).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "connections_open",
+            "Open client connections",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "connections_bound",
+            "Client connections bound to a user",
+            self.connections_bound.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because max_connections was reached",
+            self.connections_refused.clone(),
+        );
+        registry.register("logins", "Logins by result", self.families.logins.clone());
+        registry.register(
+            "commands",
+            "Client messages by command type",
+            self.families.commands.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events accepted for delivery",
+            self.events_published.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Event messages handed to connections",
+            self.events_delivered.clone(),
+        );
+        registry.register(
+            "invalidations",
+            "Connections sent `invalidated`, by cause",
+            self.families.invalidations.clone(),
+        );
+        registry.register(
+            "timeouts",
+            "Connections closed by the idle timeout",
+            self.timeouts.clone(),
+        );
+        registry.register(
+            "io_errors",
+            "Connections closed with io_error, by cause",
+            self.families.io_errors.clone(),
+        );
+        registry.register(
+            "password_check_queue_depth",
+            "Password checks waiting for a bcrypt thread",
+            self.password_queue_depth.clone(),
+        );
+        registry.register(
+            "password_check_seconds",
+            "Time one bcrypt password check took",
+            self.password_check_seconds.clone(),
+        );
+    }
+
+    pub(crate) fn login(&self, result: LoginResult) {
+        self.logins[result as usize].inc();
+    }
+
+    pub(crate) fn command(&self, kind: CommandKind) {
+        self.commands[kind as usize].inc();
+    }
+
+    pub(crate) fn invalidated(&self, cause: InvalidationCause, connections: usize) {
+        let index = match cause {
+            InvalidationCause::Client => 0,
+            InvalidationCause::PasswordChanged => 1,
+            InvalidationCause::UserRemoved => 2,
+            InvalidationCause::Operator => 3,
+        };
+        self.invalidations[index].inc_by(connections as u64);
+    }
+
+    pub(crate) fn io_error(&self, cause: IoErrorCause) {
+        self.io_errors[cause as usize].inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn registered_metrics_show_their_families_and_counts() {
+        let metrics = Metrics::new();
+        let mut registry = Registry::with_prefix("tether");
+        metrics.register(&mut registry);
+        metrics.login(LoginResult::Throttled);
+        metrics.command(CommandKind::InvalidArgsCount);
+        metrics.io_error(IoErrorCause::SlowReader);
+        metrics.invalidated(InvalidationCause::Operator, 3);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encodes");
+        for line in [
+            "tether_logins_total{result=\"throttled\"} 1",
+            "tether_logins_total{result=\"valid\"} 0",
+            "tether_commands_total{type=\"invalid_args_count\"} 1",
+            "tether_io_errors_total{cause=\"slow_reader\"} 1",
+            "tether_invalidations_total{cause=\"operator\"} 3",
+            "tether_connections_open 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The routes of SPEC §6 and what each answers.
+
+use super::{AdminState, ApiError};
+use crate::users_file::{self, PasswordChange};
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use tether_actors::bus::{InvalidationCause, PublishError};
+use tether_actors::credentials::{check_name, check_password};
+
+/// Mounts every route, and JSON answers for unknown routes and methods.
+pub fn configure(config: &mut web::ServiceConfig) {
+    config
+        .service(resource("/healthz", web::get().to(healthz)))
+        .service(resource("/metrics", web::get().to(metrics)))
+        .service(resource("/v1/events", web::post().to(publish)))
+        .service(resource(
+            "/v1/users/{name}/password",
+            web::put().to(set_password),
+        ))
+        .service(resource("/v1/users/{name}", web::delete().to(delete_user)))
+        .service(resource(
+            "/v1/users/{name}/invalidate",
+            web::post().to(invalidate),
+        ))
+        .service(resource(
+            "/v1/users/{name}/connections",
+            web::get().to(connections),
+        ))
+        .default_service(web::to(no_such_route));
+}
+
+/// One path with its one method; other methods get `405`.
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+type State = web::Data<AdminState>;
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.metrics)
+        .map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text))
+}
+
+/// The body of `POST /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    user: String,
+    text: String,
+}
+
+async fn publish(state: State, body: web::Json<EventBody>) -> Result<HttpResponse, ApiError> {
+    let EventBody { user, text } = body.into_inner();
+    let receipt = state
+        .tether
+        .publish(user.clone(), text)
+        .await
+        .map_err(publish_error)?;
+    Ok(HttpResponse::Accepted().json(json!({
+        "user": user,
+        "time": receipt.time,
+        "connections": receipt.connections,
+    })))
+}
+
+/// The body of `PUT /v1/users/{name}/password`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordBody {
+    password: String,
+}
+
+async fn set_password(
+    state: State,
+    name: web::Path<String>,
+    body: web::Json<PasswordBody>,
+) -> Result<HttpResponse, ApiError> {
+    let name = checked_name(name.into_inner())?;
+    let password = body.into_inner().password;
+    check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    let cost = state.bcrypt_cost;
+    let hash = web::block(move || bcrypt::hash(password, cost))
+        .await
+        .map_err(|err| ApiError::internal(format!("password hashing stopped: {err}")))?
+        .map_err(|err| ApiError::internal(format!("cannot hash the password: {err}")))?;
+    let path = state.users_file.clone();
+    let user = name.clone();
+    let change = web::block(move || users_file::set_password_hash(&path, &user, &hash))
+        .await
+        .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
+        .map_err(|err| {
+            log::error!("admin API: cannot set the password of {name:?}: {err}");
+            ApiError::internal(format!("cannot write the users file: {err}"))
+        })?;
+    apply_users_file(&state).await?;
+    Ok(match change {
+        PasswordChange::Created => {
+            log::info!("admin API: user {name:?} created");
+            HttpResponse::Created().finish()
+        }
+        PasswordChange::Changed => {
+            log::info!("admin API: password of {name:?} changed");
+            HttpResponse::NoContent().finish()
+        }
+    })
+}
+
+async fn delete_user(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = checked_name(name.into_inner())?;
+    let path = state.users_file.clone();
+    let user = name.clone();
+    let removed = web::block(move || users_file::remove_user(&path, &user))
+        .await
+        .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
+        .map_err(|err| {
+            log::error!("admin API: cannot remove {name:?}: {err}");
+            ApiError::internal(format!("cannot write the users file: {err}"))
+        })?;
+    if !removed {
+        return Err(ApiError::not_found(format!("no user named {name:?}")));
+    }
+    apply_users_file(&state).await?;
+    log::info!("admin API: user {name:?} removed");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn invalidate(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = checked_name(name.into_inner())?;
+    let invalidated = state
+        .tether
+        .invalidate(name, InvalidationCause::Operator)
+        .await
+        .map_err(publish_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "invalidated": invalidated })))
+}
+
+async fn connections(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let name = checked_name(name.into_inner())?;
+    let count = state
+        .tether
+        .connections(name.clone())
+        .await
+        .map_err(publish_error)?;
+    Ok(HttpResponse::Ok().json(json!({ "user": name, "connections": count })))
+}
+
+async fn no_such_route() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::not_found(
+        "no such route: see SPEC §6 (GET /healthz, GET /metrics, POST /v1/events, \
+         PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
+         POST /v1/users/{name}/invalidate, GET /v1/users/{name}/connections)",
+    ))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed())
+}
+
+/// A user name from a path, checked against the rules of SPEC §5.
+fn checked_name(name: String) -> Result<String, ApiError> {
+    check_name(&name).map_err(|err| ApiError::bad_request(err.to_string()))?;
+    Ok(name)
+}
+
+/// Puts the users file just written in force; the affected users' connections are sent
+/// `invalidated` before this returns.
+async fn apply_users_file(state: &AdminState) -> Result<(), ApiError> {
+    state.users.reload().await.map(drop).map_err(|err| {
+        ApiError::internal(format!(
+            "the users file was written but could not be applied: {err}"
+        ))
+    })
+}
+
+fn publish_error(err: PublishError) -> ApiError {
+    match err {
+        PublishError::Unavailable => ApiError::unavailable(err.to_string()),
+        other => ApiError::bad_request(other.to_string()),
+    }
+}

@@ -1,0 +1,455 @@
+//! The admin HTTP API (SPEC §6) through a real HTTP client against the real binary: each
+//! route's answers, the token rules, and what the routes do to connections and the users
+//! file.
+
+mod common;
+
+use common::{TestClient, TestConfig, TestServer};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const QUIET: Duration = Duration::from_millis(300);
+const TOKEN: &str = "s3cret-token";
+
+/// A running server with the admin API on an ephemeral port.
+struct Admin {
+    server: TestServer,
+    base: String,
+    token: Option<&'static str>,
+}
+
+impl Admin {
+    fn start(token: Option<&'static str>) -> Self {
+        let mut config = TestConfig::new()
+            .set("admin", "listen", "127.0.0.1:0")
+            .set("events", "time_zone", "UTC")
+            .set("auth", "bcrypt_cost", 4);
+        if let Some(token) = token {
+            config = config.set("admin", "token", token);
+        }
+        let server = TestServer::start(&config, &[("alice", "pw-a"), ("bob", "pw-b")]);
+        server.wait_for_log("(admin API)", Duration::from_secs(10));
+        let addr = admin_addr(&server.stderr_text());
+        Self {
+            server,
+            base: format!("http://{addr}"),
+            token,
+        }
+    }
+
+    fn client(&self) -> TestClient {
+        self.server.client()
+    }
+
+    /// Sends a request with the configured token; answers status and body.
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        call(&self.base, self.token, method, path, body)
+    }
+
+    /// Like [`Admin::call`], with the body parsed as JSON.
+    fn json(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, text) = self.call(method, path, body);
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("{method} {path}: body {text:?} is not JSON: {err}"));
+        (status, value)
+    }
+
+    fn users_file(&self) -> String {
+        std::fs::read_to_string(self.server.dir().join("users.toml")).expect("users file")
+    }
+}
+
+fn admin_addr(log: &str) -> SocketAddr {
+    let line = log
+        .lines()
+        .find(|line| line.contains("(admin API)"))
+        .expect("admin listening line");
+    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
+    rest.split_whitespace()
+        .next()
+        .and_then(|token| token.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+fn call(
+    base: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut request = ureq::request(method, &format!("{base}{path}"));
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            (status, response.into_string().expect("body readable"))
+        }
+        Err(ureq::Error::Status(status, response)) => {
+            (status, response.into_string().expect("body readable"))
+        }
+        Err(err) => panic!("{method} {path}: transport error {err}"),
+    }
+}
+
+fn utc_millis_now() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("fits")
+}
+
+fn assert_error(status: u16, body: &Value, expected_status: u16, mentions: &str) {
+    assert_eq!(status, expected_status, "body {body}");
+    let reason = body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error reason in {body}"));
+    assert!(
+        reason.contains(mentions),
+        "error {reason:?} should mention {mentions:?}"
+    );
+}
+
+#[test]
+fn healthz_answers_ok() {
+    let admin = Admin::start(None);
+    let (status, body) = admin.json("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"status": "ok"}));
+}
+
+#[test]
+fn with_a_token_every_route_but_healthz_needs_it() {
+    let admin = Admin::start(Some(TOKEN));
+    let anonymous = |method, path, body| call(&admin.base, None, method, path, body);
+    let wrong = |method, path, body| call(&admin.base, Some("wrong"), method, path, body);
+
+    assert_eq!(anonymous("GET", "/healthz", None).0, 200);
+    for (method, path, body) in [
+        ("GET", "/metrics", None),
+        ("POST", "/v1/events", Some(r#"{"user":"alice","text":"x"}"#)),
+        (
+            "PUT",
+            "/v1/users/carol/password",
+            Some(r#"{"password":"p"}"#),
+        ),
+        ("DELETE", "/v1/users/bob", None),
+        ("POST", "/v1/users/alice/invalidate", None),
+        ("GET", "/v1/users/alice/connections", None),
+    ] {
+        for (status, text) in [anonymous(method, path, body), wrong(method, path, body)] {
+            assert_eq!(status, 401, "{method} {path}: {text}");
+            let body: Value = serde_json::from_str(&text).expect("JSON error");
+            assert!(body["error"].as_str().is_some(), "{body}");
+        }
+    }
+    assert!(
+        !admin.users_file().contains("carol"),
+        "a refused request changed nothing"
+    );
+    assert!(admin.users_file().contains("bob"));
+    assert_eq!(admin.call("GET", "/metrics", None).0, 200);
+    let (status, body) = admin.json("GET", "/v1/users/alice/connections", None);
+    assert_eq!((status, &body["connections"]), (200, &serde_json::json!(0)));
+}
+
+#[test]
+fn published_events_reach_exactly_the_bound_connections_with_their_time() {
+    let admin = Admin::start(None);
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    let mut bob = admin.client();
+    let mut anonymous = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+
+    let before = utc_millis_now();
+    let (status, body) = admin.json(
+        "POST",
+        "/v1/events",
+        Some(r#"{"user":"alice","text":"hello, Алиса"}"#),
+    );
+    let after = utc_millis_now();
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["connections"], 2);
+    let time = body["time"].as_i64().expect("time is a number");
+    assert!(
+        (before..=after).contains(&time),
+        "{time} not in [{before}, {after}]"
+    );
+    for client in [&mut alice_1, &mut alice_2] {
+        client.expect(&["event", &time.to_string(), "hello, Алиса"]);
+    }
+    common::expect_all_silent(&mut [&mut bob, &mut anonymous], QUIET);
+
+    let (status, body) = admin.json(
+        "POST",
+        "/v1/events",
+        Some(r#"{"user":"nobody","text":"x"}"#),
+    );
+    assert_eq!((status, &body["connections"]), (202, &serde_json::json!(0)));
+}
+
+#[test]
+fn bad_event_requests_are_refused_and_deliver_nothing() {
+    let admin = Admin::start(None);
+    let mut alice = admin.client();
+    alice.login("alice", "pw-a");
+    let oversized = format!(r#"{{"user":"alice","text":"{}"}}"#, "x".repeat(70_000));
+    for (body, status, mentions) in [
+        (r#"{"user":"alice","text":"a\u001eb"}"#, 400, "U+001E"),
+        (r#"{"user":"alice","text":"a\u001fb"}"#, 400, "U+001F"),
+        (r#"{"user":"","text":"x"}"#, 400, "user name"),
+        (r#"{"user":"a\nb","text":"x"}"#, 400, "control character"),
+        (r#"{"user":"alice"}"#, 400, "text"),
+        (r#"{"text":"x"}"#, 400, "user"),
+        (r#"{"user":"alice","text":"x","extra":1}"#, 400, "extra"),
+        (r#"{"user":"alice","text":5}"#, 400, "invalid type"),
+        ("not json", 400, "JSON"),
+        ("", 400, "JSON"),
+        (oversized.as_str(), 413, "larger than"),
+    ] {
+        let (got, text) = admin.call("POST", "/v1/events", Some(body));
+        let parsed: Value = serde_json::from_str(&text).expect("JSON error body");
+        assert_error(got, &parsed, status, mentions);
+    }
+    alice.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn setting_a_password_creates_or_changes_the_user_and_invalidates_its_connections() {
+    let admin = Admin::start(None);
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    let mut bob = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+
+    let (status, _) = admin.call(
+        "PUT",
+        "/v1/users/carol/password",
+        Some(r#"{"password":"pw-c"}"#),
+    );
+    assert_eq!(status, 201);
+    admin.client().login("carol", "pw-c");
+
+    let (status, _) = admin.call(
+        "PUT",
+        "/v1/users/alice/password",
+        Some(r#"{"password":"new-pw"}"#),
+    );
+    assert_eq!(status, 204);
+    // In force when the answer comes: the notices are already on their way.
+    alice_1.expect(&["invalidated"]);
+    alice_2.expect(&["invalidated"]);
+    bob.expect_nothing_for(QUIET);
+    let mut again = admin.client();
+    again.send(&["login", "alice", "pw-a"]);
+    again.expect(&["login_invalid"]);
+    again.login("alice", "new-pw");
+
+    let file = admin.users_file();
+    assert!(!file.contains("new-pw") && !file.contains("pw-c"), "{file}");
+}
+
+#[test]
+fn bad_password_requests_are_refused_and_change_nothing() {
+    let admin = Admin::start(None);
+    let before = admin.users_file();
+    let long = format!(r#"{{"password":"{}"}}"#, "p".repeat(73));
+    for (path, body, mentions) in [
+        ("/v1/users/alice/password", r#"{"password":""}"#, "empty"),
+        ("/v1/users/alice/password", long.as_str(), "72 bytes"),
+        (
+            "/v1/users/alice/password",
+            r#"{"password":"a\u001eb"}"#,
+            "U+001E",
+        ),
+        ("/v1/users/alice/password", r#"{"pass":"x"}"#, "password"),
+        ("/v1/users/alice/password", "[]", "JSON"),
+        (
+            "/v1/users/a%0Ab/password",
+            r#"{"password":"x"}"#,
+            "control character",
+        ),
+    ] {
+        let (status, body) = admin.json("PUT", path, Some(body));
+        assert_error(status, &body, 400, mentions);
+    }
+    assert_eq!(admin.users_file(), before);
+}
+
+#[test]
+fn deleting_a_user_invalidates_its_connections_and_absent_users_are_404() {
+    let admin = Admin::start(None);
+    let mut alice = admin.client();
+    let mut bob = admin.client();
+    alice.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+
+    assert_eq!(admin.call("DELETE", "/v1/users/alice", None).0, 204);
+    alice.expect(&["invalidated"]);
+    bob.expect_nothing_for(QUIET);
+    alice.send(&["login", "alice", "pw-a"]);
+    alice.expect(&["login_invalid"]);
+    assert!(!admin.users_file().contains("alice"));
+
+    let (status, body) = admin.json("DELETE", "/v1/users/alice", None);
+    assert_error(status, &body, 404, "alice");
+}
+
+#[test]
+fn operator_invalidation_kicks_every_connection_of_the_user() {
+    let admin = Admin::start(None);
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    let mut bob = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+
+    let (status, body) = admin.json("POST", "/v1/users/alice/invalidate", None);
+    assert_eq!((status, body), (200, serde_json::json!({"invalidated": 2})));
+    alice_1.expect(&["invalidated"]);
+    alice_2.expect(&["invalidated"]);
+    bob.expect_nothing_for(QUIET);
+    let (_, body) = admin.json("POST", "/v1/users/alice/invalidate", None);
+    assert_eq!(body, serde_json::json!({"invalidated": 0}));
+}
+
+#[test]
+fn connection_counts_follow_logins_and_logouts() {
+    let admin = Admin::start(None);
+    let count = |user: &str| {
+        let (status, body) = admin.json("GET", &format!("/v1/users/{user}/connections"), None);
+        assert_eq!(status, 200);
+        assert_eq!(body["user"], user);
+        body["connections"].as_u64().expect("count")
+    };
+    assert_eq!(count("alice"), 0);
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    assert_eq!(count("alice"), 2);
+    alice_1.send(&["logout"]);
+    alice_1.expect(&["logout_ack"]);
+    assert_eq!(count("alice"), 1);
+    drop(alice_2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count("alice") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connection still counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn percent_encoded_names_in_paths_are_decoded() {
+    let admin = Admin::start(None);
+    let (status, _) = admin.call(
+        "PUT",
+        "/v1/users/%D0%90%D0%BB%D0%B8%D1%81%D0%B0%20%2F%201/password",
+        Some(r#"{"password":"pw"}"#),
+    );
+    assert_eq!(status, 201);
+    let mut client = admin.client();
+    client.login("Алиса / 1", "pw");
+    let (_, body) = admin.json(
+        "GET",
+        "/v1/users/%D0%90%D0%BB%D0%B8%D1%81%D0%B0%20%2F%201/connections",
+        None,
+    );
+    assert_eq!(
+        body,
+        serde_json::json!({"user": "Алиса / 1", "connections": 1})
+    );
+}
+
+#[test]
+fn unknown_routes_and_methods_get_json_errors() {
+    let admin = Admin::start(None);
+    let (status, body) = admin.json("GET", "/v2/nothing", None);
+    assert_error(status, &body, 404, "no such route");
+    let (status, body) = admin.json("GET", "/v1/events", None);
+    assert_error(status, &body, 405, "method");
+}
+
+/// The value of the first metric line starting with `series`.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series:?} in\n{text}"))
+}
+
+#[test]
+fn metrics_show_every_family_and_move_when_things_happen() {
+    let admin = Admin::start(None);
+    let (status, before) = admin.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    for family in [
+        "tether_connections_open",
+        "tether_connections_bound",
+        "tether_logins_total{result=\"valid\"}",
+        "tether_logins_total{result=\"invalid\"}",
+        "tether_logins_total{result=\"throttled\"}",
+        "tether_commands_total{type=\"prolongate\"}",
+        "tether_events_published_total",
+        "tether_events_delivered_total",
+        "tether_invalidations_total{cause=\"client\"}",
+        "tether_invalidations_total{cause=\"operator\"}",
+        "tether_timeouts_total",
+        "tether_io_errors_total{cause=\"message_too_long\"}",
+        "tether_password_check_queue_depth",
+        "tether_password_check_seconds_count",
+    ] {
+        metric(&before, family);
+    }
+
+    let mut alice = admin.client();
+    alice.login("alice", "pw-a");
+    alice.send(&["login", "alice", "wrong"]);
+    alice.expect(&["login_invalid"]);
+    alice.send(&["prolongate"]);
+    alice.expect(&["prolongate_ack"]);
+    let (status, _) = admin.call("POST", "/v1/events", Some(r#"{"user":"alice","text":"m"}"#));
+    assert_eq!(status, 202);
+    alice.recv();
+    admin.call("POST", "/v1/users/alice/invalidate", None);
+    alice.expect(&["invalidated"]);
+
+    let (_, after) = admin.call("GET", "/metrics", None);
+    let moved = |series: &str| metric(&after, series) - metric(&before, series);
+    assert_eq!(moved("tether_connections_open"), 1.0);
+    assert_eq!(moved("tether_logins_total{result=\"valid\"}"), 1.0);
+    assert_eq!(moved("tether_logins_total{result=\"invalid\"}"), 1.0);
+    assert_eq!(moved("tether_commands_total{type=\"login\"}"), 2.0);
+    assert_eq!(moved("tether_commands_total{type=\"prolongate\"}"), 1.0);
+    assert_eq!(moved("tether_events_published_total"), 1.0);
+    assert_eq!(moved("tether_events_delivered_total"), 1.0);
+    assert_eq!(moved("tether_invalidations_total{cause=\"operator\"}"), 1.0);
+    assert_eq!(moved("tether_password_check_seconds_count"), 2.0);
+    assert_eq!(metric(&after, "tether_connections_bound"), 0.0);
+}
+
+#[test]
+fn an_empty_admin_listen_turns_the_api_off() {
+    let server = TestServer::start(&TestConfig::new(), &[("alice", "pw-a")]);
+    server.client().login("alice", "pw-a");
+    assert!(!server.stderr_text().contains("(admin API)"));
+}
