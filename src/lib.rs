@@ -3,6 +3,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod limits;
 pub mod serve;
+pub mod user_sync;
+pub mod users_cli;
 pub mod users_file;
+pub mod users_watch;

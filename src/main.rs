@@ -1,9 +1,11 @@
-//! The `tether` command: parses arguments, sets up logging and runs the server.
+//! The `tether` command: parses arguments, sets up logging and runs the server, or edits
+//! the users file (`passwd`, `deluser`).
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tether::config::Config;
+use tether::users_cli::{self, Failure};
 
 /// A session server: long-lived TCP connections, password logins, pushed events and forced
 /// log-outs.
@@ -11,8 +13,27 @@ use tether::config::Config;
 #[command(version, about)]
 struct Cli {
     /// The configuration file [default: ./server.toml, all defaults if it does not exist]
-    #[arg(long, short, value_name = "PATH")]
+    #[arg(long, short, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
+    /// Without a command, tether runs the server.
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of running the server.
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set a user's password in the users file, creating the user if needed: prompted twice
+    /// on a terminal, one line from standard input otherwise
+    Passwd {
+        /// The user name (1–128 bytes, no control characters)
+        name: String,
+    },
+    /// Remove a user from the users file (exit code 1 if there is none by that name)
+    Deluser {
+        /// The user name
+        name: String,
+    },
 }
 
 /// Where the configuration is read when `--config` is not given.
@@ -31,10 +52,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(config.log.level)
-        .parse_env("RUST_LOG")
-        .init();
-    let outcome = tether::serve::run(config);
-    ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1))
+    let edited = match cli.command {
+        Some(Command::Passwd { name }) => users_cli::passwd(&config, &name),
+        Some(Command::Deluser { name }) => users_cli::deluser(&config, &name),
+        None => {
+            env_logger::Builder::new()
+                .filter_level(config.log.level)
+                .parse_env("RUST_LOG")
+                .init();
+            let outcome = tether::serve::run(config);
+            return ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1));
+        }
+    };
+    match edited {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(Failure { exit_code, message }) => {
+            eprintln!("tether: {message}");
+            ExitCode::from(exit_code)
+        }
+    }
 }

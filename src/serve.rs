@@ -1,8 +1,11 @@
 //! Running the server as a process (SPEC §7): users loaded, listener bound, `listening on`
 //! logged, and on SIGINT or SIGTERM a graceful shutdown.
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::user_sync::UserSync;
 use crate::users_file::{self, UsersFile};
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tether_actors::users::UserTable;
 use tether_actors::{Settings, Tether};
@@ -48,6 +51,7 @@ pub fn settings(config: &Config) -> Settings {
 
 /// Loads the users file, serves until SIGINT or SIGTERM, then shuts down gracefully.
 pub fn run(config: Config) -> Outcome {
+    crate::limits::raise_open_files_limit(config.server.max_connections);
     let users = match users_file::load(&config.auth.users_file) {
         Ok(UsersFile::Loaded(users)) => {
             log::info!(
@@ -83,17 +87,40 @@ pub fn run(config: Config) -> Outcome {
 
     let system = actix_rt::System::new();
     system.block_on(async move {
-        let tether = match Tether::start(listener, settings(&config), users) {
+        let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
             Ok(tether) => tether,
             Err(err) => {
                 log::error!("{err}");
                 return Outcome::Failed;
             }
         };
-        log::info!("listening on {}", tether.local_addr());
-        if let Err(err) = wait_for_stop_signal().await {
-            log::error!("cannot watch for signals: {err}");
-            return Outcome::Failed;
+        let user_sync = UserSync::new(
+            config.auth.users_file.clone(),
+            Arc::clone(&users),
+            tether.handle(),
+        );
+        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch);
+        // Registered before `listening on`, so a signal sent on seeing that line is caught.
+        let stop_signal = match stop_signal() {
+            Ok(stop_signal) => stop_signal,
+            Err(err) => {
+                log::error!("cannot watch for signals: {err}");
+                tether.shutdown().await;
+                return Outcome::Failed;
+            }
+        };
+        log::info!("listening on {} (clients)", tether.local_addr());
+        let admin = match start_admin(&config, &tether, user_sync) {
+            Ok(admin) => admin,
+            Err(err) => {
+                log::error!("{err}");
+                tether.shutdown().await;
+                return Outcome::Failed;
+            }
+        };
+        stop_signal.await;
+        if let Some(admin) = admin {
+            admin.stop(true).await;
         }
         tether.shutdown().await;
         log::info!("stopped");
@@ -101,15 +128,43 @@ pub fn run(config: Config) -> Outcome {
     })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn wait_for_stop_signal() -> std::io::Result<()> {
+/// Starts the admin API unless `admin.listen` is empty; answers its handle.
+fn start_admin(
+    config: &Config,
+    tether: &Tether,
+    users: UserSync,
+) -> Result<Option<actix_web::dev::ServerHandle>, String> {
+    let Some(listen) = config.admin.listen else {
+        return Ok(None);
+    };
+    let mut registry = Registry::with_prefix("tether");
+    tether.metrics().register(&mut registry);
+    let state = AdminState {
+        tether: tether.handle(),
+        users,
+        users_file: config.auth.users_file.clone(),
+        bcrypt_cost: config.auth.bcrypt_cost,
+        token: config.admin.token.clone(),
+        metrics: Arc::new(registry),
+    };
+    let (server, bound) = admin::start(listen, state)
+        .map_err(|err| format!("cannot listen on {listen} (admin API): {err}"))?;
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    log::info!("listening on {bound} (admin API)");
+    Ok(Some(handle))
+}
+
+/// Catches SIGINT and SIGTERM from now on; the future resolves on the first of them.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
-    let name = tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    };
-    log::info!("{name} received");
-    Ok(())
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        log::info!("{name} received");
+    })
 }

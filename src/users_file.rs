@@ -1,15 +1,21 @@
-//! Reading the users file of SPEC §5: one `[users.NAME]` table per user holding a bcrypt
+//! The users file of SPEC §5: one `[users.NAME]` table per user holding a bcrypt
 //! `password_hash`. A file is checked whole, so a bad one never yields a partial user set.
-//! Errors name the file, the line, the user and the problem, and never show a hash.
+//! Writes go through a temporary file and a rename under an advisory lock, and keep the
+//! comments and formatting of every entry they do not touch. Errors name the file, the
+//! line, the user and the problem, and never show a hash.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tether_actors::credentials::check_name;
 use tether_actors::users::{PasswordHash, UserSet};
 use toml::Spanned;
+use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 /// What [`load`] found at the users file's path.
 pub enum UsersFile {
@@ -36,18 +42,32 @@ impl fmt::Debug for UsersFile {
 /// Reads and checks the users file at `path`; a file that does not exist is
 /// [`UsersFile::Missing`], not an error.
 pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(UsersFile::Missing)
-        }
-        Err(error) => {
-            return Err(UsersFileError::new(
-                path,
-                format!("cannot read it: {error}"),
-            ))
-        }
+    match read_text(path)? {
+        Some((text, _)) => parse(&text, path).map(UsersFile::Loaded),
+        None => Ok(UsersFile::Missing),
+    }
+}
+
+/// Reads and checks the users file at `path`, which must exist.
+pub fn load_existing(path: &Path) -> Result<UserSet, UsersFileError> {
+    match read_text(path)? {
+        Some((text, _)) => parse(&text, path),
+        None => Err(UsersFileError::io(path, "it does not exist".to_string())),
+    }
+}
+
+/// The text of the file at `path` and its metadata, or `None` when it does not exist.
+fn read_text(path: &Path) -> Result<Option<(String, Metadata)>, UsersFileError> {
+    let cannot_read =
+        |error: std::io::Error| UsersFileError::io(path, format!("cannot read it: {error}"));
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(cannot_read(error)),
     };
+    let metadata = file.metadata().map_err(cannot_read)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot_read)?;
     let text = String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
@@ -56,7 +76,7 @@ pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
             ..UsersFileError::new(path, "not valid UTF-8".to_string())
         }
     })?;
-    parse(&text, path).map(UsersFile::Loaded)
+    Ok(Some((text, metadata)))
 }
 
 /// Checks the text of a users file that came from `path` (named in errors).
@@ -97,16 +117,42 @@ pub struct UsersFileError {
     user: Option<String>,
     /// What is wrong, for a person; never holds a hash.
     message: String,
+    /// Whether the file could not be read, locked or written, rather than being invalid.
+    io: bool,
 }
 
 impl UsersFileError {
+    /// The file, or what was asked of it, is invalid.
     fn new(file: &Path, message: String) -> Self {
         Self {
             file: file.to_path_buf(),
             line: None,
             user: None,
             message,
+            io: false,
         }
+    }
+
+    /// The file could not be read, locked or written.
+    pub(crate) fn io(file: &Path, message: String) -> Self {
+        Self {
+            io: true,
+            ..Self::new(file, message)
+        }
+    }
+
+    /// An invalid name or hash given for `user`.
+    fn invalid_input(file: &Path, user: &str, message: String) -> Self {
+        Self {
+            user: Some(user.to_string()),
+            ..Self::new(file, message)
+        }
+    }
+
+    /// Whether the file could not be read, locked or written (an I/O failure), rather than
+    /// holding or being given something invalid.
+    pub fn is_io(&self) -> bool {
+        self.io
     }
 
     /// The users file the error is about.
@@ -144,6 +190,265 @@ impl fmt::Display for UsersFileError {
 }
 
 impl std::error::Error for UsersFileError {}
+
+/// What [`set_password_hash`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordChange {
+    /// The user did not exist and was added.
+    Created,
+    /// The user existed; its hash was replaced.
+    Changed,
+}
+
+/// Sets NAME's hash (creating the user), atomically and under the advisory lock, keeping
+/// comments/order/formatting of untouched entries and the file's permissions; a new file is
+/// created mode 0600.
+///
+/// Refuses a name that breaks SPEC §5 and a `hash` that is not a bcrypt hash, so a
+/// plaintext password is never written; refuses too when the result would not load (an
+/// existing file that does not parse, or another entry that is invalid). Blocks on file
+/// I/O and on the lock: call it off the event loop.
+pub fn set_password_hash(
+    path: &Path,
+    name: &str,
+    hash: &str,
+) -> Result<PasswordChange, UsersFileError> {
+    if let Err(error) = check_name(name) {
+        return Err(UsersFileError::invalid_input(
+            path,
+            name,
+            format!("invalid user name: {error}"),
+        ));
+    }
+    if let Err(why) = check_bcrypt_hash(hash) {
+        return Err(UsersFileError::invalid_input(
+            path,
+            name,
+            format!("the new password_hash is not a bcrypt hash: {why}"),
+        ));
+    }
+    edit(path, |document| {
+        let users = users_table(document, path)?;
+        let Some(entry) = users.get_mut(name) else {
+            let mut entry = Table::new();
+            entry.insert("password_hash", toml_edit::value(hash));
+            users.insert(name, Item::Table(entry));
+            return Ok(Edit::Write(PasswordChange::Created));
+        };
+        let Some(entry) = entry.as_table_like_mut() else {
+            return Err(UsersFileError::invalid_input(
+                path,
+                name,
+                "the entry is not a table; fix it by hand".to_string(),
+            ));
+        };
+        match entry.get_mut("password_hash").and_then(Item::as_value_mut) {
+            Some(old) => {
+                // The new value keeps the old one's spacing and trailing comment.
+                let decor = old.decor().clone();
+                *old = Value::from(hash);
+                *old.decor_mut() = decor;
+            }
+            None => {
+                entry.insert("password_hash", toml_edit::value(hash));
+            }
+        }
+        Ok(Edit::Write(PasswordChange::Changed))
+    })
+}
+
+/// Removes NAME; Ok(false) when absent (file untouched).
+///
+/// Same atomic, locked write as [`set_password_hash`]. Blocks on file I/O and on the lock:
+/// call it off the event loop.
+pub fn remove_user(path: &Path, name: &str) -> Result<bool, UsersFileError> {
+    if let Err(error) = check_name(name) {
+        return Err(UsersFileError::invalid_input(
+            path,
+            name,
+            format!("invalid user name: {error}"),
+        ));
+    }
+    edit(path, |document| {
+        let Some(users) = document.get_mut("users").and_then(Item::as_table_like_mut) else {
+            return Ok(Edit::Keep(false));
+        };
+        let Some(removed) = users.remove(name) else {
+            return Ok(Edit::Keep(false));
+        };
+        // Comments set apart from the removed header by a blank line are not about it.
+        let Item::Table(removed) = removed else {
+            return Ok(Edit::Write(true));
+        };
+        let prefix = removed.decor().prefix().and_then(|raw| raw.as_str());
+        let detached = detached_comments(prefix.unwrap_or_default());
+        if detached.trim().is_empty() {
+            return Ok(Edit::Write(true));
+        }
+        let next = users
+            .iter_mut()
+            .filter_map(|(_, item)| item.as_table_mut())
+            .filter(|table| table.position() > removed.position())
+            .min_by_key(|table| table.position());
+        match next {
+            Some(next) => {
+                let own = next.decor().prefix().and_then(|raw| raw.as_str());
+                let prefix = format!("{detached}{}", own.unwrap_or_default());
+                next.decor_mut().set_prefix(prefix);
+            }
+            None => {
+                let own = document.trailing().as_str().unwrap_or_default();
+                let trailing = format!("{detached}{own}");
+                document.set_trailing(trailing);
+            }
+        }
+        Ok(Edit::Write(true))
+    })
+}
+
+/// The lines of the text before a table header that end at its last blank line: comments
+/// about the file or a group of entries rather than about the table below them.
+fn detached_comments(prefix: &str) -> &str {
+    let mut end = 0;
+    let mut offset = 0;
+    for line in prefix.split_inclusive('\n') {
+        offset += line.len();
+        if line.trim().is_empty() && line.ends_with('\n') {
+            end = offset;
+        }
+    }
+    &prefix[..end]
+}
+
+/// What an edit of the users file decided.
+enum Edit<T> {
+    /// Write the changed document; the edit's outcome is `T`.
+    Write(T),
+    /// Leave the file as it is; the edit's outcome is `T`.
+    Keep(T),
+}
+
+/// Read-modify-write of the file at `path` under its lock: `change` edits the parsed
+/// document (a missing file reads as empty) and says whether to write it.
+fn edit<T>(
+    path: &Path,
+    change: impl FnOnce(&mut DocumentMut) -> Result<Edit<T>, UsersFileError>,
+) -> Result<T, UsersFileError> {
+    let _lock = lock(path)?;
+    let (text, metadata) = match read_text(path)? {
+        Some((text, metadata)) => (text, Some(metadata)),
+        None => (String::new(), None),
+    };
+    let mut document: DocumentMut =
+        text.parse()
+            .map_err(|error: toml_edit::TomlError| UsersFileError {
+                line: error.span().map(|span| line_of(&text, span.start)),
+                ..UsersFileError::new(path, error.message().to_string())
+            })?;
+    let outcome = match change(&mut document)? {
+        Edit::Write(outcome) => outcome,
+        Edit::Keep(outcome) => return Ok(outcome),
+    };
+    let text = document.to_string();
+    // Never write a file that the server would refuse.
+    parse(&text, path)?;
+    write_atomically(path, text.as_bytes(), metadata.as_ref())?;
+    Ok(outcome)
+}
+
+/// The `users` table of `document`, created (as a bare `[users.NAME]` parent) if missing.
+fn users_table<'d>(
+    document: &'d mut DocumentMut,
+    path: &Path,
+) -> Result<&'d mut dyn TableLike, UsersFileError> {
+    document
+        .entry("users")
+        .or_insert_with(|| {
+            let mut users = Table::new();
+            users.set_implicit(true);
+            Item::Table(users)
+        })
+        .as_table_like_mut()
+        .ok_or_else(|| UsersFileError::new(path, "`users` is not a table".to_string()))
+}
+
+/// Takes the advisory lock that serialises writers of `path`: an exclusive `flock` on the
+/// sidecar `NAME.lock` in the same folder (created mode 0600 and never removed, so every
+/// writer locks the same file). Released when the returned file is dropped.
+fn lock(path: &Path) -> Result<File, UsersFileError> {
+    let mut lock_name = path.file_name().unwrap_or_default().to_os_string();
+    lock_name.push(".lock");
+    let lock_path = folder_of(path).join(lock_name);
+    let failed = |what: &str, error: std::io::Error| {
+        UsersFileError::io(
+            path,
+            format!("cannot {what} {}: {error}", lock_path.display()),
+        )
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|error| failed("open the lock file", error))?;
+    fs4::FileExt::lock(&file).map_err(|error| failed("lock", error))?;
+    Ok(file)
+}
+
+/// Replaces the file at `path` with `text`: a temporary file in the same folder is written,
+/// synced and renamed over it, then the folder is synced. The new file gets the mode (and,
+/// where the process may set it, the owner) of `existing`, or mode 0600.
+fn write_atomically(
+    path: &Path,
+    text: &[u8],
+    existing: Option<&Metadata>,
+) -> Result<(), UsersFileError> {
+    let folder = folder_of(path);
+    let failed = |what: &str, error: std::io::Error| {
+        UsersFileError::io(path, format!("cannot {what}: {error}"))
+    };
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(path.file_name().unwrap_or_default());
+    prefix.push(".");
+    // Created mode 0600; removed again if anything below fails.
+    let mut temporary = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix(".tmp")
+        .tempfile_in(folder)
+        .map_err(|error| failed("create a temporary file beside it", error))?;
+    if let Some(existing) = existing {
+        let file = temporary.as_file();
+        file.set_permissions(existing.permissions())
+            .map_err(|error| failed("give the new version the file's permissions", error))?;
+        let created = file
+            .metadata()
+            .map_err(|error| failed("read the temporary file's owner", error))?;
+        if (created.uid(), created.gid()) != (existing.uid(), existing.gid()) {
+            // Only root (or the owner, for the group) may do this; anyone else leaves the
+            // new version owned by themselves, as any editor would.
+            let _ = std::os::unix::fs::fchown(file, Some(existing.uid()), Some(existing.gid()));
+        }
+    }
+    temporary
+        .write_all(text)
+        .and_then(|()| temporary.as_file().sync_all())
+        .map_err(|error| failed("write the temporary file", error))?;
+    temporary
+        .persist(path)
+        .map_err(|error| failed("rename the temporary file over it", error.error))?;
+    File::open(folder)
+        .and_then(|folder| folder.sync_all())
+        .map_err(|error| failed("sync its folder", error))
+}
+
+/// The folder holding `path` (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(folder) if !folder.as_os_str().is_empty() => folder,
+        _ => Path::new("."),
+    }
+}
 
 /// The file as written.
 #[derive(Deserialize)]
@@ -256,6 +561,7 @@ fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     /// A real bcrypt hash (cost 4) of "pw".
     const HASH: &str = "$2b$04$Ntrg9Fabzc6juPOTnPFLh.5e6tYskaiyQb/inXTn0vjmZfstib9Oy";
@@ -452,6 +758,183 @@ mod tests {
         let error = load(&path).unwrap_err();
         assert_eq!(error.line(), Some(2));
         assert!(error.message().contains("UTF-8"), "{error}");
+    }
+
+    /// Another real bcrypt hash (cost 4), of "other".
+    const OTHER: &str = "$2b$04$q7hyZ2mQcgUSwjKPB2bS0.5iwa9HlP.XgfOKTfBa7YsZSaL0C1Nty";
+
+    fn file_with(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.toml");
+        std::fs::write(&path, text).unwrap();
+        (folder, path)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().mode() & 0o777
+    }
+
+    #[test]
+    fn set_password_hash_creates_a_missing_file_mode_0600() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.toml");
+        let change = set_password_hash(&path, "alice", HASH).unwrap();
+        assert_eq!(change, PasswordChange::Created);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), with_hash(HASH));
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&folder.path().join("users.toml.lock")), 0o600);
+    }
+
+    #[test]
+    fn set_password_hash_keeps_everything_it_does_not_touch() {
+        let text = format!(
+            "# people\n\n[users.bob]   # the boss\npassword_hash   =   \"{HASH}\"\n\n\
+             # alice, set by hand\n[users.alice]\npassword_hash = \"{HASH}\"  # old\n"
+        );
+        let (_folder, path) = file_with(&text);
+        assert_eq!(
+            set_password_hash(&path, "alice", OTHER).unwrap(),
+            PasswordChange::Changed
+        );
+        let expected = format!(
+            "# people\n\n[users.bob]   # the boss\npassword_hash   =   \"{HASH}\"\n\n\
+             # alice, set by hand\n[users.alice]\npassword_hash = \"{OTHER}\"  # old\n"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+
+        assert_eq!(
+            set_password_hash(&path, "Алиса Б", OTHER).unwrap(),
+            PasswordChange::Created
+        );
+        let grown = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            grown,
+            format!("{expected}\n[users.\"Алиса Б\"]\npassword_hash = \"{OTHER}\"\n")
+        );
+        assert_eq!(parse_text(&grown).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn set_password_hash_edits_inline_and_dotted_entries() {
+        let (_folder, path) = file_with(&format!(
+            "users.alice.password_hash = \"{HASH}\"\n[users.bob]\npassword_hash = \"{HASH}\"\n"
+        ));
+        set_password_hash(&path, "alice", OTHER).unwrap();
+        let users = load_existing(&path).unwrap();
+        assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
+
+        let (_folder, path) = file_with(&format!(
+            "users = {{ alice = {{ password_hash = \"{HASH}\" }} }}\n"
+        ));
+        set_password_hash(&path, "alice", OTHER).unwrap();
+        set_password_hash(&path, "bob", HASH).unwrap();
+        let users = load_existing(&path).unwrap();
+        assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
+        assert_eq!(users.get("bob").map(|hash| &**hash), Some(HASH));
+    }
+
+    #[test]
+    fn set_password_hash_keeps_the_file_mode() {
+        let (_folder, path) = file_with(&with_hash(HASH));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        set_password_hash(&path, "bob", HASH).unwrap();
+        assert_eq!(mode(&path), 0o640);
+    }
+
+    #[test]
+    fn set_password_hash_refuses_plaintext_and_bad_names_leaving_the_file() {
+        let (_folder, path) = file_with(&with_hash(HASH));
+        let error = set_password_hash(&path, "bob", "hunter2").unwrap_err();
+        assert!(!error.is_io());
+        assert_eq!(error.user(), Some("bob"));
+        assert!(error.message().contains("not a bcrypt hash"), "{error}");
+        assert!(!error.to_string().contains("hunter2"), "{error}");
+
+        let error = set_password_hash(&path, "a\nb", HASH).unwrap_err();
+        assert!(error.message().contains("control character"), "{error}");
+        let error = remove_user(&path, "").unwrap_err();
+        assert!(error.message().contains("empty"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), with_hash(HASH));
+    }
+
+    #[test]
+    fn nothing_is_written_over_a_file_that_would_not_load() {
+        let broken = format!("[users.alice]\npassword_hash = \"{HASH}\"\n[users.bob\n");
+        let (_folder, path) = file_with(&broken);
+        let error = set_password_hash(&path, "carol", HASH).unwrap_err();
+        assert_eq!(error.line(), Some(3));
+        assert!(!error.is_io());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+
+        let invalid = format!(
+            "[users.alice]\npassword_hash = \"{HASH}\"\n[users.bob]\npassword_hash = \"pw\"\n"
+        );
+        let (_folder, path) = file_with(&invalid);
+        let error = set_password_hash(&path, "alice", OTHER).unwrap_err();
+        assert_eq!(error.user(), Some("bob"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), invalid);
+        // Removing the bad entry is what repairs the file.
+        assert!(remove_user(&path, "bob").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), with_hash(HASH));
+    }
+
+    #[test]
+    fn remove_user_removes_only_that_entry() {
+        let text = format!(
+            "# people\n\n# alice\n[users.alice]\npassword_hash = \"{HASH}\"\n\n\
+             [users.bob] # b\npassword_hash = \"{OTHER}\"\n\n# carol\n[users.carol]\n\
+             password_hash = \"{OTHER}\"\n# the end\n"
+        );
+        let (_folder, path) = file_with(&text);
+        assert!(remove_user(&path, "alice").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!(
+                "# people\n\n\n[users.bob] # b\npassword_hash = \"{OTHER}\"\n\n# carol\n\
+                 [users.carol]\npassword_hash = \"{OTHER}\"\n# the end\n"
+            )
+        );
+        assert!(remove_user(&path, "carol").unwrap());
+        assert!(remove_user(&path, "bob").unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "# people\n\n\n# the end\n"
+        );
+    }
+
+    #[test]
+    fn remove_user_that_is_absent_leaves_the_file_untouched() {
+        let (_folder, path) = file_with(&with_hash(HASH));
+        let before = std::fs::metadata(&path).unwrap();
+        assert!(!remove_user(&path, "bob").unwrap());
+        let after = std::fs::metadata(&path).unwrap();
+        assert_eq!(
+            (before.ino(), before.mtime_nsec()),
+            (after.ino(), after.mtime_nsec())
+        );
+
+        let folder = tempfile::tempdir().unwrap();
+        let missing = folder.path().join("users.toml");
+        assert!(!remove_user(&missing, "bob").unwrap());
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn writing_into_a_missing_folder_is_an_io_error_naming_the_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("nowhere").join("users.toml");
+        let error = set_password_hash(&path, "alice", HASH).unwrap_err();
+        assert!(error.is_io());
+        assert_eq!(error.path(), path);
+        assert!(error.message().contains("users.toml.lock"), "{error}");
+    }
+
+    #[test]
+    fn load_existing_refuses_a_missing_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let error = load_existing(&folder.path().join("users.toml")).unwrap_err();
+        assert!(error.is_io());
+        assert!(error.message().contains("does not exist"), "{error}");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -210,9 +210,21 @@ impl TestServer {
     /// Starts a server on `dir/server.toml` (and whatever else the test put into `dir`),
     /// with `cwd` as its working directory.
     pub fn start_in(dir: tempfile::TempDir, cwd: &Path) -> Self {
+        Self::start_customized(dir, cwd, |_| {})
+    }
+
+    /// Like [`TestServer::start_in`], letting `customize` adjust the command first (such
+    /// as resource limits for the child).
+    pub fn start_customized(
+        dir: tempfile::TempDir,
+        cwd: &Path,
+        customize: impl FnOnce(&mut Command),
+    ) -> Self {
         let config_path = dir.path().join("server.toml");
         let config_text = std::fs::read_to_string(&config_path).expect("read config");
-        let mut child = tether_command(&config_path)
+        let mut command = tether_command(&config_path);
+        customize(&mut command);
+        let mut child = command
             .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -245,6 +257,16 @@ impl TestServer {
         self.dir.path()
     }
 
+    /// The configuration file the server runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.toml")
+    }
+
+    /// The users file the server runs on.
+    pub fn users_path(&self) -> PathBuf {
+        self.dir.path().join("users.toml")
+    }
+
     /// A new client connected to this server.
     pub fn client(&self) -> TestClient {
         TestClient::connect(self.addr)
@@ -274,8 +296,8 @@ impl TestServer {
         }
     }
 
-    /// The process id, for signals.
-    fn pid(&self) -> nix::unistd::Pid {
+    /// The process id, for signals and `/proc`.
+    pub fn pid(&self) -> nix::unistd::Pid {
         let child = self.child.as_ref().expect("server still running");
         nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"))
     }
@@ -410,6 +432,55 @@ pub fn run_to_exit(mut command: Command, timeout: Duration) -> Finished {
     }
 }
 
+/// The outcome of a `tether` command run to its end with some standard input.
+#[derive(Debug)]
+pub struct Ran {
+    /// How the process ended.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout.
+    pub stdout: String,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+/// Runs `command` with `input` as its standard input (then closed) to its end; panics if it
+/// is still running after `timeout`.
+pub fn run_with_input(mut command: Command, input: &[u8], timeout: Duration) -> Ran {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tether");
+    let stdout = drain_stderr(child.stdout.take().expect("stdout piped"));
+    let stderr = drain_stderr(child.stderr.take().expect("stderr piped"));
+    let mut stdin = child.stdin.take().expect("stdin piped");
+    // The command may exit before reading everything (a refused name): ignore EPIPE.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    let status = wait_child(&mut child, timeout).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "tether still running after {timeout:?}; stderr:\n{}",
+            stderr.text.lock().expect("log lock")
+        )
+    });
+    // The pipes close when the process ends; wait for the drain threads to finish.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (Arc::strong_count(&stdout) > 1 || Arc::strong_count(&stderr) > 1)
+        && Instant::now() < deadline
+    {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let text = |log: &StderrLog| log.text.lock().expect("log lock").clone();
+    Ran {
+        status,
+        stdout: text(&stdout),
+        stderr: text(&stderr),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------
@@ -445,6 +516,21 @@ impl TestClient {
             buffer: Vec::new(),
             closed: false,
         }
+    }
+
+    /// A client over a stream the test connected itself (from another source address, with
+    /// other socket options).
+    pub fn from_stream(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            buffer: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Takes the stream back, to close it in a particular way.
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// Sends one message made of `parts`.
