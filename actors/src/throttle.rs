@@ -1,5 +1,11 @@
 //! Login throttling (SPEC §2): failed logins are counted per (client address, name) over
 //! a sliding minute; a pair at its limit is refused without a password check.
+//!
+//! Memory is bounded however many addresses and names a client sprays: a pair keeps at
+//! most `limit` instants, its name is kept to [`KEY_NAME_BYTES`], pairs whose failures
+//! have expired are swept out, and the table never holds more than [`MAX_PAIRS`]. At that
+//! cap, failures of pairs not yet in the table are not counted until room frees up (the
+//! pairs already counted stay throttled); see SECURITY.md for why.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -8,6 +14,14 @@ use std::time::{Duration, Instant};
 
 /// How far back failures count.
 const WINDOW: Duration = Duration::from_secs(60);
+/// Most (address, name) pairs tracked at once.
+pub const MAX_PAIRS: usize = 65_536;
+/// Bytes of a name kept in the table: one more than a valid name can have, so every valid
+/// name stays apart, while over-long (always invalid) names cost no more memory.
+pub const KEY_NAME_BYTES: usize = crate::credentials::MAX_NAME_BYTES + 1;
+/// Least time between two sweeps of a full table, so a full table costs no more than
+/// one pass over it per second.
+const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Failure counts shared by every connection of the server.
 #[derive(Debug)]
@@ -18,22 +32,33 @@ pub struct LoginThrottle {
     state: Mutex<Failures>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Failures {
     /// The instants of each pair's recent failures, oldest first, at most `limit` each.
     by_pair: HashMap<(IpAddr, Box<[u8]>), VecDeque<Instant>>,
     /// Table size past which expired pairs are swept out, keeping the sweep amortized O(1).
     sweep_at: usize,
+    /// Most pairs held; [`MAX_PAIRS`] but for tests.
+    max_pairs: usize,
+    /// Set while the table is full: until then new pairs are not counted and no sweep
+    /// runs.
+    full_until: Option<Instant>,
 }
 
 impl LoginThrottle {
     /// A throttle allowing `limit` failures per pair and minute; 0 means no limit.
     pub fn new(limit: u32) -> Self {
+        Self::with_max_pairs(limit, MAX_PAIRS)
+    }
+
+    fn with_max_pairs(limit: u32, max_pairs: usize) -> Self {
         Self {
             limit: limit as usize,
             state: Mutex::new(Failures {
                 by_pair: HashMap::new(),
-                sweep_at: 1024,
+                sweep_at: 1024.min(max_pairs),
+                max_pairs,
+                full_until: None,
             }),
         }
     }
@@ -44,7 +69,7 @@ impl LoginThrottle {
             return false;
         }
         let mut state = self.lock();
-        let key = (client, Box::from(name));
+        let key = (client, key_name(name));
         match state.by_pair.get_mut(&key) {
             Some(failures) => {
                 expire(failures, now);
@@ -60,14 +85,11 @@ impl LoginThrottle {
             return;
         }
         let mut state = self.lock();
-        if state.by_pair.len() >= state.sweep_at {
-            state.by_pair.retain(|_, failures| {
-                expire(failures, now);
-                !failures.is_empty()
-            });
-            state.sweep_at = (state.by_pair.len() * 2).max(1024);
+        let key = (client, key_name(name));
+        if !state.by_pair.contains_key(&key) && !state.make_room(now) {
+            return;
         }
-        let failures = state.by_pair.entry((client, Box::from(name))).or_default();
+        let failures = state.by_pair.entry(key).or_default();
         expire(failures, now);
         if failures.len() == self.limit {
             failures.pop_front();
@@ -80,7 +102,12 @@ impl LoginThrottle {
         if self.limit == 0 {
             return;
         }
-        self.lock().by_pair.remove(&(client, Box::from(name)));
+        self.lock().by_pair.remove(&(client, key_name(name)));
+    }
+
+    /// How many (address, name) pairs are tracked now.
+    pub fn tracked_pairs(&self) -> usize {
+        self.lock().by_pair.len()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
@@ -89,6 +116,52 @@ impl LoginThrottle {
             Err(poisoned) => poisoned.into_inner(),
         }
     }
+}
+
+impl Failures {
+    /// Whether a new pair may be added, sweeping out expired pairs when the table is large
+    /// or full. A sweep runs once the table has doubled since the last one (amortized
+    /// O(1) per failure), and at the cap at most once per [`FULL_SWEEP_INTERVAL`].
+    fn make_room(&mut self, now: Instant) -> bool {
+        let len = self.by_pair.len();
+        if len < self.sweep_at && len < self.max_pairs {
+            return true;
+        }
+        if self.full_until.is_some_and(|until| now < until) {
+            return false;
+        }
+        let mut next_expiry: Option<Instant> = None;
+        self.by_pair.retain(|_, failures| {
+            expire(failures, now);
+            if let Some(&newest) = failures.back() {
+                let expiry = newest + WINDOW;
+                next_expiry = Some(next_expiry.map_or(expiry, |at| at.min(expiry)));
+            }
+            !failures.is_empty()
+        });
+        let len = self.by_pair.len();
+        self.sweep_at = (len * 2).clamp(1024.min(self.max_pairs), self.max_pairs);
+        if len < self.max_pairs {
+            if self.full_until.take().is_some() {
+                log::info!("login throttle has room again ({len} pairs tracked)");
+            }
+            return true;
+        }
+        if self.full_until.is_none() {
+            log::warn!(
+                "login throttle full ({len} (address, name) pairs failed in the last \
+                 minute): failures of further pairs are not counted until some expire"
+            );
+        }
+        let retry = now + FULL_SWEEP_INTERVAL;
+        self.full_until = Some(next_expiry.map_or(retry, |at| at.max(retry)));
+        false
+    }
+}
+
+/// The part of a name the table keeps (see [`KEY_NAME_BYTES`]).
+fn key_name(name: &[u8]) -> Box<[u8]> {
+    Box::from(&name[..name.len().min(KEY_NAME_BYTES)])
 }
 
 /// Drops failures older than the window.
@@ -150,5 +223,81 @@ mod tests {
             throttle.record_failure(ELSEWHERE, &n.to_be_bytes(), later);
         }
         assert!(throttle.lock().by_pair.len() <= 5000 + 1024);
+    }
+
+    /// 127.0.0.x / 127.0.y.x: a spray from many source addresses.
+    fn address(n: u32) -> IpAddr {
+        let [_, _, high, low] = n.to_be_bytes();
+        IpAddr::V4(std::net::Ipv4Addr::new(127, 1, high, low))
+    }
+
+    #[test]
+    fn a_spray_of_names_from_many_addresses_never_passes_the_cap() {
+        let throttle = LoginThrottle::with_max_pairs(3, 2000);
+        let start = Instant::now();
+        throttle.record_failure(HOME, b"alice", start);
+        throttle.record_failure(HOME, b"alice", start);
+        throttle.record_failure(HOME, b"alice", start);
+        for n in 0..10_000u32 {
+            let at = start + Duration::from_millis(u64::from(n));
+            throttle.record_failure(address(n % 300), format!("user{n}").as_bytes(), at);
+            assert!(throttle.tracked_pairs() <= 2000);
+        }
+        // Counted before the table filled: still throttled; other pairs are not.
+        let now = start + Duration::from_secs(10);
+        assert!(throttle.is_throttled(HOME, b"alice", now));
+        assert!(!throttle.is_throttled(HOME, b"bob", now));
+        assert!(!throttle.is_throttled(ELSEWHERE, b"alice", now));
+    }
+
+    #[test]
+    fn at_the_cap_new_pairs_are_not_counted_until_entries_expire() {
+        let throttle = LoginThrottle::with_max_pairs(1, 1024);
+        let start = Instant::now();
+        for n in 0..1024u32 {
+            throttle.record_failure(address(n), b"spray", start);
+        }
+        assert_eq!(throttle.tracked_pairs(), 1024);
+        throttle.record_failure(HOME, b"alice", start + Duration::from_secs(1));
+        assert!(!throttle.is_throttled(HOME, b"alice", start + Duration::from_secs(1)));
+        assert!(throttle.is_throttled(address(7), b"spray", start + Duration::from_secs(1)));
+
+        let later = start + WINDOW + Duration::from_secs(1);
+        throttle.record_failure(HOME, b"alice", later);
+        assert!(throttle.is_throttled(HOME, b"alice", later));
+        assert_eq!(throttle.tracked_pairs(), 1);
+    }
+
+    #[test]
+    fn a_full_table_is_swept_at_most_once_a_second() {
+        let throttle = LoginThrottle::with_max_pairs(1, 1024);
+        let start = Instant::now();
+        for n in 0..1024u32 {
+            let at = start + Duration::from_millis(u64::from(n));
+            throttle.record_failure(address(n), b"spray", at);
+        }
+        // The oldest pair expires 60 s after start; a sweep before then frees nothing.
+        throttle.record_failure(HOME, b"x", start + Duration::from_secs(2));
+        let until = throttle.lock().full_until.expect("full");
+        assert!(until >= start + WINDOW);
+        // Once the oldest expired, the next new pair takes its place.
+        throttle.record_failure(HOME, b"y", start + WINDOW + Duration::from_millis(1));
+        assert!(throttle.is_throttled(HOME, b"y", start + WINDOW + Duration::from_millis(1)));
+        assert!(throttle.tracked_pairs() <= 1024);
+    }
+
+    #[test]
+    fn over_long_names_are_kept_short_and_valid_names_stay_apart() {
+        let throttle = LoginThrottle::new(1);
+        let now = Instant::now();
+        let long = vec![b'a'; 60_000];
+        throttle.record_failure(HOME, &long, now);
+        let state = throttle.lock();
+        let (key, _) = state.by_pair.iter().next().expect("one pair");
+        assert_eq!(key.1.len(), KEY_NAME_BYTES);
+        drop(state);
+        // A valid name of the maximum length is a different pair.
+        assert!(!throttle.is_throttled(HOME, &long[..KEY_NAME_BYTES - 1], now));
+        assert!(throttle.is_throttled(HOME, &long[..KEY_NAME_BYTES + 5], now));
     }
 }

@@ -1,0 +1,261 @@
+//! Clients that misbehave (issue 6): garbage bytes, invalid UTF-8, silence, half a message,
+//! a reset in the middle of a reply, and a client that never reads. The server answers
+//! each as SPEC §2–§3 say, frees what each held, and keeps serving everyone else.
+
+mod common;
+mod hardening_support;
+mod in_process;
+
+use common::{RecvError, TestClient, TestConfig, TestServer, RS};
+use hardening_support::{connect_with, open_sockets, reset, wait_until, Bytes64, SocketOptions};
+use in_process::{test_settings, InProcessServer};
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+/// The server's sockets are back to `baseline` (connections freed) within a few
+/// seconds.
+fn assert_sockets_return_to(server: &TestServer, baseline: usize) {
+    let pid = server.pid().as_raw();
+    let freed = wait_until(Duration::from_secs(5), || open_sockets(pid) <= baseline);
+    assert!(
+        freed,
+        "server holds {} sockets, {baseline} before the clients came; log:\n{}",
+        open_sockets(pid),
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn random_bytes_and_invalid_utf8_get_ordinary_replies_and_others_are_served() {
+    let server = TestServer::with_users(&[("alice", "pw")]);
+    let baseline = open_sockets(server.pid().as_raw());
+    let mut bystander = server.client();
+    bystander.login("alice", "pw");
+
+    // Invalid UTF-8 where a command, a name or an argument should be.
+    let mut garbage = server.client();
+    garbage.send_raw(b"\xff\xfe\x80\x1e");
+    garbage.expect(&["unknown_command"]);
+    garbage.send_raw(b"login\x1f\xc3\x28\x1f\xff\x1e");
+    garbage.expect(&["login_invalid"]);
+    garbage.send_raw(b"prolongate\x1f\xed\xa0\x80\x1e");
+    garbage.expect(&["invalid_args_count"]);
+    garbage.send_raw(b"\x1f\x1f\x1e\x1e");
+    garbage.expect_all(&[&["unknown_command"], &["unknown_command"]]);
+
+    // 256 KiB of random bytes: every terminator in it ends a message, and no message a
+    // random generator makes is a command, so each gets `unknown_command`.
+    let mut random = Bytes64::new(0x7e7e_7e7e);
+    let noise = random.bytes(256 * 1024);
+    let messages = noise.iter().filter(|&&b| b == RS).count();
+    let mut tail = noise.clone();
+    tail.push(RS);
+    garbage.send_raw(&tail);
+    for index in 0..=messages {
+        let reply = garbage.recv();
+        assert_eq!(reply, ["unknown_command"], "reply #{index} to random bytes");
+    }
+    garbage.send(&["prolongate"]);
+    garbage.expect(&["prolongate_ack"]);
+
+    bystander.send(&["prolongate"]);
+    bystander.expect(&["prolongate_ack"]);
+    drop(garbage);
+    drop(bystander);
+    assert_sockets_return_to(&server, baseline);
+}
+
+#[test]
+fn silent_and_stalled_clients_are_timed_out_and_freed_while_others_are_served() {
+    let config = TestConfig::new().server("idle_timeout", "1s");
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    let baseline = open_sockets(server.pid().as_raw());
+    let started = Instant::now();
+
+    let mut silent = server.client();
+    let mut half = server.client();
+    half.send_raw(b"login\x1falice\x1fp");
+    // Partial bytes do not count as activity (SPEC §2): a byte every 200 ms keeps nothing
+    // alive.
+    let mut dribbling = server.client();
+    let mut active = server.client();
+    active.login("alice", "pw");
+    for byte in b"prolongat" {
+        dribbling.send_raw(&[*byte]);
+        active.send(&["prolongate"]);
+        active.expect(&["prolongate_ack"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    for (name, client) in [
+        ("silent", &mut silent),
+        ("half message", &mut half),
+        ("dribbling", &mut dribbling),
+    ] {
+        let got = client.recv_within(Duration::from_secs(3));
+        assert_eq!(got, ["timeout"], "{name} client");
+        client.expect_closed_within(Duration::from_secs(3));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "idle clients were reclaimed only after {:?}",
+        started.elapsed()
+    );
+    active.send(&["prolongate"]);
+    active.expect(&["prolongate_ack"]);
+    drop((silent, half, dribbling));
+    assert_sockets_return_to(&server, baseline + 1);
+}
+
+#[test]
+fn a_client_that_resets_in_the_middle_of_a_reply_is_forgotten() {
+    let server = TestServer::with_users(&[("alice", "pw")]);
+    let pid = server.pid().as_raw();
+    let baseline = open_sockets(pid);
+    let mut bystander = server.client();
+    bystander.login("alice", "pw");
+
+    for round in 0..5 {
+        let mut client = server.client();
+        client.login("alice", "pw");
+        // Enough pipelined commands that their replies are still being written when the
+        // reset arrives.
+        let commands = common::encode(&["prolongate"]).repeat(50_000);
+        client.send_raw(&commands);
+        let mut first = [0u8; 64];
+        let mut stream = client.into_stream();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("read timeout");
+        let read = stream.read(&mut first).expect("replies start");
+        assert!(read > 0, "round {round}: no reply before the reset");
+        reset(stream);
+
+        bystander.send(&["prolongate"]);
+        bystander.expect(&["prolongate_ack"]);
+    }
+    assert_sockets_return_to(&server, baseline + 1);
+    bystander.send(&["invalidate"]);
+    bystander.expect(&["invalidate_ack"]);
+}
+
+/// Reads everything `client` gets until the server closes it (at most `timeout`).
+fn drain_until_closed(client: &mut TestClient, timeout: Duration) -> (Vec<Vec<String>>, Vec<u8>) {
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.try_recv(left) {
+            Ok(message) => messages.push(message),
+            Err(RecvError::Closed(partial)) => return (messages, partial),
+            Err(RecvError::Timeout(_)) => {
+                panic!(
+                    "the client was not closed within {timeout:?} ({} messages read)",
+                    messages.len()
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn a_client_that_never_reads_is_cut_off_and_the_users_other_connections_get_every_event() {
+    const TEXT_BYTES: usize = 4096;
+    let mut settings = test_settings();
+    settings.max_pending_bytes = 64 * 1024;
+    let server = InProcessServer::start(settings, &[("alice", "pw")]);
+
+    // A small receive buffer, so the kernel soaks up little of what the server sends.
+    let options = SocketOptions {
+        receive_buffer: Some(4096),
+        ..SocketOptions::default()
+    };
+    let mut sluggard =
+        TestClient::from_stream(connect_with(server.addr(), options).expect("connects"));
+    sluggard.login("alice", "pw");
+    let mut reader = TestClient::connect(server.addr());
+    reader.login("alice", "pw");
+    server.wait_for_connections("alice", 2);
+
+    // The reader reads everything on its own thread while events flow.
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reading = {
+        let published = std::sync::Arc::clone(&published);
+        std::thread::spawn(move || {
+            let mut seen = 0usize;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let total = published.load(std::sync::atomic::Ordering::SeqCst);
+                if total != 0 && seen == total {
+                    return (seen, reader);
+                }
+                assert!(Instant::now() < deadline, "reader stuck at event {seen}");
+                let message = match reader.try_recv(Duration::from_millis(100)) {
+                    Ok(message) => message,
+                    Err(RecvError::Timeout(_)) => continue,
+                    Err(RecvError::Closed(_)) => panic!("reader closed after {seen} events"),
+                };
+                assert_eq!(message.len(), 3, "message #{seen} is not an event");
+                assert_eq!(message[0], "event", "message #{seen} is not an event");
+                let index: usize = message[2][..8].parse().expect("index prefix");
+                assert_eq!(index, seen, "events arrive in order, none missing");
+                seen += 1;
+            }
+        })
+    };
+
+    let padding = "x".repeat(TEXT_BYTES - 8);
+    let mut sent = 0usize;
+    let mut cut_off_after = None;
+    while sent < 3000 {
+        let text = format!("{sent:08}{padding}");
+        let receipt = server
+            .block_on(server.handle().publish("alice", text))
+            .expect("published");
+        sent += 1;
+        if receipt.connections == 1 {
+            cut_off_after.get_or_insert(sent);
+            // A few more, so the reader also gets events after the cut.
+            if sent >= cut_off_after.unwrap_or(0) + 50 {
+                break;
+            }
+        }
+    }
+    let cut_off_after = cut_off_after.unwrap_or_else(|| {
+        panic!("a client reading nothing still held after {sent} events of {TEXT_BYTES} bytes")
+    });
+    published.store(sent, std::sync::atomic::Ordering::SeqCst);
+    let (seen, mut reader) = reading.join().expect("reader thread");
+    assert_eq!(seen, sent);
+
+    // What the sluggard got: its login reply, a gap-free prefix of the events, perhaps
+    // `io_error`, then the end of the stream.
+    let (messages, _partial) = drain_until_closed(&mut sluggard, Duration::from_secs(10));
+    let mut events = &messages[..];
+    if events.last().is_some_and(|last| last == &["io_error"]) {
+        events = &events[..events.len() - 1];
+    }
+    for (expected, event) in events.iter().enumerate() {
+        assert_eq!(event.len(), 3, "message #{expected} is not an event");
+        assert_eq!(event[0], "event", "message #{expected} is not an event");
+        assert_eq!(&event[2][..8], format!("{expected:08}"), "events in order");
+    }
+    assert!(
+        events.len() < cut_off_after,
+        "{} events reached a client cut off after {cut_off_after}",
+        events.len()
+    );
+    eprintln!(
+        "slow reader: cut off after {cut_off_after} events of {TEXT_BYTES} bytes, had read {}",
+        events.len()
+    );
+    // Cut off once its unsent output passed 64 KiB, plus what the kernel buffers took (the
+    // server's send buffer grows up to tcp_wmem's maximum, 4 MiB by default).
+    assert!(
+        cut_off_after * TEXT_BYTES < 8 * 1024 * 1024,
+        "cut off only after {cut_off_after} events"
+    );
+    server.wait_for_connections("alice", 1);
+    reader.send(&["prolongate"]);
+    reader.expect(&["prolongate_ack"]);
+}

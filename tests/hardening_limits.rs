@@ -1,0 +1,205 @@
+//! Resource limits (issue 6): the connection cap, running out of file descriptors, and
+//! the open-file limit the process raises at start-up. All against the real binary.
+
+mod common;
+mod hardening_support;
+
+use common::{RecvError, TestClient, TestConfig, TestServer};
+use hardening_support::{cpu_ticks, open_fds, wait_until};
+use rlimit::Resource;
+use std::time::Duration;
+
+/// A client that sent `prolongate`, and whether it was answered within `wait`.
+fn prolongate_answered(client: &mut TestClient, wait: Duration) -> bool {
+    match client.try_recv(wait) {
+        Ok(reply) => {
+            assert_eq!(reply, ["prolongate_ack"]);
+            true
+        }
+        Err(RecvError::Timeout(partial)) => {
+            assert!(partial.is_empty(), "half a reply: {partial:?}");
+            false
+        }
+        Err(RecvError::Closed(_)) => panic!("connection closed instead of answered"),
+    }
+}
+
+#[test]
+fn past_max_connections_new_sockets_are_closed_at_once_and_accepted_again_after_closes() {
+    let config = TestConfig::new().server("max_connections", 5);
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    let mut admitted: Vec<TestClient> = (0..5).map(|_| server.client()).collect();
+    for client in &mut admitted {
+        client.send(&["prolongate"]);
+        client.expect(&["prolongate_ack"]);
+    }
+    admitted[0].login("alice", "pw");
+
+    for _ in 0..3 {
+        let mut refused = server.client();
+        refused.expect_closed_within(Duration::from_secs(1));
+    }
+    // The ones inside noticed nothing.
+    for client in &mut admitted {
+        client.send(&["prolongate"]);
+        client.expect(&["prolongate_ack"]);
+    }
+    server.wait_for_log("refused: max_connections reached", Duration::from_secs(1));
+
+    // Two leave; two new ones get in (once the server has seen the closes).
+    admitted.truncate(3);
+    let mut newcomers = Vec::new();
+    let got_in = wait_until(Duration::from_secs(5), || {
+        let mut client = server.client();
+        client.send(&["prolongate"]);
+        match client.try_recv(Duration::from_secs(1)) {
+            Ok(reply) => {
+                assert_eq!(reply, ["prolongate_ack"]);
+                newcomers.push(client);
+                newcomers.len() == 2
+            }
+            Err(_) => false,
+        }
+    });
+    assert!(got_in, "no room after two connections closed");
+    let mut refused = server.client();
+    refused.expect_closed_within(Duration::from_secs(1));
+    admitted[0].send(&["prolongate"]);
+    admitted[0].expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn a_burst_of_connections_is_accepted_without_syn_retries() {
+    // With a short accept queue the kernel drops SYNs in a burst, and each dropped one
+    // costs its client a one-second retry; the server listens with a long queue.
+    let server = TestServer::start(&TestConfig::new().auth("watch", false), &[]);
+    let started = std::time::Instant::now();
+    let mut clients: Vec<std::net::TcpStream> = Vec::new();
+    for _ in 0..1500 {
+        clients.push(std::net::TcpStream::connect(server.addr()).expect("connects"));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "1500 connects took {took:?}: SYNs were dropped"
+    );
+    let mut last = TestClient::from_stream(clients.pop().expect("a client"));
+    last.send(&["prolongate"]);
+    last.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
+    // No users-file watcher: its descriptors would come and go.
+    let config = TestConfig::new().auth("watch", false);
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    let pid = server.pid().as_raw();
+    let mut first = server.client();
+    first.login("alice", "pw");
+    // Room for three more connections, then `accept` fails with EMFILE.
+    let limit = u64::try_from(open_fds(pid)).expect("fits") + 3;
+    rlimit::prlimit(pid, Resource::NOFILE, Some((limit, limit)), None).expect("prlimit");
+
+    // A few are accepted until the descriptors run out; the first one left unanswered
+    // has completed the TCP handshake (the kernel queued it) but was not accepted.
+    let mut accepted = Vec::new();
+    let mut waiting = Vec::new();
+    while waiting.is_empty() {
+        assert!(
+            accepted.len() < 8,
+            "still accepting far past the descriptor limit"
+        );
+        let mut client = server.client();
+        client.send(&["prolongate"]);
+        if prolongate_answered(&mut client, Duration::from_millis(500)) {
+            accepted.push(client);
+        } else {
+            waiting.push(client);
+        }
+    }
+    for _ in 0..2 {
+        let mut client = server.client();
+        client.send(&["prolongate"]);
+        waiting.push(client);
+    }
+    server.wait_for_log("accept failed", Duration::from_secs(3));
+    assert!(
+        server.stderr_text().contains("Too many open files"),
+        "the failure should be EMFILE:\n{}",
+        server.stderr_text()
+    );
+    for client in &mut waiting {
+        assert!(
+            !prolongate_answered(client, Duration::from_millis(100)),
+            "a connection was served past the descriptor limit"
+        );
+    }
+
+    // Backing off, not spinning: a busy loop would burn ~100 ticks a second.
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let burned = cpu_ticks(pid) - before;
+    assert!(
+        burned < 30,
+        "{burned} CPU ticks in 2 s while out of descriptors"
+    );
+
+    // Those already in are served all along.
+    first.send(&["prolongate"]);
+    first.expect(&["prolongate_ack"]);
+    for client in &mut accepted {
+        client.send(&["prolongate"]);
+        client.expect(&["prolongate_ack"]);
+    }
+
+    // Descriptors free up: the queued connections are accepted and answered.
+    accepted.clear();
+    for (index, client) in waiting.iter_mut().enumerate() {
+        assert!(
+            prolongate_answered(client, Duration::from_secs(5)),
+            "queued connection #{index} not served after descriptors freed up"
+        );
+    }
+    server.wait_for_log("accepting again after", Duration::from_secs(1));
+    first.send(&["prolongate"]);
+    first.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn start_up_raises_the_soft_open_file_limit_to_the_hard_limit_and_logs_both() {
+    let config = TestConfig::new().auth("watch", false);
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
+    std::fs::write(dir.path().join("users.toml"), common::users_toml(&[])).expect("users");
+    let cwd = dir.path().to_owned();
+    let server = TestServer::start_customized(dir, &cwd, |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| rlimit::setrlimit(Resource::NOFILE, 256, 1024));
+        }
+    });
+    let (soft, hard) = {
+        let mut soft = 0;
+        let mut hard = 0;
+        rlimit::prlimit(
+            server.pid().as_raw(),
+            Resource::NOFILE,
+            None,
+            Some((&mut soft, &mut hard)),
+        )
+        .expect("prlimit");
+        (soft, hard)
+    };
+    assert_eq!((soft, hard), (1024, 1024));
+    let log = server.stderr_text();
+    assert!(
+        log.contains("soft 1024, hard 1024 (soft was 256)"),
+        "log should show both limits:\n{log}"
+    );
+    // The default max_connections (10000) cannot be reached under 1024: said at start-up.
+    assert!(
+        log.contains("below server.max_connections"),
+        "log should warn about max_connections:\n{log}"
+    );
+}

@@ -1,0 +1,131 @@
+//! What the hardening tests need besides the protocol harness: a look at the server
+//! process through `/proc` (memory, descriptors, CPU time), sockets with options a plain
+//! `TcpStream` cannot set before connecting, and a seeded byte generator.
+
+#![allow(dead_code)] // each hardening test crate uses its own subset
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .count()
+}
+
+/// Open sockets of process `pid`: its listeners and its connections, nothing else (other
+/// descriptors come and go with threads and file watchers).
+pub fn open_sockets(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// CPU time (user + system) process `pid` has used, in clock ticks (1/100 s on Linux).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // The command name is in parentheses and may hold spaces: count fields after it.
+    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are utime and stime; `after_name` starts at field 3.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+/// Waits (at most `timeout`) until `condition` holds; answers whether it did.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The loopback address `127.0.x.y` for `index` (x, y from 1), so many clients come from
+/// many source addresses without leaving the machine.
+pub fn loopback_source(index: u32) -> Ipv4Addr {
+    let x = 1 + (index / 250) % 250;
+    let y = 1 + index % 250;
+    Ipv4Addr::new(127, 0, x as u8, y as u8)
+}
+
+/// Options for [`connect_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOptions {
+    /// Bind to this local address first (any port).
+    pub source: Option<Ipv4Addr>,
+    /// `SO_RCVBUF` before connecting, so the kernel takes little of what the server sends.
+    pub receive_buffer: Option<usize>,
+}
+
+/// Connects to `addr` with `options`; the stream is blocking, with `TCP_NODELAY`.
+pub fn connect_with(addr: SocketAddr, options: SocketOptions) -> std::io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    if let Some(size) = options.receive_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(source) = options.source {
+        socket.bind(&SockAddr::from(SocketAddr::from((source, 0))))?;
+    }
+    socket.connect_timeout(&SockAddr::from(addr), Duration::from_secs(5))?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into())
+}
+
+/// Closes `stream` with a reset (`SO_LINGER` 0) instead of an orderly FIN.
+pub fn reset(stream: TcpStream) {
+    let socket = Socket::from(stream);
+    socket
+        .set_linger(Some(Duration::ZERO))
+        .expect("set SO_LINGER 0");
+    drop(socket);
+}
+
+/// A small seeded generator (xorshift64*), so failures are reproducible without a crate.
+pub struct Bytes64(u64);
+
+impl Bytes64 {
+    /// A generator seeded with `seed` (0 is replaced).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// The next pseudo-random 64 bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// `len` pseudo-random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
