@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""Turns tether-bench JSON lines into the BENCHMARKS.md tables (medians over repeats,
+printed as Markdown) and one figure, bench/benchmarks.png.
+
+    python3 -m venv /tmp/plot && /tmp/plot/bin/pip install matplotlib
+    /tmp/plot/bin/python bench/plot.py bench/results/run.jsonl [--png bench/benchmarks.png]
+
+Every line of the input that starts with '{' is a result; lines from several runs and
+repeats may be mixed: figures are grouped by scenario, target and shape, and the median of
+the repeats is shown.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+TARGETS = ["tether", "serve-raw", "redis"]
+COLORS = {"tether": "#1f77b4", "serve-raw": "#7f7f7f", "redis": "#d62728"}
+
+
+def load(paths):
+    records = []
+    for path in paths:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                line = line.strip()
+                if line.startswith("{"):
+                    records.append(json.loads(line))
+    return records
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def group(records, scenario, key, filt=lambda r: True):
+    """Medians of every numeric field, per key(record)."""
+    buckets = defaultdict(list)
+    for record in records:
+        if record.get("scenario") == scenario and filt(record):
+            buckets[key(record)].append(record)
+    result = {}
+    for k, rows in buckets.items():
+        fields = {f for row in rows for f, v in row.items() if isinstance(v, (int, float))}
+        result[k] = {f: median([row.get(f) for row in rows]) for f in fields}
+        result[k]["repeats"] = len(rows)
+    return result
+
+
+def fmt(value, digits=0):
+    if value is None:
+        return "–"
+    if digits == 0:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def cmd_tables(records):
+    cmd = group(records, "cmd", lambda r: (r["connections"], r["depth"], r["client_threads"], r["target"]),
+                lambda r: r.get("rate") is None)
+    shapes = sorted({(c, d) for c, d, _, _ in cmd})
+    threads = sorted({t for _, _, t, _ in cmd})
+    print("### cmd — replies/s (median), p99 µs in brackets\n")
+    print("| C×D | client threads | tether | serve-raw | redis | tether / redis | tether / serve-raw |")
+    print("|---|---|---|---|---|---|---|")
+    for c, d in shapes:
+        for t in threads:
+            cells = []
+            for target in TARGETS:
+                row = cmd.get((c, d, t, target))
+                cells.append(f"{fmt(row['replies_per_s'])} ({fmt(row['p99_us'])})" if row else "–")
+            tether = cmd.get((c, d, t, "tether"), {}).get("replies_per_s")
+            redis = cmd.get((c, d, t, "redis"), {}).get("replies_per_s")
+            raw = cmd.get((c, d, t, "serve-raw"), {}).get("replies_per_s")
+            print(f"| {c}×{d} | {t} | " + " | ".join(cells)
+                  + f" | {fmt(ratio(tether, redis), 2)} | {fmt(ratio(tether, raw), 2)} |")
+    print()
+    return cmd
+
+
+def hold_tables(records):
+    summary = group(records, "hold", lambda r: r["target"], lambda r: r.get("phase") == "summary")
+    curve = group(records, "hold", lambda r: (r["target"], r["connections"]), lambda r: r.get("phase") == "open")
+    print("### hold — server memory per idle logged-in connection (median)\n")
+    print("| target | connections | base RSS MiB | RSS B/conn at N | slope 5k→N B/conn | after 15 s idle B/conn | kernel socket mem B/conn | lost |")
+    print("|---|---|---|---|---|---|---|---|")
+    for target in TARGETS:
+        row = summary.get(target)
+        if row:
+            print(f"| {target} | {fmt(row['connections'])} | {fmt(row['base_rss_kib'] / 1024, 1)} | "
+                  f"{fmt(row['bytes_per_conn'])} | {fmt(row['slope_bytes_per_conn'])} | "
+                  f"{fmt(row['settled_bytes_per_conn'])} | {fmt(row['sock_mem_bytes_per_conn'])} | {fmt(row['lost'])} |")
+    print()
+    return summary, curve
+
+
+def fanout_tables(records):
+    fan = group(records, "fanout", lambda r: (r["connections"], r["users"], r["target"], r.get("phase")))
+    print("### fanout — deliveries/s at the maximum; latency p99 at the maximum and at half of it (median)\n")
+    print("| case | target | events/s max | deliveries/s max | p99 ms at max | events/s at half | p50 ms at half | p99 ms at half | lost |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (conns, users) in sorted({(c, u) for c, u, _, _ in fan}):
+        case = f"{conns} conns, 1 user" if users == 1 else f"{conns} conns, {users} users"
+        for target in TARGETS:
+            mx = fan.get((conns, users, target, "max"))
+            half = fan.get((conns, users, target, "half"))
+            if not mx:
+                continue
+            lost = (mx.get("lost") or 0) + ((half or {}).get("lost") or 0)
+            print(f"| {case} | {target} | {fmt(mx['events_per_s'])} | {fmt(mx['deliveries_per_s'])} | "
+                  f"{fmt(mx['p99_us'] / 1000, 1)} | {fmt((half or {}).get('events_per_s'))} | "
+                  f"{fmt((half or {}).get('p50_us', 0) / 1000, 1)} | {fmt((half or {}).get('p99_us', 0) / 1000, 1)} | {fmt(lost)} |")
+    print()
+    return fan
+
+
+def storm_tables(records):
+    storm = group(records, "login-storm", lambda r: r["target"])
+    row = storm.get("tether")
+    print("### login-storm — prolongate at half its maximum, alone and under a bcrypt-10 login storm (median)\n")
+    if row:
+        print("| cmd max/s | paced at/s | storm logins/s | login p99 ms | p50 µs alone | p99 µs alone | p50 µs storm | p99 µs storm | p99 ratio |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print(f"| {fmt(row['max_rate'])} | {fmt(row['cmd_rate'])} | {fmt(row['logins_per_s'], 1)} | "
+              f"{fmt(row['login_p99_us'] / 1000, 1)} | {fmt(row['baseline_p50_us'])} | {fmt(row['baseline_p99_us'])} | "
+              f"{fmt(row['storm_p50_us'])} | {fmt(row['storm_p99_us'])} | {fmt(row['p99_ratio'], 2)} |")
+    print()
+    return storm
+
+
+def churn_tables(records):
+    churn = group(records, "churn", lambda r: r["target"])
+    print("### churn — connect, log in, drop (median)\n")
+    print("| target | connections/s | cycle p99 ms | RSS before MiB | right after | after 5 s | failed |")
+    print("|---|---|---|---|---|---|---|")
+    for target in TARGETS:
+        row = churn.get(target)
+        if row:
+            print(f"| {target} | {fmt(row['connections_per_s'])} | {fmt(row['cycle_p99_us'] / 1000, 1)} | "
+                  f"{fmt(row['rss_before_kib'] / 1024, 1)} | {fmt(row['rss_after_kib'] / 1024, 1)} | "
+                  f"{fmt(row['rss_settled_kib'] / 1024, 1)} | {fmt(row['lost'])} |")
+    print()
+    return churn
+
+
+def targets_table(cmd, hold, fan, storm):
+    def best(shape, target):
+        rows = [v for (c, d, _, t), v in cmd.items() if (c, d) == shape and t == target]
+        return max((r["replies_per_s"] for r in rows), default=None)
+
+    print("### Against the issue's targets\n")
+    print("| figure | tether | anchor | ratio | target | met |")
+    print("|---|---|---|---|---|---|")
+    t, r, raw = best((50, 16), "tether"), best((50, 16), "redis"), best((50, 16), "serve-raw")
+    rows = [
+        ("cmd 50×16 vs Redis (best client config each)", t, r, ratio(t, r), "≥ 1.0", (ratio(t, r) or 0) >= 1.0),
+        ("cmd 50×16 vs serve-raw (best client config each)", t, raw, ratio(t, raw), "≥ 0.8", (ratio(t, raw) or 0) >= 0.8),
+    ]
+    th, rh = hold[0].get("tether"), hold[0].get("redis")
+    if th:
+        rows.append(("hold B/conn at 19k (tether vs 4 KiB)", th["bytes_per_conn"], 4096, th["bytes_per_conn"] / 4096, "≤ 1.0", th["bytes_per_conn"] <= 4096))
+        if rh:
+            rows.append(("hold settled B/conn vs Redis settled (aim)", th["settled_bytes_per_conn"], rh["settled_bytes_per_conn"],
+                         ratio(th["settled_bytes_per_conn"], rh["settled_bytes_per_conn"]), "< 1.0 (aim)",
+                         (ratio(th["settled_bytes_per_conn"], rh["settled_bytes_per_conn"]) or 9) < 1.0))
+    ft, fr = fan.get((1000, 1, "tether", "max")), fan.get((1000, 1, "redis", "max"))
+    if ft and fr:
+        rows.append(("fanout 1,000 conns deliveries/s vs Redis pub/sub", ft["deliveries_per_s"], fr["deliveries_per_s"],
+                     ratio(ft["deliveries_per_s"], fr["deliveries_per_s"]), "≥ 1.0", ratio(ft["deliveries_per_s"], fr["deliveries_per_s"]) >= 1.0))
+    fh = fan.get((1000, 1, "tether", "half"))
+    if fh:
+        rows.append(("event p99 at half max fan-out rate, ms (1,000 conns)", fh["p99_us"] / 1000, 5, fh["p99_us"] / 5000, "< 1.0", fh["p99_us"] < 5000))
+    fh10 = fan.get((10000, 10000, "tether", "half"))
+    if fh10:
+        rows.append(("event p99 at half max fan-out rate, ms (10,000 users)", fh10["p99_us"] / 1000, 5, fh10["p99_us"] / 5000, "< 1.0", fh10["p99_us"] < 5000))
+    st = storm.get("tether")
+    if st:
+        rows.append(("login-storm p99 storm / alone", st["storm_p99_us"], st["baseline_p99_us"], st["p99_ratio"], "≤ 2.0", st["p99_ratio"] <= 2.0))
+    for name, a, b, q, target, met in rows:
+        print(f"| {name} | {fmt(a, 1 if a is not None and a < 100 else 0)} | {fmt(b, 1 if b is not None and b < 100 else 0)} | {fmt(q, 2)} | {target} | {'yes' if met else '**no**'} |")
+    print()
+
+
+def plot(records, cmd, hold, fan, storm, churn, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
+    shapes = sorted({(c, d) for c, d, _, _ in cmd})
+    threads = sorted({t for _, _, t, _ in cmd})
+    series = [(target, t) for t in threads for target in TARGETS]
+    width = 0.8 / max(len(series), 1)
+    for panel, field, title, log in ((axes[0][0], "replies_per_s", "cmd: replies/s (closed loop)", False),
+                                     (axes[0][1], "p99_us", "cmd: p99 latency, µs (log)", True)):
+        for i, (target, t) in enumerate(series):
+            xs = [j + (i - len(series) / 2 + 0.5) * width for j in range(len(shapes))]
+            ys = [(cmd.get((c, d, t, target)) or {}).get(field) or 0 for c, d in shapes]
+            panel.bar(xs, ys, width, color=COLORS[target], alpha=1.0 if t == threads[0] else 0.55,
+                      hatch=None if t == threads[0] else "//", label=f"{target}, {t} client thr.")
+        panel.set_xticks(range(len(shapes)))
+        panel.set_xticklabels([f"C={c} D={d}" for c, d in shapes])
+        panel.set_title(title)
+        if log:
+            panel.set_yscale("log")
+        panel.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+
+    ax = axes[0][2]
+    for target in TARGETS:
+        points = sorted((n, v["rss_kib"]) for (t, n), v in hold[1].items() if t == target)
+        if points:
+            ax.plot([n for n, _ in points], [kib / 1024 for _, kib in points], "o-", color=COLORS[target], label=target)
+    ax.set_title("hold: server RSS (MiB) vs idle connections")
+    ax.set_xlabel("connections")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+    ax = axes[1][0]
+    cases = sorted({(c, u) for c, u, _, _ in fan})
+    for i, target in enumerate(["tether", "redis"]):
+        ys = [(fan.get((c, u, target, "max")) or {}).get("deliveries_per_s") or 0 for c, u in cases]
+        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(cases))], ys, 0.4, color=COLORS[target], label=target)
+    ax.set_xticks(range(len(cases)))
+    ax.set_xticklabels([f"{c} conns / {u} user(s)" for c, u in cases], fontsize=8)
+    ax.set_title("fanout: deliveries/s at the maximum")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+
+    ax = axes[1][1]
+    for target in ["tether", "redis"]:
+        for (c, u), marker in zip(cases, ["o", "s"]):
+            points = sorted(((v.get("events_per_s") or 0) * (c // u), v["p99_us"] / 1000)
+                            for (cc, uu, t, _), v in fan.items() if (cc, uu, t) == (c, u, target))
+            if points:
+                ax.plot([x for x, _ in points], [y for _, y in points], marker + "-", color=COLORS[target],
+                        label=f"{target}, {c}/{u}")
+    ax.axhline(5, color="black", linestyle=":", linewidth=1, label="target p99 5 ms")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("deliveries/s offered (half max, max)")
+    ax.set_title("fanout: event p99 latency (ms) vs rate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+    ax = axes[1][2]
+    labels, values, colors = [], [], []
+    row = storm.get("tether")
+    if row:
+        labels += ["storm:\nalone p99", "storm:\nunder storm p99"]
+        values += [row["baseline_p99_us"], row["storm_p99_us"]]
+        colors += [COLORS["tether"], COLORS["tether"]]
+    ax.bar(range(len(values)), values, color=colors)
+    ax.set_ylabel("prolongate p99, µs")
+    ax2 = ax.twinx()
+    offset = len(values)
+    for i, target in enumerate(TARGETS):
+        r = churn.get(target)
+        if r:
+            ax2.bar(offset + i, r["connections_per_s"], color=COLORS[target], alpha=0.6)
+            labels.append(f"churn:\n{target}")
+    ax2.set_ylabel("churn connections/s")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_title("login-storm p99 (left) · churn conns/s (right)")
+    fig.suptitle("tether vs Redis vs serve-raw on this machine (medians of repeats)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    print(f"figure written to {png}", file=sys.stderr)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="files of JSON lines from tether-bench --json-out")
+    parser.add_argument("--png", default="bench/benchmarks.png")
+    args = parser.parse_args()
+    records = load(args.inputs)
+    cmd = cmd_tables(records)
+    hold = hold_tables(records)
+    fan = fanout_tables(records)
+    storm = storm_tables(records)
+    churn = churn_tables(records)
+    targets_table(cmd, hold, fan, storm)
+    plot(records, cmd, hold, fan, storm, churn, args.png)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The full measurement behind BENCHMARKS.md: every scenario against tether, serve-raw and
+# redis-server, REPEATS times (servers restarted for each repeat), JSON lines appended to
+# OUT (default bench/results/run.jsonl). Then `python3 bench/plot.py OUT` makes the tables
+# (medians) and bench/benchmarks.png. Takes about 8 minutes per repeat.
+#
+#   REPEATS=3 SCENARIOS="hold cmd fanout storm churn" bench/run-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REPEATS=${REPEATS:-3}
+SCENARIOS=${SCENARIOS:-"hold cmd fanout storm churn"}
+OUT=${OUT:-bench/results/run.jsonl}
+mkdir -p "$(dirname "$OUT")"
+cargo build --release --locked -p tether -p tether-bench
+BIN=$PWD/target/release
+WORK=$(mktemp -d)
+source bench/common.sh
+trap 'stop_servers; rm -rf "$WORK"' EXIT
+
+for repeat in $(seq 1 "$REPEATS"); do
+    start_servers 20000
+    bench() {
+        "$BIN/tether-bench" --tag "r$repeat" --json-out "$OUT" "$@" | grep -v '^{'
+    }
+    targets=("tether $TETHER_ADDR $TETHER_PID" "raw $RAW_ADDR $RAW_PID" "redis $REDIS_ADDR $REDIS_PID")
+    for scenario in $SCENARIOS; do
+        case $scenario in
+        hold) # first, on fresh servers
+            for target in "${targets[@]}"; do
+                read -r proto addr pid <<< "$target"
+                bench hold --proto "$proto" --addr "$addr" --pid "$pid" --connections 19000
+            done ;;
+        cmd)
+            for threads in 1 2; do
+                for target in "${targets[@]}"; do
+                    read -r proto addr pid <<< "$target"
+                    bench --threads "$threads" cmd --proto "$proto" --addr "$addr" \
+                        --shapes 50x1,50x16,1000x1 --duration 8 --warmup 2
+                done
+            done ;;
+        fanout) # two client threads: one cannot read 2 M deliveries/s
+            bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
+                --connections 1000 --users 1 --duration 8 --then-half --publishers 8
+            bench --threads 2 fanout --proto redis --addr "$REDIS_ADDR" \
+                --connections 1000 --users 1 --duration 8 --then-half --publishers 8
+            bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
+                --connections 10000 --users 10000 --duration 8 --then-half --publishers 16
+            bench --threads 2 fanout --proto redis --addr "$REDIS_ADDR" \
+                --connections 10000 --users 10000 --duration 8 --then-half --publishers 16 ;;
+        storm)
+            bench login-storm --addr "$TETHER_ADDR" --duration 8 --warmup 2 ;;
+        churn)
+            for target in "${targets[@]}"; do
+                read -r proto addr pid <<< "$target"
+                bench churn --proto "$proto" --addr "$addr" --pid "$pid" --duration 8
+            done ;;
+        *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+        esac
+    done
+    stop_servers
+done
+echo "results appended to $OUT"

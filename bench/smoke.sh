@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# CI smoke pass of tether-bench: builds the release binaries, starts tether, serve-raw and
+# redis-server on free loopback ports, and runs every scenario with tiny numbers. It asserts
+# only that each scenario ran and lost nothing (tether-bench exits non-zero otherwise),
+# never a timing. Needs redis-server (Debian: apt-get install -y redis-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v redis-server > /dev/null || {
+    echo "bench/smoke.sh: redis-server is not installed (apt-get install -y redis-server)" >&2
+    exit 1
+}
+cargo build --release --locked -p tether -p tether-bench
+BIN=$PWD/target/release
+WORK=$(mktemp -d)
+source bench/common.sh
+trap 'stop_servers; rm -rf "$WORK"' EXIT
+start_servers 1000
+
+bench() {
+    echo "== tether-bench $*"
+    "$BIN/tether-bench" --json-out "$WORK/smoke.jsonl" "$@"
+}
+
+for target in "tether $TETHER_ADDR" "raw $RAW_ADDR" "redis $REDIS_ADDR"; do
+    read -r proto addr <<< "$target"
+    bench cmd --proto "$proto" --addr "$addr" --shapes 10x1,10x8 --duration 1 --warmup 0.2
+done
+bench hold --proto tether --addr "$TETHER_ADDR" --pid "$TETHER_PID" --connections 400 \
+    --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
+bench hold --proto raw --addr "$RAW_ADDR" --pid "$RAW_PID" --connections 400 \
+    --checkpoints 200 --pause 0.2 --settle 0.5
+bench hold --proto redis --addr "$REDIS_ADDR" --pid "$REDIS_PID" --connections 400 \
+    --checkpoints 200 --pause 0.2 --settle 0.5
+bench fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
+    --connections 100 --users 1 --rate 200 --duration 1 --drain 10
+bench fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
+    --connections 500 --users 500 --rate 500 --duration 1 --drain 10
+bench fanout --proto redis --addr "$REDIS_ADDR" --connections 100 --users 1 --rate 200 \
+    --duration 1 --drain 10
+bench login-storm --addr "$TETHER_ADDR" --connections 10 --duration 1 --warmup 0.2 \
+    --storm-rate 4 --storm-connections 2
+for target in "tether $TETHER_ADDR $TETHER_PID" "raw $RAW_ADDR $RAW_PID" "redis $REDIS_ADDR $REDIS_PID"; do
+    read -r proto addr pid <<< "$target"
+    bench churn --proto "$proto" --addr "$addr" --pid "$pid" --duration 1 --concurrency 8 \
+        --settle 0.2
+done
+results=$(wc -l < "$WORK/smoke.jsonl")
+echo "bench smoke: every scenario ran and lost nothing ($results results)"

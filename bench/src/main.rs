@@ -1,0 +1,132 @@
+//! `tether-bench`: drives a running tether (or Redis, or the raw anchor server it carries)
+//! over loopback and reports throughput, latency and memory, one readable table per
+//! scenario and one JSON line per result. See `BENCHMARKS.md` for how the figures are made.
+
+#![forbid(unsafe_code)]
+
+mod churn;
+mod cmd;
+mod fanout;
+mod hold;
+mod http;
+mod login_storm;
+mod net;
+mod proto;
+mod report;
+mod serve_raw;
+mod stats;
+mod users;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Result of a bench step: errors are sentences that say what failed.
+pub type Fallible<T> = Result<T, String>;
+
+/// Command line of `tether-bench`.
+#[derive(Debug, Parser)]
+#[command(name = "tether-bench", version, about)]
+struct Cli {
+    /// Also append every JSON result line to this file.
+    #[arg(long, global = true)]
+    json_out: Option<PathBuf>,
+    /// Client event-loop threads (1 = a current-thread runtime).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// A label added to every JSON line, such as the repeat number.
+    #[arg(long, global = true)]
+    tag: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// A minimal single-thread tokio server answering every message with `prolongate_ack`.
+    ServeRaw(serve_raw::Args),
+    /// Print a users file with COUNT bench users sharing one password.
+    MakeUsers(users::Args),
+    /// Print COUNT loopback TCP ports that are free right now, for scripts.
+    FreePorts {
+        /// How many ports.
+        count: usize,
+    },
+    /// C connections each keeping D commands in flight: replies/s and latency.
+    Cmd(cmd::Args),
+    /// N idle logged-in connections: server RSS per connection.
+    Hold(hold::Args),
+    /// Events published through the admin API (or Redis PUBLISH) to many connections.
+    Fanout(fanout::Args),
+    /// `prolongate` latency at half the maximum rate, with and without a bcrypt login storm.
+    LoginStorm(login_storm::Args),
+    /// Connect, log in, drop, in a loop: connections/s and server RSS before and after.
+    Churn(churn::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::ServeRaw(args) => return exit(serve_raw::run(&args)),
+        Command::MakeUsers(args) => return exit(users::run(&args)),
+        Command::FreePorts { count } => return exit(net::print_free_ports(count)),
+        _ => {}
+    }
+    let runtime = match build_runtime(cli.threads) {
+        Ok(runtime) => runtime,
+        Err(err) => return exit(Err(err)),
+    };
+    let mut report =
+        match report::Report::new(cli.json_out.as_deref(), cli.threads, cli.tag.as_deref()) {
+            Ok(report) => report,
+            Err(err) => return exit(Err(err)),
+        };
+    let outcome = runtime.block_on(async {
+        match &cli.command {
+            Command::Cmd(args) => cmd::run(args, &mut report).await,
+            Command::Hold(args) => hold::run(args, &mut report).await,
+            Command::Fanout(args) => fanout::run(args, &mut report).await,
+            Command::LoginStorm(args) => login_storm::run(args, &mut report).await,
+            Command::Churn(args) => churn::run(args, &mut report).await,
+            Command::ServeRaw(_) | Command::MakeUsers(_) | Command::FreePorts { .. } => Ok(()),
+        }
+    });
+    // Connections still open in detached tasks must not delay the exit.
+    runtime.shutdown_background();
+    if let Err(err) = outcome {
+        return exit(Err(err));
+    }
+    match report.failures() {
+        [] => ExitCode::SUCCESS,
+        failures => {
+            for failure in failures {
+                eprintln!("tether-bench: FAILED: {failure}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn build_runtime(threads: usize) -> Fallible<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .map_err(|err| format!("cannot start the client runtime: {err}"))
+}
+
+fn exit(outcome: Fallible<()>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("tether-bench: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
