@@ -58,6 +58,9 @@ fn main() -> ExitCode {
         None => {
             env_logger::Builder::new()
                 .filter_level(config.log.level)
+                // actix-server narrates its workers starting and stopping at info; tether
+                // logs its listeners itself.
+                .filter_module("actix_server", config.log.level.min(log::LevelFilter::Warn))
                 .parse_env("RUST_LOG")
                 .init();
             let outcome = tether::serve::run(config);

@@ -260,13 +260,31 @@ impl ConnectionActor {
             verdict
                 .into_actor(self)
                 .map(move |matches, act, ctx| match user {
-                    Some((user, _)) if matches => act.login_succeeded(user, &name, ctx),
+                    Some((user, hash)) if matches => act.login_succeeded(user, &hash, &name, ctx),
                     _ => act.login_failed(&name, ctx),
                 }),
         );
     }
 
-    fn login_succeeded(&mut self, user: Arc<str>, name: &[u8], ctx: &mut Context<Self>) {
+    /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
+    /// replaced while it was being checked: that change's invalidation may already have
+    /// passed, so the login must not outlive it.
+    fn login_succeeded(
+        &mut self,
+        user: Arc<str>,
+        hash: &PasswordHash,
+        name: &[u8],
+        ctx: &mut Context<Self>,
+    ) {
+        if self.shared.users.password_hash(&user).as_ref() != Some(hash) {
+            log::info!(
+                "{}: login as {user:?} refused: the password changed during the check",
+                self.peer
+            );
+            self.shared.metrics.login(LoginResult::Invalid);
+            self.reply(Reply::LoginInvalid, ctx);
+            return;
+        }
         self.shared.throttle.record_success(self.peer.ip(), name);
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
@@ -592,7 +610,9 @@ impl StreamHandler<HubState> for ConnectionActor {
         let fresh_registry = state.registry_generation != self.hub.registry_generation;
         self.hub = state;
         if self.hub.shutting_down {
-            self.close(CloseReason::Shutdown, ctx);
+            // Through the mailbox, behind every push already queued: an event acknowledged
+            // before the shutdown began is written before `shutdown`.
+            ctx.address().do_send(CloseForShutdown);
             return;
         }
         if fresh_registry {
@@ -607,6 +627,19 @@ impl StreamHandler<HubState> for ConnectionActor {
 
     fn finished(&mut self, _: &mut Context<Self>) {
         // The hub is gone only when the server is; closing is handled by shutdown.
+    }
+}
+
+/// Closes the connection with `shutdown`; sent by the connection to itself.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CloseForShutdown;
+
+impl Handler<CloseForShutdown> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseForShutdown, ctx: &mut Context<Self>) {
+        self.close(CloseReason::Shutdown, ctx);
     }
 }
 

@@ -2,6 +2,8 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
+#![allow(dead_code)] // each test crate uses its own subset of the harness
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ pub fn test_settings() -> Settings {
 pub struct InProcessServer {
     addr: SocketAddr,
     handle: TetherHandle,
+    users: Arc<UserTable>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     runtime: tokio::runtime::Runtime,
@@ -38,14 +41,8 @@ pub struct InProcessServer {
 impl InProcessServer {
     /// Starts a server with `settings` and users given as (name, password).
     pub fn start(settings: Settings, users: &[(&str, &str)]) -> Self {
-        let set: UserSet = users
-            .iter()
-            .map(|(name, password)| {
-                let hash = bcrypt::hash(password, 4).expect("bcrypt hashes");
-                (name.to_string(), PasswordHash::from(hash))
-            })
-            .collect();
-        let table = Arc::new(UserTable::new(set));
+        let table = Arc::new(UserTable::new(user_set(users, 4)));
+        let users = Arc::clone(&table);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -71,6 +68,7 @@ impl InProcessServer {
         Self {
             addr,
             handle,
+            users,
             stop: Some(stop),
             thread: Some(thread),
             runtime,
@@ -85,6 +83,12 @@ impl InProcessServer {
     /// The library handle of the running server.
     pub fn handle(&self) -> &TetherHandle {
         &self.handle
+    }
+
+    /// Puts `users` (name, password; hashed at `cost`) in force, as a users-file reload
+    /// would; answers the names whose hash changed or that are gone.
+    pub fn replace_users(&self, users: &[(&str, &str)], cost: u32) -> Vec<String> {
+        self.users.replace(user_set(users, cost))
     }
 
     /// Runs a future of the library API to completion, at most 10 s.
@@ -124,4 +128,15 @@ impl Drop for InProcessServer {
             let _ = thread.join();
         }
     }
+}
+
+/// Users given as (name, password), hashed at `cost`.
+pub fn user_set(users: &[(&str, &str)], cost: u32) -> UserSet {
+    users
+        .iter()
+        .map(|(name, password)| {
+            let hash = bcrypt::hash(password, cost).expect("bcrypt hashes");
+            (name.to_string(), PasswordHash::from(hash))
+        })
+        .collect()
 }
