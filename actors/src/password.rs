@@ -78,8 +78,16 @@ impl PasswordChecker {
     }
 }
 
+/// Niceness of the checker threads: below the event loops, so that when bcrypt and the
+/// event loops compete for a core, commands are answered first and logins wait.
+const CHECKER_NICENESS: i32 = 10;
+
 /// Runs checks until every sender is gone.
 fn run_checks(receiver: &Mutex<mpsc::Receiver<Check>>, metrics: &Metrics) {
+    // On Linux the nice value is per thread: this lowers only the calling thread.
+    if let Err(err) = rustix::process::setpriority_process(None, CHECKER_NICENESS) {
+        log::debug!("cannot lower the priority of a password-check thread: {err}");
+    }
     loop {
         let next = match receiver.lock() {
             Ok(mut receiver) => receiver.blocking_recv(),
