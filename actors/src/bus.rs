@@ -1,6 +1,6 @@
 //! [`EventBusActor`]: where events and invalidations enter, from clients, the host program
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
-//! them once and hands them to the registry for fan-out.
+//! them once and hands them to every registry shard for fan-out.
 
 use crate::clock::EventClock;
 use crate::codec::{encoded_message, is_valid_part};
@@ -14,10 +14,11 @@ use std::fmt;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// Routes events and invalidations to the registry.
+/// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
-    /// The registry in force; replaced when the supervisor restarts it.
-    registry: Addr<UserRegistryActor>,
+    /// The registry shards in force, one per worker; each is replaced when the supervisor
+    /// restarts it.
+    registries: Vec<Addr<UserRegistryActor>>,
     /// Stamps events with their registration time.
     clock: EventClock,
     /// Longest event text accepted: an event must fit in a connection's output limit.
@@ -30,12 +31,12 @@ pub struct EventBusActor {
 
 impl EventBusActor {
     pub(crate) fn new(
-        registry: Addr<UserRegistryActor>,
+        registries: Vec<Addr<UserRegistryActor>>,
         limits: BusLimits,
         death: DeathNotice,
     ) -> Self {
         Self {
-            registry,
+            registries,
             clock: limits.clock,
             max_text_bytes: limits.max_text_bytes,
             metrics: limits.metrics,
@@ -127,14 +128,22 @@ impl Handler<Publish> for EventBusActor {
         let time = self.clock.now();
         let message =
             encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
-        let (delivered, count) = oneshot::channel();
-        self.registry.do_send(Deliver {
-            user: Arc::from(msg.user),
-            message,
-            delivered,
-        });
+        let user: Arc<str> = Arc::from(msg.user);
+        let counts: Vec<_> = self
+            .registries
+            .iter()
+            .map(|registry| {
+                let (delivered, count) = oneshot::channel();
+                registry.do_send(Deliver {
+                    user: Arc::clone(&user),
+                    message: message.clone(),
+                    delivered,
+                });
+                count
+            })
+            .collect();
         Box::pin(async move {
-            let connections = count.await.map_err(|_| PublishError::Unavailable)?;
+            let connections = sum_counts(counts).await?;
             Ok(PublishReceipt { time, connections })
         })
     }
@@ -181,17 +190,24 @@ impl Handler<Invalidate> for EventBusActor {
     type Result = ResponseFuture<Result<usize, PublishError>>;
 
     fn handle(&mut self, msg: Invalidate, _: &mut Context<Self>) -> Self::Result {
-        let (revoked, count) = oneshot::channel();
         let user: Arc<str> = Arc::from(msg.user);
-        self.registry.do_send(Revoke {
-            user: Arc::clone(&user),
-            except: msg.except,
-            revoked,
-        });
+        let counts: Vec<_> = self
+            .registries
+            .iter()
+            .map(|registry| {
+                let (revoked, count) = oneshot::channel();
+                registry.do_send(Revoke {
+                    user: Arc::clone(&user),
+                    except: msg.except,
+                    revoked,
+                });
+                count
+            })
+            .collect();
         let cause = msg.cause;
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let invalidated = count.await.map_err(|_| PublishError::Unavailable)?;
+            let invalidated = sum_counts(counts).await?;
             metrics.invalidated(cause, invalidated);
             if invalidated > 0 {
                 log::info!("user {user:?}: {invalidated} connection(s) invalidated ({cause})");
@@ -201,16 +217,32 @@ impl Handler<Invalidate> for EventBusActor {
     }
 }
 
-/// The supervisor restarted the registry: use this address from now on.
+/// Adds up the shards' answers; a shard that died before answering makes it unknown.
+async fn sum_counts(counts: Vec<oneshot::Receiver<usize>>) -> Result<usize, PublishError> {
+    let mut total = 0;
+    for count in counts {
+        total += count.await.map_err(|_| PublishError::Unavailable)?;
+    }
+    Ok(total)
+}
+
+/// The supervisor restarted a registry shard: use this address for it from now on.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(crate) struct UseRegistry(pub Addr<UserRegistryActor>);
+pub(crate) struct UseRegistry {
+    /// Which shard.
+    pub shard: usize,
+    /// Its new address.
+    pub registry: Addr<UserRegistryActor>,
+}
 
 impl Handler<UseRegistry> for EventBusActor {
     type Result = ();
 
     fn handle(&mut self, msg: UseRegistry, _: &mut Context<Self>) {
-        self.registry = msg.0;
+        if let Some(slot) = self.registries.get_mut(msg.shard) {
+            *slot = msg.registry;
+        }
     }
 }
 

@@ -128,8 +128,10 @@ pub struct ConnectionActor {
     output_at_boundary: bool,
     /// The user this connection is bound to.
     binding: Option<Binding>,
-    /// The hub's addresses in force and the registry generation they belong to.
+    /// The hub's addresses in force and the registry generations they belong to.
     hub: HubState,
+    /// The registry shard of this connection's worker arbiter.
+    shard: usize,
     /// When the last complete message arrived (or the connection opened).
     last_message: Instant,
     /// Where the connection is in its life.
@@ -152,6 +154,7 @@ impl ConnectionActor {
         peer: SocketAddr,
         shared: Arc<ConnectionShared>,
         mut hub_watch: watch::Receiver<HubState>,
+        shard: usize,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         let hub = hub_watch.borrow_and_update().clone();
@@ -166,6 +169,7 @@ impl ConnectionActor {
             output_at_boundary: true,
             binding: None,
             hub,
+            shard,
             last_message: Instant::now(),
             phase: Phase::Open,
             input_closed: false,
@@ -320,7 +324,7 @@ impl ConnectionActor {
 
     /// Tells the registry about `binding`.
     fn announce(&self, binding: &Binding, ctx: &mut Context<Self>) {
-        self.hub.registry.do_send(Bind {
+        self.hub.registries[self.shard].do_send(Bind {
             user: Arc::clone(&binding.user),
             binding: binding.id,
             connection: ctx.address().recipient(),
@@ -337,7 +341,7 @@ impl ConnectionActor {
     /// Drops the binding, telling the registry; returns what it was.
     fn unbind(&mut self) -> Option<Binding> {
         let binding = self.take_binding()?;
-        self.hub.registry.do_send(Unbind {
+        self.hub.registries[self.shard].do_send(Unbind {
             user: Arc::clone(&binding.user),
             binding: binding.id,
         });
@@ -607,7 +611,8 @@ impl Handler<Push> for ConnectionActor {
 
 impl StreamHandler<HubState> for ConnectionActor {
     fn handle(&mut self, state: HubState, ctx: &mut Context<Self>) {
-        let fresh_registry = state.registry_generation != self.hub.registry_generation;
+        let fresh_registry = state.registry_generations.get(self.shard)
+            != self.hub.registry_generations.get(self.shard);
         self.hub = state;
         if self.hub.shutting_down {
             // Through the mailbox, behind every push already queued: an event acknowledged

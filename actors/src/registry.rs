@@ -1,6 +1,10 @@
 //! [`UserRegistryActor`]: which connections are bound to which user name, and fan-out of
 //! what the bus hands it to exactly those connections.
 //!
+//! The registry is sharded: one actor per worker arbiter, holding the connections of that
+//! worker, so binding and fan-out stay on the connection's own thread; the bus hands every
+//! event to each shard once.
+//!
 //! The registry's map is a cache of what the connections know: each connection holds its
 //! own binding and announces it again to a fresh registry after a restart.
 

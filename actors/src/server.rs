@@ -128,18 +128,19 @@ impl Tether {
         let listener = tokio::net::TcpListener::from_std(listener)?;
 
         let metrics = Metrics::new();
+        let workers: Vec<Arbiter> = (0..settings.workers.max(1))
+            .map(|_| Arbiter::new())
+            .collect();
         let hub_arbiter = Arbiter::new();
         let (supervisor, hub) = HubSupervisor::launch(
             hub_arbiter.handle(),
+            workers.iter().map(Arbiter::handle).collect(),
             BusLimits {
                 clock: EventClock::new(settings.time_zone.clone()),
                 max_text_bytes: settings.max_pending_bytes.saturating_sub(EVENT_OVERHEAD),
                 metrics: metrics.clone(),
             },
         );
-        let workers: Vec<Arbiter> = (0..settings.workers.max(1))
-            .map(|_| Arbiter::new())
-            .collect();
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
@@ -275,7 +276,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let worker = &workers[next_worker % workers.len()];
+        let shard = next_worker % workers.len();
+        let worker = &workers[shard];
         next_worker = next_worker.wrapping_add(1);
         let shared = Arc::clone(&shared);
         let hub = hub.clone();
@@ -283,7 +285,7 @@ async fn accept_loop(
             match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => {
                     ConnectionActor::create(|_| {
-                        ConnectionActor::new(stream, peer, shared, hub, permit)
+                        ConnectionActor::new(stream, peer, shared, hub, shard, permit)
                     });
                 }
                 Err(err) => log::warn!("{peer}: cannot register the connection: {err}"),
@@ -352,7 +354,11 @@ impl TetherHandle {
         use crate::supervisor::{FaultTarget, InjectPanic};
         let hub = self.hub.borrow();
         match target {
-            FaultTarget::Registry => hub.registry.do_send(InjectPanic),
+            FaultTarget::Registry => {
+                for registry in hub.registries.iter() {
+                    registry.do_send(InjectPanic);
+                }
+            }
             FaultTarget::Bus => hub.bus.do_send(InjectPanic),
         }
     }
@@ -361,12 +367,19 @@ impl TetherHandle {
     pub async fn connections(&self, user: impl Into<String>) -> Result<usize, PublishError> {
         let user = user.into();
         let mut hub = self.hub.clone();
-        for _ in 0..3 {
-            let registry = hub.borrow_and_update().registry.clone();
-            match registry.send(CountConnections { user: user.clone() }).await {
-                Ok(count) => return Ok(count),
-                Err(_) => wait_for_restart(&mut hub).await,
+        'attempt: for _ in 0..3 {
+            let registries = hub.borrow_and_update().registries.clone();
+            let mut total = 0;
+            for registry in registries.iter() {
+                match registry.send(CountConnections { user: user.clone() }).await {
+                    Ok(count) => total += count,
+                    Err(_) => {
+                        wait_for_restart(&mut hub).await;
+                        continue 'attempt;
+                    }
+                }
             }
+            return Ok(total);
         }
         Err(PublishError::Unavailable)
     }

@@ -1,23 +1,24 @@
-//! [`HubSupervisor`]: keeps the registry and the bus alive. A child that stops *or panics*
-//! drops its [`DeathNotice`], and the supervisor starts a fresh one; a fresh registry is
-//! refilled by the connections, which re-announce their bindings when they see the new
-//! registry generation in the [`HubState`] they watch.
+//! [`HubSupervisor`]: keeps the registry shards and the bus alive. A child that stops *or
+//! panics* drops its [`DeathNotice`], and the supervisor starts a fresh one; a fresh
+//! registry shard is refilled by the connections of its worker, which re-announce their
+//! bindings when they see the shard's new generation in the [`HubState`] they watch.
 
 use crate::bus::{BusLimits, EventBusActor, UseRegistry};
 use crate::metrics::Metrics;
 use crate::registry::UserRegistryActor;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
+use std::sync::Arc;
 use tokio::sync::watch;
 
 /// What every connection and handle needs to know about the hub, published on a watch
 /// channel so a change reaches all of them.
 #[derive(Clone)]
 pub struct HubState {
-    /// The registry in force.
-    pub(crate) registry: Addr<UserRegistryActor>,
-    /// Bumped each time a fresh registry replaces a failed one.
-    pub(crate) registry_generation: u64,
+    /// The registry shards in force, one per worker arbiter, indexed like the workers.
+    pub(crate) registries: Arc<[Addr<UserRegistryActor>]>,
+    /// Per shard, bumped each time a fresh registry replaces a failed one.
+    pub(crate) registry_generations: Arc<[u64]>,
     /// The bus in force.
     pub(crate) bus: Addr<EventBusActor>,
     /// Set once the server is stopping: every connection says `shutdown` and closes.
@@ -27,7 +28,8 @@ pub struct HubState {
 /// The supervised children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Child {
-    Registry,
+    /// The registry shard of the worker with this index.
+    Registry(usize),
     Bus,
 }
 
@@ -46,10 +48,13 @@ impl Drop for DeathNotice {
     }
 }
 
-/// Starts and restarts the registry and the bus on the hub arbiter.
+/// Starts and restarts the registry shards (each on its worker arbiter) and the bus (on the
+/// hub arbiter).
 pub struct HubSupervisor {
-    /// The thread the children run on.
-    arbiter: ArbiterHandle,
+    /// The thread the bus runs on.
+    hub: ArbiterHandle,
+    /// The worker threads; registry shard `i` runs on worker `i`, beside its connections.
+    workers: Vec<ArbiterHandle>,
     /// Given to every bus it starts.
     bus_limits: BusLimits,
     /// Publishes the children's addresses and the shutdown flag.
@@ -59,26 +64,32 @@ pub struct HubSupervisor {
 }
 
 impl HubSupervisor {
-    /// Starts the supervisor here and its children on `arbiter`; returns its address and a
-    /// receiver of the hub's state.
+    /// Starts the supervisor here, one registry shard on each of `workers` and the bus on
+    /// `hub`; returns its address and a receiver of the hub's state.
     pub(crate) fn launch(
-        arbiter: ArbiterHandle,
+        hub: ArbiterHandle,
+        workers: Vec<ArbiterHandle>,
         bus_limits: BusLimits,
     ) -> (Addr<Self>, watch::Receiver<HubState>) {
         let mut receiver = None;
         let supervisor = Self::create(|ctx| {
             let me = ctx.address();
-            let registry = start_registry(&arbiter, &me, &bus_limits.metrics);
-            let bus = start_bus(&arbiter, &me, registry.clone(), bus_limits.clone());
+            let registries: Vec<_> = workers
+                .iter()
+                .enumerate()
+                .map(|(shard, worker)| start_registry(worker, shard, &me, &bus_limits.metrics))
+                .collect();
+            let bus = start_bus(&hub, &me, registries.clone(), bus_limits.clone());
             let (state, watcher) = watch::channel(HubState {
-                registry,
-                registry_generation: 0,
+                registry_generations: vec![0; registries.len()].into(),
+                registries: registries.into(),
                 bus,
                 shutting_down: false,
             });
             receiver = Some(watcher);
             Self {
-                arbiter,
+                hub,
+                workers,
                 bus_limits,
                 state,
                 stopping: false,
@@ -90,33 +101,34 @@ impl HubSupervisor {
 }
 
 fn start_registry(
-    arbiter: &ArbiterHandle,
+    worker: &ArbiterHandle,
+    shard: usize,
     me: &Addr<HubSupervisor>,
     metrics: &Metrics,
 ) -> Addr<UserRegistryActor> {
     let supervisor = me.clone();
     let metrics = metrics.clone();
-    UserRegistryActor::start_in_arbiter(arbiter, move |_| {
+    UserRegistryActor::start_in_arbiter(worker, move |_| {
         UserRegistryActor::new(
             metrics,
             DeathNotice {
                 supervisor,
-                child: Child::Registry,
+                child: Child::Registry(shard),
             },
         )
     })
 }
 
 fn start_bus(
-    arbiter: &ArbiterHandle,
+    hub: &ArbiterHandle,
     me: &Addr<HubSupervisor>,
-    registry: Addr<UserRegistryActor>,
+    registries: Vec<Addr<UserRegistryActor>>,
     limits: BusLimits,
 ) -> Addr<EventBusActor> {
     let supervisor = me.clone();
-    EventBusActor::start_in_arbiter(arbiter, move |_| {
+    EventBusActor::start_in_arbiter(hub, move |_| {
         EventBusActor::new(
-            registry,
+            registries,
             limits,
             DeathNotice {
                 supervisor,
@@ -144,21 +156,29 @@ impl Handler<ChildGone> for HubSupervisor {
         }
         let me = ctx.address();
         match msg.0 {
-            Child::Registry => {
+            Child::Registry(shard) => {
                 log::error!(
-                    "user registry stopped; starting a fresh one, rebuilt from the connections"
+                    "user registry shard {shard} stopped; starting a fresh one, rebuilt from \
+                     the connections"
                 );
-                let registry = start_registry(&self.arbiter, &me, &self.bus_limits.metrics);
+                let Some(worker) = self.workers.get(shard) else {
+                    return;
+                };
+                let registry = start_registry(worker, shard, &me, &self.bus_limits.metrics);
                 self.state.send_modify(|state| {
-                    state.registry = registry.clone();
-                    state.registry_generation += 1;
-                    state.bus.do_send(UseRegistry(registry));
+                    let mut registries = state.registries.to_vec();
+                    registries[shard] = registry.clone();
+                    state.registries = registries.into();
+                    let mut generations = state.registry_generations.to_vec();
+                    generations[shard] += 1;
+                    state.registry_generations = generations.into();
+                    state.bus.do_send(UseRegistry { shard, registry });
                 });
             }
             Child::Bus => {
                 log::error!("event bus stopped; starting a fresh one");
-                let registry = self.state.borrow().registry.clone();
-                let bus = start_bus(&self.arbiter, &me, registry, self.bus_limits.clone());
+                let registries = self.state.borrow().registries.to_vec();
+                let bus = start_bus(&self.hub, &me, registries, self.bus_limits.clone());
                 self.state.send_modify(|state| state.bus = bus);
             }
         }
@@ -189,7 +209,7 @@ pub struct InjectPanic;
 #[cfg(feature = "fault-injection")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultTarget {
-    /// The user registry.
+    /// Every shard of the user registry.
     Registry,
     /// The event bus.
     Bus,
