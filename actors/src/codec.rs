@@ -26,7 +26,7 @@ impl Frame {
 
     /// The parts of the message, in order. An empty message has one empty part.
     pub fn parts(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.0.split(|&b| b == US)
+        parts(&self.0)
     }
 }
 
@@ -36,6 +36,12 @@ impl fmt::Debug for Frame {
             .entries(self.parts().map(String::from_utf8_lossy))
             .finish()
     }
+}
+
+/// The parts of `message` (a message without its terminator), in order. An empty message
+/// has one empty part.
+pub fn parts(message: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
+    message.split(|&b| b == US)
 }
 
 /// Why the input stream could not be decoded.
@@ -91,15 +97,27 @@ impl MessageCodec {
     /// Fails once the message at the front is longer than the limit, even before its
     /// terminator has arrived; the caller must then stop decoding this stream.
     pub fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
+        Ok(self.next_message(buf)?.map(|length| {
+            let mut message = buf.split_to(length + 1);
+            message.truncate(length);
+            Frame(message.freeze())
+        }))
+    }
+
+    /// The length (terminator excluded) of the whole message at the front of `buf`, if it
+    /// holds one; the caller reads `buf[..length]` and then drops `length + 1` bytes, the
+    /// way [`MessageCodec::decode_frame`] does without copying or sharing the buffer.
+    ///
+    /// Fails once the message at the front is longer than the limit, even before its
+    /// terminator has arrived; the caller must then stop decoding this stream.
+    pub fn next_message(&mut self, buf: &[u8]) -> Result<Option<usize>, DecodeError> {
         // Looking past limit + 1 bytes is never needed to decide.
         let horizon = buf.len().min(self.max_message_bytes + 1);
         match memchr::memchr(RS, &buf[self.scanned.min(horizon)..horizon]) {
             Some(offset) => {
                 let length = self.scanned + offset;
                 self.scanned = 0;
-                let mut message = buf.split_to(length + 1);
-                message.truncate(length);
-                Ok(Some(Frame(message.freeze())))
+                Ok(Some(length))
             }
             None if horizon > self.max_message_bytes => Err(DecodeError::MessageTooLong {
                 limit: self.max_message_bytes,

@@ -2,10 +2,11 @@
 //! order, writes what the registry pushes, enforces the idle timeout and the output limit,
 //! and knows its own binding. The only module that touches a socket.
 
+use crate::buffers::{self, Spare};
 use crate::bus::{Invalidate, InvalidationCause};
-use crate::codec::{encode_message, ends_at_boundary, Frame, MessageCodec};
+use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
-use crate::metrics::{CommandKind, IoErrorCause, LoginResult, Metrics};
+use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
 use crate::password::PasswordChecker;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
@@ -32,8 +33,6 @@ const READS_PER_WAKEUP: usize = 16;
 /// How long a closing connection keeps reading (and discarding) so that unread input does
 /// not turn the close into a reset that destroys the last message.
 const LINGER: Duration = Duration::from_secs(1);
-/// Output buffers above this capacity are released once drained.
-const KEPT_OUTPUT_CAPACITY: usize = 16 * 1024;
 
 /// Identifies one login of one connection; a stale invalidation names an old one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -181,10 +180,9 @@ impl ConnectionActor {
     }
 
     /// Handles one complete message from the client.
-    fn on_frame(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        self.last_message = Instant::now();
-        let command = parse_command(&frame);
-        self.shared.metrics.command(match &command {
+    fn on_message(&mut self, message: &[u8], tally: &mut CommandTally, ctx: &mut Context<Self>) {
+        let command = parse_command(message);
+        tally.count(match &command {
             Ok(Command::Login { .. }) => CommandKind::Login,
             Ok(Command::Logout) => CommandKind::Logout,
             Ok(Command::Disconnect) => CommandKind::Disconnect,
@@ -349,11 +347,14 @@ impl ConnectionActor {
     }
 
     fn reply(&mut self, reply: Reply, ctx: &mut Context<Self>) {
-        encode_message(&[reply.name().as_bytes()], &mut self.output);
+        let name = reply.name().as_bytes();
+        buffers::reserve(&mut self.output, name.len() + 1, Spare::Output);
+        encode_message(&[name], &mut self.output);
         self.output_grew(ctx);
     }
 
     fn write_message(&mut self, message: &[u8], ctx: &mut Context<Self>) {
+        buffers::reserve(&mut self.output, message.len(), Spare::Output);
         self.output.extend_from_slice(message);
         self.output_grew(ctx);
     }
@@ -393,8 +394,8 @@ impl ConnectionActor {
     fn consume_output(&mut self, written: usize) {
         self.output_at_boundary = ends_at_boundary(&self.output[..written]);
         self.output.advance(written);
-        if self.output.is_empty() && self.output.capacity() > KEPT_OUTPUT_CAPACITY {
-            self.output = BytesMut::new();
+        if self.output.is_empty() {
+            buffers::release(&mut self.output, Spare::Output);
         }
     }
 
@@ -493,11 +494,34 @@ impl ConnectionActor {
         ctx: &mut Context<Self>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
+        let mut tally = CommandTally::default();
+        let poll = self.read_and_handle(&mut tally, ctx, task);
+        tally.add_to(&self.shared.metrics);
+        poll
+    }
+
+    /// The body of [`Self::poll_input`]; commands are counted in `tally`.
+    fn read_and_handle(
+        &mut self,
+        tally: &mut CommandTally,
+        ctx: &mut Context<Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        // Messages that arrive in one wake-up arrive at one moment: read the clock once.
+        let mut received_any = false;
         for _ in 0..READS_PER_WAKEUP {
             while self.phase == Phase::Open {
-                match self.codec.decode_frame(&mut self.input) {
-                    Ok(Some(frame)) => {
-                        self.on_frame(frame, ctx);
+                match self.codec.next_message(&self.input) {
+                    Ok(Some(length)) => {
+                        if !received_any {
+                            self.last_message = Instant::now();
+                            received_any = true;
+                        }
+                        // Handled in place: taken out only so the handler may borrow it.
+                        let input = std::mem::take(&mut self.input);
+                        self.on_message(&input[..length], tally, ctx);
+                        self.input = input;
+                        self.input.advance(length + 1);
                         if ctx.waiting() {
                             // A login is being checked; the context polls us again after it.
                             return Poll::Pending;
@@ -512,7 +536,8 @@ impl ConnectionActor {
             }
             if self.phase != Phase::Open || self.input.is_empty() {
                 // No partial message: hold no read buffer while idle.
-                self.input = BytesMut::new();
+                self.input.clear();
+                buffers::release(&mut self.input, Spare::Input);
             }
             match self.stream.poll_read_ready(task) {
                 Poll::Pending => return Poll::Pending,
@@ -522,7 +547,7 @@ impl ConnectionActor {
                 }
                 Poll::Ready(Ok(())) => {}
             }
-            self.input.reserve(READ_CHUNK);
+            buffers::reserve(&mut self.input, READ_CHUNK, Spare::Input);
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => {
                     self.input = BytesMut::new();

@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod buffers;
 pub mod bus;
 pub mod clock;
 pub mod codec;

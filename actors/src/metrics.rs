@@ -213,10 +213,6 @@ impl Metrics {
         self.logins[result as usize].inc();
     }
 
-    pub(crate) fn command(&self, kind: CommandKind) {
-        self.commands[kind as usize].inc();
-    }
-
     pub(crate) fn invalidated(&self, cause: InvalidationCause, connections: usize) {
         let index = match cause {
             InvalidationCause::Client => 0,
@@ -229,6 +225,27 @@ impl Metrics {
 
     pub(crate) fn io_error(&self, cause: IoErrorCause) {
         self.io_errors[cause as usize].inc();
+    }
+}
+
+/// Commands counted on the stack and added to the shared counters in one go, so a
+/// pipelined burst costs one atomic add per command type rather than one per command.
+#[derive(Debug, Default)]
+pub(crate) struct CommandTally([u64; 7]);
+
+impl CommandTally {
+    /// Counts one command.
+    pub(crate) fn count(&mut self, kind: CommandKind) {
+        self.0[kind as usize] += 1;
+    }
+
+    /// Adds the counts to `metrics`.
+    pub(crate) fn add_to(&self, metrics: &Metrics) {
+        for (counter, &count) in metrics.commands.iter().zip(&self.0) {
+            if count > 0 {
+                counter.inc_by(count);
+            }
+        }
     }
 }
 
@@ -249,7 +266,10 @@ mod tests {
         let mut registry = Registry::with_prefix("tether");
         metrics.register(&mut registry);
         metrics.login(LoginResult::Throttled);
-        metrics.command(CommandKind::InvalidArgsCount);
+        let mut tally = CommandTally::default();
+        tally.count(CommandKind::InvalidArgsCount);
+        tally.count(CommandKind::InvalidArgsCount);
+        tally.add_to(&metrics);
         metrics.io_error(IoErrorCause::SlowReader);
         metrics.invalidated(InvalidationCause::Operator, 3);
         let mut text = String::new();
@@ -257,7 +277,7 @@ mod tests {
         for line in [
             "tether_logins_total{result=\"throttled\"} 1",
             "tether_logins_total{result=\"valid\"} 0",
-            "tether_commands_total{type=\"invalid_args_count\"} 1",
+            "tether_commands_total{type=\"invalid_args_count\"} 2",
             "tether_io_errors_total{cause=\"slow_reader\"} 1",
             "tether_invalidations_total{cause=\"operator\"} 3",
             "tether_connections_open 0",

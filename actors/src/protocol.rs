@@ -1,7 +1,7 @@
 //! The commands a client sends and the one-part messages the server answers with
 //! (SPEC §2–§3), independent of sockets and actors.
 
-use crate::codec::Frame;
+use crate::codec::parts;
 
 /// A well-formed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,9 +42,10 @@ impl CommandError {
     }
 }
 
-/// Reads the command a message carries. Types are compared as exact bytes.
-pub fn parse_command(frame: &Frame) -> Result<Command<'_>, CommandError> {
-    let mut parts = frame.parts();
+/// Reads the command a message (without its terminator) carries. Types are compared as
+/// exact bytes.
+pub fn parse_command(message: &[u8]) -> Result<Command<'_>, CommandError> {
+    let mut parts = parts(message);
     let kind = parts.next().unwrap_or_default();
     let (expected_args, command) = match kind {
         b"login" => (2, None),
@@ -122,12 +123,14 @@ mod tests {
     use crate::codec::{encoded_message, MessageCodec};
     use bytes::BytesMut;
 
-    fn frame(parts: &[&[u8]]) -> Frame {
+    /// The message made of `parts`, as the connection hands it to `parse_command`.
+    fn frame(parts: &[&[u8]]) -> Vec<u8> {
         let mut buf = BytesMut::from(&encoded_message(parts)[..]);
-        MessageCodec::new(1024)
+        let frame = MessageCodec::new(1024)
             .decode_frame(&mut buf)
             .expect("decodes")
-            .expect("whole")
+            .expect("whole");
+        frame.as_bytes().to_vec()
     }
 
     #[test]
