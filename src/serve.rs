@@ -42,7 +42,8 @@ pub fn settings(config: &Config) -> Settings {
         max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
         shutdown_grace: config.server.shutdown_grace,
         workers: config.server.workers,
-        password_threads: cpus,
+        // A login storm must leave a core to the event loops.
+        password_threads: cpus.saturating_sub(1).max(1),
         login_failures_per_minute: config.auth.login_failures_per_minute,
         bcrypt_cost: config.auth.bcrypt_cost,
         time_zone: config.events.time_zone.clone(),
