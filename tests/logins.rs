@@ -22,3 +22,29 @@ fn a_login_checked_against_a_hash_replaced_during_the_check_is_refused() {
     server.wait_for_connections("alice", 0);
     client.login("alice", "new-pw");
 }
+
+#[test]
+fn logins_waiting_for_a_check_are_answered_and_told_shutdown_when_the_server_stops() {
+    let mut settings = test_settings();
+    settings.password_threads = 1;
+    settings.shutdown_grace = Duration::from_secs(2);
+    let mut server = InProcessServer::start(settings, &[]);
+    // Twelve checks at cost 12 take one thread about 3 s: longer than the grace period.
+    server.replace_users(&[("alice", "pw")], 12);
+    let mut clients: Vec<TestClient> = (0..12)
+        .map(|_| TestClient::connect(server.addr()))
+        .collect();
+    for client in &mut clients {
+        client.send(&["login", "alice", "pw"]);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    server.begin_shutdown();
+    for (index, client) in clients.iter_mut().enumerate() {
+        let reply = client.recv();
+        assert!(
+            reply == ["login_valid"] || reply == ["login_invalid"],
+            "client {index}: {reply:?}"
+        );
+        client.expect(&["shutdown"]);
+    }
+}

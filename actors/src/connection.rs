@@ -258,12 +258,27 @@ impl ConnectionActor {
         );
         let name = name.to_vec();
         let verdict = self.shared.checker.check(password.to_vec(), hash);
+        // A queue of slow checks must not hold a connection past the shutdown: if it
+        // begins first, the login is answered at once (refused, unchecked).
+        let mut hub = self.hub_watch.clone();
+        let verdict = async move {
+            tokio::select! {
+                matches = verdict => Some(matches),
+                () = shutdown_begins(&mut hub) => None,
+            }
+        };
         ctx.wait(
             verdict
                 .into_actor(self)
-                .map(move |matches, act, ctx| match user {
-                    Some((user, hash)) if matches => act.login_succeeded(user, &hash, &name, ctx),
-                    _ => act.login_failed(&name, ctx),
+                .map(move |verdict, act, ctx| match (verdict, user) {
+                    (Some(true), Some((user, hash))) => {
+                        act.login_succeeded(user, &hash, &name, ctx)
+                    }
+                    (Some(_), _) => act.login_failed(&name, ctx),
+                    (None, _) => {
+                        log::info!("{}: login unchecked: shutting down", act.peer);
+                        act.reply(Reply::LoginInvalid, ctx);
+                    }
                 }),
         );
     }
@@ -657,6 +672,18 @@ impl StreamHandler<HubState> for ConnectionActor {
 
     fn finished(&mut self, _: &mut Context<Self>) {
         // The hub is gone only when the server is; closing is handled by shutdown.
+    }
+}
+
+/// Resolves once the hub says the server is shutting down (never, if the hub is gone).
+async fn shutdown_begins(hub: &mut watch::Receiver<HubState>) {
+    loop {
+        if hub.borrow_and_update().shutting_down {
+            return;
+        }
+        if hub.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

@@ -85,6 +85,13 @@ impl InProcessServer {
         &self.handle
     }
 
+    /// Starts a graceful shutdown, as SIGTERM would, without waiting for it to end.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Puts `users` (name, password; hashed at `cost`) in force, as a users-file reload
     /// would; answers the names whose hash changed or that are gone.
     pub fn replace_users(&self, users: &[(&str, &str)], cost: u32) -> Vec<String> {
