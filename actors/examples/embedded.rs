@@ -1,22 +1,28 @@
-//! A host program that runs tether inside its own actix System and publishes events from
-//! one of its own actors.
+//! A host program that runs tether inside its own actix System, publishes events from one
+//! of its own actors, and changes a password through the typed messages of the bus.
 //!
 //! ```text
 //! cargo run -p tether-actors --example embedded -- [ADDRESS] [TICKS]
 //! printf 'login\x1fdemo\x1fdemo\x1e' | nc 127.0.0.1 7800      # in another terminal
 //! ```
 //! ADDRESS defaults to 127.0.0.1:7800; with TICKS the program stops after that many
-//! events, otherwise at Ctrl-C.
+//! events, otherwise at Ctrl-C. At tick 10 the host changes demo's password to `demo2`:
+//! demo's connections get `invalidated`.
 
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::bus::{Invalidate, InvalidationCause};
 use tether_actors::users::{PasswordHash, UserSet, UserTable};
 use tether_actors::{Settings, Tether, TetherHandle};
+
+/// The tick at which the host changes demo's password.
+const PASSWORD_CHANGE_AT: u64 = 10;
 
 /// The host's own actor: publishes a tick for user `demo` every second.
 struct Ticker {
     tether: TetherHandle,
+    users: Arc<UserTable>,
     sent: u64,
     limit: Option<u64>,
     done: Option<tokio::sync::oneshot::Sender<()>>,
@@ -28,6 +34,9 @@ impl Actor for Ticker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.run_interval(Duration::from_secs(1), |ticker, ctx| {
             ticker.sent += 1;
+            if ticker.sent == PASSWORD_CHANGE_AT {
+                ticker.change_password(ctx);
+            }
             let text = format!("tick {}", ticker.sent);
             let tether = ticker.tether.clone();
             ctx.spawn(
@@ -49,6 +58,34 @@ impl Actor for Ticker {
                     }),
             );
         });
+    }
+}
+
+impl Ticker {
+    /// Puts a new user set in force, then tells the bus, by its typed message, to
+    /// invalidate every user whose hash changed.
+    fn change_password(&mut self, ctx: &mut Context<Self>) {
+        let hash = match bcrypt::hash("demo2", 4) {
+            Ok(hash) => PasswordHash::from(hash),
+            Err(err) => return eprintln!("cannot hash: {err}"),
+        };
+        let changed = self
+            .users
+            .replace(UserSet::from([("demo".to_string(), hash)]));
+        let bus = self.tether.bus();
+        for user in changed {
+            println!("password of {user:?} changed to demo2");
+            let invalidate = Invalidate {
+                user,
+                except: None,
+                cause: InvalidationCause::PasswordChanged,
+            };
+            ctx.spawn(bus.send(invalidate).into_actor(self).map(|answer, _, _| {
+                if let Ok(Ok(count)) = answer {
+                    println!("{count} connection(s) invalidated");
+                }
+            }));
+        }
     }
 }
 
@@ -78,7 +115,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let system = System::new();
     system.block_on(async move {
-        let tether = Tether::start(listener, settings, Arc::new(UserTable::new(users)))?;
+        let users = Arc::new(UserTable::new(users));
+        let tether = Tether::start(listener, settings, Arc::clone(&users) as _)?;
         println!(
             "embedded tether on {0}; try: printf 'login\\x1fdemo\\x1fdemo\\x1e' | nc {1} {2}",
             tether.local_addr(),
@@ -88,6 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (done, finished) = tokio::sync::oneshot::channel();
         Ticker {
             tether: tether.handle(),
+            users,
             sent: 0,
             limit,
             done: Some(done),
