@@ -1,6 +1,7 @@
 # Shared by bench/smoke.sh and bench/run-all.sh (sourced): start tether, serve-raw and
 # redis-server on free loopback ports with generated configuration, and stop them on exit.
 # Expects BIN (the folder with the release binaries) and WORK (a temporary folder).
+# WORKERS (default 0: one event loop per CPU) is tether's `server.workers`.
 
 PIDS=()
 stop_servers() {
@@ -14,12 +15,17 @@ stop_servers() {
     PIDS=()
 }
 
-# wait_port PORT: until something listens on 127.0.0.1:PORT (at most 20 s).
+# wait_port PORT [PID]: until something listens on 127.0.0.1:PORT (at most 20 s; fails at
+# once if process PID has exited).
 wait_port() {
     local i
     for i in $(seq 1 200); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
             return 0
+        fi
+        if [[ -n ${2:-} ]] && ! kill -0 "$2" 2>/dev/null; then
+            echo "the server meant to listen on 127.0.0.1:$1 has exited" >&2
+            return 1
         fi
         sleep 0.1
     done
@@ -28,18 +34,50 @@ wait_port() {
 }
 
 # start_servers USERS: users file (USERS at cost 4, plus storm0..storm1 at cost 10),
-# tether config, then the three servers. Sets TETHER_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR
-# and TETHER_PID RAW_PID REDIS_PID.
+# tether config (`workers = $WORKERS`), then the three servers. Sets TETHER_ADDR ADMIN_ADDR
+# RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
 start_servers() {
     local users=$1 tport aport rport dport
+    # All ports first, before any connection: a port picked later can still be the local
+    # end of a closing client connection and fail to listen.
     read -r tport aport rport dport < <("$BIN/tether-bench" free-ports 4)
     "$BIN/tether-bench" make-users "$users" --cost 4 > "$WORK/users.toml"
     "$BIN/tether-bench" make-users 2 --cost 10 --prefix storm >> "$WORK/users.toml"
-    cat > "$WORK/server.toml" <<TOML
+    # The hard limit is the most a process may open; the servers need ~19,000.
+    ulimit -n "$(ulimit -Hn)"
+    "$BIN/tether-bench" serve-raw "127.0.0.1:$rport" 2> "$WORK/serve-raw.log" &
+    RAW_PID=$!
+    PIDS+=("$RAW_PID")
+    redis-server --bind 127.0.0.1 --port "$dport" --save '' --appendonly no \
+        --protected-mode no --maxclients 19900 --logfile "$WORK/redis.log" &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID")
+    wait_port "$rport" "$RAW_PID"
+    wait_port "$dport" "$REDIS_PID"
+    start_tether tether "${WORKERS:-0}" "$tport" "$aport"
+    TETHER_ADDR=$STARTED_ADDR
+    ADMIN_ADDR=$STARTED_ADMIN
+    TETHER_PID=$STARTED_PID
+    RAW_ADDR=127.0.0.1:$rport
+    REDIS_ADDR=127.0.0.1:$dport
+}
+
+# start_tether NAME WORKERS [PORT ADMIN_PORT]: a tether with `server.workers = WORKERS`,
+# config $WORK/NAME.toml, sharing $WORK/users.toml (start_servers writes it); ports picked
+# here when not given (and picked again, up to 3 times, if they turn out taken). Sets
+# STARTED_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops it with the rest, stop_one PID
+# before.
+start_tether() {
+    local name=$1 workers=$2 tport=${3:-} aport=${4:-} attempt
+    for attempt in 1 2 3; do
+        if [[ -z ${3:-} ]]; then
+            read -r tport aport < <("$BIN/tether-bench" free-ports 2)
+        fi
+        cat > "$WORK/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$tport"
 max_connections = 20000
-workers = 0
+workers = $workers
 [auth]
 users_file = "users.toml"
 bcrypt_cost = 4
@@ -51,24 +89,29 @@ listen = "127.0.0.1:$aport"
 [log]
 level = "warn"
 TOML
-    # The hard limit is the most a process may open; the servers need ~19,000.
-    ulimit -n "$(ulimit -Hn)"
-    "$BIN/tether" --config "$WORK/server.toml" 2> "$WORK/tether.log" &
-    TETHER_PID=$!
-    PIDS+=("$TETHER_PID")
-    "$BIN/tether-bench" serve-raw "127.0.0.1:$rport" 2> "$WORK/serve-raw.log" &
-    RAW_PID=$!
-    PIDS+=("$RAW_PID")
-    redis-server --bind 127.0.0.1 --port "$dport" --save '' --appendonly no \
-        --protected-mode no --maxclients 19900 --logfile "$WORK/redis.log" &
-    REDIS_PID=$!
-    PIDS+=("$REDIS_PID")
-    wait_port "$tport"
-    wait_port "$aport"
-    wait_port "$rport"
-    wait_port "$dport"
-    TETHER_ADDR=127.0.0.1:$tport
-    ADMIN_ADDR=127.0.0.1:$aport
-    RAW_ADDR=127.0.0.1:$rport
-    REDIS_ADDR=127.0.0.1:$dport
+        "$BIN/tether" --config "$WORK/$name.toml" 2>> "$WORK/$name.log" &
+        STARTED_PID=$!
+        PIDS+=("$STARTED_PID")
+        if wait_port "$tport" "$STARTED_PID" && wait_port "$aport" "$STARTED_PID"; then
+            STARTED_ADDR=127.0.0.1:$tport
+            STARTED_ADMIN=127.0.0.1:$aport
+            return 0
+        fi
+        stop_one "$STARTED_PID"
+        [[ -z ${3:-} ]] || break
+        echo "retrying $name on other ports" >&2
+    done
+    cat "$WORK/$name.log" >&2
+    return 1
+}
+
+# stop_one PID: stop one of the servers started here (and forget it).
+stop_one() {
+    local pid=$1 kept=() other
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for other in "${PIDS[@]}"; do
+        [[ $other == "$pid" ]] || kept+=("$other")
+    done
+    PIDS=("${kept[@]}")
 }

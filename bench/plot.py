@@ -3,11 +3,13 @@
 printed as Markdown) and one figure, bench/benchmarks.png.
 
     python3 -m venv /tmp/plot && /tmp/plot/bin/pip install matplotlib
-    /tmp/plot/bin/python bench/plot.py bench/results/run.jsonl [--png bench/benchmarks.png]
+    /tmp/plot/bin/python bench/plot.py bench/results/run-2.jsonl [--png bench/benchmarks.png] \
+        [--before bench/results/run.jsonl]
 
 Every line of the input that starts with '{' is a result; lines from several runs and
 repeats may be mixed: figures are grouped by scenario, target and shape, and the median of
-the repeats is shown.
+the repeats is shown. Target `tether-w1` is a second tether run with `server.workers = 1`
+(cmd only). With --before, a table of the headline figures before → after is printed too.
 """
 
 import argparse
@@ -17,7 +19,8 @@ import sys
 from collections import defaultdict
 
 TARGETS = ["tether", "serve-raw", "redis"]
-COLORS = {"tether": "#1f77b4", "serve-raw": "#7f7f7f", "redis": "#d62728"}
+CMD_TARGETS = ["tether", "tether-w1", "serve-raw", "redis"]
+COLORS = {"tether": "#1f77b4", "tether-w1": "#17becf", "serve-raw": "#7f7f7f", "redis": "#d62728"}
 
 
 def load(paths):
@@ -62,25 +65,31 @@ def ratio(a, b):
     return None if a is None or not b else a / b
 
 
-def cmd_tables(records):
+def cmd_tables(records, quiet=False):
     cmd = group(records, "cmd", lambda r: (r["connections"], r["depth"], r["client_threads"], r["target"]),
                 lambda r: r.get("rate") is None)
+    if quiet:
+        return cmd
     shapes = sorted({(c, d) for c, d, _, _ in cmd})
     threads = sorted({t for _, _, t, _ in cmd})
+    present = [t for t in CMD_TARGETS if any(k[3] == t for k in cmd)]
+    tethers = [t for t in present if t.startswith("tether")]
     print("### cmd — replies/s (median), p99 µs in brackets\n")
-    print("| C×D | client threads | tether | serve-raw | redis | tether / redis | tether / serve-raw |")
-    print("|---|---|---|---|---|---|---|")
+    print("| C×D | client threads | " + " | ".join(present) + " | "
+          + " | ".join(f"{t} / redis | {t} / serve-raw" for t in tethers) + " |")
+    print("|---|---|" + "---|" * (len(present) + 2 * len(tethers)))
     for c, d in shapes:
         for t in threads:
             cells = []
-            for target in TARGETS:
+            for target in present:
                 row = cmd.get((c, d, t, target))
                 cells.append(f"{fmt(row['replies_per_s'])} ({fmt(row['p99_us'])})" if row else "–")
-            tether = cmd.get((c, d, t, "tether"), {}).get("replies_per_s")
             redis = cmd.get((c, d, t, "redis"), {}).get("replies_per_s")
             raw = cmd.get((c, d, t, "serve-raw"), {}).get("replies_per_s")
-            print(f"| {c}×{d} | {t} | " + " | ".join(cells)
-                  + f" | {fmt(ratio(tether, redis), 2)} | {fmt(ratio(tether, raw), 2)} |")
+            for target in tethers:
+                value = cmd.get((c, d, t, target), {}).get("replies_per_s")
+                cells += [fmt(ratio(value, redis), 2), fmt(ratio(value, raw), 2)]
+            print(f"| {c}×{d} | {t} | " + " | ".join(cells) + " |")
     print()
     return cmd
 
@@ -184,10 +193,15 @@ def targets_table(records, hold, fan, storm):
         return lambda r: r["target"] == target and r["connections"] == conns and r.get("phase") == phase
 
     rows = []
-    a, b, q, n = paired(records, "cmd", cmd_pick("tether"), cmd_pick("redis"), lambda r: r["replies_per_s"])
-    rows.append(("cmd 50×16 replies/s vs Redis PING/s (best client config each)", a, b, q, "≥ 1.0", q is not None and q >= 1.0, n))
-    a, b, q, n = paired(records, "cmd", cmd_pick("tether"), cmd_pick("serve-raw"), lambda r: r["replies_per_s"])
-    rows.append(("cmd 50×16 replies/s vs serve-raw (best client config each)", a, b, q, "≥ 0.8", q is not None and q >= 0.8, n))
+    for tether, label in (("tether", "tether"), ("tether-w1", "tether `workers = 1`")):
+        if not any(r.get("scenario") == "cmd" and r.get("target") == tether for r in records):
+            continue
+        a, b, q, n = paired(records, "cmd", cmd_pick(tether), cmd_pick("redis"), lambda r: r["replies_per_s"])
+        rows.append((f"cmd 50×16 replies/s, {label} vs Redis PING/s (best client config each)", a, b, q, "≥ 1.0",
+                     q is not None and q >= 1.0, n))
+        a, b, q, n = paired(records, "cmd", cmd_pick(tether), cmd_pick("serve-raw"), lambda r: r["replies_per_s"])
+        rows.append((f"cmd 50×16 replies/s, {label} vs serve-raw (best client config each)", a, b, q, "≥ 0.8",
+                     q is not None and q >= 0.8, n))
     th, rh = hold[0].get("tether"), hold[0].get("redis")
     if th:
         rows.append(("hold RSS B/conn at 19k vs 4 KiB", th["bytes_per_conn"], 4096, th["bytes_per_conn"] / 4096, "≤ 1.0", th["bytes_per_conn"] <= 4096, th["repeats"]))
@@ -213,6 +227,68 @@ def targets_table(records, hold, fan, storm):
     print()
 
 
+def headline(records):
+    """{figure: median over repeats} of the figures the before → after table compares."""
+    out = {}
+    cmd = cmd_tables(records, quiet=True)
+    for (c, d) in ((50, 1), (50, 16), (1000, 1)):
+        for target in CMD_TARGETS:
+            values = [v["replies_per_s"] for (cc, dd, _, t), v in cmd.items() if (cc, dd, t) == (c, d, target)]
+            if values:
+                out[f"cmd {c}×{d} replies/s, {target} (best client threads)"] = max(values)
+        row = cmd.get((c, d, 1, "tether"))
+        if row:
+            out[f"cmd {c}×{d} p99 µs, tether (1 client thread)"] = row["p99_us"]
+
+    def pick(scenario, target, **fields):
+        return lambda r: r.get("target") == target and r.get("rate") is None and all(
+            r.get(k) == v for k, v in fields.items())
+
+    for tether in ("tether", "tether-w1"):
+        for anchor in ("serve-raw", "redis"):
+            q = paired(records, "cmd", pick("cmd", tether, connections=50, depth=16),
+                       pick("cmd", anchor, connections=50, depth=16), lambda r: r["replies_per_s"])[2]
+            if q is not None:
+                out[f"cmd 50×16 {tether} / {anchor} (per-repeat ratio)"] = q
+    q = paired(records, "fanout", pick("fanout", "tether", connections=1000, phase="max"),
+               pick("fanout", "redis", connections=1000, phase="max"), lambda r: r["deliveries_per_s"])[2]
+    if q is not None:
+        out["fanout 1,000 tether / redis (per-repeat ratio)"] = q
+    hold = group(records, "hold", lambda r: r["target"], lambda r: r.get("phase") == "summary").get("tether")
+    if hold:
+        out["hold B/conn at 19k, tether"] = hold["bytes_per_conn"]
+    fan = group(records, "fanout", lambda r: (r["connections"], r["target"], r.get("phase")))
+    for conns in (1000, 10000):
+        for target in ("tether", "redis"):
+            row = fan.get((conns, target, "max"))
+            if row:
+                out[f"fanout {conns:,} deliveries/s max, {target}"] = row["deliveries_per_s"]
+            row = fan.get((conns, target, "half"))
+            if row:
+                out[f"fanout {conns:,} p99 ms at half, {target}"] = row["p99_us"] / 1000
+    storm = group(records, "login-storm", lambda r: r["target"]).get("tether")
+    if storm:
+        out["login-storm p99 ratio (storm / alone)"] = storm["p99_ratio"]
+        out["login-storm logins/s"] = storm["logins_per_s"]
+    churn = group(records, "churn", lambda r: r["target"]).get("tether")
+    if churn:
+        out["churn connections/s, tether"] = churn["connections_per_s"]
+    return out
+
+
+def before_after(before, after):
+    print("### Before → after (medians of repeats; the runs are minutes apart, so anchors move too)\n")
+    print("| figure | before | after | change |")
+    print("|---|---|---|---|")
+    b, a = headline(before), headline(after)
+    for name in a:
+        old, new = b.get(name), a[name]
+        digits = 2 if new < 100 else 0
+        change = f"{(new / old - 1) * 100:+.0f} %" if old else "–"
+        print(f"| {name} | {fmt(old, digits)} | {fmt(new, digits)} | {change} |")
+    print()
+
+
 def plot(records, cmd, hold, fan, storm, churn, png):
     import matplotlib
     matplotlib.use("Agg")
@@ -221,7 +297,7 @@ def plot(records, cmd, hold, fan, storm, churn, png):
     fig, axes = plt.subplots(2, 3, figsize=(17, 9.5))
     shapes = sorted({(c, d) for c, d, _, _ in cmd})
     threads = sorted({t for _, _, t, _ in cmd})
-    series = [(target, t) for t in threads for target in TARGETS]
+    series = [(target, t) for t in threads for target in CMD_TARGETS if any(k[3] == target for k in cmd)]
     width = 0.8 / max(len(series), 1)
     for panel, field, title, log in ((axes[0][0], "replies_per_s", "cmd: replies/s (closed loop)", False),
                                      (axes[0][1], "p99_us", "cmd: p99 latency, µs (log)", True)):
@@ -310,8 +386,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="files of JSON lines from tether-bench --json-out")
     parser.add_argument("--png", default="bench/benchmarks.png")
+    parser.add_argument("--before", nargs="*", default=[], help="JSON lines of an earlier run, to compare")
     args = parser.parse_args()
     records = load(args.inputs)
+    if args.before:
+        before_after(load(args.before), records)
     cmd = cmd_tables(records)
     hold = hold_tables(records)
     fan = fanout_tables(records)

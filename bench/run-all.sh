@@ -2,13 +2,19 @@
 # The full measurement behind BENCHMARKS.md: every scenario against tether, serve-raw and
 # redis-server, REPEATS times (servers restarted for each repeat), JSON lines appended to
 # OUT (default bench/results/run.jsonl). Then `python3 bench/plot.py OUT` makes the tables
-# (medians) and bench/benchmarks.png. Takes about 8 minutes per repeat.
+# (medians) and bench/benchmarks.png. Takes about 8.5 minutes per repeat.
 #
-#   REPEATS=3 SCENARIOS="hold cmd fanout storm churn" bench/run-all.sh
+# tether runs with `server.workers = $WORKERS` (default 0: one event loop per CPU); the
+# `cmd` scenario also runs against a second tether with `workers = 1`, reported as target
+# `tether-w1`, started for that scenario only.
+#
+#   REPEATS=3 SCENARIOS="hold cmd fanout storm churn" OUT=bench/results/run-2.jsonl bench/run-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 REPEATS=${REPEATS:-3}
+# Number of the first repeat (its tag is r$FIRST_REPEAT): to add repeats to an earlier OUT.
+FIRST_REPEAT=${FIRST_REPEAT:-1}
 SCENARIOS=${SCENARIOS:-"hold cmd fanout storm churn"}
 OUT=${OUT:-bench/results/run.jsonl}
 mkdir -p "$(dirname "$OUT")"
@@ -18,7 +24,7 @@ WORK=$(mktemp -d)
 source bench/common.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 
-for repeat in $(seq 1 "$REPEATS"); do
+for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
     start_servers 20000
     bench() {
         "$BIN/tether-bench" --tag "r$repeat" --json-out "$OUT" "$@" | grep -v '^{'
@@ -32,13 +38,17 @@ for repeat in $(seq 1 "$REPEATS"); do
                 bench hold --proto "$proto" --addr "$addr" --pid "$pid" --connections 19000
             done ;;
         cmd)
+            start_tether tether-w1 1
+            w1_pid=$STARTED_PID
             for threads in 1 2; do
-                for target in "${targets[@]}"; do
-                    read -r proto addr pid <<< "$target"
-                    bench --threads "$threads" cmd --proto "$proto" --addr "$addr" \
-                        --shapes 50x1,50x16,1000x1 --duration 8 --warmup 2
+                for target in "${targets[@]}" "tether $STARTED_ADDR $w1_pid tether-w1"; do
+                    read -r proto addr pid name <<< "$target"
+                    bench --threads "$threads" ${name:+--target-name "$name"} cmd \
+                        --proto "$proto" --addr "$addr" --shapes 50x1,50x16,1000x1 \
+                        --duration 8 --warmup 2
                 done
-            done ;;
+            done
+            stop_one "$w1_pid" ;;
         fanout) # two client threads: one cannot read 2 M deliveries/s
             bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
                 --connections 1000 --users 1 --duration 8 --then-half --publishers 8

@@ -26,6 +26,10 @@ for target in "tether $TETHER_ADDR" "raw $RAW_ADDR" "redis $REDIS_ADDR"; do
     read -r proto addr <<< "$target"
     bench cmd --proto "$proto" --addr "$addr" --shapes 10x1,10x8 --duration 1 --warmup 0.2
 done
+start_tether tether-w1 1
+bench --target-name tether-w1 cmd --addr "$STARTED_ADDR" --shapes 10x1,10x8 --duration 1 \
+    --warmup 0.2
+stop_one "$STARTED_PID"
 bench hold --proto tether --addr "$TETHER_ADDR" --pid "$TETHER_PID" --connections 400 \
     --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
 bench hold --proto raw --addr "$RAW_ADDR" --pid "$RAW_PID" --connections 400 \

@@ -37,6 +37,10 @@ struct Cli {
     /// A label added to every JSON line, such as the repeat number.
     #[arg(long, global = true)]
     tag: Option<String>,
+    /// Report every JSON line under this target name instead of the protocol's, such as
+    /// `tether-w1` for a second tether started with other settings.
+    #[arg(long, global = true)]
+    target_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -76,11 +80,15 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(err) => return exit(Err(err)),
     };
-    let mut report =
-        match report::Report::new(cli.json_out.as_deref(), cli.threads, cli.tag.as_deref()) {
-            Ok(report) => report,
-            Err(err) => return exit(Err(err)),
-        };
+    let mut report = match report::Report::new(
+        cli.json_out.as_deref(),
+        cli.threads,
+        cli.tag.as_deref(),
+        cli.target_name.as_deref(),
+    ) {
+        Ok(report) => report,
+        Err(err) => return exit(Err(err)),
+    };
     let outcome = runtime.block_on(async {
         match &cli.command {
             Command::Cmd(args) => cmd::run(args, &mut report).await,

@@ -14,17 +14,20 @@ pub struct Report {
     json_out: Option<File>,
     /// Checks that failed ("lost 3 deliveries"), each naming its scenario.
     failures: Vec<String>,
-    /// Added to every JSON line: the client's threads and the run's `--tag`.
+    /// Added to every JSON line: the client's threads, the run's `--tag` and, when given,
+    /// `--target-name` (which replaces the scenario's own `target`).
     context: serde_json::Map<String, Value>,
 }
 
 impl Report {
     /// A report that also appends JSON lines to `json_out`; every line carries the
-    /// client's thread count and `tag` (such as the repeat number).
+    /// client's thread count and `tag` (such as the repeat number), and `target_name`
+    /// replaces the `target` the scenario reports.
     pub fn new(
         json_out: Option<&Path>,
         client_threads: usize,
         tag: Option<&str>,
+        target_name: Option<&str>,
     ) -> Fallible<Self> {
         let json_out = json_out
             .map(|path| {
@@ -39,6 +42,9 @@ impl Report {
         context.insert("client_threads".into(), client_threads.into());
         if let Some(tag) = tag {
             context.insert("tag".into(), tag.into());
+        }
+        if let Some(name) = target_name {
+            context.insert("target".into(), name.into());
         }
         Ok(Self {
             json_out,
