@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{run_to_exit, tether_command, users_toml, Finished, TestConfig, TestServer};
+use common::{run_to_exit, tether_command, users_toml, Ran, TestConfig, TestServer};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +13,7 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs tether on `server_toml` (and an empty users file) in a fresh folder and asserts
 /// that it refuses to start with exit code 2 and a message naming the configuration file.
-fn refuses_config(server_toml: &str) -> Finished {
+fn refuses_config(server_toml: &str) -> Ran {
     let dir = tempfile::tempdir().expect("temp dir");
     let config_path = dir.path().join("server.toml");
     std::fs::write(&config_path, server_toml).expect("write config");
@@ -23,7 +23,7 @@ fn refuses_config(server_toml: &str) -> Finished {
     finished
 }
 
-fn assert_exit_2_naming(finished: &Finished, file: &Path) {
+fn assert_exit_2_naming(finished: &Ran, file: &Path) {
     assert_eq!(
         finished.status.code(),
         Some(2),
@@ -39,7 +39,7 @@ fn assert_exit_2_naming(finished: &Finished, file: &Path) {
     );
 }
 
-fn assert_names(finished: &Finished, what: &str) {
+fn assert_names(finished: &Ran, what: &str) {
     assert!(
         finished.stderr.contains(what),
         "stderr should name {what:?}:\n{}",

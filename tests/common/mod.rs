@@ -388,48 +388,11 @@ fn wait_until_listening(child: &mut Child, log: &StderrLog, config: &str) -> Soc
     }
 }
 
-/// The outcome of a `tether` run that is expected to stop by itself.
-#[derive(Debug)]
-pub struct Finished {
-    /// How the process ended.
-    pub status: ExitStatus,
-    /// Everything it wrote to stderr.
-    pub stderr: String,
-}
-
-/// Runs `command` to its end, killing it (and failing) if it is still running after
-/// `timeout` — a server that should have refused to start but did not.
-pub fn run_to_exit(mut command: Command, timeout: Duration) -> Finished {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tether");
-    let log = drain_stderr(child.stderr.take().expect("stderr piped"));
-    let status = wait_child(&mut child, timeout);
-    let status = status.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!(
-            "tether still running after {timeout:?}; log:\n{}",
-            log.text.lock().expect("log lock")
-        )
-    });
-    // The pipe closes when the process ends; give the drain thread a moment to finish.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut text = log.text.lock().expect("log lock");
-    while Arc::strong_count(&log) > 1 && Instant::now() < deadline {
-        text = log
-            .grew
-            .wait_timeout(text, Duration::from_millis(20))
-            .expect("log lock")
-            .0;
-    }
-    Finished {
-        status,
-        stderr: text.clone(),
-    }
+/// Runs `command` to its end with nothing on its standard input, killing it (and
+/// failing) if it is still running after `timeout` — a server that should have refused to
+/// start but did not.
+pub fn run_to_exit(command: Command, timeout: Duration) -> Ran {
+    run_with_input(command, &[], timeout)
 }
 
 /// The outcome of a `tether` command run to its end with some standard input.
