@@ -8,6 +8,8 @@ use std::cell::Cell;
 
 /// Buffers larger than this are freed rather than kept as the spare.
 const LARGEST_SPARE: usize = 64 * 1024;
+/// The least a buffer is allocated with when there is no spare.
+const FRESH_CAPACITY: usize = 4096;
 
 thread_local! {
     static SPARE_INPUT: Cell<Option<BytesMut>> = const { Cell::new(None) };
@@ -33,11 +35,13 @@ impl Spare {
 }
 
 /// Makes sure `buffer` has room for `additional` bytes, taking this thread's spare first
-/// when it holds no memory.
+/// when it holds no memory, or else allocating at least [`FRESH_CAPACITY`] bytes (a buffer
+/// grown a message at a time would be reallocated several times per wake-up).
 pub(crate) fn reserve(buffer: &mut BytesMut, additional: usize, spare: Spare) {
     if buffer.capacity() == 0 {
-        if let Some(taken) = spare.with(Cell::take) {
-            *buffer = taken;
+        match spare.with(Cell::take) {
+            Some(taken) => *buffer = taken,
+            None => *buffer = BytesMut::with_capacity(additional.max(FRESH_CAPACITY)),
         }
     }
     buffer.reserve(additional);
@@ -76,6 +80,16 @@ mod tests {
         let mut third = BytesMut::new();
         reserve(&mut third, 100, Spare::Output);
         assert_ne!(third.as_ptr(), address, "input and output spares are apart");
+    }
+
+    #[test]
+    fn a_buffer_without_a_spare_starts_at_the_fresh_capacity() {
+        // Another test on this thread may have left a spare: take it first.
+        let mut spare_holder = BytesMut::new();
+        reserve(&mut spare_holder, 1, Spare::Output);
+        let mut fresh = BytesMut::new();
+        reserve(&mut fresh, 15, Spare::Output);
+        assert!(fresh.capacity() >= FRESH_CAPACITY, "{}", fresh.capacity());
     }
 
     #[test]

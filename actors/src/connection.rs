@@ -408,8 +408,12 @@ impl ConnectionActor {
 
     fn consume_output(&mut self, written: usize) {
         self.output_at_boundary = ends_at_boundary(&self.output[..written]);
-        self.output.advance(written);
-        if self.output.is_empty() {
+        if written < self.output.len() {
+            self.output.advance(written);
+        } else {
+            // `clear`, not `advance`: the buffer keeps its whole capacity for the spare
+            // (advanced to its end, it would report none and be freed).
+            self.output.clear();
             buffers::release(&mut self.output, Spare::Output);
         }
     }
@@ -563,8 +567,17 @@ impl ConnectionActor {
                 Poll::Ready(Ok(())) => {}
             }
             buffers::reserve(&mut self.input, READ_CHUNK, Spare::Input);
-            match self.stream.try_read_buf(&mut self.input) {
-                Ok(0) => {
+            // Through `AsyncRead` rather than `try_read`: a read that leaves part of the
+            // buffer empty has drained the socket, and tokio then clears the readiness, so
+            // the next loop does not spend a `recv` to learn it (`EAGAIN`).
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.stream), task, &mut self.input) {
+                Poll::Pending => {
+                    if self.input.is_empty() {
+                        buffers::release(&mut self.input, Spare::Input);
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) => {
                     self.input = BytesMut::new();
                     self.input_closed = true;
                     match self.phase {
@@ -574,10 +587,9 @@ impl ConnectionActor {
                     }
                     return Poll::Ready(());
                 }
-                Ok(_) if self.phase != Phase::Open => self.input.clear(),
-                Ok(_) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => {
+                Poll::Ready(Ok(_)) if self.phase != Phase::Open => self.input.clear(),
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => {
                     self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
                     return Poll::Ready(());
                 }
@@ -728,19 +740,17 @@ impl ActorFuture<ConnectionActor> for Flush {
         ctx: &mut Context<ConnectionActor>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
-        loop {
-            if let Err(err) = act.write_now() {
-                act.flushing = false;
-                act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
-                return Poll::Ready(());
-            }
-            if act.output.is_empty() {
-                break;
-            }
-            match act.stream.poll_write_ready(task) {
+        // Through `AsyncWrite` rather than `try_write`: a short write clears the readiness
+        // at once, so waiting for room costs no `EAGAIN`.
+        while !act.output.is_empty() {
+            let written = match Pin::new(&mut act.stream).poll_write(task, &act.output) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(err)) => {
+                Poll::Ready(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(result) => result,
+            };
+            match written {
+                Ok(written) => act.consume_output(written),
+                Err(err) => {
                     act.flushing = false;
                     act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
                     return Poll::Ready(());
