@@ -1,12 +1,14 @@
 //! [`EventBusActor`]: where events and invalidations enter, from clients, the host program
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
-//! them once and hands them to every registry shard for fan-out.
+//! them once and hands them to the registry shards that hold the user's connections (as
+//! [`Presence`] counts them) for fan-out.
 
 use crate::clock::EventClock;
 use crate::codec::{encoded_message, is_valid_part};
 use crate::connection::BindingId;
 use crate::credentials::{check_name, CredentialError};
 use crate::metrics::Metrics;
+use crate::presence::Presence;
 use crate::registry::{Deliver, Revoke, UserRegistryActor};
 use crate::supervisor::DeathNotice;
 use actix::prelude::*;
@@ -25,6 +27,8 @@ pub struct EventBusActor {
     max_text_bytes: usize,
     /// Counts events and invalidations.
     metrics: Metrics,
+    /// Which shards hold connections of which user.
+    presence: Arc<Presence>,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -40,8 +44,18 @@ impl EventBusActor {
             clock: limits.clock,
             max_text_bytes: limits.max_text_bytes,
             metrics: limits.metrics,
+            presence: limits.presence,
             _death: death,
         }
+    }
+
+    /// The shards holding connections of `user`, with their current addresses.
+    fn registries_holding(&self, user: &str) -> Vec<&Addr<UserRegistryActor>> {
+        self.presence
+            .shards_holding(user)
+            .into_iter()
+            .filter_map(|shard| self.registries.get(shard))
+            .collect()
     }
 }
 
@@ -54,6 +68,8 @@ pub(crate) struct BusLimits {
     pub max_text_bytes: usize,
     /// Counts events and invalidations.
     pub metrics: Metrics,
+    /// Which shards hold connections of which user, kept by the connections.
+    pub presence: Arc<Presence>,
 }
 
 impl Actor for EventBusActor {
@@ -130,8 +146,8 @@ impl Handler<Publish> for EventBusActor {
             encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
         let user: Arc<str> = Arc::from(msg.user);
         let counts: Vec<_> = self
-            .registries
-            .iter()
+            .registries_holding(&user)
+            .into_iter()
             .map(|registry| {
                 let (delivered, count) = oneshot::channel();
                 registry.do_send(Deliver {
@@ -192,8 +208,8 @@ impl Handler<Invalidate> for EventBusActor {
     fn handle(&mut self, msg: Invalidate, _: &mut Context<Self>) -> Self::Result {
         let user: Arc<str> = Arc::from(msg.user);
         let counts: Vec<_> = self
-            .registries
-            .iter()
+            .registries_holding(&user)
+            .into_iter()
             .map(|registry| {
                 let (revoked, count) = oneshot::channel();
                 registry.do_send(Revoke {

@@ -8,6 +8,7 @@ use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
 use crate::password::PasswordChecker;
+use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
 use crate::supervisor::HubState;
@@ -81,6 +82,8 @@ pub(crate) struct ConnectionShared {
     pub stand_in_hash: PasswordHash,
     /// What the server counts.
     pub metrics: Metrics,
+    /// Which shards hold connections of which user; each connection counts itself.
+    pub presence: Arc<Presence>,
 }
 
 /// The user a connection is bound to, and which login bound it.
@@ -315,6 +318,8 @@ impl ConnectionActor {
                 id: BindingId::next(),
             };
             self.announce(&binding, ctx);
+            // After the `Bind` is sent: whoever sees this count reaches the shard after it.
+            self.shared.presence.enter(self.shard, &binding.user);
             log::info!("{}: logged in as {:?}", self.peer, binding.user);
             self.binding = Some(binding);
             self.shared.metrics.connections_bound.inc();
@@ -348,6 +353,7 @@ impl ConnectionActor {
     fn take_binding(&mut self) -> Option<Binding> {
         let binding = self.binding.take()?;
         self.shared.metrics.connections_bound.dec();
+        self.shared.presence.leave(self.shard, &binding.user);
         Some(binding)
     }
 
@@ -622,9 +628,8 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared.metrics.connections_open.dec();
-        if self.binding.is_some() {
-            self.shared.metrics.connections_bound.dec();
-        }
+        // Still bound only when the actor did not stop in order (a panic).
+        self.take_binding();
     }
 }
 

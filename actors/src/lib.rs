@@ -15,6 +15,7 @@ pub mod connection;
 pub mod credentials;
 pub mod metrics;
 pub mod password;
+mod presence;
 pub mod protocol;
 pub mod registry;
 pub mod server;

@@ -9,6 +9,7 @@ use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
 use crate::metrics::Metrics;
 use crate::password::{stand_in_hash, PasswordChecker};
+use crate::presence::Presence;
 use crate::registry::CountConnections;
 use crate::supervisor::{BeginShutdown, HubState, HubSupervisor};
 use crate::throttle::LoginThrottle;
@@ -132,6 +133,7 @@ impl Tether {
             .map(|_| Arbiter::new())
             .collect();
         let hub_arbiter = Arbiter::new();
+        let presence = Arc::new(Presence::new(workers.len()));
         let (supervisor, hub) = HubSupervisor::launch(
             hub_arbiter.handle(),
             workers.iter().map(Arbiter::handle).collect(),
@@ -139,6 +141,7 @@ impl Tether {
                 clock: EventClock::new(settings.time_zone.clone()),
                 max_text_bytes: settings.max_pending_bytes.saturating_sub(EVENT_OVERHEAD),
                 metrics: metrics.clone(),
+                presence: Arc::clone(&presence),
             },
         );
         let shared = Arc::new(ConnectionShared {
@@ -154,6 +157,7 @@ impl Tether {
             throttle: LoginThrottle::new(settings.login_failures_per_minute),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
+            presence,
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
         let accept = actix_rt::spawn(accept_loop(

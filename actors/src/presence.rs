@@ -1,0 +1,105 @@
+//! [`Presence`]: which registry shards hold connections bound to a user, so that the bus
+//! hands an event (or an invalidation) only to those shards, and answers at once for a
+//! user bound nowhere.
+//!
+//! The connections keep it, not the registry: a connection counts itself in right after it
+//! sends its `Bind` to its shard, and out when its binding ends. So whoever sees the count
+//! sends its message to that shard after the `Bind`, and the shard has the binding when the
+//! message arrives. A registry restart changes nothing here: the bindings, and so the
+//! counts, live on in the connections.
+//!
+//! Users are counted under a hash of their name. Two names that share a hash only make an
+//! event visit a shard where it finds nobody; none is ever skipped.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// Per registry shard, how many connections are bound to each user (by name hash).
+#[derive(Debug)]
+pub(crate) struct Presence {
+    /// Hashes user names, the same way for every shard.
+    hasher: RandomState,
+    /// Indexed like the registry shards; only bound users have an entry.
+    shards: Box<[Mutex<HashMap<u64, u32>>]>,
+}
+
+impl Presence {
+    /// Nobody bound, on `shards` shards.
+    pub(crate) fn new(shards: usize) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            shards: (0..shards).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// A connection of `shard` is now bound to `user`; call after its `Bind` was sent.
+    pub(crate) fn enter(&self, shard: usize, user: &str) {
+        let key = self.hasher.hash_one(user);
+        if let Some(counts) = self.shards.get(shard) {
+            *lock(counts).entry(key).or_default() += 1;
+        }
+    }
+
+    /// A connection of `shard` is no longer bound to `user`.
+    pub(crate) fn leave(&self, shard: usize, user: &str) {
+        let key = self.hasher.hash_one(user);
+        if let Some(counts) = self.shards.get(shard) {
+            let mut counts = lock(counts);
+            if let Some(count) = counts.get_mut(&key) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The shards holding at least one connection bound to `user`, in shard order.
+    pub(crate) fn shards_holding(&self, user: &str) -> Vec<usize> {
+        let key = self.hasher.hash_one(user);
+        self.shards
+            .iter()
+            .enumerate()
+            .filter(|(_, counts)| lock(counts).contains_key(&key))
+            .map(|(shard, _)| shard)
+            .collect()
+    }
+}
+
+/// The counts stay whole even if a holder panicked: every update is one map operation.
+fn lock(counts: &Mutex<HashMap<u64, u32>>) -> MutexGuard<'_, HashMap<u64, u32>> {
+    counts.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_held_by_the_shards_of_its_bound_connections_until_the_last_leaves() {
+        let presence = Presence::new(3);
+        assert!(presence.shards_holding("alice").is_empty());
+        presence.enter(2, "alice");
+        presence.enter(0, "alice");
+        presence.enter(2, "alice");
+        presence.enter(1, "bob");
+        assert_eq!(presence.shards_holding("alice"), [0, 2]);
+        assert_eq!(presence.shards_holding("bob"), [1]);
+        presence.leave(2, "alice");
+        assert_eq!(presence.shards_holding("alice"), [0, 2], "one is left on 2");
+        presence.leave(2, "alice");
+        presence.leave(0, "alice");
+        assert!(presence.shards_holding("alice").is_empty());
+        assert_eq!(presence.shards_holding("bob"), [1]);
+    }
+
+    #[test]
+    fn leaving_where_nobody_entered_changes_nothing() {
+        let presence = Presence::new(1);
+        presence.leave(0, "carol");
+        presence.leave(5, "carol");
+        presence.enter(5, "carol");
+        assert!(presence.shards_holding("carol").is_empty());
+    }
+}
