@@ -59,6 +59,9 @@ pub struct AuthConfig {
     /// Failed logins per (client address, name) and minute before further ones are
     /// refused without a check; 0 means no limit.
     pub login_failures_per_minute: u32,
+    /// Threads running bcrypt (1–1024); a configured 0 is already resolved to one per CPU
+    /// but one, at least one.
+    pub password_threads: usize,
 }
 
 /// The `[events]` table: how event times are written.
@@ -323,6 +326,7 @@ struct RawAuth {
     bcrypt_cost: u32,
     watch: bool,
     login_failures_per_minute: u32,
+    password_threads: u64,
 }
 
 impl Default for RawAuth {
@@ -332,6 +336,7 @@ impl Default for RawAuth {
             bcrypt_cost: 12,
             watch: true,
             login_failures_per_minute: 10,
+            password_threads: 0,
         }
     }
 }
@@ -384,6 +389,15 @@ impl Default for RawLog {
 const MAX_MESSAGE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
 /// Largest accepted `server.workers`.
 const MAX_WORKERS: u64 = 1024;
+/// Largest accepted `auth.password_threads`.
+const MAX_PASSWORD_THREADS: u64 = 1024;
+
+/// The bcrypt threads an `auth.password_threads` of 0 means: one per CPU but one, at least
+/// one, so that a login storm always leaves a core to the event loops.
+fn automatic_password_threads() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    cpus.saturating_sub(1).max(1)
+}
 
 /// The second stage: raw values into checked ones, each error naming its key.
 struct Check<'a> {
@@ -447,12 +461,23 @@ impl Check<'_> {
                 format!("must be from 4 to 31, found {}", raw.bcrypt_cost),
             ));
         }
+        let password_threads = match self.size(
+            "auth.password_threads",
+            raw.password_threads,
+            0,
+            MAX_PASSWORD_THREADS,
+            "",
+        )? {
+            0 => automatic_password_threads(),
+            threads => threads,
+        };
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(AuthConfig {
             users_file: folder.join(raw.users_file),
             bcrypt_cost: raw.bcrypt_cost,
             watch: raw.watch,
             login_failures_per_minute: raw.login_failures_per_minute,
+            password_threads,
         })
     }
 
@@ -601,6 +626,7 @@ mod tests {
         assert_eq!(auth.bcrypt_cost, 12);
         assert!(auth.watch);
         assert_eq!(auth.login_failures_per_minute, 10);
+        assert_eq!(auth.password_threads, automatic_password_threads());
         assert_eq!(config.events.time_zone_name, "local");
         assert_eq!(config.admin.listen, Some("127.0.0.1:7701".parse().unwrap()));
         assert_eq!(config.admin.token, None);
@@ -632,6 +658,7 @@ mod tests {
             bcrypt_cost = 4
             watch = false
             login_failures_per_minute = 0
+            password_threads = 5
             [events]
             time_zone = "UTC"
             [admin]
@@ -659,6 +686,7 @@ mod tests {
         assert_eq!(config.auth.bcrypt_cost, 4);
         assert!(!config.auth.watch);
         assert_eq!(config.auth.login_failures_per_minute, 0);
+        assert_eq!(config.auth.password_threads, 5);
         assert_eq!(config.admin.listen, Some("0.0.0.0:9001".parse().unwrap()));
         assert_eq!(config.admin.token.as_deref(), Some("s3cret"));
         assert_eq!(config.log.level, log::LevelFilter::Debug);
@@ -826,6 +854,46 @@ mod tests {
             "[auth]\nbcrypt_cost = 32",
             "auth.bcrypt_cost",
             "from 4 to 31",
+        );
+    }
+
+    #[test]
+    fn zero_password_threads_means_one_per_cpu_but_one() {
+        let cpus = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let expected = cpus.saturating_sub(1).max(1);
+        assert_eq!(config("").unwrap().auth.password_threads, expected);
+        assert_eq!(
+            config("[auth]\npassword_threads = 0")
+                .unwrap()
+                .auth
+                .password_threads,
+            expected
+        );
+    }
+
+    #[test]
+    fn positive_password_threads_are_kept() {
+        for threads in [1, 3, 1024] {
+            let text = format!("[auth]\npassword_threads = {threads}");
+            assert_eq!(config(&text).unwrap().auth.password_threads, threads);
+        }
+    }
+
+    #[test]
+    fn too_many_password_threads_are_refused() {
+        assert_refused(
+            "[auth]\npassword_threads = 1025",
+            "auth.password_threads",
+            "at most 1024",
+        );
+    }
+
+    #[test]
+    fn negative_password_threads_are_refused() {
+        assert_refused(
+            "[auth]\npassword_threads = -1",
+            "auth.password_threads",
+            "invalid value",
         );
     }
 

@@ -34,7 +34,6 @@ impl Outcome {
 
 /// The protocol server's settings from the configuration.
 pub fn settings(config: &Config) -> Settings {
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     Settings {
         idle_timeout: config.server.idle_timeout,
         max_message_bytes: config.server.max_message_bytes,
@@ -42,8 +41,7 @@ pub fn settings(config: &Config) -> Settings {
         max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
         shutdown_grace: config.server.shutdown_grace,
         workers: config.server.workers,
-        // A login storm must leave a core to the event loops.
-        password_threads: cpus.saturating_sub(1).max(1),
+        password_threads: config.auth.password_threads,
         login_failures_per_minute: config.auth.login_failures_per_minute,
         bcrypt_cost: config.auth.bcrypt_cost,
         time_zone: config.events.time_zone.clone(),
@@ -95,6 +93,11 @@ pub fn run(config: Config) -> Outcome {
                 return Outcome::Failed;
             }
         };
+        log::info!(
+            "password checks: {} thread(s) (bcrypt, nice {})",
+            config.auth.password_threads,
+            tether_actors::password::CHECKER_NICENESS
+        );
         let user_sync = UserSync::new(
             config.auth.users_file.clone(),
             Arc::clone(&users),

@@ -145,6 +145,7 @@ fn every_documented_key_is_accepted() {
         .auth("bcrypt_cost", 10)
         .auth("watch", false)
         .auth("login_failures_per_minute", 0)
+        .auth("password_threads", 2)
         .events("time_zone", "Europe/Moscow")
         .set("admin", "token", "")
         .set("log", "level", "debug");
@@ -172,6 +173,43 @@ fn listening_address_is_logged_once_accepting() {
     let mut client = server.client();
     client.send(&["prolongate"]);
     client.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn configured_password_threads_are_started_and_logged() {
+    let config = TestConfig::new().auth("password_threads", 3);
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    let log = server.stderr_text();
+    let line = "password checks: 3 thread(s) (bcrypt, nice 10)";
+    assert!(log.contains(line), "expected {line:?} in:\n{log}");
+    // A new thread names itself once it runs: give the names a moment to appear.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while bcrypt_threads(server.pid()) < 3 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(bcrypt_threads(server.pid()), 3);
+    let mut client = server.client();
+    client.login("alice", "pw");
+}
+
+/// How many threads of process `pid` are password checkers (named `tether-bcrypt-N`).
+fn bcrypt_threads(pid: nix::unistd::Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the threads")
+        .filter(|task| {
+            let comm = task.as_ref().expect("thread entry").path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|name| name.starts_with("tether-bcrypt-"))
+        })
+        .count()
+}
+
+#[test]
+fn too_many_password_threads_stop_start_up_naming_the_key() {
+    let finished = refuses_config(&format!(
+        "{}\n[auth]\npassword_threads = 1025\n",
+        server_section("")
+    ));
+    assert_names(&finished, "auth.password_threads");
 }
 
 #[test]

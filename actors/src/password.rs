@@ -80,7 +80,7 @@ impl PasswordChecker {
 
 /// Niceness of the checker threads: below the event loops, so that when bcrypt and the
 /// event loops compete for a core, commands are answered first and logins wait.
-const CHECKER_NICENESS: i32 = 10;
+pub const CHECKER_NICENESS: i32 = 10;
 
 /// Runs checks until every sender is gone.
 fn run_checks(receiver: &Mutex<mpsc::Receiver<Check>>, metrics: &Metrics) {
