@@ -3,24 +3,20 @@
 //! before, right after, and after a pause (it should come back near its baseline).
 
 use crate::net::{check_loopback, connect_from, now_ns, raise_open_files, sources_in};
-use crate::proto::{exchange, Proto};
+use crate::proto::exchange;
 use crate::report::{count, dec, Report};
 use crate::stats::{new_histogram, rss_kib, sockstat, Percentiles, Recorder, SharedHistogram};
-use crate::Fallible;
+use crate::{Fallible, Target};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Arguments of `churn`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Server address (loopback).
-    #[arg(long)]
-    addr: SocketAddr,
-    /// Which server and protocol.
-    #[arg(long, value_enum, default_value = "tether")]
-    proto: Proto,
+    /// The server under test.
+    #[command(flatten)]
+    target: Target,
     /// The server's process id, for its RSS.
     #[arg(long)]
     pid: u32,
@@ -52,7 +48,7 @@ const CYCLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Churns and reports.
 pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
-    let addr = check_loopback(args.addr)?;
+    let addr = check_loopback(args.target.addr)?;
     raise_open_files()?;
     let rss_before = rss_kib(args.pid)?;
     let histogram: SharedHistogram = Arc::new(Mutex::new(new_histogram()));
@@ -61,7 +57,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let mut workers = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let sources = Arc::clone(&sources);
-        let proto = args.proto;
+        let proto = args.target.proto;
         let users = args.users.max(1);
         let prefix = args.user_prefix.clone();
         let password = args.password.clone();
@@ -108,7 +104,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let per_s = cycles as f64 / args.duration;
     report.emit(&json!({
         "scenario": "churn",
-        "target": args.proto.label(),
+        "target": args.target.proto.label(),
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "connections_per_s": per_s,
@@ -123,7 +119,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     report.table(
         &format!(
             "churn — {} at {addr}, {} loops",
-            args.proto.label(),
+            args.target.proto.label(),
             args.concurrency
         ),
         &[
@@ -148,13 +144,13 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     report.check(failures.is_empty(), || {
         format!(
             "churn {}: {} cycles failed, first: {}",
-            args.proto.label(),
+            args.target.proto.label(),
             failures.len(),
             failures.first().map_or("", String::as_str)
         )
     });
     report.check(cycles > 0, || {
-        format!("churn {}: no cycle completed", args.proto.label())
+        format!("churn {}: no cycle completed", args.target.proto.label())
     });
     Ok(())
 }

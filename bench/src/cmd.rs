@@ -10,7 +10,7 @@ use crate::net::{check_loopback, connect_from, now_ns, sources};
 use crate::proto::{Proto, ReplyMatcher};
 use crate::report::{count, dec, Report};
 use crate::stats::{new_histogram, Percentiles, Recorder, SharedHistogram};
-use crate::Fallible;
+use crate::{Fallible, Target};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -22,12 +22,9 @@ use tokio::net::TcpStream;
 /// Arguments of `cmd`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Server address (loopback).
-    #[arg(long)]
-    addr: SocketAddr,
-    /// Which server and protocol.
-    #[arg(long, value_enum, default_value = "tether")]
-    proto: Proto,
+    /// The server under test.
+    #[command(flatten)]
+    target: Target,
     /// Shapes to run, as CxD (connections x depth), comma-separated.
     #[arg(long, default_value = "50x1,50x16,1000x1", value_delimiter = ',')]
     shapes: Vec<String>,
@@ -105,8 +102,8 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     for shape in &args.shapes {
         let (connections, depth) = parse_shape(shape)?;
         let spec = LoadSpec {
-            addr: check_loopback(args.addr)?,
-            proto: args.proto,
+            addr: check_loopback(args.target.addr)?,
+            proto: args.target.proto,
             connections,
             depth,
             warmup: args.warmup,
@@ -117,7 +114,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         let outcome = run_load(&spec).await?;
         report.emit(&json!({
             "scenario": "cmd",
-            "target": args.proto.label(),
+            "target": args.target.proto.label(),
             "connections": connections,
             "depth": depth,
             "rate": spec.rate,
@@ -130,7 +127,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
             "lost": outcome.lost,
             "errors": outcome.errors.len(),
         }))?;
-        check_outcome(report, "cmd", args.proto, shape, &outcome);
+        check_outcome(report, "cmd", args.target.proto, shape, &outcome);
         rows.push(vec![
             shape.clone(),
             count(outcome.replies_per_s),
@@ -142,7 +139,11 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         ]);
     }
     report.table(
-        &format!("cmd — {} at {}", args.proto.label(), args.addr),
+        &format!(
+            "cmd — {} at {}",
+            args.target.proto.label(),
+            args.target.addr
+        ),
         &[
             "CxD",
             "replies/s",

@@ -7,7 +7,7 @@ use crate::net::{check_loopback, connect_from, raise_open_files, sources};
 use crate::proto::{exchange, Proto};
 use crate::report::{count, dec, Report};
 use crate::stats::{rss_kib, sockstat, SockStat};
-use crate::Fallible;
+use crate::{Fallible, Target};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,12 +16,9 @@ use tokio::net::TcpStream;
 /// Arguments of `hold`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Server address (loopback).
-    #[arg(long)]
-    addr: SocketAddr,
-    /// Which server and protocol.
-    #[arg(long, value_enum, default_value = "tether")]
-    proto: Proto,
+    /// The server under test.
+    #[command(flatten)]
+    target: Target,
     /// The server's process id, for its RSS.
     #[arg(long)]
     pid: u32,
@@ -66,7 +63,7 @@ struct Reading {
 
 /// Opens, holds and measures.
 pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
-    let addr = check_loopback(args.addr)?;
+    let addr = check_loopback(args.target.addr)?;
     let limit = raise_open_files()?;
     if args.connections as u64 + 64 > limit {
         return Err(format!(
@@ -104,7 +101,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let open_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     readings.push(read(args.connections, "settled")?);
-    let lost = check_alive(args.proto, streams).await;
+    let lost = check_alive(args.target.proto, streams).await;
 
     let base = &readings[0];
     let per_conn = |reading: &Reading| {
@@ -126,7 +123,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         let sock_delta_kib = reading.sock.mem_kib as f64 - base.sock.mem_kib as f64;
         report.emit(&json!({
             "scenario": "hold",
-            "target": args.proto.label(),
+            "target": args.target.proto.label(),
             "phase": reading.phase,
             "connections": reading.connections,
             "rss_kib": reading.rss_kib,
@@ -158,7 +155,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     };
     report.emit(&json!({
         "scenario": "hold",
-        "target": args.proto.label(),
+        "target": args.target.proto.label(),
         "phase": "summary",
         "connections": args.connections,
         "base_rss_kib": base.rss_kib,
@@ -172,7 +169,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     report.table(
         &format!(
             "hold — {} at {addr}, pid {} ({} connections opened in {open_secs:.1} s, {lost} lost)",
-            args.proto.label(),
+            args.target.proto.label(),
             args.pid,
             args.connections
         ),
@@ -189,7 +186,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     report.check(lost == 0, || {
         format!(
             "hold {}: {lost} connections no longer answer",
-            args.proto.label()
+            args.target.proto.label()
         )
     });
     Ok(())
@@ -209,7 +206,7 @@ async fn open_more(
         let mut tasks = Vec::with_capacity(batch);
         for i in first..first + batch {
             let source = sources[i % sources.len()];
-            let (login, expected) = args.proto.login(
+            let (login, expected) = args.target.proto.login(
                 &format!("{}{}", args.user_prefix, i % args.users.max(1)),
                 &args.password,
             );

@@ -18,11 +18,25 @@ mod stats;
 mod users;
 
 use clap::{Parser, Subcommand};
+use proto::Proto;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Result of a bench step: errors are sentences that say what failed.
 pub type Fallible<T> = Result<T, String>;
+
+/// The server a scenario drives, as `cmd`, `hold` and `churn` take it: where it listens
+/// and which protocol it speaks.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Server address (loopback).
+    #[arg(long)]
+    pub addr: SocketAddr,
+    /// Which server and protocol.
+    #[arg(long, value_enum, default_value = "tether")]
+    pub proto: Proto,
+}
 
 /// Command line of `tether-bench`.
 #[derive(Debug, Parser)]
@@ -135,6 +149,49 @@ fn exit(outcome: Fallible<()>) -> ExitCode {
         Err(err) => {
             eprintln!("tether-bench: {err}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_invocations_of_the_bench_scripts_parse() {
+        // As bench/smoke.sh, bench/run-all.sh and bench/common.sh write them, variables
+        // filled in.
+        let invocations = [
+            "free-ports 4",
+            "make-users 2 --cost 10 --prefix storm",
+            "serve-raw 127.0.0.1:7702",
+            "--json-out o.jsonl cmd --proto raw --addr 127.0.0.1:1 --shapes 10x1,10x8 \
+             --duration 1 --warmup 0.2",
+            "--tag r1 --json-out o.jsonl --threads 2 --target-name tether-w1 cmd \
+             --proto tether --addr 127.0.0.1:1 --shapes 50x1,50x16,1000x1 --duration 8 \
+             --warmup 2",
+            "hold --proto redis --addr 127.0.0.1:1 --pid 7 --connections 400 \
+             --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5",
+            "--threads 2 fanout --proto tether --addr 127.0.0.1:1 --admin 127.0.0.1:2 \
+             --connections 10000 --users 10000 --duration 8 --then-half --publishers 16",
+            "fanout --proto redis --addr 127.0.0.1:1 --connections 100 --users 1 --rate 200 \
+             --duration 1 --drain 10",
+            "login-storm --addr 127.0.0.1:1 --connections 10 --duration 1 --warmup 0.2 \
+             --storm-rate 4 --storm-connections 2",
+            "churn --proto tether --addr 127.0.0.1:1 --pid 7 --duration 1 --concurrency 8 \
+             --settle 0.2",
+        ];
+        for line in invocations {
+            let words = std::iter::once("tether-bench").chain(line.split_whitespace());
+            if let Err(err) = Cli::try_parse_from(words) {
+                panic!("{line}: {err}");
+            }
         }
     }
 }
