@@ -4,10 +4,10 @@
 mod common;
 mod in_process;
 
-use common::TestClient;
+use common::{RecvError, TestClient};
 use in_process::{test_settings, InProcessServer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_actors::bus::PublishError;
+use tether_actors::bus::{PublishError, EVENTS_IN_FLIGHT};
 use tether_actors::credentials::CredentialError;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -204,4 +204,52 @@ fn events_are_whole_messages_between_pipelined_replies() {
             other => panic!("unexpected message {other:?}"),
         }
     }
+}
+
+#[test]
+fn a_publish_waits_while_the_events_in_flight_are_not_yet_taken_by_their_connections() {
+    let mut settings = test_settings();
+    // The stand-in hash checked for an unknown user is made at this cost: about a second.
+    settings.bcrypt_cost = 14;
+    let server = InProcessServer::start(settings, &[("alice", "pw-a")]);
+    let mut alice = TestClient::connect(server.addr());
+    alice.send(&["login", "alice", "pw-a"]);
+    assert_eq!(alice.recv(), ["login_valid"]);
+    // While a login is checked the connection handles nothing else, pushes included.
+    alice.send(&["login", "nobody", "pw"]);
+    // The server reads it at once; nothing outside it shows when.
+    std::thread::sleep(Duration::from_millis(100));
+
+    for seq in 0..EVENTS_IN_FLIGHT {
+        let receipt = server
+            .block_on(server.handle().publish("alice", seq.to_string()))
+            .expect("published");
+        assert_eq!(receipt.connections, 1);
+    }
+    let one_more = server.block_on(async {
+        tokio::time::timeout(QUIET, server.handle().publish("alice", "last")).await
+    });
+    assert!(
+        matches!(alice.try_recv(Duration::ZERO), Err(RecvError::Timeout(_))),
+        "the login check ended too soon for this test"
+    );
+    assert!(
+        one_more.is_err(),
+        "a publish past {EVENTS_IN_FLIGHT} events in flight was answered: {one_more:?}"
+    );
+
+    // The check ends, the connection takes its events, and the waiting one goes out too.
+    assert_eq!(
+        alice.recv_within(Duration::from_secs(30)),
+        ["login_invalid"]
+    );
+    for seq in 0..EVENTS_IN_FLIGHT {
+        let event = alice.recv();
+        assert_eq!(
+            (event[0].as_str(), event[2].as_str()),
+            ("event", &*seq.to_string())
+        );
+    }
+    let last = alice.recv();
+    assert_eq!((last[0].as_str(), last[2].as_str()), ("event", "last"));
 }

@@ -14,7 +14,11 @@ use crate::supervisor::DeathNotice;
 use actix::prelude::*;
 use std::fmt;
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// Events published but not yet taken by all their connections, at most; a publish past it
+/// waits.
+pub const EVENTS_IN_FLIGHT: usize = 64;
 
 /// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
@@ -29,6 +33,8 @@ pub struct EventBusActor {
     metrics: Metrics,
     /// Which shards hold connections of which user.
     presence: Arc<Presence>,
+    /// One permit per event not yet taken by all its connections.
+    in_flight: Arc<Semaphore>,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -45,6 +51,7 @@ impl EventBusActor {
             max_text_bytes: limits.max_text_bytes,
             metrics: limits.metrics,
             presence: limits.presence,
+            in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
             _death: death,
         }
     }
@@ -128,7 +135,7 @@ impl std::error::Error for PublishError {}
 impl Handler<Publish> for EventBusActor {
     type Result = ResponseFuture<Result<PublishReceipt, PublishError>>;
 
-    fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(err) = check_name(&msg.user) {
             return Box::pin(std::future::ready(Err(PublishError::InvalidUser(err))));
         }
@@ -140,11 +147,37 @@ impl Handler<Publish> for EventBusActor {
                 limit: self.max_text_bytes,
             })));
         }
+        if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+            return self.deliver(msg, permit);
+        }
+        // Every permit is out: the bus handles nothing else until one comes back, so events
+        // keep their order and every publisher waits.
+        let (delivered, delivery) = oneshot::channel();
+        let permit = Arc::clone(&self.in_flight).acquire_owned();
+        ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
+            // The semaphore is never closed.
+            if let Ok(permit) = permit {
+                let _ = delivered.send(act.deliver(msg, permit));
+            }
+        }));
+        Box::pin(async move { delivery.await.map_err(|_| PublishError::Unavailable)?.await })
+    }
+}
+
+impl EventBusActor {
+    /// Stamps, encodes and hands a checked event to the shards holding its user; the
+    /// future answers once each of them has handed it to its connections' mailboxes.
+    fn deliver(
+        &mut self,
+        msg: Publish,
+        permit: OwnedSemaphorePermit,
+    ) -> ResponseFuture<Result<PublishReceipt, PublishError>> {
         self.metrics.events_published.inc();
         let time = self.clock.now();
         let message =
             encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
         let user: Arc<str> = Arc::from(msg.user);
+        let in_flight = Arc::new(EventInFlight { _permit: permit });
         let counts: Vec<_> = self
             .registries_holding(&user)
             .into_iter()
@@ -153,6 +186,7 @@ impl Handler<Publish> for EventBusActor {
                 registry.do_send(Deliver {
                     user: Arc::clone(&user),
                     message: message.clone(),
+                    in_flight: Arc::clone(&in_flight),
                     delivered,
                 });
                 count
@@ -163,6 +197,15 @@ impl Handler<Publish> for EventBusActor {
             Ok(PublishReceipt { time, connections })
         })
     }
+}
+
+/// One published event on its way from the bus into the connections' output buffers: it
+/// holds one of the bus's [`EVENTS_IN_FLIGHT`] permits until the last connection has taken
+/// the event (or dropped it), so publishers cannot run ahead of the fan-out and fill the
+/// connections' mailboxes.
+#[derive(Debug)]
+pub struct EventInFlight {
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Why a user's connections are invalidated; for logs and metrics.

@@ -3,7 +3,7 @@
 //! and knows its own binding. The only module that touches a socket.
 
 use crate::buffers::{self, Spare};
-use crate::bus::{Invalidate, InvalidationCause};
+use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
@@ -56,6 +56,8 @@ pub enum Push {
         user: Arc<str>,
         /// The whole encoded message.
         message: Bytes,
+        /// Held until every connection has taken the event.
+        in_flight: Arc<EventInFlight>,
     },
     /// The binding `binding` is revoked: write `invalidated` and unbind.
     Invalidated {
@@ -641,7 +643,7 @@ impl Handler<Push> for ConnectionActor {
             return;
         }
         match msg {
-            Push::Event { user, message } => {
+            Push::Event { user, message, .. } => {
                 if self
                     .binding
                     .as_ref()

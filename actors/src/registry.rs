@@ -8,6 +8,7 @@
 //! The registry's map is a cache of what the connections know: each connection holds its
 //! own binding and announces it again to a fresh registry after a restart.
 
+use crate::bus::EventInFlight;
 use crate::connection::{BindingId, Push};
 use crate::metrics::Metrics;
 use crate::supervisor::DeathNotice;
@@ -116,6 +117,8 @@ pub(crate) struct Deliver {
     pub user: Arc<str>,
     /// The whole `event` message, encoded once for all connections.
     pub message: Bytes,
+    /// Travels with every push of the event.
+    pub in_flight: Arc<EventInFlight>,
     /// Receives how many connections it was handed to.
     pub delivered: oneshot::Sender<usize>,
 }
@@ -132,6 +135,7 @@ impl Handler<Deliver> for UserRegistryActor {
                 entry.connection.do_send(Push::Event {
                     user: Arc::clone(&msg.user),
                     message: msg.message.clone(),
+                    in_flight: Arc::clone(&msg.in_flight),
                 });
             }
             delivered = entries.len();
