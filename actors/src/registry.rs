@@ -72,7 +72,11 @@ impl Handler<Bind> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Bind, _: &mut Context<Self>) {
-        let entries = self.by_user.entry(msg.user).or_default();
+        // Most users have one connection: room for exactly one (`Vec` would start at four).
+        let entries = self
+            .by_user
+            .entry(msg.user)
+            .or_insert_with(|| Vec::with_capacity(1));
         match entries
             .iter_mut()
             .find(|entry| entry.binding == msg.binding)
