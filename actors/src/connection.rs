@@ -551,6 +551,10 @@ impl ConnectionActor {
                         self.input.advance(length + 1);
                         if ctx.waiting() {
                             // A login is being checked; the context polls us again after it.
+                            // Logins can queue for seconds: wait holding no empty buffer.
+                            if self.input.is_empty() {
+                                buffers::release(&mut self.input, Spare::Input);
+                            }
                             return Poll::Pending;
                         }
                     }
