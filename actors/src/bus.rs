@@ -57,12 +57,13 @@ impl EventBusActor {
     }
 
     /// The shards holding connections of `user`, with their current addresses.
-    fn registries_holding(&self, user: &str) -> Vec<&Addr<UserRegistryActor>> {
+    fn registries_holding<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> impl Iterator<Item = &'a Addr<UserRegistryActor>> {
         self.presence
             .shards_holding(user)
-            .into_iter()
             .filter_map(|shard| self.registries.get(shard))
-            .collect()
     }
 }
 
@@ -180,7 +181,6 @@ impl EventBusActor {
         let in_flight = Arc::new(EventInFlight { _permit: permit });
         let counts: Vec<_> = self
             .registries_holding(&user)
-            .into_iter()
             .map(|registry| {
                 let (delivered, count) = oneshot::channel();
                 registry.do_send(Deliver {
@@ -252,7 +252,6 @@ impl Handler<Invalidate> for EventBusActor {
         let user: Arc<str> = Arc::from(msg.user);
         let counts: Vec<_> = self
             .registries_holding(&user)
-            .into_iter()
             .map(|registry| {
                 let (revoked, count) = oneshot::channel();
                 registry.do_send(Revoke {

@@ -754,14 +754,13 @@ impl ActorFuture<ConnectionActor> for Flush {
         // Through `AsyncWrite` rather than `try_write`: a short write clears the readiness
         // at once, so waiting for room costs no `EAGAIN`.
         while !act.output.is_empty() {
-            let written = match Pin::new(&mut act.stream).poll_write(task, &act.output) {
+            match Pin::new(&mut act.stream).poll_write(task, &act.output) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => Err(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(result) => result,
-            };
-            match written {
-                Ok(written) => act.consume_output(written),
-                Err(err) => {
+                Poll::Ready(Ok(written)) if written > 0 => act.consume_output(written),
+                Poll::Ready(result) => {
+                    let err = result
+                        .err()
+                        .unwrap_or_else(|| std::io::ErrorKind::WriteZero.into());
                     act.flushing = false;
                     act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
                     return Poll::Ready(());
