@@ -312,3 +312,84 @@ impl Handler<crate::supervisor::InjectPanic> for EventBusActor {
         panic!("fault injected into the event bus");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::{BindingId, Push};
+    use crate::registry::Bind;
+    use crate::supervisor::HubSupervisor;
+    use std::time::Duration;
+
+    /// Stands in for a connection that receives its pushes but never lets them go.
+    struct Hoarder(Vec<Push>);
+
+    impl Actor for Hoarder {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Push> for Hoarder {
+        type Result = ();
+
+        fn handle(&mut self, msg: Push, _: &mut Context<Self>) {
+            self.0.push(msg);
+        }
+    }
+
+    /// Drops every push held.
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct LetGo;
+
+    impl Handler<LetGo> for Hoarder {
+        type Result = ();
+
+        fn handle(&mut self, _: LetGo, _: &mut Context<Self>) {
+            self.0.clear();
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_publish_waits_while_every_permit_is_held_by_events_not_yet_taken() {
+        let presence = Arc::new(Presence::new(1));
+        let limits = BusLimits {
+            clock: EventClock::new(jiff::tz::TimeZone::UTC),
+            max_text_bytes: 1024,
+            metrics: Metrics::new(),
+            presence: Arc::clone(&presence),
+        };
+        let (_supervisor, hub) =
+            HubSupervisor::launch(Arbiter::current(), vec![Arbiter::current()], limits);
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        hub.registries[0]
+            .send(Bind {
+                user: Arc::from("alice"),
+                binding: BindingId::next(),
+                connection: hoarder.clone().recipient(),
+            })
+            .await
+            .expect("the registry answers");
+        presence.enter(0, "alice");
+        let publish = || {
+            hub.bus.send(Publish {
+                user: "alice".to_owned(),
+                text: "e".to_owned(),
+            })
+        };
+
+        for _ in 0..EVENTS_IN_FLIGHT {
+            let receipt = publish().await.expect("the bus answers");
+            assert_eq!(receipt.expect("published").connections, 1);
+        }
+        let one_more = tokio::time::timeout(Duration::from_millis(300), publish()).await;
+        assert!(one_more.is_err(), "answered past the bound: {one_more:?}");
+
+        hoarder.send(LetGo).await.expect("the hoarder answers");
+        let after = tokio::time::timeout(Duration::from_secs(5), publish())
+            .await
+            .expect("answered once the permits came back")
+            .expect("the bus answers");
+        assert_eq!(after.expect("published").connections, 1);
+    }
+}

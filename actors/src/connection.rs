@@ -16,6 +16,7 @@ use crate::throttle::LoginThrottle;
 use crate::users::{PasswordHash, UserStore};
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ const LINGER: Duration = Duration::from_secs(1);
 pub struct BindingId(u64);
 
 impl BindingId {
-    fn next() -> Self {
+    pub(crate) fn next() -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self(NEXT.fetch_add(1, Ordering::Relaxed))
     }
@@ -94,6 +95,16 @@ struct Binding {
     id: BindingId,
 }
 
+/// A login whose password is being checked.
+struct PendingLogin {
+    /// Whether the password matched.
+    verdict: Pin<Box<dyn Future<Output = bool>>>,
+    /// The user and the hash checked; `None` when the stand-in hash was.
+    user: Option<(Arc<str>, PasswordHash)>,
+    /// The name as the client sent it, for the throttle and the log.
+    name: Vec<u8>,
+}
+
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -132,6 +143,8 @@ pub struct ConnectionActor {
     output_at_boundary: bool,
     /// The user this connection is bound to.
     binding: Option<Binding>,
+    /// A login being checked; no command is read until its verdict.
+    login: Option<PendingLogin>,
     /// The hub's addresses in force and the registry generations they belong to.
     hub: HubState,
     /// The registry shard of this connection's worker arbiter.
@@ -172,6 +185,7 @@ impl ConnectionActor {
             flushing: false,
             output_at_boundary: true,
             binding: None,
+            login: None,
             hub,
             shard,
             last_message: Instant::now(),
@@ -235,8 +249,9 @@ impl ConnectionActor {
         });
     }
 
-    /// Checks a login off the event loop; nothing else on this connection runs until the
-    /// verdict is in, so pipelined commands keep their order.
+    /// Starts checking a login off the event loop. The connection reads no further command
+    /// until the verdict is in, so pipelined commands keep their order; pushes are still
+    /// taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], ctx: &mut Context<Self>) {
         let now = Instant::now();
         if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
@@ -261,31 +276,19 @@ impl ConnectionActor {
             || self.shared.stand_in_hash.clone(),
             |(_, hash)| hash.clone(),
         );
-        let name = name.to_vec();
-        let verdict = self.shared.checker.check(password.to_vec(), hash);
-        // A queue of slow checks must not hold a connection past the shutdown: if it
-        // begins first, the login is answered at once (refused, unchecked).
-        let mut hub = self.hub_watch.clone();
-        let verdict = async move {
-            tokio::select! {
-                matches = verdict => Some(matches),
-                () = shutdown_begins(&mut hub) => None,
-            }
-        };
-        ctx.wait(
-            verdict
-                .into_actor(self)
-                .map(move |verdict, act, ctx| match (verdict, user) {
-                    (Some(true), Some((user, hash))) => {
-                        act.login_succeeded(user, &hash, &name, ctx)
-                    }
-                    (Some(_), _) => act.login_failed(&name, ctx),
-                    (None, _) => {
-                        log::info!("{}: login unchecked: shutting down", act.peer);
-                        act.reply(Reply::LoginInvalid, ctx);
-                    }
-                }),
-        );
+        self.login = Some(PendingLogin {
+            verdict: Box::pin(self.shared.checker.check(password.to_vec(), hash)),
+            user,
+            name: name.to_vec(),
+        });
+    }
+
+    /// Acts on the verdict of the login that was being checked.
+    fn finish_login(&mut self, login: PendingLogin, matches: bool, ctx: &mut Context<Self>) {
+        match (matches, login.user) {
+            (true, Some((user, hash))) => self.login_succeeded(user, &hash, &login.name, ctx),
+            _ => self.login_failed(&login.name, ctx),
+        }
     }
 
     /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
@@ -432,6 +435,10 @@ impl ConnectionActor {
         if self.phase != Phase::Open {
             return;
         }
+        if self.login.take().is_some() {
+            log::info!("{}: login unchecked: closing ({reason:?})", self.peer);
+            self.reply(Reply::LoginInvalid, ctx);
+        }
         match reason {
             CloseReason::Timeout => {
                 log::info!("{}: idle timeout{}", self.peer, self.who());
@@ -507,7 +514,10 @@ impl ConnectionActor {
                 return;
             }
             let idle = act.last_message.elapsed();
-            if idle >= act.shared.idle_timeout {
+            if act.login.is_some() {
+                // A login queued for bcrypt is not idleness: look again a timeout later.
+                act.schedule_idle_check(act.shared.idle_timeout, ctx);
+            } else if idle >= act.shared.idle_timeout {
                 act.close(CloseReason::Timeout, ctx);
             } else {
                 act.schedule_idle_check(act.shared.idle_timeout - idle, ctx);
@@ -538,6 +548,19 @@ impl ConnectionActor {
         let mut received_any = false;
         for _ in 0..READS_PER_WAKEUP {
             while self.phase == Phase::Open {
+                if let Some(login) = &mut self.login {
+                    let Poll::Ready(matches) = login.verdict.as_mut().poll(task) else {
+                        // Logins can queue for seconds: wait holding no empty buffer.
+                        if self.input.is_empty() {
+                            buffers::release(&mut self.input, Spare::Input);
+                        }
+                        return Poll::Pending;
+                    };
+                    if let Some(login) = self.login.take() {
+                        self.finish_login(login, matches, ctx);
+                    }
+                    continue;
+                }
                 match self.codec.next_message(&self.input) {
                     Ok(Some(length)) => {
                         if !received_any {
@@ -549,14 +572,6 @@ impl ConnectionActor {
                         self.on_message(&input[..length], tally, ctx);
                         self.input = input;
                         self.input.advance(length + 1);
-                        if ctx.waiting() {
-                            // A login is being checked; the context polls us again after it.
-                            // Logins can queue for seconds: wait holding no empty buffer.
-                            if self.input.is_empty() {
-                                buffers::release(&mut self.input, Spare::Input);
-                            }
-                            return Poll::Pending;
-                        }
                     }
                     Ok(None) => break,
                     Err(err) => {
@@ -695,18 +710,6 @@ impl StreamHandler<HubState> for ConnectionActor {
 
     fn finished(&mut self, _: &mut Context<Self>) {
         // The hub is gone only when the server is; closing is handled by shutdown.
-    }
-}
-
-/// Resolves once the hub says the server is shutting down (never, if the hub is gone).
-async fn shutdown_begins(hub: &mut watch::Receiver<HubState>) {
-    loop {
-        if hub.borrow_and_update().shutting_down {
-            return;
-        }
-        if hub.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 
