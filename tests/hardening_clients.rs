@@ -108,6 +108,40 @@ fn silent_and_stalled_clients_are_timed_out_and_freed_while_others_are_served() 
 }
 
 #[test]
+fn a_timed_out_client_that_takes_none_of_its_output_is_dropped_a_timeout_later() {
+    let config = TestConfig::new()
+        .server("idle_timeout", "1s")
+        .server("max_pending_bytes", 64 * 1024 * 1024);
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    let pid = server.pid().as_raw();
+    let baseline = open_sockets(pid);
+    let mut stuck = TestClient::from_stream(
+        connect_with(
+            server.addr(),
+            SocketOptions {
+                receive_buffer: Some(4096),
+                ..SocketOptions::default()
+            },
+        )
+        .expect("connects"),
+    );
+    // Replies to these fill the kernel's buffers on both sides and leave megabytes queued
+    // in the server, under `max_pending_bytes`; the client then reads nothing and says
+    // nothing, so the server's `timeout` waits behind output nobody takes.
+    stuck.send_raw(&common::encode(&["prolongate"]).repeat(500_000));
+    assert_eq!(open_sockets(pid), baseline + 1, "the connection is open");
+
+    let freed = wait_until(Duration::from_secs(8), || open_sockets(pid) <= baseline);
+    assert!(
+        freed,
+        "a closing connection whose client takes nothing is still held ({} sockets, baseline {baseline})",
+        open_sockets(pid)
+    );
+    let mut bystander = server.client();
+    bystander.login("alice", "pw");
+}
+
+#[test]
 fn a_client_that_resets_in_the_middle_of_a_reply_is_forgotten() {
     let server = TestServer::with_users(&[("alice", "pw")]);
     let pid = server.pid().as_raw();

@@ -1,6 +1,12 @@
 //! [`ConnectionActor`]: one client socket. It reads and decodes commands, answers them in
 //! order, writes what the registry pushes, enforces the idle timeout and the output limit,
 //! and knows its own binding. The only module that touches a socket.
+//!
+//! One future, [`DriveSocket`], does all of the socket's work for the connection's whole
+//! life: on every wake-up it reads and handles input, writes everything queued (replies and
+//! the pushes the mailbox delivered just before it, in one write), and keeps the one
+//! deadline the connection has (the idle timeout, then the end of a close). Nothing else is
+//! spawned per wake-up.
 
 use crate::buffers::{self, Spare};
 use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
@@ -26,6 +32,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Sleep;
 use tokio_stream::wrappers::WatchStream;
 
 /// Bytes asked of the kernel per read.
@@ -135,10 +142,8 @@ pub struct ConnectionActor {
     codec: MessageCodec,
     /// Received bytes not yet decoded; holds no memory while no message is partial.
     input: BytesMut,
-    /// Encoded output the kernel has not taken yet.
+    /// Encoded output the kernel has not taken yet; [`DriveSocket`] writes it.
     output: BytesMut,
-    /// A flush is under way.
-    flushing: bool,
     /// The last byte handed to the kernel ended a message (or none was sent yet).
     output_at_boundary: bool,
     /// The user this connection is bound to.
@@ -151,6 +156,9 @@ pub struct ConnectionActor {
     shard: usize,
     /// When the last complete message arrived (or the connection opened).
     last_message: Instant,
+    /// When to look again at idleness (open), give up the last output (flushing), or stop
+    /// lingering; moved lazily, not per message.
+    deadline: Pin<Box<Sleep>>,
     /// Where the connection is in its life.
     phase: Phase,
     /// The client shut its sending side (or the read side failed): nothing to linger for.
@@ -176,19 +184,20 @@ impl ConnectionActor {
     ) -> Self {
         let hub = hub_watch.borrow_and_update().clone();
         shared.metrics.connections_open.inc();
+        let deadline = Box::pin(tokio::time::sleep(shared.idle_timeout));
         Self {
             stream,
             peer,
             codec: MessageCodec::new(shared.max_message_bytes),
             input: BytesMut::new(),
             output: BytesMut::new(),
-            flushing: false,
             output_at_boundary: true,
             binding: None,
             login: None,
             hub,
             shard,
             last_message: Instant::now(),
+            deadline,
             phase: Phase::Open,
             input_closed: false,
             shared,
@@ -385,7 +394,9 @@ impl ConnectionActor {
         self.output_grew(ctx);
     }
 
-    /// Enforces `max_pending_bytes` and makes sure a flush is under way.
+    /// Enforces `max_pending_bytes`. The output itself is written by [`DriveSocket`], which
+    /// is polled after every handler that can add to it (mailbox handlers run before the
+    /// context's futures on each wake-up).
     fn output_grew(&mut self, ctx: &mut Context<Self>) {
         if self.output.len() > self.shared.max_pending_bytes {
             // What the kernel takes right now is not pending.
@@ -395,12 +406,7 @@ impl ConnectionActor {
                     "unsent output over max_pending_bytes (client not reading)",
                     ctx,
                 );
-                return;
             }
-        }
-        if !self.flushing {
-            self.flushing = true;
-            ctx.spawn(Flush);
         }
     }
 
@@ -457,10 +463,8 @@ impl ConnectionActor {
         self.phase = Phase::Flushing {
             linger: reason != CloseReason::Shutdown,
         };
-        if !self.flushing {
-            self.flushing = true;
-            ctx.spawn(Flush);
-        }
+        // The client gets as long to take its last messages as it had to send one.
+        self.move_deadline(Instant::now() + self.shared.idle_timeout);
     }
 
     /// Closes after an I/O problem: `io_error` if it can be sent whole without waiting,
@@ -494,7 +498,7 @@ impl ConnectionActor {
         let _ = Pin::new(&mut self.stream).poll_shutdown(task);
         if linger && !self.input_closed {
             self.phase = Phase::Lingering;
-            ctx.run_later(LINGER, |_, ctx| ctx.stop());
+            self.move_deadline(Instant::now() + LINGER);
         } else {
             ctx.stop();
         }
@@ -507,34 +511,62 @@ impl ConnectionActor {
         }
     }
 
-    /// Arms the idle check for when the timeout would expire if no message arrives.
-    fn schedule_idle_check(&self, after: Duration, ctx: &mut Context<Self>) {
-        ctx.run_later(after, |act, ctx| {
-            if act.phase != Phase::Open {
-                return;
+    fn move_deadline(&mut self, at: Instant) {
+        self.deadline.as_mut().reset(at.into());
+    }
+
+    /// The deadline passed: close an idle connection (or look again later), give up a
+    /// close whose last output the client does not take, or end the linger.
+    fn deadline_passed(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.shared.idle_timeout;
+        match self.phase {
+            // A login queued for bcrypt is not idleness: look again a timeout later.
+            Phase::Open if self.login.is_some() => self.move_deadline(Instant::now() + timeout),
+            Phase::Open if self.last_message.elapsed() >= timeout => {
+                self.close(CloseReason::Timeout, ctx);
             }
-            let idle = act.last_message.elapsed();
-            if act.login.is_some() {
-                // A login queued for bcrypt is not idleness: look again a timeout later.
-                act.schedule_idle_check(act.shared.idle_timeout, ctx);
-            } else if idle >= act.shared.idle_timeout {
-                act.close(CloseReason::Timeout, ctx);
-            } else {
-                act.schedule_idle_check(act.shared.idle_timeout - idle, ctx);
+            Phase::Open => self.move_deadline(self.last_message + timeout),
+            Phase::Flushing { .. } => {
+                log::info!(
+                    "{}: closed with {} byte(s) unsent: the client took none within {timeout:?}{}",
+                    self.peer,
+                    self.output.len(),
+                    self.who()
+                );
+                ctx.stop();
             }
-        });
+            Phase::Lingering => ctx.stop(),
+        }
+    }
+
+    /// Writes the output until it is empty or the kernel takes no more; once it is empty
+    /// on a closing connection, finishes the close.
+    fn poll_output(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
+        // Through `AsyncWrite` rather than `try_write`: a short write clears the readiness
+        // at once, so waiting for room costs no `EAGAIN`.
+        while !self.output.is_empty() {
+            match Pin::new(&mut self.stream).poll_write(task, &self.output) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(written)) if written > 0 => self.consume_output(written),
+                Poll::Ready(result) => {
+                    let err = result
+                        .err()
+                        .unwrap_or_else(|| std::io::ErrorKind::WriteZero.into());
+                    self.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
+                    return;
+                }
+            }
+        }
+        if let Phase::Flushing { linger } = self.phase {
+            self.finish_close(linger, task, ctx);
+        }
     }
 
     /// Reads, decodes and handles input until the socket has no more for now.
-    fn poll_input(
-        &mut self,
-        ctx: &mut Context<Self>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
+    fn poll_input(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
         let mut tally = CommandTally::default();
-        let poll = self.read_and_handle(&mut tally, ctx, task);
+        self.read_and_handle(&mut tally, ctx, task);
         tally.add_to(&self.shared.metrics);
-        poll
     }
 
     /// The body of [`Self::poll_input`]; commands are counted in `tally`.
@@ -543,7 +575,7 @@ impl ConnectionActor {
         tally: &mut CommandTally,
         ctx: &mut Context<Self>,
         task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
+    ) {
         // Messages that arrive in one wake-up arrive at one moment: read the clock once.
         let mut received_any = false;
         for _ in 0..READS_PER_WAKEUP {
@@ -554,7 +586,7 @@ impl ConnectionActor {
                         if self.input.is_empty() {
                             buffers::release(&mut self.input, Spare::Input);
                         }
-                        return Poll::Pending;
+                        return;
                     };
                     if let Some(login) = self.login.take() {
                         self.finish_login(login, matches, ctx);
@@ -576,7 +608,7 @@ impl ConnectionActor {
                     Ok(None) => break,
                     Err(err) => {
                         self.fail(IoErrorCause::MessageTooLong, &err.to_string(), ctx);
-                        return Poll::Ready(());
+                        return;
                     }
                 }
             }
@@ -586,10 +618,10 @@ impl ConnectionActor {
                 buffers::release(&mut self.input, Spare::Input);
             }
             match self.stream.poll_read_ready(task) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return,
                 Poll::Ready(Err(err)) => {
                     self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
-                    return Poll::Ready(());
+                    return;
                 }
                 Poll::Ready(Ok(())) => {}
             }
@@ -602,7 +634,7 @@ impl ConnectionActor {
                     if self.input.is_empty() {
                         buffers::release(&mut self.input, Spare::Input);
                     }
-                    return Poll::Pending;
+                    return;
                 }
                 Poll::Ready(Ok(0)) => {
                     self.input = BytesMut::new();
@@ -612,18 +644,18 @@ impl ConnectionActor {
                         Phase::Lingering => ctx.stop(),
                         Phase::Flushing { .. } => {}
                     }
-                    return Poll::Ready(());
+                    return;
                 }
                 Poll::Ready(Ok(_)) if self.phase != Phase::Open => self.input.clear(),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(err)) => {
                     self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
-                    return Poll::Ready(());
+                    return;
                 }
             }
         }
+        // More may be waiting: come back after the others on this loop had their turn.
         task.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
@@ -633,8 +665,7 @@ impl Actor for ConnectionActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         log::debug!("{}: connected", self.peer);
         ctx.add_stream(WatchStream::from_changes(self.hub_watch.clone()));
-        ctx.spawn(ReadInput);
-        self.schedule_idle_check(self.shared.idle_timeout, ctx);
+        ctx.spawn(DriveSocket);
         if self.hub.shutting_down {
             self.close(CloseReason::Shutdown, ctx);
         }
@@ -726,10 +757,10 @@ impl Handler<CloseForShutdown> for ConnectionActor {
     }
 }
 
-/// Runs the input side for the connection's whole life.
-struct ReadInput;
+/// Does the socket's work for the connection's whole life: input, output and the deadline.
+struct DriveSocket;
 
-impl ActorFuture<ConnectionActor> for ReadInput {
+impl ActorFuture<ConnectionActor> for DriveSocket {
     type Output = ();
 
     fn poll(
@@ -738,42 +769,19 @@ impl ActorFuture<ConnectionActor> for ReadInput {
         ctx: &mut Context<ConnectionActor>,
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
-        act.poll_input(ctx, task)
-    }
-}
-
-/// Writes the output buffer until it is empty; spawned whenever output appears.
-struct Flush;
-
-impl ActorFuture<ConnectionActor> for Flush {
-    type Output = ();
-
-    fn poll(
-        self: Pin<&mut Self>,
-        act: &mut ConnectionActor,
-        ctx: &mut Context<ConnectionActor>,
-        task: &mut std::task::Context<'_>,
-    ) -> Poll<()> {
-        // Through `AsyncWrite` rather than `try_write`: a short write clears the readiness
-        // at once, so waiting for room costs no `EAGAIN`.
-        while !act.output.is_empty() {
-            match Pin::new(&mut act.stream).poll_write(task, &act.output) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(written)) if written > 0 => act.consume_output(written),
-                Poll::Ready(result) => {
-                    let err = result
-                        .err()
-                        .unwrap_or_else(|| std::io::ErrorKind::WriteZero.into());
-                    act.flushing = false;
-                    act.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
-                    return Poll::Ready(());
-                }
+        loop {
+            if !act.input_closed {
+                act.poll_input(ctx, task);
             }
+            act.poll_output(ctx, task);
+            if ctx.state() != ActorState::Running {
+                return Poll::Ready(());
+            }
+            if act.deadline.as_mut().poll(task).is_pending() {
+                return Poll::Pending;
+            }
+            // Moves the deadline or closes; either way, look at the socket again.
+            act.deadline_passed(ctx);
         }
-        act.flushing = false;
-        if let Phase::Flushing { linger } = act.phase {
-            act.finish_close(linger, task, ctx);
-        }
-        Poll::Ready(())
     }
 }
