@@ -149,7 +149,7 @@ impl Handler<Publish> for EventBusActor {
             })));
         }
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
-            return self.deliver(msg, permit);
+            return Box::pin(std::future::ready(self.deliver(msg, permit)));
         }
         // Every permit is out: the bus handles nothing else until one comes back, so events
         // keep their order and every publisher waits.
@@ -161,41 +161,44 @@ impl Handler<Publish> for EventBusActor {
                 let _ = delivered.send(act.deliver(msg, permit));
             }
         }));
-        Box::pin(async move { delivery.await.map_err(|_| PublishError::Unavailable)?.await })
+        Box::pin(async move { delivery.await.map_err(|_| PublishError::Unavailable)? })
     }
 }
 
 impl EventBusActor {
-    /// Stamps, encodes and hands a checked event to the shards holding its user; the
-    /// future answers once each of them has handed it to its connections' mailboxes.
+    /// Stamps, encodes and hands a checked event to the shards holding its user, and
+    /// answers at once: the connections bound to the user right now (as [`Presence`] counts
+    /// them) are the ones the shards will hand it to. Waiting for the shards' own counts
+    /// would add a round trip through every worker to each publish, and publishers would
+    /// wait on the fan-out instead of on the [`EVENTS_IN_FLIGHT`] bound. A shard that is
+    /// restarting makes the publish fail whole, delivered nowhere.
     fn deliver(
         &mut self,
         msg: Publish,
         permit: OwnedSemaphorePermit,
-    ) -> ResponseFuture<Result<PublishReceipt, PublishError>> {
+    ) -> Result<PublishReceipt, PublishError> {
+        if self
+            .registries_holding(&msg.user)
+            .any(|registry| !registry.connected())
+        {
+            return Err(PublishError::Unavailable);
+        }
         self.metrics.events_published.inc();
         let time = self.clock.now();
         let message =
             encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
         let user: Arc<str> = Arc::from(msg.user);
         let in_flight = Arc::new(EventInFlight { _permit: permit });
-        let counts: Vec<_> = self
-            .registries_holding(&user)
-            .map(|registry| {
-                let (delivered, count) = oneshot::channel();
-                registry.do_send(Deliver {
-                    user: Arc::clone(&user),
-                    message: message.clone(),
-                    in_flight: Arc::clone(&in_flight),
-                    delivered,
-                });
-                count
-            })
-            .collect();
-        Box::pin(async move {
-            let connections = sum_counts(counts).await?;
-            Ok(PublishReceipt { time, connections })
-        })
+        // Counted before sending: a connection bound in between gets the event anyway.
+        let connections = self.presence.count(&user);
+        for registry in self.registries_holding(&user) {
+            registry.do_send(Deliver {
+                user: Arc::clone(&user),
+                message: message.clone(),
+                in_flight: Arc::clone(&in_flight),
+            });
+        }
+        Ok(PublishReceipt { time, connections })
     }
 }
 
@@ -284,6 +287,32 @@ async fn sum_counts(counts: Vec<oneshot::Receiver<usize>>) -> Result<usize, Publ
     Ok(total)
 }
 
+/// Answers once every registry shard has taken everything the bus handed it before this.
+/// Shutdown waits for it before telling the connections to close, so that every event
+/// acknowledged until then is queued in its connections' mailboxes ahead of `shutdown`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Drain;
+
+impl Handler<Drain> for EventBusActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        // A shard's mailbox is first in, first out: it answers after the events before.
+        let drained: Vec<_> = self
+            .registries
+            .iter()
+            .map(|registry| registry.send(Drain))
+            .collect();
+        Box::pin(async move {
+            for shard in drained {
+                // A shard that died has nothing left to hand on.
+                let _ = shard.await;
+            }
+        })
+    }
+}
+
 /// The supervisor restarted a registry shard: use this address for it from now on.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -318,7 +347,7 @@ mod tests {
     use super::*;
     use crate::connection::{BindingId, Push};
     use crate::registry::Bind;
-    use crate::supervisor::HubSupervisor;
+    use crate::supervisor::{HubState, HubSupervisor};
     use std::time::Duration;
 
     /// Stands in for a connection that receives its pushes but never lets them go.
@@ -349,34 +378,96 @@ mod tests {
         }
     }
 
-    #[actix_rt::test]
-    async fn a_publish_waits_while_every_permit_is_held_by_events_not_yet_taken() {
-        let presence = Arc::new(Presence::new(1));
-        let limits = BusLimits {
+    /// How many pushes are held.
+    #[derive(Message)]
+    #[rtype(result = "usize")]
+    struct Held;
+
+    impl Handler<Held> for Hoarder {
+        type Result = usize;
+
+        fn handle(&mut self, _: Held, _: &mut Context<Self>) -> usize {
+            self.0.len()
+        }
+    }
+
+    fn test_limits(presence: &Arc<Presence>) -> BusLimits {
+        BusLimits {
             clock: EventClock::new(jiff::tz::TimeZone::UTC),
             max_text_bytes: 1024,
             metrics: Metrics::new(),
-            presence: Arc::clone(&presence),
-        };
-        let (_supervisor, hub) =
-            HubSupervisor::launch(Arbiter::current(), vec![Arbiter::current()], limits);
-        let hub = hub.borrow().clone();
-        let hoarder = Hoarder(Vec::new()).start();
+            presence: Arc::clone(presence),
+        }
+    }
+
+    /// Binds `connection` to "alice" on shard 0, as a connection does.
+    async fn bind_alice(hub: &HubState, presence: &Presence, connection: &Addr<Hoarder>) {
         hub.registries[0]
             .send(Bind {
                 user: Arc::from("alice"),
                 binding: BindingId::next(),
-                connection: hoarder.clone().recipient(),
+                connection: connection.clone().recipient(),
             })
             .await
             .expect("the registry answers");
         presence.enter(0, "alice");
-        let publish = || {
-            hub.bus.send(Publish {
-                user: "alice".to_owned(),
-                text: "e".to_owned(),
-            })
-        };
+    }
+
+    fn publish_to_alice(hub: &HubState) -> Request<EventBusActor, Publish> {
+        hub.bus.send(Publish {
+            user: "alice".to_owned(),
+            text: "e".to_owned(),
+        })
+    }
+
+    #[actix_rt::test]
+    async fn a_publish_is_answered_before_the_fan_out_and_a_drain_only_after_it() {
+        let presence = Arc::new(Presence::new(1));
+        let worker = Arbiter::new();
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![worker.handle()],
+            test_limits(&presence),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+
+        // The shard's thread is busy for a while: the event waits in its mailbox.
+        worker.spawn_fn(|| std::thread::sleep(Duration::from_millis(500)));
+        let receipt = tokio::time::timeout(Duration::from_millis(250), publish_to_alice(&hub))
+            .await
+            .expect("answered while the shard is busy")
+            .expect("the bus answers")
+            .expect("published");
+        assert_eq!(receipt.connections, 1);
+        assert_eq!(
+            hoarder.send(Held).await.expect("answers"),
+            0,
+            "not yet fanned out"
+        );
+
+        hub.bus.send(Drain).await.expect("the bus answers");
+        assert_eq!(
+            hoarder.send(Held).await.expect("answers"),
+            1,
+            "the drain answered before the shard had handed the event on"
+        );
+        worker.stop();
+    }
+
+    #[actix_rt::test]
+    async fn a_publish_waits_while_every_permit_is_held_by_events_not_yet_taken() {
+        let presence = Arc::new(Presence::new(1));
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![Arbiter::current()],
+            test_limits(&presence),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+        let publish = || publish_to_alice(&hub);
 
         for _ in 0..EVENTS_IN_FLIGHT {
             let receipt = publish().await.expect("the bus answers");

@@ -55,6 +55,15 @@ impl Presence {
         }
     }
 
+    /// How many connections are bound to `user`, on every shard.
+    pub(crate) fn count(&self, user: &str) -> usize {
+        let key = self.hasher.hash_one(user);
+        self.shards
+            .iter()
+            .map(|counts| lock(counts).get(&key).copied().unwrap_or(0) as usize)
+            .sum()
+    }
+
     /// The shards holding at least one connection bound to `user`, in shard order.
     pub(crate) fn shards_holding(&self, user: &str) -> impl Iterator<Item = usize> + '_ {
         let key = self.hasher.hash_one(user);
@@ -85,6 +94,7 @@ mod tests {
         presence.enter(1, "bob");
         assert_eq!(presence.shards_holding("alice").collect::<Vec<_>>(), [0, 2]);
         assert_eq!(presence.shards_holding("bob").collect::<Vec<_>>(), [1]);
+        assert_eq!((presence.count("alice"), presence.count("bob")), (3, 1));
         presence.leave(2, "alice");
         assert_eq!(
             presence.shards_holding("alice").collect::<Vec<_>>(),
@@ -94,6 +104,7 @@ mod tests {
         presence.leave(2, "alice");
         presence.leave(0, "alice");
         assert!(presence.shards_holding("alice").next().is_none());
+        assert_eq!(presence.count("alice"), 0);
         assert_eq!(presence.shards_holding("bob").collect::<Vec<_>>(), [1]);
     }
 

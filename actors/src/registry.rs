@@ -8,7 +8,7 @@
 //! The registry's map is a cache of what the connections know: each connection holds its
 //! own binding and announces it again to a fresh registry after a restart.
 
-use crate::bus::EventInFlight;
+use crate::bus::{Drain, EventInFlight};
 use crate::connection::{BindingId, Push};
 use crate::metrics::Metrics;
 use crate::supervisor::DeathNotice;
@@ -123,15 +123,12 @@ pub(crate) struct Deliver {
     pub message: Bytes,
     /// Travels with every push of the event.
     pub in_flight: Arc<EventInFlight>,
-    /// Receives how many connections it was handed to.
-    pub delivered: oneshot::Sender<usize>,
 }
 
 impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        let mut delivered = 0;
         if let Some(entries) = self.by_user.get_mut(&*msg.user) {
             // A connection that died without unbinding is dropped here.
             entries.retain(|entry| entry.connection.connected());
@@ -142,15 +139,19 @@ impl Handler<Deliver> for UserRegistryActor {
                     in_flight: Arc::clone(&msg.in_flight),
                 });
             }
-            delivered = entries.len();
-            self.metrics.events_delivered.inc_by(delivered as u64);
+            self.metrics.events_delivered.inc_by(entries.len() as u64);
             if entries.is_empty() {
                 self.by_user.remove(&*msg.user);
             }
         }
-        // The publisher may have stopped waiting.
-        let _ = msg.delivered.send(delivered);
     }
+}
+
+impl Handler<Drain> for UserRegistryActor {
+    type Result = ();
+
+    /// Nothing to do: answering shows that every message before it was handled.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {}
 }
 
 /// Revokes the bindings of `user`, except the one named in `except`.

@@ -3,7 +3,8 @@
 //! [`TetherHandle`], through which the host publishes events and invalidates users.
 
 use crate::bus::{
-    BusLimits, EventBusActor, Invalidate, InvalidationCause, Publish, PublishError, PublishReceipt,
+    BusLimits, Drain, EventBusActor, Invalidate, InvalidationCause, Publish, PublishError,
+    PublishReceipt,
 };
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
@@ -205,20 +206,33 @@ impl Tether {
         self.accept.abort();
         let open = self.max_connections as usize - self.permits.available_permits();
         log::info!("shutting down: closing {open} connection(s)");
+        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
+        self.drain_events(deadline).await;
         if self.supervisor.send(BeginShutdown).await.is_err() {
             log::error!("the hub supervisor is gone; connections are dropped without notice");
         }
-        let drained = tokio::time::timeout(
-            self.shutdown_grace,
-            self.permits.acquire_many(self.max_connections),
-        )
-        .await;
+        let drained =
+            tokio::time::timeout_at(deadline, self.permits.acquire_many(self.max_connections))
+                .await;
         if drained.is_err() {
             let left = self.max_connections as usize - self.permits.available_permits();
             log::warn!("shutdown grace ran out with {left} connection(s) still flushing");
         }
         for arbiter in self.arbiters {
             arbiter.stop();
+        }
+    }
+
+    /// Waits (until `deadline` at most) for every event acknowledged so far to be queued
+    /// in its connections' mailboxes, so that the `shutdown` they queue next follows it.
+    async fn drain_events(&self, deadline: tokio::time::Instant) {
+        let bus = self.hub.borrow().bus.clone();
+        match tokio::time::timeout_at(deadline, bus.send(Drain)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => log::warn!(
+                "the event bus was restarting at shutdown: events acknowledged just before may be lost"
+            ),
+            Err(_) => log::warn!("shutdown grace ran out while events were still being handed on"),
         }
     }
 }
