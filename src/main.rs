@@ -1,6 +1,11 @@
 //! The `tether` command: parses arguments, sets up logging and runs the server, or edits
 //! the users file (`passwd`, `deluser`).
 
+/// mimalloc instead of glibc malloc: fan-out allocates and frees a message per connection
+/// in bursts, which overflow glibc's per-thread cache (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
