@@ -9,7 +9,7 @@
 //! own binding and announces it again to a fresh registry after a restart.
 
 use crate::bus::{Drain, EventInFlight};
-use crate::connection::{BindingId, Push};
+use crate::connection::{BindingId, Push, ShardEvent};
 use crate::metrics::Metrics;
 use crate::supervisor::DeathNotice;
 use actix::prelude::*;
@@ -132,11 +132,14 @@ impl Handler<Deliver> for UserRegistryActor {
         if let Some(entries) = self.by_user.get_mut(&*msg.user) {
             // A connection that died without unbinding is dropped here.
             entries.retain(|entry| entry.connection.connected());
+            let event = Arc::new(ShardEvent {
+                message: msg.message,
+                _in_flight: msg.in_flight,
+            });
             for entry in entries.iter() {
                 entry.connection.do_send(Push::Event {
-                    user: Arc::clone(&msg.user),
-                    message: msg.message.clone(),
-                    in_flight: Arc::clone(&msg.in_flight),
+                    binding: entry.binding,
+                    event: Arc::clone(&event),
                 });
             }
             self.metrics.events_delivered.inc_by(entries.len() as u64);
