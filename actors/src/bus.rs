@@ -434,7 +434,12 @@ mod tests {
         bind_alice(&hub, &presence, &hoarder).await;
 
         // The shard's thread is busy for a while: the event waits in its mailbox.
-        worker.spawn_fn(|| std::thread::sleep(Duration::from_millis(500)));
+        let (blocked, worker_blocked) = oneshot::channel();
+        worker.spawn_fn(move || {
+            let _ = blocked.send(());
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        worker_blocked.await.expect("the worker runs the blocker");
         let receipt = tokio::time::timeout(Duration::from_millis(250), publish_to_alice(&hub))
             .await
             .expect("answered while the shard is busy")
