@@ -347,6 +347,7 @@ mod tests {
     use super::*;
     use crate::connection::{BindingId, Push};
     use crate::registry::Bind;
+    use crate::roster::Roster;
     use crate::supervisor::{HubState, HubSupervisor};
     use std::time::Duration;
 
@@ -428,6 +429,7 @@ mod tests {
             Arbiter::current(),
             vec![worker.handle()],
             test_limits(&presence),
+            Arc::new(Roster::new(1)),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();
@@ -468,6 +470,7 @@ mod tests {
             Arbiter::current(),
             vec![Arbiter::current()],
             test_limits(&presence),
+            Arc::new(Roster::new(1)),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();

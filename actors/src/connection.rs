@@ -17,6 +17,7 @@ use crate::password::PasswordChecker;
 use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
+use crate::roster::Roster;
 use crate::supervisor::HubState;
 use crate::throttle::LoginThrottle;
 use crate::users::{PasswordHash, UserStore};
@@ -33,7 +34,6 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::time::Sleep;
-use tokio_stream::wrappers::WatchStream;
 
 /// Bytes asked of the kernel per read.
 const READ_CHUNK: usize = 4096;
@@ -103,6 +103,8 @@ pub(crate) struct ConnectionShared {
     pub metrics: Metrics,
     /// Which shards hold connections of which user; each connection counts itself.
     pub presence: Arc<Presence>,
+    /// The connections of each worker, told when the hub's state changes.
+    pub roster: Arc<Roster>,
 }
 
 /// The user a connection is bound to, and which login bound it.
@@ -174,8 +176,8 @@ pub struct ConnectionActor {
     input_closed: bool,
     /// What every connection shares.
     shared: Arc<ConnectionShared>,
-    /// The hub's state as the supervisor publishes it; its changes arrive as a stream.
-    hub_watch: watch::Receiver<HubState>,
+    /// This connection's key in the [`Roster`] of its shard.
+    roster_key: usize,
     /// An `invalidate` found the bus gone; it is sent again once the bus is replaced.
     invalidate_deferred: bool,
     /// This connection's place under `max_connections`; freed when the actor drops.
@@ -183,15 +185,19 @@ pub struct ConnectionActor {
 }
 
 impl ConnectionActor {
+    /// A connection on worker `shard`, created in `ctx`; it joins the shard's roster before
+    /// it reads the hub's state from `hub`, so it misses no change.
     pub(crate) fn new(
         stream: TcpStream,
         peer: SocketAddr,
         shared: Arc<ConnectionShared>,
-        mut hub_watch: watch::Receiver<HubState>,
+        hub: &watch::Receiver<HubState>,
         shard: usize,
         permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
     ) -> Self {
-        let hub = hub_watch.borrow_and_update().clone();
+        let roster_key = shared.roster.join(shard, ctx.address().downgrade());
+        let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
         let deadline = Box::pin(tokio::time::sleep(shared.idle_timeout));
         Self {
@@ -210,7 +216,7 @@ impl ConnectionActor {
             phase: Phase::Open,
             input_closed: false,
             shared,
-            hub_watch,
+            roster_key,
             invalidate_deferred: false,
             _permit: permit,
         }
@@ -253,7 +259,7 @@ impl ConnectionActor {
     /// has just failed, the request waits for its replacement.
     fn invalidate_others(&mut self) {
         let Some(binding) = &self.binding else { return };
-        let bus = self.hub_watch.borrow().bus.clone();
+        let bus = self.hub.bus.clone();
         if !bus.connected() {
             log::warn!("{}: event bus restarting; invalidate deferred", self.peer);
             self.invalidate_deferred = true;
@@ -673,7 +679,6 @@ impl Actor for ConnectionActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         log::debug!("{}: connected", self.peer);
-        ctx.add_stream(WatchStream::from_changes(self.hub_watch.clone()));
         ctx.spawn(DriveSocket);
         if self.hub.shutting_down {
             self.close(CloseReason::Shutdown, ctx);
@@ -689,6 +694,7 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared.metrics.connections_open.dec();
+        self.shared.roster.leave(self.shard, self.roster_key);
         // Still bound only when the actor did not stop in order (a panic).
         self.take_binding();
     }
@@ -727,15 +733,22 @@ impl Handler<Push> for ConnectionActor {
     }
 }
 
-impl StreamHandler<HubState> for ConnectionActor {
-    fn handle(&mut self, state: HubState, ctx: &mut Context<Self>) {
+/// The hub's state changed: sent to every connection by the [`Roster`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct HubChanged(pub HubState);
+
+impl Handler<HubChanged> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, HubChanged(state): HubChanged, ctx: &mut Context<Self>) {
         let fresh_registry = state.registry_generations.get(self.shard)
             != self.hub.registry_generations.get(self.shard);
         self.hub = state;
         if self.hub.shutting_down {
-            // Through the mailbox, behind every push already queued: an event acknowledged
-            // before the shutdown began is written before `shutdown`.
-            ctx.address().do_send(CloseForShutdown);
+            // This message queued behind every push sent before the shutdown began, so an
+            // event acknowledged before it is written before `shutdown`.
+            self.close(CloseReason::Shutdown, ctx);
             return;
         }
         if fresh_registry {
@@ -746,23 +759,6 @@ impl StreamHandler<HubState> for ConnectionActor {
         if self.invalidate_deferred {
             self.invalidate_others();
         }
-    }
-
-    fn finished(&mut self, _: &mut Context<Self>) {
-        // The hub is gone only when the server is; closing is handled by shutdown.
-    }
-}
-
-/// Closes the connection with `shutdown`; sent by the connection to itself.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct CloseForShutdown;
-
-impl Handler<CloseForShutdown> for ConnectionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: CloseForShutdown, ctx: &mut Context<Self>) {
-        self.close(CloseReason::Shutdown, ctx);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod password;
 mod presence;
 pub mod protocol;
 pub mod registry;
+mod roster;
 pub mod server;
 pub mod supervisor;
 pub mod throttle;

@@ -12,6 +12,7 @@ use crate::metrics::Metrics;
 use crate::password::{stand_in_hash, PasswordChecker};
 use crate::presence::Presence;
 use crate::registry::CountConnections;
+use crate::roster::Roster;
 use crate::supervisor::{BeginShutdown, HubState, HubSupervisor};
 use crate::throttle::LoginThrottle;
 use crate::users::UserStore;
@@ -135,6 +136,7 @@ impl Tether {
             .collect();
         let hub_arbiter = Arbiter::new();
         let presence = Arc::new(Presence::new(workers.len()));
+        let roster = Arc::new(Roster::new(workers.len()));
         let (supervisor, hub) = HubSupervisor::launch(
             hub_arbiter.handle(),
             workers.iter().map(Arbiter::handle).collect(),
@@ -144,6 +146,7 @@ impl Tether {
                 metrics: metrics.clone(),
                 presence: Arc::clone(&presence),
             },
+            Arc::clone(&roster),
         );
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
@@ -159,6 +162,7 @@ impl Tether {
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
             presence,
+            roster,
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
         let accept = actix_rt::spawn(accept_loop(
@@ -302,8 +306,8 @@ async fn accept_loop(
         worker.spawn(async move {
             match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => {
-                    ConnectionActor::create(|_| {
-                        ConnectionActor::new(stream, peer, shared, hub, shard, permit)
+                    ConnectionActor::create(|ctx| {
+                        ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
                     });
                 }
                 Err(err) => log::warn!("{peer}: cannot register the connection: {err}"),

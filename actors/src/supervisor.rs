@@ -6,6 +6,7 @@
 use crate::bus::{BusLimits, EventBusActor, UseRegistry};
 use crate::metrics::Metrics;
 use crate::registry::UserRegistryActor;
+use crate::roster::Roster;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::sync::Arc;
@@ -57,19 +58,23 @@ pub struct HubSupervisor {
     workers: Vec<ArbiterHandle>,
     /// Given to every bus it starts.
     bus_limits: BusLimits,
-    /// Publishes the children's addresses and the shutdown flag.
+    /// Publishes the children's addresses and the shutdown flag, for handles.
     state: watch::Sender<HubState>,
+    /// Every connection, told of each change of `state`.
+    roster: Arc<Roster>,
     /// Set during shutdown: children that end then are not restarted.
     stopping: bool,
 }
 
 impl HubSupervisor {
     /// Starts the supervisor here, one registry shard on each of `workers` and the bus on
-    /// `hub`; returns its address and a receiver of the hub's state.
+    /// `hub`; returns its address and a receiver of the hub's state. Changes of the state
+    /// are also told to the connections in `roster`.
     pub(crate) fn launch(
         hub: ArbiterHandle,
         workers: Vec<ArbiterHandle>,
         bus_limits: BusLimits,
+        roster: Arc<Roster>,
     ) -> (Addr<Self>, watch::Receiver<HubState>) {
         let mut receiver = None;
         let supervisor = Self::create(|ctx| {
@@ -92,11 +97,21 @@ impl HubSupervisor {
                 workers,
                 bus_limits,
                 state,
+                roster,
                 stopping: false,
             }
         });
         let receiver = receiver.unwrap_or_else(|| unreachable!("Actor::create runs its closure"));
         (supervisor, receiver)
+    }
+}
+
+impl HubSupervisor {
+    /// Changes the hub's state, then tells every connection (in that order: a connection
+    /// that joins the roster after the telling reads the changed state).
+    fn change_state(&self, change: impl FnOnce(&mut HubState)) {
+        self.state.send_modify(change);
+        self.roster.tell(&self.state.borrow());
     }
 }
 
@@ -165,7 +180,7 @@ impl Handler<ChildGone> for HubSupervisor {
                     return;
                 };
                 let registry = start_registry(worker, shard, &me, &self.bus_limits.metrics);
-                self.state.send_modify(|state| {
+                self.change_state(|state| {
                     let mut registries = state.registries.to_vec();
                     registries[shard] = registry.clone();
                     state.registries = registries.into();
@@ -179,7 +194,7 @@ impl Handler<ChildGone> for HubSupervisor {
                 log::error!("event bus stopped; starting a fresh one");
                 let registries = self.state.borrow().registries.to_vec();
                 let bus = start_bus(&self.hub, &me, registries, self.bus_limits.clone());
-                self.state.send_modify(|state| state.bus = bus);
+                self.change_state(|state| state.bus = bus);
             }
         }
     }
@@ -195,7 +210,7 @@ impl Handler<BeginShutdown> for HubSupervisor {
 
     fn handle(&mut self, _: BeginShutdown, _: &mut Context<Self>) {
         self.stopping = true;
-        self.state.send_modify(|state| state.shutting_down = true);
+        self.change_state(|state| state.shutting_down = true);
     }
 }
 
