@@ -52,6 +52,11 @@ fn server_section(extra: &str) -> String {
     format!("[server]\nlisten = \"127.0.0.1:0\"\n{extra}\n\n[admin]\nlisten = \"\"\n")
 }
 
+/// The minimal configuration followed by `section` (a header and its keys).
+fn with_section(section: &str) -> String {
+    format!("{}\n{section}\n", server_section(""))
+}
+
 // ---------------------------------------------------------------------------------------
 // Configuration errors (§4)
 // ---------------------------------------------------------------------------------------
@@ -64,10 +69,7 @@ fn unknown_key_stops_start_up_naming_the_key() {
 
 #[test]
 fn unknown_section_stops_start_up_naming_it() {
-    let finished = refuses_config(&format!(
-        "{}\n[serverr]\nlisten = \"x\"\n",
-        server_section("")
-    ));
+    let finished = refuses_config(&with_section("[serverr]\nlisten = \"x\""));
     assert_names(&finished, "serverr");
 }
 
@@ -92,10 +94,7 @@ fn bad_listen_address_stops_start_up_naming_the_key() {
 
 #[test]
 fn unknown_time_zone_stops_start_up_naming_the_key() {
-    let finished = refuses_config(&format!(
-        "{}\n[events]\ntime_zone = \"Mars/Olympus_Mons\"\n",
-        server_section("")
-    ));
+    let finished = refuses_config(&with_section("[events]\ntime_zone = \"Mars/Olympus_Mons\""));
     assert_names(&finished, "events.time_zone");
 }
 
@@ -205,10 +204,7 @@ fn bcrypt_threads(pid: nix::unistd::Pid) -> usize {
 
 #[test]
 fn too_many_password_threads_stop_start_up_naming_the_key() {
-    let finished = refuses_config(&format!(
-        "{}\n[auth]\npassword_threads = 1025\n",
-        server_section("")
-    ));
+    let finished = refuses_config(&with_section("[auth]\npassword_threads = 1025"));
     assert_names(&finished, "auth.password_threads");
 }
 
