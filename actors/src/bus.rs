@@ -56,14 +56,15 @@ impl EventBusActor {
         }
     }
 
-    /// The shards holding connections of `user`, with their current addresses.
+    /// The shards holding connections of `user`: their current addresses, each with how
+    /// many connections it holds.
     fn registries_holding<'a>(
         &'a self,
         user: &'a str,
-    ) -> impl Iterator<Item = &'a Addr<UserRegistryActor>> {
+    ) -> impl Iterator<Item = (&'a Addr<UserRegistryActor>, usize)> {
         self.presence
-            .shards_holding(user)
-            .filter_map(|shard| self.registries.get(shard))
+            .holding(user)
+            .filter_map(|(shard, connections)| Some((self.registries.get(shard)?, connections)))
     }
 }
 
@@ -177,11 +178,12 @@ impl EventBusActor {
         msg: Publish,
         permit: OwnedSemaphorePermit,
     ) -> Result<PublishReceipt, PublishError> {
-        if self
-            .registries_holding(&msg.user)
-            .any(|registry| !registry.connected())
-        {
-            return Err(PublishError::Unavailable);
+        let mut connections = 0;
+        for (registry, held) in self.registries_holding(&msg.user) {
+            if !registry.connected() {
+                return Err(PublishError::Unavailable);
+            }
+            connections += held;
         }
         self.metrics.events_published.inc();
         let time = self.clock.now();
@@ -190,8 +192,7 @@ impl EventBusActor {
         let user: Arc<str> = Arc::from(msg.user);
         let in_flight = Arc::new(EventInFlight { _permit: permit });
         // Counted before sending: a connection bound in between gets the event anyway.
-        let connections = self.presence.count(&user);
-        for registry in self.registries_holding(&user) {
+        for (registry, _) in self.registries_holding(&user) {
             registry.do_send(Deliver {
                 user: Arc::clone(&user),
                 message: message.clone(),
@@ -255,7 +256,7 @@ impl Handler<Invalidate> for EventBusActor {
         let user: Arc<str> = Arc::from(msg.user);
         let counts: Vec<_> = self
             .registries_holding(&user)
-            .map(|registry| {
+            .map(|(registry, _)| {
                 let (revoked, count) = oneshot::channel();
                 registry.do_send(Revoke {
                     user: Arc::clone(&user),

@@ -543,7 +543,7 @@ impl ConnectionActor {
             Phase::Open => self.move_deadline(self.last_message + timeout),
             Phase::Flushing { .. } => {
                 log::info!(
-                    "{}: closed with {} byte(s) unsent: the client took none within {timeout:?}{}",
+                    "{}: closed with {} byte(s) unsent: the client did not take them within {timeout:?}{}",
                     self.peer,
                     self.output.len(),
                     self.who()

@@ -55,23 +55,17 @@ impl Presence {
         }
     }
 
-    /// How many connections are bound to `user`, on every shard.
-    pub(crate) fn count(&self, user: &str) -> usize {
-        let key = self.hasher.hash_one(user);
-        self.shards
-            .iter()
-            .map(|counts| lock(counts).get(&key).copied().unwrap_or(0) as usize)
-            .sum()
-    }
-
-    /// The shards holding at least one connection bound to `user`, in shard order.
-    pub(crate) fn shards_holding(&self, user: &str) -> impl Iterator<Item = usize> + '_ {
+    /// The shards holding at least one connection bound to `user`, in shard order, each
+    /// with how many it holds.
+    pub(crate) fn holding(&self, user: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
         let key = self.hasher.hash_one(user);
         self.shards
             .iter()
             .enumerate()
-            .filter(move |(_, counts)| lock(counts).contains_key(&key))
-            .map(|(shard, _)| shard)
+            .filter_map(move |(shard, counts)| {
+                let connections = *lock(counts).get(&key)?;
+                Some((shard, connections as usize))
+            })
     }
 }
 
@@ -87,25 +81,20 @@ mod tests {
     #[test]
     fn a_user_is_held_by_the_shards_of_its_bound_connections_until_the_last_leaves() {
         let presence = Presence::new(3);
-        assert!(presence.shards_holding("alice").next().is_none());
+        let held = |user| presence.holding(user).collect::<Vec<_>>();
+        assert!(presence.holding("alice").next().is_none());
         presence.enter(2, "alice");
         presence.enter(0, "alice");
         presence.enter(2, "alice");
         presence.enter(1, "bob");
-        assert_eq!(presence.shards_holding("alice").collect::<Vec<_>>(), [0, 2]);
-        assert_eq!(presence.shards_holding("bob").collect::<Vec<_>>(), [1]);
-        assert_eq!((presence.count("alice"), presence.count("bob")), (3, 1));
+        assert_eq!(held("alice"), [(0, 1), (2, 2)]);
+        assert_eq!(held("bob"), [(1, 1)]);
         presence.leave(2, "alice");
-        assert_eq!(
-            presence.shards_holding("alice").collect::<Vec<_>>(),
-            [0, 2],
-            "one is left on 2"
-        );
+        assert_eq!(held("alice"), [(0, 1), (2, 1)], "one is left on 2");
         presence.leave(2, "alice");
         presence.leave(0, "alice");
-        assert!(presence.shards_holding("alice").next().is_none());
-        assert_eq!(presence.count("alice"), 0);
-        assert_eq!(presence.shards_holding("bob").collect::<Vec<_>>(), [1]);
+        assert!(presence.holding("alice").next().is_none());
+        assert_eq!(held("bob"), [(1, 1)]);
     }
 
     #[test]
@@ -114,6 +103,6 @@ mod tests {
         presence.leave(0, "carol");
         presence.leave(5, "carol");
         presence.enter(5, "carol");
-        assert!(presence.shards_holding("carol").next().is_none());
+        assert!(presence.holding("carol").next().is_none());
     }
 }
