@@ -2,6 +2,7 @@
 //! sessions. An actix-web server in the same System as the protocol server.
 
 mod error;
+mod events;
 mod routes;
 mod token;
 
