@@ -585,6 +585,31 @@ mod tests {
     #[rtype(result = "usize")]
     struct Held;
 
+    /// Hands over the texts of the events held, and lets them go.
+    #[derive(Message)]
+    #[rtype(result = "Vec<String>")]
+    struct TakeAll;
+
+    impl Handler<TakeAll> for Hoarder {
+        type Result = Vec<String>;
+
+        fn handle(&mut self, _: TakeAll, _: &mut Context<Self>) -> Vec<String> {
+            self.0
+                .drain(..)
+                .filter_map(|push| match push {
+                    Push::Event { event, .. } => {
+                        let message = String::from_utf8_lossy(&event.message).into_owned();
+                        message
+                            .rsplit('\u{1f}')
+                            .next()
+                            .map(|text| text.trim_end_matches('\u{1e}').to_owned())
+                    }
+                    Push::Invalidated { .. } => None,
+                })
+                .collect()
+        }
+    }
+
     impl Handler<Held> for Hoarder {
         type Result = usize;
 
@@ -691,5 +716,142 @@ mod tests {
             .expect("answered once the permits came back")
             .expect("the bus answers");
         assert_eq!(after.expect("published").connections, 1);
+    }
+
+    fn event(user: &str, text: &str) -> Publish {
+        Publish {
+            user: user.to_owned(),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_slice_becomes_one_list_per_shard_holding_its_users_in_publish_order() {
+        let presence = Presence::new(3);
+        presence.enter(0, "alice");
+        presence.enter(2, "alice");
+        presence.enter(2, "alice");
+        presence.enter(2, "bob");
+        let permits = Arc::new(Semaphore::new(4));
+        let events = [
+            event("alice", "a1"),
+            event("bob", "b1"),
+            event("carol", "c1"),
+            event("alice", "a2"),
+        ]
+        .into_iter()
+        .map(|event| {
+            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
+            (EventInFlight { _permit: permit }, event)
+        });
+        let stamp = Stamp {
+            time: 17,
+            accepted: Instant::now(),
+        };
+        let mut receipts = Vec::new();
+        let per_shard = sort_by_shard(&presence, 3, stamp, events, &mut receipts);
+
+        let texts = |shard: usize| -> Vec<(String, String)> {
+            per_shard[shard]
+                .iter()
+                .map(|event| {
+                    let message = String::from_utf8_lossy(&event.message);
+                    (event.user.to_string(), message.into_owned())
+                })
+                .collect()
+        };
+        let wire = |user: &str, text: &str| (user.to_owned(), format!("event\x1f17\x1f{text}\x1e"));
+        assert_eq!(per_shard.len(), 3, "one list per shard");
+        assert_eq!(texts(0), [wire("alice", "a1"), wire("alice", "a2")]);
+        assert!(texts(1).is_empty(), "nobody on shard 1");
+        assert_eq!(
+            texts(2),
+            [wire("alice", "a1"), wire("bob", "b1"), wire("alice", "a2")]
+        );
+        let connections: Vec<_> = receipts.iter().map(|r| r.connections).collect();
+        assert_eq!(connections, [3, 1, 0, 3]);
+        assert!(receipts.iter().all(|receipt| receipt.time == 17));
+
+        // Each event holds its own permit, shared by its shards: carol's is back already.
+        assert_eq!(permits.available_permits(), 1);
+        drop(per_shard);
+        assert_eq!(permits.available_permits(), 4);
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_past_the_permits_is_handed_on_in_order_as_its_connections_take_it() {
+        let presence = Arc::new(Presence::new(1));
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![Arbiter::current()],
+            test_limits(&presence),
+            Arc::new(Roster::new(1)),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+        let total = EVENTS_IN_FLIGHT * 2 + 5;
+        let batch = PublishBatch {
+            events: (0..total).map(|i| event("alice", &i.to_string())).collect(),
+        };
+        let mut answered = Box::pin(hub.bus.send(batch));
+
+        let mut taken = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let receipts = loop {
+            if let Ok(answer) = tokio::time::timeout(Duration::from_millis(20), &mut answered).await
+            {
+                break answer.expect("the bus answers").expect("published");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never answered");
+            let held = hoarder.send(TakeAll).await.expect("the hoarder answers");
+            assert!(
+                held.len() <= EVENTS_IN_FLIGHT,
+                "{} events held at once, past the permits",
+                held.len()
+            );
+            taken.extend(held);
+        };
+        taken.extend(hoarder.send(TakeAll).await.expect("the hoarder answers"));
+        assert_eq!(receipts.len(), total);
+        assert!(receipts.iter().all(|receipt| receipt.connections == 1));
+        let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+        assert_eq!(taken, expected, "every event once, in order");
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_with_one_bad_event_names_it_and_publishes_nothing() {
+        let presence = Arc::new(Presence::new(1));
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![Arbiter::current()],
+            test_limits(&presence),
+            Arc::new(Roster::new(1)),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+        let batch = |events| hub.bus.send(PublishBatch { events });
+
+        let bad = batch(vec![event("alice", "ok"), event("alice", "a\u{1e}b")]).await;
+        assert_eq!(
+            bad.expect("the bus answers"),
+            Err(PublishError::InBatch {
+                index: 1,
+                error: Box::new(PublishError::TextHasSeparator)
+            })
+        );
+        let empty = batch(Vec::new()).await.expect("the bus answers");
+        assert_eq!(empty, Err(PublishError::BatchSize { events: 0 }));
+        let too_many = vec![event("alice", "x"); MAX_BATCH_EVENTS + 1];
+        let too_many = batch(too_many).await.expect("the bus answers");
+        assert_eq!(
+            too_many,
+            Err(PublishError::BatchSize {
+                events: MAX_BATCH_EVENTS + 1
+            })
+        );
+        hub.bus.send(Drain).await.expect("the bus answers");
+        assert_eq!(hoarder.send(Held).await.expect("answers"), 0);
     }
 }
