@@ -54,7 +54,7 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
         fanout) # two client threads: one cannot read 2 M deliveries/s
             bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
                 --connections 1000 --users 1 --duration 8 --then-half --publishers 8 \
-                --server-latency
+                --server-latency --pid "$TETHER_PID"
             bench --threads 2 fanout --proto redis --addr "$REDIS_ADDR" \
                 --connections 1000 --users 1 --duration 8 --then-half --publishers 8
             bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \

@@ -15,7 +15,7 @@ use crate::proto::{
 };
 use crate::report::{count, dec, Report};
 use crate::server_histogram::DeliveryHistogram;
-use crate::stats::{new_histogram, Percentiles, Recorder, SharedHistogram};
+use crate::stats::{cpu_seconds, new_histogram, Percentiles, Recorder, SharedHistogram};
 use crate::Fallible;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -80,6 +80,10 @@ pub struct Args {
     /// in `/metrics`, before and after each run) and report its p50/p99.
     #[arg(long)]
     server_latency: bool,
+    /// The server's process id: also report the CPU time it used from the start of
+    /// publishing to the end of the drain, per delivery.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 /// Receivers set up at once.
@@ -151,6 +155,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         Some(client) => Some(DeliveryHistogram::scrape(client).await?),
         None => None,
     };
+    let cpu_before = args.pid.map(cpu_seconds).transpose()?;
     let start = now_ns() + 50_000_000;
     let end = start + (args.duration * 1e9) as u64;
     let paced = (rate > 0.0).then_some(rate);
@@ -236,6 +241,10 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     while tally.received.load(Ordering::Relaxed) < published.owed && now_ns() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let server_cpu_s = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+        _ => None,
+    };
     let mut receiver_errors = Vec::new();
     for receiver in receivers {
         receiver.abort();
@@ -287,6 +296,10 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         "server_p50_us": server_p50_us,
         "server_p99_us": server_p99_us,
         "server_observed": server.as_ref().map(DeliveryHistogram::count),
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_ns_per_delivery": server_cpu_s
+            .filter(|_| received > 0)
+            .map(|cpu| cpu * 1e9 / received as f64),
         "lost": lost,
         "extra": received.saturating_sub(published.owed),
         "garbage": garbage,

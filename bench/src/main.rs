@@ -190,7 +190,7 @@ mod tests {
              --duration 1 --drain 10 --batch 50",
             "--threads 2 fanout --proto tether --addr 127.0.0.1:1 --admin 127.0.0.1:2 \
              --connections 1000 --users 1 --duration 8 --then-half --publishers 8 \
-             --server-latency",
+             --server-latency --pid 7",
             "login-storm --addr 127.0.0.1:1 --connections 10 --duration 1 --warmup 0.2 \
              --storm-rate 4 --storm-connections 2",
             "churn --proto tether --addr 127.0.0.1:1 --pid 7 --duration 1 --concurrency 8 \
