@@ -146,13 +146,13 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     }
     let per_user = Arc::new(per_user);
 
-    let mut metrics = match (args.server_latency, args.proto, admin) {
-        (true, Proto::Tether, Some(admin)) => Some(HttpClient::new(admin, args.token.clone())),
+    let metrics = match (args.server_latency, args.proto, admin) {
+        (true, Proto::Tether, Some(admin)) => Some(admin),
         (true, _, _) => return Err("--server-latency needs tether and --admin".into()),
         _ => None,
     };
-    let server_before = match &mut metrics {
-        Some(client) => Some(DeliveryHistogram::scrape(client).await?),
+    let server_before = match metrics {
+        Some(admin) => Some(DeliveryHistogram::scrape(admin, args.token.clone()).await?),
         None => None,
     };
     let cpu_before = args.pid.map(cpu_seconds).transpose()?;
@@ -254,10 +254,12 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
             Err(_) => {} // aborted, as expected
         }
     }
-    let server = match (&mut metrics, &server_before) {
-        (Some(client), Some(before)) => {
-            Some(DeliveryHistogram::scrape(client).await?.since(before))
-        }
+    let server = match (metrics, &server_before) {
+        (Some(admin), Some(before)) => Some(
+            DeliveryHistogram::scrape(admin, args.token.clone())
+                .await?
+                .since(before),
+        ),
         _ => None,
     };
     let server_p50_us = server

@@ -5,6 +5,7 @@
 use crate::http::HttpClient;
 use crate::Fallible;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 /// The metric's name, as its bucket series start.
 const BUCKET_SERIES: &str = "tether_event_delivery_seconds_bucket{";
@@ -18,9 +19,10 @@ pub struct DeliveryHistogram {
 }
 
 impl DeliveryHistogram {
-    /// Reads the histogram from the server's `/metrics`.
-    pub async fn scrape(admin: &mut HttpClient) -> Fallible<Self> {
-        let response = admin.get("/metrics").await?;
+    /// Reads the histogram from the server's `/metrics`, on a connection of its own (a
+    /// kept-alive one would have idled out during a run).
+    pub async fn scrape(admin: SocketAddr, token: Option<String>) -> Fallible<Self> {
+        let response = HttpClient::new(admin, token).get("/metrics").await?;
         if response.status != 200 {
             return Err(format!("GET /metrics answered {}", response.status));
         }
