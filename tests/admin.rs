@@ -319,18 +319,18 @@ fn a_batch_with_one_bad_entry_is_refused_whole_naming_its_index() {
         ),
         (
             r#"{"events":[{"user":"alice","text":"ok"},{"user":"alice"}]}"#.to_owned(),
-            "events[1]: not the expected JSON: missing field `text`",
+            "events[1]: missing field `text`",
         ),
         (
             r#"{"events":[{"user":"alice","text":"ok","extra":1}]}"#.to_owned(),
-            "events[0]: not the expected JSON: unknown field `extra`",
+            "events[0]: unknown field `extra`",
         ),
         (r#"{"events":[]}"#.to_owned(), "1 to 1000 events, not 0"),
         (many, "1 to 1000 events, not 1001"),
         (r#"{"events":{"user":"alice"}}"#.to_owned(), "invalid type"),
         (
             r#"{"events":[{"user":"alice","text":"ok"}],"user":"alice"}"#.to_owned(),
-            "unknown field `user`",
+            "either \"user\" and \"text\", or \"events\"",
         ),
     ] {
         let (status, answer) = admin.json("POST", "/v1/events", Some(&body));

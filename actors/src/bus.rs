@@ -195,8 +195,9 @@ impl Handler<Publish> for EventBusActor {
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<PublishReceipt>, PublishError>")]
 pub struct PublishBatch {
-    /// The events, 1 to [`MAX_BATCH_EVENTS`].
-    pub events: Vec<Publish>,
+    /// The events, 1 to [`MAX_BATCH_EVENTS`]; shared, so that a retry after a restart
+    /// copies nothing.
+    pub events: Arc<[Publish]>,
 }
 
 impl Handler<PublishBatch> for EventBusActor {
@@ -221,12 +222,7 @@ impl Handler<PublishBatch> for EventBusActor {
             return Box::pin(std::future::ready(Err(PublishError::Unavailable)));
         }
         let (answer, answered) = oneshot::channel();
-        self.hand_on_batch(
-            msg.events.into_iter(),
-            Vec::with_capacity(events),
-            answer,
-            ctx,
-        );
+        self.hand_on_batch(msg.events, 0, Vec::with_capacity(events), answer, ctx);
         Box::pin(async move { answered.await.map_err(|_| PublishError::Unavailable)? })
     }
 }
@@ -288,13 +284,14 @@ impl EventBusActor {
     /// their order.
     fn hand_on_batch(
         &mut self,
-        mut remaining: std::vec::IntoIter<Publish>,
+        batch: Arc<[Publish]>,
+        mut next: usize,
         mut receipts: Vec<PublishReceipt>,
         answer: oneshot::Sender<Result<Vec<PublishReceipt>, PublishError>>,
         ctx: &mut Context<Self>,
     ) {
         loop {
-            let slice = remaining.len().min(BATCH_SLICE);
+            let slice = batch.len().saturating_sub(next).min(BATCH_SLICE);
             if slice == 0 {
                 let _ = answer.send(Ok(receipts));
                 return;
@@ -302,14 +299,14 @@ impl EventBusActor {
             // A slice is at most `BATCH_SLICE` events.
             let wanted = slice as u32;
             match Arc::clone(&self.in_flight).try_acquire_many_owned(wanted) {
-                Ok(permits) => self.hand_on_slice(&mut remaining, permits, &mut receipts),
+                Ok(permits) => self.hand_on_slice(&batch, &mut next, permits, &mut receipts),
                 Err(_) => {
                     let permits = Arc::clone(&self.in_flight).acquire_many_owned(wanted);
                     ctx.wait(permits.into_actor(self).map(move |permits, act, ctx| {
                         // The semaphore is never closed.
                         if let Ok(permits) = permits {
-                            act.hand_on_slice(&mut remaining, permits, &mut receipts);
-                            act.hand_on_batch(remaining, receipts, answer, ctx);
+                            act.hand_on_slice(&batch, &mut next, permits, &mut receipts);
+                            act.hand_on_batch(batch, next, receipts, answer, ctx);
                         }
                     }));
                     return;
@@ -318,17 +315,20 @@ impl EventBusActor {
         }
     }
 
-    /// Stamps and encodes as many events from `events` as `permits` holds, one permit each,
-    /// and hands them to the shards holding their users: one message per shard.
+    /// Stamps and encodes as many events of `batch` from `next` on as `permits` holds, one
+    /// permit each, and hands them to the shards holding their users: one message per
+    /// shard. Moves `next` past them.
     fn hand_on_slice(
         &mut self,
-        events: &mut std::vec::IntoIter<Publish>,
+        batch: &[Publish],
+        next: &mut usize,
         mut permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
+        let rest = batch.get(*next..).unwrap_or_default();
         let slice = std::iter::from_fn(|| permits.split(1))
             .map(|permit| EventInFlight { _permit: permit })
-            .zip(events.by_ref());
+            .zip(rest);
         let stamp = Stamp {
             time: self.clock.now(),
             accepted: Instant::now(),
@@ -341,9 +341,9 @@ impl EventBusActor {
             slice,
             receipts,
         );
-        self.metrics
-            .events_published
-            .inc_by((receipts.len() - before) as u64);
+        let handed_on = receipts.len() - before;
+        *next += handed_on;
+        self.metrics.events_published.inc_by(handed_on as u64);
         for (registry, events) in self.registries.iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
@@ -371,18 +371,18 @@ fn event_message(time: &str, text: &str) -> Bytes {
 
 /// Sorts `events` into one list per shard (of `shards`) holding their users, in order, and
 /// adds a receipt per event to `receipts`, counting the connections [`Presence`] counts.
-fn sort_by_shard(
+fn sort_by_shard<'a>(
     presence: &Presence,
     shards: usize,
     stamp: Stamp,
-    events: impl Iterator<Item = (EventInFlight, Publish)>,
+    events: impl Iterator<Item = (EventInFlight, &'a Publish)>,
     receipts: &mut Vec<PublishReceipt>,
 ) -> Vec<Vec<BatchedEvent>> {
     let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
     let time = stamp.time.to_string();
     for (in_flight, event) in events {
         let message = event_message(&time, &event.text);
-        let user: Arc<str> = Arc::from(event.user);
+        let user: Arc<str> = Arc::from(event.user.as_str());
         let in_flight = Arc::new(in_flight);
         let mut connections = 0;
         for (shard, held) in presence.holding(&user) {
@@ -738,9 +738,8 @@ mod tests {
             event("bob", "b1"),
             event("carol", "c1"),
             event("alice", "a2"),
-        ]
-        .into_iter()
-        .map(|event| {
+        ];
+        let events = events.iter().map(|event| {
             let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
             (EventInFlight { _permit: permit }, event)
         });
@@ -792,7 +791,10 @@ mod tests {
         bind_alice(&hub, &presence, &hoarder).await;
         let total = EVENTS_IN_FLIGHT * 2 + 5;
         let batch = PublishBatch {
-            events: (0..total).map(|i| event("alice", &i.to_string())).collect(),
+            events: (0..total)
+                .map(|i| event("alice", &i.to_string()))
+                .collect::<Vec<_>>()
+                .into(),
         };
         let mut answered = Box::pin(hub.bus.send(batch));
 
@@ -831,7 +833,11 @@ mod tests {
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();
         bind_alice(&hub, &presence, &hoarder).await;
-        let batch = |events| hub.bus.send(PublishBatch { events });
+        let batch = |events: Vec<Publish>| {
+            hub.bus.send(PublishBatch {
+                events: events.into(),
+            })
+        };
 
         let bad = batch(vec![event("alice", "ok"), event("alice", "a\u{1e}b")]).await;
         assert_eq!(

@@ -361,8 +361,9 @@ impl TetherHandle {
     /// the whole batch ([`PublishError::InBatch`] names it) and nothing is published.
     pub async fn publish_batch(
         &self,
-        events: Vec<Publish>,
+        events: impl Into<Arc<[Publish]>>,
     ) -> Result<Vec<PublishReceipt>, PublishError> {
+        let events = events.into();
         self.ask_bus(PublishBatch { events }).await
     }
 
