@@ -2,7 +2,7 @@
 # The full measurement behind BENCHMARKS.md: every scenario against tether, serve-raw and
 # redis-server, REPEATS times (servers restarted for each repeat), JSON lines appended to
 # OUT (default bench/results/run.jsonl). Then `python3 bench/plot.py OUT` makes the tables
-# (medians) and bench/benchmarks.png. Takes about 9 minutes per repeat.
+# (medians) and bench/benchmarks.png. Takes about 9.5 minutes per repeat.
 #
 # tether runs with `server.workers = $WORKERS` (default 0: one event loop per CPU); the
 # `cmd` scenario also runs against a second tether with `workers = 1`, reported as target
