@@ -113,6 +113,8 @@ struct Watch {
     /// The names (symlinks and the file) on the way to the file: events about other files
     /// in the watched folders are not about the users file.
     names: HashSet<OsString>,
+    /// Folders that could not be watched, already logged: retried without a line each time.
+    failing: HashSet<PathBuf>,
 }
 
 impl Watch {
@@ -132,6 +134,7 @@ impl Watch {
             watcher,
             folders: HashMap::new(),
             names: HashSet::new(),
+            failing: HashSet::new(),
         };
         watch.follow();
         Ok((watch, events, sender))
@@ -270,6 +273,7 @@ impl Watch {
                 }
                 Some(identity) => match self.watcher.watch(&folder, RecursiveMode::NonRecursive) {
                     Ok(()) => {
+                        self.failing.remove(&folder);
                         let level = if initial {
                             log::Level::Debug
                         } else {
@@ -284,12 +288,14 @@ impl Watch {
                         Some(identity)
                     }
                     Err(error) => {
-                        log::warn!(
-                            "users file {}: cannot watch folder {} ({error}); trying again \
-                             every second",
-                            self.shown(),
-                            folder.display()
-                        );
+                        if self.failing.insert(folder.clone()) {
+                            log::warn!(
+                                "users file {}: cannot watch folder {} ({error}); trying again \
+                                 every second",
+                                self.shown(),
+                                folder.display()
+                            );
+                        }
                         None
                     }
                 },
@@ -427,9 +433,9 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let root = folder.path().canonicalize().unwrap();
         let path = root.join("users.toml");
-        assert_eq!(resolution(&path), [path.clone()]);
+        assert_eq!(resolution(&path), std::slice::from_ref(&path));
         std::fs::write(&path, "").unwrap();
-        assert_eq!(resolution(&path), [path.clone()]);
+        assert_eq!(resolution(&path), std::slice::from_ref(&path));
         assert_eq!(resolution(&root.join("x/../users.toml")), [path]);
     }
 
