@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How soon a settled change must be in force (the watcher waits twice 250 ms).
-const APPLIED_WITHIN: Duration = Duration::from_millis(1500);
+const APPLIED_WITHIN: Duration = Duration::from_secs(2);
 /// How long to watch for reloads or messages that must not come: longer than several
 /// settle periods of the watcher and than its one-second re-check of the folders.
 const SETTLED: Duration = Duration::from_millis(2500);
