@@ -18,39 +18,8 @@ use tether_actors::users::{PasswordHash, UserSet};
 use toml::Spanned;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
-/// What [`load`] found at the users file's path.
-pub enum UsersFile {
-    /// No file: no users yet (the first write creates it).
-    Missing,
-    /// The file's users, all checked.
-    Loaded(UserSet),
-}
-
-impl fmt::Debug for UsersFile {
-    /// Shows user names only, never their hashes.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Missing => f.write_str("Missing"),
-            Self::Loaded(users) => {
-                let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
-                names.sort_unstable();
-                f.debug_tuple("Loaded").field(&names).finish()
-            }
-        }
-    }
-}
-
-/// Reads and checks the users file at `path`; a file that does not exist is
-/// [`UsersFile::Missing`], not an error.
-pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
-    match read_text(path)? {
-        Some((text, _)) => parse(&text, path).map(UsersFile::Loaded),
-        None => Ok(UsersFile::Missing),
-    }
-}
-
 /// What the users file held when it was read, kept to tell whether it changed since.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Contents {
     /// There was no file.
     Missing,
@@ -75,6 +44,17 @@ impl Contents {
                 Err(UsersFileError::io(path, format!("cannot read it: {why}")))
             }
             Self::Bytes(bytes) => parse(&decode(bytes, path)?, path),
+        }
+    }
+}
+
+impl fmt::Debug for Contents {
+    /// Shows the size of the bytes, never the bytes (they hold hashes).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("Missing"),
+            Self::Unreadable(why) => f.debug_tuple("Unreadable").field(why).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
         }
     }
 }
@@ -788,23 +768,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_means_no_users_yet() {
-        let folder = tempfile::tempdir().unwrap();
-        let loaded = load(&folder.path().join("users.toml")).unwrap();
-        assert!(matches!(loaded, UsersFile::Missing));
-    }
-
-    #[test]
-    fn load_reads_and_checks_the_file() {
+    fn contents_are_read_and_checked() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, with_hash(HASH)).unwrap();
-        match load(&path).unwrap() {
-            UsersFile::Loaded(users) => assert!(users.contains_key("alice")),
-            UsersFile::Missing => panic!("file not found"),
-        }
+        let users = read_contents(&path).users(&path).unwrap();
+        assert!(users.contains_key("alice"));
         std::fs::write(&path, with_hash("plain")).unwrap();
-        assert!(load(&path)
+        assert!(read_contents(&path)
+            .users(&path)
             .unwrap_err()
             .to_string()
             .starts_with(&path.display().to_string()));
@@ -813,7 +785,9 @@ mod tests {
     #[test]
     fn unreadable_file_is_an_error_naming_it() {
         let folder = tempfile::tempdir().unwrap();
-        let error = load(folder.path()).unwrap_err();
+        let error = read_contents(folder.path())
+            .users(folder.path())
+            .unwrap_err();
         assert_eq!(error.path(), folder.path());
         assert!(error.message().starts_with("cannot read it"), "{error}");
     }
@@ -823,7 +797,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, b"# ok\n# \xFF\n").unwrap();
-        let error = load(&path).unwrap_err();
+        let error = read_contents(&path).users(&path).unwrap_err();
         assert_eq!(error.line(), Some(2));
         assert!(error.message().contains("UTF-8"), "{error}");
     }
@@ -1049,12 +1023,9 @@ mod tests {
     }
 
     #[test]
-    fn debug_output_shows_names_but_never_hashes() {
-        let users = parse_text(&with_hash(HASH)).unwrap();
-        let shown = format!("{:?}", UsersFile::Loaded(users));
-        assert!(
-            shown.contains("alice") && !shown.contains(&HASH[7..]),
-            "{shown}"
-        );
+    fn debug_output_never_shows_the_bytes() {
+        let contents = Contents::Bytes(with_hash(HASH).into_bytes());
+        let shown = format!("{contents:?}");
+        assert_eq!(shown, format!("Bytes({} bytes)", with_hash(HASH).len()));
     }
 }
