@@ -4,7 +4,7 @@
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::user_sync::UserSync;
-use crate::users_file::{self, UsersFile};
+use crate::users_file::{self, Contents};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use tether_actors::users::UserTable;
@@ -49,10 +49,27 @@ pub fn settings(config: &Config) -> Settings {
 }
 
 /// Loads the users file, serves until SIGINT or SIGTERM, then shuts down gracefully.
+///
+/// SIGHUP, SIGINT and SIGTERM are caught before anything slow (the users file, the stand-in
+/// hash): one arriving during start-up is acted on once the server runs — a reload, or an
+/// orderly stop — instead of killing the process.
 pub fn run(config: Config) -> Outcome {
+    let system = actix_rt::System::new();
+    let caught = system.block_on(async {
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        Ok::<_, std::io::Error>((hangups, stop_signal()?))
+    });
+    let (hangups, stop_signal) = match caught {
+        Ok(caught) => caught,
+        Err(err) => {
+            log::error!("cannot watch for signals: {err}");
+            return Outcome::Failed;
+        }
+    };
     crate::limits::raise_open_files_limit(config.server.max_connections);
-    let users = match users_file::load(&config.auth.users_file) {
-        Ok(UsersFile::Loaded(users)) => {
+    let loaded = users_file::read_contents(&config.auth.users_file);
+    let users = match loaded.users(&config.auth.users_file) {
+        Ok(users) => {
             log::info!(
                 "{} user(s) loaded from {}",
                 users.len(),
@@ -60,7 +77,7 @@ pub fn run(config: Config) -> Outcome {
             );
             users
         }
-        Ok(UsersFile::Missing) => {
+        Err(_) if loaded == Contents::Missing => {
             log::warn!(
                 "users file {} does not exist: nobody can log in until a user is added \
                  (an entry [users.NAME] with password_hash = \"<bcrypt hash>\"; see README)",
@@ -84,7 +101,6 @@ pub fn run(config: Config) -> Outcome {
         }
     };
 
-    let system = actix_rt::System::new();
     system.block_on(async move {
         let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
             Ok(tether) => tether,
@@ -102,17 +118,9 @@ pub fn run(config: Config) -> Outcome {
             config.auth.users_file.clone(),
             Arc::clone(&users),
             tether.handle(),
+            loaded,
         );
-        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch);
-        // Registered before `listening on`, so a signal sent on seeing that line is caught.
-        let stop_signal = match stop_signal() {
-            Ok(stop_signal) => stop_signal,
-            Err(err) => {
-                log::error!("cannot watch for signals: {err}");
-                tether.shutdown().await;
-                return Outcome::Failed;
-            }
-        };
+        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch, hangups);
         log::info!("listening on {} (clients)", tether.local_addr());
         let admin = match start_admin(&config, &tether, user_sync) {
             Ok(admin) => admin,
@@ -143,6 +151,7 @@ fn start_admin(
     };
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
+    users.register_metrics(&mut registry);
     let state = AdminState {
         tether: tether.handle(),
         users,

@@ -1,7 +1,8 @@
 //! The users file of SPEC §5: one `[users.NAME]` table per user holding a bcrypt
 //! `password_hash`. A file is checked whole, so a bad one never yields a partial user set.
-//! Writes go through a temporary file and a rename under an advisory lock, and keep the
-//! comments and formatting of every entry they do not touch. Errors name the file, the
+//! Writes go through a temporary file and a rename under an advisory lock, land on the final
+//! target when the path is a symlink, and keep the comments and formatting of every entry
+//! they do not touch. Errors name the file, the
 //! line, the user and the problem, and never show a hash.
 
 use std::collections::HashMap;
@@ -17,42 +18,53 @@ use tether_actors::users::{PasswordHash, UserSet};
 use toml::Spanned;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
-/// What [`load`] found at the users file's path.
-pub enum UsersFile {
-    /// No file: no users yet (the first write creates it).
+/// What the users file held when it was read, kept to tell whether it changed since.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Contents {
+    /// There was no file.
     Missing,
-    /// The file's users, all checked.
-    Loaded(UserSet),
+    /// The file could not be read, for this reason.
+    Unreadable(String),
+    /// The file's bytes.
+    Bytes(Vec<u8>),
 }
 
-impl fmt::Debug for UsersFile {
-    /// Shows user names only, never their hashes.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Contents {
+    /// Whether the file exists but holds nothing but whitespace: what a file looks like
+    /// between being truncated and being written again.
+    pub fn is_blank(&self) -> bool {
+        matches!(self, Self::Bytes(bytes) if bytes.iter().all(u8::is_ascii_whitespace))
+    }
+
+    /// The users the contents hold, checked as [`parse`] does; `path` is named in errors.
+    pub fn users(&self, path: &Path) -> Result<UserSet, UsersFileError> {
         match self {
-            Self::Missing => f.write_str("Missing"),
-            Self::Loaded(users) => {
-                let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
-                names.sort_unstable();
-                f.debug_tuple("Loaded").field(&names).finish()
+            Self::Missing => Err(UsersFileError::io(path, "it does not exist".to_string())),
+            Self::Unreadable(why) => {
+                Err(UsersFileError::io(path, format!("cannot read it: {why}")))
             }
+            Self::Bytes(bytes) => parse(&decode(bytes, path)?, path),
         }
     }
 }
 
-/// Reads and checks the users file at `path`; a file that does not exist is
-/// [`UsersFile::Missing`], not an error.
-pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
-    match read_text(path)? {
-        Some((text, _)) => parse(&text, path).map(UsersFile::Loaded),
-        None => Ok(UsersFile::Missing),
+impl fmt::Debug for Contents {
+    /// Shows the size of the bytes, never the bytes (they hold hashes).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("Missing"),
+            Self::Unreadable(why) => f.debug_tuple("Unreadable").field(why).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
     }
 }
 
-/// Reads and checks the users file at `path`, which must exist.
-pub fn load_existing(path: &Path) -> Result<UserSet, UsersFileError> {
-    match read_text(path)? {
-        Some((text, _)) => parse(&text, path),
-        None => Err(UsersFileError::io(path, "it does not exist".to_string())),
+/// Reads the file at `path` (through symlinks) whole. Blocks on file I/O.
+pub fn read_contents(path: &Path) -> Contents {
+    match std::fs::read(path) {
+        Ok(bytes) => Contents::Bytes(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Contents::Missing,
+        Err(error) => Contents::Unreadable(error.to_string()),
     }
 }
 
@@ -68,15 +80,22 @@ fn read_text(path: &Path) -> Result<Option<(String, Metadata)>, UsersFileError> 
     let metadata = file.metadata().map_err(cannot_read)?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot_read)?;
-    let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
-        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-        UsersFileError {
-            line: Some(line),
-            ..UsersFileError::new(path, "not valid UTF-8".to_string())
+    Ok(Some((decode(&bytes, path)?, metadata)))
+}
+
+/// The bytes of a users file as text; an error names the line of the first invalid byte.
+fn decode(bytes: &[u8], path: &Path) -> Result<String, UsersFileError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(error) => {
+            let valid = &bytes[..error.valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(UsersFileError {
+                line: Some(line),
+                ..UsersFileError::new(path, "not valid UTF-8".to_string())
+            })
         }
-    })?;
-    Ok(Some((text, metadata)))
+    }
 }
 
 /// Checks the text of a users file that came from `path` (named in errors).
@@ -330,10 +349,15 @@ enum Edit<T> {
 
 /// Read-modify-write of the file at `path` under its lock: `change` edits the parsed
 /// document (a missing file reads as empty) and says whether to write it.
+///
+/// When `path` is a symlink (or a chain of them), the file edited and replaced is the one
+/// it finally points to, and the lock is taken beside that file: the symlink stays.
 fn edit<T>(
     path: &Path,
     change: impl FnOnce(&mut DocumentMut) -> Result<Edit<T>, UsersFileError>,
 ) -> Result<T, UsersFileError> {
+    let target = symlink_target(path);
+    let path = target.as_path();
     let _lock = lock(path)?;
     let (text, metadata) = match read_text(path)? {
         Some((text, metadata)) => (text, Some(metadata)),
@@ -349,7 +373,12 @@ fn edit<T>(
         Edit::Write(outcome) => outcome,
         Edit::Keep(outcome) => return Ok(outcome),
     };
-    let text = document.to_string();
+    let mut text = document.to_string();
+    if text.trim().is_empty() {
+        // A blank file is what a write in progress looks like, and a running server does not
+        // apply one without SIGHUP; an explicit empty table says "no users" for certain.
+        text = "[users]\n".to_string();
+    }
     // Never write a file that the server would refuse.
     parse(&text, path)?;
     write_atomically(path, text.as_bytes(), metadata.as_ref())?;
@@ -440,6 +469,25 @@ fn write_atomically(
     File::open(folder)
         .and_then(|folder| folder.sync_all())
         .map_err(|error| failed("sync its folder", error))
+}
+
+/// Symlinks followed, at most, from the users file's path to the file itself.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The path that `path` finally names once every symlink in its last component is
+/// followed (a missing or dangling target included); `path` itself when it is no symlink.
+/// Folders on the way need no resolving: the kernel follows them when the file beside the
+/// target is created and renamed.
+fn symlink_target(path: &Path) -> PathBuf {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_SYMLINK_HOPS {
+        match std::fs::read_link(&current) {
+            // An absolute target replaces the folder in `join`; a relative one is beside.
+            Ok(target) => current = folder_of(&current).join(target),
+            Err(_) => break,
+        }
+    }
+    current
 }
 
 /// The folder holding `path` (`.` for a bare file name).
@@ -720,23 +768,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_means_no_users_yet() {
-        let folder = tempfile::tempdir().unwrap();
-        let loaded = load(&folder.path().join("users.toml")).unwrap();
-        assert!(matches!(loaded, UsersFile::Missing));
-    }
-
-    #[test]
-    fn load_reads_and_checks_the_file() {
+    fn contents_are_read_and_checked() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, with_hash(HASH)).unwrap();
-        match load(&path).unwrap() {
-            UsersFile::Loaded(users) => assert!(users.contains_key("alice")),
-            UsersFile::Missing => panic!("file not found"),
-        }
+        let users = read_contents(&path).users(&path).unwrap();
+        assert!(users.contains_key("alice"));
         std::fs::write(&path, with_hash("plain")).unwrap();
-        assert!(load(&path)
+        assert!(read_contents(&path)
+            .users(&path)
             .unwrap_err()
             .to_string()
             .starts_with(&path.display().to_string()));
@@ -745,7 +785,9 @@ mod tests {
     #[test]
     fn unreadable_file_is_an_error_naming_it() {
         let folder = tempfile::tempdir().unwrap();
-        let error = load(folder.path()).unwrap_err();
+        let error = read_contents(folder.path())
+            .users(folder.path())
+            .unwrap_err();
         assert_eq!(error.path(), folder.path());
         assert!(error.message().starts_with("cannot read it"), "{error}");
     }
@@ -755,7 +797,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, b"# ok\n# \xFF\n").unwrap();
-        let error = load(&path).unwrap_err();
+        let error = read_contents(&path).users(&path).unwrap_err();
         assert_eq!(error.line(), Some(2));
         assert!(error.message().contains("UTF-8"), "{error}");
     }
@@ -820,7 +862,7 @@ mod tests {
             "users.alice.password_hash = \"{HASH}\"\n[users.bob]\npassword_hash = \"{HASH}\"\n"
         ));
         set_password_hash(&path, "alice", OTHER).unwrap();
-        let users = load_existing(&path).unwrap();
+        let users = read_contents(&path).users(&path).unwrap();
         assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
 
         let (_folder, path) = file_with(&format!(
@@ -828,7 +870,7 @@ mod tests {
         ));
         set_password_hash(&path, "alice", OTHER).unwrap();
         set_password_hash(&path, "bob", HASH).unwrap();
-        let users = load_existing(&path).unwrap();
+        let users = read_contents(&path).users(&path).unwrap();
         assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
         assert_eq!(users.get("bob").map(|hash| &**hash), Some(HASH));
     }
@@ -930,20 +972,60 @@ mod tests {
     }
 
     #[test]
-    fn load_existing_refuses_a_missing_file() {
+    fn contents_of_a_missing_file_hold_no_users_but_an_error() {
         let folder = tempfile::tempdir().unwrap();
-        let error = load_existing(&folder.path().join("users.toml")).unwrap_err();
+        let path = folder.path().join("users.toml");
+        let contents = read_contents(&path);
+        assert_eq!(contents, Contents::Missing);
+        assert!(!contents.is_blank());
+        let error = contents.users(&path).unwrap_err();
         assert!(error.is_io());
         assert!(error.message().contains("does not exist"), "{error}");
     }
 
     #[test]
-    fn debug_output_shows_names_but_never_hashes() {
-        let users = parse_text(&with_hash(HASH)).unwrap();
-        let shown = format!("{:?}", UsersFile::Loaded(users));
-        assert!(
-            shown.contains("alice") && !shown.contains(&HASH[7..]),
-            "{shown}"
-        );
+    fn contents_are_blank_only_when_nothing_but_whitespace() {
+        assert!(Contents::Bytes(Vec::new()).is_blank());
+        assert!(Contents::Bytes(b" \n\t\r\n".to_vec()).is_blank());
+        assert!(!Contents::Bytes(b"[users]\n".to_vec()).is_blank());
+        assert!(!Contents::Bytes(b"# nobody\n".to_vec()).is_blank());
+    }
+
+    #[test]
+    fn removing_the_last_user_leaves_an_explicit_empty_table() {
+        let (_folder, path) = file_with(&with_hash(HASH));
+        assert!(remove_user(&path, "alice").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[users]\n");
+        assert!(read_contents(&path).users(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn writes_through_a_symlink_go_to_its_target_and_keep_the_symlink() {
+        let folder = tempfile::tempdir().unwrap();
+        let elsewhere = folder.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let target = elsewhere.join("real.toml");
+        std::fs::write(&target, with_hash(HASH)).unwrap();
+        let link = folder.path().join("users.toml");
+        std::os::unix::fs::symlink("elsewhere/real.toml", &link).unwrap();
+        let hop = folder.path().join("hop.toml");
+        std::os::unix::fs::symlink(&link, &hop).unwrap();
+
+        set_password_hash(&hop, "bob", OTHER).unwrap();
+        assert!(remove_user(&hop, "alice").unwrap());
+        for symlink in [&link, &hop] {
+            assert!(std::fs::symlink_metadata(symlink).unwrap().is_symlink());
+        }
+        let users = read_contents(&target).users(&target).unwrap();
+        assert_eq!(users.keys().collect::<Vec<_>>(), ["bob"]);
+        assert!(elsewhere.join("real.toml.lock").exists());
+        assert!(!folder.path().join("users.toml.lock").exists());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_bytes() {
+        let contents = Contents::Bytes(with_hash(HASH).into_bytes());
+        let shown = format!("{contents:?}");
+        assert_eq!(shown, format!("Bytes({} bytes)", with_hash(HASH).len()));
     }
 }
