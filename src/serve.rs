@@ -43,6 +43,7 @@ pub fn settings(config: &Config) -> Settings {
         idle_timeout: config.server.idle_timeout,
         max_message_bytes: config.server.max_message_bytes,
         max_pending_bytes: config.server.max_pending_bytes,
+        max_pending_total: config.server.max_pending_total,
         max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
         shutdown_grace: config.server.shutdown_grace,
         workers: config.server.workers,

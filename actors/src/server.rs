@@ -9,6 +9,7 @@ use crate::bus::{
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
 use crate::metrics::Metrics;
+use crate::output_budget::OutputBudget;
 use crate::password::{stand_in_hash, PasswordChecker};
 use crate::presence::Presence;
 use crate::registry::CountConnections;
@@ -52,6 +53,9 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Unsent output allowed per connection before `io_error`.
     pub max_pending_bytes: usize,
+    /// Unsent output allowed for all connections together, not counting the first 64 KiB
+    /// of each; a connection that needs more while it is spent gets `io_error`.
+    pub max_pending_total: usize,
     /// Connections beyond this are closed at accept.
     pub max_connections: u32,
     /// How long shutdown waits for connections to flush and close.
@@ -155,6 +159,7 @@ impl Tether {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
             max_pending_bytes: settings.max_pending_bytes,
+            output_budget: OutputBudget::new(settings.max_pending_total),
             users,
             checker: PasswordChecker::start(
                 settings.password_threads,
