@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Unsent output held for one connection before it gets `io_error`; at least 1024.
     pub max_pending_bytes: usize,
+    /// Unsent output held for all connections together (beyond 64 KiB each) before the
+    /// one that needs more gets `io_error`.
+    pub max_pending_total: usize,
     /// Open connections beyond which new ones are refused at accept; at least 1.
     pub max_connections: usize,
     /// How long shutdown waits for output to flush; may be zero.
@@ -300,6 +303,7 @@ struct RawServer {
     idle_timeout: String,
     max_message_bytes: u64,
     max_pending_bytes: u64,
+    max_pending_total: u64,
     max_connections: u64,
     shutdown_grace: String,
     workers: u64,
@@ -312,6 +316,7 @@ impl Default for RawServer {
             idle_timeout: "30m".to_string(),
             max_message_bytes: 65_536,
             max_pending_bytes: 1_048_576,
+            max_pending_total: 268_435_456,
             max_connections: 10_000,
             shutdown_grace: "5s".to_string(),
             workers: 0,
@@ -429,6 +434,13 @@ impl Check<'_> {
             u64::MAX,
             "",
         )?;
+        let max_pending_total = self.size(
+            "server.max_pending_total",
+            raw.max_pending_total,
+            0,
+            u64::MAX,
+            "",
+        )?;
         let max_connections = self.size(
             "server.max_connections",
             raw.max_connections,
@@ -445,6 +457,7 @@ impl Check<'_> {
             idle_timeout,
             max_message_bytes,
             max_pending_bytes,
+            max_pending_total,
             max_connections,
             shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
             workers,
@@ -618,6 +631,7 @@ mod tests {
         assert_eq!(server.idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(server.max_message_bytes, 65_536);
         assert_eq!(server.max_pending_bytes, 1_048_576);
+        assert_eq!(server.max_pending_total, 268_435_456);
         assert_eq!(server.max_connections, 10_000);
         assert_eq!(server.shutdown_grace, Duration::from_secs(5));
         assert!(server.workers >= 1);
@@ -650,6 +664,7 @@ mod tests {
             idle_timeout = "1m30s"
             max_message_bytes = 256
             max_pending_bytes = 1024
+            max_pending_total = 2048
             max_connections = 1
             shutdown_grace = "0s"
             workers = 3
@@ -676,6 +691,7 @@ mod tests {
         assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.server.max_message_bytes, 256);
         assert_eq!(config.server.max_pending_bytes, 1024);
+        assert_eq!(config.server.max_pending_total, 2048);
         assert_eq!(config.server.max_connections, 1);
         assert_eq!(config.server.shutdown_grace, Duration::ZERO);
         assert_eq!(config.server.workers, 3);

@@ -7,8 +7,13 @@ use crate::user_sync::UserSync;
 use crate::users_file::{self, Contents};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::time::Duration;
 use tether_actors::users::UserTable;
 use tether_actors::{Settings, Tether};
+
+/// How long past `shutdown_grace` the admin API may take to drop the requests it still
+/// holds (it drops them at the grace, rounded down to whole seconds).
+const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,7 @@ pub fn settings(config: &Config) -> Settings {
         idle_timeout: config.server.idle_timeout,
         max_message_bytes: config.server.max_message_bytes,
         max_pending_bytes: config.server.max_pending_bytes,
+        max_pending_total: config.server.max_pending_total,
         max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
         shutdown_grace: config.server.shutdown_grace,
         workers: config.server.workers,
@@ -131,10 +137,19 @@ pub fn run(config: Config) -> Outcome {
             }
         };
         stop_signal.await;
-        if let Some(admin) = admin {
-            admin.stop(true).await;
-        }
+        // The admin API stops accepting at once, and its requests in flight get the same
+        // grace as the clients, in parallel: clients hear `shutdown` at once whatever the
+        // admin API is doing (a request trickling its body must not hold them).
+        let admin_deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
+        let admin_stopped = admin.map(|admin| admin.stop(true));
         tether.shutdown().await;
+        if let Some(admin_stopped) = admin_stopped {
+            let waited =
+                tokio::time::timeout_at(admin_deadline + ADMIN_STOP_SLACK, admin_stopped).await;
+            if waited.is_err() {
+                log::warn!("admin API requests still open after the grace are dropped");
+            }
+        }
         log::info!("stopped");
         Outcome::Stopped
     })
@@ -160,7 +175,7 @@ fn start_admin(
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
     };
-    let (server, bound) = admin::start(listen, state)
+    let (server, bound) = admin::start(listen, state, config.server.shutdown_grace)
         .map_err(|err| format!("cannot listen on {listen} (admin API): {err}"))?;
     let handle = server.handle();
     actix_rt::spawn(server);

@@ -13,6 +13,7 @@ use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
+use crate::output_budget::{OutputBudget, OutputCharge, FREE_BYTES};
 use crate::password::PasswordChecker;
 use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
@@ -91,6 +92,8 @@ pub(crate) struct ConnectionShared {
     pub max_message_bytes: usize,
     /// Unsent output allowed before `io_error`.
     pub max_pending_bytes: usize,
+    /// Bounds the unsent output of all connections together.
+    pub output_budget: Arc<OutputBudget>,
     /// Where password hashes come from.
     pub users: Arc<dyn UserStore>,
     /// Runs bcrypt off the event loops.
@@ -157,6 +160,8 @@ pub struct ConnectionActor {
     output: BytesMut,
     /// The last byte handed to the kernel ended a message (or none was sent yet).
     output_at_boundary: bool,
+    /// What `output` has charged to the server-wide budget; given back on drop.
+    output_charge: OutputCharge,
     /// The user this connection is bound to.
     binding: Option<Binding>,
     /// A login being checked; no command is read until its verdict.
@@ -207,6 +212,7 @@ impl ConnectionActor {
             input: BytesMut::new(),
             output: BytesMut::new(),
             output_at_boundary: true,
+            output_charge: OutputCharge::new(Arc::clone(&shared.output_budget)),
             binding: None,
             login: None,
             hub,
@@ -409,9 +415,9 @@ impl ConnectionActor {
         self.output_grew(ctx);
     }
 
-    /// Enforces `max_pending_bytes`. The output itself is written by [`DriveSocket`], which
-    /// is polled after every handler that can add to it (mailbox handlers run before the
-    /// context's futures on each wake-up).
+    /// Enforces `max_pending_bytes` and the server-wide `max_pending_total`. The output
+    /// itself is written by [`DriveSocket`], which is polled after every handler that can
+    /// add to it (mailbox handlers run before the context's futures on each wake-up).
     fn output_grew(&mut self, ctx: &mut Context<Self>) {
         if self.output.len() > self.shared.max_pending_bytes {
             // What the kernel takes right now is not pending.
@@ -419,6 +425,18 @@ impl ConnectionActor {
                 self.fail(
                     IoErrorCause::SlowReader,
                     "unsent output over max_pending_bytes (client not reading)",
+                    ctx,
+                );
+                return;
+            }
+        }
+        if self.output.len() > FREE_BYTES && !self.output_charge.settle(self.output.len()) {
+            // `write_now` settles the charge for what the kernel takes.
+            if self.write_now().is_err() || !self.output_charge.settle(self.output.len()) {
+                self.fail(
+                    IoErrorCause::SlowReader,
+                    "unsent output over max_pending_total, the server-wide bound \
+                     (client not reading)",
                     ctx,
                 );
             }
@@ -447,6 +465,10 @@ impl ConnectionActor {
             // (advanced to its end, it would report none and be freed).
             self.output.clear();
             buffers::release(&mut self.output, Spare::Output);
+        }
+        if self.output_charge.is_charged() {
+            // Shrinking always fits.
+            self.output_charge.settle(self.output.len());
         }
     }
 

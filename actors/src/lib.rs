@@ -14,6 +14,7 @@ pub mod codec;
 pub mod connection;
 pub mod credentials;
 pub mod metrics;
+mod output_budget;
 pub mod password;
 mod presence;
 pub mod protocol;

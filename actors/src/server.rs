@@ -9,6 +9,7 @@ use crate::bus::{
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
 use crate::metrics::Metrics;
+use crate::output_budget::OutputBudget;
 use crate::password::{stand_in_hash, PasswordChecker};
 use crate::presence::Presence;
 use crate::registry::CountConnections;
@@ -39,6 +40,9 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const EVENT_OVERHEAD: usize = 64;
 /// How long a handle waits for the supervisor to replace a failed bus or registry.
 const RESTART_WAIT: Duration = Duration::from_secs(1);
+/// The least `SO_SNDBUF` asked for a connection, whatever `max_pending_bytes`: Linux
+/// doubles it, and 128 KiB in flight keeps a reader on a fast link at full speed.
+const MIN_SEND_BUFFER: usize = 64 * 1024;
 
 /// Everything the server needs to know, already checked (see the application's config).
 #[derive(Debug, Clone)]
@@ -49,6 +53,9 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Unsent output allowed per connection before `io_error`.
     pub max_pending_bytes: usize,
+    /// Unsent output allowed for all connections together, not counting the first 64 KiB
+    /// of each; a connection that needs more while it is spent gets `io_error`.
+    pub max_pending_total: usize,
     /// Connections beyond this are closed at accept.
     pub max_connections: u32,
     /// How long shutdown waits for connections to flush and close.
@@ -152,6 +159,7 @@ impl Tether {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
             max_pending_bytes: settings.max_pending_bytes,
+            output_budget: OutputBudget::new(settings.max_pending_total),
             users,
             checker: PasswordChecker::start(
                 settings.password_threads,
@@ -253,6 +261,7 @@ async fn accept_loop(
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut failures_in_a_row: u64 = 0;
     let mut last_refusal_log: Option<Instant> = None;
+    let send_buffer = send_buffer_size(shared.max_pending_bytes);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
@@ -289,6 +298,9 @@ async fn accept_loop(
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("{peer}: cannot disable Nagle's algorithm: {err}");
         }
+        if let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+            log::debug!("{peer}: cannot bound the kernel's send buffer: {err}");
+        }
         // A socket is bound to the event loop that registered it: move it as a plain
         // socket and register it on the worker's own loop.
         let stream = match stream.into_std() {
@@ -314,6 +326,15 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// `SO_SNDBUF` for an accepted connection: half of `max_pending_bytes` (at least
+/// [`MIN_SEND_BUFFER`]), which Linux doubles for its bookkeeping. A client that does not
+/// read then holds about `max_pending_bytes` of kernel memory besides as much in the
+/// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
+/// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
+fn send_buffer_size(max_pending_bytes: usize) -> usize {
+    (max_pending_bytes / 2).max(MIN_SEND_BUFFER)
 }
 
 /// Whether an `accept` error concerns only the connection being accepted (it was reset or

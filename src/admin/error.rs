@@ -40,6 +40,11 @@ impl ApiError {
         )
     }
 
+    /// `408`: the body did not arrive in time; the connection is closed.
+    pub fn request_timeout(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, reason)
+    }
+
     /// `500`: the server could not do it; the log has the details.
     pub fn internal(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, reason)
@@ -66,16 +71,14 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than {limit} bytes"),
             ),
+            JsonPayloadError::Payload(err) if super::body_deadline::is_body_timeout(&err) => {
+                Self::request_timeout(err.to_string())
+            }
             JsonPayloadError::Deserialize(err) => {
                 Self::bad_request(format!("the body is not the expected JSON: {err}"))
             }
             other => Self::bad_request(format!("cannot read the body: {other}")),
         }
-    }
-
-    /// A path segment that could not be decoded.
-    pub fn from_path(err: actix_web::error::PathError) -> Self {
-        Self::bad_request(format!("bad path: {err}"))
     }
 }
 
@@ -94,6 +97,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot be reused.
+            response.force_close();
         }
         response.json(serde_json::json!({ "error": self.reason }))
     }

@@ -2,7 +2,7 @@
 
 use super::{AdminState, ApiError};
 use crate::users_file::{self, PasswordChange};
-use actix_web::{web, HttpResponse};
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use tether_actors::bus::{InvalidationCause, PublishError};
@@ -83,10 +83,9 @@ struct PasswordBody {
 
 async fn set_password(
     state: State,
-    name: web::Path<String>,
+    UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let cost = state.bcrypt_cost;
@@ -116,8 +115,7 @@ async fn set_password(
     })
 }
 
-async fn delete_user(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let path = state.users_file.clone();
     let user = name.clone();
     let removed = web::block(move || users_file::remove_user(&path, &user))
@@ -135,8 +133,7 @@ async fn delete_user(state: State, name: web::Path<String>) -> Result<HttpRespon
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn invalidate(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn invalidate(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let invalidated = state
         .tether
         .invalidate(name, InvalidationCause::Operator)
@@ -145,8 +142,7 @@ async fn invalidate(state: State, name: web::Path<String>) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(json!({ "invalidated": invalidated })))
 }
 
-async fn connections(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn connections(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let count = state
         .tether
         .connections(name.clone())
@@ -167,8 +163,43 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed())
 }
 
-/// A user name from a path, checked against the rules of SPEC §5.
-fn checked_name(name: String) -> Result<String, ApiError> {
+/// The `{name}` of a `/v1/users/{name}…` route: percent-decoded, valid UTF-8 and valid by
+/// the rules of SPEC §5, or the request is answered `400`.
+///
+/// It is decoded here from the raw request path rather than taken from actix's router,
+/// which replaces bytes that are not UTF-8 with U+FFFD: `%FF%FE` would become a user named
+/// "\u{FFFD}\u{FFFD}".
+struct UserName(String);
+
+/// Where the name is among the `/`-separated segments of the raw path: `""`, `v1`,
+/// `users`, the name. Every route that takes a name starts `/v1/users/{name}`, and an
+/// encoded `/` (`%2F`) does not separate segments, in the router or here.
+const NAME_SEGMENT: usize = 3;
+
+impl FromRequest for UserName {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(user_name(request.uri().path()).map(Self))
+    }
+}
+
+/// The user name in `path`, a raw (still percent-encoded) `/v1/users/{name}…` path.
+fn user_name(path: &str) -> Result<String, ApiError> {
+    let encoded = path
+        .split('/')
+        .nth(NAME_SEGMENT)
+        .ok_or_else(|| ApiError::bad_request("the path holds no user name"))?;
+    let name = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "the user name in the path is not valid UTF-8 once percent-decoded \
+                 (names are UTF-8 text; percent-encode its UTF-8 bytes)",
+            )
+        })?
+        .into_owned();
     check_name(&name).map_err(|err| ApiError::bad_request(err.to_string()))?;
     Ok(name)
 }
