@@ -300,6 +300,10 @@ fn converse(runtime: &tokio::runtime::Runtime, client: &Client, console: &mut dy
             }
         };
         match runtime.block_on(send(client, &command)) {
+            Ok(Reply::DisconnectAck) => {
+                console.say(Reply::DisconnectAck.as_str());
+                return 0;
+            }
             Ok(reply) => console.say(reply.as_str()),
             Err(ClientError::Closed) => {
                 console.say("the connection is closed");
