@@ -19,6 +19,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+/// How much room the reader makes for each read, at least half of it free.
+const READ_CHUNK_BYTES: usize = 8 * 1024;
 /// How much the writer gathers from the queue into one write, at most.
 const WRITE_BATCH_BYTES: usize = 64 * 1024;
 
@@ -371,10 +373,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader_ended: Arc<Notify>,
 ) {
     let mut decoder = MessageDecoder::new(max_message_bytes);
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
     let error = loop {
         if let Err(err) = dispatch_all(&mut decoder, &mut buf, &shared, &pushes) {
             break Some(ClientError::from(err));
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK_BYTES / 2 {
+            buf.reserve(READ_CHUNK_BYTES);
         }
         match reader.read_buf(&mut buf).await {
             Ok(0) => break None,

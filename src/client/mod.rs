@@ -104,11 +104,26 @@ impl EventZones {
                             .to_string()
                     })
                     .unwrap_or_else(|_| time.local_millis().to_string());
-                format!("event {shown} {text}")
+                format!("event {shown} {}", escape_controls(text))
             }
             other => other.to_string(),
         }
     }
+}
+
+/// `text` with control characters and backslashes escaped as in Rust strings (`\n`,
+/// `\u{1b}`, `\\`): an event's text comes from whoever published it, and shown raw it
+/// could move the cursor, retitle the terminal or forge lines.
+fn escape_controls(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => shown.push_str("\\\\"),
+            c if c.is_control() => shown.extend(c.escape_default()),
+            c => shown.push(c),
+        }
+    }
+    shown
 }
 
 /// A line typed or given with `-c`, as understood.
@@ -460,5 +475,13 @@ mod tests {
             "event 2026-11-26 23:33:06.123 +01:00 hello"
         );
         assert_eq!(zones.render(&Push::Invalidated), "invalidated");
+    }
+
+    #[test]
+    fn control_characters_in_event_text_are_shown_escaped() {
+        assert_eq!(
+            escape_controls("a\x1b[2Jb\nc\\d\u{9b}e ü"),
+            "a\\u{1b}[2Jb\\nc\\\\d\\u{9b}e ü"
+        );
     }
 }
