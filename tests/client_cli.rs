@@ -148,6 +148,16 @@ fn commands_piped_one_per_line_are_answered_in_order() {
 }
 
 #[test]
+fn piped_commands_end_after_disconnect_ack() {
+    let server = InProcessServer::start(test_settings(), &[]);
+    let config = EmptyConfig::new();
+    let input = b"disconnect\nprolongate\n";
+    let ran = run_with_input(config.client(server.addr(), &[]), input, RUN_TIMEOUT);
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(lines(&ran), ["disconnect_ack"]);
+}
+
+#[test]
 fn listen_prints_pushes_with_readable_times_until_the_connection_closes() {
     let mut settings = test_settings();
     settings.time_zone = TimeZone::get("Europe/Moscow").expect("zone known");

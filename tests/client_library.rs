@@ -170,16 +170,16 @@ fn shutdown_is_pushed_and_then_the_pushes_end() {
 #[test]
 fn keep_alive_holds_a_quiet_connection_past_the_idle_timeout() {
     let mut settings = test_settings();
-    settings.idle_timeout = Duration::from_millis(600);
+    settings.idle_timeout = Duration::from_millis(1000);
     let server = InProcessServer::start(settings, &[]);
     let addr = server.addr();
     run(async move {
-        let options = Options::default().keep_alive(Duration::from_millis(150));
+        let options = Options::default().keep_alive(Duration::from_millis(200));
         let (kept, mut kept_pushes) = Client::connect_with(addr, options).await.expect("connects");
         let (_quiet, mut quiet_pushes) = Client::connect(addr).await.expect("connects");
         // The connection without keep-alive times out: the timeout is real.
         assert_eq!(next_push(&mut quiet_pushes).await, Push::Timeout);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
         assert!(
             kept_pushes.try_recv().is_none(),
             "no timeout with keep-alive"

@@ -260,7 +260,7 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
     if std::io::stdin().is_terminal() {
         match Interactive::new(&addr) {
             Ok(mut console) => {
-                spawn_push_printer(&runtime, pushes, zones, console.printer());
+                spawn_push_printer(&runtime, pushes, zones, console.printer(), true);
                 converse(&runtime, &client, &mut console)
             }
             Err(err) => {
@@ -270,17 +270,20 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
         }
     } else {
         let mut console = LinesFromStdin::new();
-        spawn_push_printer(&runtime, pushes, zones, Box::new(|line| println!("{line}")));
+        let print = Box::new(|line| println!("{line}"));
+        spawn_push_printer(&runtime, pushes, zones, print, false);
         converse(&runtime, &client, &mut console)
     }
 }
 
-/// Prints every push through `print` as it arrives, then how the connection ended.
+/// Prints every push through `print` as it arrives, and then, if `announce_end`, that the
+/// connection is closed (for a person at the prompt; a pipe's reader sees the output end).
 fn spawn_push_printer(
     runtime: &tokio::runtime::Runtime,
     mut pushes: Pushes,
     zones: EventZones,
     mut print: Box<dyn FnMut(String) + Send>,
+    announce_end: bool,
 ) {
     runtime.spawn(async move {
         while let Some(push) = pushes.recv().await {
@@ -289,7 +292,9 @@ fn spawn_push_printer(
                 Err(err) => print(format!("error: {err}")),
             }
         }
-        print("connection closed".to_owned());
+        if announce_end {
+            print("connection closed".to_owned());
+        }
     });
 }
 
