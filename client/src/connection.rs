@@ -118,6 +118,9 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 ///
 /// When the last clone is dropped, the client closes its sending side; the server answers
 /// what it already got, then closes, and [`Pushes`] ends.
+///
+/// A command is sent whole once queued, even if the future awaiting its reply is dropped
+/// (its reply is then discarded), so cancelling a call never corrupts the stream.
 #[derive(Clone)]
 pub struct Client {
     /// The writer's queue.
