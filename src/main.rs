@@ -18,7 +18,8 @@ use tether::users_cli::{self, Failure};
 #[command(version, about)]
 struct Cli {
     /// The configuration file [default: ./server.toml, all defaults if it does not exist]
-    #[arg(long, short, value_name = "PATH", global = true)]
+    // No short form: `-c` is `tether client -c COMMAND`, as in `redis-cli`-style tools.
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Without a command, tether runs the server.
     #[command(subcommand)]
@@ -39,6 +40,8 @@ enum Command {
         /// The user name
         name: String,
     },
+    /// Connect to a server as a client: a prompt for people, flags for scripts
+    Client(tether::client::ClientArgs),
 }
 
 /// Where the configuration is read when `--config` is not given.
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
     let edited = match cli.command {
         Some(Command::Passwd { name }) => users_cli::passwd(&config, &name),
         Some(Command::Deluser { name }) => users_cli::deluser(&config, &name),
+        Some(Command::Client(args)) => return ExitCode::from(tether::client::run(args, &config)),
         None => {
             env_logger::Builder::new()
                 .filter_level(config.log.level)
