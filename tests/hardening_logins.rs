@@ -346,7 +346,10 @@ fn checks_of_connections_reset_before_their_turn_are_dropped_unrun() {
         "only {dropped} of {RESETS} checks of reset connections were dropped"
     );
     let run = metric(admin, "tether_password_check_seconds_count");
-    assert!(run < (RESETS / 2) as f64, "{run} checks ran for reset connections");
+    assert!(
+        run < (RESETS / 2) as f64,
+        "{run} checks ran for reset connections"
+    );
     let mut client = server.client();
     client.send(&["login", "alice", "pw"]);
     assert_eq!(client.recv_within(Duration::from_secs(5)), ["login_valid"]);
@@ -358,7 +361,9 @@ fn a_stored_hash_above_cost_16_is_refused_and_the_users_in_force_stay() {
     let server = TestServer::start(&config, &[("alice", "pw")]);
     let alice = bcrypt::hash("pw", 4).expect("hash");
     // A well-formed hash of cost 17: one check would take a bcrypt thread ~10 s.
-    let costly = bcrypt::hash("pw", 4).expect("hash").replacen("$04$", "$17$", 1);
+    let costly = bcrypt::hash("pw", 4)
+        .expect("hash")
+        .replacen("$04$", "$17$", 1);
     std::fs::write(
         server.users_path(),
         common::users_toml(&[("alice", &alice), ("mallory", &costly)]),
@@ -374,7 +379,10 @@ fn a_stored_hash_above_cost_16_is_refused_and_the_users_in_force_stay() {
     let mut client = server.client();
     let sent = Instant::now();
     client.send(&["login", "mallory", "pw"]);
-    assert_eq!(client.recv_within(Duration::from_secs(5)), ["login_invalid"]);
+    assert_eq!(
+        client.recv_within(Duration::from_secs(5)),
+        ["login_invalid"]
+    );
     assert!(sent.elapsed() < Duration::from_secs(2));
     client.login("alice", "pw");
 }

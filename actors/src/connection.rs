@@ -120,7 +120,8 @@ struct PendingLogin {
     verdict: Verdict,
     /// This check's place under the throttle's limit.
     reservation: Reservation,
-    /// The user and the hash checked; `None` when the stand-in hash was.
+    /// The user and the hash checked; `None` when a match cannot log in (a stand-in hash
+    /// was checked, or the password breaks the rules).
     user: Option<(Arc<str>, PasswordHash)>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
@@ -291,15 +292,14 @@ impl ConnectionActor {
             self.reply(Reply::LoginInvalid, ctx);
             return;
         };
-        let user = match (check_name_bytes(name), check_password(password)) {
-            (Ok(name), Ok(())) => self
-                .shared
-                .users
-                .password_hash(name)
-                .map(|hash| (Arc::<str>::from(name), hash)),
-            _ => None,
-        };
-        let hash = match &user {
+        // A known user's hash is checked even when the password is malformed (the verdict
+        // is then no match): the time a login takes must not depend on whether the name
+        // exists, whatever the password.
+        let known = check_name_bytes(name).ok().and_then(|name| {
+            let hash = self.shared.users.password_hash(name)?;
+            Some((Arc::<str>::from(name), hash))
+        });
+        let hash = match &known {
             Some((_, hash)) => hash.clone(),
             None => self
                 .shared
@@ -307,6 +307,7 @@ impl ConnectionActor {
                 .stand_in_hash(name)
                 .unwrap_or_else(|| self.shared.stand_in_hash.clone()),
         };
+        let user = known.filter(|_| check_password(password).is_ok());
         self.login = Some(PendingLogin {
             verdict: self.shared.checker.check(self.peer.ip(), password, hash),
             reservation,

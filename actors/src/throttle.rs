@@ -165,14 +165,16 @@ impl LoginThrottle {
         }
     }
 
-    /// Forgets the pair's failures after a successful login; its other checks in flight
-    /// still count.
-    fn clear_failures(&self, key: &PairKey) {
+    /// Forgets the pair's failures after a successful login (and the login's own place if
+    /// it had one); the pair's other checks in flight still count.
+    fn clear_failures(&self, key: &PairKey, had_place: bool) {
         let mut state = self.lock();
         let Some(pair) = state.by_pair.get_mut(key) else {
             return;
         };
-        pair.in_flight = pair.in_flight.saturating_sub(1);
+        if had_place {
+            pair.in_flight = pair.in_flight.saturating_sub(1);
+        }
         pair.failures.clear();
         if pair.in_flight == 0 {
             state.by_pair.remove(key);
@@ -278,10 +280,9 @@ impl Reservation {
 
     /// The check succeeded: the pair's failures are forgotten.
     pub fn succeeded(mut self) {
-        if std::mem::take(&mut self.tracked) {
-            self.throttle.clear_failures(&self.key);
-        } else if self.throttle.limit != 0 {
-            self.throttle.lock().by_pair.remove(&self.key);
+        let had_place = std::mem::take(&mut self.tracked);
+        if self.throttle.limit != 0 {
+            self.throttle.clear_failures(&self.key, had_place);
         }
     }
 }
@@ -499,5 +500,20 @@ mod tests {
         assert!(throttle.reserve(HOME, b"alice", later).is_none());
         held.failed(later);
         assert!(throttle.is_throttled(HOME, b"alice", later));
+    }
+
+    #[test]
+    fn a_success_keeps_the_places_of_other_checks_in_flight() {
+        let throttle = Arc::new(LoginThrottle::new(2));
+        let now = Instant::now();
+        let other = throttle.reserve(HOME, b"alice", now).expect("room");
+        throttle
+            .reserve(HOME, b"alice", now)
+            .expect("room")
+            .succeeded();
+        let _again = throttle.reserve(HOME, b"alice", now).expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        other.failed(now);
+        assert!(throttle.is_throttled(HOME, b"alice", now));
     }
 }
