@@ -55,7 +55,8 @@ pub struct ServerConfig {
 pub struct AuthConfig {
     /// The users file, already resolved against the configuration file's folder.
     pub users_file: PathBuf,
-    /// bcrypt cost of the hashes the server itself writes (4–31).
+    /// bcrypt cost of the hashes the server itself writes (4–16, the most a stored hash
+    /// may have).
     pub bcrypt_cost: u32,
     /// Whether external edits of the users file are applied while running.
     pub watch: bool,
@@ -468,10 +469,11 @@ impl Check<'_> {
         if raw.users_file.as_os_str().is_empty() {
             return Err(self.error("auth.users_file", "must not be empty".into()));
         }
-        if !(4..=31).contains(&raw.bcrypt_cost) {
+        let max_cost = tether_actors::password::MAX_STORED_COST;
+        if !(4..=max_cost).contains(&raw.bcrypt_cost) {
             return Err(self.error(
                 "auth.bcrypt_cost",
-                format!("must be from 4 to 31, found {}", raw.bcrypt_cost),
+                format!("must be from 4 to {max_cost}, found {}", raw.bcrypt_cost),
             ));
         }
         let password_threads = match self.size(
@@ -860,16 +862,16 @@ mod tests {
     }
 
     #[test]
-    fn bcrypt_cost_outside_4_to_31_is_refused() {
+    fn bcrypt_cost_outside_4_to_16_is_refused() {
         assert_refused(
             "[auth]\nbcrypt_cost = 3",
             "auth.bcrypt_cost",
-            "from 4 to 31",
+            "from 4 to 16",
         );
         assert_refused(
-            "[auth]\nbcrypt_cost = 32",
+            "[auth]\nbcrypt_cost = 17",
             "auth.bcrypt_cost",
-            "from 4 to 31",
+            "from 4 to 16",
         );
     }
 

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tether_actors::credentials::check_name;
+use tether_actors::password::MAX_STORED_COST;
 use tether_actors::users::{PasswordHash, UserSet};
 use toml::Spanned;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
@@ -569,8 +570,10 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Why `hash` is not a bcrypt hash that logins can be checked against, if it is not:
-/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost 04–31, `$`, then 53 characters of
-/// `./A-Za-z0-9` in bcrypt's canonical base64. The reason never quotes the hash.
+/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost from 04 to [`MAX_STORED_COST`] (a
+/// higher one would hold a bcrypt thread for minutes to days per login), `$`, then 53
+/// characters of `./A-Za-z0-9` in bcrypt's canonical base64. The reason never quotes the
+/// hash.
 fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     let length = hash.chars().count();
     if length != 60 {
@@ -586,9 +589,11 @@ fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     let cost_in_range = cost.bytes().all(|b| b.is_ascii_digit())
         && cost
             .parse::<u32>()
-            .is_ok_and(|cost| (4..=31).contains(&cost));
+            .is_ok_and(|cost| (4..=MAX_STORED_COST).contains(&cost));
     if !cost_in_range {
-        return Err("the cost must be two digits from 04 to 31".to_string());
+        return Err(format!(
+            "the cost must be two digits from 04 to {MAX_STORED_COST}"
+        ));
     }
     if &hash[6..7] != "$" {
         return Err("expected `$` after the cost".to_string());
@@ -680,9 +685,11 @@ mod tests {
             (HASH[..59].to_string(), "expected 60 characters, found 59"),
             (HASH.replace("$2b$", "$1b$"), "start with $2a$"),
             (HASH.replace("$2b$", "$2c$"), "start with $2a$"),
-            (HASH.replace("$04$", "$03$"), "from 04 to 31"),
-            (HASH.replace("$04$", "$32$"), "from 04 to 31"),
-            (HASH.replace("$04$", "$+4$"), "from 04 to 31"),
+            (HASH.replace("$04$", "$03$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$17$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$31$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$32$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$+4$"), "from 04 to 16"),
             (HASH.replace("$04$", "$04x"), "expected `$` after the cost"),
             (HASH.replace("Ntrg", "Nt-g"), "53 characters of ./A-Za-z0-9"),
             (

@@ -14,13 +14,13 @@ use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
 use crate::output_budget::{OutputBudget, OutputCharge, FREE_BYTES};
-use crate::password::PasswordChecker;
+use crate::password::{PasswordChecker, Verdict};
 use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
 use crate::roster::Roster;
 use crate::supervisor::HubState;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, Reservation};
 use crate::users::{PasswordHash, UserStore};
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -98,9 +98,10 @@ pub(crate) struct ConnectionShared {
     pub users: Arc<dyn UserStore>,
     /// Runs bcrypt off the event loops.
     pub checker: PasswordChecker,
-    /// Counts failed logins per client address and name.
-    pub throttle: LoginThrottle,
-    /// Checked for unknown users, so they cost as much as a wrong password.
+    /// Counts failed logins and checks in flight per client address and name.
+    pub throttle: Arc<LoginThrottle>,
+    /// Checked for unknown users when the user store has no stand-in of its own, so they
+    /// cost as much as a wrong password.
     pub stand_in_hash: PasswordHash,
     /// What the server counts.
     pub metrics: Metrics,
@@ -118,9 +119,12 @@ struct Binding {
 
 /// A login whose password is being checked.
 struct PendingLogin {
-    /// Whether the password matched.
-    verdict: Pin<Box<dyn Future<Output = bool>>>,
-    /// The user and the hash checked; `None` when the stand-in hash was.
+    /// Whether the password matched; dropping it gives the check up if it has not started.
+    verdict: Verdict,
+    /// This check's place under the throttle's limit.
+    reservation: Reservation,
+    /// The user and the hash checked; `None` when a match cannot log in (a stand-in hash
+    /// was checked, or the password breaks the rules).
     user: Option<(Arc<str>, PasswordHash)>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
@@ -284,7 +288,7 @@ impl ConnectionActor {
     /// taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], ctx: &mut Context<Self>) {
         let now = Instant::now();
-        if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
+        let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
             self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
                 "{}: login as {:?} refused unchecked: too many failures",
@@ -293,21 +297,26 @@ impl ConnectionActor {
             );
             self.reply(Reply::LoginInvalid, ctx);
             return;
-        }
-        let user = match (check_name_bytes(name), check_password(password)) {
-            (Ok(name), Ok(())) => self
+        };
+        // A known user's hash is checked even when the password is malformed (the verdict
+        // is then no match): the time a login takes must not depend on whether the name
+        // exists, whatever the password.
+        let known = check_name_bytes(name).ok().and_then(|name| {
+            let hash = self.shared.users.password_hash(name)?;
+            Some((Arc::<str>::from(name), hash))
+        });
+        let hash = match &known {
+            Some((_, hash)) => hash.clone(),
+            None => self
                 .shared
                 .users
-                .password_hash(name)
-                .map(|hash| (Arc::<str>::from(name), hash)),
-            _ => None,
+                .stand_in_hash(name)
+                .unwrap_or_else(|| self.shared.stand_in_hash.clone()),
         };
-        let hash = user.as_ref().map_or_else(
-            || self.shared.stand_in_hash.clone(),
-            |(_, hash)| hash.clone(),
-        );
+        let user = known.filter(|_| check_password(password).is_ok());
         self.login = Some(PendingLogin {
-            verdict: Box::pin(self.shared.checker.check(password.to_vec(), hash)),
+            verdict: self.shared.checker.check(self.peer.ip(), password, hash),
+            reservation,
             user,
             name: name.to_vec(),
         });
@@ -316,8 +325,10 @@ impl ConnectionActor {
     /// Acts on the verdict of the login that was being checked.
     fn finish_login(&mut self, login: PendingLogin, matches: bool, ctx: &mut Context<Self>) {
         match (matches, login.user) {
-            (true, Some((user, hash))) => self.login_succeeded(user, &hash, &login.name, ctx),
-            _ => self.login_failed(&login.name, ctx),
+            (true, Some((user, hash))) => {
+                self.login_succeeded(user, &hash, login.reservation, ctx);
+            }
+            _ => self.login_failed(&login.name, login.reservation, ctx),
         }
     }
 
@@ -328,7 +339,7 @@ impl ConnectionActor {
         &mut self,
         user: Arc<str>,
         hash: &PasswordHash,
-        name: &[u8],
+        reservation: Reservation,
         ctx: &mut Context<Self>,
     ) {
         if self.shared.users.password_hash(&user).as_ref() != Some(hash) {
@@ -340,7 +351,7 @@ impl ConnectionActor {
             self.reply(Reply::LoginInvalid, ctx);
             return;
         }
-        self.shared.throttle.record_success(self.peer.ip(), name);
+        reservation.succeeded();
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
@@ -362,10 +373,8 @@ impl ConnectionActor {
         self.reply(Reply::LoginValid, ctx);
     }
 
-    fn login_failed(&mut self, name: &[u8], ctx: &mut Context<Self>) {
-        self.shared
-            .throttle
-            .record_failure(self.peer.ip(), name, Instant::now());
+    fn login_failed(&mut self, name: &[u8], reservation: Reservation, ctx: &mut Context<Self>) {
+        reservation.failed(Instant::now());
         self.shared.metrics.login(LoginResult::Invalid);
         log::info!(
             "{}: login as {:?} failed",
@@ -513,6 +522,8 @@ impl ConnectionActor {
         }
         log::info!("{}: io_error: {detail}{}", self.peer, self.who());
         self.shared.metrics.io_error(cause);
+        // Nobody will read the verdict: a check not yet started is dropped unrun.
+        self.login = None;
         self.unbind();
         self.output.clear();
         if self.output_at_boundary {
@@ -618,12 +629,19 @@ impl ConnectionActor {
         for _ in 0..READS_PER_WAKEUP {
             while self.phase == Phase::Open {
                 if let Some(login) = &mut self.login {
-                    let Poll::Ready(matches) = login.verdict.as_mut().poll(task) else {
-                        // Logins can queue for seconds: wait holding no empty buffer.
-                        if self.input.is_empty() {
-                            buffers::release(&mut self.input, Spare::Input);
+                    let Poll::Ready(matches) = Pin::new(&mut login.verdict).poll(task) else {
+                        // Meanwhile the socket is still read (up to one message ahead), so
+                        // that a reset drops the login and its check before the check runs,
+                        // while a client that only shut its sending side still gets the
+                        // verdict.
+                        if self.input_closed || self.input.len() > self.shared.max_message_bytes {
+                            // Logins can queue for seconds: wait holding no empty buffer.
+                            if self.input.is_empty() {
+                                buffers::release(&mut self.input, Spare::Input);
+                            }
+                            return;
                         }
-                        return;
+                        break;
                     };
                     if let Some(login) = self.login.take() {
                         self.finish_login(login, matches, ctx);
@@ -654,6 +672,15 @@ impl ConnectionActor {
                 self.input.clear();
                 buffers::release(&mut self.input, Spare::Input);
             }
+            if self.input_closed {
+                // The client shut its sending side while a login was checked; the verdict
+                // and the commands sent before are answered: now close.
+                self.input = BytesMut::new();
+                if self.phase == Phase::Open {
+                    self.close(CloseReason::PeerClosed, ctx);
+                }
+                return;
+            }
             match self.stream.poll_read_ready(task) {
                 Poll::Pending => return,
                 Poll::Ready(Err(err)) => {
@@ -674,8 +701,12 @@ impl ConnectionActor {
                     return;
                 }
                 Poll::Ready(Ok(0)) => {
-                    self.input = BytesMut::new();
                     self.input_closed = true;
+                    if self.login.is_some() && self.phase == Phase::Open {
+                        // Half-closed, not gone (SPEC §3): the login is still answered.
+                        return;
+                    }
+                    self.input = BytesMut::new();
                     match self.phase {
                         Phase::Open => self.close(CloseReason::PeerClosed, ctx),
                         Phase::Lingering => ctx.stop(),
@@ -797,7 +828,7 @@ impl ActorFuture<ConnectionActor> for DriveSocket {
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         loop {
-            if !act.input_closed {
+            if !act.input_closed || act.login.is_some() {
                 act.poll_input(ctx, task);
             }
             act.poll_output(ctx, task);

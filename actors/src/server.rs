@@ -25,8 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Pending password checks allowed before logins wait for room.
-const PASSWORD_QUEUE: usize = 1024;
 /// Connections the kernel may hold completed but not yet accepted (it caps this at
 /// `net.core.somaxconn`); the standard library listens with 128.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -66,7 +64,7 @@ pub struct Settings {
     pub password_threads: usize,
     /// Failed logins per client address and name per minute before refusal; 0 = no limit.
     pub login_failures_per_minute: u32,
-    /// Cost of the stand-in hash checked for unknown users.
+    /// Cost of the stand-in hash checked for unknown users when the user store has none.
     pub bcrypt_cost: u32,
     /// The zone whose wall-clock time events carry.
     pub time_zone: jiff::tz::TimeZone,
@@ -123,8 +121,8 @@ pub struct Tether {
 impl Tether {
     /// Starts serving `listener` in the current actix System.
     ///
-    /// Computes the stand-in hash at the configured cost first, which takes as long as one
-    /// password check.
+    /// Makes the stand-in hash of the configured cost first (about a millisecond; see
+    /// [`stand_in_hash`]).
     pub fn start(
         listener: std::net::TcpListener,
         settings: Settings,
@@ -161,12 +159,8 @@ impl Tether {
             max_pending_bytes: settings.max_pending_bytes,
             output_budget: OutputBudget::new(settings.max_pending_total),
             users,
-            checker: PasswordChecker::start(
-                settings.password_threads,
-                PASSWORD_QUEUE,
-                metrics.clone(),
-            )?,
-            throttle: LoginThrottle::new(settings.login_failures_per_minute),
+            checker: PasswordChecker::start(settings.password_threads, metrics.clone())?,
+            throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
             presence,
