@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::user_sync::UserSync;
 use crate::users_file::{self, UsersFile};
 use prometheus_client::registry::Registry;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use tether_actors::users::UserTable;
 use tether_actors::{Settings, Tether};
@@ -48,8 +49,15 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
-/// Loads the users file, serves until SIGINT or SIGTERM, then shuts down gracefully.
+/// Loads the users file, binds every listener, serves until SIGINT or SIGTERM, then shuts
+/// down gracefully. Logs the version and the configuration file first; a reason not to run
+/// reaches standard error whatever the log level.
 pub fn run(config: Config) -> Outcome {
+    log::info!(
+        "tether {}; configuration file: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
     crate::limits::raise_open_files_limit(config.server.max_connections);
     let users = match users_file::load(&config.auth.users_file) {
         Ok(UsersFile::Loaded(users)) => {
@@ -63,25 +71,29 @@ pub fn run(config: Config) -> Outcome {
         Ok(UsersFile::Missing) => {
             log::warn!(
                 "users file {} does not exist: nobody can log in until a user is added \
-                 (an entry [users.NAME] with password_hash = \"<bcrypt hash>\"; see README)",
+                 (`tether passwd NAME`, or PUT /v1/users/NAME/password on the admin API)",
                 config.auth.users_file.display()
             );
             Default::default()
         }
         Err(err) => {
-            log::error!("{err}");
-            eprintln!("tether: {err}");
+            fatal(&err.to_string());
             return Outcome::BadConfiguration;
         }
     };
     let users = Arc::new(UserTable::new(users));
 
-    let listener = match std::net::TcpListener::bind(config.server.listen) {
-        Ok(listener) => listener,
-        Err(err) => {
-            log::error!("cannot listen on {}: {err}", config.server.listen);
-            return Outcome::Failed;
-        }
+    // Every listener is bound before anything is logged as listening, so a busy address
+    // stops start-up before any client is accepted.
+    let Some(listener) = bind(config.server.listen, "clients") else {
+        return Outcome::Failed;
+    };
+    let admin_listener = match config.admin.listen {
+        Some(address) => match bind(address, "admin API") {
+            Some(listener) => Some(listener),
+            None => return Outcome::Failed,
+        },
+        None => None,
     };
 
     let system = actix_rt::System::new();
@@ -89,7 +101,7 @@ pub fn run(config: Config) -> Outcome {
         let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
             Ok(tether) => tether,
             Err(err) => {
-                log::error!("{err}");
+                fatal(&err.to_string());
                 return Outcome::Failed;
             }
         };
@@ -108,22 +120,28 @@ pub fn run(config: Config) -> Outcome {
         let stop_signal = match stop_signal() {
             Ok(stop_signal) => stop_signal,
             Err(err) => {
-                log::error!("cannot watch for signals: {err}");
+                fatal(&format!("cannot watch for signals: {err}"));
                 tether.shutdown().await;
                 return Outcome::Failed;
             }
+        };
+        let admin = match admin_listener {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync) {
+                Ok(admin) => Some(admin),
+                Err(err) => {
+                    fatal(&err);
+                    tether.shutdown().await;
+                    return Outcome::Failed;
+                }
+            },
+            None => None,
         };
         log::info!("listening on {} (clients)", tether.local_addr());
-        let admin = match start_admin(&config, &tether, user_sync) {
-            Ok(admin) => admin,
-            Err(err) => {
-                log::error!("{err}");
-                tether.shutdown().await;
-                return Outcome::Failed;
-            }
-        };
+        if let Some((_, bound)) = &admin {
+            log::info!("listening on {bound} (admin API)");
+        }
         stop_signal.await;
-        if let Some(admin) = admin {
+        if let Some((admin, _)) = admin {
             admin.stop(true).await;
         }
         tether.shutdown().await;
@@ -132,15 +150,30 @@ pub fn run(config: Config) -> Outcome {
     })
 }
 
-/// Starts the admin API unless `admin.listen` is empty; answers its handle.
+/// Reports why the server cannot run: in the log, or on standard error when the log would
+/// not show it (`log.level = "off"`, or `RUST_LOG` filtering it out).
+fn fatal(message: &str) {
+    if log::log_enabled!(log::Level::Error) {
+        log::error!("{message}");
+    } else {
+        eprintln!("tether: {message}");
+    }
+}
+
+/// Binds `address` for `what`; `None` (the reason reported) when it cannot.
+fn bind(address: SocketAddr, what: &str) -> Option<TcpListener> {
+    TcpListener::bind(address)
+        .map_err(|err| fatal(&format!("cannot listen on {address} ({what}): {err}")))
+        .ok()
+}
+
+/// Starts the admin API on `listener`; answers its handle and its address.
 fn start_admin(
+    listener: TcpListener,
     config: &Config,
     tether: &Tether,
     users: UserSync,
-) -> Result<Option<actix_web::dev::ServerHandle>, String> {
-    let Some(listen) = config.admin.listen else {
-        return Ok(None);
-    };
+) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
     let state = AdminState {
@@ -151,12 +184,11 @@ fn start_admin(
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
     };
-    let (server, bound) = admin::start(listen, state)
-        .map_err(|err| format!("cannot listen on {listen} (admin API): {err}"))?;
+    let (server, bound) = admin::start(listener, state)
+        .map_err(|err| format!("cannot start the admin API: {err}"))?;
     let handle = server.handle();
     actix_rt::spawn(server);
-    log::info!("listening on {bound} (admin API)");
-    Ok(Some(handle))
+    Ok((handle, bound))
 }
 
 /// Catches SIGINT and SIGTERM from now on; the future resolves on the first of them.

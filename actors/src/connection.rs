@@ -12,6 +12,7 @@ use crate::buffers::{self, Spare};
 use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
+use crate::excerpt::Excerpt;
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
 use crate::password::PasswordChecker;
 use crate::presence::Presence;
@@ -281,9 +282,9 @@ impl ConnectionActor {
         if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
             self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
-                "{}: login as {:?} refused unchecked: too many failures",
+                "{}: login as {} refused unchecked: too many failures",
                 self.peer,
-                String::from_utf8_lossy(name)
+                Excerpt(name)
             );
             self.reply(Reply::LoginInvalid, ctx);
             return;
@@ -361,11 +362,7 @@ impl ConnectionActor {
             .throttle
             .record_failure(self.peer.ip(), name, Instant::now());
         self.shared.metrics.login(LoginResult::Invalid);
-        log::info!(
-            "{}: login as {:?} failed",
-            self.peer,
-            String::from_utf8_lossy(name)
-        );
+        log::info!("{}: login as {} failed", self.peer, Excerpt(name));
         self.reply(Reply::LoginInvalid, ctx);
     }
 

@@ -34,10 +34,10 @@ pub struct AdminState {
     pub metrics: Arc<Registry>,
 }
 
-/// Binds `listen` and starts serving in the current actix System; returns the running
-/// server (await it or stop it through its handle) and the bound address.
+/// Starts serving on `listener` (already bound) in the current actix System; returns the
+/// running server (await it or stop it through its handle) and its address.
 pub fn start(
-    listen: SocketAddr,
+    listener: std::net::TcpListener,
     state: AdminState,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let state = web::Data::new(state);
@@ -58,7 +58,7 @@ pub fn start(
     })
     .workers(1)
     .disable_signals()
-    .bind(listen)?;
+    .listen(listener)?;
     let bound = server
         .addrs()
         .first()
