@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tether_actors::bus::InvalidationCause;
-use tether_actors::users::UserTable;
+use tether_actors::users::{UserSet, UserTable};
 use tether_actors::TetherHandle;
 
 use crate::users_file::{self, UsersFileError};
@@ -49,6 +49,11 @@ impl UserSync {
     /// The users file.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The users in force now.
+    pub fn users(&self) -> Arc<UserSet> {
+        self.shared.table.snapshot()
     }
 
     /// Reads the file (off the event loop, on tokio's blocking pool), puts it in force, sends

@@ -36,8 +36,13 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "this route does not take this method (see SPEC §6)",
+            "this route does not take this method (see docs/admin-api.md)",
         )
+    }
+
+    /// `409`: the request cannot be done in the current state (an invalid users file).
+    pub fn conflict(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, reason)
     }
 
     /// `500`: the server could not do it; the log has the details.
@@ -71,6 +76,11 @@ impl ApiError {
             }
             other => Self::bad_request(format!("cannot read the body: {other}")),
         }
+    }
+
+    /// A query string that could not be read as the route's parameters.
+    pub fn from_query(err: actix_web::error::QueryPayloadError) -> Self {
+        Self::bad_request(format!("bad query: {err}"))
     }
 
     /// A path segment that could not be decoded.

@@ -51,6 +51,10 @@ pub fn start(
                     .error_handler(|err, _| ApiError::from_json(err).into()),
             )
             .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|err, _| ApiError::from_query(err).into()),
+            )
+            .app_data(
                 web::PathConfig::default().error_handler(|err, _| ApiError::from_path(err).into()),
             )
             .wrap(middleware::from_fn(token::require_token))
