@@ -523,3 +523,18 @@ fn a_hand_added_bad_entry_makes_user_changes_409_naming_it() {
     assert_error(status, &body, 409, "\"mallory\"");
     assert_eq!(admin.users_file(), text, "nothing written");
 }
+
+#[test]
+fn a_long_path_without_the_token_is_cut_short_in_the_log() {
+    let admin = Admin::start(Some(TOKEN));
+    let path = format!("/v1/users/{}/connections", "x".repeat(6000));
+    let (status, _) = call(&admin.base, None, "GET", &path, None);
+    assert_eq!(status, 401);
+    admin
+        .server
+        .wait_for_log("missing or wrong token", Duration::from_secs(5));
+    let log = admin.server.stderr_text();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1000, "a log line of {longest} bytes");
+    assert!(log.contains(&format!("({} bytes)", path.len())), "{log}");
+}
