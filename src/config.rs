@@ -765,27 +765,29 @@ mod tests {
         assert_eq!(config.log.level, log::LevelFilter::Info);
     }
 
+    /// Every `section.key` of a configuration, sorted.
+    fn section_keys(table: &toml::Table) -> Vec<String> {
+        let mut keys: Vec<String> = table
+            .iter()
+            .flat_map(|(section, keys)| {
+                let keys = keys.as_table().map(|keys| keys.keys().cloned().collect());
+                let keys: Vec<String> = keys.unwrap_or_default();
+                keys.into_iter().map(move |key| format!("{section}.{key}"))
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
     fn shipped_server_toml_documents_every_key() {
         // The keys, not their values: an operator editing the shipped file (a port, say)
         // must not make the tests fail.
         let shipped = include_str!("../server.toml");
         config(shipped).unwrap();
-        let keys = |table: &toml::Table| -> Vec<String> {
-            let mut keys: Vec<String> = table
-                .iter()
-                .flat_map(|(section, keys)| {
-                    let keys = keys.as_table().map(|keys| keys.keys().cloned().collect());
-                    let keys: Vec<String> = keys.unwrap_or_default();
-                    keys.into_iter().map(move |key| format!("{section}.{key}"))
-                })
-                .collect();
-            keys.sort();
-            keys
-        };
         let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
         let written: toml::Table = shipped.parse().unwrap();
-        assert_eq!(keys(&written), keys(&defaults));
+        assert_eq!(section_keys(&written), section_keys(&defaults));
         let lines: Vec<&str> = shipped.lines().collect();
         for (index, line) in lines.iter().enumerate() {
             if line.contains(" = ") && !line.starts_with('#') {
@@ -812,6 +814,13 @@ mod tests {
             "{effective}"
         );
         assert!(effective.contains("users_file = \"/etc/tether/users.toml\""));
+    }
+
+    #[test]
+    fn effective_toml_shows_every_key() {
+        let effective: toml::Table = config("").unwrap().effective_toml().parse().unwrap();
+        let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
+        assert_eq!(section_keys(&effective), section_keys(&defaults));
     }
 
     #[test]
