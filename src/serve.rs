@@ -140,7 +140,9 @@ pub fn run(config: Config) -> Outcome {
         if let Some((_, bound)) = &admin {
             log::info!("listening on {bound} (admin API)");
         }
+        tell_service_manager(sd_notify::NotifyState::Ready);
         stop_signal.await;
+        tell_service_manager(sd_notify::NotifyState::Stopping);
         if let Some((admin, _)) = admin {
             admin.stop(true).await;
         }
@@ -157,6 +159,14 @@ fn fatal(message: &str) {
         log::error!("{message}");
     } else {
         eprintln!("tether: {message}");
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) that the server is ready or
+/// stopping; nothing without a service manager.
+fn tell_service_manager(state: sd_notify::NotifyState<'_>) {
+    if let Err(err) = sd_notify::notify(&[state]) {
+        log::warn!("cannot notify the service manager: {err}");
     }
 }
 

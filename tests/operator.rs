@@ -250,3 +250,29 @@ fn passwd_names_the_users_file_it_creates() {
         "{ran:?}"
     );
 }
+
+#[test]
+fn a_service_manager_is_told_when_the_server_is_ready_and_stopping() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).expect("bind");
+    socket
+        .set_read_timeout(Some(EXIT_TIMEOUT))
+        .expect("read timeout");
+    let (dir, _) = folder_with(&TestConfig::new().to_toml(), Some(&users_toml(&[])));
+    let cwd = dir.path().to_owned();
+    let mut server = TestServer::start_customized(dir, &cwd, |command| {
+        command.env("NOTIFY_SOCKET", &socket_path);
+    });
+    let mut message = [0u8; 256];
+    let read = socket
+        .recv(&mut message)
+        .expect("READY=1 within the timeout");
+    assert_eq!(&message[..read], b"READY=1\n");
+    server.terminate();
+    let read = socket
+        .recv(&mut message)
+        .expect("STOPPING=1 within the timeout");
+    assert_eq!(&message[..read], b"STOPPING=1\n");
+    assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
