@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tether_actors::bus::InvalidationCause;
-use tether_actors::users::UserTable;
+use tether_actors::users::{UserSet, UserTable};
 use tether_actors::TetherHandle;
 
 use crate::users_file::{self, Contents, UsersFileError};
@@ -84,6 +84,11 @@ impl UserSync {
             "Reloads of the users file, by whether it was put in force",
             self.shared.reloads.clone(),
         );
+    }
+
+    /// The users in force now.
+    pub fn users(&self) -> Arc<UserSet> {
+        self.shared.table.snapshot()
     }
 
     /// Reads the file (off the event loop, on tokio's blocking pool), puts it in force, sends

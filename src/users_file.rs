@@ -374,15 +374,18 @@ fn edit<T>(
         Edit::Write(outcome) => outcome,
         Edit::Keep(outcome) => return Ok(outcome),
     };
-    let mut text = document.to_string();
-    if text.trim().is_empty() {
+    let mut edited = document.to_string();
+    if edited.trim().is_empty() {
         // A blank file is what a write in progress looks like, and a running server does not
         // apply one without SIGHUP; an explicit empty table says "no users" for certain.
-        text = "[users]\n".to_string();
+        edited = "[users]\n".to_string();
     }
-    // Never write a file that the server would refuse.
-    parse(&text, path)?;
-    write_atomically(path, text.as_bytes(), metadata.as_ref())?;
+    // Never write a file that the server would refuse. A fault already in the file is
+    // reported where it is in the file, not where it would have been after the edit.
+    if let Err(error) = parse(&edited, path) {
+        return Err(parse(&text, path).err().unwrap_or(error));
+    }
+    write_atomically(path, edited.as_bytes(), metadata.as_ref())?;
     Ok(outcome)
 }
 
@@ -925,6 +928,28 @@ mod tests {
         // Removing the bad entry is what repairs the file.
         assert!(remove_user(&path, "bob").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), with_hash(HASH));
+    }
+
+    #[test]
+    fn a_refused_edit_names_the_line_of_the_fault_in_the_file_as_it_is() {
+        let text = format!(
+            "[users.alice]\npassword_hash = \"{HASH}\"\n\n# bob\n[users.bob]\n\
+             password_hash = \"{HASH}\"\n\n[users.carol]\npassword_hash = \"pw\"\n"
+        );
+        let (_folder, path) = file_with(&text);
+        let error = remove_user(&path, "alice").unwrap_err();
+        assert_eq!(
+            (error.user(), error.line()),
+            (Some("carol"), Some(9)),
+            "{error}"
+        );
+        let error = set_password_hash(&path, "bob", OTHER).unwrap_err();
+        assert_eq!(
+            (error.user(), error.line()),
+            (Some("carol"), Some(9)),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::buffers::{self, Spare};
 use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
+use crate::excerpt::Excerpt;
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
 use crate::output_budget::{OutputBudget, OutputCharge, FREE_BYTES};
 use crate::password::{PasswordChecker, Verdict};
@@ -291,9 +292,9 @@ impl ConnectionActor {
         let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
             self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
-                "{}: login as {:?} refused unchecked: too many failures",
+                "{}: login as {} refused unchecked: too many failures",
                 self.peer,
-                String::from_utf8_lossy(name)
+                Excerpt(name)
             );
             self.reply(Reply::LoginInvalid, ctx);
             return;
@@ -376,11 +377,7 @@ impl ConnectionActor {
     fn login_failed(&mut self, name: &[u8], reservation: Reservation, ctx: &mut Context<Self>) {
         reservation.failed(Instant::now());
         self.shared.metrics.login(LoginResult::Invalid);
-        log::info!(
-            "{}: login as {:?} failed",
-            self.peer,
-            String::from_utf8_lossy(name)
-        );
+        log::info!("{}: login as {} failed", self.peer, Excerpt(name));
         self.reply(Reply::LoginInvalid, ctx);
     }
 

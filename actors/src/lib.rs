@@ -13,6 +13,7 @@ pub mod clock;
 pub mod codec;
 pub mod connection;
 pub mod credentials;
+pub mod excerpt;
 pub mod metrics;
 mod output_budget;
 pub mod password;

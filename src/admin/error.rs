@@ -36,13 +36,18 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "this route does not take this method (see SPEC §6)",
+            "this route does not take this method (see docs/admin-api.md)",
         )
     }
 
     /// `408`: the body did not arrive in time; the connection is closed.
     pub fn request_timeout(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::REQUEST_TIMEOUT, reason)
+    }
+
+    /// `409`: the request cannot be done in the current state (an invalid users file).
+    pub fn conflict(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, reason)
     }
 
     /// `500`: the server could not do it; the log has the details.
@@ -79,6 +84,16 @@ impl ApiError {
             }
             other => Self::bad_request(format!("cannot read the body: {other}")),
         }
+    }
+
+    /// A query string that could not be read as the route's parameters.
+    pub fn from_query(err: actix_web::error::QueryPayloadError) -> Self {
+        Self::bad_request(format!("bad query: {err}"))
+    }
+
+    /// A path segment that could not be decoded.
+    pub fn from_path(err: actix_web::error::PathError) -> Self {
+        Self::bad_request(format!("bad path: {err}"))
     }
 }
 

@@ -34,7 +34,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 pub const MAX_CONNECTIONS: usize = 256;
 /// Connections the kernel may queue, completed but not accepted, beyond
 /// [`MAX_CONNECTIONS`]; further ones are refused by the kernel.
-pub const LISTEN_BACKLOG: u32 = 256;
+pub const LISTEN_BACKLOG: i32 = 256;
 
 /// What the routes need.
 pub struct AdminState {
@@ -52,12 +52,12 @@ pub struct AdminState {
     pub metrics: Arc<Registry>,
 }
 
-/// Binds `listen` and starts serving in the current actix System; returns the running
-/// server (await it or stop it through its handle) and the bound address. A graceful stop
-/// lets requests in flight finish for `shutdown_grace` (whole seconds) at most, then drops
-/// them.
+/// Starts serving on `listener` (already bound) in the current actix System; returns the
+/// running server (await it or stop it through its handle) and its address. A graceful
+/// stop lets requests in flight finish for `shutdown_grace` (whole seconds) at most, then
+/// drops them.
 pub fn start(
-    listen: SocketAddr,
+    listener: std::net::TcpListener,
     state: AdminState,
     shutdown_grace: Duration,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
@@ -71,6 +71,13 @@ pub fn start(
                     .content_type_required(false)
                     .error_handler(|err, _| ApiError::from_json(err).into()),
             )
+            .app_data(
+                web::QueryConfig::default()
+                    .error_handler(|err, _| ApiError::from_query(err).into()),
+            )
+            .app_data(
+                web::PathConfig::default().error_handler(|err, _| ApiError::from_path(err).into()),
+            )
             .wrap(middleware::from_fn(token::require_token))
             .wrap(middleware::from_fn(body_deadline::limit_body_time))
             .configure(routes::configure)
@@ -79,10 +86,9 @@ pub fn start(
     .client_request_timeout(HEAD_TIMEOUT)
     .keep_alive(KEEP_ALIVE)
     .max_connections(MAX_CONNECTIONS)
-    .backlog(LISTEN_BACKLOG)
     .shutdown_timeout(shutdown_grace.as_secs())
     .disable_signals()
-    .bind(listen)?;
+    .listen(listener)?;
     let bound = server
         .addrs()
         .first()

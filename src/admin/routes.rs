@@ -1,7 +1,7 @@
-//! The routes of SPEC §6 and what each answers.
+//! The routes of the admin API (docs/admin-api.md) and what each answers.
 
 use super::{AdminState, ApiError};
-use crate::users_file::{self, PasswordChange};
+use crate::users_file::{self, PasswordChange, UsersFileError};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -14,6 +14,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/healthz", web::get().to(healthz)))
         .service(resource("/metrics", web::get().to(metrics)))
         .service(resource("/v1/events", web::post().to(publish)))
+        .service(resource("/v1/users", web::get().to(list_users)))
         .service(resource(
             "/v1/users/{name}/password",
             web::put().to(set_password),
@@ -98,10 +99,7 @@ async fn set_password(
     let change = web::block(move || users_file::set_password_hash(&path, &user, &hash))
         .await
         .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
-        .map_err(|err| {
-            log::error!("admin API: cannot set the password of {name:?}: {err}");
-            ApiError::internal(format!("cannot write the users file: {err}"))
-        })?;
+        .map_err(|err| users_file_error(&format!("cannot set the password of {name:?}"), &err))?;
     apply_users_file(&state).await?;
     Ok(match change {
         PasswordChange::Created => {
@@ -121,10 +119,7 @@ async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpRespo
     let removed = web::block(move || users_file::remove_user(&path, &user))
         .await
         .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
-        .map_err(|err| {
-            log::error!("admin API: cannot remove {name:?}: {err}");
-            ApiError::internal(format!("cannot write the users file: {err}"))
-        })?;
+        .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?;
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }
@@ -153,14 +148,75 @@ async fn connections(state: State, UserName(name): UserName) -> Result<HttpRespo
 
 async fn no_such_route() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(
-        "no such route: see SPEC §6 (GET /healthz, GET /metrics, POST /v1/events, \
-         PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
+        "no such route: see docs/admin-api.md (GET /healthz, GET /metrics, POST /v1/events, \
+         GET /v1/users, PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
          POST /v1/users/{name}/invalidate, GET /v1/users/{name}/connections)",
     ))
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed())
+}
+
+/// Why the users file could not be changed: `409` when the file holds something invalid
+/// (a hand-edited entry, say) that must be fixed first, `500` when it could not be read or
+/// written. Logged either way.
+fn users_file_error(what: &str, err: &UsersFileError) -> ApiError {
+    log::error!("admin API: {what}: {err}");
+    if err.is_io() {
+        ApiError::internal(format!("cannot write the users file: {err}"))
+    } else {
+        ApiError::conflict(format!(
+            "the users file is invalid, nothing changed; fix it first: {err}"
+        ))
+    }
+}
+
+/// The query of `GET /v1/users`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// List the names that sort after this one.
+    after: Option<String>,
+    /// At most this many names.
+    limit: Option<usize>,
+}
+
+/// Names `GET /v1/users` lists when `limit` is not given.
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// Largest `limit` of `GET /v1/users`.
+const MAX_LIST_LIMIT: usize = 1000;
+
+/// `GET /v1/users?after=NAME&limit=N`: the users in force, sorted by name (bytewise), with
+/// how many connections are bound to each; `next` is the `after` of the next page, `null`
+/// on the last.
+async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let ListQuery { after, limit } = query.into_inner();
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_LIST_LIMIT}, found {limit}"
+        )));
+    }
+    let users = state.users.users();
+    let mut names: Vec<&String> = users
+        .keys()
+        .filter(|name| after.as_ref().is_none_or(|after| *name > after))
+        .collect();
+    names.sort_unstable();
+    let more = names.len() > limit;
+    names.truncate(limit);
+    let mut listed = Vec::with_capacity(names.len());
+    for name in &names {
+        let connections = state
+            .tether
+            .connections(name.as_str())
+            .await
+            .map_err(publish_error)?;
+        listed.push(json!({ "name": name, "connections": connections }));
+    }
+    let next = names.last().filter(|_| more);
+    Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
 }
 
 /// The `{name}` of a `/v1/users/{name}…` route: percent-decoded, valid UTF-8 and valid by
