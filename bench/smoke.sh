@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI smoke pass of tether-bench: builds the release binaries, starts tether, serve-raw and
-# redis-server on free loopback ports, and runs every scenario with tiny numbers. It asserts
+# CI smoke pass of tether-bench: builds the binaries (release, or the profile named by
+# SMOKE_PROFILE: CI uses `debug`, which its test build has mostly compiled), starts tether,
+# serve-raw and redis-server on free loopback ports, and runs every scenario with tiny numbers. It asserts
 # only that each scenario ran and lost nothing (tether-bench exits non-zero otherwise),
 # never a timing. Needs redis-server (Debian: apt-get install -y redis-server).
 set -euo pipefail
@@ -10,8 +11,13 @@ command -v redis-server > /dev/null || {
     echo "bench/smoke.sh: redis-server is not installed (apt-get install -y redis-server)" >&2
     exit 1
 }
-cargo build --release --locked -p tether -p tether-bench
-BIN=$PWD/target/release
+profile=${SMOKE_PROFILE:-release}
+if [[ $profile == debug ]]; then
+    cargo build --locked -p tether -p tether-bench
+else
+    cargo build --profile "$profile" --locked -p tether -p tether-bench
+fi
+BIN=$PWD/target/$profile
 WORK=$(mktemp -d)
 source bench/common.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT

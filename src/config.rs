@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The checked configuration.
 #[derive(Debug, Clone)]
@@ -23,6 +23,28 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Where these settings came from.
+    pub source: Source,
+}
+
+/// Where a [`Config`] came from, for the start-up log and `tether check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// Read from this file.
+    File(PathBuf),
+    /// All defaults, because this default file does not exist.
+    Defaults(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Defaults(path) => {
+                write!(f, "none ({} does not exist: all defaults)", path.display())
+            }
+        }
+    }
 }
 
 /// The `[server]` table: the client protocol listener and its limits.
@@ -39,6 +61,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Unsent output held for one connection before it gets `io_error`; at least 1024.
     pub max_pending_bytes: usize,
+    /// Unsent output held for all connections together (beyond 64 KiB each) before the
+    /// one that needs more gets `io_error`.
+    pub max_pending_total: usize,
     /// Open connections beyond which new ones are refused at accept; at least 1.
     pub max_connections: usize,
     /// How long shutdown waits for output to flush; may be zero.
@@ -52,7 +77,8 @@ pub struct ServerConfig {
 pub struct AuthConfig {
     /// The users file, already resolved against the configuration file's folder.
     pub users_file: PathBuf,
-    /// bcrypt cost of the hashes the server itself writes (4–31).
+    /// bcrypt cost of the hashes the server itself writes (4–16, the most a stored hash
+    /// may have).
     pub bcrypt_cost: u32,
     /// Whether external edits of the users file are applied while running.
     pub watch: bool,
@@ -105,7 +131,9 @@ impl Config {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::from_toml(&text, path),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Config::from_toml("", path)
+                let mut config = Config::from_toml("", path)?;
+                config.source = Source::Defaults(path.to_path_buf());
+                Ok(config)
             }
             Err(error) => Err(ConfigError::file(path, format!("cannot read it: {error}"))),
         }
@@ -116,14 +144,105 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw = deserialize(text, path)?;
         let check = Check { file: path };
-        Ok(Config {
+        let config = Config {
             server: check.server(raw.server)?,
             auth: check.auth(raw.auth)?,
             events: check.events(raw.events)?,
             admin: check.admin(raw.admin)?,
             log: check.log(raw.log)?,
-        })
+            source: Source::File(path.to_path_buf()),
+        };
+        check.distinct_listeners(&config)?;
+        Ok(config)
     }
+
+    /// The settings in force as `server.toml` text, every key with its checked value
+    /// (automatic thread counts resolved, paths resolved); a set `admin.token` is masked.
+    pub fn effective_toml(&self) -> String {
+        use toml_edit::{value, DocumentMut, Item, Table};
+        let mut document = DocumentMut::new();
+        let mut section = |name: &str, keys: Vec<(&str, Item)>| {
+            let mut table = Table::new();
+            for (key, item) in keys {
+                table.insert(key, item);
+            }
+            document.insert(name, Item::Table(table));
+        };
+        let count = |n: usize| value(i64::try_from(n).unwrap_or(i64::MAX));
+        let server = &self.server;
+        section(
+            "server",
+            vec![
+                ("listen", value(server.listen.to_string())),
+                ("idle_timeout", value(format_duration(server.idle_timeout))),
+                ("max_message_bytes", count(server.max_message_bytes)),
+                ("max_pending_bytes", count(server.max_pending_bytes)),
+                ("max_pending_total", count(server.max_pending_total)),
+                ("max_connections", count(server.max_connections)),
+                (
+                    "shutdown_grace",
+                    value(format_duration(server.shutdown_grace)),
+                ),
+                ("workers", count(server.workers)),
+            ],
+        );
+        let auth = &self.auth;
+        section(
+            "auth",
+            vec![
+                (
+                    "users_file",
+                    value(auth.users_file.to_string_lossy().into_owned()),
+                ),
+                ("bcrypt_cost", value(i64::from(auth.bcrypt_cost))),
+                ("watch", value(auth.watch)),
+                (
+                    "login_failures_per_minute",
+                    value(i64::from(auth.login_failures_per_minute)),
+                ),
+                ("password_threads", count(auth.password_threads)),
+            ],
+        );
+        section(
+            "events",
+            vec![("time_zone", value(self.events.time_zone_name.clone()))],
+        );
+        let listen = self
+            .admin
+            .listen
+            .map_or_else(String::new, |a| a.to_string());
+        let token = match self.admin.token {
+            Some(_) => MASKED_TOKEN,
+            None => "",
+        };
+        section(
+            "admin",
+            vec![("listen", value(listen)), ("token", value(token))],
+        );
+        let level = self.log.level.to_string().to_ascii_lowercase();
+        section("log", vec![("level", value(level))]);
+        document.to_string()
+    }
+}
+
+/// What [`Config::effective_toml`] shows for a set `admin.token`.
+pub const MASKED_TOKEN: &str = "(set, not shown)";
+
+/// A duration the way `server.toml` writes it: `"1h1m1s1ms"`, `"30m"`, `"0s"`.
+pub fn format_duration(duration: Duration) -> String {
+    let mut ms = duration.as_millis();
+    if ms == 0 {
+        return "0s".to_string();
+    }
+    let mut text = String::new();
+    for (unit, unit_ms) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+        let amount = ms / unit_ms;
+        ms %= unit_ms;
+        if amount > 0 {
+            text.push_str(&format!("{amount}{unit}"));
+        }
+    }
+    text
 }
 
 /// Why a configuration was refused: which file, which key, what is wrong.
@@ -283,7 +402,7 @@ fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// The file as written; every key optional, with the defaults of SPEC §4.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawConfig {
     server: RawServer,
@@ -293,13 +412,14 @@ struct RawConfig {
     log: RawLog,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "a [server] table")]
 struct RawServer {
     listen: String,
     idle_timeout: String,
     max_message_bytes: u64,
     max_pending_bytes: u64,
+    max_pending_total: u64,
     max_connections: u64,
     shutdown_grace: String,
     workers: u64,
@@ -312,6 +432,7 @@ impl Default for RawServer {
             idle_timeout: "30m".to_string(),
             max_message_bytes: 65_536,
             max_pending_bytes: 1_048_576,
+            max_pending_total: 268_435_456,
             max_connections: 10_000,
             shutdown_grace: "5s".to_string(),
             workers: 0,
@@ -319,7 +440,7 @@ impl Default for RawServer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "an [auth] table")]
 struct RawAuth {
     users_file: PathBuf,
@@ -341,7 +462,7 @@ impl Default for RawAuth {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "an [events] table")]
 struct RawEvents {
     time_zone: String,
@@ -355,7 +476,7 @@ impl Default for RawEvents {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "an [admin] table")]
 struct RawAdmin {
     listen: String,
@@ -371,7 +492,7 @@ impl Default for RawAdmin {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "a [log] table")]
 struct RawLog {
     level: String,
@@ -429,6 +550,13 @@ impl Check<'_> {
             u64::MAX,
             "",
         )?;
+        let max_pending_total = self.size(
+            "server.max_pending_total",
+            raw.max_pending_total,
+            0,
+            u64::MAX,
+            "",
+        )?;
         let max_connections = self.size(
             "server.max_connections",
             raw.max_connections,
@@ -445,6 +573,7 @@ impl Check<'_> {
             idle_timeout,
             max_message_bytes,
             max_pending_bytes,
+            max_pending_total,
             max_connections,
             shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
             workers,
@@ -455,10 +584,11 @@ impl Check<'_> {
         if raw.users_file.as_os_str().is_empty() {
             return Err(self.error("auth.users_file", "must not be empty".into()));
         }
-        if !(4..=31).contains(&raw.bcrypt_cost) {
+        let max_cost = tether_actors::password::MAX_STORED_COST;
+        if !(4..=max_cost).contains(&raw.bcrypt_cost) {
             return Err(self.error(
                 "auth.bcrypt_cost",
-                format!("must be from 4 to 31, found {}", raw.bcrypt_cost),
+                format!("must be from 4 to {max_cost}, found {}", raw.bcrypt_cost),
             ));
         }
         let password_threads = match self.size(
@@ -530,6 +660,24 @@ impl Check<'_> {
             }
         }
         Ok(AdminConfig { listen, token })
+    }
+
+    /// Refuses an admin API on the client protocol's address: one of them could not bind.
+    fn distinct_listeners(&self, config: &Config) -> Result<(), ConfigError> {
+        let client = config.server.listen;
+        let Some(admin) = config.admin.listen else {
+            return Ok(());
+        };
+        let overlap = client.ip() == admin.ip()
+            || client.ip().is_unspecified()
+            || admin.ip().is_unspecified();
+        if client.port() != 0 && client.port() == admin.port() && overlap {
+            return Err(self.error(
+                "admin.listen",
+                format!("{admin} is the address of server.listen ({client}); give the admin API another port"),
+            ));
+        }
+        Ok(())
     }
 
     fn log(&self, raw: RawLog) -> Result<LogConfig, ConfigError> {
@@ -618,6 +766,7 @@ mod tests {
         assert_eq!(server.idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(server.max_message_bytes, 65_536);
         assert_eq!(server.max_pending_bytes, 1_048_576);
+        assert_eq!(server.max_pending_total, 268_435_456);
         assert_eq!(server.max_connections, 10_000);
         assert_eq!(server.shutdown_grace, Duration::from_secs(5));
         assert!(server.workers >= 1);
@@ -633,12 +782,119 @@ mod tests {
         assert_eq!(config.log.level, log::LevelFilter::Info);
     }
 
+    /// Every `section.key` of a configuration, sorted.
+    fn section_keys(table: &toml::Table) -> Vec<String> {
+        let mut keys: Vec<String> = table
+            .iter()
+            .flat_map(|(section, keys)| {
+                let keys = keys.as_table().map(|keys| keys.keys().cloned().collect());
+                let keys: Vec<String> = keys.unwrap_or_default();
+                keys.into_iter().map(move |key| format!("{section}.{key}"))
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
     #[test]
-    fn shipped_server_toml_equals_the_defaults() {
+    fn shipped_server_toml_documents_every_key() {
+        // The keys, not their values: an operator editing the shipped file (a port, say)
+        // must not make the tests fail.
         let shipped = include_str!("../server.toml");
-        let shipped = config(shipped).unwrap();
-        let defaults = config("").unwrap();
-        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+        config(shipped).unwrap();
+        let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
+        let written: toml::Table = shipped.parse().unwrap();
+        assert_eq!(section_keys(&written), section_keys(&defaults));
+        let lines: Vec<&str> = shipped.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            if line.contains(" = ") && !line.starts_with('#') {
+                let above = index.checked_sub(1).map(|above| lines[above]);
+                assert!(
+                    above.is_some_and(|above| above.starts_with('#')),
+                    "{line:?} has no comment above it"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn effective_toml_reads_back_as_the_same_settings() {
+        let text = "[server]\nlisten = \"[::1]:9000\"\nidle_timeout = \"1m30s\"\n\
+                    shutdown_grace = \"250ms\"\n[auth]\nwatch = false\n\
+                    [events]\ntime_zone = \"UTC\"\n[log]\nlevel = \"debug\"\n";
+        let original = config(text).unwrap();
+        let effective = original.effective_toml();
+        let again = config(&effective).unwrap();
+        assert_eq!(format!("{again:?}"), format!("{original:?}"), "{effective}");
+        assert!(
+            effective.contains("idle_timeout = \"1m30s\""),
+            "{effective}"
+        );
+        assert!(effective.contains("users_file = \"/etc/tether/users.toml\""));
+    }
+
+    #[test]
+    fn effective_toml_shows_every_key() {
+        let effective: toml::Table = config("").unwrap().effective_toml().parse().unwrap();
+        let defaults = toml::Table::try_from(RawConfig::default()).unwrap();
+        assert_eq!(section_keys(&effective), section_keys(&defaults));
+    }
+
+    #[test]
+    fn effective_toml_masks_the_admin_token() {
+        let effective = config("[admin]\ntoken = \"s3cret\"")
+            .unwrap()
+            .effective_toml();
+        assert!(!effective.contains("s3cret"), "{effective}");
+        assert!(effective.contains(MASKED_TOKEN), "{effective}");
+        let effective = config("").unwrap().effective_toml();
+        assert!(effective.contains("token = \"\""), "{effective}");
+    }
+
+    #[test]
+    fn durations_are_written_back_in_their_largest_units() {
+        assert_eq!(format_duration(Duration::ZERO), "0s");
+        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
+        assert_eq!(
+            format_duration(Duration::from_millis(3_661_001)),
+            "1h1m1s1ms"
+        );
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+    }
+
+    #[test]
+    fn admin_api_on_the_client_address_is_refused() {
+        assert_refused(
+            "[server]\nlisten = \"127.0.0.1:7700\"\n[admin]\nlisten = \"127.0.0.1:7700\"",
+            "admin.listen",
+            "the address of server.listen",
+        );
+        assert_refused(
+            "[server]\nlisten = \"0.0.0.0:7700\"\n[admin]\nlisten = \"127.0.0.1:7700\"",
+            "admin.listen",
+            "another port",
+        );
+        assert!(
+            config("[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"").is_ok()
+        );
+        assert!(config(
+            "[server]\nlisten = \"127.0.0.1:7700\"\n[admin]\nlisten = \"127.0.0.2:7700\""
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn the_source_says_whether_a_file_was_read() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("server.toml");
+        let config = Config::load_or_defaults(&path).unwrap();
+        assert_eq!(config.source, Source::Defaults(path.clone()));
+        assert!(config.source.to_string().contains("does not exist"));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(
+            Config::load_or_defaults(&path).unwrap().source,
+            Source::File(path)
+        );
     }
 
     #[test]
@@ -650,6 +906,7 @@ mod tests {
             idle_timeout = "1m30s"
             max_message_bytes = 256
             max_pending_bytes = 1024
+            max_pending_total = 2048
             max_connections = 1
             shutdown_grace = "0s"
             workers = 3
@@ -676,6 +933,7 @@ mod tests {
         assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.server.max_message_bytes, 256);
         assert_eq!(config.server.max_pending_bytes, 1024);
+        assert_eq!(config.server.max_pending_total, 2048);
         assert_eq!(config.server.max_connections, 1);
         assert_eq!(config.server.shutdown_grace, Duration::ZERO);
         assert_eq!(config.server.workers, 3);
@@ -844,16 +1102,16 @@ mod tests {
     }
 
     #[test]
-    fn bcrypt_cost_outside_4_to_31_is_refused() {
+    fn bcrypt_cost_outside_4_to_16_is_refused() {
         assert_refused(
             "[auth]\nbcrypt_cost = 3",
             "auth.bcrypt_cost",
-            "from 4 to 31",
+            "from 4 to 16",
         );
         assert_refused(
-            "[auth]\nbcrypt_cost = 32",
+            "[auth]\nbcrypt_cost = 17",
             "auth.bcrypt_cost",
-            "from 4 to 31",
+            "from 4 to 16",
         );
     }
 

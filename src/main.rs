@@ -1,12 +1,13 @@
 //! The `tether` command: parses arguments, sets up logging and runs the server, or edits
-//! the users file (`passwd`, `deluser`).
+//! the users file (`passwd`, `deluser`), checks the configuration (`check-config`), talks
+//! to a server as a client (`client`), or writes shell completions and the man page.
 
 /// mimalloc instead of glibc malloc: fan-out allocates and frees a message per connection
 /// in bursts, which overflow glibc's per-thread cache (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tether::config::Config;
@@ -15,10 +16,32 @@ use tether::users_cli::{self, Failure};
 /// A session server: long-lived TCP connections, password logins, pushed events and forced
 /// log-outs.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(
+    name = "tether",
+    version,
+    about,
+    long_about = "A session server: long-lived TCP connections, password logins, pushed \
+                  events and forced log-outs.\n\n\
+                  Without a command, tether runs the server on the configuration file \
+                  (--config, or ./server.toml; all defaults when that does not exist).",
+    after_help = "Without a command, tether runs the server; --help tells about signals, \
+                  RUST_LOG and exit codes.",
+    after_long_help = "Signals (to the running server):\n  \
+                       SIGINT, SIGTERM  stop: send `shutdown` to every client, flush for \
+                       up to server.shutdown_grace, exit 0\n  \
+                       SIGHUP           re-read the users file now\n\n\
+                       Environment:\n  \
+                       RUST_LOG         overrides log.level, in env_logger's syntax \
+                       (RUST_LOG=debug, RUST_LOG=tether_actors=debug)\n\n\
+                       Exit codes: 0 stopped on a signal; 1 a run-time failure (an address \
+                       in use); 2 an invalid configuration or users file.\n\n\
+                       Protocol and admin API: docs/protocol.md and docs/admin-api.md in \
+                       the source repository."
+)]
 struct Cli {
     /// The configuration file [default: ./server.toml, all defaults if it does not exist]
-    #[arg(long, short, value_name = "PATH", global = true)]
+    // No short form: `-c` is `tether client -c COMMAND`, as in `redis-cli`-style tools.
+    #[arg(long, value_name = "PATH", global = true)]
     config: Option<PathBuf>,
     /// Without a command, tether runs the server.
     #[command(subcommand)]
@@ -39,6 +62,20 @@ enum Command {
         /// The user name
         name: String,
     },
+    /// Connect to a server as a client: a prompt for people, flags for scripts
+    Client(tether::client::ClientArgs),
+    /// Check the configuration and the users file, and print the settings in force (the
+    /// admin token masked); exit code 0 when both are valid, 2 otherwise
+    CheckConfig,
+    /// Print a completion script for SHELL to standard output
+    #[command(hide = true)]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output
+    #[command(hide = true)]
+    Man,
 }
 
 /// Where the configuration is read when `--config` is not given.
@@ -46,33 +83,63 @@ const DEFAULT_CONFIG: &str = "server.toml";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = match &cli.config {
+    let config = cli.config;
+    match cli.command {
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Command::Man) => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("tether: cannot write the man page: {err}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Some(Command::Passwd { name }) => {
+            with_config(config, |config| users_cli::passwd(config, &name))
+        }
+        Some(Command::Deluser { name }) => {
+            with_config(config, |config| users_cli::deluser(config, &name))
+        }
+        Some(Command::CheckConfig) => with_config(config, users_cli::check_config),
+        Some(Command::Client(args)) => match load_config(config) {
+            Ok(config) => ExitCode::from(tether::client::run(args, &config)),
+            Err(exit) => exit,
+        },
+        None => match load_config(config) {
+            Ok(config) => serve(config),
+            Err(exit) => exit,
+        },
+    }
+}
+
+/// The configuration at `path` (or the default file), or exit code 2 with the reason on
+/// standard error.
+fn load_config(path: Option<PathBuf>) -> Result<Config, ExitCode> {
+    let loaded = match &path {
         Some(path) => Config::load(path),
         None => Config::load_or_defaults(&PathBuf::from(DEFAULT_CONFIG)),
     };
-    let config = match loaded {
+    loaded.map_err(|err| {
+        eprintln!("tether: {err}");
+        ExitCode::from(2)
+    })
+}
+
+/// Runs `command` on the configuration: its answer on standard output, or its failure on
+/// standard error with its exit code.
+fn with_config(
+    path: Option<PathBuf>,
+    command: impl FnOnce(&Config) -> Result<String, Failure>,
+) -> ExitCode {
+    let config = match load_config(path) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("tether: {err}");
-            return ExitCode::from(2);
-        }
+        Err(exit) => return exit,
     };
-    let edited = match cli.command {
-        Some(Command::Passwd { name }) => users_cli::passwd(&config, &name),
-        Some(Command::Deluser { name }) => users_cli::deluser(&config, &name),
-        None => {
-            env_logger::Builder::new()
-                .filter_level(config.log.level)
-                // actix-server narrates its workers starting and stopping at info; tether
-                // logs its listeners itself.
-                .filter_module("actix_server", config.log.level.min(log::LevelFilter::Warn))
-                .parse_env("RUST_LOG")
-                .init();
-            let outcome = tether::serve::run(config);
-            return ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1));
-        }
-    };
-    match edited {
+    match command(&config) {
         Ok(done) => {
             println!("{done}");
             ExitCode::SUCCESS
@@ -82,4 +149,17 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code)
         }
     }
+}
+
+/// Sets up logging and runs the server until it stops.
+fn serve(config: Config) -> ExitCode {
+    env_logger::Builder::new()
+        .filter_level(config.log.level)
+        // actix-server narrates its workers starting and stopping at info; tether logs its
+        // listeners itself.
+        .filter_module("actix_server", config.log.level.min(log::LevelFilter::Warn))
+        .parse_env("RUST_LOG")
+        .init();
+    let outcome = tether::serve::run(config);
+    ExitCode::from(u8::try_from(outcome.exit_code()).unwrap_or(1))
 }

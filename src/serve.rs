@@ -4,11 +4,17 @@
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::user_sync::UserSync;
-use crate::users_file::{self, UsersFile};
+use crate::users_file::{self, Contents};
 use prometheus_client::registry::Registry;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 use tether_actors::users::UserTable;
 use tether_actors::{Settings, Tether};
+
+/// How long past `shutdown_grace` the admin API may take to drop the requests it still
+/// holds (it drops them at the grace, rounded down to whole seconds).
+const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +44,7 @@ pub fn settings(config: &Config) -> Settings {
         idle_timeout: config.server.idle_timeout,
         max_message_bytes: config.server.max_message_bytes,
         max_pending_bytes: config.server.max_pending_bytes,
+        max_pending_total: config.server.max_pending_total,
         max_connections: u32::try_from(config.server.max_connections).unwrap_or(u32::MAX),
         shutdown_grace: config.server.shutdown_grace,
         workers: config.server.workers,
@@ -48,11 +55,35 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
-/// Loads the users file, serves until SIGINT or SIGTERM, then shuts down gracefully.
+/// Loads the users file, binds every listener, serves until SIGINT or SIGTERM, then shuts
+/// down gracefully. Logs the version and the configuration file first; a reason not to run
+/// reaches standard error whatever the log level.
+///
+/// SIGHUP, SIGINT and SIGTERM are caught before anything slow (the users file, the stand-in
+/// hash): one arriving during start-up is acted on once the server runs — a reload, or an
+/// orderly stop — instead of killing the process.
 pub fn run(config: Config) -> Outcome {
+    let system = actix_rt::System::new();
+    let caught = system.block_on(async {
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        Ok::<_, std::io::Error>((hangups, stop_signal()?))
+    });
+    let (hangups, stop_signal) = match caught {
+        Ok(caught) => caught,
+        Err(err) => {
+            fatal(&format!("cannot watch for signals: {err}"));
+            return Outcome::Failed;
+        }
+    };
+    log::info!(
+        "tether {}; configuration file: {}",
+        env!("CARGO_PKG_VERSION"),
+        config.source
+    );
     crate::limits::raise_open_files_limit(config.server.max_connections);
-    let users = match users_file::load(&config.auth.users_file) {
-        Ok(UsersFile::Loaded(users)) => {
+    let loaded = users_file::read_contents(&config.auth.users_file);
+    let users = match loaded.users(&config.auth.users_file) {
+        Ok(users) => {
             log::info!(
                 "{} user(s) loaded from {}",
                 users.len(),
@@ -60,36 +91,47 @@ pub fn run(config: Config) -> Outcome {
             );
             users
         }
-        Ok(UsersFile::Missing) => {
+        Err(_) if loaded == Contents::Missing => {
             log::warn!(
                 "users file {} does not exist: nobody can log in until a user is added \
-                 (an entry [users.NAME] with password_hash = \"<bcrypt hash>\"; see README)",
+                 (`tether passwd NAME`, or PUT /v1/users/NAME/password on the admin API)",
                 config.auth.users_file.display()
             );
             Default::default()
         }
         Err(err) => {
-            log::error!("{err}");
-            eprintln!("tether: {err}");
+            fatal(&err.to_string());
             return Outcome::BadConfiguration;
         }
     };
     let users = Arc::new(UserTable::new(users));
 
-    let listener = match std::net::TcpListener::bind(config.server.listen) {
-        Ok(listener) => listener,
-        Err(err) => {
-            log::error!("cannot listen on {}: {err}", config.server.listen);
+    // Every listener is bound before anything is logged as listening, so a busy address
+    // stops start-up before any client is accepted.
+    let Some(listener) = bind(config.server.listen, "clients") else {
+        return Outcome::Failed;
+    };
+    let admin_listener = match config.admin.listen {
+        Some(address) => match bind(address, "admin API") {
+            Some(listener) => Some(listener),
+            None => return Outcome::Failed,
+        },
+        None => None,
+    };
+    if let Some(listener) = &admin_listener {
+        // Bound here (so a busy port stops start-up before `listening on`), the listener
+        // gets the admin API's accept queue from the socket itself.
+        if let Err(err) = socket2::SockRef::from(listener).listen(admin::LISTEN_BACKLOG) {
+            fatal(&format!("cannot listen on the admin API's address: {err}"));
             return Outcome::Failed;
         }
-    };
+    }
 
-    let system = actix_rt::System::new();
     system.block_on(async move {
         let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
             Ok(tether) => tether,
             Err(err) => {
-                log::error!("{err}");
+                fatal(&err.to_string());
                 return Outcome::Failed;
             }
         };
@@ -102,47 +144,80 @@ pub fn run(config: Config) -> Outcome {
             config.auth.users_file.clone(),
             Arc::clone(&users),
             tether.handle(),
+            loaded,
         );
-        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch);
-        // Registered before `listening on`, so a signal sent on seeing that line is caught.
-        let stop_signal = match stop_signal() {
-            Ok(stop_signal) => stop_signal,
-            Err(err) => {
-                log::error!("cannot watch for signals: {err}");
-                tether.shutdown().await;
-                return Outcome::Failed;
-            }
+        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch, hangups);
+        let admin = match admin_listener {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync) {
+                Ok(admin) => Some(admin),
+                Err(err) => {
+                    fatal(&err);
+                    tether.shutdown().await;
+                    return Outcome::Failed;
+                }
+            },
+            None => None,
         };
         log::info!("listening on {} (clients)", tether.local_addr());
-        let admin = match start_admin(&config, &tether, user_sync) {
-            Ok(admin) => admin,
-            Err(err) => {
-                log::error!("{err}");
-                tether.shutdown().await;
-                return Outcome::Failed;
-            }
-        };
-        stop_signal.await;
-        if let Some(admin) = admin {
-            admin.stop(true).await;
+        if let Some((_, bound)) = &admin {
+            log::info!("listening on {bound} (admin API)");
         }
+        tell_service_manager(sd_notify::NotifyState::Ready);
+        stop_signal.await;
+        tell_service_manager(sd_notify::NotifyState::Stopping);
+        // The admin API stops accepting at once, and its requests in flight get the same
+        // grace as the clients, in parallel: clients hear `shutdown` at once whatever the
+        // admin API is doing (a request trickling its body must not hold them).
+        let admin_deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
+        let admin_stopped = admin.map(|(admin, _)| admin.stop(true));
         tether.shutdown().await;
+        if let Some(admin_stopped) = admin_stopped {
+            let waited =
+                tokio::time::timeout_at(admin_deadline + ADMIN_STOP_SLACK, admin_stopped).await;
+            if waited.is_err() {
+                log::warn!("admin API requests still open after the grace are dropped");
+            }
+        }
         log::info!("stopped");
         Outcome::Stopped
     })
 }
 
-/// Starts the admin API unless `admin.listen` is empty; answers its handle.
+/// Reports why the server cannot run: in the log, or on standard error when the log would
+/// not show it (`log.level = "off"`, or `RUST_LOG` filtering it out).
+fn fatal(message: &str) {
+    if log::log_enabled!(log::Level::Error) {
+        log::error!("{message}");
+    } else {
+        eprintln!("tether: {message}");
+    }
+}
+
+/// Tells systemd (a `Type=notify` unit: `NOTIFY_SOCKET` is set) that the server is ready or
+/// stopping; nothing without a service manager.
+fn tell_service_manager(state: sd_notify::NotifyState<'_>) {
+    if let Err(err) = sd_notify::notify(&[state]) {
+        log::warn!("cannot notify the service manager: {err}");
+    }
+}
+
+/// Binds `address` for `what`; `None` (the reason reported) when it cannot.
+fn bind(address: SocketAddr, what: &str) -> Option<TcpListener> {
+    TcpListener::bind(address)
+        .map_err(|err| fatal(&format!("cannot listen on {address} ({what}): {err}")))
+        .ok()
+}
+
+/// Starts the admin API on `listener`; answers its handle and its address.
 fn start_admin(
+    listener: TcpListener,
     config: &Config,
     tether: &Tether,
     users: UserSync,
-) -> Result<Option<actix_web::dev::ServerHandle>, String> {
-    let Some(listen) = config.admin.listen else {
-        return Ok(None);
-    };
+) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
+    users.register_metrics(&mut registry);
     let state = AdminState {
         tether: tether.handle(),
         users,
@@ -151,12 +226,11 @@ fn start_admin(
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
     };
-    let (server, bound) = admin::start(listen, state)
-        .map_err(|err| format!("cannot listen on {listen} (admin API): {err}"))?;
+    let (server, bound) = admin::start(listener, state, config.server.shutdown_grace)
+        .map_err(|err| format!("cannot start the admin API: {err}"))?;
     let handle = server.handle();
     actix_rt::spawn(server);
-    log::info!("listening on {bound} (admin API)");
-    Ok(Some(handle))
+    Ok((handle, bound))
 }
 
 /// Catches SIGINT and SIGTERM from now on; the future resolves on the first of them.

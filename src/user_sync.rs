@@ -1,15 +1,22 @@
 //! Keeps the users in force in step with the users file (SPEC §5): a reload reads the file
 //! off the event loop, puts it in force whole, and sends `invalidated` to every connection
 //! of each user whose hash changed or who was removed. A bad file changes nothing.
+//!
+//! Two kinds of reload: an explicit one (SIGHUP, the admin API after its own write) always
+//! reads and applies the file; one asked for by the watcher applies it only when its bytes
+//! differ from what was last read, and never lets a blank file remove every user.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tether_actors::bus::InvalidationCause;
-use tether_actors::users::UserTable;
+use tether_actors::users::{UserSet, UserTable};
 use tether_actors::TetherHandle;
 
-use crate::users_file::{self, UsersFileError};
+use crate::users_file::{self, Contents, UsersFileError};
 
 /// Keeps the in-memory [`UserTable`] in step with the users file and invalidates affected
 /// users. Clones share one table and one reload lock.
@@ -27,21 +34,40 @@ struct Shared {
     table: Arc<UserTable>,
     /// Where invalidations are sent.
     tether: TetherHandle,
-    /// Held across a whole reload (read, replace, invalidate), so an older read is never
-    /// put in force after a newer one and a reload that finds nothing new returns only once
-    /// the reload that applied the change has sent its invalidations.
-    reloading: tokio::sync::Mutex<()>,
+    /// What the file held when last read (applied, refused or set aside), held across a
+    /// whole reload (read, replace, invalidate), so an older read is never put in force
+    /// after a newer one and a reload that finds nothing new returns only once the reload
+    /// that applied the change has sent its invalidations.
+    last_read: tokio::sync::Mutex<Contents>,
+    /// Reloads that put the file in force.
+    applied: Counter,
+    /// Reloads that found the file missing, unreadable or invalid.
+    refused: Counter,
+    /// `users_reloads_total` by result, for `/metrics`.
+    reloads: Family<Vec<(&'static str, &'static str)>, Counter>,
 }
 
 impl UserSync {
-    /// Reloads of the file at `path` into `table`, invalidating through `tether`.
-    pub fn new(path: PathBuf, table: Arc<UserTable>, tether: TetherHandle) -> Self {
+    /// Reloads of the file at `path` into `table`, invalidating through `tether`;
+    /// `loaded` is what the file held when `table` was filled from it.
+    pub fn new(
+        path: PathBuf,
+        table: Arc<UserTable>,
+        tether: TetherHandle,
+        loaded: Contents,
+    ) -> Self {
+        let reloads = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
+        let applied = reloads.get_or_create_owned(&vec![("result", "applied")]);
+        let refused = reloads.get_or_create_owned(&vec![("result", "refused")]);
         Self {
             shared: Arc::new(Shared {
                 path,
                 table,
                 tether,
-                reloading: tokio::sync::Mutex::new(()),
+                last_read: tokio::sync::Mutex::new(loaded),
+                applied,
+                refused,
+                reloads,
             }),
         }
     }
@@ -51,33 +77,95 @@ impl UserSync {
         &self.shared.path
     }
 
+    /// Registers `users_reloads_total{result="applied"|"refused"}` in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "users_reloads",
+            "Reloads of the users file, by whether it was put in force",
+            self.shared.reloads.clone(),
+        );
+    }
+
+    /// The users in force now.
+    pub fn users(&self) -> Arc<UserSet> {
+        self.shared.table.snapshot()
+    }
+
     /// Reads the file (off the event loop, on tokio's blocking pool), puts it in force, sends
     /// `invalidated` to every connection of each user whose hash changed or who was removed
     /// (awaiting the [`TetherHandle::invalidate`] answers) and returns those names, sorted.
     ///
     /// A file that is missing, does not parse or holds an invalid entry: one log line (file,
     /// line, what is wrong), the last good set stays, nobody is logged out, `Err` returned.
+    /// A blank file is applied too (a warning says so): this is the explicit reload.
     /// Reloads run one at a time. Logs one line when users were added, changed or removed
     /// (names only, never hashes).
     pub async fn reload(&self) -> Result<Vec<String>, UsersFileError> {
-        let shared = &*self.shared;
-        let _one_at_a_time = shared.reloading.lock().await;
-        let path = shared.path.clone();
-        let read = tokio::task::spawn_blocking(move || users_file::load_existing(&path))
+        let mut last_read = self.shared.last_read.lock().await;
+        let contents = self.read().await;
+        *last_read = contents.clone();
+        if contents.is_blank() {
+            let before = self.shared.table.snapshot().len();
+            if before > 0 {
+                log::warn!(
+                    "users file {}: it is empty; applying it as asked removes all {before} \
+                     user(s)",
+                    self.path().display()
+                );
+            }
+        }
+        self.apply(&contents).await
+    }
+
+    /// Applies the file if it still holds `settled` (what the watcher saw stay the same for
+    /// its quiet period) and that differs from what was last read. A blank file is set
+    /// aside with a warning while users are in force: only SIGHUP applies it.
+    pub async fn reload_settled(&self, settled: Contents) {
+        let path = self.path().display();
+        let mut last_read = self.shared.last_read.lock().await;
+        let contents = self.read().await;
+        if contents != settled {
+            log::debug!("users file {path}: changed again since it settled; waiting");
+            return;
+        }
+        if contents == *last_read {
+            log::debug!("users file {path}: unchanged since it was last read");
+            return;
+        }
+        *last_read = contents.clone();
+        let users_in_force = self.shared.table.snapshot().len();
+        if contents.is_blank() && users_in_force > 0 {
+            log::warn!(
+                "users file {path}: it is empty; the {users_in_force} user(s) in force stay \
+                 (a blank file is taken for a write in progress): send SIGHUP to apply it"
+            );
+            return;
+        }
+        log::debug!("users file {path}: changed, reloading");
+        // The reload logs what it did or why the file was refused.
+        let _ = self.apply(&contents).await;
+    }
+
+    /// The file's contents now, read on tokio's blocking pool.
+    async fn read(&self) -> Contents {
+        let path = self.shared.path.clone();
+        tokio::task::spawn_blocking(move || users_file::read_contents(&path))
             .await
-            .unwrap_or_else(|failure| {
-                Err(UsersFileError::io(
-                    &shared.path,
-                    format!("reading it failed: {failure}"),
-                ))
-            });
-        let users = match read {
+            .unwrap_or_else(|failure| Contents::Unreadable(format!("reading it failed: {failure}")))
+    }
+
+    /// Puts `contents` in force (see [`Self::reload`]); the caller holds the reload lock.
+    async fn apply(&self, contents: &Contents) -> Result<Vec<String>, UsersFileError> {
+        let shared = &*self.shared;
+        let users = match contents.users(&shared.path) {
             Ok(users) => users,
             Err(error) => {
+                shared.refused.inc();
                 log::error!("users file refused, the last good users stay in force: {error}");
                 return Err(error);
             }
         };
+        shared.applied.inc();
         let before = shared.table.snapshot();
         let affected = shared.table.replace(users);
         let now = shared.table.snapshot();

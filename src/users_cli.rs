@@ -1,12 +1,14 @@
-//! The `tether passwd` and `tether deluser` commands (SPEC §5): they edit the users file
-//! named by the configuration; a running server picks the change up itself.
+//! The `tether passwd` and `tether deluser` commands (SPEC §5), which edit the users file
+//! named by the configuration (a running server picks the change up itself), and
+//! `tether check-config`.
 
 use std::io::{BufRead, IsTerminal};
+use std::path::Path;
 
 use tether_actors::credentials::{check_name, check_password};
 
 use crate::config::Config;
-use crate::users_file::{self, PasswordChange, UsersFileError};
+use crate::users_file::{self, Contents, PasswordChange, UsersFileError};
 
 /// Why a command failed: the message for the person and the process's exit code.
 #[derive(Debug)]
@@ -47,19 +49,22 @@ impl From<UsersFileError> for Failure {
 
 /// `tether passwd NAME`: reads a password (twice without echo on a terminal, one line from
 /// standard input otherwise), hashes it at `auth.bcrypt_cost` and sets it, creating the
-/// user if needed. Answers what it did.
+/// user (and the file) if needed. Answers what it did, naming the file.
 pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
-    let password = read_password(name)?;
+    let path = &config.auth.users_file;
+    let shown = shown_path(path);
+    let password = read_password(name, &shown)?;
     let hash = bcrypt::hash(&password, config.auth.bcrypt_cost)
         .map_err(|error| Failure::failed(format!("cannot hash the password: {error}")))?;
-    let path = &config.auth.users_file;
+    let new_file = !path.exists();
     let change = users_file::set_password_hash(path, name, &hash)?;
     Ok(match change {
-        PasswordChange::Created => format!("user {name:?} created in {}", path.display()),
-        PasswordChange::Changed => {
-            format!("password of user {name:?} changed in {}", path.display())
+        PasswordChange::Created if new_file => {
+            format!("user {name:?} created in {shown} (a new users file)")
         }
+        PasswordChange::Created => format!("user {name:?} created in {shown}"),
+        PasswordChange::Changed => format!("password of user {name:?} changed in {shown}"),
     })
 }
 
@@ -68,23 +73,54 @@ pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
 pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
     let path = &config.auth.users_file;
+    let shown = shown_path(path);
     if users_file::remove_user(path, name)? {
-        Ok(format!("user {name:?} removed from {}", path.display()))
+        Ok(format!("user {name:?} removed from {shown}"))
     } else {
         Err(Failure::failed(format!(
-            "no user {name:?} in {}; nothing removed",
-            path.display()
+            "no user {name:?} in {shown}; nothing removed"
         )))
     }
 }
 
+/// `tether check-config`: checks the configuration (already loaded) and the users file it
+/// names, and answers the settings in force as `server.toml` text, the admin token masked.
+/// Every failure is exit code 2: the server would refuse to start.
+pub fn check_config(config: &Config) -> Result<String, Failure> {
+    let path = &config.auth.users_file;
+    let shown = shown_path(path);
+    let contents = users_file::read_contents(path);
+    let users = match contents.users(path) {
+        Ok(users) => format!("{shown}: {} user(s)", users.len()),
+        Err(_) if contents == Contents::Missing => {
+            format!(
+                "{shown} does not exist: nobody can log in until `tether passwd NAME` adds a user"
+            )
+        }
+        Err(error) => return Err(Failure::invalid(error.to_string())),
+    };
+    Ok(format!(
+        "# configuration file: {}\n# users file: {users}\n# the configuration is valid; the settings in force:\n\n{}",
+        config.source,
+        config.effective_toml().trim_end()
+    ))
+}
+
+/// `path` made absolute for messages, so that the person sees which file was meant.
+fn shown_path(path: &Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// The new password of `name`, checked against SPEC §5.
-fn read_password(name: &str) -> Result<Vec<u8>, Failure> {
+fn read_password(name: &str, file: &str) -> Result<Vec<u8>, Failure> {
     let stdin = std::io::stdin();
     let cannot_read =
         |error: std::io::Error| Failure::failed(format!("cannot read the password: {error}"));
     let password = if stdin.is_terminal() {
-        let first = rpassword::prompt_password(format!("New password for {name:?}: "))
+        let first = rpassword::prompt_password(format!("New password for {name:?} (in {file}): "))
             .map_err(cannot_read)?
             .into_bytes();
         check(&first)?;

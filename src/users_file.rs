@@ -1,7 +1,8 @@
 //! The users file of SPEC §5: one `[users.NAME]` table per user holding a bcrypt
 //! `password_hash`. A file is checked whole, so a bad one never yields a partial user set.
-//! Writes go through a temporary file and a rename under an advisory lock, and keep the
-//! comments and formatting of every entry they do not touch. Errors name the file, the
+//! Writes go through a temporary file and a rename under an advisory lock, land on the final
+//! target when the path is a symlink, and keep the comments and formatting of every entry
+//! they do not touch. Errors name the file, the
 //! line, the user and the problem, and never show a hash.
 
 use std::collections::HashMap;
@@ -13,46 +14,58 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use tether_actors::credentials::check_name;
+use tether_actors::password::MAX_STORED_COST;
 use tether_actors::users::{PasswordHash, UserSet};
 use toml::Spanned;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
-/// What [`load`] found at the users file's path.
-pub enum UsersFile {
-    /// No file: no users yet (the first write creates it).
+/// What the users file held when it was read, kept to tell whether it changed since.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Contents {
+    /// There was no file.
     Missing,
-    /// The file's users, all checked.
-    Loaded(UserSet),
+    /// The file could not be read, for this reason.
+    Unreadable(String),
+    /// The file's bytes.
+    Bytes(Vec<u8>),
 }
 
-impl fmt::Debug for UsersFile {
-    /// Shows user names only, never their hashes.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Contents {
+    /// Whether the file exists but holds nothing but whitespace: what a file looks like
+    /// between being truncated and being written again.
+    pub fn is_blank(&self) -> bool {
+        matches!(self, Self::Bytes(bytes) if bytes.iter().all(u8::is_ascii_whitespace))
+    }
+
+    /// The users the contents hold, checked as [`parse`] does; `path` is named in errors.
+    pub fn users(&self, path: &Path) -> Result<UserSet, UsersFileError> {
         match self {
-            Self::Missing => f.write_str("Missing"),
-            Self::Loaded(users) => {
-                let mut names: Vec<&str> = users.keys().map(String::as_str).collect();
-                names.sort_unstable();
-                f.debug_tuple("Loaded").field(&names).finish()
+            Self::Missing => Err(UsersFileError::io(path, "it does not exist".to_string())),
+            Self::Unreadable(why) => {
+                Err(UsersFileError::io(path, format!("cannot read it: {why}")))
             }
+            Self::Bytes(bytes) => parse(&decode(bytes, path)?, path),
         }
     }
 }
 
-/// Reads and checks the users file at `path`; a file that does not exist is
-/// [`UsersFile::Missing`], not an error.
-pub fn load(path: &Path) -> Result<UsersFile, UsersFileError> {
-    match read_text(path)? {
-        Some((text, _)) => parse(&text, path).map(UsersFile::Loaded),
-        None => Ok(UsersFile::Missing),
+impl fmt::Debug for Contents {
+    /// Shows the size of the bytes, never the bytes (they hold hashes).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("Missing"),
+            Self::Unreadable(why) => f.debug_tuple("Unreadable").field(why).finish(),
+            Self::Bytes(bytes) => write!(f, "Bytes({} bytes)", bytes.len()),
+        }
     }
 }
 
-/// Reads and checks the users file at `path`, which must exist.
-pub fn load_existing(path: &Path) -> Result<UserSet, UsersFileError> {
-    match read_text(path)? {
-        Some((text, _)) => parse(&text, path),
-        None => Err(UsersFileError::io(path, "it does not exist".to_string())),
+/// Reads the file at `path` (through symlinks) whole. Blocks on file I/O.
+pub fn read_contents(path: &Path) -> Contents {
+    match std::fs::read(path) {
+        Ok(bytes) => Contents::Bytes(bytes),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Contents::Missing,
+        Err(error) => Contents::Unreadable(error.to_string()),
     }
 }
 
@@ -68,15 +81,22 @@ fn read_text(path: &Path) -> Result<Option<(String, Metadata)>, UsersFileError> 
     let metadata = file.metadata().map_err(cannot_read)?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut bytes).map_err(cannot_read)?;
-    let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
-        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-        UsersFileError {
-            line: Some(line),
-            ..UsersFileError::new(path, "not valid UTF-8".to_string())
+    Ok(Some((decode(&bytes, path)?, metadata)))
+}
+
+/// The bytes of a users file as text; an error names the line of the first invalid byte.
+fn decode(bytes: &[u8], path: &Path) -> Result<String, UsersFileError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Ok(text.to_string()),
+        Err(error) => {
+            let valid = &bytes[..error.valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            Err(UsersFileError {
+                line: Some(line),
+                ..UsersFileError::new(path, "not valid UTF-8".to_string())
+            })
         }
-    })?;
-    Ok(Some((text, metadata)))
+    }
 }
 
 /// Checks the text of a users file that came from `path` (named in errors).
@@ -330,10 +350,15 @@ enum Edit<T> {
 
 /// Read-modify-write of the file at `path` under its lock: `change` edits the parsed
 /// document (a missing file reads as empty) and says whether to write it.
+///
+/// When `path` is a symlink (or a chain of them), the file edited and replaced is the one
+/// it finally points to, and the lock is taken beside that file: the symlink stays.
 fn edit<T>(
     path: &Path,
     change: impl FnOnce(&mut DocumentMut) -> Result<Edit<T>, UsersFileError>,
 ) -> Result<T, UsersFileError> {
+    let target = symlink_target(path);
+    let path = target.as_path();
     let _lock = lock(path)?;
     let (text, metadata) = match read_text(path)? {
         Some((text, metadata)) => (text, Some(metadata)),
@@ -349,10 +374,18 @@ fn edit<T>(
         Edit::Write(outcome) => outcome,
         Edit::Keep(outcome) => return Ok(outcome),
     };
-    let text = document.to_string();
-    // Never write a file that the server would refuse.
-    parse(&text, path)?;
-    write_atomically(path, text.as_bytes(), metadata.as_ref())?;
+    let mut edited = document.to_string();
+    if edited.trim().is_empty() {
+        // A blank file is what a write in progress looks like, and a running server does not
+        // apply one without SIGHUP; an explicit empty table says "no users" for certain.
+        edited = "[users]\n".to_string();
+    }
+    // Never write a file that the server would refuse. A fault already in the file is
+    // reported where it is in the file, not where it would have been after the edit.
+    if let Err(error) = parse(&edited, path) {
+        return Err(parse(&text, path).err().unwrap_or(error));
+    }
+    write_atomically(path, edited.as_bytes(), metadata.as_ref())?;
     Ok(outcome)
 }
 
@@ -442,6 +475,25 @@ fn write_atomically(
         .map_err(|error| failed("sync its folder", error))
 }
 
+/// Symlinks followed, at most, from the users file's path to the file itself.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The path that `path` finally names once every symlink in its last component is
+/// followed (a missing or dangling target included); `path` itself when it is no symlink.
+/// Folders on the way need no resolving: the kernel follows them when the file beside the
+/// target is created and renamed.
+fn symlink_target(path: &Path) -> PathBuf {
+    let mut current = path.to_path_buf();
+    for _ in 0..MAX_SYMLINK_HOPS {
+        match std::fs::read_link(&current) {
+            // An absolute target replaces the folder in `join`; a relative one is beside.
+            Ok(target) => current = folder_of(&current).join(target),
+            Err(_) => break,
+        }
+    }
+    current
+}
+
 /// The folder holding `path` (`.` for a bare file name).
 fn folder_of(path: &Path) -> &Path {
     match path.parent() {
@@ -521,8 +573,10 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Why `hash` is not a bcrypt hash that logins can be checked against, if it is not:
-/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost 04–31, `$`, then 53 characters of
-/// `./A-Za-z0-9` in bcrypt's canonical base64. The reason never quotes the hash.
+/// `$2a$`, `$2b$`, `$2x$` or `$2y$`, a two-digit cost from 04 to [`MAX_STORED_COST`] (a
+/// higher one would hold a bcrypt thread for minutes to days per login), `$`, then 53
+/// characters of `./A-Za-z0-9` in bcrypt's canonical base64. The reason never quotes the
+/// hash.
 fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     let length = hash.chars().count();
     if length != 60 {
@@ -538,9 +592,11 @@ fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     let cost_in_range = cost.bytes().all(|b| b.is_ascii_digit())
         && cost
             .parse::<u32>()
-            .is_ok_and(|cost| (4..=31).contains(&cost));
+            .is_ok_and(|cost| (4..=MAX_STORED_COST).contains(&cost));
     if !cost_in_range {
-        return Err("the cost must be two digits from 04 to 31".to_string());
+        return Err(format!(
+            "the cost must be two digits from 04 to {MAX_STORED_COST}"
+        ));
     }
     if &hash[6..7] != "$" {
         return Err("expected `$` after the cost".to_string());
@@ -632,9 +688,11 @@ mod tests {
             (HASH[..59].to_string(), "expected 60 characters, found 59"),
             (HASH.replace("$2b$", "$1b$"), "start with $2a$"),
             (HASH.replace("$2b$", "$2c$"), "start with $2a$"),
-            (HASH.replace("$04$", "$03$"), "from 04 to 31"),
-            (HASH.replace("$04$", "$32$"), "from 04 to 31"),
-            (HASH.replace("$04$", "$+4$"), "from 04 to 31"),
+            (HASH.replace("$04$", "$03$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$17$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$31$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$32$"), "from 04 to 16"),
+            (HASH.replace("$04$", "$+4$"), "from 04 to 16"),
             (HASH.replace("$04$", "$04x"), "expected `$` after the cost"),
             (HASH.replace("Ntrg", "Nt-g"), "53 characters of ./A-Za-z0-9"),
             (
@@ -720,23 +778,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_file_means_no_users_yet() {
-        let folder = tempfile::tempdir().unwrap();
-        let loaded = load(&folder.path().join("users.toml")).unwrap();
-        assert!(matches!(loaded, UsersFile::Missing));
-    }
-
-    #[test]
-    fn load_reads_and_checks_the_file() {
+    fn contents_are_read_and_checked() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, with_hash(HASH)).unwrap();
-        match load(&path).unwrap() {
-            UsersFile::Loaded(users) => assert!(users.contains_key("alice")),
-            UsersFile::Missing => panic!("file not found"),
-        }
+        let users = read_contents(&path).users(&path).unwrap();
+        assert!(users.contains_key("alice"));
         std::fs::write(&path, with_hash("plain")).unwrap();
-        assert!(load(&path)
+        assert!(read_contents(&path)
+            .users(&path)
             .unwrap_err()
             .to_string()
             .starts_with(&path.display().to_string()));
@@ -745,7 +795,9 @@ mod tests {
     #[test]
     fn unreadable_file_is_an_error_naming_it() {
         let folder = tempfile::tempdir().unwrap();
-        let error = load(folder.path()).unwrap_err();
+        let error = read_contents(folder.path())
+            .users(folder.path())
+            .unwrap_err();
         assert_eq!(error.path(), folder.path());
         assert!(error.message().starts_with("cannot read it"), "{error}");
     }
@@ -755,7 +807,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("users.toml");
         std::fs::write(&path, b"# ok\n# \xFF\n").unwrap();
-        let error = load(&path).unwrap_err();
+        let error = read_contents(&path).users(&path).unwrap_err();
         assert_eq!(error.line(), Some(2));
         assert!(error.message().contains("UTF-8"), "{error}");
     }
@@ -820,7 +872,7 @@ mod tests {
             "users.alice.password_hash = \"{HASH}\"\n[users.bob]\npassword_hash = \"{HASH}\"\n"
         ));
         set_password_hash(&path, "alice", OTHER).unwrap();
-        let users = load_existing(&path).unwrap();
+        let users = read_contents(&path).users(&path).unwrap();
         assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
 
         let (_folder, path) = file_with(&format!(
@@ -828,7 +880,7 @@ mod tests {
         ));
         set_password_hash(&path, "alice", OTHER).unwrap();
         set_password_hash(&path, "bob", HASH).unwrap();
-        let users = load_existing(&path).unwrap();
+        let users = read_contents(&path).users(&path).unwrap();
         assert_eq!(users.get("alice").map(|hash| &**hash), Some(OTHER));
         assert_eq!(users.get("bob").map(|hash| &**hash), Some(HASH));
     }
@@ -876,6 +928,28 @@ mod tests {
         // Removing the bad entry is what repairs the file.
         assert!(remove_user(&path, "bob").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), with_hash(HASH));
+    }
+
+    #[test]
+    fn a_refused_edit_names_the_line_of_the_fault_in_the_file_as_it_is() {
+        let text = format!(
+            "[users.alice]\npassword_hash = \"{HASH}\"\n\n# bob\n[users.bob]\n\
+             password_hash = \"{HASH}\"\n\n[users.carol]\npassword_hash = \"pw\"\n"
+        );
+        let (_folder, path) = file_with(&text);
+        let error = remove_user(&path, "alice").unwrap_err();
+        assert_eq!(
+            (error.user(), error.line()),
+            (Some("carol"), Some(9)),
+            "{error}"
+        );
+        let error = set_password_hash(&path, "bob", OTHER).unwrap_err();
+        assert_eq!(
+            (error.user(), error.line()),
+            (Some("carol"), Some(9)),
+            "{error}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]
@@ -930,20 +1004,60 @@ mod tests {
     }
 
     #[test]
-    fn load_existing_refuses_a_missing_file() {
+    fn contents_of_a_missing_file_hold_no_users_but_an_error() {
         let folder = tempfile::tempdir().unwrap();
-        let error = load_existing(&folder.path().join("users.toml")).unwrap_err();
+        let path = folder.path().join("users.toml");
+        let contents = read_contents(&path);
+        assert_eq!(contents, Contents::Missing);
+        assert!(!contents.is_blank());
+        let error = contents.users(&path).unwrap_err();
         assert!(error.is_io());
         assert!(error.message().contains("does not exist"), "{error}");
     }
 
     #[test]
-    fn debug_output_shows_names_but_never_hashes() {
-        let users = parse_text(&with_hash(HASH)).unwrap();
-        let shown = format!("{:?}", UsersFile::Loaded(users));
-        assert!(
-            shown.contains("alice") && !shown.contains(&HASH[7..]),
-            "{shown}"
-        );
+    fn contents_are_blank_only_when_nothing_but_whitespace() {
+        assert!(Contents::Bytes(Vec::new()).is_blank());
+        assert!(Contents::Bytes(b" \n\t\r\n".to_vec()).is_blank());
+        assert!(!Contents::Bytes(b"[users]\n".to_vec()).is_blank());
+        assert!(!Contents::Bytes(b"# nobody\n".to_vec()).is_blank());
+    }
+
+    #[test]
+    fn removing_the_last_user_leaves_an_explicit_empty_table() {
+        let (_folder, path) = file_with(&with_hash(HASH));
+        assert!(remove_user(&path, "alice").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "[users]\n");
+        assert!(read_contents(&path).users(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn writes_through_a_symlink_go_to_its_target_and_keep_the_symlink() {
+        let folder = tempfile::tempdir().unwrap();
+        let elsewhere = folder.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let target = elsewhere.join("real.toml");
+        std::fs::write(&target, with_hash(HASH)).unwrap();
+        let link = folder.path().join("users.toml");
+        std::os::unix::fs::symlink("elsewhere/real.toml", &link).unwrap();
+        let hop = folder.path().join("hop.toml");
+        std::os::unix::fs::symlink(&link, &hop).unwrap();
+
+        set_password_hash(&hop, "bob", OTHER).unwrap();
+        assert!(remove_user(&hop, "alice").unwrap());
+        for symlink in [&link, &hop] {
+            assert!(std::fs::symlink_metadata(symlink).unwrap().is_symlink());
+        }
+        let users = read_contents(&target).users(&target).unwrap();
+        assert_eq!(users.keys().collect::<Vec<_>>(), ["bob"]);
+        assert!(elsewhere.join("real.toml.lock").exists());
+        assert!(!folder.path().join("users.toml.lock").exists());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_bytes() {
+        let contents = Contents::Bytes(with_hash(HASH).into_bytes());
+        let shown = format!("{contents:?}");
+        assert_eq!(shown, format!("Bytes({} bytes)", with_hash(HASH).len()));
     }
 }

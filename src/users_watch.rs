@@ -1,123 +1,450 @@
 //! What triggers a reload of the users file while the server runs: SIGHUP always, and
-//! changes seen in the file's folder unless `auth.watch = false`. The folder is watched, not
-//! the file, so both in-place writes and rename-replace (editors, config management, our
-//! own atomic writes) are seen; bursts of events coalesce into one reload.
+//! changes of the file unless `auth.watch = false`.
+//!
+//! The watcher runs on its own thread. It watches folders, not the file, so in-place
+//! writes, rename-replace and symlink swaps are all seen: the folder of the configured
+//! path, and the folder of every symlink on the way to the file and of the file itself
+//! (a Kubernetes ConfigMap's `users.toml -> ..data/users.toml`, `..data -> ..2026_…`
+//! included). Only events that can change what the file holds count (not the file being
+//! opened or read, which every reload does). After such an event the file must stay the
+//! same — same inode, size, times and bytes on two reads [`QUIET`] apart, with no event in
+//! between — before [`UserSync::reload_settled`] is asked to apply it, and that applies
+//! only bytes it has not read before. Every second, and after every event, the symlinks are
+//! followed again and each watched folder is checked to still be the one watched: a folder
+//! renamed away, removed or re-made is noticed, logged and watched again.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
-use std::path::Path;
-use std::time::Duration;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
 use crate::user_sync::UserSync;
+use crate::users_file::{self, Contents};
 
-/// How long the folder must be quiet before a burst of file events becomes one reload.
-const DEBOUNCE: Duration = Duration::from_millis(150);
+/// How long the file must stay unchanged, twice over, before it is applied.
+pub const QUIET: Duration = Duration::from_millis(250);
+/// How often the watched folders are checked to still be the ones the path leads to.
+const RECHECK: Duration = Duration::from_secs(1);
+/// Symlinks followed, at most, on the way to the file.
+const MAX_SYMLINK_HOPS: usize = 40;
 
 /// Keeps the users file watched; dropping it stops the watcher thread. SIGHUP keeps
 /// triggering reloads for as long as the actix System runs.
 pub struct UsersWatch {
-    /// The watcher, when `auth.watch` is on and watching could start.
-    _watcher: Option<Debouncer<RecommendedWatcher>>,
+    /// Tells the watcher thread to stop, when there is one.
+    stop: Option<std_mpsc::Sender<Message>>,
 }
 
-/// Starts reloading `sync` on SIGHUP and, when `watch` is set, on changes to its file.
+impl Drop for UsersWatch {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.stop {
+            // Gone already: the thread stopped on its own.
+            let _ = stop.send(Message::Stop);
+        }
+    }
+}
+
+/// What the watcher thread receives.
+enum Message {
+    /// A file-system event from `notify`.
+    Event(notify::Result<Event>),
+    /// The server is stopping.
+    Stop,
+}
+
+/// Starts reloading `sync` on each SIGHUP from `hangups` and, when `watch` is set, on
+/// changes of its file.
 ///
 /// Must be called inside the actix System, which runs the reloads; the watcher's own
-/// thread only hands requests over. A watcher that cannot start is logged and leaves
-/// SIGHUP as the only trigger. Logs one line saying which triggers are on.
-pub fn start(sync: UserSync, watch: bool) -> UsersWatch {
-    // One pending request is enough: the reload it triggers reads the file as it is then.
+/// thread only hands requests over. `hangups` may already hold a SIGHUP received during
+/// start-up: it is taken as a reload request. The watcher checks the file once as soon as
+/// it runs, so an edit made between the first load and now is applied too. Logs one line
+/// saying which triggers are on.
+pub fn start(sync: UserSync, watch: bool, hangups: Signal) -> UsersWatch {
+    // One pending request is enough: the watcher thread waits until it is taken.
     let (requests, pending) = mpsc::channel(1);
-    let path = sync.path().display().to_string();
-    let watcher = if watch {
-        match watch_file(sync.path(), requests) {
-            Ok(watcher) => {
-                log::info!("users file {path}: watching it for changes; SIGHUP reloads it too");
-                Some(watcher)
+    let path = sync.path().to_path_buf();
+    let shown = path.display().to_string();
+    let stop = if watch {
+        match Watch::new(path) {
+            Ok((watch, events, stop)) => {
+                log::info!("users file {shown}: watching it for changes; SIGHUP reloads it too");
+                let spawned = std::thread::Builder::new()
+                    .name("users-watch".to_string())
+                    .spawn(move || watch.run(&events, &requests));
+                match spawned {
+                    Ok(_) => Some(stop),
+                    Err(error) => {
+                        log::warn!(
+                            "users file {shown}: cannot watch it ({error}); SIGHUP reloads it"
+                        );
+                        None
+                    }
+                }
             }
             Err(error) => {
-                log::warn!("users file {path}: cannot watch it ({error}); SIGHUP reloads it");
+                log::warn!("users file {shown}: cannot watch it ({error}); SIGHUP reloads it");
                 None
             }
         }
     } else {
-        log::info!("users file {path}: not watched (auth.watch = false); SIGHUP reloads it");
+        log::info!("users file {shown}: not watched (auth.watch = false); SIGHUP reloads it");
         None
     };
-    let hangups = match signal(SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(error) => {
-            log::error!("cannot watch for SIGHUP: {error}");
-            None
-        }
-    };
     actix_rt::spawn(reload_on_request(sync, pending, hangups));
-    UsersWatch { _watcher: watcher }
+    UsersWatch { stop }
 }
 
-/// Watches the folder of `path` and asks for a reload after each burst of events that
-/// touches `path` itself (not its temporary files or its lock file).
-fn watch_file(
-    path: &Path,
-    requests: mpsc::Sender<()>,
-) -> notify_debouncer_mini::notify::Result<Debouncer<RecommendedWatcher>> {
-    let file_name: OsString = path.file_name().unwrap_or_default().to_os_string();
-    let shown = path.display().to_string();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
-        match result {
-            Ok(events) => {
-                if events
-                    .iter()
-                    .any(|event| event.path.file_name() == Some(file_name.as_os_str()))
-                {
-                    // Full: a reload is already pending and will read this version.
-                    // Closed: the server is stopping.
-                    let _ = requests.try_send(());
+/// The watcher's state, owned by its thread.
+struct Watch {
+    /// The users file as configured.
+    path: PathBuf,
+    /// The file-system watcher; events go to the thread's channel.
+    watcher: RecommendedWatcher,
+    /// Each folder watched, with the identity (device, inode) it had when the watch began.
+    folders: HashMap<PathBuf, Option<(u64, u64)>>,
+    /// The names (symlinks and the file) on the way to the file: events about other files
+    /// in the watched folders are not about the users file.
+    names: HashSet<OsString>,
+    /// Folders that could not be watched, already logged: retried without a line each time.
+    failing: HashSet<PathBuf>,
+}
+
+impl Watch {
+    /// A watcher for `path`, its events' receiver and a sender to stop it; fails when the
+    /// platform's watcher cannot be made. Folders that cannot be watched yet are retried.
+    fn new(
+        path: PathBuf,
+    ) -> notify::Result<(Self, std_mpsc::Receiver<Message>, std_mpsc::Sender<Message>)> {
+        let (sender, events) = std_mpsc::channel();
+        let forward = sender.clone();
+        let watcher = notify::recommended_watcher(move |event| {
+            // The thread is gone: nothing left to tell.
+            let _ = forward.send(Message::Event(event));
+        })?;
+        let mut watch = Self {
+            path,
+            watcher,
+            folders: HashMap::new(),
+            names: HashSet::new(),
+            failing: HashSet::new(),
+        };
+        watch.follow();
+        Ok((watch, events, sender))
+    }
+
+    /// Hands `UserSync::reload_settled` the file each time it has settled after a change,
+    /// until told to stop or the server stops taking requests.
+    fn run(mut self, events: &std_mpsc::Receiver<Message>, requests: &mpsc::Sender<Contents>) {
+        // Checked once at the start: the file may have changed since it was first loaded.
+        let mut check_at = Some(Instant::now() + QUIET);
+        let mut candidate: Option<Snapshot> = None;
+        let mut recheck_at = Instant::now() + RECHECK;
+        loop {
+            let wake = check_at.map_or(recheck_at, |at| at.min(recheck_at));
+            match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Message::Event(Ok(event))) => {
+                    if self.concerns(&event) {
+                        check_at = Some(Instant::now() + QUIET);
+                        candidate = None;
+                    }
+                }
+                Ok(Message::Event(Err(error))) => {
+                    log::warn!("users file {}: watching it failed: {error}", self.shown());
+                    check_at = Some(Instant::now() + QUIET);
+                    candidate = None;
+                }
+                Ok(Message::Stop) | Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            if now >= recheck_at {
+                recheck_at = now + RECHECK;
+                if requests.is_closed() {
+                    return;
+                }
+                if self.follow() {
+                    check_at.get_or_insert(now + QUIET);
                 }
             }
-            Err(error) => log::warn!("users file {shown}: watching it failed: {error}"),
+            if check_at.is_some_and(|at| now >= at) {
+                self.follow();
+                let snapshot = Snapshot::take(&self.path);
+                if candidate.as_ref() == Some(&snapshot) {
+                    check_at = None;
+                    candidate = None;
+                    if requests.blocking_send(snapshot.contents).is_err() {
+                        return;
+                    }
+                } else {
+                    candidate = Some(snapshot);
+                    check_at = Some(Instant::now() + QUIET);
+                }
+            }
         }
-    })?;
-    let folder = match path.parent() {
-        Some(folder) if !folder.as_os_str().is_empty() => folder,
-        _ => Path::new("."),
-    };
-    debouncer
-        .watcher()
-        .watch(folder, RecursiveMode::NonRecursive)?;
-    Ok(debouncer)
-}
+    }
 
-/// Reloads once per request from the watcher and once per SIGHUP, one after the other,
-/// until both sources are gone.
-async fn reload_on_request(
-    sync: UserSync,
-    mut changes: mpsc::Receiver<()>,
-    mut hangups: Option<Signal>,
-) {
-    loop {
-        tokio::select! {
-            Some(()) = changes.recv() => {
-                log::debug!("users file {}: changed, reloading", sync.path().display());
-            }
-            Some(()) = next_hangup(&mut hangups) => {
-                log::info!("SIGHUP received: reloading users file {}", sync.path().display());
-            }
-            else => return,
+    /// The users file's path for log lines.
+    fn shown(&self) -> std::path::Display<'_> {
+        self.path.display()
+    }
+
+    /// Whether `event` may have changed what the users file holds or where its path leads.
+    fn concerns(&self, event: &Event) -> bool {
+        let may_change = match event.kind {
+            // Opening, reading and closing unwritten leave the bytes as they were.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        // No path: the watcher lost events (an overflow) and asks for a rescan.
+        may_change
+            && (event.paths.is_empty()
+                || event.paths.iter().any(|path| {
+                    self.folders.contains_key(path)
+                        || path
+                            .file_name()
+                            .is_some_and(|name| self.names.contains(name))
+                }))
+    }
+
+    /// Follows the path's symlinks again and makes the watched folders those it leads
+    /// through, re-watching any that was replaced or removed since. Answers whether
+    /// anything changed (the file may then have changed without an event seen).
+    fn follow(&mut self) -> bool {
+        let initial = self.folders.is_empty();
+        let visited = resolution(&self.path);
+        self.names = visited
+            .iter()
+            .filter_map(|path| path.file_name().map(OsString::from))
+            .collect();
+        let wanted: HashSet<PathBuf> = visited.iter().map(|path| folder_of(path)).collect();
+        let mut changed = false;
+        let gone: Vec<PathBuf> = self
+            .folders
+            .keys()
+            .filter(|folder| !wanted.contains(*folder))
+            .cloned()
+            .collect();
+        for folder in gone {
+            log::info!(
+                "users file {}: its path no longer leads through {}; not watching that any more",
+                self.shown(),
+                folder.display()
+            );
+            // Already gone with its folder: nothing to undo.
+            let _ = self.watcher.unwatch(&folder);
+            self.folders.remove(&folder);
+            changed = true;
         }
-        // The reload logs what it did or why the file was refused.
-        let _ = sync.reload().await;
+        for folder in wanted {
+            let identity = identity(&folder);
+            match (self.folders.get(&folder), identity) {
+                (Some(Some(watched)), Some(now)) if *watched == now => continue,
+                (Some(None), None) => continue,
+                (Some(Some(_)), _) => {
+                    log::warn!(
+                        "users file {}: folder {} was renamed away, removed or made again: \
+                         its watch is lost",
+                        self.shown(),
+                        folder.display()
+                    );
+                    // The old watch may have ended with its folder: nothing to undo then.
+                    let _ = self.watcher.unwatch(&folder);
+                }
+                (Some(None), Some(_)) | (None, _) => {}
+            }
+            changed = true;
+            let watched = match identity {
+                None => {
+                    log::warn!(
+                        "users file {}: folder {} does not exist; looking for it every second",
+                        self.shown(),
+                        folder.display()
+                    );
+                    None
+                }
+                Some(identity) => match self.watcher.watch(&folder, RecursiveMode::NonRecursive) {
+                    Ok(()) => {
+                        self.failing.remove(&folder);
+                        let level = if initial {
+                            log::Level::Debug
+                        } else {
+                            log::Level::Info
+                        };
+                        log::log!(
+                            level,
+                            "users file {}: watching folder {}",
+                            self.shown(),
+                            folder.display()
+                        );
+                        Some(identity)
+                    }
+                    Err(error) => {
+                        if self.failing.insert(folder.clone()) {
+                            log::warn!(
+                                "users file {}: cannot watch folder {} ({error}); trying again \
+                                 every second",
+                                self.shown(),
+                                folder.display()
+                            );
+                        }
+                        None
+                    }
+                },
+            };
+            self.folders.insert(folder, watched);
+        }
+        changed
     }
 }
 
-/// The next SIGHUP, or `None` when SIGHUP is not watched.
-async fn next_hangup(hangups: &mut Option<Signal>) -> Option<()> {
-    match hangups {
-        Some(hangups) => hangups.recv().await,
-        None => None,
+/// What the file looked like at one moment: its identity and times, and its bytes.
+#[derive(PartialEq, Eq)]
+struct Snapshot {
+    /// Device, inode, size, modification and change times (ns), when it could be read.
+    stat: Option<(u64, u64, u64, i128, i128)>,
+    /// What it held.
+    contents: Contents,
+}
+
+impl Snapshot {
+    /// The file at `path`, through symlinks, now.
+    fn take(path: &Path) -> Self {
+        let stat = std::fs::metadata(path).ok().map(|metadata| {
+            let nanos =
+                |seconds: i64, nanos: i64| i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+            (
+                metadata.dev(),
+                metadata.ino(),
+                metadata.size(),
+                nanos(metadata.mtime(), metadata.mtime_nsec()),
+                nanos(metadata.ctime(), metadata.ctime_nsec()),
+            )
+        });
+        Self {
+            stat,
+            contents: users_file::read_contents(path),
+        }
+    }
+}
+
+/// The (device, inode) of the folder at `path`, following symlinks, if it is there.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path)
+        .ok()
+        .filter(std::fs::Metadata::is_dir)
+        .map(|metadata| (metadata.dev(), metadata.ino()))
+}
+
+/// Every path met while following `path` to its file, absolute: each symlink in turn (of
+/// the file or of a folder on the way), then the path the file has (or would have).
+fn resolution(path: &Path) -> Vec<PathBuf> {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut pending: VecDeque<OsString> = components(&absolute);
+    let mut visited = Vec::new();
+    let mut resolved = PathBuf::new();
+    while let Some(component) = pending.pop_front() {
+        if component == "/" {
+            resolved = PathBuf::from("/");
+        } else if component == ".." {
+            resolved.pop();
+        } else if component != "." {
+            let candidate = resolved.join(&component);
+            match std::fs::read_link(&candidate) {
+                Ok(target) if visited.len() < MAX_SYMLINK_HOPS => {
+                    visited.push(candidate);
+                    for (at, part) in components(&target).into_iter().enumerate() {
+                        pending.insert(at, part);
+                    }
+                }
+                _ => resolved = candidate,
+            }
+        }
+    }
+    visited.push(resolved);
+    visited
+}
+
+/// The components of `path` as owned strings, the root as `/`.
+fn components(path: &Path) -> VecDeque<OsString> {
+    path.components()
+        .map(|component| component.as_os_str().to_os_string())
+        .collect()
+}
+
+/// The folder holding `path` (`/` for the root).
+fn folder_of(path: &Path) -> PathBuf {
+    path.parent().unwrap_or(Path::new("/")).to_path_buf()
+}
+
+/// Reloads once per settled change from the watcher and once per SIGHUP, one after the
+/// other, until both sources are gone.
+async fn reload_on_request(
+    sync: UserSync,
+    mut changes: mpsc::Receiver<Contents>,
+    mut hangups: Signal,
+) {
+    loop {
+        tokio::select! {
+            Some(settled) = changes.recv() => sync.reload_settled(settled).await,
+            Some(()) = hangups.recv() => {
+                log::info!("SIGHUP received: reloading users file {}", sync.path().display());
+                // The reload logs what it did or why the file was refused.
+                let _ = sync.reload().await;
+            }
+            else => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn resolution_follows_a_configmap_layout() {
+        let folder = tempfile::tempdir().unwrap();
+        let root = folder.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("..2026_a")).unwrap();
+        std::fs::write(root.join("..2026_a/users.toml"), "").unwrap();
+        symlink("..2026_a", root.join("..data")).unwrap();
+        symlink("..data/users.toml", root.join("users.toml")).unwrap();
+        assert_eq!(
+            resolution(&root.join("users.toml")),
+            [
+                root.join("users.toml"),
+                root.join("..data"),
+                root.join("..2026_a/users.toml"),
+            ]
+        );
+    }
+
+    #[test]
+    fn resolution_of_a_plain_file_is_itself_and_of_a_missing_one_too() {
+        let folder = tempfile::tempdir().unwrap();
+        let root = folder.path().canonicalize().unwrap();
+        let path = root.join("users.toml");
+        assert_eq!(resolution(&path), std::slice::from_ref(&path));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(resolution(&path), std::slice::from_ref(&path));
+        assert_eq!(resolution(&root.join("x/../users.toml")), [path]);
+    }
+
+    #[test]
+    fn resolution_stops_at_a_symlink_loop() {
+        let folder = tempfile::tempdir().unwrap();
+        let root = folder.path().canonicalize().unwrap();
+        symlink("b", root.join("a")).unwrap();
+        symlink("a", root.join("b")).unwrap();
+        assert_eq!(resolution(&root.join("a")).len(), MAX_SYMLINK_HOPS + 1);
     }
 }

@@ -607,3 +607,88 @@ fn an_empty_admin_listen_turns_the_api_off() {
     server.client().login("alice", "pw-a");
     assert!(!server.stderr_text().contains("(admin API)"));
 }
+
+#[test]
+fn users_are_listed_by_name_in_pages_with_their_connection_counts() {
+    let admin = Admin::start(None);
+    for name in ["carol", "dave", "Zed"] {
+        let path = format!("/v1/users/{name}/password");
+        let (status, _) = admin.call("PUT", &path, Some(r#"{"password":"pw"}"#));
+        assert_eq!(status, 201, "PUT {path}");
+    }
+    let mut alice = admin.client();
+    alice.login("alice", "pw-a");
+    let page = |query: &str| {
+        let (status, body) = admin.json("GET", &format!("/v1/users{query}"), None);
+        assert_eq!(status, 200, "GET /v1/users{query}: {body}");
+        body
+    };
+    let entry = |name: &str, connections: u64| serde_json::json!({ "name": name, "connections": connections });
+    // Bytewise order: upper case before lower case.
+    assert_eq!(
+        page("?limit=2"),
+        serde_json::json!({ "users": [entry("Zed", 0), entry("alice", 1)], "next": "alice" })
+    );
+    assert_eq!(
+        page("?after=alice&limit=2"),
+        serde_json::json!({ "users": [entry("bob", 0), entry("carol", 0)], "next": "carol" })
+    );
+    assert_eq!(
+        page("?after=carol&limit=2"),
+        serde_json::json!({ "users": [entry("dave", 0)], "next": null })
+    );
+    assert_eq!(page("?after=dave")["users"], serde_json::json!([]));
+    let all = page("");
+    assert_eq!(all["users"].as_array().map(Vec::len), Some(5), "{all}");
+    assert_eq!(all["next"], Value::Null);
+}
+
+#[test]
+fn bad_user_list_parameters_are_400() {
+    let admin = Admin::start(None);
+    for (query, mentions) in [
+        ("?limit=0", "limit must be from 1 to 1000"),
+        ("?limit=1001", "limit must be from 1 to 1000"),
+        ("?limit=many", "bad query"),
+        ("?limit=-1", "bad query"),
+        ("?before=bob", "bad query"),
+    ] {
+        let (status, body) = admin.json("GET", &format!("/v1/users{query}"), None);
+        assert_error(status, &body, 400, mentions);
+    }
+    let (status, _) = admin.call("GET", "/v1/users?limit=1000", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_hand_added_bad_entry_makes_user_changes_409_naming_it() {
+    let admin = Admin::start(None);
+    let path = admin.server.users_path();
+    let mut text = admin.users_file();
+    text.push_str("\n[users.mallory]\npassword_hash = \"plain-text\"\n");
+    std::fs::write(&path, &text).expect("write users file");
+    let (status, body) = admin.json(
+        "PUT",
+        "/v1/users/carol/password",
+        Some(r#"{"password":"pw"}"#),
+    );
+    assert_error(status, &body, 409, "\"mallory\"");
+    let (status, body) = admin.json("DELETE", "/v1/users/alice", None);
+    assert_error(status, &body, 409, "\"mallory\"");
+    assert_eq!(admin.users_file(), text, "nothing written");
+}
+
+#[test]
+fn a_long_path_without_the_token_is_cut_short_in_the_log() {
+    let admin = Admin::start(Some(TOKEN));
+    let path = format!("/v1/users/{}/connections", "x".repeat(6000));
+    let (status, _) = call(&admin.base, None, "GET", &path, None);
+    assert_eq!(status, 401);
+    admin
+        .server
+        .wait_for_log("missing or wrong token", Duration::from_secs(5));
+    let log = admin.server.stderr_text();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1000, "a log line of {longest} bytes");
+    assert!(log.contains(&format!("({} bytes)", path.len())), "{log}");
+}

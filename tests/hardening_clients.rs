@@ -283,13 +283,82 @@ fn a_client_that_never_reads_is_cut_off_and_the_users_other_connections_get_ever
         "slow reader: cut off after {cut_off_after} events of {TEXT_BYTES} bytes, had read {}",
         events.len()
     );
-    // Cut off once its unsent output passed 64 KiB, plus what the kernel buffers took (the
-    // server's send buffer grows up to tcp_wmem's maximum, 4 MiB by default).
+    // Cut off once its unsent output passed 64 KiB, plus what the kernel buffers took: the
+    // server bounds its send buffer (SO_SNDBUF 64 KiB, doubled by Linux) rather than let
+    // autotuning grow it to tcp_wmem's maximum (4 MiB by default; 2.8 MiB went in before).
     assert!(
-        cut_off_after * TEXT_BYTES < 8 * 1024 * 1024,
-        "cut off only after {cut_off_after} events"
+        cut_off_after * TEXT_BYTES < 512 * 1024,
+        "cut off only after {cut_off_after} events of {TEXT_BYTES} bytes"
     );
     server.wait_for_connections("alice", 1);
     reader.send(&["prolongate"]);
     reader.expect(&["prolongate_ack"]);
+}
+
+/// Many clients that do not read share one server-wide bound on unsent output
+/// (`max_pending_total`): once it is spent they are cut off, long before each holds
+/// `max_pending_bytes`, while a client that reads gets every event.
+#[test]
+fn clients_that_never_read_share_the_server_wide_output_bound() {
+    const SLUGGARDS: usize = 16;
+    const TEXT_BYTES: usize = 16 * 1024;
+    let mut settings = test_settings();
+    settings.max_pending_bytes = 1024 * 1024;
+    settings.max_pending_total = 512 * 1024;
+    let server = InProcessServer::start(settings, &[("alice", "pw")]);
+    let options = SocketOptions {
+        receive_buffer: Some(4096),
+        ..SocketOptions::default()
+    };
+    let _sluggards: Vec<TestClient> = (0..SLUGGARDS)
+        .map(|_| {
+            let stream = connect_with(server.addr(), options).expect("connects");
+            let mut sluggard = TestClient::from_stream(stream);
+            sluggard.login("alice", "pw");
+            sluggard
+        })
+        .collect();
+    let mut reader = TestClient::connect(server.addr());
+    reader.login("alice", "pw");
+    server.wait_for_connections("alice", SLUGGARDS + 1);
+    let reading = std::thread::spawn(move || {
+        let mut seen = 0usize;
+        loop {
+            match reader.try_recv(Duration::from_secs(2)) {
+                Ok(message) if message[0] == "event" => seen += 1,
+                Ok(message) => panic!("reader got {message:?} after {seen} events"),
+                Err(RecvError::Timeout(_)) => return seen,
+                Err(RecvError::Closed(_)) => panic!("reader closed after {seen} events"),
+            }
+        }
+    });
+
+    let text = "x".repeat(TEXT_BYTES);
+    let mut published = 0usize;
+    let mut first_cut = None;
+    while published < 400 {
+        let receipt = server
+            .block_on(server.handle().publish("alice", text.clone()))
+            .expect("published");
+        published += 1;
+        if receipt.connections <= SLUGGARDS {
+            first_cut.get_or_insert(published);
+        }
+        if receipt.connections == 1 {
+            break;
+        }
+    }
+    assert_eq!(reading.join().expect("reader thread"), published);
+    let first_cut = first_cut.unwrap_or(published);
+    eprintln!(
+        "server-wide output bound: {SLUGGARDS} non-reading clients, the first cut off after \
+         {first_cut} events of {TEXT_BYTES} bytes, the last after {published}"
+    );
+    // Alone, each would hold 1 MiB in the server besides what the kernel buffers take
+    // (about 0.75 MiB here), and all were cut off after about 110 events. Sharing 512 KiB
+    // beyond their free 64 KiB each, they hold 96 KiB each when the first is cut.
+    assert!(
+        first_cut * TEXT_BYTES < 1024 * 1024,
+        "the first non-reading client was cut off only after {first_cut} events"
+    );
 }

@@ -103,6 +103,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         idle_timeout: Duration::from_secs(30 * 60),
         max_message_bytes: 65536,
         max_pending_bytes: 1 << 20,
+        max_pending_total: 256 << 20,
         max_connections: 1000,
         shutdown_grace: Duration::from_secs(5),
         workers: 1,

@@ -12,14 +12,16 @@ use crate::buffers::{self, Spare};
 use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
 use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
+use crate::excerpt::Excerpt;
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
-use crate::password::PasswordChecker;
+use crate::output_budget::{OutputBudget, OutputCharge, FREE_BYTES};
+use crate::password::{PasswordChecker, Verdict};
 use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
 use crate::registry::{Bind, Unbind};
 use crate::roster::Roster;
 use crate::supervisor::HubState;
-use crate::throttle::LoginThrottle;
+use crate::throttle::{LoginThrottle, Reservation};
 use crate::users::{PasswordHash, UserStore};
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
@@ -94,13 +96,16 @@ pub(crate) struct ConnectionShared {
     pub max_message_bytes: usize,
     /// Unsent output allowed before `io_error`.
     pub max_pending_bytes: usize,
+    /// Bounds the unsent output of all connections together.
+    pub output_budget: Arc<OutputBudget>,
     /// Where password hashes come from.
     pub users: Arc<dyn UserStore>,
     /// Runs bcrypt off the event loops.
     pub checker: PasswordChecker,
-    /// Counts failed logins per client address and name.
-    pub throttle: LoginThrottle,
-    /// Checked for unknown users, so they cost as much as a wrong password.
+    /// Counts failed logins and checks in flight per client address and name.
+    pub throttle: Arc<LoginThrottle>,
+    /// Checked for unknown users when the user store has no stand-in of its own, so they
+    /// cost as much as a wrong password.
     pub stand_in_hash: PasswordHash,
     /// What the server counts.
     pub metrics: Metrics,
@@ -120,9 +125,12 @@ struct Binding {
 
 /// A login whose password is being checked.
 struct PendingLogin {
-    /// Whether the password matched.
-    verdict: Pin<Box<dyn Future<Output = bool>>>,
-    /// The user and the hash checked; `None` when the stand-in hash was.
+    /// Whether the password matched; dropping it gives the check up if it has not started.
+    verdict: Verdict,
+    /// This check's place under the throttle's limit.
+    reservation: Reservation,
+    /// The user and the hash checked; `None` when a match cannot log in (a stand-in hash
+    /// was checked, or the password breaks the rules).
     user: Option<(Arc<str>, PasswordHash)>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
@@ -175,6 +183,8 @@ pub struct ConnectionActor {
     output_at_boundary: bool,
     /// The events in `output`, for the delivery histogram once they are written.
     unwritten_events: Option<UnwrittenEvents>,
+    /// What `output` has charged to the server-wide budget; given back on drop.
+    output_charge: OutputCharge,
     /// The user this connection is bound to.
     binding: Option<Binding>,
     /// A login being checked; no command is read until its verdict.
@@ -226,6 +236,7 @@ impl ConnectionActor {
             output: BytesMut::new(),
             output_at_boundary: true,
             unwritten_events: None,
+            output_charge: OutputCharge::new(Arc::clone(&shared.output_budget)),
             binding: None,
             login: None,
             hub,
@@ -297,30 +308,35 @@ impl ConnectionActor {
     /// taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], ctx: &mut Context<Self>) {
         let now = Instant::now();
-        if self.shared.throttle.is_throttled(self.peer.ip(), name, now) {
+        let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
             self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
-                "{}: login as {:?} refused unchecked: too many failures",
+                "{}: login as {} refused unchecked: too many failures",
                 self.peer,
-                String::from_utf8_lossy(name)
+                Excerpt(name)
             );
             self.reply(Reply::LoginInvalid, ctx);
             return;
-        }
-        let user = match (check_name_bytes(name), check_password(password)) {
-            (Ok(name), Ok(())) => self
+        };
+        // A known user's hash is checked even when the password is malformed (the verdict
+        // is then no match): the time a login takes must not depend on whether the name
+        // exists, whatever the password.
+        let known = check_name_bytes(name).ok().and_then(|name| {
+            let hash = self.shared.users.password_hash(name)?;
+            Some((Arc::<str>::from(name), hash))
+        });
+        let hash = match &known {
+            Some((_, hash)) => hash.clone(),
+            None => self
                 .shared
                 .users
-                .password_hash(name)
-                .map(|hash| (Arc::<str>::from(name), hash)),
-            _ => None,
+                .stand_in_hash(name)
+                .unwrap_or_else(|| self.shared.stand_in_hash.clone()),
         };
-        let hash = user.as_ref().map_or_else(
-            || self.shared.stand_in_hash.clone(),
-            |(_, hash)| hash.clone(),
-        );
+        let user = known.filter(|_| check_password(password).is_ok());
         self.login = Some(PendingLogin {
-            verdict: Box::pin(self.shared.checker.check(password.to_vec(), hash)),
+            verdict: self.shared.checker.check(self.peer.ip(), password, hash),
+            reservation,
             user,
             name: name.to_vec(),
         });
@@ -329,8 +345,10 @@ impl ConnectionActor {
     /// Acts on the verdict of the login that was being checked.
     fn finish_login(&mut self, login: PendingLogin, matches: bool, ctx: &mut Context<Self>) {
         match (matches, login.user) {
-            (true, Some((user, hash))) => self.login_succeeded(user, &hash, &login.name, ctx),
-            _ => self.login_failed(&login.name, ctx),
+            (true, Some((user, hash))) => {
+                self.login_succeeded(user, &hash, login.reservation, ctx);
+            }
+            _ => self.login_failed(&login.name, login.reservation, ctx),
         }
     }
 
@@ -341,7 +359,7 @@ impl ConnectionActor {
         &mut self,
         user: Arc<str>,
         hash: &PasswordHash,
-        name: &[u8],
+        reservation: Reservation,
         ctx: &mut Context<Self>,
     ) {
         if self.shared.users.password_hash(&user).as_ref() != Some(hash) {
@@ -353,7 +371,7 @@ impl ConnectionActor {
             self.reply(Reply::LoginInvalid, ctx);
             return;
         }
-        self.shared.throttle.record_success(self.peer.ip(), name);
+        reservation.succeeded();
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
@@ -375,16 +393,10 @@ impl ConnectionActor {
         self.reply(Reply::LoginValid, ctx);
     }
 
-    fn login_failed(&mut self, name: &[u8], ctx: &mut Context<Self>) {
-        self.shared
-            .throttle
-            .record_failure(self.peer.ip(), name, Instant::now());
+    fn login_failed(&mut self, name: &[u8], reservation: Reservation, ctx: &mut Context<Self>) {
+        reservation.failed(Instant::now());
         self.shared.metrics.login(LoginResult::Invalid);
-        log::info!(
-            "{}: login as {:?} failed",
-            self.peer,
-            String::from_utf8_lossy(name)
-        );
+        log::info!("{}: login as {} failed", self.peer, Excerpt(name));
         self.reply(Reply::LoginInvalid, ctx);
     }
 
@@ -428,9 +440,9 @@ impl ConnectionActor {
         self.output_grew(ctx);
     }
 
-    /// Enforces `max_pending_bytes`. The output itself is written by [`DriveSocket`], which
-    /// is polled after every handler that can add to it (mailbox handlers run before the
-    /// context's futures on each wake-up).
+    /// Enforces `max_pending_bytes` and the server-wide `max_pending_total`. The output
+    /// itself is written by [`DriveSocket`], which is polled after every handler that can
+    /// add to it (mailbox handlers run before the context's futures on each wake-up).
     fn output_grew(&mut self, ctx: &mut Context<Self>) {
         if self.output.len() > self.shared.max_pending_bytes {
             // What the kernel takes right now is not pending.
@@ -438,6 +450,18 @@ impl ConnectionActor {
                 self.fail(
                     IoErrorCause::SlowReader,
                     "unsent output over max_pending_bytes (client not reading)",
+                    ctx,
+                );
+                return;
+            }
+        }
+        if self.output.len() > FREE_BYTES && !self.output_charge.settle(self.output.len()) {
+            // `write_now` settles the charge for what the kernel takes.
+            if self.write_now().is_err() || !self.output_charge.settle(self.output.len()) {
+                self.fail(
+                    IoErrorCause::SlowReader,
+                    "unsent output over max_pending_total, the server-wide bound \
+                     (client not reading)",
                     ctx,
                 );
             }
@@ -467,6 +491,10 @@ impl ConnectionActor {
             self.output.clear();
             buffers::release(&mut self.output, Spare::Output);
             self.observe_delivered();
+        }
+        if self.output_charge.is_charged() {
+            // Shrinking always fits.
+            self.output_charge.settle(self.output.len());
         }
     }
 
@@ -541,6 +569,8 @@ impl ConnectionActor {
         }
         log::info!("{}: io_error: {detail}{}", self.peer, self.who());
         self.shared.metrics.io_error(cause);
+        // Nobody will read the verdict: a check not yet started is dropped unrun.
+        self.login = None;
         self.unbind();
         self.output.clear();
         self.unwritten_events = None;
@@ -647,12 +677,19 @@ impl ConnectionActor {
         for _ in 0..READS_PER_WAKEUP {
             while self.phase == Phase::Open {
                 if let Some(login) = &mut self.login {
-                    let Poll::Ready(matches) = login.verdict.as_mut().poll(task) else {
-                        // Logins can queue for seconds: wait holding no empty buffer.
-                        if self.input.is_empty() {
-                            buffers::release(&mut self.input, Spare::Input);
+                    let Poll::Ready(matches) = Pin::new(&mut login.verdict).poll(task) else {
+                        // Meanwhile the socket is still read (up to one message ahead), so
+                        // that a reset drops the login and its check before the check runs,
+                        // while a client that only shut its sending side still gets the
+                        // verdict.
+                        if self.input_closed || self.input.len() > self.shared.max_message_bytes {
+                            // Logins can queue for seconds: wait holding no empty buffer.
+                            if self.input.is_empty() {
+                                buffers::release(&mut self.input, Spare::Input);
+                            }
+                            return;
                         }
-                        return;
+                        break;
                     };
                     if let Some(login) = self.login.take() {
                         self.finish_login(login, matches, ctx);
@@ -683,6 +720,15 @@ impl ConnectionActor {
                 self.input.clear();
                 buffers::release(&mut self.input, Spare::Input);
             }
+            if self.input_closed {
+                // The client shut its sending side while a login was checked; the verdict
+                // and the commands sent before are answered: now close.
+                self.input = BytesMut::new();
+                if self.phase == Phase::Open {
+                    self.close(CloseReason::PeerClosed, ctx);
+                }
+                return;
+            }
             match self.stream.poll_read_ready(task) {
                 Poll::Pending => return,
                 Poll::Ready(Err(err)) => {
@@ -703,8 +749,12 @@ impl ConnectionActor {
                     return;
                 }
                 Poll::Ready(Ok(0)) => {
-                    self.input = BytesMut::new();
                     self.input_closed = true;
+                    if self.login.is_some() && self.phase == Phase::Open {
+                        // Half-closed, not gone (SPEC §3): the login is still answered.
+                        return;
+                    }
+                    self.input = BytesMut::new();
                     match self.phase {
                         Phase::Open => self.close(CloseReason::PeerClosed, ctx),
                         Phase::Lingering => ctx.stop(),
@@ -828,7 +878,7 @@ impl ActorFuture<ConnectionActor> for DriveSocket {
         task: &mut std::task::Context<'_>,
     ) -> Poll<()> {
         loop {
-            if !act.input_closed {
+            if !act.input_closed || act.login.is_some() {
                 act.poll_input(ctx, task);
             }
             act.poll_output(ctx, task);

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub(crate) password_queue_depth: Gauge,
     /// Time one bcrypt check took.
     pub(crate) password_check_seconds: Histogram,
+    /// Checks dropped unrun because their login was gone (the connection left first).
+    pub(crate) password_checks_dropped: Counter,
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
     families: Families,
@@ -154,6 +156,7 @@ impl Metrics {
             ),
             password_queue_depth: Gauge::default(),
             password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+            password_checks_dropped: Counter::default(),
             connections_refused: Counter::default(),
             families,
         }
@@ -216,6 +219,11 @@ impl Metrics {
             "password_check_seconds",
             "Time one bcrypt password check took",
             self.password_check_seconds.clone(),
+        );
+        registry.register(
+            "password_checks_dropped",
+            "Password checks dropped unrun because their connection had gone",
+            self.password_checks_dropped.clone(),
         );
         registry.register(
             "event_delivery_seconds",

@@ -1,15 +1,31 @@
-//! Password checks off the event loops: a fixed set of threads running bcrypt, fed through
-//! a bounded queue, so a burst of logins never stalls an arbiter.
+//! Password checks off the event loops: a fixed set of threads running bcrypt, fed from
+//! one queue per client address served in turn, so a burst of logins never stalls an
+//! arbiter and a flood from one address delays only that address's logins.
+//!
+//! A check whose login is gone (its connection closed or was reset before the check
+//! started) is dropped unrun; a client that only shut its sending side keeps its login,
+//! and the bound on what one address takes is the round-robin, not a guess at departures.
 
 use crate::metrics::Metrics;
 use crate::users::PasswordHash;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::thread;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// The most of a password bcrypt looks at; later bytes change no verdict.
 const BCRYPT_READS_BYTES: usize = 72;
+
+/// Highest bcrypt cost accepted for a stored hash (and for `auth.bcrypt_cost`): one check
+/// at 16 takes about 4 s of a core; each step up doubles it, and a single hash at 31 would
+/// hold a bcrypt thread for days.
+pub const MAX_STORED_COST: u32 = 16;
 
 /// One password to compare with one hash.
 struct Check {
@@ -17,8 +33,104 @@ struct Check {
     password: Vec<u8>,
     /// The stored bcrypt hash (or the stand-in for an unknown user).
     hash: PasswordHash,
-    /// Where the verdict goes.
+    /// Where the verdict goes; closed when the login is gone.
     verdict: oneshot::Sender<bool>,
+}
+
+/// The checks waiting for a thread: a FIFO per client address, the addresses served in
+/// turn, one check each.
+#[derive(Default)]
+struct FairQueue {
+    /// Each address's waiting checks, oldest first; an address with none has no entry.
+    by_client: HashMap<IpAddr, VecDeque<Check>>,
+    /// The addresses with waiting checks, in the order they are served.
+    turns: VecDeque<IpAddr>,
+    /// Checks waiting, abandoned ones included.
+    len: usize,
+    /// No more checks will come: the threads end once the queue is empty.
+    closed: bool,
+}
+
+impl FairQueue {
+    fn push(&mut self, client: IpAddr, check: Check) {
+        let queue = self.by_client.entry(client).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(client);
+        }
+        queue.push_back(check);
+        self.len += 1;
+    }
+
+    /// The oldest check of the address whose turn it is; that address goes to the back.
+    fn pop(&mut self) -> Option<Check> {
+        let client = self.turns.pop_front()?;
+        let queue = self.by_client.get_mut(&client)?;
+        let check = queue.pop_front();
+        if queue.is_empty() {
+            self.by_client.remove(&client);
+        } else {
+            self.turns.push_back(client);
+        }
+        self.len -= usize::from(check.is_some());
+        check
+    }
+
+    /// Removes the checks whose login is gone; answers how many.
+    fn remove_abandoned(&mut self) -> usize {
+        let before = self.len;
+        self.by_client.retain(|_, queue| {
+            queue.retain(|check| !check.verdict.is_closed());
+            !queue.is_empty()
+        });
+        let by_client = &self.by_client;
+        self.turns.retain(|client| by_client.contains_key(client));
+        self.len = self.by_client.values().map(VecDeque::len).sum();
+        before - self.len
+    }
+}
+
+/// What the checker threads and the handles share.
+struct Pool {
+    queue: Mutex<FairQueue>,
+    /// Signalled when a check is queued or the pool closes.
+    ready: Condvar,
+    /// Logins given up since the last sweep of the queue (some may have run already):
+    /// once they reach half the queue, it is swept, so abandoned checks never hold more
+    /// than half of it.
+    abandoned: AtomicUsize,
+    /// Queue depth and check durations.
+    metrics: Metrics,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, FairQueue> {
+        match self.queue.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Drops abandoned checks if they may be half the queue.
+    fn sweep_if_due(&self, queue: &mut FairQueue) {
+        let abandoned = self.abandoned.load(Ordering::Relaxed);
+        if abandoned == 0 || abandoned * 2 < queue.len {
+            return;
+        }
+        self.abandoned.store(0, Ordering::Relaxed);
+        let removed = queue.remove_abandoned();
+        self.metrics.password_queue_depth.dec_by(removed as i64);
+        self.metrics.password_checks_dropped.inc_by(removed as u64);
+    }
+}
+
+/// Closes the pool when the last [`PasswordChecker`] is dropped.
+struct Closer(Arc<Pool>);
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_all();
+    }
 }
 
 /// A bounded pool of threads that run bcrypt.
@@ -26,54 +138,82 @@ struct Check {
 /// Cloning shares the pool; the threads end when the last clone is dropped.
 #[derive(Clone)]
 pub struct PasswordChecker {
-    /// The queue of pending checks; its capacity bounds the memory a login burst can take.
-    queue: mpsc::Sender<Check>,
-    /// Queue depth and check durations.
-    metrics: Metrics,
+    pool: Arc<Pool>,
+    _closer: Arc<Closer>,
 }
 
 impl PasswordChecker {
-    /// Starts `threads` checker threads behind a queue holding at most `queue_capacity`
-    /// pending checks.
-    pub fn start(threads: usize, queue_capacity: usize, metrics: Metrics) -> std::io::Result<Self> {
-        let (queue, receiver) = mpsc::channel(queue_capacity.max(1));
-        let receiver = Arc::new(Mutex::new(receiver));
+    /// Starts `threads` checker threads.
+    pub fn start(threads: usize, metrics: Metrics) -> std::io::Result<Self> {
+        let pool = Arc::new(Pool {
+            queue: Mutex::new(FairQueue::default()),
+            ready: Condvar::new(),
+            abandoned: AtomicUsize::new(0),
+            metrics,
+        });
         for index in 0..threads.max(1) {
-            let receiver = Arc::clone(&receiver);
-            let metrics = metrics.clone();
+            let pool = Arc::clone(&pool);
             thread::Builder::new()
                 .name(format!("tether-bcrypt-{index}"))
-                .spawn(move || run_checks(&receiver, &metrics))?;
+                .spawn(move || run_checks(&pool))?;
         }
-        Ok(Self { queue, metrics })
+        Ok(Self {
+            _closer: Arc::new(Closer(Arc::clone(&pool))),
+            pool,
+        })
     }
 
-    /// Whether `password` matches `hash`. Waits while the queue is full; a malformed hash
-    /// or a stopped pool counts as no match.
-    pub fn check(
-        &self,
-        password: Vec<u8>,
-        hash: PasswordHash,
-    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+    /// Queues a check of `password` against `hash` for a login from `client`; the verdict
+    /// says whether it matches. A malformed hash or a stopped pool counts as no match.
+    /// Dropping the verdict before it is in gives the check up: it is not run.
+    pub fn check(&self, client: IpAddr, password: &[u8], hash: PasswordHash) -> Verdict {
         // bcrypt reads at most 72 bytes; more, held in the queue, would only take memory.
-        let mut password = password;
-        password.truncate(BCRYPT_READS_BYTES);
-        password.shrink_to_fit();
-        let queue = self.queue.clone();
-        let metrics = self.metrics.clone();
-        async move {
-            let (verdict, answer) = oneshot::channel();
-            let check = Check {
-                password,
-                hash,
-                verdict,
-            };
-            metrics.password_queue_depth.inc();
-            if queue.send(check).await.is_err() {
-                metrics.password_queue_depth.dec();
-                return false;
-            }
-            answer.await.unwrap_or(false)
+        let password = password[..password.len().min(BCRYPT_READS_BYTES)].to_vec();
+        let (verdict, answer) = oneshot::channel();
+        let check = Check {
+            password,
+            hash,
+            verdict,
+        };
+        let mut queue = self.pool.lock();
+        if !queue.closed {
+            self.pool.sweep_if_due(&mut queue);
+            queue.push(client, check);
+            self.pool.metrics.password_queue_depth.inc();
+            self.pool.ready.notify_one();
+        }
+        Verdict {
+            answer,
+            pool: Arc::clone(&self.pool),
+            decided: false,
+        }
+    }
+}
+
+/// The verdict of one queued check (see [`PasswordChecker::check`]).
+pub struct Verdict {
+    answer: oneshot::Receiver<bool>,
+    pool: Arc<Pool>,
+    /// The verdict was taken.
+    decided: bool,
+}
+
+impl Future for Verdict {
+    type Output = bool;
+
+    fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<bool> {
+        let answer = Pin::new(&mut self.answer).poll(task);
+        answer.map(|result| {
+            self.decided = true;
+            result.unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for Verdict {
+    fn drop(&mut self) {
+        if !self.decided {
+            self.pool.abandoned.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -82,72 +222,181 @@ impl PasswordChecker {
 /// event loops compete for a core, commands are answered first and logins wait.
 pub const CHECKER_NICENESS: i32 = 10;
 
-/// Runs checks until every sender is gone.
-fn run_checks(receiver: &Mutex<mpsc::Receiver<Check>>, metrics: &Metrics) {
+/// Runs checks until the pool closes.
+fn run_checks(pool: &Pool) {
     // On Linux the nice value is per thread: this lowers only the calling thread.
     if let Err(err) = rustix::process::setpriority_process(None, CHECKER_NICENESS) {
         log::debug!("cannot lower the priority of a password-check thread: {err}");
     }
+    let metrics = &pool.metrics;
     loop {
-        let next = match receiver.lock() {
-            Ok(mut receiver) => receiver.blocking_recv(),
-            Err(_) => None,
+        let check = {
+            let mut queue = pool.lock();
+            loop {
+                if let Some(check) = queue.pop() {
+                    break check;
+                }
+                if queue.closed {
+                    return;
+                }
+                queue = match pool.ready.wait(queue) {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+            }
         };
-        let Some(check) = next else { return };
         metrics.password_queue_depth.dec();
+        if check.verdict.is_closed() {
+            // The login is gone (its connection closed or was reset): nobody would hear.
+            metrics.password_checks_dropped.inc();
+            continue;
+        }
         let started = Instant::now();
         let matches = bcrypt::verify(&check.password, &check.hash).unwrap_or(false);
         metrics
             .password_check_seconds
             .observe(started.elapsed().as_secs_f64());
-        // The connection may be gone; then nobody needs the verdict.
+        // The connection may have gone meanwhile; then nobody needs the verdict.
         let _ = check.verdict.send(matches);
     }
 }
 
-/// A hash of the given cost that matches no password a client can send (it holds a
-/// separator), checked for unknown users so that they take as long as a wrong password.
+/// The password of every stand-in hash: it holds separators, which no client's password
+/// may, so no login ever matches it.
+const STAND_IN_PASSWORD: &str = "\u{1e}tether stand-in\u{1f}";
+
+/// A hash of the given cost that matches no password a client can send, checked for
+/// unknown users so that they take as long as a wrong password at that cost.
+///
+/// Made cheaply: a cost-4 hash of a password no client can send, relabelled with `cost`.
+/// bcrypt's work depends only on the cost field, so checking against it takes as long as
+/// any hash of that cost; a password matching it would be a preimage of a random 184-bit
+/// digest. So stand-ins for high costs cost no start-up or reload time.
 pub fn stand_in_hash(cost: u32) -> Result<PasswordHash, bcrypt::BcryptError> {
-    Ok(PasswordHash::from(bcrypt::hash(
-        "\u{1e}tether stand-in\u{1f}",
-        cost,
-    )?))
+    if !(4..=31).contains(&cost) {
+        return Err(bcrypt::BcryptError::CostNotAllowed(cost));
+    }
+    let cheap = bcrypt::hash(STAND_IN_PASSWORD, 4)?;
+    // `$2b$04$` then 53 characters of salt and digest.
+    Ok(PasswordHash::from(format!("$2b${cost:02}${}", &cheap[7..])))
+}
+
+/// The cost of a bcrypt hash, if it is one.
+pub fn hash_cost(hash: &str) -> Option<u32> {
+    hash.parse::<bcrypt::HashParts>()
+        .ok()
+        .map(|parts| parts.get_cost())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
     #[actix_rt::test]
     async fn checks_match_only_the_right_password() {
-        let checker = PasswordChecker::start(2, 4, Metrics::new()).expect("threads start");
+        let checker = PasswordChecker::start(2, Metrics::new()).expect("threads start");
         let hash = PasswordHash::from(bcrypt::hash("secret", 4).expect("hashes"));
-        assert!(checker.check(b"secret".to_vec(), hash.clone()).await);
-        assert!(!checker.check(b"wrong".to_vec(), hash).await);
+        assert!(checker.check(HOME, b"secret", hash.clone()).await);
+        assert!(!checker.check(HOME, b"wrong", hash).await);
         assert!(
             !checker
-                .check(b"x".to_vec(), PasswordHash::from("not a hash"))
+                .check(HOME, b"x", PasswordHash::from("not a hash"))
                 .await
         );
     }
 
     #[actix_rt::test]
     async fn the_stand_in_hash_matches_no_valid_password() {
-        let checker = PasswordChecker::start(1, 1, Metrics::new()).expect("threads start");
+        let checker = PasswordChecker::start(1, Metrics::new()).expect("threads start");
         let hash = stand_in_hash(4).expect("hashes");
-        assert!(!checker.check(b"tether stand-in".to_vec(), hash).await);
+        assert!(!checker.check(HOME, b"tether stand-in", hash).await);
     }
 
     #[actix_rt::test]
     async fn an_over_long_password_gets_the_verdict_bcrypt_itself_gives() {
         // Queued checks keep at most 72 bytes; bcrypt never reads further, so verdicts
         // are unchanged (the connection refuses over-long passwords before this anyway).
-        let checker = PasswordChecker::start(1, 1, Metrics::new()).expect("threads start");
+        let checker = PasswordChecker::start(1, Metrics::new()).expect("threads start");
         let long = vec![b'p'; 10_000];
         let hash = PasswordHash::from(bcrypt::hash(&long[..72], 4).expect("hashes"));
         let expected = bcrypt::verify(&long, &hash).expect("verifies");
         assert!(expected);
-        assert_eq!(checker.check(long.clone(), hash.clone()).await, expected);
-        assert!(!checker.check(long[..71].to_vec(), hash).await);
+        assert_eq!(checker.check(HOME, &long, hash.clone()).await, expected);
+        assert!(!checker.check(HOME, &long[..71], hash).await);
+    }
+
+    #[actix_rt::test]
+    async fn a_stand_in_takes_the_time_of_its_cost_and_matches_nothing() {
+        let hash = stand_in_hash(6).expect("hashes");
+        assert_eq!(hash_cost(&hash), Some(6));
+        assert!(!bcrypt::verify(STAND_IN_PASSWORD, &hash).expect("verifies"));
+        assert!(stand_in_hash(32).is_err());
+    }
+
+    /// A check and the receiver of its verdict (dropping it gives the check up).
+    fn check_with(password: &[u8]) -> (Check, oneshot::Receiver<bool>) {
+        let (verdict, answer) = oneshot::channel();
+        let hash = PasswordHash::from("unused");
+        let check = Check {
+            password: password.to_vec(),
+            hash,
+            verdict,
+        };
+        (check, answer)
+    }
+
+    #[test]
+    fn addresses_are_served_in_turn() {
+        let mut queue = FairQueue::default();
+        let mut answers = Vec::new();
+        for password in [&b"home-1"[..], b"home-2", b"home-3"] {
+            let (check, answer) = check_with(password);
+            queue.push(HOME, check);
+            answers.push(answer);
+        }
+        let (check, answer) = check_with(b"elsewhere");
+        queue.push(ELSEWHERE, check);
+        answers.push(answer);
+        let order: Vec<Vec<u8>> = std::iter::from_fn(|| queue.pop())
+            .map(|check| check.password)
+            .collect();
+        assert_eq!(
+            order,
+            [&b"home-1"[..], b"elsewhere", b"home-2", b"home-3"].map(<[u8]>::to_vec)
+        );
+        assert_eq!(queue.len, 0);
+        assert!(queue.by_client.is_empty() && queue.turns.is_empty());
+    }
+
+    #[test]
+    fn abandoned_checks_are_swept_out() {
+        let mut queue = FairQueue::default();
+        let (kept, _answer) = check_with(b"kept");
+        queue.push(ELSEWHERE, kept);
+        for _ in 0..10 {
+            let (check, answer) = check_with(b"gone");
+            queue.push(HOME, check);
+            drop(answer);
+        }
+        assert_eq!(queue.remove_abandoned(), 10);
+        assert_eq!(queue.len, 1);
+        assert_eq!(queue.turns, [ELSEWHERE]);
+    }
+
+    #[actix_rt::test]
+    async fn a_check_given_up_before_it_starts_is_not_run() {
+        let metrics = Metrics::new();
+        let checker = PasswordChecker::start(1, metrics.clone()).expect("threads start");
+        // The one thread is busy with a slow check while the second is given up.
+        let slow = PasswordHash::from(bcrypt::hash("pw", 10).expect("hashes"));
+        let busy = checker.check(HOME, b"pw", slow.clone());
+        drop(checker.check(ELSEWHERE, b"pw", slow));
+        assert!(busy.await);
+        let quick = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
+        assert!(checker.check(HOME, b"pw", quick).await);
+        assert_eq!(metrics.password_checks_dropped.get(), 1);
     }
 }

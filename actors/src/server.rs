@@ -9,6 +9,7 @@ use crate::bus::{
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
 use crate::metrics::Metrics;
+use crate::output_budget::OutputBudget;
 use crate::password::{stand_in_hash, PasswordChecker};
 use crate::presence::Presence;
 use crate::registry::CountConnections;
@@ -24,8 +25,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Pending password checks allowed before logins wait for room.
-const PASSWORD_QUEUE: usize = 1024;
 /// Connections the kernel may hold completed but not yet accepted (it caps this at
 /// `net.core.somaxconn`); the standard library listens with 128.
 const LISTEN_BACKLOG: i32 = 4096;
@@ -39,6 +38,9 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const EVENT_OVERHEAD: usize = 64;
 /// How long a handle waits for the supervisor to replace a failed bus or registry.
 const RESTART_WAIT: Duration = Duration::from_secs(1);
+/// The least `SO_SNDBUF` asked for a connection, whatever `max_pending_bytes`: Linux
+/// doubles it, and 128 KiB in flight keeps a reader on a fast link at full speed.
+const MIN_SEND_BUFFER: usize = 64 * 1024;
 
 /// Everything the server needs to know, already checked (see the application's config).
 #[derive(Debug, Clone)]
@@ -49,6 +51,9 @@ pub struct Settings {
     pub max_message_bytes: usize,
     /// Unsent output allowed per connection before `io_error`.
     pub max_pending_bytes: usize,
+    /// Unsent output allowed for all connections together, not counting the first 64 KiB
+    /// of each; a connection that needs more while it is spent gets `io_error`.
+    pub max_pending_total: usize,
     /// Connections beyond this are closed at accept.
     pub max_connections: u32,
     /// How long shutdown waits for connections to flush and close.
@@ -59,7 +64,7 @@ pub struct Settings {
     pub password_threads: usize,
     /// Failed logins per client address and name per minute before refusal; 0 = no limit.
     pub login_failures_per_minute: u32,
-    /// Cost of the stand-in hash checked for unknown users.
+    /// Cost of the stand-in hash checked for unknown users when the user store has none.
     pub bcrypt_cost: u32,
     /// The zone whose wall-clock time events carry.
     pub time_zone: jiff::tz::TimeZone,
@@ -116,8 +121,8 @@ pub struct Tether {
 impl Tether {
     /// Starts serving `listener` in the current actix System.
     ///
-    /// Computes the stand-in hash at the configured cost first, which takes as long as one
-    /// password check.
+    /// Makes the stand-in hash of the configured cost first (about a millisecond; see
+    /// [`stand_in_hash`]).
     pub fn start(
         listener: std::net::TcpListener,
         settings: Settings,
@@ -152,13 +157,10 @@ impl Tether {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
             max_pending_bytes: settings.max_pending_bytes,
+            output_budget: OutputBudget::new(settings.max_pending_total),
             users,
-            checker: PasswordChecker::start(
-                settings.password_threads,
-                PASSWORD_QUEUE,
-                metrics.clone(),
-            )?,
-            throttle: LoginThrottle::new(settings.login_failures_per_minute),
+            checker: PasswordChecker::start(settings.password_threads, metrics.clone())?,
+            throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
             presence,
@@ -254,6 +256,7 @@ async fn accept_loop(
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut failures_in_a_row: u64 = 0;
     let mut last_refusal_log: Option<Instant> = None;
+    let send_buffer = send_buffer_size(shared.max_pending_bytes);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
@@ -290,6 +293,9 @@ async fn accept_loop(
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("{peer}: cannot disable Nagle's algorithm: {err}");
         }
+        if let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
+            log::debug!("{peer}: cannot bound the kernel's send buffer: {err}");
+        }
         // A socket is bound to the event loop that registered it: move it as a plain
         // socket and register it on the worker's own loop.
         let stream = match stream.into_std() {
@@ -315,6 +321,15 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// `SO_SNDBUF` for an accepted connection: half of `max_pending_bytes` (at least
+/// [`MIN_SEND_BUFFER`]), which Linux doubles for its bookkeeping. A client that does not
+/// read then holds about `max_pending_bytes` of kernel memory besides as much in the
+/// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
+/// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
+fn send_buffer_size(max_pending_bytes: usize) -> usize {
+    (max_pending_bytes / 2).max(MIN_SEND_BUFFER)
 }
 
 /// Whether an `accept` error concerns only the connection being accepted (it was reset or

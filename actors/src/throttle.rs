@@ -1,6 +1,13 @@
 //! Login throttling (SPEC §2): failed logins are counted per (client address, name) over
 //! a sliding minute; a pair at its limit is refused without a password check.
 //!
+//! Checks in flight count too: a login takes a [`Reservation`] before its check starts,
+//! and a pair whose recent failures plus reservations reach the limit is refused, so
+//! guesses sent at once on many connections get no more checks than guesses sent one
+//! after another. A failed check turns its reservation into a failure; a success clears
+//! the pair's failures; a check that never gave its verdict to the client (the connection
+//! left first) releases it.
+//!
 //! Memory is bounded however many addresses and names a client sprays: a pair keeps at
 //! most `limit` instants, its name is kept to [`KEY_NAME_BYTES`], pairs whose failures
 //! have expired are swept out, and the table never holds more than [`MAX_PAIRS`]. At that
@@ -9,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How far back failures count.
@@ -32,10 +39,29 @@ pub struct LoginThrottle {
     state: Mutex<Failures>,
 }
 
+/// What the throttle knows of one (address, name) pair.
+#[derive(Debug, Default)]
+struct Pair {
+    /// The instants of recent failures, oldest first, at most `limit`.
+    failures: VecDeque<Instant>,
+    /// Checks started and not yet decided.
+    in_flight: usize,
+}
+
+impl Pair {
+    /// Failures and checks in flight, each counting against the limit.
+    fn counted(&self) -> usize {
+        self.failures.len() + self.in_flight
+    }
+}
+
+/// The key of a pair: the client's address and the name, cut to [`KEY_NAME_BYTES`].
+type PairKey = (IpAddr, Box<[u8]>);
+
 #[derive(Debug)]
 struct Failures {
-    /// The instants of each pair's recent failures, oldest first, at most `limit` each.
-    by_pair: HashMap<(IpAddr, Box<[u8]>), VecDeque<Instant>>,
+    /// The pairs with recent failures or checks in flight.
+    by_pair: HashMap<PairKey, Pair>,
     /// Table size past which expired pairs are swept out, keeping the sweep amortized O(1).
     sweep_at: usize,
     /// Most pairs held; [`MAX_PAIRS`] but for tests.
@@ -63,46 +89,96 @@ impl LoginThrottle {
         }
     }
 
+    /// Takes a place for one password check of this pair, or `None` when the pair is at
+    /// its limit (failures in the window plus checks in flight) and the login must be
+    /// refused unchecked. The check's outcome is reported through the reservation.
+    pub fn reserve(
+        self: &Arc<Self>,
+        client: IpAddr,
+        name: &[u8],
+        now: Instant,
+    ) -> Option<Reservation> {
+        let key = (client, key_name(name));
+        if self.limit == 0 {
+            return Some(Reservation::untracked(self, key));
+        }
+        let mut state = self.lock();
+        if !state.by_pair.contains_key(&key) && !state.make_room(now) {
+            // The table is full: this pair is not counted (see the module comment).
+            return Some(Reservation::untracked(self, key));
+        }
+        let pair = state.by_pair.entry(key.clone()).or_default();
+        expire(&mut pair.failures, now);
+        if pair.counted() >= self.limit {
+            return None;
+        }
+        pair.in_flight += 1;
+        Some(Reservation {
+            throttle: Arc::clone(self),
+            key,
+            tracked: true,
+        })
+    }
+
     /// Whether logins for this pair are refused at once right now.
-    pub fn is_throttled(&self, client: IpAddr, name: &[u8], now: Instant) -> bool {
+    #[cfg(test)]
+    fn is_throttled(&self, client: IpAddr, name: &[u8], now: Instant) -> bool {
         if self.limit == 0 {
             return false;
         }
         let mut state = self.lock();
-        let key = (client, key_name(name));
-        match state.by_pair.get_mut(&key) {
-            Some(failures) => {
-                expire(failures, now);
-                failures.len() >= self.limit
+        match state.by_pair.get_mut(&(client, key_name(name))) {
+            Some(pair) => {
+                expire(&mut pair.failures, now);
+                pair.counted() >= self.limit
             }
             None => false,
         }
     }
 
-    /// Counts a failed, checked login.
-    pub fn record_failure(&self, client: IpAddr, name: &[u8], now: Instant) {
-        if self.limit == 0 {
-            return;
+    /// Counts a failed, checked login without a reservation.
+    #[cfg(test)]
+    fn record_failure(self: &Arc<Self>, client: IpAddr, name: &[u8], now: Instant) {
+        if let Some(reservation) = self.reserve(client, name, now) {
+            reservation.failed(now);
+        } else {
+            let mut state = self.lock();
+            if let Some(pair) = state.by_pair.get_mut(&(client, key_name(name))) {
+                push_failure(&mut pair.failures, self.limit, now);
+            }
         }
-        let mut state = self.lock();
-        let key = (client, key_name(name));
-        if !state.by_pair.contains_key(&key) && !state.make_room(now) {
-            return;
-        }
-        let failures = state.by_pair.entry(key).or_default();
-        expire(failures, now);
-        if failures.len() == self.limit {
-            failures.pop_front();
-        }
-        failures.push_back(now);
     }
 
-    /// Forgets the pair's failures after a successful login.
-    pub fn record_success(&self, client: IpAddr, name: &[u8]) {
-        if self.limit == 0 {
+    /// Ends a reservation: `failed_at` counts a failure, `None` releases the place.
+    fn settle(&self, key: &PairKey, failed_at: Option<Instant>) {
+        let mut state = self.lock();
+        let Some(pair) = state.by_pair.get_mut(key) else {
             return;
+        };
+        pair.in_flight = pair.in_flight.saturating_sub(1);
+        if let Some(now) = failed_at {
+            expire(&mut pair.failures, now);
+            push_failure(&mut pair.failures, self.limit, now);
         }
-        self.lock().by_pair.remove(&(client, key_name(name)));
+        if pair.counted() == 0 {
+            state.by_pair.remove(key);
+        }
+    }
+
+    /// Forgets the pair's failures after a successful login (and the login's own place if
+    /// it had one); the pair's other checks in flight still count.
+    fn clear_failures(&self, key: &PairKey, had_place: bool) {
+        let mut state = self.lock();
+        let Some(pair) = state.by_pair.get_mut(key) else {
+            return;
+        };
+        if had_place {
+            pair.in_flight = pair.in_flight.saturating_sub(1);
+        }
+        pair.failures.clear();
+        if pair.in_flight == 0 {
+            state.by_pair.remove(key);
+        }
     }
 
     /// How many (address, name) pairs are tracked now.
@@ -131,13 +207,14 @@ impl Failures {
             return false;
         }
         let mut next_expiry: Option<Instant> = None;
-        self.by_pair.retain(|_, failures| {
-            expire(failures, now);
-            if let Some(&newest) = failures.back() {
+        self.by_pair.retain(|_, pair| {
+            expire(&mut pair.failures, now);
+            if let Some(&newest) = pair.failures.back() {
                 let expiry = newest + WINDOW;
                 next_expiry = Some(next_expiry.map_or(expiry, |at| at.min(expiry)));
             }
-            !failures.is_empty()
+            // A pair with a check in flight stays: its reservation is settled later.
+            pair.counted() > 0
         });
         let len = self.by_pair.len();
         self.sweep_at = (len * 2).clamp(1024.min(self.max_pairs), self.max_pairs);
@@ -157,6 +234,73 @@ impl Failures {
         self.full_until = Some(next_expiry.map_or(retry, |at| at.max(retry)));
         false
     }
+}
+
+/// A place taken by one password check in flight (see [`LoginThrottle::reserve`]).
+/// Dropped without a verdict (the connection left before hearing it), it is released.
+#[derive(Debug)]
+pub struct Reservation {
+    /// The throttle holding the place.
+    throttle: Arc<LoginThrottle>,
+    /// The pair it belongs to.
+    key: PairKey,
+    /// Whether the place is counted (not when throttling is off or the table was full).
+    tracked: bool,
+}
+
+impl Reservation {
+    /// A reservation that counts nothing until its verdict.
+    fn untracked(throttle: &Arc<LoginThrottle>, key: PairKey) -> Self {
+        Self {
+            throttle: Arc::clone(throttle),
+            key,
+            tracked: false,
+        }
+    }
+
+    /// The check failed: the place becomes a failure counted for a minute.
+    pub fn failed(mut self, now: Instant) {
+        if self.throttle.limit == 0 {
+            self.tracked = false;
+            return;
+        }
+        if !std::mem::take(&mut self.tracked) {
+            // Not counted when it started: count it now if the table has room.
+            let mut state = self.throttle.lock();
+            if !state.by_pair.contains_key(&self.key) && !state.make_room(now) {
+                return;
+            }
+            let pair = state.by_pair.entry(self.key.clone()).or_default();
+            expire(&mut pair.failures, now);
+            push_failure(&mut pair.failures, self.throttle.limit, now);
+            return;
+        }
+        self.throttle.settle(&self.key, Some(now));
+    }
+
+    /// The check succeeded: the pair's failures are forgotten.
+    pub fn succeeded(mut self) {
+        let had_place = std::mem::take(&mut self.tracked);
+        if self.throttle.limit != 0 {
+            self.throttle.clear_failures(&self.key, had_place);
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.tracked {
+            self.throttle.settle(&self.key, None);
+        }
+    }
+}
+
+/// Appends a failure, keeping at most `limit` (older ones would not change a verdict).
+fn push_failure(failures: &mut VecDeque<Instant>, limit: usize, now: Instant) {
+    if failures.len() >= limit {
+        failures.pop_front();
+    }
+    failures.push_back(now);
 }
 
 /// The part of a name the table keeps (see [`KEY_NAME_BYTES`]).
@@ -183,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_pair_is_throttled_at_its_limit_and_released_after_a_minute() {
-        let throttle = LoginThrottle::new(3);
+        let throttle = Arc::new(LoginThrottle::new(3));
         let start = Instant::now();
         for second in 0..3 {
             assert!(!throttle.is_throttled(HOME, b"alice", start));
@@ -197,14 +341,16 @@ mod tests {
 
     #[test]
     fn success_clears_the_pair_and_zero_disables() {
-        let throttle = LoginThrottle::new(1);
+        let throttle = Arc::new(LoginThrottle::new(2));
         let now = Instant::now();
         throttle.record_failure(HOME, b"alice", now);
+        let right = throttle.reserve(HOME, b"alice", now).expect("room");
         assert!(throttle.is_throttled(HOME, b"alice", now));
-        throttle.record_success(HOME, b"alice");
+        right.succeeded();
         assert!(!throttle.is_throttled(HOME, b"alice", now));
+        assert_eq!(throttle.tracked_pairs(), 0);
 
-        let unlimited = LoginThrottle::new(0);
+        let unlimited = Arc::new(LoginThrottle::new(0));
         for _ in 0..100 {
             unlimited.record_failure(HOME, b"alice", now);
         }
@@ -213,7 +359,7 @@ mod tests {
 
     #[test]
     fn expired_pairs_are_swept_so_memory_stays_bounded() {
-        let throttle = LoginThrottle::new(5);
+        let throttle = Arc::new(LoginThrottle::new(5));
         let start = Instant::now();
         for n in 0..5000u32 {
             throttle.record_failure(HOME, &n.to_be_bytes(), start);
@@ -233,7 +379,7 @@ mod tests {
 
     #[test]
     fn a_spray_of_names_from_many_addresses_never_passes_the_cap() {
-        let throttle = LoginThrottle::with_max_pairs(3, 2000);
+        let throttle = Arc::new(LoginThrottle::with_max_pairs(3, 2000));
         let start = Instant::now();
         throttle.record_failure(HOME, b"alice", start);
         throttle.record_failure(HOME, b"alice", start);
@@ -252,7 +398,7 @@ mod tests {
 
     #[test]
     fn at_the_cap_new_pairs_are_not_counted_until_entries_expire() {
-        let throttle = LoginThrottle::with_max_pairs(1, 1024);
+        let throttle = Arc::new(LoginThrottle::with_max_pairs(1, 1024));
         let start = Instant::now();
         for n in 0..1024u32 {
             throttle.record_failure(address(n), b"spray", start);
@@ -270,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_full_table_is_swept_at_most_once_a_second() {
-        let throttle = LoginThrottle::with_max_pairs(1, 1024);
+        let throttle = Arc::new(LoginThrottle::with_max_pairs(1, 1024));
         let start = Instant::now();
         for n in 0..1024u32 {
             let at = start + Duration::from_millis(u64::from(n));
@@ -288,7 +434,7 @@ mod tests {
 
     #[test]
     fn over_long_names_are_kept_short_and_valid_names_stay_apart() {
-        let throttle = LoginThrottle::new(1);
+        let throttle = Arc::new(LoginThrottle::new(1));
         let now = Instant::now();
         let long = vec![b'a'; 60_000];
         throttle.record_failure(HOME, &long, now);
@@ -299,5 +445,75 @@ mod tests {
         // A valid name of the maximum length is a different pair.
         assert!(!throttle.is_throttled(HOME, &long[..KEY_NAME_BYTES - 1], now));
         assert!(throttle.is_throttled(HOME, &long[..KEY_NAME_BYTES + 5], now));
+    }
+
+    #[test]
+    fn checks_in_flight_count_against_the_limit() {
+        let throttle = Arc::new(LoginThrottle::new(3));
+        let now = Instant::now();
+        let held: Vec<Reservation> = (0..3)
+            .map(|_| throttle.reserve(HOME, b"alice", now).expect("room"))
+            .collect();
+        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        assert!(throttle.reserve(ELSEWHERE, b"alice", now).is_some());
+        // Failures take the places of the reservations; the pair stays at its limit.
+        for reservation in held {
+            reservation.failed(now);
+        }
+        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        assert!(throttle.reserve(HOME, b"alice", now + WINDOW).is_some());
+    }
+
+    #[test]
+    fn a_reservation_dropped_unsettled_frees_its_place_and_a_success_clears_failures() {
+        let throttle = Arc::new(LoginThrottle::new(2));
+        let now = Instant::now();
+        throttle
+            .reserve(HOME, b"alice", now)
+            .expect("room")
+            .failed(now);
+        let pending = throttle.reserve(HOME, b"alice", now).expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        drop(pending);
+        let right = throttle.reserve(HOME, b"alice", now).expect("room again");
+        let other = throttle.reserve(HOME, b"alice", now);
+        assert!(
+            other.is_none(),
+            "one failure and one check in flight fill it"
+        );
+        right.succeeded();
+        assert!(!throttle.is_throttled(HOME, b"alice", now));
+        assert_eq!(throttle.tracked_pairs(), 0);
+    }
+
+    #[test]
+    fn a_full_table_does_not_sweep_out_pairs_with_checks_in_flight() {
+        let throttle = Arc::new(LoginThrottle::with_max_pairs(1, 1024));
+        let start = Instant::now();
+        let held = throttle.reserve(HOME, b"alice", start).expect("room");
+        for n in 0..1023u32 {
+            throttle.record_failure(address(n), b"spray", start);
+        }
+        // Everything else expires; the check in flight keeps its pair.
+        let later = start + WINDOW + Duration::from_secs(2);
+        throttle.record_failure(ELSEWHERE, b"x", later);
+        assert!(throttle.reserve(HOME, b"alice", later).is_none());
+        held.failed(later);
+        assert!(throttle.is_throttled(HOME, b"alice", later));
+    }
+
+    #[test]
+    fn a_success_keeps_the_places_of_other_checks_in_flight() {
+        let throttle = Arc::new(LoginThrottle::new(2));
+        let now = Instant::now();
+        let other = throttle.reserve(HOME, b"alice", now).expect("room");
+        throttle
+            .reserve(HOME, b"alice", now)
+            .expect("room")
+            .succeeded();
+        let _again = throttle.reserve(HOME, b"alice", now).expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        other.failed(now);
+        assert!(throttle.is_throttled(HOME, b"alice", now));
     }
 }

@@ -11,7 +11,7 @@
 use crate::http::HttpClient;
 use crate::net::{check_loopback, connect_from, instant_at, now_ns, raise_open_files, sources};
 use crate::proto::{
-    exchange, login_message, parse_probe, printable, MessageSplitter, Proto, RS, US,
+    exchange, login_message, parse_probe, parts, printable, MessageSplitter, Proto, RS,
 };
 use crate::report::{count, dec, Report};
 use crate::server_histogram::DeliveryHistogram;
@@ -447,7 +447,7 @@ impl Receiver {
             let received = now_ns();
             let mut count = 0;
             splitter.feed(&input[..read], |message| {
-                let mut parts = message.split(|&b| b == US);
+                let mut parts = parts(message);
                 match (parts.next(), parts.next(), parts.next(), parts.next()) {
                     (Some(b"event"), Some(_time), Some(text), None) => {
                         let (_, sent) = parse_probe(text)?;

@@ -1,15 +1,18 @@
-//! The client side of the protocols spoken: tether's framing (SPEC §1–§3) and the little
-//! of Redis that the anchors need (inline `PING`, `SUBSCRIBE`, `PUBLISH`).
+//! The client side of the protocols spoken: tether's (SPEC §1–§3), whose framing comes
+//! from the `tether-client` crate, and the little of Redis that the anchors need (inline
+//! `PING`, `SUBSCRIBE`, `PUBLISH`).
+//!
+//! The measuring loops write pipelined requests and match fixed replies byte by byte
+//! instead of going through `tether_client::Client`, whose per-command channel and task
+//! hops would become part of what is measured; the bytes they match are checked against
+//! the crate's encoding in the tests below.
 
 use crate::Fallible;
 use clap::ValueEnum;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Terminates every tether message.
-pub const RS: u8 = 0x1E;
-/// Separates the parts of a tether message.
-pub const US: u8 = 0x1F;
+pub use tether_client::wire::{parts, RS};
 /// Longest single reply waited for before it counts as garbage.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -64,14 +67,7 @@ impl Proto {
 
 /// `login␟user␟password␞`.
 pub fn login_message(user: &str, password: &str) -> Vec<u8> {
-    let mut message = Vec::with_capacity(user.len() + password.len() + 8);
-    message.extend_from_slice(b"login");
-    message.push(US);
-    message.extend_from_slice(user.as_bytes());
-    message.push(US);
-    message.extend_from_slice(password.as_bytes());
-    message.push(RS);
-    message
+    tether_client::wire::encoded_message(&[b"login", user.as_bytes(), password.as_bytes()]).to_vec()
 }
 
 /// Sends `request` and reads exactly `expected.len()` bytes, which must equal `expected`.
@@ -219,6 +215,28 @@ pub fn printable(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tether_client::wire::encoded_message;
+    use tether_client::Reply;
+
+    /// A one-part message as the client crate encodes it.
+    fn message(part: &str) -> Vec<u8> {
+        encoded_message(&[part.as_bytes()]).to_vec()
+    }
+
+    #[test]
+    fn fixed_tether_bytes_are_what_the_client_crate_encodes() {
+        for proto in [Proto::Tether, Proto::Raw] {
+            assert_eq!(proto.request(), message("prolongate"));
+            assert_eq!(proto.reply(), message(Reply::ProlongateAck.as_str()));
+        }
+        assert_eq!(
+            Proto::Tether.login("u", "p"),
+            (
+                b"login\x1fu\x1fp\x1e".to_vec(),
+                &message(Reply::LoginValid.as_str())[..]
+            )
+        );
+    }
 
     #[test]
     fn matcher_counts_replies_split_anywhere() {

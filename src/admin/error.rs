@@ -36,8 +36,18 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "this route does not take this method (see SPEC §6)",
+            "this route does not take this method (see docs/admin-api.md)",
         )
+    }
+
+    /// `408`: the body did not arrive in time; the connection is closed.
+    pub fn request_timeout(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, reason)
+    }
+
+    /// `409`: the request cannot be done in the current state (an invalid users file).
+    pub fn conflict(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, reason)
     }
 
     /// `500`: the server could not do it; the log has the details.
@@ -66,11 +76,19 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("the body is larger than {limit} bytes"),
             ),
+            JsonPayloadError::Payload(err) if super::body_deadline::is_body_timeout(&err) => {
+                Self::request_timeout(err.to_string())
+            }
             JsonPayloadError::Deserialize(err) => {
                 Self::bad_request(format!("the body is not the expected JSON: {err}"))
             }
             other => Self::bad_request(format!("cannot read the body: {other}")),
         }
+    }
+
+    /// A query string that could not be read as the route's parameters.
+    pub fn from_query(err: actix_web::error::QueryPayloadError) -> Self {
+        Self::bad_request(format!("bad query: {err}"))
     }
 
     /// A path segment that could not be decoded.
@@ -94,6 +112,10 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status);
         if self.status == StatusCode::UNAUTHORIZED {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still come: the connection cannot be reused.
+            response.force_close();
         }
         response.json(serde_json::json!({ "error": self.reason }))
     }

@@ -73,12 +73,13 @@ impl<'de> Visitor<'de> for BatchVisitor {
     }
 }
 
-/// The answer for one published event.
+/// The answer for one published event; keys in alphabetical order, as `json!` writes
+/// them elsewhere.
 #[derive(Debug, Serialize)]
 struct EventAnswer<'a> {
-    user: &'a str,
-    time: i64,
     connections: usize,
+    time: i64,
+    user: &'a str,
 }
 
 /// The answer for a batch.
@@ -142,9 +143,9 @@ async fn publish_batch(state: &AdminState, events: Vec<Publish>) -> Result<HttpR
 
 fn answer(user: &str, receipt: PublishReceipt) -> EventAnswer<'_> {
     EventAnswer {
-        user,
-        time: receipt.time,
         connections: receipt.connections,
+        time: receipt.time,
+        user,
     }
 }
 

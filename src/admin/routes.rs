@@ -1,9 +1,9 @@
-//! The routes of SPEC §6 and what each answers.
+//! The routes of the admin API (docs/admin-api.md) and what each answers.
 
 use super::events::{self, publish_error};
 use super::{AdminState, ApiError};
-use crate::users_file::{self, PasswordChange};
-use actix_web::{web, HttpResponse};
+use crate::users_file::{self, PasswordChange, UsersFileError};
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use tether_actors::bus::InvalidationCause;
@@ -15,6 +15,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/healthz", web::get().to(healthz)))
         .service(resource("/metrics", web::get().to(metrics)))
         .service(resource("/v1/events", web::post().to(events::publish)))
+        .service(resource("/v1/users", web::get().to(list_users)))
         .service(resource(
             "/v1/users/{name}/password",
             web::put().to(set_password),
@@ -62,10 +63,9 @@ struct PasswordBody {
 
 async fn set_password(
     state: State,
-    name: web::Path<String>,
+    UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let cost = state.bcrypt_cost;
@@ -78,10 +78,7 @@ async fn set_password(
     let change = web::block(move || users_file::set_password_hash(&path, &user, &hash))
         .await
         .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
-        .map_err(|err| {
-            log::error!("admin API: cannot set the password of {name:?}: {err}");
-            ApiError::internal(format!("cannot write the users file: {err}"))
-        })?;
+        .map_err(|err| users_file_error(&format!("cannot set the password of {name:?}"), &err))?;
     apply_users_file(&state).await?;
     Ok(match change {
         PasswordChange::Created => {
@@ -95,17 +92,13 @@ async fn set_password(
     })
 }
 
-async fn delete_user(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let path = state.users_file.clone();
     let user = name.clone();
     let removed = web::block(move || users_file::remove_user(&path, &user))
         .await
         .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
-        .map_err(|err| {
-            log::error!("admin API: cannot remove {name:?}: {err}");
-            ApiError::internal(format!("cannot write the users file: {err}"))
-        })?;
+        .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?;
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }
@@ -114,8 +107,7 @@ async fn delete_user(state: State, name: web::Path<String>) -> Result<HttpRespon
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn invalidate(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn invalidate(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let invalidated = state
         .tether
         .invalidate(name, InvalidationCause::Operator)
@@ -124,8 +116,7 @@ async fn invalidate(state: State, name: web::Path<String>) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(json!({ "invalidated": invalidated })))
 }
 
-async fn connections(state: State, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let name = checked_name(name.into_inner())?;
+async fn connections(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let count = state
         .tether
         .connections(name.clone())
@@ -136,8 +127,8 @@ async fn connections(state: State, name: web::Path<String>) -> Result<HttpRespon
 
 async fn no_such_route() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(
-        "no such route: see SPEC §6 (GET /healthz, GET /metrics, POST /v1/events, \
-         PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
+        "no such route: see docs/admin-api.md (GET /healthz, GET /metrics, POST /v1/events, \
+         GET /v1/users, PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
          POST /v1/users/{name}/invalidate, GET /v1/users/{name}/connections)",
     ))
 }
@@ -146,8 +137,104 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed())
 }
 
-/// A user name from a path, checked against the rules of SPEC §5.
-fn checked_name(name: String) -> Result<String, ApiError> {
+/// Why the users file could not be changed: `409` when the file holds something invalid
+/// (a hand-edited entry, say) that must be fixed first, `500` when it could not be read or
+/// written. Logged either way.
+fn users_file_error(what: &str, err: &UsersFileError) -> ApiError {
+    log::error!("admin API: {what}: {err}");
+    if err.is_io() {
+        ApiError::internal(format!("cannot write the users file: {err}"))
+    } else {
+        ApiError::conflict(format!(
+            "the users file is invalid, nothing changed; fix it first: {err}"
+        ))
+    }
+}
+
+/// The query of `GET /v1/users`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// List the names that sort after this one.
+    after: Option<String>,
+    /// At most this many names.
+    limit: Option<usize>,
+}
+
+/// Names `GET /v1/users` lists when `limit` is not given.
+const DEFAULT_LIST_LIMIT: usize = 100;
+/// Largest `limit` of `GET /v1/users`.
+const MAX_LIST_LIMIT: usize = 1000;
+
+/// `GET /v1/users?after=NAME&limit=N`: the users in force, sorted by name (bytewise), with
+/// how many connections are bound to each; `next` is the `after` of the next page, `null`
+/// on the last.
+async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+    let ListQuery { after, limit } = query.into_inner();
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {MAX_LIST_LIMIT}, found {limit}"
+        )));
+    }
+    let users = state.users.users();
+    let mut names: Vec<&String> = users
+        .keys()
+        .filter(|name| after.as_ref().is_none_or(|after| *name > after))
+        .collect();
+    names.sort_unstable();
+    let more = names.len() > limit;
+    names.truncate(limit);
+    let mut listed = Vec::with_capacity(names.len());
+    for name in &names {
+        let connections = state
+            .tether
+            .connections(name.as_str())
+            .await
+            .map_err(publish_error)?;
+        listed.push(json!({ "name": name, "connections": connections }));
+    }
+    let next = names.last().filter(|_| more);
+    Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
+}
+
+/// The `{name}` of a `/v1/users/{name}…` route: percent-decoded, valid UTF-8 and valid by
+/// the rules of SPEC §5, or the request is answered `400`.
+///
+/// It is decoded here from the raw request path rather than taken from actix's router,
+/// which replaces bytes that are not UTF-8 with U+FFFD: `%FF%FE` would become a user named
+/// "\u{FFFD}\u{FFFD}".
+struct UserName(String);
+
+/// Where the name is among the `/`-separated segments of the raw path: `""`, `v1`,
+/// `users`, the name. Every route that takes a name starts `/v1/users/{name}`, and an
+/// encoded `/` (`%2F`) does not separate segments, in the router or here.
+const NAME_SEGMENT: usize = 3;
+
+impl FromRequest for UserName {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(user_name(request.uri().path()).map(Self))
+    }
+}
+
+/// The user name in `path`, a raw (still percent-encoded) `/v1/users/{name}…` path.
+fn user_name(path: &str) -> Result<String, ApiError> {
+    let encoded = path
+        .split('/')
+        .nth(NAME_SEGMENT)
+        .ok_or_else(|| ApiError::bad_request("the path holds no user name"))?;
+    let name = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::bad_request(
+                "the user name in the path is not valid UTF-8 once percent-decoded \
+                 (names are UTF-8 text; percent-encode its UTF-8 bytes)",
+            )
+        })?
+        .into_owned();
     check_name(&name).map_err(|err| ApiError::bad_request(err.to_string()))?;
     Ok(name)
 }

@@ -7,6 +7,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
 use subtle::ConstantTimeEq;
+use tether_actors::excerpt::Excerpt;
 
 /// The one route open without a token.
 const OPEN_ROUTE: &str = "/healthz";
@@ -31,7 +32,7 @@ pub async fn require_token(
     log::warn!(
         "admin API: {} {} from {}: missing or wrong token",
         request.method(),
-        request.path(),
+        Excerpt(request.path().as_bytes()),
         request
             .peer_addr()
             .map_or_else(|| "?".to_string(), |addr| addr.to_string())

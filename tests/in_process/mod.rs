@@ -18,6 +18,7 @@ pub fn test_settings() -> Settings {
         idle_timeout: Duration::from_secs(60),
         max_message_bytes: 4096,
         max_pending_bytes: 1 << 20,
+        max_pending_total: 256 << 20,
         max_connections: 1000,
         shutdown_grace: Duration::from_secs(2),
         workers: 2,

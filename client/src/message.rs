@@ -1,0 +1,261 @@
+//! What the server sends (SPEC §2–§3): one-part replies to commands, and the messages it
+//! pushes on its own — events and notifications.
+
+use crate::error::ProtocolError;
+use crate::wire::parts;
+use jiff::civil::DateTime;
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use std::fmt;
+
+/// The reply to a command: a one-part message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reply {
+    /// `login_valid`: the connection is bound to the name.
+    LoginValid,
+    /// `login_invalid`: no such user, a wrong password, a throttled or malformed login.
+    LoginInvalid,
+    /// `logout_ack`: the connection is bound to no name.
+    LogoutAck,
+    /// `disconnect_ack`: the server closes the connection after this reply.
+    DisconnectAck,
+    /// `prolongate_ack`: the inactivity timer was reset.
+    ProlongateAck,
+    /// `invalidate_ack`: the other connections bound to the same name were invalidated.
+    InvalidateAck,
+    /// `unknown_command`: the first part named no command.
+    UnknownCommand,
+    /// `invalid_args_count`: a known command with the wrong number of arguments.
+    InvalidArgsCount,
+}
+
+impl Reply {
+    /// Every reply, for look-ups by name.
+    const ALL: [Reply; 8] = [
+        Reply::LoginValid,
+        Reply::LoginInvalid,
+        Reply::LogoutAck,
+        Reply::DisconnectAck,
+        Reply::ProlongateAck,
+        Reply::InvalidateAck,
+        Reply::UnknownCommand,
+        Reply::InvalidArgsCount,
+    ];
+
+    /// The reply as it is sent on the wire, such as `login_valid`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::LoginValid => "login_valid",
+            Self::LoginInvalid => "login_invalid",
+            Self::LogoutAck => "logout_ack",
+            Self::DisconnectAck => "disconnect_ack",
+            Self::ProlongateAck => "prolongate_ack",
+            Self::InvalidateAck => "invalidate_ack",
+            Self::UnknownCommand => "unknown_command",
+            Self::InvalidArgsCount => "invalid_args_count",
+        }
+    }
+
+    /// The reply whose wire form is `bytes`, if there is one (exact, case-sensitive).
+    pub fn from_wire(bytes: &[u8]) -> Option<Reply> {
+        Self::ALL
+            .into_iter()
+            .find(|reply| reply.as_str().as_bytes() == bytes)
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A message the server sends on its own, not as a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Push {
+    /// `event␟<time>␟<text>`: an event published for the user this connection is bound to.
+    Event {
+        /// When the server registered the event.
+        time: EventTime,
+        /// The event's text.
+        text: String,
+    },
+    /// `invalidated`: the connection's binding was revoked; it stays open, bound to no name.
+    Invalidated,
+    /// `timeout`: the inactivity timeout expired; the server closes the connection.
+    Timeout,
+    /// `io_error`: the server hit an error on this connection; it closes the connection.
+    IoError,
+    /// `shutdown`: the server is stopping; it closes the connection.
+    Shutdown,
+}
+
+impl fmt::Display for Push {
+    /// The push as one line: the notification's wire name, or `event <time> <text>` with
+    /// the time as the server sent it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Event { time, text } => write!(f, "event {} {text}", time.local_millis()),
+            Self::Invalidated => f.write_str("invalidated"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::IoError => f.write_str("io_error"),
+            Self::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// The time of an event as the server writes it (SPEC §3): milliseconds since
+/// 1970-01-01T00:00:00 of the wall clock in the server's `events.time_zone`, read as if
+/// that wall clock were UTC. Turning it into an instant needs that zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventTime {
+    /// The number as sent.
+    local_millis: i64,
+}
+
+impl EventTime {
+    /// The event time the server writes as `local_millis`.
+    pub fn from_local_millis(local_millis: i64) -> Self {
+        Self { local_millis }
+    }
+
+    /// The number as the server sent it.
+    pub fn local_millis(self) -> i64 {
+        self.local_millis
+    }
+
+    /// The wall-clock date and time in the server's zone, as the number encodes it.
+    ///
+    /// Fails only for numbers outside the range of dates jiff supports.
+    pub fn local_datetime(self) -> Result<DateTime, jiff::Error> {
+        let as_if_utc = Timestamp::from_millisecond(self.local_millis)?;
+        Ok(TimeZone::UTC.to_datetime(as_if_utc))
+    }
+
+    /// The instant of the event, given `server_zone`, the server's `events.time_zone`.
+    ///
+    /// In the hour that repeats when the zone's clocks go back, a wall-clock time names
+    /// two instants; this gives the earlier one.
+    pub fn to_timestamp(self, server_zone: &TimeZone) -> Result<Timestamp, jiff::Error> {
+        server_zone
+            .to_ambiguous_timestamp(self.local_datetime()?)
+            .compatible()
+    }
+}
+
+/// A message from the server, sorted into a reply or a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Incoming {
+    /// The reply to the oldest command still waiting for one.
+    Reply(Reply),
+    /// A message the server sent on its own.
+    Push(Push),
+}
+
+/// Reads one message (without its terminator) from the server.
+pub(crate) fn classify(message: &[u8]) -> Result<Incoming, ProtocolError> {
+    let mut fields = parts(message);
+    let kind = fields.next().unwrap_or_default();
+    let rest: Vec<&[u8]> = fields.collect();
+    if rest.is_empty() {
+        if let Some(reply) = Reply::from_wire(kind) {
+            return Ok(Incoming::Reply(reply));
+        }
+        let push = match kind {
+            b"invalidated" => Push::Invalidated,
+            b"timeout" => Push::Timeout,
+            b"io_error" => Push::IoError,
+            b"shutdown" => Push::Shutdown,
+            _ => return Err(ProtocolError::unknown_message(message)),
+        };
+        return Ok(Incoming::Push(push));
+    }
+    match (kind, rest.as_slice()) {
+        (b"event", [time, text]) => {
+            let time = std::str::from_utf8(time)
+                .ok()
+                .and_then(|time| time.parse::<i64>().ok())
+                .ok_or_else(|| ProtocolError::malformed_event(message))?;
+            let text = std::str::from_utf8(text)
+                .map_err(|_| ProtocolError::malformed_event(message))?
+                .to_owned();
+            Ok(Incoming::Push(Push::Event {
+                time: EventTime::from_local_millis(time),
+                text,
+            }))
+        }
+        (b"event", _) => Err(ProtocolError::malformed_event(message)),
+        _ => Err(ProtocolError::unknown_message(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reply_reads_back_from_its_wire_name() {
+        for reply in Reply::ALL {
+            assert_eq!(
+                classify(reply.as_str().as_bytes()),
+                Ok(Incoming::Reply(reply))
+            );
+        }
+        assert_eq!(Reply::from_wire(b"LOGIN_VALID"), None);
+    }
+
+    #[test]
+    fn notifications_and_events_are_pushes() {
+        assert_eq!(
+            classify(b"invalidated"),
+            Ok(Incoming::Push(Push::Invalidated))
+        );
+        assert_eq!(classify(b"shutdown"), Ok(Incoming::Push(Push::Shutdown)));
+        assert_eq!(
+            classify("event\x1f1795743186123\x1fhello ü".as_bytes()),
+            Ok(Incoming::Push(Push::Event {
+                time: EventTime::from_local_millis(1_795_743_186_123),
+                text: "hello ü".into()
+            }))
+        );
+        assert_eq!(
+            classify(b"event\x1f5\x1f"),
+            Ok(Incoming::Push(Push::Event {
+                time: EventTime::from_local_millis(5),
+                text: String::new()
+            }))
+        );
+    }
+
+    #[test]
+    fn anything_else_is_a_protocol_violation() {
+        for message in [
+            &b"hello"[..],
+            b"",
+            b"login_valid\x1fx",
+            b"event\x1f12",
+            b"event\x1fnoon\x1ftext",
+            b"event\x1f1\x1f\xff",
+            b"event\x1f1\x1fa\x1fb",
+        ] {
+            assert!(classify(message).is_err(), "{message:?}");
+        }
+    }
+
+    #[test]
+    fn the_spec_example_turns_into_its_utc_instant_given_the_zone() {
+        let time = EventTime::from_local_millis(1_795_743_186_123);
+        let moscow = TimeZone::get("Europe/Moscow").expect("zone known");
+        let expected: Timestamp = "2026-11-26T22:33:06.123Z".parse().expect("valid");
+        assert_eq!(time.to_timestamp(&moscow).expect("in range"), expected);
+        assert_eq!(
+            time.local_datetime().expect("in range").to_string(),
+            "2026-11-27T01:33:06.123"
+        );
+        let utc = EventTime::from_local_millis(1_795_732_386_123);
+        assert_eq!(
+            utc.to_timestamp(&TimeZone::UTC).expect("in range"),
+            expected
+        );
+    }
+}
