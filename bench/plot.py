@@ -53,6 +53,11 @@ def group(records, scenario, key, filt=lambda r: True):
     return result
 
 
+def single(record):
+    """A fanout record of one event per request (records before `--batch` have none)."""
+    return (record.get("batch") or 1) == 1
+
+
 def fmt(value, digits=0):
     if value is None:
         return "–"
@@ -112,7 +117,7 @@ def hold_tables(records):
 
 
 def fanout_tables(records):
-    fan = group(records, "fanout", lambda r: (r["connections"], r["users"], r["target"], r.get("phase")))
+    fan = group(records, "fanout", lambda r: (r["connections"], r["users"], r["target"], r.get("phase")), single)
     print("### fanout — deliveries/s at the maximum; latency p99 at the maximum and at half of it (median)\n")
     print("| case | target | events/s max | deliveries/s max | p99 ms at max | events/s at half | p50 ms at half | p99 ms at half | lost |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -128,6 +133,33 @@ def fanout_tables(records):
                   f"{fmt(mx['p99_us'] / 1000, 1)} | {fmt((half or {}).get('events_per_s'))} | "
                   f"{fmt((half or {}).get('p50_us', 0) / 1000, 1)} | {fmt((half or {}).get('p99_us', 0) / 1000, 1)} | {fmt(lost)} |")
     print()
+    server = [(k, v) for k, v in fan.items() if v.get("server_p99_us") is not None]
+    if server:
+        print("### fanout — tether's own delivery latency, `tether_event_delivery_seconds` (median)\n")
+        print("| case | phase | server p50 ms | server p99 ms | client p50 ms | client p99 ms | server CPU ns/delivery |")
+        print("|---|---|---|---|---|---|---|")
+        for (conns, users, target, phase), row in sorted(server, key=lambda kv: (kv[0][0], kv[0][1], kv[0][3] or "")):
+            print(f"| {conns} conns, {users} user(s) | {phase} | {fmt(row['server_p50_us'] / 1000, 2)} | "
+                  f"{fmt(row['server_p99_us'] / 1000, 2)} | {fmt(row['p50_us'] / 1000, 1)} | {fmt(row['p99_us'] / 1000, 1)} | "
+                  f"{fmt(row.get('server_cpu_ns_per_delivery'))} |")
+        print()
+    batch = group(records, "fanout", lambda r: (r["connections"], r["batch"], r["target"], r.get("phase")),
+                  lambda r: not single(r))
+    if batch:
+        print("### batch — fan-out with N events per request (tether: batch route; Redis: PUBLISH pipelined; median)\n")
+        print("| case | target | events/s max | deliveries/s max | p99 ms at max | p50 ms at half | p99 ms at half | lost |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (conns, size) in sorted({(c, b) for c, b, _, _ in batch}):
+            for target in TARGETS:
+                mx = batch.get((conns, size, target, "max"))
+                half = batch.get((conns, size, target, "half")) or {}
+                if not mx:
+                    continue
+                lost = (mx.get("lost") or 0) + (half.get("lost") or 0)
+                print(f"| {conns} users, {size} per request | {target} | {fmt(mx['events_per_s'])} | "
+                      f"{fmt(mx['deliveries_per_s'])} | {fmt(mx['p99_us'] / 1000, 1)} | "
+                      f"{fmt(half.get('p50_us', 0) / 1000, 1)} | {fmt(half.get('p99_us', 0) / 1000, 1)} | {fmt(lost)} |")
+        print()
     return fan
 
 
@@ -212,7 +244,10 @@ def targets_table(records, hold, fan, storm):
         return lambda r: r["target"] == target and (r["connections"], r["depth"]) == (50, 16) and r.get("rate") is None
 
     def fan_pick(target, conns, phase):
-        return lambda r: r["target"] == target and r["connections"] == conns and r.get("phase") == phase
+        return lambda r: r["target"] == target and r["connections"] == conns and r.get("phase") == phase and single(r)
+
+    def batch_pick(target):
+        return lambda r: r["target"] == target and r.get("phase") == "max" and not single(r)
 
     rows = []
     for tether, label in (("tether", "tether"), ("tether-w1", "tether `workers = 1`")):
@@ -237,6 +272,13 @@ def targets_table(records, hold, fan, storm):
     rows.append(("fanout 1,000 conns deliveries/s vs Redis pub/sub", a, b, q, "≥ 1.0", q is not None and q >= 1.0, n))
     a, b, q, n = paired(records, "fanout", fan_pick("tether", 10000, "max"), fan_pick("redis", 10000, "max"), lambda r: r["deliveries_per_s"])
     rows.append(("fanout 10,000 users deliveries/s vs Redis (10,000 channels)", a, b, q, "reported", True, n))
+    a, b, q, n = paired(records, "fanout", batch_pick("tether"), batch_pick("redis"), lambda r: r["deliveries_per_s"])
+    if n:
+        rows.append(("fanout 10,000 users in batches vs Redis PUBLISH pipelined", a, b, q, "≥ 1.0", q is not None and q >= 1.0, n))
+    row = fan.get((1000, 1, "tether", "half"))
+    if row and row.get("server_p99_us") is not None:
+        rows.append(("server-side delivery p99 ms at half max (1,000 conns), vs 5 ms", row["server_p99_us"] / 1000, 5,
+                     row["server_p99_us"] / 5000, "< 1.0", row["server_p99_us"] < 5000, row["repeats"]))
     for conns, label in ((1000, "1,000 conns"), (10000, "10,000 users")):
         row = fan.get((conns, 1 if conns == 1000 else conns, "tether", "half"))
         anchor = fan.get((conns, 1 if conns == 1000 else conns, "redis", "half"))
@@ -283,7 +325,7 @@ def headline(records):
     if hold:
         out["hold B/conn at 19k, tether (larger of: over base, slope 10k→N)"] = tether_bytes_per_conn(
             hold, "bytes_per_conn", last_segment_slope(records, "tether"))
-    fan = group(records, "fanout", lambda r: (r["connections"], r["target"], r.get("phase")))
+    fan = group(records, "fanout", lambda r: (r["connections"], r["target"], r.get("phase")), single)
     for conns in (1000, 10000):
         for target in ("tether", "redis"):
             row = fan.get((conns, target, "max"))

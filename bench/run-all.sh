@@ -2,7 +2,7 @@
 # The full measurement behind BENCHMARKS.md: every scenario against tether, serve-raw and
 # redis-server, REPEATS times (servers restarted for each repeat), JSON lines appended to
 # OUT (default bench/results/run.jsonl). Then `python3 bench/plot.py OUT` makes the tables
-# (medians) and bench/benchmarks.png. Takes about 8.5 minutes per repeat.
+# (medians) and bench/benchmarks.png. Takes about 9.5 minutes per repeat.
 #
 # tether runs with `server.workers = $WORKERS` (default 0: one event loop per CPU); the
 # `cmd` scenario also runs against a second tether with `workers = 1`, reported as target
@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 # Number of the first repeat (its tag is r$FIRST_REPEAT): to add repeats to an earlier OUT.
 FIRST_REPEAT=${FIRST_REPEAT:-1}
-SCENARIOS=${SCENARIOS:-"hold cmd fanout storm churn"}
+SCENARIOS=${SCENARIOS:-"hold cmd fanout batch storm churn"}
 OUT=${OUT:-bench/results/run.jsonl}
+# Events per request in the `batch` scenario (tether's batch route; Redis PUBLISH pipelined).
+BATCH=${BATCH:-500}
 mkdir -p "$(dirname "$OUT")"
 cargo build --release --locked -p tether -p tether-bench
 BIN=$PWD/target/release
@@ -51,13 +53,21 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
             stop_one "$w1_pid" ;;
         fanout) # two client threads: one cannot read 2 M deliveries/s
             bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
-                --connections 1000 --users 1 --duration 8 --then-half --publishers 8
+                --connections 1000 --users 1 --duration 8 --then-half --publishers 8 \
+                --server-latency --pid "$TETHER_PID"
             bench --threads 2 fanout --proto redis --addr "$REDIS_ADDR" \
                 --connections 1000 --users 1 --duration 8 --then-half --publishers 8
             bench --threads 2 fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
                 --connections 10000 --users 10000 --duration 8 --then-half --publishers 16
             bench --threads 2 fanout --proto redis --addr "$REDIS_ADDR" \
                 --connections 10000 --users 10000 --duration 8 --then-half --publishers 16 ;;
+        batch) # issue 17: 10,000 users, events in batches against PUBLISH pipelined as deep
+            for proto in tether redis; do
+                addr=$TETHER_ADDR; [ "$proto" = redis ] && addr=$REDIS_ADDR
+                bench --threads 2 fanout --proto "$proto" --addr "$addr" --admin "$ADMIN_ADDR" \
+                    --connections 10000 --users 10000 --duration 8 --then-half --publishers 4 \
+                    --batch "$BATCH"
+            done ;;
         storm)
             bench login-storm --addr "$TETHER_ADDR" --duration 8 --warmup 2 ;;
         churn)

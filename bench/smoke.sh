@@ -48,6 +48,12 @@ bench fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
     --connections 500 --users 500 --rate 500 --duration 1 --drain 10
 bench fanout --proto redis --addr "$REDIS_ADDR" --connections 100 --users 1 --rate 200 \
     --duration 1 --drain 10
+# Batches (issue 17): the batch route against pipelined PUBLISH, and the server's own latency.
+bench fanout --proto tether --addr "$TETHER_ADDR" --admin "$ADMIN_ADDR" \
+    --connections 500 --users 500 --rate 2000 --duration 1 --drain 10 --batch 50 --server-latency \
+    --pid "$TETHER_PID"
+bench fanout --proto redis --addr "$REDIS_ADDR" --connections 500 --users 500 --rate 2000 \
+    --duration 1 --drain 10 --batch 50
 bench login-storm --addr "$TETHER_ADDR" --connections 10 --duration 1 --warmup 0.2 \
     --storm-rate 4 --storm-connections 2
 for target in "tether $TETHER_ADDR $TETHER_PID" "raw $RAW_ADDR $RAW_PID" "redis $REDIS_ADDR $REDIS_PID"; do

@@ -227,6 +227,160 @@ fn bad_event_requests_are_refused_and_deliver_nothing() {
     alice.expect_nothing_for(QUIET);
 }
 
+/// A batch body of `(user, text)` entries.
+fn batch_body(events: &[(&str, &str)]) -> String {
+    let events: Vec<Value> = events
+        .iter()
+        .map(|(user, text)| serde_json::json!({"user": user, "text": text}))
+        .collect();
+    serde_json::json!({ "events": events }).to_string()
+}
+
+#[test]
+fn a_batch_is_published_in_order_with_one_answer_per_event() {
+    let admin = Admin::start(None);
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    let mut bob = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+
+    let before = utc_millis_now();
+    let body = batch_body(&[
+        ("alice", "a1"),
+        ("bob", "b1"),
+        ("nobody", "n1"),
+        ("alice", "a2"),
+    ]);
+    let (status, answer) = admin.json("POST", "/v1/events", Some(&body));
+    let after = utc_millis_now();
+    assert_eq!(status, 202, "{answer}");
+    let answers = answer["events"].as_array().expect("an events array");
+    let summary: Vec<(&str, i64)> = answers
+        .iter()
+        .map(|one| {
+            let user = one["user"].as_str().expect("user");
+            (user, one["connections"].as_i64().expect("connections"))
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [("alice", 2), ("bob", 1), ("nobody", 0), ("alice", 2)]
+    );
+    let times: Vec<i64> = answers
+        .iter()
+        .map(|one| one["time"].as_i64().expect("time"))
+        .collect();
+    assert!(
+        times.iter().all(|time| (before..=after).contains(time)),
+        "{times:?} not in [{before}, {after}]"
+    );
+    for client in [&mut alice_1, &mut alice_2] {
+        client.expect(&["event", &times[0].to_string(), "a1"]);
+        client.expect(&["event", &times[3].to_string(), "a2"]);
+    }
+    bob.expect(&["event", &times[1].to_string(), "b1"]);
+    common::expect_all_silent(&mut [&mut alice_1, &mut alice_2, &mut bob], QUIET);
+}
+
+#[test]
+fn a_batch_of_the_largest_size_reaches_its_connection_whole_and_in_order() {
+    let admin = Admin::start(None);
+    let mut alice = admin.client();
+    alice.login("alice", "pw-a");
+    let texts: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
+    let entries: Vec<(&str, &str)> = texts.iter().map(|text| ("alice", text.as_str())).collect();
+    let (status, answer) = admin.json("POST", "/v1/events", Some(&batch_body(&entries)));
+    assert_eq!(status, 202, "{answer}");
+    let answers = answer["events"].as_array().expect("an events array");
+    assert_eq!(answers.len(), 1000);
+    assert!(answers.iter().all(|one| one["connections"] == 1));
+    for text in &texts {
+        let message = alice.recv();
+        assert_eq!((message[0].as_str(), &message[2]), ("event", text));
+    }
+}
+
+#[test]
+fn a_batch_with_one_bad_entry_is_refused_whole_naming_its_index() {
+    let admin = Admin::start(None);
+    let mut alice = admin.client();
+    alice.login("alice", "pw-a");
+    let many = batch_body(&vec![("alice", "x"); 1001]);
+    for (body, mentions) in [
+        (
+            batch_body(&[("alice", "ok"), ("alice", "ok"), ("alice", "a\u{1e}b")]),
+            "events[2]: the text contains U+001E",
+        ),
+        (
+            batch_body(&[("alice", "ok"), ("", "x")]),
+            "events[1]: invalid user",
+        ),
+        (
+            r#"{"events":[{"user":"alice","text":"ok"},{"user":"alice"}]}"#.to_owned(),
+            "events[1]: missing field `text`",
+        ),
+        (
+            r#"{"events":[{"user":"alice","text":"ok","extra":1}]}"#.to_owned(),
+            "events[0]: unknown field `extra`",
+        ),
+        (r#"{"events":[]}"#.to_owned(), "1 to 1000 events, not 0"),
+        (many, "1 to 1000 events, not 1001"),
+        (r#"{"events":{"user":"alice"}}"#.to_owned(), "invalid type"),
+        (
+            r#"{"events":[{"user":"alice","text":"ok"}],"user":"alice"}"#.to_owned(),
+            "either \"user\" and \"text\", or \"events\"",
+        ),
+    ] {
+        let (status, answer) = admin.json("POST", "/v1/events", Some(&body));
+        assert_error(status, &answer, 400, mentions);
+    }
+    alice.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn the_delivery_histogram_counts_every_event_written_to_a_connection() {
+    let admin = Admin::start(None);
+    let deliveries_counted = || {
+        let (status, text) = admin.call("GET", "/metrics", None);
+        assert_eq!(status, 200);
+        let workers: Vec<f64> = text
+            .lines()
+            .filter_map(|line| line.strip_prefix("tether_event_delivery_seconds_count{worker="))
+            .filter_map(|rest| rest.split_whitespace().nth(1)?.parse().ok())
+            .collect();
+        assert!(!workers.is_empty(), "no delivery histogram in\n{text}");
+        assert!(
+            text.contains("tether_event_delivery_seconds_bucket{le=\"0.00001\""),
+            "no 10 µs bucket in\n{text}"
+        );
+        workers.iter().sum::<f64>()
+    };
+    let before = deliveries_counted();
+    let mut alice_1 = admin.client();
+    let mut alice_2 = admin.client();
+    alice_1.login("alice", "pw-a");
+    alice_2.login("alice", "pw-a");
+    let batch = batch_body(&[("alice", "1"), ("alice", "2"), ("nobody", "-")]);
+    assert_eq!(admin.call("POST", "/v1/events", Some(&batch)).0, 202);
+    let single = r#"{"user":"alice","text":"3"}"#;
+    assert_eq!(admin.call("POST", "/v1/events", Some(single)).0, 202);
+    for client in [&mut alice_1, &mut alice_2] {
+        for text in ["1", "2", "3"] {
+            assert_eq!(client.recv()[2], text);
+        }
+    }
+    // Observed just after the write returns, so it may trail the client's read a little.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut counted = deliveries_counted() - before;
+    while counted < 6.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        counted = deliveries_counted() - before;
+    }
+    assert_eq!(counted, 6.0);
+}
+
 #[test]
 fn setting_a_password_creates_or_changes_the_user_and_invalidates_its_connections() {
     let admin = Admin::start(None);

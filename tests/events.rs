@@ -7,7 +7,7 @@ mod in_process;
 use common::{RecvError, TestClient};
 use in_process::{test_settings, InProcessServer};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_actors::bus::{PublishError, EVENTS_IN_FLIGHT};
+use tether_actors::bus::{Publish, PublishError, EVENTS_IN_FLIGHT, MAX_BATCH_EVENTS};
 use tether_actors::credentials::CredentialError;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -245,4 +245,104 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
         ["login_invalid"]
     );
     assert_eq!(alice.recv(), ["prolongate_ack"]);
+}
+
+fn batch(events: &[(&str, String)]) -> Vec<Publish> {
+    events
+        .iter()
+        .map(|(user, text)| Publish {
+            user: (*user).to_owned(),
+            text: text.clone(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_batch_through_the_handle_reaches_each_user_in_order_with_a_receipt_per_event() {
+    let server = server();
+    let mut alice = TestClient::connect(server.addr());
+    let mut bob = TestClient::connect(server.addr());
+    alice.login("alice", "pw-a");
+    bob.login("bob", "pw-b");
+    server.wait_for_connections("alice", 1);
+    server.wait_for_connections("bob", 1);
+
+    let events: Vec<(&str, String)> = (0..200)
+        .map(|n| (if n % 3 == 0 { "bob" } else { "alice" }, format!("e{n}")))
+        .collect();
+    let receipts = server
+        .block_on(server.handle().publish_batch(batch(&events)))
+        .expect("published");
+    assert_eq!(receipts.len(), events.len());
+    for ((user, text), receipt) in events.iter().zip(&receipts) {
+        assert_eq!(receipt.connections, 1, "{text}");
+        let client = if *user == "bob" { &mut bob } else { &mut alice };
+        client.expect(&["event", &receipt.time.to_string(), text]);
+    }
+    common::expect_all_silent(&mut [&mut alice, &mut bob], QUIET);
+
+    let refused = server.block_on(
+        server
+            .handle()
+            .publish_batch(batch(&[("alice", "ok".into()), ("bob", "a\u{1f}b".into())])),
+    );
+    assert_eq!(
+        refused,
+        Err(PublishError::InBatch {
+            index: 1,
+            error: Box::new(PublishError::TextHasSeparator)
+        })
+    );
+    alice.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn every_batched_event_acknowledged_before_shutdown_is_written_before_it() {
+    const BATCHES: usize = 3;
+    let mut server = server();
+    let mut clients: Vec<TestClient> = (0..4)
+        .map(|_| {
+            let mut client = TestClient::connect(server.addr());
+            client.login("alice", "pw-a");
+            client
+        })
+        .collect();
+    server.wait_for_connections("alice", clients.len());
+
+    let handle = server.handle().clone();
+    let acknowledged = server.block_on(async move {
+        let mut batches = tokio::task::JoinSet::new();
+        for number in 0..BATCHES {
+            let handle = handle.clone();
+            let events: Vec<(&str, String)> = (0..MAX_BATCH_EVENTS)
+                .map(|n| ("alice", format!("b{number}-{n}")))
+                .collect();
+            batches.spawn(async move { handle.publish_batch(batch(&events)).await });
+        }
+        let mut acknowledged = 0;
+        while let Some(done) = batches.join_next().await {
+            let receipts = done.expect("batch task").expect("published");
+            assert!(receipts.iter().all(|receipt| receipt.connections == 4));
+            acknowledged += receipts.len();
+        }
+        acknowledged
+    });
+    assert_eq!(acknowledged, BATCHES * MAX_BATCH_EVENTS);
+    server.begin_shutdown();
+
+    for (number, client) in clients.iter_mut().enumerate() {
+        let mut received = 0;
+        let last = loop {
+            let message = client.recv();
+            if message[0] != "event" {
+                break message;
+            }
+            received += 1;
+        };
+        assert_eq!(last, ["shutdown"], "client #{number}");
+        assert_eq!(
+            received, acknowledged,
+            "client #{number} got {received} of {acknowledged} acknowledged events before `shutdown`"
+        );
+    }
 }

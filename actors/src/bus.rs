@@ -9,16 +9,25 @@ use crate::connection::BindingId;
 use crate::credentials::{check_name, CredentialError};
 use crate::metrics::Metrics;
 use crate::presence::Presence;
-use crate::registry::{Deliver, Revoke, UserRegistryActor};
+use crate::registry::{BatchedEvent, Deliver, DeliverBatch, Revoke, UserRegistryActor};
 use crate::supervisor::DeathNotice;
 use actix::prelude::*;
+use bytes::Bytes;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Events published but not yet taken by all their connections, at most; a publish past it
-/// waits.
+/// waits. Every event holds one permit, whether published alone or in a batch.
 pub const EVENTS_IN_FLIGHT: usize = 64;
+
+/// Most events one [`PublishBatch`] may hold.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// Events of a batch handed on together, in one message per shard: half the permits, so one
+/// slice is on its way into the output buffers while the bus hands on the next.
+const BATCH_SLICE: usize = EVENTS_IN_FLIGHT / 2;
 
 /// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
@@ -119,6 +128,18 @@ pub enum PublishError {
     },
     /// The bus or the registry stopped before answering.
     Unavailable,
+    /// A batch with no event or more than [`MAX_BATCH_EVENTS`].
+    BatchSize {
+        /// How many events the batch held.
+        events: usize,
+    },
+    /// One event of a batch is not valid; nothing of the batch was published.
+    InBatch {
+        /// The event's place in the batch, from 0.
+        index: usize,
+        /// What is wrong with it.
+        error: Box<PublishError>,
+    },
 }
 
 impl fmt::Display for PublishError {
@@ -128,6 +149,11 @@ impl fmt::Display for PublishError {
             Self::TextHasSeparator => f.write_str("the text contains U+001E or U+001F"),
             Self::TextTooLong { limit } => write!(f, "the text is longer than {limit} bytes"),
             Self::Unavailable => f.write_str("the event bus is restarting"),
+            Self::BatchSize { events } => write!(
+                f,
+                "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {events}"
+            ),
+            Self::InBatch { index, error } => write!(f, "events[{index}]: {error}"),
         }
     }
 }
@@ -138,16 +164,8 @@ impl Handler<Publish> for EventBusActor {
     type Result = ResponseFuture<Result<PublishReceipt, PublishError>>;
 
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
-        if let Err(err) = check_name(&msg.user) {
-            return Box::pin(std::future::ready(Err(PublishError::InvalidUser(err))));
-        }
-        if !is_valid_part(msg.text.as_bytes()) {
-            return Box::pin(std::future::ready(Err(PublishError::TextHasSeparator)));
-        }
-        if msg.text.len() > self.max_text_bytes {
-            return Box::pin(std::future::ready(Err(PublishError::TextTooLong {
-                limit: self.max_text_bytes,
-            })));
+        if let Err(err) = self.check(&msg) {
+            return Box::pin(std::future::ready(Err(err)));
         }
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
             return Box::pin(std::future::ready(self.deliver(msg, permit)));
@@ -166,7 +184,64 @@ impl Handler<Publish> for EventBusActor {
     }
 }
 
+/// Publishes several events in one go: each is published as by [`Publish`], in order. The
+/// answer holds one receipt per event, in the same order. If any event is not valid, none
+/// is published and the error names it ([`PublishError::InBatch`]).
+///
+/// Every event holds one of the [`EVENTS_IN_FLIGHT`] permits, as a single publish does; the
+/// bus hands a batch on in slices of up to half the permits, each slice in one message per
+/// shard holding its users, and waits in place for permits between slices. A batch is
+/// answered once its last slice is handed on.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<Vec<PublishReceipt>, PublishError>")]
+pub struct PublishBatch {
+    /// The events, 1 to [`MAX_BATCH_EVENTS`]; shared, so that a retry after a restart
+    /// copies nothing.
+    pub events: Arc<[Publish]>,
+}
+
+impl Handler<PublishBatch> for EventBusActor {
+    type Result = ResponseFuture<Result<Vec<PublishReceipt>, PublishError>>;
+
+    fn handle(&mut self, msg: PublishBatch, ctx: &mut Context<Self>) -> Self::Result {
+        let events = msg.events.len();
+        if !(1..=MAX_BATCH_EVENTS).contains(&events) {
+            return Box::pin(std::future::ready(Err(PublishError::BatchSize { events })));
+        }
+        for (index, event) in msg.events.iter().enumerate() {
+            if let Err(error) = self.check(event) {
+                return Box::pin(std::future::ready(Err(PublishError::InBatch {
+                    index,
+                    error: Box::new(error),
+                })));
+            }
+        }
+        // A shard being replaced fails the batch whole, delivered nowhere (the handle
+        // retries it once the shard is back).
+        if self.registries.iter().any(|registry| !registry.connected()) {
+            return Box::pin(std::future::ready(Err(PublishError::Unavailable)));
+        }
+        let (answer, answered) = oneshot::channel();
+        self.hand_on_batch(msg.events, 0, Vec::with_capacity(events), answer, ctx);
+        Box::pin(async move { answered.await.map_err(|_| PublishError::Unavailable)? })
+    }
+}
+
 impl EventBusActor {
+    /// Checks an event against SPEC §5 and the text rules.
+    fn check(&self, msg: &Publish) -> Result<(), PublishError> {
+        check_name(&msg.user).map_err(PublishError::InvalidUser)?;
+        if !is_valid_part(msg.text.as_bytes()) {
+            return Err(PublishError::TextHasSeparator);
+        }
+        if msg.text.len() > self.max_text_bytes {
+            return Err(PublishError::TextTooLong {
+                limit: self.max_text_bytes,
+            });
+        }
+        Ok(())
+    }
+
     /// Stamps, encodes and hands a checked event to the shards holding its user, and
     /// answers at once: the connections bound to the user right now (as [`Presence`] counts
     /// them) are the ones the shards will hand it to. Waiting for the shards' own counts
@@ -187,8 +262,8 @@ impl EventBusActor {
         }
         self.metrics.events_published.inc();
         let time = self.clock.now();
-        let message =
-            encoded_message(&[b"event", time.to_string().as_bytes(), msg.text.as_bytes()]);
+        let accepted = Instant::now();
+        let message = event_message(&time.to_string(), &msg.text);
         let user: Arc<str> = Arc::from(msg.user);
         let in_flight = Arc::new(EventInFlight { _permit: permit });
         // Counted before sending: a connection bound in between gets the event anyway.
@@ -197,10 +272,135 @@ impl EventBusActor {
                 user: Arc::clone(&user),
                 message: message.clone(),
                 in_flight: Arc::clone(&in_flight),
+                accepted,
             });
         }
         Ok(PublishReceipt { time, connections })
     }
+
+    /// Hands on what is left of a checked batch, [`BATCH_SLICE`] events at a time, each
+    /// slice as soon as it has a permit per event; answers `answer` once the last slice is
+    /// handed on. While it waits for permits the bus handles nothing else, so events keep
+    /// their order.
+    fn hand_on_batch(
+        &mut self,
+        batch: Arc<[Publish]>,
+        mut next: usize,
+        mut receipts: Vec<PublishReceipt>,
+        answer: oneshot::Sender<Result<Vec<PublishReceipt>, PublishError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        loop {
+            let slice = batch.len().saturating_sub(next).min(BATCH_SLICE);
+            if slice == 0 {
+                let _ = answer.send(Ok(receipts));
+                return;
+            }
+            // A slice is at most `BATCH_SLICE` events.
+            let wanted = slice as u32;
+            match Arc::clone(&self.in_flight).try_acquire_many_owned(wanted) {
+                Ok(permits) => self.hand_on_slice(&batch, &mut next, permits, &mut receipts),
+                Err(_) => {
+                    let permits = Arc::clone(&self.in_flight).acquire_many_owned(wanted);
+                    ctx.wait(permits.into_actor(self).map(move |permits, act, ctx| {
+                        // The semaphore is never closed.
+                        if let Ok(permits) = permits {
+                            act.hand_on_slice(&batch, &mut next, permits, &mut receipts);
+                            act.hand_on_batch(batch, next, receipts, answer, ctx);
+                        }
+                    }));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stamps and encodes as many events of `batch` from `next` on as `permits` holds, one
+    /// permit each, and hands them to the shards holding their users: one message per
+    /// shard. Moves `next` past them.
+    fn hand_on_slice(
+        &mut self,
+        batch: &[Publish],
+        next: &mut usize,
+        mut permits: OwnedSemaphorePermit,
+        receipts: &mut Vec<PublishReceipt>,
+    ) {
+        let rest = batch.get(*next..).unwrap_or_default();
+        let slice = std::iter::from_fn(|| permits.split(1))
+            .map(|permit| EventInFlight { _permit: permit })
+            .zip(rest);
+        let stamp = Stamp {
+            time: self.clock.now(),
+            accepted: Instant::now(),
+        };
+        let before = receipts.len();
+        let per_shard = sort_by_shard(
+            &self.presence,
+            self.registries.len(),
+            stamp,
+            slice,
+            receipts,
+        );
+        let handed_on = receipts.len() - before;
+        *next += handed_on;
+        self.metrics.events_published.inc_by(handed_on as u64);
+        for (registry, events) in self.registries.iter().zip(per_shard) {
+            if !events.is_empty() {
+                registry.do_send(DeliverBatch {
+                    events,
+                    accepted: stamp.accepted,
+                });
+            }
+        }
+    }
+}
+
+/// When the bus accepted a slice of events: on the wire and for the delivery histogram.
+#[derive(Debug, Clone, Copy)]
+struct Stamp {
+    /// The events' time as written on the wire (SPEC §3).
+    time: i64,
+    /// The moment the bus handed them on.
+    accepted: Instant,
+}
+
+/// `event␟<time>␟<text>`, encoded once for every connection.
+fn event_message(time: &str, text: &str) -> Bytes {
+    encoded_message(&[b"event", time.as_bytes(), text.as_bytes()])
+}
+
+/// Sorts `events` into one list per shard (of `shards`) holding their users, in order, and
+/// adds a receipt per event to `receipts`, counting the connections [`Presence`] counts.
+fn sort_by_shard<'a>(
+    presence: &Presence,
+    shards: usize,
+    stamp: Stamp,
+    events: impl Iterator<Item = (EventInFlight, &'a Publish)>,
+    receipts: &mut Vec<PublishReceipt>,
+) -> Vec<Vec<BatchedEvent>> {
+    let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
+    let time = stamp.time.to_string();
+    for (in_flight, event) in events {
+        let message = event_message(&time, &event.text);
+        let user: Arc<str> = Arc::from(event.user.as_str());
+        let in_flight = Arc::new(in_flight);
+        let mut connections = 0;
+        for (shard, held) in presence.holding(&user) {
+            if let Some(events) = per_shard.get_mut(shard) {
+                connections += held;
+                events.push(BatchedEvent {
+                    user: Arc::clone(&user),
+                    message: message.clone(),
+                    in_flight: Arc::clone(&in_flight),
+                });
+            }
+        }
+        receipts.push(PublishReceipt {
+            time: stamp.time,
+            connections,
+        });
+    }
+    per_shard
 }
 
 /// One published event on its way from the bus into the connections' output buffers: it
@@ -385,6 +585,31 @@ mod tests {
     #[rtype(result = "usize")]
     struct Held;
 
+    /// Hands over the texts of the events held, and lets them go.
+    #[derive(Message)]
+    #[rtype(result = "Vec<String>")]
+    struct TakeAll;
+
+    impl Handler<TakeAll> for Hoarder {
+        type Result = Vec<String>;
+
+        fn handle(&mut self, _: TakeAll, _: &mut Context<Self>) -> Vec<String> {
+            self.0
+                .drain(..)
+                .filter_map(|push| match push {
+                    Push::Event { event, .. } => {
+                        let message = String::from_utf8_lossy(&event.message).into_owned();
+                        message
+                            .rsplit('\u{1f}')
+                            .next()
+                            .map(|text| text.trim_end_matches('\u{1e}').to_owned())
+                    }
+                    Push::Invalidated { .. } => None,
+                })
+                .collect()
+        }
+    }
+
     impl Handler<Held> for Hoarder {
         type Result = usize;
 
@@ -491,5 +716,148 @@ mod tests {
             .expect("answered once the permits came back")
             .expect("the bus answers");
         assert_eq!(after.expect("published").connections, 1);
+    }
+
+    fn event(user: &str, text: &str) -> Publish {
+        Publish {
+            user: user.to_owned(),
+            text: text.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_slice_becomes_one_list_per_shard_holding_its_users_in_publish_order() {
+        let presence = Presence::new(3);
+        presence.enter(0, "alice");
+        presence.enter(2, "alice");
+        presence.enter(2, "alice");
+        presence.enter(2, "bob");
+        let permits = Arc::new(Semaphore::new(4));
+        let events = [
+            event("alice", "a1"),
+            event("bob", "b1"),
+            event("carol", "c1"),
+            event("alice", "a2"),
+        ];
+        let events = events.iter().map(|event| {
+            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
+            (EventInFlight { _permit: permit }, event)
+        });
+        let stamp = Stamp {
+            time: 17,
+            accepted: Instant::now(),
+        };
+        let mut receipts = Vec::new();
+        let per_shard = sort_by_shard(&presence, 3, stamp, events, &mut receipts);
+
+        let texts = |shard: usize| -> Vec<(String, String)> {
+            per_shard[shard]
+                .iter()
+                .map(|event| {
+                    let message = String::from_utf8_lossy(&event.message);
+                    (event.user.to_string(), message.into_owned())
+                })
+                .collect()
+        };
+        let wire = |user: &str, text: &str| (user.to_owned(), format!("event\x1f17\x1f{text}\x1e"));
+        assert_eq!(per_shard.len(), 3, "one list per shard");
+        assert_eq!(texts(0), [wire("alice", "a1"), wire("alice", "a2")]);
+        assert!(texts(1).is_empty(), "nobody on shard 1");
+        assert_eq!(
+            texts(2),
+            [wire("alice", "a1"), wire("bob", "b1"), wire("alice", "a2")]
+        );
+        let connections: Vec<_> = receipts.iter().map(|r| r.connections).collect();
+        assert_eq!(connections, [3, 1, 0, 3]);
+        assert!(receipts.iter().all(|receipt| receipt.time == 17));
+
+        // Each event holds its own permit, shared by its shards: carol's is back already.
+        assert_eq!(permits.available_permits(), 1);
+        drop(per_shard);
+        assert_eq!(permits.available_permits(), 4);
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_past_the_permits_is_handed_on_in_order_as_its_connections_take_it() {
+        let presence = Arc::new(Presence::new(1));
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![Arbiter::current()],
+            test_limits(&presence),
+            Arc::new(Roster::new(1)),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+        let total = EVENTS_IN_FLIGHT * 2 + 5;
+        let batch = PublishBatch {
+            events: (0..total)
+                .map(|i| event("alice", &i.to_string()))
+                .collect::<Vec<_>>()
+                .into(),
+        };
+        let mut answered = Box::pin(hub.bus.send(batch));
+
+        let mut taken = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let receipts = loop {
+            if let Ok(answer) = tokio::time::timeout(Duration::from_millis(20), &mut answered).await
+            {
+                break answer.expect("the bus answers").expect("published");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never answered");
+            let held = hoarder.send(TakeAll).await.expect("the hoarder answers");
+            assert!(
+                held.len() <= EVENTS_IN_FLIGHT,
+                "{} events held at once, past the permits",
+                held.len()
+            );
+            taken.extend(held);
+        };
+        taken.extend(hoarder.send(TakeAll).await.expect("the hoarder answers"));
+        assert_eq!(receipts.len(), total);
+        assert!(receipts.iter().all(|receipt| receipt.connections == 1));
+        let expected: Vec<String> = (0..total).map(|i| i.to_string()).collect();
+        assert_eq!(taken, expected, "every event once, in order");
+    }
+
+    #[actix_rt::test]
+    async fn a_batch_with_one_bad_event_names_it_and_publishes_nothing() {
+        let presence = Arc::new(Presence::new(1));
+        let (_supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![Arbiter::current()],
+            test_limits(&presence),
+            Arc::new(Roster::new(1)),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, &presence, &hoarder).await;
+        let batch = |events: Vec<Publish>| {
+            hub.bus.send(PublishBatch {
+                events: events.into(),
+            })
+        };
+
+        let bad = batch(vec![event("alice", "ok"), event("alice", "a\u{1e}b")]).await;
+        assert_eq!(
+            bad.expect("the bus answers"),
+            Err(PublishError::InBatch {
+                index: 1,
+                error: Box::new(PublishError::TextHasSeparator)
+            })
+        );
+        let empty = batch(Vec::new()).await.expect("the bus answers");
+        assert_eq!(empty, Err(PublishError::BatchSize { events: 0 }));
+        let too_many = vec![event("alice", "x"); MAX_BATCH_EVENTS + 1];
+        let too_many = batch(too_many).await.expect("the bus answers");
+        assert_eq!(
+            too_many,
+            Err(PublishError::BatchSize {
+                events: MAX_BATCH_EVENTS + 1
+            })
+        );
+        hub.bus.send(Drain).await.expect("the bus answers");
+        assert_eq!(hoarder.send(Held).await.expect("answers"), 0);
     }
 }

@@ -25,6 +25,7 @@ use crate::throttle::{LoginThrottle, Reservation};
 use crate::users::{PasswordHash, UserStore};
 use actix::prelude::*;
 use bytes::{Buf, Bytes, BytesMut};
+use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -81,6 +82,8 @@ pub enum Push {
 pub struct ShardEvent {
     /// The whole encoded message.
     pub(crate) message: Bytes,
+    /// When the bus accepted the event, for `tether_event_delivery_seconds`.
+    pub(crate) accepted: Instant,
     /// Held until every connection has taken the event.
     pub(crate) _in_flight: Arc<EventInFlight>,
 }
@@ -110,6 +113,8 @@ pub(crate) struct ConnectionShared {
     pub presence: Arc<Presence>,
     /// The connections of each worker, told when the hub's state changes.
     pub roster: Arc<Roster>,
+    /// Per worker, how long events took from the bus to a connection's socket.
+    pub delivery_seconds: Box<[Histogram]>,
 }
 
 /// The user a connection is bound to, and which login bound it.
@@ -129,6 +134,17 @@ struct PendingLogin {
     user: Option<(Arc<str>, PasswordHash)>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
+}
+
+/// The events in a connection's output not yet written: each is counted in
+/// `tether_event_delivery_seconds` when the write that empties the output completes, with
+/// the age of the oldest (an upper bound for the others, exact for one).
+#[derive(Debug, Clone, Copy)]
+struct UnwrittenEvents {
+    /// When the bus accepted the oldest of them.
+    oldest: Instant,
+    /// How many.
+    count: u32,
 }
 
 /// Where a connection is in its life.
@@ -165,6 +181,8 @@ pub struct ConnectionActor {
     output: BytesMut,
     /// The last byte handed to the kernel ended a message (or none was sent yet).
     output_at_boundary: bool,
+    /// The events in `output`, for the delivery histogram once they are written.
+    unwritten_events: Option<UnwrittenEvents>,
     /// What `output` has charged to the server-wide budget; given back on drop.
     output_charge: OutputCharge,
     /// The user this connection is bound to.
@@ -217,6 +235,7 @@ impl ConnectionActor {
             input: BytesMut::new(),
             output: BytesMut::new(),
             output_at_boundary: true,
+            unwritten_events: None,
             output_charge: OutputCharge::new(Arc::clone(&shared.output_budget)),
             binding: None,
             login: None,
@@ -471,10 +490,41 @@ impl ConnectionActor {
             // (advanced to its end, it would report none and be freed).
             self.output.clear();
             buffers::release(&mut self.output, Spare::Output);
+            self.observe_delivered();
         }
         if self.output_charge.is_charged() {
             // Shrinking always fits.
             self.output_charge.settle(self.output.len());
+        }
+    }
+
+    /// An event accepted by the bus at `accepted` goes into the output.
+    fn note_event(&mut self, accepted: Instant) {
+        match &mut self.unwritten_events {
+            Some(events) => events.count += 1,
+            None => {
+                self.unwritten_events = Some(UnwrittenEvents {
+                    oldest: accepted,
+                    count: 1,
+                });
+            }
+        }
+    }
+
+    /// The output is written: its events reached the socket now.
+    fn observe_delivered(&mut self) {
+        if let Some(events) = self.unwritten_events.take() {
+            self.observe(events.oldest, events.count);
+        }
+    }
+
+    /// Counts `count` events, accepted at `accepted` or later, as delivered now.
+    fn observe(&self, accepted: Instant, count: u32) {
+        if let Some(histogram) = self.shared.delivery_seconds.get(self.shard) {
+            let seconds = accepted.elapsed().as_secs_f64();
+            for _ in 0..count {
+                histogram.observe(seconds);
+            }
         }
     }
 
@@ -523,6 +573,7 @@ impl ConnectionActor {
         self.login = None;
         self.unbind();
         self.output.clear();
+        self.unwritten_events = None;
         if self.output_at_boundary {
             encode_message(&[Reply::IoError.name().as_bytes()], &mut self.output);
             // Best effort: whatever the kernel takes now.
@@ -764,6 +815,8 @@ impl Handler<Push> for ConnectionActor {
                     .as_ref()
                     .is_some_and(|current| current.id == binding)
                 {
+                    // Noted first: writing may complete at once (past the output limit).
+                    self.note_event(event.accepted);
                     self.write_message(&event.message, ctx);
                 }
             }

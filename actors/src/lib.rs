@@ -3,7 +3,7 @@
 //!
 //! Start a [`Tether`] inside a running actix System with a listener, [`Settings`] and a
 //! [`users::UserStore`]; publish events and invalidate users through its [`TetherHandle`]
-//! or by sending [`bus::Publish`] and [`bus::Invalidate`] to the bus.
+//! or by sending [`bus::Publish`], [`bus::PublishBatch`] and [`bus::Invalidate`] to the bus.
 
 #![forbid(unsafe_code)]
 

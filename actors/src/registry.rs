@@ -16,6 +16,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::oneshot;
 
 /// One connection bound to a user.
@@ -123,18 +124,66 @@ pub(crate) struct Deliver {
     pub message: Bytes,
     /// Travels with every push of the event.
     pub in_flight: Arc<EventInFlight>,
+    /// When the bus accepted the event.
+    pub accepted: Instant,
 }
 
 impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        if let Some(entries) = self.by_user.get_mut(&*msg.user) {
+        self.hand_out(msg.user, msg.message, msg.in_flight, msg.accepted);
+    }
+}
+
+/// One event of a [`DeliverBatch`].
+#[derive(Debug)]
+pub(crate) struct BatchedEvent {
+    /// The user the event is for.
+    pub user: Arc<str>,
+    /// The whole `event` message, encoded once for all connections.
+    pub message: Bytes,
+    /// Travels with every push of the event.
+    pub in_flight: Arc<EventInFlight>,
+}
+
+/// Several events, in publish order, each handed out as by [`Deliver`]: the bus sends a
+/// batch's events to a shard in one message.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct DeliverBatch {
+    /// The events for users this shard holds.
+    pub events: Vec<BatchedEvent>,
+    /// When the bus accepted them.
+    pub accepted: Instant,
+}
+
+impl Handler<DeliverBatch> for UserRegistryActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
+        for event in msg.events {
+            self.hand_out(event.user, event.message, event.in_flight, msg.accepted);
+        }
+    }
+}
+
+impl UserRegistryActor {
+    /// Pushes one event to every connection bound to `user`.
+    fn hand_out(
+        &mut self,
+        user: Arc<str>,
+        message: Bytes,
+        in_flight: Arc<EventInFlight>,
+        accepted: Instant,
+    ) {
+        if let Some(entries) = self.by_user.get_mut(&*user) {
             // A connection that died without unbinding is dropped here.
             entries.retain(|entry| entry.connection.connected());
             let event = Arc::new(ShardEvent {
-                message: msg.message,
-                _in_flight: msg.in_flight,
+                message,
+                accepted,
+                _in_flight: in_flight,
             });
             for entry in entries.iter() {
                 entry.connection.do_send(Push::Event {
@@ -144,7 +193,7 @@ impl Handler<Deliver> for UserRegistryActor {
             }
             self.metrics.events_delivered.inc_by(entries.len() as u64);
             if entries.is_empty() {
-                self.by_user.remove(&*msg.user);
+                self.by_user.remove(&*user);
             }
         }
     }

@@ -3,8 +3,8 @@
 //! [`TetherHandle`], through which the host publishes events and invalidates users.
 
 use crate::bus::{
-    BusLimits, Drain, EventBusActor, Invalidate, InvalidationCause, Publish, PublishError,
-    PublishReceipt,
+    BusLimits, Drain, EventBusActor, Invalidate, InvalidationCause, Publish, PublishBatch,
+    PublishError, PublishReceipt,
 };
 use crate::clock::EventClock;
 use crate::connection::{ConnectionActor, ConnectionShared};
@@ -165,6 +165,7 @@ impl Tether {
             metrics: metrics.clone(),
             presence,
             roster,
+            delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
         let accept = actix_rt::spawn(accept_loop(
@@ -369,6 +370,16 @@ impl TetherHandle {
             text: text.into(),
         };
         self.ask_bus(message).await
+    }
+
+    /// Publishes several events in order; see [`PublishBatch`]. One invalid event fails
+    /// the whole batch ([`PublishError::InBatch`] names it) and nothing is published.
+    pub async fn publish_batch(
+        &self,
+        events: impl Into<Arc<[Publish]>>,
+    ) -> Result<Vec<PublishReceipt>, PublishError> {
+        let events = events.into();
+        self.ask_bus(PublishBatch { events }).await
     }
 
     /// Invalidates every connection bound to `user`; answers how many there were.

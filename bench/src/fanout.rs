@@ -5,6 +5,8 @@
 //! open loop at a fixed rate (`--rate`), latency counts from the intended send time, and
 //! every delivery owed must arrive (lost = owed − received, which must be 0).
 //! `--rate 0` publishes as fast as the publishers' round trips allow: the maximum.
+//! `--batch N` sends N events per request (tether's batch route; Redis: N PUBLISH pipelined);
+//! `--server-latency` adds tether's own figure, from `tether_event_delivery_seconds`.
 
 use crate::http::HttpClient;
 use crate::net::{check_loopback, connect_from, instant_at, now_ns, raise_open_files, sources};
@@ -12,7 +14,8 @@ use crate::proto::{
     exchange, login_message, parse_probe, parts, printable, MessageSplitter, Proto, RS,
 };
 use crate::report::{count, dec, Report};
-use crate::stats::{new_histogram, Percentiles, Recorder, SharedHistogram};
+use crate::server_histogram::DeliveryHistogram;
+use crate::stats::{cpu_seconds, new_histogram, Percentiles, Recorder, SharedHistogram};
 use crate::Fallible;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -68,6 +71,19 @@ pub struct Args {
     /// maximum event rate, for latency.
     #[arg(long)]
     then_half: bool,
+    /// Events per request: tether's batch route (`{"events": [...]}`), Redis PUBLISH
+    /// commands pipelined in one write. 1 = the single-event route, one PUBLISH per round
+    /// trip.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    batch: u64,
+    /// tether: also read the server's own delivery latency (`tether_event_delivery_seconds`
+    /// in `/metrics`, before and after each run) and report its p50/p99.
+    #[arg(long)]
+    server_latency: bool,
+    /// The server's process id: also report the CPU time it used from the start of
+    /// publishing to the end of the drain, per delivery.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 /// Receivers set up at once.
@@ -130,11 +146,22 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     }
     let per_user = Arc::new(per_user);
 
+    let metrics = match (args.server_latency, args.proto, admin) {
+        (true, Proto::Tether, Some(admin)) => Some(admin),
+        (true, _, _) => return Err("--server-latency needs tether and --admin".into()),
+        _ => None,
+    };
+    let server_before = match metrics {
+        Some(admin) => Some(DeliveryHistogram::scrape(admin, args.token.clone()).await?),
+        None => None,
+    };
+    let cpu_before = args.pid.map(cpu_seconds).transpose()?;
     let start = now_ns() + 50_000_000;
     let end = start + (args.duration * 1e9) as u64;
     let paced = (rate > 0.0).then_some(rate);
     let total_events = paced.map(|rate| (rate * args.duration).ceil() as u64);
     let next = Arc::new(AtomicU64::new(0));
+    let batch = args.batch.max(1);
     let mut publishers = Vec::with_capacity(args.publishers);
     for _ in 0..args.publishers.max(1) {
         let mut publisher = match args.proto {
@@ -149,14 +176,18 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         let prefix = args.user_prefix.clone();
         publishers.push(tokio::spawn(async move {
             let mut published = Published::default();
+            let mut events = Vec::with_capacity(batch as usize);
             loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
+                let first = next.fetch_add(batch, Ordering::Relaxed);
+                let mut last = first + batch - 1;
                 let intended = match paced {
                     Some(rate) => {
-                        if total_events.is_some_and(|total| k >= total) {
+                        if total_events.is_some_and(|total| first >= total) {
                             break;
                         }
-                        let due = start + (k as f64 * 1e9 / rate) as u64;
+                        last = total_events.map_or(last, |total| last.min(total - 1));
+                        // Sent when the last of them is due.
+                        let due = start + (last as f64 * 1e9 / rate) as u64;
                         tokio::time::sleep_until(instant_at(due)).await;
                         due
                     }
@@ -171,12 +202,17 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
                         now_ns()
                     }
                 };
-                let user = (k % per_user.len() as u64) as usize;
-                let text = format!("{k} {intended}");
-                match publisher.publish(&format!("{prefix}{user}"), &text).await {
+                events.clear();
+                let mut owed = 0;
+                for k in first..=last {
+                    let user = (k % per_user.len() as u64) as usize;
+                    owed += per_user[user];
+                    events.push((format!("{prefix}{user}"), format!("{k} {intended}")));
+                }
+                match publisher.publish(&events, batch > 1).await {
                     Ok(handed) => {
-                        published.events += 1;
-                        published.owed += per_user[user];
+                        published.events += events.len() as u64;
+                        published.owed += owed;
                         published.handed += handed;
                     }
                     Err(err) => {
@@ -205,6 +241,10 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     while tally.received.load(Ordering::Relaxed) < published.owed && now_ns() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let server_cpu_s = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+        _ => None,
+    };
     let mut receiver_errors = Vec::new();
     for receiver in receivers {
         receiver.abort();
@@ -214,6 +254,20 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
             Err(_) => {} // aborted, as expected
         }
     }
+    let server = match (metrics, &server_before) {
+        (Some(admin), Some(before)) => Some(
+            DeliveryHistogram::scrape(admin, args.token.clone())
+                .await?
+                .since(before),
+        ),
+        _ => None,
+    };
+    let server_p50_us = server
+        .as_ref()
+        .and_then(|histogram| histogram.quantile_us(0.5));
+    let server_p99_us = server
+        .as_ref()
+        .and_then(|histogram| histogram.quantile_us(0.99));
     let received = tally.received.load(Ordering::Relaxed);
     let last = tally.last_received.load(Ordering::Relaxed).max(start + 1);
     let garbage = tally.garbage.load(Ordering::Relaxed);
@@ -230,6 +284,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         "phase": phase,
         "rate": paced,
         "publishers": args.publishers,
+        "batch": batch,
         "duration_s": args.duration,
         "events": published.events,
         "events_per_s": events_per_s,
@@ -240,6 +295,13 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         "p99_us": latency.p99_us,
         "p999_us": latency.p999_us,
         "max_us": latency.max_us,
+        "server_p50_us": server_p50_us,
+        "server_p99_us": server_p99_us,
+        "server_observed": server.as_ref().map(DeliveryHistogram::count),
+        "server_cpu_s": server_cpu_s,
+        "server_cpu_ns_per_delivery": server_cpu_s
+            .filter(|_| received > 0)
+            .map(|cpu| cpu * 1e9 / received as f64),
         "lost": lost,
         "extra": received.saturating_sub(published.owed),
         "garbage": garbage,
@@ -247,7 +309,8 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     }))?;
     report.table(
         &format!(
-            "fanout — {label} at {addr}: {} connections over {users} user(s), {} publishers, rate {}",
+            "fanout — {label} at {addr}: {} connections over {users} user(s), {} publishers, \
+             {batch} event(s) per request, rate {}",
             args.connections,
             args.publishers,
             paced.map_or("max".into(), count)
@@ -259,6 +322,8 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
             "p99 µs",
             "p99.9 µs",
             "max µs",
+            "server p50 µs",
+            "server p99 µs",
             "owed",
             "lost",
         ],
@@ -269,6 +334,8 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
             dec(latency.p99_us),
             dec(latency.p999_us),
             dec(latency.max_us),
+            server_p50_us.map_or("-".into(), dec),
+            server_p99_us.map_or("-".into(), dec),
             count(published.owed as f64),
             lost.to_string(),
         ]],
@@ -460,12 +527,24 @@ enum Publisher {
 }
 
 impl Publisher {
-    /// Publishes one event; returns how many connections the server handed it to.
-    async fn publish(&mut self, user: &str, text: &str) -> Fallible<u64> {
+    /// Publishes `(user, text)` events in one request (`as_batch`: tether's batch route;
+    /// Redis: PUBLISH pipelined); returns how many connections the server handed them to.
+    async fn publish(&mut self, events: &[(String, String)], as_batch: bool) -> Fallible<u64> {
         match self {
             Self::Http(client) => {
-                let body = json!({ "user": user, "text": text }).to_string();
-                let response = client.post_json("/v1/events", body.as_bytes()).await?;
+                let body = if as_batch {
+                    let events: Vec<_> = events
+                        .iter()
+                        .map(|(user, text)| json!({ "user": user, "text": text }))
+                        .collect();
+                    json!({ "events": events })
+                } else {
+                    let (user, text) = events.first().ok_or("nothing to publish")?;
+                    json!({ "user": user, "text": text })
+                };
+                let response = client
+                    .post_json("/v1/events", body.to_string().as_bytes())
+                    .await?;
                 if response.status != 202 {
                     return Err(format!(
                         "POST /v1/events answered {}: {}",
@@ -475,11 +554,27 @@ impl Publisher {
                 }
                 let answer: serde_json::Value = serde_json::from_slice(&response.body)
                     .map_err(|err| format!("POST /v1/events answered non-JSON: {err}"))?;
-                answer["connections"]
-                    .as_u64()
-                    .ok_or_else(|| format!("POST /v1/events answer has no connections: {answer}"))
+                let connections = |one: &serde_json::Value| {
+                    one["connections"].as_u64().ok_or_else(|| {
+                        format!("POST /v1/events answer has no connections: {answer}")
+                    })
+                };
+                if !as_batch {
+                    return connections(&answer);
+                }
+                let answers = answer["events"]
+                    .as_array()
+                    .ok_or_else(|| format!("POST /v1/events answer has no events: {answer}"))?;
+                if answers.len() != events.len() {
+                    return Err(format!(
+                        "POST /v1/events answered {} events for {}",
+                        answers.len(),
+                        events.len()
+                    ));
+                }
+                answers.iter().map(connections).sum()
             }
-            Self::Redis(publisher) => publisher.publish(user, text).await,
+            Self::Redis(publisher) => publisher.publish(events).await,
         }
     }
 }
@@ -504,32 +599,40 @@ impl RedisPublisher {
         })
     }
 
-    async fn publish(&mut self, channel: &str, text: &str) -> Fallible<u64> {
+    /// Sends one PUBLISH per event in one write, then reads their integer replies.
+    async fn publish(&mut self, events: &[(String, String)]) -> Fallible<u64> {
         use std::io::Write;
         self.command.clear();
-        let _ = write!(
-            self.command,
-            "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{text}\r\n",
-            channel.len(),
-            text.len()
-        );
+        for (channel, text) in events {
+            let _ = write!(
+                self.command,
+                "*3\r\n$7\r\nPUBLISH\r\n${}\r\n{channel}\r\n${}\r\n{text}\r\n",
+                channel.len(),
+                text.len()
+            );
+        }
         self.stream
             .write_all(&self.command)
             .await
             .map_err(|err| format!("PUBLISH write failed: {err}"))?;
-        loop {
+        let mut handed = 0;
+        let mut replies = 0;
+        while replies < events.len() {
             if let Some(end) = memchr::memchr(b'\n', &self.splitter_input) {
                 let line: Vec<u8> = self.splitter_input.drain(..=end).collect();
                 let line = String::from_utf8_lossy(&line);
-                return line
+                handed += line
                     .trim_end()
                     .strip_prefix(':')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(|| format!("PUBLISH answered {:?}", line.trim_end()));
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .ok_or_else(|| format!("PUBLISH answered {:?}", line.trim_end()))?;
+                replies += 1;
+                continue;
             }
-            let mut chunk = [0u8; 256];
+            let mut chunk = [0u8; 4096];
             let read = read_some(&mut self.stream, &mut chunk).await?;
             self.splitter_input.extend_from_slice(&chunk[..read]);
         }
+        Ok(handed)
     }
 }

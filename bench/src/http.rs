@@ -47,25 +47,48 @@ impl HttpClient {
 
     /// Sends `POST path` with a JSON body and reads the whole response.
     pub async fn post_json(&mut self, path: &str, body: &[u8]) -> Fallible<Response> {
+        self.request("POST", path, Some(body)).await
+    }
+
+    /// Sends `GET path` and reads the whole response.
+    pub async fn get(&mut self, path: &str) -> Fallible<Response> {
+        self.request("GET", path, None).await
+    }
+
+    /// Sends one request (a JSON body if any) and reads the whole response.
+    async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Fallible<Response> {
         use std::io::Write;
         self.request.clear();
         // Writing to a Vec cannot fail.
         let _ = write!(
             self.request,
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-            self.addr,
-            body.len()
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n",
+            self.addr
         );
+        if let Some(body) = body {
+            let _ = write!(
+                self.request,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+        }
         if let Some(token) = &self.token {
             let _ = write!(self.request, "Authorization: Bearer {token}\r\n");
         }
         self.request.extend_from_slice(b"\r\n");
-        self.request.extend_from_slice(body);
+        if let Some(body) = body {
+            self.request.extend_from_slice(body);
+        }
         let result = self.exchange().await;
         if result.is_err() {
             self.stream = None;
         }
-        result.map_err(|err| format!("POST http://{}{path}: {err}", self.addr))
+        result.map_err(|err| format!("{method} http://{}{path}: {err}", self.addr))
     }
 
     async fn exchange(&mut self) -> Fallible<Response> {

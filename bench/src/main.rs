@@ -14,6 +14,7 @@ mod net;
 mod proto;
 mod report;
 mod serve_raw;
+mod server_histogram;
 mod stats;
 mod users;
 
@@ -182,6 +183,14 @@ mod tests {
              --connections 10000 --users 10000 --duration 8 --then-half --publishers 16",
             "fanout --proto redis --addr 127.0.0.1:1 --connections 100 --users 1 --rate 200 \
              --duration 1 --drain 10",
+            "--threads 2 fanout --proto tether --addr 127.0.0.1:1 --admin 127.0.0.1:2 \
+             --connections 10000 --users 10000 --duration 8 --then-half --publishers 16 \
+             --batch 500",
+            "fanout --proto redis --addr 127.0.0.1:1 --connections 500 --users 500 --rate 2000 \
+             --duration 1 --drain 10 --batch 50",
+            "--threads 2 fanout --proto tether --addr 127.0.0.1:1 --admin 127.0.0.1:2 \
+             --connections 1000 --users 1 --duration 8 --then-half --publishers 8 \
+             --server-latency --pid 7",
             "login-storm --addr 127.0.0.1:1 --connections 10 --duration 1 --warmup 0.2 \
              --storm-rate 4 --storm-connections 2",
             "churn --proto tether --addr 127.0.0.1:1 --pid 7 --duration 1 --concurrency 8 \

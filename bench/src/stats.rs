@@ -17,6 +17,29 @@ pub fn rss_kib(pid: u32) -> Fallible<u64> {
         .ok_or_else(|| format!("{path} has no readable VmRSS line"))
 }
 
+/// CPU time process `pid` has used so far (all threads, user + system), in seconds, from
+/// `/proc/PID/stat` (ticks of USER_HZ, which Linux fixes at 100 for `/proc`).
+pub fn cpu_seconds(pid: u32) -> Fallible<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&path).map_err(|err| format!("cannot read {path}: {err}"))?;
+    // Fields after the command name, which ends with the last ')': state is field 3, utime
+    // and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<u64>().ok())
+    };
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => Ok((user + system) as f64 / 100.0),
+        _ => Err(format!("{path} has no readable utime/stime")),
+    }
+}
+
 /// The kernel's TCP figures from `/proc/net/sockstat`, machine-wide.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SockStat {

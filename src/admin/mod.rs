@@ -3,6 +3,7 @@
 
 mod body_deadline;
 mod error;
+mod events;
 mod routes;
 mod token;
 

@@ -1,11 +1,12 @@
 //! The routes of the admin API (docs/admin-api.md) and what each answers.
 
+use super::events::{self, publish_error};
 use super::{AdminState, ApiError};
 use crate::users_file::{self, PasswordChange, UsersFileError};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use tether_actors::bus::{InvalidationCause, PublishError};
+use tether_actors::bus::InvalidationCause;
 use tether_actors::credentials::{check_name, check_password};
 
 /// Mounts every route, and JSON answers for unknown routes and methods.
@@ -13,7 +14,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .service(resource("/healthz", web::get().to(healthz)))
         .service(resource("/metrics", web::get().to(metrics)))
-        .service(resource("/v1/events", web::post().to(publish)))
+        .service(resource("/v1/events", web::post().to(events::publish)))
         .service(resource("/v1/users", web::get().to(list_users)))
         .service(resource(
             "/v1/users/{name}/password",
@@ -51,28 +52,6 @@ async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(text))
-}
-
-/// The body of `POST /v1/events`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventBody {
-    user: String,
-    text: String,
-}
-
-async fn publish(state: State, body: web::Json<EventBody>) -> Result<HttpResponse, ApiError> {
-    let EventBody { user, text } = body.into_inner();
-    let receipt = state
-        .tether
-        .publish(user.clone(), text)
-        .await
-        .map_err(publish_error)?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "user": user,
-        "time": receipt.time,
-        "connections": receipt.connections,
-    })))
 }
 
 /// The body of `PUT /v1/users/{name}/password`.
@@ -268,11 +247,4 @@ async fn apply_users_file(state: &AdminState) -> Result<(), ApiError> {
             "the users file was written but could not be applied: {err}"
         ))
     })
-}
-
-fn publish_error(err: PublishError) -> ApiError {
-    match err {
-        PublishError::Unavailable => ApiError::unavailable(err.to_string()),
-        other => ApiError::bad_request(other.to_string()),
-    }
 }
