@@ -321,6 +321,10 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
     let mut reader = TestClient::connect(server.addr());
     reader.login("alice", "pw");
     server.wait_for_connections("alice", SLUGGARDS + 1);
+    // The reader tells how many events it has seen; the events are published in step with
+    // it, so the non-readers' cuts are seen at the event that caused them, not up to the
+    // events in flight later, however slow a loaded machine runs the server's threads.
+    let (seen_sender, seen_receiver) = std::sync::mpsc::channel();
     let reading = std::thread::spawn(move || {
         let mut seen = 0usize;
         loop {
@@ -330,6 +334,8 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
                 Err(RecvError::Timeout(_)) => return seen,
                 Err(RecvError::Closed(_)) => panic!("reader closed after {seen} events"),
             }
+            // The publisher stops listening once it is done.
+            let _ = seen_sender.send(seen);
         }
     });
 
@@ -341,6 +347,11 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
             .block_on(server.handle().publish("alice", text.clone()))
             .expect("published");
         published += 1;
+        // Ends early (and the join below tells why) if the reader was cut off.
+        while seen_receiver
+            .recv_timeout(Duration::from_secs(10))
+            .is_ok_and(|seen| seen < published)
+        {}
         if receipt.connections <= SLUGGARDS {
             first_cut.get_or_insert(published);
         }
