@@ -66,6 +66,17 @@ struct Ledger {
     holders: Slab<Holder>,
 }
 
+/// What a settlement may do besides setting the charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Nothing: growth that does not fit is refused.
+    Plain,
+    /// Counts as progress: the connection's kernel took output.
+    Taken,
+    /// Growth that does not fit tells holders stalled longer to go.
+    OrEvict,
+}
+
 /// One connection's entry in the ledger while it has something charged.
 struct Holder {
     /// What it has charged.
@@ -86,21 +97,19 @@ impl Ledger {
 
     /// Sets the charge of `holder` (a key, or `None` for a connection with nothing
     /// charged) to `wanted`; answers false, changing nothing, when it must grow and cannot.
-    /// With `may_evict`, room is made by telling holders stalled longer than this one to
-    /// go; those are added to `told`. With `progressed`, the holder's kernel took output.
-    #[allow(clippy::too_many_arguments)]
+    /// Holders told to go (with [`Settle::OrEvict`]) are added to `told`; a new holder is
+    /// told to go through `evict`.
     fn settle(
         &mut self,
         limit: usize,
         holder: &mut Option<usize>,
         wanted: usize,
-        progressed: bool,
-        may_evict: bool,
+        how: Settle,
         evict: &Evict,
         told: &mut Vec<Evict>,
     ) -> bool {
-        let current = holder.and_then(|key| self.holders.get(key).map(|entry| (key, entry)));
-        let (held, evicted, stamp) = current.map_or((0, false, None), |(_, entry)| {
+        let entry = holder.and_then(|key| self.holders.get(key));
+        let (held, evicted, stamp) = entry.map_or((0, false, None), |entry| {
             (entry.bytes, entry.evicted, Some(entry.stamp))
         });
         if wanted > held {
@@ -111,7 +120,9 @@ impl Ledger {
             if self.live + growth > limit {
                 // A new holder is charged as of now: every holder is older.
                 let stamp = stamp.unwrap_or(self.clock + 1);
-                if !may_evict || !self.evict_stalled(limit, growth, *holder, stamp, told) {
+                if how != Settle::OrEvict
+                    || !self.evict_stalled(limit, growth, *holder, stamp, told)
+                {
                     return false;
                 }
             }
@@ -127,7 +138,7 @@ impl Ledger {
                 *holder = None;
             }
             Some(key) => {
-                let stamp = progressed.then(|| self.tick());
+                let stamp = (how == Settle::Taken).then(|| self.tick());
                 if let Some(entry) = self.holders.get_mut(key) {
                     entry.bytes = wanted;
                     entry.stamp = stamp.unwrap_or(entry.stamp);
@@ -149,7 +160,8 @@ impl Ledger {
 
     /// Tells holders other than `asker`, stalled since before `stamp`, longest stalled
     /// first, to go until `growth` fits; answers false when it cannot fit (the asker is
-    /// the longest stalled, or a limit's worth is already set aside).
+    /// the longest stalled, or a limit's worth is already set aside). Those told before
+    /// it gives up stay told: they were stalled longer than the asker, cut off anyway.
     fn evict_stalled(
         &mut self,
         limit: usize,
@@ -221,23 +233,23 @@ impl OutputCharge {
     /// false, changing nothing, when the budget has no room for the growth (or this
     /// connection was told to go). Shrinking always succeeds.
     pub(crate) fn settle(&mut self, pending: usize) -> bool {
-        self.update(pending, false, false)
+        self.update(pending, Settle::Plain)
     }
 
     /// Like [`Self::settle`], but makes room by telling the connections that have gone
     /// longer than this one without progress to go; answers false only when this one is
     /// the longest stalled (or a limit's worth is already set aside for those told to go).
     pub(crate) fn settle_or_evict(&mut self, pending: usize) -> bool {
-        self.update(pending, false, true)
+        self.update(pending, Settle::OrEvict)
     }
 
     /// The kernel took output; `pending` is what is left. Shrinks the charge and counts
     /// as progress.
     pub(crate) fn taken(&mut self, pending: usize) {
-        self.update(pending, true, false);
+        self.update(pending, Settle::Taken);
     }
 
-    fn update(&mut self, pending: usize, progressed: bool, may_evict: bool) -> bool {
+    fn update(&mut self, pending: usize, how: Settle) -> bool {
         let wanted = pending.saturating_sub(FREE_BYTES);
         if wanted == 0 && self.holder.is_none() {
             return true;
@@ -247,8 +259,7 @@ impl OutputCharge {
             self.budget.limit,
             &mut self.holder,
             wanted,
-            progressed,
-            may_evict,
+            how,
             &self.evict,
             &mut told,
         );
@@ -267,7 +278,7 @@ impl OutputCharge {
 impl Drop for OutputCharge {
     fn drop(&mut self) {
         if self.holder.is_some() {
-            self.update(0, false, false);
+            self.update(0, Settle::Plain);
         }
     }
 }
