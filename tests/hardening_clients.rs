@@ -211,7 +211,11 @@ fn a_client_that_never_reads_is_cut_off_and_the_users_other_connections_get_ever
     reader.login("alice", "pw");
     server.wait_for_connections("alice", 2);
 
-    // The reader reads everything on its own thread while events flow.
+    // The reader reads everything on its own thread while events flow, and tells how many
+    // it has seen: the publisher keeps at most `AHEAD` events (32 KiB) ahead of it, so a
+    // reader descheduled on a loaded machine does not fall behind by its own 64 KiB bound.
+    const AHEAD: usize = 8;
+    let (seen_sender, seen_receiver) = std::sync::mpsc::channel();
     let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let reading = {
         let published = std::sync::Arc::clone(&published);
@@ -234,12 +238,15 @@ fn a_client_that_never_reads_is_cut_off_and_the_users_other_connections_get_ever
                 let index: usize = message[2][..8].parse().expect("index prefix");
                 assert_eq!(index, seen, "events arrive in order, none missing");
                 seen += 1;
+                // The publisher stops listening once it is done.
+                let _ = seen_sender.send(seen);
             }
         })
     };
 
     let padding = "x".repeat(TEXT_BYTES - 8);
     let mut sent = 0usize;
+    let mut seen = 0usize;
     let mut cut_off_after = None;
     while sent < 3000 {
         let text = format!("{sent:08}{padding}");
@@ -247,6 +254,14 @@ fn a_client_that_never_reads_is_cut_off_and_the_users_other_connections_get_ever
             .block_on(server.handle().publish("alice", text))
             .expect("published");
         sent += 1;
+        seen = seen_receiver.try_iter().last().unwrap_or(seen);
+        while seen + AHEAD < sent {
+            match seen_receiver.recv_timeout(Duration::from_secs(10)) {
+                Ok(now) => seen = now,
+                // The reader was cut off or is stuck: the join below tells why.
+                Err(_) => break,
+            }
+        }
         if receipt.connections == 1 {
             cut_off_after.get_or_insert(sent);
             // A few more, so the reader also gets events after the cut.
@@ -321,6 +336,10 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
     let mut reader = TestClient::connect(server.addr());
     reader.login("alice", "pw");
     server.wait_for_connections("alice", SLUGGARDS + 1);
+    // The reader tells how many events it has seen; the events are published in step with
+    // it, so the non-readers' cuts are seen at the event that caused them, not up to the
+    // events in flight later, however slow a loaded machine runs the server's threads.
+    let (seen_sender, seen_receiver) = std::sync::mpsc::channel();
     let reading = std::thread::spawn(move || {
         let mut seen = 0usize;
         loop {
@@ -330,6 +349,8 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
                 Err(RecvError::Timeout(_)) => return seen,
                 Err(RecvError::Closed(_)) => panic!("reader closed after {seen} events"),
             }
+            // The publisher stops listening once it is done.
+            let _ = seen_sender.send(seen);
         }
     });
 
@@ -341,6 +362,11 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
             .block_on(server.handle().publish("alice", text.clone()))
             .expect("published");
         published += 1;
+        // Ends early (and the join below tells why) if the reader was cut off.
+        while seen_receiver
+            .recv_timeout(Duration::from_secs(10))
+            .is_ok_and(|seen| seen < published)
+        {}
         if receipt.connections <= SLUGGARDS {
             first_cut.get_or_insert(published);
         }
@@ -360,5 +386,108 @@ fn clients_that_never_read_share_the_server_wide_output_bound() {
     assert!(
         first_cut * TEXT_BYTES < 1024 * 1024,
         "the first non-reading client was cut off only after {first_cut} events"
+    );
+}
+
+/// When non-reading clients hold the whole server-wide output budget, a client that reads
+/// but lags for a moment past its free 64 KiB is not the one cut off: the connections
+/// that have taken nothing for longest are (SECURITY.md, "Worst case memory").
+#[test]
+fn a_lagging_reader_is_not_cut_off_while_non_readers_hold_the_output_budget() {
+    const SLUGGARDS: usize = 16;
+    const TEXT_BYTES: usize = 16 * 1024;
+    let mut settings = test_settings();
+    settings.max_pending_bytes = 1024 * 1024;
+    settings.max_pending_total = 512 * 1024;
+    let server = InProcessServer::start(settings, &[("alice", "pw"), ("bob", "pw")]);
+    let options = SocketOptions {
+        receive_buffer: Some(4096),
+        ..SocketOptions::default()
+    };
+    let connect = |user: &str| {
+        let stream = connect_with(server.addr(), options).expect("connects");
+        let mut client = TestClient::from_stream(stream);
+        client.login(user, "pw");
+        client
+    };
+    let _sluggards: Vec<TestClient> = (0..SLUGGARDS).map(|_| connect("bob")).collect();
+    // Reads bob's events as they come, so they are published in step with the server.
+    let mut pacer = TestClient::connect(server.addr());
+    pacer.login("bob", "pw");
+    // Reads nothing until the end: it lags as far as the budget makes it matter.
+    let mut reader = connect("alice");
+    server.wait_for_connections("bob", SLUGGARDS + 1);
+    server.wait_for_connections("alice", 1);
+    let connections = |user: &str| {
+        server
+            .block_on(server.handle().connections(user))
+            .expect("registry answers")
+    };
+
+    // Bob's clients spend the budget: events for them until the first is cut off.
+    let text = "x".repeat(TEXT_BYTES);
+    let mut spent = false;
+    for _ in 0..400 {
+        let receipt = server
+            .block_on(server.handle().publish("bob", text.clone()))
+            .expect("published");
+        assert_eq!(pacer.recv_within(Duration::from_secs(10))[0], "event");
+        if receipt.connections <= SLUGGARDS {
+            spent = true;
+            break;
+        }
+    }
+    assert!(spent, "bob's clients never spent the budget");
+    // The cuts of the events still in flight are over once the count holds still.
+    let mut holding = connections("bob");
+    let mut still_for = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while still_for < 10 {
+        assert!(Instant::now() < deadline, "bob's connections kept changing");
+        std::thread::sleep(Duration::from_millis(50));
+        let now = connections("bob");
+        still_for = if now == holding { still_for + 1 } else { 0 };
+        holding = now;
+    }
+    assert!(
+        holding > 1,
+        "every one of bob's non-reading clients was cut off"
+    );
+
+    // Alice's reader lags until it needs the budget: one of bob's clients must go for it.
+    let mut published = 0usize;
+    loop {
+        assert!(
+            published < 200,
+            "bob's clients all held on while alice's reader lagged {published} events behind"
+        );
+        let receipt = server
+            .block_on(server.handle().publish("alice", text.clone()))
+            .expect("published");
+        assert_eq!(
+            receipt.connections,
+            1,
+            "alice's reader was cut off, {published} events behind, while bob's {} \
+             non-reading clients held the budget",
+            holding - 1
+        );
+        published += 1;
+        if connections("bob") < holding {
+            break;
+        }
+    }
+    for seen in 0..published {
+        match reader.try_recv(Duration::from_secs(10)) {
+            Ok(message) if message[0] == "event" => {}
+            Ok(message) => panic!("reader got {message:?} after {seen} events"),
+            Err(err) => panic!("reader got {err:?} after {seen} events"),
+        }
+    }
+    reader.send(&["prolongate"]);
+    reader.expect(&["prolongate_ack"]);
+    eprintln!(
+        "lagging reader: bob's clients spent the budget, {} held it; alice's reader lagged \
+         {published} events of {TEXT_BYTES} bytes and one of bob's clients went",
+        holding - 1
     );
 }

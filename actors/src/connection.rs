@@ -14,7 +14,7 @@ use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
 use crate::credentials::{check_name_bytes, check_password};
 use crate::excerpt::Excerpt;
 use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
-use crate::output_budget::{OutputBudget, OutputCharge, FREE_BYTES};
+use crate::output_budget::{Evict, OutputBudget, OutputCharge, FREE_BYTES};
 use crate::password::{PasswordChecker, Verdict};
 use crate::presence::Presence;
 use crate::protocol::{parse_command, Command, CommandError, Reply};
@@ -225,6 +225,12 @@ impl ConnectionActor {
         ctx: &mut Context<Self>,
     ) -> Self {
         let roster_key = shared.roster.join(shard, ctx.address().downgrade());
+        let address = ctx.address().downgrade();
+        let evict: Evict = Arc::new(move || {
+            if let Some(connection) = address.upgrade() {
+                connection.do_send(OutputEvicted);
+            }
+        });
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
         let deadline = Box::pin(tokio::time::sleep(shared.idle_timeout));
@@ -236,7 +242,7 @@ impl ConnectionActor {
             output: BytesMut::new(),
             output_at_boundary: true,
             unwritten_events: None,
-            output_charge: OutputCharge::new(Arc::clone(&shared.output_budget)),
+            output_charge: OutputCharge::new(Arc::clone(&shared.output_budget), evict),
             binding: None,
             login: None,
             hub,
@@ -440,8 +446,9 @@ impl ConnectionActor {
         self.output_grew(ctx);
     }
 
-    /// Enforces `max_pending_bytes` and the server-wide `max_pending_total`. The output
-    /// itself is written by [`DriveSocket`], which is polled after every handler that can
+    /// Enforces `max_pending_bytes` and the server-wide `max_pending_total` (where the
+    /// budget is spent, the connections stalled longer than this one are told to go
+    /// first; see [`crate::output_budget`]). The output itself is written by [`DriveSocket`], which is polled after every handler that can
     /// add to it (mailbox handlers run before the context's futures on each wake-up).
     fn output_grew(&mut self, ctx: &mut Context<Self>) {
         if self.output.len() > self.shared.max_pending_bytes {
@@ -457,11 +464,11 @@ impl ConnectionActor {
         }
         if self.output.len() > FREE_BYTES && !self.output_charge.settle(self.output.len()) {
             // `write_now` settles the charge for what the kernel takes.
-            if self.write_now().is_err() || !self.output_charge.settle(self.output.len()) {
+            if self.write_now().is_err() || !self.output_charge.settle_or_evict(self.output.len()) {
                 self.fail(
                     IoErrorCause::SlowReader,
-                    "unsent output over max_pending_total, the server-wide bound \
-                     (client not reading)",
+                    "unsent output over max_pending_total, the server-wide bound, and \
+                     stalled longest (client not reading)",
                     ctx,
                 );
             }
@@ -493,8 +500,7 @@ impl ConnectionActor {
             self.observe_delivered();
         }
         if self.output_charge.is_charged() {
-            // Shrinking always fits.
-            self.output_charge.settle(self.output.len());
+            self.output_charge.taken(self.output.len());
         }
     }
 
@@ -833,6 +839,25 @@ impl Handler<Push> for ConnectionActor {
                 }
             }
         }
+    }
+}
+
+/// The server-wide output budget is spent and this connection has gone longest without
+/// the kernel taking any of its output: it is cut off to make room for one that has not.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OutputEvicted;
+
+impl Handler<OutputEvicted> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: OutputEvicted, ctx: &mut Context<Self>) {
+        self.fail(
+            IoErrorCause::SlowReader,
+            "unsent output over max_pending_total, the server-wide bound, and stalled \
+             longest: cut off for a connection making progress (client not reading)",
+            ctx,
+        );
     }
 }
 
