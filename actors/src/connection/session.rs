@@ -338,3 +338,314 @@ impl Session {
         fx.reply(Reply::LoginValid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::{stand_in_hash, PasswordChecker};
+    use crate::auth::throttle::LoginThrottle;
+    use crate::auth::users::{UserSet, UserTable};
+    use crate::hub::messages::EventInFlight;
+    use crate::hub::presence::Presence;
+    use crate::hub::roster::Roster;
+    use crate::util::metrics::Metrics;
+    use crate::util::output_budget::OutputBudget;
+    use crate::wire::codec::{encoded_message, MessageCodec};
+    use bytes::Bytes;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// What a session asked, in order.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Effect {
+        Reply(Reply),
+        Event(Bytes),
+        Bind(String),
+        Unbind(String),
+        InvalidateOthers(String),
+        Disconnect,
+    }
+
+    /// Records what the session asks; `bus_up` is what `invalidate_others` answers.
+    struct Recorder {
+        effects: Vec<Effect>,
+        bus_up: bool,
+    }
+
+    impl Recorder {
+        fn new() -> Self {
+            Self {
+                effects: Vec::new(),
+                bus_up: true,
+            }
+        }
+
+        fn take(&mut self) -> Vec<Effect> {
+            std::mem::take(&mut self.effects)
+        }
+    }
+
+    impl Effects for Recorder {
+        fn reply(&mut self, reply: Reply) {
+            self.effects.push(Effect::Reply(reply));
+        }
+        fn event(&mut self, event: &ShardEvent) {
+            self.effects.push(Effect::Event(event.message.clone()));
+        }
+        fn bind(&mut self, binding: &Binding) {
+            self.effects.push(Effect::Bind(binding.user.to_string()));
+        }
+        fn unbind(&mut self, binding: &Binding) {
+            self.effects.push(Effect::Unbind(binding.user.to_string()));
+        }
+        fn invalidate_others(&mut self, binding: &Binding) -> bool {
+            if self.bus_up {
+                let user = binding.user.to_string();
+                self.effects.push(Effect::InvalidateOthers(user));
+            }
+            self.bus_up
+        }
+        fn disconnect(&mut self) {
+            self.effects.push(Effect::Disconnect);
+        }
+    }
+
+    /// A session of a server whose users are alice and bob, password `pw` (bcrypt cost 4).
+    fn session() -> Session {
+        let hash: PasswordHash = Arc::from(bcrypt::hash("pw", 4).expect("hashes").as_str());
+        let users: UserSet = ["alice", "bob"]
+            .into_iter()
+            .map(|name| (name.to_owned(), hash.clone()))
+            .collect();
+        let metrics = Metrics::new();
+        let shared = ConnectionShared {
+            idle_timeout: Duration::from_secs(60),
+            max_message_bytes: 1024,
+            max_pending_bytes: 1 << 20,
+            output_budget: OutputBudget::new(1 << 30),
+            users: Arc::new(UserTable::new(users)),
+            checker: PasswordChecker::start(1, metrics.clone()).expect("starts"),
+            throttle: Arc::new(LoginThrottle::new(100)),
+            stand_in_hash: stand_in_hash(4).expect("hashes"),
+            delivery_seconds: metrics.event_delivery_seconds(1),
+            metrics,
+            presence: Arc::new(Presence::new(1)),
+            roster: Arc::new(Roster::new(1)),
+        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 4000));
+        Session::new(peer, 0, Arc::new(shared))
+    }
+
+    /// Hands the message made of `parts` to the session, as the connection does.
+    fn send(session: &mut Session, parts: &[&[u8]], fx: &mut Recorder) {
+        let encoded = encoded_message(parts);
+        let length = MessageCodec::new(1024)
+            .next_message(&encoded)
+            .expect("decodes")
+            .expect("whole");
+        session.on_message(&encoded[..length], &mut CommandTally::default(), fx);
+    }
+
+    /// Waits for the verdict of the login being checked.
+    async fn verdict(session: &mut Session, fx: &mut Recorder) {
+        std::future::poll_fn(|task| session.poll_login(task, fx)).await;
+    }
+
+    async fn log_in(session: &mut Session, name: &str, fx: &mut Recorder) {
+        send(session, &[b"login", name.as_bytes(), b"pw"], fx);
+        verdict(session, fx).await;
+    }
+
+    /// How many connections `Presence` counts for `user`.
+    fn present(session: &Session, user: &str) -> usize {
+        session.shared.presence.holding(user).map(|(_, n)| n).sum()
+    }
+
+    fn bound_as(session: &Session) -> Option<BindingId> {
+        session.binding().map(|binding| binding.id)
+    }
+
+    /// An event for `binding`, as a registry shard pushes it.
+    fn event_push(binding: BindingId, text: &'static [u8]) -> Push {
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a permit");
+        Push::Event {
+            binding,
+            event: Arc::new(ShardEvent {
+                message: Bytes::from_static(text),
+                accepted: Instant::now(),
+                _in_flight: Arc::new(EventInFlight { _permit: permit }),
+            }),
+        }
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_order() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"prolongate"], &mut fx);
+        send(&mut session, &[b"bogus"], &mut fx);
+        send(&mut session, &[b"logout", b"extra"], &mut fx);
+        send(&mut session, &[b"logout"], &mut fx);
+        send(&mut session, &[b"invalidate"], &mut fx);
+        send(&mut session, &[b"disconnect"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Reply(Reply::ProlongateAck),
+                Effect::Reply(Reply::UnknownCommand),
+                Effect::Reply(Reply::InvalidArgsCount),
+                Effect::Reply(Reply::LogoutAck),
+                // Bound to nobody: nothing to invalidate.
+                Effect::Reply(Reply::InvalidateAck),
+                Effect::Reply(Reply::DisconnectAck),
+                Effect::Disconnect,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_binds_and_a_logout_unbinds() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"login", b"alice", b"pw"], &mut fx);
+        assert!(session.login_pending());
+        assert_eq!(fx.take(), [], "nothing is answered before the verdict");
+        verdict(&mut session, &mut fx).await;
+        assert!(!session.login_pending());
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Bind("alice".into()),
+                Effect::Reply(Reply::LoginValid)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 1);
+
+        send(&mut session, &[b"logout"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Unbind("alice".into()),
+                Effect::Reply(Reply::LogoutAck)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 0);
+        assert_eq!(bound_as(&session), None);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_or_an_unknown_user_binds_nobody() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"login", b"alice", b"wrong"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        send(&mut session, &[b"login", b"nobody", b"pw"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Reply(Reply::LoginInvalid),
+                Effect::Reply(Reply::LoginInvalid)
+            ]
+        );
+        assert_eq!(bound_as(&session), None);
+    }
+
+    #[tokio::test]
+    async fn logging_in_again_keeps_the_same_user_and_moves_to_another() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        let first = bound_as(&session);
+        fx.take();
+
+        log_in(&mut session, "alice", &mut fx).await;
+        assert_eq!(fx.take(), [Effect::Reply(Reply::LoginValid)]);
+        assert_eq!(bound_as(&session), first);
+
+        log_in(&mut session, "bob", &mut fx).await;
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Unbind("alice".into()),
+                Effect::Bind("bob".into()),
+                Effect::Reply(Reply::LoginValid)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 0);
+        assert_eq!(present(&session, "bob"), 1);
+
+        // A failed login leaves the binding in force.
+        send(&mut session, &[b"login", b"alice", b"wrong"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        assert_eq!(fx.take(), [Effect::Reply(Reply::LoginInvalid)]);
+        let user = session.binding().map(|binding| binding.user.to_string());
+        assert_eq!(user.as_deref(), Some("bob"));
+    }
+
+    #[tokio::test]
+    async fn invalidate_asks_the_bus_and_asks_again_when_it_was_gone() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        fx.take();
+
+        send(&mut session, &[b"invalidate"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::InvalidateOthers("alice".into()),
+                Effect::Reply(Reply::InvalidateAck)
+            ]
+        );
+
+        fx.bus_up = false;
+        send(&mut session, &[b"invalidate"], &mut fx);
+        assert_eq!(fx.take(), [Effect::Reply(Reply::InvalidateAck)]);
+        fx.bus_up = true;
+        session.hub_changed(false, &mut fx);
+        assert_eq!(fx.take(), [Effect::InvalidateOthers("alice".into())]);
+        // Asked once: a later change asks nothing.
+        session.hub_changed(false, &mut fx);
+        assert_eq!(fx.take(), []);
+        // A fresh registry shard hears of the binding again.
+        session.hub_changed(true, &mut fx);
+        assert_eq!(fx.take(), [Effect::Bind("alice".into())]);
+    }
+
+    #[tokio::test]
+    async fn pushes_for_a_stale_binding_are_dropped() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        let old = bound_as(&session).expect("bound");
+        log_in(&mut session, "bob", &mut fx).await;
+        let current = bound_as(&session).expect("bound");
+        fx.take();
+
+        session.on_push(event_push(old, b"stale"), &mut fx);
+        session.on_push(Push::Invalidated { binding: old }, &mut fx);
+        assert_eq!(
+            fx.take(),
+            [],
+            "pushes for alice's binding must not reach bob's"
+        );
+
+        session.on_push(event_push(current, b"fresh"), &mut fx);
+        session.on_push(Push::Invalidated { binding: current }, &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Event(Bytes::from_static(b"fresh")),
+                // The registry already dropped the binding: no `Unbind`.
+                Effect::Reply(Reply::Invalidated)
+            ]
+        );
+        assert_eq!(bound_as(&session), None);
+        assert_eq!(present(&session, "bob"), 0);
+        session.on_push(event_push(current, b"late"), &mut fx);
+        assert_eq!(fx.take(), []);
+    }
+}
