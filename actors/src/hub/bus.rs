@@ -1,7 +1,7 @@
 //! [`EventBusActor`]: where events and invalidations enter, from clients, the host program
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
 //! them once and hands them to the registry shards that hold the user's connections (as
-//! [`Presence`] counts them) for fan-out.
+//! `Presence` counts them) for fan-out.
 
 use crate::auth::credentials::check_name;
 use crate::hub::messages::{
