@@ -1,11 +1,8 @@
 //! Logins racing a change of the user's password (SPEC §5): a login must not outlive an
 //! invalidation it raced.
 
-mod common;
-mod in_process;
-
-use common::TestClient;
-use in_process::{test_settings, InProcessServer};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::TestClient;
 use std::time::Duration;
 
 #[test]

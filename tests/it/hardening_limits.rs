@@ -1,11 +1,8 @@
 //! Resource limits (issue 6): the connection cap, running out of file descriptors, and
 //! the open-file limit the process raises at start-up. All against the real binary.
 
-mod common;
-mod hardening_support;
-
-use common::{RecvError, TestClient, TestConfig, TestServer};
-use hardening_support::{cpu_ticks, open_fds, wait_until};
+use crate::common::hardening::{cpu_ticks, open_fds};
+use crate::common::{wait_until, RecvError, TestClient, TestConfig, TestServer};
 use rlimit::Resource;
 use std::time::Duration;
 
@@ -170,7 +167,11 @@ fn start_up_raises_the_soft_open_file_limit_to_the_hard_limit_and_logs_both() {
     let config = TestConfig::new().auth("watch", false);
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
-    std::fs::write(dir.path().join("users.toml"), common::users_toml(&[])).expect("users");
+    std::fs::write(
+        dir.path().join("users.toml"),
+        crate::common::users_toml(&[]),
+    )
+    .expect("users");
     let cwd = dir.path().to_owned();
     let server = TestServer::start_customized(dir, &cwd, |command| {
         use std::os::unix::process::CommandExt;

@@ -2,9 +2,7 @@
 //! replies, framing, bindings and invalidation, the idle timeout, message size limits,
 //! half-closed connections, login throttling, and bcrypt running off the event loops.
 
-mod common;
-
-use common::{encode, encode_all, expect_all_silent, RecvError, TestConfig, TestServer};
+use crate::common::{encode, encode_all, expect_all_silent, RecvError, TestConfig, TestServer};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -603,7 +601,7 @@ fn message_longer_than_the_limit_gets_io_error_and_close() {
 
     let mut client = server.client();
     let mut big = vec![b'x'; 2000];
-    big.push(common::RS);
+    big.push(crate::common::RS);
     client.send_raw(&big);
     client.expect(&["io_error"]);
     client.expect_closed();
@@ -617,7 +615,7 @@ fn message_of_exactly_the_limit_is_accepted() {
     let server = small_message_limit();
     let mut client = server.client();
     let mut exact = vec![b'x'; 1024];
-    exact.push(common::RS);
+    exact.push(crate::common::RS);
     client.send_raw(&exact);
     client.expect(&["unknown_command"]);
 
@@ -638,7 +636,7 @@ fn unterminated_bytes_at_the_limit_are_not_an_error() {
     let mut client = server.client();
     client.send_raw(&[b'x'; 1024]);
     client.expect_nothing_for(QUIET);
-    client.send_raw(&[common::RS]);
+    client.send_raw(&[crate::common::RS]);
     client.expect(&["unknown_command"]);
 }
 
@@ -697,7 +695,7 @@ fn half_closed_client_gets_all_replies_then_eof() {
 fn logins_past_the_failure_limit_are_refused_at_once_even_with_the_right_password() {
     // A costlier hash for alice, so a real check is measurably slower than a refusal.
     let alice_hash = bcrypt::hash("alice-secret", 10).expect("hash");
-    let bob_hash = common::cheap_hash("bob-secret");
+    let bob_hash = crate::common::cheap_hash("bob-secret");
     let config = TestConfig::new().auth("login_failures_per_minute", 3);
     let server =
         TestServer::start_with_hashes(&config, &[("alice", &alice_hash), ("bob", &bob_hash)]);

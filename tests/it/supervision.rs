@@ -1,11 +1,8 @@
 //! Supervision: when the registry or the bus panics, a fresh one takes over, rebuilt from
 //! the connections, and clients notice nothing.
 
-mod common;
-mod in_process;
-
-use common::TestClient;
-use in_process::{test_settings, InProcessServer};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::TestClient;
 use std::time::Duration;
 use tether_actors::supervisor::FaultTarget;
 
@@ -59,7 +56,7 @@ fn assert_bindings_survived(scene: &mut Scene) {
     scene.alice_1.expect(&["invalidate_ack"]);
     scene.alice_2.expect(&["invalidated"]);
     scene.alice_3.expect(&["invalidated"]);
-    common::expect_all_silent(&mut [&mut scene.bob, &mut scene.alice_1], QUIET);
+    crate::common::expect_all_silent(&mut [&mut scene.bob, &mut scene.alice_1], QUIET);
     server.wait_for_connections("alice", 1);
 }
 

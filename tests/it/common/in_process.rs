@@ -2,13 +2,12 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
-#![allow(dead_code)] // each test crate uses its own subset of the harness
-
+use super::wait_until;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tether_actors::users::{PasswordHash, UserSet, UserTable};
 use tether_actors::{Settings, Tether, TetherHandle};
 
@@ -110,20 +109,17 @@ impl InProcessServer {
 
     /// Waits (at most 5 s) until `user` has `expected` bound connections.
     pub fn wait_for_connections(&self, user: &str, expected: usize) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let count = self
+        let mut count = 0;
+        let reached = wait_until(Duration::from_secs(5), || {
+            count = self
                 .block_on(self.handle.connections(user))
                 .expect("registry answers");
-            if count == expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{user} has {count} bound connection(s), expected {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            count == expected
+        });
+        assert!(
+            reached,
+            "{user} has {count} bound connection(s), expected {expected}"
+        );
     }
 }
 

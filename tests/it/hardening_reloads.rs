@@ -5,11 +5,11 @@
 //! writes land on the link's target; SIGHUP and SIGTERM during start-up are a reload and
 //! an orderly stop.
 
-mod common;
-mod hardening_support;
-
-use common::{cheap_hash, tether_command, users_toml, TestClient, TestConfig, TestServer};
-use hardening_support::{cpu_ticks, wait_until};
+use crate::common::hardening::cpu_ticks;
+use crate::common::{
+    admin_addr, cheap_hash, tether_command, users_toml, wait_until, TestClient, TestConfig,
+    TestServer,
+};
 use nix::sys::signal::Signal;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::symlink;
@@ -60,14 +60,7 @@ fn server_with_layout(users_file: &str, prepare: impl FnOnce(&Path)) -> TestServ
 
 /// The admin API's base URL, from the server's log.
 fn admin_base(server: &TestServer) -> String {
-    let log = server.stderr_text();
-    let line = log
-        .lines()
-        .find(|line| line.contains("(admin API)"))
-        .expect("admin listening line");
-    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
-    let addr = rest.split_whitespace().next().expect("an address");
-    format!("http://{addr}")
+    format!("http://{}", admin_addr(&server.stderr_text()))
 }
 
 /// `PUT /v1/users/NAME/password`; answers the status.
@@ -231,7 +224,7 @@ fn truncating_then_rewriting_the_file_logs_nobody_out() {
         std::fs::File::create(&path).expect("truncate the users file");
         std::thread::sleep(pause);
         write_in_place(&path, &users_toml(&pairs));
-        common::expect_all_silent(&mut [&mut alice, &mut bob], SETTLED);
+        crate::common::expect_all_silent(&mut [&mut alice, &mut bob], SETTLED);
     }
     assert!(server
         .stderr_text()
@@ -280,7 +273,7 @@ fn half_written_and_rewritten_files_log_nobody_out() {
         write_in_place(&path, &text);
     }
     let mut all: Vec<&mut TestClient> = clients.iter_mut().collect();
-    common::expect_all_silent(&mut all, SETTLED);
+    crate::common::expect_all_silent(&mut all, SETTLED);
     assert_eq!(reloads(&server, "applied"), 0);
     assert_eq!(reloads(&server, "refused"), 0);
 
@@ -351,7 +344,7 @@ fn a_symlinked_file_is_watched_and_written_through() {
     assert_eq!(admin_set_password(&server, "carol", "c1"), 201);
     let mut passwd = tether_command(&server.config_path());
     passwd.args(["passwd", "dave"]);
-    let ran = common::run_with_input(passwd, b"d1\n", Duration::from_secs(20));
+    let ran = crate::common::run_with_input(passwd, b"d1\n", Duration::from_secs(20));
     assert_eq!(ran.status.code(), Some(0), "{ran:?}");
     assert!(std::fs::symlink_metadata(&link)
         .expect("the link")
