@@ -2,7 +2,9 @@
 //! route's answers, the token rules, and what the routes do to connections and the users
 //! file.
 
-use crate::common::{admin_addr, utc_millis_now, wait_until, TestClient, TestConfig, TestServer};
+use crate::common::{
+    admin_addr, metric_in, utc_millis_now, wait_until, TestClient, TestConfig, TestServer,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -365,10 +367,7 @@ fn unknown_routes_and_methods_get_json_errors() {
 
 /// The value of the first metric line starting with `series`.
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series:?} in\n{text}"))
+    metric_in(text, series).unwrap_or_else(|| panic!("no series {series:?} in\n{text}"))
 }
 
 #[test]

@@ -9,7 +9,7 @@
 
 use crate::common::hardening::{connect_with, loopback_source, reset, rss_kib, SocketOptions};
 use crate::common::{
-    admin_addr, encode, encode_all, wait_until, TestClient, TestConfig, TestServer,
+    admin_addr, encode, encode_all, metric_in, wait_until, TestClient, TestConfig, TestServer,
 };
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
@@ -160,9 +160,7 @@ fn metric(admin: SocketAddr, series: &str) -> f64 {
         .expect("GET /metrics")
         .into_string()
         .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    metric_in(&text, series).unwrap_or(0.0)
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
-use super::wait_until;
+use super::{metric_in, wait_until};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct InProcessServer {
     addr: SocketAddr,
     handle: TetherHandle,
     users: Arc<UserTable>,
+    /// The server's metrics, as `/metrics` would show them.
+    metrics: Registry,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     runtime: tokio::runtime::Runtime,
@@ -51,14 +55,16 @@ impl InProcessServer {
                 let listener =
                     std::net::TcpListener::bind("127.0.0.1:0").expect("binds a loopback port");
                 let tether = Tether::start(listener, settings, table).expect("server starts");
+                let mut metrics = Registry::with_prefix("tether");
+                tether.metrics().register(&mut metrics);
                 started_tx
-                    .send((tether.local_addr(), tether.handle()))
+                    .send((tether.local_addr(), tether.handle(), metrics))
                     .expect("test waits for the start");
                 let _ = stopped.await;
                 tether.shutdown().await;
             });
         });
-        let (addr, handle) = started_rx
+        let (addr, handle, metrics) = started_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server started within 10 s");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,6 +75,7 @@ impl InProcessServer {
             addr,
             handle,
             users,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
             runtime,
@@ -96,6 +103,14 @@ impl InProcessServer {
     /// would; answers the names whose hash changed or that are gone.
     pub fn replace_users(&self, users: &[(&str, &str)], cost: u32) -> Vec<String> {
         self.users.replace(user_set(users, cost))
+    }
+
+    /// The value of the metric `series` (as `/metrics` writes it, labels included); 0 when
+    /// the series is not there yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut text = String::new();
+        encode(&mut text, &self.metrics).expect("metrics encode");
+        metric_in(&text, series).unwrap_or(0.0)
     }
 
     /// Runs a future of the library API to completion, at most 10 s.

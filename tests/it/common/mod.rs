@@ -387,6 +387,14 @@ pub fn utc_millis_now() -> i64 {
     i64::try_from(since_epoch.as_millis()).expect("fits")
 }
 
+/// The value of `series` (as written, labels included) in a `/metrics` text; `None` when
+/// it is not there.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
 /// The admin API's address, from the server's `listening on ADDR (admin API)` log line.
 pub fn admin_addr(log: &str) -> SocketAddr {
     log.lines()
