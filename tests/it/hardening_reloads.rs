@@ -7,8 +7,8 @@
 
 use crate::common::hardening::cpu_ticks;
 use crate::common::{
-    admin_addr, cheap_hash, tether_command, users_toml, wait_until, TestClient, TestConfig,
-    TestServer,
+    admin_addr, cheap_hash, metric_in, tether_command, users_toml, wait_until, TestClient,
+    TestConfig, TestServer,
 };
 use nix::sys::signal::Signal;
 use std::fs::{File, OpenOptions};
@@ -85,13 +85,10 @@ fn reloads(server: &TestServer, result: &str) -> u64 {
         .expect("GET /metrics")
         .into_string()
         .expect("metrics text");
-    let prefix = format!("tether_users_reloads_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a count")
+    let series = format!("tether_users_reloads_total{{result=\"{result}\"}}");
+    let count =
+        metric_in(&text, &series).unwrap_or_else(|| panic!("no {series:?} in /metrics:\n{text}"));
+    count as u64
 }
 
 /// A client logged in as `name`.
