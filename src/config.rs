@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::toml_error::{line_and_column, Located};
+
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -305,13 +307,19 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: ", self.file.display())?;
-        match &self.location {
-            Location::File => {}
-            Location::Key(key) => write!(f, "{key}: ")?,
-            Location::Text { line, column } => write!(f, "line {line}, column {column}: ")?,
-        }
-        f.write_str(&self.message)
+        let (line, column, key) = match &self.location {
+            Location::File => (None, None, None),
+            Location::Key(key) => (None, None, Some(key as &dyn fmt::Display)),
+            Location::Text { line, column } => (Some(*line), Some(*column), None),
+        };
+        let located = Located {
+            file: &self.file,
+            line,
+            column,
+            key,
+            message: &self.message,
+        };
+        located.fmt(f)
     }
 }
 
@@ -390,15 +398,6 @@ fn describe_unknown_key(path: &serde_path_to_error::Path, message: &str) -> Opti
         [] => format!("unknown top-level key `{name}`{expected}"),
         tables => format!("unknown key `{name}` in [{}]{expected}", tables.join(".")),
     })
-}
-
-/// The 1-based line and column (in characters) of byte `offset` of `text`.
-fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
 }
 
 /// The file as written; every key optional, with the defaults of SPEC §4.

@@ -11,7 +11,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tether::config::Config;
-use tether::users_cli::{self, Failure};
+use tether::users::cli::{self as users_cli, Failure};
 
 /// A session server: long-lived TCP connections, password logins, pushed events and forced
 /// log-outs.

@@ -3,8 +3,8 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::user_sync::UserSync;
-use crate::users_file::{self, Contents};
+use crate::users::read::{self, Contents};
+use crate::users::sync::UserSync;
 use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -81,7 +81,7 @@ pub fn run(config: Config) -> Outcome {
         config.source
     );
     crate::limits::raise_open_files_limit(config.server.max_connections);
-    let loaded = users_file::read_contents(&config.auth.users_file);
+    let loaded = read::read_contents(&config.auth.users_file);
     let users = match loaded.users(&config.auth.users_file) {
         Ok(users) => {
             log::info!(
@@ -146,7 +146,8 @@ pub fn run(config: Config) -> Outcome {
             tether.handle(),
             loaded,
         );
-        let _users_watch = crate::users_watch::start(user_sync.clone(), config.auth.watch, hangups);
+        let _users_watch =
+            crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
         let admin = match admin_listener {
             Some(listener) => match start_admin(listener, &config, &tether, user_sync) {
                 Ok(admin) => Some(admin),
@@ -221,7 +222,6 @@ fn start_admin(
     let state = AdminState {
         tether: tether.handle(),
         users,
-        users_file: config.auth.users_file.clone(),
         bcrypt_cost: config.auth.bcrypt_cost,
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),

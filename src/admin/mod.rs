@@ -7,11 +7,10 @@ mod events;
 mod routes;
 mod token;
 
-use crate::user_sync::UserSync;
+use crate::users::sync::UserSync;
 use actix_web::{middleware, web, App, HttpServer};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::TetherHandle;
@@ -41,10 +40,9 @@ pub const LISTEN_BACKLOG: i32 = 256;
 pub struct AdminState {
     /// Publishes events, invalidates users, counts connections.
     pub tether: TetherHandle,
-    /// Applies users-file changes and invalidates the users they affect.
+    /// Writes the users file, puts what it wrote in force and invalidates the users it
+    /// affects.
     pub users: UserSync,
-    /// The users file the routes write.
-    pub users_file: PathBuf,
     /// bcrypt cost of the hashes the routes write.
     pub bcrypt_cost: u32,
     /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.

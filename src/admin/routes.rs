@@ -2,7 +2,8 @@
 
 use super::events::{self, publish_error};
 use super::{AdminState, ApiError};
-use crate::users_file::{self, PasswordChange, UsersFileError};
+use crate::users::edit::{self, PasswordChange};
+use crate::users::read::UsersFileError;
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -73,13 +74,13 @@ async fn set_password(
         .await
         .map_err(|err| ApiError::internal(format!("password hashing stopped: {err}")))?
         .map_err(|err| ApiError::internal(format!("cannot hash the password: {err}")))?;
-    let path = state.users_file.clone();
     let user = name.clone();
-    let change = web::block(move || users_file::set_password_hash(&path, &user, &hash))
+    // In force, and the user's connections told, when the answer comes.
+    let change = state
+        .users
+        .write(move |path| edit::set_password_hash(path, &user, &hash))
         .await
-        .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
         .map_err(|err| users_file_error(&format!("cannot set the password of {name:?}"), &err))?;
-    apply_users_file(&state).await?;
     Ok(match change {
         PasswordChange::Created => {
             log::info!("admin API: user {name:?} created");
@@ -93,16 +94,15 @@ async fn set_password(
 }
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
-    let path = state.users_file.clone();
     let user = name.clone();
-    let removed = web::block(move || users_file::remove_user(&path, &user))
+    let removed = state
+        .users
+        .write(move |path| edit::remove_user(path, &user))
         .await
-        .map_err(|err| ApiError::internal(format!("users file update stopped: {err}")))?
         .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?;
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }
-    apply_users_file(&state).await?;
     log::info!("admin API: user {name:?} removed");
     Ok(HttpResponse::NoContent().finish())
 }
@@ -237,14 +237,4 @@ fn user_name(path: &str) -> Result<String, ApiError> {
         .into_owned();
     check_name(&name).map_err(|err| ApiError::bad_request(err.to_string()))?;
     Ok(name)
-}
-
-/// Puts the users file just written in force; the affected users' connections are sent
-/// `invalidated` before this returns.
-async fn apply_users_file(state: &AdminState) -> Result<(), ApiError> {
-    state.users.reload().await.map(drop).map_err(|err| {
-        ApiError::internal(format!(
-            "the users file was written but could not be applied: {err}"
-        ))
-    })
 }

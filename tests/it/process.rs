@@ -1,9 +1,7 @@
 //! The `tether` process (SPEC §4, §5 start-up, §7): configuration errors and exit codes,
 //! the listening log line, relative paths, and shutdown on signals.
 
-mod common;
-
-use common::{run_to_exit, tether_command, users_toml, Ran, TestConfig, TestServer};
+use crate::common::{run_to_exit, tether_command, users_toml, Ran, TestConfig, TestServer};
 use nix::sys::signal::Signal;
 use std::path::Path;
 use std::time::Duration;
@@ -120,7 +118,7 @@ fn users_file_with_a_non_bcrypt_hash_stops_start_up_naming_the_user() {
     let config_path = dir.path().join("server.toml");
     let users_path = dir.path().join("users.toml");
     std::fs::write(&config_path, TestConfig::new().to_toml()).expect("write config");
-    let good = common::cheap_hash("pw");
+    let good = crate::common::cheap_hash("pw");
     std::fs::write(
         &users_path,
         users_toml(&[("alice", &good), ("mallory", "not-a-bcrypt-hash")]),
@@ -217,7 +215,7 @@ fn relative_users_file_is_resolved_against_the_config_folder() {
     std::fs::create_dir(dir.path().join("accounts")).expect("mkdir");
     std::fs::write(
         dir.path().join("accounts/people.toml"),
-        users_toml(&[("alice", &common::cheap_hash("pw"))]),
+        users_toml(&[("alice", &crate::common::cheap_hash("pw"))]),
     )
     .expect("write users");
     let server = TestServer::start_in(dir, elsewhere.path());

@@ -3,12 +3,8 @@
 //! process exits 0 within `shutdown_grace` + 1 s, and every event the API acknowledged
 //! before the signal reached each connection of its user, in order, before `shutdown`.
 
-mod common;
-mod hardening_support;
-mod in_process;
-
-use common::{encode, RecvError, TestClient, TestConfig, TestServer};
-use hardening_support::{connect_with, loopback_source, SocketOptions};
+use crate::common::hardening::{connect_with, loopback_source, SocketOptions};
+use crate::common::{admin_addr, encode, RecvError, TestClient, TestConfig, TestServer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,17 +17,6 @@ const GRACE: Duration = Duration::from_secs(2);
 
 fn user(index: usize) -> String {
     format!("user{index}")
-}
-
-/// The admin API's address from the server's log.
-fn admin_addr(log: &str) -> SocketAddr {
-    log.lines()
-        .filter(|line| line.contains("(admin API)"))
-        .find_map(|line| {
-            let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin listening line in:\n{log}"))
 }
 
 /// Publishes events round-robin over the users until `stop`; answers, per user, the
@@ -176,8 +161,10 @@ fn sigterm_under_load_says_shutdown_to_everyone_and_drops_no_acknowledged_event(
 #[test]
 fn events_acknowledged_just_before_shutdown_are_written_before_it() {
     const BURST: usize = 3000;
-    let server =
-        in_process::InProcessServer::start(in_process::test_settings(), &[("alice", "pw")]);
+    let server = crate::common::in_process::InProcessServer::start(
+        crate::common::in_process::test_settings(),
+        &[("alice", "pw")],
+    );
     let mut clients: Vec<TestClient> = (0..4)
         .map(|_| {
             let mut client = TestClient::connect(server.addr());

@@ -3,13 +3,9 @@
 //! connection's place under `max_connections` is free again, and the process's memory and
 //! sockets are back near where they started. Figures are in BENCHMARKS.md ("Churn").
 
-mod common;
-mod hardening_support;
-mod in_process;
-
-use common::{TestClient, TestConfig, TestServer};
-use hardening_support::{open_sockets, reset, rss_kib, wait_until};
-use in_process::{test_settings, InProcessServer};
+use crate::common::hardening::{open_sockets, reset, rss_kib};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::{wait_until, TestClient, TestConfig, TestServer};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,8 @@
 //! `tether client`, the real binary, against a real server (in-process, over real TCP):
 //! scripts through pipes, and a person at a prompt through a real pseudo-terminal.
 
-mod common;
-mod in_process;
-
-use common::{run_with_input, Ran};
-use in_process::{test_settings, InProcessServer};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::{run_with_input, Ran};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

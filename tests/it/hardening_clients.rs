@@ -2,13 +2,9 @@
 //! a reset in the middle of a reply, and a client that never reads. The server answers
 //! each as SPEC §2–§3 say, frees what each held, and keeps serving everyone else.
 
-mod common;
-mod hardening_support;
-mod in_process;
-
-use common::{RecvError, TestClient, TestConfig, TestServer, RS};
-use hardening_support::{connect_with, open_sockets, reset, wait_until, Bytes64, SocketOptions};
-use in_process::{test_settings, InProcessServer};
+use crate::common::hardening::{connect_with, open_sockets, reset, Bytes64, SocketOptions};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::{wait_until, RecvError, TestClient, TestConfig, TestServer, RS};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -128,7 +124,7 @@ fn a_timed_out_client_that_takes_none_of_its_output_is_dropped_a_timeout_later()
     // Replies to these fill the kernel's buffers on both sides and leave megabytes queued
     // in the server, under `max_pending_bytes`; the client then reads nothing and says
     // nothing, so the server's `timeout` waits behind output nobody takes.
-    stuck.send_raw(&common::encode(&["prolongate"]).repeat(500_000));
+    stuck.send_raw(&crate::common::encode(&["prolongate"]).repeat(500_000));
     assert_eq!(open_sockets(pid), baseline + 1, "the connection is open");
 
     let freed = wait_until(Duration::from_secs(8), || open_sockets(pid) <= baseline);
@@ -154,7 +150,7 @@ fn a_client_that_resets_in_the_middle_of_a_reply_is_forgotten() {
         client.login("alice", "pw");
         // Enough pipelined commands that their replies are still being written when the
         // reset arrives.
-        let commands = common::encode(&["prolongate"]).repeat(50_000);
+        let commands = crate::common::encode(&["prolongate"]).repeat(50_000);
         client.send_raw(&commands);
         let mut first = [0u8; 64];
         let mut stream = client.into_stream();

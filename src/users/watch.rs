@@ -25,8 +25,8 @@ use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
-use crate::user_sync::UserSync;
-use crate::users_file::{self, Contents};
+use crate::users::read::{self, Contents};
+use crate::users::sync::UserSync;
 
 /// How long the file must stay unchanged, twice over, before it is applied.
 pub const QUIET: Duration = Duration::from_millis(250);
@@ -331,7 +331,7 @@ impl Snapshot {
         });
         Self {
             stat,
-            contents: users_file::read_contents(path),
+            contents: read::read_contents(path),
         }
     }
 }

@@ -2,9 +2,11 @@
 //! ([`TestServer`]) and a protocol client over a plain blocking TCP socket ([`TestClient`]).
 //!
 //! The client knows nothing about how the server was started, so in-process tests can use
-//! it against any address.
+//! it against any address. [`in_process`] runs the server inside the test process instead;
+//! [`hardening`] looks at the server process through `/proc` and opens sockets with options.
 
-#![allow(dead_code)] // each test crate uses its own subset of the harness
+pub mod hardening;
+pub mod in_process;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -353,16 +355,52 @@ pub fn tether_command(config_path: &Path) -> Command {
 
 /// Polls `child` until it exits or `timeout` passes.
 fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let mut exited = None;
+    wait_until(timeout, || {
+        exited = child.try_wait().expect("wait for tether");
+        exited.is_some()
+    });
+    exited
+}
+
+/// Waits (at most `timeout`) until `condition` holds, asking again every 10 ms; answers
+/// whether it did. The one polling loop of the harness: use it for any state the server
+/// reports only when asked.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(status) = child.try_wait().expect("wait for tether") {
-            return Some(status);
+        if condition() {
+            return true;
         }
         if Instant::now() >= deadline {
-            return None;
+            return false;
         }
         thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The current UTC time in milliseconds since the epoch, as event times count it.
+pub fn utc_millis_now() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970");
+    i64::try_from(since_epoch.as_millis()).expect("fits")
+}
+
+/// The value of `series` (as written, labels included) in a `/metrics` text; `None` when
+/// it is not there.
+pub fn metric_in(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
+/// The admin API's address, from the server's `listening on ADDR (admin API)` log line.
+pub fn admin_addr(log: &str) -> SocketAddr {
+    log.lines()
+        .filter(|line| line.contains("(admin API)"))
+        .find_map(listening_addr)
+        .unwrap_or_else(|| panic!("no admin listening line in:\n{log}"))
 }
 
 /// Waits for the `listening on` line; panics with the log if the process exits first or
@@ -670,11 +708,6 @@ impl TestClient {
             ["login_valid"],
             "login as {name:?} should be valid, got {got:?}"
         );
-    }
-
-    /// The local address of this connection.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local addr")
     }
 }
 

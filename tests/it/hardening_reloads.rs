@@ -5,17 +5,18 @@
 //! writes land on the link's target; SIGHUP and SIGTERM during start-up are a reload and
 //! an orderly stop.
 
-mod common;
-mod hardening_support;
-
-use common::{cheap_hash, tether_command, users_toml, TestClient, TestConfig, TestServer};
-use hardening_support::{cpu_ticks, wait_until};
+use crate::common::hardening::cpu_ticks;
+use crate::common::{
+    admin_addr, cheap_hash, metric_in, tether_command, users_toml, wait_until, TestClient,
+    TestConfig, TestServer,
+};
 use nix::sys::signal::Signal;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How soon a settled change must be in force (the watcher waits twice 250 ms).
@@ -60,14 +61,7 @@ fn server_with_layout(users_file: &str, prepare: impl FnOnce(&Path)) -> TestServ
 
 /// The admin API's base URL, from the server's log.
 fn admin_base(server: &TestServer) -> String {
-    let log = server.stderr_text();
-    let line = log
-        .lines()
-        .find(|line| line.contains("(admin API)"))
-        .expect("admin listening line");
-    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
-    let addr = rest.split_whitespace().next().expect("an address");
-    format!("http://{addr}")
+    format!("http://{}", admin_addr(&server.stderr_text()))
 }
 
 /// `PUT /v1/users/NAME/password`; answers the status.
@@ -91,13 +85,10 @@ fn reloads(server: &TestServer, result: &str) -> u64 {
         .expect("GET /metrics")
         .into_string()
         .expect("metrics text");
-    let prefix = format!("tether_users_reloads_total{{result=\"{result}\"}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .unwrap_or_else(|| panic!("no {prefix:?} in /metrics:\n{text}"))
-        .trim()
-        .parse()
-        .expect("a count")
+    let series = format!("tether_users_reloads_total{{result=\"{result}\"}}");
+    let count =
+        metric_in(&text, &series).unwrap_or_else(|| panic!("no {series:?} in /metrics:\n{text}"));
+    count as u64
 }
 
 /// A client logged in as `name`.
@@ -231,7 +222,7 @@ fn truncating_then_rewriting_the_file_logs_nobody_out() {
         std::fs::File::create(&path).expect("truncate the users file");
         std::thread::sleep(pause);
         write_in_place(&path, &users_toml(&pairs));
-        common::expect_all_silent(&mut [&mut alice, &mut bob], SETTLED);
+        crate::common::expect_all_silent(&mut [&mut alice, &mut bob], SETTLED);
     }
     assert!(server
         .stderr_text()
@@ -280,7 +271,7 @@ fn half_written_and_rewritten_files_log_nobody_out() {
         write_in_place(&path, &text);
     }
     let mut all: Vec<&mut TestClient> = clients.iter_mut().collect();
-    common::expect_all_silent(&mut all, SETTLED);
+    crate::common::expect_all_silent(&mut all, SETTLED);
     assert_eq!(reloads(&server, "applied"), 0);
     assert_eq!(reloads(&server, "refused"), 0);
 
@@ -351,7 +342,7 @@ fn a_symlinked_file_is_watched_and_written_through() {
     assert_eq!(admin_set_password(&server, "carol", "c1"), 201);
     let mut passwd = tether_command(&server.config_path());
     passwd.args(["passwd", "dave"]);
-    let ran = common::run_with_input(passwd, b"d1\n", Duration::from_secs(20));
+    let ran = crate::common::run_with_input(passwd, b"d1\n", Duration::from_secs(20));
     assert_eq!(ran.status.code(), Some(0), "{ran:?}");
     assert!(std::fs::symlink_metadata(&link)
         .expect("the link")
@@ -401,19 +392,26 @@ fn a_swapped_folder_is_watched_again() {
 // Item 8: signals during start-up
 // ---------------------------------------------------------------------------------------
 
-/// A server process started slowly (the stand-in hash at cost 14), with its log collected.
-struct SlowStart {
+/// A server process held in the middle of its start-up, with its log collected: its users
+/// file is a named pipe, so the first read of it waits until the test writes the users. The
+/// signal handlers are in place by then; the listeners are not bound yet.
+struct PausedStart {
     child: Child,
     log: Arc<Mutex<String>>,
     dir: tempfile::TempDir,
+    /// The pipe's writing end, open once the server is reading it.
+    gate: Option<File>,
 }
 
-impl SlowStart {
-    fn spawn(users: &[(&str, &str)]) -> Self {
+impl PausedStart {
+    /// Starts a server and returns once it is reading its users file.
+    fn spawn() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = TestConfig::new().auth("bcrypt_cost", 14);
+        let config = TestConfig::new().auth("bcrypt_cost", 4);
         std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("config");
-        std::fs::write(dir.path().join("users.toml"), users_toml(users)).expect("users");
+        let pipe = dir.path().join("users.toml");
+        let made = Command::new("mkfifo").arg(&pipe).status().expect("mkfifo");
+        assert!(made.success(), "mkfifo {}: {made}", pipe.display());
         let mut child = tether_command(&dir.path().join("server.toml"))
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -431,7 +429,21 @@ impl SlowStart {
                 text.push('\n');
             }
         });
-        Self { child, log, dir }
+        // Opening a pipe for writing waits for its reader: the server reading its users.
+        let (opened_tx, opened) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = opened_tx.send(OpenOptions::new().write(true).open(&pipe));
+        });
+        let gate = opened
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("the server never read its users file"))
+            .expect("open the pipe for writing");
+        Self {
+            child,
+            log,
+            dir,
+            gate: Some(gate),
+        }
     }
 
     fn text(&self) -> String {
@@ -451,16 +463,21 @@ impl SlowStart {
         nix::sys::signal::kill(pid, signal).expect("send signal");
     }
 
-    /// Sends `signal` while the server is still starting (users loaded, stand-in hash in
-    /// the making), and checks that it was.
-    fn signal_during_start_up(&self, signal: Signal) {
-        self.wait_for_log("user(s) loaded from");
-        self.signal(signal);
+    /// Lets the start-up go on: the server reads `loaded` as its users, and the file it
+    /// finds on the path from then on (a regular one) holds `on_disk`.
+    fn release(&mut self, loaded: &str, on_disk: &str) {
         assert!(
             !self.text().contains("listening on"),
-            "start-up was over already:\n{}",
+            "start-up was not held:\n{}",
             self.text()
         );
+        let path = self.users_path();
+        let replacement = self.dir.path().join("users.toml.new");
+        std::fs::write(&replacement, on_disk).expect("write the users file");
+        // The server holds the pipe open: the rename does not disturb its read.
+        std::fs::rename(&replacement, &path).expect("replace the pipe");
+        let mut gate = self.gate.take().expect("not released yet");
+        gate.write_all(loaded.as_bytes()).expect("write the users");
     }
 
     fn users_path(&self) -> PathBuf {
@@ -468,7 +485,7 @@ impl SlowStart {
     }
 }
 
-impl Drop for SlowStart {
+impl Drop for PausedStart {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -477,16 +494,17 @@ impl Drop for SlowStart {
 
 #[test]
 fn sigterm_during_start_up_is_an_orderly_stop() {
-    let mut server = SlowStart::spawn(&[("alice", &cheap_hash("a1"))]);
-    server.signal_during_start_up(Signal::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = server.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no exit:\n{}", server.text());
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut server = PausedStart::spawn();
+    server.signal(Signal::SIGTERM);
+    let users = users_toml(&[("alice", &cheap_hash("a1"))]);
+    server.release(&users, &users);
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(30), || {
+        status = server.child.try_wait().expect("wait");
+        status.is_some()
+    });
+    assert!(exited, "no exit:\n{}", server.text());
+    let status = status.expect("exited");
     assert_eq!(status.code(), Some(0), "{status}; log:\n{}", server.text());
     server.wait_for_log("SIGTERM received");
 }
@@ -494,8 +512,10 @@ fn sigterm_during_start_up_is_an_orderly_stop() {
 /// SIGHUP during start-up is a reload request, carried out once the server runs.
 #[test]
 fn sighup_during_start_up_is_a_reload_request() {
-    let mut server = SlowStart::spawn(&[("alice", &cheap_hash("a1"))]);
-    server.signal_during_start_up(Signal::SIGHUP);
+    let mut server = PausedStart::spawn();
+    server.signal(Signal::SIGHUP);
+    let users = users_toml(&[("alice", &cheap_hash("a1"))]);
+    server.release(&users, &users);
     server.wait_for_log("listening on");
     server.wait_for_log("SIGHUP received: reloading users file");
     assert!(
@@ -509,12 +529,9 @@ fn sighup_during_start_up_is_a_reload_request() {
 /// once it runs.
 #[test]
 fn an_edit_during_start_up_is_applied() {
-    let server = SlowStart::spawn(&[("alice", &cheap_hash("a1"))]);
-    server.wait_for_log("user(s) loaded from");
-    write_in_place(
-        &server.users_path(),
-        &users_toml(&[("alice", &cheap_hash("a1")), ("bob", &cheap_hash("b1"))]),
-    );
-    assert!(!server.text().contains("listening on"), "{}", server.text());
+    let mut server = PausedStart::spawn();
+    let alice = users_toml(&[("alice", &cheap_hash("a1"))]);
+    let alice_and_bob = users_toml(&[("alice", &cheap_hash("a1")), ("bob", &cheap_hash("b1"))]);
+    server.release(&alice, &alice_and_bob);
     server.wait_for_log("added: \"bob\"");
 }

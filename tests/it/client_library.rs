@@ -1,9 +1,7 @@
 //! The `tether-client` crate against a real server (in-process, over real TCP): typed
 //! results of every command, pipelining, pushes, event times and keep-alive.
 
-mod in_process;
-
-use in_process::{test_settings, InProcessServer};
+use crate::common::in_process::{test_settings, InProcessServer};
 use std::future::Future;
 use std::time::Duration;
 use tether_client::jiff::tz::TimeZone;

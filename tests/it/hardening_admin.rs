@@ -5,11 +5,8 @@
 //! for longer than they take to time out; a user name that is not UTF-8 is refused on
 //! every route that takes one.
 
-mod common;
-mod hardening_support;
-
-use common::{TestConfig, TestServer};
-use hardening_support::{open_sockets, wait_until};
+use crate::common::hardening::open_sockets;
+use crate::common::{admin_addr, wait_until, TestConfig, TestServer};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,17 +30,6 @@ fn start_admin(users: &[(&str, &str)]) -> (TestServer, SocketAddr) {
     server.wait_for_log("(admin API)", Duration::from_secs(10));
     let admin = admin_addr(&server.stderr_text());
     (server, admin)
-}
-
-/// The admin API's address from the server's log.
-fn admin_addr(log: &str) -> SocketAddr {
-    log.lines()
-        .filter(|line| line.contains("(admin API)"))
-        .find_map(|line| {
-            let rest = &line[line.find("listening on ")? + "listening on ".len()..];
-            rest.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or_else(|| panic!("no admin listening line in:\n{log}"))
 }
 
 /// Opens a connection and sends a `POST /v1/events` head announcing 1,000 body bytes, and

@@ -1,9 +1,7 @@
 //! Users changed from outside while the server runs (SPEC §5): edits of the users file
 //! (watched, or applied on SIGHUP), and the `passwd` / `deluser` commands that write it.
 
-mod common;
-
-use common::{
+use crate::common::{
     cheap_hash, run_with_input, tether_command, users_toml, Ran, TestClient, TestConfig, TestServer,
 };
 use nix::sys::signal::Signal;
@@ -150,7 +148,7 @@ fn malformed_edit_changes_nothing_and_the_next_valid_edit_applies() {
         "a password was logged"
     );
 
-    common::expect_all_silent(&mut [&mut alice_1, &mut bob_1], QUIET);
+    crate::common::expect_all_silent(&mut [&mut alice_1, &mut bob_1], QUIET);
     assert_eq!(login_reply(&server, "alice", "a1"), "login_valid");
     assert_eq!(login_reply(&server, "carol", "hunter2"), "login_invalid");
 

@@ -1,12 +1,9 @@
 //! Events published through the library API (SPEC §3): who gets them, in which order, and
 //! the time they carry.
 
-mod common;
-mod in_process;
-
-use common::{RecvError, TestClient};
-use in_process::{test_settings, InProcessServer};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::{utc_millis_now, RecvError, TestClient};
+use std::time::Duration;
 use tether_actors::bus::{Publish, PublishError, EVENTS_IN_FLIGHT, MAX_BATCH_EVENTS};
 use tether_actors::credentials::CredentialError;
 
@@ -14,13 +11,6 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn server() -> InProcessServer {
     InProcessServer::start(test_settings(), &[("alice", "pw-a"), ("bob", "pw-b")])
-}
-
-fn utc_millis_now() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(since_epoch.as_millis()).expect("fits")
 }
 
 #[test]
@@ -52,7 +42,7 @@ fn events_reach_every_bound_connection_of_the_user_in_publish_order_and_nobody_e
             client.expect(&["event", &time.to_string(), &text]);
         }
     }
-    common::expect_all_silent(&mut [&mut bob, &mut anonymous, &mut alice_1], QUIET);
+    crate::common::expect_all_silent(&mut [&mut bob, &mut anonymous, &mut alice_1], QUIET);
 }
 
 #[test]
@@ -95,7 +85,7 @@ fn events_stop_reaching_a_connection_after_logout_invalidation_or_relogin() {
         .expect("published");
     assert_eq!(receipt.connections, 1);
     staying.expect(&["event", &receipt.time.to_string(), "only for the one left"]);
-    common::expect_all_silent(&mut [&mut logged_out, &mut invalidated, &mut moved], QUIET);
+    crate::common::expect_all_silent(&mut [&mut logged_out, &mut invalidated, &mut moved], QUIET);
 }
 
 #[test]
@@ -171,7 +161,7 @@ fn events_are_whole_messages_between_pipelined_replies() {
     alice.login("alice", "pw-a");
     server.wait_for_connections("alice", 1);
     let pipeline: Vec<&[&str]> = vec![&["prolongate"]; 200];
-    let burst = common::encode_all(&pipeline);
+    let burst = crate::common::encode_all(&pipeline);
     let handle = server.handle().clone();
     let publisher = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -279,7 +269,7 @@ fn a_batch_through_the_handle_reaches_each_user_in_order_with_a_receipt_per_even
         let client = if *user == "bob" { &mut bob } else { &mut alice };
         client.expect(&["event", &receipt.time.to_string(), text]);
     }
-    common::expect_all_silent(&mut [&mut alice, &mut bob], QUIET);
+    crate::common::expect_all_silent(&mut [&mut alice, &mut bob], QUIET);
 
     let refused = server.block_on(
         server

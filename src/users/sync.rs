@@ -2,9 +2,11 @@
 //! off the event loop, puts it in force whole, and sends `invalidated` to every connection
 //! of each user whose hash changed or who was removed. A bad file changes nothing.
 //!
-//! Two kinds of reload: an explicit one (SIGHUP, the admin API after its own write) always
-//! reads and applies the file; one asked for by the watcher applies it only when its bytes
-//! differ from what was last read, and never lets a blank file remove every user.
+//! Two kinds of reload: an explicit one (SIGHUP) always reads and applies the file; one asked
+//! for by the watcher applies it only when its bytes differ from what was last read, and
+//! never lets a blank file remove every user. A write of its own (the admin API) is put in
+//! force from the users it wrote, with no reload: the watcher then finds the file as it was
+//! last read and leaves it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,8 @@ use tether_actors::bus::InvalidationCause;
 use tether_actors::users::{UserSet, UserTable};
 use tether_actors::TetherHandle;
 
-use crate::users_file::{self, Contents, UsersFileError};
+use crate::users::edit::Edited;
+use crate::users::read::{self, Contents, UsersFileError};
 
 /// Keeps the in-memory [`UserTable`] in step with the users file and invalidates affected
 /// users. Clones share one table and one reload lock.
@@ -117,6 +120,33 @@ impl UserSync {
         self.apply(&contents).await
     }
 
+    /// Makes `change` to the users file (on tokio's blocking pool, with the file's path) and
+    /// puts what it wrote in force at once, from the users the edit checked before writing:
+    /// the file is not read again. The reload lock is held throughout and the bytes written
+    /// become what was last read, so the watcher does not apply the write a second time.
+    /// Answers the edit's outcome once every connection of the users whose hash changed or
+    /// who were removed has been sent `invalidated`.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        change: impl FnOnce(&Path) -> Result<Edited<T>, UsersFileError> + Send + 'static,
+    ) -> Result<T, UsersFileError> {
+        let mut last_read = self.shared.last_read.lock().await;
+        let path = self.shared.path.clone();
+        let edited = tokio::task::spawn_blocking(move || change(&path))
+            .await
+            .unwrap_or_else(|failure| {
+                Err(UsersFileError::io(
+                    self.path(),
+                    format!("the write stopped: {failure}"),
+                ))
+            })?;
+        if let Some(written) = edited.written {
+            *last_read = Contents::Bytes(written.bytes);
+            self.put_in_force(written.users).await;
+        }
+        Ok(edited.outcome)
+    }
+
     /// Applies the file if it still holds `settled` (what the watcher saw stay the same for
     /// its quiet period) and that differs from what was last read. A blank file is set
     /// aside with a warning while users are in force: only SIGHUP applies it.
@@ -149,22 +179,27 @@ impl UserSync {
     /// The file's contents now, read on tokio's blocking pool.
     async fn read(&self) -> Contents {
         let path = self.shared.path.clone();
-        tokio::task::spawn_blocking(move || users_file::read_contents(&path))
+        tokio::task::spawn_blocking(move || read::read_contents(&path))
             .await
             .unwrap_or_else(|failure| Contents::Unreadable(format!("reading it failed: {failure}")))
     }
 
     /// Puts `contents` in force (see [`Self::reload`]); the caller holds the reload lock.
     async fn apply(&self, contents: &Contents) -> Result<Vec<String>, UsersFileError> {
-        let shared = &*self.shared;
-        let users = match contents.users(&shared.path) {
-            Ok(users) => users,
+        match contents.users(&self.shared.path) {
+            Ok(users) => Ok(self.put_in_force(users).await),
             Err(error) => {
-                shared.refused.inc();
+                self.shared.refused.inc();
                 log::error!("users file refused, the last good users stay in force: {error}");
-                return Err(error);
+                Err(error)
             }
-        };
+        }
+    }
+
+    /// Puts `users` in force, logs who was added, changed or removed, and invalidates the
+    /// changed and removed users; answers their names. The caller holds the reload lock.
+    async fn put_in_force(&self, users: UserSet) -> Vec<String> {
+        let shared = &*self.shared;
         shared.applied.inc();
         let before = shared.table.snapshot();
         let affected = shared.table.replace(users);
@@ -203,7 +238,7 @@ impl UserSync {
                 log::error!("user {name:?}: cannot invalidate its connections ({cause}): {error}");
             }
         }
-        Ok(affected)
+        affected
     }
 }
 

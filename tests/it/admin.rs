@@ -2,12 +2,11 @@
 //! route's answers, the token rules, and what the routes do to connections and the users
 //! file.
 
-mod common;
-
-use common::{TestClient, TestConfig, TestServer};
+use crate::common::{
+    admin_addr, metric_in, utc_millis_now, wait_until, TestClient, TestConfig, TestServer,
+};
 use serde_json::Value;
-use std::net::SocketAddr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(300);
 const TOKEN: &str = "s3cret-token";
@@ -60,18 +59,6 @@ impl Admin {
     }
 }
 
-fn admin_addr(log: &str) -> SocketAddr {
-    let line = log
-        .lines()
-        .find(|line| line.contains("(admin API)"))
-        .expect("admin listening line");
-    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
-    rest.split_whitespace()
-        .next()
-        .and_then(|token| token.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-}
-
 fn call(
     base: &str,
     token: Option<&str>,
@@ -99,13 +86,6 @@ fn call(
         }
         Err(err) => panic!("{method} {path}: transport error {err}"),
     }
-}
-
-fn utc_millis_now() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(since_epoch.as_millis()).expect("fits")
 }
 
 fn assert_error(status: u16, body: &Value, expected_status: u16, mentions: &str) {
@@ -191,7 +171,7 @@ fn published_events_reach_exactly_the_bound_connections_with_their_time() {
     for client in [&mut alice_1, &mut alice_2] {
         client.expect(&["event", &time.to_string(), "hello, Алиса"]);
     }
-    common::expect_all_silent(&mut [&mut bob, &mut anonymous], QUIET);
+    crate::common::expect_all_silent(&mut [&mut bob, &mut anonymous], QUIET);
 
     let (status, body) = admin.json(
         "POST",
@@ -281,7 +261,7 @@ fn a_batch_is_published_in_order_with_one_answer_per_event() {
         client.expect(&["event", &times[3].to_string(), "a2"]);
     }
     bob.expect(&["event", &times[1].to_string(), "b1"]);
-    common::expect_all_silent(&mut [&mut alice_1, &mut alice_2, &mut bob], QUIET);
+    crate::common::expect_all_silent(&mut [&mut alice_1, &mut alice_2, &mut bob], QUIET);
 }
 
 #[test]
@@ -502,14 +482,10 @@ fn connection_counts_follow_logins_and_logouts() {
     alice_1.expect(&["logout_ack"]);
     assert_eq!(count("alice"), 1);
     drop(alice_2);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while count("alice") != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "closed connection still counted"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || count("alice") == 0),
+        "closed connection still counted"
+    );
 }
 
 #[test]
@@ -545,10 +521,7 @@ fn unknown_routes_and_methods_get_json_errors() {
 
 /// The value of the first metric line starting with `series`.
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series:?} in\n{text}"))
+    metric_in(text, series).unwrap_or_else(|| panic!("no series {series:?} in\n{text}"))
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
-#![allow(dead_code)] // each test crate uses its own subset of the harness
-
+use super::{metric_in, wait_until};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::registry::Registry;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tether_actors::users::{PasswordHash, UserSet, UserTable};
 use tether_actors::{Settings, Tether, TetherHandle};
 
@@ -34,6 +35,8 @@ pub struct InProcessServer {
     addr: SocketAddr,
     handle: TetherHandle,
     users: Arc<UserTable>,
+    /// The server's metrics, as `/metrics` would show them.
+    metrics: Registry,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
     runtime: tokio::runtime::Runtime,
@@ -52,14 +55,16 @@ impl InProcessServer {
                 let listener =
                     std::net::TcpListener::bind("127.0.0.1:0").expect("binds a loopback port");
                 let tether = Tether::start(listener, settings, table).expect("server starts");
+                let mut metrics = Registry::with_prefix("tether");
+                tether.metrics().register(&mut metrics);
                 started_tx
-                    .send((tether.local_addr(), tether.handle()))
+                    .send((tether.local_addr(), tether.handle(), metrics))
                     .expect("test waits for the start");
                 let _ = stopped.await;
                 tether.shutdown().await;
             });
         });
-        let (addr, handle) = started_rx
+        let (addr, handle, metrics) = started_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("server started within 10 s");
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -70,6 +75,7 @@ impl InProcessServer {
             addr,
             handle,
             users,
+            metrics,
             stop: Some(stop),
             thread: Some(thread),
             runtime,
@@ -99,6 +105,14 @@ impl InProcessServer {
         self.users.replace(user_set(users, cost))
     }
 
+    /// The value of the metric `series` (as `/metrics` writes it, labels included); 0 when
+    /// the series is not there yet.
+    pub fn metric(&self, series: &str) -> f64 {
+        let mut text = String::new();
+        encode(&mut text, &self.metrics).expect("metrics encode");
+        metric_in(&text, series).unwrap_or(0.0)
+    }
+
     /// Runs a future of the library API to completion, at most 10 s.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(async {
@@ -110,20 +124,17 @@ impl InProcessServer {
 
     /// Waits (at most 5 s) until `user` has `expected` bound connections.
     pub fn wait_for_connections(&self, user: &str, expected: usize) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let count = self
+        let mut count = 0;
+        let reached = wait_until(Duration::from_secs(5), || {
+            count = self
                 .block_on(self.handle.connections(user))
                 .expect("registry answers");
-            if count == expected {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{user} has {count} bound connection(s), expected {expected}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            count == expected
+        });
+        assert!(
+            reached,
+            "{user} has {count} bound connection(s), expected {expected}"
+        );
     }
 }
 

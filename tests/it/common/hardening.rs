@@ -2,11 +2,9 @@
 //! process through `/proc` (memory, descriptors, CPU time), sockets with options a plain
 //! `TcpStream` cannot set before connecting, and a seeded byte generator.
 
-#![allow(dead_code)] // each hardening test crate uses its own subset
-
 use socket2::{Domain, SockAddr, Socket, Type};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/PID/status`).
 pub fn rss_kib(pid: i32) -> u64 {
@@ -49,20 +47,6 @@ pub fn cpu_ticks(pid: i32) -> u64 {
     let utime: u64 = fields[11].parse().expect("utime");
     let stime: u64 = fields[12].parse().expect("stime");
     utime + stime
-}
-
-/// Waits (at most `timeout`) until `condition` holds; answers whether it did.
-pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The loopback address `127.0.x.y` for `index` (x, y from 1), so many clients come from

@@ -8,7 +8,8 @@ use std::path::Path;
 use tether_actors::credentials::{check_name, check_password};
 
 use crate::config::Config;
-use crate::users_file::{self, Contents, PasswordChange, UsersFileError};
+use crate::users::edit::{self, PasswordChange};
+use crate::users::read::{self, Contents, UsersFileError};
 
 /// Why a command failed: the message for the person and the process's exit code.
 #[derive(Debug)]
@@ -58,7 +59,7 @@ pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
     let hash = bcrypt::hash(&password, config.auth.bcrypt_cost)
         .map_err(|error| Failure::failed(format!("cannot hash the password: {error}")))?;
     let new_file = !path.exists();
-    let change = users_file::set_password_hash(path, name, &hash)?;
+    let change = edit::set_password_hash(path, name, &hash)?.outcome;
     Ok(match change {
         PasswordChange::Created if new_file => {
             format!("user {name:?} created in {shown} (a new users file)")
@@ -74,7 +75,7 @@ pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
     let path = &config.auth.users_file;
     let shown = shown_path(path);
-    if users_file::remove_user(path, name)? {
+    if edit::remove_user(path, name)?.outcome {
         Ok(format!("user {name:?} removed from {shown}"))
     } else {
         Err(Failure::failed(format!(
@@ -89,7 +90,7 @@ pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
 pub fn check_config(config: &Config) -> Result<String, Failure> {
     let path = &config.auth.users_file;
     let shown = shown_path(path);
-    let contents = users_file::read_contents(path);
+    let contents = read::read_contents(path);
     let users = match contents.users(path) {
         Ok(users) => format!("{shown}: {} user(s)", users.len()),
         Err(_) if contents == Contents::Missing => {

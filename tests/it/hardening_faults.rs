@@ -2,11 +2,8 @@
 //! clients log in and out and events flow. The supervisor replaces them each time, and
 //! afterwards every connection that stayed bound still gets what is published for it.
 
-mod common;
-mod in_process;
-
-use common::{RecvError, TestClient};
-use in_process::{test_settings, InProcessServer};
+use crate::common::in_process::{test_settings, InProcessServer};
+use crate::common::{RecvError, TestClient};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! `check-config`, the start-up log, fatal errors whatever the log level, listeners bound
 //! before `listening on`, capped client input in log lines, completions and the man page.
 
-mod common;
-
-use common::{run_to_exit, tether_command, users_toml, Ran, TestConfig, TestServer};
+use crate::common::{run_to_exit, tether_command, users_toml, Ran, TestConfig, TestServer};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -83,7 +81,7 @@ fn check_config_prints_the_settings_in_force_with_the_token_masked() {
         .server("idle_timeout", "90s")
         .set("admin", "listen", "127.0.0.1:0")
         .set("admin", "token", "hunter2-secret");
-    let users = users_toml(&[("alice", &common::cheap_hash("pw"))]);
+    let users = users_toml(&[("alice", &crate::common::cheap_hash("pw"))]);
     let (_dir, config_path) = folder_with(&config.to_toml(), Some(&users));
     let ran = with_config(&config_path, &["check-config"]);
     assert_exit(&ran, 0);
@@ -239,7 +237,7 @@ fn passwd_names_the_users_file_it_creates() {
     let (dir, config_path) = folder_with(&TestConfig::new().auth("bcrypt_cost", 4).to_toml(), None);
     let mut command = tether_command(&config_path);
     command.args(["passwd", "alice"]);
-    let ran = common::run_with_input(command, b"pw\n", EXIT_TIMEOUT);
+    let ran = crate::common::run_with_input(command, b"pw\n", EXIT_TIMEOUT);
     assert_exit(&ran, 0);
     let users_path = dir.path().join("users.toml");
     assert!(

@@ -7,11 +7,10 @@
 //! of logins from one address delays only that address; checks of reset connections are
 //! dropped unrun; stored hashes above cost 16 are refused. Against the real binary.
 
-mod common;
-mod hardening_support;
-
-use common::{encode, encode_all, TestClient, TestConfig, TestServer};
-use hardening_support::{connect_with, loopback_source, reset, rss_kib, SocketOptions};
+use crate::common::hardening::{connect_with, loopback_source, reset, rss_kib, SocketOptions};
+use crate::common::{
+    admin_addr, encode, encode_all, metric_in, wait_until, TestClient, TestConfig, TestServer,
+};
 use nix::sys::signal::Signal;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -149,17 +148,7 @@ fn start_with_admin(config: TestConfig, users: &[(&str, &str)]) -> (TestServer, 
     let config = config.set("admin", "listen", "127.0.0.1:0");
     let server = TestServer::start_with_hashes(&config, users);
     server.wait_for_log("(admin API)", Duration::from_secs(10));
-    let log = server.stderr_text();
-    let line = log
-        .lines()
-        .find(|line| line.contains("(admin API)"))
-        .expect("admin listening line");
-    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
-    let admin = rest
-        .split_whitespace()
-        .next()
-        .and_then(|token| token.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let admin = admin_addr(&server.stderr_text());
     (server, admin)
 }
 
@@ -171,9 +160,7 @@ fn metric(admin: SocketAddr, series: &str) -> f64 {
         .expect("GET /metrics")
         .into_string()
         .expect("metrics text");
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().expect("a number"))
+    metric_in(&text, series).unwrap_or(0.0)
 }
 
 #[test]
@@ -338,17 +325,11 @@ fn checks_of_connections_reset_before_their_turn_are_dropped_unrun() {
     }
     // Most were reset while queued: they are dropped, not run (at cost 10 running them
     // all would take the thread for many seconds).
-    let deadline = Instant::now() + Duration::from_secs(20);
     let mut dropped = 0.0;
-    while Instant::now() < deadline {
+    wait_until(Duration::from_secs(20), || {
         dropped = metric(admin, "tether_password_checks_dropped_total");
-        if dropped >= (RESETS / 2) as f64
-            && metric(admin, "tether_password_check_queue_depth") == 0.0
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        dropped >= (RESETS / 2) as f64 && metric(admin, "tether_password_check_queue_depth") == 0.0
+    });
     assert!(
         dropped >= (RESETS / 2) as f64,
         "only {dropped} of {RESETS} checks of reset connections were dropped"
@@ -374,7 +355,7 @@ fn a_stored_hash_above_cost_16_is_refused_and_the_users_in_force_stay() {
         .replacen("$04$", "$17$", 1);
     std::fs::write(
         server.users_path(),
-        common::users_toml(&[("alice", &alice), ("mallory", &costly)]),
+        crate::common::users_toml(&[("alice", &alice), ("mallory", &costly)]),
     )
     .expect("write users");
     server.signal(Signal::SIGHUP);
