@@ -1,0 +1,550 @@
+//! [`ConnectionActor`]: one client connection, in two halves joined here. The
+//! `transport` is the byte side, generic over the stream (read buffer, framing, output
+//! bounds, the deadline, the close); the `session` is the protocol state (commands,
+//! login, binding, pushes) and needs no socket. The actor feeds the session the messages
+//! the transport decodes and the pushes its mailbox receives, and does what the session
+//! asks (an `Effects`): replies and events into the transport, `Bind`/`Unbind`/
+//! `Invalidate` to the hub.
+//!
+//! One future, `DriveSocket`, does all of the socket's work for the connection's whole
+//! life: on every wake-up it reads and handles input, writes everything queued (replies and
+//! the pushes the mailbox delivered just before it, in one write), and keeps the one
+//! deadline the connection has (the idle timeout, then the end of a close). Nothing else is
+//! spawned per wake-up.
+
+pub(crate) mod session;
+pub(crate) mod shared;
+pub(crate) mod transport;
+
+use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
+pub use crate::hub::messages::{Push, ShardEvent};
+use crate::hub::state::{HubChanged, HubState};
+use crate::util::buffers::{self, Spare};
+use crate::util::metrics::{CommandTally, IoErrorCause};
+use crate::util::output_budget::{Evict, OutputCharge};
+use crate::wire::protocol::Reply;
+use actix::prelude::*;
+use bytes::{Buf, BytesMut};
+use session::{Binding, Effects, Session};
+pub(crate) use shared::ConnectionShared;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use transport::{Overflow, Phase, Transport};
+
+/// Reads per wake-up before yielding, so one flooding client cannot hold an arbiter.
+const READS_PER_WAKEUP: usize = 16;
+/// How long a closing connection keeps reading (and discarding) so that unread input does
+/// not turn the close into a reset that destroys the last message.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Why a connection closes, for the last message and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    Disconnect,
+    PeerClosed,
+    Timeout,
+    Shutdown,
+}
+
+/// One client connection.
+pub struct ConnectionActor {
+    /// The byte side: the socket, its buffers, the deadline, the close.
+    transport: Transport<TcpStream>,
+    /// The protocol side: commands, login, binding.
+    session: Session,
+    /// The hub's addresses in force and the registry generations they belong to.
+    hub: HubState,
+    /// The registry shard of this connection's worker arbiter.
+    shard: usize,
+    /// This connection's key in the [`Roster`](crate::hub::roster::Roster) of its shard.
+    roster_key: usize,
+    /// This connection's place under `max_connections`; freed when the actor drops.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the session asks, done for the actor: replies and events go into the transport,
+/// bindings and invalidations to the hub. A bound the output passes, and a `disconnect`,
+/// are acted on once the session returns.
+struct Outbox<'a> {
+    transport: &'a mut Transport<TcpStream>,
+    hub: &'a HubState,
+    shard: usize,
+    ctx: &'a Context<ConnectionActor>,
+    /// The first bound the output passed.
+    overflow: Option<Overflow>,
+    /// The client said `disconnect`.
+    disconnect: bool,
+}
+
+impl Effects for Outbox<'_> {
+    fn reply(&mut self, reply: Reply) {
+        if self.overflow.is_none() {
+            self.overflow = self.transport.queue_reply(reply).err();
+        }
+    }
+
+    fn event(&mut self, event: &ShardEvent) {
+        if self.overflow.is_none() {
+            self.overflow = self
+                .transport
+                .queue_event(&event.message, event.accepted)
+                .err();
+        }
+    }
+
+    fn bind(&mut self, binding: &Binding) {
+        self.hub.registries[self.shard].do_send(Bind {
+            user: Arc::clone(&binding.user),
+            binding: binding.id,
+            connection: self.ctx.address().recipient(),
+        });
+    }
+
+    fn unbind(&mut self, binding: &Binding) {
+        self.hub.registries[self.shard].do_send(Unbind {
+            user: Arc::clone(&binding.user),
+            binding: binding.id,
+        });
+    }
+
+    fn invalidate_others(&mut self, binding: &Binding) -> bool {
+        if !self.hub.bus.connected() {
+            return false;
+        }
+        self.hub.bus.do_send(Invalidate {
+            user: binding.user.to_string(),
+            except: Some(binding.id),
+            cause: InvalidationCause::Client,
+        });
+        true
+    }
+
+    fn disconnect(&mut self) {
+        self.disconnect = true;
+    }
+}
+
+impl ConnectionActor {
+    /// A connection on worker `shard`, created in `ctx`; it joins the shard's roster before
+    /// it reads the hub's state from `hub`, so it misses no change.
+    pub(crate) fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        shared: Arc<ConnectionShared>,
+        hub: &watch::Receiver<HubState>,
+        shard: usize,
+        permit: OwnedSemaphorePermit,
+        ctx: &mut Context<Self>,
+    ) -> Self {
+        let roster_key = shared.roster.join(shard, ctx.address().downgrade());
+        let address = ctx.address().downgrade();
+        let evict: Evict = Arc::new(move || {
+            if let Some(connection) = address.upgrade() {
+                connection.do_send(OutputEvicted);
+            }
+        });
+        let hub = hub.borrow().clone();
+        shared.metrics.connections_open.inc();
+        let transport = Transport::new(
+            stream,
+            shared.max_message_bytes,
+            shared.max_pending_bytes,
+            OutputCharge::new(Arc::clone(&shared.output_budget), evict),
+            shared.delivery_seconds.get(shard).cloned(),
+            shared.idle_timeout,
+        );
+        Self {
+            transport,
+            session: Session::new(peer, shard, shared),
+            hub,
+            shard,
+            roster_key,
+            _permit: permit,
+        }
+    }
+
+    fn shared(&self) -> &ConnectionShared {
+        self.session.shared()
+    }
+
+    fn peer(&self) -> SocketAddr {
+        self.session.peer()
+    }
+
+    /// Runs `step` on the session with an [`Outbox`], then acts on a bound passed or a
+    /// `disconnect`.
+    fn with_session<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        step: impl FnOnce(&mut Session, &mut Outbox<'_>) -> T,
+    ) -> T {
+        let mut outbox = Outbox {
+            transport: &mut self.transport,
+            hub: &self.hub,
+            shard: self.shard,
+            ctx,
+            overflow: None,
+            disconnect: false,
+        };
+        let result = step(&mut self.session, &mut outbox);
+        let (overflow, disconnect) = (outbox.overflow, outbox.disconnect);
+        if let Some(overflow) = overflow {
+            self.overflowed(overflow, ctx);
+        } else if disconnect {
+            self.close(CloseReason::Disconnect, ctx);
+        }
+        result
+    }
+
+    /// Drops the binding, telling the registry.
+    fn unbind(&mut self, ctx: &mut Context<Self>) {
+        self.with_session(ctx, |session, outbox| {
+            session.unbind(outbox);
+        });
+    }
+
+    fn reply(&mut self, reply: Reply, ctx: &mut Context<Self>) {
+        if let Err(overflow) = self.transport.queue_reply(reply) {
+            self.overflowed(overflow, ctx);
+        }
+    }
+
+    /// The output passed a bound: `io_error`.
+    fn overflowed(&mut self, overflow: Overflow, ctx: &mut Context<Self>) {
+        let detail = match overflow {
+            Overflow::Connection => "unsent output over max_pending_bytes (client not reading)",
+            Overflow::Server => {
+                "unsent output over max_pending_total, the server-wide bound, and stalled \
+                 longest (client not reading)"
+            }
+        };
+        self.fail(IoErrorCause::SlowReader, detail, ctx);
+    }
+
+    /// Starts an orderly close: the last message (if any) is written, then the socket is
+    /// shut down.
+    fn close(&mut self, reason: CloseReason, ctx: &mut Context<Self>) {
+        if self.transport.phase != Phase::Open {
+            return;
+        }
+        if self.session.drop_login() {
+            log::info!("{}: login unchecked: closing ({reason:?})", self.peer());
+            self.reply(Reply::LoginInvalid, ctx);
+        }
+        match reason {
+            CloseReason::Timeout => {
+                log::info!("{}: idle timeout{}", self.peer(), self.session.who());
+                self.shared().metrics.timeouts.inc();
+                self.reply(Reply::Timeout, ctx);
+            }
+            CloseReason::Shutdown => self.reply(Reply::Shutdown, ctx),
+            CloseReason::Disconnect => {
+                log::debug!("{}: disconnect{}", self.peer(), self.session.who());
+            }
+            CloseReason::PeerClosed => {
+                log::debug!("{}: peer closed{}", self.peer(), self.session.who());
+            }
+        }
+        self.unbind(ctx);
+        // Output may have been cut off by the last reply.
+        if self.transport.phase != Phase::Open {
+            return;
+        }
+        self.transport.phase = Phase::Flushing {
+            linger: reason != CloseReason::Shutdown,
+        };
+        // The client gets as long to take its last messages as it had to send one.
+        let flush_bound = Instant::now() + self.shared().idle_timeout;
+        self.transport.move_deadline(flush_bound);
+    }
+
+    /// Closes after an I/O problem: `io_error` if it can be sent whole without waiting,
+    /// then the socket is dropped.
+    fn fail(&mut self, cause: IoErrorCause, detail: &str, ctx: &mut Context<Self>) {
+        if matches!(self.transport.phase, Phase::Lingering) {
+            ctx.stop();
+            return;
+        }
+        log::info!("{}: io_error: {detail}{}", self.peer(), self.session.who());
+        self.shared().metrics.io_error(cause);
+        // Nobody will read the verdict: a check not yet started is dropped unrun.
+        self.session.drop_login();
+        self.unbind(ctx);
+        self.transport.fail_output();
+        self.transport.phase = Phase::Lingering;
+        ctx.stop();
+    }
+
+    /// The sending side is flushed: shut it down, then linger or stop.
+    fn finish_close(
+        &mut self,
+        linger: bool,
+        task: &mut std::task::Context<'_>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.transport.shutdown(task);
+        if linger && !self.transport.input_closed {
+            self.transport.phase = Phase::Lingering;
+            self.transport.move_deadline(Instant::now() + LINGER);
+        } else {
+            ctx.stop();
+        }
+    }
+
+    /// The deadline passed: close an idle connection (or look again later), give up a
+    /// close whose last output the client does not take, or end the linger.
+    fn deadline_passed(&mut self, ctx: &mut Context<Self>) {
+        let timeout = self.shared().idle_timeout;
+        match self.transport.phase {
+            // A login queued for bcrypt is not idleness: look again a timeout later.
+            Phase::Open if self.session.login_pending() => {
+                self.transport.move_deadline(Instant::now() + timeout);
+            }
+            Phase::Open if self.transport.last_message.elapsed() >= timeout => {
+                self.close(CloseReason::Timeout, ctx);
+            }
+            Phase::Open => {
+                let at = self.transport.last_message + timeout;
+                self.transport.move_deadline(at);
+            }
+            Phase::Flushing { .. } => {
+                log::info!(
+                    "{}: closed with {} byte(s) unsent: the client did not take them within {timeout:?}{}",
+                    self.peer(),
+                    self.transport.output.len(),
+                    self.session.who()
+                );
+                ctx.stop();
+            }
+            Phase::Lingering => ctx.stop(),
+        }
+    }
+
+    /// Writes the output until it is empty or the kernel takes no more; once it is empty
+    /// on a closing connection, finishes the close.
+    fn poll_output(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
+        match self.transport.poll_flush(task) {
+            Poll::Pending => return,
+            Poll::Ready(Err(err)) => {
+                self.fail(IoErrorCause::Write, &format!("write error: {err}"), ctx);
+                return;
+            }
+            Poll::Ready(Ok(())) => {}
+        }
+        if let Phase::Flushing { linger } = self.transport.phase {
+            self.finish_close(linger, task, ctx);
+        }
+    }
+
+    /// Reads, decodes and handles input until the socket has no more for now.
+    fn poll_input(&mut self, ctx: &mut Context<Self>, task: &mut std::task::Context<'_>) {
+        let mut tally = CommandTally::default();
+        self.read_and_handle(&mut tally, ctx, task);
+        tally.add_to(&self.shared().metrics);
+    }
+
+    /// The body of [`Self::poll_input`]; commands are counted in `tally`.
+    fn read_and_handle(
+        &mut self,
+        tally: &mut CommandTally,
+        ctx: &mut Context<Self>,
+        task: &mut std::task::Context<'_>,
+    ) {
+        // Messages that arrive in one wake-up arrive at one moment: read the clock once.
+        let mut received_any = false;
+        for _ in 0..READS_PER_WAKEUP {
+            while self.transport.phase == Phase::Open {
+                if self.session.login_pending() {
+                    let verdict =
+                        self.with_session(ctx, |session, outbox| session.poll_login(task, outbox));
+                    if verdict.is_pending() {
+                        // Meanwhile the socket is still read (up to one message ahead), so
+                        // that a reset drops the login and its check before the check runs,
+                        // while a client that only shut its sending side still gets the
+                        // verdict.
+                        if self.transport.input_closed
+                            || self.transport.input.len() > self.shared().max_message_bytes
+                        {
+                            // Logins can queue for seconds: wait holding no empty buffer.
+                            self.transport.release_idle_input();
+                            return;
+                        }
+                        break;
+                    }
+                    continue;
+                }
+                match self.transport.next_message() {
+                    Ok(Some(length)) => {
+                        if !received_any {
+                            self.transport.last_message = Instant::now();
+                            received_any = true;
+                        }
+                        // Handled in place: taken out only so the handler may borrow it.
+                        let input = std::mem::take(&mut self.transport.input);
+                        self.with_session(ctx, |session, outbox| {
+                            session.on_message(&input[..length], tally, outbox);
+                        });
+                        self.transport.input = input;
+                        self.transport.input.advance(length + 1);
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        self.fail(IoErrorCause::MessageTooLong, &err.to_string(), ctx);
+                        return;
+                    }
+                }
+            }
+            if self.transport.phase != Phase::Open || self.transport.input.is_empty() {
+                // No partial message: hold no read buffer while idle.
+                self.transport.input.clear();
+                buffers::release(&mut self.transport.input, Spare::Input);
+            }
+            if self.transport.input_closed {
+                // The client shut its sending side while a login was checked; the verdict
+                // and the commands sent before are answered: now close.
+                self.transport.input = BytesMut::new();
+                if self.transport.phase == Phase::Open {
+                    self.close(CloseReason::PeerClosed, ctx);
+                }
+                return;
+            }
+            match self.transport.poll_read(task) {
+                Poll::Pending => return,
+                Poll::Ready(Ok(0)) => {
+                    self.transport.input_closed = true;
+                    if self.session.login_pending() && self.transport.phase == Phase::Open {
+                        // Half-closed, not gone (SPEC §3): the login is still answered.
+                        return;
+                    }
+                    self.transport.input = BytesMut::new();
+                    match self.transport.phase {
+                        Phase::Open => self.close(CloseReason::PeerClosed, ctx),
+                        Phase::Lingering => ctx.stop(),
+                        Phase::Flushing { .. } => {}
+                    }
+                    return;
+                }
+                Poll::Ready(Ok(_)) if self.transport.phase != Phase::Open => {
+                    self.transport.input.clear();
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => {
+                    self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
+                    return;
+                }
+            }
+        }
+        // More may be waiting: come back after the others on this loop had their turn.
+        task.waker().wake_by_ref();
+    }
+}
+
+impl Actor for ConnectionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        log::debug!("{}: connected", self.peer());
+        ctx.spawn(DriveSocket);
+        if self.hub.shutting_down {
+            self.close(CloseReason::Shutdown, ctx);
+        }
+    }
+
+    fn stopped(&mut self, ctx: &mut Context<Self>) {
+        self.unbind(ctx);
+        log::debug!("{}: closed", self.peer());
+    }
+}
+
+impl Drop for ConnectionActor {
+    fn drop(&mut self) {
+        self.shared().metrics.connections_open.dec();
+        self.shared().roster.leave(self.shard, self.roster_key);
+        // Still bound only when the actor did not stop in order (a panic).
+        self.session.take_binding();
+    }
+}
+
+impl Handler<Push> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Context<Self>) {
+        if self.transport.phase != Phase::Open {
+            return;
+        }
+        self.with_session(ctx, |session, outbox| session.on_push(msg, outbox));
+    }
+}
+
+/// The server-wide output budget is spent and this connection has gone longest without
+/// the kernel taking any of its output: it is cut off to make room for one that has not.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct OutputEvicted;
+
+impl Handler<OutputEvicted> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: OutputEvicted, ctx: &mut Context<Self>) {
+        self.fail(
+            IoErrorCause::SlowReader,
+            "unsent output over max_pending_total, the server-wide bound, and stalled \
+             longest: cut off for a connection making progress (client not reading)",
+            ctx,
+        );
+    }
+}
+
+impl Handler<HubChanged> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, HubChanged(state): HubChanged, ctx: &mut Context<Self>) {
+        let fresh_registry = state.registry_generations.get(self.shard)
+            != self.hub.registry_generations.get(self.shard);
+        self.hub = state;
+        if self.hub.shutting_down {
+            // This message queued behind every push sent before the shutdown began, so an
+            // event acknowledged before it is written before `shutdown`.
+            self.close(CloseReason::Shutdown, ctx);
+            return;
+        }
+        self.with_session(ctx, |session, outbox| {
+            session.hub_changed(fresh_registry, outbox);
+        });
+    }
+}
+
+/// Does the socket's work for the connection's whole life: input, output and the deadline.
+struct DriveSocket;
+
+impl ActorFuture<ConnectionActor> for DriveSocket {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut ConnectionActor,
+        ctx: &mut Context<ConnectionActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        loop {
+            if !act.transport.input_closed || act.session.login_pending() {
+                act.poll_input(ctx, task);
+            }
+            act.poll_output(ctx, task);
+            if ctx.state() != ActorState::Running {
+                return Poll::Ready(());
+            }
+            if act.transport.deadline.as_mut().poll(task).is_pending() {
+                return Poll::Pending;
+            }
+            // Moves the deadline or closes; either way, look at the socket again.
+            act.deadline_passed(ctx);
+        }
+    }
+}
