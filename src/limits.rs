@@ -8,27 +8,16 @@ use rlimit::Resource;
 /// users file and its watcher, logging.
 const RESERVED_DESCRIPTORS: u64 = 64;
 
-/// The open-file limits before and after [`raise_open_files_limit`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenFilesLimit {
-    /// The soft limit found at start-up.
-    pub soft_before: u64,
-    /// The soft limit in force now.
-    pub soft: u64,
-    /// The hard limit (unchanged).
-    pub hard: u64,
-}
-
 /// Raises the soft open-file limit to the hard limit and logs both; warns when
 /// `max_connections` cannot be reached under the limit. A failure is logged, never fatal:
 /// the server then runs under the limit it was given, and `accept` backs off when it is
 /// reached.
-pub fn raise_open_files_limit(max_connections: usize) -> Option<OpenFilesLimit> {
+pub fn raise_open_files_limit(max_connections: usize) {
     let (soft_before, hard) = match rlimit::getrlimit(Resource::NOFILE) {
         Ok(limits) => limits,
         Err(err) => {
             log::warn!("cannot read the open-file limit (RLIMIT_NOFILE): {err}");
-            return None;
+            return;
         }
     };
     let mut soft = soft_before;
@@ -56,11 +45,6 @@ pub fn raise_open_files_limit(max_connections: usize) -> Option<OpenFilesLimit> 
             soft.saturating_sub(RESERVED_DESCRIPTORS)
         );
     }
-    Some(OpenFilesLimit {
-        soft_before,
-        soft,
-        hard,
-    })
 }
 
 /// A limit as people write it.
@@ -78,12 +62,10 @@ mod tests {
 
     #[test]
     fn the_soft_limit_ends_at_the_hard_limit() {
-        let limits = raise_open_files_limit(10).expect("limits readable");
-        assert_eq!(limits.soft, limits.hard);
-        assert!(limits.soft >= limits.soft_before);
-        assert_eq!(
-            rlimit::getrlimit(Resource::NOFILE).expect("readable"),
-            (limits.hard, limits.hard)
-        );
+        let (soft_before, hard) = rlimit::getrlimit(Resource::NOFILE).expect("readable");
+        raise_open_files_limit(10);
+        let (soft, hard_after) = rlimit::getrlimit(Resource::NOFILE).expect("readable");
+        assert_eq!((soft, hard_after), (hard, hard));
+        assert!(soft >= soft_before);
     }
 }
