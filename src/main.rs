@@ -2,6 +2,8 @@
 //! the users file (`passwd`, `deluser`), checks the configuration (`check-config`), talks
 //! to a server as a client (`client`), or writes shell completions and the man page.
 
+#![forbid(unsafe_code)]
+
 /// mimalloc instead of glibc malloc: fan-out allocates and frees a message per connection
 /// in bursts, which overflow glibc's per-thread cache (see BENCHMARKS.md).
 #[global_allocator]

@@ -77,6 +77,10 @@ pub fn sockstat() -> Fallible<SockStat> {
 
 /// Latencies in nanoseconds, 1 ns to 100 s, three significant digits.
 pub fn new_histogram() -> Histogram<u64> {
+    #[allow(
+        clippy::expect_used,
+        reason = "the bounds are constants that new_with_bounds accepts"
+    )]
     Histogram::new_with_bounds(1, 100_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 

@@ -184,6 +184,7 @@ fn start_up_raises_the_soft_open_file_limit_to_the_hard_limit_and_logs_both() {
     let server = TestServer::start_customized(dir, &cwd, |command| {
         use std::os::unix::process::CommandExt;
         // SAFETY: setrlimit is async-signal-safe and the closure allocates nothing.
+        #[allow(unsafe_code, reason = "pre_exec is the way to limit only the child")]
         unsafe {
             command.pre_exec(|| rlimit::setrlimit(Resource::NOFILE, 256, 1024));
         }
