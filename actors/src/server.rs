@@ -2,21 +2,22 @@
 //! the connection cap, the worker arbiters, the hub, and graceful shutdown — and
 //! [`TetherHandle`], through which the host publishes events and invalidates users.
 
-use crate::bus::{
-    BusLimits, Drain, EventBusActor, Invalidate, InvalidationCause, Publish, PublishBatch,
-    PublishError, PublishReceipt,
-};
-use crate::clock::EventClock;
+use crate::auth::password::{stand_in_hash, PasswordChecker};
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::users::UserStore;
 use crate::connection::{ConnectionActor, ConnectionShared};
-use crate::metrics::Metrics;
-use crate::output_budget::OutputBudget;
-use crate::password::{stand_in_hash, PasswordChecker};
-use crate::presence::Presence;
-use crate::registry::CountConnections;
-use crate::roster::Roster;
-use crate::supervisor::{BeginShutdown, HubState, HubSupervisor};
-use crate::throttle::LoginThrottle;
-use crate::users::UserStore;
+use crate::hub::bus::{BusLimits, EventBusActor};
+use crate::hub::messages::CountConnections;
+use crate::hub::messages::{
+    Drain, Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
+};
+use crate::hub::presence::Presence;
+use crate::hub::roster::Roster;
+use crate::hub::state::HubState;
+use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
+use crate::util::clock::EventClock;
+use crate::util::metrics::Metrics;
+use crate::util::output_budget::OutputBudget;
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use std::net::SocketAddr;
@@ -151,7 +152,7 @@ impl Tether {
                 metrics: metrics.clone(),
                 presence: Arc::clone(&presence),
             },
-            Arc::clone(&roster),
+            Arc::clone(&roster) as Arc<dyn crate::hub::roster::HubListeners>,
         );
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
@@ -398,8 +399,8 @@ impl TetherHandle {
 
     /// Makes the registry or the bus panic, to prove that supervision restores them.
     #[cfg(feature = "fault-injection")]
-    pub fn inject_panic(&self, target: crate::supervisor::FaultTarget) {
-        use crate::supervisor::{FaultTarget, InjectPanic};
+    pub fn inject_panic(&self, target: crate::hub::messages::FaultTarget) {
+        use crate::hub::messages::{FaultTarget, InjectPanic};
         let hub = self.hub.borrow();
         match target {
             FaultTarget::Registry => {

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::fmt;
 
 /// A label set of one `(name, value)` pair.
 type Label = Vec<(&'static str, &'static str)>;
@@ -61,8 +62,29 @@ pub enum IoErrorCause {
     SlowReader,
 }
 
-/// Why connections were invalidated, as counted.
-pub use crate::bus::InvalidationCause;
+/// Why a user's connections are invalidated; for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationCause {
+    /// Another connection of the user sent `invalidate`.
+    Client,
+    /// The user's password hash changed.
+    PasswordChanged,
+    /// The user was removed.
+    UserRemoved,
+    /// An operator or the host program asked for it.
+    Operator,
+}
+
+impl fmt::Display for InvalidationCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Client => "invalidate command",
+            Self::PasswordChanged => "password changed",
+            Self::UserRemoved => "user removed",
+            Self::Operator => "operator request",
+        })
+    }
+}
 
 /// Every metric of one server.
 #[derive(Debug, Clone)]

@@ -3,17 +3,21 @@
 //! them once and hands them to the registry shards that hold the user's connections (as
 //! [`Presence`] counts them) for fan-out.
 
-use crate::clock::EventClock;
-use crate::codec::{encoded_message, is_valid_part};
-use crate::connection::BindingId;
-use crate::credentials::{check_name, CredentialError};
-use crate::metrics::Metrics;
-use crate::presence::Presence;
-use crate::registry::{BatchedEvent, Deliver, DeliverBatch, Revoke, UserRegistryActor};
-use crate::supervisor::DeathNotice;
+use crate::auth::credentials::check_name;
+use crate::hub::messages::{
+    BatchedEvent, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Revoke,
+};
+pub use crate::hub::messages::{
+    Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
+    MAX_BATCH_EVENTS,
+};
+use crate::hub::presence::Presence;
+use crate::hub::registry::UserRegistryActor;
+use crate::util::clock::EventClock;
+use crate::util::metrics::Metrics;
+use crate::wire::codec::{encoded_message, is_valid_part};
 use actix::prelude::*;
 use bytes::Bytes;
-use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -21,9 +25,6 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 /// Events published but not yet taken by all their connections, at most; a publish past it
 /// waits. Every event holds one permit, whether published alone or in a batch.
 pub const EVENTS_IN_FLIGHT: usize = 64;
-
-/// Most events one [`PublishBatch`] may hold.
-pub const MAX_BATCH_EVENTS: usize = 1000;
 
 /// Events of a batch handed on together, in one message per shard: half the permits, so one
 /// slice is on its way into the output buffers while the bus hands on the next.
@@ -94,72 +95,6 @@ impl Actor for EventBusActor {
     type Context = Context<Self>;
 }
 
-/// Publishes an event for a user: every connection bound to that user gets
-/// `event␟<time>␟<text>`.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<PublishReceipt, PublishError>")]
-pub struct Publish {
-    /// The user the event is for.
-    pub user: String,
-    /// The event's text; it must not hold U+001E or U+001F.
-    pub text: String,
-}
-
-/// What happened to a published event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PublishReceipt {
-    /// The event's time as written on the wire (SPEC §3).
-    pub time: i64,
-    /// How many connections it was handed to.
-    pub connections: usize,
-}
-
-/// Why an event was not published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishError {
-    /// The user name breaks the rules of SPEC §5.
-    InvalidUser(CredentialError),
-    /// The text holds a message or part separator.
-    TextHasSeparator,
-    /// The text is longer than a connection may hold unsent (`max_pending_bytes`).
-    TextTooLong {
-        /// The longest text accepted, in bytes.
-        limit: usize,
-    },
-    /// The bus or the registry stopped before answering.
-    Unavailable,
-    /// A batch with no event or more than [`MAX_BATCH_EVENTS`].
-    BatchSize {
-        /// How many events the batch held.
-        events: usize,
-    },
-    /// One event of a batch is not valid; nothing of the batch was published.
-    InBatch {
-        /// The event's place in the batch, from 0.
-        index: usize,
-        /// What is wrong with it.
-        error: Box<PublishError>,
-    },
-}
-
-impl fmt::Display for PublishError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidUser(err) => write!(f, "invalid user: {err}"),
-            Self::TextHasSeparator => f.write_str("the text contains U+001E or U+001F"),
-            Self::TextTooLong { limit } => write!(f, "the text is longer than {limit} bytes"),
-            Self::Unavailable => f.write_str("the event bus is restarting"),
-            Self::BatchSize { events } => write!(
-                f,
-                "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {events}"
-            ),
-            Self::InBatch { index, error } => write!(f, "events[{index}]: {error}"),
-        }
-    }
-}
-
-impl std::error::Error for PublishError {}
-
 impl Handler<Publish> for EventBusActor {
     type Result = ResponseFuture<Result<PublishReceipt, PublishError>>;
 
@@ -182,22 +117,6 @@ impl Handler<Publish> for EventBusActor {
         }));
         Box::pin(async move { delivery.await.map_err(|_| PublishError::Unavailable)? })
     }
-}
-
-/// Publishes several events in one go: each is published as by [`Publish`], in order. The
-/// answer holds one receipt per event, in the same order. If any event is not valid, none
-/// is published and the error names it ([`PublishError::InBatch`]).
-///
-/// Every event holds one of the [`EVENTS_IN_FLIGHT`] permits, as a single publish does; the
-/// bus hands a batch on in slices of up to half the permits, each slice in one message per
-/// shard holding its users, and waits in place for permits between slices. A batch is
-/// answered once its last slice is handed on.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<Vec<PublishReceipt>, PublishError>")]
-pub struct PublishBatch {
-    /// The events, 1 to [`MAX_BATCH_EVENTS`]; shared, so that a retry after a restart
-    /// copies nothing.
-    pub events: Arc<[Publish]>,
 }
 
 impl Handler<PublishBatch> for EventBusActor {
@@ -403,52 +322,6 @@ fn sort_by_shard<'a>(
     per_shard
 }
 
-/// One published event on its way from the bus into the connections' output buffers: it
-/// holds one of the bus's [`EVENTS_IN_FLIGHT`] permits until the last connection has taken
-/// the event (or dropped it), so publishers cannot run ahead of the fan-out and fill the
-/// connections' mailboxes.
-#[derive(Debug)]
-pub struct EventInFlight {
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Why a user's connections are invalidated; for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InvalidationCause {
-    /// Another connection of the user sent `invalidate`.
-    Client,
-    /// The user's password hash changed.
-    PasswordChanged,
-    /// The user was removed.
-    UserRemoved,
-    /// An operator or the host program asked for it.
-    Operator,
-}
-
-impl fmt::Display for InvalidationCause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Client => "invalidate command",
-            Self::PasswordChanged => "password changed",
-            Self::UserRemoved => "user removed",
-            Self::Operator => "operator request",
-        })
-    }
-}
-
-/// Sends `invalidated` to the connections bound to `user` (all but `except`) and unbinds
-/// them. Answers with how many were invalidated.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "Result<usize, PublishError>")]
-pub struct Invalidate {
-    /// Whose connections are invalidated.
-    pub user: String,
-    /// The binding that is spared: the connection that asked.
-    pub except: Option<BindingId>,
-    /// Why, for the log.
-    pub cause: InvalidationCause,
-}
-
 impl Handler<Invalidate> for EventBusActor {
     type Result = ResponseFuture<Result<usize, PublishError>>;
 
@@ -487,13 +360,6 @@ async fn sum_counts(counts: Vec<oneshot::Receiver<usize>>) -> Result<usize, Publ
     }
     Ok(total)
 }
-
-/// Answers once every registry shard has taken everything the bus handed it before this.
-/// Shutdown waits for it before telling the connections to close, so that every event
-/// acknowledged until then is queued in its connections' mailboxes ahead of `shutdown`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Drain;
 
 impl Handler<Drain> for EventBusActor {
     type Result = ResponseFuture<()>;
@@ -535,10 +401,10 @@ impl Handler<UseRegistry> for EventBusActor {
 }
 
 #[cfg(feature = "fault-injection")]
-impl Handler<crate::supervisor::InjectPanic> for EventBusActor {
+impl Handler<crate::hub::messages::InjectPanic> for EventBusActor {
     type Result = ();
 
-    fn handle(&mut self, _: crate::supervisor::InjectPanic, _: &mut Context<Self>) {
+    fn handle(&mut self, _: crate::hub::messages::InjectPanic, _: &mut Context<Self>) {
         panic!("fault injected into the event bus");
     }
 }
@@ -546,10 +412,18 @@ impl Handler<crate::supervisor::InjectPanic> for EventBusActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::connection::{BindingId, Push};
-    use crate::registry::Bind;
-    use crate::roster::Roster;
-    use crate::supervisor::{HubState, HubSupervisor};
+    use crate::hub::messages::{BindingId, Push};
+    use crate::hub::registry::Bind;
+    use crate::hub::roster::HubListeners;
+    use crate::hub::state::HubState;
+    use crate::hub::supervisor::HubSupervisor;
+
+    /// The hub of these tests has no connection to tell of its changes.
+    struct NoConnections;
+
+    impl HubListeners for NoConnections {
+        fn tell(&self, _: &HubState) {}
+    }
     use std::time::Duration;
 
     /// Stands in for a connection that receives its pushes but never lets them go.
@@ -655,7 +529,7 @@ mod tests {
             Arbiter::current(),
             vec![worker.handle()],
             test_limits(&presence),
-            Arc::new(Roster::new(1)),
+            Arc::new(NoConnections),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();
@@ -696,7 +570,7 @@ mod tests {
             Arbiter::current(),
             vec![Arbiter::current()],
             test_limits(&presence),
-            Arc::new(Roster::new(1)),
+            Arc::new(NoConnections),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();
@@ -784,7 +658,7 @@ mod tests {
             Arbiter::current(),
             vec![Arbiter::current()],
             test_limits(&presence),
-            Arc::new(Roster::new(1)),
+            Arc::new(NoConnections),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();
@@ -828,7 +702,7 @@ mod tests {
             Arbiter::current(),
             vec![Arbiter::current()],
             test_limits(&presence),
-            Arc::new(Roster::new(1)),
+            Arc::new(NoConnections),
         );
         let hub = hub.borrow().clone();
         let hoarder = Hoarder(Vec::new()).start();

@@ -1,7 +1,7 @@
 //! The commands a client sends and the one-part messages the server answers with
 //! (SPEC §2–§3), independent of sockets and actors.
 
-use crate::codec::parts;
+use crate::wire::codec::parts;
 
 /// A well-formed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -120,7 +120,7 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{encoded_message, MessageCodec};
+    use crate::wire::codec::{encoded_message, MessageCodec};
     use bytes::BytesMut;
 
     /// The message made of `parts`, as the connection hands it to `parse_command`.
@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn replies_are_valid_single_parts() {
         for reply in [Reply::LoginValid, Reply::Shutdown, Reply::InvalidArgsCount] {
-            assert!(crate::codec::is_valid_part(reply.name().as_bytes()));
+            assert!(crate::wire::codec::is_valid_part(reply.name().as_bytes()));
         }
         assert_eq!(Reply::InvalidArgsCount.name(), "invalid_args_count");
     }

@@ -3,51 +3,18 @@
 //! registry shard is refilled by the connections of its worker, which re-announce their
 //! bindings when they see the shard's new generation in the [`HubState`] they watch.
 
-use crate::bus::{BusLimits, EventBusActor, UseRegistry};
-use crate::metrics::Metrics;
-use crate::registry::UserRegistryActor;
-use crate::roster::Roster;
+use crate::hub::bus::{BusLimits, EventBusActor, UseRegistry};
+use crate::hub::messages::{Child, ChildGone, DeathNotice};
+#[cfg(feature = "fault-injection")]
+pub use crate::hub::messages::{FaultTarget, InjectPanic};
+use crate::hub::registry::UserRegistryActor;
+use crate::hub::roster::HubListeners;
+use crate::hub::state::HubState;
+use crate::util::metrics::Metrics;
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::sync::Arc;
 use tokio::sync::watch;
-
-/// What every connection and handle needs to know about the hub, published on a watch
-/// channel so a change reaches all of them.
-#[derive(Clone)]
-pub struct HubState {
-    /// The registry shards in force, one per worker arbiter, indexed like the workers.
-    pub(crate) registries: Arc<[Addr<UserRegistryActor>]>,
-    /// Per shard, bumped each time a fresh registry replaces a failed one.
-    pub(crate) registry_generations: Arc<[u64]>,
-    /// The bus in force.
-    pub(crate) bus: Addr<EventBusActor>,
-    /// Set once the server is stopping: every connection says `shutdown` and closes.
-    pub(crate) shutting_down: bool,
-}
-
-/// The supervised children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Child {
-    /// The registry shard of the worker with this index.
-    Registry(usize),
-    Bus,
-}
-
-/// Held by a supervised actor; dropping it (on stop, or while a panic unwinds) tells the
-/// supervisor that the actor is gone.
-pub(crate) struct DeathNotice {
-    /// Who to tell.
-    supervisor: Addr<HubSupervisor>,
-    /// Which child this is.
-    child: Child,
-}
-
-impl Drop for DeathNotice {
-    fn drop(&mut self) {
-        self.supervisor.do_send(ChildGone(self.child));
-    }
-}
 
 /// Starts and restarts the registry shards (each on its worker arbiter) and the bus (on the
 /// hub arbiter).
@@ -61,7 +28,7 @@ pub struct HubSupervisor {
     /// Publishes the children's addresses and the shutdown flag, for handles.
     state: watch::Sender<HubState>,
     /// Every connection, told of each change of `state`.
-    roster: Arc<Roster>,
+    roster: Arc<dyn HubListeners>,
     /// Set during shutdown: children that end then are not restarted.
     stopping: bool,
 }
@@ -74,7 +41,7 @@ impl HubSupervisor {
         hub: ArbiterHandle,
         workers: Vec<ArbiterHandle>,
         bus_limits: BusLimits,
-        roster: Arc<Roster>,
+        roster: Arc<dyn HubListeners>,
     ) -> (Addr<Self>, watch::Receiver<HubState>) {
         let mut receiver = None;
         let supervisor = Self::create(|ctx| {
@@ -121,7 +88,7 @@ fn start_registry(
     me: &Addr<HubSupervisor>,
     metrics: &Metrics,
 ) -> Addr<UserRegistryActor> {
-    let supervisor = me.clone();
+    let supervisor = me.clone().recipient();
     let metrics = metrics.clone();
     UserRegistryActor::start_in_arbiter(worker, move |_| {
         UserRegistryActor::new(
@@ -140,7 +107,7 @@ fn start_bus(
     registries: Vec<Addr<UserRegistryActor>>,
     limits: BusLimits,
 ) -> Addr<EventBusActor> {
-    let supervisor = me.clone();
+    let supervisor = me.clone().recipient();
     EventBusActor::start_in_arbiter(hub, move |_| {
         EventBusActor::new(
             registries,
@@ -156,11 +123,6 @@ fn start_bus(
 impl Actor for HubSupervisor {
     type Context = Context<Self>;
 }
-
-/// A child stopped or panicked.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct ChildGone(Child);
 
 impl Handler<ChildGone> for HubSupervisor {
     type Result = ();
@@ -212,20 +174,4 @@ impl Handler<BeginShutdown> for HubSupervisor {
         self.stopping = true;
         self.change_state(|state| state.shutting_down = true);
     }
-}
-
-/// Makes the receiving registry or bus panic, to test supervision.
-#[cfg(feature = "fault-injection")]
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct InjectPanic;
-
-/// Which child [`InjectPanic`] goes to.
-#[cfg(feature = "fault-injection")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FaultTarget {
-    /// Every shard of the user registry.
-    Registry,
-    /// The event bus.
-    Bus,
 }

@@ -8,16 +8,16 @@
 //! The registry's map is a cache of what the connections know: each connection holds its
 //! own binding and announces it again to a fresh registry after a restart.
 
-use crate::bus::{Drain, EventInFlight};
-use crate::connection::{BindingId, Push, ShardEvent};
-use crate::metrics::Metrics;
-use crate::supervisor::DeathNotice;
+pub use crate::hub::messages::{Bind, CountConnections, Unbind};
+use crate::hub::messages::{
+    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Push, Revoke, ShardEvent,
+};
+use crate::util::metrics::Metrics;
 use actix::prelude::*;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::oneshot;
 
 /// One connection bound to a user.
 struct BoundConnection {
@@ -57,18 +57,6 @@ impl Actor for UserRegistryActor {
     type Context = Context<Self>;
 }
 
-/// A connection is bound to a user; repeating the same binding is harmless.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Bind {
-    /// The user name.
-    pub user: Arc<str>,
-    /// The login this binding comes from.
-    pub binding: BindingId,
-    /// The bound connection.
-    pub connection: Recipient<Push>,
-}
-
 impl Handler<Bind> for UserRegistryActor {
     type Result = ();
 
@@ -91,16 +79,6 @@ impl Handler<Bind> for UserRegistryActor {
     }
 }
 
-/// A binding ended (logout, another login, close).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unbind {
-    /// The user name the binding was for.
-    pub user: Arc<str>,
-    /// The binding that ended.
-    pub binding: BindingId,
-}
-
 impl Handler<Unbind> for UserRegistryActor {
     type Result = ();
 
@@ -114,48 +92,12 @@ impl Handler<Unbind> for UserRegistryActor {
     }
 }
 
-/// Hands an encoded event message to every connection bound to `user`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Deliver {
-    /// The user the event is for.
-    pub user: Arc<str>,
-    /// The whole `event` message, encoded once for all connections.
-    pub message: Bytes,
-    /// Travels with every push of the event.
-    pub in_flight: Arc<EventInFlight>,
-    /// When the bus accepted the event.
-    pub accepted: Instant,
-}
-
 impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
         self.hand_out(msg.user, msg.message, msg.in_flight, msg.accepted);
     }
-}
-
-/// One event of a [`DeliverBatch`].
-#[derive(Debug)]
-pub(crate) struct BatchedEvent {
-    /// The user the event is for.
-    pub user: Arc<str>,
-    /// The whole `event` message, encoded once for all connections.
-    pub message: Bytes,
-    /// Travels with every push of the event.
-    pub in_flight: Arc<EventInFlight>,
-}
-
-/// Several events, in publish order, each handed out as by [`Deliver`]: the bus sends a
-/// batch's events to a shard in one message.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct DeliverBatch {
-    /// The events for users this shard holds.
-    pub events: Vec<BatchedEvent>,
-    /// When the bus accepted them.
-    pub accepted: Instant,
 }
 
 impl Handler<DeliverBatch> for UserRegistryActor {
@@ -206,18 +148,6 @@ impl Handler<Drain> for UserRegistryActor {
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) {}
 }
 
-/// Revokes the bindings of `user`, except the one named in `except`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct Revoke {
-    /// Whose bindings end.
-    pub user: Arc<str>,
-    /// The binding that stays (the connection that asked for the invalidation).
-    pub except: Option<BindingId>,
-    /// Receives how many connections were invalidated.
-    pub revoked: oneshot::Sender<usize>,
-}
-
 impl Handler<Revoke> for UserRegistryActor {
     type Result = ();
 
@@ -243,14 +173,6 @@ impl Handler<Revoke> for UserRegistryActor {
     }
 }
 
-/// Asks how many connections are bound to `user` now.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountConnections {
-    /// The user name.
-    pub user: String,
-}
-
 impl Handler<CountConnections> for UserRegistryActor {
     type Result = usize;
 
@@ -260,10 +182,10 @@ impl Handler<CountConnections> for UserRegistryActor {
 }
 
 #[cfg(feature = "fault-injection")]
-impl Handler<crate::supervisor::InjectPanic> for UserRegistryActor {
+impl Handler<crate::hub::messages::InjectPanic> for UserRegistryActor {
     type Result = ();
 
-    fn handle(&mut self, _: crate::supervisor::InjectPanic, _: &mut Context<Self>) {
+    fn handle(&mut self, _: crate::hub::messages::InjectPanic, _: &mut Context<Self>) {
         panic!("fault injected into the user registry");
     }
 }

@@ -7,13 +7,12 @@
 //! name, weighted by how many users have each cost: an unknown name behaves like one
 //! known user of some cost, the same one at every try.
 
-use crate::password::{hash_cost, stand_in_hash};
+use crate::auth::password::{hash_cost, stand_in_hash};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
-/// A bcrypt hash as stored, shared without copying.
-pub type PasswordHash = Arc<str>;
+pub use crate::auth::password::PasswordHash;
 
 /// The source of password hashes consulted at every login.
 ///

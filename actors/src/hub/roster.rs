@@ -7,19 +7,28 @@
 //! after it has changed the state, so every connection sees every change: either in the
 //! state it read or in a message that follows it.
 
-use crate::connection::{ConnectionActor, HubChanged};
-use crate::supervisor::HubState;
-use actix::WeakAddr;
+use crate::hub::state::{HubChanged, HubState};
+use actix::{Actor, Context, Handler, WeakAddr};
 use slab::Slab;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-/// Per worker shard, the connections running on it.
-pub(crate) struct Roster {
+/// Per worker shard, the connections (actors of type `A`) running on it. Generic so that
+/// the hub does not depend on the connection layer above it.
+pub(crate) struct Roster<A: Actor> {
     /// Indexed like the workers; each connection is held weakly, under the key it got.
-    shards: Box<[Mutex<Slab<WeakAddr<ConnectionActor>>>]>,
+    shards: Box<[Mutex<Slab<WeakAddr<A>>>]>,
 }
 
-impl Roster {
+/// Whoever must hear of every change of the hub's state: the supervisor tells it.
+pub(crate) trait HubListeners: Send + Sync {
+    /// Sends `state` to every listener still running.
+    fn tell(&self, state: &HubState);
+}
+
+impl<A> Roster<A>
+where
+    A: Actor<Context = Context<A>> + Handler<HubChanged>,
+{
     /// No connection yet, on `shards` shards.
     pub(crate) fn new(shards: usize) -> Self {
         Self {
@@ -28,7 +37,7 @@ impl Roster {
     }
 
     /// Adds a connection of `shard`; returns its key for [`Self::leave`].
-    pub(crate) fn join(&self, shard: usize, connection: WeakAddr<ConnectionActor>) -> usize {
+    pub(crate) fn join(&self, shard: usize, connection: WeakAddr<A>) -> usize {
         self.shards.get(shard).map_or(usize::MAX, |connections| {
             lock(connections).insert(connection)
         })
@@ -40,9 +49,13 @@ impl Roster {
             lock(connections).try_remove(key);
         }
     }
+}
 
-    /// Sends `state` to every connection still running.
-    pub(crate) fn tell(&self, state: &HubState) {
+impl<A> HubListeners for Roster<A>
+where
+    A: Actor<Context = Context<A>> + Handler<HubChanged>,
+{
+    fn tell(&self, state: &HubState) {
         for connections in self.shards.iter() {
             for (_, connection) in lock(connections).iter() {
                 if let Some(connection) = connection.upgrade() {

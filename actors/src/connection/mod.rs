@@ -8,28 +8,27 @@
 //! deadline the connection has (the idle timeout, then the end of a close). Nothing else is
 //! spawned per wake-up.
 
-use crate::buffers::{self, Spare};
-use crate::bus::{EventInFlight, Invalidate, InvalidationCause};
-use crate::codec::{encode_message, ends_at_boundary, MessageCodec};
-use crate::credentials::{check_name_bytes, check_password};
-use crate::excerpt::Excerpt;
-use crate::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
-use crate::output_budget::{Evict, OutputBudget, OutputCharge, FREE_BYTES};
-use crate::password::{PasswordChecker, Verdict};
-use crate::presence::Presence;
-use crate::protocol::{parse_command, Command, CommandError, Reply};
-use crate::registry::{Bind, Unbind};
-use crate::roster::Roster;
-use crate::supervisor::HubState;
-use crate::throttle::{LoginThrottle, Reservation};
-use crate::users::{PasswordHash, UserStore};
+use crate::auth::credentials::{check_name_bytes, check_password};
+use crate::auth::password::{PasswordChecker, Verdict};
+use crate::auth::throttle::{LoginThrottle, Reservation};
+use crate::auth::users::{PasswordHash, UserStore};
+use crate::hub::messages::{Bind, BindingId, Invalidate, InvalidationCause, Unbind};
+pub use crate::hub::messages::{Push, ShardEvent};
+use crate::hub::presence::Presence;
+use crate::hub::roster::Roster;
+use crate::hub::state::{HubChanged, HubState};
+use crate::util::buffers::{self, Spare};
+use crate::util::excerpt::Excerpt;
+use crate::util::metrics::{CommandKind, CommandTally, IoErrorCause, LoginResult, Metrics};
+use crate::util::output_budget::{Evict, OutputBudget, OutputCharge, FREE_BYTES};
+use crate::wire::codec::{encode_message, ends_at_boundary, MessageCodec};
+use crate::wire::protocol::{parse_command, Command, CommandError, Reply};
 use actix::prelude::*;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::histogram::Histogram;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -45,48 +44,6 @@ const READS_PER_WAKEUP: usize = 16;
 /// How long a closing connection keeps reading (and discarding) so that unread input does
 /// not turn the close into a reset that destroys the last message.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Identifies one login of one connection; a stale invalidation names an old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BindingId(u64);
-
-impl BindingId {
-    pub(crate) fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// What the registry pushes to a connection.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum Push {
-    /// An event for the binding `binding`, written if the connection still has it.
-    Event {
-        /// The binding the registry handed the event to.
-        binding: BindingId,
-        /// The event, shared by the pushes of one registry shard.
-        event: Arc<ShardEvent>,
-    },
-    /// The binding `binding` is revoked: write `invalidated` and unbind.
-    Invalidated {
-        /// The binding revoked; a connection bound anew since then ignores it.
-        binding: BindingId,
-    },
-}
-
-/// One event as a registry shard hands it to its connections: the pushes of a shard share
-/// this, so each costs one reference count on a line that stays on the shard's thread
-/// (rather than three on lines every shard's thread touches).
-#[derive(Debug)]
-pub struct ShardEvent {
-    /// The whole encoded message.
-    pub(crate) message: Bytes,
-    /// When the bus accepted the event, for `tether_event_delivery_seconds`.
-    pub(crate) accepted: Instant,
-    /// Held until every connection has taken the event.
-    pub(crate) _in_flight: Arc<EventInFlight>,
-}
 
 /// Limits and services every connection of a server shares.
 pub(crate) struct ConnectionShared {
@@ -112,7 +69,7 @@ pub(crate) struct ConnectionShared {
     /// Which shards hold connections of which user; each connection counts itself.
     pub presence: Arc<Presence>,
     /// The connections of each worker, told when the hub's state changes.
-    pub roster: Arc<Roster>,
+    pub roster: Arc<Roster<ConnectionActor>>,
     /// Per worker, how long events took from the bus to a connection's socket.
     pub delivery_seconds: Box<[Histogram]>,
 }
@@ -448,7 +405,7 @@ impl ConnectionActor {
 
     /// Enforces `max_pending_bytes` and the server-wide `max_pending_total` (where the
     /// budget is spent, the connections stalled longer than this one are told to go
-    /// first; see [`crate::output_budget`]). The output itself is written by [`DriveSocket`], which is polled after every handler that can
+    /// first; see [`crate::util::output_budget`]). The output itself is written by [`DriveSocket`], which is polled after every handler that can
     /// add to it (mailbox handlers run before the context's futures on each wake-up).
     fn output_grew(&mut self, ctx: &mut Context<Self>) {
         if self.output.len() > self.shared.max_pending_bytes {
@@ -860,11 +817,6 @@ impl Handler<OutputEvicted> for ConnectionActor {
         );
     }
 }
-
-/// The hub's state changed: sent to every connection by the [`Roster`].
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct HubChanged(pub HubState);
 
 impl Handler<HubChanged> for ConnectionActor {
     type Result = ();

@@ -25,7 +25,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 pub const MAX_PAIRS: usize = 65_536;
 /// Bytes of a name kept in the table: one more than a valid name can have, so every valid
 /// name stays apart, while over-long (always invalid) names cost no more memory.
-pub const KEY_NAME_BYTES: usize = crate::credentials::MAX_NAME_BYTES + 1;
+pub const KEY_NAME_BYTES: usize = crate::auth::credentials::MAX_NAME_BYTES + 1;
 /// Least time between two sweeps of a full table, so a full table costs no more than
 /// one pass over it per second.
 const FULL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);

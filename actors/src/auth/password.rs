@@ -6,8 +6,7 @@
 //! started) is dropped unrun; a client that only shut its sending side keeps its login,
 //! and the bound on what one address takes is the round-robin, not a guess at departures.
 
-use crate::metrics::Metrics;
-use crate::users::PasswordHash;
+use crate::util::metrics::Metrics;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
@@ -18,6 +17,9 @@ use std::task::{Context, Poll};
 use std::thread;
 use std::time::Instant;
 use tokio::sync::oneshot;
+
+/// A bcrypt hash as stored, shared without copying.
+pub type PasswordHash = Arc<str>;
 
 /// The most of a password bcrypt looks at; later bytes change no verdict.
 const BCRYPT_READS_BYTES: usize = 72;

@@ -1,0 +1,13 @@
+//! The hub layer: the actors behind the connections. In order, each module importing only
+//! those before it (and the layers below): `messages` (every typed message between the
+//! actors and the connections), `presence`, `registry` (the sharded user → connections
+//! map), `bus` (where events and invalidations enter), `state` (the addresses in force),
+//! `roster` (the connections told of a change of state) and `supervisor`.
+
+pub mod bus;
+pub mod messages;
+pub(crate) mod presence;
+pub mod registry;
+pub(crate) mod roster;
+pub mod state;
+pub mod supervisor;
