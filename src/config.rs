@@ -52,8 +52,10 @@ impl fmt::Display for Source {
 /// The `[server]` table: the client protocol listener and its limits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Where clients connect.
-    pub listen: SocketAddr,
+    /// Where clients connect in plain TCP; `None` (`listen = ""`) when only TLS is on.
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener (`[server.tls]`), when on.
+    pub tls: Option<TlsConfig>,
     /// How long a connection may stay silent before it gets `timeout`; never zero.
     pub idle_timeout: Duration,
     /// Longest message accepted from a client, without its terminator.
@@ -72,6 +74,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Event-loop threads; a configured 0 is already resolved to the number of CPUs.
     pub workers: usize,
+}
+
+/// The `[server.tls]` table when its `listen` is set: the client protocol over TLS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Where TLS clients connect.
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate this CA (PEM) signed.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The `[auth]` table: the users file and login rules.
@@ -175,7 +190,10 @@ impl Config {
         section(
             "server",
             vec![
-                ("listen", value(server.listen.to_string())),
+                (
+                    "listen",
+                    value(server.listen.map_or_else(String::new, |a| a.to_string())),
+                ),
                 ("idle_timeout", value(format_duration(server.idle_timeout))),
                 ("max_message_bytes", count(server.max_message_bytes)),
                 ("max_pending_bytes", count(server.max_pending_bytes)),
@@ -186,6 +204,7 @@ impl Config {
                     value(format_duration(server.shutdown_grace)),
                 ),
                 ("workers", count(server.workers)),
+                ("tls", tls_table(server.tls.as_ref())),
             ],
         );
         let auth = &self.auth;
@@ -225,6 +244,25 @@ impl Config {
         section("log", vec![("level", value(level))]);
         document.to_string()
     }
+}
+
+/// The `[server.tls]` table as [`Config::effective_toml`] shows it.
+fn tls_table(tls: Option<&TlsConfig>) -> toml_edit::Item {
+    let path = |path: Option<&PathBuf>| {
+        toml_edit::value(path.map_or_else(String::new, |p| p.to_string_lossy().into_owned()))
+    };
+    let mut table = toml_edit::Table::new();
+    table.insert(
+        "listen",
+        toml_edit::value(tls.map_or_else(String::new, |tls| tls.listen.to_string())),
+    );
+    table.insert("cert_file", path(tls.map(|tls| &tls.cert_file)));
+    table.insert("key_file", path(tls.map(|tls| &tls.key_file)));
+    table.insert(
+        "client_ca_file",
+        path(tls.and_then(|tls| tls.client_ca_file.as_ref())),
+    );
+    toml_edit::Item::Table(table)
 }
 
 /// What [`Config::effective_toml`] shows for a set `admin.token`.
@@ -422,6 +460,16 @@ struct RawServer {
     max_connections: u64,
     shutdown_grace: String,
     workers: u64,
+    tls: RawServerTls,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [server.tls] table")]
+struct RawServerTls {
+    listen: String,
+    cert_file: String,
+    key_file: String,
+    client_ca_file: String,
 }
 
 impl Default for RawServer {
@@ -435,6 +483,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             shutdown_grace: "5s".to_string(),
             workers: 0,
+            tls: RawServerTls::default(),
         }
     }
 }
@@ -567,8 +616,20 @@ impl Check<'_> {
             0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             workers => workers,
         };
+        let listen = match raw.listen.as_str() {
+            "" => None,
+            text => Some(self.address("server.listen", text)?),
+        };
+        let tls = self.server_tls(raw.tls)?;
+        if listen.is_none() && tls.is_none() {
+            return Err(self.error(
+                "server.listen",
+                "must be set unless server.tls.listen is (clients need a listener)".into(),
+            ));
+        }
         Ok(ServerConfig {
-            listen: self.address("server.listen", &raw.listen)?,
+            listen,
+            tls,
             idle_timeout,
             max_message_bytes,
             max_pending_bytes,
@@ -577,6 +638,29 @@ impl Check<'_> {
             shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
             workers,
         })
+    }
+
+    fn server_tls(&self, raw: RawServerTls) -> Result<Option<TlsConfig>, ConfigError> {
+        if raw.listen.is_empty() {
+            return Ok(None);
+        }
+        let folder = self.file.parent().unwrap_or(Path::new(""));
+        let file = |key: &str, text: &str| {
+            if text.is_empty() {
+                Err(self.error(key, "must be set when server.tls.listen is".into()))
+            } else {
+                Ok(folder.join(text))
+            }
+        };
+        Ok(Some(TlsConfig {
+            listen: self.address("server.tls.listen", &raw.listen)?,
+            cert_file: file("server.tls.cert_file", &raw.cert_file)?,
+            key_file: file("server.tls.key_file", &raw.key_file)?,
+            client_ca_file: match raw.client_ca_file.as_str() {
+                "" => None,
+                text => Some(folder.join(text)),
+            },
+        }))
     }
 
     fn auth(&self, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
@@ -663,10 +747,26 @@ impl Check<'_> {
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.
     fn distinct_listeners(&self, config: &Config) -> Result<(), ConfigError> {
-        let client = config.server.listen;
         let Some(admin) = config.admin.listen else {
             return Ok(());
         };
+        let tls = config.server.tls.as_ref().map(|tls| tls.listen);
+        for client in config.server.listen.into_iter().chain(tls) {
+            self.distinct(client, admin)?;
+        }
+        if let (Some(client), Some(tls)) = (config.server.listen, tls) {
+            if client.port() != 0 && client.port() == tls.port() && client.ip() == tls.ip() {
+                return Err(self.error(
+                    "server.tls.listen",
+                    format!("{tls} is the address of server.listen; give TLS another port"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `admin` on the client address `client`.
+    fn distinct(&self, client: SocketAddr, admin: SocketAddr) -> Result<(), ConfigError> {
         let overlap = client.ip() == admin.ip()
             || client.ip().is_unspecified()
             || admin.ip().is_unspecified();
@@ -760,7 +860,7 @@ mod tests {
         let server = &config.server;
         assert_eq!(
             server.listen,
-            "127.0.0.1:7700".parse::<SocketAddr>().unwrap()
+            Some("127.0.0.1:7700".parse::<SocketAddr>().unwrap())
         );
         assert_eq!(server.idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(server.max_message_bytes, 65_536);
@@ -927,7 +1027,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.server.listen,
-            "[::1]:9000".parse::<SocketAddr>().unwrap()
+            Some("[::1]:9000".parse::<SocketAddr>().unwrap())
         );
         assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.server.max_message_bytes, 256);

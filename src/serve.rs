@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::users::UserTable;
-use tether_actors::{Settings, Tether};
+use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 
 /// How long past `shutdown_grace` the admin API may take to drop the requests it still
 /// holds (it drops them at the grace, rounded down to whole seconds).
@@ -68,6 +68,8 @@ pub fn run(config: Config) -> Outcome {
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         Ok::<_, std::io::Error>((hangups, stop_signal()?))
     });
+    let tls_hangups = system
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
     let (hangups, stop_signal) = match caught {
         Ok(caught) => caught,
         Err(err) => {
@@ -105,11 +107,29 @@ pub fn run(config: Config) -> Outcome {
         }
     };
     let users = Arc::new(UserTable::new(users));
+    let tls_config = match config.server.tls.as_ref().map(crate::tls::load).transpose() {
+        Ok(tls_config) => tls_config,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
 
     // Every listener is bound before anything is logged as listening, so a busy address
     // stops start-up before any client is accepted.
-    let Some(listener) = bind(config.server.listen, "clients") else {
-        return Outcome::Failed;
+    let listener = match config.server.listen {
+        Some(address) => match bind(address, "clients") {
+            Some(listener) => Some(listener),
+            None => return Outcome::Failed,
+        },
+        None => None,
+    };
+    let tls_listener = match (&config.server.tls, tls_config) {
+        (Some(tls), Some(tls_config)) => match bind(tls.listen, "clients, TLS") {
+            Some(listener) => Some((listener, TlsConfigSlot::new(tls_config))),
+            None => return Outcome::Failed,
+        },
+        _ => None,
     };
     let admin_listener = match config.admin.listen {
         Some(address) => match bind(address, "admin API") {
@@ -128,7 +148,14 @@ pub fn run(config: Config) -> Outcome {
     }
 
     system.block_on(async move {
-        let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
+        let tls_slot = tls_listener.as_ref().map(|(_, slot)| slot.clone());
+        let listeners = Listeners {
+            plain: listener,
+            tls: tls_listener,
+        };
+        let started =
+            Tether::start_listeners(listeners, settings(&config), Arc::clone(&users) as _);
+        let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
                 fatal(&err.to_string());
@@ -159,7 +186,20 @@ pub fn run(config: Config) -> Outcome {
             },
             None => None,
         };
-        log::info!("listening on {} (clients)", tether.local_addr());
+        if let (Some(tls), Some(slot)) = (config.server.tls.clone(), tls_slot) {
+            match tls_hangups {
+                Ok(hangups) => {
+                    actix_rt::spawn(reload_tls_on_hangup(tls, slot, hangups));
+                }
+                Err(err) => log::warn!("cannot watch SIGHUP for certificate reloads: {err}"),
+            }
+        }
+        if config.server.listen.is_some() {
+            log::info!("listening on {} (clients)", tether.local_addr());
+        }
+        if let Some(address) = tether.tls_local_addr() {
+            log::info!("listening on {address} (clients, TLS)");
+        }
         if let Some((_, bound)) = &admin {
             log::info!("listening on {bound} (admin API)");
         }
@@ -182,6 +222,24 @@ pub fn run(config: Config) -> Outcome {
         log::info!("stopped");
         Outcome::Stopped
     })
+}
+
+/// Reads the certificate and key again on every SIGHUP: the new pair serves the handshakes
+/// from then on; a bad one is reported and the pair in force stays.
+async fn reload_tls_on_hangup(
+    tls: crate::config::TlsConfig,
+    slot: TlsConfigSlot,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    while hangups.recv().await.is_some() {
+        match crate::tls::load(&tls) {
+            Ok(config) => {
+                slot.replace(config);
+                log::info!("TLS certificate reloaded from {}", tls.cert_file.display());
+            }
+            Err(err) => log::error!("TLS certificate not reloaded, the old one stays: {err}"),
+        }
+    }
 }
 
 /// Reports why the server cannot run: in the log, or on standard error when the log would

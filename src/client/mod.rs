@@ -223,7 +223,8 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
     let addr = args
         .addr
         .clone()
-        .unwrap_or_else(|| config.server.listen.to_string());
+        .or_else(|| config.server.listen.map(|address| address.to_string()))
+        .unwrap_or_default();
     let zones = EventZones {
         server: args
             .server_zone

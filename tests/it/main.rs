@@ -22,4 +22,5 @@ mod operator;
 mod process;
 mod protocol;
 mod supervision;
+mod tls;
 mod users;

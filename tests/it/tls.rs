@@ -1,0 +1,263 @@
+//! Client TLS (SPEC §10): the protocol over rustls, mutual TLS, hostile handshakes,
+//! start-up errors naming the file, and certificate reload on SIGHUP.
+
+use crate::common::tls::{client_config, make_ca, make_signed, TlsClient};
+use crate::common::{run_to_exit, tether_command, TestClient, TestConfig, TestServer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A folder with a CA `test`, a server pair `server.pem`/`server.key` it signed, and a
+/// configuration with a TLS listener (and a plaintext one unless `tls_only`).
+fn tls_setup(tls_only: bool, client_ca: bool) -> (tempfile::TempDir, TestConfig) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_ca(dir.path(), "test");
+    make_signed(dir.path(), "test", "server");
+    let mut tls = toml::Table::new();
+    tls.insert("listen".into(), "127.0.0.1:0".into());
+    tls.insert("cert_file".into(), "server.pem".into());
+    tls.insert("key_file".into(), "server.key".into());
+    if client_ca {
+        tls.insert("client_ca_file".into(), "test-ca.pem".into());
+    }
+    let mut config = TestConfig::new().server("tls", tls);
+    if tls_only {
+        config = config.server("listen", "");
+    }
+    (dir, config)
+}
+
+/// Starts a server on `config` in `dir` with user alice; answers it and its TLS address.
+fn start(dir: tempfile::TempDir, config: &TestConfig) -> (TestServer, SocketAddr) {
+    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
+    let users = crate::common::users_toml(&[("alice", &crate::common::cheap_hash("secret"))]);
+    std::fs::write(dir.path().join("users.toml"), users).expect("write users");
+    let cwd = dir.path().to_owned();
+    let server = TestServer::start_in(dir, &cwd);
+    server.wait_for_log("(clients, TLS)", Duration::from_secs(5));
+    let tls = tls_addr(&server.stderr_text());
+    (server, tls)
+}
+
+/// The address of the `listening on ADDR (clients, TLS)` line.
+fn tls_addr(log: &str) -> SocketAddr {
+    let line = log
+        .lines()
+        .find(|line| line.contains("(clients, TLS)"))
+        .expect("TLS listening line");
+    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
+    rest.split_whitespace()
+        .next()
+        .expect("address")
+        .parse()
+        .expect("an address")
+}
+
+fn ca(server: &TestServer) -> std::path::PathBuf {
+    server.dir().join("test-ca.pem")
+}
+
+#[test]
+fn the_protocol_runs_over_tls_beside_plain_tcp() {
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
+}
+
+#[test]
+fn an_empty_server_listen_leaves_tls_only() {
+    let (dir, config) = tls_setup(true, false);
+    let (server, tls) = start(dir, &config);
+    assert_eq!(server.addr(), tls);
+    assert!(!server.stderr_text().contains("(clients)\n"));
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+}
+
+#[test]
+fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
+    let (dir, config) = tls_setup(true, true);
+    make_signed(dir.path(), "test", "client");
+    make_ca(dir.path(), "other");
+    make_signed(dir.path(), "other", "stranger");
+    let (server, tls) = start(dir, &config);
+    let d = server.dir();
+    let signed = client_config(
+        &ca(&server),
+        Some((&d.join("client.pem"), &d.join("client.key"))),
+    );
+    let mut client = TlsClient::connect(tls, signed).expect("handshake with a signed certificate");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+
+    // TLS 1.3: the client finishes first; the refusal comes as an alert on its first read.
+    for config in [
+        client_config(&ca(&server), None),
+        client_config(
+            &ca(&server),
+            Some((&d.join("stranger.pem"), &d.join("stranger.key"))),
+        ),
+    ] {
+        let refused = TlsClient::connect(tls, config).and_then(|mut client| {
+            client.send(&["prolongate"]);
+            client.try_recv()
+        });
+        assert!(
+            refused.is_err(),
+            "a client without a signed certificate got {refused:?}"
+        );
+    }
+    server.wait_for_log("TLS handshake failed", Duration::from_secs(5));
+}
+
+#[test]
+fn plaintext_garbage_and_truncated_handshakes_are_closed_harmlessly() {
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    assert_closed_with_at_most_an_alert(
+        tls,
+        &crate::common::encode(&["login", "alice", "secret"]),
+        false,
+    );
+    assert_closed_with_at_most_an_alert(tls, &[0xff; 3000], false);
+    // A ClientHello record header promising 512 bytes, then 6 of them and an end.
+    let truncated = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    assert_closed_with_at_most_an_alert(tls, &truncated, true);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+}
+
+/// Sends `bytes` to the TLS port (then ends its input if `end`): the server closes the
+/// connection within 5 s, having sent nothing but a TLS alert (never a protocol reply).
+fn assert_closed_with_at_most_an_alert(tls: SocketAddr, bytes: &[u8], end: bool) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(tls).expect("connect");
+    stream.write_all(bytes).expect("send");
+    if end {
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut down");
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("not closed within 5 s: {err}"),
+    }
+    assert!(got.is_empty() || got[0] == 0x15, "not an alert: {got:?}");
+    assert!(
+        !got.contains(&crate::common::RS),
+        "a protocol reply: {got:?}"
+    );
+}
+
+#[test]
+fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
+    let (dir, config) = tls_setup(false, false);
+    let config = config.server("max_connections", 1);
+    let (server, tls) = start(dir, &config);
+    let mut stalled = TestClient::connect(tls);
+    stalled.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    // The pending handshake holds the one connection slot.
+    let mut refused = server.client();
+    refused.expect_closed_within(Duration::from_secs(5));
+    stalled.expect_nothing_for(Duration::from_secs(8));
+    stalled.expect_closed_within(Duration::from_secs(4));
+    server.wait_for_log("TLS handshake not done within 10s", Duration::from_secs(2));
+    // Its slot comes back with it.
+    let served = crate::common::wait_until(Duration::from_secs(5), || {
+        let mut plain = server.client();
+        plain.send(&["prolongate"]);
+        plain.try_recv(Duration::from_secs(1)).is_ok()
+    });
+    assert!(served, "the dropped handshake's slot did not come back");
+}
+
+/// Runs the server on `config` in `dir` expecting exit 2 with `words` in its error.
+fn assert_refused_to_start(dir: &Path, config: &TestConfig, words: &[&str]) {
+    let path = dir.join("server.toml");
+    std::fs::write(&path, config.to_toml()).expect("write config");
+    let ran = run_to_exit(tether_command(&path), Duration::from_secs(10));
+    assert_eq!(ran.status.code(), Some(2), "{}", ran.stderr);
+    for word in words {
+        assert!(ran.stderr.contains(word), "{word:?} not in {}", ran.stderr);
+    }
+}
+
+#[test]
+fn bad_certificate_files_stop_the_start_naming_the_file() {
+    let (dir, config) = tls_setup(false, false);
+    let d = dir.path();
+    make_signed(d, "test", "other");
+    let set = |key: &str, file: &str| {
+        let mut tls = toml::Table::new();
+        tls.insert("listen".into(), "127.0.0.1:0".into());
+        tls.insert("cert_file".into(), "server.pem".into());
+        tls.insert("key_file".into(), "server.key".into());
+        tls.insert(key.into(), file.into());
+        config.clone().server("tls", tls)
+    };
+    assert_refused_to_start(d, &set("cert_file", "missing.pem"), &["missing.pem"]);
+    assert_refused_to_start(
+        d,
+        &set("key_file", "other.key"),
+        &["other.key", "does not match"],
+    );
+    std::fs::write(d.join("empty.pem"), "not a certificate\n").expect("write");
+    assert_refused_to_start(
+        d,
+        &set("cert_file", "empty.pem"),
+        &["empty.pem", "no certificate"],
+    );
+    assert_refused_to_start(
+        d,
+        &set("key_file", "empty.pem"),
+        &["empty.pem", "private key"],
+    );
+}
+
+#[test]
+fn sighup_reloads_the_pair_for_new_handshakes_and_keeps_open_connections() {
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    let d = server.dir();
+    let trust = client_config(&ca(&server), None);
+    let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
+    open.send(&["login", "alice", "secret"]);
+    open.expect(&["login_valid"]);
+    let before = open.server_certificate();
+
+    make_signed(d, "test", "server");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate reloaded", Duration::from_secs(5));
+    let renewed = TlsClient::connect(tls, trust.clone()).expect("handshake after reload");
+    assert_ne!(
+        renewed.server_certificate(),
+        before,
+        "the new pair serves new handshakes"
+    );
+    open.send(&["prolongate"]);
+    open.expect(&["prolongate_ack"]);
+
+    // A key that does not match: reported, and the pair in force stays.
+    make_signed(d, "test", "spare");
+    std::fs::copy(d.join("spare.key"), d.join("server.key")).expect("copy key");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate not reloaded", Duration::from_secs(5));
+    let kept = TlsClient::connect(tls, trust).expect("handshake with the kept pair");
+    assert_eq!(kept.server_certificate(), renewed.server_certificate());
+}
