@@ -1126,8 +1126,20 @@ mod tests {
         assert_refused(
             "[server]\nlisten = \"\"",
             "server.listen",
-            "invalid address",
+            "must be set unless server.tls.listen is",
         );
+        assert_refused(
+            "[server.tls]\nlisten = \"127.0.0.1:7443\"",
+            "server.tls.cert_file",
+            "must be set when server.tls.listen is",
+        );
+        let tls_only = "[server]\nlisten = \"\"\n[server.tls]\nlisten = \"127.0.0.1:7443\"\n\
+                        cert_file = \"c.pem\"\nkey_file = \"k.pem\"";
+        let config = config(tls_only).unwrap();
+        assert_eq!(config.server.listen, None);
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/tether/c.pem"));
+        assert_eq!(tls.client_ca_file, None);
     }
 
     #[test]
