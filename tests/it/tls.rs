@@ -1,7 +1,7 @@
 //! Client TLS (SPEC §10): the protocol over rustls, mutual TLS, hostile handshakes,
 //! start-up errors naming the file, and certificate reload on SIGHUP.
 
-use crate::common::tls::{client_config, make_ca, make_signed, TlsClient};
+use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
 use crate::common::{run_to_exit, tether_command, TestClient, TestConfig, TestServer};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -59,6 +59,9 @@ fn ca(server: &TestServer) -> std::path::PathBuf {
 
 #[test]
 fn the_protocol_runs_over_tls_beside_plain_tcp() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(false, false);
     let (server, tls) = start(dir, &config);
     let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
@@ -73,6 +76,9 @@ fn the_protocol_runs_over_tls_beside_plain_tcp() {
 
 #[test]
 fn an_empty_server_listen_leaves_tls_only() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(true, false);
     let (server, tls) = start(dir, &config);
     assert_eq!(server.addr(), tls);
@@ -84,6 +90,9 @@ fn an_empty_server_listen_leaves_tls_only() {
 
 #[test]
 fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(true, true);
     make_signed(dir.path(), "test", "client");
     make_ca(dir.path(), "other");
@@ -120,6 +129,9 @@ fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
 
 #[test]
 fn plaintext_garbage_and_truncated_handshakes_are_closed_harmlessly() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(false, false);
     let (server, tls) = start(dir, &config);
     assert_closed_with_at_most_an_alert(
@@ -167,6 +179,9 @@ fn assert_closed_with_at_most_an_alert(tls: SocketAddr, bytes: &[u8], end: bool)
 
 #[test]
 fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(false, false);
     let config = config.server("max_connections", 1);
     let (server, tls) = start(dir, &config);
@@ -200,6 +215,9 @@ fn assert_refused_to_start(dir: &Path, config: &TestConfig, words: &[&str]) {
 
 #[test]
 fn bad_certificate_files_stop_the_start_naming_the_file() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(false, false);
     let d = dir.path();
     make_signed(d, "test", "other");
@@ -232,6 +250,9 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
 
 #[test]
 fn sighup_reloads_the_pair_for_new_handshakes_and_keeps_open_connections() {
+    if !openssl_available() {
+        return;
+    }
     let (dir, config) = tls_setup(false, false);
     let (server, tls) = start(dir, &config);
     let d = server.dir();
