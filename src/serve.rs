@@ -186,14 +186,15 @@ pub fn run(config: Config) -> Outcome {
             },
             None => None,
         };
-        if let (Some(tls), Some(slot)) = (config.server.tls.clone(), tls_slot) {
-            match tls_hangups {
-                Ok(hangups) => {
-                    actix_rt::spawn(reload_tls_on_hangup(tls, slot, hangups));
-                }
-                Err(err) => log::warn!("cannot watch SIGHUP for certificate reloads: {err}"),
+        let _tls_reload = match (config.server.tls.clone(), tls_slot) {
+            (Some(tls), Some(slot)) => {
+                let hangups = tls_hangups
+                    .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
+                    .ok();
+                Some(crate::tls::start_reloading(tls, slot, hangups))
             }
-        }
+            _ => None,
+        };
         if config.server.listen.is_some() {
             log::info!("listening on {} (clients)", tether.local_addr());
         }
@@ -222,24 +223,6 @@ pub fn run(config: Config) -> Outcome {
         log::info!("stopped");
         Outcome::Stopped
     })
-}
-
-/// Reads the certificate and key again on every SIGHUP: the new pair serves the handshakes
-/// from then on; a bad one is reported and the pair in force stays.
-async fn reload_tls_on_hangup(
-    tls: crate::config::TlsConfig,
-    slot: TlsConfigSlot,
-    mut hangups: tokio::signal::unix::Signal,
-) {
-    while hangups.recv().await.is_some() {
-        match crate::tls::load(&tls) {
-            Ok(config) => {
-                slot.replace(config);
-                log::info!("TLS certificate reloaded from {}", tls.cert_file.display());
-            }
-            Err(err) => log::error!("TLS certificate not reloaded, the old one stays: {err}"),
-        }
-    }
 }
 
 /// Reports why the server cannot run: in the log, or on standard error when the log would

@@ -282,3 +282,59 @@ fn sighup_reloads_the_pair_for_new_handshakes_and_keeps_open_connections() {
     let kept = TlsClient::connect(tls, trust).expect("handshake with the kept pair");
     assert_eq!(kept.server_certificate(), renewed.server_certificate());
 }
+
+/// Publishes `text` to alice through the admin API at `admin`.
+fn publish(admin: SocketAddr, text: &str) {
+    let body = format!(r#"{{"user":"alice","text":"{text}"}}"#);
+    let response = ureq::post(&format!("http://{admin}/v1/events"))
+        .set("Content-Type", "application/json")
+        .send_string(&body)
+        .expect("publish");
+    assert_eq!(response.status(), 202);
+}
+
+/// Asserts that each client's next message is the event `text`.
+fn expect_event(clients: &mut [TlsClient], text: &str) {
+    for client in clients {
+        let got = client.try_recv().expect("an event over TLS");
+        assert_eq!(
+            (got[0].as_str(), got.last().map(String::as_str)),
+            ("event", Some(text))
+        );
+    }
+}
+
+#[test]
+fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
+    let (dir, config) = tls_setup(false, false);
+    let config = config.set("admin", "listen", "127.0.0.1:0");
+    let (server, tls) = start(dir, &config);
+    server.wait_for_log("(admin API)", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let trust = client_config(&ca(&server), None);
+    let mut clients: Vec<TlsClient> = (0..100)
+        .map(|_| {
+            let mut client = TlsClient::connect(tls, trust.clone()).expect("handshake");
+            client.send(&["login", "alice", "secret"]);
+            client.expect(&["login_valid"]);
+            client
+        })
+        .collect();
+    let before = clients[0].server_certificate();
+    publish(admin, "before");
+    expect_event(&mut clients, "before");
+
+    // A new pair put in place as deployment tools do: written beside, renamed over.
+    let d = server.dir();
+    make_signed(d, "test", "next");
+    std::fs::rename(d.join("next.key"), d.join("server.key")).expect("rename key");
+    std::fs::rename(d.join("next.pem"), d.join("server.pem")).expect("rename certificate");
+    let renewed = crate::common::wait_until(Duration::from_secs(10), || {
+        let client = TlsClient::connect(tls, trust.clone()).expect("handshake");
+        client.server_certificate() != before
+    });
+    assert!(renewed, "new handshakes still get the old certificate");
+    server.wait_for_log("(files changed)", Duration::from_secs(1));
+    publish(admin, "after");
+    expect_event(&mut clients, "after");
+}
