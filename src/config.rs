@@ -124,6 +124,18 @@ pub struct AdminConfig {
     /// The bearer token every route but `/healthz` needs; `None` means no check.
     /// Always set when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// `[admin.tls]`: the certificate chain and key (PEM) that make the API HTTPS only;
+    /// `None` for plain HTTP.
+    pub tls: Option<AdminTls>,
+}
+
+/// The `[admin.tls]` table when set.
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    /// The certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
 }
 
 /// The `[log]` table.
@@ -236,9 +248,20 @@ impl Config {
             Some(_) => MASKED_TOKEN,
             None => "",
         };
+        let admin_tls = self.admin.tls.as_ref();
+        let path = |path: Option<&PathBuf>| {
+            value(path.map_or_else(String::new, |p| p.to_string_lossy().into_owned()))
+        };
+        let mut tls = Table::new();
+        tls.insert("cert_file", path(admin_tls.map(|tls| &tls.cert_file)));
+        tls.insert("key_file", path(admin_tls.map(|tls| &tls.key_file)));
         section(
             "admin",
-            vec![("listen", value(listen)), ("token", value(token))],
+            vec![
+                ("listen", value(listen)),
+                ("token", value(token)),
+                ("tls", Item::Table(tls)),
+            ],
         );
         let level = self.log.level.to_string().to_ascii_lowercase();
         section("log", vec![("level", value(level))]);
@@ -529,6 +552,7 @@ impl Default for RawEvents {
 struct RawAdmin {
     listen: String,
     token: String,
+    tls: RawAdminTls,
 }
 
 impl Default for RawAdmin {
@@ -536,8 +560,16 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:7701".to_string(),
             token: String::new(),
+            tls: RawAdminTls::default(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "an [admin.tls] table")]
+struct RawAdminTls {
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -742,7 +774,27 @@ impl Check<'_> {
                 ));
             }
         }
-        Ok(AdminConfig { listen, token })
+        let folder = self.file.parent().unwrap_or(Path::new(""));
+        let tls = match (raw.tls.cert_file.as_str(), raw.tls.key_file.as_str()) {
+            ("", "") => None,
+            ("", _) => {
+                return Err(self.error(
+                    "admin.tls.cert_file",
+                    "must be set when admin.tls.key_file is".into(),
+                ))
+            }
+            (_, "") => {
+                return Err(self.error(
+                    "admin.tls.key_file",
+                    "must be set when admin.tls.cert_file is".into(),
+                ))
+            }
+            (cert, key) => Some(AdminTls {
+                cert_file: folder.join(cert),
+                key_file: folder.join(key),
+            }),
+        };
+        Ok(AdminConfig { listen, token, tls })
     }
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.

@@ -114,6 +114,27 @@ pub fn run(config: Config) -> Outcome {
             return Outcome::BadConfiguration;
         }
     };
+    let admin_tls = match config
+        .admin
+        .tls
+        .as_ref()
+        .map(crate::tls::load_admin)
+        .transpose()
+    {
+        Ok(admin_tls) => admin_tls,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
+    if let Some(address) = config.admin.listen {
+        if admin_tls.is_none() && !address.ip().to_canonical().is_loopback() {
+            log::warn!(
+                "admin API on {address} without TLS: its token and requests cross the network \
+                 in clear; set [admin.tls] (see SECURITY.md)"
+            );
+        }
+    }
 
     // Every listener is bound before anything is logged as listening, so a busy address
     // stops start-up before any client is accepted.
@@ -176,7 +197,7 @@ pub fn run(config: Config) -> Outcome {
         let _users_watch =
             crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
         let admin = match admin_listener {
-            Some(listener) => match start_admin(listener, &config, &tether, user_sync) {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -202,7 +223,12 @@ pub fn run(config: Config) -> Outcome {
             log::info!("listening on {address} (clients, TLS)");
         }
         if let Some((_, bound)) = &admin {
-            log::info!("listening on {bound} (admin API)");
+            let scheme = if config.admin.tls.is_some() {
+                "HTTPS"
+            } else {
+                "HTTP"
+            };
+            log::info!("listening on {bound} (admin API), {scheme}");
         }
         tell_service_manager(sd_notify::NotifyState::Ready);
         stop_signal.await;
@@ -256,6 +282,7 @@ fn start_admin(
     config: &Config,
     tether: &Tether,
     users: UserSync,
+    tls: Option<tether_actors::rustls::ServerConfig>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
@@ -267,7 +294,7 @@ fn start_admin(
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
     };
-    let (server, bound) = admin::start(listener, state, config.server.shutdown_grace)
+    let (server, bound) = admin::start(listener, state, config.server.shutdown_grace, tls)
         .map_err(|err| format!("cannot start the admin API: {err}"))?;
     let handle = server.handle();
     actix_rt::spawn(server);

@@ -2,7 +2,7 @@
 //! into a rustls `ServerConfig`, at start-up (an error stops it, naming the file), and
 //! again on SIGHUP and when the files change (an error keeps the pair in force).
 
-use crate::config::TlsConfig;
+use crate::config::{AdminTls, TlsConfig};
 use crate::users::read::{read_contents, Contents};
 use crate::users::watch::{watch_file, FileWatch};
 use rustls_pki_types::pem::PemObject;
@@ -20,27 +20,44 @@ use tokio::sync::mpsc;
 /// builds the handshakes' configuration (TLS 1.2 and 1.3, ring). The error names the file
 /// at fault and why.
 pub fn load(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    load_files(&tls.cert_file, &tls.key_file, tls.client_ca_file.as_deref())
+}
+
+/// The admin API's configuration from `[admin.tls]` (no client certificates); the error
+/// names the file at fault.
+pub fn load_admin(tls: &AdminTls) -> Result<rustls::ServerConfig, String> {
+    let config = load_files(&tls.cert_file, &tls.key_file, None)?;
+    Ok(Arc::unwrap_or_clone(config))
+}
+
+/// A server configuration from the PEM files `cert_file` and `key_file`, requiring client
+/// certificates signed by `client_ca_file` when given.
+fn load_files(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs = read_certificates(&tls.cert_file)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key_file)
-        .map_err(|err| format!("{}: no usable private key: {err}", tls.key_file.display()))?;
+    let certs = read_certificates(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|err| format!("{}: no usable private key: {err}", key_file.display()))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|err| format!("{}: unusable private key: {err}", tls.key_file.display()))?;
+        .map_err(|err| format!("{}: unusable private key: {err}", key_file.display()))?;
     CertifiedKey::new(certs.clone(), signing_key)
         .keys_match()
         .map_err(|err| {
             format!(
                 "{}: the key does not match the certificate in {} ({err})",
-                tls.key_file.display(),
-                tls.cert_file.display()
+                key_file.display(),
+                cert_file.display()
             )
         })?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|err| format!("cannot set up TLS: {err}"))?;
-    let builder = match &tls.client_ca_file {
+    let builder = match client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_file) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -57,7 +74,7 @@ pub fn load(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     };
     let config = builder
         .with_single_cert(certs, key)
-        .map_err(|err| format!("{}: {err}", tls.cert_file.display()))?;
+        .map_err(|err| format!("{}: {err}", cert_file.display()))?;
     Ok(Arc::new(config))
 }
 

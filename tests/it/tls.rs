@@ -338,3 +338,58 @@ fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
     publish(admin, "after");
     expect_event(&mut clients, "after");
 }
+
+#[test]
+fn admin_tls_makes_the_admin_api_https_only() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "server.pem".into());
+    admin_tls.insert("key_file".into(), "server.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    let (server, _) = start(dir, &config);
+    server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let mut https =
+        TlsClient::connect(admin, client_config(&ca(&server), None)).expect("handshake");
+    let answer =
+        https.http("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Plain HTTP gets no HTTP answer.
+    let plain = ureq::get(&format!("http://{admin}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(matches!(plain, Err(ureq::Error::Transport(_))), "{plain:?}");
+    assert!(!server.stderr_text().contains("without TLS"));
+}
+
+#[test]
+fn a_non_loopback_admin_api_without_tls_is_warned_about() {
+    let config = TestConfig::new()
+        .set("admin", "listen", "0.0.0.0:0")
+        .set("admin", "token", "s3cret");
+    let server = TestServer::start(&config, &[]);
+    server.wait_for_log("(admin API), HTTP", Duration::from_secs(5));
+    assert!(server
+        .stderr_text()
+        .contains("without TLS: its token and requests cross the network in clear"));
+}
+
+#[test]
+fn bad_admin_tls_files_stop_the_start_naming_the_file() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "server.pem".into());
+    admin_tls.insert("key_file".into(), "absent.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    assert_refused_to_start(dir.path(), &config, &["absent.key"]);
+}

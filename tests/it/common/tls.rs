@@ -205,6 +205,19 @@ impl TlsClient {
         }
     }
 
+    /// Sends `request` (raw HTTP/1.1, `Connection: close`) and answers everything the
+    /// server sends back until it closes.
+    pub fn http(&mut self, request: &str) -> String {
+        self.stream
+            .write_all(request.as_bytes())
+            .expect("send request");
+        self.stream.flush().expect("flush TLS");
+        let mut answer = Vec::new();
+        // A close without close_notify still ends the answer.
+        let _ = self.stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
     /// Asserts that the next message is `parts`.
     pub fn expect(&mut self, parts: &[&str]) {
         let got = self.try_recv().expect("a message over TLS");
