@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub listen: Option<SocketAddr>,
     /// The TLS listener (`[server.tls]`), when on.
     pub tls: Option<TlsConfig>,
+    /// Networks whose connections begin with a PROXY protocol header (a single address is
+    /// a /32 or /128).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// How long a connection may stay silent before it gets `timeout`; never zero.
     pub idle_timeout: Duration,
     /// Longest message accepted from a client, without its terminator.
@@ -216,6 +219,16 @@ impl Config {
                     value(format_duration(server.shutdown_grace)),
                 ),
                 ("workers", count(server.workers)),
+                (
+                    "proxy_protocol_from",
+                    value(
+                        server
+                            .proxy_protocol_from
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<toml_edit::Array>(),
+                    ),
+                ),
                 ("tls", tls_table(server.tls.as_ref())),
             ],
         );
@@ -483,6 +496,7 @@ struct RawServer {
     max_connections: u64,
     shutdown_grace: String,
     workers: u64,
+    proxy_protocol_from: Vec<String>,
     tls: RawServerTls,
 }
 
@@ -506,6 +520,7 @@ impl Default for RawServer {
             max_connections: 10_000,
             shutdown_grace: "5s".to_string(),
             workers: 0,
+            proxy_protocol_from: Vec::new(),
             tls: RawServerTls::default(),
         }
     }
@@ -659,9 +674,24 @@ impl Check<'_> {
                 "must be set unless server.tls.listen is (clients need a listener)".into(),
             ));
         }
+        let proxy_protocol_from = raw
+            .proxy_protocol_from
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.error(
+                            "server.proxy_protocol_from",
+                            format!("invalid network {text:?}: expected a CIDR like 10.0.0.0/8 or an address"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
             listen,
             tls,
+            proxy_protocol_from,
             idle_timeout,
             max_message_bytes,
             max_pending_bytes,
@@ -1192,6 +1222,23 @@ mod tests {
         let tls = config.server.tls.unwrap();
         assert_eq!(tls.cert_file, Path::new("/etc/tether/c.pem"));
         assert_eq!(tls.client_ca_file, None);
+    }
+
+    #[test]
+    fn proxy_protocol_from_takes_networks_and_addresses() {
+        let config = config("[server]\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+        let shown: Vec<String> = config
+            .server
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        assert_refused(
+            "[server]\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "server.proxy_protocol_from",
+            "expected a CIDR",
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::proxy_header::ProxyTrust;
 use tether_actors::users::UserTable;
 use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 
@@ -173,6 +174,7 @@ pub fn run(config: Config) -> Outcome {
         let listeners = Listeners {
             plain: listener,
             tls: tls_listener,
+            proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
         let started =
             Tether::start_listeners(listeners, settings(&config), Arc::clone(&users) as _);

@@ -18,6 +18,7 @@ use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
 use crate::util::output_budget::OutputBudget;
+use crate::wire::proxy_header::{self, ProxyTrust};
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ const RESTART_WAIT: Duration = Duration::from_secs(1);
 const MIN_SEND_BUFFER: usize = 64 * 1024;
 /// How long a client has to finish its TLS handshake (SPEC §10).
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a trusted load balancer has to send the PROXY protocol header (SPEC §10).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the server needs to know, already checked (see the application's config).
 #[derive(Debug, Clone)]
@@ -106,6 +109,9 @@ pub struct Listeners {
     pub plain: Option<std::net::TcpListener>,
     /// The TLS listener (`server.tls.listen`) and the configuration its handshakes use.
     pub tls: Option<(std::net::TcpListener, TlsConfigSlot)>,
+    /// Peers whose connections, on either listener, begin with a PROXY protocol header
+    /// (`proxy_protocol_from`).
+    pub proxy_trust: ProxyTrust,
 }
 
 /// The TLS configuration new handshakes use, replaceable while the server runs (a
@@ -167,6 +173,7 @@ impl Tether {
         let listeners = Listeners {
             plain: Some(listener),
             tls: None,
+            proxy_trust: ProxyTrust::default(),
         };
         Self::start_listeners(listeners, settings, users)
     }
@@ -178,6 +185,7 @@ impl Tether {
         settings: Settings,
         users: Arc<dyn UserStore>,
     ) -> Result<Self, StartError> {
+        let proxy_trust = Arc::new(listeners.proxy_trust);
         let plain = listeners.plain.map(prepare_listener).transpose()?;
         let tls = match listeners.tls {
             Some((listener, config)) => Some((prepare_listener(listener)?, config)),
@@ -236,6 +244,7 @@ impl Tether {
                 actix_rt::spawn(accept_loop(
                     listener,
                     tls,
+                    Arc::clone(&proxy_trust),
                     workers.iter().map(Arbiter::handle).collect(),
                     Arc::clone(&permits),
                     Arc::clone(&shared),
@@ -324,6 +333,7 @@ impl Tether {
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<TlsConfigSlot>,
+    proxy_trust: Arc<ProxyTrust>,
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
     shared: Arc<ConnectionShared>,
@@ -389,13 +399,22 @@ async fn accept_loop(
         let hub = hub.clone();
         // The TLS configuration in force at accept is the one this handshake uses.
         let tls = tls.as_ref().map(TlsConfigSlot::current);
+        let proxied = proxy_trust.trusts(peer.ip());
         worker.spawn(async move {
-            let stream = match tokio::net::TcpStream::from_std(stream) {
+            let mut stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(err) => {
                     log::warn!("{peer}: cannot register the connection: {err}");
                     return;
                 }
+            };
+            let peer = if proxied {
+                match client_address(&mut stream, peer).await {
+                    Some(client) => client,
+                    None => return,
+                }
+            } else {
+                peer
             };
             let stream = match tls {
                 None => ClientStream::Plain(stream),
@@ -416,6 +435,27 @@ async fn accept_loop(
 /// read then holds about `max_pending_bytes` of kernel memory besides as much in the
 /// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
 /// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
+/// The client's address from the PROXY protocol header `stream` from the load balancer
+/// `peer` begins with (or `peer` itself for a header that carries none): `None`, the
+/// reason logged, when the header is missing, malformed or not complete within
+/// [`PROXY_HEADER_TIMEOUT`]; the connection is then closed without a reply.
+async fn client_address(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_header::read(stream)).await {
+        Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
+        Ok(Err(err)) => {
+            log::info!("{peer}: closed: no valid PROXY protocol header ({err})");
+            None
+        }
+        Err(_) => {
+            log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
 /// Runs the server side of a TLS handshake on `stream`, on the connection's worker (it
 /// waits for the client without holding the thread): `None`, the reason logged, when it
 /// fails, takes longer than [`TLS_HANDSHAKE_TIMEOUT`], or shutdown begins first. Its

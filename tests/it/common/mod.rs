@@ -5,6 +5,7 @@
 //! it against any address. [`in_process`] runs the server inside the test process instead;
 //! [`hardening`] looks at the server process through `/proc` and opens sockets with options.
 
+pub mod haproxy;
 pub mod hardening;
 pub mod in_process;
 pub mod tls;
