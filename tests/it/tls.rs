@@ -393,3 +393,24 @@ fn bad_admin_tls_files_stop_the_start_naming_the_file() {
         .set("admin", "tls", admin_tls);
     assert_refused_to_start(dir.path(), &config, &["absent.key"]);
 }
+
+#[test]
+fn a_client_closing_without_close_notify_has_simply_closed() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let config = config.set("log", "level", "debug");
+    let (server, tls) = start(dir, &config);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+    // rustls sends no close_notify on drop: the TCP connection just ends.
+    drop(client);
+    server.wait_for_log("peer closed", Duration::from_secs(5));
+    assert!(
+        !server.stderr_text().contains("io_error"),
+        "{}",
+        server.stderr_text()
+    );
+}

@@ -25,7 +25,15 @@ impl AsyncRead for ClientStream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_read(task, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(task, buf),
+            // A client that closes without TLS's close_notify (most do) has closed, as over
+            // TCP: the protocol's messages carry their own ends, so nothing can be cut
+            // unnoticed.
+            Self::Tls(stream) => match Pin::new(stream.as_mut()).poll_read(task, buf) {
+                Poll::Ready(Err(err)) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                    Poll::Ready(Ok(()))
+                }
+                read => read,
+            },
         }
     }
 }
