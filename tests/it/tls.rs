@@ -414,3 +414,42 @@ fn a_client_closing_without_close_notify_has_simply_closed() {
         server.stderr_text()
     );
 }
+
+#[test]
+fn a_thousand_half_handshakes_are_bounded_then_dropped() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let config = config.server("max_connections", 1001);
+    let (server, tls) = start(dir, &config);
+    // Half a ClientHello each: the record header and the start of the handshake message.
+    let half_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut stalled: Vec<TestClient> = (0..1000)
+        .map(|_| {
+            let mut client = TestClient::connect(tls);
+            client.send_raw(&half_hello);
+            client
+        })
+        .collect();
+    // The server keeps serving, and the pending handshakes hold their slots.
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
+    let mut refused = server.client();
+    refused.expect_closed_within(Duration::from_secs(5));
+    for client in &mut stalled {
+        client.expect_closed_within(Duration::from_secs(15));
+    }
+    plain.send(&["prolongate"]);
+    plain.expect(&["prolongate_ack"]);
+    // Their slots are free again.
+    let served = crate::common::wait_until(Duration::from_secs(5), || {
+        let mut again = server.client();
+        again.send(&["prolongate"]);
+        again.try_recv(Duration::from_secs(1)).is_ok()
+    });
+    assert!(served, "the dropped handshakes' slots did not come back");
+}
