@@ -453,3 +453,35 @@ fn a_thousand_half_handshakes_are_bounded_then_dropped() {
     });
     assert!(served, "the dropped handshakes' slots did not come back");
 }
+
+#[test]
+fn tether_client_speaks_tls_with_a_ca_file() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(true, false);
+    let (server, tls) = start(dir, &config);
+    let run = |ca: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .arg("--config")
+            .arg(server.config_path())
+            .args(["client", "--tls", "--ca-file"])
+            .arg(ca)
+            .args(["--addr", &format!("localhost:{}", tls.port())])
+            .args(["--login", "alice", "--password-stdin", "-c", "prolongate"])
+            .env_remove("RUST_LOG");
+        crate::common::run_with_input(command, b"secret\n", Duration::from_secs(10))
+    };
+    let ran = run(&ca(&server));
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(
+        ran.stdout.lines().collect::<Vec<_>>(),
+        ["login_valid", "prolongate_ack"]
+    );
+    // A certificate from another CA is refused: exit 3, saying why.
+    make_ca(server.dir(), "other");
+    let ran = run(&server.dir().join("other-ca.pem"));
+    assert_eq!(ran.status.code(), Some(3), "{ran:?}");
+    assert!(ran.stderr.contains("TLS handshake"), "{ran:?}");
+}
