@@ -39,6 +39,9 @@ fn load_files(
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_certificates(cert_file)?;
+    if let Some(warning) = validity_warning(cert_file, &certs[0]) {
+        log::warn!("{warning}");
+    }
     let key = PrivateKeyDer::from_pem_file(key_file)
         .map_err(|err| format!("{}: no usable private key: {err}", key_file.display()))?;
     let signing_key = provider
@@ -76,6 +79,31 @@ fn load_files(
         .with_single_cert(certs, key)
         .map_err(|err| format!("{}: {err}", cert_file.display()))?;
     Ok(Arc::new(config))
+}
+
+/// Why the certificate `certificate` (from `cert_file`) is not valid now, if it is not:
+/// served anyway (clients refuse it; the server is not the judge of its clock), but said.
+fn validity_warning(cert_file: &Path, certificate: &CertificateDer<'_>) -> Option<String> {
+    use x509_cert::der::Decode;
+    let parsed = x509_cert::Certificate::from_der(certificate.as_ref()).ok()?;
+    let validity = &parsed.tbs_certificate.validity;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    let shown = cert_file.display();
+    if now > validity.not_after.to_unix_duration() {
+        Some(format!(
+            "{shown}: the certificate expired ({}): clients will refuse it",
+            validity.not_after
+        ))
+    } else if now < validity.not_before.to_unix_duration() {
+        Some(format!(
+            "{shown}: the certificate is not valid before {}: clients will refuse it",
+            validity.not_before
+        ))
+    } else {
+        None
+    }
 }
 
 /// The certificates of the PEM file at `path`: at least one.

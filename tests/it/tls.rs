@@ -485,3 +485,38 @@ fn tether_client_speaks_tls_with_a_ca_file() {
     assert_eq!(ran.status.code(), Some(3), "{ran:?}");
     assert!(ran.stderr.contains("TLS handshake"), "{ran:?}");
 }
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    crate::common::tls::openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "test-ca.pem",
+            "-CAkey",
+            "test-ca.key",
+            "-days",
+            "-1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let (server, tls) = start(dir, &config);
+    assert!(
+        server.stderr_text().contains("the certificate expired"),
+        "{}",
+        server.stderr_text()
+    );
+    let refused = TlsClient::connect(tls, client_config(&ca(&server), None));
+    assert!(refused.is_err(), "a client accepted an expired certificate");
+}
