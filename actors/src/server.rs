@@ -409,7 +409,7 @@ async fn accept_loop(
                 }
             };
             let peer = if proxied {
-                match client_address(&mut stream, peer).await {
+                match client_address(&mut stream, peer, hub.clone()).await {
                     Some(client) => client,
                     None => return,
                 }
@@ -438,21 +438,28 @@ async fn accept_loop(
 /// The client's address from the PROXY protocol header `stream` from the load balancer
 /// `peer` begins with (or `peer` itself for a header that carries none): `None`, the
 /// reason logged, when the header is missing, malformed or not complete within
-/// [`PROXY_HEADER_TIMEOUT`]; the connection is then closed without a reply.
+/// [`PROXY_HEADER_TIMEOUT`], or shutdown begins first; the connection is then closed
+/// without a reply.
 async fn client_address(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
+    mut hub: watch::Receiver<HubState>,
 ) -> Option<SocketAddr> {
-    match tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_header::read(stream)).await {
-        Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
-        Ok(Err(err)) => {
-            log::info!("{peer}: closed: no valid PROXY protocol header ({err})");
-            None
-        }
-        Err(_) => {
-            log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
-            None
-        }
+    let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_header::read(stream));
+    let shutdown = hub.wait_for(|state| state.shutting_down);
+    tokio::select! {
+        read = header => match read {
+            Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
+            Ok(Err(err)) => {
+                log::info!("{peer}: closed: no valid PROXY protocol header ({err})");
+                None
+            }
+            Err(_) => {
+                log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
+                None
+            }
+        },
+        _ = shutdown => None,
     }
 }
 

@@ -69,6 +69,12 @@ fn the_protocol_runs_over_tls_beside_plain_tcp() {
     client.expect(&["login_valid"]);
     client.send(&["prolongate"]);
     client.expect(&["prolongate_ack"]);
+    // An orderly close ends in close_notify and the end of the stream.
+    client.send(&["disconnect"]);
+    client.expect(&["disconnect_ack"]);
+    let ended = client.try_recv();
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(client.closed_cleanly(), "no close_notify before the end");
     let mut plain = server.client();
     plain.send(&["login", "alice", "secret"]);
     plain.expect(&["login_valid"]);

@@ -146,6 +146,8 @@ pub struct TlsClient {
     stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     /// Bytes received but not yet returned as messages.
     buffer: Vec<u8>,
+    /// The server sent close_notify before ending the stream.
+    ended_cleanly: bool,
 }
 
 impl TlsClient {
@@ -164,6 +166,7 @@ impl TlsClient {
         Ok(Self {
             stream,
             buffer: Vec::new(),
+            ended_cleanly: false,
         })
     }
 
@@ -199,6 +202,8 @@ impl TlsClient {
             let mut chunk = [0u8; 4096];
             let read = self.stream.read(&mut chunk)?;
             if read == 0 {
+                // rustls answers 0 only after close_notify; a bare TCP end is an error.
+                self.ended_cleanly = true;
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
             self.buffer.extend_from_slice(&chunk[..read]);
@@ -216,6 +221,11 @@ impl TlsClient {
         // A close without close_notify still ends the answer.
         let _ = self.stream.read_to_end(&mut answer);
         String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Whether the server ended the stream with TLS's close_notify.
+    pub fn closed_cleanly(&self) -> bool {
+        self.ended_cleanly
     }
 
     /// Asserts that the next message is `parts`.
