@@ -52,8 +52,13 @@ impl fmt::Display for Source {
 /// The `[server]` table: the client protocol listener and its limits.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Where clients connect.
-    pub listen: SocketAddr,
+    /// Where clients connect in plain TCP; `None` (`listen = ""`) when only TLS is on.
+    pub listen: Option<SocketAddr>,
+    /// The TLS listener (`[server.tls]`), when on.
+    pub tls: Option<TlsConfig>,
+    /// Networks whose connections begin with a PROXY protocol header (a single address is
+    /// a /32 or /128).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// How long a connection may stay silent before it gets `timeout`; never zero.
     pub idle_timeout: Duration,
     /// Longest message accepted from a client, without its terminator.
@@ -72,6 +77,19 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Event-loop threads; a configured 0 is already resolved to the number of CPUs.
     pub workers: usize,
+}
+
+/// The `[server.tls]` table when its `listen` is set: the client protocol over TLS.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Where TLS clients connect.
+    pub listen: SocketAddr,
+    /// The certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate this CA (PEM) signed.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 /// The `[auth]` table: the users file and login rules.
@@ -109,6 +127,18 @@ pub struct AdminConfig {
     /// The bearer token every route but `/healthz` needs; `None` means no check.
     /// Always set when `listen` is not a loopback address.
     pub token: Option<String>,
+    /// `[admin.tls]`: the certificate chain and key (PEM) that make the API HTTPS only;
+    /// `None` for plain HTTP.
+    pub tls: Option<AdminTls>,
+}
+
+/// The `[admin.tls]` table when set.
+#[derive(Debug, Clone)]
+pub struct AdminTls {
+    /// The certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The private key, PEM.
+    pub key_file: PathBuf,
 }
 
 /// The `[log]` table.
@@ -175,7 +205,10 @@ impl Config {
         section(
             "server",
             vec![
-                ("listen", value(server.listen.to_string())),
+                (
+                    "listen",
+                    value(server.listen.map_or_else(String::new, |a| a.to_string())),
+                ),
                 ("idle_timeout", value(format_duration(server.idle_timeout))),
                 ("max_message_bytes", count(server.max_message_bytes)),
                 ("max_pending_bytes", count(server.max_pending_bytes)),
@@ -186,6 +219,17 @@ impl Config {
                     value(format_duration(server.shutdown_grace)),
                 ),
                 ("workers", count(server.workers)),
+                (
+                    "proxy_protocol_from",
+                    value(
+                        server
+                            .proxy_protocol_from
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<toml_edit::Array>(),
+                    ),
+                ),
+                ("tls", tls_table(server.tls.as_ref())),
             ],
         );
         let auth = &self.auth;
@@ -217,14 +261,44 @@ impl Config {
             Some(_) => MASKED_TOKEN,
             None => "",
         };
+        let admin_tls = self.admin.tls.as_ref();
+        let path = |path: Option<&PathBuf>| {
+            value(path.map_or_else(String::new, |p| p.to_string_lossy().into_owned()))
+        };
+        let mut tls = Table::new();
+        tls.insert("cert_file", path(admin_tls.map(|tls| &tls.cert_file)));
+        tls.insert("key_file", path(admin_tls.map(|tls| &tls.key_file)));
         section(
             "admin",
-            vec![("listen", value(listen)), ("token", value(token))],
+            vec![
+                ("listen", value(listen)),
+                ("token", value(token)),
+                ("tls", Item::Table(tls)),
+            ],
         );
         let level = self.log.level.to_string().to_ascii_lowercase();
         section("log", vec![("level", value(level))]);
         document.to_string()
     }
+}
+
+/// The `[server.tls]` table as [`Config::effective_toml`] shows it.
+fn tls_table(tls: Option<&TlsConfig>) -> toml_edit::Item {
+    let path = |path: Option<&PathBuf>| {
+        toml_edit::value(path.map_or_else(String::new, |p| p.to_string_lossy().into_owned()))
+    };
+    let mut table = toml_edit::Table::new();
+    table.insert(
+        "listen",
+        toml_edit::value(tls.map_or_else(String::new, |tls| tls.listen.to_string())),
+    );
+    table.insert("cert_file", path(tls.map(|tls| &tls.cert_file)));
+    table.insert("key_file", path(tls.map(|tls| &tls.key_file)));
+    table.insert(
+        "client_ca_file",
+        path(tls.and_then(|tls| tls.client_ca_file.as_ref())),
+    );
+    toml_edit::Item::Table(table)
 }
 
 /// What [`Config::effective_toml`] shows for a set `admin.token`.
@@ -422,6 +496,17 @@ struct RawServer {
     max_connections: u64,
     shutdown_grace: String,
     workers: u64,
+    proxy_protocol_from: Vec<String>,
+    tls: RawServerTls,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [server.tls] table")]
+struct RawServerTls {
+    listen: String,
+    cert_file: String,
+    key_file: String,
+    client_ca_file: String,
 }
 
 impl Default for RawServer {
@@ -435,6 +520,8 @@ impl Default for RawServer {
             max_connections: 10_000,
             shutdown_grace: "5s".to_string(),
             workers: 0,
+            proxy_protocol_from: Vec::new(),
+            tls: RawServerTls::default(),
         }
     }
 }
@@ -480,6 +567,7 @@ impl Default for RawEvents {
 struct RawAdmin {
     listen: String,
     token: String,
+    tls: RawAdminTls,
 }
 
 impl Default for RawAdmin {
@@ -487,8 +575,16 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:7701".to_string(),
             token: String::new(),
+            tls: RawAdminTls::default(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "an [admin.tls] table")]
+struct RawAdminTls {
+    cert_file: String,
+    key_file: String,
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -567,8 +663,35 @@ impl Check<'_> {
             0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
             workers => workers,
         };
+        let listen = match raw.listen.as_str() {
+            "" => None,
+            text => Some(self.address("server.listen", text)?),
+        };
+        let tls = self.server_tls(raw.tls)?;
+        if listen.is_none() && tls.is_none() {
+            return Err(self.error(
+                "server.listen",
+                "must be set unless server.tls.listen is (clients need a listener)".into(),
+            ));
+        }
+        let proxy_protocol_from = raw
+            .proxy_protocol_from
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.error(
+                            "server.proxy_protocol_from",
+                            format!("invalid network {text:?}: expected a CIDR like 10.0.0.0/8 or an address"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ServerConfig {
-            listen: self.address("server.listen", &raw.listen)?,
+            listen,
+            tls,
+            proxy_protocol_from,
             idle_timeout,
             max_message_bytes,
             max_pending_bytes,
@@ -577,6 +700,29 @@ impl Check<'_> {
             shutdown_grace: self.duration("server.shutdown_grace", &raw.shutdown_grace)?,
             workers,
         })
+    }
+
+    fn server_tls(&self, raw: RawServerTls) -> Result<Option<TlsConfig>, ConfigError> {
+        if raw.listen.is_empty() {
+            return Ok(None);
+        }
+        let folder = self.file.parent().unwrap_or(Path::new(""));
+        let file = |key: &str, text: &str| {
+            if text.is_empty() {
+                Err(self.error(key, "must be set when server.tls.listen is".into()))
+            } else {
+                Ok(folder.join(text))
+            }
+        };
+        Ok(Some(TlsConfig {
+            listen: self.address("server.tls.listen", &raw.listen)?,
+            cert_file: file("server.tls.cert_file", &raw.cert_file)?,
+            key_file: file("server.tls.key_file", &raw.key_file)?,
+            client_ca_file: match raw.client_ca_file.as_str() {
+                "" => None,
+                text => Some(folder.join(text)),
+            },
+        }))
     }
 
     fn auth(&self, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
@@ -658,15 +804,51 @@ impl Check<'_> {
                 ));
             }
         }
-        Ok(AdminConfig { listen, token })
+        let folder = self.file.parent().unwrap_or(Path::new(""));
+        let tls = match (raw.tls.cert_file.as_str(), raw.tls.key_file.as_str()) {
+            ("", "") => None,
+            ("", _) => {
+                return Err(self.error(
+                    "admin.tls.cert_file",
+                    "must be set when admin.tls.key_file is".into(),
+                ))
+            }
+            (_, "") => {
+                return Err(self.error(
+                    "admin.tls.key_file",
+                    "must be set when admin.tls.cert_file is".into(),
+                ))
+            }
+            (cert, key) => Some(AdminTls {
+                cert_file: folder.join(cert),
+                key_file: folder.join(key),
+            }),
+        };
+        Ok(AdminConfig { listen, token, tls })
     }
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.
     fn distinct_listeners(&self, config: &Config) -> Result<(), ConfigError> {
-        let client = config.server.listen;
         let Some(admin) = config.admin.listen else {
             return Ok(());
         };
+        let tls = config.server.tls.as_ref().map(|tls| tls.listen);
+        for client in config.server.listen.into_iter().chain(tls) {
+            self.distinct(client, admin)?;
+        }
+        if let (Some(client), Some(tls)) = (config.server.listen, tls) {
+            if client.port() != 0 && client.port() == tls.port() && client.ip() == tls.ip() {
+                return Err(self.error(
+                    "server.tls.listen",
+                    format!("{tls} is the address of server.listen; give TLS another port"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses `admin` on the client address `client`.
+    fn distinct(&self, client: SocketAddr, admin: SocketAddr) -> Result<(), ConfigError> {
         let overlap = client.ip() == admin.ip()
             || client.ip().is_unspecified()
             || admin.ip().is_unspecified();
@@ -760,7 +942,7 @@ mod tests {
         let server = &config.server;
         assert_eq!(
             server.listen,
-            "127.0.0.1:7700".parse::<SocketAddr>().unwrap()
+            Some("127.0.0.1:7700".parse::<SocketAddr>().unwrap())
         );
         assert_eq!(server.idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(server.max_message_bytes, 65_536);
@@ -927,7 +1109,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             config.server.listen,
-            "[::1]:9000".parse::<SocketAddr>().unwrap()
+            Some("[::1]:9000".parse::<SocketAddr>().unwrap())
         );
         assert_eq!(config.server.idle_timeout, Duration::from_secs(90));
         assert_eq!(config.server.max_message_bytes, 256);
@@ -1026,7 +1208,36 @@ mod tests {
         assert_refused(
             "[server]\nlisten = \"\"",
             "server.listen",
-            "invalid address",
+            "must be set unless server.tls.listen is",
+        );
+        assert_refused(
+            "[server.tls]\nlisten = \"127.0.0.1:7443\"",
+            "server.tls.cert_file",
+            "must be set when server.tls.listen is",
+        );
+        let tls_only = "[server]\nlisten = \"\"\n[server.tls]\nlisten = \"127.0.0.1:7443\"\n\
+                        cert_file = \"c.pem\"\nkey_file = \"k.pem\"";
+        let config = config(tls_only).unwrap();
+        assert_eq!(config.server.listen, None);
+        let tls = config.server.tls.unwrap();
+        assert_eq!(tls.cert_file, Path::new("/etc/tether/c.pem"));
+        assert_eq!(tls.client_ca_file, None);
+    }
+
+    #[test]
+    fn proxy_protocol_from_takes_networks_and_addresses() {
+        let config = config("[server]\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+        let shown: Vec<String> = config
+            .server
+            .proxy_protocol_from
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+        assert_refused(
+            "[server]\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "server.proxy_protocol_from",
+            "expected a CIDR",
         );
     }
 

@@ -8,5 +8,6 @@ pub mod client;
 pub mod config;
 pub mod limits;
 pub mod serve;
+pub mod tls;
 pub mod toml_error;
 pub mod users;

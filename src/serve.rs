@@ -9,8 +9,9 @@ use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::proxy_header::ProxyTrust;
 use tether_actors::users::UserTable;
-use tether_actors::{Settings, Tether};
+use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 
 /// How long past `shutdown_grace` the admin API may take to drop the requests it still
 /// holds (it drops them at the grace, rounded down to whole seconds).
@@ -68,6 +69,8 @@ pub fn run(config: Config) -> Outcome {
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         Ok::<_, std::io::Error>((hangups, stop_signal()?))
     });
+    let tls_hangups = system
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
     let (hangups, stop_signal) = match caught {
         Ok(caught) => caught,
         Err(err) => {
@@ -105,11 +108,50 @@ pub fn run(config: Config) -> Outcome {
         }
     };
     let users = Arc::new(UserTable::new(users));
+    let tls_config = match config.server.tls.as_ref().map(crate::tls::load).transpose() {
+        Ok(tls_config) => tls_config,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
+    let admin_tls = match config
+        .admin
+        .tls
+        .as_ref()
+        .map(crate::tls::load_admin)
+        .transpose()
+    {
+        Ok(admin_tls) => admin_tls,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
+    if let Some(address) = config.admin.listen {
+        if admin_tls.is_none() && !address.ip().to_canonical().is_loopback() {
+            log::warn!(
+                "admin API on {address} without TLS: its token and requests cross the network \
+                 in clear; set [admin.tls] (see SECURITY.md)"
+            );
+        }
+    }
 
     // Every listener is bound before anything is logged as listening, so a busy address
     // stops start-up before any client is accepted.
-    let Some(listener) = bind(config.server.listen, "clients") else {
-        return Outcome::Failed;
+    let listener = match config.server.listen {
+        Some(address) => match bind(address, "clients") {
+            Some(listener) => Some(listener),
+            None => return Outcome::Failed,
+        },
+        None => None,
+    };
+    let tls_listener = match (&config.server.tls, tls_config) {
+        (Some(tls), Some(tls_config)) => match bind(tls.listen, "clients, TLS") {
+            Some(listener) => Some((listener, TlsConfigSlot::new(tls_config))),
+            None => return Outcome::Failed,
+        },
+        _ => None,
     };
     let admin_listener = match config.admin.listen {
         Some(address) => match bind(address, "admin API") {
@@ -128,7 +170,15 @@ pub fn run(config: Config) -> Outcome {
     }
 
     system.block_on(async move {
-        let tether = match Tether::start(listener, settings(&config), Arc::clone(&users) as _) {
+        let tls_slot = tls_listener.as_ref().map(|(_, slot)| slot.clone());
+        let listeners = Listeners {
+            plain: listener,
+            tls: tls_listener,
+            proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
+        };
+        let started =
+            Tether::start_listeners(listeners, settings(&config), Arc::clone(&users) as _);
+        let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
                 fatal(&err.to_string());
@@ -149,7 +199,7 @@ pub fn run(config: Config) -> Outcome {
         let _users_watch =
             crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
         let admin = match admin_listener {
-            Some(listener) => match start_admin(listener, &config, &tether, user_sync) {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -159,9 +209,28 @@ pub fn run(config: Config) -> Outcome {
             },
             None => None,
         };
-        log::info!("listening on {} (clients)", tether.local_addr());
+        let _tls_reload = match (config.server.tls.clone(), tls_slot) {
+            (Some(tls), Some(slot)) => {
+                let hangups = tls_hangups
+                    .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
+                    .ok();
+                Some(crate::tls::start_reloading(tls, slot, hangups))
+            }
+            _ => None,
+        };
+        if config.server.listen.is_some() {
+            log::info!("listening on {} (clients)", tether.local_addr());
+        }
+        if let Some(address) = tether.tls_local_addr() {
+            log::info!("listening on {address} (clients, TLS)");
+        }
         if let Some((_, bound)) = &admin {
-            log::info!("listening on {bound} (admin API)");
+            let scheme = if config.admin.tls.is_some() {
+                "HTTPS"
+            } else {
+                "HTTP"
+            };
+            log::info!("listening on {bound} (admin API), {scheme}");
         }
         tell_service_manager(sd_notify::NotifyState::Ready);
         stop_signal.await;
@@ -215,6 +284,7 @@ fn start_admin(
     config: &Config,
     tether: &Tether,
     users: UserSync,
+    tls: Option<tether_actors::rustls::ServerConfig>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
@@ -226,7 +296,7 @@ fn start_admin(
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
     };
-    let (server, bound) = admin::start(listener, state, config.server.shutdown_grace)
+    let (server, bound) = admin::start(listener, state, config.server.shutdown_grace, tls)
         .map_err(|err| format!("cannot start the admin API: {err}"))?;
     let handle = server.handle();
     actix_rt::spawn(server);

@@ -19,6 +19,8 @@ pub mod wire;
 pub use auth::{credentials, password, throttle, users};
 pub use hub::{bus, registry, supervisor};
 pub use util::{buffers, clock, excerpt, metrics};
-pub use wire::{codec, protocol};
+pub use wire::{codec, protocol, proxy_header};
 
-pub use server::{Settings, StartError, Tether, TetherHandle};
+pub use server::{Listeners, Settings, StartError, Tether, TetherHandle, TlsConfigSlot};
+/// The rustls the TLS listener uses, for building its configuration.
+pub use tokio_rustls::rustls;

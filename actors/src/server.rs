@@ -5,7 +5,7 @@
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
-use crate::connection::{ConnectionActor, ConnectionShared};
+use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::CountConnections;
 use crate::hub::messages::{
@@ -18,13 +18,15 @@ use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
 use crate::util::output_budget::OutputBudget;
+use crate::wire::proxy_header::{self, ProxyTrust};
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
 
 /// Connections the kernel may hold completed but not yet accepted (it caps this at
 /// `net.core.somaxconn`); the standard library listens with 128.
@@ -42,6 +44,10 @@ const RESTART_WAIT: Duration = Duration::from_secs(1);
 /// The least `SO_SNDBUF` asked for a connection, whatever `max_pending_bytes`: Linux
 /// doubles it, and 128 KiB in flight keeps a reader on a fast link at full speed.
 const MIN_SEND_BUFFER: usize = 64 * 1024;
+/// How long a client has to finish its TLS handshake (SPEC §10).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a trusted load balancer has to send the PROXY protocol header (SPEC §10).
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Everything the server needs to know, already checked (see the application's config).
 #[derive(Debug, Clone)]
@@ -97,16 +103,51 @@ impl From<std::io::Error> for StartError {
     }
 }
 
+/// The listeners a server accepts clients on: plain TCP, TLS, or both.
+pub struct Listeners {
+    /// The plaintext listener (`server.listen`).
+    pub plain: Option<std::net::TcpListener>,
+    /// The TLS listener (`server.tls.listen`) and the configuration its handshakes use.
+    pub tls: Option<(std::net::TcpListener, TlsConfigSlot)>,
+    /// Peers whose connections, on either listener, begin with a PROXY protocol header
+    /// (`proxy_protocol_from`).
+    pub proxy_trust: ProxyTrust,
+}
+
+/// The TLS configuration new handshakes use, replaceable while the server runs (a
+/// certificate reload): connections already open keep the one they started with.
+#[derive(Clone)]
+pub struct TlsConfigSlot(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+
+impl TlsConfigSlot {
+    /// A slot holding `config`.
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(RwLock::new(config)))
+    }
+
+    /// Puts `config` in force for the handshakes that begin from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// The configuration in force.
+    fn current(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
 /// A running protocol server.
 pub struct Tether {
-    /// Where clients connect.
+    /// Where clients connect: the plaintext listener's address, else the TLS listener's.
     local_addr: SocketAddr,
+    /// Where TLS clients connect, when there is a TLS listener.
+    tls_local_addr: Option<SocketAddr>,
     /// The hub's state, for handles.
     hub: watch::Receiver<HubState>,
     /// Restarts the registry and the bus; starts the shutdown broadcast.
     supervisor: Addr<HubSupervisor>,
-    /// The accept loop; aborting it stops accepting.
-    accept: JoinHandle<()>,
+    /// The accept loops, one per listener; aborting them stops accepting.
+    accept: Vec<JoinHandle<()>>,
     /// One permit per open connection, `max_connections` in all.
     permits: Arc<Semaphore>,
     /// The number of permits.
@@ -120,7 +161,7 @@ pub struct Tether {
 }
 
 impl Tether {
-    /// Starts serving `listener` in the current actix System.
+    /// Starts serving `listener` (plain TCP) in the current actix System.
     ///
     /// Makes the stand-in hash of the configured cost first (about a millisecond; see
     /// [`stand_in_hash`]).
@@ -129,12 +170,37 @@ impl Tether {
         settings: Settings,
         users: Arc<dyn UserStore>,
     ) -> Result<Self, StartError> {
-        listener.set_nonblocking(true)?;
-        // A burst of connections (clients reconnecting after a restart) must not overflow
-        // the accept queue: a dropped SYN costs its client a one-second retry.
-        socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
-        let local_addr = listener.local_addr()?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let listeners = Listeners {
+            plain: Some(listener),
+            tls: None,
+            proxy_trust: ProxyTrust::default(),
+        };
+        Self::start_listeners(listeners, settings, users)
+    }
+
+    /// Starts serving `listeners` in the current actix System; both kinds share the
+    /// connection cap and everything else. At least one listener must be given.
+    pub fn start_listeners(
+        listeners: Listeners,
+        settings: Settings,
+        users: Arc<dyn UserStore>,
+    ) -> Result<Self, StartError> {
+        let proxy_trust = Arc::new(listeners.proxy_trust);
+        let plain = listeners.plain.map(prepare_listener).transpose()?;
+        let tls = match listeners.tls {
+            Some((listener, config)) => Some((prepare_listener(listener)?, config)),
+            None => None,
+        };
+        let tls_local_addr = tls.as_ref().map(|((_, address), _)| *address);
+        let local_addr = match (plain.as_ref().map(|(_, address)| *address), tls_local_addr) {
+            (Some(address), _) | (None, Some(address)) => address,
+            (None, None) => {
+                return Err(StartError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "no listener to serve",
+                )))
+            }
+        };
 
         let metrics = Metrics::new();
         let workers: Vec<Arbiter> = (0..settings.workers.max(1))
@@ -169,17 +235,28 @@ impl Tether {
             delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
-        let accept = actix_rt::spawn(accept_loop(
-            listener,
-            workers.iter().map(Arbiter::handle).collect(),
-            Arc::clone(&permits),
-            shared,
-            hub.clone(),
-        ));
+        let loops = plain
+            .map(|(listener, _)| (listener, None))
+            .into_iter()
+            .chain(tls.map(|((listener, _), config)| (listener, Some(config))));
+        let accept = loops
+            .map(|(listener, tls)| {
+                actix_rt::spawn(accept_loop(
+                    listener,
+                    tls,
+                    Arc::clone(&proxy_trust),
+                    workers.iter().map(Arbiter::handle).collect(),
+                    Arc::clone(&permits),
+                    Arc::clone(&shared),
+                    hub.clone(),
+                ))
+            })
+            .collect();
         let mut arbiters = workers;
         arbiters.push(hub_arbiter);
         Ok(Self {
             local_addr,
+            tls_local_addr,
             hub,
             supervisor,
             accept,
@@ -201,6 +278,11 @@ impl Tether {
         self.local_addr
     }
 
+    /// Where TLS clients connect, when the server has a TLS listener.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_local_addr
+    }
+
     /// A handle for publishing events and invalidating users.
     pub fn handle(&self) -> TetherHandle {
         TetherHandle {
@@ -211,7 +293,9 @@ impl Tether {
     /// Stops accepting, sends `shutdown` to every connection and waits up to the grace
     /// period for them to flush and close; then stops the server's threads.
     pub async fn shutdown(self) {
-        self.accept.abort();
+        for accept in &self.accept {
+            accept.abort();
+        }
         let open = self.max_connections as usize - self.permits.available_permits();
         log::info!("shutting down: closing {open} connection(s)");
         let deadline = tokio::time::Instant::now() + self.shutdown_grace;
@@ -248,6 +332,8 @@ impl Tether {
 /// Accepts connections and hands each to a worker arbiter, round-robin.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    tls: Option<TlsConfigSlot>,
+    proxy_trust: Arc<ProxyTrust>,
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
     shared: Arc<ConnectionShared>,
@@ -311,15 +397,35 @@ async fn accept_loop(
         next_worker = next_worker.wrapping_add(1);
         let shared = Arc::clone(&shared);
         let hub = hub.clone();
+        // The TLS configuration in force at accept is the one this handshake uses.
+        let tls = tls.as_ref().map(TlsConfigSlot::current);
+        let proxied = proxy_trust.trusts(peer.ip());
         worker.spawn(async move {
-            match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    ConnectionActor::create(|ctx| {
-                        ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
-                    });
+            let mut stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    log::warn!("{peer}: cannot register the connection: {err}");
+                    return;
                 }
-                Err(err) => log::warn!("{peer}: cannot register the connection: {err}"),
-            }
+            };
+            let peer = if proxied {
+                match client_address(&mut stream, peer, hub.clone()).await {
+                    Some(client) => client,
+                    None => return,
+                }
+            } else {
+                peer
+            };
+            let stream = match tls {
+                None => ClientStream::Plain(stream),
+                Some(config) => match tls_handshake(stream, peer, config, hub.clone()).await {
+                    Some(stream) => ClientStream::Tls(Box::new(stream)),
+                    None => return,
+                },
+            };
+            ConnectionActor::create(|ctx| {
+                ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
+            });
         });
     }
 }
@@ -329,6 +435,76 @@ async fn accept_loop(
 /// read then holds about `max_pending_bytes` of kernel memory besides as much in the
 /// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
 /// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
+/// The client's address from the PROXY protocol header `stream` from the load balancer
+/// `peer` begins with (or `peer` itself for a header that carries none): `None`, the
+/// reason logged, when the header is missing, malformed or not complete within
+/// [`PROXY_HEADER_TIMEOUT`], or shutdown begins first; the connection is then closed
+/// without a reply.
+async fn client_address(
+    stream: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    mut hub: watch::Receiver<HubState>,
+) -> Option<SocketAddr> {
+    let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_header::read(stream));
+    let shutdown = hub.wait_for(|state| state.shutting_down);
+    tokio::select! {
+        read = header => match read {
+            Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
+            Ok(Err(err)) => {
+                log::info!("{peer}: closed: no valid PROXY protocol header ({err})");
+                None
+            }
+            Err(_) => {
+                log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
+                None
+            }
+        },
+        _ = shutdown => None,
+    }
+}
+
+/// Runs the server side of a TLS handshake on `stream`, on the connection's worker (it
+/// waits for the client without holding the thread): `None`, the reason logged, when it
+/// fails, takes longer than [`TLS_HANDSHAKE_TIMEOUT`], or shutdown begins first. Its
+/// memory is rustls's, bounded by the record size; the caller's permit counts it against
+/// `max_connections`.
+async fn tls_handshake(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    config: Arc<rustls::ServerConfig>,
+    mut hub: watch::Receiver<HubState>,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    let shutdown = hub.wait_for(|state| state.shutting_down);
+    tokio::select! {
+        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => match done {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(err)) => {
+                log::info!("{peer}: TLS handshake failed: {err}");
+                None
+            }
+            Err(_) => {
+                log::info!("{peer}: TLS handshake not done within {TLS_HANDSHAKE_TIMEOUT:?}: closing");
+                None
+            }
+        },
+        _ = shutdown => None,
+    }
+}
+
+/// Makes `listener` non-blocking with a deep accept queue, for the current runtime; answers
+/// it with its address.
+fn prepare_listener(
+    listener: std::net::TcpListener,
+) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    listener.set_nonblocking(true)?;
+    // A burst of connections (clients reconnecting after a restart) must not overflow
+    // the accept queue: a dropped SYN costs its client a one-second retry.
+    socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
+    let address = listener.local_addr()?;
+    Ok((tokio::net::TcpListener::from_std(listener)?, address))
+}
+
 fn send_buffer_size(max_pending_bytes: usize) -> usize {
     (max_pending_bytes / 2).max(MIN_SEND_BUFFER)
 }

@@ -59,6 +59,7 @@ pub fn start(
     listener: std::net::TcpListener,
     state: AdminState,
     shutdown_grace: Duration,
+    tls: Option<tether_actors::rustls::ServerConfig>,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let state = web::Data::new(state);
     let server = HttpServer::new(move || {
@@ -86,8 +87,11 @@ pub fn start(
     .keep_alive(KEEP_ALIVE)
     .max_connections(MAX_CONNECTIONS)
     .shutdown_timeout(shutdown_grace.as_secs())
-    .disable_signals()
-    .listen(listener)?;
+    .disable_signals();
+    let server = match tls {
+        Some(config) => server.listen_rustls_0_23(listener, config)?,
+        None => server.listen(listener)?,
+    };
     let bound = server
         .addrs()
         .first()

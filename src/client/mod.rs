@@ -30,9 +30,17 @@ standard input not a terminal, it reads such commands one per line.
 Exit codes: 0 done; 1 login_invalid in a script; 2 bad arguments or command; 3 the \
 connection failed or closed before the commands were answered.")]
 pub struct ClientArgs {
-    /// The server's client address [default: server.listen of the configuration]
+    /// The server's client address [default: server.listen of the configuration, or
+    /// server.tls.listen with --tls]
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// Connect over TLS (to the server's TLS listener), trusting the CA of --ca-file
+    #[arg(long, requires = "ca_file")]
+    tls: bool,
+    /// The CA certificate (PEM; a self-signed server certificate itself will do) that the
+    /// server's certificate must chain to; its name must match --addr's host
+    #[arg(long, value_name = "PATH", requires = "tls")]
+    ca_file: Option<std::path::PathBuf>,
     /// Show event times in this zone: "local", "UTC" or an IANA name like Europe/Berlin
     #[arg(long, value_name = "ZONE", default_value = "local", value_parser = parse_zone)]
     zone: TimeZone,
@@ -223,7 +231,14 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
     let addr = args
         .addr
         .clone()
-        .unwrap_or_else(|| config.server.listen.to_string());
+        .or_else(|| {
+            if args.tls {
+                config.server.tls.as_ref().map(|tls| tls.listen.to_string())
+            } else {
+                config.server.listen.map(|address| address.to_string())
+            }
+        })
+        .unwrap_or_default();
     let zones = EventZones {
         server: args
             .server_zone
@@ -250,7 +265,7 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
     if args.is_script() {
         return run_script(&runtime, &args, &addr, options, &zones);
     }
-    let (client, pushes) = match runtime.block_on(Client::connect_with(addr.as_str(), options)) {
+    let (client, pushes) = match runtime.block_on(open(&args, &addr, options)) {
         Ok(connected) => connected,
         Err(err) => {
             eprintln!("tether client: cannot connect to {addr}: {err}");
@@ -274,6 +289,52 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
         spawn_push_printer(&runtime, pushes, zones, print, false);
         converse(&runtime, &client, &mut console)
     }
+}
+
+/// Connects to `addr`, over TLS with `--tls`; the error says why it could not.
+async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client, Pushes), String> {
+    let Some(ca_file) = args.ca_file.as_ref().filter(|_| args.tls) else {
+        return Client::connect_with(addr, options)
+            .await
+            .map_err(|err| err.to_string());
+    };
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    let certificates = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("{}: no certificate in the file", ca_file.display()));
+    }
+    for certificate in certificates {
+        roots
+            .add(certificate)
+            .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|err| format!("{host:?} is not a server name: {err}"))?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|err| err.to_string())?;
+    tcp.set_nodelay(true).map_err(|err| err.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|err| format!("TLS handshake: {err}"))?;
+    Ok(Client::from_stream(stream, options))
 }
 
 /// Prints every push through `print` as it arrives, and then, if `announce_end`, that the
@@ -378,7 +439,7 @@ fn run_script(
         }
     }
     runtime.block_on(async {
-        let (client, mut pushes) = match Client::connect_with(addr, options).await {
+        let (client, mut pushes) = match open(args, addr, options).await {
             Ok(connected) => connected,
             Err(err) => {
                 eprintln!("tether client: cannot connect to {addr}: {err}");

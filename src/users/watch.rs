@@ -38,17 +38,37 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// Keeps the users file watched; dropping it stops the watcher thread. SIGHUP keeps
 /// triggering reloads for as long as the actix System runs.
 pub struct UsersWatch {
-    /// Tells the watcher thread to stop, when there is one.
-    stop: Option<std_mpsc::Sender<Message>>,
+    /// The watcher thread, when there is one.
+    _watch: Option<FileWatch>,
 }
 
-impl Drop for UsersWatch {
+/// One file watched on its own thread, as this module describes; dropping it stops the
+/// thread.
+pub struct FileWatch {
+    /// Tells the watcher thread to stop.
+    stop: std_mpsc::Sender<Message>,
+}
+
+impl Drop for FileWatch {
     fn drop(&mut self) {
-        if let Some(stop) = &self.stop {
-            // Gone already: the thread stopped on its own.
-            let _ = stop.send(Message::Stop);
-        }
+        // Gone already: the thread stopped on its own.
+        let _ = self.stop.send(Message::Stop);
     }
+}
+
+/// Watches the file at `path` (`what` it is, for log lines) on a thread of its own and
+/// sends `requests` its contents each time they have settled after a change, and once
+/// soon after the start. The error says why it cannot be watched.
+pub fn watch_file(
+    what: &'static str,
+    path: PathBuf,
+    requests: mpsc::Sender<Contents>,
+) -> std::io::Result<FileWatch> {
+    let (watch, events, stop) = Watch::new(what, path).map_err(std::io::Error::other)?;
+    std::thread::Builder::new()
+        .name("file-watch".to_string())
+        .spawn(move || watch.run(&events, &requests))?;
+    Ok(FileWatch { stop })
 }
 
 /// What the watcher thread receives.
@@ -72,22 +92,11 @@ pub fn start(sync: UserSync, watch: bool, hangups: Signal) -> UsersWatch {
     let (requests, pending) = mpsc::channel(1);
     let path = sync.path().to_path_buf();
     let shown = path.display().to_string();
-    let stop = if watch {
-        match Watch::new(path) {
-            Ok((watch, events, stop)) => {
+    let watch = if watch {
+        match watch_file("users file", path, requests) {
+            Ok(watch) => {
                 log::info!("users file {shown}: watching it for changes; SIGHUP reloads it too");
-                let spawned = std::thread::Builder::new()
-                    .name("users-watch".to_string())
-                    .spawn(move || watch.run(&events, &requests));
-                match spawned {
-                    Ok(_) => Some(stop),
-                    Err(error) => {
-                        log::warn!(
-                            "users file {shown}: cannot watch it ({error}); SIGHUP reloads it"
-                        );
-                        None
-                    }
-                }
+                Some(watch)
             }
             Err(error) => {
                 log::warn!("users file {shown}: cannot watch it ({error}); SIGHUP reloads it");
@@ -99,12 +108,14 @@ pub fn start(sync: UserSync, watch: bool, hangups: Signal) -> UsersWatch {
         None
     };
     actix_rt::spawn(reload_on_request(sync, pending, hangups));
-    UsersWatch { stop }
+    UsersWatch { _watch: watch }
 }
 
 /// The watcher's state, owned by its thread.
 struct Watch {
-    /// The users file as configured.
+    /// What the file is, for log lines ("users file").
+    what: &'static str,
+    /// The file as configured.
     path: PathBuf,
     /// The file-system watcher; events go to the thread's channel.
     watcher: RecommendedWatcher,
@@ -121,6 +132,7 @@ impl Watch {
     /// A watcher for `path`, its events' receiver and a sender to stop it; fails when the
     /// platform's watcher cannot be made. Folders that cannot be watched yet are retried.
     fn new(
+        what: &'static str,
         path: PathBuf,
     ) -> notify::Result<(Self, std_mpsc::Receiver<Message>, std_mpsc::Sender<Message>)> {
         let (sender, events) = std_mpsc::channel();
@@ -130,6 +142,7 @@ impl Watch {
             let _ = forward.send(Message::Event(event));
         })?;
         let mut watch = Self {
+            what,
             path,
             watcher,
             folders: HashMap::new(),
@@ -157,7 +170,7 @@ impl Watch {
                     }
                 }
                 Ok(Message::Event(Err(error))) => {
-                    log::warn!("users file {}: watching it failed: {error}", self.shown());
+                    log::warn!("{}: watching it failed: {error}", self.shown());
                     check_at = Some(Instant::now() + QUIET);
                     candidate = None;
                 }
@@ -191,9 +204,9 @@ impl Watch {
         }
     }
 
-    /// The users file's path for log lines.
-    fn shown(&self) -> std::path::Display<'_> {
-        self.path.display()
+    /// The watched file for log lines: what it is and its path.
+    fn shown(&self) -> String {
+        format!("{} {}", self.what, self.path.display())
     }
 
     /// Whether `event` may have changed what the users file holds or where its path leads.
@@ -235,7 +248,7 @@ impl Watch {
             .collect();
         for folder in gone {
             log::info!(
-                "users file {}: its path no longer leads through {}; not watching that any more",
+                "{}: its path no longer leads through {}; not watching that any more",
                 self.shown(),
                 folder.display()
             );
@@ -251,7 +264,7 @@ impl Watch {
                 (Some(None), None) => continue,
                 (Some(Some(_)), _) => {
                     log::warn!(
-                        "users file {}: folder {} was renamed away, removed or made again: \
+                        "{}: folder {} was renamed away, removed or made again: \
                          its watch is lost",
                         self.shown(),
                         folder.display()
@@ -265,7 +278,7 @@ impl Watch {
             let watched = match identity {
                 None => {
                     log::warn!(
-                        "users file {}: folder {} does not exist; looking for it every second",
+                        "{}: folder {} does not exist; looking for it every second",
                         self.shown(),
                         folder.display()
                     );
@@ -281,7 +294,7 @@ impl Watch {
                         };
                         log::log!(
                             level,
-                            "users file {}: watching folder {}",
+                            "{}: watching folder {}",
                             self.shown(),
                             folder.display()
                         );
@@ -290,7 +303,7 @@ impl Watch {
                     Err(error) => {
                         if self.failing.insert(folder.clone()) {
                             log::warn!(
-                                "users file {}: cannot watch folder {} ({error}); trying again \
+                                "{}: cannot watch folder {} ({error}); trying again \
                                  every second",
                                 self.shown(),
                                 folder.display()

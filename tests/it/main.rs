@@ -25,5 +25,7 @@ mod logins;
 mod operator;
 mod process;
 mod protocol;
+mod proxy_protocol;
 mod supervision;
+mod tls;
 mod users;

@@ -12,6 +12,7 @@
 //! deadline the connection has (the idle timeout, then the end of a close). Nothing else is
 //! spawned per wake-up.
 
+pub(crate) mod client_stream;
 pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod transport;
@@ -25,6 +26,7 @@ use crate::util::output_budget::{Evict, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
 use bytes::{Buf, BytesMut};
+pub(crate) use client_stream::ClientStream;
 use session::{Binding, Effects, Session};
 pub(crate) use shared::ConnectionShared;
 use std::future::Future;
@@ -33,7 +35,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use transport::{Overflow, Phase, Transport};
 
@@ -55,7 +56,7 @@ enum CloseReason {
 /// One client connection.
 pub struct ConnectionActor {
     /// The byte side: the socket, its buffers, the deadline, the close.
-    transport: Transport<TcpStream>,
+    transport: Transport<ClientStream>,
     /// The protocol side: commands, login, binding.
     session: Session,
     /// The hub's addresses in force and the registry generations they belong to.
@@ -72,7 +73,7 @@ pub struct ConnectionActor {
 /// bindings and invalidations to the hub. A bound the output passes, and a `disconnect`,
 /// are acted on once the session returns.
 struct Outbox<'a> {
-    transport: &'a mut Transport<TcpStream>,
+    transport: &'a mut Transport<ClientStream>,
     hub: &'a HubState,
     shard: usize,
     ctx: &'a Context<ConnectionActor>,
@@ -134,7 +135,7 @@ impl ConnectionActor {
     /// A connection on worker `shard`, created in `ctx`; it joins the shard's roster before
     /// it reads the hub's state from `hub`, so it misses no change.
     pub(crate) fn new(
-        stream: TcpStream,
+        stream: ClientStream,
         peer: SocketAddr,
         shared: Arc<ConnectionShared>,
         hub: &watch::Receiver<HubState>,

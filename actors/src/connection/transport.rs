@@ -244,7 +244,8 @@ impl<S: Stream> Transport<S> {
                 }
             }
         }
-        Poll::Ready(Ok(()))
+        // Nothing for TCP; for TLS, the records rustls still holds.
+        Pin::new(&mut self.stream).poll_flush(task)
     }
 
     /// Shuts the sending side down; for TCP this completes at once, and an error means the

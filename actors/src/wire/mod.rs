@@ -1,5 +1,7 @@
-//! The wire layer: bytes ↔ messages (`codec`) and messages ↔ commands and replies
-//! (`protocol`). Imports only `util`.
+//! The wire layer: bytes ↔ messages (`codec`), messages ↔ commands and replies
+//! (`protocol`), and the PROXY protocol header before them (`proxy_header`). Imports only
+//! `util`.
 
 pub mod codec;
 pub mod protocol;
+pub mod proxy_header;

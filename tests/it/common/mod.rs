@@ -5,8 +5,10 @@
 //! it against any address. [`in_process`] runs the server inside the test process instead;
 //! [`hardening`] looks at the server process through `/proc` and opens sockets with options.
 
+pub mod haproxy;
 pub mod hardening;
 pub mod in_process;
+pub mod tls;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};

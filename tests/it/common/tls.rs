@@ -1,0 +1,236 @@
+//! TLS in tests: certificates made with the `openssl` command in a test's folder, and a
+//! blocking rustls client speaking the protocol.
+
+use super::{encode, RS, US};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Whether the `openssl` command is there. Outside CI a missing one skips the test (one
+/// line says so and how to install it); under `CI=true` it fails the test.
+pub fn openssl_available() -> bool {
+    let found = Command::new("openssl").arg("version").output().is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "openssl is missing (apt-get install openssl)"
+        );
+        eprintln!("skipped: no openssl command (apt-get install openssl)");
+    }
+    found
+}
+
+/// Runs `openssl` with `args` in `dir`; panics with its output when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`NAME-ca.pem`/`NAME-ca.key`) in `dir`; answers the certificate's path.
+pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} CA"),
+            "-keyout",
+            &format!("{name}-ca.key"),
+            "-out",
+            &format!("{name}-ca.pem"),
+        ],
+    );
+    dir.join(format!("{name}-ca.pem"))
+}
+
+/// A certificate `NAME.pem` with key `NAME.key` in `dir`, for 127.0.0.1 and localhost,
+/// signed by the CA `CA-ca.pem` made by [`make_ca`].
+pub fn make_signed(dir: &Path, ca: &str, name: &str) {
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("write extensions");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}-ca.pem"),
+            "-CAkey",
+            &format!("{ca}-ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+/// A client configuration trusting the CA at `ca`, presenting `identity` (certificate and
+/// key PEM paths) when given.
+pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in CertificateDer::pem_file_iter(ca).expect("read CA") {
+        roots.add(certificate.expect("CA PEM")).expect("add CA");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .expect("read client certificate")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("client certificate PEM");
+            let key = PrivateKeyDer::from_pem_file(key).expect("client key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client identity")
+        }
+    };
+    Arc::new(config)
+}
+
+/// A protocol client over TLS (blocking).
+pub struct TlsClient {
+    /// The TLS stream.
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// Bytes received but not yet returned as messages.
+    buffer: Vec<u8>,
+    /// The server sent close_notify before ending the stream.
+    ended_cleanly: bool,
+}
+
+impl TlsClient {
+    /// Connects to `addr` and completes the handshake (for the name `localhost`); the
+    /// error is the handshake's.
+    pub fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Self> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(super::RECV_TIMEOUT))?;
+        let name = ServerName::try_from("localhost").expect("server name");
+        let connection =
+            rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
+        let mut stream = rustls::StreamOwned::new(connection, tcp);
+        while stream.conn.is_handshaking() {
+            stream.conn.complete_io(&mut stream.sock)?;
+        }
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+            ended_cleanly: false,
+        })
+    }
+
+    /// The server's certificate (the first of its chain).
+    pub fn server_certificate(&self) -> Vec<u8> {
+        let chain = self
+            .stream
+            .conn
+            .peer_certificates()
+            .expect("server certificates");
+        chain[0].as_ref().to_vec()
+    }
+
+    /// Sends one message made of `parts`.
+    pub fn send(&mut self, parts: &[&str]) {
+        self.stream
+            .write_all(&encode(parts))
+            .expect("send over TLS");
+        self.stream.flush().expect("flush TLS");
+    }
+
+    /// The next message as its parts; the error says why none came (closed, timed out,
+    /// or a TLS alert such as a refused client certificate).
+    pub fn try_recv(&mut self) -> std::io::Result<Vec<String>> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|&b| b == RS) {
+                let message: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Ok(message[..end]
+                    .split(|&b| b == US)
+                    .map(|part| String::from_utf8_lossy(part).into_owned())
+                    .collect());
+            }
+            let mut chunk = [0u8; 4096];
+            let read = self.stream.read(&mut chunk)?;
+            if read == 0 {
+                // rustls answers 0 only after close_notify; a bare TCP end is an error.
+                self.ended_cleanly = true;
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Sends `request` (raw HTTP/1.1, `Connection: close`) and answers everything the
+    /// server sends back until it closes.
+    pub fn http(&mut self, request: &str) -> String {
+        self.stream
+            .write_all(request.as_bytes())
+            .expect("send request");
+        self.stream.flush().expect("flush TLS");
+        let mut answer = Vec::new();
+        // A close without close_notify still ends the answer.
+        let _ = self.stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// Whether the server ended the stream with TLS's close_notify.
+    pub fn closed_cleanly(&self) -> bool {
+        self.ended_cleanly
+    }
+
+    /// Asserts that the next message is `parts`.
+    pub fn expect(&mut self, parts: &[&str]) {
+        let got = self.try_recv().expect("a message over TLS");
+        assert_eq!(got, parts);
+    }
+}

@@ -1,0 +1,528 @@
+//! Client TLS (SPEC §10): the protocol over rustls, mutual TLS, hostile handshakes,
+//! start-up errors naming the file, and certificate reload on SIGHUP.
+
+use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
+use crate::common::{run_to_exit, tether_command, TestClient, TestConfig, TestServer};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A folder with a CA `test`, a server pair `server.pem`/`server.key` it signed, and a
+/// configuration with a TLS listener (and a plaintext one unless `tls_only`).
+fn tls_setup(tls_only: bool, client_ca: bool) -> (tempfile::TempDir, TestConfig) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_ca(dir.path(), "test");
+    make_signed(dir.path(), "test", "server");
+    let mut tls = toml::Table::new();
+    tls.insert("listen".into(), "127.0.0.1:0".into());
+    tls.insert("cert_file".into(), "server.pem".into());
+    tls.insert("key_file".into(), "server.key".into());
+    if client_ca {
+        tls.insert("client_ca_file".into(), "test-ca.pem".into());
+    }
+    let mut config = TestConfig::new().server("tls", tls);
+    if tls_only {
+        config = config.server("listen", "");
+    }
+    (dir, config)
+}
+
+/// Starts a server on `config` in `dir` with user alice; answers it and its TLS address.
+fn start(dir: tempfile::TempDir, config: &TestConfig) -> (TestServer, SocketAddr) {
+    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
+    let users = crate::common::users_toml(&[("alice", &crate::common::cheap_hash("secret"))]);
+    std::fs::write(dir.path().join("users.toml"), users).expect("write users");
+    let cwd = dir.path().to_owned();
+    let server = TestServer::start_in(dir, &cwd);
+    server.wait_for_log("(clients, TLS)", Duration::from_secs(5));
+    let tls = tls_addr(&server.stderr_text());
+    (server, tls)
+}
+
+/// The address of the `listening on ADDR (clients, TLS)` line.
+fn tls_addr(log: &str) -> SocketAddr {
+    let line = log
+        .lines()
+        .find(|line| line.contains("(clients, TLS)"))
+        .expect("TLS listening line");
+    let rest = &line[line.find("listening on ").expect("listening on") + 13..];
+    rest.split_whitespace()
+        .next()
+        .expect("address")
+        .parse()
+        .expect("an address")
+}
+
+fn ca(server: &TestServer) -> std::path::PathBuf {
+    server.dir().join("test-ca.pem")
+}
+
+#[test]
+fn the_protocol_runs_over_tls_beside_plain_tcp() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+    // An orderly close ends in close_notify and the end of the stream.
+    client.send(&["disconnect"]);
+    client.expect(&["disconnect_ack"]);
+    let ended = client.try_recv();
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(client.closed_cleanly(), "no close_notify before the end");
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
+}
+
+#[test]
+fn an_empty_server_listen_leaves_tls_only() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(true, false);
+    let (server, tls) = start(dir, &config);
+    assert_eq!(server.addr(), tls);
+    assert!(!server.stderr_text().contains("(clients)\n"));
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+}
+
+#[test]
+fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(true, true);
+    make_signed(dir.path(), "test", "client");
+    make_ca(dir.path(), "other");
+    make_signed(dir.path(), "other", "stranger");
+    let (server, tls) = start(dir, &config);
+    let d = server.dir();
+    let signed = client_config(
+        &ca(&server),
+        Some((&d.join("client.pem"), &d.join("client.key"))),
+    );
+    let mut client = TlsClient::connect(tls, signed).expect("handshake with a signed certificate");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+
+    // TLS 1.3: the client finishes first; the refusal comes as an alert on its first read.
+    for config in [
+        client_config(&ca(&server), None),
+        client_config(
+            &ca(&server),
+            Some((&d.join("stranger.pem"), &d.join("stranger.key"))),
+        ),
+    ] {
+        let refused = TlsClient::connect(tls, config).and_then(|mut client| {
+            client.send(&["prolongate"]);
+            client.try_recv()
+        });
+        assert!(
+            refused.is_err(),
+            "a client without a signed certificate got {refused:?}"
+        );
+    }
+    server.wait_for_log("TLS handshake failed", Duration::from_secs(5));
+}
+
+#[test]
+fn plaintext_garbage_and_truncated_handshakes_are_closed_harmlessly() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    assert_closed_with_at_most_an_alert(
+        tls,
+        &crate::common::encode(&["login", "alice", "secret"]),
+        false,
+    );
+    assert_closed_with_at_most_an_alert(tls, &[0xff; 3000], false);
+    // A ClientHello record header promising 512 bytes, then 6 of them and an end.
+    let truncated = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    assert_closed_with_at_most_an_alert(tls, &truncated, true);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+}
+
+/// Sends `bytes` to the TLS port (then ends its input if `end`): the server closes the
+/// connection within 5 s, having sent nothing but a TLS alert (never a protocol reply).
+fn assert_closed_with_at_most_an_alert(tls: SocketAddr, bytes: &[u8], end: bool) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(tls).expect("connect");
+    stream.write_all(bytes).expect("send");
+    if end {
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shut down");
+    }
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("not closed within 5 s: {err}"),
+    }
+    assert!(got.is_empty() || got[0] == 0x15, "not an alert: {got:?}");
+    assert!(
+        !got.contains(&crate::common::RS),
+        "a protocol reply: {got:?}"
+    );
+}
+
+#[test]
+fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let config = config.server("max_connections", 1);
+    let (server, tls) = start(dir, &config);
+    let mut stalled = TestClient::connect(tls);
+    stalled.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    // The pending handshake holds the one connection slot.
+    let mut refused = server.client();
+    refused.expect_closed_within(Duration::from_secs(5));
+    stalled.expect_nothing_for(Duration::from_secs(8));
+    stalled.expect_closed_within(Duration::from_secs(4));
+    server.wait_for_log("TLS handshake not done within 10s", Duration::from_secs(2));
+    // Its slot comes back with it.
+    let served = crate::common::wait_until(Duration::from_secs(5), || {
+        let mut plain = server.client();
+        plain.send(&["prolongate"]);
+        plain.try_recv(Duration::from_secs(1)).is_ok()
+    });
+    assert!(served, "the dropped handshake's slot did not come back");
+}
+
+/// Runs the server on `config` in `dir` expecting exit 2 with `words` in its error.
+fn assert_refused_to_start(dir: &Path, config: &TestConfig, words: &[&str]) {
+    let path = dir.join("server.toml");
+    std::fs::write(&path, config.to_toml()).expect("write config");
+    let ran = run_to_exit(tether_command(&path), Duration::from_secs(10));
+    assert_eq!(ran.status.code(), Some(2), "{}", ran.stderr);
+    for word in words {
+        assert!(ran.stderr.contains(word), "{word:?} not in {}", ran.stderr);
+    }
+}
+
+#[test]
+fn bad_certificate_files_stop_the_start_naming_the_file() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let d = dir.path();
+    make_signed(d, "test", "other");
+    let set = |key: &str, file: &str| {
+        let mut tls = toml::Table::new();
+        tls.insert("listen".into(), "127.0.0.1:0".into());
+        tls.insert("cert_file".into(), "server.pem".into());
+        tls.insert("key_file".into(), "server.key".into());
+        tls.insert(key.into(), file.into());
+        config.clone().server("tls", tls)
+    };
+    assert_refused_to_start(d, &set("cert_file", "missing.pem"), &["missing.pem"]);
+    assert_refused_to_start(
+        d,
+        &set("key_file", "other.key"),
+        &["other.key", "does not match"],
+    );
+    std::fs::write(d.join("empty.pem"), "not a certificate\n").expect("write");
+    assert_refused_to_start(
+        d,
+        &set("cert_file", "empty.pem"),
+        &["empty.pem", "no certificate"],
+    );
+    assert_refused_to_start(
+        d,
+        &set("key_file", "empty.pem"),
+        &["empty.pem", "private key"],
+    );
+}
+
+#[test]
+fn sighup_reloads_the_pair_for_new_handshakes_and_keeps_open_connections() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    let d = server.dir();
+    let trust = client_config(&ca(&server), None);
+    let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
+    open.send(&["login", "alice", "secret"]);
+    open.expect(&["login_valid"]);
+    let before = open.server_certificate();
+
+    make_signed(d, "test", "server");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate reloaded", Duration::from_secs(5));
+    let renewed = TlsClient::connect(tls, trust.clone()).expect("handshake after reload");
+    assert_ne!(
+        renewed.server_certificate(),
+        before,
+        "the new pair serves new handshakes"
+    );
+    open.send(&["prolongate"]);
+    open.expect(&["prolongate_ack"]);
+
+    // A key that does not match: reported, and the pair in force stays.
+    make_signed(d, "test", "spare");
+    std::fs::copy(d.join("spare.key"), d.join("server.key")).expect("copy key");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate not reloaded", Duration::from_secs(5));
+    let kept = TlsClient::connect(tls, trust).expect("handshake with the kept pair");
+    assert_eq!(kept.server_certificate(), renewed.server_certificate());
+}
+
+/// Publishes `text` to alice through the admin API at `admin`.
+fn publish(admin: SocketAddr, text: &str) {
+    let body = format!(r#"{{"user":"alice","text":"{text}"}}"#);
+    let response = ureq::post(&format!("http://{admin}/v1/events"))
+        .set("Content-Type", "application/json")
+        .send_string(&body)
+        .expect("publish");
+    assert_eq!(response.status(), 202);
+}
+
+/// Asserts that each client's next message is the event `text`.
+fn expect_event(clients: &mut [TlsClient], text: &str) {
+    for client in clients {
+        let got = client.try_recv().expect("an event over TLS");
+        assert_eq!(
+            (got[0].as_str(), got.last().map(String::as_str)),
+            ("event", Some(text))
+        );
+    }
+}
+
+#[test]
+fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
+    let (dir, config) = tls_setup(false, false);
+    let config = config.set("admin", "listen", "127.0.0.1:0");
+    let (server, tls) = start(dir, &config);
+    server.wait_for_log("(admin API)", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let trust = client_config(&ca(&server), None);
+    let mut clients: Vec<TlsClient> = (0..100)
+        .map(|_| {
+            let mut client = TlsClient::connect(tls, trust.clone()).expect("handshake");
+            client.send(&["login", "alice", "secret"]);
+            client.expect(&["login_valid"]);
+            client
+        })
+        .collect();
+    let before = clients[0].server_certificate();
+    publish(admin, "before");
+    expect_event(&mut clients, "before");
+
+    // A new pair put in place as deployment tools do: written beside, renamed over.
+    let d = server.dir();
+    make_signed(d, "test", "next");
+    std::fs::rename(d.join("next.key"), d.join("server.key")).expect("rename key");
+    std::fs::rename(d.join("next.pem"), d.join("server.pem")).expect("rename certificate");
+    let renewed = crate::common::wait_until(Duration::from_secs(10), || {
+        let client = TlsClient::connect(tls, trust.clone()).expect("handshake");
+        client.server_certificate() != before
+    });
+    assert!(renewed, "new handshakes still get the old certificate");
+    server.wait_for_log("(files changed)", Duration::from_secs(1));
+    publish(admin, "after");
+    expect_event(&mut clients, "after");
+}
+
+#[test]
+fn admin_tls_makes_the_admin_api_https_only() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "server.pem".into());
+    admin_tls.insert("key_file".into(), "server.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    let (server, _) = start(dir, &config);
+    server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let mut https =
+        TlsClient::connect(admin, client_config(&ca(&server), None)).expect("handshake");
+    let answer =
+        https.http("GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Plain HTTP gets no HTTP answer.
+    let plain = ureq::get(&format!("http://{admin}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .call();
+    assert!(matches!(plain, Err(ureq::Error::Transport(_))), "{plain:?}");
+    assert!(!server.stderr_text().contains("without TLS"));
+}
+
+#[test]
+fn a_non_loopback_admin_api_without_tls_is_warned_about() {
+    let config = TestConfig::new()
+        .set("admin", "listen", "0.0.0.0:0")
+        .set("admin", "token", "s3cret");
+    let server = TestServer::start(&config, &[]);
+    server.wait_for_log("(admin API), HTTP", Duration::from_secs(5));
+    assert!(server
+        .stderr_text()
+        .contains("without TLS: its token and requests cross the network in clear"));
+}
+
+#[test]
+fn bad_admin_tls_files_stop_the_start_naming_the_file() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "server.pem".into());
+    admin_tls.insert("key_file".into(), "absent.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    assert_refused_to_start(dir.path(), &config, &["absent.key"]);
+}
+
+#[test]
+fn a_client_closing_without_close_notify_has_simply_closed() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let config = config.set("log", "level", "debug");
+    let (server, tls) = start(dir, &config);
+    let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    client.send(&["login", "alice", "secret"]);
+    client.expect(&["login_valid"]);
+    // rustls sends no close_notify on drop: the TCP connection just ends.
+    drop(client);
+    server.wait_for_log("peer closed", Duration::from_secs(5));
+    assert!(
+        !server.stderr_text().contains("io_error"),
+        "{}",
+        server.stderr_text()
+    );
+}
+
+#[test]
+fn a_thousand_half_handshakes_are_bounded_then_dropped() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let config = config.server("max_connections", 1001);
+    let (server, tls) = start(dir, &config);
+    // Half a ClientHello each: the record header and the start of the handshake message.
+    let half_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let mut stalled: Vec<TestClient> = (0..1000)
+        .map(|_| {
+            let mut client = TestClient::connect(tls);
+            client.send_raw(&half_hello);
+            client
+        })
+        .collect();
+    // The server keeps serving, and the pending handshakes hold their slots.
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
+    let mut refused = server.client();
+    refused.expect_closed_within(Duration::from_secs(5));
+    for client in &mut stalled {
+        client.expect_closed_within(Duration::from_secs(15));
+    }
+    plain.send(&["prolongate"]);
+    plain.expect(&["prolongate_ack"]);
+    // Their slots are free again.
+    let served = crate::common::wait_until(Duration::from_secs(5), || {
+        let mut again = server.client();
+        again.send(&["prolongate"]);
+        again.try_recv(Duration::from_secs(1)).is_ok()
+    });
+    assert!(served, "the dropped handshakes' slots did not come back");
+}
+
+#[test]
+fn tether_client_speaks_tls_with_a_ca_file() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(true, false);
+    let (server, tls) = start(dir, &config);
+    let run = |ca: &Path| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+        command
+            .arg("--config")
+            .arg(server.config_path())
+            .args(["client", "--tls", "--ca-file"])
+            .arg(ca)
+            .args(["--addr", &format!("localhost:{}", tls.port())])
+            .args(["--login", "alice", "--password-stdin", "-c", "prolongate"])
+            .env_remove("RUST_LOG");
+        crate::common::run_with_input(command, b"secret\n", Duration::from_secs(10))
+    };
+    let ran = run(&ca(&server));
+    assert!(ran.status.success(), "{ran:?}");
+    assert_eq!(
+        ran.stdout.lines().collect::<Vec<_>>(),
+        ["login_valid", "prolongate_ack"]
+    );
+    // A certificate from another CA is refused: exit 3, saying why.
+    make_ca(server.dir(), "other");
+    let ran = run(&server.dir().join("other-ca.pem"));
+    assert_eq!(ran.status.code(), Some(3), "{ran:?}");
+    assert!(ran.stderr.contains("TLS handshake"), "{ran:?}");
+}
+
+#[test]
+fn an_expired_certificate_is_served_with_a_warning() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    crate::common::tls::openssl(
+        dir.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "test-ca.pem",
+            "-CAkey",
+            "test-ca.key",
+            "-days",
+            "-1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    );
+    let (server, tls) = start(dir, &config);
+    assert!(
+        server.stderr_text().contains("the certificate expired"),
+        "{}",
+        server.stderr_text()
+    );
+    let refused = TlsClient::connect(tls, client_config(&ca(&server), None));
+    assert!(refused.is_err(), "a client accepted an expired certificate");
+}
