@@ -1,0 +1,651 @@
+//! [`Session`]: the protocol state of one connection — the commands, the login being
+//! checked, the binding, the pushes — with no socket and no actor. It turns each message and
+//! each push into replies and requests to the hub, which it hands to an [`Effects`]: the
+//! connection's actor does them, a test records them.
+
+use crate::auth::credentials::{check_name_bytes, check_password};
+use crate::auth::password::Verdict;
+use crate::auth::throttle::Reservation;
+use crate::auth::users::PasswordHash;
+use crate::connection::shared::ConnectionShared;
+use crate::hub::messages::{BindingId, Push, ShardEvent};
+use crate::util::excerpt::Excerpt;
+use crate::util::metrics::{CommandKind, CommandTally, LoginResult};
+use crate::wire::protocol::{parse_command, Command, CommandError, Reply};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+/// The user a connection is bound to, and which login bound it.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    /// The user name.
+    pub user: Arc<str>,
+    /// The login that bound it.
+    pub id: BindingId,
+}
+
+/// A login whose password is being checked.
+struct PendingLogin {
+    /// Whether the password matched; dropping it gives the check up if it has not started.
+    verdict: Verdict,
+    /// This check's place under the throttle's limit.
+    reservation: Reservation,
+    /// The user and the hash checked; `None` when a match cannot log in (a stand-in hash
+    /// was checked, or the password breaks the rules).
+    user: Option<(Arc<str>, PasswordHash)>,
+    /// The name as the client sent it, for the throttle and the log.
+    name: Vec<u8>,
+}
+
+/// What a session asks of its connection, in the order it asks.
+pub(crate) trait Effects {
+    /// Queues `reply` for the client.
+    fn reply(&mut self, reply: Reply);
+    /// Queues the encoded `event` for the client.
+    fn event(&mut self, event: &ShardEvent);
+    /// Tells the registry shard that `binding` is bound to this connection.
+    fn bind(&mut self, binding: &Binding);
+    /// Tells the registry shard that `binding` ended.
+    fn unbind(&mut self, binding: &Binding);
+    /// Asks the bus to invalidate the other connections of `binding`'s user; `false` when
+    /// the bus is gone for the moment (the session asks again once it is replaced).
+    fn invalidate_others(&mut self, binding: &Binding) -> bool;
+    /// The client said `disconnect`: close once its reply is queued.
+    fn disconnect(&mut self);
+}
+
+/// The protocol state of one connection.
+pub(crate) struct Session {
+    /// The client's address, for logs and throttling.
+    peer: SocketAddr,
+    /// The worker shard this connection runs on, for `Presence`.
+    shard: usize,
+    /// The services every connection shares.
+    shared: Arc<ConnectionShared>,
+    /// The user this connection is bound to.
+    binding: Option<Binding>,
+    /// A login being checked; no command is handled until its verdict.
+    login: Option<PendingLogin>,
+    /// An `invalidate` found the bus gone; it is asked again once the bus is replaced.
+    invalidate_deferred: bool,
+}
+
+impl Session {
+    /// A session, bound to nobody, of a connection from `peer` on worker `shard`.
+    pub(crate) fn new(peer: SocketAddr, shard: usize, shared: Arc<ConnectionShared>) -> Self {
+        Self {
+            peer,
+            shard,
+            shared,
+            binding: None,
+            login: None,
+            invalidate_deferred: false,
+        }
+    }
+
+    /// The client's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The services every connection shares.
+    pub(crate) fn shared(&self) -> &Arc<ConnectionShared> {
+        &self.shared
+    }
+
+    /// The binding in force.
+    #[cfg(test)]
+    pub(crate) fn binding(&self) -> Option<&Binding> {
+        self.binding.as_ref()
+    }
+
+    /// Whether a login is being checked (no command is handled meanwhile).
+    pub(crate) fn login_pending(&self) -> bool {
+        self.login.is_some()
+    }
+
+    /// Handles one complete message from the client; counts it in `tally`.
+    pub(crate) fn on_message(
+        &mut self,
+        message: &[u8],
+        tally: &mut CommandTally,
+        fx: &mut impl Effects,
+    ) {
+        let command = parse_command(message);
+        tally.count(match &command {
+            Ok(Command::Login { .. }) => CommandKind::Login,
+            Ok(Command::Logout) => CommandKind::Logout,
+            Ok(Command::Disconnect) => CommandKind::Disconnect,
+            Ok(Command::Prolongate) => CommandKind::Prolongate,
+            Ok(Command::Invalidate) => CommandKind::Invalidate,
+            Err(CommandError::Unknown) => CommandKind::Unknown,
+            Err(CommandError::InvalidArgsCount) => CommandKind::InvalidArgsCount,
+        });
+        match command {
+            Err(err) => fx.reply(err.reply()),
+            Ok(Command::Login { name, password }) => self.start_login(name, password, fx),
+            Ok(Command::Logout) => {
+                if let Some(binding) = self.unbind(fx) {
+                    log::info!("{}: logged out of {:?}", self.peer, binding.user);
+                }
+                fx.reply(Reply::LogoutAck);
+            }
+            Ok(Command::Disconnect) => {
+                fx.reply(Reply::DisconnectAck);
+                fx.disconnect();
+            }
+            Ok(Command::Prolongate) => fx.reply(Reply::ProlongateAck),
+            Ok(Command::Invalidate) => {
+                self.invalidate_others(fx);
+                fx.reply(Reply::InvalidateAck);
+            }
+        }
+    }
+
+    /// Polls the verdict of the login being checked: ready (and answered) when there is
+    /// none or it is in; pending while bcrypt still works on it.
+    pub(crate) fn poll_login(
+        &mut self,
+        task: &mut std::task::Context<'_>,
+        fx: &mut impl Effects,
+    ) -> Poll<()> {
+        let Some(login) = &mut self.login else {
+            return Poll::Ready(());
+        };
+        let Poll::Ready(matches) = Pin::new(&mut login.verdict).poll(task) else {
+            return Poll::Pending;
+        };
+        if let Some(login) = self.login.take() {
+            self.finish_login(login, matches, fx);
+        }
+        Poll::Ready(())
+    }
+
+    /// Gives up the login being checked, if any (its check is dropped if not yet started);
+    /// returns whether there was one.
+    pub(crate) fn drop_login(&mut self) -> bool {
+        self.login.take().is_some()
+    }
+
+    /// Handles what the registry pushed; a push for another binding than the one in force
+    /// (an older login) is dropped.
+    pub(crate) fn on_push(&mut self, push: Push, fx: &mut impl Effects) {
+        match push {
+            Push::Event { binding, event } => {
+                if self.is_bound_as(binding) {
+                    fx.event(&event);
+                }
+            }
+            Push::Invalidated { binding } => {
+                if self.is_bound_as(binding) {
+                    if let Some(binding) = self.take_binding() {
+                        log::info!("{}: invalidated, no longer {:?}", self.peer, binding.user);
+                    }
+                    fx.reply(Reply::Invalidated);
+                }
+            }
+        }
+    }
+
+    /// The hub's actors changed: re-announces the binding to a fresh registry shard, and
+    /// asks again an `invalidate` that found the bus gone.
+    pub(crate) fn hub_changed(&mut self, fresh_registry: bool, fx: &mut impl Effects) {
+        if fresh_registry {
+            if let Some(binding) = &self.binding {
+                fx.bind(binding);
+            }
+        }
+        if self.invalidate_deferred {
+            self.invalidate_others(fx);
+        }
+    }
+
+    /// Drops the binding, telling the registry; returns what it was.
+    pub(crate) fn unbind(&mut self, fx: &mut impl Effects) -> Option<Binding> {
+        let binding = self.take_binding()?;
+        fx.unbind(&binding);
+        Some(binding)
+    }
+
+    /// Clears the binding without telling the registry (which already knows, or is gone).
+    pub(crate) fn take_binding(&mut self) -> Option<Binding> {
+        let binding = self.binding.take()?;
+        self.shared.metrics.connections_bound.dec();
+        self.shared.presence.leave(self.shard, &binding.user);
+        Some(binding)
+    }
+
+    /// ` (user "name")` when bound, for log lines.
+    pub(crate) fn who(&self) -> String {
+        match &self.binding {
+            Some(binding) => format!(" (user {:?})", binding.user),
+            None => String::new(),
+        }
+    }
+
+    fn is_bound_as(&self, id: BindingId) -> bool {
+        self.binding
+            .as_ref()
+            .is_some_and(|current| current.id == id)
+    }
+
+    /// Asks the bus to invalidate the other connections of this one's user. If the bus
+    /// has just failed, the request waits for its replacement.
+    fn invalidate_others(&mut self, fx: &mut impl Effects) {
+        let Some(binding) = &self.binding else { return };
+        self.invalidate_deferred = !fx.invalidate_others(binding);
+        if self.invalidate_deferred {
+            log::warn!("{}: event bus restarting; invalidate deferred", self.peer);
+        }
+    }
+
+    /// Starts checking a login off the event loop. The connection handles no further
+    /// command until the verdict is in, so pipelined commands keep their order; pushes are
+    /// still taken meanwhile.
+    fn start_login(&mut self, name: &[u8], password: &[u8], fx: &mut impl Effects) {
+        let now = Instant::now();
+        let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
+            self.shared.metrics.login(LoginResult::Throttled);
+            log::warn!(
+                "{}: login as {} refused unchecked: too many failures",
+                self.peer,
+                Excerpt(name)
+            );
+            fx.reply(Reply::LoginInvalid);
+            return;
+        };
+        // A known user's hash is checked even when the password is malformed (the verdict
+        // is then no match): the time a login takes must not depend on whether the name
+        // exists, whatever the password.
+        let known = check_name_bytes(name).ok().and_then(|name| {
+            let hash = self.shared.users.password_hash(name)?;
+            Some((Arc::<str>::from(name), hash))
+        });
+        let hash = match &known {
+            Some((_, hash)) => hash.clone(),
+            None => self
+                .shared
+                .users
+                .stand_in_hash(name)
+                .unwrap_or_else(|| self.shared.stand_in_hash.clone()),
+        };
+        let user = known.filter(|_| check_password(password).is_ok());
+        self.login = Some(PendingLogin {
+            verdict: self.shared.checker.check(self.peer.ip(), password, hash),
+            reservation,
+            user,
+            name: name.to_vec(),
+        });
+    }
+
+    /// Acts on the verdict of the login that was being checked.
+    fn finish_login(&mut self, login: PendingLogin, matches: bool, fx: &mut impl Effects) {
+        match (matches, login.user) {
+            (true, Some((user, hash))) => {
+                self.login_succeeded(user, &hash, login.reservation, fx);
+            }
+            _ => {
+                login.reservation.failed(Instant::now());
+                self.shared.metrics.login(LoginResult::Invalid);
+                log::info!("{}: login as {} failed", self.peer, Excerpt(&login.name));
+                fx.reply(Reply::LoginInvalid);
+            }
+        }
+    }
+
+    /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
+    /// replaced while it was being checked: that change's invalidation may already have
+    /// passed, so the login must not outlive it.
+    fn login_succeeded(
+        &mut self,
+        user: Arc<str>,
+        hash: &PasswordHash,
+        reservation: Reservation,
+        fx: &mut impl Effects,
+    ) {
+        if self.shared.users.password_hash(&user).as_ref() != Some(hash) {
+            log::info!(
+                "{}: login as {user:?} refused: the password changed during the check",
+                self.peer
+            );
+            self.shared.metrics.login(LoginResult::Invalid);
+            fx.reply(Reply::LoginInvalid);
+            return;
+        }
+        reservation.succeeded();
+        self.shared.metrics.login(LoginResult::Valid);
+        let same_user = self
+            .binding
+            .as_ref()
+            .is_some_and(|binding| binding.user == user);
+        if !same_user {
+            self.unbind(fx);
+            let binding = Binding {
+                user,
+                id: BindingId::next(),
+            };
+            fx.bind(&binding);
+            // After the `Bind` is sent: whoever sees this count reaches the shard after it.
+            self.shared.presence.enter(self.shard, &binding.user);
+            log::info!("{}: logged in as {:?}", self.peer, binding.user);
+            self.binding = Some(binding);
+            self.shared.metrics.connections_bound.inc();
+        }
+        fx.reply(Reply::LoginValid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::{stand_in_hash, PasswordChecker};
+    use crate::auth::throttle::LoginThrottle;
+    use crate::auth::users::{UserSet, UserTable};
+    use crate::hub::messages::EventInFlight;
+    use crate::hub::presence::Presence;
+    use crate::hub::roster::Roster;
+    use crate::util::metrics::Metrics;
+    use crate::util::output_budget::OutputBudget;
+    use crate::wire::codec::{encoded_message, MessageCodec};
+    use bytes::Bytes;
+    use std::time::Duration;
+    use tokio::sync::Semaphore;
+
+    /// What a session asked, in order.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Effect {
+        Reply(Reply),
+        Event(Bytes),
+        Bind(String),
+        Unbind(String),
+        InvalidateOthers(String),
+        Disconnect,
+    }
+
+    /// Records what the session asks; `bus_up` is what `invalidate_others` answers.
+    struct Recorder {
+        effects: Vec<Effect>,
+        bus_up: bool,
+    }
+
+    impl Recorder {
+        fn new() -> Self {
+            Self {
+                effects: Vec::new(),
+                bus_up: true,
+            }
+        }
+
+        fn take(&mut self) -> Vec<Effect> {
+            std::mem::take(&mut self.effects)
+        }
+    }
+
+    impl Effects for Recorder {
+        fn reply(&mut self, reply: Reply) {
+            self.effects.push(Effect::Reply(reply));
+        }
+        fn event(&mut self, event: &ShardEvent) {
+            self.effects.push(Effect::Event(event.message.clone()));
+        }
+        fn bind(&mut self, binding: &Binding) {
+            self.effects.push(Effect::Bind(binding.user.to_string()));
+        }
+        fn unbind(&mut self, binding: &Binding) {
+            self.effects.push(Effect::Unbind(binding.user.to_string()));
+        }
+        fn invalidate_others(&mut self, binding: &Binding) -> bool {
+            if self.bus_up {
+                let user = binding.user.to_string();
+                self.effects.push(Effect::InvalidateOthers(user));
+            }
+            self.bus_up
+        }
+        fn disconnect(&mut self) {
+            self.effects.push(Effect::Disconnect);
+        }
+    }
+
+    /// A session of a server whose users are alice and bob, password `pw` (bcrypt cost 4).
+    fn session() -> Session {
+        let hash: PasswordHash = Arc::from(bcrypt::hash("pw", 4).expect("hashes").as_str());
+        let users: UserSet = ["alice", "bob"]
+            .into_iter()
+            .map(|name| (name.to_owned(), hash.clone()))
+            .collect();
+        let metrics = Metrics::new();
+        let shared = ConnectionShared {
+            idle_timeout: Duration::from_secs(60),
+            max_message_bytes: 1024,
+            max_pending_bytes: 1 << 20,
+            output_budget: OutputBudget::new(1 << 30),
+            users: Arc::new(UserTable::new(users)),
+            checker: PasswordChecker::start(1, metrics.clone()).expect("starts"),
+            throttle: Arc::new(LoginThrottle::new(100)),
+            stand_in_hash: stand_in_hash(4).expect("hashes"),
+            delivery_seconds: metrics.event_delivery_seconds(1),
+            metrics,
+            presence: Arc::new(Presence::new(1)),
+            roster: Arc::new(Roster::new(1)),
+        };
+        let peer = SocketAddr::from(([127, 0, 0, 1], 4000));
+        Session::new(peer, 0, Arc::new(shared))
+    }
+
+    /// Hands the message made of `parts` to the session, as the connection does.
+    fn send(session: &mut Session, parts: &[&[u8]], fx: &mut Recorder) {
+        let encoded = encoded_message(parts);
+        let length = MessageCodec::new(1024)
+            .next_message(&encoded)
+            .expect("decodes")
+            .expect("whole");
+        session.on_message(&encoded[..length], &mut CommandTally::default(), fx);
+    }
+
+    /// Waits for the verdict of the login being checked.
+    async fn verdict(session: &mut Session, fx: &mut Recorder) {
+        std::future::poll_fn(|task| session.poll_login(task, fx)).await;
+    }
+
+    async fn log_in(session: &mut Session, name: &str, fx: &mut Recorder) {
+        send(session, &[b"login", name.as_bytes(), b"pw"], fx);
+        verdict(session, fx).await;
+    }
+
+    /// How many connections `Presence` counts for `user`.
+    fn present(session: &Session, user: &str) -> usize {
+        session.shared.presence.holding(user).map(|(_, n)| n).sum()
+    }
+
+    fn bound_as(session: &Session) -> Option<BindingId> {
+        session.binding().map(|binding| binding.id)
+    }
+
+    /// An event for `binding`, as a registry shard pushes it.
+    fn event_push(binding: BindingId, text: &'static [u8]) -> Push {
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a permit");
+        Push::Event {
+            binding,
+            event: Arc::new(ShardEvent {
+                message: Bytes::from_static(text),
+                accepted: Instant::now(),
+                _in_flight: Arc::new(EventInFlight { _permit: permit }),
+            }),
+        }
+    }
+
+    #[test]
+    fn pipelined_commands_are_answered_in_order() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"prolongate"], &mut fx);
+        send(&mut session, &[b"bogus"], &mut fx);
+        send(&mut session, &[b"logout", b"extra"], &mut fx);
+        send(&mut session, &[b"logout"], &mut fx);
+        send(&mut session, &[b"invalidate"], &mut fx);
+        send(&mut session, &[b"disconnect"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Reply(Reply::ProlongateAck),
+                Effect::Reply(Reply::UnknownCommand),
+                Effect::Reply(Reply::InvalidArgsCount),
+                Effect::Reply(Reply::LogoutAck),
+                // Bound to nobody: nothing to invalidate.
+                Effect::Reply(Reply::InvalidateAck),
+                Effect::Reply(Reply::DisconnectAck),
+                Effect::Disconnect,
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_login_binds_and_a_logout_unbinds() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"login", b"alice", b"pw"], &mut fx);
+        assert!(session.login_pending());
+        assert_eq!(fx.take(), [], "nothing is answered before the verdict");
+        verdict(&mut session, &mut fx).await;
+        assert!(!session.login_pending());
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Bind("alice".into()),
+                Effect::Reply(Reply::LoginValid)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 1);
+
+        send(&mut session, &[b"logout"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Unbind("alice".into()),
+                Effect::Reply(Reply::LogoutAck)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 0);
+        assert_eq!(bound_as(&session), None);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_password_or_an_unknown_user_binds_nobody() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        send(&mut session, &[b"login", b"alice", b"wrong"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        send(&mut session, &[b"login", b"nobody", b"pw"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Reply(Reply::LoginInvalid),
+                Effect::Reply(Reply::LoginInvalid)
+            ]
+        );
+        assert_eq!(bound_as(&session), None);
+    }
+
+    #[tokio::test]
+    async fn logging_in_again_keeps_the_same_user_and_moves_to_another() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        let first = bound_as(&session);
+        fx.take();
+
+        log_in(&mut session, "alice", &mut fx).await;
+        assert_eq!(fx.take(), [Effect::Reply(Reply::LoginValid)]);
+        assert_eq!(bound_as(&session), first);
+
+        log_in(&mut session, "bob", &mut fx).await;
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Unbind("alice".into()),
+                Effect::Bind("bob".into()),
+                Effect::Reply(Reply::LoginValid)
+            ]
+        );
+        assert_eq!(present(&session, "alice"), 0);
+        assert_eq!(present(&session, "bob"), 1);
+
+        // A failed login leaves the binding in force.
+        send(&mut session, &[b"login", b"alice", b"wrong"], &mut fx);
+        verdict(&mut session, &mut fx).await;
+        assert_eq!(fx.take(), [Effect::Reply(Reply::LoginInvalid)]);
+        let user = session.binding().map(|binding| binding.user.to_string());
+        assert_eq!(user.as_deref(), Some("bob"));
+    }
+
+    #[tokio::test]
+    async fn invalidate_asks_the_bus_and_asks_again_when_it_was_gone() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        fx.take();
+
+        send(&mut session, &[b"invalidate"], &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::InvalidateOthers("alice".into()),
+                Effect::Reply(Reply::InvalidateAck)
+            ]
+        );
+
+        fx.bus_up = false;
+        send(&mut session, &[b"invalidate"], &mut fx);
+        assert_eq!(fx.take(), [Effect::Reply(Reply::InvalidateAck)]);
+        fx.bus_up = true;
+        session.hub_changed(false, &mut fx);
+        assert_eq!(fx.take(), [Effect::InvalidateOthers("alice".into())]);
+        // Asked once: a later change asks nothing.
+        session.hub_changed(false, &mut fx);
+        assert_eq!(fx.take(), []);
+        // A fresh registry shard hears of the binding again.
+        session.hub_changed(true, &mut fx);
+        assert_eq!(fx.take(), [Effect::Bind("alice".into())]);
+    }
+
+    #[tokio::test]
+    async fn pushes_for_a_stale_binding_are_dropped() {
+        let mut session = session();
+        let mut fx = Recorder::new();
+        log_in(&mut session, "alice", &mut fx).await;
+        let old = bound_as(&session).expect("bound");
+        log_in(&mut session, "bob", &mut fx).await;
+        let current = bound_as(&session).expect("bound");
+        fx.take();
+
+        session.on_push(event_push(old, b"stale"), &mut fx);
+        session.on_push(Push::Invalidated { binding: old }, &mut fx);
+        assert_eq!(
+            fx.take(),
+            [],
+            "pushes for alice's binding must not reach bob's"
+        );
+
+        session.on_push(event_push(current, b"fresh"), &mut fx);
+        session.on_push(Push::Invalidated { binding: current }, &mut fx);
+        assert_eq!(
+            fx.take(),
+            [
+                Effect::Event(Bytes::from_static(b"fresh")),
+                // The registry already dropped the binding: no `Unbind`.
+                Effect::Reply(Reply::Invalidated)
+            ]
+        );
+        assert_eq!(bound_as(&session), None);
+        assert_eq!(present(&session, "bob"), 0);
+        session.on_push(event_push(current, b"late"), &mut fx);
+        assert_eq!(fx.take(), []);
+    }
+}
