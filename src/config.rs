@@ -688,7 +688,10 @@ impl Check<'_> {
         };
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(AuthConfig {
-            users_file: folder.join(raw.users_file.unwrap_or_else(|| PathBuf::from("users.toml"))),
+            users_file: folder.join(
+                raw.users_file
+                    .unwrap_or_else(|| PathBuf::from("users.toml")),
+            ),
             database,
             table: raw.table,
             bcrypt_cost: raw.bcrypt_cost,
@@ -1056,8 +1059,16 @@ mod tests {
             "auth.database",
             "users_file",
         );
-        assert_refused("[auth]\ndatabase = \"mysql://h/db\"", "auth.database", "postgres://");
-        assert_refused("[auth]\ntable = \"Users; drop\"", "auth.table", "table name");
+        assert_refused(
+            "[auth]\ndatabase = \"mysql://h/db\"",
+            "auth.database",
+            "postgres://",
+        );
+        assert_refused(
+            "[auth]\ntable = \"Users; drop\"",
+            "auth.table",
+            "table name",
+        );
         let config = Config::from_toml(
             "[auth]\ndatabase = \"postgres://me:secret@h:5433/db\"\ntable = \"people\"",
             Path::new("/etc/tether/server.toml"),

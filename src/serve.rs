@@ -3,13 +3,13 @@
 
 use crate::admin::{self, AdminState, UserAdmin};
 use crate::config::Config;
+use crate::users::pg_store::{PgUsers, StartError};
 use crate::users::read::{self, Contents};
 use crate::users::sync::UserSync;
 use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
-use crate::users::pg_store::{PgUsers, StartError};
 use tether_actors::users::{UserStore, UserTable};
 use tether_actors::{Settings, Tether};
 

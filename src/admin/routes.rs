@@ -2,8 +2,8 @@
 
 use super::events::{self, publish_error};
 use super::{AdminState, ApiError, UserAdmin};
-use crate::users::pg_store::Written;
 use crate::users::edit::{self, PasswordChange};
+use crate::users::pg_store::Written;
 use crate::users::read::UsersFileError;
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -43,14 +43,21 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
 
 type State = web::Data<AdminState>;
 
-/// `{"status": "ok", "users": "ok"}`; `"users"` is `"unreachable"` while the users
-/// database does not answer (the server still serves: logins then follow SPEC §9).
+/// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
+/// `"unreachable"` while the database does not answer (the server still serves; logins
+/// then follow SPEC §9).
 async fn healthz(state: State) -> HttpResponse {
-    let users = match &state.users {
-        UserAdmin::Database(database) if !database.reachable() => "unreachable",
-        _ => "ok",
-    };
-    HttpResponse::Ok().json(json!({ "status": "ok", "users": users }))
+    match &state.users {
+        UserAdmin::Database(database) => {
+            let users = if database.reachable() {
+                "ok"
+            } else {
+                "unreachable"
+            };
+            HttpResponse::Ok().json(json!({ "status": "ok", "users": users }))
+        }
+        UserAdmin::File(_) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+    }
 }
 
 async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
@@ -114,17 +121,18 @@ async fn set_password(
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let user = name.clone();
-    let removed = match &state.users {
-        UserAdmin::File(sync) => sync
-            .write(move |path| edit::remove_user(path, &user))
-            .await
-            .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?,
-        UserAdmin::Database(database) => database
-            .remove(&user)
-            .await
-            .map_err(|err| ApiError::unavailable(format!("cannot remove {name:?}: {err}")))?
-            != Written::Missing,
-    };
+    let removed =
+        match &state.users {
+            UserAdmin::File(sync) => sync
+                .write(move |path| edit::remove_user(path, &user))
+                .await
+                .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?,
+            UserAdmin::Database(database) => {
+                database.remove(&user).await.map_err(|err| {
+                    ApiError::unavailable(format!("cannot remove {name:?}: {err}"))
+                })? != Written::Missing
+            }
+        };
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }

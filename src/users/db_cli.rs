@@ -44,7 +44,9 @@ fn failed(what: &str, err: &tokio_postgres::Error) -> Failure {
 /// the SQL instead, for a DBA to apply).
 pub fn init(config: &Config, print: bool) -> Result<String, Failure> {
     if print {
-        return Ok(pg_schema::init_sql(&config.auth.table).trim_end().to_string());
+        return Ok(pg_schema::init_sql(&config.auth.table)
+            .trim_end()
+            .to_string());
     }
     with_database(config, async |client, table| {
         pg_schema::init(client, table)

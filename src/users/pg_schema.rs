@@ -71,9 +71,9 @@ pub async fn check_table(client: &Client, table: &str) -> Result<(), TableError>
     match client.simple_query(&query).await {
         Ok(_) => Ok(()),
         Err(err) => match err.code() {
-            Some(code) if *code == SqlState::UNDEFINED_TABLE => Err(TableError::NotReady(
-                format!("the users table {table} does not exist: run `tether db init`"),
-            )),
+            Some(code) if *code == SqlState::UNDEFINED_TABLE => Err(TableError::NotReady(format!(
+                "the users table {table} does not exist: run `tether db init`"
+            ))),
             Some(code) if *code == SqlState::UNDEFINED_COLUMN => {
                 let detail = err
                     .as_db_error()

@@ -88,7 +88,9 @@ pub struct PgUsers {
 
 /// Locks `mutex`, taking over a poisoned one (its data is a cache, always consistent).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PgUsers {
@@ -223,17 +225,19 @@ impl Inner {
             tokio::time::timeout(LOOKUP_TIMEOUT, client.query_opt(&query, &[&name])).await
         });
         match answer {
-            Ok(Ok(row)) => Ok(row.and_then(|row| match row.try_get::<_, Option<String>>(0) {
-                Ok(Some(hash)) => valid_hash(&self.table, name, hash),
-                Ok(None) => {
-                    log::warn!("users table: user {name:?} has no password_hash; refused");
-                    None
-                }
-                Err(err) => {
-                    log::warn!("users table: user {name:?}: {err}; refused");
-                    None
-                }
-            })),
+            Ok(Ok(row)) => Ok(
+                row.and_then(|row| match row.try_get::<_, Option<String>>(0) {
+                    Ok(Some(hash)) => valid_hash(&self.table, name, hash),
+                    Ok(None) => {
+                        log::warn!("users table: user {name:?} has no password_hash; refused");
+                        None
+                    }
+                    Err(err) => {
+                        log::warn!("users table: user {name:?}: {err}; refused");
+                        None
+                    }
+                }),
+            ),
             Ok(Err(err)) if err.as_db_error().is_some() => {
                 log::error!("users table: looking up {name:?}: {}", describe(&err));
                 Ok(None)
@@ -508,7 +512,10 @@ pub enum Written {
 impl PgUsers {
     /// Runs `work` with the connection in use, on the store's thread; an error when the
     /// database is unreachable or fails.
-    async fn with_client<T, F>(&self, work: impl FnOnce(Arc<Client>, String) -> F + Send + 'static) -> Result<T, String>
+    async fn with_client<T, F>(
+        &self,
+        work: impl FnOnce(Arc<Client>, String) -> F + Send + 'static,
+    ) -> Result<T, String>
     where
         F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
         T: Send + 'static,
@@ -517,13 +524,16 @@ impl PgUsers {
             .clone()
             .ok_or_else(|| "the users database is unreachable".to_string())?;
         let table = self.inner.table.clone();
-        let task = self.inner.runtime.spawn(async move {
-            tokio::time::timeout(LOOKUP_TIMEOUT, work(client, table)).await
-        });
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { tokio::time::timeout(LOOKUP_TIMEOUT, work(client, table)).await });
         match task.await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(err))) => Err(describe(&err)),
-            Ok(Err(_)) => Err(format!("the users database gave no answer in {LOOKUP_TIMEOUT:?}")),
+            Ok(Err(_)) => Err(format!(
+                "the users database gave no answer in {LOOKUP_TIMEOUT:?}"
+            )),
             Err(err) => Err(format!("the database task stopped: {err}")),
         }
     }
@@ -544,7 +554,11 @@ impl PgUsers {
             })
             .await?;
         self.changed_here(name).await;
-        Ok(if inserted { Written::Created } else { Written::Changed })
+        Ok(if inserted {
+            Written::Created
+        } else {
+            Written::Changed
+        })
     }
 
     /// Removes `name`'s row; in force on this node when it returns.

@@ -23,3 +23,4 @@ mod process;
 mod protocol;
 mod supervision;
 mod users;
+mod users_postgres;

@@ -372,7 +372,10 @@ mod tests {
         let hash = PasswordHash::from(bcrypt::hash(&long[..72], 4).expect("hashes"));
         let expected = bcrypt::verify(&long, &hash).expect("verifies");
         assert!(expected);
-        assert_eq!(checker.check(HOME, &long, hash.clone()).await.matches, expected);
+        assert_eq!(
+            checker.check(HOME, &long, hash.clone()).await.matches,
+            expected
+        );
         assert!(!checker.check(HOME, &long[..71], hash).await.matches);
     }
 
@@ -462,7 +465,9 @@ mod tests {
                 .is_some_and(|name| name.starts_with("tether-bcrypt"));
             on_checker.then_some(found)
         });
-        let checked = checker.check_user(HOME, b"pw", lookup, stand_in.clone()).await;
+        let checked = checker
+            .check_user(HOME, b"pw", lookup, stand_in.clone())
+            .await;
         assert_eq!(
             checked,
             Checked {

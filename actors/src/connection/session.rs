@@ -276,7 +276,10 @@ impl Session {
                     .checker
                     .check_user(self.peer.ip(), password, lookup, stand_in)
             }
-            None => self.shared.checker.check(self.peer.ip(), password, stand_in),
+            None => self
+                .shared
+                .checker
+                .check(self.peer.ip(), password, stand_in),
         };
         self.login = Some(PendingLogin {
             verdict,

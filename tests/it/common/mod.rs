@@ -7,6 +7,7 @@
 
 pub mod hardening;
 pub mod in_process;
+pub mod postgres;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
