@@ -595,7 +595,8 @@ impl PgUsers {
     /// and its connections invalidated (other nodes act on the notification).
     async fn changed_here(&self, name: &str) {
         self.inner.forget(name);
-        if let Some(tether) = lock(&self.inner.tether).clone() {
+        let tether = lock(&self.inner.tether).clone();
+        if let Some(tether) = tether {
             invalidate(&tether, name).await;
         }
     }
