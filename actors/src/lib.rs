@@ -5,10 +5,9 @@
 //! [`users::UserStore`]; publish events and invalidate users through its [`TetherHandle`]
 //! or by sending [`bus::Publish`], [`bus::PublishBatch`] and [`bus::Invalidate`] to the bus.
 
-#![forbid(unsafe_code)]
-
-// Layers, bottom up; a module imports only from layers below it (and, inside `hub`, from
-// the modules listed before it there). See ARCHITECTURE.md.
+// Layers, bottom up: util → wire → auth → hub → connection → server. A module imports only
+// from layers below it (inside `hub`, from the modules before it in `hub`'s own order);
+// `actors/scripts/module_graph.py` checks it. See ARCHITECTURE.md.
 pub mod auth;
 pub mod connection;
 pub mod hub;

@@ -180,6 +180,8 @@ impl UserStore for UserTable {
 }
 
 #[cfg(test)]
+// Tests make and check hashes directly; they run on no event loop.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

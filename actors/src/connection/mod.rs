@@ -1,12 +1,12 @@
 //! [`ConnectionActor`]: one client connection, in two halves joined here. The
-//! [`transport`] is the byte side, generic over the stream (read buffer, framing, output
-//! bounds, the deadline, the close); the [`session`] is the protocol state (commands,
+//! `transport` is the byte side, generic over the stream (read buffer, framing, output
+//! bounds, the deadline, the close); the `session` is the protocol state (commands,
 //! login, binding, pushes) and needs no socket. The actor feeds the session the messages
 //! the transport decodes and the pushes its mailbox receives, and does what the session
-//! asks (an [`Effects`]): replies and events into the transport, `Bind`/`Unbind`/
+//! asks (an `Effects`): replies and events into the transport, `Bind`/`Unbind`/
 //! `Invalidate` to the hub.
 //!
-//! One future, [`DriveSocket`], does all of the socket's work for the connection's whole
+//! One future, `DriveSocket`, does all of the socket's work for the connection's whole
 //! life: on every wake-up it reads and handles input, writes everything queued (replies and
 //! the pushes the mailbox delivered just before it, in one write), and keeps the one
 //! deadline the connection has (the idle timeout, then the end of a close). Nothing else is

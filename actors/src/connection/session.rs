@@ -347,6 +347,8 @@ impl Session {
 }
 
 #[cfg(test)]
+// Tests make and check hashes directly; they run on no event loop.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use crate::auth::password::{stand_in_hash, PasswordChecker};

@@ -1,7 +1,7 @@
 //! [`EventBusActor`]: where events and invalidations enter, from clients, the host program
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
 //! them once and hands them to the registry shards that hold the user's connections (as
-//! [`Presence`] counts them) for fan-out.
+//! `Presence` counts them) for fan-out.
 
 use crate::auth::credentials::check_name;
 use crate::hub::messages::{
@@ -417,6 +417,7 @@ mod tests {
     use crate::hub::roster::HubListeners;
     use crate::hub::state::HubState;
     use crate::hub::supervisor::HubSupervisor;
+    use std::time::Duration;
 
     /// The hub of these tests has no connection to tell of its changes.
     struct NoConnections;
@@ -424,7 +425,6 @@ mod tests {
     impl HubListeners for NoConnections {
         fn tell(&self, _: &HubState) {}
     }
-    use std::time::Duration;
 
     /// Stands in for a connection that receives its pushes but never lets them go.
     struct Hoarder(Vec<Push>);
@@ -535,14 +535,17 @@ mod tests {
         let hoarder = Hoarder(Vec::new()).start();
         bind_alice(&hub, &presence, &hoarder).await;
 
-        // The shard's thread is busy for a while: the event waits in its mailbox.
+        // The shard's thread is busy until the test lets it go: the event waits in its
+        // mailbox. (A bounded wait, so a publish that waited for the fan-out fails the test
+        // rather than hanging it.)
         let (blocked, worker_blocked) = oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
         worker.spawn_fn(move || {
             let _ = blocked.send(());
-            std::thread::sleep(Duration::from_millis(500));
+            let _ = released.recv_timeout(Duration::from_secs(30));
         });
         worker_blocked.await.expect("the worker runs the blocker");
-        let receipt = tokio::time::timeout(Duration::from_millis(250), publish_to_alice(&hub))
+        let receipt = tokio::time::timeout(Duration::from_secs(10), publish_to_alice(&hub))
             .await
             .expect("answered while the shard is busy")
             .expect("the bus answers")
@@ -554,6 +557,7 @@ mod tests {
             "not yet fanned out"
         );
 
+        let _ = release.send(());
         hub.bus.send(Drain).await.expect("the bus answers");
         assert_eq!(
             hoarder.send(Held).await.expect("answers"),

@@ -208,7 +208,7 @@ impl std::error::Error for PublishError {}
 /// answer holds one receipt per event, in the same order. If any event is not valid, none
 /// is published and the error names it ([`PublishError::InBatch`]).
 ///
-/// Every event holds one of the [`EVENTS_IN_FLIGHT`] permits, as a single publish does; the
+/// Every event holds one of the [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits, as a single publish does; the
 /// bus hands a batch on in slices of up to half the permits, each slice in one message per
 /// shard holding its users, and waits in place for permits between slices. A batch is
 /// answered once its last slice is handed on.
@@ -221,7 +221,7 @@ pub struct PublishBatch {
 }
 
 /// One published event on its way from the bus into the connections' output buffers: it
-/// holds one of the bus's [`EVENTS_IN_FLIGHT`] permits until the last connection has taken
+/// holds one of the bus's [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits until the last connection has taken
 /// the event (or dropped it), so publishers cannot run ahead of the fan-out and fill the
 /// connections' mailboxes.
 #[derive(Debug)]

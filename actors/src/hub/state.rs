@@ -1,6 +1,6 @@
-//! [`HubState`]: the addresses of the hub's actors in force, and [`HubChanged`], the
+//! [`HubState`]: the addresses of the hub's actors in force, and `HubChanged`, the
 //! message that tells a connection they changed. The supervisor is the only writer; handles
-//! read it from a watch channel, connections from their [`HubChanged`] messages.
+//! read it from a watch channel, connections from their `HubChanged` messages.
 
 use crate::hub::bus::EventBusActor;
 use crate::hub::registry::UserRegistryActor;

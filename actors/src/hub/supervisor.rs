@@ -1,5 +1,5 @@
 //! [`HubSupervisor`]: keeps the registry shards and the bus alive. A child that stops *or
-//! panics* drops its [`DeathNotice`], and the supervisor starts a fresh one; a fresh
+//! panics* drops its `DeathNotice`, and the supervisor starts a fresh one; a fresh
 //! registry shard is refilled by the connections of its worker, which re-announce their
 //! bindings when they see the shard's new generation in the [`HubState`] they watch.
 

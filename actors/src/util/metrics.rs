@@ -1,6 +1,7 @@
 //! What the server counts, for the admin API's `/metrics`: one [`Metrics`] per server,
 //! with every labelled child created up front so the hot paths only add to an atomic.
 
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -8,8 +9,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::fmt;
 
-/// A label set of one `(name, value)` pair.
-type Label = Vec<(&'static str, &'static str)>;
+/// A label set of one `(name, value)` pair, its value one of the label enums below.
+type Label<E> = [(&'static str, E); 1];
 
 /// The label set of a per-worker metric: `worker="<index>"`.
 type WorkerLabel = Vec<(&'static str, String)>;
@@ -20,7 +21,7 @@ fn delivery_histogram() -> Histogram {
 }
 
 /// The result of a `login`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoginResult {
     /// The password matched.
     Valid,
@@ -31,7 +32,7 @@ pub enum LoginResult {
 }
 
 /// The type of a client message, as counted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandKind {
     /// `login`.
     Login,
@@ -50,7 +51,7 @@ pub enum CommandKind {
 }
 
 /// Why a connection got `io_error`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoErrorCause {
     /// A message longer than `max_message_bytes`.
     MessageTooLong,
@@ -63,7 +64,7 @@ pub enum IoErrorCause {
 }
 
 /// Why a user's connections are invalidated; for logs and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InvalidationCause {
     /// Another connection of the user sent `invalidate`.
     Client,
@@ -83,6 +84,59 @@ impl fmt::Display for InvalidationCause {
             Self::UserRemoved => "user removed",
             Self::Operator => "operator request",
         })
+    }
+}
+
+/// Gives each label enum its label text, in one place, and the list of its values in
+/// declaration order (so `value as usize` indexes the children created up front).
+macro_rules! label_values {
+    ($($enum:ident { $($variant:ident => $text:literal),* $(,)? })*) => {$(
+        impl $enum {
+            /// Every value, in declaration order.
+            const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            /// The text of this value in `/metrics`.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $enum {
+            fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+                self.label().encode(encoder)
+            }
+        }
+    )*};
+}
+
+label_values! {
+    LoginResult {
+        Valid => "valid",
+        Invalid => "invalid",
+        Throttled => "throttled",
+    }
+    CommandKind {
+        Login => "login",
+        Logout => "logout",
+        Disconnect => "disconnect",
+        Prolongate => "prolongate",
+        Invalidate => "invalidate",
+        Unknown => "unknown",
+        InvalidArgsCount => "invalid_args_count",
+    }
+    IoErrorCause {
+        MessageTooLong => "message_too_long",
+        Read => "read",
+        Write => "write",
+        SlowReader => "slow_reader",
+    }
+    InvalidationCause {
+        Client => "client",
+        PasswordChanged => "password_changed",
+        UserRemoved => "user_removed",
+        Operator => "operator",
     }
 }
 
@@ -117,19 +171,24 @@ pub struct Metrics {
 /// The labelled families, kept for registration.
 #[derive(Debug, Clone)]
 struct Families {
-    logins: Family<Label, Counter>,
-    commands: Family<Label, Counter>,
-    invalidations: Family<Label, Counter>,
-    io_errors: Family<Label, Counter>,
+    logins: Family<Label<LoginResult>, Counter>,
+    commands: Family<Label<CommandKind>, Counter>,
+    invalidations: Family<Label<InvalidationCause>, Counter>,
+    io_errors: Family<Label<IoErrorCause>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
 }
 
-fn children<const N: usize>(
-    family: &Family<Label, Counter>,
+/// The child of `family` for each of `values`, created now, in the order of `values`.
+fn children<E, const N: usize>(
+    family: &Family<Label<E>, Counter>,
     key: &'static str,
-    values: [&'static str; N],
-) -> [Counter; N] {
-    values.map(|value| family.get_or_create_owned(&vec![(key, value)]))
+    values: &[E],
+) -> [Counter; N]
+where
+    E: EncodeLabelValue + Copy + Eq + std::hash::Hash + fmt::Debug,
+{
+    debug_assert_eq!(values.len(), N, "one child per value");
+    std::array::from_fn(|index| family.get_or_create_owned(&[(key, values[index])]))
 }
 
 impl Metrics {
@@ -145,37 +204,13 @@ impl Metrics {
         Self {
             connections_open: Gauge::default(),
             connections_bound: Gauge::default(),
-            logins: children(
-                &families.logins,
-                "result",
-                ["valid", "invalid", "throttled"],
-            ),
-            commands: children(
-                &families.commands,
-                "type",
-                [
-                    "login",
-                    "logout",
-                    "disconnect",
-                    "prolongate",
-                    "invalidate",
-                    "unknown",
-                    "invalid_args_count",
-                ],
-            ),
+            logins: children(&families.logins, "result", LoginResult::ALL),
+            commands: children(&families.commands, "type", CommandKind::ALL),
             events_published: Counter::default(),
             events_delivered: Counter::default(),
-            invalidations: children(
-                &families.invalidations,
-                "cause",
-                ["client", "password_changed", "user_removed", "operator"],
-            ),
+            invalidations: children(&families.invalidations, "cause", InvalidationCause::ALL),
             timeouts: Counter::default(),
-            io_errors: children(
-                &families.io_errors,
-                "cause",
-                ["message_too_long", "read", "write", "slow_reader"],
-            ),
+            io_errors: children(&families.io_errors, "cause", IoErrorCause::ALL),
             password_queue_depth: Gauge::default(),
             password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             password_checks_dropped: Counter::default(),
@@ -272,13 +307,7 @@ impl Metrics {
     }
 
     pub(crate) fn invalidated(&self, cause: InvalidationCause, connections: usize) {
-        let index = match cause {
-            InvalidationCause::Client => 0,
-            InvalidationCause::PasswordChanged => 1,
-            InvalidationCause::UserRemoved => 2,
-            InvalidationCause::Operator => 3,
-        };
-        self.invalidations[index].inc_by(connections as u64);
+        self.invalidations[cause as usize].inc_by(connections as u64);
     }
 
     pub(crate) fn io_error(&self, cause: IoErrorCause) {
@@ -317,6 +346,20 @@ impl Default for Metrics {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+
+    #[test]
+    fn each_label_enum_lists_its_values_in_declaration_order() {
+        let orders: [Vec<usize>; 4] = [
+            LoginResult::ALL.iter().map(|v| *v as usize).collect(),
+            CommandKind::ALL.iter().map(|v| *v as usize).collect(),
+            IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
+            InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
+        ];
+        for order in orders {
+            assert!(order.iter().copied().eq(0..order.len()), "{order:?}");
+        }
+        assert_eq!(CommandKind::ALL.len(), CommandTally::default().0.len());
+    }
 
     #[test]
     fn registered_metrics_show_their_families_and_counts() {
