@@ -30,6 +30,8 @@ use crate::users::read::check_bcrypt_hash;
 
 /// Longest a login waits for the database before it is answered from what is known.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often a login's lookup reads the row again when notified of a change meanwhile.
+const LOOKUP_ATTEMPTS: usize = 3;
 /// How long a hash found by a login may stand in for the database while it is unreachable.
 pub const KNOWN_FOR: Duration = Duration::from_secs(60);
 /// How often the listening connection is tested with a query (a paused or unplugged
@@ -78,6 +80,8 @@ struct Inner {
     lost: Notify,
     /// Where writes made through this store invalidate, once it listens.
     tether: Mutex<Option<TetherHandle>>,
+    /// Whether the table was scanned for bad rows (once per process).
+    scanned: AtomicBool,
 }
 
 /// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
@@ -112,6 +116,7 @@ impl PgUsers {
             up: Gauge::default(),
             lost: Notify::new(),
             tether: Mutex::new(None),
+            scanned: AtomicBool::new(false),
         });
         let client = runtime.block_on(async {
             let client = pg_schema::connect(url)
@@ -247,7 +252,31 @@ impl Inner {
         }
     }
 
-    /// Forgets what was known of `name` (a notification named it).
+    /// Gives up `client` after a lookup got no answer, if it is still the one in use: the
+    /// listening task reconnects.
+    fn connection_failed(&self, client: &Arc<Client>, why: &str) {
+        let was_current = {
+            let mut current = lock(&self.client);
+            let same = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, client));
+            if same {
+                current.take();
+            }
+            same
+        };
+        if was_current {
+            self.set_reachable(false, why);
+            self.lost.notify_one();
+        }
+    }
+
+    /// Tells a lookup of `name` under way that the row may have changed after it read it.
+    fn mark_in_flight(&self, name: &str) {
+        if let Some(lookup) = lock(&self.in_flight).get_mut(name) {
+            lookup.changed = true;
+        }
+    }
+
+    /// Forgets what was known of `name` (its row changed); a lookup under way looks again.
     fn forget(&self, name: &str) {
         let mut in_flight = lock(&self.in_flight);
         if let Some(lookup) = in_flight.get_mut(name) {
@@ -282,51 +311,55 @@ impl UserStore for PgUsers {
         let Some(client) = client else {
             return inner.recently_known(name);
         };
-        lock(&inner.in_flight)
-            .entry(name.to_string())
-            .or_default()
-            .lookups += 1;
-        let answer = inner.query_hash(&client, name);
-        // Under the in-flight lock, as `forget` takes it: a notification is either seen
-        // here or comes after the hash found is remembered, and then forgets it.
-        let mut in_flight = lock(&inner.in_flight);
-        let changed = in_flight.get(name).is_some_and(|lookup| lookup.changed);
-        if let Some(lookup) = in_flight.get_mut(name) {
-            lookup.lookups -= 1;
-            if lookup.lookups == 0 {
-                in_flight.remove(name);
-            }
-        }
-        match answer {
-            Ok(found) => {
-                let mut known = lock(&inner.known);
-                match &found {
-                    // A change during the lookup: what was found may be old already; the
-                    // event loop's confirmation then finds nothing and refuses the login.
-                    Some(_) if changed => {}
-                    Some(hash) => {
-                        known.insert(
-                            name.to_string(),
-                            Known {
-                                hash: hash.clone(),
-                                looked_up: Instant::now(),
-                            },
-                        );
-                    }
-                    None => {
-                        known.remove(name);
-                    }
+        for _ in 0..LOOKUP_ATTEMPTS {
+            lock(&inner.in_flight)
+                .entry(name.to_string())
+                .or_default()
+                .lookups += 1;
+            let answer = inner.query_hash(&client, name);
+            // Under the in-flight lock, as `forget` takes it: a notification is either
+            // seen here or comes after the hash found is remembered, and then forgets it.
+            let mut in_flight = lock(&inner.in_flight);
+            let changed = in_flight.get(name).is_some_and(|lookup| lookup.changed);
+            if let Some(lookup) = in_flight.get_mut(name) {
+                lookup.lookups -= 1;
+                if lookup.lookups == 0 {
+                    in_flight.remove(name);
                 }
-                found
             }
-            Err(why) => {
-                drop(in_flight);
-                inner.set_reachable(false, &why);
-                lock(&inner.client).take();
-                inner.lost.notify_one();
-                inner.recently_known(name)
+            let found = match answer {
+                Ok(found) => found,
+                Err(why) => {
+                    drop(in_flight);
+                    inner.connection_failed(&client, &why);
+                    return inner.recently_known(name);
+                }
+            };
+            let mut known = lock(&inner.known);
+            match found {
+                // Notified during the lookup: what was found may be old already, so look
+                // again (the next read sees at least that change).
+                Some(_) if changed => continue,
+                Some(hash) => {
+                    known.insert(
+                        name.to_string(),
+                        Known {
+                            hash: hash.clone(),
+                            looked_up: Instant::now(),
+                        },
+                    );
+                    return Some(hash);
+                }
+                None => {
+                    known.remove(name);
+                    return None;
+                }
             }
         }
+        // Changed at every look: the hash found is not remembered, so the event loop's
+        // confirmation refuses the login.
+        log::info!("user {name:?} kept changing while looked up; login refused");
+        None
     }
 }
 
@@ -395,20 +428,24 @@ async fn serve_connection(
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
         .map_err(|err| describe(&err))?;
-    // Listening from here on: a change after the reconcile's query is notified.
-    reconcile(inner, tether, client).await?;
+    // Listening from here on: a change after the reconcile's query is notified, and
+    // lookups may use the connection (what they find is current) before the reconcile
+    // invalidates anyone, so a user it logs out can log in again at once.
     *lock(&inner.client) = Some(Arc::clone(client));
     inner.set_reachable(true, "");
     *backoff = FIRST_BACKOFF;
+    reconcile(inner, tether, client).await?;
+    if !inner.scanned.swap(true, Ordering::Relaxed) {
+        let client = Arc::clone(client);
+        let table = inner.table.clone();
+        tokio::spawn(async move { report_bad_rows(&client, &table).await });
+    }
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
             note = notified.recv() => match note {
                 Some(name) if name.is_empty() => reconcile(inner, tether, client).await?,
-                Some(name) => {
-                    inner.forget(&name);
-                    invalidate(tether, &name).await;
-                }
+                Some(name) => changed(inner, tether, client, &name).await?,
                 None => return Err("the connection closed".to_string()),
             },
             _ = ping.tick() => {
@@ -417,10 +454,99 @@ async fn serve_connection(
                     .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
                     .map_err(|err| describe(&err))?;
             }
-            _ = inner.lost.notified() => return Err("a lookup got no answer".to_string()),
+            _ = inner.lost.notified() => {
+                // A permit left by a lookup on an earlier connection is not about this one.
+                if !is_current(inner, client) {
+                    return Err("a lookup got no answer".to_string());
+                }
+            }
             _ = sweep.tick() => forget_idle(inner, tether).await,
         }
     }
+}
+
+/// Most bad rows named in the log by [`report_bad_rows`].
+const BAD_ROWS_REPORTED: i64 = 20;
+
+/// Names in the log the rows no login can use — a name that breaks the name rules, or a
+/// hash that is not bcrypt with cost 4 to 16 — once, in the background (it reads the whole
+/// table, so it never delays start-up or a login). Lookups refuse such rows in any case.
+async fn report_bad_rows(client: &Client, table: &str) {
+    let query = format!(
+        "SELECT name::text FROM {table} \
+         WHERE octet_length(name::text) NOT BETWEEN 1 AND 128 \
+            OR name::text ~ '[\\x01-\\x1f\\x7f]' \
+            OR password_hash IS NULL \
+            OR password_hash::text !~ '^\\$2[abxy]\\$(0[4-9]|1[0-6])\\$[./A-Za-z0-9]{{53}}$' \
+         ORDER BY name::text LIMIT {BAD_ROWS_REPORTED}"
+    );
+    match client.query(&query, &[]).await {
+        Ok(rows) if rows.is_empty() => {}
+        Ok(rows) => {
+            let names: Vec<String> = rows
+                .iter()
+                .filter_map(|row| row.try_get::<_, String>(0).ok())
+                .map(|name| tether_actors::excerpt::Excerpt(name.as_bytes()).to_string())
+                .collect();
+            log::warn!(
+                "users table {table}: rows no login can use (an invalid name, or a \
+                 password_hash that is not bcrypt with cost 4 to 16){}: {}",
+                if rows.len() as i64 >= BAD_ROWS_REPORTED {
+                    ", the first ones"
+                } else {
+                    ""
+                },
+                names.join(", ")
+            );
+        }
+        Err(err) => log::warn!(
+            "users table {table}: cannot scan for bad rows: {}",
+            describe(&err)
+        ),
+    }
+}
+
+/// Whether `client` is the connection lookups use now.
+fn is_current(inner: &Inner, client: &Arc<Client>) -> bool {
+    lock(&inner.client)
+        .as_ref()
+        .is_some_and(|current| Arc::ptr_eq(current, client))
+}
+
+/// Acts on a notification naming `name`: a lookup of it under way looks again; when this
+/// node knows a hash for it, the row is read and, if the hash differs or the row is gone,
+/// the hash is forgotten and the user invalidated; a name not known here is invalidated
+/// (no one is bound to it here but a login whose lookup is under way, which looks again).
+/// A notification of a change this node has already seen (its own write, or a row found
+/// after the change) so changes nothing: a login just made is not logged out by it.
+async fn changed(
+    inner: &Inner,
+    tether: &TetherHandle,
+    client: &Client,
+    name: &str,
+) -> Result<(), String> {
+    inner.mark_in_flight(name);
+    let known = lock(&inner.known).get(name).map(|known| known.hash.clone());
+    let stale = match known {
+        None => true,
+        Some(known) => {
+            let query = format!(
+                "SELECT password_hash::text FROM {} WHERE name = $1",
+                inner.table
+            );
+            let row = tokio::time::timeout(PING_TIMEOUT, client.query_opt(&query, &[&name]))
+                .await
+                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+                .map_err(|err| describe(&err))?;
+            let current = row.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
+            current.as_deref() != Some(&*known)
+        }
+    };
+    if stale {
+        inner.forget(name);
+        invalidate(tether, name).await;
+    }
+    Ok(())
 }
 
 /// Invalidates the connections of `name` on this node.

@@ -242,7 +242,23 @@ fn bad_rows_are_reported_by_name_and_refused_alone() {
     postgres.psql(&format!(
         "INSERT INTO tether_users VALUES ('costly', '{too_costly}')"
     ));
+    let long_name = "n".repeat(200);
+    postgres.psql(&format!(
+        "INSERT INTO tether_users VALUES ('{long_name}', '{}')",
+        cheap_hash("pw")
+    ));
     let server = TestServer::start(&config(&postgres), &[]);
+    // Named in the background once the node listens, the long name cut short.
+    server.wait_for_log("rows no login can use", Duration::from_secs(5));
+    let log = server.stderr_text();
+    let reported = log
+        .lines()
+        .find(|line| line.contains("rows no login can use"))
+        .expect("the report");
+    for name in ["\"costly\"", "\"mallory\"", "(200 bytes)"] {
+        assert!(reported.contains(name), "{name} not in {reported}");
+    }
+    assert!(!reported.contains("alice"), "{reported}");
 
     assert_eq!(login_answer(&server, "mallory", "x"), ["login_invalid"]);
     server.wait_for_log(
@@ -332,4 +348,34 @@ fn commands_and_admin_routes_write_the_table() {
     assert_eq!(removed.status(), 204);
     assert_invalidated(&mut dave, Duration::from_millis(100));
     assert_eq!(login_answer(&server, "dave", "pw-d2"), ["login_invalid"]);
+}
+
+#[test]
+fn a_database_that_stops_answering_delays_a_login_at_most_five_seconds() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(&config(&postgres), &[]);
+    server.client().login("alice", "pw-a");
+
+    postgres.pause();
+    let asked = Instant::now();
+    let mut bob = server.client();
+    bob.send(&["login", "bob", "pw-b"]);
+    assert_eq!(bob.recv_within(Duration::from_secs(6)), ["login_invalid"]);
+    assert!(
+        asked.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    // Known from a login in the last minute: answered without the database.
+    server.client().login("alice", "pw-a");
+
+    postgres.resume();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    server.client().login("bob", "pw-b");
 }

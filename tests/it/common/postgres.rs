@@ -193,6 +193,47 @@ impl Postgres {
         );
     }
 
+    /// The server's processes: the postmaster and its children.
+    fn processes(&self) -> Vec<nix::unistd::Pid> {
+        let pid_file =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("a pid");
+        // Its children, from each process's parent in /proc/PID/stat.
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // `PID (COMM) STATE PPID …`; COMM may hold spaces and parentheses.
+                let after_comm = &stat[stat.rfind(')')? + 1..];
+                let parent: i32 = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+                (parent == postmaster).then_some(pid)
+            })
+            .collect();
+        pids.push(postmaster);
+        pids.into_iter().map(nix::unistd::Pid::from_raw).collect()
+    }
+
+    /// Freezes the server (SIGSTOP to every process): connections stay open and nothing
+    /// answers, as when a host hangs or a network drops packets.
+    pub fn pause(&self) {
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused server run again.
+    pub fn resume(&self) {
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
     /// The URL tether connects with (as [`ROLE`], to [`DATABASE`]).
     pub fn url(&self) -> String {
         format!("postgres://{ROLE}@127.0.0.1:{}/{DATABASE}", self.port)
@@ -231,6 +272,10 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A paused server would not hear the stop.
+        if self.data().join("postmaster.pid").exists() {
+            self.resume();
+        }
         let data = self.data();
         let path = self.bin.join("pg_ctl");
         let mut command = if self.as_postgres {
