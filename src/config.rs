@@ -95,8 +95,14 @@ pub struct TlsConfig {
 /// The `[auth]` table: the users file and login rules.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
-    /// The users file, already resolved against the configuration file's folder.
+    /// The users file, already resolved against the configuration file's folder; not used
+    /// when `database` is set.
     pub users_file: PathBuf,
+    /// The PostgreSQL database users come from (SPEC §9), when set: a `postgres://` URL.
+    pub database: Option<String>,
+    /// The table (or view) of users in `database`; also the name of the channel its
+    /// trigger notifies.
+    pub table: String,
     /// bcrypt cost of the hashes the server itself writes (4–16, the most a stored hash
     /// may have).
     pub bcrypt_cost: u32,
@@ -233,13 +239,19 @@ impl Config {
             ],
         );
         let auth = &self.auth;
+        // One of users_file and database: both set is an error when read back.
+        let source = match &auth.database {
+            Some(url) => ("database", value(mask_password(url))),
+            None => (
+                "users_file",
+                value(auth.users_file.to_string_lossy().into_owned()),
+            ),
+        };
         section(
             "auth",
             vec![
-                (
-                    "users_file",
-                    value(auth.users_file.to_string_lossy().into_owned()),
-                ),
+                source,
+                ("table", value(auth.table.clone())),
                 ("bcrypt_cost", value(i64::from(auth.bcrypt_cost))),
                 ("watch", value(auth.watch)),
                 (
@@ -529,7 +541,9 @@ impl Default for RawServer {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default, expecting = "an [auth] table")]
 struct RawAuth {
-    users_file: PathBuf,
+    users_file: Option<PathBuf>,
+    database: String,
+    table: String,
     bcrypt_cost: u32,
     watch: bool,
     login_failures_per_minute: u32,
@@ -539,7 +553,9 @@ struct RawAuth {
 impl Default for RawAuth {
     fn default() -> Self {
         Self {
-            users_file: PathBuf::from("users.toml"),
+            users_file: None,
+            database: String::new(),
+            table: "tether_users".to_string(),
             bcrypt_cost: 12,
             watch: true,
             login_failures_per_minute: 10,
@@ -603,6 +619,39 @@ impl Default for RawLog {
 
 /// Largest accepted `server.max_message_bytes`.
 const MAX_MESSAGE_BYTES_LIMIT: u64 = 64 * 1024 * 1024;
+/// Whether `name` may be `auth.table`: a PostgreSQL identifier that needs no quoting and
+/// keeps its case (lowercase letters, digits and `_`, not starting with a digit, at most
+/// 63 bytes), so it can name both the table and the channel its trigger notifies.
+fn valid_table_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == b'_')
+        && bytes.all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+        && name.len() <= 63
+}
+
+/// `url` with the password it holds, if any, replaced by `****`.
+fn mask_password(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:****{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// Largest accepted `server.workers`.
 const MAX_WORKERS: u64 = 1024;
 /// Largest accepted `auth.password_threads`.
@@ -726,8 +775,45 @@ impl Check<'_> {
     }
 
     fn auth(&self, raw: RawAuth) -> Result<AuthConfig, ConfigError> {
-        if raw.users_file.as_os_str().is_empty() {
+        if raw
+            .users_file
+            .as_ref()
+            .is_some_and(|file| file.as_os_str().is_empty())
+        {
             return Err(self.error("auth.users_file", "must not be empty".into()));
+        }
+        let database = match raw.database.as_str() {
+            "" => None,
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if raw.users_file.is_some() {
+                    return Err(self.error(
+                        "auth.database",
+                        "cannot be set together with auth.users_file: users come from one \
+                         of them"
+                            .into(),
+                    ));
+                }
+                if let Err(err) = url.parse::<tokio_postgres::Config>() {
+                    return Err(self.error("auth.database", format!("invalid URL: {err}")));
+                }
+                Some(url.to_string())
+            }
+            _ => {
+                return Err(self.error(
+                    "auth.database",
+                    "must be a postgres:// URL, or \"\" for the users file".into(),
+                ))
+            }
+        };
+        if !valid_table_name(&raw.table) {
+            return Err(self.error(
+                "auth.table",
+                format!(
+                    "must be a table name, optionally schema-qualified (letters, digits and \
+                     _, not starting with a digit, at most 63 bytes each), found {:?}",
+                    raw.table
+                ),
+            ));
         }
         let max_cost = tether_actors::password::MAX_STORED_COST;
         if !(4..=max_cost).contains(&raw.bcrypt_cost) {
@@ -748,7 +834,12 @@ impl Check<'_> {
         };
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(AuthConfig {
-            users_file: folder.join(raw.users_file),
+            users_file: folder.join(
+                raw.users_file
+                    .unwrap_or_else(|| PathBuf::from("users.toml")),
+            ),
+            database,
+            table: raw.table,
             bcrypt_cost: raw.bcrypt_cost,
             watch: raw.watch,
             login_failures_per_minute: raw.login_failures_per_minute,
@@ -1141,6 +1232,34 @@ mod tests {
         );
         let config = Config::from_toml(text, Path::new("server.toml")).unwrap();
         assert_eq!(config.auth.users_file, Path::new("data/users.toml"));
+    }
+
+    #[test]
+    fn database_and_users_file_together_are_refused() {
+        assert_refused(
+            "[auth]\nusers_file = \"u.toml\"\ndatabase = \"postgres://h/db\"",
+            "auth.database",
+            "users_file",
+        );
+        assert_refused(
+            "[auth]\ndatabase = \"mysql://h/db\"",
+            "auth.database",
+            "postgres://",
+        );
+        assert_refused(
+            "[auth]\ntable = \"Users; drop\"",
+            "auth.table",
+            "table name",
+        );
+        let config = Config::from_toml(
+            "[auth]\ndatabase = \"postgres://me:secret@h:5433/db\"\ntable = \"people\"",
+            Path::new("/etc/tether/server.toml"),
+        )
+        .expect("valid");
+        assert_eq!(config.auth.table, "people");
+        let effective = config.effective_toml();
+        assert!(effective.contains("database = \"postgres://me:****@h:5433/db\""));
+        assert!(!effective.contains("users_file"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tether::config::Config;
 use tether::users::cli::{self as users_cli, Failure};
+use tether::users::db_cli;
 
 /// A session server: long-lived TCP connections, password logins, pushed events and forced
 /// log-outs.
@@ -64,6 +65,9 @@ enum Command {
         /// The user name
         name: String,
     },
+    /// Work on the users table in PostgreSQL (auth.database)
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Connect to a server as a client: a prompt for people, flags for scripts
     Client(tether::client::ClientArgs),
     /// Check the configuration and the users file, and print the settings in force (the
@@ -78,6 +82,23 @@ enum Command {
     /// Print the man page (roff) to standard output
     #[command(hide = true)]
     Man,
+}
+
+/// What to do with the users table.
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create the users table and the trigger that notifies the servers of every change
+    /// (idempotent)
+    Init {
+        /// Print the SQL instead of applying it
+        #[arg(long)]
+        print: bool,
+    },
+    /// Copy a users file's entries into the table (insert or update) and print the counts
+    Import {
+        /// The users file (TOML, as `auth.users_file`)
+        file: PathBuf,
+    },
 }
 
 /// Where the configuration is read when `--config` is not given.
@@ -105,6 +126,12 @@ fn main() -> ExitCode {
         }
         Some(Command::Deluser { name }) => {
             with_config(config, |config| users_cli::deluser(config, &name))
+        }
+        Some(Command::Db(DbCommand::Init { print })) => {
+            with_config(config, |config| db_cli::init(config, print))
+        }
+        Some(Command::Db(DbCommand::Import { file })) => {
+            with_config(config, |config| db_cli::import(config, &file))
         }
         Some(Command::CheckConfig) => with_config(config, users_cli::check_config),
         Some(Command::Client(args)) => match load_config(config) {

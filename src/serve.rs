@@ -1,8 +1,9 @@
 //! Running the server as a process (SPEC §7): users loaded, listener bound, `listening on`
 //! logged, and on SIGINT or SIGTERM a graceful shutdown.
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, UserAdmin};
 use crate::config::Config;
+use crate::users::pg_store::{PgUsers, StartError};
 use crate::users::read::{self, Contents};
 use crate::users::sync::UserSync;
 use prometheus_client::registry::Registry;
@@ -10,7 +11,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::proxy_header::ProxyTrust;
-use tether_actors::users::UserTable;
+use tether_actors::users::{UserStore, UserTable};
 use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 
 /// How long past `shutdown_grace` the admin API may take to drop the requests it still
@@ -84,30 +85,29 @@ pub fn run(config: Config) -> Outcome {
         config.source
     );
     crate::limits::raise_open_files_limit(config.server.max_connections);
-    let loaded = read::read_contents(&config.auth.users_file);
-    let users = match loaded.users(&config.auth.users_file) {
-        Ok(users) => {
-            log::info!(
-                "{} user(s) loaded from {}",
-                users.len(),
-                config.auth.users_file.display()
-            );
-            users
-        }
-        Err(_) if loaded == Contents::Missing => {
-            log::warn!(
-                "users file {} does not exist: nobody can log in until a user is added \
-                 (`tether passwd NAME`, or PUT /v1/users/NAME/password on the admin API)",
-                config.auth.users_file.display()
-            );
-            Default::default()
-        }
-        Err(err) => {
-            fatal(&err.to_string());
-            return Outcome::BadConfiguration;
-        }
+    let users = match &config.auth.database {
+        Some(url) => match PgUsers::connect(url, &config.auth.table) {
+            Ok(database) => {
+                log::info!(
+                    "users from PostgreSQL table {} (looked up per login)",
+                    config.auth.table
+                );
+                Users::Database(database)
+            }
+            Err(StartError::NotReady(why)) => {
+                fatal(&why);
+                return Outcome::BadConfiguration;
+            }
+            Err(StartError::Unreachable(why)) => {
+                fatal(&format!("cannot reach the users database: {why}"));
+                return Outcome::Failed;
+            }
+        },
+        None => match load_users_file(&config) {
+            Some(loaded) => loaded,
+            None => return Outcome::BadConfiguration,
+        },
     };
-    let users = Arc::new(UserTable::new(users));
     let tls_config = match config.server.tls.as_ref().map(crate::tls::load).transpose() {
         Ok(tls_config) => tls_config,
         Err(err) => {
@@ -170,14 +170,17 @@ pub fn run(config: Config) -> Outcome {
     }
 
     system.block_on(async move {
+        let store: Arc<dyn UserStore> = match &users {
+            Users::File(table, _) => Arc::clone(table) as _,
+            Users::Database(database) => Arc::new(database.clone()),
+        };
         let tls_slot = tls_listener.as_ref().map(|(_, slot)| slot.clone());
         let listeners = Listeners {
             plain: listener,
             tls: tls_listener,
             proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
-        let started =
-            Tether::start_listeners(listeners, settings(&config), Arc::clone(&users) as _);
+        let started = Tether::start_listeners(listeners, settings(&config), store);
         let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
@@ -190,14 +193,23 @@ pub fn run(config: Config) -> Outcome {
             config.auth.password_threads,
             tether_actors::password::CHECKER_NICENESS
         );
-        let user_sync = UserSync::new(
-            config.auth.users_file.clone(),
-            Arc::clone(&users),
-            tether.handle(),
-            loaded,
-        );
-        let _users_watch =
-            crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
+        let (user_sync, _users_watch) = match users {
+            Users::File(table, loaded) => {
+                let user_sync = UserSync::new(
+                    config.auth.users_file.clone(),
+                    table,
+                    tether.handle(),
+                    loaded,
+                );
+                let watch =
+                    crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
+                (UserAdmin::File(user_sync), Some(watch))
+            }
+            Users::Database(database) => {
+                database.listen(tether.handle());
+                (UserAdmin::Database(database), None)
+            }
+        };
         let admin = match admin_listener {
             Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
                 Ok(admin) => Some(admin),
@@ -253,6 +265,43 @@ pub fn run(config: Config) -> Outcome {
     })
 }
 
+/// Where the users come from.
+enum Users {
+    /// The users file, as loaded, with what it held.
+    File(Arc<UserTable>, Contents),
+    /// A PostgreSQL table.
+    Database(PgUsers),
+}
+
+/// Loads the users file (a missing one means no users yet); `None` when it is invalid
+/// (reported).
+fn load_users_file(config: &Config) -> Option<Users> {
+    let loaded = read::read_contents(&config.auth.users_file);
+    let users = match loaded.users(&config.auth.users_file) {
+        Ok(users) => {
+            log::info!(
+                "{} user(s) loaded from {}",
+                users.len(),
+                config.auth.users_file.display()
+            );
+            users
+        }
+        Err(_) if loaded == Contents::Missing => {
+            log::warn!(
+                "users file {} does not exist: nobody can log in until a user is added \
+                 (`tether passwd NAME`, or PUT /v1/users/NAME/password on the admin API)",
+                config.auth.users_file.display()
+            );
+            Default::default()
+        }
+        Err(err) => {
+            fatal(&err.to_string());
+            return None;
+        }
+    };
+    Some(Users::File(Arc::new(UserTable::new(users)), loaded))
+}
+
 /// Reports why the server cannot run: in the log, or on standard error when the log would
 /// not show it (`log.level = "off"`, or `RUST_LOG` filtering it out).
 fn fatal(message: &str) {
@@ -283,12 +332,15 @@ fn start_admin(
     listener: TcpListener,
     config: &Config,
     tether: &Tether,
-    users: UserSync,
+    users: UserAdmin,
     tls: Option<tether_actors::rustls::ServerConfig>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
-    users.register_metrics(&mut registry);
+    match &users {
+        UserAdmin::File(sync) => sync.register_metrics(&mut registry),
+        UserAdmin::Database(database) => database.register_metrics(&mut registry),
+    }
     let state = AdminState {
         tether: tether.handle(),
         users,

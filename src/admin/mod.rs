@@ -7,6 +7,7 @@ mod events;
 mod routes;
 mod token;
 
+use crate::users::pg_store::PgUsers;
 use crate::users::sync::UserSync;
 use actix_web::{middleware, web, App, HttpServer};
 use prometheus_client::registry::Registry;
@@ -36,13 +37,21 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// [`MAX_CONNECTIONS`]; further ones are refused by the kernel.
 pub const LISTEN_BACKLOG: i32 = 256;
 
+/// Where the user routes read and write.
+pub enum UserAdmin {
+    /// Writes the users file, puts what it wrote in force and invalidates the users it
+    /// affects.
+    File(UserSync),
+    /// Users in PostgreSQL.
+    Database(PgUsers),
+}
+
 /// What the routes need.
 pub struct AdminState {
     /// Publishes events, invalidates users, counts connections.
     pub tether: TetherHandle,
-    /// Writes the users file, puts what it wrote in force and invalidates the users it
-    /// affects.
-    pub users: UserSync,
+    /// Where the user routes write: the users file, or the users table.
+    pub users: UserAdmin,
     /// bcrypt cost of the hashes the routes write.
     pub bcrypt_cost: u32,
     /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.

@@ -1,8 +1,9 @@
 //! The routes of the admin API (docs/admin-api.md) and what each answers.
 
 use super::events::{self, publish_error};
-use super::{AdminState, ApiError};
+use super::{AdminState, ApiError, UserAdmin};
 use crate::users::edit::{self, PasswordChange};
+use crate::users::pg_store::Written;
 use crate::users::read::UsersFileError;
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
@@ -42,8 +43,21 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
 
 type State = web::Data<AdminState>;
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
+/// `"unreachable"` while the database does not answer (the server still serves; logins
+/// then follow SPEC §9).
+async fn healthz(state: State) -> HttpResponse {
+    match &state.users {
+        UserAdmin::Database(database) => {
+            let users = if database.reachable() {
+                "ok"
+            } else {
+                "unreachable"
+            };
+            HttpResponse::Ok().json(json!({ "status": "ok", "users": users }))
+        }
+        UserAdmin::File(_) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+    }
 }
 
 async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
@@ -76,11 +90,23 @@ async fn set_password(
         .map_err(|err| ApiError::internal(format!("cannot hash the password: {err}")))?;
     let user = name.clone();
     // In force, and the user's connections told, when the answer comes.
-    let change = state
-        .users
-        .write(move |path| edit::set_password_hash(path, &user, &hash))
-        .await
-        .map_err(|err| users_file_error(&format!("cannot set the password of {name:?}"), &err))?;
+    let change = match &state.users {
+        UserAdmin::File(sync) => sync
+            .write(move |path| edit::set_password_hash(path, &user, &hash))
+            .await
+            .map_err(|err| {
+                users_file_error(&format!("cannot set the password of {name:?}"), &err)
+            })?,
+        UserAdmin::Database(database) => match database.set_hash(&user, &hash).await {
+            Ok(Written::Created) => PasswordChange::Created,
+            Ok(_) => PasswordChange::Changed,
+            Err(err) => {
+                return Err(ApiError::unavailable(format!(
+                    "cannot set the password of {name:?}: {err}"
+                )))
+            }
+        },
+    };
     Ok(match change {
         PasswordChange::Created => {
             log::info!("admin API: user {name:?} created");
@@ -95,11 +121,18 @@ async fn set_password(
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let user = name.clone();
-    let removed = state
-        .users
-        .write(move |path| edit::remove_user(path, &user))
-        .await
-        .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?;
+    let removed =
+        match &state.users {
+            UserAdmin::File(sync) => sync
+                .write(move |path| edit::remove_user(path, &user))
+                .await
+                .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?,
+            UserAdmin::Database(database) => {
+                database.remove(&user).await.map_err(|err| {
+                    ApiError::unavailable(format!("cannot remove {name:?}: {err}"))
+                })? != Written::Missing
+            }
+        };
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }
@@ -177,13 +210,25 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
             "limit must be from 1 to {MAX_LIST_LIMIT}, found {limit}"
         )));
     }
-    let users = state.users.users();
-    let mut names: Vec<&String> = users
-        .keys()
-        .filter(|name| after.as_ref().is_none_or(|after| *name > after))
-        .collect();
-    names.sort_unstable();
+    let names: Vec<String> = match &state.users {
+        UserAdmin::File(sync) => {
+            let users = sync.users();
+            let mut names: Vec<String> = users
+                .keys()
+                .filter(|name| after.as_ref().is_none_or(|after| *name > after))
+                .cloned()
+                .collect();
+            names.sort_unstable();
+            names.truncate(limit + 1);
+            names
+        }
+        UserAdmin::Database(database) => database
+            .names(after, limit + 1)
+            .await
+            .map_err(|err| ApiError::unavailable(format!("cannot list the users: {err}")))?,
+    };
     let more = names.len() > limit;
+    let mut names = names;
     names.truncate(limit);
     let mut listed = Vec::with_capacity(names.len());
     for name in &names {

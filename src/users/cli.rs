@@ -22,7 +22,7 @@ pub struct Failure {
 
 impl Failure {
     /// Bad input: a name, a password or a users file that breaks the rules.
-    fn invalid(message: String) -> Self {
+    pub(crate) fn invalid(message: String) -> Self {
         Self {
             exit_code: 2,
             message,
@@ -30,7 +30,7 @@ impl Failure {
     }
 
     /// Something that could not be done: reading, hashing, writing.
-    fn failed(message: String) -> Self {
+    pub(crate) fn failed(message: String) -> Self {
         Self {
             exit_code: 1,
             message,
@@ -54,10 +54,16 @@ impl From<UsersFileError> for Failure {
 pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
     let path = &config.auth.users_file;
-    let shown = shown_path(path);
+    let shown = match &config.auth.database {
+        Some(_) => format!("table {}", config.auth.table),
+        None => shown_path(path),
+    };
     let password = read_password(name, &shown)?;
     let hash = bcrypt::hash(&password, config.auth.bcrypt_cost)
         .map_err(|error| Failure::failed(format!("cannot hash the password: {error}")))?;
+    if config.auth.database.is_some() {
+        return crate::users::db_cli::set_hash(config, name, &hash);
+    }
     let new_file = !path.exists();
     let change = edit::set_password_hash(path, name, &hash)?.outcome;
     Ok(match change {
@@ -73,6 +79,9 @@ pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
 /// leaves the file untouched. Answers what it did.
 pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
+    if config.auth.database.is_some() {
+        return crate::users::db_cli::remove(config, name);
+    }
     let path = &config.auth.users_file;
     let shown = shown_path(path);
     if edit::remove_user(path, name)?.outcome {
@@ -92,6 +101,10 @@ pub fn check_config(config: &Config) -> Result<String, Failure> {
     let shown = shown_path(path);
     let contents = read::read_contents(path);
     let users = match contents.users(path) {
+        _ if config.auth.database.is_some() => format!(
+            "table {} in auth.database (not read: `tether db init` creates it)",
+            config.auth.table
+        ),
         Ok(users) => format!("{shown}: {} user(s)", users.len()),
         Err(_) if contents == Contents::Missing => {
             format!(

@@ -275,7 +275,7 @@ pub(super) fn line_of(text: &str, offset: usize) -> usize {
 /// higher one would hold a bcrypt thread for minutes to days per login), `$`, then 53
 /// characters of `./A-Za-z0-9` in bcrypt's canonical base64. The reason never quotes the
 /// hash.
-pub(super) fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
+pub(crate) fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
     let length = hash.chars().count();
     if length != 60 {
         return Err(format!("expected 60 characters, found {length}"));

@@ -29,3 +29,4 @@ mod proxy_protocol;
 mod supervision;
 mod tls;
 mod users;
+mod users_postgres;

@@ -29,14 +29,29 @@ const BCRYPT_READS_BYTES: usize = 72;
 /// hold a bcrypt thread for days.
 pub const MAX_STORED_COST: u32 = 16;
 
+/// Finds a user's hash on a checker thread, where it may block (a database query does).
+pub type HashLookup = Box<dyn FnOnce() -> Option<PasswordHash> + Send>;
+
+/// The outcome of one check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    /// Whether the password matched the hash checked.
+    pub matches: bool,
+    /// The hash the check's lookup found, if it had one and found a user.
+    pub found: Option<PasswordHash>,
+}
+
 /// One password to compare with one hash.
 struct Check {
     /// The password as the client sent it.
     password: Vec<u8>,
-    /// The stored bcrypt hash (or the stand-in for an unknown user).
+    /// Finds the user's hash first, when the check has one.
+    lookup: Option<HashLookup>,
+    /// The hash checked when there is no lookup or it finds no user: the stored hash, or
+    /// the stand-in for an unknown user.
     hash: PasswordHash,
     /// Where the verdict goes; closed when the login is gone.
-    verdict: oneshot::Sender<bool>,
+    verdict: oneshot::Sender<Checked>,
 }
 
 /// The checks waiting for a thread: a FIFO per client address, the addresses served in
@@ -169,11 +184,36 @@ impl PasswordChecker {
     /// says whether it matches. A malformed hash or a stopped pool counts as no match.
     /// Dropping the verdict before it is in gives the check up: it is not run.
     pub fn check(&self, client: IpAddr, password: &[u8], hash: PasswordHash) -> Verdict {
+        self.queue(client, password, None, hash)
+    }
+
+    /// Queues a check for a login from `client` of `password` against the hash `lookup`
+    /// finds, or `stand_in` when it finds none. The lookup runs on the checker thread, just
+    /// before bcrypt, so a store that asks a database never blocks an event loop; the
+    /// verdict's [`Checked::found`] is what it found.
+    pub fn check_user(
+        &self,
+        client: IpAddr,
+        password: &[u8],
+        lookup: HashLookup,
+        stand_in: PasswordHash,
+    ) -> Verdict {
+        self.queue(client, password, Some(lookup), stand_in)
+    }
+
+    fn queue(
+        &self,
+        client: IpAddr,
+        password: &[u8],
+        lookup: Option<HashLookup>,
+        hash: PasswordHash,
+    ) -> Verdict {
         // bcrypt reads at most 72 bytes; more, held in the queue, would only take memory.
         let password = password[..password.len().min(BCRYPT_READS_BYTES)].to_vec();
         let (verdict, answer) = oneshot::channel();
         let check = Check {
             password,
+            lookup,
             hash,
             verdict,
         };
@@ -194,20 +234,23 @@ impl PasswordChecker {
 
 /// The verdict of one queued check (see [`PasswordChecker::check`]).
 pub struct Verdict {
-    answer: oneshot::Receiver<bool>,
+    answer: oneshot::Receiver<Checked>,
     pool: Arc<Pool>,
     /// The verdict was taken.
     decided: bool,
 }
 
 impl Future for Verdict {
-    type Output = bool;
+    type Output = Checked;
 
-    fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<bool> {
+    fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<Checked> {
         let answer = Pin::new(&mut self.answer).poll(task);
         answer.map(|result| {
             self.decided = true;
-            result.unwrap_or(false)
+            result.unwrap_or(Checked {
+                matches: false,
+                found: None,
+            })
         })
     }
 }
@@ -254,14 +297,16 @@ fn run_checks(pool: &Pool) {
             continue;
         }
         let started = Instant::now();
+        let found = check.lookup.and_then(|lookup| lookup());
+        let hash = found.as_ref().unwrap_or(&check.hash);
         // The one place a password is checked: on the checker's own threads.
         #[allow(clippy::disallowed_methods)]
-        let matches = bcrypt::verify(&check.password, &check.hash).unwrap_or(false);
+        let matches = bcrypt::verify(&check.password, hash).unwrap_or(false);
         metrics
             .password_check_seconds
             .observe(started.elapsed().as_secs_f64());
         // The connection may have gone meanwhile; then nobody needs the verdict.
-        let _ = check.verdict.send(matches);
+        let _ = check.verdict.send(Checked { matches, found });
     }
 }
 
@@ -307,12 +352,13 @@ mod tests {
     async fn checks_match_only_the_right_password() {
         let checker = PasswordChecker::start(2, Metrics::new()).expect("threads start");
         let hash = PasswordHash::from(bcrypt::hash("secret", 4).expect("hashes"));
-        assert!(checker.check(HOME, b"secret", hash.clone()).await);
-        assert!(!checker.check(HOME, b"wrong", hash).await);
+        assert!(checker.check(HOME, b"secret", hash.clone()).await.matches);
+        assert!(!checker.check(HOME, b"wrong", hash).await.matches);
         assert!(
             !checker
                 .check(HOME, b"x", PasswordHash::from("not a hash"))
                 .await
+                .matches
         );
     }
 
@@ -320,7 +366,7 @@ mod tests {
     async fn the_stand_in_hash_matches_no_valid_password() {
         let checker = PasswordChecker::start(1, Metrics::new()).expect("threads start");
         let hash = stand_in_hash(4).expect("hashes");
-        assert!(!checker.check(HOME, b"tether stand-in", hash).await);
+        assert!(!checker.check(HOME, b"tether stand-in", hash).await.matches);
     }
 
     #[actix_rt::test]
@@ -332,8 +378,11 @@ mod tests {
         let hash = PasswordHash::from(bcrypt::hash(&long[..72], 4).expect("hashes"));
         let expected = bcrypt::verify(&long, &hash).expect("verifies");
         assert!(expected);
-        assert_eq!(checker.check(HOME, &long, hash.clone()).await, expected);
-        assert!(!checker.check(HOME, &long[..71], hash).await);
+        assert_eq!(
+            checker.check(HOME, &long, hash.clone()).await.matches,
+            expected
+        );
+        assert!(!checker.check(HOME, &long[..71], hash).await.matches);
     }
 
     #[actix_rt::test]
@@ -345,11 +394,12 @@ mod tests {
     }
 
     /// A check and the receiver of its verdict (dropping it gives the check up).
-    fn check_with(password: &[u8]) -> (Check, oneshot::Receiver<bool>) {
+    fn check_with(password: &[u8]) -> (Check, oneshot::Receiver<Checked>) {
         let (verdict, answer) = oneshot::channel();
         let hash = PasswordHash::from("unused");
         let check = Check {
             password: password.to_vec(),
+            lookup: None,
             hash,
             verdict,
         };
@@ -402,9 +452,38 @@ mod tests {
         let slow = PasswordHash::from(bcrypt::hash("pw", 10).expect("hashes"));
         let busy = checker.check(HOME, b"pw", slow.clone());
         drop(checker.check(ELSEWHERE, b"pw", slow));
-        assert!(busy.await);
+        assert!(busy.await.matches);
         let quick = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
-        assert!(checker.check(HOME, b"pw", quick).await);
+        assert!(checker.check(HOME, b"pw", quick).await.matches);
         assert_eq!(metrics.password_checks_dropped.get(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_lookup_runs_on_the_checker_thread_and_its_hash_is_checked() {
+        let checker = PasswordChecker::start(1, Metrics::new()).expect("threads start");
+        let hash = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
+        let stand_in = stand_in_hash(4).expect("hashes");
+        let found = hash.clone();
+        // Finds the user only when run on a checker thread.
+        let lookup: HashLookup = Box::new(move || {
+            let on_checker = thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("tether-bcrypt"));
+            on_checker.then_some(found)
+        });
+        let checked = checker
+            .check_user(HOME, b"pw", lookup, stand_in.clone())
+            .await;
+        assert_eq!(
+            checked,
+            Checked {
+                matches: true,
+                found: Some(hash)
+            }
+        );
+        let nobody = checker
+            .check_user(HOME, b"pw", Box::new(|| None), stand_in)
+            .await;
+        assert!(!nobody.matches && nobody.found.is_none());
     }
 }

@@ -16,10 +16,22 @@ pub use crate::auth::password::PasswordHash;
 
 /// The source of password hashes consulted at every login.
 ///
-/// Lookups run on the event loops, so an implementation must answer from memory.
+/// A login's hash is found by [`UserStore::lookup_for_login`], on a password-check thread
+/// just before bcrypt runs, where it may block (a database query). Once the password
+/// matched, [`UserStore::password_hash`] confirms on the event loop that the hash is still
+/// in force, so it must answer from memory.
 pub trait UserStore: Send + Sync + 'static {
-    /// The stored bcrypt hash of `name`, or `None` for an unknown user.
+    /// The bcrypt hash of `name` in force as far as this store knows without waiting, or
+    /// `None` for an unknown user. A store that does not hold every user answers for those
+    /// its lookups found, until a change replaces them.
     fn password_hash(&self, name: &str) -> Option<PasswordHash>;
+
+    /// The stored hash of `name` for a login, looked up on a password-check thread (never
+    /// an event loop), so it may wait for a database; it should answer within seconds.
+    /// By default, [`UserStore::password_hash`].
+    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
+        self.password_hash(name)
+    }
 
     /// The hash to check a login for `name` against when it has no user (or the login is
     /// malformed), so that its `login_invalid` takes as long as a known user's. `None`

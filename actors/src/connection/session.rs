@@ -4,7 +4,7 @@
 //! connection's actor does them, a test records them.
 
 use crate::auth::credentials::{check_name_bytes, check_password};
-use crate::auth::password::Verdict;
+use crate::auth::password::{Checked, HashLookup, Verdict};
 use crate::auth::throttle::Reservation;
 use crate::auth::users::PasswordHash;
 use crate::connection::shared::ConnectionShared;
@@ -34,9 +34,9 @@ struct PendingLogin {
     verdict: Verdict,
     /// This check's place under the throttle's limit.
     reservation: Reservation,
-    /// The user and the hash checked; `None` when a match cannot log in (a stand-in hash
-    /// was checked, or the password breaks the rules).
-    user: Option<(Arc<str>, PasswordHash)>,
+    /// The user to bind if the lookup finds a hash and it matches; `None` when a match
+    /// cannot log in (the name or the password breaks the rules).
+    user: Option<Arc<str>>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
 }
@@ -156,11 +156,11 @@ impl Session {
         let Some(login) = &mut self.login else {
             return Poll::Ready(());
         };
-        let Poll::Ready(matches) = Pin::new(&mut login.verdict).poll(task) else {
+        let Poll::Ready(checked) = Pin::new(&mut login.verdict).poll(task) else {
             return Poll::Pending;
         };
         if let Some(login) = self.login.take() {
-            self.finish_login(login, matches, fx);
+            self.finish_login(login, checked, fx);
         }
         Poll::Ready(())
     }
@@ -260,32 +260,39 @@ impl Session {
         };
         // A known user's hash is checked even when the password is malformed (the verdict
         // is then no match): the time a login takes must not depend on whether the name
-        // exists, whatever the password.
-        let known = check_name_bytes(name).ok().and_then(|name| {
-            let hash = self.shared.users.password_hash(name)?;
-            Some((Arc::<str>::from(name), hash))
-        });
-        let hash = match &known {
-            Some((_, hash)) => hash.clone(),
+        // exists, whatever the password. The hash is looked up on the checker thread.
+        let valid_name = check_name_bytes(name).ok().map(Arc::<str>::from);
+        let stand_in = self
+            .shared
+            .users
+            .stand_in_hash(name)
+            .unwrap_or_else(|| self.shared.stand_in_hash.clone());
+        let verdict = match &valid_name {
+            Some(user) => {
+                let users = Arc::clone(&self.shared.users);
+                let user = Arc::clone(user);
+                let lookup: HashLookup = Box::new(move || users.lookup_for_login(&user));
+                self.shared
+                    .checker
+                    .check_user(self.peer.ip(), password, lookup, stand_in)
+            }
             None => self
                 .shared
-                .users
-                .stand_in_hash(name)
-                .unwrap_or_else(|| self.shared.stand_in_hash.clone()),
+                .checker
+                .check(self.peer.ip(), password, stand_in),
         };
-        let user = known.filter(|_| check_password(password).is_ok());
         self.login = Some(PendingLogin {
-            verdict: self.shared.checker.check(self.peer.ip(), password, hash),
+            verdict,
             reservation,
-            user,
+            user: valid_name.filter(|_| check_password(password).is_ok()),
             name: name.to_vec(),
         });
     }
 
     /// Acts on the verdict of the login that was being checked.
-    fn finish_login(&mut self, login: PendingLogin, matches: bool, fx: &mut impl Effects) {
-        match (matches, login.user) {
-            (true, Some((user, hash))) => {
+    fn finish_login(&mut self, login: PendingLogin, checked: Checked, fx: &mut impl Effects) {
+        match (checked.matches, login.user, checked.found) {
+            (true, Some(user), Some(hash)) => {
                 self.login_succeeded(user, &hash, login.reservation, fx);
             }
             _ => {

@@ -1,0 +1,729 @@
+//! Users in PostgreSQL (SPEC §9): a [`UserStore`] that looks each login's user up in the
+//! table, and the task that keeps one connection to the database, LISTENs to the table's
+//! channel and invalidates the connections of users whose row changed.
+//!
+//! Nothing is loaded at start-up. A lookup runs on a password-check thread (see
+//! [`UserStore::lookup_for_login`]) and waits at most [`LOOKUP_TIMEOUT`] for the database,
+//! on the store's own runtime thread; the hashes found are remembered (as `known`) so that
+//! the event loop can confirm a login without waiting, so that a change missed during an
+//! outage can be found again after it (the reconcile), and so that a user who logged in
+//! during the last minute can still log in while the database is unreachable. An entry is
+//! forgotten when a notification names its user, and a minute after its lookup once its
+//! user has no connection on this node: memory follows the users logging in, not the rows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tether_actors::bus::InvalidationCause;
+use tether_actors::users::{PasswordHash, UserStore};
+use tether_actors::TetherHandle;
+use tokio::sync::{mpsc, Notify};
+use tokio_postgres::{AsyncMessage, Client, NoTls};
+
+use crate::users::pg_schema::{self, TableError};
+use crate::users::read::check_bcrypt_hash;
+
+/// Longest a login waits for the database before it is answered from what is known.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often a login's lookup reads the row again when notified of a change meanwhile.
+const LOOKUP_ATTEMPTS: usize = 3;
+/// How long a hash found by a login may stand in for the database while it is unreachable.
+pub const KNOWN_FOR: Duration = Duration::from_secs(60);
+/// How often the listening connection is tested with a query (a paused or unplugged
+/// server sends nothing, so silence alone proves nothing).
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// Longest a ping or a reconcile may take before the connection is given up.
+const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between two connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A hash found by a lookup.
+struct Known {
+    hash: PasswordHash,
+    looked_up: Instant,
+}
+
+/// The names being looked up now, and whether a notification named them meanwhile (then
+/// what the lookup found may already be old, and it is not remembered).
+#[derive(Default)]
+struct InFlight {
+    lookups: usize,
+    changed: bool,
+}
+
+/// What the store and its connection task share.
+struct Inner {
+    /// `auth.database`.
+    url: String,
+    /// `auth.table`, also the channel its trigger notifies.
+    table: String,
+    /// Runs the queries, on the store's own thread.
+    runtime: tokio::runtime::Handle,
+    /// The connection in use; `None` while the database is unreachable.
+    client: Mutex<Option<Arc<Client>>>,
+    /// Hashes found by lookups, by name.
+    known: Mutex<HashMap<String, Known>>,
+    /// Lookups under way, by name.
+    in_flight: Mutex<HashMap<String, InFlight>>,
+    /// Whether the database answers; the log line is written on each change.
+    reachable: AtomicBool,
+    /// 1 while the database answers, 0 while it does not (`users_database_up`).
+    up: Gauge,
+    /// Woken when a lookup finds the connection broken.
+    lost: Notify,
+    /// Where writes made through this store invalidate, once it listens.
+    tether: Mutex<Option<TetherHandle>>,
+    /// Whether the table was scanned for bad rows (once per process).
+    scanned: AtomicBool,
+}
+
+/// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
+#[derive(Clone)]
+pub struct PgUsers {
+    inner: Arc<Inner>,
+}
+
+/// Locks `mutex`, taking over a poisoned one (its data is a cache, always consistent).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl PgUsers {
+    /// Starts the store's runtime thread, connects to `url` and checks `table`. A missing
+    /// table or column is [`StartError::NotReady`]; an unreachable database,
+    /// [`StartError::Unreachable`].
+    pub fn connect(url: &str, table: &str) -> Result<Self, StartError> {
+        let runtime = start_runtime().map_err(|err| {
+            StartError::Unreachable(format!("cannot start the database thread: {err}"))
+        })?;
+        let inner = Arc::new(Inner {
+            url: url.to_string(),
+            table: table.to_string(),
+            runtime: runtime.clone(),
+            client: Mutex::new(None),
+            known: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
+            reachable: AtomicBool::new(true),
+            up: Gauge::default(),
+            lost: Notify::new(),
+            tether: Mutex::new(None),
+            scanned: AtomicBool::new(false),
+        });
+        let client = runtime.block_on(async {
+            let client = pg_schema::connect(url)
+                .await
+                .map_err(|err| StartError::Unreachable(describe(&err)))?;
+            match pg_schema::check_table(&client, table).await {
+                Ok(()) => Ok(client),
+                Err(TableError::NotReady(why)) => Err(StartError::NotReady(why)),
+                Err(TableError::Unreachable(err)) => Err(StartError::Unreachable(describe(&err))),
+            }
+        })?;
+        // Lookups use it until the listening connection takes over.
+        *lock(&inner.client) = Some(Arc::new(client));
+        inner.up.set(1);
+        Ok(Self { inner })
+    }
+
+    /// Starts listening for the table's notifications and invalidating through `tether`;
+    /// reconnects after a loss, then reconciles.
+    pub fn listen(&self, tether: TetherHandle) {
+        *lock(&self.inner.tether) = Some(tether.clone());
+        let inner = Arc::clone(&self.inner);
+        self.inner.runtime.spawn(keep_listening(inner, tether));
+    }
+
+    /// Whether the database answers now.
+    pub fn reachable(&self) -> bool {
+        self.inner.reachable.load(Ordering::Relaxed)
+    }
+
+    /// Adds `users_database_up` to `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "users_database_up",
+            "Whether the users database answers (1) or not (0)",
+            self.inner.up.clone(),
+        );
+    }
+}
+
+/// Why the store could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The table is missing or lacks a column (a configuration error, exit 2).
+    NotReady(String),
+    /// The database could not be reached.
+    Unreachable(String),
+}
+
+/// A one-line description of a client error, with the server's message when it sent one.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = err.to_string();
+            let mut source = std::error::Error::source(err);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+/// A current-thread runtime on a thread of its own, for the database's I/O; it lives as
+/// long as the process.
+fn start_runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("tether-postgres".to_string())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
+impl Inner {
+    /// Records whether the database answers, logging only a change.
+    fn set_reachable(&self, reachable: bool, why: &str) {
+        if self.reachable.swap(reachable, Ordering::Relaxed) != reachable {
+            self.up.set(i64::from(reachable));
+            if reachable {
+                log::info!("users database reachable again");
+            } else {
+                log::error!(
+                    "users database unreachable ({why}): logins are answered from hashes \
+                     found during the last minute, others get login_invalid"
+                );
+            }
+        }
+    }
+
+    /// The hash of `name` if a lookup found it during the last minute.
+    fn recently_known(&self, name: &str) -> Option<PasswordHash> {
+        lock(&self.known)
+            .get(name)
+            .filter(|known| known.looked_up.elapsed() < KNOWN_FOR)
+            .map(|known| known.hash.clone())
+    }
+
+    /// Asks the database for `name`'s row: `Ok(None)` when there is none or it is invalid
+    /// (reported in the log), `Err` when the database did not answer in time.
+    fn query_hash(&self, client: &Client, name: &str) -> Result<Option<PasswordHash>, String> {
+        let query = format!(
+            "SELECT password_hash::text FROM {} WHERE name = $1",
+            self.table
+        );
+        let answer = self.runtime.block_on(async {
+            tokio::time::timeout(LOOKUP_TIMEOUT, client.query_opt(&query, &[&name])).await
+        });
+        match answer {
+            Ok(Ok(row)) => Ok(
+                row.and_then(|row| match row.try_get::<_, Option<String>>(0) {
+                    Ok(Some(hash)) => valid_hash(&self.table, name, hash),
+                    Ok(None) => {
+                        log::warn!("users table: user {name:?} has no password_hash; refused");
+                        None
+                    }
+                    Err(err) => {
+                        log::warn!("users table: user {name:?}: {err}; refused");
+                        None
+                    }
+                }),
+            ),
+            Ok(Err(err)) if err.as_db_error().is_some() => {
+                log::error!("users table: looking up {name:?}: {}", describe(&err));
+                Ok(None)
+            }
+            Ok(Err(err)) => Err(describe(&err)),
+            Err(_) => Err(format!("no answer in {LOOKUP_TIMEOUT:?}")),
+        }
+    }
+
+    /// Gives up `client` after a lookup got no answer, if it is still the one in use: the
+    /// listening task reconnects.
+    fn connection_failed(&self, client: &Arc<Client>, why: &str) {
+        let was_current = {
+            let mut current = lock(&self.client);
+            let same = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, client));
+            if same {
+                current.take();
+            }
+            same
+        };
+        if was_current {
+            self.set_reachable(false, why);
+            self.lost.notify_one();
+        }
+    }
+
+    /// Tells a lookup of `name` under way that the row may have changed after it read it.
+    fn mark_in_flight(&self, name: &str) {
+        if let Some(lookup) = lock(&self.in_flight).get_mut(name) {
+            lookup.changed = true;
+        }
+    }
+
+    /// Forgets what was known of `name` (its row changed); a lookup under way looks again.
+    fn forget(&self, name: &str) {
+        let mut in_flight = lock(&self.in_flight);
+        if let Some(lookup) = in_flight.get_mut(name) {
+            lookup.changed = true;
+        }
+        lock(&self.known).remove(name);
+        drop(in_flight);
+    }
+}
+
+/// `hash` if it is a bcrypt hash tether accepts; otherwise `None`, reported by user name.
+fn valid_hash(table: &str, name: &str, hash: String) -> Option<PasswordHash> {
+    match check_bcrypt_hash(&hash) {
+        Ok(()) => Some(PasswordHash::from(hash)),
+        Err(why) => {
+            log::warn!("users table {table}: user {name:?} has an invalid password_hash ({why}); refused for login");
+            None
+        }
+    }
+}
+
+impl UserStore for PgUsers {
+    fn password_hash(&self, name: &str) -> Option<PasswordHash> {
+        lock(&self.inner.known)
+            .get(name)
+            .map(|known| known.hash.clone())
+    }
+
+    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
+        let inner = &self.inner;
+        let client = lock(&inner.client).clone();
+        let Some(client) = client else {
+            return inner.recently_known(name);
+        };
+        for _ in 0..LOOKUP_ATTEMPTS {
+            lock(&inner.in_flight)
+                .entry(name.to_string())
+                .or_default()
+                .lookups += 1;
+            let answer = inner.query_hash(&client, name);
+            // Under the in-flight lock, as `forget` takes it: a notification is either
+            // seen here or comes after the hash found is remembered, and then forgets it.
+            let mut in_flight = lock(&inner.in_flight);
+            let changed = in_flight.get(name).is_some_and(|lookup| lookup.changed);
+            if let Some(lookup) = in_flight.get_mut(name) {
+                lookup.lookups -= 1;
+                if lookup.lookups == 0 {
+                    in_flight.remove(name);
+                }
+            }
+            let found = match answer {
+                Ok(found) => found,
+                Err(why) => {
+                    drop(in_flight);
+                    inner.connection_failed(&client, &why);
+                    return inner.recently_known(name);
+                }
+            };
+            let mut known = lock(&inner.known);
+            match found {
+                // Notified during the lookup: what was found may be old already, so look
+                // again (the next read sees at least that change).
+                Some(_) if changed => continue,
+                Some(hash) => {
+                    known.insert(
+                        name.to_string(),
+                        Known {
+                            hash: hash.clone(),
+                            looked_up: Instant::now(),
+                        },
+                    );
+                    return Some(hash);
+                }
+                None => {
+                    known.remove(name);
+                    return None;
+                }
+            }
+        }
+        // Changed at every look: the hash found is not remembered, so the event loop's
+        // confirmation refuses the login.
+        log::info!("user {name:?} kept changing while looked up; login refused");
+        None
+    }
+}
+
+/// Keeps a listening connection for as long as the process runs: connects (with capped
+/// backoff), LISTENs, reconciles, then handles notifications and pings until it is lost.
+async fn keep_listening(inner: Arc<Inner>, tether: TetherHandle) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut sweep = tokio::time::interval(KNOWN_FOR / 2);
+    loop {
+        let why = match listen_once(&inner, &tether, &mut sweep, &mut backoff).await {
+            Ok(()) => "the connection ended".to_string(),
+            Err(why) => why,
+        };
+        lock(&inner.client).take();
+        inner.set_reachable(false, &why);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's life: `Err` says why it could not be made or was lost.
+async fn listen_once(
+    inner: &Arc<Inner>,
+    tether: &TetherHandle,
+    sweep: &mut tokio::time::Interval,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let connecting = tokio_postgres::connect(&inner.url, NoTls);
+    let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, connecting)
+        .await
+        .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+        .map_err(|err| describe(&err))?;
+    let (notes, mut notified) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |task| connection.poll_message(task));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(note)) => {
+                    if notes.send(note.payload().to_string()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => return describe(&err),
+            }
+        }
+        "the connection closed".to_string()
+    });
+    let client = Arc::new(client);
+    let result = serve_connection(inner, tether, &client, &mut notified, sweep, backoff).await;
+    driver.abort();
+    result
+}
+
+/// LISTENs on `client`, reconciles, then handles notifications, pings and sweeps.
+async fn serve_connection(
+    inner: &Arc<Inner>,
+    tether: &TetherHandle,
+    client: &Arc<Client>,
+    notified: &mut mpsc::UnboundedReceiver<String>,
+    sweep: &mut tokio::time::Interval,
+    backoff: &mut Duration,
+) -> Result<(), String> {
+    let listen = format!("LISTEN {}", inner.table);
+    tokio::time::timeout(PING_TIMEOUT, client.batch_execute(&listen))
+        .await
+        .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+        .map_err(|err| describe(&err))?;
+    // Listening from here on: a change after the reconcile's query is notified, and
+    // lookups may use the connection (what they find is current) before the reconcile
+    // invalidates anyone, so a user it logs out can log in again at once.
+    *lock(&inner.client) = Some(Arc::clone(client));
+    inner.set_reachable(true, "");
+    *backoff = FIRST_BACKOFF;
+    reconcile(inner, tether, client).await?;
+    if !inner.scanned.swap(true, Ordering::Relaxed) {
+        let client = Arc::clone(client);
+        let table = inner.table.clone();
+        tokio::spawn(async move { report_bad_rows(&client, &table).await });
+    }
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        tokio::select! {
+            note = notified.recv() => match note {
+                Some(name) if name.is_empty() => reconcile(inner, tether, client).await?,
+                Some(name) => changed(inner, tether, client, &name).await?,
+                None => return Err("the connection closed".to_string()),
+            },
+            _ = ping.tick() => {
+                tokio::time::timeout(PING_TIMEOUT, client.simple_query(""))
+                    .await
+                    .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+                    .map_err(|err| describe(&err))?;
+            }
+            _ = inner.lost.notified() => {
+                // A permit left by a lookup on an earlier connection is not about this one.
+                if !is_current(inner, client) {
+                    return Err("a lookup got no answer".to_string());
+                }
+            }
+            _ = sweep.tick() => forget_idle(inner, tether).await,
+        }
+    }
+}
+
+/// Most bad rows named in the log by [`report_bad_rows`].
+const BAD_ROWS_REPORTED: i64 = 20;
+
+/// Names in the log the rows no login can use — a name that breaks the name rules, or a
+/// hash that is not bcrypt with cost 4 to 16 — once, in the background (it reads the whole
+/// table, so it never delays start-up or a login). Lookups refuse such rows in any case.
+async fn report_bad_rows(client: &Client, table: &str) {
+    let query = format!(
+        "SELECT name::text FROM {table} \
+         WHERE octet_length(name::text) NOT BETWEEN 1 AND 128 \
+            OR name::text ~ '[\\x01-\\x1f\\x7f]' \
+            OR password_hash IS NULL \
+            OR password_hash::text !~ '^\\$2[abxy]\\$(0[4-9]|1[0-6])\\$[./A-Za-z0-9]{{53}}$' \
+         ORDER BY name::text LIMIT {BAD_ROWS_REPORTED}"
+    );
+    match client.query(&query, &[]).await {
+        Ok(rows) if rows.is_empty() => {}
+        Ok(rows) => {
+            let names: Vec<String> = rows
+                .iter()
+                .filter_map(|row| row.try_get::<_, String>(0).ok())
+                .map(|name| tether_actors::excerpt::Excerpt(name.as_bytes()).to_string())
+                .collect();
+            log::warn!(
+                "users table {table}: rows no login can use (an invalid name, or a \
+                 password_hash that is not bcrypt with cost 4 to 16){}: {}",
+                if rows.len() as i64 >= BAD_ROWS_REPORTED {
+                    ", the first ones"
+                } else {
+                    ""
+                },
+                names.join(", ")
+            );
+        }
+        Err(err) => log::warn!(
+            "users table {table}: cannot scan for bad rows: {}",
+            describe(&err)
+        ),
+    }
+}
+
+/// Whether `client` is the connection lookups use now.
+fn is_current(inner: &Inner, client: &Arc<Client>) -> bool {
+    lock(&inner.client)
+        .as_ref()
+        .is_some_and(|current| Arc::ptr_eq(current, client))
+}
+
+/// Acts on a notification naming `name`: a lookup of it under way looks again; when this
+/// node knows a hash for it, the row is read and, if the hash differs or the row is gone,
+/// the hash is forgotten and the user invalidated; a name not known here is invalidated
+/// (no one is bound to it here but a login whose lookup is under way, which looks again).
+/// A notification of a change this node has already seen (its own write, or a row found
+/// after the change) so changes nothing: a login just made is not logged out by it.
+async fn changed(
+    inner: &Inner,
+    tether: &TetherHandle,
+    client: &Client,
+    name: &str,
+) -> Result<(), String> {
+    inner.mark_in_flight(name);
+    let known = lock(&inner.known).get(name).map(|known| known.hash.clone());
+    let stale = match known {
+        None => true,
+        Some(known) => {
+            let query = format!(
+                "SELECT password_hash::text FROM {} WHERE name = $1",
+                inner.table
+            );
+            let row = tokio::time::timeout(PING_TIMEOUT, client.query_opt(&query, &[&name]))
+                .await
+                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+                .map_err(|err| describe(&err))?;
+            let current = row.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
+            current.as_deref() != Some(&*known)
+        }
+    };
+    if stale {
+        inner.forget(name);
+        invalidate(tether, name).await;
+    }
+    Ok(())
+}
+
+/// Invalidates the connections of `name` on this node.
+async fn invalidate(tether: &TetherHandle, name: &str) {
+    if let Err(err) = tether
+        .invalidate(name, InvalidationCause::PasswordChanged)
+        .await
+    {
+        log::error!("user {name:?}: cannot invalidate its connections: {err}");
+    }
+}
+
+/// Checks every known hash against the table: a user whose hash changed or whose row is
+/// gone (while no notification could arrive) is forgotten and invalidated.
+async fn reconcile(inner: &Inner, tether: &TetherHandle, client: &Client) -> Result<(), String> {
+    let names: Vec<String> = lock(&inner.known).keys().cloned().collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let query = format!(
+        "SELECT name::text, password_hash::text FROM {} WHERE name = ANY($1)",
+        inner.table
+    );
+    let rows = tokio::time::timeout(PING_TIMEOUT, client.query(&query, &[&names]))
+        .await
+        .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+        .map_err(|err| describe(&err))?;
+    let mut current: HashMap<String, Option<String>> = HashMap::new();
+    for row in rows {
+        if let Ok(name) = row.try_get::<_, String>(0) {
+            current.insert(name, row.try_get::<_, Option<String>>(1).ok().flatten());
+        }
+    }
+    let stale: Vec<String> = {
+        let known = lock(&inner.known);
+        names
+            .into_iter()
+            .filter(|name| {
+                let now = current.get(name).and_then(Option::as_deref);
+                known.get(name).map(|known| &*known.hash) != now
+            })
+            .collect()
+    };
+    for name in &stale {
+        inner.forget(name);
+        invalidate(tether, name).await;
+    }
+    if !stale.is_empty() {
+        log::info!(
+            "users table: {} user(s) changed while not listening; their connections were \
+             invalidated",
+            stale.len()
+        );
+    }
+    Ok(())
+}
+
+/// Forgets hashes looked up over a minute ago whose user has no connection on this node.
+async fn forget_idle(inner: &Inner, tether: &TetherHandle) {
+    let old: Vec<String> = lock(&inner.known)
+        .iter()
+        .filter(|(_, known)| known.looked_up.elapsed() >= KNOWN_FOR)
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in old {
+        if let Ok(0) = tether.connections(name.clone()).await {
+            let mut known = lock(&inner.known);
+            if known
+                .get(&name)
+                .is_some_and(|known| known.looked_up.elapsed() >= KNOWN_FOR)
+            {
+                known.remove(&name);
+            }
+        }
+    }
+}
+
+/// How a write to the table went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// A row was inserted.
+    Created,
+    /// An existing row was changed (or removed).
+    Changed,
+    /// There was no row to remove.
+    Missing,
+}
+
+impl PgUsers {
+    /// Runs `work` with the connection in use, on the store's thread; an error when the
+    /// database is unreachable or fails.
+    async fn with_client<T, F>(
+        &self,
+        work: impl FnOnce(Arc<Client>, String) -> F + Send + 'static,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let client = lock(&self.inner.client)
+            .clone()
+            .ok_or_else(|| "the users database is unreachable".to_string())?;
+        let table = self.inner.table.clone();
+        let task = self
+            .inner
+            .runtime
+            .spawn(async move { tokio::time::timeout(LOOKUP_TIMEOUT, work(client, table)).await });
+        match task.await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(err))) => Err(describe(&err)),
+            Ok(Err(_)) => Err(format!(
+                "the users database gave no answer in {LOOKUP_TIMEOUT:?}"
+            )),
+            Err(err) => Err(format!("the database task stopped: {err}")),
+        }
+    }
+
+    /// Sets `name`'s hash, creating the row if needed; in force on this node (its
+    /// connections invalidated) when it returns, on others when they are notified.
+    pub async fn set_hash(&self, name: &str, hash: &str) -> Result<Written, String> {
+        let (user, hash) = (name.to_string(), hash.to_string());
+        let inserted = self
+            .with_client(move |client, table| async move {
+                let query = format!(
+                    "INSERT INTO {table} (name, password_hash) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
+                     RETURNING (xmax = 0)"
+                );
+                let row = client.query_one(&query, &[&user, &hash]).await?;
+                row.try_get::<_, bool>(0)
+            })
+            .await?;
+        self.changed_here(name).await;
+        Ok(if inserted {
+            Written::Created
+        } else {
+            Written::Changed
+        })
+    }
+
+    /// Removes `name`'s row; in force on this node when it returns.
+    pub async fn remove(&self, name: &str) -> Result<Written, String> {
+        let user = name.to_string();
+        let removed = self
+            .with_client(move |client, table| async move {
+                let query = format!("DELETE FROM {table} WHERE name = $1");
+                client.execute(&query, &[&user]).await
+            })
+            .await?;
+        if removed == 0 {
+            return Ok(Written::Missing);
+        }
+        self.changed_here(name).await;
+        Ok(Written::Changed)
+    }
+
+    /// Up to `limit` names after `after` (all from the start when `None`), sorted bytewise.
+    pub async fn names(&self, after: Option<String>, limit: usize) -> Result<Vec<String>, String> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_client(move |client, table| async move {
+            let query = format!(
+                "SELECT name::text FROM {table} WHERE $1::text IS NULL OR name::text > $1 \
+                 COLLATE \"C\" ORDER BY name::text COLLATE \"C\" LIMIT $2"
+            );
+            let rows = client.query(&query, &[&after, &limit]).await?;
+            rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
+        })
+        .await
+    }
+
+    /// Puts a write of this node in force here at once: `name`'s known hash is forgotten
+    /// and its connections invalidated (other nodes act on the notification).
+    async fn changed_here(&self, name: &str) {
+        self.inner.forget(name);
+        let tether = lock(&self.inner.tether).clone();
+        if let Some(tether) = tether {
+            invalidate(&tether, name).await;
+        }
+    }
+}

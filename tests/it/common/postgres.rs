@@ -1,0 +1,294 @@
+//! A private PostgreSQL server for a test: `initdb` and `pg_ctl` (Debian's `postgresql`
+//! package, `/usr/lib/postgresql/*/bin`) on a temporary folder and a free loopback port,
+//! which the test can stop and start again. Both refuse to run as root: as root they run
+//! as the `postgres` system user the package creates, in a folder it owns.
+//!
+//! Without PostgreSQL, [`Postgres::start`] prints one line saying the test was skipped
+//! and how to install it, and answers `None`; under `CI=true` it panics instead.
+
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The superuser `initdb` creates; `psql` runs as it.
+const ADMIN: &str = "admin";
+/// The role tether connects as: it owns the database [`DATABASE`], nothing more.
+pub const ROLE: &str = "tether";
+/// The database tether's table lives in.
+pub const DATABASE: &str = "app";
+
+/// A running private PostgreSQL server; dropping it stops the server and removes its files.
+pub struct Postgres {
+    /// The folder holding `data/`, the socket and the log; owned by the server's user.
+    dir: tempfile::TempDir,
+    /// Where `initdb`, `pg_ctl` and `psql` are.
+    bin: PathBuf,
+    /// The loopback port it listens on.
+    port: u16,
+    /// Whether commands must run as the `postgres` user (the tests run as root).
+    as_postgres: bool,
+}
+
+/// The folder of the newest installed PostgreSQL's programs.
+fn find_bin() -> Option<PathBuf> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Skips the test (one line) outside CI, fails it under `CI=true`.
+fn unavailable(why: &str) -> Option<Postgres> {
+    let advice = "install it with `apt-get install postgresql`";
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("PostgreSQL is needed under CI=true: {why}; {advice}");
+    }
+    eprintln!("skipped: PostgreSQL test ({why}; {advice})");
+    None
+}
+
+/// The uid and gid of the `postgres` user, from `id`.
+fn postgres_ids() -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+/// A loopback port nobody listens on now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Postgres {
+    /// Creates a cluster with role [`ROLE`] owning database [`DATABASE`] and starts it;
+    /// `None` when PostgreSQL is not installed (outside CI).
+    pub fn start() -> Option<Self> {
+        let Some(bin) = find_bin() else {
+            return unavailable("no /usr/lib/postgresql/*/bin/initdb");
+        };
+        let as_postgres = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == 0);
+        let dir = tempfile::tempdir().expect("temp dir");
+        if as_postgres {
+            let Some((uid, gid)) = postgres_ids() else {
+                return unavailable("running as root and there is no `postgres` user");
+            };
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
+                .expect("chmod");
+        }
+        let postgres = Self {
+            dir,
+            bin,
+            port: free_port(),
+            as_postgres,
+        };
+        let data = postgres.data();
+        postgres.run_owned(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("UTF-8 path"),
+                "-U",
+                ADMIN,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        postgres.start_again();
+        postgres.psql_in("postgres", &format!("CREATE ROLE {ROLE} LOGIN"));
+        postgres.psql_in(
+            "postgres",
+            &format!("CREATE DATABASE {DATABASE} OWNER {ROLE}"),
+        );
+        Some(postgres)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs one of the server's programs as the user that owns the cluster; panics with
+    /// its output when it fails.
+    fn run_owned(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        };
+        let output = command
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.server_log()
+        );
+        output
+    }
+
+    /// The server's log so far.
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+
+    /// Starts the server (again) on its port, waiting until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let data = self.data();
+        let log = self.dir.path().join("log");
+        self.run_owned(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("UTF-8 path"),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().expect("UTF-8 path"),
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    /// Stops the server at once (every connection cut), waiting until it has.
+    pub fn stop(&self) {
+        let data = self.data();
+        self.run_owned(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().expect("UTF-8 path"),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// The server's processes: the postmaster and its children.
+    fn processes(&self) -> Vec<nix::unistd::Pid> {
+        let pid_file =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster: i32 = pid_file
+            .lines()
+            .next()
+            .and_then(|line| line.trim().parse().ok())
+            .expect("a pid");
+        // Its children, from each process's parent in /proc/PID/stat.
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // `PID (COMM) STATE PPID …`; COMM may hold spaces and parentheses.
+                let after_comm = &stat[stat.rfind(')')? + 1..];
+                let parent: i32 = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+                (parent == postmaster).then_some(pid)
+            })
+            .collect();
+        pids.push(postmaster);
+        pids.into_iter().map(nix::unistd::Pid::from_raw).collect()
+    }
+
+    /// Freezes the server (SIGSTOP to every process): connections stay open and nothing
+    /// answers, as when a host hangs or a network drops packets.
+    pub fn pause(&self) {
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused server run again.
+    pub fn resume(&self) {
+        for pid in self.processes() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+
+    /// The URL tether connects with (as [`ROLE`], to [`DATABASE`]).
+    pub fn url(&self) -> String {
+        format!("postgres://{ROLE}@127.0.0.1:{}/{DATABASE}", self.port)
+    }
+
+    /// Runs `sql` as the superuser in [`DATABASE`]; answers the rows, one a line,
+    /// columns separated by `|`. Panics when it fails.
+    pub fn psql(&self, sql: &str) -> String {
+        self.psql_in(DATABASE, sql)
+    }
+
+    fn psql_in(&self, database: &str, sql: &str) -> String {
+        let output = Command::new(self.bin.join("psql"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", ADMIN])
+            .args([
+                "-d",
+                database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-X",
+                "-A",
+                "-t",
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("run psql");
+        assert!(
+            output.status.success(),
+            "psql failed on {sql:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // A paused server would not hear the stop.
+        if self.data().join("postmaster.pid").exists() {
+            self.resume();
+        }
+        let data = self.data();
+        let path = self.bin.join("pg_ctl");
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        };
+        let _ = command
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}

@@ -1,0 +1,381 @@
+//! Users in PostgreSQL (SPEC §9) against a real, private PostgreSQL server: `tether db
+//! init`, logins against rows written by `psql`, changes reaching the connections of two
+//! nodes, an outage and what changed during it, bad rows, and the commands and admin
+//! routes that write the table.
+
+use crate::common::postgres::Postgres;
+use crate::common::{
+    admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, TestClient, TestConfig,
+    TestServer,
+};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long a change may take to reach the connections (SPEC §9: within a second).
+const WITHIN_A_SECOND: Duration = Duration::from_secs(1);
+/// Long enough to see that nothing comes.
+const QUIET: Duration = Duration::from_millis(500);
+/// How long a command may run.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A configuration with users in `postgres`.
+fn config(postgres: &Postgres) -> TestConfig {
+    TestConfig::new()
+        .auth("database", postgres.url())
+        .auth("bcrypt_cost", 4)
+}
+
+/// Writes `config` into a new folder; answers the folder (kept while it lives).
+fn config_file(config: &TestConfig) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
+    dir
+}
+
+/// Runs `tether ARGS --config DIR/server.toml`.
+fn tether(dir: &Path, args: &[&str]) -> crate::common::Ran {
+    let mut command = tether_command(&dir.join("server.toml"));
+    command.args(args);
+    run_to_exit(command, COMMAND_TIMEOUT)
+}
+
+/// Runs `tether db init` and asserts it succeeded.
+fn db_init(postgres: &Postgres) {
+    let dir = config_file(&config(postgres));
+    let ran = tether(dir.path(), &["db", "init"]);
+    assert!(ran.status.success(), "db init failed: {ran:?}");
+}
+
+/// Inserts a user with `password` by `psql`, as an application would.
+fn insert(postgres: &Postgres, name: &str, password: &str) {
+    postgres.psql(&format!(
+        "INSERT INTO tether_users (name, password_hash) VALUES ('{name}', '{}')",
+        cheap_hash(password)
+    ));
+}
+
+fn assert_invalidated(client: &mut TestClient, within: Duration) {
+    assert_eq!(client.recv_within(within), ["invalidated"]);
+}
+
+fn login_answer(server: &TestServer, name: &str, password: &str) -> Vec<String> {
+    let mut client = server.client();
+    client.send(&["login", name, password]);
+    client.recv()
+}
+
+#[test]
+fn db_init_is_idempotent_prints_its_sql_and_a_server_needs_it() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let dir = config_file(&config(&postgres));
+
+    let printed = tether(dir.path(), &["db", "init", "--print"]);
+    assert!(printed.status.success(), "{printed:?}");
+    assert!(printed
+        .stdout
+        .contains("CREATE TABLE IF NOT EXISTS tether_users"));
+    assert!(printed.stdout.contains("pg_notify('tether_users'"));
+    assert_eq!(
+        postgres.psql("SELECT to_regclass('tether_users')").trim(),
+        ""
+    );
+
+    let mut command = tether_command(&dir.path().join("server.toml"));
+    command.current_dir(dir.path());
+    let refused = run_to_exit(command, COMMAND_TIMEOUT);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("tether db init"),
+        "{}",
+        refused.stderr
+    );
+
+    for _ in 0..2 {
+        let ran = tether(dir.path(), &["db", "init"]);
+        assert!(ran.status.success(), "{ran:?}");
+    }
+    let columns = postgres.psql(
+        "SELECT column_name FROM information_schema.columns \
+         WHERE table_name = 'tether_users' ORDER BY column_name",
+    );
+    assert_eq!(
+        columns.split_whitespace().collect::<Vec<_>>(),
+        ["name", "password_hash"]
+    );
+
+    // A table without the hash column is refused the same way.
+    postgres.psql("CREATE TABLE people (name text primary key)");
+    let dir = config_file(&config(&postgres).auth("table", "people"));
+    let mut command = tether_command(&dir.path().join("server.toml"));
+    command.current_dir(dir.path());
+    let refused = run_to_exit(command, COMMAND_TIMEOUT);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        refused.stderr.contains("password_hash"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("tether db init"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[test]
+fn rows_written_by_psql_log_in_and_their_changes_reach_two_nodes() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let one = TestServer::start(&config(&postgres), &[]);
+    let two = TestServer::start(&config(&postgres), &[]);
+
+    let mut alice_one = one.client();
+    alice_one.login("alice", "pw-a");
+    let mut alice_two = two.client();
+    alice_two.login("alice", "pw-a");
+    let mut bob_two = two.client();
+    bob_two.login("bob", "pw-b");
+    assert_eq!(login_answer(&one, "alice", "wrong"), ["login_invalid"]);
+    assert_eq!(login_answer(&one, "nobody", "pw"), ["login_invalid"]);
+
+    // A re-hash of the same password is a change too.
+    postgres.psql(&format!(
+        "UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'",
+        cheap_hash("pw-a")
+    ));
+    assert_invalidated(&mut alice_one, WITHIN_A_SECOND);
+    assert_invalidated(&mut alice_two, WITHIN_A_SECOND);
+    bob_two.expect_nothing_for(QUIET);
+    alice_one.login("alice", "pw-a");
+
+    postgres.psql("DELETE FROM tether_users WHERE name = 'bob'");
+    assert_invalidated(&mut bob_two, WITHIN_A_SECOND);
+    assert_eq!(login_answer(&two, "bob", "pw-b"), ["login_invalid"]);
+    alice_one.expect_nothing_for(QUIET);
+}
+
+#[test]
+fn an_outage_is_answered_in_bounded_time_and_changes_made_during_it_are_enforced() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(
+        &config(&postgres).set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+    let health = format!("http://{}/healthz", admin_addr(&server.stderr_text()));
+    let users_health = || -> String {
+        let text = ureq::get(&health)
+            .call()
+            .expect("healthz answers")
+            .into_string()
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        body["users"].as_str().expect("users").to_string()
+    };
+    assert_eq!(users_health(), "ok");
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+
+    // Stopped and started again with nothing changed: nobody is invalidated.
+    postgres.stop();
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    assert_eq!(users_health(), "unreachable");
+    // Alice logged in during the last minute: her hash stands in for the database.
+    let mut alice_again = server.client();
+    alice_again.login("alice", "pw-a");
+    // Bob did not: refused, within the bound, however often he tries.
+    for _ in 0..3 {
+        let asked = Instant::now();
+        assert_eq!(login_answer(&server, "bob", "pw-b"), ["login_invalid"]);
+        assert!(asked.elapsed() <= Duration::from_secs(5));
+    }
+    postgres.start_again();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    assert_eq!(users_health(), "ok");
+    alice.expect_nothing_for(QUIET);
+    alice_again.expect_nothing_for(QUIET);
+    let log = server.stderr_text();
+    assert_eq!(
+        log.matches("users database unreachable").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("reachable again").count(), 1, "{log}");
+
+    // A change while the node cannot listen (its role locked out, its sessions cut) is
+    // found by the reconcile after it reconnects.
+    postgres.psql(
+        "ALTER ROLE tether NOLOGIN; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'tether'",
+    );
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    postgres.psql(&format!(
+        "UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'",
+        cheap_hash("new-a")
+    ));
+    postgres.psql("ALTER ROLE tether LOGIN");
+    assert_invalidated(&mut alice, Duration::from_secs(5));
+    assert_invalidated(&mut alice_again, Duration::from_secs(1));
+    server.client().login("alice", "new-a");
+}
+
+#[test]
+fn bad_rows_are_reported_by_name_and_refused_alone() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    postgres.psql("INSERT INTO tether_users VALUES ('mallory', 'not a bcrypt hash')");
+    let too_costly = cheap_hash("pw-c").replacen("$04$", "$17$", 1);
+    postgres.psql(&format!(
+        "INSERT INTO tether_users VALUES ('costly', '{too_costly}')"
+    ));
+    let long_name = "n".repeat(200);
+    postgres.psql(&format!(
+        "INSERT INTO tether_users VALUES ('{long_name}', '{}')",
+        cheap_hash("pw")
+    ));
+    let server = TestServer::start(&config(&postgres), &[]);
+    // Named in the background once the node listens, the long name cut short.
+    server.wait_for_log("rows no login can use", Duration::from_secs(5));
+    let log = server.stderr_text();
+    let reported = log
+        .lines()
+        .find(|line| line.contains("rows no login can use"))
+        .expect("the report");
+    for name in ["\"costly\"", "\"mallory\"", "(200 bytes)"] {
+        assert!(reported.contains(name), "{name} not in {reported}");
+    }
+    assert!(!reported.contains("alice"), "{reported}");
+
+    assert_eq!(login_answer(&server, "mallory", "x"), ["login_invalid"]);
+    server.wait_for_log(
+        "\"mallory\" has an invalid password_hash",
+        Duration::from_secs(5),
+    );
+    assert_eq!(login_answer(&server, "costly", "pw-c"), ["login_invalid"]);
+    server.wait_for_log(
+        "\"costly\" has an invalid password_hash",
+        Duration::from_secs(5),
+    );
+    server.client().login("alice", "pw-a");
+}
+
+#[test]
+fn commands_and_admin_routes_write_the_table() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    let dir = config_file(&config(&postgres));
+
+    // db import: 10,000 users, inserted then updated.
+    let hash = cheap_hash("imported");
+    let mut users_file = String::new();
+    for n in 0..10_000 {
+        users_file.push_str(&format!("[users.user{n}]\npassword_hash = \"{hash}\"\n"));
+    }
+    let file = dir.path().join("old-users.toml");
+    std::fs::write(&file, users_file).expect("write users file");
+    let file = file.to_str().expect("UTF-8 path");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("10000 inserted, 0 updated"), "{ran:?}");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("0 inserted, 10000 updated"), "{ran:?}");
+    assert_eq!(
+        postgres.psql("SELECT count(*) FROM tether_users").trim(),
+        "10000"
+    );
+
+    // passwd and deluser write the table; a running server enforces them.
+    let server = TestServer::start(
+        &config(&postgres).set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+    let mut passwd = tether_command(&dir.path().join("server.toml"));
+    passwd.args(["passwd", "carol"]);
+    let ran = run_with_input(passwd, b"pw-c\n", COMMAND_TIMEOUT);
+    assert!(ran.status.success(), "{ran:?}");
+    let mut carol = server.client();
+    carol.login("carol", "pw-c");
+    let ran = tether(dir.path(), &["deluser", "carol"]);
+    assert!(ran.status.success(), "{ran:?}");
+    assert_invalidated(&mut carol, WITHIN_A_SECOND);
+    let ran = tether(dir.path(), &["deluser", "carol"]);
+    assert_eq!(ran.status.code(), Some(1), "{ran:?}");
+
+    // The admin routes: in force on this node when the answer comes.
+    let base = format!("http://{}", admin_addr(&server.stderr_text()));
+    let created = ureq::put(&format!("{base}/v1/users/dave/password"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"password": "pw-d"}"#)
+        .expect("PUT answers");
+    assert_eq!(created.status(), 201);
+    let mut dave = server.client();
+    dave.login("dave", "pw-d");
+    let changed = ureq::put(&format!("{base}/v1/users/dave/password"))
+        .set("Content-Type", "application/json")
+        .send_string(r#"{"password": "pw-d2"}"#)
+        .expect("PUT answers");
+    assert_eq!(changed.status(), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    dave.login("dave", "pw-d2");
+    let listed = ureq::get(&format!("{base}/v1/users?after=user9997&limit=2"))
+        .call()
+        .expect("GET answers")
+        .into_string()
+        .expect("body");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("JSON");
+    assert_eq!(listed["users"][0]["name"], "user9998");
+    assert_eq!(listed["users"][1]["name"], "user9999");
+    assert!(listed["next"].is_null(), "{listed}");
+    let removed = ureq::delete(&format!("{base}/v1/users/dave"))
+        .call()
+        .expect("DELETE answers");
+    assert_eq!(removed.status(), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    assert_eq!(login_answer(&server, "dave", "pw-d2"), ["login_invalid"]);
+}
+
+#[test]
+fn a_database_that_stops_answering_delays_a_login_at_most_five_seconds() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(&config(&postgres), &[]);
+    server.client().login("alice", "pw-a");
+
+    postgres.pause();
+    let asked = Instant::now();
+    let mut bob = server.client();
+    bob.send(&["login", "bob", "pw-b"]);
+    assert_eq!(bob.recv_within(Duration::from_secs(6)), ["login_invalid"]);
+    assert!(
+        asked.elapsed() <= Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    // Known from a login in the last minute: answered without the database.
+    server.client().login("alice", "pw-a");
+
+    postgres.resume();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    server.client().login("bob", "pw-b");
+}
