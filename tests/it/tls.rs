@@ -2,7 +2,7 @@
 //! start-up errors naming the file, and certificate reload on SIGHUP.
 
 use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
-use crate::common::{run_to_exit, tether_command, TestClient, TestConfig, TestServer};
+use crate::common::{run_to_exit, tether_command, RecvError, TestClient, TestConfig, TestServer};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -194,8 +194,19 @@ fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
     let mut stalled = TestClient::connect(tls);
     stalled.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00]);
     // The pending handshake holds the one connection slot.
-    let mut refused = server.client();
-    refused.expect_closed_within(Duration::from_secs(5));
+    // The TLS listener accepts on its own loop: wait until it has taken all 1,000, that is
+    // until one more connection (on either listener) is refused at accept.
+    let refused = crate::common::wait_until(Duration::from_secs(10), || {
+        let mut probe = server.client();
+        matches!(
+            probe.try_recv(Duration::from_secs(1)),
+            Err(RecvError::Closed(_))
+        )
+    });
+    assert!(
+        refused,
+        "a connection past max_connections was not refused while the handshakes held their slots"
+    );
     stalled.expect_nothing_for(Duration::from_secs(8));
     stalled.expect_closed_within(Duration::from_secs(4));
     server.wait_for_log("TLS handshake not done within 10s", Duration::from_secs(2));
@@ -444,8 +455,19 @@ fn a_thousand_half_handshakes_are_bounded_then_dropped() {
     let mut plain = server.client();
     plain.send(&["login", "alice", "secret"]);
     plain.expect(&["login_valid"]);
-    let mut refused = server.client();
-    refused.expect_closed_within(Duration::from_secs(5));
+    // The TLS listener accepts on its own loop: wait until it has taken all 1,000, that is
+    // until one more connection (on either listener) is refused at accept.
+    let refused = crate::common::wait_until(Duration::from_secs(10), || {
+        let mut probe = server.client();
+        matches!(
+            probe.try_recv(Duration::from_secs(1)),
+            Err(RecvError::Closed(_))
+        )
+    });
+    assert!(
+        refused,
+        "a connection past max_connections was not refused while the handshakes held their slots"
+    );
     for client in &mut stalled {
         client.expect_closed_within(Duration::from_secs(15));
     }
