@@ -417,6 +417,7 @@ mod tests {
     use crate::hub::roster::HubListeners;
     use crate::hub::state::HubState;
     use crate::hub::supervisor::HubSupervisor;
+    use actix::ArbiterHandle;
     use std::time::Duration;
 
     /// The hub of these tests has no connection to tell of its changes.
@@ -514,6 +515,24 @@ mod tests {
         presence.enter(0, "alice");
     }
 
+    /// A hub with one registry shard on `worker`, and a connection that keeps what it is
+    /// sent bound to alice. The supervisor is returned to be kept alive.
+    async fn hub_with_alice_hoarding(
+        worker: ArbiterHandle,
+        presence: &Arc<Presence>,
+    ) -> (Addr<HubSupervisor>, HubState, Addr<Hoarder>) {
+        let (supervisor, hub) = HubSupervisor::launch(
+            Arbiter::current(),
+            vec![worker],
+            test_limits(presence),
+            Arc::new(NoConnections),
+        );
+        let hub = hub.borrow().clone();
+        let hoarder = Hoarder(Vec::new()).start();
+        bind_alice(&hub, presence, &hoarder).await;
+        (supervisor, hub, hoarder)
+    }
+
     fn publish_to_alice(hub: &HubState) -> Request<EventBusActor, Publish> {
         hub.bus.send(Publish {
             user: "alice".to_owned(),
@@ -525,15 +544,7 @@ mod tests {
     async fn a_publish_is_answered_before_the_fan_out_and_a_drain_only_after_it() {
         let presence = Arc::new(Presence::new(1));
         let worker = Arbiter::new();
-        let (_supervisor, hub) = HubSupervisor::launch(
-            Arbiter::current(),
-            vec![worker.handle()],
-            test_limits(&presence),
-            Arc::new(NoConnections),
-        );
-        let hub = hub.borrow().clone();
-        let hoarder = Hoarder(Vec::new()).start();
-        bind_alice(&hub, &presence, &hoarder).await;
+        let (_supervisor, hub, hoarder) = hub_with_alice_hoarding(worker.handle(), &presence).await;
 
         // The shard's thread is busy until the test lets it go: the event waits in its
         // mailbox. (A bounded wait, so a publish that waited for the fan-out fails the test
@@ -570,15 +581,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_publish_waits_while_every_permit_is_held_by_events_not_yet_taken() {
         let presence = Arc::new(Presence::new(1));
-        let (_supervisor, hub) = HubSupervisor::launch(
-            Arbiter::current(),
-            vec![Arbiter::current()],
-            test_limits(&presence),
-            Arc::new(NoConnections),
-        );
-        let hub = hub.borrow().clone();
-        let hoarder = Hoarder(Vec::new()).start();
-        bind_alice(&hub, &presence, &hoarder).await;
+        let (_supervisor, hub, hoarder) =
+            hub_with_alice_hoarding(Arbiter::current(), &presence).await;
         let publish = || publish_to_alice(&hub);
 
         for _ in 0..EVENTS_IN_FLIGHT {
@@ -658,15 +662,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_batch_past_the_permits_is_handed_on_in_order_as_its_connections_take_it() {
         let presence = Arc::new(Presence::new(1));
-        let (_supervisor, hub) = HubSupervisor::launch(
-            Arbiter::current(),
-            vec![Arbiter::current()],
-            test_limits(&presence),
-            Arc::new(NoConnections),
-        );
-        let hub = hub.borrow().clone();
-        let hoarder = Hoarder(Vec::new()).start();
-        bind_alice(&hub, &presence, &hoarder).await;
+        let (_supervisor, hub, hoarder) =
+            hub_with_alice_hoarding(Arbiter::current(), &presence).await;
         let total = EVENTS_IN_FLIGHT * 2 + 5;
         let batch = PublishBatch {
             events: (0..total)
@@ -702,15 +699,8 @@ mod tests {
     #[actix_rt::test]
     async fn a_batch_with_one_bad_event_names_it_and_publishes_nothing() {
         let presence = Arc::new(Presence::new(1));
-        let (_supervisor, hub) = HubSupervisor::launch(
-            Arbiter::current(),
-            vec![Arbiter::current()],
-            test_limits(&presence),
-            Arc::new(NoConnections),
-        );
-        let hub = hub.borrow().clone();
-        let hoarder = Hoarder(Vec::new()).start();
-        bind_alice(&hub, &presence, &hoarder).await;
+        let (_supervisor, hub, hoarder) =
+            hub_with_alice_hoarding(Arbiter::current(), &presence).await;
         let batch = |events: Vec<Publish>| {
             hub.bus.send(PublishBatch {
                 events: events.into(),
