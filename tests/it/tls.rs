@@ -356,18 +356,24 @@ fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
     expect_event(&mut clients, "after");
 }
 
+/// `config` with the admin API on a free loopback port, over HTTPS with the test's
+/// certificate and `key_file`.
+fn with_admin_tls(config: TestConfig, key_file: &str) -> TestConfig {
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "server.pem".into());
+    admin_tls.insert("key_file".into(), key_file.into());
+    config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls)
+}
+
 #[test]
 fn admin_tls_makes_the_admin_api_https_only() {
     if !openssl_available() {
         return;
     }
     let (dir, config) = tls_setup(false, false);
-    let mut admin_tls = toml::Table::new();
-    admin_tls.insert("cert_file".into(), "server.pem".into());
-    admin_tls.insert("key_file".into(), "server.key".into());
-    let config = config
-        .set("admin", "listen", "127.0.0.1:0")
-        .set("admin", "tls", admin_tls);
+    let config = with_admin_tls(config, "server.key");
     let (server, _) = start(dir, &config);
     server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
     let admin = crate::common::admin_addr(&server.stderr_text());
@@ -402,12 +408,7 @@ fn bad_admin_tls_files_stop_the_start_naming_the_file() {
         return;
     }
     let (dir, config) = tls_setup(false, false);
-    let mut admin_tls = toml::Table::new();
-    admin_tls.insert("cert_file".into(), "server.pem".into());
-    admin_tls.insert("key_file".into(), "absent.key".into());
-    let config = config
-        .set("admin", "listen", "127.0.0.1:0")
-        .set("admin", "tls", admin_tls);
+    let config = with_admin_tls(config, "absent.key");
     assert_refused_to_start(dir.path(), &config, &["absent.key"]);
 }
 
