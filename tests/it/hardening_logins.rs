@@ -271,17 +271,21 @@ fn an_unknown_name_costs_what_a_known_one_does_when_stored_costs_are_mixed() {
     );
 }
 
-#[test]
-fn a_login_flood_from_one_address_delays_only_that_address() {
-    const FLOOD: usize = 300;
-    // One bcrypt thread and cost 10 (tens of ms a check): the flood's checks take the
-    // thread for many seconds, one check far less.
+/// A server with one bcrypt thread, no throttle, and alice (`pw`) at cost 10 (tens of ms a
+/// check): a flood's checks take the thread for many seconds, one check far less.
+fn start_with_one_slow_check_thread() -> (TestServer, SocketAddr) {
     let alice = bcrypt::hash("pw", 10).expect("hash");
     let config = TestConfig::new()
         .auth("watch", false)
         .auth("password_threads", 1)
         .auth("login_failures_per_minute", 0);
-    let (server, admin) = start_with_admin(config, &[("alice", &alice)]);
+    start_with_admin(config, &[("alice", &alice)])
+}
+
+#[test]
+fn a_login_flood_from_one_address_delays_only_that_address() {
+    const FLOOD: usize = 300;
+    let (server, admin) = start_with_one_slow_check_thread();
     let addr = server.addr();
     // Connect, log in as nobody, close: the checks stay queued (a closed sending side is
     // not a departure, SPEC §3).
@@ -311,12 +315,7 @@ fn a_login_flood_from_one_address_delays_only_that_address() {
 #[test]
 fn checks_of_connections_reset_before_their_turn_are_dropped_unrun() {
     const RESETS: usize = 200;
-    let alice = bcrypt::hash("pw", 10).expect("hash");
-    let config = TestConfig::new()
-        .auth("watch", false)
-        .auth("password_threads", 1)
-        .auth("login_failures_per_minute", 0);
-    let (server, admin) = start_with_admin(config, &[("alice", &alice)]);
+    let (server, admin) = start_with_one_slow_check_thread();
     let addr = server.addr();
     for n in 0..RESETS {
         let mut client = client_from(addr, [127, 0, 0, 3].into());
