@@ -1,13 +1,14 @@
 //! Users in PostgreSQL (SPEC §9) against a real, private PostgreSQL server: `tether db
 //! init`, logins against rows written by `psql`, changes reaching the connections of two
-//! nodes, an outage and what changed during it, bad rows, and the commands and admin
-//! routes that write the table.
+//! nodes, an outage and what changed during it, bad rows, the commands and admin routes
+//! that write the table, and the time a failed login takes when rows have mixed costs.
 
 use crate::common::postgres::Postgres;
 use crate::common::{
-    admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, TestClient, TestConfig,
-    TestServer,
+    admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, wait_until, TestClient,
+    TestConfig, TestServer,
 };
+use crate::hardening_logins::median_failed_logins;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -378,4 +379,67 @@ fn a_database_that_stops_answering_delays_a_login_at_most_five_seconds() {
     postgres.resume();
     server.wait_for_log("users database reachable again", Duration::from_secs(10));
     server.client().login("bob", "pw-b");
+}
+
+#[test]
+fn an_unknown_name_costs_what_a_known_one_does_when_rows_have_mixed_costs() {
+    // Three rows at cost 4 and one at cost 8, inserted by psql, while the server itself
+    // hashes at 12: before the fix an unknown name was checked at 12, sixteen times slower
+    // than any known user, so a failed login told whether the name exists.
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    let cheap = bcrypt::hash("pw", 4).expect("hash");
+    let dear = bcrypt::hash("pw", 8).expect("hash");
+    for (name, hash) in [
+        ("cheap1", &cheap),
+        ("cheap2", &cheap),
+        ("cheap3", &cheap),
+        ("dear", &dear),
+    ] {
+        postgres.psql(&format!(
+            "INSERT INTO tether_users (name, password_hash) VALUES ('{name}', '{hash}')"
+        ));
+    }
+    let server = TestServer::start(
+        &config(&postgres)
+            .auth("bcrypt_cost", 12)
+            .auth("login_failures_per_minute", 0),
+        &[],
+    );
+    // The costs are counted in the background once the node listens; the timings below
+    // tell whether they are used (without the count, every unknown name costs 12).
+    wait_until(Duration::from_secs(10), || {
+        server.stderr_text().contains("bcrypt costs of the rows")
+    });
+    let mut client = server.client();
+    let mut names = vec!["cheap1".to_string(), "dear".to_string()];
+    names.extend((0..12).map(|n| format!("nobody{n}")));
+    let medians = median_failed_logins(&mut client, &names, 5);
+    let (known_cheap, known_dear) = (medians[0], medians[1]);
+    let unknown = &medians[2..];
+    let slowest = unknown.iter().max().copied().unwrap_or_default();
+    let fastest = unknown.iter().min().copied().unwrap_or_default();
+    eprintln!(
+        "login_invalid medians: known cost 4 {known_cheap:?}, known cost 8 {known_dear:?}; \
+         unknown names {unknown:?}"
+    );
+    // Each unknown name behaves like a known user of cost 4 or 8, never like cost 12
+    // (sixteen times cost 8).
+    assert!(
+        slowest < known_dear * 4,
+        "an unknown name took {slowest:?}, a known user at most {known_dear:?}"
+    );
+    // Most rows have cost 4, so most unknown names answer as fast as they do (all twelve
+    // drawing cost 8 has odds of 1 in 16 million).
+    assert!(
+        fastest < known_dear / 2,
+        "no unknown name answered like the users of cost 4 ({known_cheap:?}): {unknown:?}"
+    );
+    let log = server.stderr_text();
+    assert!(
+        log.contains("bcrypt costs of the rows: 4 (3 row(s)), 8 (1 row(s))"),
+        "{log}"
+    );
 }
