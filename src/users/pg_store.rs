@@ -497,9 +497,7 @@ async fn serve_connection(
     // Rows may have changed while not listening.
     inner.count_costs.notify_one();
     if !inner.scanned.swap(true, Ordering::Relaxed) {
-        let client = Arc::clone(client);
-        let table = inner.table.clone();
-        tokio::spawn(async move { report_bad_rows(&client, &table).await });
+        tokio::spawn(report_bad_rows(Arc::clone(inner)));
     }
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
@@ -544,9 +542,22 @@ async fn serve_connection(
 const BAD_ROWS_REPORTED: i64 = 20;
 
 /// Names in the log the rows no login can use — a name that breaks the name rules, or a
-/// hash that is not bcrypt with cost 4 to 16 — once, in the background (it reads the whole
-/// table, so it never delays start-up or a login). Lookups refuse such rows in any case.
-async fn report_bad_rows(client: &Client, table: &str) {
+/// hash that is not bcrypt with cost 4 to 16 — once, in the background. It reads the whole
+/// table, so it runs on a connection of its own: on the shared one, lookups and pings
+/// would queue behind it (a scan of 1,000,000 rows outlasting the ping's timeout made the
+/// node give the database up). Lookups refuse such rows in any case.
+async fn report_bad_rows(inner: Arc<Inner>) {
+    let table = &inner.table;
+    let client = match pg_schema::connect(&inner.url).await {
+        Ok(client) => client,
+        Err(err) => {
+            log::warn!(
+                "users table {table}: cannot scan for bad rows: {}",
+                describe(&err)
+            );
+            return;
+        }
+    };
     let query = format!(
         "SELECT name::text FROM {table} \
          WHERE octet_length(name::text) NOT BETWEEN 1 AND 128 \

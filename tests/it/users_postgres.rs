@@ -443,3 +443,46 @@ fn an_unknown_name_costs_what_a_known_one_does_when_rows_have_mixed_costs() {
         "{log}"
     );
 }
+
+#[test]
+fn a_slow_scan_of_the_whole_table_delays_no_login() {
+    // The background scans read every row; here one row's hash takes 5 s to compute, so
+    // they take 5 s, as on a large table. Before the fix the scan for bad rows ran on the
+    // connection that lookups and pings share: they queued behind it, logins waited, and
+    // the ping's 3 s timeout made the node give the database up.
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    postgres.psql(
+        "CREATE TABLE accounts (name text PRIMARY KEY, password_hash text NOT NULL); \
+         CREATE FUNCTION slowly(hash text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(5); RETURN hash; END $$; \
+         CREATE VIEW tether_users AS SELECT name, CASE WHEN name = 'slow' \
+             THEN slowly(password_hash) ELSE password_hash END AS password_hash FROM accounts; \
+         GRANT SELECT ON tether_users TO tether",
+    );
+    for (name, hash) in [
+        ("alice", cheap_hash("pw-a")),
+        ("slow", cheap_hash("pw-s")),
+        ("mallory", "not a bcrypt hash".to_string()),
+    ] {
+        postgres.psql(&format!("INSERT INTO accounts VALUES ('{name}', '{hash}')"));
+    }
+    let server = TestServer::start(&config(&postgres), &[]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut alice = server.client();
+        alice.send(&["login", "alice", "pw-a"]);
+        assert_eq!(
+            alice.recv_within(Duration::from_secs(1)),
+            ["login_valid"],
+            "{:?} after start-up",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The scan did run, and took its 5 s.
+    server.wait_for_log("rows no login can use", Duration::from_secs(10));
+    let log = server.stderr_text();
+    assert!(!log.contains("unreachable"), "{log}");
+}
