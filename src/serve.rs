@@ -207,6 +207,7 @@ pub fn run(config: Config) -> Outcome {
             }
             Users::Database(database) => {
                 database.listen(tether.handle());
+                actix_rt::spawn(reconcile_on_hangup(database.clone(), hangups));
                 (UserAdmin::Database(database), None)
             }
         };
@@ -263,6 +264,14 @@ pub fn run(config: Config) -> Outcome {
         log::info!("stopped");
         Outcome::Stopped
     })
+}
+
+/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
+/// table now (as after a reconnect) instead of reloading a file.
+async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        database.reconcile_now();
+    }
 }
 
 /// Where the users come from.

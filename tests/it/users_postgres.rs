@@ -486,3 +486,53 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
     let log = server.stderr_text();
     assert!(!log.contains("unreachable"), "{log}");
 }
+
+#[test]
+fn sighup_checks_the_users_logged_in_here_against_the_table_now() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(&config(&postgres), &[]);
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+    let mut bob = server.client();
+    bob.login("bob", "pw-b");
+
+    // A change no notification tells of (the trigger off, as a restore or a replica's
+    // promotion might do): nothing happens until SIGHUP.
+    postgres.psql(&format!(
+        "ALTER TABLE tether_users DISABLE TRIGGER tether_users_notify; \
+         UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'; \
+         ALTER TABLE tether_users ENABLE TRIGGER tether_users_notify",
+        cheap_hash("new-a")
+    ));
+    alice.expect_nothing_for(QUIET);
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_invalidated(&mut alice, WITHIN_A_SECOND);
+    bob.expect_nothing_for(QUIET);
+    server.wait_for_log(
+        "SIGHUP received: checked the 2 user(s) known here against table tether_users: 1 \
+         changed or gone",
+        Duration::from_secs(5),
+    );
+    server.client().login("alice", "new-a");
+
+    // While the database is unreachable SIGHUP says so and the server runs on; the check
+    // is made after the reconnect anyway.
+    postgres.stop();
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log(
+        "SIGHUP received: the users database is unreachable",
+        Duration::from_secs(5),
+    );
+    postgres.start_again();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    bob.expect_nothing_for(QUIET);
+    server.client().login("bob", "pw-b");
+    let log = server.stderr_text();
+    assert_eq!(log.matches("SIGHUP received").count(), 2, "{log}");
+}
