@@ -2,7 +2,7 @@
 //! and the check a server makes at start-up that the table is there with its columns.
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient, Statement};
 
 /// The SQL that creates `table` (if missing) and the trigger that notifies the channel
 /// named like the table of every insert, update of a name or hash, delete and truncate.
@@ -90,6 +90,64 @@ pub async fn check_table(client: &Client, table: &str) -> Result<(), TableError>
             ))),
             None => Err(TableError::Unreachable(err)),
         },
+    }
+}
+
+/// Sets hashes in the users table, creating rows as needed, by an `UPDATE` and, when it
+/// changed no row, an `INSERT`. Unlike `INSERT … ON CONFLICT … RETURNING xmax`, this works
+/// through any updatable view: a simple one (no system column `xmax`), and one with
+/// `INSTEAD OF` triggers or rules (no `ON CONFLICT` at all).
+pub struct HashWriter {
+    update: Statement,
+    insert: Statement,
+}
+
+impl HashWriter {
+    /// Prepares the two statements for `table` on `client`.
+    pub async fn prepare(
+        client: &impl GenericClient,
+        table: &str,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let update = format!("UPDATE {table} SET password_hash = $2 WHERE name = $1");
+        let insert = format!("INSERT INTO {table} (name, password_hash) VALUES ($1, $2)");
+        Ok(Self {
+            update: client.prepare(&update).await?,
+            insert: client.prepare(&insert).await?,
+        })
+    }
+
+    /// Sets `name`'s hash; answers whether the row was created. A row inserted by someone
+    /// else between the two statements makes the `INSERT` fail with a unique violation
+    /// (inside a transaction, that aborts it).
+    pub async fn write(
+        &self,
+        client: &impl GenericClient,
+        name: &str,
+        hash: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
+        if client.execute(&self.update, &[&name, &hash]).await? > 0 {
+            return Ok(false);
+        }
+        client.execute(&self.insert, &[&name, &hash]).await?;
+        Ok(true)
+    }
+}
+
+/// Sets `name`'s hash in `table` outside a transaction, creating the row as needed (see
+/// [`HashWriter`]); a row inserted meanwhile by someone else is then updated. Answers
+/// whether the row was created.
+pub async fn write_hash(
+    client: &Client,
+    table: &str,
+    name: &str,
+    hash: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let writer = HashWriter::prepare(client, table).await?;
+    match writer.write(client, name, hash).await {
+        Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            writer.write(client, name, hash).await
+        }
+        written => written,
     }
 }
 

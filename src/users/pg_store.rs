@@ -840,13 +840,7 @@ impl PgUsers {
         let (user, hash) = (name.to_string(), hash.to_string());
         let inserted = self
             .with_client(move |client, table| async move {
-                let query = format!(
-                    "INSERT INTO {table} (name, password_hash) VALUES ($1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
-                     RETURNING (xmax = 0)"
-                );
-                let row = client.query_one(&query, &[&user, &hash]).await?;
-                row.try_get::<_, bool>(0)
+                pg_schema::write_hash(&client, &table, &user, &hash).await
             })
             .await?;
         self.changed_here(name).await;

@@ -536,3 +536,104 @@ fn sighup_checks_the_users_logged_in_here_against_the_table_now() {
     let log = server.stderr_text();
     assert_eq!(log.matches("SIGHUP received").count(), 2, "{log}");
 }
+
+/// The README's example: an application's `accounts` table, the view tether reads, and
+/// the trigger on the real table notifying the view's name.
+const APPLICATION_VIEW: &str = "
+CREATE TABLE accounts (
+    id serial PRIMARY KEY,
+    login text UNIQUE NOT NULL,
+    bcrypt_hash text,
+    active boolean NOT NULL DEFAULT true
+);
+CREATE VIEW tether_users AS
+    SELECT login AS name, bcrypt_hash AS password_hash FROM accounts WHERE active;
+CREATE OR REPLACE FUNCTION tether_users_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' AND octet_length(OLD.login) <= 128 THEN
+        PERFORM pg_notify('tether_users', OLD.login);
+    END IF;
+    IF TG_OP <> 'DELETE' AND octet_length(NEW.login) <= 128 THEN
+        PERFORM pg_notify('tether_users', NEW.login);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tether_users_notify AFTER INSERT OR UPDATE OR DELETE ON accounts
+    FOR EACH ROW EXECUTE FUNCTION tether_users_notify();
+GRANT SELECT, INSERT, UPDATE, DELETE ON tether_users TO tether;
+GRANT USAGE ON SEQUENCE accounts_id_seq TO tether;
+";
+
+#[test]
+fn the_commands_and_admin_routes_write_through_a_view_of_an_applications_table() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    postgres.psql(APPLICATION_VIEW);
+    let accounts = || postgres.psql("SELECT login FROM accounts ORDER BY login");
+    let dir = config_file(&config(&postgres));
+    let server = TestServer::start(
+        &config(&postgres).set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+
+    // passwd creates the row, then changes it; deluser removes it.
+    for password in ["pw-c", "pw-c2"] {
+        let mut passwd = tether_command(&dir.path().join("server.toml"));
+        passwd.args(["passwd", "carol"]);
+        let ran = run_with_input(passwd, format!("{password}\n").as_bytes(), COMMAND_TIMEOUT);
+        assert!(ran.status.success(), "{ran:?}");
+    }
+    assert_eq!(accounts().trim(), "carol");
+    let mut carol = server.client();
+    carol.login("carol", "pw-c2");
+    let ran = tether(dir.path(), &["deluser", "carol"]);
+    assert!(ran.status.success(), "{ran:?}");
+    assert_invalidated(&mut carol, WITHIN_A_SECOND);
+    assert_eq!(accounts().trim(), "");
+
+    // db import inserts, then updates.
+    let file = dir.path().join("old-users.toml");
+    let hash = cheap_hash("imported");
+    std::fs::write(
+        &file,
+        format!("[users.erin]\npassword_hash = \"{hash}\"\n[users.frank]\npassword_hash = \"{hash}\"\n"),
+    )
+    .expect("write users file");
+    let file = file.to_str().expect("UTF-8 path");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("2 inserted, 0 updated"), "{ran:?}");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("0 inserted, 2 updated"), "{ran:?}");
+    server.client().login("frank", "imported");
+
+    // The admin routes: 201 then 204, in force when the answer comes.
+    let base = format!("http://{}", admin_addr(&server.stderr_text()));
+    let put = |password: &str| {
+        ureq::put(&format!("{base}/v1/users/dave/password"))
+            .set("Content-Type", "application/json")
+            .send_string(&format!(r#"{{"password": "{password}"}}"#))
+            .expect("PUT answers")
+            .status()
+    };
+    assert_eq!(put("pw-d"), 201);
+    let mut dave = server.client();
+    dave.login("dave", "pw-d");
+    assert_eq!(put("pw-d2"), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    dave.login("dave", "pw-d2");
+    let removed = ureq::delete(&format!("{base}/v1/users/dave"))
+        .call()
+        .expect("DELETE answers");
+    assert_eq!(removed.status(), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    assert_eq!(accounts().split_whitespace().collect::<Vec<_>>(), ["erin", "frank"]);
+
+    // The application deactivating an account reaches the connections too.
+    let mut erin = server.client();
+    erin.login("erin", "imported");
+    postgres.psql("UPDATE accounts SET active = false WHERE login = 'erin'");
+    assert_invalidated(&mut erin, WITHIN_A_SECOND);
+    assert_eq!(login_answer(&server, "erin", "imported"), ["login_invalid"]);
+}
