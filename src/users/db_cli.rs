@@ -24,8 +24,10 @@ fn with_database<T>(
         .enable_all()
         .build()
         .map_err(|err| Failure::failed(format!("cannot start a runtime: {err}")))?;
+    let database = pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
+        .map_err(|why| Failure::invalid(format!("auth.database_ca_file: {why}")))?;
     runtime.block_on(async {
-        let mut client = pg_schema::connect(url)
+        let mut client = pg_schema::connect(&database)
             .await
             .map_err(|err| Failure::failed(format!("cannot reach the users database: {err}")))?;
         work(&mut client, &config.auth.table).await

@@ -32,9 +32,9 @@ use tether_actors::password::MAX_STORED_COST;
 use tether_actors::users::{PasswordHash, StandIns, UserStore};
 use tether_actors::TetherHandle;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
-use crate::users::pg_schema::{self, TableError};
+use crate::users::pg_schema::{self, Database, TableError};
 use crate::users::read::check_bcrypt_hash;
 
 /// Longest a login waits for the database before it is answered from what is known.
@@ -73,8 +73,8 @@ struct InFlight {
 
 /// What the store and its connection task share.
 struct Inner {
-    /// `auth.database`.
-    url: String,
+    /// `auth.database` (and `auth.database_ca_file`).
+    database: Database,
     /// `auth.table`, also the channel its trigger notifies.
     table: String,
     /// Runs the queries, on the store's own thread.
@@ -126,12 +126,12 @@ impl PgUsers {
     /// Starts the store's runtime thread, connects to `url` and checks `table`. A missing
     /// table or column is [`StartError::NotReady`]; an unreachable database,
     /// [`StartError::Unreachable`].
-    pub fn connect(url: &str, table: &str) -> Result<Self, StartError> {
+    pub fn connect(database: Database, table: &str) -> Result<Self, StartError> {
         let runtime = start_runtime().map_err(|err| {
             StartError::Unreachable(format!("cannot start the database thread: {err}"))
         })?;
         let inner = Arc::new(Inner {
-            url: url.to_string(),
+            database: database.clone(),
             table: table.to_string(),
             runtime: runtime.clone(),
             client: Mutex::new(None),
@@ -150,7 +150,7 @@ impl PgUsers {
             costs_counted: AtomicBool::new(false),
         });
         let client = runtime.block_on(async {
-            let client = pg_schema::connect(url)
+            let client = pg_schema::connect(&database)
                 .await
                 .map_err(|err| StartError::Unreachable(describe(&err)))?;
             match pg_schema::check_table(&client, table).await {
@@ -440,7 +440,7 @@ async fn listen_once(
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let connecting = tokio_postgres::connect(&inner.url, NoTls);
+    let connecting = inner.database.open();
     let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, connecting)
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
@@ -548,7 +548,7 @@ const BAD_ROWS_REPORTED: i64 = 20;
 /// node give the database up). Lookups refuse such rows in any case.
 async fn report_bad_rows(inner: Arc<Inner>) {
     let table = &inner.table;
-    let client = match pg_schema::connect(&inner.url).await {
+    let client = match pg_schema::connect(&inner.database).await {
         Ok(client) => client,
         Err(err) => {
             log::warn!(
@@ -744,7 +744,7 @@ async fn keep_costs_counted(inner: Arc<Inner>) {
 /// How many valid rows have each bcrypt cost (4 to [`MAX_STORED_COST`]): one aggregate
 /// query, on a connection of its own so that the scan delays no lookup or notification.
 async fn count_costs(inner: &Inner) -> Result<Vec<(u32, u64)>, String> {
-    let client = pg_schema::connect(&inner.url)
+    let client = pg_schema::connect(&inner.database)
         .await
         .map_err(|err| describe(&err))?;
     // `$2b$10$…`: the cost is the two digits after the third character.
@@ -762,7 +762,9 @@ async fn count_costs(inner: &Inner) -> Result<Vec<(u32, u64)>, String> {
         .filter_map(|row| {
             let cost = row.try_get::<_, String>(0).ok()?.parse::<u32>().ok()?;
             let count = u64::try_from(row.try_get::<_, i64>(1).ok()?).ok()?;
-            (4..=MAX_STORED_COST).contains(&cost).then_some((cost, count))
+            (4..=MAX_STORED_COST)
+                .contains(&cost)
+                .then_some((cost, count))
         })
         .collect())
 }

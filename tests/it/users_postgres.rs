@@ -598,7 +598,9 @@ fn the_commands_and_admin_routes_write_through_a_view_of_an_applications_table()
     let hash = cheap_hash("imported");
     std::fs::write(
         &file,
-        format!("[users.erin]\npassword_hash = \"{hash}\"\n[users.frank]\npassword_hash = \"{hash}\"\n"),
+        format!(
+            "[users.erin]\npassword_hash = \"{hash}\"\n[users.frank]\npassword_hash = \"{hash}\"\n"
+        ),
     )
     .expect("write users file");
     let file = file.to_str().expect("UTF-8 path");
@@ -628,7 +630,10 @@ fn the_commands_and_admin_routes_write_through_a_view_of_an_applications_table()
         .expect("DELETE answers");
     assert_eq!(removed.status(), 204);
     assert_invalidated(&mut dave, Duration::from_millis(100));
-    assert_eq!(accounts().split_whitespace().collect::<Vec<_>>(), ["erin", "frank"]);
+    assert_eq!(
+        accounts().split_whitespace().collect::<Vec<_>>(),
+        ["erin", "frank"]
+    );
 
     // The application deactivating an account reaches the connections too.
     let mut erin = server.client();
@@ -636,4 +641,71 @@ fn the_commands_and_admin_routes_write_through_a_view_of_an_applications_table()
     postgres.psql("UPDATE accounts SET active = false WHERE login = 'erin'");
     assert_invalidated(&mut erin, WITHIN_A_SECOND);
     assert_eq!(login_answer(&server, "erin", "imported"), ["login_invalid"]);
+}
+
+#[test]
+fn with_a_ca_file_the_database_connections_are_tls_checked_against_it() {
+    use crate::common::tls::{make_ca, make_signed, openssl_available};
+    if !openssl_available() {
+        return;
+    }
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let certs = tempfile::tempdir().expect("temp dir");
+    let ca = make_ca(certs.path(), "db");
+    make_signed(certs.path(), "db", "server");
+    postgres.enable_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let tls_config = |ca: &Path| {
+        config(&postgres)
+            .auth("database", format!("{}?sslmode=require", postgres.url()))
+            .auth("database_ca_file", ca.to_str().expect("UTF-8 path"))
+    };
+
+    // db init, logins, a change reaching the connection: every connection is TLS.
+    let dir = config_file(&tls_config(&ca));
+    let ran = tether(dir.path(), &["db", "init"]);
+    assert!(ran.status.success(), "{ran:?}");
+    insert(&postgres, "alice", "pw-a");
+    let server = TestServer::start(&tls_config(&ca), &[]);
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+    let connections = postgres.psql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.usename = 'tether'",
+    );
+    let connections: Vec<&str> = connections.split_whitespace().collect();
+    assert!(!connections.is_empty(), "no connection of tether");
+    assert!(connections.iter().all(|ssl| *ssl == "t"), "{connections:?}");
+    postgres.psql(&format!(
+        "UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'",
+        cheap_hash("new-a")
+    ));
+    assert_invalidated(&mut alice, WITHIN_A_SECOND);
+    server.client().login("alice", "new-a");
+
+    // A server certificate the CA file did not sign: no connection, exit 1 saying why.
+    let stranger = make_ca(certs.path(), "stranger");
+    let dir = config_file(&tls_config(&stranger));
+    let mut command = tether_command(&dir.path().join("server.toml"));
+    command.current_dir(dir.path());
+    let refused = run_to_exit(command, COMMAND_TIMEOUT);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot reach the users database")
+            && refused.stderr.contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+
+    // sslmode=require without a CA file is a configuration error.
+    let dir = config_file(
+        &config(&postgres).auth("database", format!("{}?sslmode=require", postgres.url())),
+    );
+    let ran = tether(dir.path(), &["check-config"]);
+    assert_eq!(ran.status.code(), Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("auth.database_ca_file"), "{ran:?}");
 }
