@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState, UserAdmin};
 use crate::config::Config;
+use crate::users::pg_schema;
 use crate::users::pg_store::{PgUsers, StartError};
 use crate::users::read::{self, Contents};
 use crate::users::sync::UserSync;
@@ -86,7 +87,10 @@ pub fn run(config: Config) -> Outcome {
     );
     crate::limits::raise_open_files_limit(config.server.max_connections);
     let users = match &config.auth.database {
-        Some(url) => match PgUsers::connect(url, &config.auth.table) {
+        Some(url) => match pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
+            .map_err(|why| StartError::NotReady(format!("auth.database_ca_file: {why}")))
+            .and_then(|database| PgUsers::connect(database, &config.auth.table))
+        {
             Ok(database) => {
                 log::info!(
                     "users from PostgreSQL table {} (looked up per login)",
@@ -207,6 +211,7 @@ pub fn run(config: Config) -> Outcome {
             }
             Users::Database(database) => {
                 database.listen(tether.handle());
+                actix_rt::spawn(reconcile_on_hangup(database.clone(), hangups));
                 (UserAdmin::Database(database), None)
             }
         };
@@ -263,6 +268,14 @@ pub fn run(config: Config) -> Outcome {
         log::info!("stopped");
         Outcome::Stopped
     })
+}
+
+/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
+/// table now (as after a reconnect) instead of reloading a file.
+async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        database.reconcile_now();
+    }
 }
 
 /// Where the users come from.
