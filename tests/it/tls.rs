@@ -433,41 +433,146 @@ fn a_client_closing_without_close_notify_has_simply_closed() {
     );
 }
 
+/// The value of the series `series` (labels included) on the admin API `admin`'s
+/// `/metrics`; 0 when it is not there.
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("metrics text");
+    crate::common::metric_in(&text, series).unwrap_or(0.0)
+}
+
+/// Starts a TLS server on `config` with the admin API on; answers it, its TLS address and
+/// the admin API's address.
+fn start_with_metrics(
+    dir: tempfile::TempDir,
+    config: TestConfig,
+) -> (TestServer, SocketAddr, SocketAddr) {
+    let config = config.set("admin", "listen", "127.0.0.1:0");
+    let (server, tls) = start(dir, &config);
+    server.wait_for_log("(admin API)", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    (server, tls, admin)
+}
+
 #[test]
-fn a_thousand_half_handshakes_are_bounded_then_dropped() {
+fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
     if !openssl_available() {
         return;
     }
+    const SLOTS: usize = 101;
+    const STALLED: usize = 1000;
     let (dir, config) = tls_setup(false, false);
-    let config = config.server("max_connections", 1001);
-    let (server, tls) = start(dir, &config);
+    let (server, tls, admin) = start_with_metrics(dir, config.server("max_connections", 101));
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
     // Half a ClientHello each: the record header and the start of the handshake message.
     let half_hello = [
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
-    let mut stalled: Vec<TestClient> = (0..1000)
+    let mut stalled: Vec<TestClient> = (0..STALLED)
         .map(|_| {
             let mut client = TestClient::connect(tls);
             client.send_raw(&half_hello);
             client
         })
         .collect();
+    // Each pending handshake holds a slot from its accept on: the ones past the cap are
+    // refused at accept, whatever the listener.
+    let pending = r#"tether_tls_handshakes_pending"#;
+    let refused = r#"tether_connections_refused_total"#;
+    let bounded = crate::common::wait_until(Duration::from_secs(8), || {
+        metric(admin, pending) == (SLOTS - 1) as f64
+            && metric(admin, refused) == (STALLED - (SLOTS - 1)) as f64
+    });
+    assert!(
+        bounded,
+        "not {} pending and {} refused: {} and {}",
+        SLOTS - 1,
+        STALLED - (SLOTS - 1),
+        metric(admin, pending),
+        metric(admin, refused)
+    );
+    let mut probe = server.client();
+    assert!(
+        matches!(
+            probe.try_recv(Duration::from_secs(5)),
+            Err(RecvError::Closed(_))
+        ),
+        "a connection past max_connections was not refused while the handshakes held their slots"
+    );
     // The server keeps serving while the handshakes are pending.
-    let mut plain = server.client();
-    plain.send(&["login", "alice", "secret"]);
-    plain.expect(&["login_valid"]);
+    plain.send(&["prolongate"]);
+    plain.expect(&["prolongate_ack"]);
     for client in &mut stalled {
         client.expect_closed_within(Duration::from_secs(15));
     }
-    plain.send(&["prolongate"]);
-    plain.expect(&["prolongate_ack"]);
     // Their slots are free again.
-    let served = crate::common::wait_until(Duration::from_secs(5), || {
-        let mut again = server.client();
-        again.send(&["prolongate"]);
-        again.try_recv(Duration::from_secs(1)).is_ok()
+    let freed = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(admin, pending) == 0.0
+            && metric(
+                admin,
+                r#"tether_tls_handshake_failures_total{cause="timeout"}"#,
+            ) == (SLOTS - 1) as f64
     });
-    assert!(served, "the dropped handshakes' slots did not come back");
+    assert!(freed, "the dropped handshakes were not counted out");
+    let mut again = server.client();
+    again.send(&["prolongate"]);
+    again.expect(&["prolongate_ack"]);
+}
+
+/// Immediate failure lines and the failures summed up in summary lines, in `log`.
+fn handshake_failures_logged(log: &str) -> (usize, u64) {
+    let immediate = log.matches("TLS handshake failed").count();
+    let summed = log
+        .lines()
+        .filter_map(|line| {
+            let before = &line[..line.find(" more TLS handshake(s) failed")?];
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (immediate, summed)
+}
+
+#[test]
+fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
+    if !openssl_available() {
+        return;
+    }
+    const FAILED: usize = 30;
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls, admin) = start_with_metrics(dir, config);
+    let plaintext = crate::common::encode(&["login", "alice", "secret"]);
+    for _ in 0..FAILED {
+        assert_closed_with_at_most_an_alert(tls, &plaintext, false);
+    }
+    let counted = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(
+            admin,
+            r#"tether_tls_handshake_failures_total{cause="protocol"}"#,
+        ) == FAILED as f64
+    });
+    assert!(counted, "the failed handshakes were not counted by cause");
+    // One line at once, not one per connection (a second one only if a summary time with
+    // nothing to sum up fell between them)...
+    let (immediate, _) = handshake_failures_logged(&server.stderr_text());
+    assert!(
+        (1..=2).contains(&immediate),
+        "{immediate} lines for {FAILED} failures:\n{}",
+        server.stderr_text()
+    );
+    // ... and the others summed up within the interval.
+    let summed_up = crate::common::wait_until(Duration::from_secs(25), || {
+        let (immediate, summed) = handshake_failures_logged(&server.stderr_text());
+        immediate as u64 + summed == FAILED as u64
+    });
+    assert!(summed_up, "{}", server.stderr_text());
+    assert!(server
+        .stderr_text()
+        .contains("TLS handshake(s) failed in the last 10s ("));
 }
 
 #[test]
