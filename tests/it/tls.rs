@@ -391,6 +391,61 @@ fn admin_tls_makes_the_admin_api_https_only() {
 }
 
 #[test]
+fn the_admin_api_certificate_is_reloaded_when_its_files_change_and_on_sighup() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    // Its own pair, so that only the admin API's reload can change what it serves.
+    make_signed(dir.path(), "test", "admin");
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "admin.pem".into());
+    admin_tls.insert("key_file".into(), "admin.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    let (server, _) = start(dir, &config);
+    server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let trust = client_config(&ca(&server), None);
+    let served = || {
+        TlsClient::connect(admin, trust.clone())
+            .expect("admin handshake")
+            .server_certificate()
+    };
+    let before = served();
+    // Replaced as deployment tools do: written beside, renamed over.
+    let d = server.dir();
+    make_signed(d, "test", "next");
+    std::fs::rename(d.join("next.key"), d.join("admin.key")).expect("rename key");
+    std::fs::rename(d.join("next.pem"), d.join("admin.pem")).expect("rename certificate");
+    let renewed = crate::common::wait_until(Duration::from_secs(10), || served() != before);
+    assert!(
+        renewed,
+        "new admin handshakes still get the old certificate"
+    );
+    let reloaded = |why: &str| {
+        server.stderr_text().lines().any(|line| {
+            line.contains("admin API TLS certificate reloaded from") && line.ends_with(why)
+        })
+    };
+    assert!(reloaded("(files changed)"), "{}", server.stderr_text());
+    let after_change = served();
+    // SIGHUP reads the files again too.
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let on_signal = crate::common::wait_until(Duration::from_secs(5), || reloaded("(SIGHUP)"));
+    assert!(on_signal, "{}", server.stderr_text());
+    // A bad pair keeps the one in force.
+    std::fs::write(d.join("admin.key"), "not a key").expect("write key");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log(
+        "admin API TLS certificate not reloaded",
+        Duration::from_secs(5),
+    );
+    assert_eq!(served(), after_change);
+}
+
+#[test]
 fn a_non_loopback_admin_api_without_tls_is_warned_about() {
     let config = TestConfig::new()
         .set("admin", "listen", "0.0.0.0:0")
