@@ -7,11 +7,13 @@
 //! 2. Handshakes/s: new TLS connections as fast as `--storm-concurrency` loops make them
 //!    (connect, full handshake, one `prolongate` answered, close).
 //! 3. Handshake storm: `cmd` over TLS (default 50×1) paced at half its measured maximum, as
-//!    `login-storm` does, once quiet and once while the handshake loops run: the
-//!    `prolongate` p99 of the storm run over the quiet one.
+//!    `login-storm` does, once quiet and once while the handshake loops run (as fast as
+//!    they can, or at `--storm-rate`): the `prolongate` p99 of the storm run over the quiet
+//!    one. The loops run on a thread of their own, so that the client's share of the
+//!    handshakes' work does not delay the reading of the `cmd` replies it times.
 
 use crate::cmd::{check_outcome, run_load, LoadOutcome, LoadSpec};
-use crate::net::{check_loopback, now_ns, raise_open_files, sources_in};
+use crate::net::{check_loopback, instant_at, now_ns, raise_open_files, sources_in};
 use crate::proto::{exchange, Proto};
 use crate::report::{count, dec, Report};
 use crate::stream::{connect, TlsClient};
@@ -55,6 +57,9 @@ pub struct Args {
     /// Handshake loops running at once (in the handshakes/s run and the storm).
     #[arg(long, default_value_t = 16)]
     storm_concurrency: usize,
+    /// New connections per second during the storm; 0 = as fast as the loops go.
+    #[arg(long, default_value_t = 0.0)]
+    storm_rate: f64,
     /// Spread the `cmd` connections over 127.0.0.1 ..= 127.0.0.K (the handshake loops use
     /// 127.0.2.1 ..= 127.0.2.K).
     #[arg(long, default_value_t = 4)]
@@ -147,8 +152,9 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         tls: tls.clone(),
         concurrency: args.storm_concurrency.max(1),
         sources: args.sources,
+        rate: None,
     };
-    let quiet_handshakes = storm.run(args.warmup + args.duration).await;
+    let quiet_handshakes = storm.run_apart(args.warmup + args.duration).await?;
     report.check(quiet_handshakes.failures.is_empty(), || {
         quiet_handshakes.failure_summary("tls handshakes")
     });
@@ -167,15 +173,13 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         let mut storm_rate = 0.0;
         for (stormy, label) in [first, second] {
             let outcome = if stormy {
-                let handshakes = tokio::spawn({
-                    let storm = storm.clone();
-                    let seconds = args.warmup + args.duration + 0.5;
-                    async move { storm.run(seconds).await }
-                });
-                let outcome = run_load(&paced).await?;
-                let handshakes = handshakes
-                    .await
-                    .map_err(|err| format!("the handshake storm failed: {err}"))?;
+                let storm = Storm {
+                    rate: (args.storm_rate > 0.0).then_some(args.storm_rate),
+                    ..storm.clone()
+                };
+                let handshakes = storm.run_apart(args.warmup + args.duration + 0.5);
+                let (outcome, handshakes) = tokio::join!(run_load(&paced), handshakes);
+                let (outcome, handshakes) = (outcome?, handshakes?);
                 report.check(handshakes.failures.is_empty(), || {
                     handshakes.failure_summary("tls storm")
                 });
@@ -215,8 +219,13 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let storm_ratio = median(&mut storm_ratios);
     report.table(
         &format!(
-            "tls — handshake storm ({} loops) against TLS cmd {} paced at {}/s (half of {})",
+            "tls — handshake storm ({} loops, {}) against TLS cmd {} paced at {}/s (half of {})",
             storm.concurrency,
+            if args.storm_rate > 0.0 {
+                format!("{}/s", count(args.storm_rate))
+            } else {
+                "as fast as they go".to_string()
+            },
             args.storm_shape,
             count(max.replies_per_s / 2.0),
             count(max.replies_per_s)
@@ -241,6 +250,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         "cmd_ratio": cmd_ratio,
         "handshakes_per_s": handshakes_per_s,
         "storm_p99_ratio": storm_ratio,
+        "storm_rate": (args.storm_rate > 0.0).then_some(args.storm_rate),
     }))?;
     Ok(())
 }
@@ -274,13 +284,15 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-/// New TLS connections, as fast as `concurrency` loops make them.
+/// New TLS connections, as fast as `concurrency` loops make them or at `rate` in all.
 #[derive(Clone)]
 struct Storm {
     addr: SocketAddr,
     tls: TlsClient,
     concurrency: usize,
     sources: u8,
+    /// New connections per second in all, or `None` for as fast as they go.
+    rate: Option<f64>,
 }
 
 /// What a storm did.
@@ -308,6 +320,28 @@ impl StormOutcome {
 }
 
 impl Storm {
+    /// Runs the loops for `seconds` on a thread and runtime of their own.
+    async fn run_apart(&self, seconds: f64) -> Fallible<StormOutcome> {
+        let storm = self.clone();
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("handshake-storm".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let outcome = match runtime {
+                    Ok(runtime) => Ok(runtime.block_on(storm.run(seconds))),
+                    Err(err) => Err(format!("cannot start the storm's runtime: {err}")),
+                };
+                let _ = done.send(outcome);
+            })
+            .map_err(|err| format!("cannot start the storm's thread: {err}"))?;
+        outcome
+            .await
+            .map_err(|_| "the handshake storm's thread failed".to_string())?
+    }
+
     /// Runs the loops for `seconds`. Each cycle binds its own source port on
     /// 127.0.2.1 ..= 127.0.2.K with `SO_REUSEADDR`, so that its closed connections'
     /// TIME_WAIT does not take the ports the `cmd` load binds.
@@ -315,16 +349,31 @@ impl Storm {
         let began = now_ns();
         let end = began + (seconds * 1e9) as u64;
         let sources = Arc::new(sources_in(2, self.sources));
+        // Each loop's share of the rate, as the time between its cycles.
+        let interval_ns = self
+            .rate
+            .map(|rate| (1e9 * self.concurrency as f64 / rate.max(f64::MIN_POSITIVE)) as u64);
         let loops: Vec<_> = (0..self.concurrency)
             .map(|worker| {
                 let sources = Arc::clone(&sources);
                 let tls = self.tls.clone();
                 let addr = self.addr;
+                let mut due = began
+                    + interval_ns.map_or(0, |interval| {
+                        interval * worker as u64 / self.concurrency as u64
+                    });
                 tokio::spawn(async move {
                     let mut done = 0u64;
                     let mut failures = Vec::new();
                     let mut i = worker;
                     while now_ns() < end {
+                        if let Some(interval) = interval_ns {
+                            if due >= end {
+                                break;
+                            }
+                            tokio::time::sleep_until(instant_at(due)).await;
+                            due += interval;
+                        }
                         let source = sources[i % sources.len()];
                         let cycle = async {
                             let mut stream = connect(source, addr, true, Some(&tls)).await?;
