@@ -89,6 +89,9 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
             (( repeat % 2 == 0 )) && kinds=(tls plain)
             for kind in "${kinds[@]}"; do
                 start_tether "tether-hold-$kind" "${WORKERS:-0}"
+                # The start-up's garbage (users file, stand-in hash) is returned to the
+                # system within seconds: read the baseline after it.
+                sleep 5
                 addr=$STARTED_ADDR tls_args=()
                 if [[ $kind == tls ]]; then
                     addr=$STARTED_TLS_ADDR tls_args=(--tls-ca "$WORK/tls-ca.pem")
