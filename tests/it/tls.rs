@@ -209,7 +209,10 @@ fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
     );
     stalled.expect_nothing_for(Duration::from_secs(8));
     stalled.expect_closed_within(Duration::from_secs(4));
-    server.wait_for_log("TLS handshake not done within 10s", Duration::from_secs(2));
+    server.wait_for_log(
+        "TLS handshake failed: not done within 10s",
+        Duration::from_secs(2),
+    );
     // Its slot comes back with it.
     let served = crate::common::wait_until(Duration::from_secs(5), || {
         let mut plain = server.client();
