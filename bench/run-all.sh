@@ -11,7 +11,9 @@
 # `tls` (issue 15) compares TLS with plaintext on one tether, A and B alternating over
 # TLS_ROUNDS rounds (default 3): `cmd` 50x16, handshakes/s, the handshake storm's
 # `prolongate` p99. `tls-hold` holds 10,000 idle logged-in connections on a fresh tether,
-# plaintext and TLS alternately (order swapped each repeat), for memory per connection.
+# plaintext and TLS alternately (order swapped each repeat), for memory per connection: read
+# the slope between 5,000 and 10,000 (a fresh tether's first RSS reading still holds ~18 MiB
+# of start-up garbage, returned once connections arrive).
 #
 #   REPEATS=3 SCENARIOS="hold cmd fanout storm churn" OUT=bench/results/run-2.jsonl bench/run-all.sh
 set -euo pipefail
@@ -89,9 +91,6 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
             (( repeat % 2 == 0 )) && kinds=(tls plain)
             for kind in "${kinds[@]}"; do
                 start_tether "tether-hold-$kind" "${WORKERS:-0}"
-                # The start-up's garbage (users file, stand-in hash) is returned to the
-                # system within seconds: read the baseline after it.
-                sleep 5
                 addr=$STARTED_ADDR tls_args=()
                 if [[ $kind == tls ]]; then
                     addr=$STARTED_TLS_ADDR tls_args=(--tls-ca "$WORK/tls-ca.pem")
