@@ -177,7 +177,7 @@ pub struct TlsReload {
 }
 
 /// Reloads the client listener's pair into `slot` on each SIGHUP from `hangups` and each
-/// time one of the files named by `tls` settles after a change (see [`reload_files`]).
+/// time one of the files named by `tls` settles after a change (see `reload_files`).
 /// Must be called inside the actix System.
 pub fn start_reloading(tls: TlsConfig, slot: TlsConfigSlot, hangups: Option<Signal>) -> TlsReload {
     let mut files = vec![tls.cert_file.clone(), tls.key_file.clone()];
@@ -196,7 +196,7 @@ pub fn start_reloading(tls: TlsConfig, slot: TlsConfigSlot, hangups: Option<Sign
 }
 
 /// Reloads the admin API's pair into `certificate` on each SIGHUP from `hangups` and each
-/// time its files settle after a change (see [`reload_files`]). Must be called inside the
+/// time its files settle after a change (see `reload_files`). Must be called inside the
 /// actix System.
 pub fn start_reloading_admin(
     tls: AdminTls,
