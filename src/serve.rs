@@ -73,6 +73,8 @@ pub fn run(config: Config) -> Outcome {
     });
     let tls_hangups = system
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
+    let admin_tls_hangups = system
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
     let (hangups, stop_signal) = match caught {
         Ok(caught) => caught,
         Err(err) => {
@@ -119,14 +121,14 @@ pub fn run(config: Config) -> Outcome {
             return Outcome::BadConfiguration;
         }
     };
-    let admin_tls = match config
+    let (admin_tls, admin_certificate) = match config
         .admin
         .tls
         .as_ref()
         .map(crate::tls::load_admin)
         .transpose()
     {
-        Ok(admin_tls) => admin_tls,
+        Ok(admin_tls) => admin_tls.unzip(),
         Err(err) => {
             fatal(&err);
             return Outcome::BadConfiguration;
@@ -232,6 +234,15 @@ pub fn run(config: Config) -> Outcome {
                     .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
                     .ok();
                 Some(crate::tls::start_reloading(tls, slot, hangups))
+            }
+            _ => None,
+        };
+        let _admin_tls_reload = match (config.admin.tls.clone(), admin_certificate, &admin) {
+            (Some(tls), Some(certificate), Some(_)) => {
+                let hangups = admin_tls_hangups
+                    .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
+                    .ok();
+                Some(crate::tls::start_reloading_admin(tls, certificate, hangups))
             }
             _ => None,
         };
