@@ -7,7 +7,6 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::bus::{BusLimits, EventBusActor};
-use crate::hub::messages::CountConnections;
 use crate::hub::messages::{
     Drain, Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
 };
@@ -158,6 +157,8 @@ pub struct Tether {
     arbiters: Vec<Arbiter>,
     /// What the server counts.
     metrics: Metrics,
+    /// Who is bound where, for handles' connection counts.
+    presence: Arc<Presence>,
 }
 
 impl Tether {
@@ -230,7 +231,7 @@ impl Tether {
             throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
-            presence,
+            presence: Arc::clone(&presence),
             roster,
             delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
@@ -265,6 +266,7 @@ impl Tether {
             shutdown_grace: settings.shutdown_grace,
             arbiters,
             metrics,
+            presence,
         })
     }
 
@@ -287,6 +289,7 @@ impl Tether {
     pub fn handle(&self) -> TetherHandle {
         TetherHandle {
             hub: self.hub.clone(),
+            presence: Arc::clone(&self.presence),
         }
     }
 
@@ -528,6 +531,8 @@ fn is_per_connection(err: &std::io::Error) -> bool {
 pub struct TetherHandle {
     /// The hub's state: where the bus and the registry are now.
     hub: watch::Receiver<HubState>,
+    /// Who is bound where; kept by the connections.
+    presence: Arc<Presence>,
 }
 
 impl TetherHandle {
@@ -588,25 +593,11 @@ impl TetherHandle {
         }
     }
 
-    /// How many connections are bound to `user` now.
-    pub async fn connections(&self, user: impl Into<String>) -> Result<usize, PublishError> {
-        let user = user.into();
-        let mut hub = self.hub.clone();
-        'attempt: for _ in 0..3 {
-            let registries = hub.borrow_and_update().registries.clone();
-            let mut total = 0;
-            for registry in registries.iter() {
-                match registry.send(CountConnections { user: user.clone() }).await {
-                    Ok(count) => total += count,
-                    Err(_) => {
-                        wait_for_restart(&mut hub).await;
-                        continue 'attempt;
-                    }
-                }
-            }
-            return Ok(total);
-        }
-        Err(PublishError::Unavailable)
+    /// How many connections are bound to `user` now: the count a publish for `user` would
+    /// answer, from the same place (the hub's `Presence`). It counts a connection from its
+    /// `login_valid` until its binding ends, whatever happens to the registry meanwhile.
+    pub fn connections(&self, user: &str) -> usize {
+        self.presence.holding(user).map(|(_, held)| held).sum()
     }
 
     /// Sends `message` to the bus, again after a restart if the bus or the registry died

@@ -8,8 +8,12 @@
 //! message arrives. A registry restart changes nothing here: the bindings, and so the
 //! counts, live on in the connections.
 //!
-//! Users are counted under a hash of their name. Two names that share a hash only make an
-//! event visit a shard where it finds nobody; none is ever skipped.
+//! It is also the one place connections are counted: a publish answers its count, and so
+//! does `TetherHandle::connections` (the admin API's `/connections`).
+//!
+//! Users are counted under a hash of their name (64 bits). Two names that share a hash
+//! only make an event visit a shard where it finds nobody, and add up in each other's
+//! counts; none is ever skipped.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

@@ -76,6 +76,15 @@ pub enum InvalidationCause {
     Operator,
 }
 
+/// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubActor {
+    /// A registry shard.
+    Registry,
+    /// The event bus.
+    Bus,
+}
+
 impl fmt::Display for InvalidationCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -138,6 +147,10 @@ label_values! {
         UserRemoved => "user_removed",
         Operator => "operator",
     }
+    HubActor {
+        Registry => "registry",
+        Bus => "bus",
+    }
 }
 
 /// Every metric of one server.
@@ -165,6 +178,7 @@ pub struct Metrics {
     pub(crate) password_checks_dropped: Counter,
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
+    restarts: [Counter; 2],
     families: Families,
 }
 
@@ -176,6 +190,8 @@ struct Families {
     invalidations: Family<Label<InvalidationCause>, Counter>,
     io_errors: Family<Label<IoErrorCause>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
+    restarts: Family<Label<HubActor>, Counter>,
+    registry_bindings: Family<WorkerLabel, Gauge>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -200,6 +216,8 @@ impl Metrics {
             invalidations: Family::default(),
             io_errors: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
+            restarts: Family::default(),
+            registry_bindings: Family::default(),
         };
         Self {
             connections_open: Gauge::default(),
@@ -215,6 +233,7 @@ impl Metrics {
             password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             password_checks_dropped: Counter::default(),
             connections_refused: Counter::default(),
+            restarts: children(&families.restarts, "actor", HubActor::ALL),
             families,
         }
     }
@@ -288,6 +307,18 @@ impl Metrics {
              socket, per worker",
             self.families.event_delivery_seconds.clone(),
         );
+        registry.register(
+            "actor_restarts",
+            "Hub actors (registry shards, the bus) that stopped or panicked and were \
+             replaced by a fresh one",
+            self.families.restarts.clone(),
+        );
+        registry.register(
+            "registry_bindings",
+            "Bindings each worker's registry shard holds: below the worker's bound \
+             connections while a replaced shard is refilled by its connections",
+            self.families.registry_bindings.clone(),
+        );
     }
 
     /// The delivery histogram of each of `workers` workers, created now so that every
@@ -300,6 +331,18 @@ impl Metrics {
                     .get_or_create_owned(&vec![("worker", worker.to_string())])
             })
             .collect()
+    }
+
+    /// The gauge of the bindings registry shard `worker` holds.
+    pub(crate) fn registry_bindings(&self, worker: usize) -> Gauge {
+        self.families
+            .registry_bindings
+            .get_or_create_owned(&vec![("worker", worker.to_string())])
+    }
+
+    /// Counts a restart of `actor`.
+    pub(crate) fn restarted(&self, actor: HubActor) {
+        self.restarts[actor as usize].inc();
     }
 
     pub(crate) fn login(&self, result: LoginResult) {
@@ -349,11 +392,12 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 4] = [
+        let orders: [Vec<usize>; 5] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
+            HubActor::ALL.iter().map(|v| *v as usize).collect(),
         ];
         for order in orders {
             assert!(order.iter().copied().eq(0..order.len()), "{order:?}");
@@ -373,6 +417,8 @@ mod tests {
         tally.add_to(&metrics);
         metrics.io_error(IoErrorCause::SlowReader);
         metrics.invalidated(InvalidationCause::Operator, 3);
+        metrics.restarted(HubActor::Bus);
+        metrics.registry_bindings(1).set(2);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
         for line in [
@@ -382,6 +428,9 @@ mod tests {
             "tether_io_errors_total{cause=\"slow_reader\"} 1",
             "tether_invalidations_total{cause=\"operator\"} 3",
             "tether_connections_open 0",
+            "tether_actor_restarts_total{actor=\"bus\"} 1",
+            "tether_actor_restarts_total{actor=\"registry\"} 0",
+            "tether_registry_bindings{worker=\"1\"} 2",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
