@@ -25,6 +25,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// `[cluster]`: several nodes as one service over Redis (SPEC §8), when set.
+    pub cluster: Option<ClusterConfig>,
     /// Where these settings came from.
     pub source: Source,
 }
@@ -147,6 +149,17 @@ pub struct AdminTls {
     pub key_file: PathBuf,
 }
 
+/// The `[cluster]` table when `redis` is set.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis URL (`redis://` or `rediss://`).
+    pub redis: String,
+    /// This node's name in logs, metrics and Redis.
+    pub node: String,
+    /// The prefix of every Redis key and channel.
+    pub prefix: String,
+}
+
 /// The `[log]` table.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -188,7 +201,12 @@ impl Config {
             events: check.events(raw.events)?,
             admin: check.admin(raw.admin)?,
             log: check.log(raw.log)?,
+            cluster: None,
             source: Source::File(path.to_path_buf()),
+        };
+        let config = Config {
+            cluster: check.cluster(raw.cluster, &config)?,
+            ..config
         };
         check.distinct_listeners(&config)?;
         Ok(config)
@@ -290,6 +308,22 @@ impl Config {
         );
         let level = self.log.level.to_string().to_ascii_lowercase();
         section("log", vec![("level", value(level))]);
+        let cluster = self.cluster.as_ref();
+        let text = |text: Option<&String>| value(text.map_or_else(String::new, Clone::clone));
+        section(
+            "cluster",
+            vec![
+                (
+                    "redis",
+                    value(cluster.map_or_else(String::new, |c| mask_password(&c.redis))),
+                ),
+                ("node", text(cluster.map(|c| &c.node))),
+                (
+                    "prefix",
+                    value(cluster.map_or_else(|| DEFAULT_PREFIX.to_string(), |c| c.prefix.clone())),
+                ),
+            ],
+        );
         document.to_string()
     }
 }
@@ -495,6 +529,28 @@ struct RawConfig {
     events: RawEvents,
     admin: RawAdmin,
     log: RawLog,
+    cluster: RawCluster,
+}
+
+/// `cluster.prefix` unless set.
+const DEFAULT_PREFIX: &str = "tether";
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [cluster] table")]
+struct RawCluster {
+    redis: String,
+    node: String,
+    prefix: String,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node: String::new(),
+            prefix: DEFAULT_PREFIX.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -632,7 +688,7 @@ fn valid_table_name(name: &str) -> bool {
 }
 
 /// `url` with the password it holds, if any, replaced by `****`.
-fn mask_password(url: &str) -> String {
+pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return url.to_string();
     };
@@ -845,6 +901,50 @@ impl Check<'_> {
             login_failures_per_minute: raw.login_failures_per_minute,
             password_threads,
         })
+    }
+
+    /// `[cluster]`: `None` when `redis` is empty. `node` defaults to the host:port of
+    /// `server.listen` (else of `server.tls.listen`).
+    fn cluster(
+        &self,
+        raw: RawCluster,
+        config: &Config,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        if raw.redis.is_empty() {
+            return Ok(None);
+        }
+        if !(raw.redis.starts_with("redis://") || raw.redis.starts_with("rediss://")) {
+            return Err(self.error(
+                "cluster.redis",
+                "must be a redis:// (or rediss://) URL, or \"\" for a node alone".into(),
+            ));
+        }
+        let is_plain_text = |text: &str| !text.chars().any(char::is_control);
+        let node = match raw.node.as_str() {
+            "" => config
+                .server
+                .listen
+                .or(config.server.tls.as_ref().map(|tls| tls.listen))
+                .map_or_else(String::new, |address| address.to_string()),
+            node => node.to_string(),
+        };
+        if node.is_empty() || node.len() > 128 || !is_plain_text(&node) {
+            return Err(self.error(
+                "cluster.node",
+                "must be 1 to 128 bytes without control characters".into(),
+            ));
+        }
+        if raw.prefix.is_empty() || raw.prefix.len() > 128 || !is_plain_text(&raw.prefix) {
+            return Err(self.error(
+                "cluster.prefix",
+                "must be 1 to 128 bytes without control characters".into(),
+            ));
+        }
+        Ok(Some(ClusterConfig {
+            redis: raw.redis,
+            node,
+            prefix: raw.prefix,
+        }))
     }
 
     fn events(&self, raw: RawEvents) -> Result<EventsConfig, ConfigError> {

@@ -45,18 +45,42 @@ type State = web::Data<AdminState>;
 
 /// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
 /// `"unreachable"` while the database does not answer (the server still serves; logins
-/// then follow SPEC §9).
+/// then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or `"unreachable"`
+/// (SPEC §8).
 async fn healthz(state: State) -> HttpResponse {
+    let mut body = json!({ "status": "ok" });
+    if let UserAdmin::Database(database) = &state.users {
+        let users = if database.reachable() {
+            "ok"
+        } else {
+            "unreachable"
+        };
+        body["users"] = json!(users);
+    }
+    if let Some(connected) = state.tether.cluster_connected() {
+        let cluster = if connected {
+            "connected"
+        } else {
+            "unreachable"
+        };
+        body["cluster"] = json!(cluster);
+    }
+    HttpResponse::Ok().json(body)
+}
+
+/// In a cluster whose users come from files, each node's own file governs it: the user
+/// routes answer `409` (SPEC §8).
+fn refuse_files_in_cluster(state: &AdminState) -> Result<(), ApiError> {
     match &state.users {
-        UserAdmin::Database(database) => {
-            let users = if database.reachable() {
-                "ok"
-            } else {
-                "unreachable"
-            };
-            HttpResponse::Ok().json(json!({ "status": "ok", "users": users }))
+        UserAdmin::File(_) if state.tether.cluster_connected().is_some() => {
+            Err(ApiError::conflict(
+                "this node is part of a cluster whose users come from each node's own users \
+                 file: change the files (tether passwd/deluser on every node), or keep the \
+                 users in PostgreSQL (auth.database)"
+                    .to_owned(),
+            ))
         }
-        UserAdmin::File(_) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+        _ => Ok(()),
     }
 }
 
@@ -81,6 +105,7 @@ async fn set_password(
     UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_files_in_cluster(&state)?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let cost = state.bcrypt_cost;
@@ -120,6 +145,7 @@ async fn set_password(
 }
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
+    refuse_files_in_cluster(&state)?;
     let user = name.clone();
     let removed =
         match &state.users {

@@ -2,10 +2,17 @@
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
 //! them once and hands them to the registry shards that hold the user's connections (as
 //! `Presence` counts them) for fan-out.
+//!
+//! In a cluster (a [`Broker`] given) an event goes to the broker first and is delivered
+//! here only once the broker has taken it, in publish order (a publish the broker cannot
+//! take is answered [`PublishError::ClusterUnreachable`] and delivered nowhere); events and
+//! invalidations from other nodes come in as `RemoteEvent` and `RemoteInvalidate`.
 
 use crate::auth::credentials::check_name;
+use crate::hub::broker::{Broker, BrokerUnreachable, ClusterEvent};
 use crate::hub::messages::{
-    BatchedEvent, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Revoke,
+    BatchedEvent, BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, RemoteEvent,
+    RemoteInvalidate, Revoke,
 };
 pub use crate::hub::messages::{
     Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
@@ -18,6 +25,7 @@ use crate::util::metrics::Metrics;
 use crate::wire::codec::{encoded_message, is_valid_part};
 use actix::prelude::*;
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -29,6 +37,10 @@ pub const EVENTS_IN_FLIGHT: usize = 64;
 /// Events of a batch handed on together, in one message per shard: half the permits, so one
 /// slice is on its way into the output buffers while the bus hands on the next.
 const BATCH_SLICE: usize = EVENTS_IN_FLIGHT / 2;
+
+/// In a cluster, the bus's mailbox holds this many messages before the broker's
+/// `RemoteEvent`s are refused (and counted as dropped) rather than queued without bound.
+const CLUSTER_MAILBOX: usize = 4096;
 
 /// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
@@ -45,6 +57,13 @@ pub struct EventBusActor {
     presence: Arc<Presence>,
     /// One permit per event not yet taken by all its connections.
     in_flight: Arc<Semaphore>,
+    /// In a cluster, the broker every event and cross-node invalidation goes through.
+    broker: Option<Arc<dyn Broker>>,
+    /// In a cluster, the events handed to the broker and not yet delivered here, in
+    /// publish order; the front one is delivered as soon as the broker has answered it.
+    awaiting_broker: VecDeque<AwaitingBroker>,
+    /// The sequence number of the next event handed to the broker.
+    next_sequence: u64,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -62,6 +81,9 @@ impl EventBusActor {
             metrics: limits.metrics,
             presence: limits.presence,
             in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
+            broker: limits.broker,
+            awaiting_broker: VecDeque::new(),
+            next_sequence: 0,
             _death: death,
         }
     }
@@ -89,10 +111,36 @@ pub(crate) struct BusLimits {
     pub metrics: Metrics,
     /// Which shards hold connections of which user, kept by the connections.
     pub presence: Arc<Presence>,
+    /// In a cluster, the broker to the other nodes; `None` alone.
+    pub broker: Option<Arc<dyn Broker>>,
+}
+
+/// An event handed to the broker, delivered here once the broker has taken it.
+struct AwaitingBroker {
+    /// Its place in the order of events handed to the broker.
+    sequence: u64,
+    /// The broker's answer, once it came: the user's connections on the other nodes.
+    answer: Option<Result<usize, BrokerUnreachable>>,
+    /// The user it is for.
+    user: Arc<str>,
+    /// Its time as written on the wire.
+    time: i64,
+    /// The whole encoded message.
+    message: Bytes,
+    /// Its back-pressure permit.
+    in_flight: EventInFlight,
+    /// Where the publisher waits for the receipt.
+    receipt: oneshot::Sender<Result<PublishReceipt, PublishError>>,
 }
 
 impl Actor for EventBusActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.broker.is_some() {
+            ctx.set_mailbox_capacity(CLUSTER_MAILBOX);
+        }
+    }
 }
 
 impl Handler<Publish> for EventBusActor {
@@ -101,6 +149,10 @@ impl Handler<Publish> for EventBusActor {
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(err) = self.check(&msg) {
             return Box::pin(std::future::ready(Err(err)));
+        }
+        if self.broker.is_some() {
+            let receipt = self.publish_clustered(msg, &mut false, ctx);
+            return Box::pin(async move { receipt.await.map_err(|_| PublishError::Unavailable)? });
         }
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
             return Box::pin(std::future::ready(self.deliver(msg, permit)));
@@ -139,6 +191,23 @@ impl Handler<PublishBatch> for EventBusActor {
         // retries it once the shard is back).
         if self.registries.iter().any(|registry| !registry.connected()) {
             return Box::pin(std::future::ready(Err(PublishError::Unavailable)));
+        }
+        if self.broker.is_some() {
+            // Event by event through the broker, in order; the batch is answered when its
+            // last event is.
+            let mut queued = false;
+            let receipts: Vec<_> = msg
+                .events
+                .iter()
+                .map(|event| self.publish_clustered(event.clone(), &mut queued, ctx))
+                .collect();
+            return Box::pin(async move {
+                let mut answers = Vec::with_capacity(receipts.len());
+                for receipt in receipts {
+                    answers.push(receipt.await.map_err(|_| PublishError::Unavailable)??);
+                }
+                Ok(answers)
+            });
         }
         let (answer, answered) = oneshot::channel();
         self.hand_on_batch(msg.events, 0, Vec::with_capacity(events), answer, ctx);
@@ -274,6 +343,130 @@ impl EventBusActor {
     }
 }
 
+impl EventBusActor {
+    /// In a cluster: stamps a checked event and hands it to the broker once it has a
+    /// permit (waiting in place for one, or when `queued` says an event before it in the
+    /// same handler waits, so order is kept); the answer comes once it is delivered here.
+    fn publish_clustered(
+        &mut self,
+        msg: Publish,
+        queued: &mut bool,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<PublishReceipt, PublishError>> {
+        let (receipt, answered) = oneshot::channel();
+        if !*queued {
+            if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+                self.hand_to_broker(msg, permit, receipt, ctx);
+                return answered;
+            }
+        }
+        *queued = true;
+        let permit = Arc::clone(&self.in_flight).acquire_owned();
+        ctx.wait(permit.into_actor(self).map(move |permit, act, ctx| {
+            // The semaphore is never closed.
+            if let Ok(permit) = permit {
+                act.hand_to_broker(msg, permit, receipt, ctx);
+            }
+        }));
+        answered
+    }
+
+    /// Stamps `msg`, hands it to the broker and queues it for delivery here once the
+    /// broker answers.
+    fn hand_to_broker(
+        &mut self,
+        msg: Publish,
+        permit: OwnedSemaphorePermit,
+        receipt: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        let time = self.clock.now();
+        let user: Arc<str> = Arc::from(msg.user);
+        let text: Arc<str> = Arc::from(msg.text);
+        let message = event_message(&time.to_string(), &text);
+        let answer = broker.publish(ClusterEvent {
+            user: Arc::clone(&user),
+            time,
+            text,
+        });
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        self.awaiting_broker.push_back(AwaitingBroker {
+            sequence,
+            answer: None,
+            user,
+            time,
+            message,
+            in_flight: EventInFlight { _permit: permit },
+            receipt,
+        });
+        ctx.spawn(answer.into_actor(self).map(move |answer, act, _| {
+            let answer = answer.unwrap_or(Err(BrokerUnreachable));
+            act.broker_answered(sequence, answer);
+        }));
+    }
+
+    /// Records the broker's answer for event `sequence`, then delivers, in order, every
+    /// event at the front of the queue that has its answer.
+    fn broker_answered(&mut self, sequence: u64, answer: Result<usize, BrokerUnreachable>) {
+        let front = self
+            .awaiting_broker
+            .front()
+            .map_or(0, |event| event.sequence);
+        let index = sequence.wrapping_sub(front) as usize;
+        if let Some(event) = self.awaiting_broker.get_mut(index) {
+            event.answer = Some(answer);
+        }
+        while self
+            .awaiting_broker
+            .front()
+            .is_some_and(|event| event.answer.is_some())
+        {
+            let Some(event) = self.awaiting_broker.pop_front() else {
+                break;
+            };
+            let result = match event.answer {
+                Some(Ok(others)) => {
+                    self.metrics.events_published.inc();
+                    let here =
+                        self.deliver_here(&event.user, event.message, Arc::new(event.in_flight));
+                    Ok(PublishReceipt {
+                        time: event.time,
+                        connections: here + others,
+                    })
+                }
+                _ => Err(PublishError::ClusterUnreachable),
+            };
+            let _ = event.receipt.send(result);
+        }
+    }
+
+    /// Hands an encoded event to the shards holding `user`; answers how many connections
+    /// [`Presence`] counts for it here.
+    fn deliver_here(
+        &self,
+        user: &Arc<str>,
+        message: Bytes,
+        in_flight: Arc<EventInFlight>,
+    ) -> usize {
+        let accepted = Instant::now();
+        let mut connections = 0;
+        for (registry, held) in self.registries_holding(user) {
+            connections += held;
+            registry.do_send(Deliver {
+                user: Arc::clone(user),
+                message: message.clone(),
+                in_flight: Arc::clone(&in_flight),
+                accepted,
+            });
+        }
+        connections
+    }
+}
+
 /// When the bus accepted a slice of events: on the wire and for the delivery histogram.
 #[derive(Debug, Clone, Copy)]
 struct Stamp {
@@ -325,30 +518,127 @@ fn sort_by_shard<'a>(
 impl Handler<Invalidate> for EventBusActor {
     type Result = ResponseFuture<Result<usize, PublishError>>;
 
-    fn handle(&mut self, msg: Invalidate, _: &mut Context<Self>) -> Self::Result {
+    /// Alone, or for a password change or removal (which every node learns from its own
+    /// store), the connections here. In a cluster, a client's `invalidate` acts here at
+    /// once and reaches the other nodes through the broker as soon as it can; an
+    /// operator's goes through the broker first and fails whole while it is unreachable.
+    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) -> Self::Result {
         let user: Arc<str> = Arc::from(msg.user);
+        let cause = msg.cause;
+        let broker = match (&self.broker, cause) {
+            (Some(broker), InvalidationCause::Client | InvalidationCause::Operator) => {
+                Arc::clone(broker)
+            }
+            _ => return Box::pin(self.revoke_here(user, msg.except, None, cause)),
+        };
+        if cause == InvalidationCause::Client {
+            broker.invalidate_later(Arc::clone(&user));
+            return Box::pin(self.revoke_here(user, msg.except, None, cause));
+        }
+        let (answer, answered) = oneshot::channel::<RevokeCount>();
+        let others = broker.invalidate(Arc::clone(&user));
+        ctx.spawn(others.into_actor(self).map(move |others, act, _| {
+            match others.unwrap_or(Err(BrokerUnreachable)) {
+                Ok(others) => {
+                    let here = act.revoke_here(user, msg.except, None, cause);
+                    let _ = answer.send(Box::pin(async move { Ok(here.await? + others) }));
+                }
+                Err(BrokerUnreachable) => {
+                    let _ = answer.send(Box::pin(std::future::ready(Err(
+                        PublishError::ClusterUnreachable,
+                    ))));
+                }
+            }
+        }));
+        Box::pin(async move { answered.await.map_err(|_| PublishError::Unavailable)?.await })
+    }
+}
+
+/// How many connections an invalidation revoked, once the shards have answered.
+type RevokeCount =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, PublishError>> + Send>>;
+
+impl EventBusActor {
+    /// Revokes the bindings of `user` here (all but `except`; with `issued_before`, only
+    /// those issued before it); the future answers how many were revoked.
+    fn revoke_here(
+        &self,
+        user: Arc<str>,
+        except: Option<BindingId>,
+        issued_before: Option<BindingId>,
+        cause: InvalidationCause,
+    ) -> impl std::future::Future<Output = Result<usize, PublishError>> + Send + 'static {
         let counts: Vec<_> = self
             .registries_holding(&user)
             .map(|(registry, _)| {
                 let (revoked, count) = oneshot::channel();
                 registry.do_send(Revoke {
                     user: Arc::clone(&user),
-                    except: msg.except,
+                    except,
+                    issued_before,
                     revoked,
                 });
                 count
             })
             .collect();
-        let cause = msg.cause;
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        async move {
             let invalidated = sum_counts(counts).await?;
             metrics.invalidated(cause, invalidated);
             if invalidated > 0 {
                 log::info!("user {user:?}: {invalidated} connection(s) invalidated ({cause})");
             }
             Ok(invalidated)
-        })
+        }
+    }
+}
+
+impl Handler<RemoteEvent> for EventBusActor {
+    type Result = ();
+
+    /// Delivers an event another node published to the connections here; waits in place
+    /// for a permit like a publish (the broker's sends are refused meanwhile, and counted
+    /// as dropped).
+    fn handle(&mut self, msg: RemoteEvent, ctx: &mut Context<Self>) {
+        let message = event_message(&msg.time.to_string(), &msg.text);
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                self.deliver_here(
+                    &msg.user,
+                    message,
+                    Arc::new(EventInFlight { _permit: permit }),
+                );
+            }
+            Err(_) => {
+                let permit = Arc::clone(&self.in_flight).acquire_owned();
+                ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
+                    // The semaphore is never closed.
+                    if let Ok(permit) = permit {
+                        let in_flight = Arc::new(EventInFlight { _permit: permit });
+                        act.deliver_here(&msg.user, message, in_flight);
+                    }
+                }));
+            }
+        }
+    }
+}
+
+impl Handler<RemoteInvalidate> for EventBusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteInvalidate, ctx: &mut Context<Self>) {
+        let revoked = self.revoke_here(
+            msg.user,
+            None,
+            msg.issued_before,
+            InvalidationCause::Cluster,
+        );
+        ctx.spawn(
+            async move {
+                let _ = revoked.await;
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -499,6 +789,7 @@ mod tests {
             max_text_bytes: 1024,
             metrics: Metrics::new(),
             presence: Arc::clone(presence),
+            broker: None,
         }
     }
 

@@ -156,7 +156,11 @@ impl Handler<Revoke> for UserRegistryActor {
         if let Some(entries) = self.by_user.remove(&*msg.user) {
             let mut kept = Vec::new();
             for entry in entries {
-                if Some(entry.binding) == msg.except {
+                let spared = Some(entry.binding) == msg.except
+                    || msg
+                        .issued_before
+                        .is_some_and(|before| entry.binding >= before);
+                if spared {
                     kept.push(entry);
                 } else {
                     entry.connection.do_send(Push::Invalidated {

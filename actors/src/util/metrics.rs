@@ -74,6 +74,8 @@ pub enum InvalidationCause {
     UserRemoved,
     /// An operator or the host program asked for it.
     Operator,
+    /// Another node of the cluster invalidated the user (any of the causes above there).
+    Cluster,
 }
 
 impl fmt::Display for InvalidationCause {
@@ -83,6 +85,7 @@ impl fmt::Display for InvalidationCause {
             Self::PasswordChanged => "password changed",
             Self::UserRemoved => "user removed",
             Self::Operator => "operator request",
+            Self::Cluster => "from another node",
         })
     }
 }
@@ -137,6 +140,7 @@ label_values! {
         PasswordChanged => "password_changed",
         UserRemoved => "user_removed",
         Operator => "operator",
+        Cluster => "cluster",
     }
 }
 
@@ -153,7 +157,7 @@ pub struct Metrics {
     pub(crate) events_published: Counter,
     /// Event messages handed to connections.
     pub(crate) events_delivered: Counter,
-    invalidations: [Counter; 4],
+    invalidations: [Counter; 5],
     /// Connections closed by the idle timeout.
     pub(crate) timeouts: Counter,
     io_errors: [Counter; 4],
