@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v redis-server > /dev/null || {
+command -v redis-server > /dev/null && command -v redis-cli > /dev/null || {
     echo "bench/smoke.sh: redis-server is not installed (apt-get install -y redis-server)" >&2
     exit 1
 }
@@ -20,6 +20,7 @@ fi
 BIN=$PWD/target/$profile
 WORK=$(mktemp -d)
 source bench/common.sh
+source bench/cluster.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 start_servers 1000
 
@@ -61,5 +62,7 @@ for target in "tether $TETHER_ADDR $TETHER_PID" "raw $RAW_ADDR $RAW_PID" "redis 
     bench churn --proto "$proto" --addr "$addr" --pid "$pid" --duration 1 --concurrency 8 \
         --settle 0.2
 done
+# A cluster of three nodes and a Redis (issue 13): latency, fan-out, commands per event.
+OUT=$WORK/smoke.jsonl cluster_scenarios smoke
 results=$(wc -l < "$WORK/smoke.jsonl")
 echo "bench smoke: every scenario ran and lost nothing ($results results)"

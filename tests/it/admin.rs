@@ -3,7 +3,8 @@
 //! file.
 
 use crate::common::{
-    admin_addr, metric_in, utc_millis_now, wait_until, TestClient, TestConfig, TestServer,
+    admin_addr, admin_call as call, metric_in, utc_millis_now, wait_until, TestClient, TestConfig,
+    TestServer,
 };
 use serde_json::Value;
 use std::time::Duration;
@@ -56,35 +57,6 @@ impl Admin {
 
     fn users_file(&self) -> String {
         std::fs::read_to_string(self.server.dir().join("users.toml")).expect("users file")
-    }
-}
-
-fn call(
-    base: &str,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, String) {
-    let mut request = ureq::request(method, &format!("{base}{path}"));
-    if let Some(token) = token {
-        request = request.set("Authorization", &format!("Bearer {token}"));
-    }
-    let result = match body {
-        Some(body) => request
-            .set("Content-Type", "application/json")
-            .send_string(body),
-        None => request.call(),
-    };
-    match result {
-        Ok(response) => {
-            let status = response.status();
-            (status, response.into_string().expect("body readable"))
-        }
-        Err(ureq::Error::Status(status, response)) => {
-            (status, response.into_string().expect("body readable"))
-        }
-        Err(err) => panic!("{method} {path}: transport error {err}"),
     }
 }
 

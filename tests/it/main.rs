@@ -11,6 +11,8 @@ mod common;
 mod admin;
 mod client_cli;
 mod client_library;
+mod cluster;
+mod cluster_faults;
 mod codec_properties;
 mod events;
 mod hardening_admin;
