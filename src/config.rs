@@ -708,6 +708,11 @@ pub fn mask_password(url: &str) -> String {
     }
 }
 
+/// Whether `url` is a Redis URL the broker can use.
+fn redis_url_check(url: &str) -> Result<(), String> {
+    tether_cluster::ClusterSettings::check_url(url)
+}
+
 /// Largest accepted `server.workers`.
 const MAX_WORKERS: u64 = 1024;
 /// Largest accepted `auth.password_threads`.
@@ -913,11 +918,22 @@ impl Check<'_> {
         if raw.redis.is_empty() {
             return Ok(None);
         }
-        if !(raw.redis.starts_with("redis://") || raw.redis.starts_with("rediss://")) {
+        if raw.redis.starts_with("rediss://") {
             return Err(self.error(
                 "cluster.redis",
-                "must be a redis:// (or rediss://) URL, or \"\" for a node alone".into(),
+                "rediss:// (TLS) is not supported by this build: use redis:// over a trusted \
+                 network or a tunnel (see SECURITY.md)"
+                    .into(),
             ));
+        }
+        if !raw.redis.starts_with("redis://") {
+            return Err(self.error(
+                "cluster.redis",
+                "must be a redis:// URL, or \"\" for a node alone".into(),
+            ));
+        }
+        if let Err(err) = redis_url_check(&raw.redis) {
+            return Err(self.error("cluster.redis", format!("invalid URL: {err}")));
         }
         let is_plain_text = |text: &str| !text.chars().any(char::is_control);
         let node = match raw.node.as_str() {
@@ -1384,6 +1400,48 @@ mod tests {
         let effective = config.effective_toml();
         assert!(effective.contains("database = \"postgres://me:****@h:5433/db\""));
         assert!(!effective.contains("users_file"));
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_the_node_defaults_to_the_listen_address() {
+        assert!(config("").unwrap().cluster.is_none(), "alone by default");
+        assert!(config("[cluster]\nnode = \"n1\"")
+            .unwrap()
+            .cluster
+            .is_none());
+        let clustered = config(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n\
+             [cluster]\nredis = \"redis://:pw@127.0.0.1:6390/2\"",
+        )
+        .unwrap();
+        let cluster = clustered.cluster.as_ref().expect("clustered");
+        assert_eq!(
+            (cluster.node.as_str(), cluster.prefix.as_str()),
+            ("127.0.0.1:9000", "tether")
+        );
+        let effective = clustered.effective_toml();
+        assert!(effective.contains("redis = \"redis://:****@127.0.0.1:6390/2\""));
+        assert!(effective.contains("node = \"127.0.0.1:9000\""));
+        assert_refused(
+            "[cluster]\nredis = \"rediss://h:6379\"",
+            "cluster.redis",
+            "not supported",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"http://h\"",
+            "cluster.redis",
+            "redis://",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\\u001fb\"",
+            "cluster.node",
+            "control",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis://h\"\nprefix = \"\"",
+            "cluster.prefix",
+            "1 to 128",
+        );
     }
 
     #[test]

@@ -47,6 +47,15 @@ pub struct ClusterSettings {
     pub prefix: String,
 }
 
+impl ClusterSettings {
+    /// Checks a Redis URL as [`RedisBroker::start`] will read it.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
+
 /// Why a broker could not start.
 #[derive(Debug)]
 pub enum ClusterError {
