@@ -13,6 +13,7 @@ mod client_cli;
 mod client_library;
 mod cluster;
 mod cluster_faults;
+mod cluster_internals;
 mod codec_properties;
 mod events;
 mod hardening_admin;
