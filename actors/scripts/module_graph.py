@@ -62,7 +62,7 @@ for m in sorted(modules):
 # The layer rule: a module imports only from layers below it; inside `hub`, only from
 # modules before it in HUB_ORDER.
 LAYERS = ["util", "wire", "auth", "hub", "connection", "server"]
-HUB_ORDER = ["messages", "broker", "presence", "registry", "bus", "state", "roster", "supervisor"]
+HUB_ORDER = ["messages", "broker", "presence", "registry", "shards", "bus", "state", "roster", "supervisor"]
 def rank(m):
     parts = m.split("::")
     r = (LAYERS.index(parts[0]), -1)

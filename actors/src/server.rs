@@ -613,7 +613,7 @@ impl TetherHandle {
         let hub = self.hub.borrow();
         match target {
             FaultTarget::Registry => {
-                for registry in hub.registries.iter() {
+                for registry in hub.shards.registries.iter() {
                     registry.do_send(InjectPanic);
                 }
             }

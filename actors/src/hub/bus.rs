@@ -20,6 +20,7 @@ pub use crate::hub::messages::{
 };
 use crate::hub::presence::Presence;
 use crate::hub::registry::UserRegistryActor;
+use crate::hub::shards::{Shards, ShardsInForce};
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
 use crate::wire::codec::{encoded_message, is_valid_part};
@@ -44,9 +45,11 @@ const CLUSTER_MAILBOX: usize = 4096;
 
 /// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
-    /// The registry shards in force, one per worker; each is replaced when the supervisor
-    /// restarts it.
-    registries: Vec<Addr<UserRegistryActor>>,
+    /// The registry shards in force, as last read from `shards_in_force`.
+    shards: Shards,
+    /// The hub's state, where the supervisor publishes the shards in force (a restarted
+    /// shard replaces its predecessor there); read at every message.
+    shards_in_force: Box<dyn ShardsInForce>,
     /// Stamps events with their registration time.
     clock: EventClock,
     /// Longest event text accepted: an event must fit in a connection's output limit.
@@ -70,12 +73,13 @@ pub struct EventBusActor {
 
 impl EventBusActor {
     pub(crate) fn new(
-        registries: Vec<Addr<UserRegistryActor>>,
+        mut shards_in_force: Box<dyn ShardsInForce>,
         limits: BusLimits,
         death: DeathNotice,
     ) -> Self {
         Self {
-            registries,
+            shards: shards_in_force.current(),
+            shards_in_force,
             clock: limits.clock,
             max_text_bytes: limits.max_text_bytes,
             metrics: limits.metrics,
@@ -88,6 +92,18 @@ impl EventBusActor {
         }
     }
 
+    /// Reads the shards in force again if the supervisor changed them.
+    fn refresh(&mut self) {
+        if let Some(shards) = self.shards_in_force.changed() {
+            self.shards = shards;
+        }
+    }
+
+    /// The registry shards in force (as of the last [`Self::refresh`]).
+    fn registries(&self) -> &[Addr<UserRegistryActor>] {
+        &self.shards.registries
+    }
+
     /// The shards holding connections of `user`: their current addresses, each with how
     /// many connections it holds.
     fn registries_holding<'a>(
@@ -96,7 +112,7 @@ impl EventBusActor {
     ) -> impl Iterator<Item = (&'a Addr<UserRegistryActor>, usize)> {
         self.presence
             .holding(user)
-            .filter_map(|(shard, connections)| Some((self.registries.get(shard)?, connections)))
+            .filter_map(|(shard, connections)| Some((self.registries().get(shard)?, connections)))
     }
 }
 
@@ -175,6 +191,7 @@ impl Handler<PublishBatch> for EventBusActor {
     type Result = ResponseFuture<Result<Vec<PublishReceipt>, PublishError>>;
 
     fn handle(&mut self, msg: PublishBatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.refresh();
         let events = msg.events.len();
         if !(1..=MAX_BATCH_EVENTS).contains(&events) {
             return Box::pin(std::future::ready(Err(PublishError::BatchSize { events })));
@@ -189,7 +206,11 @@ impl Handler<PublishBatch> for EventBusActor {
         }
         // A shard being replaced fails the batch whole, delivered nowhere (the handle
         // retries it once the shard is back).
-        if self.registries.iter().any(|registry| !registry.connected()) {
+        if self
+            .registries()
+            .iter()
+            .any(|registry| !registry.connected())
+        {
             return Box::pin(std::future::ready(Err(PublishError::Unavailable)));
         }
         if self.broker.is_some() {
@@ -241,6 +262,7 @@ impl EventBusActor {
         msg: Publish,
         permit: OwnedSemaphorePermit,
     ) -> Result<PublishReceipt, PublishError> {
+        self.refresh();
         let mut connections = 0;
         for (registry, held) in self.registries_holding(&msg.user) {
             if !registry.connected() {
@@ -313,6 +335,7 @@ impl EventBusActor {
         mut permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
+        self.refresh();
         let rest = batch.get(*next..).unwrap_or_default();
         let slice = std::iter::from_fn(|| permits.split(1))
             .map(|permit| EventInFlight { _permit: permit })
@@ -324,7 +347,7 @@ impl EventBusActor {
         let before = receipts.len();
         let per_shard = sort_by_shard(
             &self.presence,
-            self.registries.len(),
+            self.registries().len(),
             stamp,
             slice,
             receipts,
@@ -332,7 +355,7 @@ impl EventBusActor {
         let handed_on = receipts.len() - before;
         *next += handed_on;
         self.metrics.events_published.inc_by(handed_on as u64);
-        for (registry, events) in self.registries.iter().zip(per_shard) {
+        for (registry, events) in self.registries().iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
                     events,
@@ -412,6 +435,7 @@ impl EventBusActor {
     /// Records the broker's answer for event `sequence`, then delivers, in order, every
     /// event at the front of the queue that has its answer.
     fn broker_answered(&mut self, sequence: u64, answer: Result<usize, BrokerUnreachable>) {
+        self.refresh();
         let front = self
             .awaiting_broker
             .front()
@@ -523,6 +547,7 @@ impl Handler<Invalidate> for EventBusActor {
     /// once and reaches the other nodes through the broker as soon as it can; an
     /// operator's goes through the broker first and fails whole while it is unreachable.
     fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) -> Self::Result {
+        self.refresh();
         let user: Arc<str> = Arc::from(msg.user);
         let cause = msg.cause;
         let broker = match (&self.broker, cause) {
@@ -600,6 +625,7 @@ impl Handler<RemoteEvent> for EventBusActor {
     /// for a permit like a publish (the broker's sends are refused meanwhile, and counted
     /// as dropped).
     fn handle(&mut self, msg: RemoteEvent, ctx: &mut Context<Self>) {
+        self.refresh();
         let message = event_message(&msg.time.to_string(), &msg.text);
         match Arc::clone(&self.in_flight).try_acquire_owned() {
             Ok(permit) => {
@@ -614,6 +640,7 @@ impl Handler<RemoteEvent> for EventBusActor {
                 ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
                     // The semaphore is never closed.
                     if let Ok(permit) = permit {
+                        act.refresh();
                         let in_flight = Arc::new(EventInFlight { _permit: permit });
                         act.deliver_here(&msg.user, message, in_flight);
                     }
@@ -627,6 +654,7 @@ impl Handler<RemoteInvalidate> for EventBusActor {
     type Result = ();
 
     fn handle(&mut self, msg: RemoteInvalidate, ctx: &mut Context<Self>) {
+        self.refresh();
         let revoked = self.revoke_here(
             msg.user,
             None,
@@ -656,8 +684,9 @@ impl Handler<Drain> for EventBusActor {
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         // A shard's mailbox is first in, first out: it answers after the events before.
+        self.refresh();
         let drained: Vec<_> = self
-            .registries
+            .registries()
             .iter()
             .map(|registry| registry.send(Drain))
             .collect();
@@ -667,26 +696,6 @@ impl Handler<Drain> for EventBusActor {
                 let _ = shard.await;
             }
         })
-    }
-}
-
-/// The supervisor restarted a registry shard: use this address for it from now on.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct UseRegistry {
-    /// Which shard.
-    pub shard: usize,
-    /// Its new address.
-    pub registry: Addr<UserRegistryActor>,
-}
-
-impl Handler<UseRegistry> for EventBusActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: UseRegistry, _: &mut Context<Self>) {
-        if let Some(slot) = self.registries.get_mut(msg.shard) {
-            *slot = msg.registry;
-        }
     }
 }
 
@@ -795,7 +804,7 @@ mod tests {
 
     /// Binds `connection` to "alice" on shard 0, as a connection does.
     async fn bind_alice(hub: &HubState, presence: &Presence, connection: &Addr<Hoarder>) {
-        hub.registries[0]
+        hub.shards.registries[0]
             .send(Bind {
                 user: Arc::from("alice"),
                 binding: BindingId::next(),
