@@ -621,16 +621,23 @@ impl TetherHandle {
         }
     }
 
-    /// How many connections are bound to `user` now: on this node as `Presence` counts
-    /// them (the count a publish answers), and in a cluster on the other live nodes too.
-    pub async fn connections(&self, user: impl Into<String>) -> Result<usize, PublishError> {
-        let user = user.into();
-        let here = self.presence.count(&user);
+    /// How many connections are bound to `user` on this node now: the count a publish for
+    /// `user` would answer here, from the same place (the hub's `Presence`). It counts a
+    /// connection from its `login_valid` until its binding ends, whatever happens to the
+    /// registry meanwhile.
+    pub fn connections(&self, user: &str) -> usize {
+        self.presence.count(user)
+    }
+
+    /// How many connections are bound to `user` on every node: this node's (as
+    /// [`Self::connections`]) and, in a cluster, those of the other live nodes, which the
+    /// broker counts ([`PublishError::ClusterUnreachable`] while it cannot).
+    pub async fn cluster_connections(&self, user: &str) -> Result<usize, PublishError> {
+        let here = self.connections(user);
         let Some(broker) = &self.broker else {
             return Ok(here);
         };
-        let others = broker.count(Arc::from(user)).await;
-        match others {
+        match broker.count(Arc::from(user)).await {
             Ok(Ok(others)) => Ok(here + others),
             _ => Err(PublishError::ClusterUnreachable),
         }

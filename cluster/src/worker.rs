@@ -350,7 +350,11 @@ impl Worker {
     /// Serves a fresh link: restores this node's state in Redis, then serves until the
     /// link is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
-        if let Err(err) = self.restore(&mut link).await {
+        // Redis's time when this node last heard from it: kept until a restore completes,
+        // so that one cut short does not skip the invalidations missed.
+        let last_seen = self.last_seen;
+        if let Err(err) = self.restore(&mut link, last_seen).await {
+            self.last_seen = last_seen;
             return Ended::Lost(err);
         }
         self.connected.store(true, Ordering::Relaxed);
@@ -390,8 +394,9 @@ impl Worker {
     }
 
     /// After connecting: this node's entry and counts rewritten, its users resubscribed,
-    /// the invalidations it missed applied, the ones it kept sent.
-    async fn restore(&mut self, link: &mut Link) -> Result<(), String> {
+    /// the invalidations made since `last_seen` (Redis's time) applied, the ones it kept
+    /// sent.
+    async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), String> {
         let names = self.names.clone();
         // Counts: the whole map, replacing whatever a previous run or link left.
         let users: Vec<(Arc<str>, u32)> = self
@@ -419,7 +424,7 @@ impl Worker {
             .subscribed_users
             .set(self.subscribed.len() as i64);
         // Invalidations missed while unreachable.
-        if let Some(since) = self.last_seen {
+        if let Some(since) = last_seen {
             for chunk in users.chunks(BATCH) {
                 let keys: Vec<String> = chunk
                     .iter()

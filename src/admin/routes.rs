@@ -178,7 +178,7 @@ async fn invalidate(state: State, UserName(name): UserName) -> Result<HttpRespon
 async fn connections(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let count = state
         .tether
-        .connections(name.clone())
+        .cluster_connections(&name)
         .await
         .map_err(publish_error)?;
     Ok(HttpResponse::Ok().json(json!({ "user": name, "connections": count })))
@@ -256,15 +256,10 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
     let more = names.len() > limit;
     let mut names = names;
     names.truncate(limit);
-    let mut listed = Vec::with_capacity(names.len());
-    for name in &names {
-        let connections = state
-            .tether
-            .connections(name.as_str())
-            .await
-            .map_err(publish_error)?;
-        listed.push(json!({ "name": name, "connections": connections }));
-    }
+    let listed: Vec<_> = names
+        .iter()
+        .map(|name| json!({ "name": name, "connections": state.tether.connections(name) }))
+        .collect();
     let next = names.last().filter(|_| more);
     Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
 }

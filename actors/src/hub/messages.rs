@@ -141,14 +141,6 @@ pub(crate) struct Revoke {
     pub revoked: oneshot::Sender<usize>,
 }
 
-/// Asks how many connections are bound to `user` now.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountConnections {
-    /// The user name.
-    pub user: String,
-}
-
 /// Publishes an event for a user: every connection bound to that user gets
 /// `event␟<time>␟<text>`.
 #[derive(Debug, Clone, Message)]

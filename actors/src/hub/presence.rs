@@ -8,12 +8,14 @@
 //! message arrives. A registry restart changes nothing here: the bindings, and so the
 //! counts, live on in the connections.
 //!
-//! In a cluster it also tells the [`Broker`] of each connection bound and unbound, by
-//! name, so that the broker follows the users this node has and counts them for the other
-//! nodes.
+//! It is also the one place this node's connections are counted: a publish answers its
+//! count, and so does `TetherHandle::connections` (the admin API's `/connections`). In a
+//! cluster it also tells the [`Broker`] of each connection bound and unbound, by name, so
+//! that the broker follows the users this node has and counts them for the other nodes.
 //!
-//! Users are counted under a hash of their name. Two names that share a hash only make an
-//! event visit a shard where it finds nobody; none is ever skipped.
+//! Users are counted under a hash of their name (64 bits). Two names that share a hash
+//! only make an event visit a shard where it finds nobody, and add up in each other's
+//! counts; none is ever skipped.
 
 use crate::hub::broker::Broker;
 use std::collections::HashMap;

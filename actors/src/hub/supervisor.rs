@@ -10,7 +10,7 @@ pub use crate::hub::messages::{FaultTarget, InjectPanic};
 use crate::hub::registry::UserRegistryActor;
 use crate::hub::roster::HubListeners;
 use crate::hub::state::HubState;
-use crate::util::metrics::Metrics;
+use crate::util::metrics::{HubActor, Metrics};
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::sync::Arc;
@@ -90,9 +90,11 @@ fn start_registry(
 ) -> Addr<UserRegistryActor> {
     let supervisor = me.clone().recipient();
     let metrics = metrics.clone();
+    let bindings = metrics.registry_bindings(shard);
     UserRegistryActor::start_in_arbiter(worker, move |_| {
         UserRegistryActor::new(
             metrics,
+            bindings,
             DeathNotice {
                 supervisor,
                 child: Child::Registry(shard),
@@ -132,6 +134,7 @@ impl Handler<ChildGone> for HubSupervisor {
             return;
         }
         let me = ctx.address();
+        let metrics = &self.bus_limits.metrics;
         match msg.0 {
             Child::Registry(shard) => {
                 log::error!(
@@ -141,7 +144,10 @@ impl Handler<ChildGone> for HubSupervisor {
                 let Some(worker) = self.workers.get(shard) else {
                     return;
                 };
-                let registry = start_registry(worker, shard, &me, &self.bus_limits.metrics);
+                // The shard that is gone holds nothing; its successor starts empty.
+                metrics.registry_bindings(shard).set(0);
+                metrics.restarted(HubActor::Registry);
+                let registry = start_registry(worker, shard, &me, metrics);
                 self.change_state(|state| {
                     let mut registries = state.registries.to_vec();
                     registries[shard] = registry.clone();
@@ -154,6 +160,7 @@ impl Handler<ChildGone> for HubSupervisor {
             }
             Child::Bus => {
                 log::error!("event bus stopped; starting a fresh one");
+                metrics.restarted(HubActor::Bus);
                 let registries = self.state.borrow().registries.to_vec();
                 let bus = start_bus(&self.hub, &me, registries, self.bus_limits.clone());
                 self.change_state(|state| state.bus = bus);

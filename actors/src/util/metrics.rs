@@ -78,6 +78,15 @@ pub enum InvalidationCause {
     Cluster,
 }
 
+/// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubActor {
+    /// A registry shard.
+    Registry,
+    /// The event bus.
+    Bus,
+}
+
 impl fmt::Display for InvalidationCause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -142,6 +151,10 @@ label_values! {
         Operator => "operator",
         Cluster => "cluster",
     }
+    HubActor {
+        Registry => "registry",
+        Bus => "bus",
+    }
 }
 
 /// Every metric of one server.
@@ -169,6 +182,7 @@ pub struct Metrics {
     pub(crate) password_checks_dropped: Counter,
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
+    restarts: [Counter; 2],
     families: Families,
 }
 
@@ -180,6 +194,8 @@ struct Families {
     invalidations: Family<Label<InvalidationCause>, Counter>,
     io_errors: Family<Label<IoErrorCause>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
+    restarts: Family<Label<HubActor>, Counter>,
+    registry_bindings: Family<WorkerLabel, Gauge>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -204,6 +220,8 @@ impl Metrics {
             invalidations: Family::default(),
             io_errors: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
+            restarts: Family::default(),
+            registry_bindings: Family::default(),
         };
         Self {
             connections_open: Gauge::default(),
@@ -219,6 +237,7 @@ impl Metrics {
             password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             password_checks_dropped: Counter::default(),
             connections_refused: Counter::default(),
+            restarts: children(&families.restarts, "actor", HubActor::ALL),
             families,
         }
     }
@@ -292,6 +311,18 @@ impl Metrics {
              socket, per worker",
             self.families.event_delivery_seconds.clone(),
         );
+        registry.register(
+            "actor_restarts",
+            "Hub actors (registry shards, the bus) that stopped or panicked and were \
+             replaced by a fresh one",
+            self.families.restarts.clone(),
+        );
+        registry.register(
+            "registry_bindings",
+            "Bindings each worker's registry shard holds: below the worker's bound \
+             connections while a replaced shard is refilled by its connections",
+            self.families.registry_bindings.clone(),
+        );
     }
 
     /// The delivery histogram of each of `workers` workers, created now so that every
@@ -304,6 +335,18 @@ impl Metrics {
                     .get_or_create_owned(&vec![("worker", worker.to_string())])
             })
             .collect()
+    }
+
+    /// The gauge of the bindings registry shard `worker` holds.
+    pub(crate) fn registry_bindings(&self, worker: usize) -> Gauge {
+        self.families
+            .registry_bindings
+            .get_or_create_owned(&vec![("worker", worker.to_string())])
+    }
+
+    /// Counts a restart of `actor`.
+    pub(crate) fn restarted(&self, actor: HubActor) {
+        self.restarts[actor as usize].inc();
     }
 
     pub(crate) fn login(&self, result: LoginResult) {
@@ -353,11 +396,12 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 4] = [
+        let orders: [Vec<usize>; 5] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
+            HubActor::ALL.iter().map(|v| *v as usize).collect(),
         ];
         for order in orders {
             assert!(order.iter().copied().eq(0..order.len()), "{order:?}");
@@ -377,6 +421,8 @@ mod tests {
         tally.add_to(&metrics);
         metrics.io_error(IoErrorCause::SlowReader);
         metrics.invalidated(InvalidationCause::Operator, 3);
+        metrics.restarted(HubActor::Bus);
+        metrics.registry_bindings(1).set(2);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
         for line in [
@@ -386,6 +432,9 @@ mod tests {
             "tether_io_errors_total{cause=\"slow_reader\"} 1",
             "tether_invalidations_total{cause=\"operator\"} 3",
             "tether_connections_open 0",
+            "tether_actor_restarts_total{actor=\"bus\"} 1",
+            "tether_actor_restarts_total{actor=\"registry\"} 0",
+            "tether_registry_bindings{worker=\"1\"} 2",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
