@@ -50,38 +50,40 @@ node = \"n$i\"" start_tether "cluster-n$i" "${WORKERS:-0}"
     done
 }
 
-# commandstats FILE: Redis's call count per command (INFO commandstats) into FILE, one
-# "NAME CALLS" a line.
-commandstats() {
-    redis-cli -p "$CLUSTER_REDIS_PORT" INFO commandstats | tr -d '\r' |
-        awk -F'[:=,]' '/^cmdstat_/ { sub(/^cmdstat_/, "", $1); print $1, $3 }' > "$1"
-}
-
-# counted CASE -- BENCH-ARGS…: runs `bench BENCH-ARGS…` against the cluster and appends a
-# `cluster-commands` JSON line to $OUT: the Redis commands run meanwhile (by name, the
-# nodes' own housekeeping and subscriptions included) per event published (the events of
-# the JSON lines that run appended).
+# counted CASE -- BENCH-ARGS…: runs `bench BENCH-ARGS…` against the cluster while
+# `redis-cli MONITOR` records every command Redis runs, and appends a `cluster-commands`
+# JSON line to $OUT: the commands the nodes sent per event published (the events of the
+# JSON lines that run appended), by name. Commands a script runs (MONITOR marks them
+# `lua`) are not sent by anyone: the one EVALSHA that ran them counts. INFO commandstats
+# cannot tell them apart, hence MONITOR, which costs Redis time: this is a run of its own.
 counted() {
-    local case=$1 lines events
+    local case=$1 lines events monitor
     shift 2
     lines=$(wc -l < "$OUT")
-    commandstats "$WORK/commands-before"
+    redis-cli -p "$CLUSTER_REDIS_PORT" MONITOR > "$WORK/monitor" &
+    monitor=$!
+    for _ in $(seq 1 100); do # until its "OK"
+        [[ -s $WORK/monitor ]] && break
+        sleep 0.05
+    done
     bench "$@"
-    commandstats "$WORK/commands-after"
+    sleep 0.5 # the last commands reach the monitor
+    kill "$monitor"
+    wait "$monitor" 2> /dev/null || true
     events=$(tail -n +"$((lines + 1))" "$OUT" | grep -o '"events":[0-9]*' | cut -d: -f2 |
         awk '{ s += $1 } END { print s + 0 }')
-    awk -v case="$case" -v tag="${CLUSTER_TAG:-}" -v events="$events" '
-        FILENAME == ARGV[1] { before[$1] = $2; next }
-        { delta = $2 - before[$1] - ($1 == "info"); if (delta > 0) { by[$1] = delta; total += delta } }
+    tr -d '\r' < "$WORK/monitor" | awk -v case="$case" -v tag="${CLUSTER_TAG:-}" -v events="$events" '
+        $2 == "[0" && $3 != "lua]" { name = tolower($4); gsub(/"/, "", name); by[name]++; total++ }
+        $2 == "[0" && $3 == "lua]" { inside++ }
         END {
             printf "{\"scenario\":\"cluster-commands\",\"target\":\"cluster-redis\",\"case\":\"%s\",", case
             if (tag != "") printf "\"tag\":\"%s\",", tag
-            printf "\"events\":%d,\"commands\":%d,\"publish\":%d,", events, total, by["publish"]
+            printf "\"events\":%d,\"commands\":%d,\"in_scripts\":%d,", events, total, inside
             printf "\"commands_per_event\":%.4f,\"by_command\":{", events ? total / events : 0
             sep = ""
             for (name in by) { printf "%s\"%s\":%d", sep, name, by[name]; sep = "," }
             printf "}}\n"
-        }' "$WORK/commands-before" "$WORK/commands-after" | tee -a "$OUT"
+        }' | tee -a "$OUT"
 }
 
 # cluster_scenarios full|smoke: the cluster measurements (issue 13), against the single
@@ -101,7 +103,7 @@ cluster_scenarios() {
     bench --threads 2 --target-name cluster-1node fanout --addr "$TETHER_ADDR" \
         --admin "$ADMIN_ADDR" --connections "$conns" --users "$conns" --rate "$rate" \
         --duration "$duration" --publishers 4 --drain 10
-    counted latency -- --threads 2 --target-name cluster-3nodes fanout \
+    bench --threads 2 --target-name cluster-3nodes fanout \
         --addr "${CLUSTER_ADDRS[0]}" --spread "$spread" --admin "$CLUSTER_ADMIN" \
         --connections "$conns" --users "$conns" --rate "$rate" --duration "$duration" \
         --publishers 4 --drain 10
@@ -112,7 +114,7 @@ cluster_scenarios() {
     bench --threads 2 --target-name cluster-1node fanout --addr "$TETHER_ADDR" \
         --admin "$ADMIN_ADDR" --connections "$conns" --users 1 --duration "$duration" \
         "${half[@]}" --publishers 8 --drain 10
-    counted fanout -- --threads 2 --target-name cluster-3nodes fanout \
+    bench --threads 2 --target-name cluster-3nodes fanout \
         --addr "${CLUSTER_ADDRS[0]}" --spread "$spread" --admin "$CLUSTER_ADMIN" \
         --connections "$conns" --users 1 --duration "$duration" "${half[@]}" --publishers 8 \
         --drain 10
@@ -120,6 +122,13 @@ cluster_scenarios() {
         bench --threads 2 --target-name cluster-redis fanout --proto redis \
             --addr "127.0.0.1:$CLUSTER_REDIS_PORT" --connections "$subscribers" --users 1 \
             --duration "$duration" "${half[@]}" --publishers 8 --drain 10
+    done
+    # Redis commands per event: one user on the three nodes, then many users over them.
+    for users in 1 300; do
+        counted "$users user(s) over 3 nodes" -- --target-name cluster-commands fanout \
+            --addr "${CLUSTER_ADDRS[0]}" --spread "$spread" --admin "$CLUSTER_ADMIN" \
+            --connections 300 --users "$users" --rate 1000 --duration 2 --publishers 4 \
+            --drain 10
     done
     for pid in "${CLUSTER_PIDS[@]}" "$CLUSTER_REDIS_PID"; do
         stop_one "$pid"

@@ -357,3 +357,48 @@ fn with_users_files_in_a_cluster_the_user_routes_answer_409() {
     assert_eq!(n1.invalidate(ALICE.0), (200, json!({"invalidated": 1})));
     assert_eq!(alice.recv_within(DELIVERY), ["invalidated"]);
 }
+
+#[test]
+fn a_batch_published_on_one_node_reaches_every_node_in_order_with_cluster_counts() {
+    let Some(cluster) = Cluster::start(3, &[ALICE, BOB]) else {
+        return;
+    };
+    let [mut a1, mut a2, mut a3] = cluster.login_everywhere(ALICE);
+    let mut bob = cluster.node(3).login(BOB.0, BOB.1);
+    cluster.wait_connections(BOB.0, 1);
+    cluster.wait_subscriber_counts(&[3, 1]);
+
+    let events: Vec<_> = (0..100)
+        .map(|index| {
+            let user = if index % 4 == 0 { BOB.0 } else { ALICE.0 };
+            json!({"user": user, "text": format!("{user}-{index}")})
+        })
+        .collect();
+    let (status, body) =
+        cluster
+            .node(2)
+            .call("POST", "/v1/events", Some(&json!({ "events": events })));
+    assert_eq!(status, 202, "{body}");
+    let answers = body["events"].as_array().expect("an answer per event");
+    assert_eq!(answers.len(), events.len());
+    for (event, answer) in events.iter().zip(answers) {
+        let expected = if event["user"] == BOB.0 { 1 } else { 3 };
+        assert_eq!(answer["user"], event["user"], "{answer}");
+        assert_eq!(answer["connections"], expected, "{answer}");
+    }
+
+    let texts_for = |user: &str| -> Vec<String> {
+        events
+            .iter()
+            .filter(|event| event["user"] == user)
+            .map(|event| event["text"].as_str().expect("text").to_owned())
+            .collect()
+    };
+    let alice_texts = texts_for(ALICE.0);
+    for client in [&mut a1, &mut a2, &mut a3] {
+        assert_eq!(receive_events(client, alice_texts.len()), alice_texts);
+    }
+    let bob_texts = texts_for(BOB.0);
+    assert_eq!(receive_events(&mut bob, bob_texts.len()), bob_texts);
+    expect_all_silent(&mut [&mut a1, &mut a2, &mut a3, &mut bob], QUIET);
+}
