@@ -760,6 +760,33 @@ impl TestClient {
         pending
     }
 
+    /// Sends each message in turn (raw bytes, terminators included) and asserts the
+    /// one-part reply it gets before sending the next.
+    pub fn converse_raw(&mut self, steps: &[(&[u8], &str)]) {
+        for (index, (message, reply)) in steps.iter().enumerate() {
+            self.send_raw(message);
+            let got = self.recv();
+            assert_eq!(
+                got,
+                [*reply],
+                "step #{index}: reply to {:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    /// Sends each command in turn and asserts the one-part reply it gets before sending
+    /// the next.
+    pub fn converse(&mut self, steps: &[(&[&str], &str)]) {
+        let messages: Vec<Vec<u8>> = steps.iter().map(|(command, _)| encode(command)).collect();
+        let raw: Vec<(&[u8], &str)> = messages
+            .iter()
+            .zip(steps)
+            .map(|(message, (_, reply))| (message.as_slice(), *reply))
+            .collect();
+        self.converse_raw(&raw);
+    }
+
     /// Logs in and asserts the login is valid.
     pub fn login(&mut self, name: &str, password: &str) {
         self.send(&["login", name, password]);
