@@ -23,7 +23,7 @@ start_cluster() {
     local nodes=$1 port i admin_port tries
     read -r port < <("$BIN/tether-bench" free-ports 1)
     redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --protected-mode no --maxclients 1000 --logfile "$WORK/cluster-redis.log" &
+        --protected-mode no --maxclients 4000 --logfile "$WORK/cluster-redis.log" &
     CLUSTER_REDIS_PID=$!
     PIDS+=("$CLUSTER_REDIS_PID")
     wait_port "$port" "$CLUSTER_REDIS_PID"
