@@ -32,6 +32,10 @@ impl std::error::Error for BrokerUnreachable {}
 /// live nodes.
 pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
 
+/// Called once with the answer to a publish, on the broker's thread, in the order of the
+/// publishes: it delivers the event on this node (or answers the publisher `503`).
+pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
+
 /// An event for the other nodes, stamped and checked by the bus.
 #[derive(Debug, Clone)]
 pub struct ClusterEvent {
@@ -48,15 +52,18 @@ pub struct ClusterEvent {
 ///
 /// Requests that carry an answer ([`Broker::publish`], [`Broker::invalidate`],
 /// [`Broker::count`]) are answered in the order they were made, each with the user's
-/// connections on the other live nodes, or [`BrokerUnreachable`].
+/// connections on the other live nodes, or [`BrokerUnreachable`]. A publish's answer is a
+/// function the broker calls (on its own thread): it delivers the event here, so delivery
+/// on this node keeps publish order without the bus waiting for the broker.
 pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// Once, when the server starts: where events and invalidations from the other nodes
     /// go.
     fn attach(&self, inbox: Arc<dyn Inbox>);
 
-    /// Publishes `event` to the other nodes holding its user. Events published by one node
-    /// reach every other node in the order of these calls.
-    fn publish(&self, event: ClusterEvent) -> OtherNodes;
+    /// Publishes `event` to the other nodes holding its user, then calls `answered`.
+    /// Events published by one node reach every other node in the order of these calls,
+    /// and the `answered` functions are called in that order too.
+    fn publish(&self, event: ClusterEvent, answered: Answered);
 
     /// Invalidates `user` on the other nodes (an operator's invalidation: it fails while
     /// the broker is unreachable).
