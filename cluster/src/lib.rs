@@ -133,7 +133,7 @@ impl RedisBroker {
     fn send(&self, request: worker::Request) {
         if self.connected() {
             match self.requests.send(request) {
-                Ok(()) => return,
+                Ok(()) => {}
                 Err(mpsc::error::SendError(request)) => request.refuse(),
             }
         } else {
