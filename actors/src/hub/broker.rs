@@ -4,11 +4,9 @@
 //! as it always has. With a [`Broker`] (the Redis one lives in the `tether-cluster` crate,
 //! so this crate knows no Redis) the bus hands each event and cross-node invalidation to
 //! the broker first, and delivers on this node only once the broker has taken it; what
-//! other nodes publish comes back through the node's [`Inbox`]. [`Presence`] tells the
+//! other nodes publish comes back through the node's [`Inbox`]. `Presence` tells the
 //! broker how many connections this node has per user, so that it subscribes to a user
 //! while the node has one and answers counts over all nodes.
-//!
-//! [`Presence`]: crate::hub::presence
 
 use crate::hub::messages::BindingId;
 use std::fmt;
