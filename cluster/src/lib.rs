@@ -30,7 +30,7 @@ pub use metrics::ClusterMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::hub::broker::{Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes};
+use tether_actors::hub::broker::{Answered, Broker, ClusterEvent, Inbox, OtherNodes};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
@@ -77,7 +77,8 @@ impl std::fmt::Display for ClusterError {
 impl std::error::Error for ClusterError {}
 
 /// The Redis broker: a handle on its thread. Connects (and reconnects) on its own; until it
-/// is connected, publishes are refused ([`BrokerUnreachable`]).
+/// is connected, publishes are refused
+/// ([`BrokerUnreachable`](tether_actors::hub::broker::BrokerUnreachable)).
 #[derive(Debug)]
 pub struct RedisBroker {
     /// Requests for the broker's thread, handled in order.
@@ -125,13 +126,20 @@ impl RedisBroker {
     /// Queues a request that is answered with the other nodes' count.
     fn ask(&self, request: impl FnOnce(worker::Answer) -> worker::Request) -> OtherNodes {
         let (answer, answered) = oneshot::channel();
-        if !self.connected() {
-            let _ = answer.send(Err(BrokerUnreachable));
-            return answered;
-        }
-        // A thread that is gone drops the answer: the caller sees the broker unreachable.
-        let _ = self.requests.send(request(answer));
+        self.send(request(worker::Answer::Channel(answer)));
         answered
+    }
+
+    /// Queues `request`, or answers it unreachable at once while Redis is.
+    fn send(&self, request: worker::Request) {
+        if self.connected() {
+            match self.requests.send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::SendError(request)) => request.refuse(),
+            }
+        } else {
+            request.refuse();
+        }
     }
 }
 
@@ -140,8 +148,11 @@ impl Broker for RedisBroker {
         let _ = self.requests.send(worker::Request::Attach(inbox));
     }
 
-    fn publish(&self, event: ClusterEvent) -> OtherNodes {
-        self.ask(|answer| worker::Request::Publish { event, answer })
+    fn publish(&self, event: ClusterEvent, answered: Answered) {
+        self.send(worker::Request::Publish {
+            event,
+            answer: worker::Answer::Call(answered),
+        });
     }
 
     fn invalidate(&self, user: Arc<str>) -> OtherNodes {

@@ -25,7 +25,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_actors::hub::broker::{BrokerUnreachable, ClusterEvent, Inbox};
+use tether_actors::hub::broker::{Answered, BrokerUnreachable, ClusterEvent, Inbox};
 use tether_actors::hub::messages::BindingId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -82,7 +82,25 @@ return total
 ";
 
 /// Where the answer to a request goes: the other nodes' count, or unreachable.
-pub(crate) type Answer = oneshot::Sender<Result<usize, BrokerUnreachable>>;
+pub(crate) enum Answer {
+    /// To a waiting caller.
+    Channel(oneshot::Sender<Result<usize, BrokerUnreachable>>),
+    /// To a function the node gave (a publish's delivery on this node), called on this
+    /// thread in the order of the requests.
+    Call(Answered),
+}
+
+impl Answer {
+    /// Hands over `result`.
+    fn send(self, result: Result<usize, BrokerUnreachable>) {
+        match self {
+            Self::Channel(sender) => {
+                let _ = sender.send(result);
+            }
+            Self::Call(answered) => answered(result),
+        }
+    }
+}
 
 /// What the node asks of the broker's thread.
 pub(crate) enum Request {
@@ -102,6 +120,22 @@ pub(crate) enum Request {
     Presence { user: Arc<str>, delta: i32 },
     /// Withdraw this node from the cluster and end; says so on the channel.
     Stop(std::sync::mpsc::Sender<()>),
+}
+
+impl Request {
+    /// Answers a request that cannot reach Redis: unreachable (a client's invalidation is
+    /// lost then — the thread is gone).
+    pub(crate) fn refuse(self) {
+        match self {
+            Self::Publish { answer, .. }
+            | Self::Count { answer, .. }
+            | Self::Invalidate {
+                answer: Some(answer),
+                ..
+            } => answer.send(Err(BrokerUnreachable)),
+            _ => {}
+        }
+    }
 }
 
 /// Why the connected phase ended.
@@ -276,7 +310,7 @@ impl Worker {
                 answer: Some(answer),
                 ..
             } => {
-                let _ = answer.send(Err(BrokerUnreachable));
+                answer.send(Err(BrokerUnreachable));
             }
             Request::Invalidate { user, answer: None } => self.keep_for_later(user),
             Request::Presence { user, delta } => {
@@ -558,14 +592,14 @@ impl Worker {
                             self.metrics.sent().inc();
                         }
                         if let Some(answer) = answer {
-                            let _ = answer.send(Ok(usize::try_from(count).unwrap_or(0)));
+                            answer.send(Ok(usize::try_from(count).unwrap_or(0)));
                         }
                     }
                 }
                 Err(err) => {
                     for (answer, _) in answers {
                         if let Some(answer) = answer {
-                            let _ = answer.send(Err(BrokerUnreachable));
+                            answer.send(Err(BrokerUnreachable));
                         }
                     }
                     return Err(Ended::Lost(err));

@@ -4,11 +4,9 @@
 //! as it always has. With a [`Broker`] (the Redis one lives in the `tether-cluster` crate,
 //! so this crate knows no Redis) the bus hands each event and cross-node invalidation to
 //! the broker first, and delivers on this node only once the broker has taken it; what
-//! other nodes publish comes back through the node's [`Inbox`]. [`Presence`] tells the
+//! other nodes publish comes back through the node's [`Inbox`]. `Presence` tells the
 //! broker how many connections this node has per user, so that it subscribes to a user
 //! while the node has one and answers counts over all nodes.
-//!
-//! [`Presence`]: crate::hub::presence
 
 use crate::hub::messages::BindingId;
 use std::fmt;
@@ -32,6 +30,10 @@ impl std::error::Error for BrokerUnreachable {}
 /// live nodes.
 pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
 
+/// Called once with the answer to a publish, on the broker's thread, in the order of the
+/// publishes: it delivers the event on this node (or answers the publisher `503`).
+pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
+
 /// An event for the other nodes, stamped and checked by the bus.
 #[derive(Debug, Clone)]
 pub struct ClusterEvent {
@@ -48,15 +50,18 @@ pub struct ClusterEvent {
 ///
 /// Requests that carry an answer ([`Broker::publish`], [`Broker::invalidate`],
 /// [`Broker::count`]) are answered in the order they were made, each with the user's
-/// connections on the other live nodes, or [`BrokerUnreachable`].
+/// connections on the other live nodes, or [`BrokerUnreachable`]. A publish's answer is a
+/// function the broker calls (on its own thread): it delivers the event here, so delivery
+/// on this node keeps publish order without the bus waiting for the broker.
 pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// Once, when the server starts: where events and invalidations from the other nodes
     /// go.
     fn attach(&self, inbox: Arc<dyn Inbox>);
 
-    /// Publishes `event` to the other nodes holding its user. Events published by one node
-    /// reach every other node in the order of these calls.
-    fn publish(&self, event: ClusterEvent) -> OtherNodes;
+    /// Publishes `event` to the other nodes holding its user, then calls `answered`.
+    /// Events published by one node reach every other node in the order of these calls,
+    /// and the `answered` functions are called in that order too.
+    fn publish(&self, event: ClusterEvent, answered: Answered);
 
     /// Invalidates `user` on the other nodes (an operator's invalidation: it fails while
     /// the broker is unreachable).

@@ -4,9 +4,10 @@
 //! `Presence` counts them) for fan-out.
 //!
 //! In a cluster (a [`Broker`] given) an event goes to the broker first and is delivered
-//! here only once the broker has taken it, in publish order (a publish the broker cannot
-//! take is answered [`PublishError::ClusterUnreachable`] and delivered nowhere); events and
-//! invalidations from other nodes come in as `RemoteEvent` and `RemoteInvalidate`.
+//! here only once the broker has taken it: the broker calls the delivery it was handed, in
+//! publish order (a publish the broker cannot take is answered
+//! [`PublishError::ClusterUnreachable`] and delivered nowhere). Events and invalidations
+//! from other nodes come in as `RemoteEvent` and `RemoteInvalidate`.
 
 use crate::auth::credentials::check_name;
 use crate::hub::broker::{Broker, BrokerUnreachable, ClusterEvent};
@@ -26,7 +27,6 @@ use crate::util::metrics::Metrics;
 use crate::wire::codec::{encoded_message, is_valid_part};
 use actix::prelude::*;
 use bytes::Bytes;
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -62,11 +62,6 @@ pub struct EventBusActor {
     in_flight: Arc<Semaphore>,
     /// In a cluster, the broker every event and cross-node invalidation goes through.
     broker: Option<Arc<dyn Broker>>,
-    /// In a cluster, the events handed to the broker and not yet delivered here, in
-    /// publish order; the front one is delivered as soon as the broker has answered it.
-    awaiting_broker: VecDeque<AwaitingBroker>,
-    /// The sequence number of the next event handed to the broker.
-    next_sequence: u64,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -86,8 +81,6 @@ impl EventBusActor {
             presence: limits.presence,
             in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
             broker: limits.broker,
-            awaiting_broker: VecDeque::new(),
-            next_sequence: 0,
             _death: death,
         }
     }
@@ -131,22 +124,39 @@ pub(crate) struct BusLimits {
     pub broker: Option<Arc<dyn Broker>>,
 }
 
-/// An event handed to the broker, delivered here once the broker has taken it.
-struct AwaitingBroker {
-    /// Its place in the order of events handed to the broker.
-    sequence: u64,
-    /// The broker's answer, once it came: the user's connections on the other nodes.
-    answer: Option<Result<usize, BrokerUnreachable>>,
+/// An event the broker has taken, to deliver on this node: what the broker's answer runs.
+struct DeliverHere {
     /// The user it is for.
     user: Arc<str>,
-    /// Its time as written on the wire.
-    time: i64,
     /// The whole encoded message.
     message: Bytes,
     /// Its back-pressure permit.
-    in_flight: EventInFlight,
-    /// Where the publisher waits for the receipt.
-    receipt: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+    in_flight: Arc<EventInFlight>,
+    /// Which shards hold the user's connections.
+    presence: Arc<Presence>,
+    /// The shards in force when the event was published.
+    shards: Shards,
+}
+
+impl DeliverHere {
+    /// Hands the event to the shards holding its user; answers how many connections
+    /// [`Presence`] counts for it here.
+    fn deliver(self) -> usize {
+        let accepted = Instant::now();
+        let mut connections = 0;
+        for (shard, held) in self.presence.holding(&self.user) {
+            if let Some(registry) = self.shards.registries.get(shard) {
+                connections += held;
+                registry.do_send(Deliver {
+                    user: Arc::clone(&self.user),
+                    message: self.message.clone(),
+                    in_flight: Arc::clone(&self.in_flight),
+                    accepted,
+                });
+            }
+        }
+        connections
+    }
 }
 
 impl Actor for EventBusActor {
@@ -167,7 +177,7 @@ impl Handler<Publish> for EventBusActor {
             return Box::pin(std::future::ready(Err(err)));
         }
         if self.broker.is_some() {
-            let receipt = self.publish_clustered(msg, &mut false, ctx);
+            let receipt = self.publish_clustered(msg, ctx);
             return Box::pin(async move { receipt.await.map_err(|_| PublishError::Unavailable)? });
         }
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
@@ -216,13 +226,10 @@ impl Handler<PublishBatch> for EventBusActor {
         if self.broker.is_some() {
             // Event by event through the broker, in order; the batch is answered when its
             // last event is.
-            let mut queued = false;
-            let receipts: Vec<_> = msg
-                .events
-                .iter()
-                .map(|event| self.publish_clustered(event.clone(), &mut queued, ctx))
-                .collect();
+            let (handed, all_handed) = oneshot::channel();
+            self.batch_to_broker(msg.events, 0, Vec::with_capacity(events), handed, ctx);
             return Box::pin(async move {
+                let receipts = all_handed.await.map_err(|_| PublishError::Unavailable)?;
                 let mut answers = Vec::with_capacity(receipts.len());
                 for receipt in receipts {
                     answers.push(receipt.await.map_err(|_| PublishError::Unavailable)??);
@@ -368,40 +375,70 @@ impl EventBusActor {
 
 impl EventBusActor {
     /// In a cluster: stamps a checked event and hands it to the broker once it has a
-    /// permit (waiting in place for one, or when `queued` says an event before it in the
-    /// same handler waits, so order is kept); the answer comes once it is delivered here.
+    /// permit (waiting in place for one); the answer comes once it is delivered here.
     fn publish_clustered(
         &mut self,
         msg: Publish,
-        queued: &mut bool,
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Result<PublishReceipt, PublishError>> {
         let (receipt, answered) = oneshot::channel();
-        if !*queued {
-            if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
-                self.hand_to_broker(msg, permit, receipt, ctx);
-                return answered;
-            }
+        if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+            self.hand_to_broker(msg, permit, receipt);
+            return answered;
         }
-        *queued = true;
         let permit = Arc::clone(&self.in_flight).acquire_owned();
-        ctx.wait(permit.into_actor(self).map(move |permit, act, ctx| {
+        ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
             // The semaphore is never closed.
             if let Ok(permit) = permit {
-                act.hand_to_broker(msg, permit, receipt, ctx);
+                act.refresh();
+                act.hand_to_broker(msg, permit, receipt);
             }
         }));
         answered
     }
 
-    /// Stamps `msg`, hands it to the broker and queues it for delivery here once the
-    /// broker answers.
+    /// In a cluster: hands the events of a checked batch from `next` on to the broker, in
+    /// order, each once it has a permit (waiting in place for one at a time, so order is
+    /// kept); sends `handed` the receivers of their receipts once the last is handed on.
+    fn batch_to_broker(
+        &mut self,
+        events: Arc<[Publish]>,
+        mut next: usize,
+        mut receipts: Vec<oneshot::Receiver<Result<PublishReceipt, PublishError>>>,
+        handed: oneshot::Sender<Vec<oneshot::Receiver<Result<PublishReceipt, PublishError>>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        while let Some(event) = events.get(next) {
+            let (receipt, answered) = oneshot::channel();
+            receipts.push(answered);
+            next += 1;
+            if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+                self.hand_to_broker(event.clone(), permit, receipt);
+                continue;
+            }
+            let event = event.clone();
+            let permit = Arc::clone(&self.in_flight).acquire_owned();
+            ctx.wait(permit.into_actor(self).map(move |permit, act, ctx| {
+                // The semaphore is never closed.
+                if let Ok(permit) = permit {
+                    act.refresh();
+                    act.hand_to_broker(event, permit, receipt);
+                    act.batch_to_broker(events, next, receipts, handed, ctx);
+                }
+            }));
+            return;
+        }
+        let _ = handed.send(receipts);
+    }
+
+    /// Stamps `msg` and hands it to the broker, with what delivers it here once the broker
+    /// has taken it (called by the broker, in publish order, so the bus never waits for the
+    /// broker while it holds permits).
     fn hand_to_broker(
         &mut self,
         msg: Publish,
         permit: OwnedSemaphorePermit,
         receipt: oneshot::Sender<Result<PublishReceipt, PublishError>>,
-        ctx: &mut Context<Self>,
     ) {
         let Some(broker) = &self.broker else {
             return;
@@ -410,62 +447,28 @@ impl EventBusActor {
         let user: Arc<str> = Arc::from(msg.user);
         let text: Arc<str> = Arc::from(msg.text);
         let message = event_message(&time.to_string(), &text);
-        let answer = broker.publish(ClusterEvent {
+        let here = DeliverHere {
             user: Arc::clone(&user),
-            time,
-            text,
-        });
-        let sequence = self.next_sequence;
-        self.next_sequence += 1;
-        self.awaiting_broker.push_back(AwaitingBroker {
-            sequence,
-            answer: None,
-            user,
-            time,
             message,
-            in_flight: EventInFlight { _permit: permit },
-            receipt,
-        });
-        ctx.spawn(answer.into_actor(self).map(move |answer, act, _| {
-            let answer = answer.unwrap_or(Err(BrokerUnreachable));
-            act.broker_answered(sequence, answer);
-        }));
-    }
-
-    /// Records the broker's answer for event `sequence`, then delivers, in order, every
-    /// event at the front of the queue that has its answer.
-    fn broker_answered(&mut self, sequence: u64, answer: Result<usize, BrokerUnreachable>) {
-        self.refresh();
-        let front = self
-            .awaiting_broker
-            .front()
-            .map_or(0, |event| event.sequence);
-        let index = sequence.wrapping_sub(front) as usize;
-        if let Some(event) = self.awaiting_broker.get_mut(index) {
-            event.answer = Some(answer);
-        }
-        while self
-            .awaiting_broker
-            .front()
-            .is_some_and(|event| event.answer.is_some())
-        {
-            let Some(event) = self.awaiting_broker.pop_front() else {
-                break;
-            };
-            let result = match event.answer {
-                Some(Ok(others)) => {
-                    self.metrics.events_published.inc();
-                    let here =
-                        self.deliver_here(&event.user, event.message, Arc::new(event.in_flight));
+            in_flight: Arc::new(EventInFlight { _permit: permit }),
+            presence: Arc::clone(&self.presence),
+            shards: self.shards.clone(),
+        };
+        let metrics = self.metrics.clone();
+        let answered = Box::new(move |answer: Result<usize, BrokerUnreachable>| {
+            let result = match answer {
+                Ok(others) => {
+                    metrics.events_published.inc();
                     Ok(PublishReceipt {
-                        time: event.time,
-                        connections: here + others,
+                        time,
+                        connections: here.deliver() + others,
                     })
                 }
-                _ => Err(PublishError::ClusterUnreachable),
+                Err(BrokerUnreachable) => Err(PublishError::ClusterUnreachable),
             };
-            let _ = event.receipt.send(result);
-        }
+            let _ = receipt.send(result);
+        });
+        broker.publish(ClusterEvent { user, time, text }, answered);
     }
 
     /// Hands an encoded event to the shards holding `user`; answers how many connections
