@@ -269,3 +269,41 @@ fn a_host_program_embedding_two_nodes_publishes_across_them_through_its_handle()
     assert_eq!(invalidated, 1);
     assert_eq!(alice.recv(), ["invalidated"]);
 }
+
+#[test]
+fn a_node_started_while_redis_is_unreachable_joins_once_it_is_with_one_log_line_each_way() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let relay = Relay::start(redis.addr());
+    relay.cut();
+    let relayed = relay.url();
+    let hash = cheap_hash(ALICE.1);
+    let restore = std::thread::spawn(move || {
+        // Long enough for several failed attempts (100 ms doubling, jittered).
+        std::thread::sleep(Duration::from_secs(3));
+        relay.restore();
+        relay
+    });
+    // Node::start returns once /healthz says connected (within 15 s).
+    let node = Node::start(
+        &redis,
+        "tether",
+        "n1",
+        &[(ALICE.0, hash.as_str())],
+        &|config| config.set("cluster", "redis", relayed.as_str()),
+    );
+    let _relay = restore.join().expect("the relay thread ends");
+    let log = node.server.stderr_text();
+    let unreachable = log.matches("cluster: Redis unreachable").count();
+    let connected = log.matches("cluster: connected to Redis").count();
+    assert_eq!(
+        (unreachable, connected),
+        (1, 1),
+        "one line per change of state:\n{log}"
+    );
+    let mut alice = node.login(ALICE.0, ALICE.1);
+    alice.send(&["prolongate"]);
+    alice.expect(&["prolongate_ack"]);
+    assert_eq!(node.publish_ok(ALICE.0, "joined"), 1);
+}
