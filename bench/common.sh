@@ -86,10 +86,11 @@ start_servers() {
 }
 
 # start_tether NAME WORKERS [PORT ADMIN_PORT TLS_PORT]: a tether with `server.workers =
-# WORKERS`, config $WORK/NAME.toml, sharing $WORK/users.toml (start_servers writes it);
-# ports picked here when not given (and picked again, up to 3 times, if they turn out
-# taken). Sets STARTED_ADDR STARTED_TLS_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops
-# it with the rest, stop_one PID before.
+# WORKERS`, config $WORK/NAME.toml (ending with $TETHER_EXTRA_TOML, such as a [cluster]
+# section), sharing $WORK/users.toml (start_servers writes it); ports picked here when not
+# given (and picked again, up to 3 times, if they turn out taken). Sets STARTED_ADDR
+# STARTED_TLS_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops it with the rest, stop_one
+# PID before.
 start_tether() {
     local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} attempt
     make_tls_pair
@@ -116,6 +117,7 @@ time_zone = "UTC"
 listen = "127.0.0.1:$aport"
 [log]
 level = "warn"
+${TETHER_EXTRA_TOML:-}
 TOML
         "$BIN/tether" --config "$WORK/$name.toml" 2>> "$WORK/$name.log" &
         STARTED_PID=$!

@@ -2,7 +2,8 @@
 # The full measurement behind BENCHMARKS.md: every scenario against tether, serve-raw and
 # redis-server, REPEATS times (servers restarted for each repeat), JSON lines appended to
 # OUT (default bench/results/run.jsonl). Then `python3 bench/plot.py OUT` makes the tables
-# (medians) and bench/benchmarks.png. Takes about 9.5 minutes per repeat.
+# (medians) and bench/benchmarks.png, `python3 bench/cluster_table.py OUT` the cluster's.
+# Takes about 11.5 minutes per repeat.
 #
 # tether runs with `server.workers = $WORKERS` (default 0: one event loop per CPU); the
 # `cmd` scenario also runs against a second tether with `workers = 1`, reported as target
@@ -22,7 +23,7 @@ cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 # Number of the first repeat (its tag is r$FIRST_REPEAT): to add repeats to an earlier OUT.
 FIRST_REPEAT=${FIRST_REPEAT:-1}
-SCENARIOS=${SCENARIOS:-"hold cmd fanout batch storm churn tls tls-hold"}
+SCENARIOS=${SCENARIOS:-"hold cmd fanout batch storm churn tls tls-hold cluster"}
 TLS_ROUNDS=${TLS_ROUNDS:-3}
 OUT=${OUT:-bench/results/run.jsonl}
 # Events per request in the `batch` scenario (tether's batch route; Redis PUBLISH pipelined).
@@ -32,6 +33,7 @@ cargo build --release --locked -p tether -p tether-bench
 BIN=$PWD/target/release
 WORK=$(mktemp -d)
 source bench/common.sh
+source bench/cluster.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 
 for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
@@ -99,6 +101,8 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
                     --pid "$STARTED_PID" --connections 10000 --checkpoints 5000
                 stop_one "$STARTED_PID"
             done ;;
+        cluster) # issue 13: three nodes and a Redis against the single node (bench/cluster.sh)
+            CLUSTER_TAG="r$repeat" cluster_scenarios full ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac
     done

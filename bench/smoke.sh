@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v redis-server > /dev/null || {
+command -v redis-server > /dev/null && command -v redis-cli > /dev/null || {
     echo "bench/smoke.sh: redis-server is not installed (apt-get install -y redis-server)" >&2
     exit 1
 }
@@ -21,6 +21,7 @@ fi
 BIN=$PWD/target/$profile
 WORK=$(mktemp -d)
 source bench/common.sh
+source bench/cluster.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 start_servers 1000
 
@@ -67,5 +68,7 @@ bench tls --addr "$TETHER_ADDR" --tls-addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tl
     --rounds 2 --shape 10x8 --storm-shape 10x1 --duration 1 --warmup 0.2 --storm-concurrency 2
 bench --target-name tether-tls hold --addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tls-ca.pem" \
     --pid "$TETHER_PID" --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
+# A cluster of three nodes and a Redis (issue 13): latency, fan-out, commands per event.
+OUT=$WORK/smoke.jsonl cluster_scenarios smoke
 results=$(wc -l < "$WORK/smoke.jsonl")
 echo "bench smoke: every scenario ran and lost nothing ($results results)"

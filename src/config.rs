@@ -26,6 +26,8 @@ pub struct Config {
     pub admin: AdminConfig,
     /// Logging.
     pub log: LogConfig,
+    /// `[cluster]`: several nodes as one service over Redis (SPEC §8), when set.
+    pub cluster: Option<ClusterConfig>,
     /// Where these settings came from.
     pub source: Source,
 }
@@ -151,6 +153,17 @@ pub struct AdminTls {
     pub key_file: PathBuf,
 }
 
+/// The `[cluster]` table when `redis` is set.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The Redis URL (`redis://` or `rediss://`).
+    pub redis: String,
+    /// This node's name in logs, metrics and Redis.
+    pub node: String,
+    /// The prefix of every Redis key and channel.
+    pub prefix: String,
+}
+
 /// The `[log]` table.
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -192,7 +205,12 @@ impl Config {
             events: check.events(raw.events)?,
             admin: check.admin(raw.admin)?,
             log: check.log(raw.log)?,
+            cluster: None,
             source: Source::File(path.to_path_buf()),
+        };
+        let config = Config {
+            cluster: check.cluster(raw.cluster, &config)?,
+            ..config
         };
         check.distinct_listeners(&config)?;
         Ok(config)
@@ -299,6 +317,22 @@ impl Config {
         );
         let level = self.log.level.to_string().to_ascii_lowercase();
         section("log", vec![("level", value(level))]);
+        let cluster = self.cluster.as_ref();
+        let text = |text: Option<&String>| value(text.map_or_else(String::new, Clone::clone));
+        section(
+            "cluster",
+            vec![
+                (
+                    "redis",
+                    value(cluster.map_or_else(String::new, |c| mask_password(&c.redis))),
+                ),
+                ("node", text(cluster.map(|c| &c.node))),
+                (
+                    "prefix",
+                    value(cluster.map_or_else(|| DEFAULT_PREFIX.to_string(), |c| c.prefix.clone())),
+                ),
+            ],
+        );
         document.to_string()
     }
 }
@@ -504,6 +538,28 @@ struct RawConfig {
     events: RawEvents,
     admin: RawAdmin,
     log: RawLog,
+    cluster: RawCluster,
+}
+
+/// `cluster.prefix` unless set.
+const DEFAULT_PREFIX: &str = "tether";
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [cluster] table")]
+struct RawCluster {
+    redis: String,
+    node: String,
+    prefix: String,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            redis: String::new(),
+            node: String::new(),
+            prefix: DEFAULT_PREFIX.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Serialize)]
@@ -643,7 +699,7 @@ fn valid_table_name(name: &str) -> bool {
 }
 
 /// `url` with the password it holds, if any, replaced by `****`.
-fn mask_password(url: &str) -> String {
+pub fn mask_password(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
         return url.to_string();
     };
@@ -661,6 +717,11 @@ fn mask_password(url: &str) -> String {
         },
         None => url.to_string(),
     }
+}
+
+/// Whether `url` is a Redis URL the broker can use.
+fn redis_url_check(url: &str) -> Result<(), String> {
+    tether_cluster::ClusterSettings::check_url(url)
 }
 
 /// Largest accepted `server.workers`.
@@ -886,6 +947,61 @@ impl Check<'_> {
             login_failures_per_minute: raw.login_failures_per_minute,
             password_threads,
         })
+    }
+
+    /// `[cluster]`: `None` when `redis` is empty. `node` defaults to the host:port of
+    /// `server.listen` (else of `server.tls.listen`).
+    fn cluster(
+        &self,
+        raw: RawCluster,
+        config: &Config,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        if raw.redis.is_empty() {
+            return Ok(None);
+        }
+        if raw.redis.starts_with("rediss://") {
+            return Err(self.error(
+                "cluster.redis",
+                "rediss:// (TLS) is not supported by this build: use redis:// over a trusted \
+                 network or a tunnel (see SECURITY.md)"
+                    .into(),
+            ));
+        }
+        if !raw.redis.starts_with("redis://") {
+            return Err(self.error(
+                "cluster.redis",
+                "must be a redis:// URL, or \"\" for a node alone".into(),
+            ));
+        }
+        if let Err(err) = redis_url_check(&raw.redis) {
+            return Err(self.error("cluster.redis", format!("invalid URL: {err}")));
+        }
+        let is_plain_text = |text: &str| !text.chars().any(char::is_control);
+        let node = match raw.node.as_str() {
+            "" => config
+                .server
+                .listen
+                .or(config.server.tls.as_ref().map(|tls| tls.listen))
+                .map_or_else(String::new, |address| address.to_string()),
+            node => node.to_string(),
+        };
+        if node.is_empty() || node.len() > 128 || !is_plain_text(&node) {
+            return Err(self.error(
+                "cluster.node",
+                "must be 1 to 128 bytes without control characters".into(),
+            ));
+        }
+        if raw.prefix.is_empty() || raw.prefix.len() > 128 || !is_plain_text(&raw.prefix) {
+            return Err(self.error(
+                "cluster.prefix",
+                "must be 1 to 128 bytes without control characters".into(),
+            ));
+        }
+        Ok(Some(ClusterConfig {
+            redis: raw.redis,
+            node,
+            prefix: raw.prefix,
+        }))
     }
 
     fn events(&self, raw: RawEvents) -> Result<EventsConfig, ConfigError> {
@@ -1356,6 +1472,48 @@ mod tests {
         let again = Config::from_toml(&config.effective_toml(), Path::new("/x/server.toml"))
             .expect("reads back");
         assert_eq!(again.auth.database_ca_file, config.auth.database_ca_file);
+    }
+
+    #[test]
+    fn cluster_keys_are_checked_and_the_node_defaults_to_the_listen_address() {
+        assert!(config("").unwrap().cluster.is_none(), "alone by default");
+        assert!(config("[cluster]\nnode = \"n1\"")
+            .unwrap()
+            .cluster
+            .is_none());
+        let clustered = config(
+            "[server]\nlisten = \"127.0.0.1:9000\"\n\
+             [cluster]\nredis = \"redis://:pw@127.0.0.1:6390/2\"",
+        )
+        .unwrap();
+        let cluster = clustered.cluster.as_ref().expect("clustered");
+        assert_eq!(
+            (cluster.node.as_str(), cluster.prefix.as_str()),
+            ("127.0.0.1:9000", "tether")
+        );
+        let effective = clustered.effective_toml();
+        assert!(effective.contains("redis = \"redis://:****@127.0.0.1:6390/2\""));
+        assert!(effective.contains("node = \"127.0.0.1:9000\""));
+        assert_refused(
+            "[cluster]\nredis = \"rediss://h:6379\"",
+            "cluster.redis",
+            "not supported",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"http://h\"",
+            "cluster.redis",
+            "redis://",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis://h\"\nnode = \"a\\u001fb\"",
+            "cluster.node",
+            "control",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis://h\"\nprefix = \"\"",
+            "cluster.prefix",
+            "1 to 128",
+        );
     }
 
     #[test]

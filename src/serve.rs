@@ -186,7 +186,34 @@ pub fn run(config: Config) -> Outcome {
             tls: tls_listener,
             proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
-        let started = Tether::start_listeners(listeners, settings(&config), store);
+        let broker = match &config.cluster {
+            Some(cluster) => {
+                let settings = tether_cluster::ClusterSettings {
+                    redis: cluster.redis.clone(),
+                    node: cluster.node.clone(),
+                    prefix: cluster.prefix.clone(),
+                };
+                match tether_cluster::RedisBroker::start(settings) {
+                    Ok(broker) => {
+                        log::info!(
+                            "cluster: node {:?}, prefix {:?}, Redis at {}",
+                            cluster.node,
+                            cluster.prefix,
+                            crate::config::mask_password(&cluster.redis)
+                        );
+                        Some(broker)
+                    }
+                    Err(err) => {
+                        fatal(&err.to_string());
+                        return Outcome::Failed;
+                    }
+                }
+            }
+            None => None,
+        };
+        let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
+        let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
+        let started = Tether::start_clustered(listeners, settings(&config), store, broker);
         let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
@@ -218,7 +245,14 @@ pub fn run(config: Config) -> Outcome {
             }
         };
         let admin = match admin_listener {
-            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
+            Some(listener) => match start_admin(
+                listener,
+                &config,
+                &tether,
+                user_sync,
+                admin_tls,
+                cluster_metrics.as_ref(),
+            ) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -358,9 +392,13 @@ fn start_admin(
     tether: &Tether,
     users: UserAdmin,
     tls: Option<tether_actors::rustls::ServerConfig>,
+    cluster: Option<&tether_cluster::ClusterMetrics>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
+    if let Some(cluster) = cluster {
+        cluster.register(&mut registry);
+    }
     match &users {
         UserAdmin::File(sync) => sync.register_metrics(&mut registry),
         UserAdmin::Database(database) => database.register_metrics(&mut registry),

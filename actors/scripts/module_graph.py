@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Prints the module graph of actors/src from its `use crate::` lines (test modules
-excluded: code after the first `#[cfg(test)]` line) and fails if it has a cycle.
+excluded: code after the first `#[cfg(test)]` line) and fails if it has a cycle or an
+upward import. Then prints the workspace's crate graph (from the manifests'
+[dependencies]) and fails if tether-wire or tether-client depends on an actor framework
+or a crate above it.
 
 Run from the workspace root: python3 actors/scripts/module_graph.py
 """
-import os, re, sys
+import os, re, sys, tomllib
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "src")
 files = {}
@@ -62,7 +65,7 @@ for m in sorted(modules):
 # The layer rule: a module imports only from layers below it; inside `hub`, only from
 # modules before it in HUB_ORDER.
 LAYERS = ["util", "wire", "auth", "hub", "connection", "server"]
-HUB_ORDER = ["messages", "presence", "registry", "bus", "state", "roster", "supervisor"]
+HUB_ORDER = ["messages", "broker", "presence", "registry", "shards", "bus", "state", "roster", "supervisor"]
 def rank(m):
     parts = m.split("::")
     r = (LAYERS.index(parts[0]), -1)
@@ -75,9 +78,33 @@ if upward:
     print("\nUPWARD IMPORTS:")
     for m, n in sorted(upward):
         print(f"  {m} -> {n}")
-if cycles or upward:
+if cycles:
     print("\nCYCLES:")
     for c in cycles:
         print("  " + " -> ".join(c))
+
+# The crates: tether-wire at the bottom (the framing both sides share), the client on it
+# without any server crate or actix, the server crates above.
+WORKSPACE = os.path.join(os.path.dirname(__file__), "..", "..")
+with open(os.path.join(WORKSPACE, "Cargo.toml"), "rb") as manifest:
+    members = tomllib.load(manifest)["workspace"]["members"]
+crates = {}
+for member in members:
+    with open(os.path.join(WORKSPACE, member, "Cargo.toml"), "rb") as manifest:
+        package = tomllib.load(manifest)
+    crates[package["package"]["name"]] = set(package.get("dependencies", {}))
+print()
+for crate in sorted(crates):
+    inside = sorted(d for d in crates[crate] if d in crates)
+    print(f"{crate:28} -> {', '.join(inside) or '(no workspace crate)'}")
+FORBIDDEN = {
+    "tether-wire": {"actix", "actix-rt", "tokio", "tether-actors", "tether-client", "tether"},
+    "tether-client": {"actix", "actix-rt", "tether-actors", "tether"},
+}
+wrong = [(crate, sorted(crates.get(crate, set()) & banned)) for crate, banned in FORBIDDEN.items()]
+wrong = [(crate, deps) for crate, deps in wrong if deps]
+for crate, deps in wrong:
+    print(f"\nFORBIDDEN DEPENDENCY: {crate} -> {', '.join(deps)}")
+if cycles or upward or wrong:
     sys.exit(1)
-print("\nno cycle, no upward import")
+print("\nno cycle, no upward import, no forbidden crate dependency")

@@ -7,10 +7,11 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
 use crate::connection::tls_handshake::{tls_handshake, FailureLog};
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
+use crate::hub::broker::{Broker, Inbox};
 use crate::hub::bus::{BusLimits, EventBusActor};
-use crate::hub::messages::CountConnections;
 use crate::hub::messages::{
-    Drain, Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
+    BindingId, Drain, Invalidate, InvalidationCause, Publish, PublishBatch, PublishError,
+    PublishReceipt, RemoteEvent, RemoteInvalidate,
 };
 use crate::hub::presence::Presence;
 use crate::hub::roster::Roster;
@@ -158,6 +159,10 @@ pub struct Tether {
     arbiters: Vec<Arbiter>,
     /// What the server counts.
     metrics: Metrics,
+    /// Which shards hold connections of which user.
+    presence: Arc<Presence>,
+    /// In a cluster, the broker to the other nodes.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Tether {
@@ -185,6 +190,18 @@ impl Tether {
         settings: Settings,
         users: Arc<dyn UserStore>,
     ) -> Result<Self, StartError> {
+        Self::start_clustered(listeners, settings, users, None)
+    }
+
+    /// Starts serving `listeners` as [`Self::start_listeners`] does, as one node of a
+    /// cluster when a `broker` is given (SPEC §8): events and invalidations then go through
+    /// it, and it hands in what the other nodes publish.
+    pub fn start_clustered(
+        listeners: Listeners,
+        settings: Settings,
+        users: Arc<dyn UserStore>,
+        broker: Option<Arc<dyn Broker>>,
+    ) -> Result<Self, StartError> {
         let proxy_trust = Arc::new(listeners.proxy_trust);
         let plain = listeners.plain.map(prepare_listener).transpose()?;
         let tls = match listeners.tls {
@@ -207,7 +224,7 @@ impl Tether {
             .map(|_| Arbiter::new())
             .collect();
         let hub_arbiter = Arbiter::new();
-        let presence = Arc::new(Presence::new(workers.len()));
+        let presence = Arc::new(Presence::with_broker(workers.len(), broker.clone()));
         let roster = Arc::new(Roster::new(workers.len()));
         let (supervisor, hub) = HubSupervisor::launch(
             hub_arbiter.handle(),
@@ -217,9 +234,13 @@ impl Tether {
                 max_text_bytes: settings.max_pending_bytes.saturating_sub(EVENT_OVERHEAD),
                 metrics: metrics.clone(),
                 presence: Arc::clone(&presence),
+                broker: broker.clone(),
             },
             Arc::clone(&roster) as Arc<dyn crate::hub::roster::HubListeners>,
         );
+        if let Some(broker) = &broker {
+            broker.attach(Arc::new(NodeInbox { hub: hub.clone() }));
+        }
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
@@ -230,7 +251,7 @@ impl Tether {
             throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
-            presence,
+            presence: Arc::clone(&presence),
             roster,
             delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
@@ -272,6 +293,8 @@ impl Tether {
             shutdown_grace: settings.shutdown_grace,
             arbiters,
             metrics,
+            presence,
+            broker,
         })
     }
 
@@ -294,6 +317,8 @@ impl Tether {
     pub fn handle(&self) -> TetherHandle {
         TetherHandle {
             hub: self.hub.clone(),
+            presence: Arc::clone(&self.presence),
+            broker: self.broker.clone(),
         }
     }
 
@@ -316,6 +341,9 @@ impl Tether {
         if drained.is_err() {
             let left = self.max_connections as usize - self.permits.available_permits();
             log::warn!("shutdown grace ran out with {left} connection(s) still flushing");
+        }
+        if let Some(broker) = &self.broker {
+            broker.stop();
         }
         for arbiter in self.arbiters {
             arbiter.stop();
@@ -512,6 +540,11 @@ fn is_per_connection(err: &std::io::Error) -> bool {
 pub struct TetherHandle {
     /// The hub's state: where the bus and the registry are now.
     hub: watch::Receiver<HubState>,
+    /// Which shards hold connections of which user: the one count of this node's
+    /// connections.
+    presence: Arc<Presence>,
+    /// In a cluster, the broker, which counts the other nodes' connections.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl TetherHandle {
@@ -564,7 +597,7 @@ impl TetherHandle {
         let hub = self.hub.borrow();
         match target {
             FaultTarget::Registry => {
-                for registry in hub.registries.iter() {
+                for registry in hub.shards.registries.iter() {
                     registry.do_send(InjectPanic);
                 }
             }
@@ -572,25 +605,31 @@ impl TetherHandle {
         }
     }
 
-    /// How many connections are bound to `user` now.
-    pub async fn connections(&self, user: impl Into<String>) -> Result<usize, PublishError> {
-        let user = user.into();
-        let mut hub = self.hub.clone();
-        'attempt: for _ in 0..3 {
-            let registries = hub.borrow_and_update().registries.clone();
-            let mut total = 0;
-            for registry in registries.iter() {
-                match registry.send(CountConnections { user: user.clone() }).await {
-                    Ok(count) => total += count,
-                    Err(_) => {
-                        wait_for_restart(&mut hub).await;
-                        continue 'attempt;
-                    }
-                }
-            }
-            return Ok(total);
+    /// How many connections are bound to `user` on this node now: the count a publish for
+    /// `user` would answer here, from the same place (the hub's `Presence`). It counts a
+    /// connection from its `login_valid` until its binding ends, whatever happens to the
+    /// registry meanwhile.
+    pub fn connections(&self, user: &str) -> usize {
+        self.presence.count(user)
+    }
+
+    /// How many connections are bound to `user` on every node: this node's (as
+    /// [`Self::connections`]) and, in a cluster, those of the other live nodes, which the
+    /// broker counts ([`PublishError::ClusterUnreachable`] while it cannot).
+    pub async fn cluster_connections(&self, user: &str) -> Result<usize, PublishError> {
+        let here = self.connections(user);
+        let Some(broker) = &self.broker else {
+            return Ok(here);
+        };
+        match broker.count(Arc::from(user)).await {
+            Ok(Ok(others)) => Ok(here + others),
+            _ => Err(PublishError::ClusterUnreachable),
         }
-        Err(PublishError::Unavailable)
+    }
+
+    /// Whether this node is connected to its cluster's broker; `None` when it runs alone.
+    pub fn cluster_connected(&self) -> Option<bool> {
+        self.broker.as_ref().map(|broker| broker.connected())
     }
 
     /// Sends `message` to the bus, again after a restart if the bus or the registry died
@@ -610,6 +649,27 @@ impl TetherHandle {
             }
         }
         Err(PublishError::Unavailable)
+    }
+}
+
+/// Hands what other nodes publish to the bus in force.
+struct NodeInbox {
+    /// Where the bus is now.
+    hub: watch::Receiver<HubState>,
+}
+
+impl Inbox for NodeInbox {
+    fn event(&self, user: Arc<str>, time: i64, text: Arc<str>) -> bool {
+        let bus = self.hub.borrow().bus.clone();
+        bus.try_send(RemoteEvent { user, time, text }).is_ok()
+    }
+
+    fn invalidate(&self, user: Arc<str>, issued_before: Option<BindingId>) {
+        let bus = self.hub.borrow().bus.clone();
+        bus.do_send(RemoteInvalidate {
+            user,
+            issued_before,
+        });
     }
 }
 

@@ -31,6 +31,11 @@ pub struct Args {
     /// Address of tether's client port or of Redis (loopback).
     #[arg(long)]
     addr: SocketAddr,
+    /// More client ports of the same service (the other nodes of a tether cluster):
+    /// receiver i connects to the (i mod n)-th of `--addr` and these, so every user's
+    /// connections are spread over the nodes. Events still go through `--admin`.
+    #[arg(long, value_delimiter = ',')]
+    spread: Vec<SocketAddr>,
     /// tether's admin API address (`admin.listen`); needed for tether.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -128,6 +133,9 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
 /// Sets up, publishes at `rate` (0 = maximum), drains and reports; returns events/s.
 async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> Fallible<f64> {
     let addr = check_loopback(args.addr)?;
+    let nodes: Vec<SocketAddr> = std::iter::once(Ok(addr))
+        .chain(args.spread.iter().copied().map(check_loopback))
+        .collect::<Fallible<_>>()?;
     let admin = args.admin.map(check_loopback).transpose()?;
     if args.proto == Proto::Raw {
         return Err("fanout needs tether or redis: serve-raw has no events".into());
@@ -139,7 +147,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     let users = args.users.clamp(1, args.connections.max(1));
     let histogram: SharedHistogram = Arc::new(Mutex::new(new_histogram()));
     let tally = Arc::new(Tally::default());
-    let receivers = start_receivers(args, addr, users, &histogram, &tally).await?;
+    let receivers = start_receivers(args, &nodes, users, &histogram, &tally).await?;
     let mut per_user = vec![0u64; users];
     for i in 0..args.connections {
         per_user[i % users] += 1;
@@ -280,6 +288,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         "scenario": "fanout",
         "target": label,
         "connections": args.connections,
+        "nodes": nodes.len(),
         "users": users,
         "phase": phase,
         "rate": paced,
@@ -309,8 +318,13 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     }))?;
     report.table(
         &format!(
-            "fanout — {label} at {addr}: {} connections over {users} user(s), {} publishers, \
+            "fanout — {label} at {addr}{}: {} connections over {users} user(s), {} publishers, \
              {batch} event(s) per request, rate {}",
+            if nodes.len() > 1 {
+                format!(" and {} more node(s)", nodes.len() - 1)
+            } else {
+                String::new()
+            },
             args.connections,
             args.publishers,
             paced.map_or("max".into(), count)
@@ -373,7 +387,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
 /// Opens, logs in (or subscribes) and starts a reading task for every connection.
 async fn start_receivers(
     args: &Args,
-    addr: SocketAddr,
+    nodes: &[SocketAddr],
     users: usize,
     histogram: &SharedHistogram,
     tally: &Arc<Tally>,
@@ -386,6 +400,7 @@ async fn start_receivers(
         let mut pending = Vec::with_capacity(batch);
         for i in first..first + batch {
             let source = sources[i % sources.len()];
+            let addr = nodes[i % nodes.len()];
             let name = format!("{}{}", args.user_prefix, i % users);
             let (request, expected) = match args.proto {
                 Proto::Redis => {

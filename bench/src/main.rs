@@ -214,6 +214,11 @@ mod tests {
             "--threads 2 fanout --proto tether --addr 127.0.0.1:1 --admin 127.0.0.1:2 \
              --connections 1000 --users 1 --duration 8 --then-half --publishers 8 \
              --server-latency --pid 7",
+            "--threads 2 --target-name cluster-3nodes fanout --addr 127.0.0.1:1 \
+             --spread 127.0.0.1:3,127.0.0.1:4 --admin 127.0.0.1:2 --connections 1000 \
+             --users 1000 --rate 2000 --duration 8 --publishers 4 --drain 10",
+            "--threads 2 --target-name cluster-redis fanout --proto redis --addr 127.0.0.1:1 \
+             --connections 3 --users 1 --duration 1 --rate 300 --publishers 8 --drain 10",
             "login-storm --addr 127.0.0.1:1 --connections 10 --duration 1 --warmup 0.2 \
              --storm-rate 4 --storm-connections 2",
             "churn --proto tether --addr 127.0.0.1:1 --pid 7 --duration 1 --concurrency 8 \

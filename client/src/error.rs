@@ -114,6 +114,14 @@ impl ProtocolError {
     }
 }
 
+impl From<tether_wire::DecodeError> for ProtocolError {
+    fn from(err: tether_wire::DecodeError) -> Self {
+        match err {
+            tether_wire::DecodeError::MessageTooLong { limit } => Self::MessageTooLong { limit },
+        }
+    }
+}
+
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -7,6 +7,7 @@ use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use std::fmt;
+use tether_wire::Reply as OnePart;
 
 /// The reply to a command: a one-part message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,15 +45,20 @@ impl Reply {
 
     /// The reply as it is sent on the wire, such as `login_valid`.
     pub fn as_str(self) -> &'static str {
+        self.on_wire().name()
+    }
+
+    /// The same reply among all the server's one-part messages.
+    fn on_wire(self) -> OnePart {
         match self {
-            Self::LoginValid => "login_valid",
-            Self::LoginInvalid => "login_invalid",
-            Self::LogoutAck => "logout_ack",
-            Self::DisconnectAck => "disconnect_ack",
-            Self::ProlongateAck => "prolongate_ack",
-            Self::InvalidateAck => "invalidate_ack",
-            Self::UnknownCommand => "unknown_command",
-            Self::InvalidArgsCount => "invalid_args_count",
+            Self::LoginValid => OnePart::LoginValid,
+            Self::LoginInvalid => OnePart::LoginInvalid,
+            Self::LogoutAck => OnePart::LogoutAck,
+            Self::DisconnectAck => OnePart::DisconnectAck,
+            Self::ProlongateAck => OnePart::ProlongateAck,
+            Self::InvalidateAck => OnePart::InvalidateAck,
+            Self::UnknownCommand => OnePart::UnknownCommand,
+            Self::InvalidArgsCount => OnePart::InvalidArgsCount,
         }
     }
 
@@ -94,13 +100,14 @@ impl fmt::Display for Push {
     /// The push as one line: the notification's wire name, or `event <time> <text>` with
     /// the time as the server sent it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Event { time, text } => write!(f, "event {} {text}", time.local_millis()),
-            Self::Invalidated => f.write_str("invalidated"),
-            Self::Timeout => f.write_str("timeout"),
-            Self::IoError => f.write_str("io_error"),
-            Self::Shutdown => f.write_str("shutdown"),
-        }
+        let notification = match self {
+            Self::Event { time, text } => return write!(f, "event {} {text}", time.local_millis()),
+            Self::Invalidated => OnePart::Invalidated,
+            Self::Timeout => OnePart::Timeout,
+            Self::IoError => OnePart::IoError,
+            Self::Shutdown => OnePart::Shutdown,
+        };
+        f.write_str(notification.name())
     }
 }
 
@@ -161,11 +168,11 @@ pub(crate) fn classify(message: &[u8]) -> Result<Incoming, ProtocolError> {
         if let Some(reply) = Reply::from_wire(kind) {
             return Ok(Incoming::Reply(reply));
         }
-        let push = match kind {
-            b"invalidated" => Push::Invalidated,
-            b"timeout" => Push::Timeout,
-            b"io_error" => Push::IoError,
-            b"shutdown" => Push::Shutdown,
+        let push = match OnePart::from_name(kind) {
+            Some(OnePart::Invalidated) => Push::Invalidated,
+            Some(OnePart::Timeout) => Push::Timeout,
+            Some(OnePart::IoError) => Push::IoError,
+            Some(OnePart::Shutdown) => Push::Shutdown,
             _ => return Err(ProtocolError::unknown_message(message)),
         };
         return Ok(Incoming::Push(push));

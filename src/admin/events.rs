@@ -153,10 +153,13 @@ fn not_expected(reason: &str) -> ApiError {
     ApiError::bad_request(format!("the body is not the expected JSON: {reason}"))
 }
 
-/// `503` while the bus restarts; `400` for an event (or batch) that is not valid.
+/// `503` while the bus restarts or the cluster's broker is unreachable; `400` for an
+/// event (or batch) that is not valid.
 pub fn publish_error(err: PublishError) -> ApiError {
     match err {
-        PublishError::Unavailable => ApiError::unavailable(err.to_string()),
+        PublishError::Unavailable | PublishError::ClusterUnreachable => {
+            ApiError::unavailable(err.to_string())
+        }
         other => ApiError::bad_request(other.to_string()),
     }
 }

@@ -45,18 +45,42 @@ type State = web::Data<AdminState>;
 
 /// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
 /// `"unreachable"` while the database does not answer (the server still serves; logins
-/// then follow SPEC §9).
+/// then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or `"unreachable"`
+/// (SPEC §8).
 async fn healthz(state: State) -> HttpResponse {
+    let mut body = json!({ "status": "ok" });
+    if let UserAdmin::Database(database) = &state.users {
+        let users = if database.reachable() {
+            "ok"
+        } else {
+            "unreachable"
+        };
+        body["users"] = json!(users);
+    }
+    if let Some(connected) = state.tether.cluster_connected() {
+        let cluster = if connected {
+            "connected"
+        } else {
+            "unreachable"
+        };
+        body["cluster"] = json!(cluster);
+    }
+    HttpResponse::Ok().json(body)
+}
+
+/// In a cluster whose users come from files, each node's own file governs it: the user
+/// routes answer `409` (SPEC §8).
+fn refuse_files_in_cluster(state: &AdminState) -> Result<(), ApiError> {
     match &state.users {
-        UserAdmin::Database(database) => {
-            let users = if database.reachable() {
-                "ok"
-            } else {
-                "unreachable"
-            };
-            HttpResponse::Ok().json(json!({ "status": "ok", "users": users }))
+        UserAdmin::File(_) if state.tether.cluster_connected().is_some() => {
+            Err(ApiError::conflict(
+                "this node is part of a cluster whose users come from each node's own users \
+                 file: change the files (tether passwd/deluser on every node), or keep the \
+                 users in PostgreSQL (auth.database)"
+                    .to_owned(),
+            ))
         }
-        UserAdmin::File(_) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+        _ => Ok(()),
     }
 }
 
@@ -81,6 +105,7 @@ async fn set_password(
     UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
+    refuse_files_in_cluster(&state)?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let cost = state.bcrypt_cost;
@@ -120,6 +145,7 @@ async fn set_password(
 }
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
+    refuse_files_in_cluster(&state)?;
     let user = name.clone();
     let removed =
         match &state.users {
@@ -152,7 +178,7 @@ async fn invalidate(state: State, UserName(name): UserName) -> Result<HttpRespon
 async fn connections(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
     let count = state
         .tether
-        .connections(name.clone())
+        .cluster_connections(&name)
         .await
         .map_err(publish_error)?;
     Ok(HttpResponse::Ok().json(json!({ "user": name, "connections": count })))
@@ -230,15 +256,10 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
     let more = names.len() > limit;
     let mut names = names;
     names.truncate(limit);
-    let mut listed = Vec::with_capacity(names.len());
-    for name in &names {
-        let connections = state
-            .tether
-            .connections(name.as_str())
-            .await
-            .map_err(publish_error)?;
-        listed.push(json!({ "name": name, "connections": connections }));
-    }
+    let listed: Vec<_> = names
+        .iter()
+        .map(|name| json!({ "name": name, "connections": state.tether.connections(name) }))
+        .collect();
     let next = names.last().filter(|_| more);
     Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
 }

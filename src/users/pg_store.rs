@@ -697,7 +697,7 @@ async fn forget_idle(inner: &Inner, tether: &TetherHandle) {
         .map(|(name, _)| name.clone())
         .collect();
     for name in old {
-        if let Ok(0) = tether.connections(name.clone()).await {
+        if tether.connections(&name) == 0 {
             let mut known = lock(&inner.known);
             if known
                 .get(&name)

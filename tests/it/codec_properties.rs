@@ -84,7 +84,6 @@ fn chunked_decode(stream: &[u8], cuts: &[usize], limit: usize) -> Decoded {
                         too_long: true,
                     };
                 }
-                Err(DecodeError::Io(err)) => panic!("decoding bytes cannot fail with I/O: {err}"),
             }
         }
     }

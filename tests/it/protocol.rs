@@ -4,7 +4,7 @@
 
 use crate::common::{
     admin_addr, encode, encode_all, expect_all_silent, metric_in, wait_until, RecvError,
-    TestConfig, TestServer,
+    TestClient, TestConfig, TestServer,
 };
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,46 +19,67 @@ fn alice_and_bob() -> TestServer {
     TestServer::with_users(&[ALICE, BOB])
 }
 
+const LOGIN_ALICE: &[&str] = &["login", "alice", "alice-secret"];
+
+/// A fresh alice-and-bob server and a connection to it that has had `steps` (each command
+/// answered by its one-part reply, see `TestClient::converse`).
+fn conversation(steps: &[(&[&str], &str)]) -> (TestServer, TestClient) {
+    let server = alice_and_bob();
+    let mut client = server.client();
+    client.converse(steps);
+    (server, client)
+}
+
+/// A fresh connection logs in as `user` and sends `invalidate`: every other connection
+/// bound to `user` gets `invalidated`.
+fn invalidate_as(server: &TestServer, (name, password): (&str, &str)) {
+    let mut invalidator = server.client();
+    invalidator.login(name, password);
+    invalidator.converse(&[(&["invalidate"], "invalidate_ack")]);
+}
+
+/// Asserts that `client` is bound to `user`: an invalidation of `user` reaches it.
+fn assert_bound(server: &TestServer, client: &mut TestClient, user: (&str, &str)) {
+    invalidate_as(server, user);
+    client.expect(&["invalidated"]);
+}
+
+/// Asserts that `client` is not bound to `user`: an invalidation of `user` does not reach
+/// it (nor anything else).
+fn assert_not_bound(server: &TestServer, client: &mut TestClient, user: (&str, &str)) {
+    invalidate_as(server, user);
+    client.expect_nothing_for(QUIET);
+}
+
 // ---------------------------------------------------------------------------------------
 // Commands and replies (§2)
 // ---------------------------------------------------------------------------------------
 
 #[test]
 fn login_with_the_right_password_is_valid() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["login", "alice", "alice-secret"]);
-    client.expect(&["login_valid"]);
+    conversation(&[(LOGIN_ALICE, "login_valid")]);
 }
 
 #[test]
 fn login_of_an_unknown_user_is_invalid() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["login", "carol", "alice-secret"]);
-    client.expect(&["login_invalid"]);
+    conversation(&[(&["login", "carol", "alice-secret"], "login_invalid")]);
 }
 
 #[test]
 fn login_with_a_wrong_password_is_invalid() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["login", "alice", "bob-secret"]);
-    client.expect(&["login_invalid"]);
-    client.send(&["login", "alice", "alice-secreT"]);
-    client.expect(&["login_invalid"]);
+    conversation(&[
+        (&["login", "alice", "bob-secret"], "login_invalid"),
+        (&["login", "alice", "alice-secreT"], "login_invalid"),
+    ]);
 }
 
 #[test]
 fn login_with_an_empty_name_or_password_is_invalid() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["login", "", "alice-secret"]);
-    client.expect(&["login_invalid"]);
-    client.send(&["login", "alice", ""]);
-    client.expect(&["login_invalid"]);
-    client.send(&["login", "", ""]);
-    client.expect(&["login_invalid"]);
+    conversation(&[
+        (&["login", "", "alice-secret"], "login_invalid"),
+        (&["login", "alice", ""], "login_invalid"),
+        (&["login", "", ""], "login_invalid"),
+    ]);
 }
 
 #[test]
@@ -83,26 +104,26 @@ fn password_longer_than_72_bytes_is_rejected_not_truncated() {
 
 #[test]
 fn login_with_a_control_character_in_the_name_is_invalid() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    for name in ["ali\u{7}ce", "alice\u{0}", "\u{7f}alice", "ali\nce"] {
-        client.send(&["login", name, "alice-secret"]);
-        let got = client.recv();
-        assert_eq!(got, ["login_invalid"], "login as {name:?}");
-    }
+    let logins: Vec<[&str; 3]> = ["ali\u{7}ce", "alice\u{0}", "\u{7f}alice", "ali\nce"]
+        .into_iter()
+        .map(|name| ["login", name, "alice-secret"])
+        .collect();
+    let mut steps: Vec<(&[&str], &str)> = logins
+        .iter()
+        .map(|login| (&login[..], "login_invalid"))
+        .collect();
     // The connection is still usable.
-    client.login("alice", "alice-secret");
+    steps.push((LOGIN_ALICE, "login_valid"));
+    conversation(&steps);
 }
 
 #[test]
 fn logout_is_acknowledged() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["logout"]);
-    client.expect(&["logout_ack"]);
-    client.login("alice", "alice-secret");
-    client.send(&["logout"]);
-    client.expect(&["logout_ack"]);
+    conversation(&[
+        (&["logout"], "logout_ack"),
+        (LOGIN_ALICE, "login_valid"),
+        (&["logout"], "logout_ack"),
+    ]);
 }
 
 #[test]
@@ -130,12 +151,10 @@ fn commands_pipelined_after_disconnect_are_not_answered() {
 
 #[test]
 fn prolongate_is_acknowledged() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["prolongate"]);
-    client.expect(&["prolongate_ack"]);
-    client.send(&["prolongate"]);
-    client.expect(&["prolongate_ack"]);
+    conversation(&[
+        (&["prolongate"], "prolongate_ack"),
+        (&["prolongate"], "prolongate_ack"),
+    ]);
 }
 
 #[test]
@@ -155,96 +174,69 @@ fn invalidate_without_a_binding_is_only_acknowledged() {
 
 #[test]
 fn unknown_command_type_is_rejected_whatever_the_argument_count() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    for command in [
-        &["frobnicate"][..],
-        &["frobnicate", "a"],
-        &["frobnicate", "a", "b", "c"],
-        &["event", "1", "text"],
-        &["login_valid"],
-    ] {
-        client.send(command);
-        let got = client.recv();
-        assert_eq!(got, ["unknown_command"], "command {command:?}");
-    }
+    conversation(&[
+        (&["frobnicate"], "unknown_command"),
+        (&["frobnicate", "a"], "unknown_command"),
+        (&["frobnicate", "a", "b", "c"], "unknown_command"),
+        (&["event", "1", "text"], "unknown_command"),
+        (&["login_valid"], "unknown_command"),
+    ]);
 }
 
 #[test]
 fn empty_message_is_an_unknown_command() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send_raw(b"\x1e");
-    client.expect(&["unknown_command"]);
-    // A message of two empty parts: empty type, one empty argument.
-    client.send_raw(b"\x1f\x1e");
-    client.expect(&["unknown_command"]);
-    client.send(&["prolongate"]);
-    client.expect(&["prolongate_ack"]);
+    alice_and_bob().client().converse_raw(&[
+        (b"\x1e", "unknown_command"),
+        // A message of two empty parts: empty type, one empty argument.
+        (b"\x1f\x1e", "unknown_command"),
+        (b"prolongate\x1e", "prolongate_ack"),
+    ]);
 }
 
 #[test]
 fn command_types_are_case_sensitive() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    for command in [
-        &["LOGIN", "alice", "alice-secret"][..],
-        &["Login", "alice", "alice-secret"],
-        &["Logout"],
-        &["PROLONGATE"],
-        &["Disconnect"],
-        &["inValidate"],
-        &[" prolongate"],
-        &["prolongate "],
-    ] {
-        client.send(command);
-        let got = client.recv();
-        assert_eq!(got, ["unknown_command"], "command {command:?}");
-    }
+    let (server, mut client) = conversation(&[
+        (&["LOGIN", "alice", "alice-secret"], "unknown_command"),
+        (&["Login", "alice", "alice-secret"], "unknown_command"),
+        (&["Logout"], "unknown_command"),
+        (&["PROLONGATE"], "unknown_command"),
+        (&["Disconnect"], "unknown_command"),
+        (&["inValidate"], "unknown_command"),
+        (&[" prolongate"], "unknown_command"),
+        (&["prolongate "], "unknown_command"),
+    ]);
     // Still connected (Disconnect did nothing) and not logged in (LOGIN did nothing).
-    let mut other_alice = server.client();
-    other_alice.login("alice", "alice-secret");
-    other_alice.send(&["invalidate"]);
-    other_alice.expect(&["invalidate_ack"]);
-    client.expect_nothing_for(QUIET);
+    assert_not_bound(&server, &mut client, ALICE);
 }
 
 #[test]
 fn known_commands_with_a_wrong_argument_count_get_invalid_args_count() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    for command in [
-        &["login"][..],
-        &["login", "alice"],
-        &["login", "alice", "alice-secret", "extra"],
-        &["login", "a", "b", "c", "d"],
-        &["logout", "x"],
-        &["logout", ""],
-        &["disconnect", "now"],
-        &["prolongate", "x"],
-        &["prolongate", "x", "y"],
-        &["invalidate", "alice"],
-    ] {
-        client.send(command);
-        let got = client.recv();
-        assert_eq!(got, ["invalid_args_count"], "command {command:?}");
-    }
-    // `disconnect now` did not close the connection.
-    client.send(&["prolongate"]);
-    client.expect(&["prolongate_ack"]);
+    conversation(&[
+        (&["login"], "invalid_args_count"),
+        (&["login", "alice"], "invalid_args_count"),
+        (
+            &["login", "alice", "alice-secret", "extra"],
+            "invalid_args_count",
+        ),
+        (&["login", "a", "b", "c", "d"], "invalid_args_count"),
+        (&["logout", "x"], "invalid_args_count"),
+        (&["logout", ""], "invalid_args_count"),
+        (&["disconnect", "now"], "invalid_args_count"),
+        (&["prolongate", "x"], "invalid_args_count"),
+        (&["prolongate", "x", "y"], "invalid_args_count"),
+        (&["invalidate", "alice"], "invalid_args_count"),
+        // `disconnect now` did not close the connection.
+        (&["prolongate"], "prolongate_ack"),
+    ]);
 }
 
 #[test]
 fn login_with_too_many_arguments_does_not_bind() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send(&["login", "alice", "alice-secret", "extra"]);
-    client.expect(&["invalid_args_count"]);
-    let mut other_alice = server.client();
-    other_alice.login("alice", "alice-secret");
-    other_alice.send(&["invalidate"]);
-    other_alice.expect(&["invalidate_ack"]);
-    client.expect_nothing_for(QUIET);
+    let (server, mut client) = conversation(&[(
+        &["login", "alice", "alice-secret", "extra"],
+        "invalid_args_count",
+    )]);
+    assert_not_bound(&server, &mut client, ALICE);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -325,11 +317,7 @@ fn login_split_inside_multibyte_characters_succeeds() {
     client.send_bytewise(&bytes, Duration::from_millis(3));
     client.expect(&["login_valid"]);
     // The binding is to exactly that name.
-    let mut other = server.client();
-    other.login("Алиса", "пароль-ключ");
-    other.send(&["invalidate"]);
-    other.expect(&["invalidate_ack"]);
-    client.expect(&["invalidated"]);
+    assert_bound(&server, &mut client, ("Алиса", "пароль-ключ"));
 }
 
 #[test]
@@ -362,18 +350,13 @@ fn message_split_across_writes_at_any_point_is_reassembled() {
 
 #[test]
 fn messages_with_empty_parts_are_parsed_as_such() {
-    let server = alice_and_bob();
-    let mut client = server.client();
-    client.send_raw(b"login\x1f\x1f\x1e");
-    client.expect(&["login_invalid"]);
-    client.send_raw(b"login\x1falice\x1f\x1e");
-    client.expect(&["login_invalid"]);
-    client.send_raw(b"login\x1f\x1falice-secret\x1e");
-    client.expect(&["login_invalid"]);
-    client.send_raw(b"login\x1f\x1f\x1f\x1e");
-    client.expect(&["invalid_args_count"]);
-    client.send_raw(b"prolongate\x1f\x1e");
-    client.expect(&["invalid_args_count"]);
+    alice_and_bob().client().converse_raw(&[
+        (b"login\x1f\x1f\x1e", "login_invalid"),
+        (b"login\x1falice\x1f\x1e", "login_invalid"),
+        (b"login\x1f\x1falice-secret\x1e", "login_invalid"),
+        (b"login\x1f\x1f\x1f\x1e", "invalid_args_count"),
+        (b"prolongate\x1f\x1e", "invalid_args_count"),
+    ]);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -434,20 +417,9 @@ fn failed_login_keeps_the_previous_binding() {
     client.login("alice", "alice-secret");
     client.send(&["login", "bob", "wrong"]);
     client.expect(&["login_invalid"]);
-
-    // Not bound to bob...
-    let mut bob = server.client();
-    bob.login("bob", "bob-secret");
-    bob.send(&["invalidate"]);
-    bob.expect(&["invalidate_ack"]);
-    client.expect_nothing_for(QUIET);
-
-    // ...still bound to alice.
-    let mut alice = server.client();
-    alice.login("alice", "alice-secret");
-    alice.send(&["invalidate"]);
-    alice.expect(&["invalidate_ack"]);
-    client.expect(&["invalidated"]);
+    // Not bound to bob, still bound to alice.
+    assert_not_bound(&server, &mut client, BOB);
+    assert_bound(&server, &mut client, ALICE);
 }
 
 #[test]
@@ -456,18 +428,8 @@ fn login_under_another_name_moves_the_binding() {
     let mut client = server.client();
     client.login("alice", "alice-secret");
     client.login("bob", "bob-secret");
-
-    let mut alice = server.client();
-    alice.login("alice", "alice-secret");
-    alice.send(&["invalidate"]);
-    alice.expect(&["invalidate_ack"]);
-    client.expect_nothing_for(QUIET);
-
-    let mut bob = server.client();
-    bob.login("bob", "bob-secret");
-    bob.send(&["invalidate"]);
-    bob.expect(&["invalidate_ack"]);
-    client.expect(&["invalidated"]);
+    assert_not_bound(&server, &mut client, ALICE);
+    assert_bound(&server, &mut client, BOB);
 }
 
 #[test]
@@ -482,10 +444,7 @@ fn invalidated_connection_is_bound_to_nothing() {
     second.expect(&["invalidated"]);
 
     // A later invalidate of alice no longer reaches the invalidated connection.
-    let mut third = server.client();
-    third.login("alice", "alice-secret");
-    third.send(&["invalidate"]);
-    third.expect(&["invalidate_ack"]);
+    invalidate_as(&server, ALICE);
     first.expect(&["invalidated"]);
     second.expect_nothing_for(QUIET);
 }

@@ -1,5 +1,6 @@
-//! Supervision: when the registry or the bus panics, a fresh one takes over, rebuilt from
-//! the connections, and clients notice nothing.
+//! Supervision: when the registry or the bus panics, a fresh one takes over (counted in
+//! `tether_actor_restarts_total`), the registry rebuilt from the connections, and clients
+//! notice nothing.
 
 use crate::common::in_process::{test_settings, InProcessServer};
 use crate::common::{wait_until, TestClient};
@@ -40,8 +41,8 @@ fn scene() -> Scene {
 /// Events and invalidations still reach the connections bound before the fault.
 fn assert_bindings_survived(scene: &mut Scene) {
     let server = &scene.server;
-    server.wait_for_connections("alice", 3);
-    server.wait_for_connections("bob", 1);
+    assert_eq!(server.handle().connections("alice"), 3);
+    assert_eq!(server.handle().connections("bob"), 1);
 
     let receipt = server
         .block_on(server.handle().publish("alice", "after the fault"))
@@ -62,6 +63,8 @@ fn assert_bindings_survived(scene: &mut Scene) {
 
 /// Makes the bus panic and waits until the supervisor has put a fresh one in its place.
 fn replace_the_bus(server: &InProcessServer) {
+    const RESTARTS: &str = "tether_actor_restarts_total{actor=\"bus\"}";
+    let restarts = server.metric(RESTARTS);
     let panicked = server.handle().bus();
     server.handle().inject_panic(FaultTarget::Bus);
     assert!(
@@ -69,12 +72,24 @@ fn replace_the_bus(server: &InProcessServer) {
         "the bus was not replaced"
     );
     assert!(!panicked.connected(), "the panicked bus still runs");
+    assert_eq!(
+        server.metric(RESTARTS),
+        restarts + 1.0,
+        "one bus restart counted"
+    );
 }
 
 #[test]
 fn a_panicking_registry_is_replaced_and_rebuilt_from_the_connections() {
     let mut scene = scene();
-    scene.server.handle().inject_panic(FaultTarget::Registry);
+    scene.server.replace_the_registry();
+    assert_eq!(
+        scene
+            .server
+            .metric("tether_actor_restarts_total{actor=\"bus\"}"),
+        0.0,
+        "the bus ran on"
+    );
     assert_bindings_survived(&mut scene);
 }
 
@@ -90,11 +105,10 @@ fn repeated_faults_of_both_children_leave_every_binding_in_place() {
     let mut scene = scene();
     for round in 0..5 {
         if round % 2 == 0 {
-            scene.server.handle().inject_panic(FaultTarget::Registry);
+            scene.server.replace_the_registry();
         } else {
             replace_the_bus(&scene.server);
         }
-        scene.server.wait_for_connections("alice", 3);
         let receipt = scene
             .server
             .block_on(
@@ -111,5 +125,15 @@ fn repeated_faults_of_both_children_leave_every_binding_in_place() {
             &format!("round {round}"),
         ]);
     }
+    let restarts = |actor: &str| {
+        scene
+            .server
+            .metric(&format!("tether_actor_restarts_total{{actor=\"{actor}\"}}"))
+    };
+    let workers = test_settings().workers as f64;
+    assert_eq!(
+        (restarts("registry"), restarts("bus")),
+        (3.0 * workers, 2.0)
+    );
     assert_bindings_survived(&mut scene);
 }

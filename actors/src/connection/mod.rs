@@ -101,7 +101,7 @@ impl Effects for Outbox<'_> {
     }
 
     fn bind(&mut self, binding: &Binding) {
-        self.hub.registries[self.shard].do_send(Bind {
+        self.hub.shards.registries[self.shard].do_send(Bind {
             user: Arc::clone(&binding.user),
             binding: binding.id,
             connection: self.ctx.address().recipient(),
@@ -109,7 +109,7 @@ impl Effects for Outbox<'_> {
     }
 
     fn unbind(&mut self, binding: &Binding) {
-        self.hub.registries[self.shard].do_send(Unbind {
+        self.hub.shards.registries[self.shard].do_send(Unbind {
             user: Arc::clone(&binding.user),
             binding: binding.id,
         });
@@ -507,8 +507,8 @@ impl Handler<HubChanged> for ConnectionActor {
     type Result = ();
 
     fn handle(&mut self, HubChanged(state): HubChanged, ctx: &mut Context<Self>) {
-        let fresh_registry = state.registry_generations.get(self.shard)
-            != self.hub.registry_generations.get(self.shard);
+        let fresh_registry =
+            state.shards.generations.get(self.shard) != self.hub.shards.generations.get(self.shard);
         self.hub = state;
         if self.hub.shutting_down {
             // This message queued behind every push sent before the shutdown began, so an

@@ -2,10 +2,18 @@
 //! or (later) a broker shared by several nodes. It stamps events with their time, encodes
 //! them once and hands them to the registry shards that hold the user's connections (as
 //! `Presence` counts them) for fan-out.
+//!
+//! In a cluster (a [`Broker`] given) an event goes to the broker first and is delivered
+//! here only once the broker has taken it: the broker calls the delivery it was handed, in
+//! publish order (a publish the broker cannot take is answered
+//! [`PublishError::ClusterUnreachable`] and delivered nowhere). Events and invalidations
+//! from other nodes come in as `RemoteEvent` and `RemoteInvalidate`.
 
 use crate::auth::credentials::check_name;
+use crate::hub::broker::{Broker, BrokerUnreachable, ClusterEvent};
 use crate::hub::messages::{
-    BatchedEvent, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Revoke,
+    BatchedEvent, BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, RemoteEvent,
+    RemoteInvalidate, Revoke,
 };
 pub use crate::hub::messages::{
     Invalidate, InvalidationCause, Publish, PublishBatch, PublishError, PublishReceipt,
@@ -13,6 +21,7 @@ pub use crate::hub::messages::{
 };
 use crate::hub::presence::Presence;
 use crate::hub::registry::UserRegistryActor;
+use crate::hub::shards::{Shards, ShardsInForce};
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
 use crate::wire::codec::{encoded_message, is_valid_part};
@@ -30,11 +39,17 @@ pub const EVENTS_IN_FLIGHT: usize = 64;
 /// slice is on its way into the output buffers while the bus hands on the next.
 const BATCH_SLICE: usize = EVENTS_IN_FLIGHT / 2;
 
+/// In a cluster, the bus's mailbox holds this many messages before the broker's
+/// `RemoteEvent`s are refused (and counted as dropped) rather than queued without bound.
+const CLUSTER_MAILBOX: usize = 4096;
+
 /// Routes events and invalidations to the registry shards.
 pub struct EventBusActor {
-    /// The registry shards in force, one per worker; each is replaced when the supervisor
-    /// restarts it.
-    registries: Vec<Addr<UserRegistryActor>>,
+    /// The registry shards in force, as last read from `shards_in_force`.
+    shards: Shards,
+    /// The hub's state, where the supervisor publishes the shards in force (a restarted
+    /// shard replaces its predecessor there); read at every message.
+    shards_in_force: Box<dyn ShardsInForce>,
     /// Stamps events with their registration time.
     clock: EventClock,
     /// Longest event text accepted: an event must fit in a connection's output limit.
@@ -45,25 +60,41 @@ pub struct EventBusActor {
     presence: Arc<Presence>,
     /// One permit per event not yet taken by all its connections.
     in_flight: Arc<Semaphore>,
+    /// In a cluster, the broker every event and cross-node invalidation goes through.
+    broker: Option<Arc<dyn Broker>>,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
 
 impl EventBusActor {
     pub(crate) fn new(
-        registries: Vec<Addr<UserRegistryActor>>,
+        mut shards_in_force: Box<dyn ShardsInForce>,
         limits: BusLimits,
         death: DeathNotice,
     ) -> Self {
         Self {
-            registries,
+            shards: shards_in_force.current(),
+            shards_in_force,
             clock: limits.clock,
             max_text_bytes: limits.max_text_bytes,
             metrics: limits.metrics,
             presence: limits.presence,
             in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
+            broker: limits.broker,
             _death: death,
         }
+    }
+
+    /// Reads the shards in force again if the supervisor changed them.
+    fn refresh(&mut self) {
+        if let Some(shards) = self.shards_in_force.changed() {
+            self.shards = shards;
+        }
+    }
+
+    /// The registry shards in force (as of the last [`Self::refresh`]).
+    fn registries(&self) -> &[Addr<UserRegistryActor>] {
+        &self.shards.registries
     }
 
     /// The shards holding connections of `user`: their current addresses, each with how
@@ -74,7 +105,7 @@ impl EventBusActor {
     ) -> impl Iterator<Item = (&'a Addr<UserRegistryActor>, usize)> {
         self.presence
             .holding(user)
-            .filter_map(|(shard, connections)| Some((self.registries.get(shard)?, connections)))
+            .filter_map(|(shard, connections)| Some((self.registries().get(shard)?, connections)))
     }
 }
 
@@ -89,10 +120,53 @@ pub(crate) struct BusLimits {
     pub metrics: Metrics,
     /// Which shards hold connections of which user, kept by the connections.
     pub presence: Arc<Presence>,
+    /// In a cluster, the broker to the other nodes; `None` alone.
+    pub broker: Option<Arc<dyn Broker>>,
+}
+
+/// An event the broker has taken, to deliver on this node: what the broker's answer runs.
+struct DeliverHere {
+    /// The user it is for.
+    user: Arc<str>,
+    /// The whole encoded message.
+    message: Bytes,
+    /// Its back-pressure permit.
+    in_flight: Arc<EventInFlight>,
+    /// Which shards hold the user's connections.
+    presence: Arc<Presence>,
+    /// The shards in force when the event was published.
+    shards: Shards,
+}
+
+impl DeliverHere {
+    /// Hands the event to the shards holding its user; answers how many connections
+    /// [`Presence`] counts for it here.
+    fn deliver(self) -> usize {
+        let accepted = Instant::now();
+        let mut connections = 0;
+        for (shard, held) in self.presence.holding(&self.user) {
+            if let Some(registry) = self.shards.registries.get(shard) {
+                connections += held;
+                registry.do_send(Deliver {
+                    user: Arc::clone(&self.user),
+                    message: self.message.clone(),
+                    in_flight: Arc::clone(&self.in_flight),
+                    accepted,
+                });
+            }
+        }
+        connections
+    }
 }
 
 impl Actor for EventBusActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.broker.is_some() {
+            ctx.set_mailbox_capacity(CLUSTER_MAILBOX);
+        }
+    }
 }
 
 impl Handler<Publish> for EventBusActor {
@@ -101,6 +175,10 @@ impl Handler<Publish> for EventBusActor {
     fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
         if let Err(err) = self.check(&msg) {
             return Box::pin(std::future::ready(Err(err)));
+        }
+        if self.broker.is_some() {
+            let receipt = self.publish_clustered(msg, ctx);
+            return Box::pin(async move { receipt.await.map_err(|_| PublishError::Unavailable)? });
         }
         if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
             return Box::pin(std::future::ready(self.deliver(msg, permit)));
@@ -123,6 +201,7 @@ impl Handler<PublishBatch> for EventBusActor {
     type Result = ResponseFuture<Result<Vec<PublishReceipt>, PublishError>>;
 
     fn handle(&mut self, msg: PublishBatch, ctx: &mut Context<Self>) -> Self::Result {
+        self.refresh();
         let events = msg.events.len();
         if !(1..=MAX_BATCH_EVENTS).contains(&events) {
             return Box::pin(std::future::ready(Err(PublishError::BatchSize { events })));
@@ -137,8 +216,26 @@ impl Handler<PublishBatch> for EventBusActor {
         }
         // A shard being replaced fails the batch whole, delivered nowhere (the handle
         // retries it once the shard is back).
-        if self.registries.iter().any(|registry| !registry.connected()) {
+        if self
+            .registries()
+            .iter()
+            .any(|registry| !registry.connected())
+        {
             return Box::pin(std::future::ready(Err(PublishError::Unavailable)));
+        }
+        if self.broker.is_some() {
+            // Event by event through the broker, in order; the batch is answered when its
+            // last event is.
+            let (handed, all_handed) = oneshot::channel();
+            self.batch_to_broker(msg.events, 0, Vec::with_capacity(events), handed, ctx);
+            return Box::pin(async move {
+                let receipts = all_handed.await.map_err(|_| PublishError::Unavailable)?;
+                let mut answers = Vec::with_capacity(receipts.len());
+                for receipt in receipts {
+                    answers.push(receipt.await.map_err(|_| PublishError::Unavailable)??);
+                }
+                Ok(answers)
+            });
         }
         let (answer, answered) = oneshot::channel();
         self.hand_on_batch(msg.events, 0, Vec::with_capacity(events), answer, ctx);
@@ -172,6 +269,7 @@ impl EventBusActor {
         msg: Publish,
         permit: OwnedSemaphorePermit,
     ) -> Result<PublishReceipt, PublishError> {
+        self.refresh();
         let mut connections = 0;
         for (registry, held) in self.registries_holding(&msg.user) {
             if !registry.connected() {
@@ -244,6 +342,7 @@ impl EventBusActor {
         mut permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
+        self.refresh();
         let rest = batch.get(*next..).unwrap_or_default();
         let slice = std::iter::from_fn(|| permits.split(1))
             .map(|permit| EventInFlight { _permit: permit })
@@ -255,7 +354,7 @@ impl EventBusActor {
         let before = receipts.len();
         let per_shard = sort_by_shard(
             &self.presence,
-            self.registries.len(),
+            self.registries().len(),
             stamp,
             slice,
             receipts,
@@ -263,7 +362,7 @@ impl EventBusActor {
         let handed_on = receipts.len() - before;
         *next += handed_on;
         self.metrics.events_published.inc_by(handed_on as u64);
-        for (registry, events) in self.registries.iter().zip(per_shard) {
+        for (registry, events) in self.registries().iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
                     events,
@@ -271,6 +370,127 @@ impl EventBusActor {
                 });
             }
         }
+    }
+}
+
+impl EventBusActor {
+    /// In a cluster: stamps a checked event and hands it to the broker once it has a
+    /// permit (waiting in place for one); the answer comes once it is delivered here.
+    fn publish_clustered(
+        &mut self,
+        msg: Publish,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Result<PublishReceipt, PublishError>> {
+        let (receipt, answered) = oneshot::channel();
+        if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+            self.hand_to_broker(msg, permit, receipt);
+            return answered;
+        }
+        let permit = Arc::clone(&self.in_flight).acquire_owned();
+        ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
+            // The semaphore is never closed.
+            if let Ok(permit) = permit {
+                act.refresh();
+                act.hand_to_broker(msg, permit, receipt);
+            }
+        }));
+        answered
+    }
+
+    /// In a cluster: hands the events of a checked batch from `next` on to the broker, in
+    /// order, each once it has a permit (waiting in place for one at a time, so order is
+    /// kept); sends `handed` the receivers of their receipts once the last is handed on.
+    fn batch_to_broker(
+        &mut self,
+        events: Arc<[Publish]>,
+        mut next: usize,
+        mut receipts: Vec<oneshot::Receiver<Result<PublishReceipt, PublishError>>>,
+        handed: oneshot::Sender<Vec<oneshot::Receiver<Result<PublishReceipt, PublishError>>>>,
+        ctx: &mut Context<Self>,
+    ) {
+        while let Some(event) = events.get(next) {
+            let (receipt, answered) = oneshot::channel();
+            receipts.push(answered);
+            next += 1;
+            if let Ok(permit) = Arc::clone(&self.in_flight).try_acquire_owned() {
+                self.hand_to_broker(event.clone(), permit, receipt);
+                continue;
+            }
+            let event = event.clone();
+            let permit = Arc::clone(&self.in_flight).acquire_owned();
+            ctx.wait(permit.into_actor(self).map(move |permit, act, ctx| {
+                // The semaphore is never closed.
+                if let Ok(permit) = permit {
+                    act.refresh();
+                    act.hand_to_broker(event, permit, receipt);
+                    act.batch_to_broker(events, next, receipts, handed, ctx);
+                }
+            }));
+            return;
+        }
+        let _ = handed.send(receipts);
+    }
+
+    /// Stamps `msg` and hands it to the broker, with what delivers it here once the broker
+    /// has taken it (called by the broker, in publish order, so the bus never waits for the
+    /// broker while it holds permits).
+    fn hand_to_broker(
+        &mut self,
+        msg: Publish,
+        permit: OwnedSemaphorePermit,
+        receipt: oneshot::Sender<Result<PublishReceipt, PublishError>>,
+    ) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        let time = self.clock.now();
+        let user: Arc<str> = Arc::from(msg.user);
+        let text: Arc<str> = Arc::from(msg.text);
+        let message = event_message(&time.to_string(), &text);
+        let here = DeliverHere {
+            user: Arc::clone(&user),
+            message,
+            in_flight: Arc::new(EventInFlight { _permit: permit }),
+            presence: Arc::clone(&self.presence),
+            shards: self.shards.clone(),
+        };
+        let metrics = self.metrics.clone();
+        let answered = Box::new(move |answer: Result<usize, BrokerUnreachable>| {
+            let result = match answer {
+                Ok(others) => {
+                    metrics.events_published.inc();
+                    Ok(PublishReceipt {
+                        time,
+                        connections: here.deliver() + others,
+                    })
+                }
+                Err(BrokerUnreachable) => Err(PublishError::ClusterUnreachable),
+            };
+            let _ = receipt.send(result);
+        });
+        broker.publish(ClusterEvent { user, time, text }, answered);
+    }
+
+    /// Hands an encoded event to the shards holding `user`; answers how many connections
+    /// [`Presence`] counts for it here.
+    fn deliver_here(
+        &self,
+        user: &Arc<str>,
+        message: Bytes,
+        in_flight: Arc<EventInFlight>,
+    ) -> usize {
+        let accepted = Instant::now();
+        let mut connections = 0;
+        for (registry, held) in self.registries_holding(user) {
+            connections += held;
+            registry.do_send(Deliver {
+                user: Arc::clone(user),
+                message: message.clone(),
+                in_flight: Arc::clone(&in_flight),
+                accepted,
+            });
+        }
+        connections
     }
 }
 
@@ -325,30 +545,131 @@ fn sort_by_shard<'a>(
 impl Handler<Invalidate> for EventBusActor {
     type Result = ResponseFuture<Result<usize, PublishError>>;
 
-    fn handle(&mut self, msg: Invalidate, _: &mut Context<Self>) -> Self::Result {
+    /// Alone, or for a password change or removal (which every node learns from its own
+    /// store), the connections here. In a cluster, a client's `invalidate` acts here at
+    /// once and reaches the other nodes through the broker as soon as it can; an
+    /// operator's goes through the broker first and fails whole while it is unreachable.
+    fn handle(&mut self, msg: Invalidate, ctx: &mut Context<Self>) -> Self::Result {
+        self.refresh();
         let user: Arc<str> = Arc::from(msg.user);
+        let cause = msg.cause;
+        let broker = match (&self.broker, cause) {
+            (Some(broker), InvalidationCause::Client | InvalidationCause::Operator) => {
+                Arc::clone(broker)
+            }
+            _ => return Box::pin(self.revoke_here(user, msg.except, None, cause)),
+        };
+        if cause == InvalidationCause::Client {
+            broker.invalidate_later(Arc::clone(&user));
+            return Box::pin(self.revoke_here(user, msg.except, None, cause));
+        }
+        let (answer, answered) = oneshot::channel::<RevokeCount>();
+        let others = broker.invalidate(Arc::clone(&user));
+        ctx.spawn(others.into_actor(self).map(move |others, act, _| {
+            match others.unwrap_or(Err(BrokerUnreachable)) {
+                Ok(others) => {
+                    let here = act.revoke_here(user, msg.except, None, cause);
+                    let _ = answer.send(Box::pin(async move { Ok(here.await? + others) }));
+                }
+                Err(BrokerUnreachable) => {
+                    let _ = answer.send(Box::pin(std::future::ready(Err(
+                        PublishError::ClusterUnreachable,
+                    ))));
+                }
+            }
+        }));
+        Box::pin(async move { answered.await.map_err(|_| PublishError::Unavailable)?.await })
+    }
+}
+
+/// How many connections an invalidation revoked, once the shards have answered.
+type RevokeCount =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<usize, PublishError>> + Send>>;
+
+impl EventBusActor {
+    /// Revokes the bindings of `user` here (all but `except`; with `issued_before`, only
+    /// those issued before it); the future answers how many were revoked.
+    fn revoke_here(
+        &self,
+        user: Arc<str>,
+        except: Option<BindingId>,
+        issued_before: Option<BindingId>,
+        cause: InvalidationCause,
+    ) -> impl std::future::Future<Output = Result<usize, PublishError>> + Send + 'static {
         let counts: Vec<_> = self
             .registries_holding(&user)
             .map(|(registry, _)| {
                 let (revoked, count) = oneshot::channel();
                 registry.do_send(Revoke {
                     user: Arc::clone(&user),
-                    except: msg.except,
+                    except,
+                    issued_before,
                     revoked,
                 });
                 count
             })
             .collect();
-        let cause = msg.cause;
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        async move {
             let invalidated = sum_counts(counts).await?;
             metrics.invalidated(cause, invalidated);
             if invalidated > 0 {
                 log::info!("user {user:?}: {invalidated} connection(s) invalidated ({cause})");
             }
             Ok(invalidated)
-        })
+        }
+    }
+}
+
+impl Handler<RemoteEvent> for EventBusActor {
+    type Result = ();
+
+    /// Delivers an event another node published to the connections here; waits in place
+    /// for a permit like a publish (the broker's sends are refused meanwhile, and counted
+    /// as dropped).
+    fn handle(&mut self, msg: RemoteEvent, ctx: &mut Context<Self>) {
+        self.refresh();
+        let message = event_message(&msg.time.to_string(), &msg.text);
+        match Arc::clone(&self.in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                self.deliver_here(
+                    &msg.user,
+                    message,
+                    Arc::new(EventInFlight { _permit: permit }),
+                );
+            }
+            Err(_) => {
+                let permit = Arc::clone(&self.in_flight).acquire_owned();
+                ctx.wait(permit.into_actor(self).map(move |permit, act, _| {
+                    // The semaphore is never closed.
+                    if let Ok(permit) = permit {
+                        act.refresh();
+                        let in_flight = Arc::new(EventInFlight { _permit: permit });
+                        act.deliver_here(&msg.user, message, in_flight);
+                    }
+                }));
+            }
+        }
+    }
+}
+
+impl Handler<RemoteInvalidate> for EventBusActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoteInvalidate, ctx: &mut Context<Self>) {
+        self.refresh();
+        let revoked = self.revoke_here(
+            msg.user,
+            None,
+            msg.issued_before,
+            InvalidationCause::Cluster,
+        );
+        ctx.spawn(
+            async move {
+                let _ = revoked.await;
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -366,8 +687,9 @@ impl Handler<Drain> for EventBusActor {
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
         // A shard's mailbox is first in, first out: it answers after the events before.
+        self.refresh();
         let drained: Vec<_> = self
-            .registries
+            .registries()
             .iter()
             .map(|registry| registry.send(Drain))
             .collect();
@@ -377,26 +699,6 @@ impl Handler<Drain> for EventBusActor {
                 let _ = shard.await;
             }
         })
-    }
-}
-
-/// The supervisor restarted a registry shard: use this address for it from now on.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub(crate) struct UseRegistry {
-    /// Which shard.
-    pub shard: usize,
-    /// Its new address.
-    pub registry: Addr<UserRegistryActor>,
-}
-
-impl Handler<UseRegistry> for EventBusActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: UseRegistry, _: &mut Context<Self>) {
-        if let Some(slot) = self.registries.get_mut(msg.shard) {
-            *slot = msg.registry;
-        }
     }
 }
 
@@ -499,12 +801,13 @@ mod tests {
             max_text_bytes: 1024,
             metrics: Metrics::new(),
             presence: Arc::clone(presence),
+            broker: None,
         }
     }
 
     /// Binds `connection` to "alice" on shard 0, as a connection does.
     async fn bind_alice(hub: &HubState, presence: &Presence, connection: &Addr<Hoarder>) {
-        hub.registries[0]
+        hub.shards.registries[0]
             .send(Bind {
                 user: Arc::from("alice"),
                 binding: BindingId::next(),

@@ -19,13 +19,21 @@ pub use crate::util::metrics::InvalidationCause;
 pub const MAX_BATCH_EVENTS: usize = 1000;
 
 /// Identifies one login of one connection; a stale invalidation names an old one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Issued in increasing order, so a binding issued later compares greater.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BindingId(u64);
+
+/// The next [`BindingId`] to issue.
+static NEXT_BINDING: AtomicU64 = AtomicU64::new(1);
 
 impl BindingId {
     pub(crate) fn next() -> Self {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+        Self(NEXT_BINDING.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The id the next binding will get: every binding issued so far compares less.
+    pub fn watermark() -> Self {
+        Self(NEXT_BINDING.load(Ordering::Relaxed))
     }
 }
 
@@ -126,16 +134,11 @@ pub(crate) struct Revoke {
     pub user: Arc<str>,
     /// The binding that stays (the connection that asked for the invalidation).
     pub except: Option<BindingId>,
+    /// When set, only bindings issued before it end (a late invalidation from another
+    /// node spares the logins made after it).
+    pub issued_before: Option<BindingId>,
     /// Receives how many connections were invalidated.
     pub revoked: oneshot::Sender<usize>,
-}
-
-/// Asks how many connections are bound to `user` now.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct CountConnections {
-    /// The user name.
-    pub user: String,
 }
 
 /// Publishes an event for a user: every connection bound to that user gets
@@ -172,6 +175,8 @@ pub enum PublishError {
     },
     /// The bus or the registry stopped before answering.
     Unavailable,
+    /// In a cluster, the broker cannot be reached: nothing was delivered (SPEC §8).
+    ClusterUnreachable,
     /// A batch with no event or more than [`MAX_BATCH_EVENTS`].
     BatchSize {
         /// How many events the batch held.
@@ -193,6 +198,9 @@ impl fmt::Display for PublishError {
             Self::TextHasSeparator => f.write_str("the text contains U+001E or U+001F"),
             Self::TextTooLong { limit } => write!(f, "the text is longer than {limit} bytes"),
             Self::Unavailable => f.write_str("the event bus is restarting"),
+            Self::ClusterUnreachable => {
+                f.write_str("the cluster broker (Redis) is unreachable; nothing was delivered")
+            }
             Self::BatchSize { events } => write!(
                 f,
                 "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {events}"
@@ -240,6 +248,28 @@ pub struct Invalidate {
     pub except: Option<BindingId>,
     /// Why, for the log.
     pub cause: InvalidationCause,
+}
+
+/// An event another node published, handed in by the broker.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteEvent {
+    /// The user it is for.
+    pub user: Arc<str>,
+    /// Its time as the publishing node stamped it.
+    pub time: i64,
+    /// Its text.
+    pub text: Arc<str>,
+}
+
+/// Another node invalidated a user, handed in by the broker.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct RemoteInvalidate {
+    /// Whose connections are invalidated.
+    pub user: Arc<str>,
+    /// Only bindings issued before this end, when set.
+    pub issued_before: Option<BindingId>,
 }
 
 /// Answers once every registry shard has taken everything the bus handed it before this.

@@ -8,12 +8,19 @@
 //! message arrives. A registry restart changes nothing here: the bindings, and so the
 //! counts, live on in the connections.
 //!
-//! Users are counted under a hash of their name. Two names that share a hash only make an
-//! event visit a shard where it finds nobody; none is ever skipped.
+//! It is also the one place this node's connections are counted: a publish answers its
+//! count, and so does `TetherHandle::connections` (the admin API's `/connections`). In a
+//! cluster it also tells the [`Broker`] of each connection bound and unbound, by name, so
+//! that the broker follows the users this node has and counts them for the other nodes.
+//!
+//! Users are counted under a hash of their name (64 bits). Two names that share a hash
+//! only make an event visit a shard where it finds nobody, and add up in each other's
+//! counts; none is ever skipped.
 
+use crate::hub::broker::Broker;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Per registry shard, how many connections are bound to each user (by name hash).
 #[derive(Debug)]
@@ -22,14 +29,23 @@ pub(crate) struct Presence {
     hasher: RandomState,
     /// Indexed like the registry shards; only bound users have an entry.
     shards: Box<[Mutex<HashMap<u64, u32>>]>,
+    /// In a cluster, told of every change.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Presence {
     /// Nobody bound, on `shards` shards.
+    #[cfg(test)]
     pub(crate) fn new(shards: usize) -> Self {
+        Self::with_broker(shards, None)
+    }
+
+    /// Nobody bound, on `shards` shards; every change is also told to `broker`.
+    pub(crate) fn with_broker(shards: usize, broker: Option<Arc<dyn Broker>>) -> Self {
         Self {
             hasher: RandomState::new(),
             shards: (0..shards).map(|_| Mutex::default()).collect(),
+            broker,
         }
     }
 
@@ -38,6 +54,9 @@ impl Presence {
         let key = self.hasher.hash_one(user);
         if let Some(counts) = self.shards.get(shard) {
             *lock(counts).entry(key).or_default() += 1;
+            if let Some(broker) = &self.broker {
+                broker.presence(user, 1);
+            }
         }
     }
 
@@ -51,8 +70,16 @@ impl Presence {
                 if *count == 0 {
                     counts.remove(&key);
                 }
+                if let Some(broker) = &self.broker {
+                    broker.presence(user, -1);
+                }
             }
         }
+    }
+
+    /// How many connections of this node are bound to `user`.
+    pub(crate) fn count(&self, user: &str) -> usize {
+        self.holding(user).map(|(_, connections)| connections).sum()
     }
 
     /// The shards holding at least one connection bound to `user`, in shard order, each

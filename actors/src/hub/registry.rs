@@ -6,15 +6,18 @@
 //! event to each shard once.
 //!
 //! The registry's map is a cache of what the connections know: each connection holds its
-//! own binding and announces it again to a fresh registry after a restart.
+//! own binding and announces it again to a fresh registry after a restart. How full it is
+//! shows in `tether_registry_bindings` (per worker); how many connections are bound is
+//! `Presence`'s to say, not the registry's.
 
-pub use crate::hub::messages::{Bind, CountConnections, Unbind};
+pub use crate::hub::messages::{Bind, Unbind};
 use crate::hub::messages::{
     BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Push, Revoke, ShardEvent,
 };
 use crate::util::metrics::Metrics;
 use actix::prelude::*;
 use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,23 +36,29 @@ pub struct UserRegistryActor {
     by_user: HashMap<Arc<str>, Vec<BoundConnection>>,
     /// Counts deliveries.
     metrics: Metrics,
+    /// The number of entries in `by_user`, as `tether_registry_bindings` shows it.
+    bindings: Gauge,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
 
 impl UserRegistryActor {
-    /// An empty registry that reports its end through `death`.
-    pub(crate) fn new(metrics: Metrics, death: DeathNotice) -> Self {
+    /// An empty registry that counts its entries in `bindings` (at zero) and reports its
+    /// end through `death`.
+    pub(crate) fn new(metrics: Metrics, bindings: Gauge, death: DeathNotice) -> Self {
         Self {
             by_user: HashMap::new(),
             metrics,
+            bindings,
             _death: death,
         }
     }
 
-    /// Number of connections bound to `user`.
-    fn count(&self, user: &str) -> usize {
-        self.by_user.get(user).map_or(0, Vec::len)
+    /// `removed` entries are gone from `by_user`.
+    fn forget(&self, removed: usize) {
+        if removed > 0 {
+            self.bindings.dec_by(removed as i64);
+        }
     }
 }
 
@@ -71,10 +80,13 @@ impl Handler<Bind> for UserRegistryActor {
             .find(|entry| entry.binding == msg.binding)
         {
             Some(entry) => entry.connection = msg.connection,
-            None => entries.push(BoundConnection {
-                binding: msg.binding,
-                connection: msg.connection,
-            }),
+            None => {
+                entries.push(BoundConnection {
+                    binding: msg.binding,
+                    connection: msg.connection,
+                });
+                self.bindings.inc();
+            }
         }
     }
 }
@@ -84,10 +96,13 @@ impl Handler<Unbind> for UserRegistryActor {
 
     fn handle(&mut self, msg: Unbind, _: &mut Context<Self>) {
         if let Some(entries) = self.by_user.get_mut(&*msg.user) {
+            let before = entries.len();
             entries.retain(|entry| entry.binding != msg.binding);
+            let removed = before - entries.len();
             if entries.is_empty() {
                 self.by_user.remove(&*msg.user);
             }
+            self.forget(removed);
         }
     }
 }
@@ -121,7 +136,9 @@ impl UserRegistryActor {
     ) {
         if let Some(entries) = self.by_user.get_mut(&*user) {
             // A connection that died without unbinding is dropped here.
+            let before = entries.len();
             entries.retain(|entry| entry.connection.connected());
+            let dead = before - entries.len();
             let event = Arc::new(ShardEvent {
                 message,
                 accepted,
@@ -137,6 +154,7 @@ impl UserRegistryActor {
             if entries.is_empty() {
                 self.by_user.remove(&*user);
             }
+            self.forget(dead);
         }
     }
 }
@@ -156,7 +174,11 @@ impl Handler<Revoke> for UserRegistryActor {
         if let Some(entries) = self.by_user.remove(&*msg.user) {
             let mut kept = Vec::new();
             for entry in entries {
-                if Some(entry.binding) == msg.except {
+                let spared = Some(entry.binding) == msg.except
+                    || msg
+                        .issued_before
+                        .is_some_and(|before| entry.binding >= before);
+                if spared {
                     kept.push(entry);
                 } else {
                     entry.connection.do_send(Push::Invalidated {
@@ -170,14 +192,6 @@ impl Handler<Revoke> for UserRegistryActor {
             }
         }
         let _ = msg.revoked.send(revoked);
-    }
-}
-
-impl Handler<CountConnections> for UserRegistryActor {
-    type Result = usize;
-
-    fn handle(&mut self, msg: CountConnections, _: &mut Context<Self>) -> usize {
-        self.count(&msg.user)
     }
 }
 

@@ -3,18 +3,16 @@
 //! read it from a watch channel, connections from their `HubChanged` messages.
 
 use crate::hub::bus::EventBusActor;
-use crate::hub::registry::UserRegistryActor;
+use crate::hub::shards::{Shards, ShardsInForce};
 use actix::prelude::*;
-use std::sync::Arc;
+use tokio::sync::watch;
 
 /// What every connection and handle needs to know about the hub, published on a watch
 /// channel so a change reaches all of them.
 #[derive(Clone)]
 pub struct HubState {
-    /// The registry shards in force, one per worker arbiter, indexed like the workers.
-    pub(crate) registries: Arc<[Addr<UserRegistryActor>]>,
-    /// Per shard, bumped each time a fresh registry replaces a failed one.
-    pub(crate) registry_generations: Arc<[u64]>,
+    /// The registry shards in force and their generations.
+    pub(crate) shards: Shards,
     /// The bus in force.
     pub(crate) bus: Addr<EventBusActor>,
     /// Set once the server is stopping: every connection says `shutdown` and closes.
@@ -25,3 +23,14 @@ pub struct HubState {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct HubChanged(pub HubState);
+
+impl ShardsInForce for watch::Receiver<HubState> {
+    fn current(&mut self) -> Shards {
+        self.borrow_and_update().shards.clone()
+    }
+
+    fn changed(&mut self) -> Option<Shards> {
+        // A closed channel (the supervisor gone) changes nothing any more.
+        self.has_changed().unwrap_or(false).then(|| self.current())
+    }
+}

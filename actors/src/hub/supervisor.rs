@@ -3,14 +3,15 @@
 //! registry shard is refilled by the connections of its worker, which re-announce their
 //! bindings when they see the shard's new generation in the [`HubState`] they watch.
 
-use crate::hub::bus::{BusLimits, EventBusActor, UseRegistry};
+use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::{Child, ChildGone, DeathNotice};
 #[cfg(feature = "fault-injection")]
 pub use crate::hub::messages::{FaultTarget, InjectPanic};
 use crate::hub::registry::UserRegistryActor;
 use crate::hub::roster::HubListeners;
+use crate::hub::shards::Shards;
 use crate::hub::state::HubState;
-use crate::util::metrics::Metrics;
+use crate::util::metrics::{HubActor, Metrics};
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::sync::Arc;
@@ -51,13 +52,18 @@ impl HubSupervisor {
                 .enumerate()
                 .map(|(shard, worker)| start_registry(worker, shard, &me, &bus_limits.metrics))
                 .collect();
-            let bus = start_bus(&hub, &me, registries.clone(), bus_limits.clone());
+            // The bus reads the shards from this state, which holds its own address too: it
+            // is started once the state exists, and the state then gets its address.
             let (state, watcher) = watch::channel(HubState {
-                registry_generations: vec![0; registries.len()].into(),
-                registries: registries.into(),
-                bus,
+                shards: Shards {
+                    generations: vec![0; registries.len()].into(),
+                    registries: registries.into(),
+                },
+                bus: Addr::new(actix::dev::channel::channel(0).0),
                 shutting_down: false,
             });
+            let bus = start_bus(&hub, &me, watcher.clone(), bus_limits.clone());
+            state.send_modify(|state| state.bus = bus);
             receiver = Some(watcher);
             Self {
                 hub,
@@ -90,9 +96,11 @@ fn start_registry(
 ) -> Addr<UserRegistryActor> {
     let supervisor = me.clone().recipient();
     let metrics = metrics.clone();
+    let bindings = metrics.registry_bindings(shard);
     UserRegistryActor::start_in_arbiter(worker, move |_| {
         UserRegistryActor::new(
             metrics,
+            bindings,
             DeathNotice {
                 supervisor,
                 child: Child::Registry(shard),
@@ -104,13 +112,13 @@ fn start_registry(
 fn start_bus(
     hub: &ArbiterHandle,
     me: &Addr<HubSupervisor>,
-    registries: Vec<Addr<UserRegistryActor>>,
+    state: watch::Receiver<HubState>,
     limits: BusLimits,
 ) -> Addr<EventBusActor> {
     let supervisor = me.clone().recipient();
     EventBusActor::start_in_arbiter(hub, move |_| {
         EventBusActor::new(
-            registries,
+            Box::new(state),
             limits,
             DeathNotice {
                 supervisor,
@@ -132,6 +140,7 @@ impl Handler<ChildGone> for HubSupervisor {
             return;
         }
         let me = ctx.address();
+        let metrics = &self.bus_limits.metrics;
         match msg.0 {
             Child::Registry(shard) => {
                 log::error!(
@@ -141,21 +150,31 @@ impl Handler<ChildGone> for HubSupervisor {
                 let Some(worker) = self.workers.get(shard) else {
                     return;
                 };
-                let registry = start_registry(worker, shard, &me, &self.bus_limits.metrics);
+                // The shard that is gone holds nothing; its successor starts empty.
+                metrics.registry_bindings(shard).set(0);
+                metrics.restarted(HubActor::Registry);
+                let registry = start_registry(worker, shard, &me, metrics);
+                // The bus reads the new shard from the state, as the connections do.
                 self.change_state(|state| {
-                    let mut registries = state.registries.to_vec();
-                    registries[shard] = registry.clone();
-                    state.registries = registries.into();
-                    let mut generations = state.registry_generations.to_vec();
+                    let mut registries = state.shards.registries.to_vec();
+                    registries[shard] = registry;
+                    let mut generations = state.shards.generations.to_vec();
                     generations[shard] += 1;
-                    state.registry_generations = generations.into();
-                    state.bus.do_send(UseRegistry { shard, registry });
+                    state.shards = Shards {
+                        registries: registries.into(),
+                        generations: generations.into(),
+                    };
                 });
             }
             Child::Bus => {
                 log::error!("event bus stopped; starting a fresh one");
-                let registries = self.state.borrow().registries.to_vec();
-                let bus = start_bus(&self.hub, &me, registries, self.bus_limits.clone());
+                metrics.restarted(HubActor::Bus);
+                let bus = start_bus(
+                    &self.hub,
+                    &me,
+                    self.state.subscribe(),
+                    self.bus_limits.clone(),
+                );
                 self.change_state(|state| state.bus = bus);
             }
         }

@@ -89,6 +89,17 @@ pub enum InvalidationCause {
     UserRemoved,
     /// An operator or the host program asked for it.
     Operator,
+    /// Another node of the cluster invalidated the user (any of the causes above there).
+    Cluster,
+}
+
+/// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubActor {
+    /// A registry shard.
+    Registry,
+    /// The event bus.
+    Bus,
 }
 
 impl fmt::Display for InvalidationCause {
@@ -98,6 +109,7 @@ impl fmt::Display for InvalidationCause {
             Self::PasswordChanged => "password changed",
             Self::UserRemoved => "user removed",
             Self::Operator => "operator request",
+            Self::Cluster => "from another node",
         })
     }
 }
@@ -159,6 +171,11 @@ label_values! {
         PasswordChanged => "password_changed",
         UserRemoved => "user_removed",
         Operator => "operator",
+        Cluster => "cluster",
+    }
+    HubActor {
+        Registry => "registry",
+        Bus => "bus",
     }
 }
 
@@ -175,7 +192,7 @@ pub struct Metrics {
     pub(crate) events_published: Counter,
     /// Event messages handed to connections.
     pub(crate) events_delivered: Counter,
-    invalidations: [Counter; 4],
+    invalidations: [Counter; 5],
     /// Connections closed by the idle timeout.
     pub(crate) timeouts: Counter,
     io_errors: [Counter; 4],
@@ -190,6 +207,7 @@ pub struct Metrics {
     /// Client TLS handshakes under way, each holding a `max_connections` slot.
     pub(crate) tls_handshakes_pending: Gauge,
     tls_handshake_failures: [Counter; 5],
+    restarts: [Counter; 2],
     families: Families,
 }
 
@@ -202,6 +220,8 @@ struct Families {
     io_errors: Family<Label<IoErrorCause>, Counter>,
     tls_handshake_failures: Family<Label<HandshakeFailure>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
+    restarts: Family<Label<HubActor>, Counter>,
+    registry_bindings: Family<WorkerLabel, Gauge>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -227,6 +247,8 @@ impl Metrics {
             io_errors: Family::default(),
             tls_handshake_failures: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
+            restarts: Family::default(),
+            registry_bindings: Family::default(),
         };
         Self {
             connections_open: Gauge::default(),
@@ -248,6 +270,7 @@ impl Metrics {
                 "cause",
                 HandshakeFailure::ALL,
             ),
+            restarts: children(&families.restarts, "actor", HubActor::ALL),
             families,
         }
     }
@@ -331,6 +354,18 @@ impl Metrics {
              socket, per worker",
             self.families.event_delivery_seconds.clone(),
         );
+        registry.register(
+            "actor_restarts",
+            "Hub actors (registry shards, the bus) that stopped or panicked and were \
+             replaced by a fresh one",
+            self.families.restarts.clone(),
+        );
+        registry.register(
+            "registry_bindings",
+            "Bindings each worker's registry shard holds: below the worker's bound \
+             connections while a replaced shard is refilled by its connections",
+            self.families.registry_bindings.clone(),
+        );
     }
 
     /// The delivery histogram of each of `workers` workers, created now so that every
@@ -343,6 +378,18 @@ impl Metrics {
                     .get_or_create_owned(&vec![("worker", worker.to_string())])
             })
             .collect()
+    }
+
+    /// The gauge of the bindings registry shard `worker` holds.
+    pub(crate) fn registry_bindings(&self, worker: usize) -> Gauge {
+        self.families
+            .registry_bindings
+            .get_or_create_owned(&vec![("worker", worker.to_string())])
+    }
+
+    /// Counts a restart of `actor`.
+    pub(crate) fn restarted(&self, actor: HubActor) {
+        self.restarts[actor as usize].inc();
     }
 
     pub(crate) fn login(&self, result: LoginResult) {
@@ -402,6 +449,7 @@ mod tests {
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
+            HubActor::ALL.iter().map(|v| *v as usize).collect(),
         ];
         for order in orders {
             assert!(order.iter().copied().eq(0..order.len()), "{order:?}");
@@ -422,6 +470,8 @@ mod tests {
         metrics.io_error(IoErrorCause::SlowReader);
         metrics.invalidated(InvalidationCause::Operator, 3);
         metrics.tls_handshake_failed(HandshakeFailure::Alert);
+        metrics.restarted(HubActor::Bus);
+        metrics.registry_bindings(1).set(2);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
         for line in [
@@ -434,6 +484,9 @@ mod tests {
             "tether_tls_handshake_failures_total{cause=\"alert\"} 1",
             "tether_tls_handshake_failures_total{cause=\"timeout\"} 0",
             "tether_tls_handshakes_pending 0",
+            "tether_actor_restarts_total{actor=\"bus\"} 1",
+            "tether_actor_restarts_total{actor=\"registry\"} 0",
+            "tether_registry_bindings{worker=\"1\"} 2",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -2,6 +2,8 @@
 //! (SPEC §2–§3), independent of sockets and actors.
 
 use crate::wire::codec::parts;
+/// The one-part messages the server sends, from `tether-wire` (the client reads the same).
+pub use tether_wire::Reply;
 
 /// A well-formed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -66,55 +68,6 @@ pub fn parse_command(message: &[u8]) -> Result<Command<'_>, CommandError> {
             password: args[1],
         },
     })
-}
-
-/// A one-part message the server sends: a reply to a command or a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reply {
-    /// The login succeeded.
-    LoginValid,
-    /// The login failed, for whatever reason.
-    LoginInvalid,
-    /// The connection is bound to no name.
-    LogoutAck,
-    /// The connection closes after this reply.
-    DisconnectAck,
-    /// The inactivity timer was reset.
-    ProlongateAck,
-    /// The other connections of the same name were invalidated.
-    InvalidateAck,
-    /// The first part named no command.
-    UnknownCommand,
-    /// A known command with the wrong number of arguments.
-    InvalidArgsCount,
-    /// Notification: the inactivity timeout expired; the connection closes.
-    Timeout,
-    /// Notification: the connection's binding was revoked.
-    Invalidated,
-    /// Notification: the server hit an error on this connection; it closes.
-    IoError,
-    /// Notification: the server is stopping; the connection closes.
-    Shutdown,
-}
-
-impl Reply {
-    /// The message's only part, as sent.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LoginValid => "login_valid",
-            Self::LoginInvalid => "login_invalid",
-            Self::LogoutAck => "logout_ack",
-            Self::DisconnectAck => "disconnect_ack",
-            Self::ProlongateAck => "prolongate_ack",
-            Self::InvalidateAck => "invalidate_ack",
-            Self::UnknownCommand => "unknown_command",
-            Self::InvalidArgsCount => "invalid_args_count",
-            Self::Timeout => "timeout",
-            Self::Invalidated => "invalidated",
-            Self::IoError => "io_error",
-            Self::Shutdown => "shutdown",
-        }
-    }
 }
 
 #[cfg(test)]
@@ -190,13 +143,5 @@ mod tests {
                 "{parts:?}"
             );
         }
-    }
-
-    #[test]
-    fn replies_are_valid_single_parts() {
-        for reply in [Reply::LoginValid, Reply::Shutdown, Reply::InvalidArgsCount] {
-            assert!(crate::wire::codec::is_valid_part(reply.name().as_bytes()));
-        }
-        assert_eq!(Reply::InvalidArgsCount.name(), "invalid_args_count");
     }
 }

@@ -2,7 +2,7 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
-use super::{metric_in, wait_until};
+use super::{metric_in, wait_until, TestClient};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+use tether_actors::supervisor::FaultTarget;
 use tether_actors::users::{PasswordHash, UserSet, UserTable};
 use tether_actors::{Settings, Tether, TetherHandle};
 
@@ -34,6 +35,8 @@ pub fn test_settings() -> Settings {
 pub struct InProcessServer {
     addr: SocketAddr,
     handle: TetherHandle,
+    /// How many worker arbiters (and so registry shards) the server runs.
+    workers: usize,
     users: Arc<UserTable>,
     /// The server's metrics, as `/metrics` would show them.
     metrics: Registry,
@@ -47,6 +50,7 @@ impl InProcessServer {
     pub fn start(settings: Settings, users: &[(&str, &str)]) -> Self {
         let table = Arc::new(UserTable::new(user_set(users, 4)));
         let users = Arc::clone(&table);
+        let workers = settings.workers.max(1);
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -74,6 +78,7 @@ impl InProcessServer {
         Self {
             addr,
             handle,
+            workers,
             users,
             metrics,
             stop: Some(stop),
@@ -113,6 +118,43 @@ impl InProcessServer {
         metric_in(&text, series).unwrap_or(0.0)
     }
 
+    /// The bindings all registry shards hold together (`tether_registry_bindings`).
+    fn registry_bindings(&self) -> f64 {
+        (0..self.workers)
+            .map(|worker| self.metric(&format!("tether_registry_bindings{{worker=\"{worker}\"}}")))
+            .sum()
+    }
+
+    /// Makes every registry shard panic, then waits (at most 5 s each) until the supervisor
+    /// has replaced every shard (`tether_actor_restarts_total`) and the fresh shards hold
+    /// every binding again, re-announced by the connections (`tether_registry_bindings`
+    /// back at `tether_connections_bound`): from then on an event reaches every bound
+    /// connection.
+    pub fn replace_the_registry(&self) {
+        const RESTARTS: &str = "tether_actor_restarts_total{actor=\"registry\"}";
+        let restarts = self.metric(RESTARTS);
+        self.handle.inject_panic(FaultTarget::Registry);
+        let replaced = wait_until(Duration::from_secs(5), || {
+            self.metric(RESTARTS) >= restarts + self.workers as f64
+        });
+        assert!(
+            replaced,
+            "{} of {} registry shards replaced",
+            self.metric(RESTARTS) - restarts,
+            self.workers
+        );
+        let mut held = 0.0;
+        let rebuilt = wait_until(Duration::from_secs(5), || {
+            held = self.registry_bindings();
+            held == self.metric("tether_connections_bound")
+        });
+        assert!(
+            rebuilt,
+            "the fresh registry holds {held} binding(s); {} connection(s) are bound",
+            self.metric("tether_connections_bound")
+        );
+    }
+
     /// Runs a future of the library API to completion, at most 10 s.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
         self.runtime.block_on(async {
@@ -122,13 +164,24 @@ impl InProcessServer {
         })
     }
 
+    /// `count` connections logged in as `name`, returned once the server counts them all.
+    pub fn logged_in(&self, name: &str, password: &str, count: usize) -> Vec<TestClient> {
+        let clients = (0..count)
+            .map(|_| {
+                let mut client = TestClient::connect(self.addr);
+                client.login(name, password);
+                client
+            })
+            .collect();
+        self.wait_for_connections(name, count);
+        clients
+    }
+
     /// Waits (at most 5 s) until `user` has `expected` bound connections.
     pub fn wait_for_connections(&self, user: &str, expected: usize) {
         let mut count = 0;
         let reached = wait_until(Duration::from_secs(5), || {
-            count = self
-                .block_on(self.handle.connections(user))
-                .expect("registry answers");
+            count = self.handle.connections(user);
             count == expected
         });
         assert!(

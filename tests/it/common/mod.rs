@@ -5,11 +5,13 @@
 //! it against any address. [`in_process`] runs the server inside the test process instead;
 //! [`hardening`] looks at the server process through `/proc` and opens sockets with options.
 
+pub mod cluster;
 pub mod haproxy;
 pub mod hardening;
 pub mod in_process;
 pub mod nginx;
 pub mod postgres;
+pub mod redis;
 pub mod tls;
 
 use std::io::{ErrorKind, Read, Write};
@@ -29,6 +31,8 @@ pub const US: u8 = 0x1F;
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the server may take to log its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`admin_call`] waits for an answer: a request that hangs fails the test.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// bcrypt cost for the users a test creates by password: cheap, so logins are fast.
 pub const TEST_BCRYPT_COST: u32 = 4;
 
@@ -47,6 +51,27 @@ pub fn encode_all(messages: &[&[&str]]) -> Vec<u8> {
 /// A bcrypt hash of `password` at the cheap test cost.
 pub fn cheap_hash(password: &str) -> String {
     bcrypt::hash(password, TEST_BCRYPT_COST).expect("bcrypt hash")
+}
+
+/// What a test does when an external program it needs (a database, a proxy, a broker) is
+/// not installed: outside CI it prints one line saying the test was skipped, why, and how
+/// to get the program (`advice`), and the test returns; under `CI=true` it fails, so CI
+/// never passes by skipping.
+pub fn skip_without(why: &str, advice: &str) {
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "needed under CI=true: {why}; {advice}"
+    );
+    eprintln!("skipped: {why}; {advice}");
+}
+
+/// A loopback port nobody listens on now (another process may take it before the caller
+/// does: a caller that cannot bind it should try another).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -278,6 +303,20 @@ impl TestServer {
         TestClient::connect(self.addr)
     }
 
+    /// A new client logged in as `name`.
+    pub fn logged_in(&self, name: &str, password: &str) -> TestClient {
+        let mut client = self.client();
+        client.login(name, password);
+        client
+    }
+
+    /// What a fresh connection gets for `login name password`, its parts joined by spaces.
+    pub fn login_reply(&self, name: &str, password: &str) -> String {
+        let mut client = self.client();
+        client.send(&["login", name, password]);
+        client.recv().join(" ")
+    }
+
     /// Everything the server has written to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.log.text.lock().expect("log lock").clone()
@@ -405,6 +444,39 @@ pub fn admin_addr(log: &str) -> SocketAddr {
         .filter(|line| line.contains("(admin API)"))
         .find_map(listening_addr)
         .unwrap_or_else(|| panic!("no admin listening line in:\n{log}"))
+}
+
+/// Sends an admin API request (with `Authorization: Bearer TOKEN` when `token` is set,
+/// a JSON `body` when there is one) to `base` (`http://ADDR`); answers the status and the
+/// body, whatever the status. Panics on a transport error, or when no answer comes within
+/// [`ADMIN_TIMEOUT`].
+pub fn admin_call(
+    base: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut request = ureq::request(method, &format!("{base}{path}")).timeout(ADMIN_TIMEOUT);
+    if let Some(token) = token {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let result = match body {
+        Some(body) => request
+            .set("Content-Type", "application/json")
+            .send_string(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) => {
+            let status = response.status();
+            (status, response.into_string().expect("body readable"))
+        }
+        Err(ureq::Error::Status(status, response)) => {
+            (status, response.into_string().expect("body readable"))
+        }
+        Err(err) => panic!("{method} {path}: transport error {err}"),
+    }
 }
 
 /// Waits for the `listening on` line; panics with the log if the process exits first or
@@ -701,6 +773,47 @@ impl TestClient {
         let pending = matches!(self.stream.peek(&mut byte), Ok(n) if n > 0);
         self.stream.set_nonblocking(false).expect("set blocking");
         pending
+    }
+
+    /// Sends each message in turn (raw bytes, terminators included) and asserts the
+    /// one-part reply it gets before sending the next.
+    pub fn converse_raw(&mut self, steps: &[(&[u8], &str)]) {
+        for (index, (message, reply)) in steps.iter().enumerate() {
+            self.send_raw(message);
+            let got = self.recv();
+            assert_eq!(
+                got,
+                [*reply],
+                "step #{index}: reply to {:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+    }
+
+    /// Sends each command in turn and asserts the one-part reply it gets before sending
+    /// the next.
+    pub fn converse(&mut self, steps: &[(&[&str], &str)]) {
+        let messages: Vec<Vec<u8>> = steps.iter().map(|(command, _)| encode(command)).collect();
+        let raw: Vec<(&[u8], &str)> = messages
+            .iter()
+            .zip(steps)
+            .map(|(message, (_, reply))| (message.as_slice(), *reply))
+            .collect();
+        self.converse_raw(&raw);
+    }
+
+    /// Reads events up to the next other message, which must be `shutdown`; answers how
+    /// many events came before it.
+    pub fn events_before_shutdown(&mut self) -> usize {
+        let mut events = 0;
+        loop {
+            let message = self.recv();
+            if message[0] != "event" {
+                assert_eq!(message, ["shutdown"], "after {events} event(s)");
+                return events;
+            }
+            events += 1;
+        }
     }
 
     /// Logs in and asserts the login is valid.

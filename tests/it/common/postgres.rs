@@ -6,7 +6,6 @@
 //! Without PostgreSQL, [`Postgres::start`] prints one line saying the test was skipped
 //! and how to install it, and answers `None`; under `CI=true` it panics instead.
 
-use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -47,11 +46,10 @@ fn find_bin() -> Option<PathBuf> {
 
 /// Skips the test (one line) outside CI, fails it under `CI=true`.
 fn unavailable(why: &str) -> Option<Postgres> {
-    let advice = "install it with `apt-get install postgresql`";
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("PostgreSQL is needed under CI=true: {why}; {advice}");
-    }
-    eprintln!("skipped: PostgreSQL test ({why}; {advice})");
+    super::skip_without(
+        &format!("PostgreSQL test ({why})"),
+        "install it with `apt-get install postgresql`",
+    );
     None
 }
 
@@ -62,14 +60,6 @@ fn postgres_ids() -> Option<(u32, u32)> {
         String::from_utf8(out.stdout).ok()?.trim().parse().ok()
     };
     Some((id("-u")?, id("-g")?))
-}
-
-/// A loopback port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 impl Postgres {
@@ -92,7 +82,7 @@ impl Postgres {
         let postgres = Self {
             dir,
             bin,
-            port: free_port(),
+            port: super::free_port(),
             as_postgres,
         };
         let data = postgres.data();
@@ -122,18 +112,24 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
-    /// Runs one of the server's programs as the user that owns the cluster; panics with
-    /// its output when it fails.
-    fn run_owned(&self, program: &str, args: &[&str]) -> Output {
+    /// One of the server's programs, to run as the user that owns the cluster (through
+    /// `runuser` when the tests run as root).
+    fn owned_command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut command = if self.as_postgres {
+        if self.as_postgres {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(path);
             command
         } else {
             Command::new(path)
-        };
-        let output = command
+        }
+    }
+
+    /// Runs one of the server's programs as the user that owns the cluster; panics with
+    /// its output when it fails.
+    fn run_owned(&self, program: &str, args: &[&str]) -> Output {
+        let output = self
+            .owned_command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -313,15 +309,8 @@ impl Drop for Postgres {
             self.resume();
         }
         let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(path);
-            command
-        } else {
-            Command::new(path)
-        };
-        let _ = command
+        let _ = self
+            .owned_command("pg_ctl")
             .arg("-D")
             .arg(&data)
             .args(["-m", "immediate", "-w", "stop"])

@@ -1,0 +1,98 @@
+//! The broker seam: what joins several nodes into one service (SPEC §8).
+//!
+//! Alone (no broker, the default) the bus delivers every event and invalidation in place,
+//! as it always has. With a [`Broker`] (the Redis one lives in the `tether-cluster` crate,
+//! so this crate knows no Redis) the bus hands each event and cross-node invalidation to
+//! the broker first, and delivers on this node only once the broker has taken it; what
+//! other nodes publish comes back through the node's [`Inbox`]. `Presence` tells the
+//! broker how many connections this node has per user, so that it subscribes to a user
+//! while the node has one and answers counts over all nodes.
+
+use crate::hub::messages::BindingId;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The broker cannot be reached (or lost its connection before it answered): nothing was
+/// delivered anywhere, and the caller may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerUnreachable;
+
+impl fmt::Display for BrokerUnreachable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the cluster broker is unreachable")
+    }
+}
+
+impl std::error::Error for BrokerUnreachable {}
+
+/// The answer to a request handed to a broker: the user's connections on the *other*
+/// live nodes.
+pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
+
+/// Called once with the answer to a publish, on the broker's thread, in the order of the
+/// publishes: it delivers the event on this node (or answers the publisher `503`).
+pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
+
+/// An event for the other nodes, stamped and checked by the bus.
+#[derive(Debug, Clone)]
+pub struct ClusterEvent {
+    /// The user it is for.
+    pub user: Arc<str>,
+    /// Its time as written on the wire (SPEC §3).
+    pub time: i64,
+    /// Its text.
+    pub text: Arc<str>,
+}
+
+/// Connects this node to the others. Every method hands its work to the broker's own
+/// thread and returns at once: the bus calls them from its event loop.
+///
+/// Requests that carry an answer ([`Broker::publish`], [`Broker::invalidate`],
+/// [`Broker::count`]) are answered in the order they were made, each with the user's
+/// connections on the other live nodes, or [`BrokerUnreachable`]. A publish's answer is a
+/// function the broker calls (on its own thread): it delivers the event here, so delivery
+/// on this node keeps publish order without the bus waiting for the broker.
+pub trait Broker: fmt::Debug + Send + Sync + 'static {
+    /// Once, when the server starts: where events and invalidations from the other nodes
+    /// go.
+    fn attach(&self, inbox: Arc<dyn Inbox>);
+
+    /// Publishes `event` to the other nodes holding its user, then calls `answered`.
+    /// Events published by one node reach every other node in the order of these calls,
+    /// and the `answered` functions are called in that order too.
+    fn publish(&self, event: ClusterEvent, answered: Answered);
+
+    /// Invalidates `user` on the other nodes (an operator's invalidation: it fails while
+    /// the broker is unreachable).
+    fn invalidate(&self, user: Arc<str>) -> OtherNodes;
+
+    /// Invalidates `user` on the other nodes as soon as it can (a client's `invalidate`):
+    /// kept while the broker is unreachable and sent when it is back.
+    fn invalidate_later(&self, user: Arc<str>);
+
+    /// How many connections the other live nodes have bound to `user`.
+    fn count(&self, user: Arc<str>) -> OtherNodes;
+
+    /// This node's connections bound to `user` changed by `delta` (+1 bound, -1 unbound):
+    /// the broker follows the user's channel while the sum is above zero.
+    fn presence(&self, user: &str, delta: i32);
+
+    /// Whether the broker is connected now (for `/healthz` and a quick `503`).
+    fn connected(&self) -> bool;
+
+    /// The server is stopping: withdraw this node's presence from the cluster.
+    fn stop(&self);
+}
+
+/// Where a broker hands what the other nodes publish. Never blocks: a node that cannot
+/// keep up refuses, and the broker counts the drop.
+pub trait Inbox: Send + Sync + 'static {
+    /// An event another node published for `user`; `false` when this node is too busy to
+    /// take it now (it is dropped).
+    fn event(&self, user: Arc<str>, time: i64, text: Arc<str>) -> bool;
+
+    /// Another node invalidated `user`: every connection of the user here whose binding
+    /// was issued before `issued_before` (all of them, with `None`) gets `invalidated`.
+    fn invalidate(&self, user: Arc<str>, issued_before: Option<BindingId>);
+}

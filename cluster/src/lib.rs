@@ -1,0 +1,192 @@
+//! Several tether nodes as one service over Redis (SPEC §8): [`RedisBroker`], the
+//! [`Broker`] that `tether-actors`' bus hands events and invalidations to.
+//!
+//! The broker runs its Redis I/O on a thread of its own (`tether-redis`, a current-thread
+//! tokio runtime), never on the actors' event loops: every [`Broker`] method only queues a
+//! request for it. See ARCHITECTURE.md ("Cluster") for the Redis keys, the delivery
+//! semantics and what happens while Redis is unreachable.
+//!
+//! A host program that embeds the library runs clustered the same way as the binary:
+//!
+//! ```no_run
+//! # fn start(listeners: tether_actors::Listeners, settings: tether_actors::Settings,
+//! #          users: std::sync::Arc<dyn tether_actors::users::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
+//!     redis: "redis://127.0.0.1:6379/0".into(),
+//!     node: "node-1".into(),
+//!     prefix: "tether".into(),
+//! })?;
+//! let tether = tether_actors::Tether::start_clustered(listeners, settings, users, Some(broker))?;
+//! # Ok(()) }
+//! ```
+
+mod metrics;
+mod names;
+mod worker;
+
+pub use metrics::ClusterMetrics;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tether_actors::hub::broker::{Answered, Broker, ClusterEvent, Inbox, OtherNodes};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
+const STOP_WAIT: Duration = Duration::from_secs(1);
+
+/// What a node needs to join a cluster (`[cluster]` of SPEC §4).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// The Redis URL: `redis://[:password@]host:port/db`.
+    pub redis: String,
+    /// This node's name, unique in the cluster, without control characters.
+    pub node: String,
+    /// The prefix of every Redis key and channel.
+    pub prefix: String,
+}
+
+impl ClusterSettings {
+    /// Checks a Redis URL as [`RedisBroker::start`] will read it.
+    pub fn check_url(url: &str) -> Result<(), String> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// Why a broker could not start.
+#[derive(Debug)]
+pub enum ClusterError {
+    /// The Redis URL is not valid.
+    Url(redis::RedisError),
+    /// The broker's thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(err) => write!(f, "invalid cluster.redis URL: {err}"),
+            Self::Thread(err) => write!(f, "cannot start the cluster broker's thread: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ClusterError {}
+
+/// The Redis broker: a handle on its thread. Connects (and reconnects) on its own; until it
+/// is connected, publishes are refused
+/// ([`BrokerUnreachable`](tether_actors::hub::broker::BrokerUnreachable)).
+#[derive(Debug)]
+pub struct RedisBroker {
+    /// Requests for the broker's thread, handled in order.
+    requests: mpsc::UnboundedSender<worker::Request>,
+    /// Whether the thread is connected to Redis now.
+    connected: Arc<AtomicBool>,
+    /// What the broker counts.
+    metrics: ClusterMetrics,
+}
+
+impl RedisBroker {
+    /// Starts the broker's thread, which connects to Redis at once (and keeps trying).
+    pub fn start(settings: ClusterSettings) -> Result<Arc<Self>, ClusterError> {
+        let client = redis::Client::open(settings.redis.as_str()).map_err(ClusterError::Url)?;
+        let (requests, incoming) = mpsc::unbounded_channel();
+        let connected = Arc::new(AtomicBool::new(false));
+        let metrics = ClusterMetrics::new();
+        let worker = worker::Worker::new(
+            client,
+            names::Names::new(&settings.prefix, &settings.node),
+            incoming,
+            Arc::clone(&connected),
+            metrics.clone(),
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ClusterError::Thread)?;
+        std::thread::Builder::new()
+            .name("tether-redis".into())
+            .spawn(move || runtime.block_on(worker.run()))
+            .map_err(ClusterError::Thread)?;
+        Ok(Arc::new(Self {
+            requests,
+            connected,
+            metrics,
+        }))
+    }
+
+    /// What the broker counts; register it with the server's Prometheus registry.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// Queues a request that is answered with the other nodes' count.
+    fn ask(&self, request: impl FnOnce(worker::Answer) -> worker::Request) -> OtherNodes {
+        let (answer, answered) = oneshot::channel();
+        self.send(request(worker::Answer::Channel(answer)));
+        answered
+    }
+
+    /// Queues `request`, or answers it unreachable at once while Redis is.
+    fn send(&self, request: worker::Request) {
+        if self.connected() {
+            match self.requests.send(request) {
+                Ok(()) => {}
+                Err(mpsc::error::SendError(request)) => request.refuse(),
+            }
+        } else {
+            request.refuse();
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    fn attach(&self, inbox: Arc<dyn Inbox>) {
+        let _ = self.requests.send(worker::Request::Attach(inbox));
+    }
+
+    fn publish(&self, event: ClusterEvent, answered: Answered) {
+        self.send(worker::Request::Publish {
+            event,
+            answer: worker::Answer::Call(answered),
+        });
+    }
+
+    fn invalidate(&self, user: Arc<str>) -> OtherNodes {
+        self.ask(|answer| worker::Request::Invalidate {
+            user,
+            answer: Some(answer),
+        })
+    }
+
+    fn invalidate_later(&self, user: Arc<str>) {
+        let _ = self
+            .requests
+            .send(worker::Request::Invalidate { user, answer: None });
+    }
+
+    fn count(&self, user: Arc<str>) -> OtherNodes {
+        self.ask(|answer| worker::Request::Count { user, answer })
+    }
+
+    fn presence(&self, user: &str, delta: i32) {
+        let _ = self.requests.send(worker::Request::Presence {
+            user: Arc::from(user),
+            delta,
+        });
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    fn stop(&self) {
+        let (done, stopped) = std::sync::mpsc::channel();
+        if self.requests.send(worker::Request::Stop(done)).is_ok() {
+            let _ = stopped.recv_timeout(STOP_WAIT);
+        }
+    }
+}

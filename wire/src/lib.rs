@@ -1,0 +1,17 @@
+//! The wire format of tether's session protocol (SPEC §1–§3), shared by the server
+//! (`tether-actors`) and the client (`tether-client`): messages of parts, parts separated
+//! by US (0x1F), messages terminated by RS (0x1E), and the one-part messages the server
+//! sends ([`Reply`]).
+//!
+//! The only place that knows the separator bytes and the server's one-part words. It
+//! depends on `bytes` and `memchr` only, so the client pulls in no actor framework, and it
+//! knows nothing of sockets: [`MessageDecoder`] splits whatever bytes a transport read.
+
+mod frame;
+mod reply;
+
+pub use frame::{
+    encode_message, encoded_message, ends_at_boundary, is_valid_part, parts, DecodeError, Frame,
+    MessageDecoder, RS, US,
+};
+pub use reply::Reply;
