@@ -15,9 +15,9 @@ use crate::hub::presence::Presence;
 use crate::hub::registry::UserRegistryActor;
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
-use crate::wire::codec::{encoded_message, is_valid_part};
+use crate::wire::codec::{encode_message, encoded_length, encoded_message, is_valid_part};
 use actix::prelude::*;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -236,37 +236,37 @@ impl EventBusActor {
 
     /// Stamps and encodes as many events of `batch` from `next` on as `permits` holds, one
     /// permit each, and hands them to the shards holding their users: one message per
-    /// shard. Moves `next` past them.
+    /// shard, the permits shared by the slice's events. Moves `next` past them.
     fn hand_on_slice(
         &mut self,
-        batch: &[Publish],
+        batch: &Arc<[Publish]>,
         next: &mut usize,
-        mut permits: OwnedSemaphorePermit,
+        permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
-        let rest = batch.get(*next..).unwrap_or_default();
-        let slice = std::iter::from_fn(|| permits.split(1))
-            .map(|permit| EventInFlight { _permit: permit })
-            .zip(rest);
+        let first = *next;
+        let end = (first + permits.num_permits()).min(batch.len());
         let stamp = Stamp {
             time: self.clock.now(),
             accepted: Instant::now(),
         };
-        let before = receipts.len();
         let per_shard = sort_by_shard(
             &self.presence,
             self.registries.len(),
             stamp,
-            slice,
+            batch,
+            first..end,
             receipts,
         );
-        let handed_on = receipts.len() - before;
-        *next += handed_on;
-        self.metrics.events_published.inc_by(handed_on as u64);
+        *next = end;
+        self.metrics.events_published.inc_by((end - first) as u64);
+        let in_flight = Arc::new(EventInFlight { _permit: permits });
         for (registry, events) in self.registries.iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
+                    batch: Arc::clone(batch),
                     events,
+                    in_flight: Arc::clone(&in_flight),
                     accepted: stamp.accepted,
                 });
             }
@@ -285,32 +285,50 @@ struct Stamp {
 
 /// `event␟<time>␟<text>`, encoded once for every connection.
 fn event_message(time: &str, text: &str) -> Bytes {
-    encoded_message(&[b"event", time.as_bytes(), text.as_bytes()])
+    encoded_message(&event_parts(time, text))
 }
 
-/// Sorts `events` into one list per shard (of `shards`) holding their users, in order, and
-/// adds a receipt per event to `receipts`, counting the connections [`Presence`] counts.
+/// The parts of `event␟<time>␟<text>`.
+fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
+    [b"event", time.as_bytes(), text.as_bytes()]
+}
+
+/// Sorts the events `slice` of `batch` into one list per shard (of `shards`) holding their
+/// users, in order, and adds a receipt per event to `receipts`, counting the connections
+/// [`Presence`] counts. The slice's messages share one buffer, and [`Presence`] is locked
+/// once for the slice, not per event.
 fn sort_by_shard<'a>(
     presence: &Presence,
     shards: usize,
     stamp: Stamp,
-    events: impl Iterator<Item = (EventInFlight, &'a Publish)>,
+    batch: &'a [Publish],
+    slice: std::ops::Range<usize>,
     receipts: &mut Vec<PublishReceipt>,
 ) -> Vec<Vec<BatchedEvent>> {
-    let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
+    let events = batch.get(slice.clone()).unwrap_or_default();
     let time = stamp.time.to_string();
-    for (in_flight, event) in events {
-        let message = event_message(&time, &event.text);
-        let user: Arc<str> = Arc::from(event.user.as_str());
-        let in_flight = Arc::new(in_flight);
+    let parts = |event: &'a Publish| event_parts(&time, &event.text);
+    let mut encoded = BytesMut::with_capacity(
+        events
+            .iter()
+            .map(|event| encoded_length(&parts(event)))
+            .sum(),
+    );
+    for event in events {
+        encode_message(&parts(event), &mut encoded);
+    }
+    let mut encoded = encoded.freeze();
+    let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
+    let holders = presence.lock_all();
+    for (index, event) in slice.zip(events) {
+        let message = encoded.split_to(encoded_length(&parts(event)));
         let mut connections = 0;
-        for (shard, held) in presence.holding(&user) {
+        for (shard, held) in holders.holding(&event.user) {
             if let Some(events) = per_shard.get_mut(shard) {
                 connections += held;
                 events.push(BatchedEvent {
-                    user: Arc::clone(&user),
+                    index,
                     message: message.clone(),
-                    in_flight: Arc::clone(&in_flight),
                 });
             }
         }
@@ -614,30 +632,26 @@ mod tests {
         presence.enter(2, "alice");
         presence.enter(2, "alice");
         presence.enter(2, "bob");
-        let permits = Arc::new(Semaphore::new(4));
-        let events = [
+        let batch = [
             event("alice", "a1"),
             event("bob", "b1"),
             event("carol", "c1"),
             event("alice", "a2"),
+            event("bob", "not in the slice"),
         ];
-        let events = events.iter().map(|event| {
-            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
-            (EventInFlight { _permit: permit }, event)
-        });
         let stamp = Stamp {
             time: 17,
             accepted: Instant::now(),
         };
         let mut receipts = Vec::new();
-        let per_shard = sort_by_shard(&presence, 3, stamp, events, &mut receipts);
+        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, 0..4, &mut receipts);
 
         let texts = |shard: usize| -> Vec<(String, String)> {
             per_shard[shard]
                 .iter()
                 .map(|event| {
                     let message = String::from_utf8_lossy(&event.message);
-                    (event.user.to_string(), message.into_owned())
+                    (batch[event.index].user.clone(), message.into_owned())
                 })
                 .collect()
         };
@@ -652,11 +666,6 @@ mod tests {
         let connections: Vec<_> = receipts.iter().map(|r| r.connections).collect();
         assert_eq!(connections, [3, 1, 0, 3]);
         assert!(receipts.iter().all(|receipt| receipt.time == 17));
-
-        // Each event holds its own permit, shared by its shards: carol's is back already.
-        assert_eq!(permits.available_permits(), 1);
-        drop(per_shard);
-        assert_eq!(permits.available_permits(), 4);
     }
 
     #[actix_rt::test]

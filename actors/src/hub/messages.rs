@@ -99,21 +99,25 @@ pub(crate) struct Deliver {
 /// One event of a [`DeliverBatch`].
 #[derive(Debug)]
 pub(crate) struct BatchedEvent {
-    /// The user the event is for.
-    pub user: Arc<str>,
+    /// The event's place in the batch, whose entry names its user.
+    pub index: usize,
     /// The whole `event` message, encoded once for all connections.
     pub message: Bytes,
-    /// Travels with every push of the event.
-    pub in_flight: Arc<EventInFlight>,
 }
 
-/// Several events, in publish order, each handed out as by [`Deliver`]: the bus sends a
-/// batch's events to a shard in one message.
+/// Several events of one batch, in publish order, each handed out as by [`Deliver`]: the
+/// bus sends a slice of a batch to a shard in one message.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct DeliverBatch {
-    /// The events for users this shard holds.
+    /// The whole batch, shared by every shard's message (the events name their users in
+    /// it: nothing is copied per event).
+    pub batch: Arc<[Publish]>,
+    /// The events of the slice for users this shard holds.
     pub events: Vec<BatchedEvent>,
+    /// The permits of the slice, one per event, travelling with every push of its events:
+    /// they come back together once the last connection has taken the last of them.
+    pub in_flight: Arc<EventInFlight>,
     /// When the bus accepted them.
     pub accepted: Instant,
 }
@@ -210,8 +214,9 @@ impl std::error::Error for PublishError {}
 ///
 /// Every event holds one of the [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits, as a single publish does; the
 /// bus hands a batch on in slices of up to half the permits, each slice in one message per
-/// shard holding its users, and waits in place for permits between slices. A batch is
-/// answered once its last slice is handed on.
+/// shard holding its users, and waits in place for permits between slices; a slice's
+/// permits come back together, once all its events are taken. A batch is answered once
+/// its last slice is handed on.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<PublishReceipt>, PublishError>")]
 pub struct PublishBatch {
@@ -220,9 +225,10 @@ pub struct PublishBatch {
     pub events: Arc<[Publish]>,
 }
 
-/// One published event on its way from the bus into the connections' output buffers: it
-/// holds one of the bus's [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits until the last connection has taken
-/// the event (or dropped it), so publishers cannot run ahead of the fan-out and fill the
+/// Published events on their way from the bus into the connections' output buffers: one
+/// of the bus's [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits per event (one event published alone, or
+/// the events of a batch's slice), held until the last connection has taken the last of
+/// them (or dropped it), so publishers cannot run ahead of the fan-out and fill the
 /// connections' mailboxes.
 #[derive(Debug)]
 pub struct EventInFlight {

@@ -96,7 +96,7 @@ impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.hand_out(msg.user, msg.message, msg.in_flight, msg.accepted);
+        self.hand_out(&msg.user, msg.message, &msg.in_flight, msg.accepted);
     }
 }
 
@@ -105,7 +105,9 @@ impl Handler<DeliverBatch> for UserRegistryActor {
 
     fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
         for event in msg.events {
-            self.hand_out(event.user, event.message, event.in_flight, msg.accepted);
+            if let Some(publish) = msg.batch.get(event.index) {
+                self.hand_out(&publish.user, event.message, &msg.in_flight, msg.accepted);
+            }
         }
     }
 }
@@ -114,18 +116,18 @@ impl UserRegistryActor {
     /// Pushes one event to every connection bound to `user`.
     fn hand_out(
         &mut self,
-        user: Arc<str>,
+        user: &str,
         message: Bytes,
-        in_flight: Arc<EventInFlight>,
+        in_flight: &Arc<EventInFlight>,
         accepted: Instant,
     ) {
-        if let Some(entries) = self.by_user.get_mut(&*user) {
+        if let Some(entries) = self.by_user.get_mut(user) {
             // A connection that died without unbinding is dropped here.
             entries.retain(|entry| entry.connection.connected());
             let event = Arc::new(ShardEvent {
                 message,
                 accepted,
-                _in_flight: in_flight,
+                _in_flight: Arc::clone(in_flight),
             });
             for entry in entries.iter() {
                 entry.connection.do_send(Push::Event {
@@ -135,7 +137,7 @@ impl UserRegistryActor {
             }
             self.metrics.events_delivered.inc_by(entries.len() as u64);
             if entries.is_empty() {
-                self.by_user.remove(&*user);
+                self.by_user.remove(user);
             }
         }
     }

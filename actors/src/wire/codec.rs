@@ -133,8 +133,7 @@ impl MessageCodec {
 /// Appends one message made of `parts` to `dst`. The parts must hold no separator
 /// (see [`is_valid_part`]).
 pub fn encode_message(parts: &[&[u8]], dst: &mut BytesMut) {
-    let length: usize = parts.iter().map(|part| part.len() + 1).sum();
-    dst.reserve(length.max(1));
+    dst.reserve(encoded_length(parts));
     for (index, part) in parts.iter().enumerate() {
         if index > 0 {
             dst.put_u8(US);
@@ -142,6 +141,16 @@ pub fn encode_message(parts: &[&[u8]], dst: &mut BytesMut) {
         dst.put_slice(part);
     }
     dst.put_u8(RS);
+}
+
+/// The length of the message made of `parts`: each part and its separator (the last
+/// part's is the message's end).
+pub fn encoded_length(parts: &[&[u8]]) -> usize {
+    parts
+        .iter()
+        .map(|part| part.len() + 1)
+        .sum::<usize>()
+        .max(1)
 }
 
 /// One message made of `parts`, ready to be written as is. The parts must hold no
