@@ -295,41 +295,31 @@ fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
 
 /// Sorts the events `slice` of `batch` into one list per shard (of `shards`) holding their
 /// users, in order, and adds a receipt per event to `receipts`, counting the connections
-/// [`Presence`] counts. The slice's messages share one buffer, and [`Presence`] is locked
-/// once for the slice, not per event.
-fn sort_by_shard<'a>(
+/// [`Presence`] counts. Each shard's messages share one buffer of their own (so a buffer's
+/// count is only ever touched by one worker's thread), and [`Presence`] is locked once for
+/// the slice, not per event.
+fn sort_by_shard(
     presence: &Presence,
     shards: usize,
     stamp: Stamp,
-    batch: &'a [Publish],
+    batch: &[Publish],
     slice: std::ops::Range<usize>,
     receipts: &mut Vec<PublishReceipt>,
 ) -> Vec<Vec<BatchedEvent>> {
-    let events = batch.get(slice.clone()).unwrap_or_default();
     let time = stamp.time.to_string();
-    let parts = |event: &'a Publish| event_parts(&time, &event.text);
-    let mut encoded = BytesMut::with_capacity(
-        events
-            .iter()
-            .map(|event| encoded_length(&parts(event)))
-            .sum(),
-    );
-    for event in events {
-        encode_message(&parts(event), &mut encoded);
-    }
-    let mut encoded = encoded.freeze();
-    let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
+    // Per shard: its messages, one after the other, and each one's event and length.
+    let mut per_shard: Vec<(BytesMut, Vec<(usize, usize)>)> =
+        (0..shards).map(|_| (BytesMut::new(), Vec::new())).collect();
     let holders = presence.lock_all();
-    for (index, event) in slice.zip(events) {
-        let message = encoded.split_to(encoded_length(&parts(event)));
+    for index in slice {
+        let Some(event) = batch.get(index) else { break };
+        let parts = event_parts(&time, &event.text);
         let mut connections = 0;
         for (shard, held) in holders.holding(&event.user) {
-            if let Some(events) = per_shard.get_mut(shard) {
+            if let Some((messages, events)) = per_shard.get_mut(shard) {
                 connections += held;
-                events.push(BatchedEvent {
-                    index,
-                    message: message.clone(),
-                });
+                encode_message(&parts, messages);
+                events.push((index, encoded_length(&parts)));
             }
         }
         receipts.push(PublishReceipt {
@@ -337,7 +327,20 @@ fn sort_by_shard<'a>(
             connections,
         });
     }
+    drop(holders);
     per_shard
+        .into_iter()
+        .map(|(messages, events)| {
+            let mut messages = messages.freeze();
+            events
+                .into_iter()
+                .map(|(index, length)| BatchedEvent {
+                    index,
+                    message: messages.split_to(length),
+                })
+                .collect()
+        })
+        .collect()
 }
 
 impl Handler<Invalidate> for EventBusActor {

@@ -57,6 +57,16 @@ pub struct ShardEvent {
     /// When the bus accepted the event, for `tether_event_delivery_seconds`.
     pub(crate) accepted: Instant,
     /// Held until every connection has taken the event.
+    pub(crate) _in_flight: Arc<ShardPermits>,
+}
+
+/// A shard's hold on the permits of the events of one message from the bus: made once per
+/// message on the shard's thread and cloned by its events there, so the count of the
+/// [`EventInFlight`] the shards share (a batch's slice goes to several) is touched once per
+/// shard and message, not by every event from every worker's thread at once.
+#[derive(Debug)]
+pub(crate) struct ShardPermits {
+    /// Released when the last event of the message is taken.
     pub(crate) _in_flight: Arc<EventInFlight>,
 }
 

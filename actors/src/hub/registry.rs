@@ -10,7 +10,7 @@
 
 pub use crate::hub::messages::{Bind, CountConnections, Unbind};
 use crate::hub::messages::{
-    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Push, Revoke, ShardEvent,
+    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, Push, Revoke, ShardEvent, ShardPermits,
 };
 use crate::util::metrics::Metrics;
 use actix::prelude::*;
@@ -96,7 +96,11 @@ impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.hand_out(&msg.user, msg.message, &msg.in_flight, msg.accepted);
+        let permits = Arc::new(ShardPermits {
+            _in_flight: msg.in_flight,
+        });
+        let delivered = self.hand_out(&msg.user, msg.message, &permits, msg.accepted);
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
@@ -104,30 +108,36 @@ impl Handler<DeliverBatch> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
+        let permits = Arc::new(ShardPermits {
+            _in_flight: msg.in_flight,
+        });
+        let mut delivered = 0;
         for event in msg.events {
             if let Some(publish) = msg.batch.get(event.index) {
-                self.hand_out(&publish.user, event.message, &msg.in_flight, msg.accepted);
+                delivered += self.hand_out(&publish.user, event.message, &permits, msg.accepted);
             }
         }
+        // Once per message: the counter is shared by every worker's thread.
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
 impl UserRegistryActor {
-    /// Pushes one event to every connection bound to `user`.
+    /// Pushes one event to every connection bound to `user`; answers how many.
     fn hand_out(
         &mut self,
         user: &str,
         message: Bytes,
-        in_flight: &Arc<EventInFlight>,
+        permits: &Arc<ShardPermits>,
         accepted: Instant,
-    ) {
+    ) -> usize {
         if let Some(entries) = self.by_user.get_mut(user) {
             // A connection that died without unbinding is dropped here.
             entries.retain(|entry| entry.connection.connected());
             let event = Arc::new(ShardEvent {
                 message,
                 accepted,
-                _in_flight: Arc::clone(in_flight),
+                _in_flight: Arc::clone(permits),
             });
             for entry in entries.iter() {
                 entry.connection.do_send(Push::Event {
@@ -135,11 +145,13 @@ impl UserRegistryActor {
                     event: Arc::clone(&event),
                 });
             }
-            self.metrics.events_delivered.inc_by(entries.len() as u64);
+            let delivered = entries.len();
             if entries.is_empty() {
                 self.by_user.remove(user);
             }
+            return delivered;
         }
+        0
     }
 }
 
