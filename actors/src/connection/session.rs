@@ -354,7 +354,7 @@ mod tests {
     use crate::auth::password::{stand_in_hash, PasswordChecker};
     use crate::auth::throttle::LoginThrottle;
     use crate::auth::users::{UserSet, UserTable};
-    use crate::hub::messages::{EventInFlight, ShardPermits};
+    use crate::hub::messages::EventInFlight;
     use crate::hub::presence::Presence;
     use crate::hub::roster::Roster;
     use crate::util::metrics::Metrics;
@@ -484,9 +484,7 @@ mod tests {
             event: Arc::new(ShardEvent {
                 message: Bytes::from_static(text),
                 accepted: Instant::now(),
-                _in_flight: Arc::new(ShardPermits {
-                    _in_flight: Arc::new(EventInFlight { _permit: permit }),
-                }),
+                _in_flight: Arc::new(EventInFlight { _permit: permit }),
             }),
         }
     }

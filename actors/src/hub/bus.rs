@@ -236,16 +236,18 @@ impl EventBusActor {
 
     /// Stamps and encodes as many events of `batch` from `next` on as `permits` holds, one
     /// permit each, and hands them to the shards holding their users: one message per
-    /// shard, the permits shared by the slice's events. Moves `next` past them.
+    /// shard. Moves `next` past them.
     fn hand_on_slice(
         &mut self,
         batch: &Arc<[Publish]>,
         next: &mut usize,
-        permits: OwnedSemaphorePermit,
+        mut permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
         let first = *next;
         let end = (first + permits.num_permits()).min(batch.len());
+        let in_flight = std::iter::from_fn(|| permits.split(1))
+            .map(|permit| Arc::new(EventInFlight { _permit: permit }));
         let stamp = Stamp {
             time: self.clock.now(),
             accepted: Instant::now(),
@@ -255,18 +257,16 @@ impl EventBusActor {
             self.registries.len(),
             stamp,
             batch,
-            first..end,
+            (first..end).zip(in_flight),
             receipts,
         );
         *next = end;
         self.metrics.events_published.inc_by((end - first) as u64);
-        let in_flight = Arc::new(EventInFlight { _permit: permits });
         for (registry, events) in self.registries.iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
                     batch: Arc::clone(batch),
                     events,
-                    in_flight: Arc::clone(&in_flight),
                     accepted: stamp.accepted,
                 });
             }
@@ -293,8 +293,9 @@ fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
     [b"event", time.as_bytes(), text.as_bytes()]
 }
 
-/// Sorts the events `slice` of `batch` into one list per shard (of `shards`) holding their
-/// users, in order, and adds a receipt per event to `receipts`, counting the connections
+/// Sorts the events `slice` of `batch` (indexes, each with its permit) into one list per
+/// shard (of `shards`) holding their users, in order, and adds a receipt per event to
+/// `receipts`, counting the connections
 /// [`Presence`] counts. Each shard's messages share one buffer of their own (so a buffer's
 /// count is only ever touched by one worker's thread), and [`Presence`] is locked once for
 /// the slice, not per event.
@@ -303,15 +304,15 @@ fn sort_by_shard(
     shards: usize,
     stamp: Stamp,
     batch: &[Publish],
-    slice: std::ops::Range<usize>,
+    slice: impl Iterator<Item = (usize, Arc<EventInFlight>)>,
     receipts: &mut Vec<PublishReceipt>,
 ) -> Vec<Vec<BatchedEvent>> {
     let time = stamp.time.to_string();
-    // Per shard: its messages, one after the other, and each one's event and length.
-    let mut per_shard: Vec<(BytesMut, Vec<(usize, usize)>)> =
+    // Per shard: its messages, one after the other, and each one's event, permit and length.
+    let mut per_shard: Vec<(BytesMut, Vec<(usize, Arc<EventInFlight>, usize)>)> =
         (0..shards).map(|_| (BytesMut::new(), Vec::new())).collect();
     let holders = presence.lock_all();
-    for index in slice {
+    for (index, in_flight) in slice {
         let Some(event) = batch.get(index) else { break };
         let parts = event_parts(&time, &event.text);
         let mut connections = 0;
@@ -319,7 +320,7 @@ fn sort_by_shard(
             if let Some((messages, events)) = per_shard.get_mut(shard) {
                 connections += held;
                 encode_message(&parts, messages);
-                events.push((index, encoded_length(&parts)));
+                events.push((index, Arc::clone(&in_flight), encoded_length(&parts)));
             }
         }
         receipts.push(PublishReceipt {
@@ -334,9 +335,10 @@ fn sort_by_shard(
             let mut messages = messages.freeze();
             events
                 .into_iter()
-                .map(|(index, length)| BatchedEvent {
+                .map(|(index, in_flight, length)| BatchedEvent {
                     index,
                     message: messages.split_to(length),
+                    in_flight,
                 })
                 .collect()
         })
@@ -647,7 +649,12 @@ mod tests {
             accepted: Instant::now(),
         };
         let mut receipts = Vec::new();
-        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, 0..4, &mut receipts);
+        let permits = Arc::new(Semaphore::new(4));
+        let slice = (0..4).map(|index| {
+            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
+            (index, Arc::new(EventInFlight { _permit: permit }))
+        });
+        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, slice, &mut receipts);
 
         let texts = |shard: usize| -> Vec<(String, String)> {
             per_shard[shard]
@@ -669,6 +676,11 @@ mod tests {
         let connections: Vec<_> = receipts.iter().map(|r| r.connections).collect();
         assert_eq!(connections, [3, 1, 0, 3]);
         assert!(receipts.iter().all(|receipt| receipt.time == 17));
+
+        // Each event holds its own permit, shared by its shards: carol's is back already.
+        assert_eq!(permits.available_permits(), 1);
+        drop(per_shard);
+        assert_eq!(permits.available_permits(), 4);
     }
 
     #[actix_rt::test]

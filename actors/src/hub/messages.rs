@@ -57,16 +57,6 @@ pub struct ShardEvent {
     /// When the bus accepted the event, for `tether_event_delivery_seconds`.
     pub(crate) accepted: Instant,
     /// Held until every connection has taken the event.
-    pub(crate) _in_flight: Arc<ShardPermits>,
-}
-
-/// A shard's hold on the permits of the events of one message from the bus: made once per
-/// message on the shard's thread and cloned by its events there, so the count of the
-/// [`EventInFlight`] the shards share (a batch's slice goes to several) is touched once per
-/// shard and message, not by every event from every worker's thread at once.
-#[derive(Debug)]
-pub(crate) struct ShardPermits {
-    /// Released when the last event of the message is taken.
     pub(crate) _in_flight: Arc<EventInFlight>,
 }
 
@@ -113,6 +103,8 @@ pub(crate) struct BatchedEvent {
     pub index: usize,
     /// The whole `event` message, encoded once for all connections.
     pub message: Bytes,
+    /// Travels with every push of the event.
+    pub in_flight: Arc<EventInFlight>,
 }
 
 /// Several events of one batch, in publish order, each handed out as by [`Deliver`]: the
@@ -125,9 +117,6 @@ pub(crate) struct DeliverBatch {
     pub batch: Arc<[Publish]>,
     /// The events of the slice for users this shard holds.
     pub events: Vec<BatchedEvent>,
-    /// The permits of the slice, one per event, travelling with every push of its events:
-    /// they come back together once the last connection has taken the last of them.
-    pub in_flight: Arc<EventInFlight>,
     /// When the bus accepted them.
     pub accepted: Instant,
 }
@@ -224,9 +213,8 @@ impl std::error::Error for PublishError {}
 ///
 /// Every event holds one of the [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits, as a single publish does; the
 /// bus hands a batch on in slices of up to half the permits, each slice in one message per
-/// shard holding its users, and waits in place for permits between slices; a slice's
-/// permits come back together, once all its events are taken. A batch is answered once
-/// its last slice is handed on.
+/// shard holding its users, and waits in place for permits between slices. A batch is
+/// answered once its last slice is handed on.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "Result<Vec<PublishReceipt>, PublishError>")]
 pub struct PublishBatch {
@@ -235,10 +223,9 @@ pub struct PublishBatch {
     pub events: Arc<[Publish]>,
 }
 
-/// Published events on their way from the bus into the connections' output buffers: one
-/// of the bus's [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits per event (one event published alone, or
-/// the events of a batch's slice), held until the last connection has taken the last of
-/// them (or dropped it), so publishers cannot run ahead of the fan-out and fill the
+/// One published event on its way from the bus into the connections' output buffers: it
+/// holds one of the bus's [`EVENTS_IN_FLIGHT`](crate::hub::bus::EVENTS_IN_FLIGHT) permits until the last connection has taken
+/// the event (or dropped it), so publishers cannot run ahead of the fan-out and fill the
 /// connections' mailboxes.
 #[derive(Debug)]
 pub struct EventInFlight {

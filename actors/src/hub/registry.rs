@@ -10,7 +10,7 @@
 
 pub use crate::hub::messages::{Bind, CountConnections, Unbind};
 use crate::hub::messages::{
-    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, Push, Revoke, ShardEvent, ShardPermits,
+    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Push, Revoke, ShardEvent,
 };
 use crate::util::metrics::Metrics;
 use actix::prelude::*;
@@ -96,10 +96,7 @@ impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        let permits = Arc::new(ShardPermits {
-            _in_flight: msg.in_flight,
-        });
-        let delivered = self.hand_out(&msg.user, msg.message, &permits, msg.accepted);
+        let delivered = self.hand_out(&msg.user, msg.message, msg.in_flight, msg.accepted);
         self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
@@ -108,13 +105,11 @@ impl Handler<DeliverBatch> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
-        let permits = Arc::new(ShardPermits {
-            _in_flight: msg.in_flight,
-        });
         let mut delivered = 0;
         for event in msg.events {
             if let Some(publish) = msg.batch.get(event.index) {
-                delivered += self.hand_out(&publish.user, event.message, &permits, msg.accepted);
+                delivered +=
+                    self.hand_out(&publish.user, event.message, event.in_flight, msg.accepted);
             }
         }
         // Once per message: the counter is shared by every worker's thread.
@@ -128,7 +123,7 @@ impl UserRegistryActor {
         &mut self,
         user: &str,
         message: Bytes,
-        permits: &Arc<ShardPermits>,
+        in_flight: Arc<EventInFlight>,
         accepted: Instant,
     ) -> usize {
         if let Some(entries) = self.by_user.get_mut(user) {
@@ -137,7 +132,7 @@ impl UserRegistryActor {
             let event = Arc::new(ShardEvent {
                 message,
                 accepted,
-                _in_flight: Arc::clone(permits),
+                _in_flight: in_flight,
             });
             for entry in entries.iter() {
                 entry.connection.do_send(Push::Event {
