@@ -293,6 +293,10 @@ fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
     [b"event", time.as_bytes(), text.as_bytes()]
 }
 
+/// An event of a shard's slice whose message is in the shard's buffer: its index in the
+/// batch, its permit, and the message's length.
+type Encoded = (usize, Arc<EventInFlight>, usize);
+
 /// Sorts the events `slice` of `batch` (indexes, each with its permit) into one list per
 /// shard (of `shards`) holding their users, in order, and adds a receipt per event to
 /// `receipts`, counting the connections
@@ -309,7 +313,7 @@ fn sort_by_shard(
 ) -> Vec<Vec<BatchedEvent>> {
     let time = stamp.time.to_string();
     // Per shard: its messages, one after the other, and each one's event, permit and length.
-    let mut per_shard: Vec<(BytesMut, Vec<(usize, Arc<EventInFlight>, usize)>)> =
+    let mut per_shard: Vec<(BytesMut, Vec<Encoded>)> =
         (0..shards).map(|_| (BytesMut::new(), Vec::new())).collect();
     let holders = presence.lock_all();
     for (index, in_flight) in slice {
