@@ -15,7 +15,7 @@ use crate::proto::{
 };
 use crate::report::{count, dec, Report};
 use crate::server_histogram::DeliveryHistogram;
-use crate::stats::{cpu_seconds, new_histogram, Percentiles, Recorder, SharedHistogram};
+use crate::stats::{cpu_times, new_histogram, Percentiles, Recorder, SharedHistogram};
 use crate::Fallible;
 use serde_json::json;
 use std::net::SocketAddr;
@@ -163,7 +163,7 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         Some(admin) => Some(DeliveryHistogram::scrape(admin, args.token.clone()).await?),
         None => None,
     };
-    let cpu_before = args.pid.map(cpu_seconds).transpose()?;
+    let cpu_before = args.pid.map(cpu_times).transpose()?;
     let start = now_ns() + 50_000_000;
     let end = start + (args.duration * 1e9) as u64;
     let paced = (rate > 0.0).then_some(rate);
@@ -249,10 +249,11 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
     while tally.received.load(Ordering::Relaxed) < published.owed && now_ns() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server_cpu_s = match (args.pid, cpu_before) {
-        (Some(pid), Some(before)) => Some(cpu_seconds(pid)? - before),
+    let server_cpu = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(cpu_times(pid)? - before),
         _ => None,
     };
+    let server_cpu_s = server_cpu.map(|cpu| cpu.user + cpu.system);
     let mut receiver_errors = Vec::new();
     for receiver in receivers {
         receiver.abort();
@@ -311,6 +312,10 @@ async fn run_once(args: &Args, rate: f64, phase: &str, report: &mut Report) -> F
         "server_cpu_ns_per_delivery": server_cpu_s
             .filter(|_| received > 0)
             .map(|cpu| cpu * 1e9 / received as f64),
+        // User space alone: what the server's own code costs, apart from the kernel's TCP.
+        "server_user_ns_per_delivery": server_cpu
+            .filter(|_| received > 0)
+            .map(|cpu| cpu.user * 1e9 / received as f64),
         "lost": lost,
         "extra": received.saturating_sub(published.owed),
         "garbage": garbage,

@@ -17,9 +17,29 @@ pub fn rss_kib(pid: u32) -> Fallible<u64> {
         .ok_or_else(|| format!("{path} has no readable VmRSS line"))
 }
 
-/// CPU time process `pid` has used so far (all threads, user + system), in seconds, from
+/// CPU time a process has used so far, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuTimes {
+    /// In user space.
+    pub user: f64,
+    /// In the kernel.
+    pub system: f64,
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// CPU time process `pid` has used so far (all threads), user and kernel apart, from
 /// `/proc/PID/stat` (ticks of USER_HZ, which Linux fixes at 100 for `/proc`).
-pub fn cpu_seconds(pid: u32) -> Fallible<f64> {
+pub fn cpu_times(pid: u32) -> Fallible<CpuTimes> {
     let path = format!("/proc/{pid}/stat");
     let stat =
         std::fs::read_to_string(&path).map_err(|err| format!("cannot read {path}: {err}"))?;
@@ -35,7 +55,10 @@ pub fn cpu_seconds(pid: u32) -> Fallible<f64> {
             .and_then(|field| field.parse::<u64>().ok())
     };
     match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => Ok((user + system) as f64 / 100.0),
+        (Some(user), Some(system)) => Ok(CpuTimes {
+            user: user as f64 / 100.0,
+            system: system as f64 / 100.0,
+        }),
         _ => Err(format!("{path} has no readable utime/stime")),
     }
 }

@@ -27,8 +27,7 @@ pub fn parts(message: &[u8]) -> impl Iterator<Item = &[u8]> + '_ {
 /// message will not read back as the same parts.
 #[inline]
 pub fn encode_message(parts: &[&[u8]], dst: &mut BytesMut) {
-    let length: usize = parts.iter().map(|part| part.len() + 1).sum();
-    dst.reserve(length.max(1));
+    dst.reserve(encoded_length(parts));
     for (index, part) in parts.iter().enumerate() {
         if index > 0 {
             dst.put_u8(US);
@@ -36,6 +35,16 @@ pub fn encode_message(parts: &[&[u8]], dst: &mut BytesMut) {
         dst.put_slice(part);
     }
     dst.put_u8(RS);
+}
+
+/// The length of the message made of `parts`: each part and its separator (the last
+/// part's is the message's end).
+pub fn encoded_length(parts: &[&[u8]]) -> usize {
+    parts
+        .iter()
+        .map(|part| part.len() + 1)
+        .sum::<usize>()
+        .max(1)
 }
 
 /// The message made of `parts`, ready to be written as is (see [`encode_message`]).

@@ -11,7 +11,7 @@ mod frame;
 mod reply;
 
 pub use frame::{
-    encode_message, encoded_message, ends_at_boundary, is_valid_part, parts, DecodeError, Frame,
-    MessageDecoder, RS, US,
+    encode_message, encoded_length, encoded_message, ends_at_boundary, is_valid_part, parts,
+    DecodeError, Frame, MessageDecoder, RS, US,
 };
 pub use reply::Reply;

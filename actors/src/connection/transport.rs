@@ -65,14 +65,40 @@ pub(crate) enum Overflow {
 }
 
 /// The events in a connection's output not yet written: each is counted in
-/// `tether_event_delivery_seconds` when the write that empties the output completes, with
-/// the age of the oldest (an upper bound for the others, exact for one).
+/// `tether_event_delivery_seconds` when the write that empties the output completes. The
+/// oldest and the newest are counted with their own ages (exact for one or two events in a
+/// write); those between, at the midpoint of the two (they were accepted in between). Kept
+/// in the size of one `Instant` and a count.
 #[derive(Debug, Clone, Copy)]
 struct UnwrittenEvents {
     /// When the bus accepted the oldest of them.
     oldest: Instant,
     /// How many.
     count: u32,
+    /// How long after the oldest the bus accepted the newest, in microseconds.
+    newest_after_us: u32,
+}
+
+impl UnwrittenEvents {
+    /// Counts them in `histogram`, written now.
+    fn observe(self, histogram: &Histogram) {
+        for (age, events) in self.ages(self.oldest.elapsed().as_secs_f64()) {
+            for _ in 0..events {
+                histogram.observe(age);
+            }
+        }
+    }
+
+    /// Their ages in seconds, each with how many events have it, when the oldest's is
+    /// `oldest`: the oldest, the newest, and those between.
+    fn ages(self, oldest: f64) -> [(f64, u32); 3] {
+        let newest = (oldest - f64::from(self.newest_after_us) / 1e6).max(0.0);
+        [
+            (oldest, 1),
+            (newest, u32::from(self.count > 1)),
+            ((oldest + newest) / 2.0, self.count.saturating_sub(2)),
+        ]
+    }
 }
 
 /// The byte side of one connection over a stream `S`.
@@ -149,11 +175,18 @@ impl<S: Stream> Transport<S> {
     ) -> Result<(), Overflow> {
         // Noted first: writing may complete at once (past the output limit).
         match &mut self.unwritten_events {
-            Some(events) => events.count += 1,
+            Some(events) => {
+                events.count = events.count.saturating_add(1);
+                let after = accepted
+                    .saturating_duration_since(events.oldest)
+                    .as_micros();
+                events.newest_after_us = u32::try_from(after).unwrap_or(u32::MAX);
+            }
             None => {
                 self.unwritten_events = Some(UnwrittenEvents {
                     oldest: accepted,
                     count: 1,
+                    newest_after_us: 0,
                 });
             }
         }
@@ -203,13 +236,10 @@ impl<S: Stream> Transport<S> {
             // (advanced to its end, it would report none and be freed).
             self.output.clear();
             buffers::release(&mut self.output, Spare::Output);
-            if let Some(events) = self.unwritten_events.take() {
-                if let Some(histogram) = &self.delivery_seconds {
-                    let seconds = events.oldest.elapsed().as_secs_f64();
-                    for _ in 0..events.count {
-                        histogram.observe(seconds);
-                    }
-                }
+            if let (Some(events), Some(histogram)) =
+                (self.unwritten_events.take(), &self.delivery_seconds)
+            {
+                events.observe(histogram);
             }
         }
         if self.output_charge.is_charged() {
@@ -289,5 +319,31 @@ impl<S: Stream> Transport<S> {
     /// Moves the deadline to `at`.
     pub(crate) fn move_deadline(&mut self, at: Instant) {
         self.deadline.as_mut().reset(at.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_and_newest_unwritten_events_count_their_own_ages_those_between_the_midpoint() {
+        let events = |count, newest_after_us| UnwrittenEvents {
+            oldest: Instant::now(),
+            count,
+            newest_after_us,
+        };
+        assert_eq!(
+            events(1, 0).ages(0.004),
+            [(0.004, 1), (0.004, 0), (0.004, 0)]
+        );
+        assert_eq!(
+            events(2, 3000).ages(0.004),
+            [(0.004, 1), (0.001, 1), (0.0025, 0)]
+        );
+        assert_eq!(
+            events(5, 4000).ages(0.006),
+            [(0.006, 1), (0.002, 1), (0.004, 3)]
+        );
     }
 }

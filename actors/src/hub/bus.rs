@@ -24,9 +24,9 @@ use crate::hub::registry::UserRegistryActor;
 use crate::hub::shards::{Shards, ShardsInForce};
 use crate::util::clock::EventClock;
 use crate::util::metrics::Metrics;
-use crate::wire::codec::{encoded_message, is_valid_part};
+use crate::wire::codec::{encode_message, encoded_length, encoded_message, is_valid_part};
 use actix::prelude::*;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -337,34 +337,34 @@ impl EventBusActor {
     /// shard. Moves `next` past them.
     fn hand_on_slice(
         &mut self,
-        batch: &[Publish],
+        batch: &Arc<[Publish]>,
         next: &mut usize,
         mut permits: OwnedSemaphorePermit,
         receipts: &mut Vec<PublishReceipt>,
     ) {
         self.refresh();
-        let rest = batch.get(*next..).unwrap_or_default();
-        let slice = std::iter::from_fn(|| permits.split(1))
-            .map(|permit| EventInFlight { _permit: permit })
-            .zip(rest);
+        let first = *next;
+        let end = (first + permits.num_permits()).min(batch.len());
+        let in_flight = std::iter::from_fn(|| permits.split(1))
+            .map(|permit| Arc::new(EventInFlight { _permit: permit }));
         let stamp = Stamp {
             time: self.clock.now(),
             accepted: Instant::now(),
         };
-        let before = receipts.len();
         let per_shard = sort_by_shard(
             &self.presence,
             self.registries().len(),
             stamp,
-            slice,
+            batch,
+            (first..end).zip(in_flight),
             receipts,
         );
-        let handed_on = receipts.len() - before;
-        *next += handed_on;
-        self.metrics.events_published.inc_by(handed_on as u64);
+        *next = end;
+        self.metrics.events_published.inc_by((end - first) as u64);
         for (registry, events) in self.registries().iter().zip(per_shard) {
             if !events.is_empty() {
                 registry.do_send(DeliverBatch {
+                    batch: Arc::clone(batch),
                     events,
                     accepted: stamp.accepted,
                 });
@@ -505,33 +505,46 @@ struct Stamp {
 
 /// `event␟<time>␟<text>`, encoded once for every connection.
 fn event_message(time: &str, text: &str) -> Bytes {
-    encoded_message(&[b"event", time.as_bytes(), text.as_bytes()])
+    encoded_message(&event_parts(time, text))
 }
 
-/// Sorts `events` into one list per shard (of `shards`) holding their users, in order, and
-/// adds a receipt per event to `receipts`, counting the connections [`Presence`] counts.
-fn sort_by_shard<'a>(
+/// The parts of `event␟<time>␟<text>`.
+fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
+    [b"event", time.as_bytes(), text.as_bytes()]
+}
+
+/// An event of a shard's slice whose message is in the shard's buffer: its index in the
+/// batch, its permit, and the message's length.
+type Encoded = (usize, Arc<EventInFlight>, usize);
+
+/// Sorts the events `slice` of `batch` (indexes, each with its permit) into one list per
+/// shard (of `shards`) holding their users, in order, and adds a receipt per event to
+/// `receipts`, counting the connections
+/// [`Presence`] counts. Each shard's messages share one buffer of their own (so a buffer's
+/// count is only ever touched by one worker's thread), and [`Presence`] is locked once for
+/// the slice, not per event.
+fn sort_by_shard(
     presence: &Presence,
     shards: usize,
     stamp: Stamp,
-    events: impl Iterator<Item = (EventInFlight, &'a Publish)>,
+    batch: &[Publish],
+    slice: impl Iterator<Item = (usize, Arc<EventInFlight>)>,
     receipts: &mut Vec<PublishReceipt>,
 ) -> Vec<Vec<BatchedEvent>> {
-    let mut per_shard: Vec<Vec<BatchedEvent>> = (0..shards).map(|_| Vec::new()).collect();
     let time = stamp.time.to_string();
-    for (in_flight, event) in events {
-        let message = event_message(&time, &event.text);
-        let user: Arc<str> = Arc::from(event.user.as_str());
-        let in_flight = Arc::new(in_flight);
+    // Per shard: its messages, one after the other, and each one's event, permit and length.
+    let mut per_shard: Vec<(BytesMut, Vec<Encoded>)> =
+        (0..shards).map(|_| (BytesMut::new(), Vec::new())).collect();
+    let holders = presence.lock_all();
+    for (index, in_flight) in slice {
+        let Some(event) = batch.get(index) else { break };
+        let parts = event_parts(&time, &event.text);
         let mut connections = 0;
-        for (shard, held) in presence.holding(&user) {
-            if let Some(events) = per_shard.get_mut(shard) {
+        for (shard, held) in holders.holding(&event.user) {
+            if let Some((messages, events)) = per_shard.get_mut(shard) {
                 connections += held;
-                events.push(BatchedEvent {
-                    user: Arc::clone(&user),
-                    message: message.clone(),
-                    in_flight: Arc::clone(&in_flight),
-                });
+                encode_message(&parts, messages);
+                events.push((index, Arc::clone(&in_flight), encoded_length(&parts)));
             }
         }
         receipts.push(PublishReceipt {
@@ -539,7 +552,21 @@ fn sort_by_shard<'a>(
             connections,
         });
     }
+    drop(holders);
     per_shard
+        .into_iter()
+        .map(|(messages, events)| {
+            let mut messages = messages.freeze();
+            events
+                .into_iter()
+                .map(|(index, in_flight, length)| BatchedEvent {
+                    index,
+                    message: messages.split_to(length),
+                    in_flight,
+                })
+                .collect()
+        })
+        .collect()
 }
 
 impl Handler<Invalidate> for EventBusActor {
@@ -917,30 +944,31 @@ mod tests {
         presence.enter(2, "alice");
         presence.enter(2, "alice");
         presence.enter(2, "bob");
-        let permits = Arc::new(Semaphore::new(4));
-        let events = [
+        let batch = [
             event("alice", "a1"),
             event("bob", "b1"),
             event("carol", "c1"),
             event("alice", "a2"),
+            event("bob", "not in the slice"),
         ];
-        let events = events.iter().map(|event| {
-            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
-            (EventInFlight { _permit: permit }, event)
-        });
         let stamp = Stamp {
             time: 17,
             accepted: Instant::now(),
         };
         let mut receipts = Vec::new();
-        let per_shard = sort_by_shard(&presence, 3, stamp, events, &mut receipts);
+        let permits = Arc::new(Semaphore::new(4));
+        let slice = (0..4).map(|index| {
+            let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
+            (index, Arc::new(EventInFlight { _permit: permit }))
+        });
+        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, slice, &mut receipts);
 
         let texts = |shard: usize| -> Vec<(String, String)> {
             per_shard[shard]
                 .iter()
                 .map(|event| {
                     let message = String::from_utf8_lossy(&event.message);
-                    (event.user.to_string(), message.into_owned())
+                    (batch[event.index].user.clone(), message.into_owned())
                 })
                 .collect()
         };

@@ -107,20 +107,23 @@ pub(crate) struct Deliver {
 /// One event of a [`DeliverBatch`].
 #[derive(Debug)]
 pub(crate) struct BatchedEvent {
-    /// The user the event is for.
-    pub user: Arc<str>,
+    /// The event's place in the batch, whose entry names its user.
+    pub index: usize,
     /// The whole `event` message, encoded once for all connections.
     pub message: Bytes,
     /// Travels with every push of the event.
     pub in_flight: Arc<EventInFlight>,
 }
 
-/// Several events, in publish order, each handed out as by [`Deliver`]: the bus sends a
-/// batch's events to a shard in one message.
+/// Several events of one batch, in publish order, each handed out as by [`Deliver`]: the
+/// bus sends a slice of a batch to a shard in one message.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub(crate) struct DeliverBatch {
-    /// The events for users this shard holds.
+    /// The whole batch, shared by every shard's message (the events name their users in
+    /// it: nothing is copied per event).
+    pub batch: Arc<[Publish]>,
+    /// The events of the slice for users this shard holds.
     pub events: Vec<BatchedEvent>,
     /// When the bus accepted them.
     pub accepted: Instant,

@@ -94,6 +94,38 @@ impl Presence {
                 Some((shard, connections as usize))
             })
     }
+
+    /// Every shard's counts under one lock each, for many look-ups in a row (a slice of a
+    /// batch): connections entering or leaving wait until it is dropped. Shards are locked
+    /// in order, and nothing else holds two at once.
+    pub(crate) fn lock_all(&self) -> PresenceView<'_> {
+        PresenceView {
+            hasher: &self.hasher,
+            shards: self.shards.iter().map(lock).collect(),
+        }
+    }
+}
+
+/// Every shard's counts, locked for a run of look-ups (see [`Presence::lock_all`]).
+pub(crate) struct PresenceView<'a> {
+    /// Hashes user names as [`Presence`] does.
+    hasher: &'a RandomState,
+    /// The shards' counts, in shard order.
+    shards: Vec<MutexGuard<'a, HashMap<u64, u32>>>,
+}
+
+impl PresenceView<'_> {
+    /// As [`Presence::holding`].
+    pub(crate) fn holding(&self, user: &str) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let key = self.hasher.hash_one(user);
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(move |(shard, counts)| {
+                let connections = *counts.get(&key)?;
+                Some((shard, connections as usize))
+            })
+    }
 }
 
 /// The counts stay whole even if a holder panicked: every update is one map operation.
@@ -122,6 +154,9 @@ mod tests {
         presence.leave(0, "alice");
         assert!(presence.holding("alice").next().is_none());
         assert_eq!(held("bob"), [(1, 1)]);
+        let view = presence.lock_all();
+        assert_eq!(view.holding("bob").collect::<Vec<_>>(), [(1, 1)]);
+        assert!(view.holding("alice").next().is_none());
     }
 
     #[test]

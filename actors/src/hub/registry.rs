@@ -111,7 +111,8 @@ impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        self.hand_out(msg.user, msg.message, msg.in_flight, msg.accepted);
+        let delivered = self.hand_out(&msg.user, msg.message, msg.in_flight, msg.accepted);
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
@@ -119,22 +120,28 @@ impl Handler<DeliverBatch> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
+        let mut delivered = 0;
         for event in msg.events {
-            self.hand_out(event.user, event.message, event.in_flight, msg.accepted);
+            if let Some(publish) = msg.batch.get(event.index) {
+                delivered +=
+                    self.hand_out(&publish.user, event.message, event.in_flight, msg.accepted);
+            }
         }
+        // Once per message: the counter is shared by every worker's thread.
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
 impl UserRegistryActor {
-    /// Pushes one event to every connection bound to `user`.
+    /// Pushes one event to every connection bound to `user`; answers how many.
     fn hand_out(
         &mut self,
-        user: Arc<str>,
+        user: &str,
         message: Bytes,
         in_flight: Arc<EventInFlight>,
         accepted: Instant,
-    ) {
-        if let Some(entries) = self.by_user.get_mut(&*user) {
+    ) -> usize {
+        if let Some(entries) = self.by_user.get_mut(user) {
             // A connection that died without unbinding is dropped here.
             let before = entries.len();
             entries.retain(|entry| entry.connection.connected());
@@ -150,12 +157,14 @@ impl UserRegistryActor {
                     event: Arc::clone(&event),
                 });
             }
-            self.metrics.events_delivered.inc_by(entries.len() as u64);
+            let delivered = entries.len();
             if entries.is_empty() {
-                self.by_user.remove(&*user);
+                self.by_user.remove(user);
             }
             self.forget(dead);
+            return delivered;
         }
+        0
     }
 }
 

@@ -443,7 +443,7 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 5] = [
+        let orders: [Vec<usize>; 6] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),

@@ -4,6 +4,6 @@
 //! separator bytes.
 
 pub use tether_wire::{
-    encode_message, encoded_message, ends_at_boundary, is_valid_part, parts, DecodeError, Frame,
-    MessageDecoder as MessageCodec,
+    encode_message, encoded_length, encoded_message, ends_at_boundary, is_valid_part, parts,
+    DecodeError, Frame, MessageDecoder as MessageCodec,
 };
