@@ -527,8 +527,9 @@ impl Worker {
         Ok(())
     }
 
-    /// Handles `first` and whatever else is queued (up to [`BATCH`]) as one pipeline;
-    /// then follows the users this node gained and drops those it lost.
+    /// Takes `first` and whatever else is queued (up to [`BATCH`]); subscribes to the users
+    /// this node gained and unsubscribes from those it lost; then sends the requests and
+    /// this node's counts as one pipeline.
     async fn handle_requests(&mut self, link: &mut Link, first: Request) -> Result<(), Ended> {
         let mut pipe = redis::pipe();
         let mut answers: Vec<(Option<Answer>, bool)> = Vec::new();
@@ -574,6 +575,16 @@ impl Worker {
                 next = self.requests.try_recv().ok();
             }
         }
+        // Subscribed before this node's counts say it holds the users: a node counted as
+        // holding a user's connections receives that user's events.
+        if let Err(err) = self.follow(link, changed).await {
+            for (answer, _) in answers {
+                if let Some(answer) = answer {
+                    answer.send(Err(BrokerUnreachable));
+                }
+            }
+            return Err(Ended::Lost(err));
+        }
         // This node's counts go in the same round trip, after the requests.
         for user in self.dirty.drain() {
             writes = true;
@@ -606,7 +617,6 @@ impl Worker {
                 }
             }
         }
-        self.follow(link, changed).await.map_err(Ended::Lost)?;
         if let Some(done) = stop {
             self.withdraw(link).await;
             let _ = done.send(());
