@@ -2,6 +2,8 @@
 # redis-server on free loopback ports with generated configuration, and stop them on exit.
 # Expects BIN (the folder with the release binaries) and WORK (a temporary folder).
 # WORKERS (default 0: one event loop per CPU) is tether's `server.workers`.
+# Every tether also listens for TLS (`server.tls.listen`) with a certificate for localhost
+# signed by a CA made here with `openssl` ($WORK/tls-ca.pem, what `--tls-ca` trusts).
 
 PIDS=()
 stop_servers() {
@@ -33,14 +35,34 @@ wait_port() {
     return 1
 }
 
+# make_tls_pair: once per $WORK, a P-256 CA ($WORK/tls-ca.pem) and a certificate for
+# localhost and 127.0.0.1 signed by it ($WORK/tls.pem, key $WORK/tls.key).
+make_tls_pair() {
+    [[ -f $WORK/tls.pem ]] && return 0
+    command -v openssl > /dev/null || {
+        echo "bench: openssl is not installed (apt-get install -y openssl)" >&2
+        return 1
+    }
+    (
+        cd "$WORK"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=bench CA" -keyout tls-ca.key -out tls-ca.pem
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+            -keyout tls.key -out tls.csr
+        echo "subjectAltName=DNS:localhost,IP:127.0.0.1" > tls-san.ext
+        openssl x509 -req -in tls.csr -CA tls-ca.pem -CAkey tls-ca.key -CAcreateserial \
+            -days 2 -extfile tls-san.ext -out tls.pem
+    ) 2>> "$WORK/openssl.log"
+}
+
 # start_servers USERS: users file (USERS at cost 4, plus storm0..storm1 at cost 10),
-# tether config (`workers = $WORKERS`), then the three servers. Sets TETHER_ADDR ADMIN_ADDR
-# RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
+# tether config (`workers = $WORKERS`), then the three servers. Sets TETHER_ADDR
+# TETHER_TLS_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
 start_servers() {
-    local users=$1 tport aport rport dport
+    local users=$1 tport aport sport rport dport
     # All ports first, before any connection: a port picked later can still be the local
     # end of a closing client connection and fail to listen.
-    read -r tport aport rport dport < <("$BIN/tether-bench" free-ports 4)
+    read -r tport aport sport rport dport < <("$BIN/tether-bench" free-ports 5)
     "$BIN/tether-bench" make-users "$users" --cost 4 > "$WORK/users.toml"
     "$BIN/tether-bench" make-users 2 --cost 10 --prefix storm >> "$WORK/users.toml"
     # The hard limit is the most a process may open; the servers need ~19,000.
@@ -54,30 +76,36 @@ start_servers() {
     PIDS+=("$REDIS_PID")
     wait_port "$rport" "$RAW_PID"
     wait_port "$dport" "$REDIS_PID"
-    start_tether tether "${WORKERS:-0}" "$tport" "$aport"
+    start_tether tether "${WORKERS:-0}" "$tport" "$aport" "$sport"
     TETHER_ADDR=$STARTED_ADDR
+    TETHER_TLS_ADDR=$STARTED_TLS_ADDR
     ADMIN_ADDR=$STARTED_ADMIN
     TETHER_PID=$STARTED_PID
     RAW_ADDR=127.0.0.1:$rport
     REDIS_ADDR=127.0.0.1:$dport
 }
 
-# start_tether NAME WORKERS [PORT ADMIN_PORT]: a tether with `server.workers = WORKERS`,
-# config $WORK/NAME.toml, sharing $WORK/users.toml (start_servers writes it); ports picked
-# here when not given (and picked again, up to 3 times, if they turn out taken). Sets
-# STARTED_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops it with the rest, stop_one PID
-# before.
+# start_tether NAME WORKERS [PORT ADMIN_PORT TLS_PORT]: a tether with `server.workers =
+# WORKERS`, config $WORK/NAME.toml, sharing $WORK/users.toml (start_servers writes it);
+# ports picked here when not given (and picked again, up to 3 times, if they turn out
+# taken). Sets STARTED_ADDR STARTED_TLS_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops
+# it with the rest, stop_one PID before.
 start_tether() {
-    local name=$1 workers=$2 tport=${3:-} aport=${4:-} attempt
+    local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} attempt
+    make_tls_pair
     for attempt in 1 2 3; do
         if [[ -z ${3:-} ]]; then
-            read -r tport aport < <("$BIN/tether-bench" free-ports 2)
+            read -r tport aport sport < <("$BIN/tether-bench" free-ports 3)
         fi
         cat > "$WORK/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$tport"
 max_connections = 20000
 workers = $workers
+[server.tls]
+listen = "127.0.0.1:$sport"
+cert_file = "tls.pem"
+key_file = "tls.key"
 [auth]
 users_file = "users.toml"
 bcrypt_cost = 4
@@ -92,8 +120,10 @@ TOML
         "$BIN/tether" --config "$WORK/$name.toml" 2>> "$WORK/$name.log" &
         STARTED_PID=$!
         PIDS+=("$STARTED_PID")
-        if wait_port "$tport" "$STARTED_PID" && wait_port "$aport" "$STARTED_PID"; then
+        if wait_port "$tport" "$STARTED_PID" && wait_port "$aport" "$STARTED_PID" \
+            && wait_port "$sport" "$STARTED_PID"; then
             STARTED_ADDR=127.0.0.1:$tport
+            STARTED_TLS_ADDR=127.0.0.1:$sport
             STARTED_ADMIN=127.0.0.1:$aport
             return 0
         fi

@@ -8,6 +8,13 @@
 # `cmd` scenario also runs against a second tether with `workers = 1`, reported as target
 # `tether-w1`, started for that scenario only.
 #
+# `tls` (issue 15) compares TLS with plaintext on one tether, A and B alternating over
+# TLS_ROUNDS rounds (default 3): `cmd` 50x16, handshakes/s, the handshake storm's
+# `prolongate` p99. `tls-hold` holds 10,000 idle logged-in connections on a fresh tether,
+# plaintext and TLS alternately (order swapped each repeat), for memory per connection: read
+# the slope between 5,000 and 10,000 (a fresh tether's first RSS reading still holds ~18 MiB
+# of start-up garbage, returned once connections arrive).
+#
 #   REPEATS=3 SCENARIOS="hold cmd fanout storm churn" OUT=bench/results/run-2.jsonl bench/run-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +22,8 @@ cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 # Number of the first repeat (its tag is r$FIRST_REPEAT): to add repeats to an earlier OUT.
 FIRST_REPEAT=${FIRST_REPEAT:-1}
-SCENARIOS=${SCENARIOS:-"hold cmd fanout batch storm churn"}
+SCENARIOS=${SCENARIOS:-"hold cmd fanout batch storm churn tls tls-hold"}
+TLS_ROUNDS=${TLS_ROUNDS:-3}
 OUT=${OUT:-bench/results/run.jsonl}
 # Events per request in the `batch` scenario (tether's batch route; Redis PUBLISH pipelined).
 BATCH=${BATCH:-500}
@@ -74,6 +82,22 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
             for target in "${targets[@]}"; do
                 read -r proto addr pid <<< "$target"
                 bench churn --proto "$proto" --addr "$addr" --pid "$pid" --duration 8
+            done ;;
+        tls)
+            bench tls --addr "$TETHER_ADDR" --tls-addr "$TETHER_TLS_ADDR" \
+                --tls-ca "$WORK/tls-ca.pem" --rounds "$TLS_ROUNDS" --duration 5 --warmup 1 ;;
+        tls-hold) # each on a fresh tether: the first readings of a server are its baseline
+            kinds=(plain tls)
+            (( repeat % 2 == 0 )) && kinds=(tls plain)
+            for kind in "${kinds[@]}"; do
+                start_tether "tether-hold-$kind" "${WORKERS:-0}"
+                addr=$STARTED_ADDR tls_args=()
+                if [[ $kind == tls ]]; then
+                    addr=$STARTED_TLS_ADDR tls_args=(--tls-ca "$WORK/tls-ca.pem")
+                fi
+                bench --target-name "tether-$kind" hold --addr "$addr" "${tls_args[@]}" \
+                    --pid "$STARTED_PID" --connections 10000 --checkpoints 5000
+                stop_one "$STARTED_PID"
             done ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac

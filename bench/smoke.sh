@@ -3,7 +3,8 @@
 # SMOKE_PROFILE: CI uses `debug`, which its test build has mostly compiled), starts tether,
 # serve-raw and redis-server on free loopback ports, and runs every scenario with tiny numbers. It asserts
 # only that each scenario ran and lost nothing (tether-bench exits non-zero otherwise),
-# never a timing. Needs redis-server (Debian: apt-get install -y redis-server).
+# never a timing. Needs redis-server and openssl (Debian: apt-get install -y redis-server
+# openssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,5 +62,10 @@ for target in "tether $TETHER_ADDR $TETHER_PID" "raw $RAW_ADDR $RAW_PID" "redis 
     bench churn --proto "$proto" --addr "$addr" --pid "$pid" --duration 1 --concurrency 8 \
         --settle 0.2
 done
+# TLS (issue 15): against plaintext on the same tether, and idle TLS connections.
+bench tls --addr "$TETHER_ADDR" --tls-addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tls-ca.pem" \
+    --rounds 2 --shape 10x8 --storm-shape 10x1 --duration 1 --warmup 0.2 --storm-concurrency 2
+bench --target-name tether-tls hold --addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tls-ca.pem" \
+    --pid "$TETHER_PID" --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
 results=$(wc -l < "$WORK/smoke.jsonl")
 echo "bench smoke: every scenario ran and lost nothing ($results results)"

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio_postgres::config::SslMode;
 
 use crate::toml_error::{line_and_column, Located};
 
@@ -100,6 +101,9 @@ pub struct AuthConfig {
     pub users_file: PathBuf,
     /// The PostgreSQL database users come from (SPEC §9), when set: a `postgres://` URL.
     pub database: Option<String>,
+    /// The CA certificates (PEM) the database server's certificate must chain to; when
+    /// set, the connection to `database` is TLS (rustls), and without it, plain TCP.
+    pub database_ca_file: Option<PathBuf>,
     /// The table (or view) of users in `database`; also the name of the channel its
     /// trigger notifies.
     pub table: String,
@@ -247,10 +251,15 @@ impl Config {
                 value(auth.users_file.to_string_lossy().into_owned()),
             ),
         };
+        let ca_file = auth
+            .database_ca_file
+            .as_ref()
+            .map_or_else(String::new, |file| file.to_string_lossy().into_owned());
         section(
             "auth",
             vec![
                 source,
+                ("database_ca_file", value(ca_file)),
                 ("table", value(auth.table.clone())),
                 ("bcrypt_cost", value(i64::from(auth.bcrypt_cost))),
                 ("watch", value(auth.watch)),
@@ -543,6 +552,7 @@ impl Default for RawServer {
 struct RawAuth {
     users_file: Option<PathBuf>,
     database: String,
+    database_ca_file: String,
     table: String,
     bcrypt_cost: u32,
     watch: bool,
@@ -555,6 +565,7 @@ impl Default for RawAuth {
         Self {
             users_file: None,
             database: String::new(),
+            database_ca_file: String::new(),
             table: "tether_users".to_string(),
             bcrypt_cost: 12,
             watch: true,
@@ -793,8 +804,28 @@ impl Check<'_> {
                             .into(),
                     ));
                 }
-                if let Err(err) = url.parse::<tokio_postgres::Config>() {
-                    return Err(self.error("auth.database", format!("invalid URL: {err}")));
+                let parsed = match url.parse::<tokio_postgres::Config>() {
+                    Ok(parsed) => parsed,
+                    Err(err) => {
+                        return Err(self.error("auth.database", format!("invalid URL: {err}")))
+                    }
+                };
+                let ssl_mode = parsed.get_ssl_mode();
+                if raw.database_ca_file.is_empty() && ssl_mode == SslMode::Require {
+                    return Err(self.error(
+                        "auth.database",
+                        "sslmode=require needs auth.database_ca_file: the CA certificate \
+                         (PEM) the database server's certificate is checked against"
+                            .into(),
+                    ));
+                }
+                if !raw.database_ca_file.is_empty() && ssl_mode == SslMode::Disable {
+                    return Err(self.error(
+                        "auth.database",
+                        "sslmode=disable contradicts auth.database_ca_file (which makes the \
+                         connection TLS)"
+                            .into(),
+                    ));
                 }
                 Some(url.to_string())
             }
@@ -832,6 +863,12 @@ impl Check<'_> {
             0 => automatic_password_threads(),
             threads => threads,
         };
+        if database.is_none() && !raw.database_ca_file.is_empty() {
+            return Err(self.error(
+                "auth.database_ca_file",
+                "is only for auth.database (leave it \"\" with the users file)".into(),
+            ));
+        }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(AuthConfig {
             users_file: folder.join(
@@ -839,6 +876,10 @@ impl Check<'_> {
                     .unwrap_or_else(|| PathBuf::from("users.toml")),
             ),
             database,
+            database_ca_file: match raw.database_ca_file.as_str() {
+                "" => None,
+                file => Some(folder.join(file)),
+            },
             table: raw.table,
             bcrypt_cost: raw.bcrypt_cost,
             watch: raw.watch,
@@ -1284,6 +1325,37 @@ mod tests {
         let effective = config.effective_toml();
         assert!(effective.contains("database = \"postgres://me:****@h:5433/db\""));
         assert!(!effective.contains("users_file"));
+    }
+
+    #[test]
+    fn a_database_ca_file_goes_with_a_database_that_may_use_tls() {
+        assert_refused(
+            "[auth]\ndatabase = \"postgres://h/db?sslmode=require\"",
+            "auth.database",
+            "database_ca_file",
+        );
+        assert_refused(
+            "[auth]\ndatabase = \"postgres://h/db?sslmode=disable\"\ndatabase_ca_file = \"ca.pem\"",
+            "auth.database",
+            "contradicts",
+        );
+        assert_refused(
+            "[auth]\ndatabase_ca_file = \"ca.pem\"",
+            "auth.database_ca_file",
+            "only for auth.database",
+        );
+        let config = Config::from_toml(
+            "[auth]\ndatabase = \"postgres://h/db?sslmode=require\"\ndatabase_ca_file = \"ca.pem\"",
+            Path::new("/etc/tether/server.toml"),
+        )
+        .expect("valid");
+        assert_eq!(
+            config.auth.database_ca_file.as_deref(),
+            Some(Path::new("/etc/tether/ca.pem"))
+        );
+        let again = Config::from_toml(&config.effective_toml(), Path::new("/x/server.toml"))
+            .expect("reads back");
+        assert_eq!(again.auth.database_ca_file, config.auth.database_ca_file);
     }
 
     #[test]

@@ -32,7 +32,8 @@ use tether::users::db_cli;
     after_long_help = "Signals (to the running server):\n  \
                        SIGINT, SIGTERM  stop: send `shutdown` to every client, flush for \
                        up to server.shutdown_grace, exit 0\n  \
-                       SIGHUP           re-read the users file now\n\n\
+                       SIGHUP           re-read the users file now (with auth.database: \
+                       check the users logged in here against the table now)\n\n\
                        Environment:\n  \
                        RUST_LOG         overrides log.level, in env_logger's syntax \
                        (RUST_LOG=debug, RUST_LOG=tether_actors=debug)\n\n\

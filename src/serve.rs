@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState, UserAdmin};
 use crate::config::Config;
+use crate::users::pg_schema;
 use crate::users::pg_store::{PgUsers, StartError};
 use crate::users::read::{self, Contents};
 use crate::users::sync::UserSync;
@@ -72,6 +73,8 @@ pub fn run(config: Config) -> Outcome {
     });
     let tls_hangups = system
         .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
+    let admin_tls_hangups = system
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
     let (hangups, stop_signal) = match caught {
         Ok(caught) => caught,
         Err(err) => {
@@ -86,7 +89,10 @@ pub fn run(config: Config) -> Outcome {
     );
     crate::limits::raise_open_files_limit(config.server.max_connections);
     let users = match &config.auth.database {
-        Some(url) => match PgUsers::connect(url, &config.auth.table) {
+        Some(url) => match pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
+            .map_err(|why| StartError::NotReady(format!("auth.database_ca_file: {why}")))
+            .and_then(|database| PgUsers::connect(database, &config.auth.table))
+        {
             Ok(database) => {
                 log::info!(
                     "users from PostgreSQL table {} (looked up per login)",
@@ -115,14 +121,14 @@ pub fn run(config: Config) -> Outcome {
             return Outcome::BadConfiguration;
         }
     };
-    let admin_tls = match config
+    let (admin_tls, admin_certificate) = match config
         .admin
         .tls
         .as_ref()
         .map(crate::tls::load_admin)
         .transpose()
     {
-        Ok(admin_tls) => admin_tls,
+        Ok(admin_tls) => admin_tls.unzip(),
         Err(err) => {
             fatal(&err);
             return Outcome::BadConfiguration;
@@ -207,6 +213,7 @@ pub fn run(config: Config) -> Outcome {
             }
             Users::Database(database) => {
                 database.listen(tether.handle());
+                actix_rt::spawn(reconcile_on_hangup(database.clone(), hangups));
                 (UserAdmin::Database(database), None)
             }
         };
@@ -227,6 +234,15 @@ pub fn run(config: Config) -> Outcome {
                     .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
                     .ok();
                 Some(crate::tls::start_reloading(tls, slot, hangups))
+            }
+            _ => None,
+        };
+        let _admin_tls_reload = match (config.admin.tls.clone(), admin_certificate, &admin) {
+            (Some(tls), Some(certificate), Some(_)) => {
+                let hangups = admin_tls_hangups
+                    .map_err(|err| log::warn!("cannot watch SIGHUP for certificate reloads: {err}"))
+                    .ok();
+                Some(crate::tls::start_reloading_admin(tls, certificate, hangups))
             }
             _ => None,
         };
@@ -263,6 +279,14 @@ pub fn run(config: Config) -> Outcome {
         log::info!("stopped");
         Outcome::Stopped
     })
+}
+
+/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
+/// table now (as after a reconnect) instead of reloading a file.
+async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        database.reconcile_now();
+    }
 }
 
 /// Where the users come from.

@@ -1,6 +1,8 @@
-//! The client TLS listener's configuration (SPEC §10): the PEM files of `[server.tls]` read
-//! into a rustls `ServerConfig`, at start-up (an error stops it, naming the file), and
-//! again on SIGHUP and when the files change (an error keeps the pair in force).
+//! The TLS configurations (SPEC §10): the PEM files of `[server.tls]` and `[admin.tls]`
+//! read into rustls `ServerConfig`s, at start-up (an error stops it, naming the file), and
+//! again on SIGHUP and when the files change (an error keeps the pair in force). The client
+//! listener's whole configuration is replaced in its [`TlsConfigSlot`]; the admin API's
+//! certificate is replaced in the [`AdminCertificate`] its configuration asks.
 
 use crate::config::{AdminTls, TlsConfig};
 use crate::users::read::{read_contents, Contents};
@@ -8,9 +10,9 @@ use crate::users::watch::{watch_file, FileWatch};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use tether_actors::rustls;
-use tether_actors::rustls::server::WebPkiClientVerifier;
+use tether_actors::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use tether_actors::rustls::sign::CertifiedKey;
 use tether_actors::TlsConfigSlot;
 use tokio::signal::unix::Signal;
@@ -23,21 +25,59 @@ pub fn load(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     load_files(&tls.cert_file, &tls.key_file, tls.client_ca_file.as_deref())
 }
 
-/// The admin API's configuration from `[admin.tls]` (no client certificates); the error
-/// names the file at fault.
-pub fn load_admin(tls: &AdminTls) -> Result<rustls::ServerConfig, String> {
-    let config = load_files(&tls.cert_file, &tls.key_file, None)?;
-    Ok(Arc::unwrap_or_clone(config))
+/// The admin API's configuration from `[admin.tls]` (no client certificates), and the
+/// certificate it serves, replaceable while it runs; the error names the file at fault.
+pub fn load_admin(tls: &AdminTls) -> Result<(rustls::ServerConfig, Arc<AdminCertificate>), String> {
+    let certificate = Arc::new(AdminCertificate(RwLock::new(load_admin_key(tls)?)));
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|err| format!("cannot set up TLS: {err}"))?
+    .with_no_client_auth()
+    .with_cert_resolver(Arc::clone(&certificate) as Arc<dyn ResolvesServerCert>);
+    Ok((config, certificate))
 }
 
-/// A server configuration from the PEM files `cert_file` and `key_file`, requiring client
-/// certificates signed by `client_ca_file` when given.
-fn load_files(
+/// The admin API's certificate and key from `[admin.tls]`, checked as the client
+/// listener's are.
+fn load_admin_key(tls: &AdminTls) -> Result<Arc<CertifiedKey>, String> {
+    let provider = rustls::crypto::ring::default_provider();
+    let (certs, key) = load_pair(&tls.cert_file, &tls.key_file, &provider)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|err| format!("{}: unusable private key: {err}", tls.key_file.display()))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
+}
+
+/// The certificate the admin API's handshakes are given: the one in force, which a reload
+/// replaces (connections already open keep theirs).
+#[derive(Debug)]
+pub struct AdminCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl AdminCertificate {
+    /// Puts `key` in force for the handshakes that begin from now on.
+    fn replace(&self, key: Arc<CertifiedKey>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = key;
+    }
+}
+
+impl ResolvesServerCert for AdminCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.0.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+/// The certificate chain of `cert_file` and the key of `key_file`, checked to match (and
+/// the chain's first certificate's validity said when it is not valid now).
+fn load_pair(
     cert_file: &Path,
     key_file: &Path,
-    client_ca_file: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let certs = read_certificates(cert_file)?;
     if let Some(warning) = validity_warning(cert_file, &certs[0]) {
         log::warn!("{warning}");
@@ -57,6 +97,18 @@ fn load_files(
                 cert_file.display()
             )
         })?;
+    Ok((certs, key))
+}
+
+/// A server configuration from the PEM files `cert_file` and `key_file`, requiring client
+/// certificates signed by `client_ca_file` when given.
+fn load_files(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let (certs, key) = load_pair(cert_file, key_file, &provider)?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|err| format!("cannot set up TLS: {err}"))?;
@@ -124,53 +176,111 @@ pub struct TlsReload {
     _watches: Vec<FileWatch>,
 }
 
-/// Reloads the pair into `slot` on each SIGHUP from `hangups` and each time one of the
-/// files named by `tls` settles after a change (watched as the users file is, see
-/// [`crate::users::watch`]); a change that leaves the files' bytes as they were last
-/// loaded is ignored. A pair that cannot be loaded is logged and the pair in force stays.
+/// Reloads the client listener's pair into `slot` on each SIGHUP from `hangups` and each
+/// time one of the files named by `tls` settles after a change (see `reload_files`).
 /// Must be called inside the actix System.
 pub fn start_reloading(tls: TlsConfig, slot: TlsConfigSlot, hangups: Option<Signal>) -> TlsReload {
+    let mut files = vec![tls.cert_file.clone(), tls.key_file.clone()];
+    files.extend(tls.client_ca_file.clone());
+    let shown = tls.cert_file.display().to_string();
+    reload_files(
+        ReloadTarget {
+            what: "TLS certificate",
+            shown,
+            files,
+        },
+        move || load(&tls),
+        move |config| slot.replace(config),
+        hangups,
+    )
+}
+
+/// Reloads the admin API's pair into `certificate` on each SIGHUP from `hangups` and each
+/// time its files settle after a change (see `reload_files`). Must be called inside the
+/// actix System.
+pub fn start_reloading_admin(
+    tls: AdminTls,
+    certificate: Arc<AdminCertificate>,
+    hangups: Option<Signal>,
+) -> TlsReload {
+    let files = vec![tls.cert_file.clone(), tls.key_file.clone()];
+    let shown = tls.cert_file.display().to_string();
+    reload_files(
+        ReloadTarget {
+            what: "admin API TLS certificate",
+            shown,
+            files,
+        },
+        move || load_admin_key(&tls),
+        move |key| certificate.replace(key),
+        hangups,
+    )
+}
+
+/// What a reload reads, for its watchers and its log lines.
+struct ReloadTarget {
+    /// What is reloaded, as the log says it ("TLS certificate").
+    what: &'static str,
+    /// The certificate file, as the log shows it.
+    shown: String,
+    /// Every file it is read from.
+    files: Vec<PathBuf>,
+}
+
+/// Calls `load` (on a blocking thread) and hands its result to `apply` on each SIGHUP from
+/// `hangups` and each time one of `target`'s files settles after a change (watched as the
+/// users file is, see [`crate::users::watch`]); a change that leaves the files' bytes as
+/// they were last loaded is ignored. What cannot be loaded is logged and what is in force
+/// stays. Must be called inside the actix System.
+fn reload_files<T: Send + 'static>(
+    target: ReloadTarget,
+    load: impl Fn() -> Result<T, String> + Send + Sync + 'static,
+    apply: impl Fn(T) + 'static,
+    hangups: Option<Signal>,
+) -> TlsReload {
     // One pending request is enough: a watcher waits until it is taken.
     let (requests, changes) = mpsc::channel(1);
-    let watches = files(&tls)
-        .into_iter()
+    let watches = target
+        .files
+        .iter()
         .filter_map(|path| {
             let shown = path.display().to_string();
-            watch_file("TLS file", path, requests.clone())
+            watch_file("TLS file", path.clone(), requests.clone())
                 .map_err(|err| {
                     log::warn!("TLS file {shown}: cannot watch it ({err}); SIGHUP reloads it")
                 })
                 .ok()
         })
         .collect();
-    actix_rt::spawn(reload_on_request(tls, slot, changes, hangups));
+    actix_rt::spawn(reload_on_request(
+        target,
+        Arc::new(load),
+        apply,
+        changes,
+        hangups,
+    ));
     TlsReload { _watches: watches }
 }
 
-/// The files a TLS configuration is read from.
-fn files(tls: &TlsConfig) -> Vec<PathBuf> {
-    let mut files = vec![tls.cert_file.clone(), tls.key_file.clone()];
-    files.extend(tls.client_ca_file.clone());
-    files
-}
-
 /// What the files hold now, to tell a real change from a touch.
-fn fingerprint(tls: &TlsConfig) -> Vec<Contents> {
-    files(tls).iter().map(|path| read_contents(path)).collect()
+fn fingerprint(files: &[PathBuf]) -> Vec<Contents> {
+    files.iter().map(|path| read_contents(path)).collect()
 }
 
 /// Reloads once per SIGHUP and once per change of the files' bytes, one after the other,
 /// until both sources are gone.
-async fn reload_on_request(
-    tls: TlsConfig,
-    slot: TlsConfigSlot,
+async fn reload_on_request<T: Send + 'static>(
+    target: ReloadTarget,
+    load: Arc<dyn Fn() -> Result<T, String> + Send + Sync>,
+    apply: impl Fn(T),
     mut changes: mpsc::Receiver<Contents>,
     mut hangups: Option<Signal>,
 ) {
-    let tls = Arc::new(tls);
+    let what = target.what;
+    let files = Arc::new(target.files);
     let mut last = {
-        let tls = Arc::clone(&tls);
-        actix_rt::task::spawn_blocking(move || fingerprint(&tls))
+        let files = Arc::clone(&files);
+        actix_rt::task::spawn_blocking(move || fingerprint(&files))
             .await
             .ok()
     };
@@ -186,15 +296,16 @@ async fn reload_on_request(
             Some(()) = hangup => true,
             else => return,
         };
-        let reading = Arc::clone(&tls);
+        let reading = Arc::clone(&files);
+        let loading = Arc::clone(&load);
         let read = actix_rt::task::spawn_blocking(move || {
             let now = fingerprint(&reading);
-            let loaded = load(&reading);
+            let loaded = loading();
             (now, loaded)
         })
         .await;
         let Ok((now, loaded)) = read else {
-            log::error!("TLS certificate not reloaded: the reading thread failed");
+            log::error!("{what} not reloaded: the reading thread failed");
             continue;
         };
         if !on_signal && last.as_ref() == Some(&now) {
@@ -203,15 +314,12 @@ async fn reload_on_request(
         last = Some(now);
         let why = if on_signal { "SIGHUP" } else { "files changed" };
         match loaded {
-            Ok(config) => {
-                slot.replace(config);
-                log::info!(
-                    "TLS certificate reloaded from {} ({why})",
-                    tls.cert_file.display()
-                );
+            Ok(loaded) => {
+                apply(loaded);
+                log::info!("{what} reloaded from {} ({why})", target.shown);
             }
             Err(err) => {
-                log::error!("TLS certificate not reloaded ({why}), the old one stays: {err}")
+                log::error!("{what} not reloaded ({why}), the old one stays: {err}")
             }
         }
     }

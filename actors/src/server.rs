@@ -5,6 +5,7 @@
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
+use crate::connection::tls_handshake::{tls_handshake, FailureLog};
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::{
@@ -43,8 +44,6 @@ const RESTART_WAIT: Duration = Duration::from_secs(1);
 /// The least `SO_SNDBUF` asked for a connection, whatever `max_pending_bytes`: Linux
 /// doubles it, and 128 KiB in flight keeps a reader on a fast link at full speed.
 const MIN_SEND_BUFFER: usize = 64 * 1024;
-/// How long a client has to finish its TLS handshake (SPEC §10).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a trusted load balancer has to send the PROXY protocol header (SPEC §10).
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -145,7 +144,8 @@ pub struct Tether {
     hub: watch::Receiver<HubState>,
     /// Restarts the registry and the bus; starts the shutdown broadcast.
     supervisor: Addr<HubSupervisor>,
-    /// The accept loops, one per listener; aborting them stops accepting.
+    /// The accept loops, one per listener, and the TLS listener's failure summaries;
+    /// aborting them stops accepting.
     accept: Vec<JoinHandle<()>>,
     /// One permit per open connection, `max_connections` in all.
     permits: Arc<Semaphore>,
@@ -236,11 +236,17 @@ impl Tether {
             delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
+        let handshake_failures = Arc::new(FailureLog::new());
+        let summaries = tls
+            .is_some()
+            .then(|| actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
         let loops = plain
             .map(|(listener, _)| (listener, None))
             .into_iter()
-            .chain(tls.map(|((listener, _), config)| (listener, Some(config))));
-        let accept = loops
+            .chain(tls.map(|((listener, _), config)| {
+                (listener, Some((config, Arc::clone(&handshake_failures))))
+            }));
+        let mut accept: Vec<JoinHandle<()>> = loops
             .map(|(listener, tls)| {
                 actix_rt::spawn(accept_loop(
                     listener,
@@ -253,6 +259,7 @@ impl Tether {
                 ))
             })
             .collect();
+        accept.extend(summaries);
         let mut arbiters = workers;
         arbiters.push(hub_arbiter);
         Ok(Self {
@@ -335,7 +342,7 @@ impl Tether {
 /// Accepts connections and hands each to a worker arbiter, round-robin.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    tls: Option<TlsConfigSlot>,
+    tls: Option<(TlsConfigSlot, Arc<FailureLog>)>,
     proxy_trust: Arc<ProxyTrust>,
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
@@ -401,7 +408,9 @@ async fn accept_loop(
         let shared = Arc::clone(&shared);
         let hub = hub.clone();
         // The TLS configuration in force at accept is the one this handshake uses.
-        let tls = tls.as_ref().map(TlsConfigSlot::current);
+        let tls = tls
+            .as_ref()
+            .map(|(slot, failures)| (slot.current(), Arc::clone(failures)));
         let proxied = proxy_trust.trusts(peer.ip());
         worker.spawn(async move {
             let mut stream = match tokio::net::TcpStream::from_std(stream) {
@@ -421,10 +430,14 @@ async fn accept_loop(
             };
             let stream = match tls {
                 None => ClientStream::Plain(stream),
-                Some(config) => match tls_handshake(stream, peer, config, hub.clone()).await {
-                    Some(stream) => ClientStream::Tls(Box::new(stream)),
-                    None => return,
-                },
+                Some((config, failures)) => {
+                    let metrics = &shared.metrics;
+                    match tls_handshake(stream, peer, config, hub.clone(), metrics, &failures).await
+                    {
+                        Some(stream) => ClientStream::Tls(Box::new(stream)),
+                        None => return,
+                    }
+                }
             };
             ConnectionActor::create(|ctx| {
                 ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
@@ -459,35 +472,6 @@ async fn client_address(
             }
             Err(_) => {
                 log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
-                None
-            }
-        },
-        _ = shutdown => None,
-    }
-}
-
-/// Runs the server side of a TLS handshake on `stream`, on the connection's worker (it
-/// waits for the client without holding the thread): `None`, the reason logged, when it
-/// fails, takes longer than [`TLS_HANDSHAKE_TIMEOUT`], or shutdown begins first. Its
-/// memory is rustls's, bounded by the record size; the caller's permit counts it against
-/// `max_connections`.
-async fn tls_handshake(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    config: Arc<rustls::ServerConfig>,
-    mut hub: watch::Receiver<HubState>,
-) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    let shutdown = hub.wait_for(|state| state.shutting_down);
-    tokio::select! {
-        done = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake) => match done {
-            Ok(Ok(stream)) => Some(stream),
-            Ok(Err(err)) => {
-                log::info!("{peer}: TLS handshake failed: {err}");
-                None
-            }
-            Err(_) => {
-                log::info!("{peer}: TLS handshake not done within {TLS_HANDSHAKE_TIMEOUT:?}: closing");
                 None
             }
         },

@@ -2,10 +2,11 @@
 //! a loop for a fixed time: sustained connections/s, and the server's resident memory
 //! before, right after, and after a pause (it should come back near its baseline).
 
-use crate::net::{check_loopback, connect_from, now_ns, raise_open_files, sources_in};
+use crate::net::{check_loopback, now_ns, raise_open_files, sources_in};
 use crate::proto::exchange;
 use crate::report::{count, dec, Report};
 use crate::stats::{new_histogram, rss_kib, sockstat, Percentiles, Recorder, SharedHistogram};
+use crate::stream::connect;
 use crate::{Fallible, Target};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let histogram: SharedHistogram = Arc::new(Mutex::new(new_histogram()));
     let end = now_ns() + (args.duration * 1e9) as u64;
     let sources = Arc::new(sources_in(1, args.sources));
+    let tls = args.target.tls()?;
     let mut workers = Vec::with_capacity(args.concurrency);
     for worker in 0..args.concurrency {
         let sources = Arc::clone(&sources);
@@ -62,6 +64,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         let prefix = args.user_prefix.clone();
         let password = args.password.clone();
         let mut recorder = Recorder::new(&histogram);
+        let tls = tls.clone();
         workers.push(tokio::spawn(async move {
             let mut cycles = 0u64;
             let mut failures = Vec::new();
@@ -71,7 +74,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
                 let (login, expected) = proto.login(&format!("{prefix}{}", i % users), &password);
                 let began = now_ns();
                 let cycle = async {
-                    let mut stream = connect_from(source, addr, true).await?;
+                    let mut stream = connect(source, addr, true, tls.as_ref()).await?;
                     exchange(&mut stream, &login, expected).await
                 };
                 match tokio::time::timeout(CYCLE_TIMEOUT, cycle).await {

@@ -6,10 +6,11 @@
 //! reply in a read checked against the expected bytes in bulk, one clock read per read, the
 //! commands a read allows written in one write.
 
-use crate::net::{check_loopback, connect_from, now_ns, sources};
+use crate::net::{check_loopback, now_ns, sources};
 use crate::proto::{Proto, ReplyMatcher};
 use crate::report::{count, dec, Report};
 use crate::stats::{new_histogram, Percentiles, Recorder, SharedHistogram};
+use crate::stream::{connect, BenchStream, TlsClient};
 use crate::{Fallible, Target};
 use serde_json::json;
 use std::collections::VecDeque;
@@ -17,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Arguments of `cmd`.
 #[derive(Debug, clap::Args)]
@@ -61,6 +61,8 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     /// Source addresses to spread over.
     pub sources: u8,
+    /// Connect through TLS with this client, or in plaintext.
+    pub tls: Option<TlsClient>,
 }
 
 /// What a load run measured.
@@ -82,7 +84,7 @@ const DRAIN: Duration = Duration::from_secs(5);
 const CONNECT_CONCURRENCY: usize = 256;
 
 /// Parses "50x16".
-fn parse_shape(shape: &str) -> Fallible<(usize, usize)> {
+pub fn parse_shape(shape: &str) -> Fallible<(usize, usize)> {
     let (connections, depth) = shape
         .split_once('x')
         .ok_or_else(|| format!("shape {shape:?} is not CxD, such as 50x16"))?;
@@ -110,6 +112,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
             duration: args.duration,
             rate: (args.rate > 0.0).then_some(args.rate),
             sources: args.sources,
+            tls: args.target.tls()?,
         };
         let outcome = run_load(&spec).await?;
         report.emit(&json!({
@@ -187,7 +190,8 @@ pub fn check_outcome(
 
 /// Opens the connections, drives them for warmup + duration, and drains.
 pub async fn run_load(spec: &LoadSpec) -> Fallible<LoadOutcome> {
-    let streams = open_connections(spec.addr, spec.connections, spec.sources).await?;
+    let streams =
+        open_connections(spec.addr, spec.connections, spec.sources, spec.tls.as_ref()).await?;
     let histogram: SharedHistogram = Arc::new(Mutex::new(new_histogram()));
     let start = now_ns() + 20_000_000;
     let measure_from = start + secs_to_ns(spec.warmup);
@@ -241,12 +245,14 @@ fn secs_to_ns(secs: f64) -> u64 {
     (secs.max(0.0) * 1e9) as u64
 }
 
-/// Opens `count` connections, spread over the source addresses, a bounded number at once.
+/// Opens `count` connections (through TLS with `tls`), spread over the source addresses, a
+/// bounded number at once.
 pub async fn open_connections(
     addr: SocketAddr,
     count: usize,
     source_count: u8,
-) -> Fallible<Vec<TcpStream>> {
+    tls: Option<&TlsClient>,
+) -> Fallible<Vec<BenchStream>> {
     let sources = sources(source_count);
     let mut streams = Vec::with_capacity(count);
     let mut index = 0;
@@ -255,7 +261,10 @@ pub async fn open_connections(
         let mut pending = Vec::with_capacity(batch);
         for i in index..index + batch {
             let source = sources[i % sources.len()];
-            pending.push(tokio::spawn(connect_from(source, addr, false)));
+            let tls = tls.cloned();
+            pending.push(tokio::spawn(async move {
+                connect(source, addr, false, tls.as_ref()).await
+            }));
         }
         for task in pending {
             let stream = task
@@ -290,7 +299,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn drive(mut self, mut stream: TcpStream) -> Fallible<DriverResult> {
+    async fn drive(mut self, mut stream: BenchStream) -> Fallible<DriverResult> {
         let (measure_from, end) = self.window;
         let request = self.proto.request();
         let mut matcher = ReplyMatcher::new(self.proto.reply());
@@ -320,6 +329,11 @@ impl Driver {
             if !output.is_empty() {
                 stream
                     .write_all(&output)
+                    .await
+                    .map_err(|err| format!("write failed: {err}"))?;
+                // Nothing for TCP; for TLS, the records rustls may still hold.
+                stream
+                    .flush()
                     .await
                     .map_err(|err| format!("write failed: {err}"))?;
             }

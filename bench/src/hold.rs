@@ -3,15 +3,15 @@
 //! resident memory is read at 0, at each checkpoint and at N, and again after the
 //! connections have sat idle; the kernel's TCP socket memory is reported apart.
 
-use crate::net::{check_loopback, connect_from, raise_open_files, sources};
+use crate::net::{check_loopback, raise_open_files, sources};
 use crate::proto::{exchange, Proto};
 use crate::report::{count, dec, Report};
 use crate::stats::{rss_kib, sockstat, SockStat};
+use crate::stream::{connect, BenchStream, TlsClient};
 use crate::{Fallible, Target};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// Arguments of `hold`.
 #[derive(Debug, clap::Args)]
@@ -90,11 +90,12 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
             sock: sockstat()?,
         })
     };
+    let tls = args.target.tls()?;
     let mut readings = vec![read(0, "open")?];
-    let mut streams: Vec<TcpStream> = Vec::with_capacity(args.connections);
+    let mut streams: Vec<BenchStream> = Vec::with_capacity(args.connections);
     let started = std::time::Instant::now();
     for &target in &targets {
-        open_more(args, addr, &mut streams, target).await?;
+        open_more(args, addr, tls.as_ref(), &mut streams, target).await?;
         tokio::time::sleep(pause).await;
         readings.push(read(target, "open")?);
     }
@@ -196,7 +197,8 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
 async fn open_more(
     args: &Args,
     addr: SocketAddr,
-    streams: &mut Vec<TcpStream>,
+    tls: Option<&TlsClient>,
+    streams: &mut Vec<BenchStream>,
     target: usize,
 ) -> Fallible<()> {
     let sources = sources(args.sources);
@@ -210,9 +212,10 @@ async fn open_more(
                 &format!("{}{}", args.user_prefix, i % args.users.max(1)),
                 &args.password,
             );
+            let tls = tls.cloned();
             tasks.push(tokio::spawn(async move {
                 let attempt = async {
-                    let mut stream = connect_from(source, addr, false).await?;
+                    let mut stream = connect(source, addr, false, tls.as_ref()).await?;
                     exchange(&mut stream, &login, expected).await?;
                     Ok::<_, String>(stream)
                 };
@@ -233,7 +236,7 @@ async fn open_more(
 }
 
 /// Sends one command on every connection; returns how many did not answer it.
-async fn check_alive(proto: Proto, streams: Vec<TcpStream>) -> u64 {
+async fn check_alive(proto: Proto, streams: Vec<BenchStream>) -> u64 {
     let mut dead = 0;
     let mut streams = streams.into_iter().peekable();
     while streams.peek().is_some() {

@@ -67,6 +67,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         duration: args.duration,
         rate: None,
         sources: args.sources,
+        tls: None,
     };
     let max_rate = if args.max_rate > 0.0 {
         args.max_rate

@@ -16,6 +16,8 @@ mod report;
 mod serve_raw;
 mod server_histogram;
 mod stats;
+mod stream;
+mod tls;
 mod users;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,23 @@ pub struct Target {
     /// Which server and protocol.
     #[arg(long, value_enum, default_value = "tether")]
     pub proto: Proto,
+    /// Connect with TLS, trusting the CA certificates of this PEM file (tether's
+    /// `server.tls.listen`; every handshake a full one).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry, with `--tls-ca`.
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
+}
+
+impl Target {
+    /// The TLS client `--tls-ca` asks for, if it does.
+    pub fn tls(&self) -> Fallible<Option<stream::TlsClient>> {
+        self.tls_ca
+            .as_deref()
+            .map(|ca_file| stream::TlsClient::new(ca_file, &self.tls_name))
+            .transpose()
+    }
 }
 
 /// Command line of `tether-bench`.
@@ -81,6 +100,9 @@ enum Command {
     LoginStorm(login_storm::Args),
     /// Connect, log in, drop, in a loop: connections/s and server RSS before and after.
     Churn(churn::Args),
+    /// TLS against plaintext on one tether: `cmd` ratio, handshakes/s, and `prolongate`
+    /// p99 of open TLS connections during a handshake storm against quiet.
+    Tls(tls::Args),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +133,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args, &mut report).await,
             Command::LoginStorm(args) => login_storm::run(args, &mut report).await,
             Command::Churn(args) => churn::run(args, &mut report).await,
+            Command::Tls(args) => tls::run(args, &mut report).await,
             Command::ServeRaw(_) | Command::MakeUsers(_) | Command::FreePorts { .. } => Ok(()),
         }
     });
@@ -195,6 +218,14 @@ mod tests {
              --storm-rate 4 --storm-connections 2",
             "churn --proto tether --addr 127.0.0.1:1 --pid 7 --duration 1 --concurrency 8 \
              --settle 0.2",
+            "tls --addr 127.0.0.1:1 --tls-addr 127.0.0.1:2 --tls-ca ca.pem --rounds 3 \
+             --duration 5 --warmup 1",
+            "tls --addr 127.0.0.1:1 --tls-addr 127.0.0.1:2 --tls-ca ca.pem --rounds 2 \
+             --shape 10x8 --storm-shape 10x1 --duration 1 --warmup 0.2 --storm-concurrency 2",
+            "--target-name tether-tls hold --addr 127.0.0.1:2 --tls-ca ca.pem --pid 7 \
+             --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5",
+            "--target-name tether-tls hold --addr 127.0.0.1:2 --tls-ca ca.pem --pid 7 \
+             --connections 10000 --checkpoints 5000",
         ];
         for line in invocations {
             let words = std::iter::once("tether-bench").chain(line.split_whitespace());

@@ -9,8 +9,7 @@
 
 use crate::Fallible;
 use clap::ValueEnum;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use tether_client::wire::{parts, RS};
 /// Longest single reply waited for before it counts as garbage.
@@ -71,9 +70,17 @@ pub fn login_message(user: &str, password: &str) -> Vec<u8> {
 }
 
 /// Sends `request` and reads exactly `expected.len()` bytes, which must equal `expected`.
-pub async fn exchange(stream: &mut TcpStream, request: &[u8], expected: &[u8]) -> Fallible<()> {
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &[u8],
+    expected: &[u8],
+) -> Fallible<()> {
     stream
         .write_all(request)
+        .await
+        .map_err(|err| format!("write failed: {err}"))?;
+    stream
+        .flush()
         .await
         .map_err(|err| format!("write failed: {err}"))?;
     let mut reply = vec![0; expected.len()];

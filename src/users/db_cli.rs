@@ -24,8 +24,10 @@ fn with_database<T>(
         .enable_all()
         .build()
         .map_err(|err| Failure::failed(format!("cannot start a runtime: {err}")))?;
+    let database = pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
+        .map_err(|why| Failure::invalid(format!("auth.database_ca_file: {why}")))?;
     runtime.block_on(async {
-        let mut client = pg_schema::connect(url)
+        let mut client = pg_schema::connect(&database)
             .await
             .map_err(|err| Failure::failed(format!("cannot reach the users database: {err}")))?;
         work(&mut client, &config.auth.table).await
@@ -69,13 +71,7 @@ pub fn import(config: &Config, file: &std::path::Path) -> Result<String, Failure
             .transaction()
             .await
             .map_err(|err| failed("cannot start a transaction", &err))?;
-        let query = format!(
-            "INSERT INTO {table} (name, password_hash) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
-             RETURNING (xmax = 0)"
-        );
-        let statement = transaction
-            .prepare(&query)
+        let writer = pg_schema::HashWriter::prepare(&transaction, table)
             .await
             .map_err(|err| failed("cannot write the users table", &err))?;
         let (mut inserted, mut updated) = (0_usize, 0_usize);
@@ -83,13 +79,14 @@ pub fn import(config: &Config, file: &std::path::Path) -> Result<String, Failure
         names.sort_unstable();
         for name in names {
             let hash: &str = &users[name];
-            let row = transaction
-                .query_one(&statement, &[name, &hash])
+            let created = writer
+                .write(&transaction, name, hash)
                 .await
                 .map_err(|err| failed(&format!("cannot write user {name:?}"), &err))?;
-            match row.try_get::<_, bool>(0) {
-                Ok(true) => inserted += 1,
-                _ => updated += 1,
+            if created {
+                inserted += 1;
+            } else {
+                updated += 1;
             }
         }
         transaction
@@ -118,18 +115,13 @@ async fn check(client: &Client, table: &str) -> Result<(), Failure> {
 pub fn set_hash(config: &Config, name: &str, hash: &str) -> Result<String, Failure> {
     with_database(config, async |client, table| {
         check(client, table).await?;
-        let query = format!(
-            "INSERT INTO {table} (name, password_hash) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
-             RETURNING (xmax = 0)"
-        );
-        let row = client
-            .query_one(&query, &[&name, &hash])
+        let created = pg_schema::write_hash(client, table, name, hash)
             .await
             .map_err(|err| failed(&format!("cannot set the password of {name:?}"), &err))?;
-        Ok(match row.try_get::<_, bool>(0) {
-            Ok(true) => format!("user {name:?} created in table {table}"),
-            _ => format!("password of user {name:?} changed in table {table}"),
+        Ok(if created {
+            format!("user {name:?} created in table {table}")
+        } else {
+            format!("password of user {name:?} changed in table {table}")
         })
     })
 }

@@ -1,8 +1,17 @@
 //! The users table in PostgreSQL (SPEC §9): the SQL `tether db init` applies or prints,
-//! and the check a server makes at start-up that the table is there with its columns.
+//! the check a server makes at start-up that the table is there with its columns, and how
+//! to connect (plain TCP, or TLS with rustls when `auth.database_ca_file` is set).
 
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient, Socket, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// The SQL that creates `table` (if missing) and the trigger that notifies the channel
 /// named like the table of every insert, update of a name or hash, delete and truncate.
@@ -93,10 +102,128 @@ pub async fn check_table(client: &Client, table: &str) -> Result<(), TableError>
     }
 }
 
-/// Connects to `url` without TLS; the connection is driven by a task spawned on the
-/// current runtime.
-pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+/// Sets hashes in the users table, creating rows as needed, by an `UPDATE` and, when it
+/// changed no row, an `INSERT`. Unlike `INSERT … ON CONFLICT … RETURNING xmax`, this works
+/// through any updatable view: a simple one (no system column `xmax`), and one with
+/// `INSTEAD OF` triggers or rules (no `ON CONFLICT` at all).
+pub struct HashWriter {
+    update: Statement,
+    insert: Statement,
+}
+
+impl HashWriter {
+    /// Prepares the two statements for `table` on `client`.
+    pub async fn prepare(
+        client: &impl GenericClient,
+        table: &str,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let update = format!("UPDATE {table} SET password_hash = $2 WHERE name = $1");
+        let insert = format!("INSERT INTO {table} (name, password_hash) VALUES ($1, $2)");
+        Ok(Self {
+            update: client.prepare(&update).await?,
+            insert: client.prepare(&insert).await?,
+        })
+    }
+
+    /// Sets `name`'s hash; answers whether the row was created. A row inserted by someone
+    /// else between the two statements makes the `INSERT` fail with a unique violation
+    /// (inside a transaction, that aborts it).
+    pub async fn write(
+        &self,
+        client: &impl GenericClient,
+        name: &str,
+        hash: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
+        if client.execute(&self.update, &[&name, &hash]).await? > 0 {
+            return Ok(false);
+        }
+        client.execute(&self.insert, &[&name, &hash]).await?;
+        Ok(true)
+    }
+}
+
+/// Sets `name`'s hash in `table` outside a transaction, creating the row as needed (see
+/// [`HashWriter`]); a row inserted meanwhile by someone else is then updated. Answers
+/// whether the row was created.
+pub async fn write_hash(
+    client: &Client,
+    table: &str,
+    name: &str,
+    hash: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let writer = HashWriter::prepare(client, table).await?;
+    match writer.write(client, name, hash).await {
+        Err(err) if err.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            writer.write(client, name, hash).await
+        }
+        written => written,
+    }
+}
+
+/// The users database and how to reach it: the URL's settings, and TLS (rustls, checking
+/// the server's certificate against `auth.database_ca_file`) when that file is given.
+#[derive(Clone)]
+pub struct Database {
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+}
+
+/// A connection to the users database, to be driven by its own task.
+pub type Connection = tokio_postgres::Connection<
+    Socket,
+    <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<Socket>>::Stream,
+>;
+
+impl Database {
+    /// The database at `url`, over TLS checked against the certificates in `ca_file` when
+    /// given (whatever the URL's `sslmode`), else over plain TCP. An error names what is
+    /// wrong with the URL or the file.
+    pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|err| format!("invalid URL: {err}"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_file {
+            Some(ca_file) => {
+                let certificates = CertificateDer::pem_file_iter(ca_file)
+                    .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+                    .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+                if certificates.is_empty() {
+                    return Err(format!("{}: no certificate in the file", ca_file.display()));
+                }
+                for certificate in certificates {
+                    roots
+                        .add(certificate)
+                        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+                }
+                config.ssl_mode(SslMode::Require);
+            }
+            // As before TLS was offered: `prefer` (the URL's default) meant plain TCP.
+            None => {
+                config.ssl_mode(SslMode::Disable);
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| err.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            config,
+            tls: MakeRustlsConnect::new(client_config),
+        })
+    }
+
+    /// Opens a connection; its [`Connection`] must be polled for the client to work.
+    pub async fn open(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// Connects to `database`; the connection is driven by a task spawned on the current
+/// runtime.
+pub async fn connect(database: &Database) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = database.open().await?;
     tokio::spawn(async move {
         if let Err(err) = connection.await {
             log::debug!("database connection ended: {err}");

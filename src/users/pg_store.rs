@@ -10,8 +10,16 @@
 //! during the last minute can still log in while the database is unreachable. An entry is
 //! forgotten when a notification names its user, and a minute after its lookup once its
 //! user has no connection on this node: memory follows the users logging in, not the rows.
+//!
+//! An unknown name is checked against a stand-in hash of a cost the rows use, picked per
+//! name with the odds of each cost among the rows (as the users file does), so a failed
+//! login takes as long whether the name exists or not. The costs are counted by one
+//! aggregate query on a connection of its own, in the background: after each (re)connect,
+//! on SIGHUP, and at most once a minute while notifications say rows change. The count is
+//! a handful of numbers whatever the number of rows.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,12 +28,13 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tether_actors::bus::InvalidationCause;
-use tether_actors::users::{PasswordHash, UserStore};
+use tether_actors::password::MAX_STORED_COST;
+use tether_actors::users::{PasswordHash, StandIns, UserStore};
 use tether_actors::TetherHandle;
 use tokio::sync::{mpsc, Notify};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 
-use crate::users::pg_schema::{self, TableError};
+use crate::users::pg_schema::{self, Database, TableError};
 use crate::users::read::check_bcrypt_hash;
 
 /// Longest a login waits for the database before it is answered from what is known.
@@ -43,6 +52,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Shortest time between two counts of the rows' costs caused by notified changes.
+const COUNT_COSTS_EVERY: Duration = Duration::from_secs(60);
+/// Longest a count of the rows' costs may take (it reads the whole table).
+const COUNT_COSTS_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A hash found by a lookup.
 struct Known {
@@ -60,8 +73,8 @@ struct InFlight {
 
 /// What the store and its connection task share.
 struct Inner {
-    /// `auth.database`.
-    url: String,
+    /// `auth.database` (and `auth.database_ca_file`).
+    database: Database,
     /// `auth.table`, also the channel its trigger notifies.
     table: String,
     /// Runs the queries, on the store's own thread.
@@ -82,6 +95,18 @@ struct Inner {
     tether: Mutex<Option<TetherHandle>>,
     /// Whether the table was scanned for bad rows (once per process).
     scanned: AtomicBool,
+    /// Stand-ins for unknown names, one per cost the rows use, weighted by rows.
+    stand_ins: Mutex<Arc<StandIns>>,
+    /// Keys the hash that picks an unknown name's stand-in (fixed for the process).
+    name_key: RandomState,
+    /// Set when a notification says rows changed since the costs were last counted.
+    costs_changed: AtomicBool,
+    /// Woken to count the costs now (after a (re)connect, on SIGHUP).
+    count_costs: Notify,
+    /// Woken by SIGHUP to check every known hash against the table now.
+    reconcile_requested: Notify,
+    /// Whether the costs were counted once (the first count is always logged).
+    costs_counted: AtomicBool,
 }
 
 /// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
@@ -101,12 +126,12 @@ impl PgUsers {
     /// Starts the store's runtime thread, connects to `url` and checks `table`. A missing
     /// table or column is [`StartError::NotReady`]; an unreachable database,
     /// [`StartError::Unreachable`].
-    pub fn connect(url: &str, table: &str) -> Result<Self, StartError> {
+    pub fn connect(database: Database, table: &str) -> Result<Self, StartError> {
         let runtime = start_runtime().map_err(|err| {
             StartError::Unreachable(format!("cannot start the database thread: {err}"))
         })?;
         let inner = Arc::new(Inner {
-            url: url.to_string(),
+            database: database.clone(),
             table: table.to_string(),
             runtime: runtime.clone(),
             client: Mutex::new(None),
@@ -117,9 +142,15 @@ impl PgUsers {
             lost: Notify::new(),
             tether: Mutex::new(None),
             scanned: AtomicBool::new(false),
+            stand_ins: Mutex::new(Arc::new(StandIns::default())),
+            name_key: RandomState::new(),
+            costs_changed: AtomicBool::new(false),
+            count_costs: Notify::new(),
+            reconcile_requested: Notify::new(),
+            costs_counted: AtomicBool::new(false),
         });
         let client = runtime.block_on(async {
-            let client = pg_schema::connect(url)
+            let client = pg_schema::connect(&database)
                 .await
                 .map_err(|err| StartError::Unreachable(describe(&err)))?;
             match pg_schema::check_table(&client, table).await {
@@ -140,6 +171,23 @@ impl PgUsers {
         *lock(&self.inner.tether) = Some(tether.clone());
         let inner = Arc::clone(&self.inner);
         self.inner.runtime.spawn(keep_listening(inner, tether));
+        let inner = Arc::clone(&self.inner);
+        self.inner.runtime.spawn(keep_costs_counted(inner));
+    }
+
+    /// Checks every hash this node knows (its users' connections) against the table now,
+    /// invalidating those changed or gone, and counts the rows' costs again; logs one line
+    /// when done. While the database is unreachable, logs that the check is made when it
+    /// is back (every reconnect checks them anyway). For SIGHUP.
+    pub fn reconcile_now(&self) {
+        if lock(&self.inner.client).is_none() {
+            log::warn!(
+                "SIGHUP received: the users database is unreachable; the users logged in                  here are checked against table {} once it is back",
+                self.inner.table
+            );
+            return;
+        }
+        self.inner.reconcile_requested.notify_one();
     }
 
     /// Whether the database answers now.
@@ -305,6 +353,11 @@ impl UserStore for PgUsers {
             .map(|known| known.hash.clone())
     }
 
+    fn stand_in_hash(&self, name: &[u8]) -> Option<PasswordHash> {
+        let stand_ins = Arc::clone(&lock(&self.inner.stand_ins));
+        stand_ins.pick(self.inner.name_key.hash_one(name))
+    }
+
     fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
         let inner = &self.inner;
         let client = lock(&inner.client).clone();
@@ -387,7 +440,7 @@ async fn listen_once(
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let connecting = tokio_postgres::connect(&inner.url, NoTls);
+    let connecting = inner.database.open();
     let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, connecting)
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
@@ -434,20 +487,40 @@ async fn serve_connection(
     *lock(&inner.client) = Some(Arc::clone(client));
     inner.set_reachable(true, "");
     *backoff = FIRST_BACKOFF;
-    reconcile(inner, tether, client).await?;
+    let (_, stale) = reconcile(inner, tether, client).await?;
+    if stale > 0 {
+        log::info!(
+            "users table: {stale} user(s) changed while not listening; their connections \
+             were invalidated"
+        );
+    }
+    // Rows may have changed while not listening.
+    inner.count_costs.notify_one();
     if !inner.scanned.swap(true, Ordering::Relaxed) {
-        let client = Arc::clone(client);
-        let table = inner.table.clone();
-        tokio::spawn(async move { report_bad_rows(&client, &table).await });
+        tokio::spawn(report_bad_rows(Arc::clone(inner)));
     }
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
-            note = notified.recv() => match note {
-                Some(name) if name.is_empty() => reconcile(inner, tether, client).await?,
-                Some(name) => changed(inner, tether, client, &name).await?,
-                None => return Err("the connection closed".to_string()),
-            },
+            note = notified.recv() => {
+                inner.costs_changed.store(true, Ordering::Relaxed);
+                match note {
+                    Some(name) if name.is_empty() => {
+                        reconcile(inner, tether, client).await?;
+                    }
+                    Some(name) => changed(inner, tether, client, &name).await?,
+                    None => return Err("the connection closed".to_string()),
+                }
+            }
+            _ = inner.reconcile_requested.notified() => {
+                let (checked, stale) = reconcile(inner, tether, client).await?;
+                inner.count_costs.notify_one();
+                log::info!(
+                    "SIGHUP received: checked the {checked} user(s) known here against table \
+                     {}: {stale} changed or gone, their connections invalidated",
+                    inner.table
+                );
+            }
             _ = ping.tick() => {
                 tokio::time::timeout(PING_TIMEOUT, client.simple_query(""))
                     .await
@@ -469,9 +542,22 @@ async fn serve_connection(
 const BAD_ROWS_REPORTED: i64 = 20;
 
 /// Names in the log the rows no login can use — a name that breaks the name rules, or a
-/// hash that is not bcrypt with cost 4 to 16 — once, in the background (it reads the whole
-/// table, so it never delays start-up or a login). Lookups refuse such rows in any case.
-async fn report_bad_rows(client: &Client, table: &str) {
+/// hash that is not bcrypt with cost 4 to 16 — once, in the background. It reads the whole
+/// table, so it runs on a connection of its own: on the shared one, lookups and pings
+/// would queue behind it (a scan of 1,000,000 rows outlasting the ping's timeout made the
+/// node give the database up). Lookups refuse such rows in any case.
+async fn report_bad_rows(inner: Arc<Inner>) {
+    let table = &inner.table;
+    let client = match pg_schema::connect(&inner.database).await {
+        Ok(client) => client,
+        Err(err) => {
+            log::warn!(
+                "users table {table}: cannot scan for bad rows: {}",
+                describe(&err)
+            );
+            return;
+        }
+    };
     let query = format!(
         "SELECT name::text FROM {table} \
          WHERE octet_length(name::text) NOT BETWEEN 1 AND 128 \
@@ -560,12 +646,18 @@ async fn invalidate(tether: &TetherHandle, name: &str) {
 }
 
 /// Checks every known hash against the table: a user whose hash changed or whose row is
-/// gone (while no notification could arrive) is forgotten and invalidated.
-async fn reconcile(inner: &Inner, tether: &TetherHandle, client: &Client) -> Result<(), String> {
+/// gone (while no notification could arrive) is forgotten and invalidated. Answers how
+/// many users were checked and how many of them were invalidated.
+async fn reconcile(
+    inner: &Inner,
+    tether: &TetherHandle,
+    client: &Client,
+) -> Result<(usize, usize), String> {
     let names: Vec<String> = lock(&inner.known).keys().cloned().collect();
     if names.is_empty() {
-        return Ok(());
+        return Ok((0, 0));
     }
+    let checked = names.len();
     let query = format!(
         "SELECT name::text, password_hash::text FROM {} WHERE name = ANY($1)",
         inner.table
@@ -594,14 +686,7 @@ async fn reconcile(inner: &Inner, tether: &TetherHandle, client: &Client) -> Res
         inner.forget(name);
         invalidate(tether, name).await;
     }
-    if !stale.is_empty() {
-        log::info!(
-            "users table: {} user(s) changed while not listening; their connections were \
-             invalidated",
-            stale.len()
-        );
-    }
-    Ok(())
+    Ok((checked, stale.len()))
 }
 
 /// Forgets hashes looked up over a minute ago whose user has no connection on this node.
@@ -622,6 +707,93 @@ async fn forget_idle(inner: &Inner, tether: &TetherHandle) {
             }
         }
     }
+}
+
+/// Counts the rows' costs after each (re)connect and SIGHUP, and at most once every
+/// [`COUNT_COSTS_EVERY`] while notifications say rows changed; for as long as the process
+/// runs. A count that fails keeps the stand-ins in force.
+async fn keep_costs_counted(inner: Arc<Inner>) {
+    let mut due = tokio::time::interval(COUNT_COSTS_EVERY);
+    due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = inner.count_costs.notified() => {}
+            _ = due.tick() => {
+                if !inner.costs_changed.load(Ordering::Relaxed) {
+                    continue;
+                }
+            }
+        }
+        inner.costs_changed.store(false, Ordering::Relaxed);
+        match tokio::time::timeout(COUNT_COSTS_TIMEOUT, count_costs(&inner)).await {
+            Ok(Ok(counts)) => use_costs(&inner, counts),
+            Ok(Err(why)) => log::warn!(
+                "users table {}: cannot count the bcrypt costs of the rows ({why}); unknown \
+                 names keep the stand-ins in force",
+                inner.table
+            ),
+            Err(_) => log::warn!(
+                "users table {}: counting the bcrypt costs of the rows took over \
+                 {COUNT_COSTS_TIMEOUT:?}; unknown names keep the stand-ins in force",
+                inner.table
+            ),
+        }
+    }
+}
+
+/// How many valid rows have each bcrypt cost (4 to [`MAX_STORED_COST`]): one aggregate
+/// query, on a connection of its own so that the scan delays no lookup or notification.
+async fn count_costs(inner: &Inner) -> Result<Vec<(u32, u64)>, String> {
+    let client = pg_schema::connect(&inner.database)
+        .await
+        .map_err(|err| describe(&err))?;
+    // `$2b$10$…`: the cost is the two digits after the third character.
+    let query = format!(
+        "SELECT substring(password_hash::text from 5 for 2), count(*) FROM {} \
+         WHERE password_hash::text LIKE '$2_$__$%' GROUP BY 1",
+        inner.table
+    );
+    let rows = client
+        .query(&query, &[])
+        .await
+        .map_err(|err| describe(&err))?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let cost = row.try_get::<_, String>(0).ok()?.parse::<u32>().ok()?;
+            let count = u64::try_from(row.try_get::<_, i64>(1).ok()?).ok()?;
+            (4..=MAX_STORED_COST)
+                .contains(&cost)
+                .then_some((cost, count))
+        })
+        .collect())
+}
+
+/// Puts stand-ins for `counts` in force; logs the costs when they are not those in force.
+fn use_costs(inner: &Inner, counts: Vec<(u32, u64)>) {
+    let previous = Arc::clone(&lock(&inner.stand_ins));
+    let stand_ins = StandIns::for_costs(counts, &previous);
+    let costs = |stand_ins: &StandIns| stand_ins.costs().map(|(cost, _)| cost).collect::<Vec<_>>();
+    if costs(&stand_ins) != costs(&previous) || !inner.costs_counted.swap(true, Ordering::Relaxed) {
+        let listed: Vec<String> = stand_ins
+            .costs()
+            .map(|(cost, rows)| format!("{cost} ({rows} row(s))"))
+            .collect();
+        if listed.is_empty() {
+            log::info!(
+                "users table {}: no valid rows; unknown names are checked at auth.bcrypt_cost",
+                inner.table
+            );
+        } else {
+            log::info!(
+                "users table {}: bcrypt costs of the rows: {}; unknown names are checked at \
+                 these, weighted by rows",
+                inner.table,
+                listed.join(", ")
+            );
+        }
+    }
+    *lock(&inner.stand_ins) = Arc::new(stand_ins);
 }
 
 /// How a write to the table went.
@@ -670,13 +842,7 @@ impl PgUsers {
         let (user, hash) = (name.to_string(), hash.to_string());
         let inserted = self
             .with_client(move |client, table| async move {
-                let query = format!(
-                    "INSERT INTO {table} (name, password_hash) VALUES ($1, $2) \
-                     ON CONFLICT (name) DO UPDATE SET password_hash = EXCLUDED.password_hash \
-                     RETURNING (xmax = 0)"
-                );
-                let row = client.query_one(&query, &[&user, &hash]).await?;
-                row.try_get::<_, bool>(0)
+                pg_schema::write_hash(&client, &table, &user, &hash).await
             })
             .await?;
         self.changed_here(name).await;
@@ -720,6 +886,7 @@ impl PgUsers {
     /// Puts a write of this node in force here at once: `name`'s known hash is forgotten
     /// and its connections invalidated (other nodes act on the notification).
     async fn changed_here(&self, name: &str) {
+        self.inner.costs_changed.store(true, Ordering::Relaxed);
         self.inner.forget(name);
         let tether = lock(&self.inner.tether).clone();
         if let Some(tether) = tether {

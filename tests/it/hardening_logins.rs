@@ -209,7 +209,11 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_limit() {
 /// The median time of a login with a wrong password for each of `names`, over `tries`
 /// rounds; each round tries every name once, so a busy moment of the machine slows all
 /// names alike.
-fn median_failed_logins(client: &mut TestClient, names: &[String], tries: usize) -> Vec<Duration> {
+pub(crate) fn median_failed_logins(
+    client: &mut TestClient,
+    names: &[String],
+    tries: usize,
+) -> Vec<Duration> {
     let mut times: Vec<Vec<Duration>> = vec![Vec::new(); names.len()];
     for _ in 0..tries {
         for (name, times) in names.iter().zip(&mut times) {

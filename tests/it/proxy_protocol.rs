@@ -1,9 +1,11 @@
-//! The PROXY protocol (SPEC §10): HAProxy in front of the server sending v1 and v2, the
-//! carried address keying the login throttle; missing, malformed and slow headers from a
-//! trusted peer; headers from other peers as protocol input.
+//! The PROXY protocol (SPEC §10): HAProxy in front of the server sending v1 and v2, and
+//! nginx's stream module sending v1, the carried address keying the login throttle;
+//! missing, malformed and slow headers from a trusted peer; headers from other peers as
+//! protocol input.
 
 use crate::common::haproxy::{haproxy_available, Haproxy};
 use crate::common::hardening::{connect_with, SocketOptions};
+use crate::common::nginx::{nginx_available, Nginx};
 use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
 use crate::common::{encode, TestClient, TestConfig, TestServer};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,30 +32,57 @@ fn throttled_after_ten_failures(balancer: SocketAddr, source: Ipv4Addr) {
     guesser.expect(&["login_invalid"]);
 }
 
-fn throttle_is_keyed_by_the_carried_address(send_proxy: &str) {
-    if !haproxy_available() {
-        return;
-    }
+/// A balancer started by a test in front of the server: where clients connect, and what
+/// keeps it running until dropped.
+type Balancer = (SocketAddr, Box<dyn std::any::Any>);
+
+/// Behind the balancer `start_balancer` starts (given the server's folder and address),
+/// ten failures from one client address throttle that address only, and the logs name it.
+fn throttle_is_keyed_by_the_carried_address(
+    start_balancer: impl FnOnce(&std::path::Path, SocketAddr) -> Balancer,
+) {
     let config = TestConfig::new().server("proxy_protocol_from", vec!["127.0.0.1/32"]);
     let server = TestServer::start(&config, &[("alice", "secret")]);
-    let balancer = Haproxy::start(server.dir(), server.addr(), send_proxy);
-    throttled_after_ten_failures(balancer.addr, Ipv4Addr::new(127, 0, 0, 2));
+    let (balancer, _running) = start_balancer(server.dir(), server.addr());
+    throttled_after_ten_failures(balancer, Ipv4Addr::new(127, 0, 0, 2));
     // Another client behind the same balancer is a different address: not throttled.
-    let mut other = client_from(balancer.addr, Ipv4Addr::new(127, 0, 0, 3));
+    let mut other = client_from(balancer, Ipv4Addr::new(127, 0, 0, 3));
     other.send(&["login", "alice", "secret"]);
     other.expect(&["login_valid"]);
     // The logs name the carried address, not the balancer's.
     server.wait_for_log("127.0.0.2:", Duration::from_secs(5));
 }
 
+/// HAProxy in front, with the server option `send_proxy`.
+fn haproxy(send_proxy: &'static str) -> impl FnOnce(&std::path::Path, SocketAddr) -> Balancer {
+    move |dir, backend| {
+        let haproxy = Haproxy::start(dir, backend, send_proxy);
+        (haproxy.addr, Box::new(haproxy))
+    }
+}
+
 #[test]
 fn haproxy_v1_carries_the_client_address_into_the_throttle() {
-    throttle_is_keyed_by_the_carried_address("send-proxy");
+    if haproxy_available() {
+        throttle_is_keyed_by_the_carried_address(haproxy("send-proxy"));
+    }
 }
 
 #[test]
 fn haproxy_v2_carries_the_client_address_into_the_throttle() {
-    throttle_is_keyed_by_the_carried_address("send-proxy-v2");
+    if haproxy_available() {
+        throttle_is_keyed_by_the_carried_address(haproxy("send-proxy-v2"));
+    }
+}
+
+#[test]
+fn nginx_stream_proxy_protocol_carries_the_client_address_into_the_throttle() {
+    if nginx_available() {
+        throttle_is_keyed_by_the_carried_address(|dir, backend| {
+            let nginx = Nginx::start(dir, backend);
+            (nginx.addr, Box::new(nginx))
+        });
+    }
 }
 
 #[test]

@@ -209,7 +209,10 @@ fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
     );
     stalled.expect_nothing_for(Duration::from_secs(8));
     stalled.expect_closed_within(Duration::from_secs(4));
-    server.wait_for_log("TLS handshake not done within 10s", Duration::from_secs(2));
+    server.wait_for_log(
+        "TLS handshake failed: not done within 10s",
+        Duration::from_secs(2),
+    );
     // Its slot comes back with it.
     let served = crate::common::wait_until(Duration::from_secs(5), || {
         let mut plain = server.client();
@@ -391,6 +394,61 @@ fn admin_tls_makes_the_admin_api_https_only() {
 }
 
 #[test]
+fn the_admin_api_certificate_is_reloaded_when_its_files_change_and_on_sighup() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    // Its own pair, so that only the admin API's reload can change what it serves.
+    make_signed(dir.path(), "test", "admin");
+    let mut admin_tls = toml::Table::new();
+    admin_tls.insert("cert_file".into(), "admin.pem".into());
+    admin_tls.insert("key_file".into(), "admin.key".into());
+    let config = config
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "tls", admin_tls);
+    let (server, _) = start(dir, &config);
+    server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    let trust = client_config(&ca(&server), None);
+    let served = || {
+        TlsClient::connect(admin, trust.clone())
+            .expect("admin handshake")
+            .server_certificate()
+    };
+    let before = served();
+    // Replaced as deployment tools do: written beside, renamed over.
+    let d = server.dir();
+    make_signed(d, "test", "next");
+    std::fs::rename(d.join("next.key"), d.join("admin.key")).expect("rename key");
+    std::fs::rename(d.join("next.pem"), d.join("admin.pem")).expect("rename certificate");
+    let renewed = crate::common::wait_until(Duration::from_secs(10), || served() != before);
+    assert!(
+        renewed,
+        "new admin handshakes still get the old certificate"
+    );
+    let reloaded = |why: &str| {
+        server.stderr_text().lines().any(|line| {
+            line.contains("admin API TLS certificate reloaded from") && line.ends_with(why)
+        })
+    };
+    assert!(reloaded("(files changed)"), "{}", server.stderr_text());
+    let after_change = served();
+    // SIGHUP reads the files again too.
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let on_signal = crate::common::wait_until(Duration::from_secs(5), || reloaded("(SIGHUP)"));
+    assert!(on_signal, "{}", server.stderr_text());
+    // A bad pair keeps the one in force.
+    std::fs::write(d.join("admin.key"), "not a key").expect("write key");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log(
+        "admin API TLS certificate not reloaded",
+        Duration::from_secs(5),
+    );
+    assert_eq!(served(), after_change);
+}
+
+#[test]
 fn a_non_loopback_admin_api_without_tls_is_warned_about() {
     let config = TestConfig::new()
         .set("admin", "listen", "0.0.0.0:0")
@@ -433,41 +491,146 @@ fn a_client_closing_without_close_notify_has_simply_closed() {
     );
 }
 
+/// The value of the series `series` (labels included) on the admin API `admin`'s
+/// `/metrics`; 0 when it is not there.
+fn metric(admin: SocketAddr, series: &str) -> f64 {
+    let text = ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("metrics text");
+    crate::common::metric_in(&text, series).unwrap_or(0.0)
+}
+
+/// Starts a TLS server on `config` with the admin API on; answers it, its TLS address and
+/// the admin API's address.
+fn start_with_metrics(
+    dir: tempfile::TempDir,
+    config: TestConfig,
+) -> (TestServer, SocketAddr, SocketAddr) {
+    let config = config.set("admin", "listen", "127.0.0.1:0");
+    let (server, tls) = start(dir, &config);
+    server.wait_for_log("(admin API)", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    (server, tls, admin)
+}
+
 #[test]
-fn a_thousand_half_handshakes_are_bounded_then_dropped() {
+fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
     if !openssl_available() {
         return;
     }
+    const SLOTS: usize = 101;
+    const STALLED: usize = 1000;
     let (dir, config) = tls_setup(false, false);
-    let config = config.server("max_connections", 1001);
-    let (server, tls) = start(dir, &config);
+    let (server, tls, admin) = start_with_metrics(dir, config.server("max_connections", 101));
+    let mut plain = server.client();
+    plain.send(&["login", "alice", "secret"]);
+    plain.expect(&["login_valid"]);
     // Half a ClientHello each: the record header and the start of the handshake message.
     let half_hello = [
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
-    let mut stalled: Vec<TestClient> = (0..1000)
+    let mut stalled: Vec<TestClient> = (0..STALLED)
         .map(|_| {
             let mut client = TestClient::connect(tls);
             client.send_raw(&half_hello);
             client
         })
         .collect();
+    // Each pending handshake holds a slot from its accept on: the ones past the cap are
+    // refused at accept, whatever the listener.
+    let pending = r#"tether_tls_handshakes_pending"#;
+    let refused = r#"tether_connections_refused_total"#;
+    let bounded = crate::common::wait_until(Duration::from_secs(8), || {
+        metric(admin, pending) == (SLOTS - 1) as f64
+            && metric(admin, refused) == (STALLED - (SLOTS - 1)) as f64
+    });
+    assert!(
+        bounded,
+        "not {} pending and {} refused: {} and {}",
+        SLOTS - 1,
+        STALLED - (SLOTS - 1),
+        metric(admin, pending),
+        metric(admin, refused)
+    );
+    let mut probe = server.client();
+    assert!(
+        matches!(
+            probe.try_recv(Duration::from_secs(5)),
+            Err(RecvError::Closed(_))
+        ),
+        "a connection past max_connections was not refused while the handshakes held their slots"
+    );
     // The server keeps serving while the handshakes are pending.
-    let mut plain = server.client();
-    plain.send(&["login", "alice", "secret"]);
-    plain.expect(&["login_valid"]);
+    plain.send(&["prolongate"]);
+    plain.expect(&["prolongate_ack"]);
     for client in &mut stalled {
         client.expect_closed_within(Duration::from_secs(15));
     }
-    plain.send(&["prolongate"]);
-    plain.expect(&["prolongate_ack"]);
     // Their slots are free again.
-    let served = crate::common::wait_until(Duration::from_secs(5), || {
-        let mut again = server.client();
-        again.send(&["prolongate"]);
-        again.try_recv(Duration::from_secs(1)).is_ok()
+    let freed = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(admin, pending) == 0.0
+            && metric(
+                admin,
+                r#"tether_tls_handshake_failures_total{cause="timeout"}"#,
+            ) == (SLOTS - 1) as f64
     });
-    assert!(served, "the dropped handshakes' slots did not come back");
+    assert!(freed, "the dropped handshakes were not counted out");
+    let mut again = server.client();
+    again.send(&["prolongate"]);
+    again.expect(&["prolongate_ack"]);
+}
+
+/// Immediate failure lines and the failures summed up in summary lines, in `log`.
+fn handshake_failures_logged(log: &str) -> (usize, u64) {
+    let immediate = log.matches("TLS handshake failed").count();
+    let summed = log
+        .lines()
+        .filter_map(|line| {
+            let before = &line[..line.find(" more TLS handshake(s) failed")?];
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (immediate, summed)
+}
+
+#[test]
+fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
+    if !openssl_available() {
+        return;
+    }
+    const FAILED: usize = 30;
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls, admin) = start_with_metrics(dir, config);
+    let plaintext = crate::common::encode(&["login", "alice", "secret"]);
+    for _ in 0..FAILED {
+        assert_closed_with_at_most_an_alert(tls, &plaintext, false);
+    }
+    let counted = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(
+            admin,
+            r#"tether_tls_handshake_failures_total{cause="protocol"}"#,
+        ) == FAILED as f64
+    });
+    assert!(counted, "the failed handshakes were not counted by cause");
+    // One line at once, not one per connection (a second one only if a summary time with
+    // nothing to sum up fell between them)...
+    let (immediate, _) = handshake_failures_logged(&server.stderr_text());
+    assert!(
+        (1..=2).contains(&immediate),
+        "{immediate} lines for {FAILED} failures:\n{}",
+        server.stderr_text()
+    );
+    // ... and the others summed up within the interval.
+    let summed_up = crate::common::wait_until(Duration::from_secs(25), || {
+        let (immediate, summed) = handshake_failures_logged(&server.stderr_text());
+        immediate as u64 + summed == FAILED as u64
+    });
+    assert!(summed_up, "{}", server.stderr_text());
+    assert!(server
+        .stderr_text()
+        .contains("TLS handshake(s) failed in the last 10s ("));
 }
 
 #[test]

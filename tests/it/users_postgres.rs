@@ -1,13 +1,14 @@
 //! Users in PostgreSQL (SPEC §9) against a real, private PostgreSQL server: `tether db
 //! init`, logins against rows written by `psql`, changes reaching the connections of two
-//! nodes, an outage and what changed during it, bad rows, and the commands and admin
-//! routes that write the table.
+//! nodes, an outage and what changed during it, bad rows, the commands and admin routes
+//! that write the table, and the time a failed login takes when rows have mixed costs.
 
 use crate::common::postgres::Postgres;
 use crate::common::{
-    admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, TestClient, TestConfig,
-    TestServer,
+    admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, wait_until, TestClient,
+    TestConfig, TestServer,
 };
+use crate::hardening_logins::median_failed_logins;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -378,4 +379,333 @@ fn a_database_that_stops_answering_delays_a_login_at_most_five_seconds() {
     postgres.resume();
     server.wait_for_log("users database reachable again", Duration::from_secs(10));
     server.client().login("bob", "pw-b");
+}
+
+#[test]
+fn an_unknown_name_costs_what_a_known_one_does_when_rows_have_mixed_costs() {
+    // Three rows at cost 4 and one at cost 8, inserted by psql, while the server itself
+    // hashes at 12: before the fix an unknown name was checked at 12, sixteen times slower
+    // than any known user, so a failed login told whether the name exists.
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    let cheap = bcrypt::hash("pw", 4).expect("hash");
+    let dear = bcrypt::hash("pw", 8).expect("hash");
+    for (name, hash) in [
+        ("cheap1", &cheap),
+        ("cheap2", &cheap),
+        ("cheap3", &cheap),
+        ("dear", &dear),
+    ] {
+        postgres.psql(&format!(
+            "INSERT INTO tether_users (name, password_hash) VALUES ('{name}', '{hash}')"
+        ));
+    }
+    let server = TestServer::start(
+        &config(&postgres)
+            .auth("bcrypt_cost", 12)
+            .auth("login_failures_per_minute", 0),
+        &[],
+    );
+    // The costs are counted in the background once the node listens; the timings below
+    // tell whether they are used (without the count, every unknown name costs 12).
+    wait_until(Duration::from_secs(10), || {
+        server.stderr_text().contains("bcrypt costs of the rows")
+    });
+    let mut client = server.client();
+    let mut names = vec!["cheap1".to_string(), "dear".to_string()];
+    names.extend((0..12).map(|n| format!("nobody{n}")));
+    let medians = median_failed_logins(&mut client, &names, 5);
+    let (known_cheap, known_dear) = (medians[0], medians[1]);
+    let unknown = &medians[2..];
+    let slowest = unknown.iter().max().copied().unwrap_or_default();
+    let fastest = unknown.iter().min().copied().unwrap_or_default();
+    eprintln!(
+        "login_invalid medians: known cost 4 {known_cheap:?}, known cost 8 {known_dear:?}; \
+         unknown names {unknown:?}"
+    );
+    // Each unknown name behaves like a known user of cost 4 or 8, never like cost 12
+    // (sixteen times cost 8).
+    assert!(
+        slowest < known_dear * 4,
+        "an unknown name took {slowest:?}, a known user at most {known_dear:?}"
+    );
+    // Most rows have cost 4, so most unknown names answer as fast as they do (all twelve
+    // drawing cost 8 has odds of 1 in 16 million).
+    assert!(
+        fastest < known_dear / 2,
+        "no unknown name answered like the users of cost 4 ({known_cheap:?}): {unknown:?}"
+    );
+    let log = server.stderr_text();
+    assert!(
+        log.contains("bcrypt costs of the rows: 4 (3 row(s)), 8 (1 row(s))"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_slow_scan_of_the_whole_table_delays_no_login() {
+    // The background scans read every row; here one row's hash takes 5 s to compute, so
+    // they take 5 s, as on a large table. Before the fix the scan for bad rows ran on the
+    // connection that lookups and pings share: they queued behind it, logins waited, and
+    // the ping's 3 s timeout made the node give the database up.
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    postgres.psql(
+        "CREATE TABLE accounts (name text PRIMARY KEY, password_hash text NOT NULL); \
+         CREATE FUNCTION slowly(hash text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_sleep(5); RETURN hash; END $$; \
+         CREATE VIEW tether_users AS SELECT name, CASE WHEN name = 'slow' \
+             THEN slowly(password_hash) ELSE password_hash END AS password_hash FROM accounts; \
+         GRANT SELECT ON tether_users TO tether",
+    );
+    for (name, hash) in [
+        ("alice", cheap_hash("pw-a")),
+        ("slow", cheap_hash("pw-s")),
+        ("mallory", "not a bcrypt hash".to_string()),
+    ] {
+        postgres.psql(&format!("INSERT INTO accounts VALUES ('{name}', '{hash}')"));
+    }
+    let server = TestServer::start(&config(&postgres), &[]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6) {
+        let mut alice = server.client();
+        alice.send(&["login", "alice", "pw-a"]);
+        assert_eq!(
+            alice.recv_within(Duration::from_secs(1)),
+            ["login_valid"],
+            "{:?} after start-up",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The scan did run, and took its 5 s.
+    server.wait_for_log("rows no login can use", Duration::from_secs(10));
+    let log = server.stderr_text();
+    assert!(!log.contains("unreachable"), "{log}");
+}
+
+#[test]
+fn sighup_checks_the_users_logged_in_here_against_the_table_now() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(&config(&postgres), &[]);
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+    let mut bob = server.client();
+    bob.login("bob", "pw-b");
+
+    // A change no notification tells of (the trigger off, as a restore or a replica's
+    // promotion might do): nothing happens until SIGHUP.
+    postgres.psql(&format!(
+        "ALTER TABLE tether_users DISABLE TRIGGER tether_users_notify; \
+         UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'; \
+         ALTER TABLE tether_users ENABLE TRIGGER tether_users_notify",
+        cheap_hash("new-a")
+    ));
+    alice.expect_nothing_for(QUIET);
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    assert_invalidated(&mut alice, WITHIN_A_SECOND);
+    bob.expect_nothing_for(QUIET);
+    server.wait_for_log(
+        "SIGHUP received: checked the 2 user(s) known here against table tether_users: 1 \
+         changed or gone",
+        Duration::from_secs(5),
+    );
+    server.client().login("alice", "new-a");
+
+    // While the database is unreachable SIGHUP says so and the server runs on; the check
+    // is made after the reconnect anyway.
+    postgres.stop();
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log(
+        "SIGHUP received: the users database is unreachable",
+        Duration::from_secs(5),
+    );
+    postgres.start_again();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    bob.expect_nothing_for(QUIET);
+    server.client().login("bob", "pw-b");
+    let log = server.stderr_text();
+    assert_eq!(log.matches("SIGHUP received").count(), 2, "{log}");
+}
+
+/// The README's example: an application's `accounts` table, the view tether reads, and
+/// the trigger on the real table notifying the view's name.
+const APPLICATION_VIEW: &str = "
+CREATE TABLE accounts (
+    id serial PRIMARY KEY,
+    login text UNIQUE NOT NULL,
+    bcrypt_hash text,
+    active boolean NOT NULL DEFAULT true
+);
+CREATE VIEW tether_users AS
+    SELECT login AS name, bcrypt_hash AS password_hash FROM accounts WHERE active;
+CREATE OR REPLACE FUNCTION tether_users_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' AND octet_length(OLD.login) <= 128 THEN
+        PERFORM pg_notify('tether_users', OLD.login);
+    END IF;
+    IF TG_OP <> 'DELETE' AND octet_length(NEW.login) <= 128 THEN
+        PERFORM pg_notify('tether_users', NEW.login);
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER tether_users_notify AFTER INSERT OR UPDATE OR DELETE ON accounts
+    FOR EACH ROW EXECUTE FUNCTION tether_users_notify();
+GRANT SELECT, INSERT, UPDATE, DELETE ON tether_users TO tether;
+GRANT USAGE ON SEQUENCE accounts_id_seq TO tether;
+";
+
+#[test]
+fn the_commands_and_admin_routes_write_through_a_view_of_an_applications_table() {
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    postgres.psql(APPLICATION_VIEW);
+    let accounts = || postgres.psql("SELECT login FROM accounts ORDER BY login");
+    let dir = config_file(&config(&postgres));
+    let server = TestServer::start(
+        &config(&postgres).set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+
+    // passwd creates the row, then changes it; deluser removes it.
+    for password in ["pw-c", "pw-c2"] {
+        let mut passwd = tether_command(&dir.path().join("server.toml"));
+        passwd.args(["passwd", "carol"]);
+        let ran = run_with_input(passwd, format!("{password}\n").as_bytes(), COMMAND_TIMEOUT);
+        assert!(ran.status.success(), "{ran:?}");
+    }
+    assert_eq!(accounts().trim(), "carol");
+    let mut carol = server.client();
+    carol.login("carol", "pw-c2");
+    let ran = tether(dir.path(), &["deluser", "carol"]);
+    assert!(ran.status.success(), "{ran:?}");
+    assert_invalidated(&mut carol, WITHIN_A_SECOND);
+    assert_eq!(accounts().trim(), "");
+
+    // db import inserts, then updates.
+    let file = dir.path().join("old-users.toml");
+    let hash = cheap_hash("imported");
+    std::fs::write(
+        &file,
+        format!(
+            "[users.erin]\npassword_hash = \"{hash}\"\n[users.frank]\npassword_hash = \"{hash}\"\n"
+        ),
+    )
+    .expect("write users file");
+    let file = file.to_str().expect("UTF-8 path");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("2 inserted, 0 updated"), "{ran:?}");
+    let ran = tether(dir.path(), &["db", "import", file]);
+    assert!(ran.stdout.contains("0 inserted, 2 updated"), "{ran:?}");
+    server.client().login("frank", "imported");
+
+    // The admin routes: 201 then 204, in force when the answer comes.
+    let base = format!("http://{}", admin_addr(&server.stderr_text()));
+    let put = |password: &str| {
+        ureq::put(&format!("{base}/v1/users/dave/password"))
+            .set("Content-Type", "application/json")
+            .send_string(&format!(r#"{{"password": "{password}"}}"#))
+            .expect("PUT answers")
+            .status()
+    };
+    assert_eq!(put("pw-d"), 201);
+    let mut dave = server.client();
+    dave.login("dave", "pw-d");
+    assert_eq!(put("pw-d2"), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    dave.login("dave", "pw-d2");
+    let removed = ureq::delete(&format!("{base}/v1/users/dave"))
+        .call()
+        .expect("DELETE answers");
+    assert_eq!(removed.status(), 204);
+    assert_invalidated(&mut dave, Duration::from_millis(100));
+    assert_eq!(
+        accounts().split_whitespace().collect::<Vec<_>>(),
+        ["erin", "frank"]
+    );
+
+    // The application deactivating an account reaches the connections too.
+    let mut erin = server.client();
+    erin.login("erin", "imported");
+    postgres.psql("UPDATE accounts SET active = false WHERE login = 'erin'");
+    assert_invalidated(&mut erin, WITHIN_A_SECOND);
+    assert_eq!(login_answer(&server, "erin", "imported"), ["login_invalid"]);
+}
+
+#[test]
+fn with_a_ca_file_the_database_connections_are_tls_checked_against_it() {
+    use crate::common::tls::{make_ca, make_signed, openssl_available};
+    if !openssl_available() {
+        return;
+    }
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    let certs = tempfile::tempdir().expect("temp dir");
+    let ca = make_ca(certs.path(), "db");
+    make_signed(certs.path(), "db", "server");
+    postgres.enable_tls(
+        &certs.path().join("server.pem"),
+        &certs.path().join("server.key"),
+    );
+    let tls_config = |ca: &Path| {
+        config(&postgres)
+            .auth("database", format!("{}?sslmode=require", postgres.url()))
+            .auth("database_ca_file", ca.to_str().expect("UTF-8 path"))
+    };
+
+    // db init, logins, a change reaching the connection: every connection is TLS.
+    let dir = config_file(&tls_config(&ca));
+    let ran = tether(dir.path(), &["db", "init"]);
+    assert!(ran.status.success(), "{ran:?}");
+    insert(&postgres, "alice", "pw-a");
+    let server = TestServer::start(&tls_config(&ca), &[]);
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+    let connections = postgres.psql(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.usename = 'tether'",
+    );
+    let connections: Vec<&str> = connections.split_whitespace().collect();
+    assert!(!connections.is_empty(), "no connection of tether");
+    assert!(connections.iter().all(|ssl| *ssl == "t"), "{connections:?}");
+    postgres.psql(&format!(
+        "UPDATE tether_users SET password_hash = '{}' WHERE name = 'alice'",
+        cheap_hash("new-a")
+    ));
+    assert_invalidated(&mut alice, WITHIN_A_SECOND);
+    server.client().login("alice", "new-a");
+
+    // A server certificate the CA file did not sign: no connection, exit 1 saying why.
+    let stranger = make_ca(certs.path(), "stranger");
+    let dir = config_file(&tls_config(&stranger));
+    let mut command = tether_command(&dir.path().join("server.toml"));
+    command.current_dir(dir.path());
+    let refused = run_to_exit(command, COMMAND_TIMEOUT);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        refused.stderr.contains("cannot reach the users database")
+            && refused.stderr.contains("certificate"),
+        "{}",
+        refused.stderr
+    );
+
+    // sslmode=require without a CA file is a configuration error.
+    let dir = config_file(
+        &config(&postgres).auth("database", format!("{}?sslmode=require", postgres.url())),
+    );
+    let ran = tether(dir.path(), &["check-config"]);
+    assert_eq!(ran.status.code(), Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("auth.database_ca_file"), "{ran:?}");
 }

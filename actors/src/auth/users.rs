@@ -5,7 +5,8 @@
 //! long as a wrong password for a known user. [`UserTable`] keeps one stand-in per bcrypt
 //! cost its users have and gives each unknown name the one picked by a keyed hash of the
 //! name, weighted by how many users have each cost: an unknown name behaves like one
-//! known user of some cost, the same one at every try.
+//! known user of some cost, the same one at every try. [`StandIns`] is that choice, for a
+//! store that counts its costs otherwise (a database, with one aggregate query).
 
 use crate::auth::password::{hash_cost, stand_in_hash};
 use std::collections::HashMap;
@@ -63,9 +64,10 @@ struct InForce {
     stand_ins: Arc<StandIns>,
 }
 
-/// One stand-in hash per bcrypt cost found in a user set, with how many users have it.
+/// One stand-in hash per bcrypt cost users have, with how many users have it; picks an
+/// unknown name's stand-in with the odds of each cost among the users.
 #[derive(Debug, Default)]
-struct StandIns {
+pub struct StandIns {
     /// (cost, users with that cost, stand-in of that cost), by cost.
     by_cost: Vec<(u32, u64, PasswordHash)>,
     /// Users counted in `by_cost`.
@@ -81,8 +83,21 @@ impl StandIns {
                 *counts.entry(cost).or_default() += 1;
             }
         }
+        Self::for_costs(counts, previous)
+    }
+
+    /// The stand-ins for users counted by cost (`(cost, users)`; a cost given twice adds
+    /// up), reusing those of `previous` whose cost is still there. Costs no stand-in can
+    /// be made for (outside 4–31) are left out, with a warning.
+    pub fn for_costs(counts: impl IntoIterator<Item = (u32, u64)>, previous: &StandIns) -> Self {
+        let mut summed: HashMap<u32, u64> = HashMap::new();
+        for (cost, count) in counts {
+            *summed.entry(cost).or_default() += count;
+        }
+        let counts = summed;
         let mut by_cost: Vec<(u32, u64, PasswordHash)> = counts
             .into_iter()
+            .filter(|(_, count)| *count > 0)
             .filter_map(|(cost, count)| {
                 let reused = previous
                     .by_cost
@@ -103,9 +118,14 @@ impl StandIns {
         Self { by_cost, users }
     }
 
+    /// The costs and how many users have each, by cost.
+    pub fn costs(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        self.by_cost.iter().map(|(cost, count, _)| (*cost, *count))
+    }
+
     /// The stand-in for a name whose keyed hash is `point`: cost `c` for a share of the
-    /// points equal to the share of users with cost `c`.
-    fn pick(&self, point: u64) -> Option<PasswordHash> {
+    /// points equal to the share of users with cost `c`; `None` when no user was counted.
+    pub fn pick(&self, point: u64) -> Option<PasswordHash> {
         let mut point = point.checked_rem(self.users)?;
         for (_, count, hash) in &self.by_cost {
             if point < *count {

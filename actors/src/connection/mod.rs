@@ -15,6 +15,7 @@
 pub(crate) mod client_stream;
 pub(crate) mod session;
 pub(crate) mod shared;
+pub(crate) mod tls_handshake;
 pub(crate) mod transport;
 
 use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};

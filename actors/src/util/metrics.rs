@@ -50,6 +50,21 @@ pub enum CommandKind {
     InvalidArgsCount,
 }
 
+/// Why a client's TLS handshake failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HandshakeFailure {
+    /// Not done within the 10 s a handshake has.
+    Timeout,
+    /// The client closed (or reset) the connection before the end.
+    Closed,
+    /// The client ended it with an alert, such as refusing the server's certificate.
+    Alert,
+    /// The client's certificate was missing or not trusted (`client_ca_file`).
+    ClientCertificate,
+    /// Anything else the client sent that is not a good handshake (plaintext, garbage).
+    Protocol,
+}
+
 /// Why a connection got `io_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoErrorCause {
@@ -102,7 +117,7 @@ macro_rules! label_values {
     ($($enum:ident { $($variant:ident => $text:literal),* $(,)? })*) => {$(
         impl $enum {
             /// Every value, in declaration order.
-            const ALL: &'static [Self] = &[$(Self::$variant),*];
+            pub(crate) const ALL: &'static [Self] = &[$(Self::$variant),*];
 
             /// The text of this value in `/metrics`.
             pub fn label(self) -> &'static str {
@@ -134,6 +149,13 @@ label_values! {
         Invalidate => "invalidate",
         Unknown => "unknown",
         InvalidArgsCount => "invalid_args_count",
+    }
+    HandshakeFailure {
+        Timeout => "timeout",
+        Closed => "closed",
+        Alert => "alert",
+        ClientCertificate => "client_certificate",
+        Protocol => "protocol",
     }
     IoErrorCause {
         MessageTooLong => "message_too_long",
@@ -179,6 +201,9 @@ pub struct Metrics {
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
     restarts: [Counter; 2],
+    /// Client TLS handshakes under way, each holding a `max_connections` slot.
+    pub(crate) tls_handshakes_pending: Gauge,
+    tls_handshake_failures: [Counter; 5],
     families: Families,
 }
 
@@ -189,6 +214,7 @@ struct Families {
     commands: Family<Label<CommandKind>, Counter>,
     invalidations: Family<Label<InvalidationCause>, Counter>,
     io_errors: Family<Label<IoErrorCause>, Counter>,
+    tls_handshake_failures: Family<Label<HandshakeFailure>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
     restarts: Family<Label<HubActor>, Counter>,
     registry_bindings: Family<WorkerLabel, Gauge>,
@@ -215,6 +241,7 @@ impl Metrics {
             commands: Family::default(),
             invalidations: Family::default(),
             io_errors: Family::default(),
+            tls_handshake_failures: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
             restarts: Family::default(),
             registry_bindings: Family::default(),
@@ -234,6 +261,12 @@ impl Metrics {
             password_checks_dropped: Counter::default(),
             connections_refused: Counter::default(),
             restarts: children(&families.restarts, "actor", HubActor::ALL),
+            tls_handshakes_pending: Gauge::default(),
+            tls_handshake_failures: children(
+                &families.tls_handshake_failures,
+                "cause",
+                HandshakeFailure::ALL,
+            ),
             families,
         }
     }
@@ -254,6 +287,16 @@ impl Metrics {
             "connections_refused",
             "Connections closed at accept because max_connections was reached",
             self.connections_refused.clone(),
+        );
+        registry.register(
+            "tls_handshakes_pending",
+            "Client TLS handshakes under way (each holds a max_connections slot)",
+            self.tls_handshakes_pending.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed, by cause",
+            self.families.tls_handshake_failures.clone(),
         );
         registry.register("logins", "Logins by result", self.families.logins.clone());
         registry.register(
@@ -356,6 +399,10 @@ impl Metrics {
     pub(crate) fn io_error(&self, cause: IoErrorCause) {
         self.io_errors[cause as usize].inc();
     }
+
+    pub(crate) fn tls_handshake_failed(&self, cause: HandshakeFailure) {
+        self.tls_handshake_failures[cause as usize].inc();
+    }
 }
 
 /// Commands counted on the stack and added to the shared counters in one go, so a
@@ -392,12 +439,13 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 5] = [
+        let orders: [Vec<usize>; 6] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
+            HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
         ];
         for order in orders {
             assert!(order.iter().copied().eq(0..order.len()), "{order:?}");
@@ -419,6 +467,7 @@ mod tests {
         metrics.invalidated(InvalidationCause::Operator, 3);
         metrics.restarted(HubActor::Bus);
         metrics.registry_bindings(1).set(2);
+        metrics.tls_handshake_failed(HandshakeFailure::Alert);
         let mut text = String::new();
         encode(&mut text, &registry).expect("encodes");
         for line in [
@@ -431,6 +480,9 @@ mod tests {
             "tether_actor_restarts_total{actor=\"bus\"} 1",
             "tether_actor_restarts_total{actor=\"registry\"} 0",
             "tether_registry_bindings{worker=\"1\"} 2",
+            "tether_tls_handshake_failures_total{cause=\"alert\"} 1",
+            "tether_tls_handshake_failures_total{cause=\"timeout\"} 0",
+            "tether_tls_handshakes_pending 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

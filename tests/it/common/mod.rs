@@ -8,6 +8,7 @@
 pub mod haproxy;
 pub mod hardening;
 pub mod in_process;
+pub mod nginx;
 pub mod postgres;
 pub mod tls;
 

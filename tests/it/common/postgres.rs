@@ -8,7 +8,7 @@
 
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The superuser `initdb` creates; `psql` runs as it.
@@ -238,6 +238,42 @@ impl Postgres {
         for pid in self.processes() {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         }
+    }
+
+    /// Turns TLS on with the certificate and key at `cert` and `key` (PEM), copied into
+    /// the server's folder, and waits until new connections may use it.
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        let (cert_copy, key_copy) = (
+            self.dir.path().join("tls.crt"),
+            self.dir.path().join("tls.key"),
+        );
+        std::fs::copy(cert, &cert_copy).expect("copy certificate");
+        std::fs::copy(key, &key_copy).expect("copy key");
+        std::fs::set_permissions(&key_copy, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod key");
+        if self.as_postgres {
+            let (uid, gid) = postgres_ids().expect("the postgres user");
+            for file in [&cert_copy, &key_copy] {
+                std::os::unix::fs::chown(file, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        // ALTER SYSTEM runs outside a transaction: one statement per call.
+        for setting in [
+            format!("ssl_cert_file = '{}'", cert_copy.display()),
+            format!("ssl_key_file = '{}'", key_copy.display()),
+            "ssl = on".to_string(),
+        ] {
+            self.psql_in("postgres", &format!("ALTER SYSTEM SET {setting}"));
+        }
+        self.psql_in("postgres", "SELECT pg_reload_conf()");
+        let on = crate::common::wait_until(std::time::Duration::from_secs(10), || {
+            self.psql_in("postgres", "SHOW ssl").trim() == "on"
+        });
+        assert!(
+            on,
+            "TLS did not come on; server log:\n{}",
+            self.server_log()
+        );
     }
 
     /// The URL tether connects with (as [`ROLE`], to [`DATABASE`]).

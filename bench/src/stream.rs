@@ -1,0 +1,138 @@
+//! What a bench connection runs over: plain TCP, or TLS (rustls) over TCP to a server whose
+//! certificate a CA file vouches for — tether's `server.tls.listen`.
+
+use crate::net::connect_from;
+use crate::Fallible;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsConnector;
+
+/// How to open TLS connections: the trusted CA and the name the certificate must carry.
+/// Every handshake is a full one (no session resumption), as for clients arriving anew.
+#[derive(Clone)]
+pub struct TlsClient {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// A client trusting the certificates of the PEM file `ca_file`, expecting a server
+    /// certificate for `name`.
+    pub fn new(ca_file: &Path, name: &str) -> Fallible<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        let certificates = CertificateDer::pem_file_iter(ca_file)
+            .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+            .map_err(|err| format!("{}: cannot read certificates: {err}", ca_file.display()))?;
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|err| format!("{}: unusable CA certificate: {err}", ca_file.display()))?;
+        }
+        if roots.is_empty() {
+            return Err(format!("{}: no certificate in the file", ca_file.display()));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|err| format!("cannot set up TLS: {err}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.resumption = rustls::client::Resumption::disabled();
+        let name = ServerName::try_from(name.to_string())
+            .map_err(|err| format!("{name:?} is not a server name: {err}"))?;
+        Ok(Self {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+        })
+    }
+
+    /// Runs the client side of a handshake over `stream`.
+    pub async fn handshake(&self, stream: TcpStream) -> Fallible<BenchStream> {
+        let stream = self
+            .connector
+            .connect(self.name.clone(), stream)
+            .await
+            .map_err(|err| format!("TLS handshake failed: {err}"))?;
+        Ok(BenchStream::Tls(Box::new(stream)))
+    }
+}
+
+/// Opens a connection to `target` from `source`, through a TLS handshake when `tls` is set.
+pub async fn connect(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    reuse_address: bool,
+    tls: Option<&TlsClient>,
+) -> Fallible<BenchStream> {
+    let stream = connect_from(source, target, reuse_address).await?;
+    match tls {
+        None => Ok(BenchStream::Plain(stream)),
+        Some(tls) => tls.handshake(stream).await,
+    }
+}
+
+/// A bench connection: plain TCP or TLS over TCP.
+pub enum BenchStream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: rustls's state is large next to a socket).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for BenchStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(task, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(task, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BenchStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(task, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(task, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(task),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(task),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(task),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(task),
+        }
+    }
+}
