@@ -18,7 +18,7 @@
 //! on SIGHUP, and at most once a minute while notifications say rows change. The count is
 //! a handful of numbers whatever the number of rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +31,7 @@ use tether_actors::bus::InvalidationCause;
 use tether_actors::password::MAX_STORED_COST;
 use tether_actors::users::{PasswordHash, StandIns, UserStore};
 use tether_actors::TetherHandle;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::users::pg_schema::{self, Database, TableError};
@@ -56,6 +56,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const COUNT_COSTS_EVERY: Duration = Duration::from_secs(60);
 /// Longest a count of the rows' costs may take (it reads the whole table).
 const COUNT_COSTS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most notified names of users known here that wait to be checked against the table;
+/// past it they are dropped and every known user is checked instead (a reconcile).
+const MAX_PENDING_CHECKS: usize = 10_000;
 
 /// A hash found by a lookup.
 struct Known {
@@ -69,6 +72,20 @@ struct Known {
 struct InFlight {
     lookups: usize,
     changed: bool,
+}
+
+/// What notifications (and lookups) left for the listening task to check.
+#[derive(Default)]
+struct Pending {
+    /// Notified names with a hash known here: each is read again and, if its hash
+    /// differs or its row is gone, forgotten and invalidated. At most
+    /// [`MAX_PENDING_CHECKS`].
+    check: HashSet<String>,
+    /// Every known user is to be checked (a truncate, or more names than `check` holds).
+    everyone: bool,
+    /// Names whose known hash a lookup replaced or dropped because the row had changed:
+    /// connections bound with the old hash are invalidated whatever the row holds now.
+    replaced: HashSet<String>,
 }
 
 /// What the store and its connection task share.
@@ -107,6 +124,10 @@ struct Inner {
     reconcile_requested: Notify,
     /// Whether the costs were counted once (the first count is always logged).
     costs_counted: AtomicBool,
+    /// Names left to check by the connection's reader; see [`Inner::notified`].
+    pending: Mutex<Pending>,
+    /// Woken when `pending` has something.
+    pending_ready: Notify,
 }
 
 /// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
@@ -148,6 +169,8 @@ impl PgUsers {
             count_costs: Notify::new(),
             reconcile_requested: Notify::new(),
             costs_counted: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            pending_ready: Notify::new(),
         });
         let client = runtime.block_on(async {
             let client = pg_schema::connect(&database)
@@ -317,11 +340,44 @@ impl Inner {
         }
     }
 
-    /// Tells a lookup of `name` under way that the row may have changed after it read it.
-    fn mark_in_flight(&self, name: &str) {
-        if let Some(lookup) = lock(&self.in_flight).get_mut(name) {
-            lookup.changed = true;
+    /// Acts on a notification naming `name` (`""` for a truncate), on the connection's
+    /// reader, in memory only, so that a burst of them is read as fast as it arrives: a
+    /// lookup of `name` under way reads again; a name with a hash known here is left to
+    /// the listening task to check. Any other name needs nothing: no connection here is
+    /// bound to it (a login binds only with a hash known here) and no lookup is under way.
+    /// Both maps are read under the in-flight lock, as a lookup holds it when it
+    /// remembers what it found: the lookup is either seen here or done and known.
+    fn notified(&self, name: &str) {
+        self.costs_changed.store(true, Ordering::Relaxed);
+        let known_here = name.is_empty() || {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(lookup) = in_flight.get_mut(name) {
+                lookup.changed = true;
+            }
+            let known = lock(&self.known).contains_key(name);
+            drop(in_flight);
+            known
+        };
+        if !known_here {
+            return;
         }
+        {
+            let mut pending = lock(&self.pending);
+            if name.is_empty() || pending.check.len() >= MAX_PENDING_CHECKS {
+                pending.everyone = true;
+                pending.check = HashSet::new();
+            } else if !pending.everyone {
+                pending.check.insert(name.to_string());
+            }
+        }
+        self.pending_ready.notify_one();
+    }
+
+    /// Leaves `name` for the listening task to invalidate: a lookup replaced or dropped
+    /// its known hash, and connections may be bound with the old one.
+    fn replaced(&self, name: &str) {
+        lock(&self.pending).replaced.insert(name.to_string());
+        self.pending_ready.notify_one();
     }
 
     /// Forgets what was known of `name` (its row changed); a lookup under way looks again.
@@ -389,25 +445,28 @@ impl UserStore for PgUsers {
                 }
             };
             let mut known = lock(&inner.known);
-            match found {
+            // A hash known here that the row no longer holds: its notification may not
+            // have been read yet, and once this is remembered it would find the row as
+            // known; so connections bound with the old hash are invalidated from here.
+            let old = match found {
                 // Notified during the lookup: what was found may be old already, so look
                 // again (the next read sees at least that change).
                 Some(_) if changed => continue,
-                Some(hash) => {
-                    known.insert(
-                        name.to_string(),
-                        Known {
-                            hash: hash.clone(),
-                            looked_up: Instant::now(),
-                        },
-                    );
-                    return Some(hash);
-                }
-                None => {
-                    known.remove(name);
-                    return None;
-                }
+                Some(ref hash) => known.insert(
+                    name.to_string(),
+                    Known {
+                        hash: hash.clone(),
+                        looked_up: Instant::now(),
+                    },
+                ),
+                None => known.remove(name),
+            };
+            drop(known);
+            drop(in_flight);
+            if old.is_some_and(|old| Some(&old.hash) != found.as_ref()) {
+                inner.replaced(name);
             }
+            return found;
         }
         // Changed at every look: the hash found is not remembered, so the event loop's
         // confirmation refuses the login.
@@ -445,16 +504,14 @@ async fn listen_once(
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
         .map_err(|err| describe(&err))?;
-    let (notes, mut notified) = mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
+    // The reader: drives the connection and acts on each notification at once, in
+    // memory (`Inner::notified`), so nothing queues between the socket and it.
+    let reader = Arc::clone(inner);
+    let mut driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |task| connection.poll_message(task));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(note)) => {
-                    if notes.send(note.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
+                Ok(AsyncMessage::Notification(note)) => reader.notified(note.payload()),
                 Ok(_) => {}
                 Err(err) => return describe(&err),
             }
@@ -462,7 +519,7 @@ async fn listen_once(
         "the connection closed".to_string()
     });
     let client = Arc::new(client);
-    let result = serve_connection(inner, tether, &client, &mut notified, sweep, backoff).await;
+    let result = serve_connection(inner, tether, &client, &mut driver, sweep, backoff).await;
     driver.abort();
     result
 }
@@ -472,7 +529,7 @@ async fn serve_connection(
     inner: &Arc<Inner>,
     tether: &TetherHandle,
     client: &Arc<Client>,
-    notified: &mut mpsc::UnboundedReceiver<String>,
+    driver: &mut tokio::task::JoinHandle<String>,
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
@@ -502,16 +559,10 @@ async fn serve_connection(
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
-            note = notified.recv() => {
-                inner.costs_changed.store(true, Ordering::Relaxed);
-                match note {
-                    Some(name) if name.is_empty() => {
-                        reconcile(inner, tether, client).await?;
-                    }
-                    Some(name) => changed(inner, tether, client, &name).await?,
-                    None => return Err("the connection closed".to_string()),
-                }
+            ended = &mut *driver => {
+                return Err(ended.unwrap_or_else(|err| format!("the reader stopped: {err}")));
             }
+            _ = inner.pending_ready.notified() => check_pending(inner, tether, client).await?,
             _ = inner.reconcile_requested.notified() => {
                 let (checked, stale) = reconcile(inner, tether, client).await?;
                 inner.count_costs.notify_one();
@@ -599,38 +650,29 @@ fn is_current(inner: &Inner, client: &Arc<Client>) -> bool {
         .is_some_and(|current| Arc::ptr_eq(current, client))
 }
 
-/// Acts on a notification naming `name`: a lookup of it under way looks again; when this
-/// node knows a hash for it, the row is read and, if the hash differs or the row is gone,
-/// the hash is forgotten and the user invalidated; a name not known here is invalidated
-/// (no one is bound to it here but a login whose lookup is under way, which looks again).
-/// A notification of a change this node has already seen (its own write, or a row found
-/// after the change) so changes nothing: a login just made is not logged out by it.
-async fn changed(
+/// Checks what notifications and lookups left in `pending`: invalidates the users whose
+/// known hash a lookup replaced, then reads the rows of the notified names known here (or,
+/// after a truncate or an overflow, of every known user) in one query; those whose hash
+/// differs or whose row is gone are forgotten and invalidated. A notification of a change
+/// this node has already seen (its own write, or a row found after the change) thus
+/// changes nothing: a login just made is not logged out by it.
+async fn check_pending(
     inner: &Inner,
     tether: &TetherHandle,
     client: &Client,
-    name: &str,
 ) -> Result<(), String> {
-    inner.mark_in_flight(name);
-    let known = lock(&inner.known).get(name).map(|known| known.hash.clone());
-    let stale = match known {
-        None => true,
-        Some(known) => {
-            let query = format!(
-                "SELECT password_hash::text FROM {} WHERE name = $1",
-                inner.table
-            );
-            let row = tokio::time::timeout(PING_TIMEOUT, client.query_opt(&query, &[&name]))
-                .await
-                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
-                .map_err(|err| describe(&err))?;
-            let current = row.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
-            current.as_deref() != Some(&*known)
-        }
-    };
-    if stale {
-        inner.forget(name);
+    let pending = std::mem::take(&mut *lock(&inner.pending));
+    for name in &pending.replaced {
         invalidate(tether, name).await;
+    }
+    if pending.everyone {
+        let (checked, stale) = reconcile(inner, tether, client).await?;
+        log::info!(
+            "users table {}: a truncate, or over {MAX_PENDING_CHECKS} notified users known              here at once: checked the {checked} user(s) known here against the table,              {stale} changed or gone",
+            inner.table
+        );
+    } else if !pending.check.is_empty() {
+        check_known(inner, tether, client, pending.check.into_iter().collect()).await?;
     }
     Ok(())
 }
@@ -654,6 +696,18 @@ async fn reconcile(
     client: &Client,
 ) -> Result<(usize, usize), String> {
     let names: Vec<String> = lock(&inner.known).keys().cloned().collect();
+    check_known(inner, tether, client, names).await
+}
+
+/// Reads the rows of `names` in one query: those known here whose hash differs or whose
+/// row is gone are forgotten and invalidated. Answers how many names were checked and how
+/// many of them were invalidated.
+async fn check_known(
+    inner: &Inner,
+    tether: &TetherHandle,
+    client: &Client,
+    names: Vec<String>,
+) -> Result<(usize, usize), String> {
     if names.is_empty() {
         return Ok((0, 0));
     }
@@ -676,9 +730,10 @@ async fn reconcile(
         let known = lock(&inner.known);
         names
             .into_iter()
-            .filter(|name| {
-                let now = current.get(name).and_then(Option::as_deref);
-                known.get(name).map(|known| &*known.hash) != now
+            .filter(|name| match known.get(name) {
+                Some(known) => current.get(name).and_then(Option::as_deref) != Some(&*known.hash),
+                // Forgotten meanwhile (by another change, or an idle user): nothing to do.
+                None => false,
             })
             .collect()
     };
