@@ -94,8 +94,11 @@ struct Inner {
     database: Database,
     /// `auth.table`, also the channel its trigger notifies.
     table: String,
-    /// Runs the queries, on the store's own thread.
+    /// Runs lookups and writes, on a thread of their own (`tether-pg-login`).
     runtime: tokio::runtime::Handle,
+    /// Runs the listening connection, its reader and the background scans, on another
+    /// thread (`tether-postgres`), so that a burst of notifications delays no lookup.
+    listening_runtime: tokio::runtime::Handle,
     /// The connection in use; `None` while the database is unreachable.
     client: Mutex<Option<Arc<Client>>>,
     /// Hashes found by lookups, by name.
@@ -148,13 +151,18 @@ impl PgUsers {
     /// table or column is [`StartError::NotReady`]; an unreachable database,
     /// [`StartError::Unreachable`].
     pub fn connect(database: Database, table: &str) -> Result<Self, StartError> {
-        let runtime = start_runtime().map_err(|err| {
-            StartError::Unreachable(format!("cannot start the database thread: {err}"))
-        })?;
+        let start = |name: &str| {
+            start_runtime(name).map_err(|err| {
+                StartError::Unreachable(format!("cannot start the database thread: {err}"))
+            })
+        };
+        let runtime = start("tether-pg-login")?;
+        let listening_runtime = start("tether-postgres")?;
         let inner = Arc::new(Inner {
             database: database.clone(),
             table: table.to_string(),
             runtime: runtime.clone(),
+            listening_runtime,
             client: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -193,9 +201,13 @@ impl PgUsers {
     pub fn listen(&self, tether: TetherHandle) {
         *lock(&self.inner.tether) = Some(tether.clone());
         let inner = Arc::clone(&self.inner);
-        self.inner.runtime.spawn(keep_listening(inner, tether));
+        self.inner
+            .listening_runtime
+            .spawn(keep_listening(inner, tether));
         let inner = Arc::clone(&self.inner);
-        self.inner.runtime.spawn(keep_costs_counted(inner));
+        self.inner
+            .listening_runtime
+            .spawn(keep_costs_counted(inner));
     }
 
     /// Checks every hash this node knows (its users' connections) against the table now,
@@ -253,15 +265,15 @@ fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A current-thread runtime on a thread of its own, for the database's I/O; it lives as
-/// long as the process.
-fn start_runtime() -> std::io::Result<tokio::runtime::Handle> {
+/// A current-thread runtime on a thread of its own named `name`, for the database's I/O;
+/// it lives as long as the process.
+fn start_runtime(name: &str) -> std::io::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
-        .name("tether-postgres".to_string())
+        .name(name.to_string())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
     Ok(handle)
 }
@@ -492,22 +504,43 @@ async fn keep_listening(inner: Arc<Inner>, tether: TetherHandle) {
     }
 }
 
-/// One connection's life: `Err` says why it could not be made or was lost.
+/// One pair of connections' life — the listening one and the one lookups and writes use,
+/// so that they never wait while the server sends the listening one a burst of
+/// notifications: `Err` says why they could not be made or one was lost.
 async fn listen_once(
     inner: &Arc<Inner>,
     tether: &TetherHandle,
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let connecting = inner.database.open();
-    let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, connecting)
+    let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, inner.database.open())
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
         .map_err(|err| describe(&err))?;
+    // Opened and driven on the lookups' thread.
+    let opening = {
+        let database = inner.database.clone();
+        inner.runtime.spawn(async move {
+            let (lookups, connection) = tokio::time::timeout(PING_TIMEOUT, database.open())
+                .await
+                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+                .map_err(|err| describe(&err))?;
+            let driver = tokio::spawn(async move {
+                match connection.await {
+                    Ok(()) => "the lookups' connection closed".to_string(),
+                    Err(err) => describe(&err),
+                }
+            });
+            Ok::<_, String>((lookups, driver))
+        })
+    };
+    let (lookups, lookup_driver) = opening
+        .await
+        .map_err(|err| format!("the lookups' thread stopped: {err}"))??;
     // The reader: drives the connection and acts on each notification at once, in
     // memory (`Inner::notified`), so nothing queues between the socket and it.
     let reader = Arc::clone(inner);
-    let mut driver = tokio::spawn(async move {
+    let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |task| connection.poll_message(task));
         while let Some(message) = messages.next().await {
             match message {
@@ -518,21 +551,45 @@ async fn listen_once(
         }
         "the connection closed".to_string()
     });
-    let client = Arc::new(client);
-    let result = serve_connection(inner, tether, &client, &mut driver, sweep, backoff).await;
-    driver.abort();
-    result
+    let connections = Connections {
+        listening: Arc::new(client),
+        lookups: Arc::new(lookups),
+        reader: driver,
+        lookup_driver,
+    };
+    serve_connection(inner, tether, connections, sweep, backoff).await
 }
 
-/// LISTENs on `client`, reconciles, then handles notifications, pings and sweeps.
+/// The listening connection and the lookups' one, with the tasks that drive them (both
+/// stopped when this is dropped).
+struct Connections {
+    /// LISTENs; pings, reconciles and checks of notified names use it too.
+    listening: Arc<Client>,
+    /// Lookups and writes use it (as `Inner::client`).
+    lookups: Arc<Client>,
+    /// Drives `listening` and acts on its notifications; ends with why it was lost.
+    reader: tokio::task::JoinHandle<String>,
+    /// Drives `lookups`; ends with why it was lost.
+    lookup_driver: tokio::task::JoinHandle<String>,
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.lookup_driver.abort();
+    }
+}
+
+/// LISTENs, reconciles, then checks notified names, pings and sweeps.
 async fn serve_connection(
     inner: &Arc<Inner>,
     tether: &TetherHandle,
-    client: &Arc<Client>,
-    driver: &mut tokio::task::JoinHandle<String>,
+    mut connections: Connections,
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
+    let client = &Arc::clone(&connections.listening);
+    let lookups = &Arc::clone(&connections.lookups);
     let listen = format!("LISTEN {}", inner.table);
     tokio::time::timeout(PING_TIMEOUT, client.batch_execute(&listen))
         .await
@@ -541,7 +598,7 @@ async fn serve_connection(
     // Listening from here on: a change after the reconcile's query is notified, and
     // lookups may use the connection (what they find is current) before the reconcile
     // invalidates anyone, so a user it logs out can log in again at once.
-    *lock(&inner.client) = Some(Arc::clone(client));
+    *lock(&inner.client) = Some(Arc::clone(lookups));
     inner.set_reachable(true, "");
     *backoff = FIRST_BACKOFF;
     let (_, stale) = reconcile(inner, tether, client).await?;
@@ -559,8 +616,11 @@ async fn serve_connection(
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
-            ended = &mut *driver => {
+            ended = &mut connections.reader => {
                 return Err(ended.unwrap_or_else(|err| format!("the reader stopped: {err}")));
+            }
+            ended = &mut connections.lookup_driver => {
+                return Err(ended.unwrap_or_else(|err| format!("the lookups' driver stopped: {err}")));
             }
             _ = inner.pending_ready.notified() => check_pending(inner, tether, client).await?,
             _ = inner.reconcile_requested.notified() => {
@@ -573,14 +633,18 @@ async fn serve_connection(
                 );
             }
             _ = ping.tick() => {
-                tokio::time::timeout(PING_TIMEOUT, client.simple_query(""))
+                let both = futures_util::future::try_join(
+                    client.simple_query(""),
+                    lookups.simple_query(""),
+                );
+                tokio::time::timeout(PING_TIMEOUT, both)
                     .await
                     .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
                     .map_err(|err| describe(&err))?;
             }
             _ = inner.lost.notified() => {
                 // A permit left by a lookup on an earlier connection is not about this one.
-                if !is_current(inner, client) {
+                if !is_current(inner, lookups) {
                     return Err("a lookup got no answer".to_string());
                 }
             }
