@@ -1,10 +1,13 @@
 //! Users in PostgreSQL (SPEC §9): a [`UserStore`] that looks each login's user up in the
-//! table, and the task that keeps one connection to the database, LISTENs to the table's
-//! channel and invalidates the connections of users whose row changed.
+//! table, and the task that keeps two connections to the database — one LISTENs to the
+//! table's channel, the other serves lookups and writes — and invalidates the connections
+//! of users whose row changed. A notification is acted on in memory as it is read: a name
+//! nobody here holds or is looking up costs nothing more, so a bulk load with the trigger
+//! on delays no login.
 //!
 //! Nothing is loaded at start-up. A lookup runs on a password-check thread (see
 //! [`UserStore::lookup_for_login`]) and waits at most [`LOOKUP_TIMEOUT`] for the database,
-//! on the store's own runtime thread; the hashes found are remembered (as `known`) so that
+//! on the lookups' own runtime thread; the hashes found are remembered (as `known`) so that
 //! the event loop can confirm a login without waiting, so that a change missed during an
 //! outage can be found again after it (the reconcile), and so that a user who logged in
 //! during the last minute can still log in while the database is unreachable. An entry is
