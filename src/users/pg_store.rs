@@ -441,8 +441,9 @@ impl UserStore for PgUsers {
                 .or_default()
                 .lookups += 1;
             let answer = inner.query_hash(&client, name);
-            // Under the in-flight lock, as `forget` takes it: a notification is either
-            // seen here or comes after the hash found is remembered, and then forgets it.
+            // Under the in-flight lock, as `forget` and `notified` take it: a notification
+            // is either seen here or comes after the hash found is remembered, and then
+            // finds it known and has it checked.
             let mut in_flight = lock(&inner.in_flight);
             let changed = in_flight.get(name).is_some_and(|lookup| lookup.changed);
             if let Some(lookup) = in_flight.get_mut(name) {
