@@ -1,10 +1,13 @@
 //! Users in PostgreSQL (SPEC §9): a [`UserStore`] that looks each login's user up in the
-//! table, and the task that keeps one connection to the database, LISTENs to the table's
-//! channel and invalidates the connections of users whose row changed.
+//! table, and the task that keeps two connections to the database — one LISTENs to the
+//! table's channel, the other serves lookups and writes — and invalidates the connections
+//! of users whose row changed. A notification is acted on in memory as it is read: a name
+//! nobody here holds or is looking up costs nothing more, so a bulk load with the trigger
+//! on delays no login.
 //!
 //! Nothing is loaded at start-up. A lookup runs on a password-check thread (see
 //! [`UserStore::lookup_for_login`]) and waits at most [`LOOKUP_TIMEOUT`] for the database,
-//! on the store's own runtime thread; the hashes found are remembered (as `known`) so that
+//! on the lookups' own runtime thread; the hashes found are remembered (as `known`) so that
 //! the event loop can confirm a login without waiting, so that a change missed during an
 //! outage can be found again after it (the reconcile), and so that a user who logged in
 //! during the last minute can still log in while the database is unreachable. An entry is
@@ -18,7 +21,7 @@
 //! on SIGHUP, and at most once a minute while notifications say rows change. The count is
 //! a handful of numbers whatever the number of rows.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,7 +34,7 @@ use tether_actors::bus::InvalidationCause;
 use tether_actors::password::MAX_STORED_COST;
 use tether_actors::users::{PasswordHash, StandIns, UserStore};
 use tether_actors::TetherHandle;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
 use crate::users::pg_schema::{self, Database, TableError};
@@ -56,6 +59,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const COUNT_COSTS_EVERY: Duration = Duration::from_secs(60);
 /// Longest a count of the rows' costs may take (it reads the whole table).
 const COUNT_COSTS_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most notified names of users known here that wait to be checked against the table;
+/// past it they are dropped and every known user is checked instead (a reconcile).
+const MAX_PENDING_CHECKS: usize = 10_000;
 
 /// A hash found by a lookup.
 struct Known {
@@ -71,14 +77,31 @@ struct InFlight {
     changed: bool,
 }
 
+/// What notifications (and lookups) left for the listening task to check.
+#[derive(Default)]
+struct Pending {
+    /// Notified names with a hash known here: each is read again and, if its hash
+    /// differs or its row is gone, forgotten and invalidated. At most
+    /// [`MAX_PENDING_CHECKS`].
+    check: HashSet<String>,
+    /// Every known user is to be checked (a truncate, or more names than `check` holds).
+    everyone: bool,
+    /// Names whose known hash a lookup replaced or dropped because the row had changed:
+    /// connections bound with the old hash are invalidated whatever the row holds now.
+    replaced: HashSet<String>,
+}
+
 /// What the store and its connection task share.
 struct Inner {
     /// `auth.database` (and `auth.database_ca_file`).
     database: Database,
     /// `auth.table`, also the channel its trigger notifies.
     table: String,
-    /// Runs the queries, on the store's own thread.
+    /// Runs lookups and writes, on a thread of their own (`tether-pg-login`).
     runtime: tokio::runtime::Handle,
+    /// Runs the listening connection, its reader and the background scans, on another
+    /// thread (`tether-postgres`), so that a burst of notifications delays no lookup.
+    listening_runtime: tokio::runtime::Handle,
     /// The connection in use; `None` while the database is unreachable.
     client: Mutex<Option<Arc<Client>>>,
     /// Hashes found by lookups, by name.
@@ -107,6 +130,10 @@ struct Inner {
     reconcile_requested: Notify,
     /// Whether the costs were counted once (the first count is always logged).
     costs_counted: AtomicBool,
+    /// Names left to check by the connection's reader; see [`Inner::notified`].
+    pending: Mutex<Pending>,
+    /// Woken when `pending` has something.
+    pending_ready: Notify,
 }
 
 /// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
@@ -127,13 +154,18 @@ impl PgUsers {
     /// table or column is [`StartError::NotReady`]; an unreachable database,
     /// [`StartError::Unreachable`].
     pub fn connect(database: Database, table: &str) -> Result<Self, StartError> {
-        let runtime = start_runtime().map_err(|err| {
-            StartError::Unreachable(format!("cannot start the database thread: {err}"))
-        })?;
+        let start = |name: &str| {
+            start_runtime(name).map_err(|err| {
+                StartError::Unreachable(format!("cannot start the database thread: {err}"))
+            })
+        };
+        let runtime = start("tether-pg-login")?;
+        let listening_runtime = start("tether-postgres")?;
         let inner = Arc::new(Inner {
             database: database.clone(),
             table: table.to_string(),
             runtime: runtime.clone(),
+            listening_runtime,
             client: Mutex::new(None),
             known: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
@@ -148,6 +180,8 @@ impl PgUsers {
             count_costs: Notify::new(),
             reconcile_requested: Notify::new(),
             costs_counted: AtomicBool::new(false),
+            pending: Mutex::new(Pending::default()),
+            pending_ready: Notify::new(),
         });
         let client = runtime.block_on(async {
             let client = pg_schema::connect(&database)
@@ -170,9 +204,13 @@ impl PgUsers {
     pub fn listen(&self, tether: TetherHandle) {
         *lock(&self.inner.tether) = Some(tether.clone());
         let inner = Arc::clone(&self.inner);
-        self.inner.runtime.spawn(keep_listening(inner, tether));
+        self.inner
+            .listening_runtime
+            .spawn(keep_listening(inner, tether));
         let inner = Arc::clone(&self.inner);
-        self.inner.runtime.spawn(keep_costs_counted(inner));
+        self.inner
+            .listening_runtime
+            .spawn(keep_costs_counted(inner));
     }
 
     /// Checks every hash this node knows (its users' connections) against the table now,
@@ -230,15 +268,15 @@ fn describe(err: &tokio_postgres::Error) -> String {
     }
 }
 
-/// A current-thread runtime on a thread of its own, for the database's I/O; it lives as
-/// long as the process.
-fn start_runtime() -> std::io::Result<tokio::runtime::Handle> {
+/// A current-thread runtime on a thread of its own named `name`, for the database's I/O;
+/// it lives as long as the process.
+fn start_runtime(name: &str) -> std::io::Result<tokio::runtime::Handle> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let handle = runtime.handle().clone();
     std::thread::Builder::new()
-        .name("tether-postgres".to_string())
+        .name(name.to_string())
         .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
     Ok(handle)
 }
@@ -317,11 +355,44 @@ impl Inner {
         }
     }
 
-    /// Tells a lookup of `name` under way that the row may have changed after it read it.
-    fn mark_in_flight(&self, name: &str) {
-        if let Some(lookup) = lock(&self.in_flight).get_mut(name) {
-            lookup.changed = true;
+    /// Acts on a notification naming `name` (`""` for a truncate), on the connection's
+    /// reader, in memory only, so that a burst of them is read as fast as it arrives: a
+    /// lookup of `name` under way reads again; a name with a hash known here is left to
+    /// the listening task to check. Any other name needs nothing: no connection here is
+    /// bound to it (a login binds only with a hash known here) and no lookup is under way.
+    /// Both maps are read under the in-flight lock, as a lookup holds it when it
+    /// remembers what it found: the lookup is either seen here or done and known.
+    fn notified(&self, name: &str) {
+        self.costs_changed.store(true, Ordering::Relaxed);
+        let known_here = name.is_empty() || {
+            let mut in_flight = lock(&self.in_flight);
+            if let Some(lookup) = in_flight.get_mut(name) {
+                lookup.changed = true;
+            }
+            let known = lock(&self.known).contains_key(name);
+            drop(in_flight);
+            known
+        };
+        if !known_here {
+            return;
         }
+        {
+            let mut pending = lock(&self.pending);
+            if name.is_empty() || pending.check.len() >= MAX_PENDING_CHECKS {
+                pending.everyone = true;
+                pending.check = HashSet::new();
+            } else if !pending.everyone {
+                pending.check.insert(name.to_string());
+            }
+        }
+        self.pending_ready.notify_one();
+    }
+
+    /// Leaves `name` for the listening task to invalidate: a lookup replaced or dropped
+    /// its known hash, and connections may be bound with the old one.
+    fn replaced(&self, name: &str) {
+        lock(&self.pending).replaced.insert(name.to_string());
+        self.pending_ready.notify_one();
     }
 
     /// Forgets what was known of `name` (its row changed); a lookup under way looks again.
@@ -370,8 +441,9 @@ impl UserStore for PgUsers {
                 .or_default()
                 .lookups += 1;
             let answer = inner.query_hash(&client, name);
-            // Under the in-flight lock, as `forget` takes it: a notification is either
-            // seen here or comes after the hash found is remembered, and then forgets it.
+            // Under the in-flight lock, as `forget` and `notified` take it: a notification
+            // is either seen here or comes after the hash found is remembered, and then
+            // finds it known and has it checked.
             let mut in_flight = lock(&inner.in_flight);
             let changed = in_flight.get(name).is_some_and(|lookup| lookup.changed);
             if let Some(lookup) = in_flight.get_mut(name) {
@@ -389,25 +461,28 @@ impl UserStore for PgUsers {
                 }
             };
             let mut known = lock(&inner.known);
-            match found {
+            // A hash known here that the row no longer holds: its notification may not
+            // have been read yet, and once this is remembered it would find the row as
+            // known; so connections bound with the old hash are invalidated from here.
+            let old = match found {
                 // Notified during the lookup: what was found may be old already, so look
                 // again (the next read sees at least that change).
                 Some(_) if changed => continue,
-                Some(hash) => {
-                    known.insert(
-                        name.to_string(),
-                        Known {
-                            hash: hash.clone(),
-                            looked_up: Instant::now(),
-                        },
-                    );
-                    return Some(hash);
-                }
-                None => {
-                    known.remove(name);
-                    return None;
-                }
+                Some(ref hash) => known.insert(
+                    name.to_string(),
+                    Known {
+                        hash: hash.clone(),
+                        looked_up: Instant::now(),
+                    },
+                ),
+                None => known.remove(name),
+            };
+            drop(known);
+            drop(in_flight);
+            if old.is_some_and(|old| Some(&old.hash) != found.as_ref()) {
+                inner.replaced(name);
             }
+            return found;
         }
         // Changed at every look: the hash found is not remembered, so the event loop's
         // confirmation refuses the login.
@@ -433,49 +508,92 @@ async fn keep_listening(inner: Arc<Inner>, tether: TetherHandle) {
     }
 }
 
-/// One connection's life: `Err` says why it could not be made or was lost.
+/// One pair of connections' life — the listening one and the one lookups and writes use,
+/// so that they never wait while the server sends the listening one a burst of
+/// notifications: `Err` says why they could not be made or one was lost.
 async fn listen_once(
     inner: &Arc<Inner>,
     tether: &TetherHandle,
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
-    let connecting = inner.database.open();
-    let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, connecting)
+    let (client, mut connection) = tokio::time::timeout(PING_TIMEOUT, inner.database.open())
         .await
         .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
         .map_err(|err| describe(&err))?;
-    let (notes, mut notified) = mpsc::unbounded_channel();
+    // Opened and driven on the lookups' thread.
+    let opening = {
+        let database = inner.database.clone();
+        inner.runtime.spawn(async move {
+            let (lookups, connection) = tokio::time::timeout(PING_TIMEOUT, database.open())
+                .await
+                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+                .map_err(|err| describe(&err))?;
+            let driver = tokio::spawn(async move {
+                match connection.await {
+                    Ok(()) => "the lookups' connection closed".to_string(),
+                    Err(err) => describe(&err),
+                }
+            });
+            Ok::<_, String>((lookups, driver))
+        })
+    };
+    let (lookups, lookup_driver) = opening
+        .await
+        .map_err(|err| format!("the lookups' thread stopped: {err}"))??;
+    // The reader: drives the connection and acts on each notification at once, in
+    // memory (`Inner::notified`), so nothing queues between the socket and it.
+    let reader = Arc::clone(inner);
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |task| connection.poll_message(task));
         while let Some(message) = messages.next().await {
             match message {
-                Ok(AsyncMessage::Notification(note)) => {
-                    if notes.send(note.payload().to_string()).is_err() {
-                        break;
-                    }
-                }
+                Ok(AsyncMessage::Notification(note)) => reader.notified(note.payload()),
                 Ok(_) => {}
                 Err(err) => return describe(&err),
             }
         }
         "the connection closed".to_string()
     });
-    let client = Arc::new(client);
-    let result = serve_connection(inner, tether, &client, &mut notified, sweep, backoff).await;
-    driver.abort();
-    result
+    let connections = Connections {
+        listening: Arc::new(client),
+        lookups: Arc::new(lookups),
+        reader: driver,
+        lookup_driver,
+    };
+    serve_connection(inner, tether, connections, sweep, backoff).await
 }
 
-/// LISTENs on `client`, reconciles, then handles notifications, pings and sweeps.
+/// The listening connection and the lookups' one, with the tasks that drive them (both
+/// stopped when this is dropped).
+struct Connections {
+    /// LISTENs; pings, reconciles and checks of notified names use it too.
+    listening: Arc<Client>,
+    /// Lookups and writes use it (as `Inner::client`).
+    lookups: Arc<Client>,
+    /// Drives `listening` and acts on its notifications; ends with why it was lost.
+    reader: tokio::task::JoinHandle<String>,
+    /// Drives `lookups`; ends with why it was lost.
+    lookup_driver: tokio::task::JoinHandle<String>,
+}
+
+impl Drop for Connections {
+    fn drop(&mut self) {
+        self.reader.abort();
+        self.lookup_driver.abort();
+    }
+}
+
+/// LISTENs, reconciles, then checks notified names, pings and sweeps.
 async fn serve_connection(
     inner: &Arc<Inner>,
     tether: &TetherHandle,
-    client: &Arc<Client>,
-    notified: &mut mpsc::UnboundedReceiver<String>,
+    mut connections: Connections,
     sweep: &mut tokio::time::Interval,
     backoff: &mut Duration,
 ) -> Result<(), String> {
+    let client = &Arc::clone(&connections.listening);
+    let lookups = &Arc::clone(&connections.lookups);
     let listen = format!("LISTEN {}", inner.table);
     tokio::time::timeout(PING_TIMEOUT, client.batch_execute(&listen))
         .await
@@ -484,7 +602,7 @@ async fn serve_connection(
     // Listening from here on: a change after the reconcile's query is notified, and
     // lookups may use the connection (what they find is current) before the reconcile
     // invalidates anyone, so a user it logs out can log in again at once.
-    *lock(&inner.client) = Some(Arc::clone(client));
+    *lock(&inner.client) = Some(Arc::clone(lookups));
     inner.set_reachable(true, "");
     *backoff = FIRST_BACKOFF;
     let (_, stale) = reconcile(inner, tether, client).await?;
@@ -502,16 +620,13 @@ async fn serve_connection(
     let mut ping = tokio::time::interval(PING_EVERY);
     loop {
         tokio::select! {
-            note = notified.recv() => {
-                inner.costs_changed.store(true, Ordering::Relaxed);
-                match note {
-                    Some(name) if name.is_empty() => {
-                        reconcile(inner, tether, client).await?;
-                    }
-                    Some(name) => changed(inner, tether, client, &name).await?,
-                    None => return Err("the connection closed".to_string()),
-                }
+            ended = &mut connections.reader => {
+                return Err(ended.unwrap_or_else(|err| format!("the reader stopped: {err}")));
             }
+            ended = &mut connections.lookup_driver => {
+                return Err(ended.unwrap_or_else(|err| format!("the lookups' driver stopped: {err}")));
+            }
+            _ = inner.pending_ready.notified() => check_pending(inner, tether, client).await?,
             _ = inner.reconcile_requested.notified() => {
                 let (checked, stale) = reconcile(inner, tether, client).await?;
                 inner.count_costs.notify_one();
@@ -522,14 +637,18 @@ async fn serve_connection(
                 );
             }
             _ = ping.tick() => {
-                tokio::time::timeout(PING_TIMEOUT, client.simple_query(""))
+                let both = futures_util::future::try_join(
+                    client.simple_query(""),
+                    lookups.simple_query(""),
+                );
+                tokio::time::timeout(PING_TIMEOUT, both)
                     .await
                     .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
                     .map_err(|err| describe(&err))?;
             }
             _ = inner.lost.notified() => {
                 // A permit left by a lookup on an earlier connection is not about this one.
-                if !is_current(inner, client) {
+                if !is_current(inner, lookups) {
                     return Err("a lookup got no answer".to_string());
                 }
             }
@@ -599,38 +718,29 @@ fn is_current(inner: &Inner, client: &Arc<Client>) -> bool {
         .is_some_and(|current| Arc::ptr_eq(current, client))
 }
 
-/// Acts on a notification naming `name`: a lookup of it under way looks again; when this
-/// node knows a hash for it, the row is read and, if the hash differs or the row is gone,
-/// the hash is forgotten and the user invalidated; a name not known here is invalidated
-/// (no one is bound to it here but a login whose lookup is under way, which looks again).
-/// A notification of a change this node has already seen (its own write, or a row found
-/// after the change) so changes nothing: a login just made is not logged out by it.
-async fn changed(
+/// Checks what notifications and lookups left in `pending`: invalidates the users whose
+/// known hash a lookup replaced, then reads the rows of the notified names known here (or,
+/// after a truncate or an overflow, of every known user) in one query; those whose hash
+/// differs or whose row is gone are forgotten and invalidated. A notification of a change
+/// this node has already seen (its own write, or a row found after the change) thus
+/// changes nothing: a login just made is not logged out by it.
+async fn check_pending(
     inner: &Inner,
     tether: &TetherHandle,
     client: &Client,
-    name: &str,
 ) -> Result<(), String> {
-    inner.mark_in_flight(name);
-    let known = lock(&inner.known).get(name).map(|known| known.hash.clone());
-    let stale = match known {
-        None => true,
-        Some(known) => {
-            let query = format!(
-                "SELECT password_hash::text FROM {} WHERE name = $1",
-                inner.table
-            );
-            let row = tokio::time::timeout(PING_TIMEOUT, client.query_opt(&query, &[&name]))
-                .await
-                .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
-                .map_err(|err| describe(&err))?;
-            let current = row.and_then(|row| row.try_get::<_, Option<String>>(0).ok().flatten());
-            current.as_deref() != Some(&*known)
-        }
-    };
-    if stale {
-        inner.forget(name);
+    let pending = std::mem::take(&mut *lock(&inner.pending));
+    for name in &pending.replaced {
         invalidate(tether, name).await;
+    }
+    if pending.everyone {
+        let (checked, stale) = reconcile(inner, tether, client).await?;
+        log::info!(
+            "users table {}: a truncate, or over {MAX_PENDING_CHECKS} notified users known              here at once: checked the {checked} user(s) known here against the table,              {stale} changed or gone",
+            inner.table
+        );
+    } else if !pending.check.is_empty() {
+        check_known(inner, tether, client, pending.check.into_iter().collect()).await?;
     }
     Ok(())
 }
@@ -654,6 +764,18 @@ async fn reconcile(
     client: &Client,
 ) -> Result<(usize, usize), String> {
     let names: Vec<String> = lock(&inner.known).keys().cloned().collect();
+    check_known(inner, tether, client, names).await
+}
+
+/// Reads the rows of `names` in one query: those known here whose hash differs or whose
+/// row is gone are forgotten and invalidated. Answers how many names were checked and how
+/// many of them were invalidated.
+async fn check_known(
+    inner: &Inner,
+    tether: &TetherHandle,
+    client: &Client,
+    names: Vec<String>,
+) -> Result<(usize, usize), String> {
     if names.is_empty() {
         return Ok((0, 0));
     }
@@ -676,9 +798,10 @@ async fn reconcile(
         let known = lock(&inner.known);
         names
             .into_iter()
-            .filter(|name| {
-                let now = current.get(name).and_then(Option::as_deref);
-                known.get(name).map(|known| &*known.hash) != now
+            .filter(|name| match known.get(name) {
+                Some(known) => current.get(name).and_then(Option::as_deref) != Some(&*known.hash),
+                // Forgotten meanwhile (by another change, or an idle user): nothing to do.
+                None => false,
             })
             .collect()
     };

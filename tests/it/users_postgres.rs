@@ -709,3 +709,91 @@ fn with_a_ca_file_the_database_connections_are_tls_checked_against_it() {
     assert_eq!(ran.status.code(), Some(2), "{ran:?}");
     assert!(ran.stderr.contains("auth.database_ca_file"), "{ran:?}");
 }
+
+#[test]
+fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_change() {
+    // A bulk load with the trigger on: one transaction inserts 100,000 rows (a NOTIFY
+    // each, all delivered at its commit) and changes the hash of alice, who is logged in.
+    // Before the fix the node sent the bus one invalidation per name it did not know, in
+    // order, and logins waited; alice's came after all of them.
+    // The server sends the 100,000 notifications in well under a second, but this is a
+    // debug build on a shared machine: alice's comes last, so it gets a few seconds.
+    const CHANGE_BOUND: Duration = Duration::from_secs(3);
+    let Some(postgres) = Postgres::start() else {
+        return;
+    };
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    let server = TestServer::start(&config(&postgres), &[]);
+    let mut alice = server.client();
+    alice.login("alice", "pw-a");
+    let postgres = std::sync::Arc::new(postgres);
+    let mut loading = Some({
+        let postgres = std::sync::Arc::clone(&postgres);
+        let (bulk_hash, alice_hash) = (cheap_hash("pw-bulk"), cheap_hash("new-a"));
+        std::thread::spawn(move || {
+            postgres.psql(&format!(
+                "INSERT INTO tether_users (name, password_hash) \
+                     SELECT 'bulk' || i, '{bulk_hash}' FROM generate_series(1, 100000) i; \
+                 UPDATE tether_users SET password_hash = '{alice_hash}' WHERE name = 'alice'"
+            ));
+            Instant::now()
+        })
+    });
+    let mut committed = None;
+    let mut invalidated = None;
+    // The slowest login while the rows are inserted, and after their commit.
+    let mut slowest = [Duration::ZERO; 2];
+    let mut logins = 0;
+    // Logins go on while the rows are inserted and for a while after their commit.
+    while committed.is_none_or(|at: Instant| at.elapsed() < CHANGE_BOUND) {
+        let started = Instant::now();
+        assert_eq!(
+            login_answer_within(&server, "bob", "pw-b", Duration::from_secs(1)),
+            ["login_valid"],
+            "login {logins}"
+        );
+        let phase = usize::from(committed.is_some());
+        slowest[phase] = slowest[phase].max(started.elapsed());
+        logins += 1;
+        if let Some(load) = loading.take_if(|load| load.is_finished()) {
+            committed = Some(load.join().expect("the load"));
+        }
+        if invalidated.is_none() {
+            if let Ok(message) = alice.try_recv(Duration::from_millis(1)) {
+                assert_eq!(message, ["invalidated"]);
+                invalidated = Some(Instant::now());
+            }
+        }
+    }
+    let committed = committed.expect("committed");
+    let invalidated = invalidated.unwrap_or_else(|| {
+        panic!(
+            "alice was not invalidated {CHANGE_BOUND:?} after the commit ({logins} logins, slowest {slowest:?})"
+        )
+    });
+    eprintln!(
+        "{logins} logins, slowest {slowest:?}; alice invalidated {:?} after the commit",
+        invalidated.saturating_duration_since(committed)
+    );
+    assert!(
+        invalidated.saturating_duration_since(committed) < CHANGE_BOUND,
+        "alice invalidated {:?} after the commit",
+        invalidated.saturating_duration_since(committed)
+    );
+    alice.expect_nothing_for(QUIET);
+    server.client().login("alice", "new-a");
+    server.client().login("bulk99999", "pw-bulk");
+}
+
+fn login_answer_within(
+    server: &TestServer,
+    name: &str,
+    password: &str,
+    within: Duration,
+) -> Vec<String> {
+    let mut client = server.client();
+    client.send(&["login", name, password]);
+    client.recv_within(within)
+}
