@@ -19,8 +19,8 @@ use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
 /// Reads the certificate chain, the key and the optional client CA named by `tls` and
-/// builds the handshakes' configuration (TLS 1.2 and 1.3, ring). The error names the file
-/// at fault and why.
+/// builds the handshakes' configuration (TLS 1.2 and 1.3, ring, resumption with stateless
+/// tickets). The error names the file at fault and why.
 pub fn load(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
     load_files(&tls.cert_file, &tls.key_file, tls.client_ca_file.as_deref())
 }
@@ -127,10 +127,25 @@ fn load_files(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let config = builder
+    let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|err| format!("{}: {err}", cert_file.display()))?;
+    offer_resumption(&mut config)?;
     Ok(Arc::new(config))
+}
+
+/// Offers session resumption with stateless tickets (SECURITY.md, "TLS"): the session is
+/// sealed into the ticket under a key only this configuration holds, in memory, replaced
+/// every 6 hours (a ticket lives 12 at most), so the server keeps nothing per client and
+/// any number of clients can resume. A reload makes new keys: tickets issued before it
+/// (maybe under another `client_ca_file`) no longer resume. One ticket per handshake, not
+/// rustls's two: a client reconnects one connection at a time, and each resumption brings
+/// a fresh ticket.
+fn offer_resumption(config: &mut rustls::ServerConfig) -> Result<(), String> {
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .map_err(|err| format!("cannot make TLS session ticket keys: {err}"))?;
+    config.send_tls13_tickets = 1;
+    Ok(())
 }
 
 /// Why the certificate `certificate` (from `cert_file`) is not valid now, if it is not:

@@ -5,7 +5,7 @@
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
-use crate::connection::tls_handshake::{tls_handshake, FailureLog};
+use crate::connection::tls_handshake::tls_handshake;
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::broker::{Broker, Inbox};
 use crate::hub::bus::{BusLimits, EventBusActor};
@@ -18,7 +18,8 @@ use crate::hub::roster::Roster;
 use crate::hub::state::HubState;
 use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
 use crate::util::clock::EventClock;
-use crate::util::metrics::Metrics;
+use crate::util::failure_log::FailureLog;
+use crate::util::metrics::{HandshakeFailure, Metrics, ProxyHeaderFailure};
 use crate::util::output_budget::OutputBudget;
 use crate::wire::proxy_header::{self, ProxyTrust};
 use actix::prelude::*;
@@ -256,10 +257,21 @@ impl Tether {
             delivery_seconds: metrics.event_delivery_seconds(workers.len()),
         });
         let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
-        let handshake_failures = Arc::new(FailureLog::new());
-        let summaries = tls
-            .is_some()
-            .then(|| actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
+        let handshake_failures = Arc::new(FailureLog::new(
+            "TLS handshake failed",
+            "TLS handshake(s) failed",
+        ));
+        let header_failures = Arc::new(FailureLog::new(
+            "closed: no valid PROXY protocol header",
+            "connection(s) closed without a valid PROXY protocol header",
+        ));
+        let mut summaries: Vec<JoinHandle<()>> = Vec::new();
+        if tls.is_some() {
+            summaries.push(actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
+        }
+        if proxy_trust.trusts_any() {
+            summaries.push(actix_rt::spawn(Arc::clone(&header_failures).summarise()));
+        }
         let loops = plain
             .map(|(listener, _)| (listener, None))
             .into_iter()
@@ -271,7 +283,7 @@ impl Tether {
                 actix_rt::spawn(accept_loop(
                     listener,
                     tls,
-                    Arc::clone(&proxy_trust),
+                    (Arc::clone(&proxy_trust), Arc::clone(&header_failures)),
                     workers.iter().map(Arbiter::handle).collect(),
                     Arc::clone(&permits),
                     Arc::clone(&shared),
@@ -367,8 +379,8 @@ impl Tether {
 /// Accepts connections and hands each to a worker arbiter, round-robin.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    tls: Option<(TlsConfigSlot, Arc<FailureLog>)>,
-    proxy_trust: Arc<ProxyTrust>,
+    tls: Option<(TlsConfigSlot, Arc<FailureLog<HandshakeFailure>>)>,
+    (proxy_trust, header_failures): (Arc<ProxyTrust>, Arc<FailureLog<ProxyHeaderFailure>>),
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
     shared: Arc<ConnectionShared>,
@@ -436,7 +448,9 @@ async fn accept_loop(
         let tls = tls
             .as_ref()
             .map(|(slot, failures)| (slot.current(), Arc::clone(failures)));
-        let proxied = proxy_trust.trusts(peer.ip());
+        let proxied = proxy_trust
+            .trusts(peer.ip())
+            .then(|| Arc::clone(&header_failures));
         worker.spawn(async move {
             let mut stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => stream,
@@ -445,8 +459,9 @@ async fn accept_loop(
                     return;
                 }
             };
-            let peer = if proxied {
-                match client_address(&mut stream, peer, hub.clone()).await {
+            let peer = if let Some(failures) = proxied {
+                let metrics = &shared.metrics;
+                match client_address(&mut stream, peer, hub.clone(), metrics, &failures).await {
                     Some(client) => client,
                     None => return,
                 }
@@ -477,31 +492,36 @@ async fn accept_loop(
 /// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
 /// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
 /// The client's address from the PROXY protocol header `stream` from the load balancer
-/// `peer` begins with (or `peer` itself for a header that carries none): `None`, the
-/// reason logged, when the header is missing, malformed or not complete within
-/// [`PROXY_HEADER_TIMEOUT`], or shutdown begins first; the connection is then closed
-/// without a reply.
+/// `peer` begins with (or `peer` itself for a header that carries none): `None` when the
+/// header is missing, malformed or not complete within [`PROXY_HEADER_TIMEOUT`], or
+/// shutdown begins first; the connection is then closed without a reply, the failure
+/// counted by cause and told to `failures`.
 async fn client_address(
     stream: &mut tokio::net::TcpStream,
     peer: SocketAddr,
     mut hub: watch::Receiver<HubState>,
+    metrics: &Metrics,
+    failures: &FailureLog<ProxyHeaderFailure>,
 ) -> Option<SocketAddr> {
     let header = tokio::time::timeout(PROXY_HEADER_TIMEOUT, proxy_header::read(stream));
     let shutdown = hub.wait_for(|state| state.shutting_down);
-    tokio::select! {
+    let (cause, why) = tokio::select! {
         read = header => match read {
-            Ok(Ok(carried)) => Some(carried.unwrap_or(peer)),
-            Ok(Err(err)) => {
-                log::info!("{peer}: closed: no valid PROXY protocol header ({err})");
-                None
+            Ok(Ok(carried)) => return Some(carried.unwrap_or(peer)),
+            Ok(Err(err)) if err.kind() == std::io::ErrorKind::InvalidData => {
+                (ProxyHeaderFailure::Malformed, err.to_string())
             }
-            Err(_) => {
-                log::info!("{peer}: closed: no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}");
-                None
-            }
+            Ok(Err(err)) => (ProxyHeaderFailure::Closed, err.to_string()),
+            Err(_) => (
+                ProxyHeaderFailure::Timeout,
+                format!("not complete within {PROXY_HEADER_TIMEOUT:?}"),
+            ),
         },
-        _ = shutdown => None,
-    }
+        _ = shutdown => return None,
+    };
+    metrics.proxy_header_failed(cause);
+    failures.failed(cause, peer, why);
+    None
 }
 
 /// Makes `listener` non-blocking with a deep accept queue, for the current runtime; answers

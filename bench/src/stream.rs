@@ -18,11 +18,13 @@ use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 
 /// How to open TLS connections: the trusted CA and the name the certificate must carry.
-/// Every handshake is a full one (no session resumption), as for clients arriving anew.
+/// Every handshake is a full one (no session resumption), as for clients arriving anew,
+/// unless made with [`TlsClient::resuming`].
 #[derive(Clone)]
 pub struct TlsClient {
     connector: TlsConnector,
     name: ServerName<'static>,
+    config: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for TlsClient {
@@ -58,10 +60,26 @@ impl TlsClient {
         config.resumption = rustls::client::Resumption::disabled();
         let name = ServerName::try_from(name.to_string())
             .map_err(|err| format!("{name:?} is not a server name: {err}"))?;
+        let config = Arc::new(config);
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(Arc::clone(&config)),
             name,
+            config,
         })
+    }
+
+    /// The same client keeping the tickets servers send (in memory, shared by its clones),
+    /// so that its handshakes after the first resume a session, as a client reconnecting
+    /// does.
+    pub fn resuming(&self) -> Self {
+        let mut config = (*self.config).clone();
+        config.resumption = rustls::client::Resumption::in_memory_sessions(256);
+        let config = Arc::new(config);
+        Self {
+            connector: TlsConnector::from(Arc::clone(&config)),
+            name: self.name.clone(),
+            config,
+        }
     }
 
     /// Runs the client side of a handshake over `stream`.
@@ -86,6 +104,18 @@ pub async fn connect(
     match tls {
         None => Ok(BenchStream::Plain(stream)),
         Some(tls) => tls.handshake(stream).await,
+    }
+}
+
+impl BenchStream {
+    /// Whether this connection's handshake resumed a session (never, over plain TCP).
+    pub fn resumed(&self) -> bool {
+        match self {
+            Self::Plain(_) => false,
+            Self::Tls(stream) => {
+                stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+        }
     }
 }
 

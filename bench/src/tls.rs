@@ -5,7 +5,9 @@
 //! 1. `cmd` (default 50×16, closed loop) over `server.listen` and over `server.tls.listen`:
 //!    replies/s of TLS over plaintext.
 //! 2. Handshakes/s: new TLS connections as fast as `--storm-concurrency` loops make them
-//!    (connect, full handshake, one `prolongate` answered, close).
+//!    (connect, full handshake, one `prolongate` answered, close); then the same with
+//!    clients that keep the server's session tickets, so that their handshakes resume
+//!    (the share that did is reported). `--handshakes-only` runs this part alone.
 //! 3. Handshake storm: `cmd` over TLS (default 50×1) paced at half its measured maximum, as
 //!    `login-storm` does, once quiet and once while the handshake loops run (as fast as
 //!    they can, or at `--storm-rate`): the `prolongate` p99 of the storm run over the quiet
@@ -64,6 +66,9 @@ pub struct Args {
     /// 127.0.2.1 ..= 127.0.2.K).
     #[arg(long, default_value_t = 4)]
     sources: u8,
+    /// Measure handshakes/s (full and resumed) only.
+    #[arg(long)]
+    handshakes_only: bool,
 }
 
 /// Longest wait for one handshake loop's cycle.
@@ -91,6 +96,9 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         })
     };
 
+    if args.handshakes_only {
+        return handshakes(args, tls_addr, &tls, report).await.map(|_| ());
+    }
     // 1. cmd over TLS against plaintext.
     let plain = spec(plain_addr, &args.shape, None)?;
     let over_tls = spec(tls_addr, &args.shape, Some(&tls))?;
@@ -147,18 +155,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     println!("  median TLS/plain = {cmd_ratio:.2} (target ≥ 0.6)\n");
 
     // 2. Handshakes/s, nothing else running.
-    let storm = Storm {
-        addr: tls_addr,
-        tls: tls.clone(),
-        concurrency: args.storm_concurrency.max(1),
-        sources: args.sources,
-        rate: None,
-    };
-    let quiet_handshakes = storm.run_apart(args.warmup + args.duration).await?;
-    report.check(quiet_handshakes.failures.is_empty(), || {
-        quiet_handshakes.failure_summary("tls handshakes")
-    });
-    let handshakes_per_s = quiet_handshakes.per_second();
+    let (storm, handshakes_per_s) = handshakes(args, tls_addr, &tls, report).await?;
 
     // 3. Handshake storm against quiet, TLS connections paced at half their maximum.
     let mut paced = spec(tls_addr, &args.storm_shape, Some(&tls))?;
@@ -255,6 +252,53 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     Ok(())
 }
 
+/// Handshakes/s of `--storm-concurrency` loops, full then resumed, reported; answers the
+/// storm of full handshakes and its rate.
+async fn handshakes(
+    args: &Args,
+    tls_addr: SocketAddr,
+    tls: &TlsClient,
+    report: &mut Report,
+) -> Fallible<(Storm, f64)> {
+    let storm = Storm {
+        addr: tls_addr,
+        tls: tls.clone(),
+        concurrency: args.storm_concurrency.max(1),
+        sources: args.sources,
+        rate: None,
+    };
+    let full = storm.run_apart(args.warmup + args.duration).await?;
+    report.check(full.failures.is_empty(), || {
+        full.failure_summary("tls handshakes")
+    });
+    let resuming = Storm {
+        tls: tls.resuming(),
+        ..storm.clone()
+    };
+    let resumed = resuming.run_apart(args.warmup + args.duration).await?;
+    report.check(resumed.failures.is_empty(), || {
+        resumed.failure_summary("tls resumed handshakes")
+    });
+    let resumed_share = resumed.resumed as f64 / (resumed.handshakes.max(1)) as f64;
+    println!(
+        "  handshakes/s ({} loops): full {}, with resumption offered {} ({:.0} % resumed)\n",
+        storm.concurrency,
+        count(full.per_second()),
+        count(resumed.per_second()),
+        resumed_share * 100.0
+    );
+    report.emit(&json!({
+        "scenario": "tls-handshakes",
+        "target": "tether",
+        "loops": storm.concurrency,
+        "full_per_s": full.per_second(),
+        "resuming_per_s": resumed.per_second(),
+        "resumed_share": resumed_share,
+    }))?;
+    let per_second = full.per_second();
+    Ok((storm, per_second))
+}
+
 /// The two runs of `round` in the order it runs them: `a` first in odd rounds, `b` first
 /// in even ones.
 fn alternate<T>(round: usize, a: T, b: T) -> (T, T) {
@@ -299,6 +343,8 @@ struct Storm {
 struct StormOutcome {
     /// Cycles completed: handshake done and one `prolongate` answered.
     handshakes: u64,
+    /// Of those, the ones whose handshake resumed a session.
+    resumed: u64,
     /// How long it ran, in seconds.
     seconds: f64,
     /// Failed cycles, one line each.
@@ -364,6 +410,7 @@ impl Storm {
                     });
                 tokio::spawn(async move {
                     let mut done = 0u64;
+                    let mut resumed = 0u64;
                     let mut failures = Vec::new();
                     let mut i = worker;
                     while now_ns() < end {
@@ -378,28 +425,34 @@ impl Storm {
                         let cycle = async {
                             let mut stream = connect(source, addr, true, Some(&tls)).await?;
                             exchange(&mut stream, Proto::Tether.request(), Proto::Tether.reply())
-                                .await
+                                .await?;
+                            Ok::<_, String>(stream.resumed())
                         };
                         match tokio::time::timeout(CYCLE_TIMEOUT, cycle).await {
-                            Ok(Ok(())) => done += 1,
+                            Ok(Ok(was_resumed)) => {
+                                done += 1;
+                                resumed += u64::from(was_resumed);
+                            }
                             Ok(Err(err)) => failures.push(err),
                             Err(_) => failures.push(format!("no reply in {CYCLE_TIMEOUT:?}")),
                         }
                         i += 1;
                     }
-                    (done, failures)
+                    (done, resumed, failures)
                 })
             })
             .collect();
         let mut outcome = StormOutcome {
             handshakes: 0,
+            resumed: 0,
             seconds: 0.0,
             failures: Vec::new(),
         };
         for task in loops {
             match task.await {
-                Ok((done, failures)) => {
+                Ok((done, resumed, failures)) => {
                     outcome.handshakes += done;
+                    outcome.resumed += resumed;
                     outcome.failures.extend(failures);
                 }
                 Err(err) => outcome

@@ -113,10 +113,32 @@ fn haproxy_v2_in_front_of_the_tls_listener() {
     client.expect(&["login_valid"]);
 }
 
+/// A server trusting PROXY headers from 127.0.0.2, with the admin API on; answers it and
+/// the admin API's address.
+fn start_trusting_127_0_0_2() -> (TestServer, SocketAddr) {
+    let config = TestConfig::new()
+        .server("proxy_protocol_from", vec!["127.0.0.2"])
+        .set("admin", "listen", "127.0.0.1:0");
+    let server = TestServer::start(&config, &[("alice", "secret")]);
+    server.wait_for_log("(admin API)", Duration::from_secs(5));
+    let admin = crate::common::admin_addr(&server.stderr_text());
+    (server, admin)
+}
+
+/// The value of `tether_proxy_header_failures_total{cause="CAUSE"}` on `admin`.
+fn header_failures(admin: SocketAddr, cause: &str) -> f64 {
+    let text = ureq::get(&format!("http://{admin}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("metrics text");
+    let series = format!(r#"tether_proxy_header_failures_total{{cause="{cause}"}}"#);
+    crate::common::metric_in(&text, &series).unwrap_or(0.0)
+}
+
 #[test]
 fn a_trusted_peer_without_a_valid_header_is_closed_without_a_reply() {
-    let config = TestConfig::new().server("proxy_protocol_from", vec!["127.0.0.2"]);
-    let server = TestServer::start(&config, &[("alice", "secret")]);
+    let (server, admin) = start_trusting_127_0_0_2();
     let trusted = Ipv4Addr::new(127, 0, 0, 2);
 
     let mut no_header = client_from(server.addr(), trusted);
@@ -132,13 +154,73 @@ fn a_trusted_peer_without_a_valid_header_is_closed_without_a_reply() {
     silent.send_raw(b"PROXY TCP4 ");
     silent.expect_nothing_for(Duration::from_secs(3));
     silent.expect_closed_within(Duration::from_secs(4));
-    server.wait_for_log("no PROXY protocol header within 5s", Duration::from_secs(1));
+    let counted = crate::common::wait_until(Duration::from_secs(2), || {
+        header_failures(admin, "malformed") == 2.0 && header_failures(admin, "timeout") == 1.0
+    });
+    assert!(
+        counted,
+        "the missing, malformed and slow headers were not counted"
+    );
+    server.wait_for_log(
+        "closed: no valid PROXY protocol header",
+        Duration::from_secs(1),
+    );
 
     // A valid header from the trusted peer: the connection is served.
     let mut proxied = client_from(server.addr(), trusted);
     proxied.send_raw(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 7700\r\n");
     proxied.send(&["login", "alice", "secret"]);
     proxied.expect(&["login_valid"]);
+}
+
+/// Immediate failure lines and the failures summed up in summary lines, in `log`.
+fn header_failures_logged(log: &str) -> (usize, u64) {
+    let immediate = log
+        .matches("closed: no valid PROXY protocol header")
+        .count();
+    let summed = log
+        .lines()
+        .filter_map(|line| {
+            let before = &line[..line.find(" more connection(s) closed without a valid PROXY")?];
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (immediate, summed)
+}
+
+#[test]
+fn headerless_connections_are_counted_by_cause_and_logged_once_per_interval() {
+    const FAILED: usize = 30;
+    let (server, admin) = start_trusting_127_0_0_2();
+    for _ in 0..FAILED {
+        let mut client = client_from(server.addr(), Ipv4Addr::new(127, 0, 0, 2));
+        client.send(&["login", "alice", "secret"]);
+        client.expect_closed_within(Duration::from_secs(5));
+    }
+    let counted = crate::common::wait_until(Duration::from_secs(5), || {
+        header_failures(admin, "malformed") == FAILED as f64
+    });
+    assert!(
+        counted,
+        "the headerless connections were not counted by cause"
+    );
+    // One line at once, not one per connection (a second one only if a summary time with
+    // nothing to sum up fell between them)...
+    let (immediate, _) = header_failures_logged(&server.stderr_text());
+    assert!(
+        (1..=2).contains(&immediate),
+        "{immediate} lines for {FAILED} failures:\n{}",
+        server.stderr_text()
+    );
+    // ... and the others summed up within the interval.
+    let summed_up = crate::common::wait_until(Duration::from_secs(25), || {
+        let (immediate, summed) = header_failures_logged(&server.stderr_text());
+        immediate as u64 + summed == FAILED as u64
+    });
+    assert!(summed_up, "{}", server.stderr_text());
+    assert!(server
+        .stderr_text()
+        .contains("connection(s) closed without a valid PROXY protocol header in the last 10s ("));
 }
 
 #[test]

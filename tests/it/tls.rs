@@ -1,11 +1,16 @@
 //! Client TLS (SPEC §10): the protocol over rustls, mutual TLS, hostile handshakes,
 //! start-up errors naming the file, and certificate reload on SIGHUP.
 
-use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
+use crate::common::tls::{
+    client_config, make_ca, make_signed, openssl_available, resuming_client_config,
+    CountingSessions, TlsClient,
+};
 use crate::common::{run_to_exit, tether_command, RecvError, TestClient, TestConfig, TestServer};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio_rustls::rustls;
 
 /// A folder with a CA `test`, a server pair `server.pem`/`server.key` it signed, and a
 /// configuration with a TLS listener (and a plaintext one unless `tls_only`).
@@ -78,6 +83,49 @@ fn the_protocol_runs_over_tls_beside_plain_tcp() {
     let mut plain = server.client();
     plain.send(&["login", "alice", "secret"]);
     plain.expect(&["login_valid"]);
+}
+
+/// Connects with `config`, exchanges one `prolongate` (so the tickets sent after the
+/// handshake have arrived) and closes; answers the kind of handshake it was.
+fn one_exchange(tls: SocketAddr, config: &Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    let mut client = TlsClient::connect(tls, config.clone()).expect("handshake");
+    client.send(&["prolongate"]);
+    client.expect(&["prolongate_ack"]);
+    client.handshake_kind().expect("handshake done")
+}
+
+#[test]
+fn a_reconnecting_client_resumes_its_session_after_many_other_clients() {
+    if !openssl_available() {
+        return;
+    }
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls) = start(dir, &config);
+    let sessions = CountingSessions::new();
+    let returning = resuming_client_config(&ca(&server), sessions.clone());
+    assert_eq!(one_exchange(tls, &returning), rustls::HandshakeKind::Full);
+    // One ticket per handshake: a client reconnects one connection at a time, and each
+    // resumption brings a fresh ticket.
+    assert_eq!(sessions.tickets(), 1, "tickets sent after a full handshake");
+    // Many other clients in between (a server-side cache of sessions would forget the
+    // first one's: rustls's default keeps 256, two per handshake).
+    for _ in 0..150 {
+        one_exchange(tls, &client_config(&ca(&server), None));
+    }
+    assert_eq!(
+        one_exchange(tls, &returning),
+        rustls::HandshakeKind::Resumed,
+        "the returning client's ticket was not honoured"
+    );
+    assert_eq!(
+        sessions.tickets(),
+        2,
+        "a resumption brings one fresh ticket"
+    );
+    assert_eq!(
+        one_exchange(tls, &returning),
+        rustls::HandshakeKind::Resumed
+    );
 }
 
 #[test]

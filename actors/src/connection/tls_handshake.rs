@@ -1,13 +1,13 @@
 //! The server side of a client's TLS handshake (SPEC §10), and what its failures leave: a
-//! count by cause (`tether_tls_handshake_failures_total`) and a log that a storm of them
-//! cannot flood — the first failure after a quiet interval is logged at once, the others
-//! are counted and summed up in one line per [`FAILURE_SUMMARY_INTERVAL`].
+//! count by cause (`tether_tls_handshake_failures_total`) and a line in a [`FailureLog`],
+//! which a storm of them cannot flood.
 
 use crate::hub::state::HubState;
+use crate::util::failure_log::FailureLog;
 use crate::util::metrics::{HandshakeFailure, Metrics};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -16,8 +16,6 @@ use tokio_rustls::server::TlsStream;
 
 /// How long a client has to finish its TLS handshake (SPEC §10).
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the failures not logged one by one are summed up.
-pub(crate) const FAILURE_SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Runs the server side of a TLS handshake on `stream`, on the connection's worker (it
 /// waits for the client without holding the thread): `None` when it fails, takes longer
@@ -31,7 +29,7 @@ pub(crate) async fn tls_handshake(
     config: Arc<rustls::ServerConfig>,
     mut hub: watch::Receiver<HubState>,
     metrics: &Metrics,
-    failures: &FailureLog,
+    failures: &FailureLog<HandshakeFailure>,
 ) -> Option<TlsStream<TcpStream>> {
     let _pending = PendingHandshake::new(metrics);
     let handshake = tokio_rustls::TlsAcceptor::from(config).accept(stream);
@@ -85,112 +83,9 @@ fn failure_cause(err: &io::Error) -> HandshakeFailure {
     }
 }
 
-/// The log of one listener's failed handshakes, shared by the workers: see the module.
-#[derive(Debug)]
-pub(crate) struct FailureLog {
-    state: Mutex<FailureLogState>,
-}
-
-#[derive(Debug)]
-struct FailureLogState {
-    /// Nothing was logged since the last summary time: the next failure is logged at once.
-    quiet: bool,
-    /// Failures since then not logged, by cause.
-    unlogged: [u64; HandshakeFailure::ALL.len()],
-    /// The last of them: its peer and why.
-    last: Option<String>,
-}
-
-impl FailureLog {
-    /// A log with nothing to say yet.
-    pub(crate) fn new() -> Self {
-        Self {
-            state: Mutex::new(FailureLogState {
-                quiet: true,
-                unlogged: [0; HandshakeFailure::ALL.len()],
-                last: None,
-            }),
-        }
-    }
-
-    /// Logs the failure of `peer`'s handshake (cause `cause`, as `why` says) now if nothing
-    /// was logged since the last summary time, else keeps it for the next summary.
-    pub(crate) fn failed(&self, cause: HandshakeFailure, peer: SocketAddr, why: String) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.quiet {
-            state.quiet = false;
-            drop(state);
-            log::info!("{peer}: TLS handshake failed: {why}");
-        } else {
-            state.unlogged[cause as usize] += 1;
-            state.last = Some(format!("{peer}: {why}"));
-        }
-    }
-
-    /// The line summing up the failures not logged since the last call, if there were any
-    /// (then they count as logged); with none, the next failure is logged at once.
-    fn summary(&self) -> Option<String> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let total: u64 = state.unlogged.iter().sum();
-        if total == 0 {
-            state.quiet = true;
-            return None;
-        }
-        let causes: Vec<String> = HandshakeFailure::ALL
-            .iter()
-            .zip(state.unlogged)
-            .filter(|(_, count)| *count > 0)
-            .map(|(cause, count)| format!("{count} {}", cause.label()))
-            .collect();
-        let last = state.last.take().unwrap_or_default();
-        state.unlogged = [0; HandshakeFailure::ALL.len()];
-        Some(format!(
-            "{total} more TLS handshake(s) failed in the last {}s ({}); the last: {last}",
-            FAILURE_SUMMARY_INTERVAL.as_secs(),
-            causes.join(", ")
-        ))
-    }
-
-    /// Logs [`FailureLog::summary`] every [`FAILURE_SUMMARY_INTERVAL`], for ever.
-    pub(crate) async fn summarise(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(FAILURE_SUMMARY_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            ticks.tick().await;
-            if let Some(line) = self.summary() {
-                log::info!("{line}");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_storm_of_failures_is_one_line_then_one_summary_per_interval() {
-        let log = FailureLog::new();
-        let peer: SocketAddr = ([127, 0, 0, 1], 9).into();
-        // The first failure is logged at once; the next ones wait for the summary.
-        log.failed(HandshakeFailure::Closed, peer, "first".into());
-        for _ in 0..3 {
-            log.failed(HandshakeFailure::Protocol, peer, "garbage".into());
-        }
-        log.failed(HandshakeFailure::Timeout, peer, "slow".into());
-        assert_eq!(
-            log.summary().as_deref(),
-            Some(
-                "4 more TLS handshake(s) failed in the last 10s (1 timeout, 3 protocol); \
-                 the last: 127.0.0.1:9: slow"
-            )
-        );
-        // A quiet interval: the next failure is logged at once again.
-        assert_eq!(log.summary(), None);
-        log.failed(HandshakeFailure::Alert, peer, "now".into());
-        assert_eq!(log.summary(), None);
-    }
 
     #[test]
     fn failures_are_told_apart_by_rustls_verdict() {

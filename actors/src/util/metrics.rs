@@ -65,6 +65,18 @@ pub enum HandshakeFailure {
     Protocol,
 }
 
+/// Why a connection from a `proxy_protocol_from` address was closed before its PROXY
+/// protocol header was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyHeaderFailure {
+    /// Not complete within the 5 s a header has.
+    Timeout,
+    /// The peer closed (or reset) the connection before the header's end.
+    Closed,
+    /// The bytes are not a valid v1 or v2 header (or a longer one than allowed).
+    Malformed,
+}
+
 /// Why a connection got `io_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoErrorCause {
@@ -130,6 +142,18 @@ macro_rules! label_values {
             }
         }
 
+        impl crate::util::failure_log::FailureCause for $enum {
+            const ALL: &'static [Self] = &[$(Self::$variant),*];
+
+            fn index(self) -> usize {
+                self as usize
+            }
+
+            fn label(self) -> &'static str {
+                $enum::label(self)
+            }
+        }
+
         impl EncodeLabelValue for $enum {
             fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
                 self.label().encode(encoder)
@@ -159,6 +183,11 @@ label_values! {
         Alert => "alert",
         ClientCertificate => "client_certificate",
         Protocol => "protocol",
+    }
+    ProxyHeaderFailure {
+        Timeout => "timeout",
+        Closed => "closed",
+        Malformed => "malformed",
     }
     IoErrorCause {
         MessageTooLong => "message_too_long",
@@ -208,6 +237,7 @@ pub struct Metrics {
     pub(crate) tls_handshakes_pending: Gauge,
     tls_handshake_failures: [Counter; 5],
     restarts: [Counter; 2],
+    proxy_header_failures: [Counter; 3],
     families: Families,
 }
 
@@ -219,6 +249,7 @@ struct Families {
     invalidations: Family<Label<InvalidationCause>, Counter>,
     io_errors: Family<Label<IoErrorCause>, Counter>,
     tls_handshake_failures: Family<Label<HandshakeFailure>, Counter>,
+    proxy_header_failures: Family<Label<ProxyHeaderFailure>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
     restarts: Family<Label<HubActor>, Counter>,
     registry_bindings: Family<WorkerLabel, Gauge>,
@@ -246,6 +277,7 @@ impl Metrics {
             invalidations: Family::default(),
             io_errors: Family::default(),
             tls_handshake_failures: Family::default(),
+            proxy_header_failures: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
             restarts: Family::default(),
             registry_bindings: Family::default(),
@@ -271,6 +303,11 @@ impl Metrics {
                 HandshakeFailure::ALL,
             ),
             restarts: children(&families.restarts, "actor", HubActor::ALL),
+            proxy_header_failures: children(
+                &families.proxy_header_failures,
+                "cause",
+                ProxyHeaderFailure::ALL,
+            ),
             families,
         }
     }
@@ -301,6 +338,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Client TLS handshakes that failed, by cause",
             self.families.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "proxy_header_failures",
+            "Connections from proxy_protocol_from closed without a valid PROXY protocol header, by cause",
+            self.families.proxy_header_failures.clone(),
         );
         registry.register("logins", "Logins by result", self.families.logins.clone());
         registry.register(
@@ -407,6 +449,10 @@ impl Metrics {
     pub(crate) fn tls_handshake_failed(&self, cause: HandshakeFailure) {
         self.tls_handshake_failures[cause as usize].inc();
     }
+
+    pub(crate) fn proxy_header_failed(&self, cause: ProxyHeaderFailure) {
+        self.proxy_header_failures[cause as usize].inc();
+    }
 }
 
 /// Commands counted on the stack and added to the shared counters in one go, so a
@@ -443,13 +489,17 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 6] = [
+        let orders: [Vec<usize>; 7] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
+            ProxyHeaderFailure::ALL
+                .iter()
+                .map(|v| *v as usize)
+                .collect(),
         ];
         for order in orders {
             assert!(order.iter().copied().eq(0..order.len()), "{order:?}");

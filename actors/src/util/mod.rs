@@ -5,5 +5,6 @@
 pub mod buffers;
 pub mod clock;
 pub mod excerpt;
+pub(crate) mod failure_log;
 pub mod metrics;
 pub(crate) mod output_budget;

@@ -30,6 +30,11 @@ impl ProxyTrust {
         Self { from }
     }
 
+    /// Whether any address is trusted (so some connections begin with a header).
+    pub fn trusts_any(&self) -> bool {
+        !self.from.is_empty()
+    }
+
     /// Whether a connection from `peer` must begin with a header.
     pub fn trusts(&self, peer: IpAddr) -> bool {
         let peer = peer.to_canonical();

@@ -170,6 +170,11 @@ impl TlsClient {
         })
     }
 
+    /// Whether the handshake was a full one or resumed a session.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.stream.conn.handshake_kind()
+    }
+
     /// The server's certificate (the first of its chain).
     pub fn server_certificate(&self) -> Vec<u8> {
         let chain = self
@@ -233,4 +238,86 @@ impl TlsClient {
         let got = self.try_recv().expect("a message over TLS");
         assert_eq!(got, parts);
     }
+}
+
+/// A client session store (rustls's in-memory one) that counts the TLS 1.3 tickets it is
+/// given: what the server sends after each handshake.
+#[derive(Debug)]
+pub struct CountingSessions {
+    /// Where the sessions are kept.
+    sessions: rustls::client::ClientSessionMemoryCache,
+    /// TLS 1.3 tickets received so far.
+    tickets: std::sync::atomic::AtomicUsize,
+}
+
+impl CountingSessions {
+    /// An empty store.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            sessions: rustls::client::ClientSessionMemoryCache::new(64),
+            tickets: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// TLS 1.3 tickets received so far.
+    pub fn tickets(&self) -> usize {
+        self.tickets.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl rustls::client::ClientSessionStore for CountingSessions {
+    fn set_kx_hint(&self, name: ServerName<'static>, group: rustls::NamedGroup) {
+        self.sessions.set_kx_hint(name, group);
+    }
+
+    fn kx_hint(&self, name: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.sessions.kx_hint(name)
+    }
+
+    fn set_tls12_session(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.sessions.set_tls12_session(name, value);
+    }
+
+    fn tls12_session(
+        &self,
+        name: &ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.sessions.tls12_session(name)
+    }
+
+    fn remove_tls12_session(&self, name: &ServerName<'static>) {
+        self.sessions.remove_tls12_session(name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        name: ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.sessions.insert_tls13_ticket(name, value);
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        name: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.sessions.take_tls13_ticket(name)
+    }
+}
+
+/// A client configuration trusting the CA at `ca` that keeps its sessions in `sessions`,
+/// so that its next handshakes offer to resume them.
+pub fn resuming_client_config(
+    ca: &Path,
+    sessions: Arc<CountingSessions>,
+) -> Arc<rustls::ClientConfig> {
+    let mut config = (*client_config(ca, None)).clone();
+    config.resumption = rustls::client::Resumption::store(sessions);
+    Arc::new(config)
 }
