@@ -194,6 +194,7 @@ fn embedded_node(
         redis: redis.url(),
         node: node.to_owned(),
         prefix: "embedded".to_owned(),
+        redis_ca: None,
     })
     .expect("the broker starts");
     let (started, started_rx) = std::sync::mpsc::channel();
