@@ -31,7 +31,9 @@ pub use metrics::ClusterMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::hub::broker::{Answered, Broker, ClusterEvent, Inbox, OtherNodes};
+use tether_actors::hub::broker::{
+    Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
@@ -213,6 +215,19 @@ impl Broker for RedisBroker {
 
     fn count(&self, user: Arc<str>) -> OtherNodes {
         self.ask(|answer| worker::Request::Count { user, answer })
+    }
+
+    fn count_many(&self, users: Vec<Arc<str>>) -> OtherNodesMany {
+        let (answer, answered) = oneshot::channel();
+        if !self.connected() {
+            let _ = answer.send(Err(BrokerUnreachable));
+        } else if let Err(mpsc::error::SendError(request)) = self
+            .requests
+            .send(worker::Request::CountMany { users, answer })
+        {
+            request.refuse();
+        }
+        answered
     }
 
     fn presence(&self, user: &str, delta: i32) {
