@@ -237,6 +237,13 @@ impl Broker for RedisBroker {
         });
     }
 
+    fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, flushed) = oneshot::channel();
+        // When the thread is gone, `done` is dropped: nothing is left to answer.
+        let _ = self.requests.send(worker::Request::Flush(done));
+        flushed
+    }
+
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }

@@ -138,6 +138,8 @@ pub(crate) enum Request {
     },
     /// This node's connections of `user` changed by `delta`.
     Presence { user: Arc<str>, delta: i32 },
+    /// Say so on the channel once the requests before have been answered.
+    Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
     Stop(std::sync::mpsc::Sender<()>),
 }
@@ -336,6 +338,9 @@ impl Worker {
                 answer.send(Err(BrokerUnreachable));
             }
             request @ Request::CountMany { .. } => request.refuse(),
+            Request::Flush(done) => {
+                let _ = done.send(());
+            }
             Request::Invalidate { user, answer: None } => self.keep_for_later(user),
             Request::Presence { user, delta } => {
                 self.count(&user, delta);
@@ -559,6 +564,8 @@ impl Worker {
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut stop = None;
         let mut many = Vec::new();
+        // Answered once the pipeline's answers are (dropped with them if it fails).
+        let mut flushes = Vec::new();
         let mut writes = false;
         let mut next = Some(first);
         while let Some(request) = next.take() {
@@ -587,6 +594,7 @@ impl Worker {
                     answers.push((Some(answer), false));
                 }
                 Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::Flush(done) => flushes.push(done),
                 Request::Presence { user, delta } => {
                     self.count(&user, delta);
                     changed.push(user);
@@ -631,6 +639,9 @@ impl Worker {
                     return Err(Ended::Lost(err));
                 }
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
         }
         let mut lost = None;
         for (users, answer) in many {

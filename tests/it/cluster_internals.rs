@@ -350,3 +350,35 @@ fn the_user_list_counts_every_live_node_with_one_script_run_per_page() {
     assert_eq!(cluster.redis.command_calls("hmget"), hmgets + 1);
     assert_eq!(counts(n2), expected, "on n2");
 }
+
+#[test]
+fn a_publish_accepted_while_redis_is_slow_at_sigterm_reaches_the_node_s_clients_before_shutdown() {
+    let Some(mut cluster) = crate::common::cluster::Cluster::start(1, &[ALICE]) else {
+        return;
+    };
+    let mut alice = cluster.node(1).login(ALICE.0, ALICE.1);
+    // Redis holds the publish's answer while the node is told to stop.
+    cluster.redis.pause();
+    let answer = std::thread::scope(|scope| {
+        let node = cluster.node(1);
+        let publisher = scope.spawn(|| node.publish(ALICE.0, "last words"));
+        // The publish is on its way to Redis (nothing observable says so: a short pause).
+        std::thread::sleep(Duration::from_millis(300));
+        node.server.terminate();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.redis.resume();
+        publisher.join().expect("the publisher thread ends")
+    });
+    let (status, body) = answer;
+    let events = alice.events_before_shutdown();
+    match status {
+        202 => assert_eq!(
+            events, 1,
+            "accepted ({body}) but not delivered before shutdown"
+        ),
+        503 => assert_eq!(events, 0, "refused ({body}) but delivered"),
+        other => panic!("unexpected answer {other}: {body}"),
+    }
+    let status = cluster.nodes[0].server.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}

@@ -86,6 +86,12 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// the broker follows the user's channel while the sum is above zero.
     fn presence(&self, user: &str, delta: i32);
 
+    /// Resolves (with `Ok` or a closed channel, alike) once every publish made before this
+    /// call has been answered — its `answered` function called, delivering it here or
+    /// refusing it. Shutdown waits for it, so that an accepted event reaches this node's
+    /// connections before their `shutdown`.
+    fn flush(&self) -> oneshot::Receiver<()>;
+
     /// Whether the broker is connected now (for `/healthz` and a quick `503`).
     fn connected(&self) -> bool;
 
