@@ -121,8 +121,7 @@ impl std::fmt::Display for ClusterError {
 impl std::error::Error for ClusterError {}
 
 /// The Redis broker: a handle on its thread. Connects (and reconnects) on its own; until it
-/// is connected, publishes are refused
-/// ([`BrokerUnreachable`](tether_actors::hub::broker::BrokerUnreachable)).
+/// is connected, publishes are refused ([`BrokerUnreachable`]).
 #[derive(Debug)]
 pub struct RedisBroker {
     /// Requests for the broker's thread, handled in order.
