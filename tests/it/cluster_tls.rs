@@ -148,6 +148,13 @@ fn a_node_that_does_not_trust_redis_certificate_stays_unreachable_and_says_why()
         Some(r#"{"user":"alice","text":"x"}"#),
     );
     assert_eq!(status, 503);
+    // One line for the change of state, not one per attempt (it retried meanwhile).
+    assert_eq!(
+        server.stderr_text().matches("cluster: Redis unreachable").count(),
+        1,
+        "{}",
+        server.stderr_text()
+    );
     // Its own clients are served.
     let mut alice = server.logged_in(ALICE.0, ALICE.1);
     alice.send(&["prolongate"]);
