@@ -162,6 +162,9 @@ pub struct ClusterConfig {
     pub node: String,
     /// The prefix of every Redis key and channel.
     pub prefix: String,
+    /// With `rediss://`: the CA certificates (PEM) that alone are trusted for Redis's
+    /// certificate; `None` trusts the system's roots.
+    pub redis_ca_file: Option<PathBuf>,
 }
 
 /// The `[log]` table.
@@ -325,6 +328,14 @@ impl Config {
                 (
                     "redis",
                     value(cluster.map_or_else(String::new, |c| mask_password(&c.redis))),
+                ),
+                (
+                    "redis_ca_file",
+                    value(
+                        cluster
+                            .and_then(|c| c.redis_ca_file.as_ref())
+                            .map_or_else(String::new, |p| p.to_string_lossy().into_owned()),
+                    ),
                 ),
                 ("node", text(cluster.map(|c| &c.node))),
                 (
@@ -548,6 +559,7 @@ const DEFAULT_PREFIX: &str = "tether";
 #[serde(deny_unknown_fields, default, expecting = "a [cluster] table")]
 struct RawCluster {
     redis: String,
+    redis_ca_file: String,
     node: String,
     prefix: String,
 }
@@ -556,6 +568,7 @@ impl Default for RawCluster {
     fn default() -> Self {
         Self {
             redis: String::new(),
+            redis_ca_file: String::new(),
             node: String::new(),
             prefix: DEFAULT_PREFIX.to_string(),
         }
@@ -957,20 +970,24 @@ impl Check<'_> {
         config: &Config,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
         if raw.redis.is_empty() {
+            if !raw.redis_ca_file.is_empty() {
+                return Err(self.error(
+                    "cluster.redis_ca_file",
+                    "is only used with a rediss:// cluster.redis".into(),
+                ));
+            }
             return Ok(None);
         }
-        if raw.redis.starts_with("rediss://") {
+        if !raw.redis.starts_with("redis://") && !raw.redis.starts_with("rediss://") {
             return Err(self.error(
                 "cluster.redis",
-                "rediss:// (TLS) is not supported by this build: use redis:// over a trusted \
-                 network or a tunnel (see SECURITY.md)"
-                    .into(),
+                "must be a redis:// or rediss:// (TLS) URL, or \"\" for a node alone".into(),
             ));
         }
-        if !raw.redis.starts_with("redis://") {
+        if !raw.redis_ca_file.is_empty() && !raw.redis.starts_with("rediss://") {
             return Err(self.error(
-                "cluster.redis",
-                "must be a redis:// URL, or \"\" for a node alone".into(),
+                "cluster.redis_ca_file",
+                "is only used with a rediss:// (TLS) cluster.redis".into(),
             ));
         }
         if let Err(err) = redis_url_check(&raw.redis) {
@@ -997,10 +1014,15 @@ impl Check<'_> {
                 "must be 1 to 128 bytes without control characters".into(),
             ));
         }
+        let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(Some(ClusterConfig {
             redis: raw.redis,
             node,
             prefix: raw.prefix,
+            redis_ca_file: match raw.redis_ca_file.as_str() {
+                "" => None,
+                text => Some(folder.join(text)),
+            },
         }))
     }
 
@@ -1494,10 +1516,27 @@ mod tests {
         let effective = clustered.effective_toml();
         assert!(effective.contains("redis = \"redis://:****@127.0.0.1:6390/2\""));
         assert!(effective.contains("node = \"127.0.0.1:9000\""));
+        let tls = Config::from_toml(
+            "[cluster]\nredis = \"rediss://h:6379\"\nredis_ca_file = \"ca.pem\"",
+            Path::new("/etc/tether/server.toml"),
+        )
+        .unwrap();
+        let cluster = tls.cluster.as_ref().expect("clustered over TLS");
+        assert_eq!(
+            cluster.redis_ca_file.as_deref(),
+            Some(Path::new("/etc/tether/ca.pem"))
+        );
+        assert!(tls
+            .effective_toml()
+            .contains("redis_ca_file = \"/etc/tether/ca.pem\""));
+        assert!(config("[cluster]\nredis = \"rediss://h:6379\"")
+            .unwrap()
+            .cluster
+            .is_some_and(|cluster| cluster.redis_ca_file.is_none()));
         assert_refused(
-            "[cluster]\nredis = \"rediss://h:6379\"",
-            "cluster.redis",
-            "not supported",
+            "[cluster]\nredis = \"redis://h:6379\"\nredis_ca_file = \"ca.pem\"",
+            "cluster.redis_ca_file",
+            "rediss://",
         );
         assert_refused(
             "[cluster]\nredis = \"http://h\"",

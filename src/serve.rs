@@ -121,6 +121,19 @@ pub fn run(config: Config) -> Outcome {
             return Outcome::BadConfiguration;
         }
     };
+    let redis_ca = match config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.redis_ca_file.as_ref().map(|file| (cluster, file)))
+        .map(|(cluster, file)| read_redis_ca(&cluster.redis, file))
+        .transpose()
+    {
+        Ok(redis_ca) => redis_ca,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
     let (admin_tls, admin_certificate) = match config
         .admin
         .tls
@@ -192,6 +205,7 @@ pub fn run(config: Config) -> Outcome {
                     redis: cluster.redis.clone(),
                     node: cluster.node.clone(),
                     prefix: cluster.prefix.clone(),
+                    redis_ca: redis_ca.clone(),
                 };
                 match tether_cluster::RedisBroker::start(settings) {
                     Ok(broker) => {
@@ -429,4 +443,17 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         };
         log::info!("{name} received");
     })
+}
+
+/// Reads `cluster.redis_ca_file` and checks it holds certificates for the `rediss://` URL.
+fn read_redis_ca(url: &str, file: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(file).map_err(|err| {
+        format!(
+            "cluster.redis_ca_file: cannot read {}: {err}",
+            file.display()
+        )
+    })?;
+    tether_cluster::ClusterSettings::check_tls(url, &pem)
+        .map_err(|err| format!("cluster.redis_ca_file: {}: {err}", file.display()))?;
+    Ok(pem)
 }

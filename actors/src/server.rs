@@ -647,6 +647,29 @@ impl TetherHandle {
         }
     }
 
+    /// [`Self::cluster_connections`] of each of `users`, in order, with one request to the
+    /// broker for all of them.
+    pub async fn cluster_connections_many(
+        &self,
+        users: &[&str],
+    ) -> Result<Vec<usize>, PublishError> {
+        let here: Vec<usize> = users.iter().map(|user| self.connections(user)).collect();
+        let Some(broker) = self.broker.as_ref().filter(|_| !users.is_empty()) else {
+            return Ok(here);
+        };
+        match broker
+            .count_many(users.iter().map(|user| Arc::from(*user)).collect())
+            .await
+        {
+            Ok(Ok(others)) if others.len() == here.len() => Ok(here
+                .iter()
+                .zip(others)
+                .map(|(here, others)| here + others)
+                .collect()),
+            _ => Err(PublishError::ClusterUnreachable),
+        }
+    }
+
     /// Whether this node is connected to its cluster's broker; `None` when it runs alone.
     pub fn cluster_connected(&self) -> Option<bool> {
         self.broker.as_ref().map(|broker| broker.connected())

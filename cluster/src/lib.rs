@@ -16,6 +16,7 @@
 //!     redis: "redis://127.0.0.1:6379/0".into(),
 //!     node: "node-1".into(),
 //!     prefix: "tether".into(),
+//!     redis_ca: None,
 //! })?;
 //! let tether = tether_actors::Tether::start_clustered(listeners, settings, users, Some(broker))?;
 //! # Ok(()) }
@@ -30,7 +31,9 @@ pub use metrics::ClusterMetrics;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::hub::broker::{Answered, Broker, ClusterEvent, Inbox, OtherNodes};
+use tether_actors::hub::broker::{
+    Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
@@ -39,27 +42,68 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// What a node needs to join a cluster (`[cluster]` of SPEC §4).
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// The Redis URL: `redis://[:password@]host:port/db`.
+    /// The Redis URL: `redis://[:password@]host:port/db`, or `rediss://…` for TLS.
     pub redis: String,
     /// This node's name, unique in the cluster, without control characters.
     pub node: String,
     /// The prefix of every Redis key and channel.
     pub prefix: String,
+    /// With a `rediss://` URL: the certificates (PEM) that alone are trusted to sign the
+    /// Redis server's certificate (a private CA). `None` trusts the system's roots.
+    pub redis_ca: Option<Vec<u8>>,
 }
 
 impl ClusterSettings {
     /// Checks a Redis URL as [`RedisBroker::start`] will read it.
     pub fn check_url(url: &str) -> Result<(), String> {
-        redis::Client::open(url)
+        client(url, None).map(drop).map_err(|err| err.to_string())
+    }
+
+    /// Checks a Redis URL with the CA certificates (PEM) it is to be trusted with, as
+    /// [`RedisBroker::start`] will read them: the URL must be `rediss://` and the PEM must
+    /// hold at least one certificate.
+    pub fn check_tls(url: &str, ca_pem: &[u8]) -> Result<(), String> {
+        if !url.starts_with("rediss://") {
+            return Err("a CA file is only used with a rediss:// (TLS) URL".into());
+        }
+        if !ca_pem
+            .windows(b"-----BEGIN CERTIFICATE-----".len())
+            .any(|window| window == b"-----BEGIN CERTIFICATE-----")
+        {
+            return Err("the CA file holds no PEM certificate".into());
+        }
+        client(url, Some(ca_pem))
             .map(drop)
             .map_err(|err| err.to_string())
+    }
+}
+
+/// The Redis client for `url`, trusting only `ca_pem` (PEM certificates) when given.
+///
+/// TLS is rustls with the *ring* provider: the `redis` crate builds its rustls
+/// configuration with the process's default provider, so ring is installed as that
+/// default unless the host program installed one already.
+fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    if url.starts_with("rediss://") && rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Fails only when another thread installed one meanwhile: that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    match ca_pem {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
     }
 }
 
 /// Why a broker could not start.
 #[derive(Debug)]
 pub enum ClusterError {
-    /// The Redis URL is not valid.
+    /// The Redis URL (or, with TLS, the CA certificates) is not valid.
     Url(redis::RedisError),
     /// The broker's thread could not be started.
     Thread(std::io::Error),
@@ -77,8 +121,7 @@ impl std::fmt::Display for ClusterError {
 impl std::error::Error for ClusterError {}
 
 /// The Redis broker: a handle on its thread. Connects (and reconnects) on its own; until it
-/// is connected, publishes are refused
-/// ([`BrokerUnreachable`](tether_actors::hub::broker::BrokerUnreachable)).
+/// is connected, publishes are refused ([`BrokerUnreachable`]).
 #[derive(Debug)]
 pub struct RedisBroker {
     /// Requests for the broker's thread, handled in order.
@@ -92,7 +135,8 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Starts the broker's thread, which connects to Redis at once (and keeps trying).
     pub fn start(settings: ClusterSettings) -> Result<Arc<Self>, ClusterError> {
-        let client = redis::Client::open(settings.redis.as_str()).map_err(ClusterError::Url)?;
+        let client =
+            client(&settings.redis, settings.redis_ca.as_deref()).map_err(ClusterError::Url)?;
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let metrics = ClusterMetrics::new();
@@ -172,11 +216,31 @@ impl Broker for RedisBroker {
         self.ask(|answer| worker::Request::Count { user, answer })
     }
 
+    fn count_many(&self, users: Vec<Arc<str>>) -> OtherNodesMany {
+        let (answer, answered) = oneshot::channel();
+        if !self.connected() {
+            let _ = answer.send(Err(BrokerUnreachable));
+        } else if let Err(mpsc::error::SendError(request)) = self
+            .requests
+            .send(worker::Request::CountMany { users, answer })
+        {
+            request.refuse();
+        }
+        answered
+    }
+
     fn presence(&self, user: &str, delta: i32) {
         let _ = self.requests.send(worker::Request::Presence {
             user: Arc::from(user),
             delta,
         });
+    }
+
+    fn flush(&self) -> oneshot::Receiver<()> {
+        let (done, flushed) = oneshot::channel();
+        // When the thread is gone, `done` is dropped: nothing is left to answer.
+        let _ = self.requests.send(worker::Request::Flush(done));
+        flushed
     }
 
     fn connected(&self) -> bool {

@@ -55,7 +55,9 @@ const MAX_MARKS: usize = 3600;
 /// Modes: `e` publish an event, `i` publish an invalidation (and note its time), `c`
 /// count only — each answers the user's connections on the other live nodes (heartbeat
 /// within 10 s); `h` heartbeat (renews this node, forgets nodes silent for a minute) —
-/// answers Redis's time in milliseconds.
+/// answers Redis's time in milliseconds; `m` count many (only `KEYS[1]`; the users are
+/// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
+/// `HMGET` per live node.
 const SCRIPT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
@@ -68,6 +70,19 @@ if mode == 'h' then
     redis.call('ZREM', KEYS[1], n)
   end
   return now
+end
+if mode == 'm' then
+  local totals = {}
+  for i = 6, #ARGV do totals[i - 5] = 0 end
+  for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
+    if n ~= ARGV[2] then
+      local counts = redis.call('HMGET', ARGV[5] .. n, unpack(ARGV, 6))
+      for i, c in ipairs(counts) do
+        if c then totals[i] = totals[i] + tonumber(c) end
+      end
+    end
+  end
+  return totals
 end
 if mode == 'i' then redis.call('SET', KEYS[3], now, 'PX', 86400000) end
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
@@ -116,8 +131,15 @@ pub(crate) enum Request {
     },
     /// Count the user's connections on the other nodes.
     Count { user: Arc<str>, answer: Answer },
+    /// Count each user's connections on the other nodes (one script run for all).
+    CountMany {
+        users: Vec<Arc<str>>,
+        answer: oneshot::Sender<Result<Vec<usize>, BrokerUnreachable>>,
+    },
     /// This node's connections of `user` changed by `delta`.
     Presence { user: Arc<str>, delta: i32 },
+    /// Say so on the channel once the requests before have been answered.
+    Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
     Stop(std::sync::mpsc::Sender<()>),
 }
@@ -133,6 +155,9 @@ impl Request {
                 answer: Some(answer),
                 ..
             } => answer.send(Err(BrokerUnreachable)),
+            Self::CountMany { answer, .. } => {
+                let _ = answer.send(Err(BrokerUnreachable));
+            }
             _ => {}
         }
     }
@@ -311,6 +336,10 @@ impl Worker {
                 ..
             } => {
                 answer.send(Err(BrokerUnreachable));
+            }
+            request @ Request::CountMany { .. } => request.refuse(),
+            Request::Flush(done) => {
+                let _ = done.send(());
             }
             Request::Invalidate { user, answer: None } => self.keep_for_later(user),
             Request::Presence { user, delta } => {
@@ -535,6 +564,9 @@ impl Worker {
         let mut answers: Vec<(Option<Answer>, bool)> = Vec::new();
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut stop = None;
+        let mut many = Vec::new();
+        // Answered once the pipeline's answers are (dropped with them if it fails).
+        let mut flushes = Vec::new();
         let mut writes = false;
         let mut next = Some(first);
         while let Some(request) = next.take() {
@@ -562,6 +594,8 @@ impl Worker {
                     script(&mut pipe, &link.script, &self.names, 'c', &user, "");
                     answers.push((Some(answer), false));
                 }
+                Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::Flush(done) => flushes.push(done),
                 Request::Presence { user, delta } => {
                     self.count(&user, delta);
                     changed.push(user);
@@ -582,6 +616,9 @@ impl Worker {
                 if let Some(answer) = answer {
                     answer.send(Err(BrokerUnreachable));
                 }
+            }
+            for (_, answer) in many {
+                let _ = answer.send(Err(BrokerUnreachable));
             }
             return Err(Ended::Lost(err));
         }
@@ -616,6 +653,37 @@ impl Worker {
                     return Err(Ended::Lost(err));
                 }
             }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        let mut lost = None;
+        for (users, answer) in many {
+            if lost.is_some() {
+                let _ = answer.send(Err(BrokerUnreachable));
+                continue;
+            }
+            match bounded(
+                count_many(&link.script, &self.names, &users)
+                    .query_async::<Vec<i64>>(&mut link.commands),
+            )
+            .await
+            {
+                Ok(counts) => {
+                    let counts = counts
+                        .into_iter()
+                        .map(|count| usize::try_from(count).unwrap_or(0))
+                        .collect();
+                    let _ = answer.send(Ok(counts));
+                }
+                Err(err) => {
+                    let _ = answer.send(Err(BrokerUnreachable));
+                    lost = Some(err);
+                }
+            }
+        }
+        if let Some(err) = lost {
+            return Err(Ended::Lost(err));
         }
         if let Some(done) = stop {
             self.withdraw(link).await;
@@ -740,6 +808,23 @@ fn script(
         .arg(user)
         .arg(payload)
         .arg(names.node_key_prefix());
+}
+
+/// One `EVALSHA` of [`SCRIPT`] counting each of `users` on the other live nodes.
+fn count_many(sha: &str, names: &Names, users: &[Arc<str>]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(1)
+        .arg(names.nodes_key())
+        .arg("m")
+        .arg(&names.node)
+        .arg("")
+        .arg("")
+        .arg(names.node_key_prefix());
+    for user in users {
+        cmd.arg(&**user);
+    }
+    cmd
 }
 
 /// `request`, failing after [`ANSWER_TIMEOUT`].

@@ -256,9 +256,16 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
     let more = names.len() > limit;
     let mut names = names;
     names.truncate(limit);
+    let listed_names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let counts = state
+        .tether
+        .cluster_connections_many(&listed_names)
+        .await
+        .map_err(publish_error)?;
     let listed: Vec<_> = names
         .iter()
-        .map(|name| json!({ "name": name, "connections": state.tether.connections(name) }))
+        .zip(counts)
+        .map(|(name, connections)| json!({ "name": name, "connections": connections }))
         .collect();
     let next = names.last().filter(|_| more);
     Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))

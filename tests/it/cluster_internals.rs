@@ -158,6 +158,8 @@ fn a_node_cut_off_answers_503_for_publishes_and_counts_while_its_own_clients_go_
     assert_eq!(status, 503, "{body}");
     let (status, _) = n2.call("GET", &Node::user_path(ALICE.0, "/connections"), None);
     assert_eq!(status, 503);
+    let (status, _) = n2.call("GET", "/v1/users", None);
+    assert_eq!(status, 503, "the list cannot count the other nodes");
     let (status, _) = n2.invalidate(ALICE.0);
     assert_eq!(status, 503);
     // Nothing was delivered, and the node's own client is served.
@@ -194,6 +196,7 @@ fn embedded_node(
         redis: redis.url(),
         node: node.to_owned(),
         prefix: "embedded".to_owned(),
+        redis_ca: None,
     })
     .expect("the broker starts");
     let (started, started_rx) = std::sync::mpsc::channel();
@@ -306,4 +309,76 @@ fn a_node_started_while_redis_is_unreachable_joins_once_it_is_with_one_log_line_
     alice.send(&["prolongate"]);
     alice.expect(&["prolongate_ack"]);
     assert_eq!(node.publish_ok(ALICE.0, "joined"), 1);
+}
+
+#[test]
+fn the_user_list_counts_every_live_node_with_one_script_run_per_page() {
+    const BOB: (&str, &str) = ("bob", "bob-pw");
+    const CAROL: (&str, &str) = ("carol", "carol-pw");
+    let Some(cluster) = crate::common::cluster::Cluster::start(2, &[ALICE, BOB, CAROL]) else {
+        return;
+    };
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let _alice_here = n1.login(ALICE.0, ALICE.1);
+    let _alice_there = [n2.login(ALICE.0, ALICE.1), n2.login(ALICE.0, ALICE.1)];
+    let _bob_there = n2.login(BOB.0, BOB.1);
+    cluster.wait_connections(ALICE.0, 3);
+    cluster.wait_connections(BOB.0, 1);
+    let counts = |node: &Node| {
+        let (status, body) = node.call("GET", "/v1/users", None);
+        assert_eq!(status, 200, "{body}");
+        body["users"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|user| {
+                (
+                    user["name"].as_str().expect("a name").to_owned(),
+                    user["connections"].as_u64().expect("a count"),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let hmgets = cluster.redis.command_calls("hmget");
+    let expected = vec![
+        ("alice".to_owned(), 3),
+        ("bob".to_owned(), 1),
+        ("carol".to_owned(), 0),
+    ];
+    assert_eq!(counts(n1), expected, "on n1");
+    // One HMGET per other live node for the whole page, not one lookup per user.
+    assert_eq!(cluster.redis.command_calls("hmget"), hmgets + 1);
+    assert_eq!(counts(n2), expected, "on n2");
+}
+
+#[test]
+fn a_publish_accepted_while_redis_is_slow_at_sigterm_reaches_the_node_s_clients_before_shutdown() {
+    let Some(mut cluster) = crate::common::cluster::Cluster::start(1, &[ALICE]) else {
+        return;
+    };
+    let mut alice = cluster.node(1).login(ALICE.0, ALICE.1);
+    // Redis holds the publish's answer while the node is told to stop.
+    cluster.redis.pause();
+    let answer = std::thread::scope(|scope| {
+        let node = cluster.node(1);
+        let publisher = scope.spawn(|| node.publish(ALICE.0, "last words"));
+        // The publish is on its way to Redis (nothing observable says so: a short pause).
+        std::thread::sleep(Duration::from_millis(300));
+        node.server.terminate();
+        std::thread::sleep(Duration::from_millis(500));
+        cluster.redis.resume();
+        publisher.join().expect("the publisher thread ends")
+    });
+    let (status, body) = answer;
+    let events = alice.events_before_shutdown();
+    match status {
+        202 => assert_eq!(
+            events, 1,
+            "accepted ({body}) but not delivered before shutdown"
+        ),
+        503 => assert_eq!(events, 0, "refused ({body}) but delivered"),
+        other => panic!("unexpected answer {other}: {body}"),
+    }
+    let status = cluster.nodes[0].server.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
 }

@@ -30,6 +30,10 @@ impl std::error::Error for BrokerUnreachable {}
 /// live nodes.
 pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
 
+/// The answer to [`Broker::count_many`]: each user's connections on the other live nodes,
+/// in the order asked.
+pub type OtherNodesMany = oneshot::Receiver<Result<Vec<usize>, BrokerUnreachable>>;
+
 /// Called once with the answer to a publish, on the broker's thread, in the order of the
 /// publishes: it delivers the event on this node (or answers the publisher `503`).
 pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
@@ -74,9 +78,19 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// How many connections the other live nodes have bound to `user`.
     fn count(&self, user: Arc<str>) -> OtherNodes;
 
+    /// How many connections the other live nodes have bound to each of `users` (a page of
+    /// the admin API's user list), in one request rather than one per user.
+    fn count_many(&self, users: Vec<Arc<str>>) -> OtherNodesMany;
+
     /// This node's connections bound to `user` changed by `delta` (+1 bound, -1 unbound):
     /// the broker follows the user's channel while the sum is above zero.
     fn presence(&self, user: &str, delta: i32);
+
+    /// Resolves (with `Ok` or a closed channel, alike) once every publish made before this
+    /// call has been answered — its `answered` function called, delivering it here or
+    /// refusing it. Shutdown waits for it, so that an accepted event reaches this node's
+    /// connections before their `shutdown`.
+    fn flush(&self) -> oneshot::Receiver<()>;
 
     /// Whether the broker is connected now (for `/healthz` and a quick `503`).
     fn connected(&self) -> bool;

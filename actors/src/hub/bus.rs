@@ -713,14 +713,22 @@ impl Handler<Drain> for EventBusActor {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) -> Self::Result {
+        // In a cluster, events handed to the broker are delivered here once it has an
+        // answer from Redis: wait for those first (each was handed on before this message
+        // was taken, as the bus waits in place for permits).
+        let flushed = self.broker.as_ref().map(|broker| broker.flush());
         // A shard's mailbox is first in, first out: it answers after the events before.
         self.refresh();
-        let drained: Vec<_> = self
-            .registries()
-            .iter()
-            .map(|registry| registry.send(Drain))
-            .collect();
+        let registries = self.registries().to_vec();
         Box::pin(async move {
+            if let Some(flushed) = flushed {
+                // Closed or answered alike: nothing handed on before is left unanswered.
+                let _ = flushed.await;
+            }
+            let drained: Vec<_> = registries
+                .iter()
+                .map(|registry| registry.send(Drain))
+                .collect();
             for shard in drained {
                 // A shard that died has nothing left to hand on.
                 let _ = shard.await;
