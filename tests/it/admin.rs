@@ -7,6 +7,7 @@ use crate::common::{
     TestServer,
 };
 use serde_json::Value;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -40,6 +41,24 @@ impl Admin {
 
     fn client(&self) -> TestClient {
         self.server.client()
+    }
+
+    /// A connection logged in as `name` (alice or bob).
+    fn logged_in(&self, name: &str) -> TestClient {
+        let password = match name {
+            "alice" => "pw-a",
+            "bob" => "pw-b",
+            other => panic!("no password for {other:?}"),
+        };
+        self.server.logged_in(name, password)
+    }
+
+    /// Publishes `body`; answers the status, the answer, and the event times possible
+    /// (the UTC milliseconds from just before the request to just after its answer).
+    fn publish_timed(&self, body: &str) -> (u16, Value, RangeInclusive<i64>) {
+        let before = utc_millis_now();
+        let (status, answer) = self.json("POST", "/v1/events", Some(body));
+        (status, answer, before..=utc_millis_now())
     }
 
     /// Sends a request with the configured token; answers status and body.
@@ -117,29 +136,15 @@ fn with_a_token_every_route_but_healthz_needs_it() {
 #[test]
 fn published_events_reach_exactly_the_bound_connections_with_their_time() {
     let admin = Admin::start(None);
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    let mut bob = admin.client();
+    let [mut alice_1, mut alice_2, mut bob] = ["alice", "alice", "bob"].map(|u| admin.logged_in(u));
     let mut anonymous = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
-    bob.login("bob", "pw-b");
 
-    let before = utc_millis_now();
-    let (status, body) = admin.json(
-        "POST",
-        "/v1/events",
-        Some(r#"{"user":"alice","text":"hello, Алиса"}"#),
-    );
-    let after = utc_millis_now();
+    let (status, body, possible) = admin.publish_timed(r#"{"user":"alice","text":"hello, Алиса"}"#);
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["user"], "alice");
     assert_eq!(body["connections"], 2);
     let time = body["time"].as_i64().expect("time is a number");
-    assert!(
-        (before..=after).contains(&time),
-        "{time} not in [{before}, {after}]"
-    );
+    assert!(possible.contains(&time), "{time} not in {possible:?}");
     for client in [&mut alice_1, &mut alice_2] {
         client.expect(&["event", &time.to_string(), "hello, Алиса"]);
     }
@@ -156,8 +161,7 @@ fn published_events_reach_exactly_the_bound_connections_with_their_time() {
 #[test]
 fn bad_event_requests_are_refused_and_deliver_nothing() {
     let admin = Admin::start(None);
-    let mut alice = admin.client();
-    alice.login("alice", "pw-a");
+    let mut alice = admin.logged_in("alice");
     let oversized = format!(r#"{{"user":"alice","text":"{}"}}"#, "x".repeat(70_000));
     for (body, status, mentions) in [
         (r#"{"user":"alice","text":"a\u001eb"}"#, 400, "U+001E"),
@@ -191,22 +195,15 @@ fn batch_body(events: &[(&str, &str)]) -> String {
 #[test]
 fn a_batch_is_published_in_order_with_one_answer_per_event() {
     let admin = Admin::start(None);
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    let mut bob = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
-    bob.login("bob", "pw-b");
+    let [mut alice_1, mut alice_2, mut bob] = ["alice", "alice", "bob"].map(|u| admin.logged_in(u));
 
-    let before = utc_millis_now();
     let body = batch_body(&[
         ("alice", "a1"),
         ("bob", "b1"),
         ("nobody", "n1"),
         ("alice", "a2"),
     ]);
-    let (status, answer) = admin.json("POST", "/v1/events", Some(&body));
-    let after = utc_millis_now();
+    let (status, answer, possible) = admin.publish_timed(&body);
     assert_eq!(status, 202, "{answer}");
     let answers = answer["events"].as_array().expect("an events array");
     let summary: Vec<(&str, i64)> = answers
@@ -225,8 +222,8 @@ fn a_batch_is_published_in_order_with_one_answer_per_event() {
         .map(|one| one["time"].as_i64().expect("time"))
         .collect();
     assert!(
-        times.iter().all(|time| (before..=after).contains(time)),
-        "{times:?} not in [{before}, {after}]"
+        times.iter().all(|time| possible.contains(time)),
+        "{times:?} not in {possible:?}"
     );
     for client in [&mut alice_1, &mut alice_2] {
         client.expect(&["event", &times[0].to_string(), "a1"]);
@@ -239,8 +236,7 @@ fn a_batch_is_published_in_order_with_one_answer_per_event() {
 #[test]
 fn a_batch_of_the_largest_size_reaches_its_connection_whole_and_in_order() {
     let admin = Admin::start(None);
-    let mut alice = admin.client();
-    alice.login("alice", "pw-a");
+    let mut alice = admin.logged_in("alice");
     let texts: Vec<String> = (0..1000).map(|i| i.to_string()).collect();
     let entries: Vec<(&str, &str)> = texts.iter().map(|text| ("alice", text.as_str())).collect();
     let (status, answer) = admin.json("POST", "/v1/events", Some(&batch_body(&entries)));
@@ -257,8 +253,7 @@ fn a_batch_of_the_largest_size_reaches_its_connection_whole_and_in_order() {
 #[test]
 fn a_batch_with_one_bad_entry_is_refused_whole_naming_its_index() {
     let admin = Admin::start(None);
-    let mut alice = admin.client();
-    alice.login("alice", "pw-a");
+    let mut alice = admin.logged_in("alice");
     let many = batch_body(&vec![("alice", "x"); 1001]);
     for (body, mentions) in [
         (
@@ -310,10 +305,7 @@ fn the_delivery_histogram_counts_every_event_written_to_a_connection() {
         workers.iter().sum::<f64>()
     };
     let before = deliveries_counted();
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
+    let [mut alice_1, mut alice_2] = ["alice", "alice"].map(|u| admin.logged_in(u));
     let batch = batch_body(&[("alice", "1"), ("alice", "2"), ("nobody", "-")]);
     assert_eq!(admin.call("POST", "/v1/events", Some(&batch)).0, 202);
     let single = r#"{"user":"alice","text":"3"}"#;
@@ -324,24 +316,18 @@ fn the_delivery_histogram_counts_every_event_written_to_a_connection() {
         }
     }
     // Observed just after the write returns, so it may trail the client's read a little.
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut counted = deliveries_counted() - before;
-    while counted < 6.0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
+    let mut counted = 0.0;
+    wait_until(Duration::from_secs(5), || {
         counted = deliveries_counted() - before;
-    }
+        counted >= 6.0
+    });
     assert_eq!(counted, 6.0);
 }
 
 #[test]
 fn setting_a_password_creates_or_changes_the_user_and_invalidates_its_connections() {
     let admin = Admin::start(None);
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    let mut bob = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
-    bob.login("bob", "pw-b");
+    let [mut alice_1, mut alice_2, mut bob] = ["alice", "alice", "bob"].map(|u| admin.logged_in(u));
 
     let (status, _) = admin.call(
         "PUT",
@@ -400,10 +386,7 @@ fn bad_password_requests_are_refused_and_change_nothing() {
 #[test]
 fn deleting_a_user_invalidates_its_connections_and_absent_users_are_404() {
     let admin = Admin::start(None);
-    let mut alice = admin.client();
-    let mut bob = admin.client();
-    alice.login("alice", "pw-a");
-    bob.login("bob", "pw-b");
+    let [mut alice, mut bob] = ["alice", "bob"].map(|u| admin.logged_in(u));
 
     assert_eq!(admin.call("DELETE", "/v1/users/alice", None).0, 204);
     alice.expect(&["invalidated"]);
@@ -419,12 +402,7 @@ fn deleting_a_user_invalidates_its_connections_and_absent_users_are_404() {
 #[test]
 fn operator_invalidation_kicks_every_connection_of_the_user() {
     let admin = Admin::start(None);
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    let mut bob = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
-    bob.login("bob", "pw-b");
+    let [mut alice_1, mut alice_2, mut bob] = ["alice", "alice", "bob"].map(|u| admin.logged_in(u));
 
     let (status, body) = admin.json("POST", "/v1/users/alice/invalidate", None);
     assert_eq!((status, body), (200, serde_json::json!({"invalidated": 2})));
@@ -445,10 +423,7 @@ fn connection_counts_follow_logins_and_logouts() {
         body["connections"].as_u64().expect("count")
     };
     assert_eq!(count("alice"), 0);
-    let mut alice_1 = admin.client();
-    let mut alice_2 = admin.client();
-    alice_1.login("alice", "pw-a");
-    alice_2.login("alice", "pw-a");
+    let [mut alice_1, alice_2] = ["alice", "alice"].map(|u| admin.logged_in(u));
     assert_eq!(count("alice"), 2);
     alice_1.send(&["logout"]);
     alice_1.expect(&["logout_ack"]);
@@ -520,8 +495,7 @@ fn metrics_show_every_family_and_move_when_things_happen() {
         metric(&before, family);
     }
 
-    let mut alice = admin.client();
-    alice.login("alice", "pw-a");
+    let mut alice = admin.logged_in("alice");
     alice.send(&["login", "alice", "wrong"]);
     alice.expect(&["login_invalid"]);
     alice.send(&["prolongate"]);
@@ -561,8 +535,7 @@ fn users_are_listed_by_name_in_pages_with_their_connection_counts() {
         let (status, _) = admin.call("PUT", &path, Some(r#"{"password":"pw"}"#));
         assert_eq!(status, 201, "PUT {path}");
     }
-    let mut alice = admin.client();
-    alice.login("alice", "pw-a");
+    let _alice = admin.logged_in("alice");
     let page = |query: &str| {
         let (status, body) = admin.json("GET", &format!("/v1/users{query}"), None);
         assert_eq!(status, 200, "GET /v1/users{query}: {body}");

@@ -176,3 +176,134 @@ fn a_node_cut_off_answers_503_for_publishes_and_counts_while_its_own_clients_go_
     let message = here.recv_within(BACK);
     assert_eq!(message[2], "again", "{message:?}");
 }
+
+/// A node started the way a host program embeds one (SPEC §8: "the same cluster mode is
+/// available to a host program"): `RedisBroker` and `Tether::start_clustered` on an actix
+/// System of its own; stopped when the answered sender is dropped.
+fn embedded_node(
+    redis: &Redis,
+    node: &str,
+) -> (
+    SocketAddr,
+    tether_actors::TetherHandle,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    use crate::common::in_process::{test_settings, user_set};
+    use tether_actors::users::UserTable;
+    let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
+        redis: redis.url(),
+        node: node.to_owned(),
+        prefix: "embedded".to_owned(),
+    })
+    .expect("the broker starts");
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("binds a loopback port");
+            let listeners = tether_actors::Listeners {
+                plain: Some(listener),
+                tls: None,
+                proxy_trust: Default::default(),
+            };
+            let users = Arc::new(UserTable::new(user_set(&[ALICE], 4)));
+            let broker = broker as Arc<dyn tether_actors::hub::broker::Broker>;
+            let tether = tether_actors::Tether::start_clustered(
+                listeners,
+                test_settings(),
+                users,
+                Some(broker),
+            )
+            .expect("the server starts");
+            let _ = started.send((tether.local_addr(), tether.handle()));
+            let _ = stopped.await;
+            tether.shutdown().await;
+        });
+    });
+    let (addr, handle) = started_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("started within 10 s");
+    (addr, handle, stop)
+}
+
+#[test]
+fn a_host_program_embedding_two_nodes_publishes_across_them_through_its_handle() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let (_, first, _stop_first) = embedded_node(&redis, "e1");
+    let (second_addr, second, _stop_second) = embedded_node(&redis, "e2");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let connected = crate::common::wait_until(Duration::from_secs(10), || {
+        first.cluster_connected() == Some(true) && second.cluster_connected() == Some(true)
+    });
+    assert!(connected, "both embedded nodes connect to Redis");
+
+    let mut alice = TestClient::connect(second_addr);
+    alice.login(ALICE.0, ALICE.1);
+    let counted = crate::common::wait_until(Duration::from_secs(10), || {
+        runtime.block_on(first.cluster_connections(ALICE.0)) == Ok(1)
+    });
+    assert!(
+        counted,
+        "the first node counts alice's connection on the second"
+    );
+    assert_eq!(
+        first.connections(ALICE.0),
+        0,
+        "none on the first node itself"
+    );
+
+    let receipt = runtime
+        .block_on(first.publish(ALICE.0, "through the handle"))
+        .expect("published");
+    assert_eq!(receipt.connections, 1);
+    let message = alice.recv_within(BACK);
+    assert_eq!(message[2], "through the handle", "{message:?}");
+    let invalidated = runtime
+        .block_on(first.invalidate(ALICE.0, tether_actors::metrics::InvalidationCause::Operator))
+        .expect("invalidated");
+    assert_eq!(invalidated, 1);
+    assert_eq!(alice.recv(), ["invalidated"]);
+}
+
+#[test]
+fn a_node_started_while_redis_is_unreachable_joins_once_it_is_with_one_log_line_each_way() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let relay = Relay::start(redis.addr());
+    relay.cut();
+    let relayed = relay.url();
+    let hash = cheap_hash(ALICE.1);
+    let restore = std::thread::spawn(move || {
+        // Long enough for several failed attempts (100 ms doubling, jittered).
+        std::thread::sleep(Duration::from_secs(3));
+        relay.restore();
+        relay
+    });
+    // Node::start returns once /healthz says connected (within 15 s).
+    let node = Node::start(
+        &redis,
+        "tether",
+        "n1",
+        &[(ALICE.0, hash.as_str())],
+        &|config| config.set("cluster", "redis", relayed.as_str()),
+    );
+    let _relay = restore.join().expect("the relay thread ends");
+    let log = node.server.stderr_text();
+    let unreachable = log.matches("cluster: Redis unreachable").count();
+    let connected = log.matches("cluster: connected to Redis").count();
+    assert_eq!(
+        (unreachable, connected),
+        (1, 1),
+        "one line per change of state:\n{log}"
+    );
+    let mut alice = node.login(ALICE.0, ALICE.1);
+    alice.send(&["prolongate"]);
+    alice.expect(&["prolongate_ack"]);
+    assert_eq!(node.publish_ok(ALICE.0, "joined"), 1);
+}

@@ -290,14 +290,7 @@ fn a_batch_through_the_handle_reaches_each_user_in_order_with_a_receipt_per_even
 fn every_batched_event_acknowledged_before_shutdown_is_written_before_it() {
     const BATCHES: usize = 3;
     let mut server = server();
-    let mut clients: Vec<TestClient> = (0..4)
-        .map(|_| {
-            let mut client = TestClient::connect(server.addr());
-            client.login("alice", "pw-a");
-            client
-        })
-        .collect();
-    server.wait_for_connections("alice", clients.len());
+    let mut clients = server.logged_in("alice", "pw-a", 4);
 
     let handle = server.handle().clone();
     let acknowledged = server.block_on(async move {
@@ -321,15 +314,7 @@ fn every_batched_event_acknowledged_before_shutdown_is_written_before_it() {
     server.begin_shutdown();
 
     for (number, client) in clients.iter_mut().enumerate() {
-        let mut received = 0;
-        let last = loop {
-            let message = client.recv();
-            if message[0] != "event" {
-                break message;
-            }
-            received += 1;
-        };
-        assert_eq!(last, ["shutdown"], "client #{number}");
+        let received = client.events_before_shutdown();
         assert_eq!(
             received, acknowledged,
             "client #{number} got {received} of {acknowledged} acknowledged events before `shutdown`"

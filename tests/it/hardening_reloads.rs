@@ -91,20 +91,6 @@ fn reloads(server: &TestServer, result: &str) -> u64 {
     count as u64
 }
 
-/// A client logged in as `name`.
-fn logged_in(server: &TestServer, name: &str, password: &str) -> TestClient {
-    let mut client = server.client();
-    client.login(name, password);
-    client
-}
-
-/// What a fresh connection gets for `login name password`.
-fn login_reply(server: &TestServer, name: &str, password: &str) -> String {
-    let mut client = server.client();
-    client.send(&["login", name, password]);
-    client.recv().join(" ")
-}
-
 /// Rewrites the file at `path` in place (truncate, write).
 fn write_in_place(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write the users file in place");
@@ -134,7 +120,7 @@ fn one_admin_put_is_one_reload_and_the_server_then_idles() {
     let used = cpu_ticks(pid) - before;
     assert!(used <= 10, "{used} ticks of CPU in 2 s at rest");
     assert_eq!(reloads(&server, "applied"), 1);
-    assert_eq!(login_reply(&server, "carol", "c1"), "login_valid");
+    assert_eq!(server.login_reply("carol", "c1"), "login_valid");
 }
 
 /// One edit is one reload, touching the file none, and a burst of 50 edits one or a few,
@@ -177,7 +163,7 @@ fn one_edit_is_one_reload_and_a_burst_of_fifty_a_few() {
         "{} reloads for a burst of 50 edits",
         after_burst - 1
     );
-    assert_eq!(login_reply(&server, "alice", "b49"), "login_valid");
+    assert_eq!(server.login_reply("alice", "b49"), "login_valid");
     std::thread::sleep(SETTLED);
     assert_eq!(reloads(&server, "applied"), after_burst);
 }
@@ -200,7 +186,7 @@ fn an_invalid_file_is_reported_once_per_change() {
     std::thread::sleep(SETTLED);
     assert_eq!(logged_times(&server, "users file refused"), 2);
     assert_eq!(reloads(&server, "applied"), 0);
-    assert_eq!(login_reply(&server, "alice", "a1"), "login_valid");
+    assert_eq!(server.login_reply("alice", "a1"), "login_valid");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -215,8 +201,8 @@ fn truncating_then_rewriting_the_file_logs_nobody_out() {
     let pairs: Vec<(&str, &str)> = users.iter().map(|(n, h)| (*n, h.as_str())).collect();
     let server = watched_server(&pairs);
     let path = server.users_path();
-    let mut alice = logged_in(&server, "alice", "a1");
-    let mut bob = logged_in(&server, "bob", "b1");
+    let mut alice = server.logged_in("alice", "a1");
+    let mut bob = server.logged_in("bob", "b1");
 
     for pause in [Duration::from_millis(50), Duration::from_millis(1000)] {
         std::fs::File::create(&path).expect("truncate the users file");
@@ -227,14 +213,14 @@ fn truncating_then_rewriting_the_file_logs_nobody_out() {
     assert!(server
         .stderr_text()
         .contains("it is empty; the 2 user(s) in force stay"));
-    assert_eq!(login_reply(&server, "bob", "b1"), "login_valid");
+    assert_eq!(server.login_reply("bob", "b1"), "login_valid");
 }
 
 /// Only SIGHUP applies a blank file over users in force, with a warning.
 #[test]
 fn sighup_applies_an_empty_file() {
     let server = watched_server(&[("alice", &cheap_hash("a1"))]);
-    let mut alice = logged_in(&server, "alice", "a1");
+    let mut alice = server.logged_in("alice", "a1");
     std::fs::File::create(server.users_path()).expect("truncate the users file");
     server.wait_for_log("send SIGHUP to apply it", LOG_WITHIN);
     alice.expect_nothing_for(Duration::from_millis(500));
@@ -255,7 +241,7 @@ fn half_written_and_rewritten_files_log_nobody_out() {
     let path = server.users_path();
     let mut clients: Vec<TestClient> = names
         .iter()
-        .map(|name| logged_in(&server, name, "pw"))
+        .map(|name| server.logged_in(name, "pw"))
         .collect();
     let text = users_toml(&pairs);
 
@@ -304,21 +290,21 @@ fn a_configmap_layout_is_followed_through_its_swaps() {
         symlink("..data/users.toml", root.join("users.toml")).expect("users.toml symlink");
     });
     let root = server.dir().join("cfg");
-    let mut alice_1 = logged_in(&server, "alice", "a1");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
+    let mut alice_1 = server.logged_in("alice", "a1");
+    let mut bob_1 = server.logged_in("bob", "b1");
 
     configmap_version(&root, "..2026_02", &[("alice", &alice)]);
     std::fs::remove_dir_all(root.join("..2026_01")).expect("remove the old version");
     assert_eq!(bob_1.recv_within(APPLIED_WITHIN), ["invalidated"]);
     alice_1.expect_nothing_for(Duration::from_millis(300));
-    assert_eq!(login_reply(&server, "bob", "b1"), "login_invalid");
+    assert_eq!(server.login_reply("bob", "b1"), "login_invalid");
 
     // The watch followed: the next swap is seen too.
     let carol = cheap_hash("c1");
     configmap_version(&root, "..2026_03", &[("carol", &carol)]);
     std::fs::remove_dir_all(root.join("..2026_02")).expect("remove the old version");
     assert_eq!(alice_1.recv_within(APPLIED_WITHIN), ["invalidated"]);
-    assert_eq!(login_reply(&server, "carol", "c1"), "login_valid");
+    assert_eq!(server.login_reply("carol", "c1"), "login_valid");
 }
 
 #[test]
@@ -332,7 +318,7 @@ fn a_symlinked_file_is_watched_and_written_through() {
     });
     let link = server.dir().join("users.toml");
     let target = server.dir().join("elsewhere/real.toml");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
+    let mut bob_1 = server.logged_in("bob", "b1");
 
     // The target edited in place.
     write_in_place(&target, &users_toml(&[("alice", &alice)]));
@@ -353,7 +339,7 @@ fn a_symlinked_file_is_watched_and_written_through() {
         "{text}"
     );
     server.wait_for_log("added: \"dave\"", LOG_WITHIN);
-    assert_eq!(login_reply(&server, "dave", "d1"), "login_valid");
+    assert_eq!(server.login_reply("dave", "d1"), "login_valid");
     assert!(server.dir().join("elsewhere/real.toml.lock").exists());
 }
 
@@ -371,8 +357,8 @@ fn a_swapped_folder_is_watched_again() {
         .expect("users");
     });
     let conf = server.dir().join("conf");
-    let mut alice_1 = logged_in(&server, "alice", "a1");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
+    let mut alice_1 = server.logged_in("alice", "a1");
+    let mut bob_1 = server.logged_in("bob", "b1");
 
     std::fs::rename(&conf, server.dir().join("conf.old")).expect("rename the folder away");
     std::fs::create_dir(&conf).expect("make it again");
@@ -385,7 +371,7 @@ fn a_swapped_folder_is_watched_again() {
     alice_1.expect_nothing_for(SETTLED);
     write_in_place(&conf.join("users.toml"), &users_toml(&[("bob", &bob)]));
     assert_eq!(alice_1.recv_within(APPLIED_WITHIN), ["invalidated"]);
-    assert_eq!(login_reply(&server, "bob", "b1"), "login_valid");
+    assert_eq!(server.login_reply("bob", "b1"), "login_valid");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -165,14 +165,7 @@ fn events_acknowledged_just_before_shutdown_are_written_before_it() {
         crate::common::in_process::test_settings(),
         &[("alice", "pw")],
     );
-    let mut clients: Vec<TestClient> = (0..4)
-        .map(|_| {
-            let mut client = TestClient::connect(server.addr());
-            client.login("alice", "pw");
-            client
-        })
-        .collect();
-    server.wait_for_connections("alice", clients.len());
+    let mut clients = server.logged_in("alice", "pw", 4);
 
     // A burst of events, all in flight at once; every one acknowledged before shutdown.
     let handle = server.handle().clone();
@@ -206,15 +199,7 @@ fn events_acknowledged_just_before_shutdown_are_written_before_it() {
     drop(server); // shuts down gracefully, at once
 
     for (number, client) in clients.iter_mut().enumerate() {
-        let mut received = 0;
-        let last = loop {
-            let message = client.recv();
-            if message[0] != "event" {
-                break message;
-            }
-            received += 1;
-        };
-        assert_eq!(last, ["shutdown"], "client #{number}");
+        let received = client.events_before_shutdown();
         assert_eq!(
             received, BURST,
             "client #{number} got {received} of {BURST} acknowledged events before `shutdown`"

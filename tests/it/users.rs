@@ -31,20 +31,6 @@ fn watched_server(users: &[(&str, &str)]) -> TestServer {
     server
 }
 
-/// A client logged in as `name`.
-fn logged_in(server: &TestServer, name: &str, password: &str) -> TestClient {
-    let mut client = server.client();
-    client.login(name, password);
-    client
-}
-
-/// What a fresh connection gets for `login name password`.
-fn login_reply(server: &TestServer, name: &str, password: &str) -> String {
-    let mut client = server.client();
-    client.send(&["login", name, password]);
-    client.recv().join(" ")
-}
-
 /// Replaces the file at `path` by writing a sibling and renaming it over, as editors and
 /// configuration management do.
 fn rename_replace(path: &Path, text: &str) {
@@ -67,9 +53,9 @@ fn assert_invalidated(client: &mut TestClient) {
 fn changed_hash_invalidates_only_that_user(edit: fn(&Path, &str)) {
     let (alice_old, alice_new, bob) = (cheap_hash("a1"), cheap_hash("a2"), cheap_hash("b1"));
     let server = watched_server(&[("alice", &alice_old), ("bob", &bob)]);
-    let mut alice_1 = logged_in(&server, "alice", "a1");
-    let mut alice_2 = logged_in(&server, "alice", "a1");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
+    let mut alice_1 = server.logged_in("alice", "a1");
+    let mut alice_2 = server.logged_in("alice", "a1");
+    let mut bob_1 = server.logged_in("bob", "b1");
 
     edit(
         &server.users_path(),
@@ -79,9 +65,9 @@ fn changed_hash_invalidates_only_that_user(edit: fn(&Path, &str)) {
     assert_invalidated(&mut alice_2);
     bob_1.expect_nothing_for(QUIET);
     server.wait_for_log("changed: \"alice\"", LOG_WITHIN);
-    assert_eq!(login_reply(&server, "alice", "a1"), "login_invalid");
-    assert_eq!(login_reply(&server, "alice", "a2"), "login_valid");
-    assert_eq!(login_reply(&server, "bob", "b1"), "login_valid");
+    assert_eq!(server.login_reply("alice", "a1"), "login_invalid");
+    assert_eq!(server.login_reply("alice", "a2"), "login_valid");
+    assert_eq!(server.login_reply("bob", "b1"), "login_valid");
     assert!(
         !server.stderr_text().contains(&alice_new[7..]),
         "a hash was logged"
@@ -102,9 +88,9 @@ fn hash_changed_by_in_place_write_invalidates_only_that_user() {
 fn removed_user_is_invalidated_and_can_no_longer_log_in() {
     let (alice, bob) = (cheap_hash("a1"), cheap_hash("b1"));
     let server = watched_server(&[("alice", &alice), ("bob", &bob)]);
-    let mut alice_1 = logged_in(&server, "alice", "a1");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
-    let mut bob_2 = logged_in(&server, "bob", "b1");
+    let mut alice_1 = server.logged_in("alice", "a1");
+    let mut bob_1 = server.logged_in("bob", "b1");
+    let mut bob_2 = server.logged_in("bob", "b1");
 
     rename_replace(&server.users_path(), &users_toml(&[("alice", &alice)]));
     assert_invalidated(&mut bob_1);
@@ -114,7 +100,7 @@ fn removed_user_is_invalidated_and_can_no_longer_log_in() {
         "users file reloaded: 1 user(s); removed: \"bob\"",
         LOG_WITHIN,
     );
-    assert_eq!(login_reply(&server, "bob", "b1"), "login_invalid");
+    assert_eq!(server.login_reply("bob", "b1"), "login_invalid");
 }
 
 #[test]
@@ -122,8 +108,8 @@ fn malformed_edit_changes_nothing_and_the_next_valid_edit_applies() {
     let (alice, bob) = (cheap_hash("a1"), cheap_hash("b1"));
     let server = watched_server(&[("alice", &alice), ("bob", &bob)]);
     let path = server.users_path();
-    let mut alice_1 = logged_in(&server, "alice", "a1");
-    let mut bob_1 = logged_in(&server, "bob", "b1");
+    let mut alice_1 = server.logged_in("alice", "a1");
+    let mut bob_1 = server.logged_in("bob", "b1");
 
     // Not TOML: the parser's complaint, with the line.
     write_in_place(&path, "[users.alice]\npassword_hash = \"unterminated\n");
@@ -149,8 +135,8 @@ fn malformed_edit_changes_nothing_and_the_next_valid_edit_applies() {
     );
 
     crate::common::expect_all_silent(&mut [&mut alice_1, &mut bob_1], QUIET);
-    assert_eq!(login_reply(&server, "alice", "a1"), "login_valid");
-    assert_eq!(login_reply(&server, "carol", "hunter2"), "login_invalid");
+    assert_eq!(server.login_reply("alice", "a1"), "login_valid");
+    assert_eq!(server.login_reply("carol", "hunter2"), "login_invalid");
 
     rename_replace(&path, &users_toml(&[("alice", &alice)]));
     assert_invalidated(&mut bob_1);
@@ -163,15 +149,15 @@ fn with_watch_off_an_edit_waits_for_sighup() {
     let server =
         TestServer::start_with_hashes(&config().auth("watch", false), &[("alice", &alice_old)]);
     server.wait_for_log("not watched (auth.watch = false)", LOG_WITHIN);
-    let mut alice_1 = logged_in(&server, "alice", "a1");
+    let mut alice_1 = server.logged_in("alice", "a1");
 
     rename_replace(&server.users_path(), &users_toml(&[("alice", &alice_new)]));
     alice_1.expect_nothing_for(Duration::from_secs(1));
-    assert_eq!(login_reply(&server, "alice", "a1"), "login_valid");
+    assert_eq!(server.login_reply("alice", "a1"), "login_valid");
 
     server.signal(Signal::SIGHUP);
     assert_invalidated(&mut alice_1);
-    assert_eq!(login_reply(&server, "alice", "a2"), "login_valid");
+    assert_eq!(server.login_reply("alice", "a2"), "login_valid");
     server.wait_for_log("SIGHUP received", LOG_WITHIN);
 }
 
@@ -404,23 +390,23 @@ fn twenty_concurrent_passwd_runs_all_land_in_the_file() {
 fn running_server_applies_what_passwd_and_deluser_write() {
     let server = watched_server(&[("alice", &cheap_hash("a1"))]);
     let config_path = server.config_path();
-    let mut alice_1 = logged_in(&server, "alice", "a1");
+    let mut alice_1 = server.logged_in("alice", "a1");
 
     let ran = passwd(&config_path, "carol", b"c1\n");
     assert_eq!(ran.status.code(), Some(0), "{ran:?}");
     server.wait_for_log("added: \"carol\"", LOG_WITHIN);
-    let mut carol_1 = logged_in(&server, "carol", "c1");
+    let mut carol_1 = server.logged_in("carol", "c1");
     alice_1.expect_nothing_for(Duration::from_millis(100));
 
     let ran = passwd(&config_path, "alice", b"a2\n");
     assert_eq!(ran.status.code(), Some(0), "{ran:?}");
     assert_invalidated(&mut alice_1);
-    assert_eq!(login_reply(&server, "alice", "a2"), "login_valid");
+    assert_eq!(server.login_reply("alice", "a2"), "login_valid");
 
     let ran = deluser(&config_path, "carol");
     assert_eq!(ran.status.code(), Some(0), "{ran:?}");
     assert_invalidated(&mut carol_1);
-    assert_eq!(login_reply(&server, "carol", "c1"), "login_invalid");
+    assert_eq!(server.login_reply("carol", "c1"), "login_invalid");
 }
 
 /// `tether passwd` is found under `--config` given after the command name too.

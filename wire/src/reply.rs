@@ -46,7 +46,9 @@ impl Reply {
         Self::Shutdown,
     ];
 
-    /// The message's only part, as sent, such as `login_valid`.
+    /// The message's only part, as sent, such as `login_valid`. Inline: the server
+    /// writes one per reply.
+    #[inline]
     pub fn name(self) -> &'static str {
         match self {
             Self::LoginValid => "login_valid",

@@ -2,7 +2,7 @@
 //! can publish events and inject faults through the library API while clients talk to it
 //! over real TCP.
 
-use super::{metric_in, wait_until};
+use super::{metric_in, wait_until, TestClient};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::registry::Registry;
 use std::future::Future;
@@ -162,6 +162,19 @@ impl InProcessServer {
                 .await
                 .expect("library call answered within 10 s")
         })
+    }
+
+    /// `count` connections logged in as `name`, returned once the server counts them all.
+    pub fn logged_in(&self, name: &str, password: &str, count: usize) -> Vec<TestClient> {
+        let clients = (0..count)
+            .map(|_| {
+                let mut client = TestClient::connect(self.addr);
+                client.login(name, password);
+                client
+            })
+            .collect();
+        self.wait_for_connections(name, count);
+        clients
     }
 
     /// Waits (at most 5 s) until `user` has `expected` bound connections.

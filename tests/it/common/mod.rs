@@ -302,6 +302,20 @@ impl TestServer {
         TestClient::connect(self.addr)
     }
 
+    /// A new client logged in as `name`.
+    pub fn logged_in(&self, name: &str, password: &str) -> TestClient {
+        let mut client = self.client();
+        client.login(name, password);
+        client
+    }
+
+    /// What a fresh connection gets for `login name password`, its parts joined by spaces.
+    pub fn login_reply(&self, name: &str, password: &str) -> String {
+        let mut client = self.client();
+        client.send(&["login", name, password]);
+        client.recv().join(" ")
+    }
+
     /// Everything the server has written to stderr so far.
     pub fn stderr_text(&self) -> String {
         self.log.text.lock().expect("log lock").clone()
@@ -785,6 +799,20 @@ impl TestClient {
             .map(|(message, (_, reply))| (message.as_slice(), *reply))
             .collect();
         self.converse_raw(&raw);
+    }
+
+    /// Reads events up to the next other message, which must be `shutdown`; answers how
+    /// many events came before it.
+    pub fn events_before_shutdown(&mut self) -> usize {
+        let mut events = 0;
+        loop {
+            let message = self.recv();
+            if message[0] != "event" {
+                assert_eq!(message, ["shutdown"], "after {events} event(s)");
+                return events;
+            }
+            events += 1;
+        }
     }
 
     /// Logs in and asserts the login is valid.

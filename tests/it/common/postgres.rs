@@ -112,18 +112,24 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
-    /// Runs one of the server's programs as the user that owns the cluster; panics with
-    /// its output when it fails.
-    fn run_owned(&self, program: &str, args: &[&str]) -> Output {
+    /// One of the server's programs, to run as the user that owns the cluster (through
+    /// `runuser` when the tests run as root).
+    fn owned_command(&self, program: &str) -> Command {
         let path = self.bin.join(program);
-        let mut command = if self.as_postgres {
+        if self.as_postgres {
             let mut command = Command::new("runuser");
             command.args(["-u", "postgres", "--"]).arg(path);
             command
         } else {
             Command::new(path)
-        };
-        let output = command
+        }
+    }
+
+    /// Runs one of the server's programs as the user that owns the cluster; panics with
+    /// its output when it fails.
+    fn run_owned(&self, program: &str, args: &[&str]) -> Output {
+        let output = self
+            .owned_command(program)
             .args(args)
             .current_dir(self.dir.path())
             .output()
@@ -267,15 +273,8 @@ impl Drop for Postgres {
             self.resume();
         }
         let data = self.data();
-        let path = self.bin.join("pg_ctl");
-        let mut command = if self.as_postgres {
-            let mut command = Command::new("runuser");
-            command.args(["-u", "postgres", "--"]).arg(path);
-            command
-        } else {
-            Command::new(path)
-        };
-        let _ = command
+        let _ = self
+            .owned_command("pg_ctl")
             .arg("-D")
             .arg(&data)
             .args(["-m", "immediate", "-w", "stop"])
