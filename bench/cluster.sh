@@ -90,13 +90,15 @@ counted() {
 # tether at $TETHER_ADDR/$ADMIN_ADDR that start_servers started. `full`: about 2 minutes;
 # `smoke`: tiny numbers, asserting only that everything ran and nothing was lost.
 cluster_scenarios() {
-    local mode=$1 spread rate duration conns half
+    local mode=$1 spread rate duration conns half counted_conns counted_rate counted_duration
     start_cluster 3
     spread="${CLUSTER_ADDRS[1]},${CLUSTER_ADDRS[2]}"
     if [[ $mode == full ]]; then
         rate=${CLUSTER_RATE:-2000} duration=8 conns=1000 half=(--then-half)
+        counted_conns=300 counted_rate=1000 counted_duration=2
     else
         rate=100 duration=1 conns=30 half=(--rate 300)
+        counted_conns=30 counted_rate=300 counted_duration=1
     fi
     # Cross-node latency: 1,000 users, one connection each, spread over the nodes; events
     # through n1 at a fixed moderate rate; the same on the single node.
@@ -124,11 +126,11 @@ cluster_scenarios() {
             --duration "$duration" "${half[@]}" --publishers 8 --drain 10
     done
     # Redis commands per event: one user on the three nodes, then many users over them.
-    for users in 1 300; do
+    for users in 1 "$counted_conns"; do
         counted "$users user(s) over 3 nodes" -- --target-name cluster-commands fanout \
             --addr "${CLUSTER_ADDRS[0]}" --spread "$spread" --admin "$CLUSTER_ADMIN" \
-            --connections 300 --users "$users" --rate 1000 --duration 2 --publishers 4 \
-            --drain 10
+            --connections "$counted_conns" --users "$users" --rate "$counted_rate" \
+            --duration "$counted_duration" --publishers 4 --drain 10
     done
     for pid in "${CLUSTER_PIDS[@]}" "$CLUSTER_REDIS_PID"; do
         stop_one "$pid"

@@ -43,11 +43,12 @@ fn sequence_number(message: &[String], prefix: &str) -> u64 {
         .unwrap_or_else(|| panic!("expected an event {prefix}-N, got {message:?}"))
 }
 
-/// Reads what `client` has received within `wait`: the numbers of its `PREFIX-N` events,
-/// appended to `into`, which must stay strictly increasing (nothing duplicated or
-/// reordered).
+/// Reads what `client` receives until nothing comes for `wait` (or for a second at most,
+/// while events keep coming): the numbers of its `PREFIX-N` events, appended to `into`,
+/// which must stay strictly increasing (nothing duplicated or reordered).
 fn drain_numbered(client: &mut TestClient, prefix: &str, into: &mut Vec<u64>, wait: Duration) {
-    loop {
+    let deadline = Instant::now() + wait.max(Duration::from_secs(1));
+    while Instant::now() < deadline {
         match client.try_recv(wait) {
             Ok(message) => {
                 let number = sequence_number(&message, prefix);
@@ -59,8 +60,11 @@ fn drain_numbered(client: &mut TestClient, prefix: &str, into: &mut Vec<u64>, wa
                 }
                 into.push(number);
             }
-            Err(RecvError::Timeout(partial)) if partial.is_empty() => return,
-            Err(other) => panic!("reading {prefix} events: {other:?}"),
+            // A partial message stays in the client's buffer for the next call.
+            Err(RecvError::Timeout(_)) => return,
+            Err(RecvError::Closed(partial)) => {
+                panic!("the connection closed while reading {prefix} events ({partial:?})")
+            }
         }
     }
 }
@@ -120,6 +124,15 @@ fn publish_steadily(node: &Node, user: &str, stop: &AtomicBool, answers: &Answer
     }
 }
 
+/// Sets its flag when dropped, also while a panic unwinds.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How many answers with `status` `answers` holds.
 fn count_status(answers: &Answers, status: u16) -> usize {
     answers
@@ -145,6 +158,8 @@ fn redis_killed_mid_stream_answers_503_then_delivery_resumes_on_every_node() {
     std::thread::scope(|scope| {
         let publisher =
             scope.spawn(|| publish_steadily(&cluster.nodes[0], ALICE.0, &stop, &answers));
+        // A failed assertion below must stop the publisher too, or the scope waits forever.
+        let _stop_publisher = StopOnDrop(&stop);
         let read_all = |clients: &mut Vec<TestClient>, received: &mut Vec<Vec<u64>>| {
             for (client, got) in clients.iter_mut().zip(received.iter_mut()) {
                 drain_numbered(client, "s", got, Duration::from_millis(20));
