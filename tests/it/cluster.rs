@@ -408,7 +408,7 @@ fn an_event_published_elsewhere_right_after_login_valid_reaches_the_new_connecti
     // The node subscribes to a user's channel when it gains the user's first connection;
     // `login_valid` waits for Redis to confirm it, so an event another node publishes as
     // soon as the client reads `login_valid` reaches it, every time.
-    const USERS: usize = 100;
+    const USERS: usize = 300;
     let names: Vec<String> = (0..USERS).map(|index| format!("fresh{index}")).collect();
     let users: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "pw")).collect();
     let Some(cluster) = Cluster::start(2, &users) else {
