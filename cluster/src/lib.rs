@@ -229,10 +229,12 @@ impl Broker for RedisBroker {
         answered
     }
 
-    fn presence(&self, user: &str, delta: i32) {
+    fn presence(&self, user: &str, delta: i32, subscribed: Option<oneshot::Sender<()>>) {
+        // A thread gone drops `subscribed` with the request: the login is answered at once.
         let _ = self.requests.send(worker::Request::Presence {
             user: Arc::from(user),
             delta,
+            subscribed,
         });
     }
 

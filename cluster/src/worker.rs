@@ -136,8 +136,13 @@ pub(crate) enum Request {
         users: Vec<Arc<str>>,
         answer: oneshot::Sender<Result<Vec<usize>, BrokerUnreachable>>,
     },
-    /// This node's connections of `user` changed by `delta`.
-    Presence { user: Arc<str>, delta: i32 },
+    /// This node's connections of `user` changed by `delta`; `subscribed` is answered once
+    /// the node follows the user's channel (dropped while Redis is unreachable).
+    Presence {
+        user: Arc<str>,
+        delta: i32,
+        subscribed: Option<oneshot::Sender<()>>,
+    },
     /// Say so on the channel once the requests before have been answered.
     Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
@@ -342,7 +347,8 @@ impl Worker {
                 let _ = done.send(());
             }
             Request::Invalidate { user, answer: None } => self.keep_for_later(user),
-            Request::Presence { user, delta } => {
+            // `subscribed` is dropped: the login is answered now, not after the outage.
+            Request::Presence { user, delta, .. } => {
                 self.count(&user, delta);
             }
             Request::Stop(done) => {
@@ -567,6 +573,9 @@ impl Worker {
         let mut many = Vec::new();
         // Answered once the pipeline's answers are (dropped with them if it fails).
         let mut flushes = Vec::new();
+        // Logins waiting for their user's channel: answered once `follow` subscribed (or
+        // dropped, unanswered, if it fails).
+        let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut writes = false;
         let mut next = Some(first);
         while let Some(request) = next.take() {
@@ -596,9 +605,14 @@ impl Worker {
                 }
                 Request::CountMany { users, answer } => many.push((users, answer)),
                 Request::Flush(done) => flushes.push(done),
-                Request::Presence { user, delta } => {
+                Request::Presence {
+                    user,
+                    delta,
+                    subscribed,
+                } => {
                     self.count(&user, delta);
                     changed.push(user);
+                    waiting.extend(subscribed);
                 }
                 Request::Stop(done) => {
                     stop = Some(done);
@@ -621,6 +635,9 @@ impl Worker {
                 let _ = answer.send(Err(BrokerUnreachable));
             }
             return Err(Ended::Lost(err));
+        }
+        for subscribed in waiting {
+            let _ = subscribed.send(());
         }
         // This node's counts go in the same round trip, after the requests.
         for user in self.dirty.drain() {

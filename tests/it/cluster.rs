@@ -402,3 +402,32 @@ fn a_batch_published_on_one_node_reaches_every_node_in_order_with_cluster_counts
     assert_eq!(receive_events(&mut bob, bob_texts.len()), bob_texts);
     expect_all_silent(&mut [&mut a1, &mut a2, &mut a3, &mut bob], QUIET);
 }
+
+#[test]
+fn an_event_published_elsewhere_right_after_login_valid_reaches_the_new_connection() {
+    // The node subscribes to a user's channel when it gains the user's first connection;
+    // `login_valid` waits for Redis to confirm it, so an event another node publishes as
+    // soon as the client reads `login_valid` reaches it, every time.
+    const USERS: usize = 300;
+    let names: Vec<String> = (0..USERS).map(|index| format!("fresh{index}")).collect();
+    let users: Vec<(&str, &str)> = names.iter().map(|name| (name.as_str(), "pw")).collect();
+    let Some(cluster) = Cluster::start(2, &users) else {
+        return;
+    };
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let mut missed = Vec::new();
+    for name in &names {
+        let mut client = n2.login(name, "pw");
+        n1.publish_ok(name, "right after");
+        match client.try_recv(Duration::from_secs(2)) {
+            Ok(message) if message.len() == 3 && message[2] == "right after" => {}
+            Ok(other) => missed.push(format!("{name}: {other:?}")),
+            Err(_) => missed.push(format!("{name}: nothing")),
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "{} of {USERS} fresh logins missed the event: {missed:?}",
+        missed.len()
+    );
+}

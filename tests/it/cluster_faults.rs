@@ -256,7 +256,8 @@ fn redis_killed_mid_stream_answers_503_then_delivery_resumes_on_every_node() {
 
 #[test]
 fn redis_paused_for_15_s_is_noticed_within_10_s_and_the_nodes_recover() {
-    let Some(cluster) = Cluster::start(2, &[ALICE]) else {
+    let carol = ("carol", "pw-c");
+    let Some(cluster) = Cluster::start(2, &[ALICE, carol]) else {
         return;
     };
     let (n1, n2) = (cluster.node(1), cluster.node(2));
@@ -286,6 +287,15 @@ fn redis_paused_for_15_s_is_noticed_within_10_s_and_the_nodes_recover() {
     on_n2.expect(&["prolongate_ack"]);
     let mut fresh = n2.client();
     fresh.login(ALICE.0, ALICE.1);
+    // A user new to n2 is answered at once too: it does not wait for a subscription that
+    // cannot be made (it is made after the reconnect).
+    let asked = Instant::now();
+    let _carol = n2.login(carol.0, carol.1);
+    let answered = asked.elapsed();
+    assert!(
+        answered < Duration::from_millis(500),
+        "login of a new user answered after {answered:?} while Redis is unreachable"
+    );
 
     std::thread::sleep(Duration::from_secs(15).saturating_sub(paused.elapsed()));
     cluster.redis.resume();

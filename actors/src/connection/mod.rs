@@ -235,6 +235,8 @@ impl ConnectionActor {
         if self.transport.phase != Phase::Open {
             return;
         }
+        // A login that bound and waits for the cluster broker is answered as it stands.
+        self.with_session(ctx, |session, outbox| session.answer_subscribing(outbox));
         if self.session.drop_login() {
             log::info!("{}: login unchecked: closing ({reason:?})", self.peer());
             self.reply(Reply::LoginInvalid, ctx);

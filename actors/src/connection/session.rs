@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::time::Sleep;
 
 /// The user a connection is bound to, and which login bound it.
 #[derive(Debug)]
@@ -39,6 +41,23 @@ struct PendingLogin {
     user: Option<Arc<str>>,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
+}
+
+/// How long a login waits for the cluster broker to follow its user's channel before it
+/// is answered anyway (SPEC §8; the broker normally confirms within a Redis round trip).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+
+/// A login that bound the connection in a cluster and waits, before `login_valid`, until
+/// the broker follows the user's channel: until then an event published on another node
+/// might not reach this node.
+struct Subscribing {
+    /// Resolves (answered or dropped, alike) once the broker follows the channel or
+    /// cannot.
+    confirmed: oneshot::Receiver<()>,
+    /// When the login is answered anyway.
+    give_up: Pin<Box<Sleep>>,
+    /// Pushes that came meanwhile, handled after `login_valid`.
+    held: Vec<Push>,
 }
 
 /// What a session asks of its connection, in the order it asks.
@@ -70,6 +89,9 @@ pub(crate) struct Session {
     binding: Option<Binding>,
     /// A login being checked; no command is handled until its verdict.
     login: Option<PendingLogin>,
+    /// A login that bound, waiting for the cluster broker before `login_valid` (never
+    /// alone); no command is handled meanwhile.
+    subscribing: Option<Box<Subscribing>>,
     /// An `invalidate` found the bus gone; it is asked again once the bus is replaced.
     invalidate_deferred: bool,
 }
@@ -83,6 +105,7 @@ impl Session {
             shared,
             binding: None,
             login: None,
+            subscribing: None,
             invalidate_deferred: false,
         }
     }
@@ -105,7 +128,7 @@ impl Session {
 
     /// Whether a login is being checked (no command is handled meanwhile).
     pub(crate) fn login_pending(&self) -> bool {
-        self.login.is_some()
+        self.login.is_some() || self.subscribing.is_some()
     }
 
     /// Handles one complete message from the client; counts it in `tally`.
@@ -147,12 +170,28 @@ impl Session {
     }
 
     /// Polls the verdict of the login being checked: ready (and answered) when there is
-    /// none or it is in; pending while bcrypt still works on it.
+    /// none or it is in; pending while bcrypt still works on it, or while the cluster
+    /// broker is not yet following the user it bound.
     pub(crate) fn poll_login(
         &mut self,
         task: &mut std::task::Context<'_>,
         fx: &mut impl Effects,
     ) -> Poll<()> {
+        if let Some(subscribing) = &mut self.subscribing {
+            if Pin::new(&mut subscribing.confirmed).poll(task).is_pending() {
+                if subscribing.give_up.as_mut().poll(task).is_pending() {
+                    return Poll::Pending;
+                }
+                log::warn!(
+                    "{}: login answered before the cluster broker followed the user \
+                     (waited {SUBSCRIBE_WAIT:?}){}",
+                    self.peer,
+                    self.who()
+                );
+            }
+            self.answer_subscribing(fx);
+            return Poll::Ready(());
+        }
         let Some(login) = &mut self.login else {
             return Poll::Ready(());
         };
@@ -168,12 +207,30 @@ impl Session {
     /// Gives up the login being checked, if any (its check is dropped if not yet started);
     /// returns whether there was one.
     pub(crate) fn drop_login(&mut self) -> bool {
+        self.subscribing = None;
         self.login.take().is_some()
+    }
+
+    /// Answers now a login that waits for the cluster broker (the connection closes):
+    /// `login_valid`, then the pushes held meanwhile.
+    pub(crate) fn answer_subscribing(&mut self, fx: &mut impl Effects) {
+        let Some(subscribing) = self.subscribing.take() else {
+            return;
+        };
+        fx.reply(Reply::LoginValid);
+        for push in subscribing.held {
+            self.on_push(push, fx);
+        }
     }
 
     /// Handles what the registry pushed; a push for another binding than the one in force
     /// (an older login) is dropped.
     pub(crate) fn on_push(&mut self, push: Push, fx: &mut impl Effects) {
+        if let Some(subscribing) = &mut self.subscribing {
+            // After `login_valid`, as the client expects.
+            subscribing.held.push(push);
+            return;
+        }
         match push {
             Push::Event { binding, event } => {
                 if self.is_bound_as(binding) {
@@ -337,10 +394,19 @@ impl Session {
             };
             fx.bind(&binding);
             // After the `Bind` is sent: whoever sees this count reaches the shard after it.
-            self.shared.presence.enter(self.shard, &binding.user);
+            let confirmed = self.shared.presence.enter(self.shard, &binding.user);
             log::info!("{}: logged in as {:?}", self.peer, binding.user);
             self.binding = Some(binding);
             self.shared.metrics.connections_bound.inc();
+            if let Some(confirmed) = confirmed {
+                // In a cluster: bound for every node once the broker follows the user.
+                self.subscribing = Some(Box::new(Subscribing {
+                    confirmed,
+                    give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
+                    held: Vec::new(),
+                }));
+                return;
+            }
         }
         fx.reply(Reply::LoginValid);
     }

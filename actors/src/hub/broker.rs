@@ -83,8 +83,11 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     fn count_many(&self, users: Vec<Arc<str>>) -> OtherNodesMany;
 
     /// This node's connections bound to `user` changed by `delta` (+1 bound, -1 unbound):
-    /// the broker follows the user's channel while the sum is above zero.
-    fn presence(&self, user: &str, delta: i32);
+    /// the broker follows the user's channel while the sum is above zero. `subscribed`
+    /// (given with a bind) is answered, or dropped, once the broker follows the channel —
+    /// Redis confirmed the subscription, at once when it already did — or cannot (the
+    /// broker is unreachable): the login that bound waits for it before `login_valid`.
+    fn presence(&self, user: &str, delta: i32, subscribed: Option<oneshot::Sender<()>>);
 
     /// Resolves (with `Ok` or a closed channel, alike) once every publish made before this
     /// call has been answered — its `answered` function called, delivering it here or

@@ -21,6 +21,7 @@ use crate::hub::broker::Broker;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::oneshot;
 
 /// Per registry shard, how many connections are bound to each user (by name hash).
 #[derive(Debug)]
@@ -49,15 +50,17 @@ impl Presence {
         }
     }
 
-    /// A connection of `shard` is now bound to `user`; call after its `Bind` was sent.
-    pub(crate) fn enter(&self, shard: usize, user: &str) {
+    /// A connection of `shard` is now bound to `user`; call after its `Bind` was sent. In a
+    /// cluster, answers what resolves once the broker follows the user's channel (SPEC §8:
+    /// the connection is bound for the whole cluster only then).
+    pub(crate) fn enter(&self, shard: usize, user: &str) -> Option<oneshot::Receiver<()>> {
         let key = self.hasher.hash_one(user);
-        if let Some(counts) = self.shards.get(shard) {
-            *lock(counts).entry(key).or_default() += 1;
-            if let Some(broker) = &self.broker {
-                broker.presence(user, 1);
-            }
-        }
+        let counts = self.shards.get(shard)?;
+        *lock(counts).entry(key).or_default() += 1;
+        let broker = self.broker.as_ref()?;
+        let (subscribed, confirmed) = oneshot::channel();
+        broker.presence(user, 1, Some(subscribed));
+        Some(confirmed)
     }
 
     /// A connection of `shard` is no longer bound to `user`.
@@ -71,7 +74,7 @@ impl Presence {
                     counts.remove(&key);
                 }
                 if let Some(broker) = &self.broker {
-                    broker.presence(user, -1);
+                    broker.presence(user, -1, None);
                 }
             }
         }
