@@ -23,9 +23,10 @@ pub use crate::hub::messages::{Push, ShardEvent};
 use crate::hub::state::{HubChanged, HubState};
 use crate::util::buffers::{self, Spare};
 use crate::util::metrics::{CommandTally, IoErrorCause};
-use crate::util::output_budget::{Evict, OutputCharge};
+use crate::util::output_budget::{Evictee, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
+use actix::WeakAddr;
 use bytes::{Buf, BytesMut};
 pub(crate) use client_stream::ClientStream;
 use session::{Binding, Effects, Session};
@@ -57,24 +58,35 @@ enum CloseReason {
 /// One client connection.
 pub struct ConnectionActor {
     /// The byte side: the socket, its buffers, the deadline, the close.
-    transport: Transport<ClientStream>,
+    transport: Transport<ClientStream, EvictConnection>,
     /// The protocol side: commands, login, binding.
     session: Session,
     /// The hub's addresses in force and the registry generations they belong to.
     hub: HubState,
-    /// The registry shard of this connection's worker arbiter.
-    shard: usize,
     /// This connection's key in the [`Roster`](crate::hub::roster::Roster) of its shard.
     roster_key: usize,
     /// This connection's place under `max_connections`; freed when the actor drops.
     _permit: OwnedSemaphorePermit,
 }
 
+/// Tells a connection its output was evicted from the server-wide budget; a weak address,
+/// so the budget's ledger keeps no connection alive.
+#[derive(Clone)]
+pub(crate) struct EvictConnection(WeakAddr<ConnectionActor>);
+
+impl Evictee for EvictConnection {
+    fn evict(&self) {
+        if let Some(connection) = self.0.upgrade() {
+            connection.do_send(OutputEvicted);
+        }
+    }
+}
+
 /// What the session asks, done for the actor: replies and events go into the transport,
 /// bindings and invalidations to the hub. A bound the output passes, and a `disconnect`,
 /// are acted on once the session returns.
 struct Outbox<'a> {
-    transport: &'a mut Transport<ClientStream>,
+    transport: &'a mut Transport<ClientStream, EvictConnection>,
     hub: &'a HubState,
     shard: usize,
     ctx: &'a Context<ConnectionActor>,
@@ -145,12 +157,7 @@ impl ConnectionActor {
         ctx: &mut Context<Self>,
     ) -> Self {
         let roster_key = shared.roster.join(shard, ctx.address().downgrade());
-        let address = ctx.address().downgrade();
-        let evict: Evict = Arc::new(move || {
-            if let Some(connection) = address.upgrade() {
-                connection.do_send(OutputEvicted);
-            }
-        });
+        let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
         let transport = Transport::new(
@@ -165,7 +172,6 @@ impl ConnectionActor {
             transport,
             session: Session::new(peer, shard, shared),
             hub,
-            shard,
             roster_key,
             _permit: permit,
         }
@@ -189,7 +195,7 @@ impl ConnectionActor {
         let mut outbox = Outbox {
             transport: &mut self.transport,
             hub: &self.hub,
-            shard: self.shard,
+            shard: self.session.shard(),
             ctx,
             overflow: None,
             disconnect: false,
@@ -469,7 +475,9 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared().metrics.connections_open.dec();
-        self.shared().roster.leave(self.shard, self.roster_key);
+        self.shared()
+            .roster
+            .leave(self.session.shard(), self.roster_key);
         // Still bound only when the actor did not stop in order (a panic).
         self.session.take_binding();
     }
@@ -509,8 +517,8 @@ impl Handler<HubChanged> for ConnectionActor {
     type Result = ();
 
     fn handle(&mut self, HubChanged(state): HubChanged, ctx: &mut Context<Self>) {
-        let fresh_registry =
-            state.shards.generations.get(self.shard) != self.hub.shards.generations.get(self.shard);
+        let fresh_registry = state.shards.generations.get(self.session.shard())
+            != self.hub.shards.generations.get(self.session.shard());
         self.hub = state;
         if self.hub.shutting_down {
             // This message queued behind every push sent before the shutdown began, so an
@@ -550,5 +558,27 @@ impl ActorFuture<ConnectionActor> for DriveSocket {
             // Moves the deadline or closes; either way, look at the socket again.
             act.deadline_passed(ctx);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::size_of;
+
+    /// What an idle connection holds inline (in its task) and how it is told to go: one weak
+    /// address, no allocation until its output is first charged to the budget. Prints the
+    /// sizes (`--nocapture`) for the `hold` figures in BENCHMARKS.md.
+    #[test]
+    fn an_idle_connection_holds_no_eviction_callback() {
+        println!(
+            "ConnectionActor {} B: Transport {} B (OutputCharge {} B), Session {} B, HubState {} B",
+            size_of::<ConnectionActor>(),
+            size_of::<Transport<ClientStream, EvictConnection>>(),
+            size_of::<OutputCharge<EvictConnection>>(),
+            size_of::<Session>(),
+            size_of::<HubState>(),
+        );
+        assert_eq!(size_of::<EvictConnection>(), size_of::<usize>());
     }
 }

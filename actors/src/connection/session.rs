@@ -115,6 +115,11 @@ impl Session {
         self.peer
     }
 
+    /// The registry shard of this connection's worker arbiter.
+    pub(crate) fn shard(&self) -> usize {
+        self.shard
+    }
+
     /// The services every connection shares.
     pub(crate) fn shared(&self) -> &Arc<ConnectionShared> {
         &self.shared

@@ -5,7 +5,7 @@
 //! protocol's commands: the [`Session`](super::session::Session) does.
 
 use crate::util::buffers::{self, Spare};
-use crate::util::output_budget::{OutputCharge, FREE_BYTES};
+use crate::util::output_budget::{Evictee, OutputCharge, FREE_BYTES};
 use crate::wire::codec::{encode_message, ends_at_boundary, DecodeError, MessageCodec};
 use crate::wire::protocol::Reply;
 use bytes::{Buf, BytesMut};
@@ -101,8 +101,9 @@ impl UnwrittenEvents {
     }
 }
 
-/// The byte side of one connection over a stream `S`.
-pub(crate) struct Transport<S> {
+/// The byte side of one connection over a stream `S`, told to go through `E` when the
+/// server-wide output budget needs room.
+pub(crate) struct Transport<S, E: Evictee> {
     /// The stream; reads and writes happen in place, without a split.
     stream: S,
     /// Splits the input into messages and bounds their length.
@@ -116,7 +117,7 @@ pub(crate) struct Transport<S> {
     /// The events in `output`, for the delivery histogram once they are written.
     unwritten_events: Option<UnwrittenEvents>,
     /// What `output` has charged to the server-wide budget; given back on drop.
-    output_charge: OutputCharge,
+    output_charge: OutputCharge<E>,
     /// Unsent output allowed before `io_error`.
     max_pending_bytes: usize,
     /// This worker's `tether_event_delivery_seconds`.
@@ -132,13 +133,13 @@ pub(crate) struct Transport<S> {
     pub input_closed: bool,
 }
 
-impl<S: Stream> Transport<S> {
+impl<S: Stream, E: Evictee> Transport<S, E> {
     /// A transport over `stream`, open, its deadline `deadline` from now.
     pub(crate) fn new(
         stream: S,
         max_message_bytes: usize,
         max_pending_bytes: usize,
-        output_charge: OutputCharge,
+        output_charge: OutputCharge<E>,
         delivery_seconds: Option<Histogram>,
         deadline: std::time::Duration,
     ) -> Self {

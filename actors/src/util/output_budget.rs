@@ -31,6 +31,13 @@ pub(crate) const FREE_BYTES: usize = 64 * 1024;
 /// outside the ledger's lock, from whichever thread needed room.
 pub(crate) type Evict = Arc<dyn Fn() + Send + Sync>;
 
+/// How a connection is told to go, kept by its [`OutputCharge`] as is (no allocation)
+/// and made into an [`Evict`] only when the connection is first charged — most never are.
+pub(crate) trait Evictee: Clone + Send + Sync + 'static {
+    /// Tells the connection to go.
+    fn evict(&self);
+}
+
 /// Bytes of unsent output charged, server-wide, against a limit.
 pub(crate) struct OutputBudget {
     /// The most that connections not told to go may have charged at once; also the most
@@ -98,14 +105,14 @@ impl Ledger {
     /// Sets the charge of `holder` (a key, or `None` for a connection with nothing
     /// charged) to `wanted`; answers false, changing nothing, when it must grow and cannot.
     /// Holders told to go (with [`Settle::OrEvict`]) are added to `told`; a new holder is
-    /// told to go through `evict`.
+    /// told to go through what `make_evict` makes.
     fn settle(
         &mut self,
         limit: usize,
         holder: &mut Option<usize>,
         wanted: usize,
         how: Settle,
-        evict: &Evict,
+        make_evict: &dyn Fn() -> Evict,
         told: &mut Vec<Evict>,
     ) -> bool {
         let entry = holder.and_then(|key| self.holders.get(key));
@@ -151,7 +158,7 @@ impl Ledger {
                     bytes: wanted,
                     stamp,
                     evicted: false,
-                    evict: Arc::clone(evict),
+                    evict: make_evict(),
                 }));
             }
         }
@@ -202,16 +209,16 @@ impl OutputBudget {
 }
 
 /// One connection's share of the budget; given back when dropped.
-pub(crate) struct OutputCharge {
+pub(crate) struct OutputCharge<E: Evictee> {
     /// The budget charged.
     budget: Arc<OutputBudget>,
     /// Tells this connection to go when it is the longest stalled and room is needed.
-    evict: Evict,
+    evictee: E,
     /// This connection's key in the ledger while it has something charged.
     holder: Option<usize>,
 }
 
-impl std::fmt::Debug for OutputCharge {
+impl<E: Evictee> std::fmt::Debug for OutputCharge<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OutputCharge")
             .field("holder", &self.holder)
@@ -219,12 +226,12 @@ impl std::fmt::Debug for OutputCharge {
     }
 }
 
-impl OutputCharge {
-    /// A connection's charge, empty; `evict` tells the connection to go.
-    pub(crate) fn new(budget: Arc<OutputBudget>, evict: Evict) -> Self {
+impl<E: Evictee> OutputCharge<E> {
+    /// A connection's charge, empty; `evictee` tells the connection to go.
+    pub(crate) fn new(budget: Arc<OutputBudget>, evictee: E) -> Self {
         Self {
             budget,
-            evict,
+            evictee,
             holder: None,
         }
     }
@@ -260,7 +267,10 @@ impl OutputCharge {
             &mut self.holder,
             wanted,
             how,
-            &self.evict,
+            &|| {
+                let evictee = self.evictee.clone();
+                Arc::new(move || evictee.evict())
+            },
             &mut told,
         );
         for evict in told {
@@ -275,7 +285,7 @@ impl OutputCharge {
     }
 }
 
-impl Drop for OutputCharge {
+impl<E: Evictee> Drop for OutputCharge<E> {
     fn drop(&mut self) {
         if self.holder.is_some() {
             self.update(0, Settle::Plain);
@@ -293,14 +303,21 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Counts the times it was told to go.
+    #[derive(Clone)]
+    struct Counter(Arc<AtomicUsize>);
+
+    impl Evictee for Counter {
+        fn evict(&self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// A charge whose evictions are counted in the answer.
-    fn charge(budget: &Arc<OutputBudget>) -> (OutputCharge, Arc<AtomicUsize>) {
+    fn charge(budget: &Arc<OutputBudget>) -> (OutputCharge<Counter>, Arc<AtomicUsize>) {
         let told = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&told);
-        let evict: Evict = Arc::new(move || {
-            counter.fetch_add(1, Ordering::Relaxed);
-        });
-        (OutputCharge::new(Arc::clone(budget), evict), told)
+        let counter = Counter(Arc::clone(&told));
+        (OutputCharge::new(Arc::clone(budget), counter), told)
     }
 
     fn charged(budget: &OutputBudget) -> (usize, usize) {
