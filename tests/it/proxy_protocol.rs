@@ -174,20 +174,6 @@ fn a_trusted_peer_without_a_valid_header_is_closed_without_a_reply() {
 }
 
 /// Immediate failure lines and the failures summed up in summary lines, in `log`.
-fn header_failures_logged(log: &str) -> (usize, u64) {
-    let immediate = log
-        .matches("closed: no valid PROXY protocol header")
-        .count();
-    let summed = log
-        .lines()
-        .filter_map(|line| {
-            let before = &line[..line.find(" more connection(s) closed without a valid PROXY")?];
-            before.rsplit(' ').next()?.parse::<u64>().ok()
-        })
-        .sum();
-    (immediate, summed)
-}
-
 #[test]
 fn headerless_connections_are_counted_by_cause_and_logged_once_per_interval() {
     const FAILED: usize = 30;
@@ -204,23 +190,15 @@ fn headerless_connections_are_counted_by_cause_and_logged_once_per_interval() {
         counted,
         "the headerless connections were not counted by cause"
     );
-    // One line at once, not one per connection (a second one only if a summary time with
-    // nothing to sum up fell between them)...
-    let (immediate, _) = header_failures_logged(&server.stderr_text());
-    assert!(
-        (1..=2).contains(&immediate),
-        "{immediate} lines for {FAILED} failures:\n{}",
-        server.stderr_text()
+    crate::common::assert_failures_logged_once_then_summed(
+        &server,
+        FAILED as u64,
+        &crate::common::FailureLogLines {
+            immediate: "closed: no valid PROXY protocol header",
+            summed: " more connection(s) closed without a valid PROXY",
+            summary: "connection(s) closed without a valid PROXY protocol header in the last 10s (",
+        },
     );
-    // ... and the others summed up within the interval.
-    let summed_up = crate::common::wait_until(Duration::from_secs(25), || {
-        let (immediate, summed) = header_failures_logged(&server.stderr_text());
-        immediate as u64 + summed == FAILED as u64
-    });
-    assert!(summed_up, "{}", server.stderr_text());
-    assert!(server
-        .stderr_text()
-        .contains("connection(s) closed without a valid PROXY protocol header in the last 10s ("));
 }
 
 #[test]

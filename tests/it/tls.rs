@@ -631,18 +631,6 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
 }
 
 /// Immediate failure lines and the failures summed up in summary lines, in `log`.
-fn handshake_failures_logged(log: &str) -> (usize, u64) {
-    let immediate = log.matches("TLS handshake failed").count();
-    let summed = log
-        .lines()
-        .filter_map(|line| {
-            let before = &line[..line.find(" more TLS handshake(s) failed")?];
-            before.rsplit(' ').next()?.parse::<u64>().ok()
-        })
-        .sum();
-    (immediate, summed)
-}
-
 #[test]
 fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
     if !openssl_available() {
@@ -662,23 +650,15 @@ fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
         ) == FAILED as f64
     });
     assert!(counted, "the failed handshakes were not counted by cause");
-    // One line at once, not one per connection (a second one only if a summary time with
-    // nothing to sum up fell between them)...
-    let (immediate, _) = handshake_failures_logged(&server.stderr_text());
-    assert!(
-        (1..=2).contains(&immediate),
-        "{immediate} lines for {FAILED} failures:\n{}",
-        server.stderr_text()
+    crate::common::assert_failures_logged_once_then_summed(
+        &server,
+        FAILED as u64,
+        &crate::common::FailureLogLines {
+            immediate: "TLS handshake failed",
+            summed: " more TLS handshake(s) failed",
+            summary: "TLS handshake(s) failed in the last 10s (",
+        },
     );
-    // ... and the others summed up within the interval.
-    let summed_up = crate::common::wait_until(Duration::from_secs(25), || {
-        let (immediate, summed) = handshake_failures_logged(&server.stderr_text());
-        immediate as u64 + summed == FAILED as u64
-    });
-    assert!(summed_up, "{}", server.stderr_text());
-    assert!(server
-        .stderr_text()
-        .contains("TLS handshake(s) failed in the last 10s ("));
 }
 
 #[test]

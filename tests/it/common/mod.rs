@@ -860,3 +860,53 @@ pub fn expect_all_silent(clients: &mut [&mut TestClient], wait: Duration) {
         client.expect_nothing_for(watch);
     }
 }
+
+/// What one kind of failure writes through the server's rate-limited failure log.
+pub struct FailureLogLines {
+    /// Part of the line logged at once for a failure.
+    pub immediate: &'static str,
+    /// What follows the count in a summary line ("N more …").
+    pub summed: &'static str,
+    /// Part of every summary line.
+    pub summary: &'static str,
+}
+
+impl FailureLogLines {
+    /// Failures in `log` logged at once, and failures summed up in summary lines.
+    fn counts(&self, log: &str) -> (usize, u64) {
+        let immediate = log.matches(self.immediate).count();
+        let summed = log
+            .lines()
+            .filter_map(|line| {
+                let before = &line[..line.find(self.summed)?];
+                before.rsplit(' ').next()?.parse::<u64>().ok()
+            })
+            .sum();
+        (immediate, summed)
+    }
+}
+
+/// Asserts that `failed` failures were logged as one line at once (two if a summary time
+/// with nothing to sum up fell between them) and the rest summed up within the interval.
+pub fn assert_failures_logged_once_then_summed(
+    server: &TestServer,
+    failed: u64,
+    lines: &FailureLogLines,
+) {
+    let (immediate, _) = lines.counts(&server.stderr_text());
+    assert!(
+        (1..=2).contains(&immediate),
+        "{immediate} lines for {failed} failures:\n{}",
+        server.stderr_text()
+    );
+    let summed_up = wait_until(Duration::from_secs(25), || {
+        let (immediate, summed) = lines.counts(&server.stderr_text());
+        immediate as u64 + summed == failed
+    });
+    assert!(summed_up, "{}", server.stderr_text());
+    assert!(
+        server.stderr_text().contains(lines.summary),
+        "{}",
+        server.stderr_text()
+    );
+}
