@@ -65,6 +65,16 @@ fn login_answer(server: &TestServer, name: &str, password: &str) -> Vec<String> 
     client.recv()
 }
 
+/// A fresh PostgreSQL with the table made by `db init` and the rows of alice (`pw-a`) and
+/// bob (`pw-b`); `None` when PostgreSQL is not installed (the test is skipped).
+fn with_alice_and_bob() -> Option<Postgres> {
+    let postgres = Postgres::start()?;
+    db_init(&postgres);
+    insert(&postgres, "alice", "pw-a");
+    insert(&postgres, "bob", "pw-b");
+    Some(postgres)
+}
+
 #[test]
 fn db_init_is_idempotent_prints_its_sql_and_a_server_needs_it() {
     let Some(postgres) = Postgres::start() else {
@@ -127,12 +137,9 @@ fn db_init_is_idempotent_prints_its_sql_and_a_server_needs_it() {
 
 #[test]
 fn rows_written_by_psql_log_in_and_their_changes_reach_two_nodes() {
-    let Some(postgres) = Postgres::start() else {
+    let Some(postgres) = with_alice_and_bob() else {
         return;
     };
-    db_init(&postgres);
-    insert(&postgres, "alice", "pw-a");
-    insert(&postgres, "bob", "pw-b");
     let one = TestServer::start(&config(&postgres), &[]);
     let two = TestServer::start(&config(&postgres), &[]);
 
@@ -163,12 +170,9 @@ fn rows_written_by_psql_log_in_and_their_changes_reach_two_nodes() {
 
 #[test]
 fn an_outage_is_answered_in_bounded_time_and_changes_made_during_it_are_enforced() {
-    let Some(postgres) = Postgres::start() else {
+    let Some(postgres) = with_alice_and_bob() else {
         return;
     };
-    db_init(&postgres);
-    insert(&postgres, "alice", "pw-a");
-    insert(&postgres, "bob", "pw-b");
     let server = TestServer::start(
         &config(&postgres).set("admin", "listen", "127.0.0.1:0"),
         &[],
@@ -353,12 +357,9 @@ fn commands_and_admin_routes_write_the_table() {
 
 #[test]
 fn a_database_that_stops_answering_delays_a_login_at_most_five_seconds() {
-    let Some(postgres) = Postgres::start() else {
+    let Some(postgres) = with_alice_and_bob() else {
         return;
     };
-    db_init(&postgres);
-    insert(&postgres, "alice", "pw-a");
-    insert(&postgres, "bob", "pw-b");
     let server = TestServer::start(&config(&postgres), &[]);
     server.client().login("alice", "pw-a");
 
@@ -489,12 +490,9 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
 
 #[test]
 fn sighup_checks_the_users_logged_in_here_against_the_table_now() {
-    let Some(postgres) = Postgres::start() else {
+    let Some(postgres) = with_alice_and_bob() else {
         return;
     };
-    db_init(&postgres);
-    insert(&postgres, "alice", "pw-a");
-    insert(&postgres, "bob", "pw-b");
     let server = TestServer::start(&config(&postgres), &[]);
     let mut alice = server.client();
     alice.login("alice", "pw-a");
@@ -719,12 +717,9 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // The server sends the 100,000 notifications in well under a second, but this is a
     // debug build on a shared machine: alice's comes last, so it gets a few seconds.
     const CHANGE_BOUND: Duration = Duration::from_secs(3);
-    let Some(postgres) = Postgres::start() else {
+    let Some(postgres) = with_alice_and_bob() else {
         return;
     };
-    db_init(&postgres);
-    insert(&postgres, "alice", "pw-a");
-    insert(&postgres, "bob", "pw-b");
     let server = TestServer::start(&config(&postgres), &[]);
     let mut alice = server.client();
     alice.login("alice", "pw-a");
