@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::proxy_header::ProxyTrust;
+use tether_actors::rustls;
 use tether_actors::users::{UserStore, UserTable};
 use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 
@@ -114,39 +115,18 @@ pub fn run(config: Config) -> Outcome {
             None => return Outcome::BadConfiguration,
         },
     };
-    let tls_config = match config.server.tls.as_ref().map(crate::tls::load).transpose() {
-        Ok(tls_config) => tls_config,
+    let Certificates {
+        tls: tls_config,
+        redis_ca,
+        admin_tls,
+    } = match load_certificates(&config) {
+        Ok(certificates) => certificates,
         Err(err) => {
             fatal(&err);
             return Outcome::BadConfiguration;
         }
     };
-    let redis_ca = match config
-        .cluster
-        .as_ref()
-        .and_then(|cluster| cluster.redis_ca_file.as_ref().map(|file| (cluster, file)))
-        .map(|(cluster, file)| read_redis_ca(&cluster.redis, file))
-        .transpose()
-    {
-        Ok(redis_ca) => redis_ca,
-        Err(err) => {
-            fatal(&err);
-            return Outcome::BadConfiguration;
-        }
-    };
-    let (admin_tls, admin_certificate) = match config
-        .admin
-        .tls
-        .as_ref()
-        .map(crate::tls::load_admin)
-        .transpose()
-    {
-        Ok(admin_tls) => admin_tls.unzip(),
-        Err(err) => {
-            fatal(&err);
-            return Outcome::BadConfiguration;
-        }
-    };
+    let (admin_tls, admin_certificate) = admin_tls.unzip();
     if let Some(address) = config.admin.listen {
         if admin_tls.is_none() && !address.ip().to_canonical().is_loopback() {
             log::warn!(
@@ -405,7 +385,7 @@ fn start_admin(
     config: &Config,
     tether: &Tether,
     users: UserAdmin,
-    tls: Option<tether_actors::rustls::ServerConfig>,
+    tls: Option<rustls::ServerConfig>,
     cluster: Option<&tether_cluster::ClusterMetrics>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
@@ -442,6 +422,45 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => "SIGTERM",
         };
         log::info!("{name} received");
+    })
+}
+
+/// What start-up reads from certificate files (SPEC §4, §8, §10): the client listener's
+/// TLS configuration, the CA bundle for `rediss://`, the admin API's TLS configuration.
+pub struct Certificates {
+    /// `server.tls`, loaded.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `cluster.redis_ca_file`'s contents, checked.
+    pub redis_ca: Option<Vec<u8>>,
+    /// `admin.tls`, loaded, with the slot its reloads replace.
+    pub admin_tls: Option<(rustls::ServerConfig, Arc<crate::tls::AdminCertificate>)>,
+}
+
+/// Reads and checks every certificate file the configuration names, as start-up does
+/// (`tether check-config` too): the first failure, naming its file, or what was read.
+pub fn load_certificates(config: &Config) -> Result<Certificates, String> {
+    let tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(crate::tls::load)
+        .transpose()?;
+    let redis_ca = config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.redis_ca_file.as_ref().map(|file| (cluster, file)))
+        .map(|(cluster, file)| read_redis_ca(&cluster.redis, file))
+        .transpose()?;
+    let admin_tls = config
+        .admin
+        .tls
+        .as_ref()
+        .map(crate::tls::load_admin)
+        .transpose()?;
+    Ok(Certificates {
+        tls,
+        redis_ca,
+        admin_tls,
     })
 }
 

@@ -93,8 +93,8 @@ pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     }
 }
 
-/// `tether check-config`: checks the configuration (already loaded) and the users file it
-/// names, and answers the settings in force as `server.toml` text, the admin token masked.
+/// `tether check-config`: checks the configuration (already loaded), the users file it
+/// names and the certificate files it names (without connecting anywhere), and answers the settings in force as `server.toml` text, the admin token masked.
 /// Every failure is exit code 2: the server would refuse to start.
 pub fn check_config(config: &Config) -> Result<String, Failure> {
     let path = &config.auth.users_file;
@@ -113,6 +113,13 @@ pub fn check_config(config: &Config) -> Result<String, Failure> {
         }
         Err(error) => return Err(Failure::invalid(error.to_string())),
     };
+    // Certificate and CA files are read as start-up reads them: a file that would stop
+    // the server is named here too.
+    crate::serve::load_certificates(config).map_err(Failure::invalid)?;
+    if let Some(url) = &config.auth.database {
+        crate::users::pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
+            .map_err(|why| Failure::invalid(format!("auth.database_ca_file: {why}")))?;
+    }
     Ok(format!(
         "# configuration file: {}\n# users file: {users}\n# the configuration is valid; the settings in force:\n\n{}",
         config.source,

@@ -131,6 +131,34 @@ fn check_config_exits_2_for_a_bad_configuration_or_users_file() {
 }
 
 #[test]
+fn check_config_exits_2_naming_a_certificate_file_start_up_could_not_read() {
+    let users = users_toml(&[]);
+    let missing = "/nonexistent/tether-check-config";
+    let cases = [
+        format!(
+            "[server.tls]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{missing}/cert.pem\"\nkey_file = \"{missing}/key.pem\"\n"
+        ),
+        format!(
+            "[admin.tls]\ncert_file = \"{missing}/admin-cert.pem\"\nkey_file = \"{missing}/admin-key.pem\"\n"
+        ),
+        format!(
+            "[cluster]\nredis = \"rediss://127.0.0.1:1\"\nredis_ca_file = \"{missing}/redis-ca.pem\"\n"
+        ),
+    ];
+    for (case, file) in cases
+        .iter()
+        .zip(["cert.pem", "admin-cert.pem", "redis-ca.pem"])
+    {
+        let config = format!("{}\n{case}", TestConfig::new().to_toml());
+        let (_dir, config_path) = folder_with(&config, Some(&users));
+        let ran = with_config(&config_path, &["check-config"]);
+        assert_exit(&ran, 2);
+        assert!(ran.stderr.contains(file), "{case}: {ran:?}");
+        assert!(ran.stdout.is_empty(), "{case}: {ran:?}");
+    }
+}
+
+#[test]
 fn start_up_log_names_the_version_and_the_configuration_file() {
     let server = TestServer::with_users(&[]);
     let log = server.stderr_text();
