@@ -38,7 +38,8 @@ pub fn encode_message(parts: &[&[u8]], dst: &mut BytesMut) {
 }
 
 /// The length of the message made of `parts`: each part and its separator (the last
-/// part's is the message's end).
+/// part's is the message's end). Inline, as [`encode_message`], which calls it.
+#[inline]
 pub fn encoded_length(parts: &[&[u8]]) -> usize {
     parts
         .iter()

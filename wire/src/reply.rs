@@ -1,5 +1,29 @@
 //! [`Reply`]: the one-part messages the server sends (SPEC §2–§3), and their words.
 
+/// `Reply::name` and `Reply::message` from one table of words, so the two cannot differ.
+macro_rules! words {
+    ($($reply:ident => $word:literal,)*) => {
+        /// The message's only part, as sent, such as `login_valid`. Inline: the server
+        /// writes one per reply.
+        #[inline]
+        pub fn name(self) -> &'static str {
+            match self {
+                $(Self::$reply => $word,)*
+            }
+        }
+
+        /// The whole message as sent: the part and the terminator (RS, U+001E), such as
+        /// `login_valid␞` — what [`encode_message`](crate::encode_message) makes of
+        /// [`Reply::name`], ready-made: the server queues one per command.
+        #[inline]
+        pub fn message(self) -> &'static [u8] {
+            match self {
+                $(Self::$reply => concat!($word, "\u{1e}").as_bytes(),)*
+            }
+        }
+    };
+}
+
 /// A one-part message the server sends: a reply to a command or a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reply {
@@ -46,24 +70,19 @@ impl Reply {
         Self::Shutdown,
     ];
 
-    /// The message's only part, as sent, such as `login_valid`. Inline: the server
-    /// writes one per reply.
-    #[inline]
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::LoginValid => "login_valid",
-            Self::LoginInvalid => "login_invalid",
-            Self::LogoutAck => "logout_ack",
-            Self::DisconnectAck => "disconnect_ack",
-            Self::ProlongateAck => "prolongate_ack",
-            Self::InvalidateAck => "invalidate_ack",
-            Self::UnknownCommand => "unknown_command",
-            Self::InvalidArgsCount => "invalid_args_count",
-            Self::Timeout => "timeout",
-            Self::Invalidated => "invalidated",
-            Self::IoError => "io_error",
-            Self::Shutdown => "shutdown",
-        }
+    words! {
+        LoginValid => "login_valid",
+        LoginInvalid => "login_invalid",
+        LogoutAck => "logout_ack",
+        DisconnectAck => "disconnect_ack",
+        ProlongateAck => "prolongate_ack",
+        InvalidateAck => "invalidate_ack",
+        UnknownCommand => "unknown_command",
+        InvalidArgsCount => "invalid_args_count",
+        Timeout => "timeout",
+        Invalidated => "invalidated",
+        IoError => "io_error",
+        Shutdown => "shutdown",
     }
 
     /// The one-part message whose part is `bytes`, if there is one (exact bytes, so
@@ -89,5 +108,17 @@ mod tests {
         assert_eq!(Reply::InvalidArgsCount.name(), "invalid_args_count");
         assert_eq!(Reply::from_name(b"LOGIN_VALID"), None);
         assert_eq!(Reply::from_name(b"event"), None);
+    }
+
+    #[test]
+    fn every_message_is_its_name_encoded() {
+        for reply in Reply::ALL {
+            assert_eq!(
+                reply.message(),
+                &crate::encoded_message(&[reply.name().as_bytes()])[..],
+                "{reply:?}"
+            );
+            assert_eq!(reply.message().last(), Some(&crate::RS));
+        }
     }
 }

@@ -97,6 +97,8 @@ struct Outbox<'a> {
 }
 
 impl Effects for Outbox<'_> {
+    // Inline: once per command.
+    #[inline]
     fn reply(&mut self, reply: Reply) {
         if self.overflow.is_none() {
             self.overflow = self.transport.queue_reply(reply).err();
@@ -395,13 +397,30 @@ impl ConnectionActor {
                             self.transport.last_message = Instant::now();
                             received_any = true;
                         }
-                        // Handled in place: taken out only so the handler may borrow it.
+                        // Handled in place: taken out only so the handler may borrow it,
+                        // with the messages after it that need no other step between them,
+                        // then dropped from the input all at once.
                         let input = std::mem::take(&mut self.transport.input);
-                        self.with_session(ctx, |session, outbox| {
-                            session.on_message(&input[..length], tally, outbox);
-                        });
+                        let mut handled = 0;
+                        let mut length = length;
+                        loop {
+                            let message = &input[handled..handled + length];
+                            self.with_session(ctx, |session, outbox| {
+                                session.on_message(message, tally, outbox);
+                            });
+                            handled += length + 1;
+                            if self.transport.phase != Phase::Open || self.session.login_pending() {
+                                break;
+                            }
+                            // An incomplete message or an error is left to the loop above,
+                            // which finds it again in the input put back.
+                            match self.transport.next_message_in(&input[handled..]) {
+                                Ok(Some(next)) => length = next,
+                                Ok(None) | Err(_) => break,
+                            }
+                        }
                         self.transport.input = input;
-                        self.transport.input.advance(length + 1);
+                        self.transport.input.advance(handled);
                     }
                     Ok(None) => break,
                     Err(err) => {

@@ -136,7 +136,9 @@ impl Session {
         self.login.is_some() || self.subscribing.is_some()
     }
 
-    /// Handles one complete message from the client; counts it in `tally`.
+    /// Handles one complete message from the client; counts it in `tally`. Inline: the
+    /// connection's read loop calls it once per message.
+    #[inline]
     pub(crate) fn on_message(
         &mut self,
         message: &[u8],

@@ -6,7 +6,7 @@
 
 use crate::util::buffers::{self, Spare};
 use crate::util::output_budget::{Evictee, OutputCharge, FREE_BYTES};
-use crate::wire::codec::{encode_message, ends_at_boundary, DecodeError, MessageCodec};
+use crate::wire::codec::{ends_at_boundary, DecodeError, MessageCodec};
 use crate::wire::protocol::Reply;
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::histogram::Histogram;
@@ -160,11 +160,13 @@ impl<S: Stream, E: Evictee> Transport<S, E> {
         }
     }
 
-    /// Queues `reply`; an `Err` says which bound the output passed.
+    /// Queues `reply`; an `Err` says which bound the output passed. Inline: it runs once
+    /// per command, and copies a ready-made message.
+    #[inline]
     pub(crate) fn queue_reply(&mut self, reply: Reply) -> Result<(), Overflow> {
-        let name = reply.name().as_bytes();
-        buffers::reserve(&mut self.output, name.len() + 1, Spare::Output);
-        encode_message(&[name], &mut self.output);
+        let message = reply.message();
+        buffers::reserve(&mut self.output, message.len(), Spare::Output);
+        self.output.extend_from_slice(message);
         self.output_grew()
     }
 
@@ -198,8 +200,18 @@ impl<S: Stream, E: Evictee> Transport<S, E> {
 
     /// Enforces `max_pending_bytes` and the server-wide `max_pending_total` (where the
     /// budget is spent, the connections stalled longer than this one are told to go
-    /// first; see [`crate::util::output_budget`]).
+    /// first; see [`crate::util::output_budget`]). Inline: it runs once per reply, and
+    /// output under both bounds needs only the check.
+    #[inline]
     fn output_grew(&mut self) -> Result<(), Overflow> {
+        if self.output.len() <= self.max_pending_bytes.min(FREE_BYTES) {
+            return Ok(());
+        }
+        self.enforce_output_bounds()
+    }
+
+    /// [`Self::output_grew`] past one of the bounds' thresholds.
+    fn enforce_output_bounds(&mut self) -> Result<(), Overflow> {
         if self.output.len() > self.max_pending_bytes {
             // What the kernel takes right now is not pending.
             if self.write_now().is_err() || self.output.len() > self.max_pending_bytes {
@@ -254,7 +266,7 @@ impl<S: Stream, E: Evictee> Transport<S, E> {
         self.output.clear();
         self.unwritten_events = None;
         if self.output_at_boundary {
-            encode_message(&[Reply::IoError.name().as_bytes()], &mut self.output);
+            self.output.extend_from_slice(Reply::IoError.message());
             let _ = self.write_now();
         }
     }
@@ -288,6 +300,12 @@ impl<S: Stream, E: Evictee> Transport<S, E> {
     /// The length of the next complete message in the input, if there is one.
     pub(crate) fn next_message(&mut self) -> Result<Option<usize>, DecodeError> {
         self.codec.next_message(&self.input)
+    }
+
+    /// As [`Self::next_message`], in `input`: the input taken out while its messages are
+    /// handled, past those handled (which are dropped from it afterwards, all at once).
+    pub(crate) fn next_message_in(&mut self, input: &[u8]) -> Result<Option<usize>, DecodeError> {
+        self.codec.next_message(input)
     }
 
     /// Reads one chunk into the input: the bytes read (0 at the end of the input), or

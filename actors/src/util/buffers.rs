@@ -36,15 +36,23 @@ impl Spare {
 
 /// Makes sure `buffer` has room for `additional` bytes, taking this thread's spare first
 /// when it holds no memory, or else allocating at least [`FRESH_CAPACITY`] bytes (a buffer
-/// grown a message at a time would be reallocated several times per wake-up).
+/// grown a message at a time would be reallocated several times per wake-up). Inline: it
+/// runs once per reply, and a buffer with room only needs the check.
+#[inline]
 pub(crate) fn reserve(buffer: &mut BytesMut, additional: usize, spare: Spare) {
     if buffer.capacity() == 0 {
-        match spare.with(Cell::take) {
-            Some(taken) => *buffer = taken,
-            None => *buffer = BytesMut::with_capacity(additional.max(FRESH_CAPACITY)),
-        }
+        take_spare(buffer, additional, spare);
     }
     buffer.reserve(additional);
+}
+
+/// Gives `buffer`, which holds no memory, this thread's spare, or else a fresh buffer of
+/// at least [`FRESH_CAPACITY`] bytes.
+fn take_spare(buffer: &mut BytesMut, additional: usize, spare: Spare) {
+    match spare.with(Cell::take) {
+        Some(taken) => *buffer = taken,
+        None => *buffer = BytesMut::with_capacity(additional.max(FRESH_CAPACITY)),
+    }
 }
 
 /// Gives an empty `buffer`'s memory back as this thread's spare (or frees it), leaving the
