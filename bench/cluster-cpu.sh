@@ -12,7 +12,8 @@
 #
 # SINGLE_WORKERS / NODE_WORKERS: `server.workers` of the single tether and of each cluster
 # node (default 0: one event loop per CPU). PUBLISHERS: concurrent publishers, one run for
-# each number of the list (default "8"). DURATION (default 8 s).
+# each number of the list (default "8"). DURATION (default 12 s: the window must end
+# before the publishing does, and the nodes' admin API answers slowly on a loaded machine).
 # SETUPS (default "1node 3nodes"). PERF_RECORD=DIR: also `perf record -g` over the window
 # of the single node and of cluster node PERF_NODE (default n2) into DIR/LABEL-rROUND.data.
 # BENCH_BIN: the tether-bench to use (default this checkout's target/release/tether-bench).
@@ -26,7 +27,7 @@ shift
 BUILDS=("$@")
 ROUNDS=${ROUNDS:-3}
 PUBLISHERS=${PUBLISHERS:-8}
-DURATION=${DURATION:-8}
+DURATION=${DURATION:-12}
 WINDOW=${WINDOW:-4}
 SETUPS=${SETUPS:-"1node 3nodes"}
 SINGLE_WORKERS=${SINGLE_WORKERS:-0}
@@ -39,23 +40,40 @@ trap 'stop_servers; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
 "$BENCH_BIN" make-users 1000 --cost 4 > "$WORK/users.toml"
 
-# measure LABEL "NAME=PID…" ADMIN FANOUT-ARGS…: one fan-out at the maximum, with the
+# delivered ADMIN…: the sum of tether_events_delivered_total over the nodes.
+delivered() {
+    local admin total=0 count
+    for admin in "$@"; do
+        count=$(http_get "${admin##*:}" /metrics |
+            awk '$1 == "tether_events_delivered_total" { print $2 }')
+        total=$((total + ${count:-0}))
+    done
+    echo "$total"
+}
+
+# measure LABEL "NAME=PID…" "ADMIN…" FANOUT-ARGS…: one fan-out at the maximum, with the
 # per-thread CPU of the processes named (and the client) over WINDOW seconds of it, from
-# one second after the publishers connected to ADMIN on. Nothing asks the busy nodes
-# anything meanwhile (their admin API answers late under load): the deliveries in the
-# window are the client's deliveries/s times its length.
+# half a second after the nodes (fresh ones) counted their first delivery on; the
+# deliveries in the window from the nodes' own count (every ADMIN, read before and after).
 measure() {
-    local label=$1 procs=$2 admin=$3 client t0 t1 proc perfs rate
+    local label=$1 procs=$2 admins=$3 admin=${3%% *} client t0 t1 d0 d1 a0 b0 b1 proc perfs
     shift 3
     "$BENCH_BIN" --tag "r$round" --json-out "$OUT" --threads 2 --target-name "$label" \
         fanout --connections 999 --users 1 --duration "$DURATION" \
         --publishers "$publishers" --drain 10 "$@" > "$WORK/bench.out" &
     client=$!
-    while (($(ss -Htn state established "( dport = :${admin##*:} )" | wc -l) < publishers)); do
+    # Publishing starts once every receiver has logged in: the first publisher connects,
+    # then the nodes count deliveries.
+    while (($(ss -Htn state established "( dport = :${admin##*:} )" | wc -l) == 0)); do
         kill -0 "$client" 2> /dev/null || break
         sleep 0.05
     done
-    sleep 1
+    # shellcheck disable=SC2086
+    while (($(delivered $admins) == 0)); do
+        kill -0 "$client" 2> /dev/null || break
+        sleep 0.05
+    done
+    sleep 0.5
     rm -rf "$WORK/perf"
     mkdir -p "$WORK/perf"
     perfs=()
@@ -74,6 +92,12 @@ measure() {
             perfs+=($!)
         done
     fi
+    # The counters are read when the busy nodes get round to it: each is dated at the
+    # middle of its request, and the deliveries in the window are the rate between them.
+    a0=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    d0=$(delivered $admins)
+    b0=$(date +%s.%N)
     # shellcheck disable=SC2086
     python3 bench/thread_cpu.py snap $procs "client=$client" > "$WORK/before"
     t0=$(date +%s.%N)
@@ -81,13 +105,15 @@ measure() {
     # shellcheck disable=SC2086
     python3 bench/thread_cpu.py snap $procs "client=$client" > "$WORK/after"
     t1=$(date +%s.%N)
+    # shellcheck disable=SC2086
+    d1=$(delivered $admins)
+    b1=$(date +%s.%N)
     wait "$client"
     wait "${perfs[@]}" 2> /dev/null || true
     grep -v '^{' "$WORK/bench.out" | tail -3
-    rate=$(grep '"scenario":"fanout"' "$OUT" | tail -1 | grep -o '"deliveries_per_s":[0-9.e+]*' |
-        cut -d: -f2)
     python3 bench/thread_cpu.py diff "$WORK/before" "$WORK/after" "$(echo "$t1 - $t0" | bc)" \
-        "$(echo "($t1 - $t0) * $rate" | bc)" "$label r$round" --json "$OUT" --perf "$WORK/perf"
+        "$(echo "($d1 - $d0) * ($t1 - $t0) / (($t1 + $b1) / 2 - ($a0 + $b0) / 2)" | bc -l)" \
+        "$label r$round" --json "$OUT" --perf "$WORK/perf"
 }
 
 for round in $(seq 1 "$ROUNDS"); do
@@ -108,7 +134,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 CLUSTER_WORKERS=$NODE_WORKERS start_cluster 3
                 measure "3nodes-$index-p$publishers" \
                     "n1=${CLUSTER_PIDS[0]} n2=${CLUSTER_PIDS[1]} n3=${CLUSTER_PIDS[2]} redis=$CLUSTER_REDIS_PID" \
-                    "$CLUSTER_ADMIN" --addr "${CLUSTER_ADDRS[0]}" \
+                    "${CLUSTER_ADMINS[*]}" --addr "${CLUSTER_ADDRS[0]}" \
                     --spread "${CLUSTER_ADDRS[1]},${CLUSTER_ADDRS[2]}" --admin "$CLUSTER_ADMIN"
                 for pid in "${CLUSTER_PIDS[@]}" "$CLUSTER_REDIS_PID"; do
                     stop_one "$pid"

@@ -18,7 +18,7 @@ http_get() {
 # start_cluster NODES: a redis-server on a free port and NODES tether nodes (`n1`…) on it,
 # waiting until each one's /healthz says "cluster": "connected". Sets CLUSTER_REDIS_PORT,
 # CLUSTER_ADDRS (client addresses, n1 first), CLUSTER_ADMIN (n1's admin API),
-# CLUSTER_PIDS, CLUSTER_REDIS_PID; stop_servers stops them.
+# CLUSTER_ADMINS (every node's), CLUSTER_PIDS, CLUSTER_REDIS_PID; stop_servers stops them.
 # Each node runs `server.workers = ${CLUSTER_WORKERS:-${WORKERS:-0}}`.
 start_cluster() {
     local nodes=$1 port i admin_port tries
@@ -30,12 +30,14 @@ start_cluster() {
     wait_port "$port" "$CLUSTER_REDIS_PID"
     CLUSTER_REDIS_PORT=$port
     CLUSTER_ADDRS=()
+    CLUSTER_ADMINS=()
     CLUSTER_PIDS=()
     for i in $(seq 1 "$nodes"); do
         TETHER_EXTRA_TOML="[cluster]
 redis = \"redis://127.0.0.1:$port/0\"
 node = \"n$i\"" start_tether "cluster-n$i" "${CLUSTER_WORKERS:-${WORKERS:-0}}"
         CLUSTER_ADDRS+=("$STARTED_ADDR")
+        CLUSTER_ADMINS+=("$STARTED_ADMIN")
         CLUSTER_PIDS+=("$STARTED_PID")
         [[ $i == 1 ]] && CLUSTER_ADMIN=$STARTED_ADMIN
         admin_port=${STARTED_ADMIN##*:}
@@ -92,14 +94,17 @@ counted() {
 # `smoke`: tiny numbers, asserting only that everything ran and nothing was lost.
 cluster_scenarios() {
     local mode=$1 spread rate duration conns half counted_conns counted_rate counted_duration
+    local fanout_publishers
     start_cluster 3
     spread="${CLUSTER_ADDRS[1]},${CLUSTER_ADDRS[2]}"
     if [[ $mode == full ]]; then
         rate=${CLUSTER_RATE:-2000} duration=8 conns=1000 half=(--then-half)
         counted_conns=300 counted_rate=1000 counted_duration=2
+        fanout_publishers=${CLUSTER_PUBLISHERS:-8 64}
     else
         rate=100 duration=1 conns=30 half=(--rate 300)
         counted_conns=30 counted_rate=300 counted_duration=1
+        fanout_publishers=8
     fi
     # Cross-node latency: 1,000 users, one connection each, spread over the nodes; events
     # through n1 at a fixed moderate rate; the same on the single node.
@@ -118,7 +123,7 @@ cluster_scenarios() {
     # fewer events in flight there than the single node's 64 (EVENTS_IN_FLIGHT) — 64
     # publishers offer both the same depth (BENCHMARKS.md, "Cluster").
     conns=$((conns - 1))
-    for publishers in ${CLUSTER_PUBLISHERS:-8 64}; do
+    for publishers in $fanout_publishers; do
         bench --threads 2 --target-name cluster-1node fanout --addr "$TETHER_ADDR" \
             --admin "$ADMIN_ADDR" --connections "$conns" --users 1 --duration "$duration" \
             "${half[@]}" --publishers "$publishers" --drain 10
