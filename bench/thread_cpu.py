@@ -86,6 +86,9 @@ def diff(before_path, after_path, seconds, deliveries, label, json_out, perf=Non
         # Workers are numbered alike in every node: sum threads of one name.
         per[(key[0], comm)] += used
     seconds, deliveries = float(seconds), float(deliveries)
+    if deliveries <= 0 or seconds <= 0:
+        print(f"== {label}: no deliveries counted in the window (it ended after the run?)")
+        return
     total = sum(per.values())
     by_process = defaultdict(float)
     per_process_counts = {}
