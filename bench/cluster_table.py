@@ -41,10 +41,11 @@ def fmt(value, digits=0):
     return f"{value:,.{digits}f}"
 
 
-def fanout(target, connections, users, phase):
+def fanout(target, connections, users, phase, publishers=None):
     return lambda r: (r.get("scenario") == "fanout" and r.get("target") == target
                       and r.get("connections") == connections and r.get("users") == users
-                      and r.get("phase") == phase)
+                      and r.get("phase") == phase
+                      and (publishers is None or r.get("publishers") == publishers))
 
 
 def main(path):
@@ -68,15 +69,19 @@ def main(path):
                          fmt(med(b.values()) and med(b.values()) / 1000, 2),
                          fmt(med(a.values()) and med(a.values()) / 1000, 2),
                          fmt(ratio(a, b), 2), target))
-    fan = sorted({r["connections"] for r in compared
+    fan = sorted({(r["connections"], r.get("publishers")) for r in compared
                   if r.get("scenario") == "fanout" and r.get("users") == 1})
-    for conns in fan:
+    for conns, publishers in fan:
         for phase, field, label, target in (("max", "deliveries_per_s", "deliveries/s at max", "≥ 0.7"),
                                             ("half", "p99_us", "p99 ms at half", "")):
-            a = per_tag(records, fanout("cluster-3nodes", conns, 1, phase), lambda r: r[field])
-            b = per_tag(records, fanout("cluster-1node", conns, 1, phase), lambda r: r[field])
+            a = per_tag(records, fanout("cluster-3nodes", conns, 1, phase, publishers),
+                        lambda r: r[field])
+            b = per_tag(records, fanout("cluster-1node", conns, 1, phase, publishers),
+                        lambda r: r[field])
+            if not a and not b:
+                continue
             scale = 1000 if field == "p99_us" else 1
-            rows.append((f"fan-out {conns:,} connections of 1 user, {label}",
+            rows.append((f"fan-out {conns:,} connections of 1 user, {publishers} publishers, {label}",
                          fmt(med(b.values()) and med(b.values()) / scale, 1 if scale > 1 else 0),
                          fmt(med(a.values()) and med(a.values()) / scale, 1 if scale > 1 else 0),
                          fmt(ratio(a, b), 2), target))
@@ -91,13 +96,15 @@ def main(path):
     print()
     print("| the broker | value |")
     print("|---|---|")
-    for subscribers in sorted({r["connections"] for r in cluster
-                               if r.get("scenario") == "fanout" and r.get("target") == "cluster-redis"}):
-        pick = fanout("cluster-redis", subscribers, 1, "max")
+    for subscribers, publishers in sorted({(r["connections"], r.get("publishers")) for r in cluster
+                                           if r.get("scenario") == "fanout"
+                                           and r.get("target") == "cluster-redis"}):
+        pick = fanout("cluster-redis", subscribers, 1, "max", publishers)
         events = med(per_tag(records, pick, lambda r: r["events_per_s"]).values())
         deliveries = med(per_tag(records, pick, lambda r: r["deliveries_per_s"]).values())
-        print(f"| Redis pub/sub alone, {subscribers:,} subscriber(s) of 1 channel, at max: "
-              f"events/s, deliveries/s | {fmt(events)}, {fmt(deliveries)} |")
+        print(f"| Redis pub/sub alone, {subscribers:,} subscriber(s) of 1 channel, "
+              f"{publishers} publishers, at max: events/s, deliveries/s | "
+              f"{fmt(events)}, {fmt(deliveries)} |")
     commands = defaultdict(list)
     for r in records:
         if r.get("scenario") == "cluster-commands":

@@ -83,20 +83,28 @@ impl ClusterSettings {
 /// TLS is rustls with the *ring* provider: the `redis` crate builds its rustls
 /// configuration with the process's default provider, so ring is installed as that
 /// default unless the host program installed one already.
+///
+/// Its sockets are `TCP_NODELAY` (the crate's default leaves Nagle's algorithm on): a
+/// pipeline written while the previous one is unacknowledged would otherwise wait for
+/// Redis's delayed ACK (up to 40 ms on Linux) before Redis sees it whole.
 fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
     if url.starts_with("rediss://") && rustls::crypto::CryptoProvider::get_default().is_none() {
         // Fails only when another thread installed one meanwhile: that one is used.
         let _ = rustls::crypto::ring::default_provider().install_default();
     }
+    let info = url
+        .into_connection_info()?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
     match ca_pem {
         Some(pem) => redis::Client::build_with_tls(
-            url,
+            info,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(pem.to_vec()),
             },
         ),
-        None => redis::Client::open(url),
+        None => redis::Client::open(info),
     }
 }
 
