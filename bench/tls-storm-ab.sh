@@ -8,15 +8,18 @@
 #   rate  - at $STORM_RATE new connections/s in all (default 1000);
 #   nice  - as fast as they go, the loops' thread at nice 19 (so that the storm takes only
 #           CPU nothing else wants: what is left of the delay is the server's own).
+# CMD_RATE=N paces the cmd load at N replies/s instead of half its measured maximum (on a
+# loaded machine, a rate well below it keeps the quiet runs from queueing).
 # Prints the median of each figure per side and variant at the end.
-# Usage: A_DIR=DIR_WITH_BASE_TETHER ROUNDS=3 OUT=FILE [STORM_RATE=N] [DUR=S] [B_FIRST=1] \
-#        bench/tls-storm-ab.sh
+# Usage: A_DIR=DIR_WITH_BASE_TETHER ROUNDS=3 OUT=FILE [STORM_RATE=N] [CMD_RATE=N] [DUR=S] \
+#        [VARIANTS="full rate nice"] [B_FIRST=1] bench/tls-storm-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-/tmp/tls-storm-ab.jsonl}
 DUR=${DUR:-4}
 STORM_RATE=${STORM_RATE:-1000}
+CMD_RATE=${CMD_RATE:-0}
 VARIANTS=${VARIANTS:-"full rate nice"}
 BENCH=$PWD/target/release/tether-bench
 WORK=$(mktemp -d)
@@ -42,7 +45,7 @@ for round in $(seq 1 "$ROUNDS"); do
             echo "== round $round side $side $variant $(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)"
             "$BENCH" --tag "$side-$variant-r$round" --json-out "$OUT" tls --addr "$plain" \
                 --tls-addr "$tls" --tls-ca "$WORK/tls-ca.pem" --skip-cmd --rounds 1 \
-                --duration "$DUR" --warmup 1 "${extra[@]}" | grep -v '^{' \
+                --storm-cmd-rate "$CMD_RATE" --duration "$DUR" --warmup 1 "${extra[@]}" | grep -v '^{' \
                 | grep -E 'handshakes/s|storm/quiet|^ *1 ' || true
         done
     done

@@ -553,18 +553,31 @@ impl Accepted {
         });
     }
 
-    /// Reads the PROXY protocol header, on handshake threads, then runs the TLS handshake
-    /// there, then hands the connection to `worker`. Counted pending from accept on, so
-    /// pending handshakes queued behind busy handshake threads are seen.
-    async fn serve_tls(
+    /// Serves a TLS connection, to be spawned on the handshake threads: see
+    /// [`Self::handshake_then_hand_over`]. It counts as pending, and its handshake time
+    /// runs, from now (its accept), not from when busy handshake threads get to it.
+    fn serve_tls(
         self,
         stream: std::net::TcpStream,
         config: Arc<rustls::ServerConfig>,
         failures: Arc<FailureLog<HandshakeFailure>>,
         worker: ArbiterHandle,
-    ) {
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let pending = PendingHandshake::new(&self.shared.metrics);
         let accepted = tokio::time::Instant::now();
+        self.handshake_then_hand_over(stream, (config, failures), worker, pending, accepted)
+    }
+
+    /// Reads the PROXY protocol header, then runs the TLS handshake (on the handshake
+    /// threads), then hands the connection to `worker`.
+    async fn handshake_then_hand_over(
+        self,
+        stream: std::net::TcpStream,
+        (config, failures): (Arc<rustls::ServerConfig>, Arc<FailureLog<HandshakeFailure>>),
+        worker: ArbiterHandle,
+        pending: PendingHandshake,
+        accepted: tokio::time::Instant,
+    ) {
         let peer = self.peer;
         let mut stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
@@ -576,9 +589,8 @@ impl Accepted {
         let Some(peer) = self.proxied_peer(&mut stream).await else {
             return;
         };
-        // The handshake's time runs from when the client could begin it: from accept (not
-        // from when busy handshake threads get to it), or from the end of the header that
-        // comes first.
+        // The handshake's time runs from when the client could begin it: from accept, or
+        // from the end of the header that comes first.
         let began = if self.proxied.is_some() {
             tokio::time::Instant::now()
         } else {
