@@ -5,7 +5,9 @@
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
-use crate::connection::tls_handshake::tls_handshake;
+use crate::connection::tls_handshake::{
+    tls_handshake, HandshakeThreads, PendingHandshake, TLS_HANDSHAKE_TIMEOUT,
+};
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::broker::{Broker, Inbox};
 use crate::hub::bus::{BusLimits, EventBusActor};
@@ -21,13 +23,14 @@ use crate::util::clock::EventClock;
 use crate::util::failure_log::FailureLog;
 use crate::util::metrics::{HandshakeFailure, Metrics, ProxyHeaderFailure};
 use crate::util::output_budget::OutputBudget;
+use crate::util::priority::BACKGROUND_NICENESS;
 use crate::wire::proxy_header::{self, ProxyTrust};
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
@@ -158,6 +161,8 @@ pub struct Tether {
     shutdown_grace: Duration,
     /// The worker and hub threads, stopped at the end of shutdown.
     arbiters: Vec<Arbiter>,
+    /// The TLS handshake threads, when there is a TLS listener; stopped with the others.
+    handshake_threads: Option<HandshakeThreads>,
     /// What the server counts.
     metrics: Metrics,
     /// Which shards hold connections of which user.
@@ -266,8 +271,19 @@ impl Tether {
             "connection(s) closed without a valid PROXY protocol header",
         ));
         let mut summaries: Vec<JoinHandle<()>> = Vec::new();
+        let mut handshake_threads = None;
+        let mut handshake_handle = None;
         if tls.is_some() {
             summaries.push(actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
+            // As many as there are workers: on an idle machine handshakes go as fast as
+            // they did on the workers themselves.
+            let (threads, handle) = HandshakeThreads::start(workers.len())?;
+            log::info!(
+                "TLS handshakes: {} thread(s) (nice {BACKGROUND_NICENESS})",
+                workers.len()
+            );
+            handshake_threads = Some(threads);
+            handshake_handle = Some(handle);
         }
         if proxy_trust.trusts_any() {
             summaries.push(actix_rt::spawn(Arc::clone(&header_failures).summarise()));
@@ -275,9 +291,17 @@ impl Tether {
         let loops = plain
             .map(|(listener, _)| (listener, None))
             .into_iter()
-            .chain(tls.map(|((listener, _), config)| {
-                (listener, Some((config, Arc::clone(&handshake_failures))))
-            }));
+            .chain(
+                tls.zip(handshake_handle)
+                    .map(|(((listener, _), config), threads)| {
+                        let tls = TlsAccept {
+                            config,
+                            threads,
+                            failures: Arc::clone(&handshake_failures),
+                        };
+                        (listener, Some(tls))
+                    }),
+            );
         let mut accept: Vec<JoinHandle<()>> = loops
             .map(|(listener, tls)| {
                 actix_rt::spawn(accept_loop(
@@ -304,6 +328,7 @@ impl Tether {
             max_connections: settings.max_connections,
             shutdown_grace: settings.shutdown_grace,
             arbiters,
+            handshake_threads,
             metrics,
             presence,
             broker,
@@ -360,6 +385,7 @@ impl Tether {
         for arbiter in self.arbiters {
             arbiter.stop();
         }
+        drop(self.handshake_threads);
     }
 
     /// Waits (until `deadline` at most) for every event acknowledged so far to be queued
@@ -376,10 +402,21 @@ impl Tether {
     }
 }
 
-/// Accepts connections and hands each to a worker arbiter, round-robin.
+/// What the TLS listener's accept loop needs for its handshakes.
+struct TlsAccept {
+    /// The configuration new handshakes use.
+    config: TlsConfigSlot,
+    /// Where handshakes run: the handshake threads.
+    threads: tokio::runtime::Handle,
+    /// Where failed handshakes are told.
+    failures: Arc<FailureLog<HandshakeFailure>>,
+}
+
+/// Accepts connections and hands each to a worker arbiter, round-robin; on the TLS
+/// listener, through a handshake on the handshake threads first.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    tls: Option<(TlsConfigSlot, Arc<FailureLog<HandshakeFailure>>)>,
+    tls: Option<TlsAccept>,
     (proxy_trust, header_failures): (Arc<ProxyTrust>, Arc<FailureLog<ProxyHeaderFailure>>),
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
@@ -431,7 +468,8 @@ async fn accept_loop(
             log::debug!("{peer}: cannot bound the kernel's send buffer: {err}");
         }
         // A socket is bound to the event loop that registered it: move it as a plain
-        // socket and register it on the worker's own loop.
+        // socket and register it on the loop that serves it (a worker's, or the handshake
+        // threads').
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
@@ -440,57 +478,170 @@ async fn accept_loop(
             }
         };
         let shard = next_worker % workers.len();
-        let worker = &workers[shard];
+        let worker = workers[shard].clone();
         next_worker = next_worker.wrapping_add(1);
-        let shared = Arc::clone(&shared);
-        let hub = hub.clone();
-        // The TLS configuration in force at accept is the one this handshake uses.
-        let tls = tls
-            .as_ref()
-            .map(|(slot, failures)| (slot.current(), Arc::clone(failures)));
         let proxied = proxy_trust
             .trusts(peer.ip())
             .then(|| Arc::clone(&header_failures));
+        let connection = Accepted {
+            peer,
+            proxied,
+            shard,
+            permit,
+            shared: Arc::clone(&shared),
+            hub: hub.clone(),
+        };
+        let Some(tls) = &tls else {
+            worker.spawn(connection.serve_plain(stream));
+            continue;
+        };
+        // The TLS configuration in force at accept is the one this handshake uses.
+        let handshake = connection.serve_tls(
+            stream,
+            tls.config.current(),
+            Arc::clone(&tls.failures),
+            worker,
+        );
+        // Once the threads have stopped (shutdown), it is dropped unrun.
+        drop(tls.threads.spawn(handshake));
+    }
+}
+
+/// A connection just accepted (but for its socket), with everything it needs to be served.
+struct Accepted {
+    /// Its peer's address.
+    peer: SocketAddr,
+    /// Where a missing or malformed PROXY protocol header is told, if its peer is trusted
+    /// to send one (it must).
+    proxied: Option<Arc<FailureLog<ProxyHeaderFailure>>>,
+    /// The worker it is served on.
+    shard: usize,
+    /// Its place among `max_connections`.
+    permit: OwnedSemaphorePermit,
+    /// What every connection shares.
+    shared: Arc<ConnectionShared>,
+    /// The hub's state, for shutdown.
+    hub: watch::Receiver<HubState>,
+}
+
+impl Accepted {
+    /// Serves a plaintext connection; runs on its worker.
+    async fn serve_plain(self, stream: std::net::TcpStream) {
+        let peer = self.peer;
+        let mut stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{peer}: cannot register the connection: {err}");
+                return;
+            }
+        };
+        let Some(peer) = self.proxied_peer(&mut stream).await else {
+            return;
+        };
+        let (shared, shard, permit) = (self.shared, self.shard, self.permit);
+        let hub = self.hub;
+        ConnectionActor::create(|ctx| {
+            ConnectionActor::new(
+                ClientStream::Plain(stream),
+                peer,
+                shared,
+                &hub,
+                shard,
+                permit,
+                ctx,
+            )
+        });
+    }
+
+    /// Serves a TLS connection, to be spawned on the handshake threads: see
+    /// [`Self::handshake_then_hand_over`]. It counts as pending, and its handshake time
+    /// runs, from now (its accept), not from when busy handshake threads get to it.
+    fn serve_tls(
+        self,
+        stream: std::net::TcpStream,
+        config: Arc<rustls::ServerConfig>,
+        failures: Arc<FailureLog<HandshakeFailure>>,
+        worker: ArbiterHandle,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let pending = PendingHandshake::new(&self.shared.metrics);
+        let accepted = tokio::time::Instant::now();
+        self.handshake_then_hand_over(stream, (config, failures), worker, pending, accepted)
+    }
+
+    /// Reads the PROXY protocol header, then runs the TLS handshake (on the handshake
+    /// threads), then hands the connection to `worker`.
+    async fn handshake_then_hand_over(
+        self,
+        stream: std::net::TcpStream,
+        (config, failures): (Arc<rustls::ServerConfig>, Arc<FailureLog<HandshakeFailure>>),
+        worker: ArbiterHandle,
+        pending: PendingHandshake,
+        accepted: tokio::time::Instant,
+    ) {
+        let peer = self.peer;
+        let mut stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{peer}: cannot register the connection: {err}");
+                return;
+            }
+        };
+        let Some(peer) = self.proxied_peer(&mut stream).await else {
+            return;
+        };
+        // The handshake's time runs from when the client could begin it: from accept, or
+        // from the end of the header that comes first.
+        let began = if self.proxied.is_some() {
+            tokio::time::Instant::now()
+        } else {
+            accepted
+        };
+        let metrics = &self.shared.metrics;
+        let deadline = began + TLS_HANDSHAKE_TIMEOUT;
+        let Some(mut stream) = tls_handshake(
+            stream,
+            peer,
+            config,
+            deadline,
+            self.hub.clone(),
+            metrics,
+            &failures,
+        )
+        .await
+        else {
+            return;
+        };
+        drop(pending);
+        if let Err(err) = stream.get_mut().0.detach() {
+            log::warn!("{peer}: cannot hand over the connection: {err}");
+            return;
+        }
+        let (shared, shard, permit, hub) = (self.shared, self.shard, self.permit, self.hub);
         worker.spawn(async move {
-            let mut stream = match tokio::net::TcpStream::from_std(stream) {
-                Ok(stream) => stream,
-                Err(err) => {
-                    log::warn!("{peer}: cannot register the connection: {err}");
-                    return;
-                }
-            };
-            let peer = if let Some(failures) = proxied {
-                let metrics = &shared.metrics;
-                match client_address(&mut stream, peer, hub.clone(), metrics, &failures).await {
-                    Some(client) => client,
-                    None => return,
-                }
-            } else {
-                peer
-            };
-            let stream = match tls {
-                None => ClientStream::Plain(stream),
-                Some((config, failures)) => {
-                    let metrics = &shared.metrics;
-                    match tls_handshake(stream, peer, config, hub.clone(), metrics, &failures).await
-                    {
-                        Some(stream) => ClientStream::Tls(Box::new(stream)),
-                        None => return,
-                    }
-                }
-            };
+            if let Err(err) = stream.get_mut().0.attach() {
+                log::warn!("{peer}: cannot register the connection: {err}");
+                return;
+            }
+            let stream = ClientStream::Tls(Box::new(stream));
             ConnectionActor::create(|ctx| {
                 ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
             });
         });
     }
+
+    /// The client's address: the one its PROXY protocol header carries when its peer is
+    /// trusted to send one (`None` when the header fails), else its peer's.
+    async fn proxied_peer(&self, stream: &mut tokio::net::TcpStream) -> Option<SocketAddr> {
+        match &self.proxied {
+            Some(failures) => {
+                let metrics = &self.shared.metrics;
+                client_address(stream, self.peer, self.hub.clone(), metrics, failures).await
+            }
+            None => Some(self.peer),
+        }
+    }
 }
 
-/// `SO_SNDBUF` for an accepted connection: half of `max_pending_bytes` (at least
-/// [`MIN_SEND_BUFFER`]), which Linux doubles for its bookkeeping. A client that does not
-/// read then holds about `max_pending_bytes` of kernel memory besides as much in the
-/// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
-/// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
 /// The client's address from the PROXY protocol header `stream` from the load balancer
 /// `peer` begins with (or `peer` itself for a header that carries none): `None` when the
 /// header is missing, malformed or not complete within [`PROXY_HEADER_TIMEOUT`], or
@@ -537,6 +688,11 @@ fn prepare_listener(
     Ok((tokio::net::TcpListener::from_std(listener)?, address))
 }
 
+/// `SO_SNDBUF` for an accepted connection: half of `max_pending_bytes` (at least
+/// [`MIN_SEND_BUFFER`]), which Linux doubles for its bookkeeping. A client that does not
+/// read then holds about `max_pending_bytes` of kernel memory besides as much in the
+/// server, instead of the up to 4 MiB (`net.ipv4.tcp_wmem`'s maximum) that autotuning
+/// grows an unbounded buffer to. The kernel caps the request at `net.core.wmem_max`.
 fn send_buffer_size(max_pending_bytes: usize) -> usize {
     (max_pending_bytes / 2).max(MIN_SEND_BUFFER)
 }

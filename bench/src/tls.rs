@@ -12,7 +12,10 @@
 //!    `login-storm` does, once quiet and once while the handshake loops run (as fast as
 //!    they can, or at `--storm-rate`): the `prolongate` p99 of the storm run over the quiet
 //!    one. The loops run on a thread of their own, so that the client's share of the
-//!    handshakes' work does not delay the reading of the `cmd` replies it times.
+//!    handshakes' work does not delay the reading of the `cmd` replies it times; on one
+//!    machine they still take CPU from the server and the timed load, unless
+//!    `--storm-nice` lowers that thread's priority (to tell their share of the delay from
+//!    the server's). `--skip-cmd` leaves out part 1.
 
 use crate::cmd::{check_outcome, run_load, LoadOutcome, LoadSpec};
 use crate::net::{check_loopback, instant_at, now_ns, raise_open_files, sources_in};
@@ -69,6 +72,19 @@ pub struct Args {
     /// Measure handshakes/s (full and resumed) only.
     #[arg(long)]
     handshakes_only: bool,
+    /// Leave out the `cmd` comparison (part 1): handshakes/s and the storm only.
+    #[arg(long)]
+    skip_cmd: bool,
+    /// Replies/s the TLS `cmd` load is paced at during the storm comparison; 0 = half of
+    /// its maximum, measured first. On a loaded machine a fixed rate well below the
+    /// maximum keeps the quiet runs from queueing.
+    #[arg(long, default_value_t = 0.0)]
+    storm_cmd_rate: f64,
+    /// Nice value of the handshake loops' thread during the storm (0: as the rest of the
+    /// client): above the server's handshake threads' 10, the storm takes only CPU that
+    /// neither the server's event loops nor the timed load want.
+    #[arg(long, default_value_t = 0)]
+    storm_nice: i32,
 }
 
 /// Longest wait for one handshake loop's cycle.
@@ -104,7 +120,8 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let over_tls = spec(tls_addr, &args.shape, Some(&tls))?;
     let mut cmd_ratios = Vec::with_capacity(rounds);
     let mut rows = Vec::new();
-    for round in 1..=rounds {
+    let cmd_rounds = if args.skip_cmd { 0 } else { rounds };
+    for round in 1..=cmd_rounds {
         let (first, second) = alternate(round, (&plain, "plain"), (&over_tls, "tls"));
         let mut outcomes = Vec::with_capacity(2);
         for (spec, label) in [first, second] {
@@ -137,31 +154,39 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         ]);
     }
     let cmd_ratio = median(&mut cmd_ratios);
-    report.table(
-        &format!(
-            "tls — cmd {} over TLS ({tls_addr}) and plaintext ({plain_addr})",
-            args.shape
-        ),
-        &[
-            "round",
-            "plain/s",
-            "TLS/s",
-            "plain p99 µs",
-            "TLS p99 µs",
-            "TLS/plain",
-        ],
-        &rows,
-    );
-    println!("  median TLS/plain = {cmd_ratio:.2} (target ≥ 0.6)\n");
+    if !args.skip_cmd {
+        report.table(
+            &format!(
+                "tls — cmd {} over TLS ({tls_addr}) and plaintext ({plain_addr})",
+                args.shape
+            ),
+            &[
+                "round",
+                "plain/s",
+                "TLS/s",
+                "plain p99 µs",
+                "TLS p99 µs",
+                "TLS/plain",
+            ],
+            &rows,
+        );
+        println!("  median TLS/plain = {cmd_ratio:.2} (target ≥ 0.6)\n");
+    }
 
     // 2. Handshakes/s, nothing else running.
     let (storm, handshakes_per_s) = handshakes(args, tls_addr, &tls, report).await?;
 
     // 3. Handshake storm against quiet, TLS connections paced at half their maximum.
     let mut paced = spec(tls_addr, &args.storm_shape, Some(&tls))?;
-    let max = run_load(&paced).await?;
-    check_outcome(report, "tls storm", Proto::Tether, "max", &max);
-    paced.rate = Some(max.replies_per_s / 2.0);
+    let max = if args.storm_cmd_rate > 0.0 {
+        None
+    } else {
+        let max = run_load(&paced).await?;
+        check_outcome(report, "tls storm", Proto::Tether, "max", &max);
+        Some(max.replies_per_s)
+    };
+    let cmd_rate = max.map_or(args.storm_cmd_rate, |max| max / 2.0);
+    paced.rate = Some(cmd_rate);
     let mut storm_ratios = Vec::with_capacity(rounds);
     let mut storm_rows = Vec::new();
     for round in 1..=rounds {
@@ -172,6 +197,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
             let outcome = if stormy {
                 let storm = Storm {
                     rate: (args.storm_rate > 0.0).then_some(args.storm_rate),
+                    nice: args.storm_nice,
                     ..storm.clone()
                 };
                 let handshakes = storm.run_apart(args.warmup + args.duration + 0.5);
@@ -199,6 +225,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
             "shape": args.storm_shape,
             "cmd_rate": paced.rate,
             "handshakes_per_s": storm_rate,
+            "storm_nice": args.storm_nice,
             "quiet_p50_us": quiet.latency.p50_us,
             "quiet_p99_us": quiet.latency.p99_us,
             "storm_p50_us": stormy.latency.p50_us,
@@ -216,16 +243,21 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
     let storm_ratio = median(&mut storm_ratios);
     report.table(
         &format!(
-            "tls — handshake storm ({} loops, {}) against TLS cmd {} paced at {}/s (half of {})",
+            "tls — handshake storm ({} loops{}, {}) against TLS cmd {} paced at {}/s{}",
             storm.concurrency,
+            if args.storm_nice != 0 {
+                format!(" at nice {}", args.storm_nice)
+            } else {
+                String::new()
+            },
             if args.storm_rate > 0.0 {
                 format!("{}/s", count(args.storm_rate))
             } else {
                 "as fast as they go".to_string()
             },
             args.storm_shape,
-            count(max.replies_per_s / 2.0),
-            count(max.replies_per_s)
+            count(cmd_rate),
+            max.map_or(String::new(), |max| format!(" (half of {})", count(max)))
         ),
         &[
             "round",
@@ -248,6 +280,7 @@ pub async fn run(args: &Args, report: &mut Report) -> Fallible<()> {
         "handshakes_per_s": handshakes_per_s,
         "storm_p99_ratio": storm_ratio,
         "storm_rate": (args.storm_rate > 0.0).then_some(args.storm_rate),
+        "storm_nice": args.storm_nice,
     }))?;
     Ok(())
 }
@@ -266,6 +299,7 @@ async fn handshakes(
         concurrency: args.storm_concurrency.max(1),
         sources: args.sources,
         rate: None,
+        nice: 0,
     };
     let full = storm.run_apart(args.warmup + args.duration).await?;
     report.check(full.failures.is_empty(), || {
@@ -337,6 +371,8 @@ struct Storm {
     sources: u8,
     /// New connections per second in all, or `None` for as fast as they go.
     rate: Option<f64>,
+    /// Nice value of the loops' thread.
+    nice: i32,
 }
 
 /// What a storm did.
@@ -373,6 +409,12 @@ impl Storm {
         std::thread::Builder::new()
             .name("handshake-storm".into())
             .spawn(move || {
+                if storm.nice != 0 {
+                    // Per thread on Linux: the timed load keeps its priority.
+                    if let Err(err) = rustix::process::setpriority_process(None, storm.nice) {
+                        eprintln!("cannot renice the handshake storm: {err}");
+                    }
+                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();

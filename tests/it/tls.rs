@@ -568,13 +568,20 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
     if !openssl_available() {
         return;
     }
-    const SLOTS: usize = 101;
+    // A plaintext client and a TLS client, and 100 pending handshakes.
+    const SLOTS: usize = 102;
+    const OPEN: usize = 2;
     const STALLED: usize = 1000;
     let (dir, config) = tls_setup(false, false);
-    let (server, tls, admin) = start_with_metrics(dir, config.server("max_connections", 101));
+    let config = config.server("max_connections", SLOTS as i64);
+    let (server, tls, admin) = start_with_metrics(dir, config);
     let mut plain = server.client();
     plain.send(&["login", "alice", "secret"]);
     plain.expect(&["login_valid"]);
+    let mut over_tls =
+        TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    over_tls.send(&["login", "alice", "secret"]);
+    over_tls.expect(&["login_valid"]);
     // Half a ClientHello each: the record header and the start of the handshake message.
     let half_hello = [
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
@@ -591,14 +598,14 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
     let pending = r#"tether_tls_handshakes_pending"#;
     let refused = r#"tether_connections_refused_total"#;
     let bounded = crate::common::wait_until(Duration::from_secs(8), || {
-        metric(admin, pending) == (SLOTS - 1) as f64
-            && metric(admin, refused) == (STALLED - (SLOTS - 1)) as f64
+        metric(admin, pending) == (SLOTS - OPEN) as f64
+            && metric(admin, refused) == (STALLED - (SLOTS - OPEN)) as f64
     });
     assert!(
         bounded,
         "not {} pending and {} refused: {} and {}",
-        SLOTS - 1,
-        STALLED - (SLOTS - 1),
+        SLOTS - OPEN,
+        STALLED - (SLOTS - OPEN),
         metric(admin, pending),
         metric(admin, refused)
     );
@@ -610,9 +617,19 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
         ),
         "a connection past max_connections was not refused while the handshakes held their slots"
     );
-    // The server keeps serving while the handshakes are pending.
+    // The server keeps serving while the handshakes are pending: commands and events, over
+    // TCP and over TLS.
     plain.send(&["prolongate"]);
     plain.expect(&["prolongate_ack"]);
+    over_tls.send(&["prolongate"]);
+    over_tls.expect(&["prolongate_ack"]);
+    publish(admin, "meanwhile");
+    expect_event(std::slice::from_mut(&mut over_tls), "meanwhile");
+    let got = plain.recv();
+    assert_eq!(
+        (got[0].as_str(), got[got.len() - 1].as_str()),
+        ("event", "meanwhile")
+    );
     for client in &mut stalled {
         client.expect_closed_within(Duration::from_secs(15));
     }
@@ -622,12 +639,118 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
             && metric(
                 admin,
                 r#"tether_tls_handshake_failures_total{cause="timeout"}"#,
-            ) == (SLOTS - 1) as f64
+            ) == (SLOTS - OPEN) as f64
     });
     assert!(freed, "the dropped handshakes were not counted out");
     let mut again = server.client();
     again.send(&["prolongate"]);
     again.expect(&["prolongate_ack"]);
+}
+
+#[test]
+fn handshakes_run_on_low_priority_threads_and_serve_new_clients_beside_a_thousand_stalled() {
+    if !openssl_available() {
+        return;
+    }
+    const STALLED: usize = 1000;
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls, admin) = start_with_metrics(dir, config.server("workers", 3));
+    let line = "TLS handshakes: 3 thread(s) (nice 10)";
+    assert!(
+        server.stderr_text().contains(line),
+        "no {line:?} in the log"
+    );
+    // A new thread names itself once it runs: give the names a moment to appear.
+    let started = crate::common::wait_until(Duration::from_secs(5), || {
+        handshake_thread_nice_values(server.pid()).len() == 3
+    });
+    assert!(
+        started,
+        "not 3 handshake threads: {:?}",
+        handshake_thread_nice_values(server.pid())
+    );
+    assert_eq!(handshake_thread_nice_values(server.pid()), [10, 10, 10]);
+    let half_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let _stalled: Vec<TestClient> = (0..STALLED)
+        .map(|_| {
+            let mut client = TestClient::connect(tls);
+            client.send_raw(&half_hello);
+            client
+        })
+        .collect();
+    let pending = crate::common::wait_until(Duration::from_secs(8), || {
+        metric(admin, "tether_tls_handshakes_pending") == STALLED as f64
+    });
+    assert!(pending, "not {STALLED} handshakes pending");
+    // The handshake threads still complete new handshakes, and the workers serve them.
+    let trust = client_config(&ca(&server), None);
+    let mut clients: Vec<TlsClient> = (0..10)
+        .map(|_| {
+            let mut client = TlsClient::connect(tls, trust.clone()).expect("handshake");
+            client.send(&["login", "alice", "secret"]);
+            client.expect(&["login_valid"]);
+            client
+        })
+        .collect();
+    let mut plain = server.client();
+    plain.login("alice", "secret");
+    publish(admin, "beside");
+    expect_event(&mut clients, "beside");
+    let got = plain.recv();
+    assert_eq!(
+        (got[0].as_str(), got[got.len() - 1].as_str()),
+        ("event", "beside")
+    );
+}
+
+#[test]
+fn shutdown_drops_pending_handshakes_without_waiting_out_the_grace() {
+    if !openssl_available() {
+        return;
+    }
+    const GRACE: Duration = Duration::from_secs(8);
+    let (dir, config) = tls_setup(false, false);
+    let (mut server, tls, admin) = start_with_metrics(dir, config.server("shutdown_grace", "8s"));
+    let mut open = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
+    open.send(&["login", "alice", "secret"]);
+    open.expect(&["login_valid"]);
+    let mut stalled = TestClient::connect(tls);
+    stalled.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00]);
+    let pending = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(admin, "tether_tls_handshakes_pending") == 1.0
+    });
+    assert!(pending, "the half handshake is not pending");
+    let signalled = std::time::Instant::now();
+    server.terminate();
+    open.expect(&["shutdown"]);
+    stalled.expect_closed_within(Duration::from_secs(5));
+    let status = server.wait_exit(GRACE + Duration::from_secs(3));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    // A pending handshake holds a connection slot, which shutdown waits for: dropped at
+    // once, it does not keep the server for the whole grace.
+    assert!(
+        signalled.elapsed() < GRACE / 2,
+        "exited {:?} after SIGTERM, grace {GRACE:?}",
+        signalled.elapsed()
+    );
+}
+
+/// The nice values of process `pid`'s TLS handshake threads (named `tether-tls`).
+fn handshake_thread_nice_values(pid: nix::unistd::Pid) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
+            // `TID (NAME) STATE ...`: the nice value is the 19th field, the 17th after the name.
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
+            (name == "tether-tls").then_some(nice)
+        })
+        .collect()
 }
 
 /// Immediate failure lines and the failures summed up in summary lines, in `log`.

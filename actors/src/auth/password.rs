@@ -7,6 +7,7 @@
 //! and the bound on what one address takes is the round-robin, not a guess at departures.
 
 use crate::util::metrics::Metrics;
+use crate::util::priority;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
@@ -265,14 +266,11 @@ impl Drop for Verdict {
 
 /// Niceness of the checker threads: below the event loops, so that when bcrypt and the
 /// event loops compete for a core, commands are answered first and logins wait.
-pub const CHECKER_NICENESS: i32 = 10;
+pub const CHECKER_NICENESS: i32 = priority::BACKGROUND_NICENESS;
 
 /// Runs checks until the pool closes.
 fn run_checks(pool: &Pool) {
-    // On Linux the nice value is per thread: this lowers only the calling thread.
-    if let Err(err) = rustix::process::setpriority_process(None, CHECKER_NICENESS) {
-        log::debug!("cannot lower the priority of a password-check thread: {err}");
-    }
+    priority::run_in_background("a password-check thread");
     let metrics = &pool.metrics;
     loop {
         let check = {

@@ -1,5 +1,6 @@
 //! [`ClientStream`]: what a connection runs over — plain TCP, or TLS over TCP — behind the
-//! one [`Stream`] the transport knows.
+//! one [`Stream`] the transport knows; and [`TlsSocket`], the TCP socket under a TLS stream,
+//! which moves from the event loop its handshake ran on to its connection's worker.
 
 use super::transport::Stream;
 use std::io;
@@ -14,7 +15,88 @@ pub enum ClientStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS over TCP; boxed, as rustls's state is large next to a socket.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream<TlsSocket>>),
+}
+
+/// The TCP socket under a TLS stream. A tokio socket is bound to the event loop that
+/// registered it, and a handshake runs on another loop than its connection (see
+/// `tls_handshake`); tokio-rustls cannot rebuild a stream from its socket and rustls
+/// state, so the socket is moved inside the stream: [`Self::detach`] on the handshake's
+/// loop, [`Self::attach`] on the worker's.
+pub enum TlsSocket {
+    /// Registered with the event loop of the thread using it.
+    Registered(TcpStream),
+    /// Between two event loops, registered with neither: no I/O until attached.
+    Detached(std::net::TcpStream),
+    /// Lost in a move that failed: every I/O fails.
+    Lost,
+}
+
+impl TlsSocket {
+    /// Takes the socket off the current event loop.
+    pub(crate) fn detach(&mut self) -> io::Result<()> {
+        if let Self::Registered(socket) = std::mem::replace(self, Self::Lost) {
+            *self = Self::Detached(socket.into_std()?);
+        }
+        Ok(())
+    }
+
+    /// Registers the socket with the current event loop (it must run in a tokio runtime).
+    pub(crate) fn attach(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, Self::Lost) {
+            Self::Detached(socket) => *self = Self::Registered(TcpStream::from_std(socket)?),
+            other => *self = other,
+        }
+        Ok(())
+    }
+
+    /// The registered socket, or the error of I/O on one that is not.
+    fn registered(self: Pin<&mut Self>) -> io::Result<Pin<&mut TcpStream>> {
+        match self.get_mut() {
+            Self::Registered(socket) => Ok(Pin::new(socket)),
+            Self::Detached(_) | Self::Lost => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl AsyncRead for TlsSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.registered()?.poll_read(task, buf)
+    }
+}
+
+impl AsyncWrite for TlsSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.registered()?.poll_write(task, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.registered()?.poll_write_vectored(task, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.registered()?.poll_flush(task)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.registered()?.poll_shutdown(task)
+    }
 }
 
 impl AsyncRead for ClientStream {

@@ -8,3 +8,4 @@ pub mod excerpt;
 pub(crate) mod failure_log;
 pub mod metrics;
 pub(crate) mod output_budget;
+pub(crate) mod priority;
