@@ -527,15 +527,7 @@ struct Accepted {
 impl Accepted {
     /// Serves a plaintext connection; runs on its worker.
     async fn serve_plain(self, stream: std::net::TcpStream) {
-        let peer = self.peer;
-        let mut stream = match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("{peer}: cannot register the connection: {err}");
-                return;
-            }
-        };
-        let Some(peer) = self.proxied_peer(&mut stream).await else {
+        let Some((stream, peer)) = self.registered(stream).await else {
             return;
         };
         let (shared, shard, permit) = (self.shared, self.shard, self.permit);
@@ -578,15 +570,7 @@ impl Accepted {
         pending: PendingHandshake,
         accepted: tokio::time::Instant,
     ) {
-        let peer = self.peer;
-        let mut stream = match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("{peer}: cannot register the connection: {err}");
-                return;
-            }
-        };
-        let Some(peer) = self.proxied_peer(&mut stream).await else {
+        let Some((stream, peer)) = self.registered(stream).await else {
             return;
         };
         // The handshake's time runs from when the client could begin it: from accept, or
@@ -629,16 +613,29 @@ impl Accepted {
         });
     }
 
-    /// The client's address: the one its PROXY protocol header carries when its peer is
-    /// trusted to send one (`None` when the header fails), else its peer's.
-    async fn proxied_peer(&self, stream: &mut tokio::net::TcpStream) -> Option<SocketAddr> {
-        match &self.proxied {
+    /// Registers `stream` on the calling thread's event loop, then finds the client's
+    /// address: the one its PROXY protocol header carries when its peer is trusted to send
+    /// one, else its peer's. `None` when the registration (logged) or the header (counted)
+    /// fails.
+    async fn registered(
+        &self,
+        stream: std::net::TcpStream,
+    ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+        let mut stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{}: cannot register the connection: {err}", self.peer);
+                return None;
+            }
+        };
+        let client = match &self.proxied {
             Some(failures) => {
                 let metrics = &self.shared.metrics;
-                client_address(stream, self.peer, self.hub.clone(), metrics, failures).await
+                client_address(&mut stream, self.peer, self.hub.clone(), metrics, failures).await?
             }
-            None => Some(self.peer),
-        }
+            None => self.peer,
+        };
+        Some((stream, client))
     }
 }
 
