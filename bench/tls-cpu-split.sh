@@ -15,8 +15,7 @@ BIN=$PWD/target/release
 source bench/common.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 "$BENCH" make-users 10 --cost 4 > "$WORK/users.toml"
-BIN=$A_DIR start_tether base 0; A_PLAIN=$STARTED_ADDR A_TLS=$STARTED_TLS_ADDR A_PID=$STARTED_PID
-BIN=$PWD/target/release start_tether branch 0; B_PLAIN=$STARTED_ADDR B_TLS=$STARTED_TLS_ADDR B_PID=$STARTED_PID
+start_base_and_branch
 ticks() { # PID: "NAME TICKS" per thread
     python3 - "$1" <<'PY'
 import glob, sys

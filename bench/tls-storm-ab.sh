@@ -27,9 +27,7 @@ BIN=$PWD/target/release
 source bench/common.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 "$BENCH" make-users 2000 --cost 4 > "$WORK/users.toml"
-start_a() { BIN=$A_DIR start_tether base 0; A_PLAIN=$STARTED_ADDR A_TLS=$STARTED_TLS_ADDR A_PID=$STARTED_PID; }
-start_b() { BIN=$PWD/target/release start_tether branch 0; B_PLAIN=$STARTED_ADDR B_TLS=$STARTED_TLS_ADDR B_PID=$STARTED_PID; }
-if [[ -n ${B_FIRST:-} ]]; then start_b; start_a; else start_a; start_b; fi
+start_base_and_branch
 echo "A (base) pid $A_PID plain $A_PLAIN tls $A_TLS; B (branch) pid $B_PID plain $B_PLAIN tls $B_TLS"
 for round in $(seq 1 "$ROUNDS"); do
     sides=(A B)
