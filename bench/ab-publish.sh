@@ -8,11 +8,15 @@
 #            (`--pid`: server CPU per delivery; tether also its delivery histogram).
 #   fan1000: 1,000 connections of one user, 8 publishers, maximum then half of it
 #            (`--then-half --server-latency`: p50/p99 of tether_event_delivery_seconds).
+# PIN=1 gives servers and client a core each, as if the client ran elsewhere: every server
+# (tether and Redis alike) runs on CPU 0 only, the client on CPU 1 only (`taskset`).
 #   SCENARIOS="batch fan1000" ROUNDS=3 bench/ab-publish.sh /tmp/old target/release \
 #       target/release/tether-bench /tmp/ab-publish.jsonl
 set -euo pipefail
 OLD=$1 NEW=$2 B=$3 OUT=$4
 ROUNDS=${ROUNDS:-3} BATCH=${BATCH:-500} SCENARIOS=${SCENARIOS:-"batch fan1000"}
+SERVER_CPU=() CLIENT_CPU=()
+if [[ ${PIN:-0} == 1 ]]; then SERVER_CPU=(taskset -c 0) CLIENT_CPU=(taskset -c 1); fi
 W=$(mktemp -d)
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
@@ -41,7 +45,7 @@ listen = "127.0.0.1:$admin"
 [log]
 level = "warn"
 TOML
-    "$2/tether" --config "$W/$1.toml" 2>> "$W/$1.log" &
+    "${SERVER_CPU[@]}" "$2/tether" --config "$W/$1.toml" 2>> "$W/$1.log" &
     PID=$!; PIDS+=("$PID")
     wait_port "$port"; wait_port "$admin"
     ADDR=127.0.0.1:$port ADMIN=127.0.0.1:$admin
@@ -49,11 +53,11 @@ TOML
 start_tether old "$OLD"; OLD_ADDR=$ADDR OLD_ADMIN=$ADMIN OLD_PID=$PID
 start_tether new "$NEW"; NEW_ADDR=$ADDR NEW_ADMIN=$ADMIN NEW_PID=$PID
 read -r rport < <("$B" free-ports 1)
-redis-server --bind 127.0.0.1 --port "$rport" --save '' --appendonly no \
+"${SERVER_CPU[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save '' --appendonly no \
     --protected-mode no --maxclients 19900 --logfile "$W/redis.log" &
 REDIS_PID=$!; PIDS+=("$REDIS_PID")
 wait_port "$rport"
-bench() { "$B" --tag "r$round" --json-out "$OUT" "$@" | grep -v '^{' | tail -4; }
+bench() { "${CLIENT_CPU[@]}" "$B" --tag "r$round" --json-out "$OUT" "$@" | grep -v '^{' | tail -4; }
 for round in $(seq "$ROUNDS"); do
     for scenario in $SCENARIOS; do
         case $scenario in
