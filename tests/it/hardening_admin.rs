@@ -4,7 +4,8 @@
 //! connections cannot exceed the bound on open connections nor lock a fresh request out
 //! for longer than they take to time out; a user name that is not UTF-8 is refused on
 //! every route that takes one; a burst of password changes is hashed on the logins'
-//! bounded, low-priority bcrypt threads.
+//! bounded, low-priority bcrypt threads; an event body past the limit without a length,
+//! or not UTF-8, is refused as the JSON routes refuse it.
 
 use crate::common::hardening::{open_sockets, threads};
 use crate::common::{admin_addr, wait_until, TestConfig, TestServer};
@@ -272,6 +273,41 @@ fn a_burst_of_password_changes_is_hashed_on_the_one_low_priority_bcrypt_thread()
     // The new passwords are in force.
     let mut client = server.client();
     client.login("user0", "new-pw");
+}
+
+#[test]
+fn an_event_body_past_the_limit_without_a_length_or_not_utf8_is_refused() {
+    let (_server, admin) = start_admin(&[("alice", "pw")]);
+    // Chunked, so no `Content-Length` announces it: refused once 64 KiB are read.
+    let chunk = format!("2710\r\n{}\r\n", "x".repeat(10_000));
+    let chunked = format!("{}0\r\n\r\n", chunk.repeat(7));
+    let answer = raw_event_post(admin, "Transfer-Encoding: chunked", chunked.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 413"), "answer {answer:?}");
+    assert!(
+        answer.contains("larger than 65536 bytes"),
+        "answer {answer:?}"
+    );
+    let not_utf8: &[u8] = b"{\"user\":\"alice\",\"text\":\"caf\xe9\"}";
+    let length = format!("Content-Length: {}", not_utf8.len());
+    let answer = raw_event_post(admin, &length, not_utf8);
+    assert!(answer.starts_with("HTTP/1.1 400"), "answer {answer:?}");
+    assert!(
+        answer.contains("the body is not the expected JSON: invalid unicode code point"),
+        "answer {answer:?}"
+    );
+}
+
+/// Sends `POST /v1/events` with the header `framing` and `body` as they are, over a
+/// connection the server closes after answering; answers what it sent back.
+fn raw_event_post(admin: SocketAddr, framing: &str, body: &[u8]) -> String {
+    let mut stream = TcpStream::connect(admin).expect("connect to the admin API");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: tether\r\n{framing}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    // The server may answer and close before taking all of an oversized body.
+    let _ = stream.write_all(body);
+    read_until_closed(&mut stream, Duration::from_secs(20))
 }
 
 /// `GET path` on the admin API; answers status and body.

@@ -58,7 +58,9 @@ pub fn check_name(name: &str) -> Result<(), CredentialError> {
     if name.len() > MAX_NAME_BYTES {
         return Err(CredentialError::NameTooLong);
     }
-    if name.chars().any(|c| c <= '\u{1F}' || c == '\u{7F}') {
+    // Byte by byte: those characters are one byte each, and no byte of a longer UTF-8
+    // sequence is below 0x80 (every event of a batch is checked here).
+    if name.bytes().any(|byte| byte <= 0x1F || byte == 0x7F) {
         return Err(CredentialError::NameHasControlCharacter);
     }
     Ok(())
@@ -86,6 +88,8 @@ mod tests {
     fn names_follow_the_rules_of_the_users_section() {
         assert_eq!(check_name("alice"), Ok(()));
         assert_eq!(check_name("Алиса 🙂"), Ok(()));
+        // U+0085 is a control of the C1 set, which SPEC §5 does not exclude.
+        assert_eq!(check_name("a\u{85}b"), Ok(()));
         assert_eq!(check_name(&"a".repeat(128)), Ok(()));
         assert_eq!(check_name(""), Err(CredentialError::EmptyName));
         assert_eq!(

@@ -15,13 +15,19 @@
 //!
 //! Users are counted under a hash of their name (64 bits). Two names that share a hash
 //! only make an event visit a shard where it finds nobody, and add up in each other's
-//! counts; none is ever skipped.
+//! counts; none is ever skipped. That hash is keyed (`RandomState`), so it is already as
+//! good a spread as a map needs: the maps use it as their own hash rather than hashing it a
+//! second time (a SipHash per shard looked at, per event).
 
 use crate::hub::broker::Broker;
-use std::collections::HashMap;
+use nohash_hasher::IntMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
+
+/// One shard's connections per user, under the user's name hash, which is the map's hash
+/// too.
+type Counts = IntMap<u64, u32>;
 
 /// Per registry shard, how many connections are bound to each user (by name hash).
 #[derive(Debug)]
@@ -29,7 +35,7 @@ pub(crate) struct Presence {
     /// Hashes user names, the same way for every shard.
     hasher: RandomState,
     /// Indexed like the registry shards; only bound users have an entry.
-    shards: Box<[Mutex<HashMap<u64, u32>>]>,
+    shards: Box<[Mutex<Counts>]>,
     /// In a cluster, told of every change.
     broker: Option<Arc<dyn Broker>>,
 }
@@ -114,7 +120,7 @@ pub(crate) struct PresenceView<'a> {
     /// Hashes user names as [`Presence`] does.
     hasher: &'a RandomState,
     /// The shards' counts, in shard order.
-    shards: Vec<MutexGuard<'a, HashMap<u64, u32>>>,
+    shards: Vec<MutexGuard<'a, Counts>>,
 }
 
 impl PresenceView<'_> {
@@ -132,7 +138,7 @@ impl PresenceView<'_> {
 }
 
 /// The counts stay whole even if a holder panicked: every update is one map operation.
-fn lock(counts: &Mutex<HashMap<u64, u32>>) -> MutexGuard<'_, HashMap<u64, u32>> {
+fn lock(counts: &Mutex<Counts>) -> MutexGuard<'_, Counts> {
     counts.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
