@@ -850,3 +850,50 @@ fn an_expired_certificate_is_served_with_a_warning() {
     let refused = TlsClient::connect(tls, client_config(&ca(&server), None));
     assert!(refused.is_err(), "a client accepted an expired certificate");
 }
+
+#[test]
+fn only_a_finished_handshake_becomes_a_connection() {
+    if !openssl_available() {
+        return;
+    }
+    const FAILED: usize = 20;
+    const STALLED: usize = 20;
+    let (dir, config) = tls_setup(false, false);
+    let (server, tls, admin) = start_with_metrics(dir, config);
+    let trust = client_config(&ca(&server), None);
+    let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
+    open.send(&["login", "alice", "secret"]);
+    open.expect(&["login_valid"]);
+    let half_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    let _stalled: Vec<TestClient> = (0..STALLED)
+        .map(|_| {
+            let mut client = TestClient::connect(tls);
+            client.send_raw(&half_hello);
+            client
+        })
+        .collect();
+    let plaintext = crate::common::encode(&["login", "alice", "secret"]);
+    for _ in 0..FAILED {
+        assert_closed_with_at_most_an_alert(tls, &plaintext, false);
+    }
+    let settled = crate::common::wait_until(Duration::from_secs(5), || {
+        metric(admin, "tether_tls_handshakes_pending") == STALLED as f64
+            && metric(
+                admin,
+                r#"tether_tls_handshake_failures_total{cause="protocol"}"#,
+            ) == FAILED as f64
+    });
+    assert!(
+        settled,
+        "the stalled and failed handshakes were not counted"
+    );
+    // Neither the failed handshakes nor the pending ones are connections: only the one
+    // client whose handshake finished is.
+    assert_eq!(metric(admin, "tether_connections_open"), 1.0);
+    let mut second = TlsClient::connect(tls, trust).expect("handshake");
+    second.send(&["prolongate"]);
+    second.expect(&["prolongate_ack"]);
+    assert_eq!(metric(admin, "tether_connections_open"), 2.0);
+}
