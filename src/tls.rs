@@ -115,15 +115,12 @@ fn load_files(
     let builder = match client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_file) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in read_certificates(ca_file)? {
-                roots.add(certificate).map_err(|err| {
-                    format!("{}: unusable CA certificate: {err}", ca_file.display())
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(
+                Arc::new(root_store(ca_file)?),
+                provider,
+            )
+            .build()
+            .map_err(|err| format!("{}: {err}", ca_file.display()))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -182,6 +179,18 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
         return Err(format!("{}: no certificate in the file", path.display()));
     }
     Ok(certificates)
+}
+
+/// The CA certificates of the PEM file at `ca_file` (at least one), as the roots a peer's
+/// certificate is checked against; the error names the file.
+pub fn root_store(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in read_certificates(ca_file)? {
+        roots
+            .add(certificate)
+            .map_err(|err| format!("{}: unusable CA certificate: {err}", ca_file.display()))?;
+    }
+    Ok(roots)
 }
 
 /// Keeps the TLS files watched; dropping it stops the watcher threads. SIGHUP keeps

@@ -169,6 +169,8 @@ pub struct Tether {
     presence: Arc<Presence>,
     /// In a cluster, the broker to the other nodes.
     broker: Option<Arc<dyn Broker>>,
+    /// The bcrypt threads, for handles that make new hashes.
+    passwords: PasswordChecker,
 }
 
 impl Tether {
@@ -253,13 +255,14 @@ impl Tether {
         if let Some(broker) = &broker {
             broker.attach(Arc::new(NodeInbox { hub: hub.clone() }));
         }
+        let passwords = PasswordChecker::start(settings.password_threads, metrics.clone())?;
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
             max_pending_bytes: settings.max_pending_bytes,
             output_budget: OutputBudget::new(settings.max_pending_total),
             users,
-            checker: PasswordChecker::start(settings.password_threads, metrics.clone())?,
+            checker: passwords.clone(),
             throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
@@ -343,6 +346,7 @@ impl Tether {
             metrics,
             presence,
             broker,
+            passwords,
         })
     }
 
@@ -367,6 +371,7 @@ impl Tether {
             hub: self.hub.clone(),
             presence: Arc::clone(&self.presence),
             broker: self.broker.clone(),
+            passwords: self.passwords.clone(),
         }
     }
 
@@ -725,9 +730,17 @@ pub struct TetherHandle {
     presence: Arc<Presence>,
     /// In a cluster, the broker, which counts the other nodes' connections.
     broker: Option<Arc<dyn Broker>>,
+    /// The bcrypt threads the logins use.
+    passwords: PasswordChecker,
 }
 
 impl TetherHandle {
+    /// The bounded, low-priority bcrypt threads the logins use: where a new password's
+    /// hash is made, so that a burst of them never takes the cores from the event loops.
+    pub fn passwords(&self) -> &PasswordChecker {
+        &self.passwords
+    }
+
     /// The event bus in force, for sending it [`Publish`] or [`Invalidate`] directly.
     pub fn bus(&self) -> Addr<EventBusActor> {
         self.hub.borrow().bus.clone()

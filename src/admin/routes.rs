@@ -8,6 +8,7 @@ use crate::users::read::UsersFileError;
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
+use std::net::{IpAddr, Ipv4Addr};
 use tether_actors::bus::InvalidationCause;
 use tether_actors::credentials::{check_name, check_password};
 
@@ -100,19 +101,26 @@ struct PasswordBody {
     password: String,
 }
 
+/// Hashes the new password on the logins' bcrypt threads (bounded, at low priority),
+/// queued as the requester's address, then stores it.
 async fn set_password(
     state: State,
+    request: HttpRequest,
     UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
     refuse_files_in_cluster(&state)?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
-    let cost = state.bcrypt_cost;
-    let hash = web::block(move || bcrypt::hash(password, cost))
+    let requester = request
+        .peer_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.ip());
+    let hash = state
+        .tether
+        .passwords()
+        .hash(requester, password.as_bytes(), state.bcrypt_cost)
         .await
-        .map_err(|err| ApiError::internal(format!("password hashing stopped: {err}")))?
-        .map_err(|err| ApiError::internal(format!("cannot hash the password: {err}")))?;
+        .map_err(|err| ApiError::internal(err.to_string()))?;
     let user = name.clone();
     // In force, and the user's connections told, when the answer comes.
     let change = match &state.users {

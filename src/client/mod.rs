@@ -299,20 +299,8 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
             .map_err(|err| err.to_string());
     };
     use tokio_rustls::rustls;
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    let certificates = CertificateDer::pem_file_iter(ca_file)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
-    if certificates.is_empty() {
-        return Err(format!("{}: no certificate in the file", ca_file.display()));
-    }
-    for certificate in certificates {
-        roots
-            .add(certificate)
-            .map_err(|err| format!("{}: {err}", ca_file.display()))?;
-    }
+    use tokio_rustls::rustls::pki_types::ServerName;
+    let roots = crate::tls::root_store(ca_file)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

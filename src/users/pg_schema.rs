@@ -10,8 +10,6 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, GenericClient, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// The SQL that creates `table` (if missing) and the trigger that notifies the channel
 /// named like the table of every insert, update of a name or hash, delete and truncate.
@@ -181,27 +179,18 @@ impl Database {
     pub fn new(url: &str, ca_file: Option<&Path>) -> Result<Self, String> {
         let mut config: tokio_postgres::Config =
             url.parse().map_err(|err| format!("invalid URL: {err}"))?;
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_file {
+        let roots = match ca_file {
             Some(ca_file) => {
-                let certificates = CertificateDer::pem_file_iter(ca_file)
-                    .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-                    .map_err(|err| format!("{}: {err}", ca_file.display()))?;
-                if certificates.is_empty() {
-                    return Err(format!("{}: no certificate in the file", ca_file.display()));
-                }
-                for certificate in certificates {
-                    roots
-                        .add(certificate)
-                        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
-                }
+                let roots = crate::tls::root_store(ca_file)?;
                 config.ssl_mode(SslMode::Require);
+                roots
             }
             // As before TLS was offered: `prefer` (the URL's default) meant plain TCP.
             None => {
                 config.ssl_mode(SslMode::Disable);
+                rustls::RootCertStore::empty()
             }
-        }
+        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let client_config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

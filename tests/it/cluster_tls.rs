@@ -5,7 +5,7 @@
 
 use crate::common::cluster::{expect_event, Node, SETTLE_TIMEOUT};
 use crate::common::redis::Redis;
-use crate::common::tls::{make_ca, make_signed, openssl_available};
+use crate::common::tls::{ca_and_server_pair, make_ca};
 use crate::common::{
     admin_addr, admin_call, cheap_hash, free_port, run_to_exit, tether_command, TestConfig,
     TestServer,
@@ -26,13 +26,8 @@ struct TlsRedis {
 impl TlsRedis {
     /// `None` (after a skip line) without `redis-server` or `openssl`, outside CI.
     fn start() -> Option<Self> {
-        if !openssl_available() {
-            return None;
-        }
+        let dir = ca_and_server_pair("redis")?;
         let redis = Redis::start()?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        make_ca(dir.path(), "redis");
-        make_signed(dir.path(), "redis", "server");
         make_ca(dir.path(), "other");
         let file = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
         redis.cli(&["CONFIG", "SET", "tls-cert-file", &file("server.pem")]);

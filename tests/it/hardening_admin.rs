@@ -3,10 +3,12 @@
 //! shutdown; a body that stalls or trickles is answered `408` at its deadline; stalled
 //! connections cannot exceed the bound on open connections nor lock a fresh request out
 //! for longer than they take to time out; a user name that is not UTF-8 is refused on
-//! every route that takes one.
+//! every route that takes one; a burst of password changes is hashed on the logins'
+//! bounded, low-priority bcrypt threads.
 
-use crate::common::hardening::open_sockets;
+use crate::common::hardening::{open_sockets, threads};
 use crate::common::{admin_addr, wait_until, TestConfig, TestServer};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,6 +212,66 @@ fn user_names_that_are_not_utf8_are_refused_on_every_route() {
     }
     let users_after = std::fs::read_to_string(server.users_path()).expect("users file");
     assert_eq!(users_after, users_before, "the users file was changed");
+}
+
+#[test]
+fn a_burst_of_password_changes_is_hashed_on_the_one_low_priority_bcrypt_thread() {
+    const CHANGES: usize = 3;
+    // Cost 12: each hash takes a few hundred milliseconds of a core, far above the noise of
+    // the idle threads.
+    let config = TestConfig::new()
+        .set("admin", "listen", "127.0.0.1:0")
+        .auth("watch", false)
+        .auth("bcrypt_cost", 12)
+        .auth("password_threads", 1);
+    let server = TestServer::start(&config, &[("alice", "pw")]);
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+    let admin = admin_addr(&server.stderr_text());
+    let pid = server.pid().as_raw();
+    let before: HashMap<u32, u64> = threads(pid)
+        .into_iter()
+        .map(|thread| (thread.tid, thread.cpu_ticks))
+        .collect();
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let calls: Vec<_> = (0..CHANGES)
+            .map(|index| {
+                scope.spawn(move || {
+                    let path = format!("/v1/users/user{index}/password");
+                    call(admin, "PUT", &path, Some(r#"{"password":"new-pw"}"#))
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| call.join().expect("request thread"))
+            .collect()
+    });
+    for (status, answer) in &answers {
+        assert_eq!(*status, 201, "answer {answer}");
+    }
+    // The CPU the burst took went to the bcrypt thread (nice 10), not to a thread at the
+    // event loops' priority.
+    let gained: Vec<(String, i64, u64)> = threads(pid)
+        .into_iter()
+        .map(|thread| {
+            let earlier = before.get(&thread.tid).copied().unwrap_or(0);
+            (thread.name, thread.nice, thread.cpu_ticks - earlier)
+        })
+        .filter(|(_, _, ticks)| *ticks > 0)
+        .collect();
+    let total: u64 = gained.iter().map(|(_, _, ticks)| ticks).sum();
+    let on_bcrypt: u64 = gained
+        .iter()
+        .filter(|(name, nice, _)| name.starts_with("tether-bcrypt-") && *nice == 10)
+        .map(|(_, _, ticks)| ticks)
+        .sum();
+    assert!(
+        total >= 10 && on_bcrypt * 10 >= total * 8,
+        "{on_bcrypt} of {total} ticks on the bcrypt thread; (name, nice, ticks): {gained:?}"
+    );
+    // The new passwords are in force.
+    let mut client = server.client();
+    client.login("user0", "new-pw");
 }
 
 /// `GET path` on the admin API; answers status and body.

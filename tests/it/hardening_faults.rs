@@ -1,13 +1,14 @@
 //! Actor faults under load (issue 6): the registry and the bus panic again and again while
-//! clients log in and out and events flow. The supervisor replaces them each time, and
-//! afterwards every connection that stayed bound still gets what is published for it.
+//! clients log in and out and events flow. The supervisor replaces them each time (after
+//! growing delays as the faults keep coming), and afterwards every connection that stayed
+//! bound still gets what is published for it.
 
 use crate::common::in_process::{test_settings, InProcessServer};
 use crate::common::{RecvError, TestClient};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_actors::supervisor::FaultTarget;
+use tether_actors::supervisor::{FaultTarget, MAX_RESTART_DELAY};
 
 const USERS: usize = 6;
 /// Connections per user that stay bound through the storm.
@@ -147,6 +148,10 @@ fn registry_and_bus_panicking_repeatedly_under_load_lose_no_binding() {
         "the storm replaced the registry and the bus"
     );
     server.replace_the_registry();
+    // The storm's last bus restart may still be waiting out its delay.
+    let bus_up =
+        crate::common::wait_until(MAX_RESTART_DELAY * 2, || server.handle().bus().connected());
+    assert!(bus_up, "no bus running after the storm");
     for (index, name) in names.iter().enumerate() {
         let text = format!("after the storm {index}");
         let receipt = server

@@ -1,11 +1,11 @@
 //! Supervision: when the registry or the bus panics, a fresh one takes over (counted in
 //! `tether_actor_restarts_total`), the registry rebuilt from the connections, and clients
-//! notice nothing.
+//! notice nothing; one that keeps failing is restarted after growing delays.
 
 use crate::common::in_process::{test_settings, InProcessServer};
 use crate::common::{wait_until, TestClient};
-use std::time::Duration;
-use tether_actors::supervisor::FaultTarget;
+use std::time::{Duration, Instant};
+use tether_actors::supervisor::{FaultTarget, FIRST_RESTART_DELAY, MAX_RESTART_DELAY};
 
 const QUIET: Duration = Duration::from_millis(300);
 
@@ -61,22 +61,31 @@ fn assert_bindings_survived(scene: &mut Scene) {
     server.wait_for_connections("alice", 1);
 }
 
-/// Makes the bus panic and waits until the supervisor has put a fresh one in its place.
-fn replace_the_bus(server: &InProcessServer) {
+/// Makes the bus panic and waits until the supervisor has put a fresh one in its place;
+/// answers how long that took.
+fn replace_the_bus(server: &InProcessServer) -> Duration {
     const RESTARTS: &str = "tether_actor_restarts_total{actor=\"bus\"}";
     let restarts = server.metric(RESTARTS);
     let panicked = server.handle().bus();
+    let injected = Instant::now();
     server.handle().inject_panic(FaultTarget::Bus);
     assert!(
-        wait_until(Duration::from_secs(5), || server.handle().bus() != panicked),
+        wait_until(Duration::from_secs(10), || server.handle().bus()
+            != panicked),
         "the bus was not replaced"
     );
-    assert!(!panicked.connected(), "the panicked bus still runs");
+    let replaced = injected.elapsed();
+    // Its mailbox goes with the rest of it, just after its death notice.
+    assert!(
+        wait_until(Duration::from_secs(1), || !panicked.connected()),
+        "the panicked bus still runs"
+    );
     assert_eq!(
         server.metric(RESTARTS),
         restarts + 1.0,
         "one bus restart counted"
     );
+    replaced
 }
 
 #[test]
@@ -135,5 +144,28 @@ fn repeated_faults_of_both_children_leave_every_binding_in_place() {
         (restarts("registry"), restarts("bus")),
         (3.0 * workers, 2.0)
     );
+    assert_bindings_survived(&mut scene);
+}
+
+#[test]
+fn a_bus_failing_again_and_again_is_restarted_after_growing_delays_and_serves_afterwards() {
+    let mut scene = scene();
+    let took: Vec<Duration> = (0..5).map(|_| replace_the_bus(&scene.server)).collect();
+    // At once the first time (bounded loosely: a loaded machine is slow to run the
+    // restart; the exact delays are unit-tested); then 100 ms, 200 ms, 400 ms, 800 ms,
+    // each failure coming right after its restart.
+    assert!(
+        took[0] < MAX_RESTART_DELAY / 2,
+        "the first restart took {:?}",
+        took[0]
+    );
+    for (failure, took) in took.iter().enumerate().skip(1) {
+        let delay = FIRST_RESTART_DELAY * (1 << (failure - 1));
+        assert!(
+            *took >= delay,
+            "restart #{} took {took:?}, less than its delay {delay:?}",
+            failure + 1
+        );
+    }
     assert_bindings_survived(&mut scene);
 }

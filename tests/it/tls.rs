@@ -2,7 +2,7 @@
 //! start-up errors naming the file, and certificate reload on SIGHUP.
 
 use crate::common::tls::{
-    client_config, make_ca, make_signed, openssl_available, resuming_client_config,
+    ca_and_server_pair, client_config, make_ca, make_signed, resuming_client_config,
     CountingSessions, TlsClient,
 };
 use crate::common::{run_to_exit, tether_command, RecvError, TestClient, TestConfig, TestServer};
@@ -12,36 +12,87 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_rustls::rustls;
 
-/// A folder with a CA `test`, a server pair `server.pem`/`server.key` it signed, and a
-/// configuration with a TLS listener (and a plaintext one unless `tls_only`).
-fn tls_setup(tls_only: bool, client_ca: bool) -> (tempfile::TempDir, TestConfig) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    make_ca(dir.path(), "test");
-    make_signed(dir.path(), "test", "server");
+/// The `[server.tls]` table of the tests: a TLS listener on a free loopback port serving
+/// `server.pem`/`server.key`, with `extra` keys set over those.
+fn tls_table(extra: &[(&str, &str)]) -> toml::Table {
     let mut tls = toml::Table::new();
     tls.insert("listen".into(), "127.0.0.1:0".into());
     tls.insert("cert_file".into(), "server.pem".into());
     tls.insert("key_file".into(), "server.key".into());
-    if client_ca {
-        tls.insert("client_ca_file".into(), "test-ca.pem".into());
+    for (key, value) in extra {
+        tls.insert((*key).into(), (*value).into());
     }
-    let mut config = TestConfig::new().server("tls", tls);
-    if tls_only {
-        config = config.server("listen", "");
-    }
-    (dir, config)
+    tls
 }
 
-/// Starts a server on `config` in `dir` with user alice; answers it and its TLS address.
-fn start(dir: tempfile::TempDir, config: &TestConfig) -> (TestServer, SocketAddr) {
-    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
-    let users = crate::common::users_toml(&[("alice", &crate::common::cheap_hash("secret"))]);
-    std::fs::write(dir.path().join("users.toml"), users).expect("write users");
-    let cwd = dir.path().to_owned();
-    let server = TestServer::start_in(dir, &cwd);
-    server.wait_for_log("(clients, TLS)", Duration::from_secs(5));
-    let tls = tls_addr(&server.stderr_text());
-    (server, tls)
+/// A TLS test before its server starts: a folder with a CA `test` and a server pair
+/// `server.pem`/`server.key` it signed, and a configuration with a TLS listener beside a
+/// plaintext one.
+struct TlsSetup {
+    /// The folder the server runs in.
+    dir: tempfile::TempDir,
+    /// The configuration it starts with.
+    config: TestConfig,
+}
+
+impl TlsSetup {
+    /// The set-up; `None` (after one skip line) where openssl is missing.
+    fn new() -> Option<Self> {
+        let dir = ca_and_server_pair("test")?;
+        let config = TestConfig::new().server("tls", tls_table(&[]));
+        Some(Self { dir, config })
+    }
+
+    /// With the TLS listener only (no plaintext one).
+    fn tls_only(self) -> Self {
+        self.with(|config| config.server("listen", ""))
+    }
+
+    /// Requiring client certificates signed by the CA `test`.
+    fn client_ca(self) -> Self {
+        self.with(|config| config.server("tls", tls_table(&[("client_ca_file", "test-ca.pem")])))
+    }
+
+    /// With `change` made to the configuration.
+    fn with(mut self, change: impl FnOnce(TestConfig) -> TestConfig) -> Self {
+        self.config = change(self.config);
+        self
+    }
+
+    /// The folder the server will run in.
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the server with user alice; answers it and its TLS address.
+    fn start(self) -> (TestServer, SocketAddr) {
+        let Self { dir, config } = self;
+        std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
+        let users = crate::common::users_toml(&[("alice", &crate::common::cheap_hash("secret"))]);
+        std::fs::write(dir.path().join("users.toml"), users).expect("write users");
+        let cwd = dir.path().to_owned();
+        let server = TestServer::start_in(dir, &cwd);
+        server.wait_for_log("(clients, TLS)", Duration::from_secs(5));
+        let tls = tls_addr(&server.stderr_text());
+        (server, tls)
+    }
+
+    /// Starts the server with the admin API on too; answers it, its TLS address and the
+    /// admin API's address.
+    fn start_with_metrics(self) -> (TestServer, SocketAddr, SocketAddr) {
+        let (server, tls) = self
+            .with(|config| config.set("admin", "listen", "127.0.0.1:0"))
+            .start();
+        server.wait_for_log("(admin API)", Duration::from_secs(5));
+        let admin = crate::common::admin_addr(&server.stderr_text());
+        (server, tls, admin)
+    }
+}
+
+/// A started server with a TLS and a plaintext listener and its TLS address; `None` where
+/// openssl is missing.
+fn tls_server() -> Option<(TestServer, SocketAddr)> {
+    Some(TlsSetup::new()?.start())
 }
 
 /// The address of the `listening on ADDR (clients, TLS)` line.
@@ -64,11 +115,9 @@ fn ca(server: &TestServer) -> std::path::PathBuf {
 
 #[test]
 fn the_protocol_runs_over_tls_beside_plain_tcp() {
-    if !openssl_available() {
+    let Some((server, tls)) = tls_server() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls) = start(dir, &config);
+    };
     let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
     client.send(&["login", "alice", "secret"]);
     client.expect(&["login_valid"]);
@@ -96,11 +145,9 @@ fn one_exchange(tls: SocketAddr, config: &Arc<rustls::ClientConfig>) -> rustls::
 
 #[test]
 fn a_reconnecting_client_resumes_its_session_after_many_other_clients() {
-    if !openssl_available() {
+    let Some((server, tls)) = tls_server() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls) = start(dir, &config);
+    };
     let sessions = CountingSessions::new();
     let returning = resuming_client_config(&ca(&server), sessions.clone());
     assert_eq!(one_exchange(tls, &returning), rustls::HandshakeKind::Full);
@@ -130,11 +177,10 @@ fn a_reconnecting_client_resumes_its_session_after_many_other_clients() {
 
 #[test]
 fn an_empty_server_listen_leaves_tls_only() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(true, false);
-    let (server, tls) = start(dir, &config);
+    };
+    let (server, tls) = setup.tls_only().start();
     assert_eq!(server.addr(), tls);
     assert!(!server.stderr_text().contains("(clients)\n"));
     let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
@@ -144,15 +190,14 @@ fn an_empty_server_listen_leaves_tls_only() {
 
 #[test]
 fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(true, true);
-    make_signed(dir.path(), "test", "client");
-    make_ca(dir.path(), "other");
-    make_signed(dir.path(), "other", "stranger");
-    let (server, tls) = start(dir, &config);
+    };
+    let (server, tls) = setup.tls_only().client_ca().start();
     let d = server.dir();
+    make_signed(d, "test", "client");
+    make_ca(d, "other");
+    make_signed(d, "other", "stranger");
     let signed = client_config(
         &ca(&server),
         Some((&d.join("client.pem"), &d.join("client.key"))),
@@ -183,11 +228,9 @@ fn mutual_tls_accepts_a_signed_client_and_refuses_others() {
 
 #[test]
 fn plaintext_garbage_and_truncated_handshakes_are_closed_harmlessly() {
-    if !openssl_available() {
+    let Some((server, tls)) = tls_server() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls) = start(dir, &config);
+    };
     assert_closed_with_at_most_an_alert(
         tls,
         &crate::common::encode(&["login", "alice", "secret"]),
@@ -233,12 +276,12 @@ fn assert_closed_with_at_most_an_alert(tls: SocketAddr, bytes: &[u8], end: bool)
 
 #[test]
 fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let config = config.server("max_connections", 1);
-    let (server, tls, admin) = start_with_metrics(dir, config);
+    };
+    let (server, tls, admin) = setup
+        .with(|config| config.server("max_connections", 1))
+        .start_with_metrics();
     let mut stalled = TestClient::connect(tls);
     stalled.send_raw(&[0x16, 0x03, 0x01, 0x02, 0x00]);
     // The TLS listener accepts on its own loop (the handshake threads'): wait until it has
@@ -285,19 +328,16 @@ fn assert_refused_to_start(dir: &Path, config: &TestConfig, words: &[&str]) {
 
 #[test]
 fn bad_certificate_files_stop_the_start_naming_the_file() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let d = dir.path();
+    };
+    let d = setup.dir();
     make_signed(d, "test", "other");
     let set = |key: &str, file: &str| {
-        let mut tls = toml::Table::new();
-        tls.insert("listen".into(), "127.0.0.1:0".into());
-        tls.insert("cert_file".into(), "server.pem".into());
-        tls.insert("key_file".into(), "server.key".into());
-        tls.insert(key.into(), file.into());
-        config.clone().server("tls", tls)
+        setup
+            .config
+            .clone()
+            .server("tls", tls_table(&[(key, file)]))
     };
     assert_refused_to_start(d, &set("cert_file", "missing.pem"), &["missing.pem"]);
     assert_refused_to_start(
@@ -320,11 +360,9 @@ fn bad_certificate_files_stop_the_start_naming_the_file() {
 
 #[test]
 fn sighup_reloads_the_pair_for_new_handshakes_and_keeps_open_connections() {
-    if !openssl_available() {
+    let Some((server, tls)) = tls_server() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls) = start(dir, &config);
+    };
     let d = server.dir();
     let trust = client_config(&ca(&server), None);
     let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
@@ -376,11 +414,10 @@ fn expect_event(clients: &mut [TlsClient], text: &str) {
 
 #[test]
 fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
-    let (dir, config) = tls_setup(false, false);
-    let config = config.set("admin", "listen", "127.0.0.1:0");
-    let (server, tls) = start(dir, &config);
-    server.wait_for_log("(admin API)", Duration::from_secs(5));
-    let admin = crate::common::admin_addr(&server.stderr_text());
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    let (server, tls, admin) = setup.start_with_metrics();
     let trust = client_config(&ca(&server), None);
     let mut clients: Vec<TlsClient> = (0..100)
         .map(|_| {
@@ -422,12 +459,12 @@ fn with_admin_tls(config: TestConfig, key_file: &str) -> TestConfig {
 
 #[test]
 fn admin_tls_makes_the_admin_api_https_only() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let config = with_admin_tls(config, "server.key");
-    let (server, _) = start(dir, &config);
+    };
+    let (server, _) = setup
+        .with(|config| with_admin_tls(config, "server.key"))
+        .start();
     server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
     let admin = crate::common::admin_addr(&server.stderr_text());
     let mut https =
@@ -445,19 +482,20 @@ fn admin_tls_makes_the_admin_api_https_only() {
 
 #[test]
 fn the_admin_api_certificate_is_reloaded_when_its_files_change_and_on_sighup() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
+    };
     // Its own pair, so that only the admin API's reload can change what it serves.
-    make_signed(dir.path(), "test", "admin");
+    make_signed(setup.dir(), "test", "admin");
     let mut admin_tls = toml::Table::new();
     admin_tls.insert("cert_file".into(), "admin.pem".into());
     admin_tls.insert("key_file".into(), "admin.key".into());
-    let config = config
-        .set("admin", "listen", "127.0.0.1:0")
-        .set("admin", "tls", admin_tls);
-    let (server, _) = start(dir, &config);
+    let setup = setup.with(|config| {
+        config
+            .set("admin", "listen", "127.0.0.1:0")
+            .set("admin", "tls", admin_tls)
+    });
+    let (server, _) = setup.start();
     server.wait_for_log("(admin API), HTTPS", Duration::from_secs(5));
     let admin = crate::common::admin_addr(&server.stderr_text());
     let trust = client_config(&ca(&server), None);
@@ -512,22 +550,21 @@ fn a_non_loopback_admin_api_without_tls_is_warned_about() {
 
 #[test]
 fn bad_admin_tls_files_stop_the_start_naming_the_file() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let config = with_admin_tls(config, "absent.key");
-    assert_refused_to_start(dir.path(), &config, &["absent.key"]);
+    };
+    let config = with_admin_tls(setup.config.clone(), "absent.key");
+    assert_refused_to_start(setup.dir(), &config, &["absent.key"]);
 }
 
 #[test]
 fn a_client_closing_without_close_notify_has_simply_closed() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let config = config.set("log", "level", "debug");
-    let (server, tls) = start(dir, &config);
+    };
+    let (server, tls) = setup
+        .with(|config| config.set("log", "level", "debug"))
+        .start();
     let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
     client.send(&["login", "alice", "secret"]);
     client.expect(&["login_valid"]);
@@ -552,31 +589,18 @@ fn metric(admin: SocketAddr, series: &str) -> f64 {
     crate::common::metric_in(&text, series).unwrap_or(0.0)
 }
 
-/// Starts a TLS server on `config` with the admin API on; answers it, its TLS address and
-/// the admin API's address.
-fn start_with_metrics(
-    dir: tempfile::TempDir,
-    config: TestConfig,
-) -> (TestServer, SocketAddr, SocketAddr) {
-    let config = config.set("admin", "listen", "127.0.0.1:0");
-    let (server, tls) = start(dir, &config);
-    server.wait_for_log("(admin API)", Duration::from_secs(5));
-    let admin = crate::common::admin_addr(&server.stderr_text());
-    (server, tls, admin)
-}
-
 #[test]
 fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
+    };
     // A plaintext client and a TLS client, and 100 pending handshakes.
     const SLOTS: usize = 102;
     const OPEN: usize = 2;
     const STALLED: usize = 1000;
-    let (dir, config) = tls_setup(false, false);
-    let config = config.server("max_connections", SLOTS as i64);
-    let (server, tls, admin) = start_with_metrics(dir, config);
+    let (server, tls, admin) = setup
+        .with(|config| config.server("max_connections", SLOTS as i64))
+        .start_with_metrics();
     let mut plain = server.client();
     plain.send(&["login", "alice", "secret"]);
     plain.expect(&["login_valid"]);
@@ -651,12 +675,13 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
 
 #[test]
 fn handshakes_run_on_low_priority_threads_and_serve_new_clients_beside_a_thousand_stalled() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
+    };
     const STALLED: usize = 1000;
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls, admin) = start_with_metrics(dir, config.server("workers", 3));
+    let (server, tls, admin) = setup
+        .with(|config| config.server("workers", 3))
+        .start_with_metrics();
     let line = "TLS handshakes: 3 thread(s) (nice 10)";
     assert!(
         server.stderr_text().contains(line),
@@ -708,12 +733,13 @@ fn handshakes_run_on_low_priority_threads_and_serve_new_clients_beside_a_thousan
 
 #[test]
 fn shutdown_drops_pending_handshakes_without_waiting_out_the_grace() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
+    };
     const GRACE: Duration = Duration::from_secs(8);
-    let (dir, config) = tls_setup(false, false);
-    let (mut server, tls, admin) = start_with_metrics(dir, config.server("shutdown_grace", "8s"));
+    let (mut server, tls, admin) = setup
+        .with(|config| config.server("shutdown_grace", "8s"))
+        .start_with_metrics();
     let mut open = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
     open.send(&["login", "alice", "secret"]);
     open.expect(&["login_valid"]);
@@ -757,12 +783,11 @@ fn handshake_thread_nice_values(pid: nix::unistd::Pid) -> Vec<i64> {
 /// Immediate failure lines and the failures summed up in summary lines, in `log`.
 #[test]
 fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
-    if !openssl_available() {
-        return;
-    }
     const FAILED: usize = 30;
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls, admin) = start_with_metrics(dir, config);
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    let (server, tls, admin) = setup.start_with_metrics();
     let plaintext = crate::common::encode(&["login", "alice", "secret"]);
     for _ in 0..FAILED {
         assert_closed_with_at_most_an_alert(tls, &plaintext, false);
@@ -787,11 +812,10 @@ fn failed_handshakes_are_counted_by_cause_and_logged_once_per_interval() {
 
 #[test]
 fn tether_client_speaks_tls_with_a_ca_file() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(true, false);
-    let (server, tls) = start(dir, &config);
+    };
+    let (server, tls) = setup.tls_only().start();
     let run = |ca: &Path| {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
         command
@@ -819,12 +843,11 @@ fn tether_client_speaks_tls_with_a_ca_file() {
 
 #[test]
 fn an_expired_certificate_is_served_with_a_warning() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
+    };
     crate::common::tls::openssl(
-        dir.path(),
+        setup.dir(),
         &[
             "x509",
             "-req",
@@ -842,7 +865,7 @@ fn an_expired_certificate_is_served_with_a_warning() {
             "server.pem",
         ],
     );
-    let (server, tls) = start(dir, &config);
+    let (server, tls) = setup.start();
     assert!(
         server.stderr_text().contains("the certificate expired"),
         "{}",
@@ -854,13 +877,12 @@ fn an_expired_certificate_is_served_with_a_warning() {
 
 #[test]
 fn only_a_finished_handshake_becomes_a_connection() {
-    if !openssl_available() {
+    let Some(setup) = TlsSetup::new() else {
         return;
-    }
+    };
     const FAILED: usize = 20;
     const STALLED: usize = 20;
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls, admin) = start_with_metrics(dir, config);
+    let (server, tls, admin) = setup.start_with_metrics();
     let trust = client_config(&ca(&server), None);
     let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
     open.send(&["login", "alice", "secret"]);
@@ -937,11 +959,9 @@ impl Drop for StoppedThread {
 
 #[test]
 fn tls_connections_are_accepted_and_served_while_the_main_thread_is_stopped() {
-    if !openssl_available() {
+    let Some((server, tls)) = tls_server() else {
         return;
-    }
-    let (dir, config) = tls_setup(false, false);
-    let (server, tls) = start(dir, &config);
+    };
     let trust = client_config(&ca(&server), None);
     let mut plain = server.client();
     plain.send(&["prolongate"]);

@@ -1,6 +1,7 @@
 //! Password checks off the event loops: a fixed set of threads running bcrypt, fed from
 //! one queue per client address served in turn, so a burst of logins never stalls an
-//! arbiter and a flood from one address delays only that address's logins.
+//! arbiter and a flood from one address delays only that address's logins. New hashes
+//! (the admin API's password changes) are made on the same threads, queued the same way.
 //!
 //! A check whose login is gone (its connection closed or was reset before the check
 //! started) is dropped unrun; a client that only shut its sending side keeps its login,
@@ -42,17 +43,43 @@ pub struct Checked {
     pub found: Option<PasswordHash>,
 }
 
-/// One password to compare with one hash.
+/// One password to compare with a hash, or to hash.
 struct Check {
     /// The password as the client sent it.
     password: Vec<u8>,
-    /// Finds the user's hash first, when the check has one.
-    lookup: Option<HashLookup>,
-    /// The hash checked when there is no lookup or it finds no user: the stored hash, or
-    /// the stand-in for an unknown user.
-    hash: PasswordHash,
-    /// Where the verdict goes; closed when the login is gone.
-    verdict: oneshot::Sender<Checked>,
+    /// What bcrypt does with it.
+    work: Work,
+}
+
+/// What a queued [`Check`] does with its password.
+enum Work {
+    /// Compares it with a hash.
+    Verify {
+        /// Finds the user's hash first, when the check has one.
+        lookup: Option<HashLookup>,
+        /// The hash checked when there is no lookup or it finds no user: the stored hash,
+        /// or the stand-in for an unknown user.
+        hash: PasswordHash,
+        /// Where the verdict goes; closed when the login is gone.
+        verdict: oneshot::Sender<Checked>,
+    },
+    /// Makes a new hash of it.
+    Hash {
+        /// The bcrypt cost of the new hash.
+        cost: u32,
+        /// Where the hash goes; closed when its request is gone.
+        made: oneshot::Sender<Result<String, bcrypt::BcryptError>>,
+    },
+}
+
+impl Check {
+    /// Whether nobody waits for the outcome any more.
+    fn is_abandoned(&self) -> bool {
+        match &self.work {
+            Work::Verify { verdict, .. } => verdict.is_closed(),
+            Work::Hash { made, .. } => made.is_closed(),
+        }
+    }
 }
 
 /// The checks waiting for a thread: a FIFO per client address, the addresses served in
@@ -97,7 +124,7 @@ impl FairQueue {
     fn remove_abandoned(&mut self) -> usize {
         let before = self.len;
         self.by_client.retain(|_, queue| {
-            queue.retain(|check| !check.verdict.is_closed());
+            queue.retain(|check| !check.is_abandoned());
             !queue.is_empty()
         });
         let by_client = &self.by_client;
@@ -151,7 +178,7 @@ impl Drop for Closer {
     }
 }
 
-/// A bounded pool of threads that run bcrypt.
+/// A bounded pool of threads that run bcrypt: checks of logins, and new hashes.
 ///
 /// Cloning shares the pool; the threads end when the last clone is dropped.
 #[derive(Clone)]
@@ -185,7 +212,7 @@ impl PasswordChecker {
     /// says whether it matches. A malformed hash or a stopped pool counts as no match.
     /// Dropping the verdict before it is in gives the check up: it is not run.
     pub fn check(&self, client: IpAddr, password: &[u8], hash: PasswordHash) -> Verdict {
-        self.queue(client, password, None, hash)
+        self.verify(client, password, None, hash)
     }
 
     /// Queues a check for a login from `client` of `password` against the hash `lookup`
@@ -199,25 +226,43 @@ impl PasswordChecker {
         lookup: HashLookup,
         stand_in: PasswordHash,
     ) -> Verdict {
-        self.queue(client, password, Some(lookup), stand_in)
+        self.verify(client, password, Some(lookup), stand_in)
     }
 
-    fn queue(
+    /// Queues the making of a bcrypt hash of `password` at `cost`, asked for from `client`
+    /// (served in turn with the logins of other addresses). Dropping the answer before it
+    /// is in gives the hash up: it is not made.
+    pub fn hash(&self, client: IpAddr, password: &[u8], cost: u32) -> NewHash {
+        let (made, answer) = oneshot::channel();
+        NewHash(self.queue(client, password, Work::Hash { cost, made }, answer))
+    }
+
+    fn verify(
         &self,
         client: IpAddr,
         password: &[u8],
         lookup: Option<HashLookup>,
         hash: PasswordHash,
     ) -> Verdict {
-        // bcrypt reads at most 72 bytes; more, held in the queue, would only take memory.
-        let password = password[..password.len().min(BCRYPT_READS_BYTES)].to_vec();
         let (verdict, answer) = oneshot::channel();
-        let check = Check {
-            password,
+        let work = Work::Verify {
             lookup,
             hash,
             verdict,
         };
+        Verdict(self.queue(client, password, work, answer))
+    }
+
+    fn queue<T>(
+        &self,
+        client: IpAddr,
+        password: &[u8],
+        work: Work,
+        answer: oneshot::Receiver<T>,
+    ) -> Answer<T> {
+        // bcrypt reads at most 72 bytes; more, held in the queue, would only take memory.
+        let password = password[..password.len().min(BCRYPT_READS_BYTES)].to_vec();
+        let check = Check { password, work };
         let mut queue = self.pool.lock();
         if !queue.closed {
             self.pool.sweep_if_due(&mut queue);
@@ -225,30 +270,52 @@ impl PasswordChecker {
             self.pool.metrics.password_queue_depth.inc();
             self.pool.ready.notify_one();
         }
-        Verdict {
+        Answer {
             answer,
             pool: Arc::clone(&self.pool),
-            decided: false,
+            taken: false,
+        }
+    }
+}
+
+/// What a checker thread answers for one queued check; `None` if the pool stopped first.
+/// Dropped before it is in, it counts the check as given up.
+struct Answer<T> {
+    answer: oneshot::Receiver<T>,
+    pool: Arc<Pool>,
+    /// The answer was taken.
+    taken: bool,
+}
+
+impl<T> Future for Answer<T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<Option<T>> {
+        let answer = Pin::new(&mut self.answer).poll(task);
+        answer.map(|result| {
+            self.taken = true;
+            result.ok()
+        })
+    }
+}
+
+impl<T> Drop for Answer<T> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.pool.abandoned.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 /// The verdict of one queued check (see [`PasswordChecker::check`]).
-pub struct Verdict {
-    answer: oneshot::Receiver<Checked>,
-    pool: Arc<Pool>,
-    /// The verdict was taken.
-    decided: bool,
-}
+pub struct Verdict(Answer<Checked>);
 
 impl Future for Verdict {
     type Output = Checked;
 
     fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<Checked> {
-        let answer = Pin::new(&mut self.answer).poll(task);
-        answer.map(|result| {
-            self.decided = true;
-            result.unwrap_or(Checked {
+        Pin::new(&mut self.0).poll(task).map(|answer| {
+            answer.unwrap_or(Checked {
                 matches: false,
                 found: None,
             })
@@ -256,13 +323,39 @@ impl Future for Verdict {
     }
 }
 
-impl Drop for Verdict {
-    fn drop(&mut self) {
-        if !self.decided {
-            self.pool.abandoned.fetch_add(1, Ordering::Relaxed);
+/// A hash being made (see [`PasswordChecker::hash`]).
+pub struct NewHash(Answer<Result<String, bcrypt::BcryptError>>);
+
+impl Future for NewHash {
+    type Output = Result<String, HashError>;
+
+    fn poll(mut self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(task).map(|answer| match answer {
+            Some(made) => made.map_err(HashError::Bcrypt),
+            None => Err(HashError::Stopped),
+        })
+    }
+}
+
+/// Why no hash was made.
+#[derive(Debug)]
+pub enum HashError {
+    /// bcrypt refused (a cost out of its range).
+    Bcrypt(bcrypt::BcryptError),
+    /// The pool stopped (the server is shutting down).
+    Stopped,
+}
+
+impl std::fmt::Display for HashError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bcrypt(err) => write!(f, "cannot hash the password: {err}"),
+            Self::Stopped => f.write_str("password hashing stopped"),
         }
     }
 }
+
+impl std::error::Error for HashError {}
 
 /// Niceness of the checker threads: below the event loops, so that when bcrypt and the
 /// event loops compete for a core, commands are answered first and logins wait.
@@ -289,22 +382,38 @@ fn run_checks(pool: &Pool) {
             }
         };
         metrics.password_queue_depth.dec();
-        if check.verdict.is_closed() {
-            // The login is gone (its connection closed or was reset): nobody would hear.
+        if check.is_abandoned() {
+            // The login (or request) is gone (its connection closed or was reset): nobody
+            // would hear.
             metrics.password_checks_dropped.inc();
             continue;
         }
-        let started = Instant::now();
-        let found = check.lookup.and_then(|lookup| lookup());
-        let hash = found.as_ref().unwrap_or(&check.hash);
-        // The one place a password is checked: on the checker's own threads.
-        #[allow(clippy::disallowed_methods)]
-        let matches = bcrypt::verify(&check.password, hash).unwrap_or(false);
-        metrics
-            .password_check_seconds
-            .observe(started.elapsed().as_secs_f64());
-        // The connection may have gone meanwhile; then nobody needs the verdict.
-        let _ = check.verdict.send(Checked { matches, found });
+        match check.work {
+            Work::Verify {
+                lookup,
+                hash,
+                verdict,
+            } => {
+                let started = Instant::now();
+                let found = lookup.and_then(|lookup| lookup());
+                let hash = found.as_ref().unwrap_or(&hash);
+                // The one place a password is checked: on the checker's own threads.
+                #[allow(clippy::disallowed_methods)]
+                let matches = bcrypt::verify(&check.password, hash).unwrap_or(false);
+                metrics
+                    .password_check_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                // The connection may have gone meanwhile; then nobody needs the verdict.
+                let _ = verdict.send(Checked { matches, found });
+            }
+            Work::Hash { cost, made } => {
+                // The one place a password's hash is made in a server: on these threads.
+                #[allow(clippy::disallowed_methods)]
+                let hash = bcrypt::hash(&check.password, cost);
+                // The request may have gone meanwhile; then nobody needs the hash.
+                let _ = made.send(hash);
+            }
+        }
     }
 }
 
@@ -397,9 +506,11 @@ mod tests {
         let hash = PasswordHash::from("unused");
         let check = Check {
             password: password.to_vec(),
-            lookup: None,
-            hash,
-            verdict,
+            work: Work::Verify {
+                lookup: None,
+                hash,
+                verdict,
+            },
         };
         (check, answer)
     }
@@ -450,6 +561,34 @@ mod tests {
         let slow = PasswordHash::from(bcrypt::hash("pw", 10).expect("hashes"));
         let busy = checker.check(HOME, b"pw", slow.clone());
         drop(checker.check(ELSEWHERE, b"pw", slow));
+        assert!(busy.await.matches);
+        let quick = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
+        assert!(checker.check(HOME, b"pw", quick).await.matches);
+        assert_eq!(metrics.password_checks_dropped.get(), 1);
+    }
+
+    #[actix_rt::test]
+    async fn a_new_hash_is_made_at_its_cost_and_given_up_unmade_when_dropped() {
+        let metrics = Metrics::new();
+        let checker = PasswordChecker::start(1, metrics.clone()).expect("threads start");
+        let made = checker.hash(HOME, b"new secret", 5).await.expect("hashes");
+        assert_eq!(hash_cost(&made), Some(5));
+        let made = PasswordHash::from(made);
+        assert!(
+            checker
+                .check(HOME, b"new secret", made.clone())
+                .await
+                .matches
+        );
+        assert!(!checker.check(HOME, b"old secret", made).await.matches);
+        assert!(matches!(
+            checker.hash(HOME, b"pw", 3).await,
+            Err(HashError::Bcrypt(_))
+        ));
+        // The one thread is busy with a slow check while a hash is given up.
+        let slow = PasswordHash::from(bcrypt::hash("pw", 10).expect("hashes"));
+        let busy = checker.check(HOME, b"pw", slow);
+        drop(checker.hash(ELSEWHERE, b"pw", 4));
         assert!(busy.await.matches);
         let quick = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
         assert!(checker.check(HOME, b"pw", quick).await.matches);

@@ -2,6 +2,9 @@
 //! panics* drops its `DeathNotice`, and the supervisor starts a fresh one; a fresh
 //! registry shard is refilled by the connections of its worker, which re-announce their
 //! bindings when they see the shard's new generation in the [`HubState`] they watch.
+//!
+//! A child that fails again soon after its start is restarted after a [`RestartBackoff`]
+//! delay, so one that fails on every start costs a restart every few seconds, not a core.
 
 use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::{Child, ChildGone, DeathNotice};
@@ -15,7 +18,61 @@ use crate::util::metrics::{HubActor, Metrics};
 use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The delay before restarting a child that failed again within [`STABLE_RUN`] of its start,
+/// the first time; it doubles with each further such failure.
+pub const FIRST_RESTART_DELAY: Duration = Duration::from_millis(100);
+/// The longest delay before a restart.
+pub const MAX_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// A child that ran this long before failing is restarted at once again.
+pub const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// When to restart one child after it failed: at once the first time and after a run of
+/// at least [`STABLE_RUN`]; else after a delay doubling from [`FIRST_RESTART_DELAY`] up to
+/// [`MAX_RESTART_DELAY`].
+#[derive(Debug, Clone, Copy)]
+struct RestartBackoff {
+    /// When the child was last started.
+    started: Instant,
+    /// The delay for its next failure, should that come within [`STABLE_RUN`].
+    next: Duration,
+}
+
+impl RestartBackoff {
+    /// A child started at `now`.
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            next: Duration::ZERO,
+        }
+    }
+
+    /// The child failed at `now`: answers how long to wait before starting it again.
+    fn failed(&mut self, now: Instant) -> Duration {
+        if now.saturating_duration_since(self.started) >= STABLE_RUN {
+            self.next = Duration::ZERO;
+        }
+        let delay = self.next;
+        self.next = (delay * 2).clamp(FIRST_RESTART_DELAY, MAX_RESTART_DELAY);
+        delay
+    }
+
+    /// The child was started again at `now`.
+    fn restarted(&mut self, now: Instant) {
+        self.started = now;
+    }
+}
+
+/// How a restart after `delay` is told in the log: `at once` or `in 400ms`.
+fn when(delay: Duration) -> String {
+    if delay.is_zero() {
+        "at once".to_owned()
+    } else {
+        format!("in {delay:?}")
+    }
+}
 
 /// Starts and restarts the registry shards (each on its worker arbiter) and the bus (on the
 /// hub arbiter).
@@ -32,6 +89,10 @@ pub struct HubSupervisor {
     roster: Arc<dyn HubListeners>,
     /// Set during shutdown: children that end then are not restarted.
     stopping: bool,
+    /// When to restart each registry shard, by shard.
+    registry_backoff: Vec<RestartBackoff>,
+    /// When to restart the bus.
+    bus_backoff: RestartBackoff,
 }
 
 impl HubSupervisor {
@@ -65,7 +126,10 @@ impl HubSupervisor {
             let bus = start_bus(&hub, &me, watcher.clone(), bus_limits.clone());
             state.send_modify(|state| state.bus = bus);
             receiver = Some(watcher);
+            let now = Instant::now();
             Self {
+                registry_backoff: vec![RestartBackoff::new(now); workers.len()],
+                bus_backoff: RestartBackoff::new(now),
                 hub,
                 workers,
                 bus_limits,
@@ -85,6 +149,62 @@ impl HubSupervisor {
     fn change_state(&self, change: impl FnOnce(&mut HubState)) {
         self.state.send_modify(change);
         self.roster.tell(&self.state.borrow());
+    }
+
+    /// Runs `restart` now if `delay` is zero, else after `delay` unless shutdown has begun
+    /// meanwhile.
+    fn restart_after(
+        &mut self,
+        ctx: &mut Context<Self>,
+        delay: Duration,
+        restart: impl FnOnce(&mut Self, &mut Context<Self>) + 'static,
+    ) {
+        if delay.is_zero() {
+            restart(self, ctx);
+        } else {
+            ctx.run_later(delay, |this, ctx| {
+                if !this.stopping {
+                    restart(this, ctx);
+                }
+            });
+        }
+    }
+
+    /// Starts a fresh registry shard `shard` in place of the one that failed.
+    fn restart_registry(&mut self, shard: usize, ctx: &mut Context<Self>) {
+        let Some(worker) = self.workers.get(shard) else {
+            return;
+        };
+        let metrics = &self.bus_limits.metrics;
+        metrics.restarted(HubActor::Registry);
+        let registry = start_registry(worker, shard, &ctx.address(), metrics);
+        if let Some(backoff) = self.registry_backoff.get_mut(shard) {
+            backoff.restarted(Instant::now());
+        }
+        // The bus reads the new shard from the state, as the connections do.
+        self.change_state(|state| {
+            let mut registries = state.shards.registries.to_vec();
+            registries[shard] = registry;
+            let mut generations = state.shards.generations.to_vec();
+            generations[shard] += 1;
+            state.shards = Shards {
+                registries: registries.into(),
+                generations: generations.into(),
+            };
+        });
+    }
+
+    /// Starts a fresh bus in place of the one that failed.
+    fn restart_bus(&mut self, ctx: &mut Context<Self>) {
+        self.bus_limits.metrics.restarted(HubActor::Bus);
+        let bus = start_bus(
+            &self.hub,
+            &ctx.address(),
+            self.state.subscribe(),
+            self.bus_limits.clone(),
+        );
+        self.bus_backoff.restarted(Instant::now());
+        self.change_state(|state| state.bus = bus);
     }
 }
 
@@ -139,43 +259,28 @@ impl Handler<ChildGone> for HubSupervisor {
         if self.stopping {
             return;
         }
-        let me = ctx.address();
-        let metrics = &self.bus_limits.metrics;
+        let now = Instant::now();
         match msg.0 {
             Child::Registry(shard) => {
-                log::error!(
-                    "user registry shard {shard} stopped; starting a fresh one, rebuilt from \
-                     the connections"
-                );
-                let Some(worker) = self.workers.get(shard) else {
+                let Some(backoff) = self.registry_backoff.get_mut(shard) else {
                     return;
                 };
+                let delay = backoff.failed(now);
+                log::error!(
+                    "user registry shard {shard} stopped; starting a fresh one {}, rebuilt \
+                     from the connections",
+                    when(delay)
+                );
                 // The shard that is gone holds nothing; its successor starts empty.
-                metrics.registry_bindings(shard).set(0);
-                metrics.restarted(HubActor::Registry);
-                let registry = start_registry(worker, shard, &me, metrics);
-                // The bus reads the new shard from the state, as the connections do.
-                self.change_state(|state| {
-                    let mut registries = state.shards.registries.to_vec();
-                    registries[shard] = registry;
-                    let mut generations = state.shards.generations.to_vec();
-                    generations[shard] += 1;
-                    state.shards = Shards {
-                        registries: registries.into(),
-                        generations: generations.into(),
-                    };
+                self.bus_limits.metrics.registry_bindings(shard).set(0);
+                self.restart_after(ctx, delay, move |this, ctx| {
+                    this.restart_registry(shard, ctx)
                 });
             }
             Child::Bus => {
-                log::error!("event bus stopped; starting a fresh one");
-                metrics.restarted(HubActor::Bus);
-                let bus = start_bus(
-                    &self.hub,
-                    &me,
-                    self.state.subscribe(),
-                    self.bus_limits.clone(),
-                );
-                self.change_state(|state| state.bus = bus);
+                let delay = self.bus_backoff.failed(now);
+                log::error!("event bus stopped; starting a fresh one {}", when(delay));
+                self.restart_after(ctx, delay, Self::restart_bus);
             }
         }
     }
@@ -192,5 +297,61 @@ impl Handler<BeginShutdown> for HubSupervisor {
     fn handle(&mut self, _: BeginShutdown, _: &mut Context<Self>) {
         self.stopping = true;
         self.change_state(|state| state.shutting_down = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that ends in a failure right after its start.
+    const QUICK: Duration = Duration::from_millis(1);
+
+    fn ms(millis: u64) -> Duration {
+        Duration::from_millis(millis)
+    }
+
+    /// The delays answered for failures after runs of `runs` from `start`, each restart
+    /// made on time.
+    fn delays(backoff: &mut RestartBackoff, start: Instant, runs: &[Duration]) -> Vec<Duration> {
+        let mut now = start;
+        runs.iter()
+            .map(|run| {
+                now += *run;
+                let delay = backoff.failed(now);
+                now += delay;
+                backoff.restarted(now);
+                delay
+            })
+            .collect()
+    }
+
+    #[test]
+    fn quick_failures_wait_longer_each_time_up_to_the_cap() {
+        let start = Instant::now();
+        let mut backoff = RestartBackoff::new(start);
+        let expected = [0, 100, 200, 400, 800, 1600, 3200, 5000, 5000].map(ms);
+        assert_eq!(delays(&mut backoff, start, &[QUICK; 9]), expected);
+    }
+
+    #[test]
+    fn a_run_of_a_while_resets_the_delay_and_a_first_failure_restarts_at_once() {
+        let start = Instant::now();
+        let mut backoff = RestartBackoff::new(start);
+        // A failure long after the start is a first one: at once.
+        let runs = [STABLE_RUN * 3, QUICK, QUICK];
+        assert_eq!(delays(&mut backoff, start, &runs), [0, 100, 200].map(ms));
+        // Running a while after a delayed restart starts the count again; a little less
+        // does not.
+        let later = start + STABLE_RUN * 10;
+        let runs = [STABLE_RUN, QUICK, STABLE_RUN - QUICK];
+        assert_eq!(delays(&mut backoff, later, &runs), [0, 100, 200].map(ms));
+    }
+
+    #[test]
+    fn the_log_says_when() {
+        assert_eq!(when(Duration::ZERO), "at once");
+        assert_eq!(when(ms(400)), "in 400ms");
+        assert_eq!(when(ms(1600)), "in 1.6s");
     }
 }

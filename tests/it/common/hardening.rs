@@ -40,13 +40,49 @@ pub fn open_sockets(pid: i32) -> usize {
 /// CPU time (user + system) process `pid` has used, in clock ticks (1/100 s on Linux).
 pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+    parse_stat(&stat).expect("a stat line").cpu_ticks
+}
+
+/// One thread of a process, as `/proc/PID/task/TID/stat` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadStat {
+    /// The thread's id.
+    pub tid: u32,
+    /// Its name (`comm`).
+    pub name: String,
+    /// Its nice value.
+    pub nice: i64,
+    /// CPU time (user + system) it has used, in clock ticks (1/100 s on Linux).
+    pub cpu_ticks: u64,
+}
+
+/// The threads of process `pid` (one that ends while they are read is left out).
+pub fn threads(pid: i32) -> Vec<ThreadStat> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| parse_stat(&stat))
+        .collect()
+}
+
+/// A `stat` line of proc(5): `ID (NAME) STATE ...`.
+fn parse_stat(stat: &str) -> Option<ThreadStat> {
+    let (tid, rest) = stat.split_once(" (")?;
+    // The name may hold spaces and parentheses: it ends at the last `) `.
+    let (name, after_name) = rest.rsplit_once(") ")?;
+    // Fields 14, 15 and 19 of stat(5) are utime, stime and nice; `after_name` starts at
+    // field 3.
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of stat(5) are utime and stime; `after_name` starts at field 3.
-    let utime: u64 = fields[11].parse().expect("utime");
-    let stime: u64 = fields[12].parse().expect("stime");
-    utime + stime
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(ThreadStat {
+        tid: tid.parse().ok()?,
+        name: name.to_owned(),
+        nice: fields.get(16)?.parse().ok()?,
+        cpu_ticks: utime + stime,
+    })
 }
 
 /// The loopback address `127.0.x.y` for `index` (x, y from 1), so many clients come from

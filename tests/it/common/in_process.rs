@@ -125,8 +125,9 @@ impl InProcessServer {
             .sum()
     }
 
-    /// Makes every registry shard panic, then waits (at most 5 s each) until the supervisor
-    /// has replaced every shard (`tether_actor_restarts_total`) and the fresh shards hold
+    /// Makes every registry shard panic, then waits (at most 10 s, time for the longest
+    /// restart delay, then 5 s) until the supervisor has replaced every shard
+    /// (`tether_actor_restarts_total`) and the fresh shards hold
     /// every binding again, re-announced by the connections (`tether_registry_bindings`
     /// back at `tether_connections_bound`): from then on an event reaches every bound
     /// connection.
@@ -134,7 +135,7 @@ impl InProcessServer {
         const RESTARTS: &str = "tether_actor_restarts_total{actor=\"registry\"}";
         let restarts = self.metric(RESTARTS);
         self.handle.inject_panic(FaultTarget::Registry);
-        let replaced = wait_until(Duration::from_secs(5), || {
+        let replaced = wait_until(Duration::from_secs(10), || {
             self.metric(RESTARTS) >= restarts + self.workers as f64
         });
         assert!(

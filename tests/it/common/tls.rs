@@ -65,6 +65,18 @@ pub fn make_ca(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}-ca.pem"))
 }
 
+/// A new folder with a CA `CA-ca.pem` and a server pair `server.pem`/`server.key` it
+/// signed; `None` (after [`openssl_available`]'s skip line) where openssl is missing.
+pub fn ca_and_server_pair(ca: &str) -> Option<tempfile::TempDir> {
+    if !openssl_available() {
+        return None;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    make_ca(dir.path(), ca);
+    make_signed(dir.path(), ca, "server");
+    Some(dir)
+}
+
 /// A certificate `NAME.pem` with key `NAME.key` in `dir`, for 127.0.0.1 and localhost,
 /// signed by the CA `CA-ca.pem` made by [`make_ca`].
 pub fn make_signed(dir: &Path, ca: &str, name: &str) {
