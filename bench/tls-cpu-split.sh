@@ -4,11 +4,16 @@
 # threads by name (utime + stime from /proc/PID/task/*/stat) across `tether-bench tls
 # --handshakes-only` (16 loops, full handshakes then resuming ones). CPU time is not
 # disturbed by a neighbour's load as latency is: it tells whether the handshakes' work
-# left the event loops (`actix-rt|system`: workers, hub, accept) for `tether-tls`.
-# Usage: A_DIR=DIR ROUNDS=3 bench/tls-cpu-split.sh
+# left the threads at nice 0 — the event loops (`actix-rt|system`: workers, hub) and the
+# main thread (`tether`, the System's loop, which accepted TLS connections before they were
+# accepted on the handshake threads) — for `tether-tls` (nice 10); and how often the nice-0
+# threads were switched to per handshake (voluntary + involuntary context switches from
+# /proc/PID/task/*/status: each wake-up of an idle worker is one).
+# Usage: A_DIR=DIR ROUNDS=3 [OUT=FILE] bench/tls-cpu-split.sh  (one JSON line per round to OUT)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
+OUT=${OUT:-/tmp/tls-cpu-split.jsonl}
 BENCH=$PWD/target/release/tether-bench
 WORK=$(mktemp -d)
 BIN=$PWD/target/release
@@ -16,14 +21,20 @@ source bench/common.sh
 trap 'stop_servers; rm -rf "$WORK"' EXIT
 "$BENCH" make-users 10 --cost 4 > "$WORK/users.toml"
 start_base_and_branch
-ticks() { # PID: "NAME TICKS" per thread
+ticks() { # PID: "NAME TICKS SWITCHES" per thread
     python3 - "$1" <<'PY'
-import glob, sys
-for stat in glob.glob(f"/proc/{sys.argv[1]}/task/*/stat"):
-    text = open(stat).read()
+import glob, os, sys
+for task in glob.glob(f"/proc/{sys.argv[1]}/task/*"):
+    try:
+        text = open(os.path.join(task, "stat")).read()
+        status = open(os.path.join(task, "status")).read()
+    except FileNotFoundError:
+        continue
     name = text[text.index("(") + 1:text.rindex(")")]
     fields = text[text.rindex(")") + 2:].split()
-    print(name, int(fields[11]) + int(fields[12]))
+    switches = sum(int(line.split()[1]) for line in status.splitlines()
+                   if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+    print(f"{name}\t{int(fields[11]) + int(fields[12])}\t{switches}")
 PY
 }
 for round in $(seq 1 "$ROUNDS"); do
@@ -35,25 +46,37 @@ for round in $(seq 1 "$ROUNDS"); do
         "$BENCH" --json-out "$WORK/hs.jsonl" tls --addr "$plain" --tls-addr "$tls" \
             --tls-ca "$WORK/tls-ca.pem" --handshakes-only --duration 4 --warmup 0 > /dev/null
         ticks "$pid" > "$WORK/after"
-        python3 - "$WORK/before" "$WORK/after" "$WORK/hs.jsonl" "$side" "$round" <<'PY'
+        python3 - "$WORK/before" "$WORK/after" "$WORK/hs.jsonl" "$side" "$round" "$OUT" <<'PY'
 import collections, json, os, sys
 hz = os.sysconf("SC_CLK_TCK")
 def read(path):
-    by = collections.Counter()
+    ticks, switches = collections.Counter(), collections.Counter()
     for line in open(path):
-        name, ticks = line.rsplit(" ", 1)
-        by[name] += int(ticks)
-    return by
-before, after = read(sys.argv[1]), read(sys.argv[2])
+        name, used, switched = line.rstrip("\n").split("\t")
+        ticks[name] += int(used)
+        switches[name] += int(switched)
+    return ticks, switches
+(before, sw_before), (after, sw_after) = read(sys.argv[1]), read(sys.argv[2])
 used = {name: (after[name] - before.get(name, 0)) / hz for name in after}
+switched = {name: sw_after[name] - sw_before.get(name, 0) for name in sw_after}
 hs = json.loads(open(sys.argv[3]).read().splitlines()[-1])
-loops = sum(s for name, s in used.items() if name.startswith("actix-rt"))
+nice0 = lambda name: name.startswith("actix-rt") or name == "tether"
+loops = sum(s for name, s in used.items() if nice0(name))
+loop_switches = sum(s for name, s in switched.items() if nice0(name))
 tls = used.get("tether-tls", 0.0)
 total = sum(used.values())
-print(f"side {sys.argv[4]} round {sys.argv[5]}: server CPU {total:.2f} s, event loops "
-      f"{loops:.2f} s ({100 * loops / max(total, 1e-9):.0f} %), tether-tls {tls:.2f} s "
-      f"({100 * tls / max(total, 1e-9):.0f} %); handshakes/s full {hs['full_per_s']:.0f}, "
+# Both halves ran equally long (4 s each): the handshakes done in all.
+done = (hs["full_per_s"] + hs["resuming_per_s"]) * 4
+print(f"side {sys.argv[4]} round {sys.argv[5]}: server CPU {total:.2f} s, nice 0 (event loops "
+      f"+ main) {loops:.2f} s ({100 * loops / max(total, 1e-9):.0f} %), tether-tls {tls:.2f} s "
+      f"({100 * tls / max(total, 1e-9):.0f} %); per handshake: nice-0 CPU "
+      f"{1e6 * loops / max(done, 1):.0f} µs, all {1e6 * total / max(done, 1):.0f} µs, nice-0 "
+      f"switches {loop_switches / max(done, 1):.2f}; handshakes/s full {hs['full_per_s']:.0f}, "
       f"resuming {hs['resuming_per_s']:.0f}")
+print(json.dumps({"scenario": "tls-cpu-split", "side": sys.argv[4], "round": int(sys.argv[5]),
+                  "server_cpu_s": total, "nice0_cpu_s": loops, "tls_cpu_s": tls,
+                  "nice0_switches": loop_switches, "handshakes": done,
+                  "threads": used, "switches": switched}), file=open(sys.argv[6], "a"))
 PY
     done
 done

@@ -217,6 +217,12 @@ impl Tether {
             None => None,
         };
         let tls_local_addr = tls.as_ref().map(|((_, address), _)| *address);
+        // The plaintext listener's accept loop runs here, on the System's event loop.
+        let plain = plain
+            .map(|(listener, address)| {
+                tokio::net::TcpListener::from_std(listener).map(|listener| (listener, address))
+            })
+            .transpose()?;
         let local_addr = match (plain.as_ref().map(|(_, address)| *address), tls_local_addr) {
             (Some(address), _) | (None, Some(address)) => address,
             (None, None) => {
@@ -275,8 +281,8 @@ impl Tether {
         ));
         let mut summaries: Vec<JoinHandle<()>> = Vec::new();
         let mut handshake_threads = None;
-        let mut handshake_handle = None;
-        if tls.is_some() {
+        let mut tls_loop = None;
+        if let Some(((listener, _), config)) = tls {
             summaries.push(actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
             // As many as there are workers: on an idle machine handshakes go as fast as
             // they did on the workers themselves.
@@ -285,29 +291,30 @@ impl Tether {
                 "TLS handshakes: {} thread(s) (nice {BACKGROUND_NICENESS})",
                 workers.len()
             );
+            // The TLS listener is registered with the handshake threads' event loop and
+            // accepted on there: a new TLS connection touches a worker only once its
+            // handshake is done.
+            let listener = {
+                let _on_handshake_threads = handle.enter();
+                tokio::net::TcpListener::from_std(listener)?
+            };
             handshake_threads = Some(threads);
-            handshake_handle = Some(handle);
+            let tls = TlsAccept {
+                config,
+                failures: Arc::clone(&handshake_failures),
+            };
+            tls_loop = Some((listener, Some(tls), handle));
         }
         if proxy_trust.trusts_any() {
             summaries.push(actix_rt::spawn(Arc::clone(&header_failures).summarise()));
         }
         let loops = plain
-            .map(|(listener, _)| (listener, None))
+            .map(|(listener, _)| (listener, None, None))
             .into_iter()
-            .chain(
-                tls.zip(handshake_handle)
-                    .map(|(((listener, _), config), threads)| {
-                        let tls = TlsAccept {
-                            config,
-                            threads,
-                            failures: Arc::clone(&handshake_failures),
-                        };
-                        (listener, Some(tls))
-                    }),
-            );
+            .chain(tls_loop.map(|(listener, tls, threads)| (listener, tls, Some(threads))));
         let mut accept: Vec<JoinHandle<()>> = loops
-            .map(|(listener, tls)| {
-                actix_rt::spawn(accept_loop(
+            .map(|(listener, tls, threads)| {
+                let accepting = accept_loop(
                     listener,
                     tls,
                     (Arc::clone(&proxy_trust), Arc::clone(&header_failures)),
@@ -315,7 +322,11 @@ impl Tether {
                     Arc::clone(&permits),
                     Arc::clone(&shared),
                     hub.clone(),
-                ))
+                );
+                match threads {
+                    Some(threads) => threads.spawn(accepting),
+                    None => actix_rt::spawn(accepting),
+                }
             })
             .collect();
         accept.extend(summaries);
@@ -411,14 +422,13 @@ impl Tether {
 struct TlsAccept {
     /// The configuration new handshakes use.
     config: TlsConfigSlot,
-    /// Where handshakes run: the handshake threads.
-    threads: tokio::runtime::Handle,
     /// Where failed handshakes are told.
     failures: Arc<FailureLog<HandshakeFailure>>,
 }
 
-/// Accepts connections and hands each to a worker arbiter, round-robin; on the TLS
-/// listener, through a handshake on the handshake threads first.
+/// Accepts connections and hands each to a worker arbiter, round-robin. The TLS listener's
+/// loop runs on the handshake threads: each connection's PROXY header and handshake run
+/// there too (a task of its own), and only an established connection moves to its worker.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: Option<TlsAccept>,
@@ -472,16 +482,6 @@ async fn accept_loop(
         if let Err(err) = socket2::SockRef::from(&stream).set_send_buffer_size(send_buffer) {
             log::debug!("{peer}: cannot bound the kernel's send buffer: {err}");
         }
-        // A socket is bound to the event loop that registered it: move it as a plain
-        // socket and register it on the loop that serves it (a worker's, or the handshake
-        // threads').
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("{peer}: cannot hand over the connection: {err}");
-                continue;
-            }
-        };
         let shard = next_worker % workers.len();
         let worker = workers[shard].clone();
         next_worker = next_worker.wrapping_add(1);
@@ -497,18 +497,25 @@ async fn accept_loop(
             hub: hub.clone(),
         };
         let Some(tls) = &tls else {
-            worker.spawn(connection.serve_plain(stream));
+            // A socket is bound to the event loop that registered it: move it as a plain
+            // socket and register it on its worker's.
+            match stream.into_std() {
+                Ok(stream) => {
+                    worker.spawn(connection.serve_plain(stream));
+                }
+                Err(err) => log::warn!("{peer}: cannot hand over the connection: {err}"),
+            }
             continue;
         };
-        // The TLS configuration in force at accept is the one this handshake uses.
+        // The TLS configuration in force at accept is the one this handshake uses. It runs
+        // here, on the handshake threads, where the socket is registered already.
         let handshake = connection.serve_tls(
             stream,
             tls.config.current(),
             Arc::clone(&tls.failures),
             worker,
         );
-        // Once the threads have stopped (shutdown), it is dropped unrun.
-        drop(tls.threads.spawn(handshake));
+        drop(tokio::spawn(handshake));
     }
 }
 
@@ -532,7 +539,14 @@ struct Accepted {
 impl Accepted {
     /// Serves a plaintext connection; runs on its worker.
     async fn serve_plain(self, stream: std::net::TcpStream) {
-        let Some((stream, peer)) = self.registered(stream).await else {
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                log::warn!("{}: cannot register the connection: {err}", self.peer);
+                return;
+            }
+        };
+        let Some((stream, peer)) = self.addressed(stream).await else {
             return;
         };
         let (shared, shard, permit) = (self.shared, self.shard, self.permit);
@@ -550,12 +564,13 @@ impl Accepted {
         });
     }
 
-    /// Serves a TLS connection, to be spawned on the handshake threads: see
-    /// [`Self::handshake_then_hand_over`]. It counts as pending, and its handshake time
-    /// runs, from now (its accept), not from when busy handshake threads get to it.
+    /// Serves a TLS connection accepted on the handshake threads (`stream` is registered
+    /// there), to be spawned there: see [`Self::handshake_then_hand_over`]. It counts as
+    /// pending, and its handshake time runs, from now (its accept), not from when busy
+    /// handshake threads get to it.
     fn serve_tls(
         self,
-        stream: std::net::TcpStream,
+        stream: tokio::net::TcpStream,
         config: Arc<rustls::ServerConfig>,
         failures: Arc<FailureLog<HandshakeFailure>>,
         worker: ArbiterHandle,
@@ -569,13 +584,13 @@ impl Accepted {
     /// threads), then hands the connection to `worker`.
     async fn handshake_then_hand_over(
         self,
-        stream: std::net::TcpStream,
+        stream: tokio::net::TcpStream,
         (config, failures): (Arc<rustls::ServerConfig>, Arc<FailureLog<HandshakeFailure>>),
         worker: ArbiterHandle,
         pending: PendingHandshake,
         accepted: tokio::time::Instant,
     ) {
-        let Some((stream, peer)) = self.registered(stream).await else {
+        let Some((stream, peer)) = self.addressed(stream).await else {
             return;
         };
         // The handshake's time runs from when the client could begin it: from accept, or
@@ -618,21 +633,13 @@ impl Accepted {
         });
     }
 
-    /// Registers `stream` on the calling thread's event loop, then finds the client's
-    /// address: the one its PROXY protocol header carries when its peer is trusted to send
-    /// one, else its peer's. `None` when the registration (logged) or the header (counted)
-    /// fails.
-    async fn registered(
+    /// Finds the client's address: the one the PROXY protocol header `stream` begins with
+    /// carries when its peer is trusted to send one, else its peer's. `None` when the
+    /// header fails (counted).
+    async fn addressed(
         &self,
-        stream: std::net::TcpStream,
+        mut stream: tokio::net::TcpStream,
     ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
-        let mut stream = match tokio::net::TcpStream::from_std(stream) {
-            Ok(stream) => stream,
-            Err(err) => {
-                log::warn!("{}: cannot register the connection: {err}", self.peer);
-                return None;
-            }
-        };
         let client = match &self.proxied {
             Some(failures) => {
                 let metrics = &self.shared.metrics;
@@ -677,17 +684,17 @@ async fn client_address(
     None
 }
 
-/// Makes `listener` non-blocking with a deep accept queue, for the current runtime; answers
-/// it with its address.
+/// Makes `listener` non-blocking with a deep accept queue, ready to be registered with the
+/// event loop that accepts on it; answers it with its address.
 fn prepare_listener(
     listener: std::net::TcpListener,
-) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+) -> std::io::Result<(std::net::TcpListener, SocketAddr)> {
     listener.set_nonblocking(true)?;
     // A burst of connections (clients reconnecting after a restart) must not overflow
     // the accept queue: a dropped SYN costs its client a one-second retry.
     socket2::SockRef::from(&listener).listen(LISTEN_BACKLOG)?;
     let address = listener.local_addr()?;
-    Ok((tokio::net::TcpListener::from_std(listener)?, address))
+    Ok((listener, address))
 }
 
 /// `SO_SNDBUF` for an accepted connection: half of `max_pending_bytes` (at least
