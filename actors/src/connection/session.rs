@@ -239,9 +239,11 @@ impl Session {
             return;
         }
         match push {
-            Push::Event { binding, event } => {
+            Push::Events { binding, events } => {
                 if self.is_bound_as(binding) {
-                    fx.event(&event);
+                    for event in events.iter() {
+                        fx.event(event);
+                    }
                 }
             }
             Push::Invalidated { binding } => {
@@ -552,13 +554,13 @@ mod tests {
         let permit = Arc::new(Semaphore::new(1))
             .try_acquire_owned()
             .expect("a permit");
-        Push::Event {
+        Push::Events {
             binding,
-            event: Arc::new(ShardEvent {
+            events: Arc::new([ShardEvent {
                 message: Bytes::from_static(text),
                 accepted: Instant::now(),
                 _in_flight: Arc::new(EventInFlight { _permit: permit }),
-            }),
+            }]),
         }
     }
 
