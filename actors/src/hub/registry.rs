@@ -109,11 +109,9 @@ pub struct UserRegistryActor {
     metrics: Metrics,
     /// The number of entries in `by_user`, as `tether_registry_bindings` shows it.
     bindings: Gauge,
-    /// Events taken but not yet handed out, per user, in publish order; only users with
-    /// entries in `by_user` (as of when each event came).
-    gathered: HashMap<Arc<str>, Vec<ShardEvent>>,
-    /// How many events `gathered` holds.
-    gathered_count: usize,
+    /// Events taken but not yet handed out, in the order taken, each with its user (the
+    /// key of its entry in `by_user`, shared); only users with entries when it came.
+    gathered: Vec<(Arc<str>, ShardEvent)>,
     /// When to hand them out.
     pace: Pace,
     /// Counts hand-outs, so that a planned one that came early is not done twice.
@@ -130,8 +128,7 @@ impl UserRegistryActor {
             by_user: HashMap::new(),
             metrics,
             bindings,
-            gathered: HashMap::new(),
-            gathered_count: 0,
+            gathered: Vec::new(),
             pace: Pace::default(),
             round: 0,
             _death: death,
@@ -245,22 +242,20 @@ impl UserRegistryActor {
     /// Holds `event` for the connections bound to `user`, if any (`false`: none, the event
     /// is dropped).
     fn gather(&mut self, user: &str, event: ShardEvent) -> bool {
-        if let Some(events) = self.gathered.get_mut(user) {
-            events.push(event);
-        } else if let Some((user, _)) = self.by_user.get_key_value(user) {
-            self.gathered.insert(Arc::clone(user), vec![event]);
-        } else {
-            return false;
+        match self.by_user.get_key_value(user) {
+            Some((user, _)) => {
+                self.gathered.push((Arc::clone(user), event));
+                true
+            }
+            None => false,
         }
-        self.gathered_count += 1;
-        true
     }
 
     /// Plans the hand-out of the events gathered, as [`Pace`] says.
     fn plan_hand_out(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let round = self.round;
-        match self.pace.plan(self.gathered_count, now) {
+        match self.pace.plan(self.gathered.len(), now) {
             None => {}
             // Handled once the mailbox is empty: what it holds goes out together.
             Some(HandOut::Soon) => ctx.notify(HandOutGathered { round }),
@@ -272,18 +267,32 @@ impl UserRegistryActor {
 
     /// Hands out every event gathered, one push per connection with all of its user's.
     fn hand_out_gathered(&mut self) {
-        if self.gathered_count == 0 {
+        if self.gathered.is_empty() {
             return;
         }
-        let mut delivered = 0;
         let mut gathered = std::mem::take(&mut self.gathered);
-        for (user, events) in gathered.drain() {
-            let count = events.len();
-            delivered += count * self.hand_out(&user, events.into());
+        // Each user's events side by side, in the order taken: a stable sort by the key
+        // they share (cheaper than a map for the few events of one hand-out).
+        gathered.sort_by_key(|(user, _)| Arc::as_ptr(user).cast::<u8>());
+        let mut delivered = 0;
+        let mut taken = gathered.drain(..).peekable();
+        while let Some((user, first)) = taken.next() {
+            let same_user = |(next, _): &(Arc<str>, ShardEvent)| Arc::ptr_eq(next, &user);
+            let events: Arc<[ShardEvent]> = match taken.next_if(same_user) {
+                None => Arc::new([first]),
+                Some((_, second)) => {
+                    let mut events = vec![first, second];
+                    while let Some((_, event)) = taken.next_if(same_user) {
+                        events.push(event);
+                    }
+                    events.into()
+                }
+            };
+            delivered += events.len() * self.hand_out(&user, events);
         }
+        drop(taken);
         // Its capacity is kept for the next round.
         self.gathered = gathered;
-        self.gathered_count = 0;
         self.round += 1;
         self.pace.handed_out(Instant::now());
         // Once per hand-out: the counter is shared by every worker's thread.
