@@ -792,7 +792,7 @@ mod tests {
         }
     }
 
-    /// How many pushes are held.
+    /// How many events are held.
     #[derive(Message)]
     #[rtype(result = "usize")]
     struct Held;
@@ -806,19 +806,18 @@ mod tests {
         type Result = Vec<String>;
 
         fn handle(&mut self, _: TakeAll, _: &mut Context<Self>) -> Vec<String> {
-            self.0
-                .drain(..)
-                .filter_map(|push| match push {
-                    Push::Event { event, .. } => {
+            let mut texts = Vec::new();
+            for push in self.0.drain(..) {
+                if let Push::Events { events, .. } = push {
+                    for event in events.iter() {
                         let message = String::from_utf8_lossy(&event.message).into_owned();
-                        message
-                            .rsplit('\u{1f}')
-                            .next()
-                            .map(|text| text.trim_end_matches('\u{1e}').to_owned())
+                        if let Some(text) = message.rsplit('\u{1f}').next() {
+                            texts.push(text.trim_end_matches('\u{1e}').to_owned());
+                        }
                     }
-                    Push::Invalidated { .. } => None,
-                })
-                .collect()
+                }
+            }
+            texts
         }
     }
 
@@ -826,7 +825,13 @@ mod tests {
         type Result = usize;
 
         fn handle(&mut self, _: Held, _: &mut Context<Self>) -> usize {
-            self.0.len()
+            self.0
+                .iter()
+                .map(|push| match push {
+                    Push::Events { events, .. } => events.len(),
+                    Push::Invalidated { .. } => 0,
+                })
+                .sum()
         }
     }
 
