@@ -45,48 +45,6 @@ fn events_reach_every_bound_connection_of_the_user_in_publish_order_and_nobody_e
     crate::common::expect_all_silent(&mut [&mut bob, &mut anonymous, &mut alice_1], QUIET);
 }
 
-/// A shard hands out what its mailbox holds together, one push per connection
-/// (ARCHITECTURE.md, delivery): a burst arrives whole and in order, an invalidation right
-/// after it is written after its events, and a lone event after a pause goes out at once.
-#[test]
-fn a_burst_arrives_whole_and_in_order_before_an_invalidation_and_a_lone_event_goes_at_once() {
-    const BURST: usize = 300;
-    let server = server();
-    let mut clients = server.logged_in("alice", "pw-a", 3);
-    let handle = server.handle().clone();
-    let (times, invalidated) = server.block_on(async move {
-        let mut times = Vec::new();
-        for n in 0..BURST {
-            let receipt = handle.publish("alice", format!("burst {n}")).await;
-            times.push(receipt.expect("published").time);
-        }
-        let cause = tether_actors::metrics::InvalidationCause::Operator;
-        (times, handle.invalidate("alice", cause).await)
-    });
-    assert_eq!(invalidated, Ok(3));
-    for client in &mut clients {
-        for (n, time) in times.iter().enumerate() {
-            client.expect(&["event", &time.to_string(), &format!("burst {n}")]);
-        }
-        client.expect(&["invalidated"]);
-    }
-
-    let mut alice = TestClient::connect(server.addr());
-    alice.login("alice", "pw-a");
-    server.wait_for_connections("alice", 1);
-    for n in 0..3 {
-        alice.expect_nothing_for(QUIET);
-        let receipt = server
-            .block_on(server.handle().publish("alice", format!("lone {n}")))
-            .expect("published");
-        let message = alice.recv_within(Duration::from_secs(2));
-        assert_eq!(
-            message,
-            ["event", &receipt.time.to_string(), &format!("lone {n}")]
-        );
-    }
-}
-
 #[test]
 fn events_for_a_user_without_connections_are_not_stored() {
     let server = server();

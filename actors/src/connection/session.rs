@@ -239,11 +239,9 @@ impl Session {
             return;
         }
         match push {
-            Push::Events { binding, events } => {
+            Push::Event { binding, event } => {
                 if self.is_bound_as(binding) {
-                    for event in events.iter() {
-                        fx.event(event);
-                    }
+                    fx.event(&event);
                 }
             }
             Push::Invalidated { binding } => {
@@ -549,22 +547,18 @@ mod tests {
         session.binding().map(|binding| binding.id)
     }
 
-    /// Events for `binding`, in this order, as a registry shard pushes them in one hand-out.
-    fn event_push(binding: BindingId, texts: &[&'static [u8]]) -> Push {
-        let permits = Arc::new(Semaphore::new(texts.len()));
-        let events: Vec<ShardEvent> = texts
-            .iter()
-            .map(|text| ShardEvent {
+    /// An event for `binding`, as a registry shard pushes it.
+    fn event_push(binding: BindingId, text: &'static [u8]) -> Push {
+        let permit = Arc::new(Semaphore::new(1))
+            .try_acquire_owned()
+            .expect("a permit");
+        Push::Event {
+            binding,
+            event: Arc::new(ShardEvent {
                 message: Bytes::from_static(text),
                 accepted: Instant::now(),
-                _in_flight: Arc::new(EventInFlight {
-                    _permit: Arc::clone(&permits).try_acquire_owned().expect("a permit"),
-                }),
-            })
-            .collect();
-        Push::Events {
-            binding,
-            events: events.into(),
+                _in_flight: Arc::new(EventInFlight { _permit: permit }),
+            }),
         }
     }
 
@@ -704,7 +698,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pushes_for_a_stale_binding_are_dropped_and_the_others_queue_each_event_in_order() {
+    async fn pushes_for_a_stale_binding_are_dropped() {
         let mut session = session();
         let mut fx = Recorder::new();
         log_in(&mut session, "alice", &mut fx).await;
@@ -713,7 +707,7 @@ mod tests {
         let current = bound_as(&session).expect("bound");
         fx.take();
 
-        session.on_push(event_push(old, &[b"stale", b"stale too"]), &mut fx);
+        session.on_push(event_push(old, b"stale"), &mut fx);
         session.on_push(Push::Invalidated { binding: old }, &mut fx);
         assert_eq!(
             fx.take(),
@@ -721,20 +715,19 @@ mod tests {
             "pushes for alice's binding must not reach bob's"
         );
 
-        session.on_push(event_push(current, &[b"fresh", b"fresh too"]), &mut fx);
+        session.on_push(event_push(current, b"fresh"), &mut fx);
         session.on_push(Push::Invalidated { binding: current }, &mut fx);
         assert_eq!(
             fx.take(),
             [
                 Effect::Event(Bytes::from_static(b"fresh")),
-                Effect::Event(Bytes::from_static(b"fresh too")),
                 // The registry already dropped the binding: no `Unbind`.
                 Effect::Reply(Reply::Invalidated)
             ]
         );
         assert_eq!(bound_as(&session), None);
         assert_eq!(present(&session, "bob"), 0);
-        session.on_push(event_push(current, &[b"late"]), &mut fx);
+        session.on_push(event_push(current, b"late"), &mut fx);
         assert_eq!(fx.take(), []);
     }
 }

@@ -792,7 +792,7 @@ mod tests {
         }
     }
 
-    /// How many events are held.
+    /// How many pushes are held.
     #[derive(Message)]
     #[rtype(result = "usize")]
     struct Held;
@@ -806,18 +806,19 @@ mod tests {
         type Result = Vec<String>;
 
         fn handle(&mut self, _: TakeAll, _: &mut Context<Self>) -> Vec<String> {
-            let mut texts = Vec::new();
-            for push in self.0.drain(..) {
-                if let Push::Events { events, .. } = push {
-                    for event in events.iter() {
+            self.0
+                .drain(..)
+                .filter_map(|push| match push {
+                    Push::Event { event, .. } => {
                         let message = String::from_utf8_lossy(&event.message).into_owned();
-                        if let Some(text) = message.rsplit('\u{1f}').next() {
-                            texts.push(text.trim_end_matches('\u{1e}').to_owned());
-                        }
+                        message
+                            .rsplit('\u{1f}')
+                            .next()
+                            .map(|text| text.trim_end_matches('\u{1e}').to_owned())
                     }
-                }
-            }
-            texts
+                    Push::Invalidated { .. } => None,
+                })
+                .collect()
         }
     }
 
@@ -825,13 +826,7 @@ mod tests {
         type Result = usize;
 
         fn handle(&mut self, _: Held, _: &mut Context<Self>) -> usize {
-            self.0
-                .iter()
-                .map(|push| match push {
-                    Push::Events { events, .. } => events.len(),
-                    Push::Invalidated { .. } => 0,
-                })
-                .sum()
+            self.0.len()
         }
     }
 

@@ -41,13 +41,12 @@ impl BindingId {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub enum Push {
-    /// Events for the binding `binding`, in publish order, written (together) if the
-    /// connection still has it.
-    Events {
-        /// The binding the registry handed the events to.
+    /// An event for the binding `binding`, written if the connection still has it.
+    Event {
+        /// The binding the registry handed the event to.
         binding: BindingId,
-        /// The events, shared by the pushes of one hand-out of a registry shard.
-        events: Arc<[ShardEvent]>,
+        /// The event, shared by the pushes of one registry shard.
+        event: Arc<ShardEvent>,
     },
     /// The binding `binding` is revoked: write `invalidated` and unbind.
     Invalidated {
@@ -56,9 +55,9 @@ pub enum Push {
     },
 }
 
-/// One event as a registry shard hands it to its connections: the pushes of one hand-out
-/// share a list of these, so each push costs one reference count on a line that stays on
-/// the shard's thread (rather than three per event on lines every shard's thread touches).
+/// One event as a registry shard hands it to its connections: the pushes of a shard share
+/// this, so each costs one reference count on a line that stays on the shard's thread
+/// (rather than three on lines every shard's thread touches).
 #[derive(Debug)]
 pub struct ShardEvent {
     /// The whole encoded message.

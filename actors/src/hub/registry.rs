@@ -5,11 +5,6 @@
 //! worker, so binding and fan-out stay on the connection's own thread; the bus hands every
 //! event to each shard once.
 //!
-//! A shard hands out what its mailbox holds together: the events it takes are gathered
-//! until its mailbox is empty, then each connection gets one push carrying all of its
-//! user's, so a connection written to once per round costs one envelope, one mailbox push
-//! and one wake-up per round, not per event.
-//!
 //! The registry's map is a cache of what the connections know: each connection holds its
 //! own binding and announces it again to a fresh registry after a restart. How full it is
 //! shows in `tether_registry_bindings` (per worker); how many connections are bound is
@@ -17,19 +12,15 @@
 
 pub use crate::hub::messages::{Bind, Unbind};
 use crate::hub::messages::{
-    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, Push, Revoke, ShardEvent,
+    BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, Push, Revoke, ShardEvent,
 };
 use crate::util::metrics::Metrics;
 use actix::prelude::*;
+use bytes::Bytes;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// Hands out the events gathered (sent to itself, so it is handled once the mailbox is
-/// empty).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct HandOutGathered;
+use std::time::Instant;
 
 /// One connection bound to a user.
 struct BoundConnection {
@@ -47,11 +38,6 @@ pub struct UserRegistryActor {
     metrics: Metrics,
     /// The number of entries in `by_user`, as `tether_registry_bindings` shows it.
     bindings: Gauge,
-    /// Events taken but not yet handed out, in the order taken, each with its user (the
-    /// key of its entry in `by_user`, shared); only users with entries when it came.
-    gathered: Vec<(Arc<str>, ShardEvent)>,
-    /// A [`HandOutGathered`] is on its way.
-    hand_out_planned: bool,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -64,8 +50,6 @@ impl UserRegistryActor {
             by_user: HashMap::new(),
             metrics,
             bindings,
-            gathered: Vec::new(),
-            hand_out_planned: false,
             _death: death,
         }
     }
@@ -86,9 +70,6 @@ impl Handler<Bind> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Bind, _: &mut Context<Self>) {
-        // An event taken before goes to the connections bound before, as it would have
-        // without gathering.
-        self.hand_out_gathered();
         // Most users have one connection: room for exactly one (`Vec` would start at four).
         let entries = self
             .by_user
@@ -114,7 +95,6 @@ impl Handler<Unbind> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Unbind, _: &mut Context<Self>) {
-        self.hand_out_gathered();
         if let Some(entries) = self.by_user.get_mut(&*msg.user) {
             let before = entries.len();
             entries.retain(|entry| entry.binding != msg.binding);
@@ -130,113 +110,51 @@ impl Handler<Unbind> for UserRegistryActor {
 impl Handler<Deliver> for UserRegistryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Deliver, ctx: &mut Context<Self>) {
-        let event = ShardEvent {
-            message: msg.message,
-            accepted: msg.accepted,
-            _in_flight: msg.in_flight,
-        };
-        if self.gather(&msg.user, event) {
-            self.plan_hand_out(ctx);
-        }
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        let delivered = self.hand_out(&msg.user, msg.message, msg.in_flight, msg.accepted);
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
 impl Handler<DeliverBatch> for UserRegistryActor {
     type Result = ();
 
-    fn handle(&mut self, msg: DeliverBatch, ctx: &mut Context<Self>) {
-        let mut gathered_any = false;
+    fn handle(&mut self, msg: DeliverBatch, _: &mut Context<Self>) {
+        let mut delivered = 0;
         for event in msg.events {
             if let Some(publish) = msg.batch.get(event.index) {
-                let event = ShardEvent {
-                    message: event.message,
-                    accepted: msg.accepted,
-                    _in_flight: event.in_flight,
-                };
-                gathered_any |= self.gather(&publish.user, event);
+                delivered +=
+                    self.hand_out(&publish.user, event.message, event.in_flight, msg.accepted);
             }
         }
-        if gathered_any {
-            self.plan_hand_out(ctx);
-        }
-    }
-}
-
-impl Handler<HandOutGathered> for UserRegistryActor {
-    type Result = ();
-
-    fn handle(&mut self, _: HandOutGathered, _: &mut Context<Self>) {
-        self.hand_out_planned = false;
-        self.hand_out_gathered();
+        // Once per message: the counter is shared by every worker's thread.
+        self.metrics.events_delivered.inc_by(delivered as u64);
     }
 }
 
 impl UserRegistryActor {
-    /// Holds `event` for the connections bound to `user`, if any (`false`: none, the event
-    /// is dropped).
-    fn gather(&mut self, user: &str, event: ShardEvent) -> bool {
-        match self.by_user.get_key_value(user) {
-            Some((user, _)) => {
-                self.gathered.push((Arc::clone(user), event));
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Plans the hand-out of the events gathered for when the mailbox is empty (actix
-    /// handles what a context notifies itself after the messages queued).
-    fn plan_hand_out(&mut self, ctx: &mut Context<Self>) {
-        if !self.hand_out_planned {
-            self.hand_out_planned = true;
-            ctx.notify(HandOutGathered);
-        }
-    }
-
-    /// Hands out every event gathered, one push per connection with all of its user's.
-    fn hand_out_gathered(&mut self) {
-        if self.gathered.is_empty() {
-            return;
-        }
-        let mut gathered = std::mem::take(&mut self.gathered);
-        // Each user's events side by side, in the order taken: a stable sort by the key
-        // they share (cheaper than a map for the few events of one hand-out).
-        gathered.sort_by_key(|(user, _)| Arc::as_ptr(user).cast::<u8>());
-        let mut delivered = 0;
-        let mut taken = gathered.drain(..).peekable();
-        while let Some((user, first)) = taken.next() {
-            let same_user = |(next, _): &(Arc<str>, ShardEvent)| Arc::ptr_eq(next, &user);
-            let events: Arc<[ShardEvent]> = match taken.next_if(same_user) {
-                None => Arc::new([first]),
-                Some((_, second)) => {
-                    let mut events = vec![first, second];
-                    while let Some((_, event)) = taken.next_if(same_user) {
-                        events.push(event);
-                    }
-                    events.into()
-                }
-            };
-            delivered += events.len() * self.hand_out(&user, events);
-        }
-        drop(taken);
-        // Its capacity is kept for the next hand-out.
-        self.gathered = gathered;
-        // Once per hand-out: the counter is shared by every worker's thread.
-        self.metrics.events_delivered.inc_by(delivered as u64);
-    }
-
-    /// Pushes `events` to every connection bound to `user`; answers how many.
-    fn hand_out(&mut self, user: &str, events: Arc<[ShardEvent]>) -> usize {
+    /// Pushes one event to every connection bound to `user`; answers how many.
+    fn hand_out(
+        &mut self,
+        user: &str,
+        message: Bytes,
+        in_flight: Arc<EventInFlight>,
+        accepted: Instant,
+    ) -> usize {
         if let Some(entries) = self.by_user.get_mut(user) {
             // A connection that died without unbinding is dropped here.
             let before = entries.len();
             entries.retain(|entry| entry.connection.connected());
             let dead = before - entries.len();
+            let event = Arc::new(ShardEvent {
+                message,
+                accepted,
+                _in_flight: in_flight,
+            });
             for entry in entries.iter() {
-                entry.connection.do_send(Push::Events {
+                entry.connection.do_send(Push::Event {
                     binding: entry.binding,
-                    events: Arc::clone(&events),
+                    event: Arc::clone(&event),
                 });
             }
             let delivered = entries.len();
@@ -253,19 +171,14 @@ impl UserRegistryActor {
 impl Handler<Drain> for UserRegistryActor {
     type Result = ();
 
-    /// Hands out what is gathered: answering shows that every event taken before it is in
-    /// its connections' mailboxes.
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
-        self.hand_out_gathered();
-    }
+    /// Nothing to do: answering shows that every message before it was handled.
+    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {}
 }
 
 impl Handler<Revoke> for UserRegistryActor {
     type Result = ();
 
     fn handle(&mut self, msg: Revoke, _: &mut Context<Self>) {
-        // An event taken before the invalidation is written before `invalidated`.
-        self.hand_out_gathered();
         let mut revoked = 0;
         if let Some(entries) = self.by_user.remove(&*msg.user) {
             let mut kept = Vec::new();
