@@ -3,8 +3,9 @@
 //! registry shard is refilled by the connections of its worker, which re-announce their
 //! bindings when they see the shard's new generation in the [`HubState`] they watch.
 //!
-//! A child that fails again soon after its start is restarted after a [`RestartBackoff`]
-//! delay, so one that fails on every start costs a restart every few seconds, not a core.
+//! A child that fails again soon after its start is restarted after a growing delay (from
+//! [`FIRST_RESTART_DELAY`] up to [`MAX_RESTART_DELAY`]), so one that fails on every start
+//! costs a restart every few seconds, not a core.
 
 use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::{Child, ChildGone, DeathNotice};
