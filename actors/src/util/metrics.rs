@@ -225,11 +225,12 @@ pub struct Metrics {
     /// Connections closed by the idle timeout.
     pub(crate) timeouts: Counter,
     io_errors: [Counter; 4],
-    /// Password checks waiting for a bcrypt thread.
+    /// Password checks and admin password hashes waiting for a bcrypt thread.
     pub(crate) password_queue_depth: Gauge,
     /// Time one bcrypt check took.
     pub(crate) password_check_seconds: Histogram,
-    /// Checks dropped unrun because their login was gone (the connection left first).
+    /// Checks and admin hashes dropped unrun because whoever asked was gone (the
+    /// connection, or the admin request, left first).
     pub(crate) password_checks_dropped: Counter,
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
@@ -377,7 +378,7 @@ impl Metrics {
         );
         registry.register(
             "password_check_queue_depth",
-            "Password checks waiting for a bcrypt thread",
+            "Password checks and admin password hashes waiting for a bcrypt thread",
             self.password_queue_depth.clone(),
         );
         registry.register(
@@ -387,7 +388,8 @@ impl Metrics {
         );
         registry.register(
             "password_checks_dropped",
-            "Password checks dropped unrun because their connection had gone",
+            "Password checks and admin password hashes dropped unrun because their \
+             connection or admin request had gone",
             self.password_checks_dropped.clone(),
         );
         registry.register(
