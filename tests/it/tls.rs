@@ -766,17 +766,10 @@ fn shutdown_drops_pending_handshakes_without_waiting_out_the_grace() {
 
 /// The nice values of process `pid`'s TLS handshake threads (named `tether-tls`).
 fn handshake_thread_nice_values(pid: nix::unistd::Pid) -> Vec<i64> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|task| {
-            let stat = std::fs::read_to_string(task.ok()?.path().join("stat")).ok()?;
-            // `TID (NAME) STATE ...`: the nice value is the 19th field, the 17th after the name.
-            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-            let nice = rest.split_whitespace().nth(16)?.parse().ok()?;
-            (name == "tether-tls").then_some(nice)
-        })
+    crate::common::hardening::threads(pid.as_raw())
+        .into_iter()
+        .filter(|thread| thread.name == "tether-tls")
+        .map(|thread| thread.nice)
         .collect()
 }
 
