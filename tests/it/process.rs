@@ -191,12 +191,9 @@ fn configured_password_threads_are_started_and_logged() {
 
 /// How many threads of process `pid` are password checkers (named `tether-bcrypt-N`).
 fn bcrypt_threads(pid: nix::unistd::Pid) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("list the threads")
-        .filter(|task| {
-            let comm = task.as_ref().expect("thread entry").path().join("comm");
-            std::fs::read_to_string(comm).is_ok_and(|name| name.starts_with("tether-bcrypt-"))
-        })
+    crate::common::hardening::threads(pid.as_raw())
+        .iter()
+        .filter(|thread| thread.name.starts_with("tether-bcrypt-"))
         .count()
 }
 
