@@ -6,7 +6,7 @@
 use crate::common::haproxy::{haproxy_available, Haproxy};
 use crate::common::hardening::{connect_with, SocketOptions};
 use crate::common::nginx::{nginx_available, Nginx};
-use crate::common::tls::{client_config, make_ca, make_signed, openssl_available, TlsClient};
+use crate::common::tls::{ca_and_server_pair, client_config, TlsClient};
 use crate::common::{encode, TestClient, TestConfig, TestServer};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -87,12 +87,12 @@ fn nginx_stream_proxy_protocol_carries_the_client_address_into_the_throttle() {
 
 #[test]
 fn haproxy_v2_in_front_of_the_tls_listener() {
-    if !haproxy_available() || !openssl_available() {
+    if !haproxy_available() {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    make_ca(dir.path(), "test");
-    make_signed(dir.path(), "test", "server");
+    let Some(dir) = ca_and_server_pair("test") else {
+        return;
+    };
     let mut tls = toml::Table::new();
     tls.insert("listen".into(), "127.0.0.1:0".into());
     tls.insert("cert_file".into(), "server.pem".into());
