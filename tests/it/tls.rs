@@ -237,14 +237,28 @@ fn plaintext_garbage_and_truncated_handshakes_are_closed_harmlessly() {
         false,
     );
     assert_closed_with_at_most_an_alert(tls, &[0xff; 3000], false);
-    // A ClientHello record header promising 512 bytes, then 6 of them and an end.
-    let truncated = [
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-    ];
-    assert_closed_with_at_most_an_alert(tls, &truncated, true);
+    // A ClientHello cut short, then an end.
+    assert_closed_with_at_most_an_alert(tls, &HALF_HELLO, true);
     let mut client = TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
     client.send(&["login", "alice", "secret"]);
     client.expect(&["login_valid"]);
+}
+
+/// Half a ClientHello: a record header promising 512 bytes, then the first 6 of them (the
+/// start of the handshake message).
+const HALF_HELLO: [u8; 11] = [
+    0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+];
+
+/// `count` connections to the TLS port that have each sent [`HALF_HELLO`] and stay open.
+fn half_hellos(tls: SocketAddr, count: usize) -> Vec<TestClient> {
+    (0..count)
+        .map(|_| {
+            let mut client = TestClient::connect(tls);
+            client.send_raw(&HALF_HELLO);
+            client
+        })
+        .collect()
 }
 
 /// Sends `bytes` to the TLS port (then ends its input if `end`): the server closes the
@@ -608,17 +622,7 @@ fn a_thousand_half_handshakes_are_bounded_by_max_connections_then_dropped() {
         TlsClient::connect(tls, client_config(&ca(&server), None)).expect("handshake");
     over_tls.send(&["login", "alice", "secret"]);
     over_tls.expect(&["login_valid"]);
-    // Half a ClientHello each: the record header and the start of the handshake message.
-    let half_hello = [
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-    ];
-    let mut stalled: Vec<TestClient> = (0..STALLED)
-        .map(|_| {
-            let mut client = TestClient::connect(tls);
-            client.send_raw(&half_hello);
-            client
-        })
-        .collect();
+    let mut stalled = half_hellos(tls, STALLED);
     // Each pending handshake holds a slot from its accept on: the ones past the cap are
     // refused at accept, whatever the listener.
     let pending = r#"tether_tls_handshakes_pending"#;
@@ -696,16 +700,7 @@ fn handshakes_run_on_low_priority_threads_and_serve_new_clients_beside_a_thousan
         "not 3 handshake threads at nice 10: {:?}",
         handshake_thread_nice_values(server.pid())
     );
-    let half_hello = [
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-    ];
-    let _stalled: Vec<TestClient> = (0..STALLED)
-        .map(|_| {
-            let mut client = TestClient::connect(tls);
-            client.send_raw(&half_hello);
-            client
-        })
-        .collect();
+    let _stalled = half_hellos(tls, STALLED);
     let pending = crate::common::wait_until(Duration::from_secs(8), || {
         metric(admin, "tether_tls_handshakes_pending") == STALLED as f64
     });
@@ -880,16 +875,7 @@ fn only_a_finished_handshake_becomes_a_connection() {
     let mut open = TlsClient::connect(tls, trust.clone()).expect("handshake");
     open.send(&["login", "alice", "secret"]);
     open.expect(&["login_valid"]);
-    let half_hello = [
-        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
-    ];
-    let _stalled: Vec<TestClient> = (0..STALLED)
-        .map(|_| {
-            let mut client = TestClient::connect(tls);
-            client.send_raw(&half_hello);
-            client
-        })
-        .collect();
+    let _stalled = half_hellos(tls, STALLED);
     let plaintext = crate::common::encode(&["login", "alice", "secret"]);
     for _ in 0..FAILED {
         assert_closed_with_at_most_an_alert(tls, &plaintext, false);
