@@ -11,7 +11,7 @@
 use crate::http::HttpClient;
 use crate::net::{check_loopback, connect_from, instant_at, now_ns, raise_open_files, sources};
 use crate::proto::{
-    exchange, login_message, parse_probe, parts, printable, MessageSplitter, Proto, RS,
+    exchange, login_message, parse_probe, parts, printable, MessageSplitter, Proto, EVENT, RS,
 };
 use crate::report::{count, dec, Report};
 use crate::server_histogram::DeliveryHistogram;
@@ -418,7 +418,7 @@ async fn start_receivers(
                 }
                 _ => (
                     login_message(&name, &args.password),
-                    b"login_valid\x1e".to_vec(),
+                    tether_client::wire::OnePart::LoginValid.message().to_vec(),
                 ),
             };
             pending.push(tokio::spawn(async move {
@@ -469,7 +469,7 @@ impl Receiver {
             splitter.feed(&input[..read], |message| {
                 let mut parts = parts(message);
                 match (parts.next(), parts.next(), parts.next(), parts.next()) {
-                    (Some(b"event"), Some(_time), Some(text), None) => {
+                    (Some(word), Some(_time), Some(text), None) if word == EVENT.as_bytes() => {
                         let (_, sent) = parse_probe(text)?;
                         self.recorder.record(received.saturating_sub(sent));
                         count += 1;

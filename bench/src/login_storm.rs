@@ -13,6 +13,7 @@ use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tether_client::wire::OnePart;
 
 /// Arguments of `login-storm`.
 #[derive(Debug, clap::Args)]
@@ -212,7 +213,7 @@ impl Storm {
                     let mut logins = 0;
                     while due < end {
                         tokio::time::sleep_until(instant_at(due)).await;
-                        let attempt = exchange(&mut stream, &login, b"login_valid\x1e");
+                        let attempt = exchange(&mut stream, &login, OnePart::LoginValid.message());
                         tokio::time::timeout(Duration::from_secs(30), attempt)
                             .await
                             .map_err(|_| "no login reply in 30 s".to_string())??;

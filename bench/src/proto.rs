@@ -11,7 +11,8 @@ use crate::Fallible;
 use clap::ValueEnum;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-pub use tether_client::wire::{parts, RS};
+use tether_client::wire::OnePart;
+pub use tether_client::wire::{parts, Verb, EVENT, RS};
 /// Longest single reply waited for before it counts as garbage.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -39,7 +40,7 @@ impl Proto {
     /// The cheapest command: `prolongate` or `PING`.
     pub fn request(self) -> &'static [u8] {
         match self {
-            Self::Tether | Self::Raw => b"prolongate\x1e",
+            Self::Tether | Self::Raw => Verb::Prolongate.message(),
             Self::Redis => b"PING\r\n",
         }
     }
@@ -47,7 +48,7 @@ impl Proto {
     /// The reply to [`Proto::request`], terminator included.
     pub fn reply(self) -> &'static [u8] {
         match self {
-            Self::Tether | Self::Raw => b"prolongate_ack\x1e",
+            Self::Tether | Self::Raw => OnePart::ProlongateAck.message(),
             Self::Redis => b"+PONG\r\n",
         }
     }
@@ -57,8 +58,11 @@ impl Proto {
     /// a `PING` for Redis, which has no sessions.
     pub fn login(self, user: &str, password: &str) -> (Vec<u8>, &'static [u8]) {
         match self {
-            Self::Tether => (login_message(user, password), b"login_valid\x1e"),
-            Self::Raw => (login_message(user, password), b"prolongate_ack\x1e"),
+            Self::Tether => (login_message(user, password), OnePart::LoginValid.message()),
+            Self::Raw => (
+                login_message(user, password),
+                OnePart::ProlongateAck.message(),
+            ),
             Self::Redis => (b"PING\r\n".to_vec(), b"+PONG\r\n"),
         }
     }
@@ -66,7 +70,12 @@ impl Proto {
 
 /// `login␟user␟password␞`.
 pub fn login_message(user: &str, password: &str) -> Vec<u8> {
-    tether_client::wire::encoded_message(&[b"login", user.as_bytes(), password.as_bytes()]).to_vec()
+    tether_client::wire::encoded_message(&[
+        Verb::Login.word().as_bytes(),
+        user.as_bytes(),
+        password.as_bytes(),
+    ])
+    .to_vec()
 }
 
 /// Sends `request` and reads exactly `expected.len()` bytes, which must equal `expected`.
@@ -215,8 +224,8 @@ pub fn parse_probe(text: &[u8]) -> Fallible<(u64, u64)> {
 /// Bytes shown with separators spelled out, for error messages.
 pub fn printable(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
-        .replace('\u{1e}', "␞")
-        .replace('\u{1f}', "␟")
+        .replace(char::from(RS), "␞")
+        .replace(char::from(tether_client::wire::US), "␟")
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@
 //! from any number of clones of the handle.
 
 use crate::error::{ClientError, ProtocolError};
-use crate::message::{classify, Incoming, Push, Reply};
-use crate::wire::{encode_message, is_valid_part, MessageDecoder};
+use crate::incoming::{classify, Incoming};
+use crate::message::{Push, Reply};
+use crate::wire::{encode_message, is_valid_part, MessageDecoder, Verb};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -229,13 +230,17 @@ impl Client {
             });
         }
         match self
-            .send(&[b"login", name.as_bytes(), password.as_bytes()])
+            .send(&[
+                Verb::Login.word().as_bytes(),
+                name.as_bytes(),
+                password.as_bytes(),
+            ])
             .await?
         {
             Reply::LoginValid => Ok(LoginOutcome::Valid),
             Reply::LoginInvalid => Ok(LoginOutcome::Invalid),
             reply => Err(ClientError::UnexpectedReply {
-                command: "login",
+                command: Verb::Login.word(),
                 reply,
             }),
         }
@@ -243,30 +248,33 @@ impl Client {
 
     /// `logout`: binds the connection to no name.
     pub async fn logout(&self) -> Result<(), ClientError> {
-        self.expect("logout", Reply::LogoutAck).await
+        self.expect(Verb::Logout, Reply::LogoutAck).await
     }
 
     /// `prolongate`: resets the server's inactivity timer.
     pub async fn prolongate(&self) -> Result<(), ClientError> {
-        self.expect("prolongate", Reply::ProlongateAck).await
+        self.expect(Verb::Prolongate, Reply::ProlongateAck).await
     }
 
     /// `invalidate`: every other connection bound to the same name gets `invalidated`.
     pub async fn invalidate(&self) -> Result<(), ClientError> {
-        self.expect("invalidate", Reply::InvalidateAck).await
+        self.expect(Verb::Invalidate, Reply::InvalidateAck).await
     }
 
     /// `disconnect`: the server answers, then closes the connection; commands sent after
     /// it fail with [`ClientError::Closed`].
     pub async fn disconnect(&self) -> Result<(), ClientError> {
-        self.expect("disconnect", Reply::DisconnectAck).await
+        self.expect(Verb::Disconnect, Reply::DisconnectAck).await
     }
 
     /// Sends the argument-less `command` and checks that its reply is `expected`.
-    async fn expect(&self, command: &'static str, expected: Reply) -> Result<(), ClientError> {
-        match self.send(&[command.as_bytes()]).await? {
+    async fn expect(&self, verb: Verb, expected: Reply) -> Result<(), ClientError> {
+        match self.send(&[verb.word().as_bytes()]).await? {
             reply if reply == expected => Ok(()),
-            reply => Err(ClientError::UnexpectedReply { command, reply }),
+            reply => Err(ClientError::UnexpectedReply {
+                command: verb.word(),
+                reply,
+            }),
         }
     }
 
@@ -347,7 +355,7 @@ async fn next_request(
     match tokio::time::timeout(interval, queue.recv()).await {
         Ok(next) => next,
         Err(_) => Some(Request {
-            message: Bytes::from_static(b"prolongate\x1e"),
+            message: Bytes::from_static(Verb::Prolongate.message()),
             waiting: Waiting::KeepAlive,
         }),
     }

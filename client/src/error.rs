@@ -45,7 +45,7 @@ impl fmt::Display for ClientError {
             }
             Self::InvalidArgument { argument } => write!(
                 f,
-                "the {argument} holds a separator byte (0x1E or 0x1F) and cannot be sent"
+                "the {argument} holds a separator byte (RS or US) and cannot be sent"
             ),
         }
     }
@@ -142,6 +142,12 @@ fn excerpt(message: &[u8]) -> String {
     String::from_utf8_lossy(message)
         .chars()
         .take(EXCERPT_CHARS)
-        .map(|c| if c == '\u{1f}' { '␟' } else { c })
+        .map(|c| {
+            if c == char::from(tether_wire::US) {
+                '␟'
+            } else {
+                c
+            }
+        })
         .collect()
 }

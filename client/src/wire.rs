@@ -5,7 +5,10 @@
 
 use crate::error::ProtocolError;
 use bytes::{Bytes, BytesMut};
-pub use tether_wire::{encode_message, encoded_message, is_valid_part, parts, RS, US};
+/// The server's one-part messages with their words and encoded forms (the client's
+/// [`Reply`](crate::Reply) sorts them into replies and pushes).
+pub use tether_wire::Reply as OnePart;
+pub use tether_wire::{encode_message, encoded_message, is_valid_part, parts, Verb, EVENT, RS, US};
 
 /// Splits a byte stream into messages, refusing any longer than a limit.
 #[derive(Debug, Clone)]

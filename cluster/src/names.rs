@@ -59,7 +59,7 @@ fn hex(text: &str) -> String {
 
 /// The separator of a payload's fields: U+001F, which no node name (checked), user name
 /// (SPEC §5) or event text (SPEC §3) holds.
-const SEPARATOR: char = '\u{1f}';
+const SEPARATOR: char = tether_actors::codec::US as char;
 
 /// An event on the wire: `E␟node␟user␟time␟text`.
 pub(crate) fn event_payload(node: &str, user: &str, time: i64, text: &str) -> String {

@@ -10,6 +10,7 @@ use console::{Console, Interactive, LinesFromStdin};
 use jiff::tz::TimeZone;
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
+use tether_client::wire::Verb;
 use tether_client::{Client, ClientError, Options, Push, Pushes, Reply};
 
 /// Exit code for `login_invalid` in a script.
@@ -157,14 +158,8 @@ enum Command {
         /// The password.
         password: String,
     },
-    /// `logout`.
-    Logout,
-    /// `prolongate`.
-    Prolongate,
-    /// `invalidate`.
-    Invalidate,
-    /// `disconnect`.
-    Disconnect,
+    /// A command without arguments: `logout`, `prolongate`, `invalidate`, `disconnect`.
+    Plain(Verb),
 }
 
 /// What `help` prints.
@@ -193,21 +188,20 @@ fn parse_line(line: &str) -> Result<Option<Action>, String> {
         }
     };
     match first {
-        "login" => match args {
-            [name] => Ok(Some(Action::LoginAskingPassword((*name).to_owned()))),
-            [name, password] => Ok(Some(Action::Send(Command::Login {
-                name: (*name).to_owned(),
-                password: (*password).to_owned(),
-            }))),
-            _ => Err("usage: login NAME [PASSWORD]".to_owned()),
-        },
-        "logout" => simple(Command::Logout),
-        "prolongate" => simple(Command::Prolongate),
-        "invalidate" => simple(Command::Invalidate),
-        "disconnect" => simple(Command::Disconnect),
         "help" | "?" => Ok(Some(Action::Help)),
         "quit" | "exit" => Ok(Some(Action::Quit)),
-        other => Err(format!("unknown command `{other}` (type `help`)")),
+        word => match Verb::from_word(word.as_bytes()) {
+            Some(Verb::Login) => match args {
+                [name] => Ok(Some(Action::LoginAskingPassword((*name).to_owned()))),
+                [name, password] => Ok(Some(Action::Send(Command::Login {
+                    name: (*name).to_owned(),
+                    password: (*password).to_owned(),
+                }))),
+                _ => Err("usage: login NAME [PASSWORD]".to_owned()),
+            },
+            Some(verb) => simple(Command::Plain(verb)),
+            None => Err(format!("unknown command `{word}` (type `help`)")),
+        },
     }
 }
 
@@ -215,14 +209,12 @@ fn parse_line(line: &str) -> Result<Option<Action>, String> {
 async fn send(client: &Client, command: &Command) -> Result<Reply, ClientError> {
     match command {
         Command::Login { name, password } => {
+            let login = Verb::Login.word().as_bytes();
             client
-                .command(&[b"login", name.as_bytes(), password.as_bytes()])
+                .command(&[login, name.as_bytes(), password.as_bytes()])
                 .await
         }
-        Command::Logout => client.command(&[b"logout"]).await,
-        Command::Prolongate => client.command(&[b"prolongate"]).await,
-        Command::Invalidate => client.command(&[b"invalidate"]).await,
-        Command::Disconnect => client.command(&[b"disconnect"]).await,
+        Command::Plain(verb) => client.command(&[verb.word().as_bytes()]).await,
     }
 }
 
@@ -300,7 +292,7 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     };
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::ServerName;
-    let roots = crate::tls::root_store(ca_file)?;
+    let roots = crate::pem::root_store(ca_file)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -506,7 +498,7 @@ mod tests {
         );
         assert_eq!(
             parse_line("prolongate"),
-            Ok(Some(Action::Send(Command::Prolongate)))
+            Ok(Some(Action::Send(Command::Plain(Verb::Prolongate))))
         );
         assert_eq!(parse_line("quit"), Ok(Some(Action::Quit)));
         assert!(parse_line("prolongate now").is_err());

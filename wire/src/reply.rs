@@ -6,7 +6,7 @@ macro_rules! words {
         /// The message's only part, as sent, such as `login_valid`. Inline: the server
         /// writes one per reply.
         #[inline]
-        pub fn name(self) -> &'static str {
+        pub const fn name(self) -> &'static str {
             match self {
                 $(Self::$reply => $word,)*
             }
@@ -16,13 +16,17 @@ macro_rules! words {
         /// `login_valid␞` — what [`encode_message`](crate::encode_message) makes of
         /// [`Reply::name`], ready-made: the server queues one per command.
         #[inline]
-        pub fn message(self) -> &'static [u8] {
+        pub const fn message(self) -> &'static [u8] {
             match self {
                 $(Self::$reply => concat!($word, "\u{1e}").as_bytes(),)*
             }
         }
     };
 }
+
+/// The first part of `event␟<time>␟<text>`, the one message the server sends with more
+/// than one part.
+pub const EVENT: &str = "event";
 
 /// A one-part message the server sends: a reply to a command or a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

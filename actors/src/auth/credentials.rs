@@ -58,9 +58,10 @@ pub fn check_name(name: &str) -> Result<(), CredentialError> {
     if name.len() > MAX_NAME_BYTES {
         return Err(CredentialError::NameTooLong);
     }
-    // Byte by byte: those characters are one byte each, and no byte of a longer UTF-8
-    // sequence is below 0x80 (every event of a batch is checked here).
-    if name.bytes().any(|byte| byte <= 0x1F || byte == 0x7F) {
+    // Byte by byte: those characters (U+0000–U+001F, U+007F: ASCII's controls) are one
+    // byte each, and no byte of a longer UTF-8 sequence is below 0x80 (every event of a
+    // batch is checked here).
+    if name.bytes().any(|byte| byte.is_ascii_control()) {
         return Err(CredentialError::NameHasControlCharacter);
     }
     Ok(())
@@ -74,7 +75,7 @@ pub fn check_password(password: &[u8]) -> Result<(), CredentialError> {
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(CredentialError::PasswordTooLong);
     }
-    if password.iter().any(|&b| b == 0x1E || b == 0x1F) {
+    if !tether_wire::is_valid_part(password) {
         return Err(CredentialError::PasswordHasSeparator);
     }
     Ok(())

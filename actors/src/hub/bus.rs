@@ -513,7 +513,11 @@ fn event_message(time: &str, text: &str) -> Bytes {
 
 /// The parts of `event␟<time>␟<text>`.
 fn event_parts<'a>(time: &'a str, text: &'a str) -> [&'a [u8]; 3] {
-    [b"event", time.as_bytes(), text.as_bytes()]
+    [
+        tether_wire::EVENT.as_bytes(),
+        time.as_bytes(),
+        text.as_bytes(),
+    ]
 }
 
 /// An event of a shard's slice whose message is in the shard's buffer: its index in the

@@ -5,5 +5,5 @@
 
 pub use tether_wire::{
     encode_message, encoded_length, encoded_message, ends_at_boundary, is_valid_part, parts,
-    DecodeError, Frame, MessageDecoder as MessageCodec,
+    DecodeError, Frame, MessageDecoder as MessageCodec, RS, US,
 };

@@ -4,6 +4,7 @@
 use crate::wire::codec::parts;
 /// The one-part messages the server sends, from `tether-wire` (the client reads the same).
 pub use tether_wire::Reply;
+use tether_wire::Verb;
 
 /// A well-formed command.
 #[derive(Debug, PartialEq, Eq)]
@@ -49,17 +50,16 @@ impl CommandError {
 #[inline]
 pub fn parse_command(message: &[u8]) -> Result<Command<'_>, CommandError> {
     let mut parts = parts(message);
-    let kind = parts.next().unwrap_or_default();
-    let command = match kind {
-        b"login" => match (parts.next(), parts.next()) {
+    let verb = Verb::from_word(parts.next().unwrap_or_default()).ok_or(CommandError::Unknown)?;
+    let command = match verb {
+        Verb::Login => match (parts.next(), parts.next()) {
             (Some(name), Some(password)) => Command::Login { name, password },
             _ => return Err(CommandError::InvalidArgsCount),
         },
-        b"logout" => Command::Logout,
-        b"disconnect" => Command::Disconnect,
-        b"prolongate" => Command::Prolongate,
-        b"invalidate" => Command::Invalidate,
-        _ => return Err(CommandError::Unknown),
+        Verb::Logout => Command::Logout,
+        Verb::Disconnect => Command::Disconnect,
+        Verb::Prolongate => Command::Prolongate,
+        Verb::Invalidate => Command::Invalidate,
     };
     match parts.next() {
         None => Ok(command),
