@@ -4,9 +4,11 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod check_config;
 pub mod client;
 pub mod config;
 pub mod limits;
+pub mod pem;
 pub mod serve;
 pub mod tls;
 pub mod toml_error;

@@ -13,8 +13,9 @@ use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tether::config::Config;
-use tether::users::cli::{self as users_cli, Failure};
+use tether::users::cli as users_cli;
 use tether::users::db_cli;
+use tether::users::failure::Failure;
 
 /// A session server: long-lived TCP connections, password logins, pushed events and forced
 /// log-outs.
@@ -134,7 +135,7 @@ fn main() -> ExitCode {
         Some(Command::Db(DbCommand::Import { file })) => {
             with_config(config, |config| db_cli::import(config, &file))
         }
-        Some(Command::CheckConfig) => with_config(config, users_cli::check_config),
+        Some(Command::CheckConfig) => with_config(config, tether::check_config::check_config),
         Some(Command::Client(args)) => match load_config(config) {
             Ok(config) => ExitCode::from(tether::client::run(args, &config)),
             Err(exit) => exit,

@@ -115,11 +115,11 @@ pub fn run(config: Config) -> Outcome {
             None => return Outcome::BadConfiguration,
         },
     };
-    let Certificates {
+    let crate::tls::Certificates {
         tls: tls_config,
         redis_ca,
         admin_tls,
-    } = match load_certificates(&config) {
+    } = match crate::tls::load_certificates(&config) {
         Ok(certificates) => certificates,
         Err(err) => {
             fatal(&err);
@@ -423,56 +423,4 @@ fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         };
         log::info!("{name} received");
     })
-}
-
-/// What start-up reads from certificate files (SPEC §4, §8, §10): the client listener's
-/// TLS configuration, the CA bundle for `rediss://`, the admin API's TLS configuration.
-pub struct Certificates {
-    /// `server.tls`, loaded.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// `cluster.redis_ca_file`'s contents, checked.
-    pub redis_ca: Option<Vec<u8>>,
-    /// `admin.tls`, loaded, with the slot its reloads replace.
-    pub admin_tls: Option<(rustls::ServerConfig, Arc<crate::tls::AdminCertificate>)>,
-}
-
-/// Reads and checks every certificate file the configuration names, as start-up does
-/// (`tether check-config` too): the first failure, naming its file, or what was read.
-pub fn load_certificates(config: &Config) -> Result<Certificates, String> {
-    let tls = config
-        .server
-        .tls
-        .as_ref()
-        .map(crate::tls::load)
-        .transpose()?;
-    let redis_ca = config
-        .cluster
-        .as_ref()
-        .and_then(|cluster| cluster.redis_ca_file.as_ref().map(|file| (cluster, file)))
-        .map(|(cluster, file)| read_redis_ca(&cluster.redis, file))
-        .transpose()?;
-    let admin_tls = config
-        .admin
-        .tls
-        .as_ref()
-        .map(crate::tls::load_admin)
-        .transpose()?;
-    Ok(Certificates {
-        tls,
-        redis_ca,
-        admin_tls,
-    })
-}
-
-/// Reads `cluster.redis_ca_file` and checks it holds certificates for the `rediss://` URL.
-fn read_redis_ca(url: &str, file: &std::path::Path) -> Result<Vec<u8>, String> {
-    let pem = std::fs::read(file).map_err(|err| {
-        format!(
-            "cluster.redis_ca_file: cannot read {}: {err}",
-            file.display()
-        )
-    })?;
-    tether_cluster::ClusterSettings::check_tls(url, &pem)
-        .map_err(|err| format!("cluster.redis_ca_file: {}: {err}", file.display()))?;
-    Ok(pem)
 }

@@ -4,7 +4,8 @@
 //! listener's whole configuration is replaced in its [`TlsConfigSlot`]; the admin API's
 //! certificate is replaced in the [`AdminCertificate`] its configuration asks.
 
-use crate::config::{AdminTls, TlsConfig};
+use crate::config::{AdminTls, Config, TlsConfig};
+use crate::pem::{read_certificates, root_store};
 use crate::users::read::{read_contents, Contents};
 use crate::users::watch::{watch_file, FileWatch};
 use rustls_pki_types::pem::PemObject;
@@ -170,29 +171,6 @@ fn validity_warning(cert_file: &Path, certificate: &CertificateDer<'_>) -> Optio
     }
 }
 
-/// The certificates of the PEM file at `path`: at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|err| format!("{}: cannot read certificates: {err}", path.display()))?;
-    if certificates.is_empty() {
-        return Err(format!("{}: no certificate in the file", path.display()));
-    }
-    Ok(certificates)
-}
-
-/// The CA certificates of the PEM file at `ca_file` (at least one), as the roots a peer's
-/// certificate is checked against; the error names the file.
-pub fn root_store(ca_file: &Path) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in read_certificates(ca_file)? {
-        roots
-            .add(certificate)
-            .map_err(|err| format!("{}: unusable CA certificate: {err}", ca_file.display()))?;
-    }
-    Ok(roots)
-}
-
 /// Keeps the TLS files watched; dropping it stops the watcher threads. SIGHUP keeps
 /// triggering reloads for as long as the actix System runs.
 pub struct TlsReload {
@@ -347,4 +325,46 @@ async fn reload_on_request<T: Send + 'static>(
             }
         }
     }
+}
+
+/// What start-up reads from certificate files (SPEC §4, §8, §10): the client listener's
+/// TLS configuration, the CA bundle for `rediss://`, the admin API's TLS configuration.
+pub struct Certificates {
+    /// `server.tls`, loaded.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `cluster.redis_ca_file`'s contents, checked.
+    pub redis_ca: Option<Vec<u8>>,
+    /// `admin.tls`, loaded, with the slot its reloads replace.
+    pub admin_tls: Option<(rustls::ServerConfig, Arc<AdminCertificate>)>,
+}
+
+/// Reads and checks every certificate file the configuration names, as start-up does
+/// (`tether check-config` too): the first failure, naming its file, or what was read.
+pub fn load_certificates(config: &Config) -> Result<Certificates, String> {
+    let tls = config.server.tls.as_ref().map(load).transpose()?;
+    let redis_ca = config
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.redis_ca_file.as_ref().map(|file| (cluster, file)))
+        .map(|(cluster, file)| read_redis_ca(&cluster.redis, file))
+        .transpose()?;
+    let admin_tls = config.admin.tls.as_ref().map(load_admin).transpose()?;
+    Ok(Certificates {
+        tls,
+        redis_ca,
+        admin_tls,
+    })
+}
+
+/// Reads `cluster.redis_ca_file` and checks it holds certificates for the `rediss://` URL.
+fn read_redis_ca(url: &str, file: &std::path::Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(file).map_err(|err| {
+        format!(
+            "cluster.redis_ca_file: cannot read {}: {err}",
+            file.display()
+        )
+    })?;
+    tether_cluster::ClusterSettings::check_tls(url, &pem)
+        .map_err(|err| format!("cluster.redis_ca_file: {}: {err}", file.display()))?;
+    Ok(pem)
 }

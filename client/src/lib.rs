@@ -47,6 +47,7 @@
 
 mod connection;
 mod error;
+mod incoming;
 mod message;
 pub mod wire;
 

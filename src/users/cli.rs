@@ -1,6 +1,5 @@
 //! The `tether passwd` and `tether deluser` commands (SPEC §5), which edit the users file
-//! named by the configuration (a running server picks the change up itself), and
-//! `tether check-config`.
+//! named by the configuration (a running server picks the change up itself).
 
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
@@ -9,44 +8,7 @@ use tether_actors::credentials::{check_name, check_password};
 
 use crate::config::Config;
 use crate::users::edit::{self, PasswordChange};
-use crate::users::read::{self, Contents, UsersFileError};
-
-/// Why a command failed: the message for the person and the process's exit code.
-#[derive(Debug)]
-pub struct Failure {
-    /// 2 for bad input or configuration, 1 for an I/O failure or an absent user.
-    pub exit_code: u8,
-    /// What went wrong, naming the user and the file.
-    pub message: String,
-}
-
-impl Failure {
-    /// Bad input: a name, a password or a users file that breaks the rules.
-    pub(crate) fn invalid(message: String) -> Self {
-        Self {
-            exit_code: 2,
-            message,
-        }
-    }
-
-    /// Something that could not be done: reading, hashing, writing.
-    pub(crate) fn failed(message: String) -> Self {
-        Self {
-            exit_code: 1,
-            message,
-        }
-    }
-}
-
-impl From<UsersFileError> for Failure {
-    fn from(error: UsersFileError) -> Self {
-        if error.is_io() {
-            Self::failed(error.to_string())
-        } else {
-            Self::invalid(error.to_string())
-        }
-    }
-}
+use crate::users::failure::Failure;
 
 /// `tether passwd NAME`: reads a password (twice without echo on a terminal, one line from
 /// standard input otherwise), hashes it at `auth.bcrypt_cost` and sets it, creating the
@@ -93,42 +55,8 @@ pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     }
 }
 
-/// `tether check-config`: checks the configuration (already loaded), the users file it
-/// names and the certificate files it names (without connecting anywhere), and answers the settings in force as `server.toml` text, the admin token masked.
-/// Every failure is exit code 2: the server would refuse to start.
-pub fn check_config(config: &Config) -> Result<String, Failure> {
-    let path = &config.auth.users_file;
-    let shown = shown_path(path);
-    let contents = read::read_contents(path);
-    let users = match contents.users(path) {
-        _ if config.auth.database.is_some() => format!(
-            "table {} in auth.database (not read: `tether db init` creates it)",
-            config.auth.table
-        ),
-        Ok(users) => format!("{shown}: {} user(s)", users.len()),
-        Err(_) if contents == Contents::Missing => {
-            format!(
-                "{shown} does not exist: nobody can log in until `tether passwd NAME` adds a user"
-            )
-        }
-        Err(error) => return Err(Failure::invalid(error.to_string())),
-    };
-    // Certificate and CA files are read as start-up reads them: a file that would stop
-    // the server is named here too.
-    crate::serve::load_certificates(config).map_err(Failure::invalid)?;
-    if let Some(url) = &config.auth.database {
-        crate::users::pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
-            .map_err(|why| Failure::invalid(format!("auth.database_ca_file: {why}")))?;
-    }
-    Ok(format!(
-        "# configuration file: {}\n# users file: {users}\n# the configuration is valid; the settings in force:\n\n{}",
-        config.source,
-        config.effective_toml().trim_end()
-    ))
-}
-
 /// `path` made absolute for messages, so that the person sees which file was meant.
-fn shown_path(path: &Path) -> String {
+pub(crate) fn shown_path(path: &Path) -> String {
     std::path::absolute(path)
         .unwrap_or_else(|_| path.to_path_buf())
         .display()

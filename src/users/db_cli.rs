@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::users::cli::Failure;
+use crate::users::failure::Failure;
 use crate::users::pg_schema::{self, TableError};
 use crate::users::read;
 

@@ -12,6 +12,7 @@ pub mod atomic_write;
 pub mod cli;
 pub mod db_cli;
 pub mod edit;
+pub mod failure;
 pub mod pg_schema;
 pub mod pg_store;
 pub mod read;

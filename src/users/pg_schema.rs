@@ -181,7 +181,7 @@ impl Database {
             url.parse().map_err(|err| format!("invalid URL: {err}"))?;
         let roots = match ca_file {
             Some(ca_file) => {
-                let roots = crate::tls::root_store(ca_file)?;
+                let roots = crate::pem::root_store(ca_file)?;
                 config.ssl_mode(SslMode::Require);
                 roots
             }
