@@ -5,9 +5,12 @@
 //! [`users::UserStore`]; publish events and invalidate users through its [`TetherHandle`]
 //! or by sending [`bus::Publish`], [`bus::PublishBatch`] and [`bus::Invalidate`] to the bus.
 
+#![forbid(unsafe_code)]
+#![deny(clippy::disallowed_methods)]
+
 // Layers, bottom up: util → wire → auth → hub → connection → server. A module imports only
 // from layers below it (inside `hub`, from the modules before it in `hub`'s own order);
-// `actors/scripts/module_graph.py` checks it. See ARCHITECTURE.md.
+// `scripts/module_graph.py` checks it (in CI). See ARCHITECTURE.md.
 pub mod auth;
 pub mod connection;
 pub mod hub;
