@@ -535,7 +535,7 @@ fn sighup_checks_the_users_logged_in_here_against_the_table_now() {
     assert_eq!(log.matches("SIGHUP received").count(), 2, "{log}");
 }
 
-/// The README's example: an application's `accounts` table, the view tether reads, and
+/// docs/operating.md's example: an application's `accounts` table, the view tether reads, and
 /// the trigger on the real table notifying the view's name.
 const APPLICATION_VIEW: &str = "
 CREATE TABLE accounts (
