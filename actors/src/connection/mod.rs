@@ -22,7 +22,7 @@ use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
 pub use crate::hub::messages::{Push, ShardEvent};
 use crate::hub::state::{HubChanged, HubState};
 use crate::util::buffers::{self, Spare};
-use crate::util::metrics::{CommandTally, IoErrorCause};
+use crate::util::metrics::{ClientTransport, CommandTally, IoErrorCause};
 use crate::util::output_budget::{Evictee, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
@@ -67,6 +67,8 @@ pub struct ConnectionActor {
     roster_key: usize,
     /// This connection's place under `max_connections`; freed when the actor drops.
     _permit: OwnedSemaphorePermit,
+    /// What it runs over, for the per-transport connection count.
+    over: ClientTransport,
 }
 
 /// Tells a connection its output was evicted from the server-wide budget; a weak address,
@@ -162,6 +164,11 @@ impl ConnectionActor {
         let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
+        let over = match stream {
+            ClientStream::Plain(_) => ClientTransport::Tcp,
+            ClientStream::Tls(_) => ClientTransport::Tls,
+        };
+        shared.metrics.connections_over(over).inc();
         let transport = Transport::new(
             stream,
             shared.max_message_bytes,
@@ -176,6 +183,7 @@ impl ConnectionActor {
             hub,
             roster_key,
             _permit: permit,
+            over,
         }
     }
 
@@ -494,6 +502,7 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared().metrics.connections_open.dec();
+        self.shared().metrics.connections_over(self.over).dec();
         self.shared()
             .roster
             .leave(self.session.shard(), self.roster_key);

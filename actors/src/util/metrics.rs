@@ -105,6 +105,15 @@ pub enum InvalidationCause {
     Cluster,
 }
 
+/// What a client connection runs over, as `tether_connections_by_transport` labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientTransport {
+    /// The plaintext listener (`server.listen`).
+    Tcp,
+    /// The TLS listener (`server.tls.listen`), handshake done.
+    Tls,
+}
+
 /// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HubActor {
@@ -206,6 +215,10 @@ label_values! {
         Registry => "registry",
         Bus => "bus",
     }
+    ClientTransport {
+        Tcp => "tcp",
+        Tls => "tls",
+    }
 }
 
 /// Every metric of one server.
@@ -215,6 +228,8 @@ pub struct Metrics {
     pub(crate) connections_open: Gauge,
     /// Connections bound to a user.
     pub(crate) connections_bound: Gauge,
+    /// Open client connections by transport; they add up to `connections_open`.
+    connections_by_transport: [Gauge; 2],
     logins: [Counter; 3],
     commands: [Counter; 7],
     /// Events accepted by the bus.
@@ -253,6 +268,7 @@ struct Families {
     proxy_header_failures: Family<Label<ProxyHeaderFailure>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
     restarts: Family<Label<HubActor>, Counter>,
+    connections_by_transport: Family<Label<ClientTransport>, Gauge>,
     registry_bindings: Family<WorkerLabel, Gauge>,
 }
 
@@ -281,11 +297,17 @@ impl Metrics {
             proxy_header_failures: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
             restarts: Family::default(),
+            connections_by_transport: Family::default(),
             registry_bindings: Family::default(),
         };
         Self {
             connections_open: Gauge::default(),
             connections_bound: Gauge::default(),
+            connections_by_transport: std::array::from_fn(|index| {
+                families
+                    .connections_by_transport
+                    .get_or_create_owned(&[("transport", ClientTransport::ALL[index])])
+            }),
             logins: children(&families.logins, "result", LoginResult::ALL),
             commands: children(&families.commands, "type", CommandKind::ALL),
             events_published: Counter::default(),
@@ -324,6 +346,11 @@ impl Metrics {
             "connections_bound",
             "Client connections bound to a user",
             self.connections_bound.clone(),
+        );
+        registry.register(
+            "connections_by_transport",
+            "Open client connections by transport (tcp, tls); they add up to connections_open",
+            self.families.connections_by_transport.clone(),
         );
         registry.register(
             "connections_refused",
@@ -431,6 +458,11 @@ impl Metrics {
             .get_or_create_owned(&vec![("worker", worker.to_string())])
     }
 
+    /// The gauge of the open connections over `transport`.
+    pub(crate) fn connections_over(&self, transport: ClientTransport) -> &Gauge {
+        &self.connections_by_transport[transport as usize]
+    }
+
     /// Counts a restart of `actor`.
     pub(crate) fn restarted(&self, actor: HubActor) {
         self.restarts[actor as usize].inc();
@@ -491,13 +523,14 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 7] = [
+        let orders: [Vec<usize>; 8] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
+            ClientTransport::ALL.iter().map(|v| *v as usize).collect(),
             ProxyHeaderFailure::ALL
                 .iter()
                 .map(|v| *v as usize)
