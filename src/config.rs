@@ -142,6 +142,8 @@ pub struct AdminConfig {
     /// `[admin.tls]`: the certificate chain and key (PEM) that make the API HTTPS only;
     /// `None` for plain HTTP.
     pub tls: Option<AdminTls>,
+    /// Whether the admin listener serves the web console at `/console/` (SPEC §12).
+    pub console: bool,
 }
 
 /// The `[admin.tls]` table when set.
@@ -315,6 +317,7 @@ impl Config {
             vec![
                 ("listen", value(listen)),
                 ("token", value(token)),
+                ("console", value(self.admin.console)),
                 ("tls", Item::Table(tls)),
             ],
         );
@@ -663,6 +666,7 @@ impl Default for RawEvents {
 struct RawAdmin {
     listen: String,
     token: String,
+    console: bool,
     tls: RawAdminTls,
 }
 
@@ -671,6 +675,7 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:7701".to_string(),
             token: String::new(),
+            console: true,
             tls: RawAdminTls::default(),
         }
     }
@@ -1094,7 +1099,12 @@ impl Check<'_> {
                 key_file: folder.join(key),
             }),
         };
-        Ok(AdminConfig { listen, token, tls })
+        Ok(AdminConfig {
+            listen,
+            token,
+            tls,
+            console: raw.console,
+        })
     }
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.
