@@ -6,7 +6,8 @@
 //   TETHER_TOKEN     admin.token
 //   SCREENSHOT_DIR   where the screenshots go (under target/)
 //   CHROMIUM         the browser (default /usr/bin/chromium)
-//   DOCS_SCREENSHOT  optional: also write the wide screenshot there (docs/console.png)
+//   DOCS_SCREENSHOT  optional: also write the wide screenshot there (docs/console.png;
+//                    with WARMUP_TICKS=30 the sparklines show a minute of traffic)
 // The users file holds alice (pw-alice), bob (pw-bob) and carol (pw-carol).
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
 
@@ -240,11 +241,19 @@ step('"Online first" puts alice first; a search narrows the list', async () => {
 
 step('screenshots, wide and at phone width', async () => {
   mkdirSync(SHOTS, { recursive: true });
-  // Some traffic, so the sparklines have something to draw.
-  for (let i = 0; i < 4; i += 1) {
-    await admin('POST', '/v1/events', { user: 'alice', text: `warm-up ${i}` });
-    await alice.next();
-    await page.waitForTimeout(2100);
+  // Some traffic, so the sparklines have something to draw (longer for the docs' picture).
+  const ticks = Number(process.env.WARMUP_TICKS || 3);
+  for (let i = 0; i < ticks; i += 1) {
+    const events = Array.from({ length: 1 + ((i * 7) % 5) }, (_, n) => ({ user: 'alice', text: `warm-up ${i}.${n}` }));
+    await admin('POST', '/v1/events', { events });
+    for (let n = 0; n < events.length; n += 1) await alice.next();
+    if (i % 4 === 1) {
+      const visitor = await TcpClient.connect(CLIENT);
+      visitor.send('login', 'carol', 'pw-carol');
+      await visitor.expect('login_valid');
+      visitor.close();
+    }
+    await page.waitForTimeout(2000);
   }
   const wide = path.join(SHOTS, 'console.png');
   await page.screenshot({ path: wide, fullPage: true });
