@@ -789,6 +789,35 @@ fn user_list_search_and_online_work_on_postgresql() {
     );
 }
 
+#[test]
+fn in_a_cluster_the_node_names_itself_and_online_counts_every_node() {
+    let Some(cluster) =
+        crate::common::cluster::Cluster::start(2, &[("alice", "pw-a"), ("bob", "pw-b")])
+    else {
+        return;
+    };
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let _alice = n2.login("alice", "pw-a");
+    cluster.wait_connections("alice", 1);
+    let (status, node) = n1.call("GET", "/v1/node", None);
+    assert_eq!(status, 200, "{node}");
+    assert_eq!(
+        node["cluster"],
+        serde_json::json!({"node": "n1", "state": "connected"}),
+        "{node}"
+    );
+    assert_eq!(node["connections"]["open"], 0, "this node's own: {node}");
+    let (status, page) = n1.call("GET", "/v1/users?online=true", None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page,
+        serde_json::json!({"next": null, "users": [{"name": "alice", "connections": 1}]})
+    );
+    let (status, page) = n1.call("GET", "/v1/users?online=false", None);
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["users"], serde_json::json!([{"name": "bob", "connections": 0}]));
+}
+
 // ---- the page in a browser, and its logic -------------------------------------------
 
 /// `tests/browser/`, the npm package of the browser test.
