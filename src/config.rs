@@ -1819,6 +1819,15 @@ mod tests {
     }
 
     #[test]
+    fn the_web_console_is_on_by_default_and_can_be_turned_off() {
+        assert!(config("").unwrap().admin.console);
+        let off = config("[admin]\nconsole = false").unwrap();
+        assert!(!off.admin.console);
+        assert!(off.effective_toml().contains("console = false"));
+        assert_refused("[admin]\nconsole = \"no\"", "admin.console", "bool");
+    }
+
+    #[test]
     fn bad_admin_listen_is_refused() {
         assert_refused(
             "[admin]\nlisten = \"7701\"",

@@ -37,7 +37,11 @@ macro_rules! asset {
 const ASSETS: &[Asset] = &[
     asset!("", "index.html", "text/html; charset=utf-8"),
     asset!("console.css", "console.css", "text/css; charset=utf-8"),
-    asset!("console.mjs", "console.mjs", "text/javascript; charset=utf-8"),
+    asset!(
+        "console.mjs",
+        "console.mjs",
+        "text/javascript; charset=utf-8"
+    ),
     asset!("api.mjs", "api.mjs", "text/javascript; charset=utf-8"),
     asset!("format.mjs", "format.mjs", "text/javascript; charset=utf-8"),
     asset!("favicon.svg", "favicon.svg", "image/svg+xml"),

@@ -294,6 +294,7 @@ step('publishing an event from the page reaches the TCP client', async () => {
   assert.match(time, /^\d+$/);
   assert.equal(text, 'hello from the console');
   await waitForText('#user-status', /handed to 1 connection/);
+  await page.screenshot({ path: path.join(SHOTS, 'console-user.png'), fullPage: true });
 });
 
 step('invalidating from the page sends the TCP client `invalidated`', async () => {
@@ -342,6 +343,20 @@ step('deleting asks first; Cancel keeps the user, Yes removes it', async () => {
   assert.deepEqual(listed.body.users, []);
 });
 
+step('a name that looks like HTML is shown as text', async () => {
+  const name = '<img src=x onerror=alert(1)><i>x</i>';
+  assert.equal((await admin('PUT', `/v1/users/${encodeURIComponent(name)}/password`, { password: 'pw' })).status, 201);
+  await page.click('#user-close');
+  await page.click('#page-refresh');
+  const button = page.locator('#users-rows button').filter({ hasText: name });
+  await button.waitFor({ timeout: WAIT });
+  assert.equal(await button.textContent(), name);
+  assert.equal(await page.locator('#users-rows img, #users-rows i').count(), 0);
+  await button.click();
+  await waitForText('#user-name', /^<img src=x onerror=alert\(1\)><i>x<\/i>$/);
+  await waitForText('#user-connections', /^0$/);
+});
+
 step('a token the server no longer accepts returns to the form with the reason', async () => {
   await page.evaluate(() => sessionStorage.setItem('tether.console.token', 'expired-token'));
   await page.reload();
@@ -368,6 +383,7 @@ async function waitFor(condition, what) {
   }
 }
 
+rmSync(path.join(SHOTS, 'console-failure.png'), { force: true });
 let failed = false;
 for (const { name, run } of steps) {
   try {

@@ -815,7 +815,10 @@ fn in_a_cluster_the_node_names_itself_and_online_counts_every_node() {
     );
     let (status, page) = n1.call("GET", "/v1/users?online=false", None);
     assert_eq!(status, 200, "{page}");
-    assert_eq!(page["users"], serde_json::json!([{"name": "bob", "connections": 0}]));
+    assert_eq!(
+        page["users"],
+        serde_json::json!([{"name": "bob", "connections": 0}])
+    );
 }
 
 // ---- the page in a browser, and its logic -------------------------------------------

@@ -40,6 +40,8 @@ const state = {
   pager: new Pager(false),
   search: '',
   page: { position: null, next: null },
+  /** Counts the moves of the list, so a refresh that answers after a move is dropped. */
+  moves: 0,
   user: null,
 };
 
@@ -190,16 +192,22 @@ async function fetchPage(position) {
 }
 
 async function loadPage() {
+  state.moves += 1;
+  const move = state.moves;
   const page = await fetchPage(state.pager.current);
+  if (move !== state.moves) return;
   state.page = page;
   renderPage(page);
 }
 
 /** Reads the page shown again (counts change); keeps the focus on the same row. */
 async function refreshPage() {
-  if (!state.page.position) return;
-  const answer = await api('GET', listQuery(state.page.position, state.search, PAGE_SIZE));
-  state.page = { position: state.page.position, users: answer.users, next: Pager.following(state.page.position, answer.next) };
+  const { position } = state.page;
+  if (!position) return;
+  const move = state.moves;
+  const answer = await api('GET', listQuery(position, state.search, PAGE_SIZE));
+  if (move !== state.moves) return;
+  state.page = { position, users: answer.users, next: Pager.following(position, answer.next) };
   renderPage(state.page);
 }
 
