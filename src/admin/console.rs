@@ -33,9 +33,10 @@ macro_rules! asset {
     };
 }
 
-/// The console's files; the page at `/console/` is `index.html`.
+/// The console's files; the page is `/console/` (and `/console/index.html`).
 const ASSETS: &[Asset] = &[
     asset!("", "index.html", "text/html; charset=utf-8"),
+    asset!("index.html", "index.html", "text/html; charset=utf-8"),
     asset!("console.css", "console.css", "text/css; charset=utf-8"),
     asset!(
         "console.mjs",
@@ -116,6 +117,7 @@ mod tests {
         assert!(is_console_path("/console"));
         assert!(is_console_path("/console/"));
         assert!(is_console_path("/console/console.mjs"));
+        assert!(is_console_path("/console/index.html"));
         assert!(!is_console_path("/console/nothing.js"));
         assert!(!is_console_path("/console/../v1/users"));
         assert!(!is_console_path("/console//"));

@@ -339,6 +339,7 @@ fn console_is_served_without_the_token_with_a_locking_content_security_policy() 
         "{}",
         page.body
     );
+    assert_eq!(console.get("/console/index.html", false).body, page.body);
     // The same with the token: the page holds no data, the token changes nothing.
     let with_token = console.get("/console/", true);
     assert_eq!(with_token.status, 200);
