@@ -406,6 +406,7 @@ fn start_admin(
         console: config.admin.console,
         started: std::time::Instant::now(),
         node_name: config.cluster.as_ref().map(|cluster| cluster.node.clone()),
+        history: admin::History::default(),
     };
     let (server, bound) = admin::start(listener, state, config.server.shutdown_grace, tls)
         .map_err(|err| format!("cannot start the admin API: {err}"))?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use tether_actors::TetherHandle;
 
 pub use error::ApiError;
+pub use node::History;
 
 pub use body_deadline::BODY_TIMEOUT;
 
@@ -66,6 +67,8 @@ pub struct AdminState {
     pub started: Instant,
     /// In a cluster, this node's name (`cluster.node`), which `/v1/node` shows.
     pub node_name: Option<String>,
+    /// The figures of the last minutes `/v1/node` shows, sampled while the API runs.
+    pub history: node::History,
 }
 
 /// Starts serving on `listener` (already bound) in the current actix System; returns the
@@ -80,6 +83,7 @@ pub fn start(
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
     let console = state.console;
     let state = web::Data::new(state);
+    node::keep_history(Arc::downgrade(&state.clone().into_inner()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

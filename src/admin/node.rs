@@ -3,18 +3,132 @@
 //! transport, logins, events, password checks waiting) read from the same metrics
 //! `/metrics` shows, so the two never disagree.
 //!
-//! Counters are totals since the start; a reader takes rates from two readings (the
-//! console does, every 2 s).
+//! Counters are totals since the start. [`History`] samples them every
+//! [`SAMPLE_INTERVAL`] for the last [`HISTORY_LEN`] samples, so a page opened now draws
+//! the last minutes at once.
 
 use super::{AdminState, ApiError, UserAdmin};
 use actix_web::{web, HttpResponse};
+use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How often [`History`] samples the figures.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
+/// Samples [`History`] keeps: 5 minutes.
+const HISTORY_LEN: usize = 150;
+
+/// One reading of the figures the history keeps.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    connections: u64,
+    logins: u64,
+    events: u64,
+    checks_waiting: u64,
+}
+
+impl Sample {
+    fn read(metrics: &Samples<'_>, at: Instant) -> Self {
+        Self {
+            at,
+            connections: metrics.sum("tether_connections_open", None),
+            logins: metrics.sum("tether_logins_total", None),
+            events: metrics.sum("tether_events_published_total", None),
+            checks_waiting: metrics.sum("tether_password_check_queue_depth", None),
+        }
+    }
+}
+
+/// The figures of the last minutes: one [`Sample`] every [`SAMPLE_INTERVAL`], the last
+/// [`HISTORY_LEN`] kept.
+#[derive(Debug, Default)]
+pub struct History(Mutex<VecDeque<Sample>>);
+
+impl History {
+    fn push(&self, sample: Sample) {
+        let mut samples = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if samples.len() == HISTORY_LEN {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// The history as JSON, oldest first: the gauges as read, the counters as rates per
+    /// second between a sample and the one before (so one entry fewer than samples).
+    fn to_json(&self) -> Value {
+        let samples = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut connections = Vec::new();
+        let mut logins = Vec::new();
+        let mut events = Vec::new();
+        let mut checks = Vec::new();
+        for (before, after) in samples.iter().zip(samples.iter().skip(1)) {
+            let seconds = after.at.duration_since(before.at).as_secs_f64();
+            let rate = |from: u64, to: u64| {
+                if seconds > 0.0 && to >= from {
+                    ((to - from) as f64 / seconds * 100.0).round() / 100.0
+                } else {
+                    0.0
+                }
+            };
+            connections.push(json!(after.connections));
+            logins.push(json!(rate(before.logins, after.logins)));
+            events.push(json!(rate(before.events, after.events)));
+            checks.push(json!(after.checks_waiting));
+        }
+        json!({
+            "interval_seconds": SAMPLE_INTERVAL.as_secs(),
+            "connections": connections,
+            "logins_per_second": logins,
+            "events_per_second": events,
+            "password_checks_waiting": checks,
+        })
+    }
+}
+
+/// Samples `metrics` into the history of `state` every [`SAMPLE_INTERVAL`] (the first
+/// sample now) until the admin API's state is dropped. Runs on the current actix System.
+pub fn keep_history(state: Weak<AdminState>) {
+    actix_rt::spawn(async move {
+        let mut ticks = actix_rt::time::interval(SAMPLE_INTERVAL);
+        loop {
+            ticks.tick().await;
+            let Some(state) = state.upgrade() else {
+                return;
+            };
+            if let Some(text) = encoded(&state.metrics) {
+                state
+                    .history
+                    .push(Sample::read(&Samples(&text), Instant::now()));
+            }
+        }
+    });
+}
+
+/// The metrics as OpenMetrics text; `None` (logged) when they cannot be encoded.
+fn encoded(metrics: &Arc<Registry>) -> Option<String> {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, metrics) {
+        Ok(()) => Some(text),
+        Err(err) => {
+            log::error!("admin API: cannot encode the metrics: {err}");
+            None
+        }
+    }
+}
 
 /// The answer of `GET /v1/node`.
 pub async fn node(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError> {
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &state.metrics)
-        .map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
+    let text = encoded(&state.metrics)
+        .ok_or_else(|| ApiError::internal("cannot encode the metrics (see the log)"))?;
     let metrics = Samples(&text);
     let users = match &state.users {
         UserAdmin::File(sync) => json!({
@@ -51,6 +165,7 @@ pub async fn node(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError
             "delivered": metrics.sum("tether_events_delivered_total", None),
         },
         "password_checks_waiting": metrics.sum("tether_password_check_queue_depth", None),
+        "history": state.history.to_json(),
     });
     Ok(HttpResponse::Ok().json(body))
 }
@@ -139,6 +254,41 @@ mod tests {
         );
         assert_eq!(samples.sum("tether_password_check_queue_depth", None), 2);
         assert_eq!(samples.sum("tether_absent", None), 0);
+    }
+
+    #[test]
+    fn history_keeps_the_last_samples_and_turns_counters_into_rates() {
+        let history = History::default();
+        let start = Instant::now();
+        let sample = |n: u64| Sample {
+            at: start + SAMPLE_INTERVAL * n as u32,
+            connections: n,
+            logins: 4 * n,
+            events: 10 * n,
+            checks_waiting: 1,
+        };
+        assert_eq!(history.to_json()["connections"], json!([]));
+        for n in 0..(HISTORY_LEN as u64 + 5) {
+            history.push(sample(n));
+        }
+        let json = history.to_json();
+        let connections = json["connections"].as_array().unwrap();
+        assert_eq!(connections.len(), HISTORY_LEN - 1);
+        assert_eq!(connections.last(), Some(&json!(HISTORY_LEN as u64 + 4)));
+        // Samples 0 to 4 were dropped; the first entry is the rate from sample 5 to 6.
+        assert_eq!(connections[0], json!(6));
+        assert_eq!(json["logins_per_second"][0], json!(2.0));
+        assert_eq!(json["events_per_second"][0], json!(5.0));
+        assert_eq!(json["password_checks_waiting"][0], json!(1));
+        assert_eq!(json["interval_seconds"], json!(2));
+        // A counter that went back (a restart of what counts) is no negative rate.
+        let history = History::default();
+        history.push(sample(3));
+        history.push(Sample {
+            at: start + SAMPLE_INTERVAL * 4,
+            ..sample(1)
+        });
+        assert_eq!(history.to_json()["events_per_second"], json!([0.0]));
     }
 
     #[test]

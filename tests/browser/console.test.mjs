@@ -7,7 +7,7 @@
 //   SCREENSHOT_DIR   where the screenshots go (under target/)
 //   CHROMIUM         the browser (default /usr/bin/chromium)
 //   DOCS_SCREENSHOT  optional: also write the wide screenshot there (docs/console.png;
-//                    with WARMUP_TICKS=30 the sparklines show a minute of traffic)
+//                    with WARMUP_TICKS=45 the sparklines show 1.5 minutes of traffic)
 // The users file holds alice (pw-alice), bob (pw-bob) and carol (pw-carol).
 // Exits 0 when every step passed; otherwise prints the failed step and exits 1.
 

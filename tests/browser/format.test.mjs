@@ -4,13 +4,11 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import {
   Pager,
-  Series,
   errorText,
   formatCount,
   formatRate,
   formatUptime,
   listQuery,
-  ratePerSecond,
   sparklineArea,
   sparklinePoints,
   userPath,
@@ -33,19 +31,6 @@ test('counts and rates are readable', () => {
   assert.equal(formatRate(9.94), '9.9');
   assert.equal(formatRate(1234.4), '1,234');
   assert.equal(formatRate(null), '–');
-});
-
-test('a rate comes from two readings of a counter', () => {
-  assert.equal(ratePerSecond({ at: 0, value: 10 }, { at: 2000, value: 30 }), 10);
-  assert.equal(ratePerSecond(null, { at: 2000, value: 30 }), null);
-  assert.equal(ratePerSecond({ at: 2000, value: 10 }, { at: 2000, value: 30 }), null, 'no time between');
-  assert.equal(ratePerSecond({ at: 0, value: 30 }, { at: 2000, value: 5 }), null, 'counter went back');
-});
-
-test('a series keeps its last values', () => {
-  const series = new Series(3);
-  for (const value of [1, 2, 3, 4, 5]) series.push(value);
-  assert.deepEqual(series.values, [3, 4, 5]);
 });
 
 test('a sparkline is right-aligned, scaled to its largest value, and skips gaps', () => {

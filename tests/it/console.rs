@@ -571,6 +571,30 @@ fn node_route_answers_the_node_and_its_live_figures() {
     assert_eq!(node["events"]["published"], 1, "{node}");
     assert!(node["events"]["delivered"].is_u64(), "{node}");
     assert_eq!(node["password_checks_waiting"], 0, "{node}");
+    // The history: one sample now, one every 2 s, counters as rates.
+    let mut node = node;
+    let sampled = crate::common::wait_until(Duration::from_secs(10), || {
+        node = console.json("/v1/node");
+        node["history"]["connections"]
+            .as_array()
+            .and_then(|values| values.last())
+            .is_some_and(|last| last == 2)
+    });
+    assert!(sampled, "{node}");
+    let history = &node["history"];
+    assert_eq!(history["interval_seconds"], 2, "{history}");
+    let length = history["connections"].as_array().map(Vec::len);
+    for key in [
+        "logins_per_second",
+        "events_per_second",
+        "password_checks_waiting",
+    ] {
+        assert_eq!(
+            history[key].as_array().map(Vec::len),
+            length,
+            "{key}: {history}"
+        );
+    }
     // Live: a connection that leaves is gone from the next answer.
     drop(anonymous);
     let gone = crate::common::wait_until(Duration::from_secs(5), || {

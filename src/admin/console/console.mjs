@@ -4,12 +4,10 @@
 import { ApiError, call, forgetToken, storeToken, storedToken } from './api.mjs';
 import {
   Pager,
-  Series,
   formatCount,
   formatRate,
   formatUptime,
   listQuery,
-  ratePerSecond,
   sparklineArea,
   sparklinePoints,
   userPath,
@@ -17,8 +15,8 @@ import {
 
 /** How often the node panel (and the open page of users) is read again. */
 const TICK_MS = 2000;
-/** Points a sparkline keeps: 5 minutes at one every 2 s. */
-const HISTORY = 150;
+/** Points a sparkline spans: the server's history, 5 minutes at one every 2 s. */
+const HISTORY = 149;
 /** Users per page. */
 const PAGE_SIZE = 50;
 /** Empty pages ("online first" examines a bounded number of names per request) followed
@@ -30,13 +28,6 @@ const $ = (id) => document.getElementById(id);
 const state = {
   token: null,
   timer: null,
-  previous: null,
-  series: {
-    connections: new Series(HISTORY),
-    logins: new Series(HISTORY),
-    events: new Series(HISTORY),
-    checks: new Series(HISTORY),
-  },
   pager: new Pager(false),
   search: '',
   page: { position: null, next: null },
@@ -142,34 +133,29 @@ function showNode(node) {
     : 'none (this node alone)';
   $('whoami').textContent = node.cluster ? `node ${node.cluster.node}` : '';
 
-  const now = Date.now();
+  const history = node.history;
+  const last = (values) => (values.length ? values[values.length - 1] : null);
   const logins = Object.values(node.logins).reduce((sum, n) => sum + n, 0);
-  const reading = { at: now, logins, events: node.events.published };
-  const previous = state.previous;
-  const loginRate = previous ? ratePerSecond({ at: previous.at, value: previous.logins }, { at: now, value: logins }) : null;
-  const eventRate = previous
-    ? ratePerSecond({ at: previous.at, value: previous.events }, { at: now, value: reading.events })
-    : null;
-  state.previous = reading;
-
   const transports = Object.entries(node.connections.transports)
     .map(([name, count]) => `${name} ${formatCount(count)}`)
     .join(' · ');
-  figure('connections', node.connections.open, formatCount(node.connections.open),
+  figure('connections', formatCount(node.connections.open), history.connections,
     `${transports}${transports ? ' · ' : ''}logged in ${formatCount(node.connections.bound)}`);
-  figure('logins', loginRate, formatRate(loginRate), `${formatCount(logins)} since start`);
-  figure('events', eventRate, formatRate(eventRate), `${formatCount(node.events.published)} since start`);
-  figure('checks', node.password_checks_waiting, formatCount(node.password_checks_waiting), 'bcrypt queue');
+  const loginRate = last(history.logins_per_second);
+  figure('logins', formatRate(loginRate), history.logins_per_second, `${formatCount(logins)} since start`);
+  const eventRate = last(history.events_per_second);
+  figure('events', formatRate(eventRate), history.events_per_second,
+    `${formatCount(node.events.published)} since start`);
+  figure('checks', formatCount(node.password_checks_waiting), history.password_checks_waiting, 'bcrypt queue');
 }
 
-function figure(name, value, text, detail) {
+/** Shows one live figure: its value, a detail line and the sparkline of `values`. */
+function figure(name, text, values, detail) {
   $(`value-${name}`).textContent = text;
   $(`detail-${name}`).textContent = detail;
-  const series = state.series[name];
-  series.push(value);
   const spark = $(`spark-${name}`);
-  spark.querySelector('polyline').setAttribute('points', sparklinePoints(series.values, HISTORY, 120, 32));
-  spark.querySelector('polygon').setAttribute('points', sparklineArea(series.values, HISTORY, 120, 32));
+  spark.querySelector('polyline').setAttribute('points', sparklinePoints(values, HISTORY, 120, 32));
+  spark.querySelector('polygon').setAttribute('points', sparklineArea(values, HISTORY, 120, 32));
 }
 
 function banner(text) {

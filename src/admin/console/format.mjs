@@ -26,32 +26,6 @@ export function formatRate(value) {
 }
 
 /**
- * The rate per second of a counter between two readings `{at, value}` (at in ms);
- * null when there is no earlier reading, no time between them, or the counter went back
- * (the server restarted).
- */
-export function ratePerSecond(previous, current) {
-  if (!previous || !current) return null;
-  const seconds = (current.at - previous.at) / 1000;
-  const delta = current.value - previous.value;
-  if (!(seconds > 0) || delta < 0) return null;
-  return delta / seconds;
-}
-
-/** The last `capacity` values of a figure, oldest first (nulls are gaps). */
-export class Series {
-  constructor(capacity) {
-    this.capacity = capacity;
-    this.values = [];
-  }
-
-  push(value) {
-    this.values.push(value);
-    if (this.values.length > this.capacity) this.values.splice(0, this.values.length - this.capacity);
-  }
-}
-
-/**
  * The `points` of an SVG polyline drawing `values` (oldest first, nulls skipped) right-
  * aligned in a `width` × `height` box, the last `capacity` values spread over the width,
  * 0 at the bottom, the largest value (at least 1) at the top.
