@@ -23,6 +23,14 @@ const TOKEN: &str = "console-t0ken";
 /// The Content-Security-Policy SPEC §12 asks for.
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
 
+/// The admin API on (token [`TOKEN`]), cheap hashes.
+fn config() -> TestConfig {
+    TestConfig::new()
+        .set("admin", "listen", "127.0.0.1:0")
+        .set("admin", "token", TOKEN)
+        .auth("bcrypt_cost", 4)
+}
+
 /// A server with the admin API (token [`TOKEN`]) and users alice, bob and carol
 /// (`pw-<name>`).
 struct Console {
@@ -37,12 +45,7 @@ impl Console {
     }
 
     fn start_with(change: impl FnOnce(TestConfig) -> TestConfig) -> Self {
-        let config = change(
-            TestConfig::new()
-                .set("admin", "listen", "127.0.0.1:0")
-                .set("admin", "token", TOKEN)
-                .auth("bcrypt_cost", 4),
-        );
+        let config = change(config());
         let server = TestServer::start(
             &config,
             &[
@@ -52,6 +55,12 @@ impl Console {
             ],
         );
         Self::around(server)
+    }
+
+    /// A server whose users are `names` (password `pw`).
+    fn start_with_users(names: &[&str]) -> Self {
+        let users: Vec<(&str, &str)> = names.iter().map(|name| (*name, "pw")).collect();
+        Self::around(TestServer::start(&config(), &users))
     }
 
     fn around(server: TestServer) -> Self {
@@ -685,18 +694,6 @@ fn user_list_searches_names_with_ascii_letters_folded() {
     }
 }
 
-impl Console {
-    /// A server whose users are `names` (password `pw`).
-    fn start_with_users(names: &[&str]) -> Self {
-        let users: Vec<(&str, &str)> = names.iter().map(|name| (*name, "pw")).collect();
-        let config = TestConfig::new()
-            .set("admin", "listen", "127.0.0.1:0")
-            .set("admin", "token", TOKEN)
-            .auth("bcrypt_cost", 4);
-        Self::around(TestServer::start(&config, &users))
-    }
-}
-
 #[test]
 fn user_list_keeps_online_or_offline_users_and_pages_through_them() {
     let names = ["a1", "a2", "a3", "a4", "a5", "a6"];
@@ -750,11 +747,7 @@ fn the_online_filter_examines_a_bounded_number_of_names_per_request() {
         .iter()
         .map(|name| (name.as_str(), hash.as_str()))
         .collect();
-    let config = TestConfig::new()
-        .set("admin", "listen", "127.0.0.1:0")
-        .set("admin", "token", TOKEN)
-        .auth("bcrypt_cost", 4);
-    let console = Console::around(TestServer::start_with_hashes(&config, &users));
+    let console = Console::around(TestServer::start_with_hashes(&config(), &users));
     let _last = console.server.logged_in("u10000", "pw");
     let (found, next) = console.names("/v1/users?online=true&limit=10");
     assert!(found.is_empty(), "{found:?}");
