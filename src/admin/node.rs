@@ -3,9 +3,9 @@
 //! transport, logins, events, password checks waiting) read from the same metrics
 //! `/metrics` shows, so the two never disagree.
 //!
-//! Counters are totals since the start. [`History`] samples them every
-//! [`SAMPLE_INTERVAL`] for the last [`HISTORY_LEN`] samples, so a page opened now draws
-//! the last minutes at once.
+//! Counters are totals since the start. [`History`] samples the figures every
+//! [`SAMPLE_INTERVAL`] and keeps the last [`HISTORY_LEN`] samples, so a page opened now
+//! draws the last minutes at once.
 
 use super::{AdminState, ApiError, UserAdmin};
 use actix_web::{web, HttpResponse};
@@ -42,8 +42,8 @@ impl Sample {
     }
 }
 
-/// The figures of the last minutes: one [`Sample`] every [`SAMPLE_INTERVAL`], the last
-/// [`HISTORY_LEN`] kept.
+/// The figures of the last minutes that `GET /v1/node` shows: one sample every 2 s, the
+/// last 5 minutes kept.
 #[derive(Debug, Default)]
 pub struct History(Mutex<VecDeque<Sample>>);
 
@@ -94,8 +94,8 @@ impl History {
     }
 }
 
-/// Samples `metrics` into the history of `state` every [`SAMPLE_INTERVAL`] (the first
-/// sample now) until the admin API's state is dropped. Runs on the current actix System.
+/// Samples the metrics of `state` into its history every 2 s (the first sample now) until
+/// the admin API's state is dropped. Runs on the current actix System.
 pub fn keep_history(state: Weak<AdminState>) {
     actix_rt::spawn(async move {
         let mut ticks = actix_rt::time::interval(SAMPLE_INTERVAL);
