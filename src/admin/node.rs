@@ -157,7 +157,7 @@ pub async fn node(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError
         "connections": {
             "open": metrics.sum("tether_connections_open", None),
             "bound": metrics.sum("tether_connections_bound", None),
-            "transports": metrics.by_label("tether_connections_by_transport", "transport"),
+            "transports": metrics.by_label("tether_transport_connections_open", "transport"),
         },
         "logins": metrics.by_label("tether_logins_total", "result"),
         "events": {
@@ -235,9 +235,9 @@ mod tests {
         tether_logins_total{result=\"valid\"} 3\n\
         tether_logins_total{result=\"invalid\"} 1\n\
         tether_connections_open 4\n\
-        tether_connections_by_transport{transport=\"tcp\"} 3\n\
-        tether_connections_by_transport{transport=\"tls\"} 1\n\
-        tether_connections_by_transport{transport=\"tcp\",worker=\"1\"} 2\n\
+        tether_transport_connections_open{transport=\"tcp\"} 3\n\
+        tether_transport_connections_open{transport=\"tls\"} 1\n\
+        tether_transport_connections_open{transport=\"tcp\",worker=\"1\"} 2\n\
         tether_password_check_queue_depth 2.0\n\
         garbage\n\
         tether_broken{ 5\n\
@@ -295,7 +295,7 @@ mod tests {
     fn groups_samples_by_a_label() {
         let samples = Samples(TEXT);
         assert_eq!(
-            samples.by_label("tether_connections_by_transport", "transport"),
+            samples.by_label("tether_transport_connections_open", "transport"),
             json!({"tcp": 5, "tls": 1})
         );
         assert_eq!(samples.by_label("tether_absent", "transport"), json!({}));

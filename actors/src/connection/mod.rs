@@ -22,7 +22,7 @@ use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
 pub use crate::hub::messages::{Push, ShardEvent};
 use crate::hub::state::{HubChanged, HubState};
 use crate::util::buffers::{self, Spare};
-use crate::util::metrics::{ClientTransport, CommandTally, IoErrorCause};
+use crate::util::metrics::{CommandTally, IoErrorCause, TransportKind};
 use crate::util::output_budget::{Evictee, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
@@ -65,10 +65,10 @@ pub struct ConnectionActor {
     hub: HubState,
     /// This connection's key in the [`Roster`](crate::hub::roster::Roster) of its shard.
     roster_key: usize,
+    /// What it runs over, for logs and metrics.
+    kind: TransportKind,
     /// This connection's place under `max_connections`; freed when the actor drops.
     _permit: OwnedSemaphorePermit,
-    /// What it runs over, for the per-transport connection count.
-    over: ClientTransport,
 }
 
 /// Tells a connection its output was evicted from the server-wide budget; a weak address,
@@ -164,11 +164,8 @@ impl ConnectionActor {
         let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
-        let over = match stream {
-            ClientStream::Plain(_) => ClientTransport::Tcp,
-            ClientStream::Tls(_) => ClientTransport::Tls,
-        };
-        shared.metrics.connections_over(over).inc();
+        let kind = stream.transport();
+        shared.metrics.transport_opened(kind);
         let transport = Transport::new(
             stream,
             shared.max_message_bytes,
@@ -182,8 +179,8 @@ impl ConnectionActor {
             session: Session::new(peer, shard, shared),
             hub,
             roster_key,
+            kind,
             _permit: permit,
-            over,
         }
     }
 
@@ -502,7 +499,7 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared().metrics.connections_open.dec();
-        self.shared().metrics.connections_over(self.over).dec();
+        self.shared().metrics.transport_closed(self.kind);
         self.shared()
             .roster
             .leave(self.session.shard(), self.roster_key);

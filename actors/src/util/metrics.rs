@@ -105,12 +105,12 @@ pub enum InvalidationCause {
     Cluster,
 }
 
-/// What a client connection runs over, as `tether_connections_by_transport` labels it.
+/// What a client connection runs over, as logs and `/metrics` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientTransport {
-    /// The plaintext listener (`server.listen`).
+pub enum TransportKind {
+    /// Plain TCP (`server.listen`).
     Tcp,
-    /// The TLS listener (`server.tls.listen`), handshake done.
+    /// TLS (`server.tls.listen`).
     Tls,
 }
 
@@ -215,7 +215,7 @@ label_values! {
         Registry => "registry",
         Bus => "bus",
     }
-    ClientTransport {
+    TransportKind {
         Tcp => "tcp",
         Tls => "tls",
     }
@@ -228,8 +228,6 @@ pub struct Metrics {
     pub(crate) connections_open: Gauge,
     /// Connections bound to a user.
     pub(crate) connections_bound: Gauge,
-    /// Open client connections by transport; they add up to `connections_open`.
-    connections_by_transport: [Gauge; 2],
     logins: [Counter; 3],
     commands: [Counter; 7],
     /// Events accepted by the bus.
@@ -254,6 +252,7 @@ pub struct Metrics {
     tls_handshake_failures: [Counter; 5],
     restarts: [Counter; 2],
     proxy_header_failures: [Counter; 3],
+    transport_open: [Gauge; 2],
     families: Families,
 }
 
@@ -268,8 +267,8 @@ struct Families {
     proxy_header_failures: Family<Label<ProxyHeaderFailure>, Counter>,
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
     restarts: Family<Label<HubActor>, Counter>,
-    connections_by_transport: Family<Label<ClientTransport>, Gauge>,
     registry_bindings: Family<WorkerLabel, Gauge>,
+    transport_open: Family<Label<TransportKind>, Gauge>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -297,17 +296,17 @@ impl Metrics {
             proxy_header_failures: Family::default(),
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
             restarts: Family::default(),
-            connections_by_transport: Family::default(),
             registry_bindings: Family::default(),
+            transport_open: Family::default(),
         };
+        let transport_open = std::array::from_fn(|index| {
+            families
+                .transport_open
+                .get_or_create_owned(&[("transport", TransportKind::ALL[index])])
+        });
         Self {
             connections_open: Gauge::default(),
             connections_bound: Gauge::default(),
-            connections_by_transport: std::array::from_fn(|index| {
-                families
-                    .connections_by_transport
-                    .get_or_create_owned(&[("transport", ClientTransport::ALL[index])])
-            }),
             logins: children(&families.logins, "result", LoginResult::ALL),
             commands: children(&families.commands, "type", CommandKind::ALL),
             events_published: Counter::default(),
@@ -331,6 +330,7 @@ impl Metrics {
                 "cause",
                 ProxyHeaderFailure::ALL,
             ),
+            transport_open,
             families,
         }
     }
@@ -346,11 +346,6 @@ impl Metrics {
             "connections_bound",
             "Client connections bound to a user",
             self.connections_bound.clone(),
-        );
-        registry.register(
-            "connections_by_transport",
-            "Open client connections by transport (tcp, tls); they add up to connections_open",
-            self.families.connections_by_transport.clone(),
         );
         registry.register(
             "connections_refused",
@@ -371,6 +366,11 @@ impl Metrics {
             "proxy_header_failures",
             "Connections from proxy_protocol_from closed without a valid PROXY protocol header, by cause",
             self.families.proxy_header_failures.clone(),
+        );
+        registry.register(
+            "transport_connections_open",
+            "Open client connections by transport (tcp, tls)",
+            self.families.transport_open.clone(),
         );
         registry.register("logins", "Logins by result", self.families.logins.clone());
         registry.register(
@@ -458,9 +458,15 @@ impl Metrics {
             .get_or_create_owned(&vec![("worker", worker.to_string())])
     }
 
-    /// The gauge of the open connections over `transport`.
-    pub(crate) fn connections_over(&self, transport: ClientTransport) -> &Gauge {
-        &self.connections_by_transport[transport as usize]
+    /// Counts a connection over `transport` opened; it must be matched by
+    /// [`Self::transport_closed`].
+    pub(crate) fn transport_opened(&self, transport: TransportKind) {
+        self.transport_open[transport as usize].inc();
+    }
+
+    /// Counts a connection over `transport` closed.
+    pub(crate) fn transport_closed(&self, transport: TransportKind) {
+        self.transport_open[transport as usize].dec();
     }
 
     /// Counts a restart of `actor`.
@@ -530,7 +536,7 @@ mod tests {
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
-            ClientTransport::ALL.iter().map(|v| *v as usize).collect(),
+            TransportKind::ALL.iter().map(|v| *v as usize).collect(),
             ProxyHeaderFailure::ALL
                 .iter()
                 .map(|v| *v as usize)
