@@ -357,6 +357,20 @@ step('a name that looks like HTML is shown as text', async () => {
   await waitForText('#user-connections', /^0$/);
 });
 
+step('"Forget the token" clears it from the tab and returns to the form', async () => {
+  await page.click('#sign-out');
+  await page.locator('#login-form').waitFor({ state: 'visible', timeout: WAIT });
+  assert.equal(await page.evaluate(() => sessionStorage.length), 0);
+  assert.equal(await page.locator('#login-error').isVisible(), false, 'no error for a sign-out');
+  await page.reload();
+  await page.locator('#login-form').waitFor({ state: 'visible', timeout: WAIT });
+  assert.equal(await page.locator('#app').isVisible(), false, 'a reload does not sign in again');
+  await page.fill('#token', TOKEN);
+  await page.press('#token', 'Enter');
+  await page.locator('#app').waitFor({ state: 'visible', timeout: WAIT });
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'search', 'the focus moves to the list');
+});
+
 step('a token the server no longer accepts returns to the form with the reason', async () => {
   await page.evaluate(() => sessionStorage.setItem('tether.console.token', 'expired-token'));
   await page.reload();

@@ -63,6 +63,7 @@ async function signIn(token) {
     $('sign-out').hidden = false;
     showNode(node);
     await loadPage();
+    $('search').focus();
     startTicking();
   } catch (err) {
     forgetToken();
