@@ -18,17 +18,6 @@ pub enum ClientStream {
     Tls(Box<TlsStream<TlsSocket>>),
 }
 
-impl ClientStream {
-    /// What this stream runs over, for logs and metrics.
-    pub(crate) fn transport(&self) -> crate::util::metrics::TransportKind {
-        use crate::util::metrics::TransportKind;
-        match self {
-            Self::Plain(_) => TransportKind::Tcp,
-            Self::Tls(_) => TransportKind::Tls,
-        }
-    }
-}
-
 /// The TCP socket under a TLS stream. A tokio socket is bound to the event loop that
 /// registered it, and a handshake runs on another loop than its connection (see
 /// `tls_handshake`); tokio-rustls cannot rebuild a stream from its socket and rustls

@@ -164,7 +164,10 @@ impl ConnectionActor {
         let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
-        let kind = stream.transport();
+        let kind = match stream {
+            ClientStream::Plain(_) => TransportKind::Tcp,
+            ClientStream::Tls(_) => TransportKind::Tls,
+        };
         shared.metrics.transport_opened(kind);
         let transport = Transport::new(
             stream,
