@@ -142,6 +142,8 @@ pub struct AdminConfig {
     /// `[admin.tls]`: the certificate chain and key (PEM) that make the API HTTPS only;
     /// `None` for plain HTTP.
     pub tls: Option<AdminTls>,
+    /// Whether the admin listener serves the web console at `/console/` (SPEC §12).
+    pub console: bool,
 }
 
 /// The `[admin.tls]` table when set.
@@ -315,6 +317,7 @@ impl Config {
             vec![
                 ("listen", value(listen)),
                 ("token", value(token)),
+                ("console", value(self.admin.console)),
                 ("tls", Item::Table(tls)),
             ],
         );
@@ -663,6 +666,7 @@ impl Default for RawEvents {
 struct RawAdmin {
     listen: String,
     token: String,
+    console: bool,
     tls: RawAdminTls,
 }
 
@@ -671,6 +675,7 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:7701".to_string(),
             token: String::new(),
+            console: true,
             tls: RawAdminTls::default(),
         }
     }
@@ -1094,7 +1099,12 @@ impl Check<'_> {
                 key_file: folder.join(key),
             }),
         };
-        Ok(AdminConfig { listen, token, tls })
+        Ok(AdminConfig {
+            listen,
+            token,
+            tls,
+            console: raw.console,
+        })
     }
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.
@@ -1806,6 +1816,15 @@ mod tests {
     fn empty_admin_listen_turns_the_admin_api_off() {
         let config = config("[admin]\nlisten = \"\"").unwrap();
         assert_eq!(config.admin.listen, None);
+    }
+
+    #[test]
+    fn the_web_console_is_on_by_default_and_can_be_turned_off() {
+        assert!(config("").unwrap().admin.console);
+        let off = config("[admin]\nconsole = false").unwrap();
+        assert!(!off.admin.console);
+        assert!(off.effective_toml().contains("console = false"));
+        assert_refused("[admin]\nconsole = \"no\"", "admin.console", "bool");
     }
 
     #[test]

@@ -403,6 +403,10 @@ fn start_admin(
         bcrypt_cost: config.auth.bcrypt_cost,
         token: config.admin.token.clone(),
         metrics: Arc::new(registry),
+        console: config.admin.console,
+        started: std::time::Instant::now(),
+        node_name: config.cluster.as_ref().map(|cluster| cluster.node.clone()),
+        history: admin::History::default(),
     };
     let (server, bound) = admin::start(listener, state, config.server.shutdown_grace, tls)
         .map_err(|err| format!("cannot start the admin API: {err}"))?;

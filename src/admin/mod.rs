@@ -2,8 +2,10 @@
 //! sessions. An actix-web server in the same System as the protocol server.
 
 mod body_deadline;
+mod console;
 mod error;
 mod events;
+mod node;
 mod routes;
 mod token;
 
@@ -13,10 +15,11 @@ use actix_web::{middleware, web, App, HttpServer};
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tether_actors::TetherHandle;
 
 pub use error::ApiError;
+pub use node::History;
 
 pub use body_deadline::BODY_TIMEOUT;
 
@@ -56,8 +59,16 @@ pub struct AdminState {
     pub bcrypt_cost: u32,
     /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.
     pub token: Option<String>,
-    /// The metrics `/metrics` shows.
+    /// The metrics `/metrics` shows (and `/v1/node` reads).
     pub metrics: Arc<Registry>,
+    /// Whether the web console is served at `/console/` (`admin.console`).
+    pub console: bool,
+    /// When the server started, for the uptime `/v1/node` shows.
+    pub started: Instant,
+    /// In a cluster, this node's name (`cluster.node`), which `/v1/node` shows.
+    pub node_name: Option<String>,
+    /// The figures of the last minutes `/v1/node` shows, sampled while the API runs.
+    pub history: node::History,
 }
 
 /// Starts serving on `listener` (already bound) in the current actix System; returns the
@@ -70,7 +81,9 @@ pub fn start(
     shutdown_grace: Duration,
     tls: Option<tether_actors::rustls::ServerConfig>,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    let console = state.console;
     let state = web::Data::new(state);
+    node::keep_history(Arc::downgrade(&state.clone().into_inner()));
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -89,6 +102,11 @@ pub fn start(
             )
             .wrap(middleware::from_fn(token::require_token))
             .wrap(middleware::from_fn(body_deadline::limit_body_time))
+            .configure(|config| {
+                if console {
+                    console::configure(config);
+                }
+            })
             .configure(routes::configure)
     })
     .workers(1)

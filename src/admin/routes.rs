@@ -18,6 +18,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .service(resource("/healthz", web::get().to(healthz)))
         .service(resource("/metrics", web::get().to(metrics)))
         .service(resource("/v1/events", web::post().to(events::publish)))
+        .service(resource("/v1/node", web::get().to(super::node::node)))
         .service(resource("/v1/users", web::get().to(list_users)))
         .service(resource(
             "/v1/users/{name}/password",
@@ -195,7 +196,7 @@ async fn connections(state: State, UserName(name): UserName) -> Result<HttpRespo
 async fn no_such_route() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found(
         "no such route: see docs/admin-api.md (GET /healthz, GET /metrics, POST /v1/events, \
-         GET /v1/users, PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
+         GET /v1/node, GET /v1/users, PUT /v1/users/{name}/password, DELETE /v1/users/{name}, \
          POST /v1/users/{name}/invalidate, GET /v1/users/{name}/connections)",
     ))
 }
@@ -226,57 +227,123 @@ struct ListQuery {
     after: Option<String>,
     /// At most this many names.
     limit: Option<usize>,
+    /// Only names that contain this text, ASCII letters compared without case.
+    search: Option<String>,
+    /// Only users with (`true`) or without (`false`) a connection now.
+    online: Option<bool>,
 }
 
 /// Names `GET /v1/users` lists when `limit` is not given.
 const DEFAULT_LIST_LIMIT: usize = 100;
 /// Largest `limit` of `GET /v1/users`.
 const MAX_LIST_LIMIT: usize = 1000;
+/// With `online`, how many names one request examines at most (counting each one's
+/// connections) before it answers what it found with a `next` to go on from.
+const ONLINE_SCAN_BUDGET: usize = 10_000;
 
-/// `GET /v1/users?after=NAME&limit=N`: the users in force, sorted by name (bytewise), with
-/// how many connections are bound to each; `next` is the `after` of the next page, `null`
-/// on the last.
+/// `GET /v1/users?after=NAME&limit=N&search=TEXT&online=BOOL`: the users in force, sorted
+/// by name (bytewise), with how many connections are bound to each; `next` is the `after`
+/// of the next page, `null` on the last. `search` keeps the names containing it (ASCII
+/// case folded); `online` keeps the users with (or without) connections, examining at most
+/// [`ONLINE_SCAN_BUDGET`] names, so a page may be short with `next` set.
 async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
-    let ListQuery { after, limit } = query.into_inner();
+    let ListQuery {
+        after,
+        limit,
+        search,
+        online,
+    } = query.into_inner();
     let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT);
     if !(1..=MAX_LIST_LIMIT).contains(&limit) {
         return Err(ApiError::bad_request(format!(
             "limit must be from 1 to {MAX_LIST_LIMIT}, found {limit}"
         )));
     }
-    let names: Vec<String> = match &state.users {
+    let search = match search.filter(|search| !search.is_empty()) {
+        Some(search) => {
+            check_name(&search).map_err(|err| ApiError::bad_request(format!("search: {err}")))?;
+            Some(search.to_ascii_lowercase())
+        }
+        None => None,
+    };
+    let mut listed = Vec::new();
+    let mut cursor = after;
+    let mut examined = 0;
+    let next = loop {
+        // Without `online` one batch is the page; with it, batches until the page is full.
+        let batch = match online {
+            None => limit,
+            Some(_) => MAX_LIST_LIMIT.min(ONLINE_SCAN_BUDGET - examined),
+        };
+        let mut names = user_names(&state, cursor.take(), batch + 1, search.as_deref()).await?;
+        let mut more = names.len() > batch;
+        names.truncate(batch);
+        let batch_names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let counts = state
+            .tether
+            .cluster_connections_many(&batch_names)
+            .await
+            .map_err(publish_error)?;
+        let mut last = None;
+        for (index, (name, connections)) in names.iter().zip(counts).enumerate() {
+            examined += 1;
+            if online.is_none_or(|online| online == (connections > 0)) {
+                listed.push(json!({ "name": name, "connections": connections }));
+            }
+            last = Some(name.clone());
+            if listed.len() == limit {
+                more |= index + 1 < names.len();
+                break;
+            }
+        }
+        match last {
+            Some(last) if more => {
+                if online.is_none() || listed.len() == limit || examined >= ONLINE_SCAN_BUDGET {
+                    break Some(last);
+                }
+                cursor = Some(last);
+            }
+            _ => break None,
+        }
+    };
+    Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
+}
+
+/// Up to `limit` names of the users in force that sort after `after`, sorted bytewise,
+/// containing `search` (ASCII lowercase) when given.
+async fn user_names(
+    state: &AdminState,
+    after: Option<String>,
+    limit: usize,
+    search: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    match &state.users {
         UserAdmin::File(sync) => {
             let users = sync.users();
-            let mut names: Vec<String> = users
+            let mut names: Vec<&String> = users
                 .keys()
                 .filter(|name| after.as_ref().is_none_or(|after| *name > after))
-                .cloned()
+                .filter(|name| search.is_none_or(|search| contains_ascii_folded(name, search)))
                 .collect();
+            if names.len() > limit {
+                names.select_nth_unstable(limit);
+                names.truncate(limit);
+            }
             names.sort_unstable();
-            names.truncate(limit + 1);
-            names
+            Ok(names.into_iter().cloned().collect())
         }
         UserAdmin::Database(database) => database
-            .names(after, limit + 1)
+            .names(after, limit, search.map(str::to_owned))
             .await
-            .map_err(|err| ApiError::unavailable(format!("cannot list the users: {err}")))?,
-    };
-    let more = names.len() > limit;
-    let mut names = names;
-    names.truncate(limit);
-    let listed_names: Vec<&str> = names.iter().map(String::as_str).collect();
-    let counts = state
-        .tether
-        .cluster_connections_many(&listed_names)
-        .await
-        .map_err(publish_error)?;
-    let listed: Vec<_> = names
-        .iter()
-        .zip(counts)
-        .map(|(name, connections)| json!({ "name": name, "connections": connections }))
-        .collect();
-    let next = names.last().filter(|_| more);
-    Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
+            .map_err(|err| ApiError::unavailable(format!("cannot list the users: {err}"))),
+    }
+}
+
+/// Whether `name` contains `needle` (ASCII lowercase), ASCII letters compared without case.
+fn contains_ascii_folded(name: &str, needle: &str) -> bool {
+    name.as_bytes()
+        .windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The `{name}` of a `/v1/users/{name}…` route: percent-decoded, valid UTF-8 and valid by

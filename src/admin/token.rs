@@ -1,5 +1,5 @@
-//! The admin token: when `admin.token` is set, every route but `/healthz` needs
-//! `Authorization: Bearer <token>`, compared in constant time.
+//! The admin token: when `admin.token` is set, every route but `/healthz` and the web
+//! console's files needs `Authorization: Bearer <token>`, compared in constant time.
 
 use super::{AdminState, ApiError};
 use actix_web::body::{EitherBody, MessageBody};
@@ -9,8 +9,15 @@ use actix_web::{web, ResponseError};
 use subtle::ConstantTimeEq;
 use tether_actors::excerpt::Excerpt;
 
-/// The one route open without a token.
+/// The one API route open without a token.
 const OPEN_ROUTE: &str = "/healthz";
+
+/// Whether `path` is served without the token: `/healthz`, and the web console's own
+/// files (which hold no data; the page asks for the token to call the API). With
+/// `admin.console` off those paths are not mounted and answer `404`.
+fn is_open(path: &str) -> bool {
+    path == OPEN_ROUTE || super::console::is_console_path(path)
+}
 
 /// Lets a request through when it carries the token (or none is configured).
 pub async fn require_token(
@@ -22,7 +29,7 @@ pub async fn require_token(
         .and_then(|state| state.token.clone());
     let allowed = match &expected {
         None => true,
-        Some(_) if request.path() == OPEN_ROUTE => true,
+        Some(_) if is_open(request.path()) => true,
         Some(token) => presented_token(&request)
             .is_some_and(|presented| bool::from(presented.as_bytes().ct_eq(token.as_bytes()))),
     };

@@ -992,15 +992,27 @@ impl PgUsers {
         Ok(Written::Changed)
     }
 
-    /// Up to `limit` names after `after` (all from the start when `None`), sorted bytewise.
-    pub async fn names(&self, after: Option<String>, limit: usize) -> Result<Vec<String>, String> {
+    /// Up to `limit` names after `after` (all from the start when `None`), sorted bytewise;
+    /// only those containing `search` (ASCII lowercase; ASCII letters of the names are
+    /// compared without case) when it is given.
+    pub async fn names(
+        &self,
+        after: Option<String>,
+        limit: usize,
+        search: Option<String>,
+    ) -> Result<Vec<String>, String> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_client(move |client, table| async move {
+            // translate(), not lower(): it folds ASCII letters only, whatever the
+            // database's locale, as the users file's listing does.
             let query = format!(
-                "SELECT name::text FROM {table} WHERE $1::text IS NULL OR name::text > $1 \
-                 COLLATE \"C\" ORDER BY name::text COLLATE \"C\" LIMIT $2"
+                "SELECT name::text FROM {table} \
+                 WHERE ($1::text IS NULL OR name::text > $1 COLLATE \"C\") \
+                 AND ($3::text IS NULL OR strpos(translate(name::text, \
+                 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $3) > 0) \
+                 ORDER BY name::text COLLATE \"C\" LIMIT $2"
             );
-            let rows = client.query(&query, &[&after, &limit]).await?;
+            let rows = client.query(&query, &[&after, &limit, &search]).await?;
             rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
         })
         .await

@@ -16,6 +16,7 @@ mod cluster_faults;
 mod cluster_internals;
 mod cluster_tls;
 mod codec_properties;
+mod console;
 mod events;
 mod hardening_admin;
 mod hardening_churn;

@@ -22,7 +22,7 @@ use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
 pub use crate::hub::messages::{Push, ShardEvent};
 use crate::hub::state::{HubChanged, HubState};
 use crate::util::buffers::{self, Spare};
-use crate::util::metrics::{CommandTally, IoErrorCause};
+use crate::util::metrics::{CommandTally, IoErrorCause, TransportKind};
 use crate::util::output_budget::{Evictee, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
@@ -65,6 +65,8 @@ pub struct ConnectionActor {
     hub: HubState,
     /// This connection's key in the [`Roster`](crate::hub::roster::Roster) of its shard.
     roster_key: usize,
+    /// What it runs over, for logs and metrics.
+    kind: TransportKind,
     /// This connection's place under `max_connections`; freed when the actor drops.
     _permit: OwnedSemaphorePermit,
 }
@@ -162,6 +164,11 @@ impl ConnectionActor {
         let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
+        let kind = match stream {
+            ClientStream::Plain(_) => TransportKind::Tcp,
+            ClientStream::Tls(_) => TransportKind::Tls,
+        };
+        shared.metrics.transport_opened(kind);
         let transport = Transport::new(
             stream,
             shared.max_message_bytes,
@@ -175,6 +182,7 @@ impl ConnectionActor {
             session: Session::new(peer, shard, shared),
             hub,
             roster_key,
+            kind,
             _permit: permit,
         }
     }
@@ -494,6 +502,7 @@ impl Actor for ConnectionActor {
 impl Drop for ConnectionActor {
     fn drop(&mut self) {
         self.shared().metrics.connections_open.dec();
+        self.shared().metrics.transport_closed(self.kind);
         self.shared()
             .roster
             .leave(self.session.shard(), self.roster_key);

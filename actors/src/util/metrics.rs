@@ -105,6 +105,15 @@ pub enum InvalidationCause {
     Cluster,
 }
 
+/// What a client connection runs over, as logs and `/metrics` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Plain TCP (`server.listen`).
+    Tcp,
+    /// TLS (`server.tls.listen`).
+    Tls,
+}
+
 /// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HubActor {
@@ -206,6 +215,10 @@ label_values! {
         Registry => "registry",
         Bus => "bus",
     }
+    TransportKind {
+        Tcp => "tcp",
+        Tls => "tls",
+    }
 }
 
 /// Every metric of one server.
@@ -239,6 +252,7 @@ pub struct Metrics {
     tls_handshake_failures: [Counter; 5],
     restarts: [Counter; 2],
     proxy_header_failures: [Counter; 3],
+    transport_open: [Gauge; 2],
     families: Families,
 }
 
@@ -254,6 +268,7 @@ struct Families {
     event_delivery_seconds: Family<WorkerLabel, Histogram, fn() -> Histogram>,
     restarts: Family<Label<HubActor>, Counter>,
     registry_bindings: Family<WorkerLabel, Gauge>,
+    transport_open: Family<Label<TransportKind>, Gauge>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -282,7 +297,13 @@ impl Metrics {
             event_delivery_seconds: Family::new_with_constructor(delivery_histogram),
             restarts: Family::default(),
             registry_bindings: Family::default(),
+            transport_open: Family::default(),
         };
+        let transport_open = std::array::from_fn(|index| {
+            families
+                .transport_open
+                .get_or_create_owned(&[("transport", TransportKind::ALL[index])])
+        });
         Self {
             connections_open: Gauge::default(),
             connections_bound: Gauge::default(),
@@ -309,6 +330,7 @@ impl Metrics {
                 "cause",
                 ProxyHeaderFailure::ALL,
             ),
+            transport_open,
             families,
         }
     }
@@ -344,6 +366,11 @@ impl Metrics {
             "proxy_header_failures",
             "Connections from proxy_protocol_from closed without a valid PROXY protocol header, by cause",
             self.families.proxy_header_failures.clone(),
+        );
+        registry.register(
+            "transport_connections_open",
+            "Open client connections by transport (tcp, tls)",
+            self.families.transport_open.clone(),
         );
         registry.register("logins", "Logins by result", self.families.logins.clone());
         registry.register(
@@ -431,6 +458,17 @@ impl Metrics {
             .get_or_create_owned(&vec![("worker", worker.to_string())])
     }
 
+    /// Counts a connection over `transport` opened; it must be matched by
+    /// [`Self::transport_closed`].
+    pub(crate) fn transport_opened(&self, transport: TransportKind) {
+        self.transport_open[transport as usize].inc();
+    }
+
+    /// Counts a connection over `transport` closed.
+    pub(crate) fn transport_closed(&self, transport: TransportKind) {
+        self.transport_open[transport as usize].dec();
+    }
+
     /// Counts a restart of `actor`.
     pub(crate) fn restarted(&self, actor: HubActor) {
         self.restarts[actor as usize].inc();
@@ -491,13 +529,14 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 7] = [
+        let orders: [Vec<usize>; 8] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
+            TransportKind::ALL.iter().map(|v| *v as usize).collect(),
             ProxyHeaderFailure::ALL
                 .iter()
                 .map(|v| *v as usize)
