@@ -214,3 +214,11 @@ test('without a WebSocket implementation connect says what to pass', async () =>
   if (globalThis.WebSocket) return; // Node ≥ 22 and browsers have one
   await assert.rejects(c.connect('ws://127.0.0.1:1/'), { code: 'no_websocket' });
 });
+
+test('index.d.ts declares every export of index.js, and nothing else', async () => {
+  const { readFile } = await import('node:fs/promises');
+  const declared = [...(await readFile(new URL('../src/index.d.ts', import.meta.url), 'utf8'))
+    .matchAll(/^export declare (?:const|class|function) (\w+)/gm)].map((m) => m[1]);
+  const module = await import('../src/index.js');
+  assert.deepEqual(declared.sort(), Object.keys(module).sort());
+});
