@@ -25,6 +25,7 @@ mod hardening_limits;
 mod hardening_logins;
 mod hardening_reloads;
 mod hardening_shutdown;
+mod js_client;
 mod logins;
 mod operator;
 mod process;
