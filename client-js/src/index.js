@@ -332,7 +332,7 @@ export class TetherClient {
       const piece = end < 0 ? text.slice(start) : text.slice(start, end);
       this.#partialBytes += utf8Length(piece);
       if (this.#partialBytes > this.#options.maxMessageBytes) {
-        this.#fail(new TetherError('message_too_long', `a message from the server is longer than ${this.#options.maxMessageBytes} bytes`), 1009);
+        this.#fail(this.#tooLong(), 1009);
         return;
       }
       if (end < 0) {
@@ -345,6 +345,11 @@ export class TetherClient {
       this.#dispatch(message);
       start = end + 1;
     }
+  }
+
+  /** The error of a message over `maxMessageBytes`. */
+  #tooLong() {
+    return new TetherError('message_too_long', `a message from the server is longer than ${this.#options.maxMessageBytes} bytes`);
   }
 
   /** Hands one message to the command it answers, or emits it as a push. */
@@ -415,7 +420,7 @@ export class TetherClient {
     let error = this.#failure;
     this.#failure = null;
     if (!error && event.code === 1009) {
-      error = new TetherError('message_too_long', `a message from the server is longer than ${this.#options.maxMessageBytes} bytes`);
+      error = this.#tooLong();
     }
     const waiting = this.#waiting;
     this.#waiting = [];
@@ -531,7 +536,9 @@ export class TetherClient {
   async login(name, password) {
     checkPart(name, 'name');
     checkPart(password, 'password');
-    const reply = await this.#send({ command: 'login', parts: ['login', name, password], name, password });
+    // The password is kept past the reply only with `relogin`.
+    const remembered = this.#options.relogin ? password : undefined;
+    const reply = await this.#send({ command: 'login', parts: ['login', name, password], name, password: remembered });
     if (reply === 'login_valid') return true;
     if (reply === 'login_invalid') return false;
     throw new TetherError('unexpected_reply', `the server answered login with ${reply}`, { reply });
