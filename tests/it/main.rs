@@ -35,3 +35,4 @@ mod supervision;
 mod tls;
 mod users;
 mod users_postgres;
+mod websocket;
