@@ -295,8 +295,12 @@ export class TetherClient {
       socket.onmessage = (message) => {
         if (this.#socket === socket) this.#receive(message.data);
       };
-      socket.onerror = () => {
-        // A close event always follows; it says what happened.
+      socket.onerror = (event) => {
+        // A close event always follows. The ws package reports here that it refused a
+        // frame over maxPayload; browsers say nothing more than the close does.
+        if (this.#socket === socket && event?.error?.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') {
+          this.#failure = this.#tooLong();
+        }
       };
       socket.onclose = (event) => {
         clearTimeout(timer);
@@ -417,11 +421,9 @@ export class TetherClient {
     this.#socket = null;
     clearTimeout(this.#keepAliveTimer);
     this.#keepAliveTimer = null;
-    let error = this.#failure;
+    // A 1009 from the server means the client's command was too long: no error of ours.
+    const error = this.#failure;
     this.#failure = null;
-    if (!error && event.code === 1009) {
-      error = this.#tooLong();
-    }
     const waiting = this.#waiting;
     this.#waiting = [];
     this.#user = null;

@@ -21,6 +21,10 @@ const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; ch
 async function staticServer(t) {
   const server = createServer((request, response) => {
     const url = new URL(request.url, 'http://localhost');
+    if (url.pathname === '/favicon.ico') {
+      response.writeHead(204).end(); // the browser asks; a 404 would be logged as an error
+      return;
+    }
     const file = path.resolve(root, `.${decodeURIComponent(url.pathname)}`);
     const type = TYPES[path.extname(file)];
     if (request.method !== 'GET' || !file.startsWith(root + path.sep) || !type) {
@@ -33,7 +37,10 @@ async function staticServer(t) {
     });
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(() => new Promise((resolve) => server.close(resolve)));
+  t.after(() => new Promise((resolve) => {
+    server.close(resolve);
+    server.closeAllConnections(); // the browser's keep-alive ones too
+  }));
   return `http://127.0.0.1:${server.address().port}`;
 }
 

@@ -100,6 +100,29 @@ for (const [name, message] of [
   });
 }
 
+test('each notice becomes its event, and the server closing after it is a close', async (t) => {
+  for (const notice of ['invalidated', 'timeout', 'io_error', 'shutdown']) {
+    const url = await scripted(t, {
+      onConnection(socket) {
+        socket.send(notice + RS);
+        if (notice !== 'invalidated') socket.close(notice === 'shutdown' ? 1001 : 1000);
+      },
+    });
+    const c = client(t);
+    const seen = nextEvent(c, notice);
+    const closes = collect(c, 'close');
+    await c.connect(url);
+    assert.deepEqual(await seen, {});
+    if (notice === 'invalidated') {
+      assert.equal(c.state, 'open');
+      continue;
+    }
+    await waitFor(() => closes.length === 1, `the close after ${notice}`);
+    assert.equal(closes[0].code, notice === 'shutdown' ? 1001 : 1000);
+    assert.equal(closes[0].error, null);
+  }
+});
+
 test('invalid UTF-8 in a binary frame is a protocol error', async (t) => {
   const url = await scripted(t, { onConnection: (socket) => socket.send(Buffer.from([0xff, 0x1e]), { binary: true }) });
   const c = client(t);
