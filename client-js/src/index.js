@@ -92,6 +92,9 @@ function checkPart(value, argument) {
   }
 }
 
+/** Longest delay setTimeout takes; a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Reads a non-negative number option, or the default when it is left out. */
 function numberOption(options, key, fallback, { allowNull = false } = {}) {
   const value = options[key];
@@ -154,9 +157,7 @@ export class TetherClient {
   /** Reconnect attempts since the connection was last open. */
   #attempt = 0;
 
-  /**
-   * @param {import('./index.js').TetherClientOptions} [options]
-   */
+  /** Checks and keeps `options` (TetherClientOptions in index.d.ts); connects nothing yet. */
   constructor(options = {}) {
     if (options === null || typeof options !== 'object') {
       throw new TypeError('options must be an object');
@@ -279,7 +280,7 @@ export class TetherClient {
           // Closing a socket that is still connecting may throw; it is dropped either way.
         }
         reject(new TetherError('connect_failed', `no connection to ${this.#url} within ${this.#options.connectTimeoutMs} ms`));
-      }, this.#options.connectTimeoutMs);
+      }, Math.min(this.#options.connectTimeoutMs, MAX_TIMER_MS));
       socket.onopen = () => {
         clearTimeout(timer);
         if (this.#socket !== socket) return;
@@ -462,7 +463,7 @@ export class TetherClient {
     const delayMs = Math.round(ceiling / 2 + this.#options.random() * (ceiling / 2));
     this.#emit('reconnecting', { attempt, delayMs });
     if (this.#state !== 'reconnecting') return; // a listener called close()
-    this.#reconnectTimer = setTimeout(() => this.#reconnect(), delayMs);
+    this.#reconnectTimer = setTimeout(() => this.#reconnect(), Math.min(delayMs, MAX_TIMER_MS));
   }
 
   /** One reconnect attempt; on success logs in again when the application asked for it. */
@@ -502,7 +503,7 @@ export class TetherClient {
     this.#keepAliveTimer = setTimeout(() => {
       this.#keepAliveTimer = null;
       this.#send({ command: 'prolongate', parts: ['prolongate'] }).catch(() => {});
-    }, interval);
+    }, Math.min(interval, MAX_TIMER_MS));
   }
 
   /** Sends one command; the promise gets its reply (a string) or a `TetherError`. */

@@ -138,12 +138,12 @@ test('an idle connection gets timeout and a close with 1000', async (t) => {
 });
 
 test('keep-alive prolongates keep a connection open past the idle timeout', async (t) => {
-  const server = await tether(t, { config: { server: { idle_timeout: '1s' } } });
-  const client = await connected(t, server, { keepAliveMs: 300 });
+  const server = await tether(t, { config: { server: { idle_timeout: '2s' } } });
+  const client = await connected(t, server, { keepAliveMs: 500 });
   const timeouts = collect(client, 'timeout');
   assert.equal(await client.login('alice', 'wonderland'), true);
-  // Three idle timeouts long without a command of the application's.
-  await new Promise((resolve) => setTimeout(resolve, 3000));
+  // Two and a half idle timeouts without a command of the application's.
+  await new Promise((resolve) => setTimeout(resolve, 5000));
   assert.deepEqual(timeouts, []);
   assert.equal(client.state, 'open');
   const event = nextEvent(client, 'event');

@@ -232,6 +232,15 @@ test('a keep-alive prolongate goes out after the interval without commands', asy
   assert.equal(await c.command('prolongate'), 'prolongate_ack');
 });
 
+test('a keep-alive interval past what setTimeout takes never fires early', async (t) => {
+  const commands = [];
+  const url = await scripted(t, { onCommand: (socket, seen) => commands.push(...seen.splice(0)) });
+  const c = client(t, { keepAliveMs: 1e12 });
+  await c.connect(url);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.deepEqual(commands, []);
+});
+
 test('without a WebSocket implementation connect says what to pass', async () => {
   const c = new TetherClient({ WebSocket: undefined });
   if (globalThis.WebSocket) return; // Node ≥ 22 and browsers have one
