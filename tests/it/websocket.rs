@@ -550,14 +550,7 @@ fn x_forwarded_for_names_the_client_only_from_forwarded_from_peers() {
     let config = TestConfig::new().auth("login_failures_per_minute", 1);
     let trusted = toml::Value::Array(vec!["127.0.0.2".into()]);
     let (server, addr) = start(config, &[("forwarded_from", trusted)]);
-    let from = |source: [u8; 4]| {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        let local = SocketAddr::from((source, 0));
-        socket.bind(&local.into()).expect("bind a loopback source");
-        socket.connect(&addr.into()).expect("connect");
-        TcpStream::from(socket)
-    };
+    let from = |source: [u8; 4]| from(source, addr);
     let forwarded = [("X-Forwarded-For", "10.1.1.1, 192.0.2.7")];
     // From the proxy 127.0.0.2: the client is 192.0.2.7.
     let mut proxied = WsClient::over(from([127, 0, 0, 2]), addr, "/", &forwarded).expect("upgrade");
@@ -580,6 +573,33 @@ fn x_forwarded_for_names_the_client_only_from_forwarded_from_peers() {
     another.login("alice");
     let log = server.stderr_text();
     assert!(!log.contains("127.0.0.3:0"), "{log}");
+}
+
+/// A TCP connection to `addr` from the loopback address `source`.
+fn from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local = SocketAddr::from((source, 0));
+    socket.bind(&local.into()).expect("bind a loopback source");
+    socket.connect(&addr.into()).expect("connect");
+    TcpStream::from(socket)
+}
+
+#[test]
+fn a_proxy_protocol_header_comes_before_the_upgrade_and_names_the_client() {
+    let config = TestConfig::new().server("proxy_protocol_from", vec!["127.0.0.2"]);
+    let (server, addr) = start(config, &[]);
+    let mut balancer = from([127, 0, 0, 2], addr);
+    balancer
+        .write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 7780\r\n")
+        .expect("send the header");
+    let mut client = WsClient::over(balancer, addr, "/", &[]).expect("upgrade after the header");
+    client.send(&["login", "alice", "wrong"]);
+    client.expect(&["login_invalid"]);
+    server.wait_for_log("203.0.113.9:5555: login as \"alice\" failed", WAIT);
+    // Without the header, a trusted peer's upgrade request is not a PROXY header: closed.
+    let headerless = WsClient::over(from([127, 0, 0, 2], addr), addr, "/", &[]);
+    assert!(headerless.is_err());
 }
 
 #[test]
@@ -663,4 +683,57 @@ fn a_websocket_client_that_stops_reading_is_cut_off_and_metrics_say_ws() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn an_embedding_program_starts_the_websocket_listener_alone_and_publishes_to_it() {
+    use crate::common::in_process::{test_settings, user_set};
+    use std::sync::Arc;
+    use tether_actors::users::UserTable;
+    use tether_actors::{Listeners, Tether, WebSocketListener, WebSocketPolicy};
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (publish_tx, publish_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let listeners = Listeners {
+                plain: None,
+                tls: None,
+                websocket: Some(WebSocketListener {
+                    listener,
+                    policy: WebSocketPolicy {
+                        path: "/embedded".into(),
+                        ..WebSocketPolicy::default()
+                    },
+                    tls: None,
+                }),
+                proxy_trust: Default::default(),
+            };
+            let users = Arc::new(UserTable::new(user_set(&[("alice", "secret")], 4)));
+            let tether = Tether::start_listeners(listeners, test_settings(), users).expect("start");
+            let address = tether.ws_local_addr().expect("a WebSocket address");
+            assert_eq!(tether.local_addr(), address);
+            started_tx.send(address).expect("test waits");
+            let handle = tether.handle();
+            let publisher = tokio::task::spawn_blocking(move || publish_rx.recv());
+            if let Ok(Ok(())) = publisher.await {
+                handle
+                    .publish("alice", "from the host")
+                    .await
+                    .expect("publish");
+            }
+            let _ = stopped.await;
+            tether.shutdown().await;
+        });
+    });
+    let addr = started_rx.recv_timeout(WAIT).expect("started");
+    let mut client = WsClient::connect_with(addr, "/embedded", &[]);
+    client.login("alice");
+    publish_tx.send(()).expect("publish");
+    assert_eq!(client.recv()[2], "from the host");
+    let _ = stop.send(());
+    client.expect(&["shutdown"]);
+    client.expect_close(1001);
+    thread.join().expect("server thread");
 }
