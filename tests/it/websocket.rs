@@ -737,3 +737,91 @@ fn an_embedding_program_starts_the_websocket_listener_alone_and_publishes_to_it(
     client.expect_close(1001);
     thread.join().expect("server thread");
 }
+
+/// The next frame the server sends on `stream`: its opcode and payload.
+fn server_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).expect("a frame header");
+    let length = match header[1] & 0x7F {
+        126 => {
+            let mut extended = [0u8; 2];
+            stream.read_exact(&mut extended).expect("a length");
+            usize::from(u16::from_be_bytes(extended))
+        }
+        127 => panic!("a server frame over 64 KiB"),
+        length => usize::from(length),
+    };
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).expect("a payload");
+    (header[0] & 0x0F, payload)
+}
+
+#[test]
+fn a_ping_flood_is_answered_at_the_pace_the_client_reads() {
+    let (_server, addr) = start(TestConfig::new(), &[]);
+    let mut stream = raw_upgraded(addr);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let ping = frame(0x89, b"flood!", false);
+    let burst = ping.repeat(1000);
+    let mut sent = 0usize;
+    // Never reading a pong: the server must stop reading pings, so the client's writes
+    // block once the kernel buffers between them are full (a few MiB), long before 64 MiB.
+    let blocked = loop {
+        match stream.write(&burst) {
+            Ok(written) => {
+                sent += written;
+                if sent > 64 << 20 {
+                    break false;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(err) => panic!("write failed: {err}"),
+        }
+    };
+    assert!(
+        blocked,
+        "the server took {sent} bytes of pings while no pong was read"
+    );
+    // Now read: every ping whole sent gets its pong, then the protocol goes on.
+    let mut reader = stream.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let counting = std::thread::spawn(move || {
+        let mut pongs = 0usize;
+        loop {
+            match server_frame(&mut reader) {
+                (0xA, payload) => {
+                    assert_eq!(payload, b"flood!");
+                    pongs += 1;
+                }
+                (0x1, payload) => {
+                    assert_eq!(payload, message(&["prolongate_ack"]).as_bytes());
+                    return pongs;
+                }
+                (opcode, payload) => panic!("unexpected frame {opcode}: {payload:?}"),
+            }
+        }
+    });
+    let rest = (ping.len() - sent % ping.len()) % ping.len();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream
+        .write_all(&ping[ping.len() - rest..])
+        .expect("finish the last ping");
+    stream
+        .write_all(&frame(0x81, message(&["prolongate"]).as_bytes(), false))
+        .expect("send a command");
+    let pongs = counting.join().expect("reader");
+    assert_eq!(pongs, (sent + rest) / ping.len());
+}
