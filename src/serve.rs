@@ -303,9 +303,14 @@ pub fn run(config: Config) -> Outcome {
             log::info!("listening on {address} (clients, TLS)");
         }
         if let (Some(address), Some(ws)) = (tether.ws_local_addr(), &config.server.websocket) {
+            log::info!("listening on {address} (clients, WebSocket)");
             let scheme = if ws.tls { "wss" } else { "ws" };
+            let origins = match ws.allowed_origins.as_slice() {
+                [] => "none (no browser page is accepted)".to_string(),
+                origins => origins.join(", "),
+            };
             log::info!(
-                "listening on {address} (clients, WebSocket {scheme}://…{})",
+                "WebSocket: {scheme}://{address}{}; browser origins allowed: {origins}",
                 ws.path
             );
         }

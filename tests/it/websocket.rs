@@ -550,14 +550,7 @@ fn x_forwarded_for_names_the_client_only_from_forwarded_from_peers() {
     let config = TestConfig::new().auth("login_failures_per_minute", 1);
     let trusted = toml::Value::Array(vec!["127.0.0.2".into()]);
     let (server, addr) = start(config, &[("forwarded_from", trusted)]);
-    let from = |source: [u8; 4]| {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        let local = SocketAddr::from((source, 0));
-        socket.bind(&local.into()).expect("bind a loopback source");
-        socket.connect(&addr.into()).expect("connect");
-        TcpStream::from(socket)
-    };
+    let from = |source: [u8; 4]| from(source, addr);
     let forwarded = [("X-Forwarded-For", "10.1.1.1, 192.0.2.7")];
     // From the proxy 127.0.0.2: the client is 192.0.2.7.
     let mut proxied = WsClient::over(from([127, 0, 0, 2]), addr, "/", &forwarded).expect("upgrade");
@@ -580,6 +573,33 @@ fn x_forwarded_for_names_the_client_only_from_forwarded_from_peers() {
     another.login("alice");
     let log = server.stderr_text();
     assert!(!log.contains("127.0.0.3:0"), "{log}");
+}
+
+/// A TCP connection to `addr` from the loopback address `source`.
+fn from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let local = SocketAddr::from((source, 0));
+    socket.bind(&local.into()).expect("bind a loopback source");
+    socket.connect(&addr.into()).expect("connect");
+    TcpStream::from(socket)
+}
+
+#[test]
+fn a_proxy_protocol_header_comes_before_the_upgrade_and_names_the_client() {
+    let config = TestConfig::new().server("proxy_protocol_from", vec!["127.0.0.2"]);
+    let (server, addr) = start(config, &[]);
+    let mut balancer = from([127, 0, 0, 2], addr);
+    balancer
+        .write_all(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 7780\r\n")
+        .expect("send the header");
+    let mut client = WsClient::over(balancer, addr, "/", &[]).expect("upgrade after the header");
+    client.send(&["login", "alice", "wrong"]);
+    client.expect(&["login_invalid"]);
+    server.wait_for_log("203.0.113.9:5555: login as \"alice\" failed", WAIT);
+    // Without the header, a trusted peer's upgrade request is not a PROXY header: closed.
+    let headerless = WsClient::over(from([127, 0, 0, 2], addr), addr, "/", &[]);
+    assert!(headerless.is_err());
 }
 
 #[test]
@@ -663,4 +683,145 @@ fn a_websocket_client_that_stops_reading_is_cut_off_and_metrics_say_ws() {
         ),
         Some(1.0)
     );
+}
+
+#[test]
+fn an_embedding_program_starts_the_websocket_listener_alone_and_publishes_to_it() {
+    use crate::common::in_process::{test_settings, user_set};
+    use std::sync::Arc;
+    use tether_actors::users::UserTable;
+    use tether_actors::{Listeners, Tether, WebSocketListener, WebSocketPolicy};
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (publish_tx, publish_rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let listeners = Listeners {
+                plain: None,
+                tls: None,
+                websocket: Some(WebSocketListener {
+                    listener,
+                    policy: WebSocketPolicy {
+                        path: "/embedded".into(),
+                        ..WebSocketPolicy::default()
+                    },
+                    tls: None,
+                }),
+                proxy_trust: Default::default(),
+            };
+            let users = Arc::new(UserTable::new(user_set(&[("alice", "secret")], 4)));
+            let tether = Tether::start_listeners(listeners, test_settings(), users).expect("start");
+            let address = tether.ws_local_addr().expect("a WebSocket address");
+            assert_eq!(tether.local_addr(), address);
+            started_tx.send(address).expect("test waits");
+            let handle = tether.handle();
+            let publisher = tokio::task::spawn_blocking(move || publish_rx.recv());
+            if let Ok(Ok(())) = publisher.await {
+                handle
+                    .publish("alice", "from the host")
+                    .await
+                    .expect("publish");
+            }
+            let _ = stopped.await;
+            tether.shutdown().await;
+        });
+    });
+    let addr = started_rx.recv_timeout(WAIT).expect("started");
+    let mut client = WsClient::connect_with(addr, "/embedded", &[]);
+    client.login("alice");
+    publish_tx.send(()).expect("publish");
+    assert_eq!(client.recv()[2], "from the host");
+    let _ = stop.send(());
+    client.expect(&["shutdown"]);
+    client.expect_close(1001);
+    thread.join().expect("server thread");
+}
+
+/// The next frame the server sends on `stream`: its opcode and payload.
+fn server_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 2];
+    stream.read_exact(&mut header).expect("a frame header");
+    let length = match header[1] & 0x7F {
+        126 => {
+            let mut extended = [0u8; 2];
+            stream.read_exact(&mut extended).expect("a length");
+            usize::from(u16::from_be_bytes(extended))
+        }
+        127 => panic!("a server frame over 64 KiB"),
+        length => usize::from(length),
+    };
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).expect("a payload");
+    (header[0] & 0x0F, payload)
+}
+
+#[test]
+fn a_ping_flood_is_answered_at_the_pace_the_client_reads() {
+    let (_server, addr) = start(TestConfig::new(), &[]);
+    let mut stream = raw_upgraded(addr);
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let ping = frame(0x89, b"flood!", false);
+    let burst = ping.repeat(1000);
+    let mut sent = 0usize;
+    // Never reading a pong: the server must stop reading pings, so the client's writes
+    // block once the kernel buffers between them are full (a few MiB), long before 64 MiB.
+    let blocked = loop {
+        match stream.write(&burst) {
+            Ok(written) => {
+                sent += written;
+                if sent > 64 << 20 {
+                    break false;
+                }
+            }
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break true
+            }
+            Err(err) => panic!("write failed: {err}"),
+        }
+    };
+    assert!(
+        blocked,
+        "the server took {sent} bytes of pings while no pong was read"
+    );
+    // Now read: every ping whole sent gets its pong, then the protocol goes on.
+    let mut reader = stream.try_clone().expect("clone");
+    reader
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let counting = std::thread::spawn(move || {
+        let mut pongs = 0usize;
+        loop {
+            match server_frame(&mut reader) {
+                (0xA, payload) => {
+                    assert_eq!(payload, b"flood!");
+                    pongs += 1;
+                }
+                (0x1, payload) => {
+                    assert_eq!(payload, message(&["prolongate_ack"]).as_bytes());
+                    return pongs;
+                }
+                (opcode, payload) => panic!("unexpected frame {opcode}: {payload:?}"),
+            }
+        }
+    });
+    let rest = (ping.len() - sent % ping.len()) % ping.len();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream
+        .write_all(&ping[ping.len() - rest..])
+        .expect("finish the last ping");
+    stream
+        .write_all(&frame(0x81, message(&["prolongate"]).as_bytes(), false))
+        .expect("send a command");
+    let pongs = counting.join().expect("reader");
+    assert_eq!(pongs, (sent + rest) / ping.len());
 }

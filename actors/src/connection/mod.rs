@@ -644,4 +644,18 @@ mod tests {
         );
         assert_eq!(size_of::<EvictConnection>(), size_of::<usize>());
     }
+
+    /// What a WebSocket connection adds (`--nocapture`), for the `hold` figures of
+    /// BENCHMARKS.md: one boxed `WsStream` (tungstenite's context inside), whose buffers
+    /// hold no memory while idle but the context's read buffer (the last frame's size).
+    #[test]
+    fn a_websocket_adds_one_boxed_stream() {
+        println!(
+            "WsStream {} B (tungstenite WebSocketContext {} B), ClientStream {} B",
+            size_of::<websocket::WsStream>(),
+            size_of::<tungstenite::protocol::WebSocketContext>(),
+            size_of::<ClientStream>(),
+        );
+        assert!(size_of::<ClientStream>() <= 2 * size_of::<tokio::net::TcpStream>());
+    }
 }

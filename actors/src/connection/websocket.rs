@@ -110,6 +110,8 @@ pub struct WsStream {
     close_sent: bool,
     /// The client broke the protocol: the close code is the violation's.
     violated: bool,
+    /// A violation found after data was handed on, answered by the next read.
+    deferred: Option<WsViolation>,
 }
 
 impl WsStream {
@@ -141,6 +143,7 @@ impl WsStream {
             close_code: CLOSE_NORMAL,
             close_sent: false,
             violated: false,
+            deferred: None,
         }
     }
 
@@ -243,14 +246,23 @@ impl WsStream {
         self.close_sent = true;
     }
 
-    /// Refuses the input for `violation`: the read side goes raw and the close frame will
-    /// carry its code.
-    fn violated(&mut self, code: u16, detail: String) -> io::Error {
+    /// Refuses the input for the protocol error `err`: the read side goes raw and the close
+    /// frame will carry its code (1009 too big, 1007 not UTF-8, 1002 anything else).
+    fn violated(&mut self, err: WsError) -> WsViolation {
+        let (code, detail) = match err {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
+                1009,
+                format!("frame or message of {size} bytes, over {max_size}"),
+            ),
+            WsError::Capacity(err) => (1009, err.to_string()),
+            WsError::Utf8(err) => (1007, format!("text frame not UTF-8: {err}")),
+            err => (1002, err.to_string()),
+        };
         self.read_side = ReadSide::Raw;
         self.drop_input();
         self.close_code = code;
         self.violated = true;
-        io::Error::new(io::ErrorKind::InvalidData, WsViolation { code, detail })
+        WsViolation { code, detail }
     }
 
     /// Forgets the input not yet handed on.
@@ -267,16 +279,29 @@ impl WsStream {
         self.unread.advance(length);
     }
 
-    /// Reads frames until one carries data (put into `buf`) or none is complete.
+    /// Reads frames into `buf` until it is full or no frame is complete: ready once some
+    /// data is in `buf` (or the input ended), pending when none came. What ends the input
+    /// after some data (a close frame, a violation) is answered by the next read.
     fn poll_frames(
         &mut self,
         task: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let mut got_data = false;
         loop {
+            if let Some(violation) = self.deferred.take() {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
+            }
+            if got_data && (buf.remaining() == 0 || self.read_side != ReadSide::Open) {
+                return Poll::Ready(Ok(()));
+            }
             if self.frames.len() > FRAME_CHUNK {
                 // Pongs (and output) the client has not taken: read on at its pace.
-                std::task::ready!(self.poll_write_frames(task))?;
+                match self.poll_write_frames(task) {
+                    Poll::Ready(Ok(())) => {}
+                    _ if got_data => return Poll::Ready(Ok(())),
+                    other => return other,
+                }
             }
             let (context, mut io) = self.io(task);
             let payload: Bytes = match context.read(&mut io) {
@@ -295,7 +320,11 @@ impl WsStream {
                     if let Poll::Ready(Err(err)) = self.poll_write_frames(task) {
                         return Poll::Ready(Err(err));
                     }
-                    return Poll::Pending;
+                    return if got_data {
+                        Poll::Ready(Ok(()))
+                    } else {
+                        Poll::Pending
+                    };
                 }
                 Err(WsError::Io(err)) => return Poll::Ready(Err(err)),
                 Err(
@@ -308,22 +337,24 @@ impl WsStream {
                     self.drop_input();
                     return Poll::Ready(Ok(()));
                 }
-                Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
-                    let detail = format!("frame or message of {size} bytes, over {max_size}");
-                    return Poll::Ready(Err(self.violated(1009, detail)));
+                Err(err) => {
+                    let violation = self.violated(err);
+                    if got_data {
+                        self.deferred = Some(violation);
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, violation)));
                 }
-                Err(WsError::Utf8(err)) => {
-                    let detail = format!("text frame not UTF-8: {err}");
-                    return Poll::Ready(Err(self.violated(1007, detail)));
-                }
-                Err(err) => return Poll::Ready(Err(self.violated(1002, err.to_string()))),
             };
             if payload.is_empty() {
                 continue;
             }
+            got_data = true;
             self.unread = payload;
             self.hand_on(buf);
-            return Poll::Ready(Ok(()));
+            if !self.unread.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
         }
     }
 }
@@ -400,6 +431,7 @@ impl AsyncRead for WsStream {
             return Poll::Ready(Ok(()));
         }
         match this.read_side {
+            _ if this.deferred.is_some() => this.poll_frames(task, buf),
             ReadSide::Open => this.poll_frames(task, buf),
             ReadSide::PeerClosed => Poll::Ready(Ok(())),
             // Discarded by the closing transport.
