@@ -7,7 +7,7 @@ const $ = (id) => document.getElementById(id);
 const client = new TetherClient({ relogin: true });
 
 const params = new URLSearchParams(location.search);
-$('url').value = params.get('url') ?? 'ws://127.0.0.1:7702/';
+$('url').value = params.get('url') ?? 'ws://127.0.0.1:7780/';
 
 /** Shows `text` as the status, and enables the buttons that fit the client's state. */
 function status(text) {
