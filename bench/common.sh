@@ -3,7 +3,8 @@
 # Expects BIN (the folder with the release binaries) and WORK (a temporary folder).
 # WORKERS (default 0: one event loop per CPU) is tether's `server.workers`.
 # Every tether also listens for TLS (`server.tls.listen`) with a certificate for localhost
-# signed by a CA made here with `openssl` ($WORK/tls-ca.pem, what `--tls-ca` trusts).
+# signed by a CA made here with `openssl` ($WORK/tls-ca.pem, what `--tls-ca` trusts), and
+# for WebSocket (`server.websocket.listen`, path "/"; `wss` with TETHER_WS_TLS=true).
 
 PIDS=()
 stop_servers() {
@@ -57,7 +58,8 @@ make_tls_pair() {
 
 # start_servers USERS: users file (USERS at cost 4, plus storm0..storm1 at cost 10),
 # tether config (`workers = $WORKERS`), then the three servers. Sets TETHER_ADDR
-# TETHER_TLS_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
+# TETHER_TLS_ADDR TETHER_WS_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID
+# REDIS_PID.
 start_servers() {
     local users=$1 tport aport sport rport dport
     # All ports first, before any connection: a port picked later can still be the local
@@ -79,6 +81,7 @@ start_servers() {
     start_tether tether "${WORKERS:-0}" "$tport" "$aport" "$sport"
     TETHER_ADDR=$STARTED_ADDR
     TETHER_TLS_ADDR=$STARTED_TLS_ADDR
+    TETHER_WS_ADDR=$STARTED_WS_ADDR
     ADMIN_ADDR=$STARTED_ADMIN
     TETHER_PID=$STARTED_PID
     RAW_ADDR=127.0.0.1:$rport
@@ -106,16 +109,17 @@ start_base_and_branch() {
 # start_tether NAME WORKERS [PORT ADMIN_PORT TLS_PORT]: a tether with `server.workers =
 # WORKERS`, config $WORK/NAME.toml (ending with $TETHER_EXTRA_TOML, such as a [cluster]
 # section), sharing $WORK/users.toml (start_servers writes it); ports picked here when not
-# given (and picked again, up to 3 times, if they turn out taken). Sets STARTED_ADDR
-# STARTED_TLS_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops it with the rest, stop_one
-# PID before.
+# given (the WebSocket port always picked here; all picked again, up to 3 times, if they
+# turn out taken). Sets STARTED_ADDR STARTED_TLS_ADDR STARTED_WS_ADDR STARTED_ADMIN
+# STARTED_PID; stop_servers stops it with the rest, stop_one PID before.
 start_tether() {
-    local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} attempt
+    local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} wport attempt
     make_tls_pair
     for attempt in 1 2 3; do
         if [[ -z ${3:-} ]]; then
             read -r tport aport sport < <("$BIN/tether-bench" free-ports 3)
         fi
+        read -r wport < <("$BIN/tether-bench" free-ports 1)
         cat > "$WORK/$name.toml" <<TOML
 [server]
 listen = "127.0.0.1:$tport"
@@ -125,6 +129,9 @@ workers = $workers
 listen = "127.0.0.1:$sport"
 cert_file = "tls.pem"
 key_file = "tls.key"
+[server.websocket]
+listen = "127.0.0.1:$wport"
+tls = ${TETHER_WS_TLS:-false}
 [auth]
 users_file = "users.toml"
 bcrypt_cost = 4
@@ -141,9 +148,10 @@ TOML
         STARTED_PID=$!
         PIDS+=("$STARTED_PID")
         if wait_port "$tport" "$STARTED_PID" && wait_port "$aport" "$STARTED_PID" \
-            && wait_port "$sport" "$STARTED_PID"; then
+            && wait_port "$sport" "$STARTED_PID" && wait_port "$wport" "$STARTED_PID"; then
             STARTED_ADDR=127.0.0.1:$tport
             STARTED_TLS_ADDR=127.0.0.1:$sport
+            STARTED_WS_ADDR=127.0.0.1:$wport
             STARTED_ADMIN=127.0.0.1:$aport
             return 0
         fi

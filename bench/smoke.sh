@@ -68,6 +68,13 @@ bench tls --addr "$TETHER_ADDR" --tls-addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tl
     --rounds 2 --shape 10x8 --storm-shape 10x1 --duration 1 --warmup 0.2 --storm-concurrency 2
 bench --target-name tether-tls hold --addr "$TETHER_TLS_ADDR" --tls-ca "$WORK/tls-ca.pem" \
     --pid "$TETHER_PID" --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
+# WebSocket (issue 25): the same scenarios over the tether's ws listener.
+bench --websocket / --target-name tether-ws cmd --addr "$TETHER_WS_ADDR" --shapes 10x8 \
+    --duration 1 --warmup 0.2
+bench --websocket / --target-name tether-ws fanout --addr "$TETHER_WS_ADDR" \
+    --admin "$ADMIN_ADDR" --connections 100 --users 1 --rate 200 --duration 1 --drain 10
+bench --websocket / --target-name tether-ws hold --addr "$TETHER_WS_ADDR" --pid "$TETHER_PID" \
+    --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
 # A cluster of three nodes and a Redis (issue 13): latency, fan-out, commands per event.
 OUT=$WORK/smoke.jsonl cluster_scenarios smoke
 results=$(wc -l < "$WORK/smoke.jsonl")

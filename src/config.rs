@@ -57,8 +57,10 @@ impl fmt::Display for Source {
 pub struct ServerConfig {
     /// Where clients connect in plain TCP; `None` (`listen = ""`) when only TLS is on.
     pub listen: Option<SocketAddr>,
-    /// The TLS listener (`[server.tls]`), when on.
+    /// The TLS listener (`[server.tls]`), when on (its listener, or `wss` for WebSocket).
     pub tls: Option<TlsConfig>,
+    /// The WebSocket listener (`[server.websocket]`, SPEC §11), when on.
+    pub websocket: Option<WebSocketConfig>,
     /// Networks whose connections begin with a PROXY protocol header (a single address is
     /// a /32 or /128).
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
@@ -82,17 +84,33 @@ pub struct ServerConfig {
     pub workers: usize,
 }
 
-/// The `[server.tls]` table when its `listen` is set: the client protocol over TLS.
+/// The `[server.tls]` table when its `listen` is set or `server.websocket.tls` is on: the
+/// client protocol over TLS, and the certificate `wss` uses.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
-    /// Where TLS clients connect.
-    pub listen: SocketAddr,
+    /// Where TLS clients connect; `None` when only `wss` uses the certificate.
+    pub listen: Option<SocketAddr>,
     /// The certificate chain, PEM.
     pub cert_file: PathBuf,
     /// The private key, PEM.
     pub key_file: PathBuf,
     /// When set, clients must present a certificate this CA (PEM) signed.
     pub client_ca_file: Option<PathBuf>,
+}
+
+/// The `[server.websocket]` table when its `listen` is set (SPEC §11).
+#[derive(Debug, Clone)]
+pub struct WebSocketConfig {
+    /// Where WebSocket clients connect.
+    pub listen: SocketAddr,
+    /// The upgrade path; other paths get `404`.
+    pub path: String,
+    /// Browser origins allowed (`scheme://host[:port]`, lower case), or `"*"`.
+    pub allowed_origins: Vec<String>,
+    /// `wss://` with `[server.tls]`'s certificate and key.
+    pub tls: bool,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub forwarded_from: Vec<ipnet::IpNet>,
 }
 
 /// The `[auth]` table: the users file and login rules.
@@ -263,6 +281,7 @@ impl Config {
                     ),
                 ),
                 ("tls", tls_table(server.tls.as_ref())),
+                ("websocket", websocket_table(server.websocket.as_ref())),
             ],
         );
         let auth = &self.auth;
@@ -359,13 +378,43 @@ fn tls_table(tls: Option<&TlsConfig>) -> toml_edit::Item {
     let mut table = toml_edit::Table::new();
     table.insert(
         "listen",
-        toml_edit::value(tls.map_or_else(String::new, |tls| tls.listen.to_string())),
+        toml_edit::value(
+            tls.and_then(|tls| tls.listen)
+                .map_or_else(String::new, |address| address.to_string()),
+        ),
     );
     table.insert("cert_file", path(tls.map(|tls| &tls.cert_file)));
     table.insert("key_file", path(tls.map(|tls| &tls.key_file)));
     table.insert(
         "client_ca_file",
         path(tls.and_then(|tls| tls.client_ca_file.as_ref())),
+    );
+    toml_edit::Item::Table(table)
+}
+
+/// The `[server.websocket]` table as [`Config::effective_toml`] shows it.
+fn websocket_table(websocket: Option<&WebSocketConfig>) -> toml_edit::Item {
+    use toml_edit::value;
+    let list = |items: Vec<String>| value(items.into_iter().collect::<toml_edit::Array>());
+    let mut table = toml_edit::Table::new();
+    table.insert(
+        "listen",
+        value(websocket.map_or_else(String::new, |ws| ws.listen.to_string())),
+    );
+    table.insert(
+        "path",
+        value(websocket.map_or_else(|| "/".to_string(), |ws| ws.path.clone())),
+    );
+    table.insert(
+        "allowed_origins",
+        list(websocket.map_or_else(Vec::new, |ws| ws.allowed_origins.clone())),
+    );
+    table.insert("tls", value(websocket.is_some_and(|ws| ws.tls)));
+    table.insert(
+        "forwarded_from",
+        list(websocket.map_or_else(Vec::new, |ws| {
+            ws.forwarded_from.iter().map(ToString::to_string).collect()
+        })),
     );
     toml_edit::Item::Table(table)
 }
@@ -591,6 +640,29 @@ struct RawServer {
     workers: u64,
     proxy_protocol_from: Vec<String>,
     tls: RawServerTls,
+    websocket: RawServerWebSocket,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default, expecting = "a [server.websocket] table")]
+struct RawServerWebSocket {
+    listen: String,
+    path: String,
+    allowed_origins: Vec<String>,
+    tls: bool,
+    forwarded_from: Vec<String>,
+}
+
+impl Default for RawServerWebSocket {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            path: "/".to_string(),
+            allowed_origins: Vec::new(),
+            tls: false,
+            forwarded_from: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -615,6 +687,7 @@ impl Default for RawServer {
             workers: 0,
             proxy_protocol_from: Vec::new(),
             tls: RawServerTls::default(),
+            websocket: RawServerWebSocket::default(),
         }
     }
 }
@@ -806,30 +879,24 @@ impl Check<'_> {
             "" => None,
             text => Some(self.address("server.listen", text)?),
         };
-        let tls = self.server_tls(raw.tls)?;
-        if listen.is_none() && tls.is_none() {
+        let websocket = self.server_websocket(raw.websocket)?;
+        let wss = websocket.as_ref().is_some_and(|ws| ws.tls);
+        let tls = self.server_tls(raw.tls, wss)?;
+        let tls_listen = tls.as_ref().and_then(|tls| tls.listen);
+        if listen.is_none() && tls_listen.is_none() && websocket.is_none() {
             return Err(self.error(
                 "server.listen",
-                "must be set unless server.tls.listen is (clients need a listener)".into(),
+                "must be set unless server.tls.listen or server.websocket.listen is \
+                 (clients need a listener)"
+                    .into(),
             ));
         }
-        let proxy_protocol_from = raw
-            .proxy_protocol_from
-            .iter()
-            .map(|text| {
-                text.parse::<ipnet::IpNet>()
-                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .map_err(|_| {
-                        self.error(
-                            "server.proxy_protocol_from",
-                            format!("invalid network {text:?}: expected a CIDR like 10.0.0.0/8 or an address"),
-                        )
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let proxy_protocol_from =
+            self.networks("server.proxy_protocol_from", &raw.proxy_protocol_from)?;
         Ok(ServerConfig {
             listen,
             tls,
+            websocket,
             proxy_protocol_from,
             idle_timeout,
             max_message_bytes,
@@ -841,20 +908,115 @@ impl Check<'_> {
         })
     }
 
-    fn server_tls(&self, raw: RawServerTls) -> Result<Option<TlsConfig>, ConfigError> {
+    /// CIDRs (or single addresses) of `key`.
+    fn networks(&self, key: &str, texts: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        texts
+            .iter()
+            .map(|text| {
+                text.parse::<ipnet::IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        self.error(
+                            key,
+                            format!("invalid network {text:?}: expected a CIDR like 10.0.0.0/8 or an address"),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// `[server.websocket]`: `None` when `listen` is empty.
+    fn server_websocket(
+        &self,
+        raw: RawServerWebSocket,
+    ) -> Result<Option<WebSocketConfig>, ConfigError> {
+        let forwarded_from =
+            self.networks("server.websocket.forwarded_from", &raw.forwarded_from)?;
+        if !raw.path.starts_with('/')
+            || raw.path.contains('?')
+            || raw.path.contains('#')
+            || raw
+                .path
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(self.error(
+                "server.websocket.path",
+                format!(
+                    "{:?} is not a path: it must begin with \"/\" and hold no spaces, \"?\" or \"#\"",
+                    raw.path
+                ),
+            ));
+        }
+        let allowed_origins = raw
+            .allowed_origins
+            .iter()
+            .map(|origin| self.origin(origin))
+            .collect::<Result<Vec<_>, _>>()?;
         if raw.listen.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(WebSocketConfig {
+            listen: self.address("server.websocket.listen", &raw.listen)?,
+            path: raw.path,
+            allowed_origins,
+            tls: raw.tls,
+            forwarded_from,
+        }))
+    }
+
+    /// One of `allowed_origins`: `"*"`, or `scheme://host[:port]` (lower-cased).
+    fn origin(&self, text: &str) -> Result<String, ConfigError> {
+        if text == "*" {
+            return Ok(text.to_string());
+        }
+        let host = text
+            .split_once("://")
+            .filter(|(scheme, _)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            })
+            .map(|(_, host)| host);
+        match host {
+            Some(host)
+                if !host.is_empty()
+                    && !host.contains('/')
+                    && !host.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                Ok(text.to_ascii_lowercase())
+            }
+            _ => Err(self.error(
+                "server.websocket.allowed_origins",
+                format!(
+                    "{text:?} is not an origin: expected scheme://host[:port] such as \
+                     \"https://app.example.com\" (no path, no trailing slash), or \"*\""
+                ),
+            )),
+        }
+    }
+
+    fn server_tls(&self, raw: RawServerTls, wss: bool) -> Result<Option<TlsConfig>, ConfigError> {
+        if raw.listen.is_empty() && !wss {
             return Ok(None);
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         let file = |key: &str, text: &str| {
             if text.is_empty() {
-                Err(self.error(key, "must be set when server.tls.listen is".into()))
+                Err(self.error(
+                    key,
+                    "must be set when server.tls.listen is, or server.websocket.tls".into(),
+                ))
             } else {
                 Ok(folder.join(text))
             }
         };
         Ok(Some(TlsConfig {
-            listen: self.address("server.tls.listen", &raw.listen)?,
+            listen: match raw.listen.as_str() {
+                "" => None,
+                text => Some(self.address("server.tls.listen", text)?),
+            },
             cert_file: file("server.tls.cert_file", &raw.cert_file)?,
             key_file: file("server.tls.key_file", &raw.key_file)?,
             client_ca_file: match raw.client_ca_file.as_str() {
@@ -1003,7 +1165,8 @@ impl Check<'_> {
             "" => config
                 .server
                 .listen
-                .or(config.server.tls.as_ref().map(|tls| tls.listen))
+                .or(config.server.tls.as_ref().and_then(|tls| tls.listen))
+                .or(config.server.websocket.as_ref().map(|ws| ws.listen))
                 .map_or_else(String::new, |address| address.to_string()),
             node => node.to_string(),
         };
@@ -1109,20 +1272,37 @@ impl Check<'_> {
 
     /// Refuses an admin API on the client protocol's address: one of them could not bind.
     fn distinct_listeners(&self, config: &Config) -> Result<(), ConfigError> {
-        let Some(admin) = config.admin.listen else {
-            return Ok(());
+        let tls = config.server.tls.as_ref().and_then(|tls| tls.listen);
+        let ws = config.server.websocket.as_ref().map(|ws| ws.listen);
+        let same = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0 && a.port() == b.port() && a.ip() == b.ip()
         };
-        let tls = config.server.tls.as_ref().map(|tls| tls.listen);
-        for client in config.server.listen.into_iter().chain(tls) {
-            self.distinct(client, admin)?;
-        }
         if let (Some(client), Some(tls)) = (config.server.listen, tls) {
-            if client.port() != 0 && client.port() == tls.port() && client.ip() == tls.ip() {
+            if same(client, tls) {
                 return Err(self.error(
                     "server.tls.listen",
                     format!("{tls} is the address of server.listen; give TLS another port"),
                 ));
             }
+        }
+        if let Some(ws) = ws {
+            for (key, other) in [
+                ("server.listen", config.server.listen),
+                ("server.tls.listen", tls),
+            ] {
+                if other.is_some_and(|other| same(ws, other)) {
+                    return Err(self.error(
+                        "server.websocket.listen",
+                        format!("{ws} is the address of {key}; give WebSocket another port"),
+                    ));
+                }
+            }
+        }
+        let Some(admin) = config.admin.listen else {
+            return Ok(());
+        };
+        for client in config.server.listen.into_iter().chain(tls).chain(ws) {
+            self.distinct(client, admin)?;
         }
         Ok(())
     }
@@ -1630,7 +1810,7 @@ mod tests {
         assert_refused(
             "[server]\nlisten = \"\"",
             "server.listen",
-            "must be set unless server.tls.listen is",
+            "must be set unless server.tls.listen or server.websocket.listen is",
         );
         assert_refused(
             "[server.tls]\nlisten = \"127.0.0.1:7443\"",

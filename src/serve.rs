@@ -14,7 +14,9 @@ use std::time::Duration;
 use tether_actors::proxy_header::ProxyTrust;
 use tether_actors::rustls;
 use tether_actors::users::{UserStore, UserTable};
-use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
+use tether_actors::{
+    Listeners, Settings, Tether, TlsConfigSlot, WebSocketListener, WebSocketPolicy,
+};
 
 /// How long past `shutdown_grace` the admin API may take to drop the requests it still
 /// holds (it drops them at the grace, rounded down to whole seconds).
@@ -145,12 +147,32 @@ pub fn run(config: Config) -> Outcome {
         },
         None => None,
     };
-    let tls_listener = match (&config.server.tls, tls_config) {
-        (Some(tls), Some(tls_config)) => match bind(tls.listen, "clients, TLS") {
-            Some(listener) => Some((listener, TlsConfigSlot::new(tls_config))),
+    // One slot for the TLS listener and `wss`: a reload reaches both.
+    let tls_slot = tls_config.map(TlsConfigSlot::new);
+    let tls_listener = match (
+        config.server.tls.as_ref().and_then(|tls| tls.listen),
+        &tls_slot,
+    ) {
+        (Some(address), Some(slot)) => match bind(address, "clients, TLS") {
+            Some(listener) => Some((listener, slot.clone())),
             None => return Outcome::Failed,
         },
         _ => None,
+    };
+    let ws_listener = match &config.server.websocket {
+        Some(ws) => match bind(ws.listen, "clients, WebSocket") {
+            Some(listener) => Some(WebSocketListener {
+                listener,
+                policy: WebSocketPolicy {
+                    path: ws.path.clone(),
+                    allowed_origins: ws.allowed_origins.clone(),
+                    forwarded_from: ProxyTrust::new(ws.forwarded_from.clone()),
+                },
+                tls: if ws.tls { tls_slot.clone() } else { None },
+            }),
+            None => return Outcome::Failed,
+        },
+        None => None,
     };
     let admin_listener = match config.admin.listen {
         Some(address) => match bind(address, "admin API") {
@@ -173,10 +195,10 @@ pub fn run(config: Config) -> Outcome {
             Users::File(table, _) => Arc::clone(table) as _,
             Users::Database(database) => Arc::new(database.clone()),
         };
-        let tls_slot = tls_listener.as_ref().map(|(_, slot)| slot.clone());
         let listeners = Listeners {
             plain: listener,
             tls: tls_listener,
+            websocket: ws_listener,
             proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
         let broker = match &config.cluster {
@@ -279,6 +301,18 @@ pub fn run(config: Config) -> Outcome {
         }
         if let Some(address) = tether.tls_local_addr() {
             log::info!("listening on {address} (clients, TLS)");
+        }
+        if let (Some(address), Some(ws)) = (tether.ws_local_addr(), &config.server.websocket) {
+            log::info!("listening on {address} (clients, WebSocket)");
+            let scheme = if ws.tls { "wss" } else { "ws" };
+            let origins = match ws.allowed_origins.as_slice() {
+                [] => "none (no browser page is accepted)".to_string(),
+                origins => origins.join(", "),
+            };
+            log::info!(
+                "WebSocket: {scheme}://{address}{}; browser origins allowed: {origins}",
+                ws.path
+            );
         }
         if let Some((_, bound)) = &admin {
             let scheme = if config.admin.tls.is_some() {

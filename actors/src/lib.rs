@@ -24,6 +24,9 @@ pub use hub::{bus, registry, supervisor};
 pub use util::{buffers, clock, excerpt, metrics};
 pub use wire::{codec, protocol, proxy_header};
 
-pub use server::{Listeners, Settings, StartError, Tether, TetherHandle, TlsConfigSlot};
+pub use connection::ws_handshake::WebSocketPolicy;
+pub use server::{
+    Listeners, Settings, StartError, Tether, TetherHandle, TlsConfigSlot, WebSocketListener,
+};
 /// The rustls the TLS listener uses, for building its configuration.
 pub use tokio_rustls::rustls;

@@ -8,6 +8,8 @@ use crate::auth::users::UserStore;
 use crate::connection::tls_handshake::{
     tls_handshake, HandshakeThreads, PendingHandshake, TLS_HANDSHAKE_TIMEOUT,
 };
+use crate::connection::websocket::WsStream;
+use crate::connection::ws_handshake::{self, WebSocketPolicy, WS_HANDSHAKE_TIMEOUT};
 use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
 use crate::hub::broker::{Broker, Inbox};
 use crate::hub::bus::{BusLimits, EventBusActor};
@@ -21,7 +23,7 @@ use crate::hub::state::HubState;
 use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
 use crate::util::clock::EventClock;
 use crate::util::failure_log::FailureLog;
-use crate::util::metrics::{HandshakeFailure, Metrics, ProxyHeaderFailure};
+use crate::util::metrics::{HandshakeFailure, Metrics, ProxyHeaderFailure, WsHandshakeFailure};
 use crate::util::output_budget::OutputBudget;
 use crate::util::priority::BACKGROUND_NICENESS;
 use crate::wire::proxy_header::{self, ProxyTrust};
@@ -107,15 +109,28 @@ impl From<std::io::Error> for StartError {
     }
 }
 
-/// The listeners a server accepts clients on: plain TCP, TLS, or both.
+/// The listeners a server accepts clients on: plain TCP, TLS, WebSocket, any of them.
 pub struct Listeners {
     /// The plaintext listener (`server.listen`).
     pub plain: Option<std::net::TcpListener>,
     /// The TLS listener (`server.tls.listen`) and the configuration its handshakes use.
     pub tls: Option<(std::net::TcpListener, TlsConfigSlot)>,
-    /// Peers whose connections, on either listener, begin with a PROXY protocol header
+    /// The WebSocket listener (`server.websocket.listen`, SPEC §11).
+    pub websocket: Option<WebSocketListener>,
+    /// Peers whose connections, on any listener, begin with a PROXY protocol header
     /// (`proxy_protocol_from`).
     pub proxy_trust: ProxyTrust,
+}
+
+/// The WebSocket listener (SPEC §11): the same protocol in WebSocket frames, for browsers.
+pub struct WebSocketListener {
+    /// The bound listener.
+    pub listener: std::net::TcpListener,
+    /// Its path, the origins it allows, the proxies whose `X-Forwarded-For` it believes.
+    pub policy: WebSocketPolicy,
+    /// For `wss://`: the TLS configuration its handshakes use (the TLS listener's slot,
+    /// so reloads reach both).
+    pub tls: Option<TlsConfigSlot>,
 }
 
 /// The TLS configuration new handshakes use, replaceable while the server runs (a
@@ -146,6 +161,8 @@ pub struct Tether {
     local_addr: SocketAddr,
     /// Where TLS clients connect, when there is a TLS listener.
     tls_local_addr: Option<SocketAddr>,
+    /// Where WebSocket clients connect, when there is a WebSocket listener.
+    ws_local_addr: Option<SocketAddr>,
     /// The hub's state, for handles.
     hub: watch::Receiver<HubState>,
     /// Restarts the registry and the bus; starts the shutdown broadcast.
@@ -186,6 +203,7 @@ impl Tether {
         let listeners = Listeners {
             plain: Some(listener),
             tls: None,
+            websocket: None,
             proxy_trust: ProxyTrust::default(),
         };
         Self::start_listeners(listeners, settings, users)
@@ -217,15 +235,25 @@ impl Tether {
             None => None,
         };
         let tls_local_addr = tls.as_ref().map(|((_, address), _)| *address);
+        let websocket = match listeners.websocket {
+            Some(ws) => Some((prepare_listener(ws.listener)?, ws.policy, ws.tls)),
+            None => None,
+        };
+        let ws_local_addr = websocket.as_ref().map(|((_, address), _, _)| *address);
         // The plaintext listener's accept loop runs here, on the System's event loop.
         let plain = plain
             .map(|(listener, address)| {
                 tokio::net::TcpListener::from_std(listener).map(|listener| (listener, address))
             })
             .transpose()?;
-        let local_addr = match (plain.as_ref().map(|(_, address)| *address), tls_local_addr) {
-            (Some(address), _) | (None, Some(address)) => address,
-            (None, None) => {
+        let first = plain
+            .as_ref()
+            .map(|(_, address)| *address)
+            .or(tls_local_addr)
+            .or(ws_local_addr);
+        let local_addr = match first {
+            Some(address) => address,
+            None => {
                 return Err(StartError::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     "no listener to serve",
@@ -279,10 +307,16 @@ impl Tether {
             "closed: no valid PROXY protocol header",
             "connection(s) closed without a valid PROXY protocol header",
         ));
+        let ws_failures = Arc::new(FailureLog::new(
+            "WebSocket handshake failed",
+            "WebSocket handshake(s) failed",
+        ));
         let mut summaries: Vec<JoinHandle<()>> = Vec::new();
         let mut handshake_threads = None;
+        let mut handshake_handle = None;
         let mut tls_loop = None;
-        if let Some(((listener, _), config)) = tls {
+        let wss = websocket.as_ref().is_some_and(|(_, _, tls)| tls.is_some());
+        if tls.is_some() || wss {
             summaries.push(actix_rt::spawn(Arc::clone(&handshake_failures).summarise()));
             // As many as there are workers: on an idle machine handshakes go as fast as
             // they did on the workers themselves.
@@ -291,32 +325,56 @@ impl Tether {
                 "TLS handshakes: {} thread(s) (nice {BACKGROUND_NICENESS})",
                 workers.len()
             );
-            // The TLS listener is registered with the handshake threads' event loop and
-            // accepted on there: a new TLS connection touches a worker only once its
-            // handshake is done.
-            let listener = {
-                let _on_handshake_threads = handle.enter();
-                tokio::net::TcpListener::from_std(listener)?
-            };
             handshake_threads = Some(threads);
+            handshake_handle = Some(handle);
+        }
+        // A TLS listener is registered with the handshake threads' event loop and accepted
+        // on there: a new TLS connection touches a worker only once its handshake is done.
+        let on_handshake_threads = |listener, config, handle: &tokio::runtime::Handle| {
+            let _on_handshake_threads = handle.enter();
             let tls = TlsAccept {
                 config,
                 failures: Arc::clone(&handshake_failures),
             };
-            tls_loop = Some((listener, Some(tls), handle));
+            tokio::net::TcpListener::from_std(listener).map(|listener| (listener, tls))
+        };
+        if let (Some(((listener, _), config)), Some(handle)) = (tls, handshake_handle.clone()) {
+            let (listener, tls) = on_handshake_threads(listener, config, &handle)?;
+            tls_loop = Some((listener, Serve::Tls(tls), Some(handle)));
+        }
+        let mut ws_loop = None;
+        if let Some(((listener, _), policy, tls)) = websocket {
+            summaries.push(actix_rt::spawn(Arc::clone(&ws_failures).summarise()));
+            let policy = Arc::new(policy);
+            let failures = Arc::clone(&ws_failures);
+            ws_loop = Some(match (tls, handshake_handle) {
+                // wss: accepted, and its TLS handshake and upgrade done, on the handshake
+                // threads, as the TLS listener's connections are.
+                (Some(config), Some(handle)) => {
+                    let (listener, tls) = on_handshake_threads(listener, config, &handle)?;
+                    let serve = Serve::Ws(WsAccept { policy, failures }, Some(tls));
+                    (listener, serve, Some(handle))
+                }
+                _ => (
+                    tokio::net::TcpListener::from_std(listener)?,
+                    Serve::Ws(WsAccept { policy, failures }, None),
+                    None,
+                ),
+            });
         }
         if proxy_trust.trusts_any() {
             summaries.push(actix_rt::spawn(Arc::clone(&header_failures).summarise()));
         }
         let loops = plain
-            .map(|(listener, _)| (listener, None, None))
+            .map(|(listener, _)| (listener, Serve::Plain, None))
             .into_iter()
-            .chain(tls_loop.map(|(listener, tls, threads)| (listener, tls, Some(threads))));
+            .chain(tls_loop)
+            .chain(ws_loop);
         let mut accept: Vec<JoinHandle<()>> = loops
-            .map(|(listener, tls, threads)| {
+            .map(|(listener, serve, threads)| {
                 let accepting = accept_loop(
                     listener,
-                    tls,
+                    serve,
                     (Arc::clone(&proxy_trust), Arc::clone(&header_failures)),
                     workers.iter().map(Arbiter::handle).collect(),
                     Arc::clone(&permits),
@@ -335,6 +393,7 @@ impl Tether {
         Ok(Self {
             local_addr,
             tls_local_addr,
+            ws_local_addr,
             hub,
             supervisor,
             accept,
@@ -363,6 +422,11 @@ impl Tether {
     /// Where TLS clients connect, when the server has a TLS listener.
     pub fn tls_local_addr(&self) -> Option<SocketAddr> {
         self.tls_local_addr
+    }
+
+    /// Where WebSocket clients connect, when the server has a WebSocket listener.
+    pub fn ws_local_addr(&self) -> Option<SocketAddr> {
+        self.ws_local_addr
     }
 
     /// A handle for publishing events and invalidating users.
@@ -426,12 +490,34 @@ struct TlsAccept {
     failures: Arc<FailureLog<HandshakeFailure>>,
 }
 
-/// Accepts connections and hands each to a worker arbiter, round-robin. The TLS listener's
-/// loop runs on the handshake threads: each connection's PROXY header and handshake run
-/// there too (a task of its own), and only an established connection moves to its worker.
+/// What the WebSocket listener's accept loop needs for its upgrades.
+struct WsAccept {
+    /// What it accepts.
+    policy: Arc<WebSocketPolicy>,
+    /// Where failed upgrades are told.
+    failures: Arc<FailureLog<WsHandshakeFailure>>,
+}
+
+/// What a WebSocket connection's upgrade needs: the policy, and where failures are told.
+type WsUpgrade = (Arc<WebSocketPolicy>, Arc<FailureLog<WsHandshakeFailure>>);
+
+/// How a listener's connections are served.
+enum Serve {
+    /// The protocol straight on TCP.
+    Plain,
+    /// Inside TLS.
+    Tls(TlsAccept),
+    /// In WebSocket frames, inside TLS (`wss`) when given.
+    Ws(WsAccept, Option<TlsAccept>),
+}
+
+/// Accepts connections and hands each to a worker arbiter, round-robin. The TLS and `wss`
+/// listeners' loops run on the handshake threads: each connection's PROXY header and
+/// handshakes run there too (a task of its own), and only an established connection moves
+/// to its worker.
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    tls: Option<TlsAccept>,
+    serve: Serve,
     (proxy_trust, header_failures): (Arc<ProxyTrust>, Arc<FailureLog<ProxyHeaderFailure>>),
     workers: Vec<ArbiterHandle>,
     permits: Arc<Semaphore>,
@@ -496,12 +582,18 @@ async fn accept_loop(
             shared: Arc::clone(&shared),
             hub: hub.clone(),
         };
-        let Some(tls) = &tls else {
+        let (tls, ws) = match &serve {
+            Serve::Plain => (None, None),
+            Serve::Tls(tls) => (Some(tls), None),
+            Serve::Ws(ws, tls) => (tls.as_ref(), Some(ws)),
+        };
+        let ws = ws.map(|ws| (Arc::clone(&ws.policy), Arc::clone(&ws.failures)));
+        let Some(tls) = tls else {
             // A socket is bound to the event loop that registered it: move it as a plain
             // socket and register it on its worker's.
             match stream.into_std() {
                 Ok(stream) => {
-                    worker.spawn(connection.serve_plain(stream));
+                    worker.spawn(connection.serve_plain(stream, ws));
                 }
                 Err(err) => log::warn!("{peer}: cannot hand over the connection: {err}"),
             }
@@ -514,9 +606,48 @@ async fn accept_loop(
             tls.config.current(),
             Arc::clone(&tls.failures),
             worker,
+            ws,
         );
         drop(tokio::spawn(handshake));
     }
+}
+
+/// Runs the WebSocket upgrade on `stream` from `client` until `deadline` (or shutdown):
+/// `None` when it fails (counted, told to `failures`), is refused, or shutdown begins.
+async fn upgrade_within<S>(
+    stream: &mut S,
+    client: SocketAddr,
+    (policy, failures): &WsUpgrade,
+    deadline: tokio::time::Instant,
+    mut hub: watch::Receiver<HubState>,
+    metrics: &Metrics,
+) -> Option<ws_handshake::Upgraded>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let upgrade = tokio::time::timeout_at(deadline, ws_handshake::upgrade(stream, client, policy));
+    let shutdown = hub.wait_for(|state| state.shutting_down);
+    let refused = tokio::select! {
+        done = upgrade => match done {
+            Ok(Ok(upgraded)) => return Some(upgraded),
+            Ok(Err(refused)) => refused,
+            Err(_) => ws_handshake::Refused {
+                cause: WsHandshakeFailure::Timeout,
+                why: format!("not done within {WS_HANDSHAKE_TIMEOUT:?}"),
+            },
+        },
+        _ = shutdown => return None,
+    };
+    metrics.ws_handshake_failed(refused.cause);
+    failures.failed(refused.cause, client, refused.why);
+    None
+}
+
+/// The WebSocket stream of an upgraded connection over `inner`.
+fn websocket(inner: ClientStream, early: &[u8], shared: &ConnectionShared) -> ClientStream {
+    // A frame may hold the longest message and its terminator.
+    let max_payload = shared.max_message_bytes.saturating_add(1);
+    ClientStream::Ws(Box::new(WsStream::new(inner, early, max_payload)))
 }
 
 /// A connection just accepted (but for its socket), with everything it needs to be served.
@@ -537,8 +668,10 @@ struct Accepted {
 }
 
 impl Accepted {
-    /// Serves a plaintext connection; runs on its worker.
-    async fn serve_plain(self, stream: std::net::TcpStream) {
+    /// Serves a plaintext connection (a WebSocket one when `ws` is given: its upgrade
+    /// first); runs on its worker.
+    async fn serve_plain(self, stream: std::net::TcpStream, ws: Option<WsUpgrade>) {
+        let accepted = tokio::time::Instant::now();
         let stream = match tokio::net::TcpStream::from_std(stream) {
             Ok(stream) => stream,
             Err(err) => {
@@ -546,22 +679,41 @@ impl Accepted {
                 return;
             }
         };
-        let Some((stream, peer)) = self.addressed(stream).await else {
+        let Some((mut stream, mut peer)) = self.addressed(stream).await else {
             return;
+        };
+        let mut upgraded = None;
+        if let Some(ws) = &ws {
+            let began = self.began(accepted);
+            let deadline = began + WS_HANDSHAKE_TIMEOUT;
+            let metrics = &self.shared.metrics;
+            let hub = self.hub.clone();
+            let Some(done) = upgrade_within(&mut stream, peer, ws, deadline, hub, metrics).await
+            else {
+                return;
+            };
+            peer = done.client;
+            upgraded = Some(done.early);
+        }
+        let stream = match upgraded {
+            Some(early) => websocket(ClientStream::Plain(stream), &early, &self.shared),
+            None => ClientStream::Plain(stream),
         };
         let (shared, shard, permit) = (self.shared, self.shard, self.permit);
         let hub = self.hub;
         ConnectionActor::create(|ctx| {
-            ConnectionActor::new(
-                ClientStream::Plain(stream),
-                peer,
-                shared,
-                &hub,
-                shard,
-                permit,
-                ctx,
-            )
+            ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
         });
+    }
+
+    /// When the client could begin its handshakes: at `accepted`, or at the end of the
+    /// PROXY header that comes first.
+    fn began(&self, accepted: tokio::time::Instant) -> tokio::time::Instant {
+        if self.proxied.is_some() {
+            tokio::time::Instant::now()
+        } else {
+            accepted
+        }
     }
 
     /// Serves a TLS connection accepted on the handshake threads (`stream` is registered
@@ -574,32 +726,29 @@ impl Accepted {
         config: Arc<rustls::ServerConfig>,
         failures: Arc<FailureLog<HandshakeFailure>>,
         worker: ArbiterHandle,
+        ws: Option<WsUpgrade>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let pending = PendingHandshake::new(&self.shared.metrics);
         let accepted = tokio::time::Instant::now();
-        self.handshake_then_hand_over(stream, (config, failures), worker, pending, accepted)
+        self.handshake_then_hand_over(stream, (config, failures), worker, (pending, ws), accepted)
     }
 
     /// Reads the PROXY protocol header, then runs the TLS handshake (on the handshake
-    /// threads), then hands the connection to `worker`.
+    /// threads) and for `wss` the WebSocket upgrade, then hands the connection to `worker`.
     async fn handshake_then_hand_over(
         self,
         stream: tokio::net::TcpStream,
         (config, failures): (Arc<rustls::ServerConfig>, Arc<FailureLog<HandshakeFailure>>),
         worker: ArbiterHandle,
-        pending: PendingHandshake,
+        (pending, ws): (PendingHandshake, Option<WsUpgrade>),
         accepted: tokio::time::Instant,
     ) {
-        let Some((stream, peer)) = self.addressed(stream).await else {
+        let Some((stream, mut peer)) = self.addressed(stream).await else {
             return;
         };
         // The handshake's time runs from when the client could begin it: from accept, or
         // from the end of the header that comes first.
-        let began = if self.proxied.is_some() {
-            tokio::time::Instant::now()
-        } else {
-            accepted
-        };
+        let began = self.began(accepted);
         let metrics = &self.shared.metrics;
         let deadline = began + TLS_HANDSHAKE_TIMEOUT;
         let Some(mut stream) = tls_handshake(
@@ -616,6 +765,18 @@ impl Accepted {
             return;
         };
         drop(pending);
+        let mut early = None;
+        if let Some(ws) = &ws {
+            // The same deadline: TLS and the upgrade together within 10 s.
+            let hub = self.hub.clone();
+            let Some(upgraded) =
+                upgrade_within(&mut stream, peer, ws, deadline, hub, metrics).await
+            else {
+                return;
+            };
+            peer = upgraded.client;
+            early = Some(upgraded.early);
+        }
         if let Err(err) = stream.get_mut().0.detach() {
             log::warn!("{peer}: cannot hand over the connection: {err}");
             return;
@@ -627,6 +788,10 @@ impl Accepted {
                 return;
             }
             let stream = ClientStream::Tls(Box::new(stream));
+            let stream = match early {
+                Some(early) => websocket(stream, &early, &shared),
+                None => stream,
+            };
             ConnectionActor::create(|ctx| {
                 ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
             });

@@ -9,20 +9,21 @@
 //! `--server-latency` adds tether's own figure, from `tether_event_delivery_seconds`.
 
 use crate::http::HttpClient;
-use crate::net::{check_loopback, connect_from, instant_at, now_ns, raise_open_files, sources};
+use crate::net::{check_loopback, instant_at, now_ns, raise_open_files, sources};
 use crate::proto::{
     exchange, login_message, parse_probe, parts, printable, MessageSplitter, Proto, EVENT, RS,
 };
 use crate::report::{count, dec, Report};
 use crate::server_histogram::DeliveryHistogram;
 use crate::stats::{cpu_times, new_histogram, Percentiles, Recorder, SharedHistogram};
+use crate::stream::BenchStream;
 use crate::Fallible;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Arguments of `fanout`.
@@ -423,7 +424,7 @@ async fn start_receivers(
             };
             pending.push(tokio::spawn(async move {
                 let setup = async {
-                    let mut stream = connect_from(source, addr, false).await?;
+                    let mut stream = crate::stream::connect(source, addr, false, None).await?;
                     exchange(&mut stream, &request, &expected).await?;
                     Ok::<_, String>(stream)
                 };
@@ -459,7 +460,7 @@ struct Receiver {
 
 impl Receiver {
     /// Reads `event␟time␟"k ns"` messages until aborted.
-    async fn tether(mut self, mut stream: TcpStream) -> Fallible<()> {
+    async fn tether(mut self, mut stream: BenchStream) -> Fallible<()> {
         let mut splitter = MessageSplitter::new(RS);
         let mut input = vec![0u8; 16 * 1024];
         loop {
@@ -486,7 +487,7 @@ impl Receiver {
     }
 
     /// Reads pub/sub pushes (`*3 $7 message $n channel $n payload`, one line each).
-    async fn redis(mut self, mut stream: TcpStream) -> Fallible<()> {
+    async fn redis(mut self, mut stream: BenchStream) -> Fallible<()> {
         let mut splitter = MessageSplitter::new(b'\n');
         let mut input = vec![0u8; 16 * 1024];
         let mut line_in_push = 0usize;
@@ -530,7 +531,7 @@ impl Receiver {
     }
 }
 
-async fn read_some(stream: &mut TcpStream, input: &mut [u8]) -> Fallible<usize> {
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, input: &mut [u8]) -> Fallible<usize> {
     match stream.read(input).await {
         Ok(0) => Err("the server closed the connection".into()),
         Ok(read) => Ok(read),

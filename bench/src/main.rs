@@ -75,6 +75,10 @@ struct Cli {
     /// `tether-w1` for a second tether started with other settings.
     #[arg(long, global = true)]
     target_name: Option<String>,
+    /// Connect over WebSocket (tether's `server.websocket.listen`), upgrading on this path:
+    /// every write one binary frame (`wss` with `--tls-ca`).
+    #[arg(long, global = true)]
+    websocket: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -112,6 +116,9 @@ fn main() -> ExitCode {
         Command::MakeUsers(args) => return exit(users::run(&args)),
         Command::FreePorts { count } => return exit(net::print_free_ports(count)),
         _ => {}
+    }
+    if let Some(path) = &cli.websocket {
+        stream::use_websocket(path);
     }
     let runtime = match build_runtime(cli.threads) {
         Ok(runtime) => runtime,
@@ -231,6 +238,10 @@ mod tests {
              --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5",
             "--target-name tether-tls hold --addr 127.0.0.1:2 --tls-ca ca.pem --pid 7 \
              --connections 10000 --checkpoints 5000",
+            "--websocket / --target-name tether-ws cmd --addr 127.0.0.1:3 --shapes 50x16 \
+             --duration 8 --warmup 2",
+            "--websocket / --threads 2 --target-name tether-ws fanout --addr 127.0.0.1:3 \
+             --admin 127.0.0.1:2 --connections 1000 --users 1 --duration 8 --publishers 8",
         ];
         for line in invocations {
             let words = std::iter::once("tether-bench").chain(line.split_whitespace());

@@ -1,5 +1,7 @@
 //! What a bench connection runs over: plain TCP, or TLS (rustls) over TCP to a server whose
-//! certificate a CA file vouches for — tether's `server.tls.listen`.
+//! certificate a CA file vouches for — tether's `server.tls.listen` — and, with the global
+//! `--websocket PATH`, WebSocket frames over either (tether's `server.websocket.listen`):
+//! every write one binary frame, the payloads of the frames read as the byte stream.
 
 use crate::net::connect_from;
 use crate::Fallible;
@@ -93,7 +95,17 @@ impl TlsClient {
     }
 }
 
-/// Opens a connection to `target` from `source`, through a TLS handshake when `tls` is set.
+/// The upgrade path every connection takes when the bench runs over WebSocket
+/// (`--websocket PATH`), set once at start-up.
+static WEBSOCKET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes every connection from now on a WebSocket upgraded on `path`.
+pub fn use_websocket(path: &str) {
+    let _ = WEBSOCKET.set(path.to_string());
+}
+
+/// Opens a connection to `target` from `source`, through a TLS handshake when `tls` is set
+/// and a WebSocket upgrade when the bench runs over WebSocket.
 pub async fn connect(
     source: Ipv4Addr,
     target: SocketAddr,
@@ -101,9 +113,104 @@ pub async fn connect(
     tls: Option<&TlsClient>,
 ) -> Fallible<BenchStream> {
     let stream = connect_from(source, target, reuse_address).await?;
-    match tls {
-        None => Ok(BenchStream::Plain(stream)),
-        Some(tls) => tls.handshake(stream).await,
+    let stream = match tls {
+        None => BenchStream::Plain(stream),
+        Some(tls) => tls.handshake(stream).await?,
+    };
+    match WEBSOCKET.get() {
+        None => Ok(stream),
+        Some(path) => websocket(stream, target, path, tls.is_some()).await,
+    }
+}
+
+/// Upgrades `stream` to a WebSocket on `path`.
+async fn websocket(
+    stream: BenchStream,
+    target: SocketAddr,
+    path: &str,
+    tls: bool,
+) -> Fallible<BenchStream> {
+    let scheme = if tls { "wss" } else { "ws" };
+    let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    // Every write goes out at once, as on TCP (the drivers flush only in their exchanges).
+    config.write_buffer_size = 0;
+    config.read_buffer_size = 16 * 1024;
+    let (socket, _) = tokio_tungstenite::client_async_with_config(
+        format!("{scheme}://{target}{path}"),
+        stream,
+        Some(config),
+    )
+    .await
+    .map_err(|err| format!("WebSocket upgrade failed: {err}"))?;
+    Ok(BenchStream::Ws(Box::new(WsBench {
+        socket,
+        unread: bytes::Bytes::new(),
+    })))
+}
+
+/// A WebSocket as a byte stream.
+pub struct WsBench {
+    /// The socket, over plain TCP or TLS.
+    socket: tokio_tungstenite::WebSocketStream<BenchStream>,
+    /// Payload not yet read.
+    unread: bytes::Bytes,
+}
+
+impl AsyncRead for WsBench {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        use futures_util::Stream;
+        use tokio_tungstenite::tungstenite::Message;
+        let this = self.get_mut();
+        loop {
+            if !this.unread.is_empty() {
+                let length = this.unread.len().min(buf.remaining());
+                buf.put_slice(&this.unread.split_to(length));
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(Pin::new(&mut this.socket).poll_next(task)) {
+                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+                Some(Ok(Message::Text(text))) => this.unread = text.into(),
+                Some(Ok(Message::Binary(data))) => this.unread = data,
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err))),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WsBench {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        task: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        use futures_util::Sink;
+        use tokio_tungstenite::tungstenite::Message;
+        let this = self.get_mut();
+        std::task::ready!(Pin::new(&mut this.socket).poll_ready(task)).map_err(io::Error::other)?;
+        let message = Message::binary(bytes::Bytes::copy_from_slice(buf));
+        Pin::new(&mut this.socket)
+            .start_send(message)
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use futures_util::Sink;
+        Pin::new(&mut self.get_mut().socket)
+            .poll_flush(task)
+            .map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        use futures_util::Sink;
+        Pin::new(&mut self.get_mut().socket)
+            .poll_close(task)
+            .map_err(io::Error::other)
     }
 }
 
@@ -115,6 +222,7 @@ impl BenchStream {
             Self::Tls(stream) => {
                 stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
             }
+            Self::Ws(stream) => stream.socket.get_ref().resumed(),
         }
     }
 }
@@ -125,6 +233,8 @@ pub enum BenchStream {
     Plain(TcpStream),
     /// TLS over TCP (boxed: rustls's state is large next to a socket).
     Tls(Box<TlsStream<TcpStream>>),
+    /// WebSocket frames over either (boxed likewise).
+    Ws(Box<WsBench>),
 }
 
 impl AsyncRead for BenchStream {
@@ -136,6 +246,7 @@ impl AsyncRead for BenchStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_read(task, buf),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(task, buf),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_read(task, buf),
         }
     }
 }
@@ -149,6 +260,7 @@ impl AsyncWrite for BenchStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_write(task, buf),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(task, buf),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_write(task, buf),
         }
     }
 
@@ -156,6 +268,7 @@ impl AsyncWrite for BenchStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_flush(task),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(task),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_flush(task),
         }
     }
 
@@ -163,6 +276,7 @@ impl AsyncWrite for BenchStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(task),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(task),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_shutdown(task),
         }
     }
 }

@@ -225,7 +225,12 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
         .clone()
         .or_else(|| {
             if args.tls {
-                config.server.tls.as_ref().map(|tls| tls.listen.to_string())
+                config
+                    .server
+                    .tls
+                    .as_ref()
+                    .and_then(|tls| tls.listen)
+                    .map(|address| address.to_string())
             } else {
                 config.server.listen.map(|address| address.to_string())
             }

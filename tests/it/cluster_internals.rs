@@ -207,6 +207,7 @@ fn embedded_node(
             let listeners = tether_actors::Listeners {
                 plain: Some(listener),
                 tls: None,
+                websocket: None,
                 proxy_trust: Default::default(),
             };
             let users = Arc::new(UserTable::new(user_set(&[ALICE], 4)));

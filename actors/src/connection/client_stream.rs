@@ -1,8 +1,9 @@
-//! [`ClientStream`]: what a connection runs over — plain TCP, or TLS over TCP — behind the
-//! one [`Stream`] the transport knows; and [`TlsSocket`], the TCP socket under a TLS stream,
+//! [`ClientStream`]: what a connection runs over — plain TCP, TLS over TCP, or a WebSocket
+//! over either — behind the one [`Stream`] the transport knows; and [`TlsSocket`], the TCP socket under a TLS stream,
 //! which moves from the event loop its handshake ran on to its connection's worker.
 
 use super::transport::Stream;
+use super::websocket::WsStream;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -16,6 +17,22 @@ pub enum ClientStream {
     Plain(TcpStream),
     /// TLS over TCP; boxed, as rustls's state is large next to a socket.
     Tls(Box<TlsStream<TlsSocket>>),
+    /// WebSocket frames over plain TCP or TLS (SPEC §11); boxed, as its frame state is
+    /// large next to a socket.
+    Ws(Box<WsStream>),
+}
+
+impl ClientStream {
+    /// The transport's name in logs and metrics: `tcp`, `tls`, `ws` or `wss`.
+    pub(crate) fn transport(&self) -> crate::util::metrics::TransportKind {
+        use crate::util::metrics::TransportKind;
+        match self {
+            Self::Plain(_) => TransportKind::Tcp,
+            Self::Tls(_) => TransportKind::Tls,
+            Self::Ws(ws) if ws.is_tls() => TransportKind::Wss,
+            Self::Ws(_) => TransportKind::Ws,
+        }
+    }
 }
 
 /// The TCP socket under a TLS stream. A tokio socket is bound to the event loop that
@@ -116,6 +133,7 @@ impl AsyncRead for ClientStream {
                 }
                 read => read,
             },
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_read(task, buf),
         }
     }
 }
@@ -129,6 +147,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_write(task, buf),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(task, buf),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_write(task, buf),
         }
     }
 
@@ -136,6 +155,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_flush(task),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(task),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_flush(task),
         }
     }
 
@@ -143,6 +163,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(task),
             Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(task),
+            Self::Ws(stream) => Pin::new(stream.as_mut()).poll_shutdown(task),
         }
     }
 }
@@ -161,6 +182,7 @@ impl Stream for ClientStream {
                     Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
                 }
             }
+            Self::Ws(stream) => stream.try_write(buf),
         }
     }
 
@@ -170,6 +192,19 @@ impl Stream for ClientStream {
             // rustls may hold decrypted input the socket no longer shows: only a read
             // tells (and registers the waker when there is nothing).
             Self::Tls(_) => Poll::Ready(Ok(())),
+            Self::Ws(stream) => stream.poll_read_ready(task),
+        }
+    }
+
+    fn set_close_code(&mut self, code: u16) {
+        if let Self::Ws(stream) = self {
+            stream.set_close_code(code);
+        }
+    }
+
+    fn close_now(&mut self) {
+        if let Self::Ws(stream) = self {
+            stream.close_now();
         }
     }
 }

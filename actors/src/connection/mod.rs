@@ -17,12 +17,14 @@ pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod tls_handshake;
 pub(crate) mod transport;
+pub mod websocket;
+pub mod ws_handshake;
 
 use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
 pub use crate::hub::messages::{Push, ShardEvent};
 use crate::hub::state::{HubChanged, HubState};
 use crate::util::buffers::{self, Spare};
-use crate::util::metrics::{CommandTally, IoErrorCause, TransportKind};
+use crate::util::metrics::{CommandTally, IoErrorCause, TransportKind, WsViolationCode};
 use crate::util::output_budget::{Evictee, OutputCharge};
 use crate::wire::protocol::Reply;
 use actix::prelude::*;
@@ -164,10 +166,7 @@ impl ConnectionActor {
         let evict = EvictConnection(ctx.address().downgrade());
         let hub = hub.borrow().clone();
         shared.metrics.connections_open.inc();
-        let kind = match stream {
-            ClientStream::Plain(_) => TransportKind::Tcp,
-            ClientStream::Tls(_) => TransportKind::Tls,
-        };
+        let kind = stream.transport();
         shared.metrics.transport_opened(kind);
         let transport = Transport::new(
             stream,
@@ -257,6 +256,12 @@ impl ConnectionActor {
             log::info!("{}: login unchecked: closing ({reason:?})", self.peer());
             self.reply(Reply::LoginInvalid, ctx);
         }
+        self.transport
+            .set_close_code(if reason == CloseReason::Shutdown {
+                websocket::CLOSE_GOING_AWAY
+            } else {
+                websocket::CLOSE_NORMAL
+            });
         match reason {
             CloseReason::Timeout => {
                 log::info!("{}: idle timeout{}", self.peer(), self.session.who());
@@ -299,6 +304,31 @@ impl ConnectionActor {
         self.transport.fail_output();
         self.transport.phase = Phase::Lingering;
         ctx.stop();
+    }
+
+    /// The client broke the WebSocket frame protocol: what was answered before goes out,
+    /// then the close frame with the violation's code (set by the stream), and what still
+    /// comes is read and dropped for the linger, so the close is not lost to a reset.
+    fn refuse_frames(&mut self, violation: &websocket::WsViolation, ctx: &mut Context<Self>) {
+        log::info!(
+            "{}: closed ({}): {violation}{}",
+            self.peer(),
+            self.kind,
+            self.session.who()
+        );
+        self.shared().metrics.ws_violation(match violation.code {
+            1007 => WsViolationCode::InvalidUtf8,
+            1009 => WsViolationCode::TooBig,
+            _ => WsViolationCode::Protocol,
+        });
+        self.session.drop_login();
+        self.unbind(ctx);
+        self.transport.input = BytesMut::new();
+        if self.transport.phase == Phase::Open {
+            self.transport.phase = Phase::Flushing { linger: true };
+            let flush_bound = Instant::now() + self.shared().idle_timeout.min(LINGER * 5);
+            self.transport.move_deadline(flush_bound);
+        }
     }
 
     /// The sending side is flushed: shut it down, then linger or stop.
@@ -472,7 +502,12 @@ impl ConnectionActor {
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(err)) => {
-                    self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
+                    if let Some(violation) = websocket::WsViolation::of(&err) {
+                        let violation = violation.clone();
+                        self.refuse_frames(&violation, ctx);
+                    } else {
+                        self.fail(IoErrorCause::Read, &format!("read error: {err}"), ctx);
+                    }
                     return;
                 }
             }
@@ -486,7 +521,7 @@ impl Actor for ConnectionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        log::debug!("{}: connected", self.peer());
+        log::debug!("{}: connected ({})", self.peer(), self.kind);
         ctx.spawn(DriveSocket);
         if self.hub.shutting_down {
             self.close(CloseReason::Shutdown, ctx);
@@ -495,7 +530,7 @@ impl Actor for ConnectionActor {
 
     fn stopped(&mut self, ctx: &mut Context<Self>) {
         self.unbind(ctx);
-        log::debug!("{}: closed", self.peer());
+        log::debug!("{}: closed ({})", self.peer(), self.kind);
     }
 }
 
@@ -608,5 +643,19 @@ mod tests {
             size_of::<HubState>(),
         );
         assert_eq!(size_of::<EvictConnection>(), size_of::<usize>());
+    }
+
+    /// What a WebSocket connection adds (`--nocapture`), for the `hold` figures of
+    /// BENCHMARKS.md: one boxed `WsStream` (tungstenite's context inside), whose buffers
+    /// hold no memory while idle but the context's read buffer (the last frame's size).
+    #[test]
+    fn a_websocket_adds_one_boxed_stream() {
+        println!(
+            "WsStream {} B (tungstenite WebSocketContext {} B), ClientStream {} B",
+            size_of::<websocket::WsStream>(),
+            size_of::<tungstenite::protocol::WebSocketContext>(),
+            size_of::<ClientStream>(),
+        );
+        assert!(size_of::<ClientStream>() <= 2 * size_of::<tokio::net::TcpStream>());
     }
 }

@@ -29,6 +29,12 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin {
     fn try_write(&mut self, buf: &[u8]) -> io::Result<usize>;
     /// Whether there may be input to read; registers the waker when there is none.
     fn poll_read_ready(&self, task: &mut std::task::Context<'_>) -> Poll<io::Result<()>>;
+    /// The code of the close frame a WebSocket sends when its sending side is shut down
+    /// (SPEC §11); other streams have none.
+    fn set_close_code(&mut self, _code: u16) {}
+    /// Sends a WebSocket's close frame now if the socket takes it, after a failure's last
+    /// output; other streams have none.
+    fn close_now(&mut self) {}
 }
 
 impl Stream for TcpStream {
@@ -269,6 +275,12 @@ impl<S: Stream, E: Evictee> Transport<S, E> {
             self.output.extend_from_slice(Reply::IoError.message());
             let _ = self.write_now();
         }
+        self.stream.close_now();
+    }
+
+    /// Sets the code of the close frame a WebSocket sends at the end (SPEC §11).
+    pub(crate) fn set_close_code(&mut self, code: u16) {
+        self.stream.set_close_code(code);
     }
 
     /// Writes the output until it is empty (ready) or the stream takes no more (pending).

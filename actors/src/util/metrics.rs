@@ -77,6 +77,53 @@ pub enum ProxyHeaderFailure {
     Malformed,
 }
 
+/// What a client connection runs over, as logs and `/metrics` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransportKind {
+    /// Plain TCP (`server.listen`).
+    Tcp,
+    /// TLS (`server.tls.listen`).
+    Tls,
+    /// WebSocket (`server.websocket.listen`).
+    Ws,
+    /// WebSocket inside TLS (`server.websocket.tls = true`).
+    Wss,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Why a WebSocket upgrade (SPEC §11) was refused or did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WsHandshakeFailure {
+    /// Not done within the 10 s a handshake has.
+    Timeout,
+    /// The client closed (or reset) the connection before the end of its request.
+    Closed,
+    /// Not an HTTP/1.1 request, or a head over 8 KiB: `400`/`431`.
+    Malformed,
+    /// Another path than `server.websocket.path`: `404`.
+    NotFound,
+    /// A request that asks for no WebSocket upgrade: `426`.
+    NotUpgrade,
+    /// An `Origin` not in `allowed_origins`: `403`.
+    Origin,
+}
+
+/// Why a WebSocket connection was closed for breaking the frame protocol, by close code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WsViolationCode {
+    /// 1002: a protocol error (unmasked frame, bad control frame, bad opcode…).
+    Protocol,
+    /// 1007: a text frame that is not UTF-8.
+    InvalidUtf8,
+    /// 1009: a frame or message over `max_message_bytes` and its terminator.
+    TooBig,
+}
+
 /// Why a connection got `io_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IoErrorCause {
@@ -103,15 +150,6 @@ pub enum InvalidationCause {
     Operator,
     /// Another node of the cluster invalidated the user (any of the causes above there).
     Cluster,
-}
-
-/// What a client connection runs over, as logs and `/metrics` name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TransportKind {
-    /// Plain TCP (`server.listen`).
-    Tcp,
-    /// TLS (`server.tls.listen`).
-    Tls,
 }
 
 /// A supervised actor of the hub, as `tether_actor_restarts_total` labels it.
@@ -218,6 +256,21 @@ label_values! {
     TransportKind {
         Tcp => "tcp",
         Tls => "tls",
+        Ws => "ws",
+        Wss => "wss",
+    }
+    WsHandshakeFailure {
+        Timeout => "timeout",
+        Closed => "closed",
+        Malformed => "malformed",
+        NotFound => "not_found",
+        NotUpgrade => "not_upgrade",
+        Origin => "origin",
+    }
+    WsViolationCode {
+        Protocol => "1002",
+        InvalidUtf8 => "1007",
+        TooBig => "1009",
     }
 }
 
@@ -252,7 +305,10 @@ pub struct Metrics {
     tls_handshake_failures: [Counter; 5],
     restarts: [Counter; 2],
     proxy_header_failures: [Counter; 3],
-    transport_open: [Gauge; 2],
+    transport_open: [Gauge; 4],
+    transport_accepted: [Counter; 4],
+    ws_handshake_failures: [Counter; 6],
+    ws_violations: [Counter; 3],
     families: Families,
 }
 
@@ -269,6 +325,9 @@ struct Families {
     restarts: Family<Label<HubActor>, Counter>,
     registry_bindings: Family<WorkerLabel, Gauge>,
     transport_open: Family<Label<TransportKind>, Gauge>,
+    transport_accepted: Family<Label<TransportKind>, Counter>,
+    ws_handshake_failures: Family<Label<WsHandshakeFailure>, Counter>,
+    ws_violations: Family<Label<WsViolationCode>, Counter>,
 }
 
 /// The child of `family` for each of `values`, created now, in the order of `values`.
@@ -298,6 +357,9 @@ impl Metrics {
             restarts: Family::default(),
             registry_bindings: Family::default(),
             transport_open: Family::default(),
+            transport_accepted: Family::default(),
+            ws_handshake_failures: Family::default(),
+            ws_violations: Family::default(),
         };
         let transport_open = std::array::from_fn(|index| {
             families
@@ -331,6 +393,17 @@ impl Metrics {
                 ProxyHeaderFailure::ALL,
             ),
             transport_open,
+            transport_accepted: children(
+                &families.transport_accepted,
+                "transport",
+                TransportKind::ALL,
+            ),
+            ws_handshake_failures: children(
+                &families.ws_handshake_failures,
+                "cause",
+                WsHandshakeFailure::ALL,
+            ),
+            ws_violations: children(&families.ws_violations, "code", WsViolationCode::ALL),
             families,
         }
     }
@@ -369,8 +442,23 @@ impl Metrics {
         );
         registry.register(
             "transport_connections_open",
-            "Open client connections by transport (tcp, tls)",
+            "Open client connections by transport (tcp, tls, ws, wss)",
             self.families.transport_open.clone(),
+        );
+        registry.register(
+            "transport_connections_accepted",
+            "Client connections served (handshakes done) by transport (tcp, tls, ws, wss)",
+            self.families.transport_accepted.clone(),
+        );
+        registry.register(
+            "websocket_handshake_failures",
+            "WebSocket upgrades refused or not finished, by cause",
+            self.families.ws_handshake_failures.clone(),
+        );
+        registry.register(
+            "websocket_protocol_closes",
+            "WebSocket connections closed for breaking the frame protocol, by close code",
+            self.families.ws_violations.clone(),
         );
         registry.register("logins", "Logins by result", self.families.logins.clone());
         registry.register(
@@ -458,17 +546,6 @@ impl Metrics {
             .get_or_create_owned(&vec![("worker", worker.to_string())])
     }
 
-    /// Counts a connection over `transport` opened; it must be matched by
-    /// [`Self::transport_closed`].
-    pub(crate) fn transport_opened(&self, transport: TransportKind) {
-        self.transport_open[transport as usize].inc();
-    }
-
-    /// Counts a connection over `transport` closed.
-    pub(crate) fn transport_closed(&self, transport: TransportKind) {
-        self.transport_open[transport as usize].dec();
-    }
-
     /// Counts a restart of `actor`.
     pub(crate) fn restarted(&self, actor: HubActor) {
         self.restarts[actor as usize].inc();
@@ -492,6 +569,26 @@ impl Metrics {
 
     pub(crate) fn proxy_header_failed(&self, cause: ProxyHeaderFailure) {
         self.proxy_header_failures[cause as usize].inc();
+    }
+
+    /// Counts a connection over `transport` served from now, open until
+    /// [`Self::transport_closed`].
+    pub(crate) fn transport_opened(&self, transport: TransportKind) {
+        self.transport_accepted[transport as usize].inc();
+        self.transport_open[transport as usize].inc();
+    }
+
+    /// Counts a connection over `transport` closed.
+    pub(crate) fn transport_closed(&self, transport: TransportKind) {
+        self.transport_open[transport as usize].dec();
+    }
+
+    pub(crate) fn ws_handshake_failed(&self, cause: WsHandshakeFailure) {
+        self.ws_handshake_failures[cause as usize].inc();
+    }
+
+    pub(crate) fn ws_violation(&self, code: WsViolationCode) {
+        self.ws_violations[code as usize].inc();
     }
 }
 
@@ -529,14 +626,13 @@ mod tests {
 
     #[test]
     fn each_label_enum_lists_its_values_in_declaration_order() {
-        let orders: [Vec<usize>; 8] = [
+        let orders: [Vec<usize>; 7] = [
             LoginResult::ALL.iter().map(|v| *v as usize).collect(),
             CommandKind::ALL.iter().map(|v| *v as usize).collect(),
             IoErrorCause::ALL.iter().map(|v| *v as usize).collect(),
             InvalidationCause::ALL.iter().map(|v| *v as usize).collect(),
             HandshakeFailure::ALL.iter().map(|v| *v as usize).collect(),
             HubActor::ALL.iter().map(|v| *v as usize).collect(),
-            TransportKind::ALL.iter().map(|v| *v as usize).collect(),
             ProxyHeaderFailure::ALL
                 .iter()
                 .map(|v| *v as usize)
