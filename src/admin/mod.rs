@@ -4,6 +4,7 @@
 mod body_deadline;
 mod error;
 mod events;
+mod metrics_format;
 mod routes;
 mod token;
 
