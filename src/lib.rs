@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod limits;
 pub mod serve;
+pub mod stdout;
 pub mod tls;
 pub mod toml_error;
 pub mod users;
