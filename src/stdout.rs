@@ -8,7 +8,7 @@
 use std::io::Write;
 
 /// Writes `text` and a line feed to standard output (see the module comment for errors).
-pub fn line(text: impl std::fmt::Display) {
+pub fn line<T: std::fmt::Display>(text: T) {
     let mut out = std::io::stdout().lock();
     let written = writeln!(out, "{text}").and_then(|()| out.flush());
     if let Err(err) = written {

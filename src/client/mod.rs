@@ -286,7 +286,7 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
         }
     } else {
         let mut console = LinesFromStdin::new();
-        let print = Box::new(|line| crate::stdout::line(line));
+        let print = Box::new(crate::stdout::line::<String>);
         spawn_push_printer(&runtime, pushes, zones, print, false);
         converse(&runtime, &client, &mut console)
     }
