@@ -170,8 +170,8 @@ fn validity_warning(cert_file: &Path, certificate: &CertificateDer<'_>) -> Optio
     }
 }
 
-/// The certificates of the PEM file at `path`: at least one.
-fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of the PEM file at `path`: at least one; the error names the file.
+pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certificates = CertificateDer::pem_file_iter(path)
         .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
         .map_err(|err| format!("{}: cannot read certificates: {err}", path.display()))?;

@@ -3,6 +3,7 @@
 //! the `tether-client` crate.
 
 mod console;
+mod tls;
 
 use crate::config::{parse_duration, Config};
 use clap::Args;
@@ -301,12 +302,15 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     };
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::ServerName;
-    let roots = crate::tls::root_store(ca_file)?;
+    let certificates = crate::tls::read_certificates(ca_file)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = tls::PinnedOrChained::new(certificates, std::sync::Arc::clone(&provider))
+        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| err.to_string())?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
         .with_no_client_auth();
     let host = addr
         .rsplit_once(':')
@@ -322,7 +326,7 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|err| format!("TLS handshake: {err}"))?;
+        .map_err(|err| format!("TLS handshake: {}", tls::describe(&err, host)))?;
     Ok(Client::from_stream(stream, options))
 }
 
