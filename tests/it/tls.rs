@@ -1065,3 +1065,48 @@ fn tether_client_trusts_the_readmes_self_signed_certificate_given_as_its_ca_file
         ran.stderr
     );
 }
+
+#[test]
+fn a_client_ca_rotation_closes_the_sessions_the_new_ca_does_not_sign() {
+    // Issue 23: after client_ca_file changed, sessions of the old CA stayed open forever.
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    let (server, tls) = setup.tls_only().client_ca().start();
+    let d = server.dir();
+    make_signed(d, "test", "client");
+    make_ca(d, "new");
+    make_signed(d, "new", "renewed");
+    // What the clients trust the server's certificate with (the CA file is rotated).
+    let server_ca = d.join("server-ca.pem");
+    std::fs::copy(ca(&server), &server_ca).expect("copy");
+    let old_client = client_config(
+        &server_ca,
+        Some((&d.join("client.pem"), &d.join("client.key"))),
+    );
+    let mut old = TlsClient::connect(tls, old_client).expect("handshake, old CA");
+    old.send(&["login", "alice", "secret"]);
+    old.expect(&["login_valid"]);
+
+    // The client CA file now holds only the new CA (written whole, then renamed in).
+    std::fs::copy(d.join("new-ca.pem"), d.join("rotated.pem")).expect("copy");
+    std::fs::rename(d.join("rotated.pem"), d.join("test-ca.pem")).expect("rename");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate reloaded", Duration::from_secs(5));
+    // io_error, then the end of the stream.
+    assert_eq!(old.try_recv().expect("a reply"), ["io_error"]);
+    assert!(old.try_recv().is_err(), "the connection stays open");
+    server.wait_for_log(
+        "client certificate no longer accepted",
+        Duration::from_secs(5),
+    );
+
+    // A certificate of the new CA gets in.
+    let renewed = client_config(
+        &server_ca,
+        Some((&d.join("renewed.pem"), &d.join("renewed.key"))),
+    );
+    let mut fresh = TlsClient::connect(tls, renewed).expect("handshake, new CA");
+    fresh.send(&["login", "alice", "secret"]);
+    fresh.expect(&["login_valid"]);
+}
