@@ -1,7 +1,7 @@
 //! Writing the command line's output to standard output, where a closed pipe is normal:
 //! `tether man | head`, `tether client --listen | grep -m1 event`. Rust ignores SIGPIPE,
 //! so such a write fails with `EPIPE`, and `println!` would panic ("failed printing to
-//! stdout: Broken pipe"). Every line the CLI prints goes through [`line`] instead: a
+//! stdout: Broken pipe"). Every line the CLI prints goes through [`line()`] instead: a
 //! closed standard output ends the command quietly, as the reader meant, with exit code 0;
 //! any other write error is reported once, with exit code 1.
 

@@ -18,8 +18,8 @@
 //! [`ADMIN_READS_AT_ONCE`] at a time, so a burst of them queues behind itself, never in
 //! front of a login's lookup or the liveness ping (issue 23: 40 pages at once over a
 //! million rows made a healthy database "unreachable"); and the lookups' connection is
-//! given up only when it answered nothing for [`PING_TIMEOUT`], not because one query
-//! was slow while others were answered.
+//! given up only when it answered nothing for its wait (the ping's 3 s, a lookup's 4 s),
+//! not because one query was slow while others were answered.
 //!
 //! An unknown name is checked against a stand-in hash of a cost the rows use, picked per
 //! name with the odds of each cost among the rows (as the users file does), so a failed
