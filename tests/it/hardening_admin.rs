@@ -345,17 +345,19 @@ fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16
     }
 }
 
-/// Connections that never send a request head in the admin slowloris test, reopened as
-/// the server closes them.
-const SILENT: usize = 600;
-
 #[test]
 fn connections_that_send_nothing_do_not_delay_a_backends_request() {
+    // The issue's 600, and more than the gate holds (the oldest make room).
+    silent_connections_do_not_delay_a_backends_request(600);
+    silent_connections_do_not_delay_a_backends_request(WAITING_MAX + 500);
+}
+
+fn silent_connections_do_not_delay_a_backends_request(silent_count: usize) {
     // Issue 23: 600 connections that never send a head, reopened when closed, delayed an
     // authenticated request 9–13 s and timed one out at 30 s: the connection slots were
     // taken at accept, before anything was known, and the backend queued behind them.
-    rlimit::increase_nofile_limit(4 * SILENT as u64).expect("raise the open-file limit");
-    let (_server, admin) = start_admin(&[("alice", "pw")]);
+    rlimit::increase_nofile_limit(4 * silent_count as u64).expect("raise the open-file limit");
+    let (server, admin) = start_admin(&[("alice", "pw")]);
     let stop = Arc::new(AtomicBool::new(false));
     let silent: Vec<_> = (0..4)
         .map(|_| {
@@ -369,7 +371,7 @@ fn connections_that_send_nothing_do_not_delay_a_backends_request() {
                         let mut byte = [0u8; 1];
                         !matches!((&*stream).read(&mut byte), Ok(0) | Ok(1))
                     });
-                    while open.len() < SILENT / 4 {
+                    while open.len() < silent_count / 4 {
                         match TcpStream::connect(admin) {
                             Ok(stream) => open.push(stream),
                             Err(_) => break,
@@ -402,9 +404,12 @@ fn connections_that_send_nothing_do_not_delay_a_backends_request() {
     for thread in silent {
         thread.join().expect("silent connections");
     }
-    eprintln!("{SILENT} silent connections: slowest of 10 requests {slowest:?}");
+    eprintln!("{silent_count} silent connections: slowest of 10 requests {slowest:?}");
+    if silent_count > WAITING_MAX {
+        server.wait_for_log("sent nothing closed to make room", Duration::from_secs(5));
+    }
     assert!(
         failures.is_empty(),
-        "requests behind {SILENT} silent connections: {failures:?}"
+        "requests behind {silent_count} silent connections: {failures:?}"
     );
 }
