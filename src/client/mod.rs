@@ -5,6 +5,8 @@
 mod console;
 mod tls;
 
+pub use tls::describe_rustls as describe_tls_failure;
+
 use crate::config::{parse_duration, Config};
 use clap::Args;
 use console::{Console, Interactive, LinesFromStdin};

@@ -161,22 +161,23 @@ pub fn describe(err: &std::io::Error, host: &str) -> String {
             _ => err.to_string(),
         };
     };
-    describe_rustls(tls, host)
+    describe_rustls(tls, host, "--ca-file")
 }
 
-/// See [`describe`].
-fn describe_rustls(err: &Error, host: &str) -> String {
+/// A rustls failure as a sentence: `host` is the name the server was asked to prove,
+/// `trusted` what says which certificates are trusted (`--ca-file`).
+pub fn describe_rustls(err: &Error, host: &str, trusted: &str) -> String {
     let certificate = |problem: &str| format!("the server's certificate {problem}");
     match err {
         Error::InvalidCertificate(problem) => match problem {
-            CertificateError::UnknownIssuer => certificate(
-                "is not signed by a CA of --ca-file, and is not the certificate of --ca-file \
-                 itself",
-            ),
+            CertificateError::UnknownIssuer => certificate(&format!(
+                "is not signed by a CA of {trusted}, and is not the certificate of {trusted} \
+                 itself"
+            )),
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
                 certificate(&format!(
                     "is not valid for {host} (its subject alternative names do not include \
-                     it): connect with --addr naming one of them"
+                     it): connect by a name it holds"
                 ))
             }
             CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -194,11 +195,11 @@ fn describe_rustls(err: &Error, host: &str) -> String {
             CertificateError::Other(OtherError(other)) => {
                 let text = format!("{other:?}");
                 if text.contains("CaUsedAsEndEntity") {
-                    certificate(
-                        "is a CA certificate not signed by a CA of --ca-file, and not the \
-                         certificate of --ca-file itself: give the server's own certificate, \
-                         or the CA that signed it",
-                    )
+                    certificate(&format!(
+                        "is a CA certificate not signed by a CA of {trusted}, and not the \
+                         certificate of {trusted} itself: give the server's own certificate, \
+                         or the CA that signed it"
+                    ))
                 } else {
                     certificate(&format!("is refused: {other}"))
                 }

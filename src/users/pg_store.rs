@@ -272,14 +272,32 @@ pub enum StartError {
     Unreachable(String),
 }
 
-/// A one-line description of a client error, with the server's message when it sent one.
-fn describe(err: &tokio_postgres::Error) -> String {
+/// A one-line description of a client error, with the server's message when it sent one,
+/// and a TLS failure said as a sentence (not rustls's debug text).
+pub fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => db.message().to_string(),
         None => {
             let mut text = err.to_string();
             let mut source = std::error::Error::source(err);
             while let Some(cause) = source {
+                // rustls's error comes wrapped in an io::Error (whose source skips it).
+                let tls = cause
+                    .downcast_ref::<tokio_rustls::rustls::Error>()
+                    .or_else(|| {
+                        cause
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(std::io::Error::get_ref)
+                            .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+                    });
+                if let Some(tls) = tls {
+                    let said = crate::client::describe_tls_failure(
+                        tls,
+                        "the database host",
+                        "auth.database_ca_file",
+                    );
+                    return format!("{text}: {said}");
+                }
                 text = format!("{text}: {cause}");
                 source = cause.source();
             }

@@ -698,6 +698,16 @@ fn with_a_ca_file_the_database_connections_are_tls_checked_against_it() {
         "{}",
         refused.stderr
     );
+    // Said as a sentence, by the server and by `tether db init` alike (issue 23).
+    let by_command = tether(dir.path(), &["db", "init"]);
+    assert_eq!(by_command.status.code(), Some(1), "{by_command:?}");
+    for said in [&refused.stderr, &by_command.stderr] {
+        assert!(
+            said.contains("not signed by a CA of auth.database_ca_file"),
+            "{said}"
+        );
+        assert!(!said.contains("UnknownIssuer"), "{said}");
+    }
 
     // sslmode=require without a CA file is a configuration error.
     let dir = config_file(
