@@ -220,6 +220,16 @@ impl Config {
     /// Checks TOML text that came from `path`; `path` names the file in errors and is the
     /// base of relative paths.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Self::check_toml(text, path).map_err(|mut error| {
+            // Every error about a key says on which line the key is set (issue 23).
+            if let Location::Key(key, line @ None) = &mut error.location {
+                *line = key_line(text, key);
+            }
+            error
+        })
+    }
+
+    fn check_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw = deserialize(text, path)?;
         let check = Check { file: path };
         let config = Config {
@@ -455,8 +465,9 @@ pub struct ConfigError {
 enum Location {
     /// The file as a whole (it could not be read).
     File,
-    /// A key path such as `server.idle_timeout`.
-    Key(String),
+    /// A key path such as `server.idle_timeout`, and the 1-based line where it is set when
+    /// it is in the file.
+    Key(String, Option<usize>),
     /// A TOML syntax error: 1-based line and column.
     Text { line: usize, column: usize },
 }
@@ -473,7 +484,7 @@ impl ConfigError {
     fn key(file: &Path, key: &str, message: String) -> Self {
         Self {
             file: file.to_path_buf(),
-            location: Location::Key(key.to_string()),
+            location: Location::Key(key.to_string(), None),
             message,
         }
     }
@@ -486,7 +497,7 @@ impl ConfigError {
     /// The key path at fault, such as `server.idle_timeout`, when there is one.
     pub fn key_path(&self) -> Option<&str> {
         match &self.location {
-            Location::Key(key) => Some(key),
+            Location::Key(key, _) => Some(key),
             _ => None,
         }
     }
@@ -501,7 +512,7 @@ impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (line, column, key) = match &self.location {
             Location::File => (None, None, None),
-            Location::Key(key) => (None, None, Some(key as &dyn fmt::Display)),
+            Location::Key(key, line) => (*line, None, Some(key as &dyn fmt::Display)),
             Location::Text { line, column } => (Some(*line), Some(*column), None),
         };
         let located = Located {
@@ -574,10 +585,59 @@ fn deserialize(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let message = error.inner().message();
-        let message =
-            describe_unknown_key(error.path(), message).unwrap_or_else(|| message.to_string());
-        ConfigError::key(file, &error.path().to_string(), message)
+        let message = describe_unknown_key(error.path(), message)
+            .unwrap_or_else(|| plain_integer_words(message));
+        let line = error
+            .inner()
+            .span()
+            .map(|span| line_and_column(text, span.start).0);
+        ConfigError {
+            location: Location::Key(error.path().to_string(), line),
+            ..ConfigError::key(file, "", message)
+        }
     })
+}
+
+/// The 1-based line where the key path `key` (`server.tls.listen`, `auth.users[0]`) is set
+/// in `text`, if it is.
+fn key_line(text: &str, key: &str) -> Option<usize> {
+    let document = toml_edit::Document::parse(text).ok()?;
+    let mut table: &dyn toml_edit::TableLike = document.as_table();
+    let mut span = None;
+    for part in key.split('.') {
+        // `name[3]`: the line of `name` (an array written on one line, or its first).
+        let part = part.split('[').next().unwrap_or(part);
+        let item = table.get(part)?;
+        span = table
+            .key(part)
+            .and_then(toml_edit::Key::span)
+            .or_else(|| item.span());
+        match item.as_table_like() {
+            Some(inner) => table = inner,
+            None => break,
+        }
+    }
+    span.map(|span| line_and_column(text, span.start).0)
+}
+
+/// serde's name of an integer type in "expected u64" as a person reads it.
+fn plain_integer_words(message: &str) -> String {
+    let mut message = message.to_string();
+    for (rust, words) in [
+        ("u8", "a whole number from 0 to 255"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u64", "a whole number from 0 to 18446744073709551615"),
+        ("usize", "a whole number from 0 up"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+    ] {
+        if let Some(stem) = message.strip_suffix(&format!("expected {rust}")) {
+            message = format!("{stem}expected {words}");
+            break;
+        }
+    }
+    message.replace(" as i128", "")
 }
 
 /// Rewrites serde's "unknown field `name`, expected …" to name the table the key was in;
@@ -1388,12 +1448,16 @@ mod tests {
         let error = refusal(text);
         assert_eq!(error.key_path(), Some(key), "{error}");
         assert!(error.message().contains(words), "{error}");
-        assert!(
-            error
-                .to_string()
-                .starts_with(&format!("/etc/tether/server.toml: {key}: ")),
-            "{error}"
-        );
+        // `line N: ` when the key is in the file (issue 23).
+        let shown = error.to_string();
+        let after_file = shown
+            .strip_prefix("/etc/tether/server.toml: ")
+            .unwrap_or_else(|| panic!("{error}"));
+        let after_line = after_file
+            .strip_prefix("line ")
+            .and_then(|rest| rest.split_once(": "))
+            .map_or(after_file, |(_, rest)| rest);
+        assert!(after_line.starts_with(&format!("{key}: ")), "{error}");
     }
 
     #[test]
@@ -1777,7 +1841,8 @@ mod tests {
         let error = refusal("[server]\nmax_connections = \"many\"\n");
         assert!(
             error.to_string().starts_with(
-                "/etc/tether/server.toml: server.max_connections: invalid type: string \"many\", expected"
+                "/etc/tether/server.toml: line 2: server.max_connections: invalid type: string \
+                 \"many\", expected a whole number"
             ),
             "{error}"
         );
@@ -1797,6 +1862,41 @@ mod tests {
                 .to_string()
                 .starts_with("/etc/tether/server.toml: line 3, column "),
             "{error}"
+        );
+    }
+
+    #[test]
+    fn every_error_about_a_key_names_its_line_in_plain_words() {
+        // Issue 23: `expected u64` without a line.
+        let error = refusal("[server]\nlisten = \"127.0.0.1:1\"\n\nmax_connections = -1\n");
+        assert_eq!(error.key_path(), Some("server.max_connections"));
+        assert_eq!(
+            error.to_string(),
+            "/etc/tether/server.toml: line 4: server.max_connections: invalid value: \
+             integer `-1`, expected a whole number from 0 to 18446744073709551615"
+        );
+        let error = refusal("# c\n[auth]\nlogin_failures_per_minute = \"ten\"\n");
+        assert!(
+            error.to_string().starts_with(
+                "/etc/tether/server.toml: line 3: auth.login_failures_per_minute: invalid \
+                 type: string \"ten\", expected a whole number from 0 to 4294967295"
+            ),
+            "{error}"
+        );
+        // Found valid in type, refused by the checks: the line of the key all the same.
+        let error = refusal("[server]\n\nidle_timeout = \"30x\"\n");
+        assert!(
+            error
+                .to_string()
+                .starts_with("/etc/tether/server.toml: line 3: server.idle_timeout: "),
+            "{error}"
+        );
+        let error = refusal("[server.tls]\n\nlisten = \"127.0.0.1:7443\"\n");
+        assert!(
+            error
+                .to_string()
+                .starts_with("/etc/tether/server.toml: server.tls.cert_file: "),
+            "a key not in the file has no line: {error}"
         );
     }
 

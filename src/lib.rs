@@ -10,6 +10,7 @@ pub mod config;
 pub mod limits;
 pub mod pem;
 pub mod serve;
+pub mod stdout;
 pub mod tls;
 pub mod toml_error;
 pub mod users;

@@ -76,13 +76,11 @@ enum Command {
     /// admin token masked); exit code 0 when both are valid, 2 otherwise
     CheckConfig,
     /// Print a completion script for SHELL to standard output
-    #[command(hide = true)]
     Completions {
         /// The shell
         shell: clap_complete::Shell,
     },
     /// Print the man page (roff) to standard output
-    #[command(hide = true)]
     Man,
 }
 
@@ -111,14 +109,21 @@ fn main() -> ExitCode {
     let config = cli.config;
     match cli.command {
         Some(Command::Completions { shell }) => {
-            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut std::io::stdout());
+            // Made in memory, then written: a closed pipe ends the command quietly.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "tether", &mut script);
+            tether::stdout::bytes(&script);
             ExitCode::SUCCESS
         }
         Some(Command::Man) => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => {
+                    tether::stdout::bytes(&page);
+                    ExitCode::SUCCESS
+                }
                 Err(err) => {
-                    eprintln!("tether: cannot write the man page: {err}");
+                    eprintln!("tether: cannot make the man page: {err}");
                     ExitCode::from(1)
                 }
             }
@@ -172,7 +177,7 @@ fn with_config(
     };
     match command(&config) {
         Ok(done) => {
-            println!("{done}");
+            tether::stdout::line(done);
             ExitCode::SUCCESS
         }
         Err(Failure { exit_code, message }) => {

@@ -23,6 +23,17 @@ use tokio::sync::mpsc;
 /// builds the handshakes' configuration (TLS 1.2 and 1.3, ring, resumption with stateless
 /// tickets). The error names the file at fault and why.
 pub fn load(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, String> {
+    load_with_client_check(tls).map(|(config, _)| config)
+}
+
+/// The verifier of client certificates a configuration uses, when it asks for them.
+pub type ClientCheck = Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>;
+
+/// Like [`load`], with the configuration's client-certificate verifier, for a reload to
+/// check the connections already open against.
+fn load_with_client_check(
+    tls: &TlsConfig,
+) -> Result<(Arc<rustls::ServerConfig>, ClientCheck), String> {
     load_files(&tls.cert_file, &tls.key_file, tls.client_ca_file.as_deref())
 }
 
@@ -107,8 +118,9 @@ fn load_files(
     cert_file: &Path,
     key_file: &Path,
     client_ca_file: Option<&Path>,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<(Arc<rustls::ServerConfig>, ClientCheck), String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut client_check: ClientCheck = None;
     let (certs, key) = load_pair(cert_file, key_file, &provider)?;
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
@@ -122,6 +134,7 @@ fn load_files(
             )
             .build()
             .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+            client_check = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -129,7 +142,7 @@ fn load_files(
         .with_single_cert(certs, key)
         .map_err(|err| format!("{}: {err}", cert_file.display()))?;
     offer_resumption(&mut config)?;
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), client_check))
 }
 
 /// Offers session resumption with stateless tickets (SECURITY.md, "TLS"): the session is
@@ -191,8 +204,18 @@ pub fn start_reloading(tls: TlsConfig, slot: TlsConfigSlot, hangups: Option<Sign
             shown,
             files,
         },
-        move || load(&tls),
-        move |config| slot.replace(config),
+        move || load_with_client_check(&tls),
+        move |(config, client_check)| {
+            // Open connections whose client certificate the (new) client CA refuses are
+            // closed with io_error (SECURITY.md, "TLS").
+            let closed = slot.replace_checking_clients(config, client_check);
+            if closed > 0 {
+                log::warn!(
+                    "TLS: closed {closed} connection(s) whose client certificate the client \
+                     CA in force no longer accepts"
+                );
+            }
+        },
         hangups,
     )
 }

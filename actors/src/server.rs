@@ -10,7 +10,9 @@ use crate::connection::tls_handshake::{
 };
 use crate::connection::websocket::WsStream;
 use crate::connection::ws_handshake::{self, WebSocketPolicy, WS_HANDSHAKE_TIMEOUT};
-use crate::connection::{ClientStream, ConnectionActor, ConnectionShared};
+use crate::connection::{
+    ClientCertificateRevoked, ClientStream, ConnectionActor, ConnectionShared,
+};
 use crate::hub::broker::{Broker, Inbox};
 use crate::hub::bus::{BusLimits, EventBusActor};
 use crate::hub::messages::{
@@ -134,14 +136,16 @@ pub struct WebSocketListener {
 }
 
 /// The TLS configuration new handshakes use, replaceable while the server runs (a
-/// certificate reload): connections already open keep the one they started with.
+/// certificate reload): connections already open keep the one they started with — but
+/// when the client CA changes, those whose client certificate the new one does not accept
+/// are closed (see [`TlsConfigSlot::replace_checking_clients`]).
 #[derive(Clone)]
-pub struct TlsConfigSlot(Arc<RwLock<Arc<rustls::ServerConfig>>>);
+pub struct TlsConfigSlot(Arc<RwLock<Arc<rustls::ServerConfig>>>, Arc<TlsClients>);
 
 impl TlsConfigSlot {
     /// A slot holding `config`.
     pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
-        Self(Arc::new(RwLock::new(config)))
+        Self(Arc::new(RwLock::new(config)), Arc::default())
     }
 
     /// Puts `config` in force for the handshakes that begin from now on.
@@ -149,9 +153,95 @@ impl TlsConfigSlot {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
+    /// Puts `config` in force, then checks the client certificate of every open TLS
+    /// connection with `clients` (the new configuration's client verifier, `None` when it
+    /// asks for no client certificate): a connection it refuses — signed by a CA no longer
+    /// trusted, or with no certificate — gets `io_error` and is closed (issue 23: a CA
+    /// rotation left the old CA's sessions open for good). Answers how many were closed.
+    pub fn replace_checking_clients(
+        &self,
+        config: Arc<rustls::ServerConfig>,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> usize {
+        self.replace(config);
+        match clients {
+            Some(verifier) => self.1.revoke_refused(verifier.as_ref()),
+            None => 0,
+        }
+    }
+
     /// The configuration in force.
     fn current(&self) -> Arc<rustls::ServerConfig> {
         Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The open TLS connections and the client certificates they presented.
+#[derive(Default)]
+pub(crate) struct TlsClients(std::sync::Mutex<TlsClientList>);
+
+#[derive(Default)]
+struct TlsClientList {
+    /// Every TLS connection registered and not yet found closed.
+    open: Vec<TlsClient>,
+    /// Size past which closed connections are swept out (amortized O(1) per insert).
+    sweep_at: usize,
+}
+
+/// One open TLS connection.
+struct TlsClient {
+    /// The certificate chain the client presented (empty: none).
+    certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Its actor; gone once the connection closed.
+    connection: actix::WeakRecipient<ClientCertificateRevoked>,
+}
+
+impl TlsClients {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TlsClientList> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers an open connection and its client's certificates.
+    fn register(
+        &self,
+        certificates: Vec<rustls::pki_types::CertificateDer<'static>>,
+        connection: actix::WeakRecipient<ClientCertificateRevoked>,
+    ) {
+        let mut list = self.lock();
+        if list.open.len() >= list.sweep_at {
+            list.open
+                .retain(|client| client.connection.upgrade().is_some());
+            list.sweep_at = (list.open.len() * 2).max(1024);
+        }
+        list.open.push(TlsClient {
+            certificates,
+            connection,
+        });
+    }
+
+    /// Closes the connections whose certificates `verifier` refuses now.
+    fn revoke_refused(&self, verifier: &dyn rustls::server::danger::ClientCertVerifier) -> usize {
+        let now = rustls::pki_types::UnixTime::now();
+        let mut revoked = 0;
+        let mut list = self.lock();
+        list.open.retain(|client| {
+            let Some(connection) = client.connection.upgrade() else {
+                return false;
+            };
+            let accepted = match client.certificates.split_first() {
+                Some((end_entity, intermediates)) => verifier
+                    .verify_client_cert(end_entity, intermediates, now)
+                    .is_ok(),
+                None => !verifier.client_auth_mandatory(),
+            };
+            if accepted {
+                return true;
+            }
+            connection.do_send(ClientCertificateRevoked);
+            revoked += 1;
+            false
+        });
+        revoked
     }
 }
 
@@ -604,7 +694,7 @@ async fn accept_loop(
         let handshake = connection.serve_tls(
             stream,
             tls.config.current(),
-            Arc::clone(&tls.failures),
+            (Arc::clone(&tls.failures), Arc::clone(&tls.config.1)),
             worker,
             ws,
         );
@@ -724,13 +814,19 @@ impl Accepted {
         self,
         stream: tokio::net::TcpStream,
         config: Arc<rustls::ServerConfig>,
-        failures: Arc<FailureLog<HandshakeFailure>>,
+        (failures, clients): (Arc<FailureLog<HandshakeFailure>>, Arc<TlsClients>),
         worker: ArbiterHandle,
         ws: Option<WsUpgrade>,
     ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let pending = PendingHandshake::new(&self.shared.metrics);
         let accepted = tokio::time::Instant::now();
-        self.handshake_then_hand_over(stream, (config, failures), worker, (pending, ws), accepted)
+        self.handshake_then_hand_over(
+            stream,
+            (config, failures, clients),
+            worker,
+            (pending, ws),
+            accepted,
+        )
     }
 
     /// Reads the PROXY protocol header, then runs the TLS handshake (on the handshake
@@ -738,7 +834,11 @@ impl Accepted {
     async fn handshake_then_hand_over(
         self,
         stream: tokio::net::TcpStream,
-        (config, failures): (Arc<rustls::ServerConfig>, Arc<FailureLog<HandshakeFailure>>),
+        (config, failures, clients): (
+            Arc<rustls::ServerConfig>,
+            Arc<FailureLog<HandshakeFailure>>,
+            Arc<TlsClients>,
+        ),
         worker: ArbiterHandle,
         (pending, ws): (PendingHandshake, Option<WsUpgrade>),
         accepted: tokio::time::Instant,
@@ -787,14 +887,21 @@ impl Accepted {
                 log::warn!("{peer}: cannot register the connection: {err}");
                 return;
             }
+            let certificates = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|chain| chain.iter().map(|cert| cert.clone().into_owned()).collect())
+                .unwrap_or_default();
             let stream = ClientStream::Tls(Box::new(stream));
             let stream = match early {
                 Some(early) => websocket(stream, &early, &shared),
                 None => stream,
             };
-            ConnectionActor::create(|ctx| {
+            let connection = ConnectionActor::create(|ctx| {
                 ConnectionActor::new(stream, peer, shared, &hub, shard, permit, ctx)
             });
+            clients.register(certificates, connection.downgrade().recipient());
         });
     }
 

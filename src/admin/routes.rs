@@ -1,7 +1,7 @@
 //! The routes of the admin API (docs/admin-api.md) and what each answers.
 
 use super::events::{self, publish_error};
-use super::{AdminState, ApiError, UserAdmin};
+use super::{metrics_format, AdminState, ApiError, UserAdmin};
 use crate::users::edit::{self, PasswordChange};
 use crate::users::pg_store::Written;
 use crate::users::read::UsersFileError;
@@ -15,11 +15,11 @@ use tether_actors::credentials::{check_name, check_password};
 /// Mounts every route, and JSON answers for unknown routes and methods.
 pub fn configure(config: &mut web::ServiceConfig) {
     config
-        .service(resource("/healthz", web::get().to(healthz)))
-        .service(resource("/metrics", web::get().to(metrics)))
+        .service(readable("/healthz", healthz))
+        .service(readable("/metrics", metrics))
         .service(resource("/v1/events", web::post().to(events::publish)))
-        .service(resource("/v1/node", web::get().to(super::node::node)))
-        .service(resource("/v1/users", web::get().to(list_users)))
+        .service(readable("/v1/node", super::node::node))
+        .service(readable("/v1/users", list_users))
         .service(resource(
             "/v1/users/{name}/password",
             web::put().to(set_password),
@@ -29,10 +29,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/v1/users/{name}/invalidate",
             web::post().to(invalidate),
         ))
-        .service(resource(
-            "/v1/users/{name}/connections",
-            web::get().to(connections),
-        ))
+        .service(readable("/v1/users/{name}/connections", connections))
         .default_service(web::to(no_such_route));
 }
 
@@ -40,6 +37,20 @@ pub fn configure(config: &mut web::ServiceConfig) {
 fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
     web::resource(path)
         .route(route)
+        .default_service(web::to(method_not_allowed))
+}
+
+/// A path read with `GET`, and `HEAD` (the same answer without its body, as HTTP wants:
+/// monitors probe with it); other methods get `405`.
+fn readable<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler.clone()))
+        .route(web::head().to(handler))
         .default_service(web::to(method_not_allowed))
 }
 
@@ -86,12 +97,23 @@ fn refuse_files_in_cluster(state: &AdminState) -> Result<(), ApiError> {
     }
 }
 
-async fn metrics(state: State) -> Result<HttpResponse, ApiError> {
+/// The metrics in the format the scraper's `Accept` asks for (see
+/// [`metrics_format::negotiate`]).
+async fn metrics(state: State, request: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let accept = request
+        .headers()
+        .get(actix_web::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = metrics_format::negotiate(accept);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &state.metrics)
         .map_err(|err| ApiError::internal(format!("cannot encode the metrics: {err}")))?;
+    if format == metrics_format::Format::Text {
+        text = metrics_format::to_text_format(&text);
+    }
     Ok(HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .content_type(format.content_type())
+        .insert_header((actix_web::http::header::VARY, "Accept"))
         .body(text))
 }
 

@@ -13,6 +13,10 @@ pub trait Console {
     fn read_password(&mut self) -> Option<String>;
     /// Shows a reply or a message.
     fn say(&mut self, text: &str);
+    /// Shows why a line was not sent; answers whether that makes the run fail (exit code
+    /// 2 at its end): so for piped commands, which a script checks by the exit code; not
+    /// for a person at the prompt, who sees the message and types again.
+    fn complain(&mut self, text: &str) -> bool;
 }
 
 /// A person at a terminal: a prompt, line editing, history, and pushes printed above the
@@ -27,7 +31,9 @@ pub struct Interactive {
 impl Interactive {
     /// A console for a session with the server at `addr`.
     pub fn new(addr: &str) -> Result<Self, ReadlineError> {
-        println!("connected to {addr}; type `help` for the commands");
+        crate::stdout::line(format_args!(
+            "connected to {addr}; type `help` for the commands"
+        ));
         Ok(Self {
             editor: DefaultEditor::new()?,
             prompt: format!("tether {addr}> "),
@@ -40,10 +46,10 @@ impl Interactive {
         match self.editor.create_external_printer() {
             Ok(mut printer) => Box::new(move |line: String| {
                 if printer.print(format!("{line}\n")).is_err() {
-                    println!("{line}");
+                    crate::stdout::line(line);
                 }
             }),
-            Err(_) => Box::new(|line: String| println!("{line}")),
+            Err(_) => Box::new(|line: String| crate::stdout::line(line)),
         }
     }
 }
@@ -68,7 +74,12 @@ impl Console for Interactive {
     }
 
     fn say(&mut self, text: &str) {
-        println!("{text}");
+        crate::stdout::line(text);
+    }
+
+    fn complain(&mut self, text: &str) -> bool {
+        crate::stdout::line(text);
+        false
     }
 }
 
@@ -108,7 +119,13 @@ impl Console for LinesFromStdin {
     }
 
     fn say(&mut self, text: &str) {
-        println!("{text}");
+        crate::stdout::line(text);
+    }
+
+    fn complain(&mut self, text: &str) -> bool {
+        // On standard error: standard output holds the replies a script reads.
+        eprintln!("tether client: {text}");
+        true
     }
 }
 

@@ -3,6 +3,9 @@
 //! the `tether-client` crate.
 
 mod console;
+mod tls;
+
+pub use tls::describe_rustls as describe_tls_failure;
 
 use crate::config::{parse_duration, Config};
 use clap::Args;
@@ -28,8 +31,9 @@ Without --login, -c or --listen, and with a terminal, tether client shows a prom
 PASSWORD`, `logout`, `prolongate`, `invalidate`, `disconnect`, `help`, `quit`. With \
 standard input not a terminal, it reads such commands one per line.
 
-Exit codes: 0 done; 1 login_invalid in a script; 2 bad arguments or command; 3 the \
-connection failed or closed before the commands were answered.")]
+Exit codes: 0 done; 1 login_invalid in a script; 2 bad arguments, or a piped line that \
+is not a command (the lines after it are still sent); 3 the connection failed or closed \
+before the commands were answered.")]
 pub struct ClientArgs {
     /// The server's client address [default: server.listen of the configuration, or
     /// server.tls.listen with --tls]
@@ -282,7 +286,7 @@ pub fn run(args: ClientArgs, config: &Config) -> u8 {
         }
     } else {
         let mut console = LinesFromStdin::new();
-        let print = Box::new(|line| println!("{line}"));
+        let print = Box::new(crate::stdout::line::<String>);
         spawn_push_printer(&runtime, pushes, zones, print, false);
         converse(&runtime, &client, &mut console)
     }
@@ -297,12 +301,15 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     };
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::ServerName;
-    let roots = crate::pem::root_store(ca_file)?;
+    let certificates = crate::pem::read_certificates(ca_file)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = tls::PinnedOrChained::new(certificates, std::sync::Arc::clone(&provider))
+        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| err.to_string())?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
         .with_no_client_auth();
     let host = addr
         .rsplit_once(':')
@@ -318,7 +325,7 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|err| format!("TLS handshake: {err}"))?;
+        .map_err(|err| format!("TLS handshake: {}", tls::describe(&err, host)))?;
     Ok(Client::from_stream(stream, options))
 }
 
@@ -347,6 +354,7 @@ fn spawn_push_printer(
 /// Reads commands from `console` and shows their replies until `quit`, the end of input
 /// or the end of the connection.
 fn converse(runtime: &tokio::runtime::Runtime, client: &Client, console: &mut dyn Console) -> u8 {
+    let mut exit = 0;
     while let Some(line) = console.read_line() {
         let command = match parse_line(&line) {
             Ok(None) => continue,
@@ -361,19 +369,21 @@ fn converse(runtime: &tokio::runtime::Runtime, client: &Client, console: &mut dy
                 None => break,
             },
             Err(message) => {
-                console.say(&message);
+                if console.complain(&message) {
+                    exit = EXIT_USAGE;
+                }
                 continue;
             }
         };
         match runtime.block_on(send(client, &command)) {
             Ok(Reply::DisconnectAck) => {
                 console.say(Reply::DisconnectAck.as_str());
-                return 0;
+                return exit;
             }
             Ok(reply) => console.say(reply.as_str()),
             Err(ClientError::Closed) => {
                 console.say("the connection is closed");
-                return 0;
+                return exit;
             }
             Err(err) => {
                 eprintln!("tether client: {err}");
@@ -381,7 +391,7 @@ fn converse(runtime: &tokio::runtime::Runtime, client: &Client, console: &mut dy
             }
         }
     }
-    0
+    exit
 }
 
 /// Runs `--login`, the `-c` commands and `--listen`, printing replies one per line.
@@ -434,7 +444,7 @@ fn run_script(
         for command in &commands {
             match send(&client, command).await {
                 Ok(reply) => {
-                    println!("{reply}");
+                    crate::stdout::line(reply);
                     if reply == Reply::LoginInvalid {
                         return EXIT_LOGIN_INVALID;
                     }
@@ -448,7 +458,7 @@ fn run_script(
         if args.listen {
             while let Some(push) = pushes.recv().await {
                 match push {
-                    Ok(push) => println!("{}", zones.render(&push)),
+                    Ok(push) => crate::stdout::line(zones.render(&push)),
                     Err(err) => {
                         eprintln!("tether client: {err}");
                         return EXIT_CONNECTION;

@@ -29,16 +29,14 @@ fn with_database<T>(
     runtime.block_on(async {
         let mut client = pg_schema::connect(&database)
             .await
-            .map_err(|err| Failure::failed(format!("cannot reach the users database: {err}")))?;
+            .map_err(|err| failed("cannot reach the users database", &err))?;
         work(&mut client, &config.auth.table).await
     })
 }
 
 /// A database error as a failure (exit code 1), with the server's message.
 fn failed(what: &str, err: &tokio_postgres::Error) -> Failure {
-    let detail = err
-        .as_db_error()
-        .map_or_else(|| err.to_string(), |db| db.message().to_string());
+    let detail = crate::users::pg_store::describe(err);
     Failure::failed(format!("{what}: {detail}"))
 }
 

@@ -14,6 +14,13 @@
 //! forgotten when a notification names its user, and a minute after its lookup once its
 //! user has no connection on this node: memory follows the users logging in, not the rows.
 //!
+//! Admin reads (`GET /v1/users`) use a connection of their own, at most
+//! [`ADMIN_READS_AT_ONCE`] at a time, so a burst of them queues behind itself, never in
+//! front of a login's lookup or the liveness ping (issue 23: 40 pages at once over a
+//! million rows made a healthy database "unreachable"); and the lookups' connection is
+//! given up only when it answered nothing for its wait (the ping's 3 s, a lookup's 4 s),
+//! not because one query was slow while others were answered.
+//!
 //! An unknown name is checked against a stand-in hash of a cost the rows use, picked per
 //! name with the odds of each cost among the rows (as the users file does), so a failed
 //! login takes as long whether the name exists or not. The costs are counted by one
@@ -62,6 +69,9 @@ const COUNT_COSTS_TIMEOUT: Duration = Duration::from_secs(120);
 /// Most notified names of users known here that wait to be checked against the table;
 /// past it they are dropped and every known user is checked instead (a reconcile).
 const MAX_PENDING_CHECKS: usize = 10_000;
+
+/// Admin reads that may query at once, on their own connection; more wait their turn.
+pub const ADMIN_READS_AT_ONCE: usize = 2;
 
 /// A hash found by a lookup.
 struct Known {
@@ -134,6 +144,13 @@ struct Inner {
     pending: Mutex<Pending>,
     /// Woken when `pending` has something.
     pending_ready: Notify,
+    /// The admin reads' own connection, opened when first needed and again after a loss.
+    admin_reads: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Admin reads under way; at most [`ADMIN_READS_AT_ONCE`].
+    admin_reads_at_once: tokio::sync::Semaphore,
+    /// When a query on the lookups' connection last answered: a ping that waits behind a
+    /// slow query on a connection that answers is no sign the database is gone.
+    lookups_answered: Mutex<Instant>,
 }
 
 /// Users from a PostgreSQL table. Clones share one connection and one set of known hashes.
@@ -182,6 +199,9 @@ impl PgUsers {
             costs_counted: AtomicBool::new(false),
             pending: Mutex::new(Pending::default()),
             pending_ready: Notify::new(),
+            admin_reads: tokio::sync::Mutex::new(None),
+            admin_reads_at_once: tokio::sync::Semaphore::new(ADMIN_READS_AT_ONCE),
+            lookups_answered: Mutex::new(Instant::now()),
         });
         let client = runtime.block_on(async {
             let client = pg_schema::connect(&database)
@@ -252,14 +272,32 @@ pub enum StartError {
     Unreachable(String),
 }
 
-/// A one-line description of a client error, with the server's message when it sent one.
-fn describe(err: &tokio_postgres::Error) -> String {
+/// A one-line description of a client error, with the server's message when it sent one,
+/// and a TLS failure said as a sentence (not rustls's debug text).
+pub fn describe(err: &tokio_postgres::Error) -> String {
     match err.as_db_error() {
         Some(db) => db.message().to_string(),
         None => {
             let mut text = err.to_string();
             let mut source = std::error::Error::source(err);
             while let Some(cause) = source {
+                // rustls's error comes wrapped in an io::Error (whose source skips it).
+                let tls = cause
+                    .downcast_ref::<tokio_rustls::rustls::Error>()
+                    .or_else(|| {
+                        cause
+                            .downcast_ref::<std::io::Error>()
+                            .and_then(std::io::Error::get_ref)
+                            .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
+                    });
+                if let Some(tls) = tls {
+                    let said = crate::client::describe_tls_failure(
+                        tls,
+                        "the database host",
+                        "auth.database_ca_file",
+                    );
+                    return format!("{text}: {said}");
+                }
                 text = format!("{text}: {cause}");
                 source = cause.source();
             }
@@ -315,6 +353,9 @@ impl Inner {
         let answer = self.runtime.block_on(async {
             tokio::time::timeout(LOOKUP_TIMEOUT, client.query_opt(&query, &[&name])).await
         });
+        if matches!(answer, Ok(Ok(_))) {
+            self.answered();
+        }
         match answer {
             Ok(Ok(row)) => Ok(
                 row.and_then(|row| match row.try_get::<_, Option<String>>(0) {
@@ -338,9 +379,24 @@ impl Inner {
         }
     }
 
-    /// Gives up `client` after a lookup got no answer, if it is still the one in use: the
-    /// listening task reconnects.
+    /// Notes that the lookups' connection answered a query now.
+    fn answered(&self) {
+        *lock(&self.lookups_answered) = Instant::now();
+    }
+
+    /// Whether the lookups' connection answered a query during the last `period`.
+    fn answered_within(&self, period: Duration) -> bool {
+        lock(&self.lookups_answered).elapsed() < period
+    }
+
+    /// Gives up `client` after a lookup got no answer, if it is still the one in use and
+    /// answered nothing else meanwhile (a slow query on a connection that answers is not a
+    /// lost one): the listening task reconnects.
     fn connection_failed(&self, client: &Arc<Client>, why: &str) {
+        if self.answered_within(LOOKUP_TIMEOUT) {
+            log::warn!("users database: a lookup got no answer ({why}) while others did");
+            return;
+        }
         let was_current = {
             let mut current = lock(&self.client);
             let same = current.as_ref().is_some_and(|c| Arc::ptr_eq(c, client));
@@ -637,14 +693,24 @@ async fn serve_connection(
                 );
             }
             _ = ping.tick() => {
-                let both = futures_util::future::try_join(
-                    client.simple_query(""),
-                    lookups.simple_query(""),
-                );
-                tokio::time::timeout(PING_TIMEOUT, both)
-                    .await
+                let pinged = Instant::now();
+                let (listening, looking_up) = futures_util::future::join(
+                    tokio::time::timeout(PING_TIMEOUT, client.simple_query("")),
+                    tokio::time::timeout(PING_TIMEOUT, lookups.simple_query("")),
+                )
+                .await;
+                listening
                     .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
                     .map_err(|err| describe(&err))?;
+                match looking_up {
+                    Ok(answer) => {
+                        answer.map_err(|err| describe(&err))?;
+                        inner.answered();
+                    }
+                    // Queued behind slow queries on a connection that answers them.
+                    Err(_) if inner.answered_within(pinged.elapsed()) => {}
+                    Err(_) => return Err(format!("no answer in {PING_TIMEOUT:?}")),
+                }
             }
             _ = inner.lost.notified() => {
                 // A permit left by a lookup on an earlier connection is not about this one.
@@ -655,6 +721,30 @@ async fn serve_connection(
             _ = sweep.tick() => forget_idle(inner, tether).await,
         }
     }
+}
+
+/// The admin reads' connection: the one open, or a new one (driven on the current
+/// runtime). Its loss affects admin reads only, never whether logins see the database.
+async fn admin_reads_client(inner: &Inner) -> Result<Arc<Client>, String> {
+    let mut slot = inner.admin_reads.lock().await;
+    if let Some(client) = slot.as_ref().filter(|client| !client.is_closed()) {
+        return Ok(Arc::clone(client));
+    }
+    let (client, connection) = tokio::time::timeout(PING_TIMEOUT, inner.database.open())
+        .await
+        .map_err(|_| format!("no answer in {PING_TIMEOUT:?}"))?
+        .map_err(|err| describe(&err))?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            log::debug!(
+                "users database: the admin reads' connection ended: {}",
+                describe(&err)
+            );
+        }
+    });
+    let client = Arc::new(client);
+    *slot = Some(Arc::clone(&client));
+    Ok(client)
 }
 
 /// Most bad rows named in the log by [`report_bad_rows`].
@@ -950,7 +1040,10 @@ impl PgUsers {
             .runtime
             .spawn(async move { tokio::time::timeout(LOOKUP_TIMEOUT, work(client, table)).await });
         match task.await {
-            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Ok(value))) => {
+                self.inner.answered();
+                Ok(value)
+            }
             Ok(Ok(Err(err))) => Err(describe(&err)),
             Ok(Err(_)) => Err(format!(
                 "the users database gave no answer in {LOOKUP_TIMEOUT:?}"
@@ -994,28 +1087,79 @@ impl PgUsers {
 
     /// Up to `limit` names after `after` (all from the start when `None`), sorted bytewise;
     /// only those containing `search` (ASCII lowercase; ASCII letters of the names are
-    /// compared without case) when it is given.
+    /// compared without case) when it is given. On the admin reads' own connection (see
+    /// the module comment), in the order the index `db init` makes serves, so a page reads
+    /// its own rows only (a search reads on along the index until its page is full).
     pub async fn names(
         &self,
         after: Option<String>,
         limit: usize,
         search: Option<String>,
     ) -> Result<Vec<String>, String> {
+        if lock(&self.inner.client).is_none() {
+            return Err("the users database is unreachable".to_string());
+        }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_client(move |client, table| async move {
-            // translate(), not lower(): it folds ASCII letters only, whatever the
-            // database's locale, as the users file's listing does.
-            let query = format!(
-                "SELECT name::text FROM {table} \
-                 WHERE ($1::text IS NULL OR name::text > $1 COLLATE \"C\") \
-                 AND ($3::text IS NULL OR strpos(translate(name::text, \
-                 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $3) > 0) \
-                 ORDER BY name::text COLLATE \"C\" LIMIT $2"
-            );
-            let rows = client.query(&query, &[&after, &limit, &search]).await?;
-            rows.iter().map(|row| row.try_get::<_, String>(0)).collect()
-        })
-        .await
+        let inner = Arc::clone(&self.inner);
+        let read = async move {
+            let _turn = inner
+                .admin_reads_at_once
+                .acquire()
+                .await
+                .map_err(|_| "the users database is closing".to_string())?;
+            let client = admin_reads_client(&inner).await?;
+            let table = &inner.table;
+            let order = "ORDER BY name::text COLLATE \"C\" LIMIT";
+            let rows = match (&after, &search) {
+                (None, None) => {
+                    let query = format!("SELECT name::text FROM {table} {order} $1");
+                    client.query(&query, &[&limit]).await
+                }
+                (Some(after), None) => {
+                    let query = format!(
+                        "SELECT name::text FROM {table} WHERE name::text COLLATE \"C\" > $1 \
+                         {order} $2"
+                    );
+                    client.query(&query, &[after, &limit]).await
+                }
+                (_, Some(search)) => {
+                    // translate(), not lower(): it folds ASCII letters only, whatever the
+                    // database's locale, as the users file's listing does.
+                    let query = format!(
+                        "SELECT name::text FROM {table} \
+                         WHERE ($1::text IS NULL OR name::text COLLATE \"C\" > $1) \
+                         AND strpos(translate(name::text, \
+                         'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), $3) > 0 \
+                         {order} $2"
+                    );
+                    client.query(&query, &[&after, &limit, search]).await
+                }
+            };
+            let rows = rows.map_err(|err| {
+                if err.is_closed() {
+                    // Opened again by the next read.
+                    if let Ok(mut slot) = inner.admin_reads.try_lock() {
+                        slot.take();
+                    }
+                }
+                describe(&err)
+            })?;
+            rows.iter()
+                .map(|row| row.try_get::<_, String>(0))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|err| describe(&err))
+        };
+        let task = self
+            .inner
+            .listening_runtime
+            .spawn(async move { tokio::time::timeout(LOOKUP_TIMEOUT, read).await });
+        match task.await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(format!(
+                "the users database gave no answer in {LOOKUP_TIMEOUT:?}"
+            )),
+            Err(err) => Err(format!("the database task stopped: {err}")),
+        }
     }
 
     /// Puts a write of this node in force here at once: `name`'s known hash is forgotten

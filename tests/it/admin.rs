@@ -610,3 +610,114 @@ fn a_long_path_without_the_token_is_cut_short_in_the_log() {
     assert!(longest < 1000, "a log line of {longest} bytes");
     assert!(log.contains(&format!("({} bytes)", path.len())), "{log}");
 }
+
+/// `GET /metrics` with `Accept: accept`; answers the content type and the body.
+fn scrape(admin: &Admin, accept: Option<&str>) -> (String, String) {
+    let mut request = ureq::get(&format!("{}/metrics", admin.base));
+    if let Some(accept) = accept {
+        request = request.set("Accept", accept);
+    }
+    let response = request.call().expect("GET /metrics");
+    let content_type = response.header("Content-Type").unwrap_or("").to_owned();
+    (content_type, response.into_string().expect("metrics text"))
+}
+
+/// What `promtool check metrics` says of `text`: `Ok` when it finds nothing, else its
+/// complaints; `None` when promtool is not installed.
+fn promtool_check(text: &str) -> Option<Result<(), String>> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => panic!("cannot run promtool: {err}"),
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some(if output.status.success() && said.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(said)
+    })
+}
+
+#[test]
+fn metrics_are_negotiated_by_accept_and_pass_promtool() {
+    // Issue 23: promtool found 13 counters without help text, and OpenMetrics was served
+    // even to a scraper asking for text/plain 0.0.4.
+    let admin = Admin::start(None);
+    // Something in every kind of family: a login (counter, histogram), a connection (gauge).
+    let _alice = admin.logged_in("alice");
+    for accept in [
+        None,
+        Some("text/plain;version=0.0.4"),
+        Some("text/plain; version=0.0.4; charset=utf-8, */*;q=0.1"),
+        Some("*/*"),
+        Some("application/openmetrics-text;version=1.0.0;q=0.1,text/plain;version=0.0.4"),
+    ] {
+        let (content_type, text) = scrape(&admin, accept);
+        assert!(
+            content_type.starts_with("text/plain; version=0.0.4"),
+            "Accept {accept:?} got {content_type:?}"
+        );
+        assert!(
+            !text.contains("# EOF"),
+            "Accept {accept:?}: OpenMetrics text"
+        );
+        metric(&text, "tether_logins_total{result=\"valid\"}");
+        metric(&text, "tether_connections_open");
+        match promtool_check(&text) {
+            None => {
+                crate::common::skip_without(
+                    "promtool (checks /metrics in Prometheus's own parser)",
+                    "install Debian's prometheus package",
+                );
+                return;
+            }
+            Some(Ok(())) => {}
+            Some(Err(said)) => panic!("promtool check metrics (Accept {accept:?}):\n{said}"),
+        }
+    }
+    // What Prometheus itself sends: OpenMetrics first.
+    let (content_type, text) = scrape(
+        &admin,
+        Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;\
+             version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        ),
+    );
+    assert!(
+        content_type.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{content_type:?}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    metric(&text, "tether_logins_total{result=\"valid\"}");
+}
+
+#[test]
+fn head_of_the_get_routes_is_answered_without_a_body() {
+    let admin = Admin::start(None);
+    for path in ["/metrics", "/healthz", "/v1/users/alice/connections"] {
+        let response = ureq::head(&format!("{}{path}", admin.base))
+            .call()
+            .unwrap_or_else(|err| panic!("HEAD {path}: {err}"));
+        assert_eq!(response.status(), 200, "HEAD {path}");
+        assert_eq!(response.into_string().expect("body"), "", "HEAD {path}");
+    }
+}

@@ -130,18 +130,55 @@ fn bad_commands_exit_two_and_an_unreachable_server_exits_three() {
 fn commands_piped_one_per_line_are_answered_in_order() {
     let server = InProcessServer::start(test_settings(), &[("alice", "secret")]);
     let config = EmptyConfig::new();
-    let input = b"login alice secret\n\nprolongate\nbogus\nlogin alice\nwrong\nquit\ninvalidate\n";
+    let input = b"login alice secret\n\nprolongate\nlogin alice\nwrong\nquit\ninvalidate\n";
     let ran = run_with_input(config.client(server.addr(), &[]), input, RUN_TIMEOUT);
     assert!(ran.status.success(), "{ran:?}");
     assert_eq!(
         lines(&ran),
-        [
-            "login_valid",
-            "prolongate_ack",
-            "unknown command `bogus` (type `help`)",
-            "login_invalid"
-        ]
+        ["login_valid", "prolongate_ack", "login_invalid"]
     );
+}
+
+#[test]
+fn a_piped_line_that_is_no_command_is_reported_and_fails_the_run() {
+    // Issue 23: the help says exit code 2 for a bad command; a pipe got 0. The lines after
+    // it are still sent; the complaint goes to standard error, the replies to standard
+    // output.
+    let server = InProcessServer::start(test_settings(), &[("alice", "secret")]);
+    let config = EmptyConfig::new();
+    let input = b"login alice secret\nbogus\nprolongate\n";
+    let ran = run_with_input(config.client(server.addr(), &[]), input, RUN_TIMEOUT);
+    assert_eq!(ran.status.code(), Some(2), "{ran:?}");
+    assert_eq!(lines(&ran), ["login_valid", "prolongate_ack"]);
+    assert!(
+        ran.stderr.contains("unknown command `bogus` (type `help`)"),
+        "{ran:?}"
+    );
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_command_quietly() {
+    // Issue 23: `tether man | head` printed "Broken pipe". Whatever the CLI prints, a
+    // reader gone is a normal end.
+    let dir = tempfile::tempdir().expect("temp dir");
+    for args in [&["man"][..], &["completions", "bash"], &["--help"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tether starts");
+        // The reader takes nothing and goes away, as `head -0` would.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("tether ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stderr.contains("Broken pipe") && !stderr.contains("panicked"),
+            "tether {args:?}: {stderr}"
+        );
+        assert_eq!(output.status.code(), Some(0), "tether {args:?}: {stderr}");
+    }
 }
 
 #[test]

@@ -206,6 +206,42 @@ fn guesses_sent_at_once_get_no_more_checks_than_the_limit() {
     );
 }
 
+#[test]
+fn right_passwords_sent_at_once_all_get_in() {
+    // Issue 23: a gateway reconnecting after a restart sends its users' right passwords at
+    // once, many for one name from one address. Checks in flight may hold a login back;
+    // only counted failures may refuse one.
+    const LOGINS: usize = 150;
+    const LIMIT: u32 = 10;
+    // Cost 6: each check takes long enough that all logins arrive while some are checked.
+    let alice = bcrypt::hash("right", 6).expect("hash");
+    let config = TestConfig::new()
+        .auth("watch", false)
+        .auth("login_failures_per_minute", LIMIT);
+    let (server, admin) = start_with_admin(config, &[("alice", &alice)]);
+    let mut clients: Vec<TestClient> = (0..LOGINS).map(|_| server.client()).collect();
+    for client in &mut clients {
+        client.send(&["login", "alice", "right"]);
+    }
+    let mut refused = Vec::new();
+    for (index, client) in clients.iter_mut().enumerate() {
+        let reply = client.recv_within(Duration::from_secs(60));
+        if reply != ["login_valid"] {
+            refused.push((index, reply));
+        }
+    }
+    assert!(
+        refused.is_empty(),
+        "{} of {LOGINS} right passwords were refused: {:?}",
+        refused.len(),
+        &refused[..refused.len().min(5)]
+    );
+    assert_eq!(
+        metric(admin, "tether_logins_total{result=\"valid\"}"),
+        LOGINS as f64
+    );
+}
+
 /// The median time of a login with a wrong password for each of `names`, over `tries`
 /// rounds; each round tries every name once, so a busy moment of the machine slows all
 /// names alike.

@@ -258,6 +258,18 @@ fn completions_and_man_page_come_from_the_command_line_definition() {
     assert_exit(&ran, 0);
     assert!(ran.stdout.contains(".TH tether 1"), "{}", ran.stdout);
     assert!(ran.stdout.contains("check\\-config"), "{}", ran.stdout);
+    // Issue 23: both were hidden from --help.
+    let ran = tether(&["--help"], dir.path());
+    assert_exit(&ran, 0);
+    for command in ["completions", "man"] {
+        assert!(
+            ran.stdout
+                .lines()
+                .any(|line| line.trim_start().starts_with(command)),
+            "{command} missing from --help:\n{}",
+            ran.stdout
+        );
+    }
 }
 
 #[test]
@@ -301,4 +313,73 @@ fn a_service_manager_is_told_when_the_server_is_ready_and_stopping() {
         .expect("STOPPING=1 within the timeout");
     assert_eq!(&message[..read], b"STOPPING=1\n");
     assert_eq!(server.wait_exit(EXIT_TIMEOUT).code(), Some(0));
+}
+
+/// `contrib/tether.service`: the key `key`'s values, every line of it, in order.
+fn unit_values<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
+    unit.lines()
+        .filter_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+        .flat_map(str::split_whitespace)
+        .collect()
+}
+
+#[test]
+fn the_systemd_unit_waits_for_the_network_and_never_restarts_a_bad_configuration() {
+    // Issue 23: After=network.target though the server talks to Redis / PostgreSQL at
+    // start, and an ExecStartPre check failing with exit 2 restarted in a loop (systemd's
+    // RestartPreventExitStatus= looks at the main process only).
+    let unit_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib/tether.service");
+    let unit = std::fs::read_to_string(&unit_path).expect("contrib/tether.service");
+    assert!(
+        unit_values(&unit, "Wants").contains(&"network-online.target"),
+        "{unit}"
+    );
+    assert!(
+        unit_values(&unit, "After").contains(&"network-online.target"),
+        "{unit}"
+    );
+    assert!(
+        !unit_values(&unit, "After").contains(&"network.target"),
+        "{unit}"
+    );
+    assert!(unit_values(&unit, "ExecStartPre").is_empty(), "{unit}");
+    assert!(
+        unit_values(&unit, "RestartPreventExitStatus").contains(&"2"),
+        "{unit}"
+    );
+
+    // And systemd itself finds nothing wrong with it (the binary put where it says).
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        crate::common::skip_without(
+            "systemd-analyze (checks contrib/tether.service)",
+            "install Debian's systemd package",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let checked = dir.path().join("tether.service");
+    let binary = env!("CARGO_BIN_EXE_tether");
+    std::fs::write(
+        &checked,
+        unit.replace("/usr/local/bin/tether", binary)
+            .replace("Documentation=man:tether(1)\n", ""),
+    )
+    .expect("write the unit");
+    let ran = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&checked)
+        .output()
+        .expect("systemd-analyze runs");
+    let said =
+        String::from_utf8_lossy(&ran.stderr).into_owned() + &String::from_utf8_lossy(&ran.stdout);
+    // Only what concerns the unit: the host's own units may have their own complaints.
+    let about_it: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("tether.service"))
+        .collect();
+    assert!(about_it.is_empty(), "systemd-analyze verify:\n{said}");
 }

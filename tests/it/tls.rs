@@ -968,3 +968,145 @@ fn tls_connections_are_accepted_and_served_while_the_main_thread_is_stopped() {
     drop(stopped);
     late.expect(&["prolongate_ack"]);
 }
+
+/// `tether client --tls --ca-file CA --addr ADDR --login alice -c prolongate` against
+/// `server`.
+fn tls_client_run(server: &TestServer, ca: &Path, addr: &str) -> crate::common::Ran {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tether"));
+    command
+        .arg("--config")
+        .arg(server.config_path())
+        .args(["client", "--tls", "--ca-file"])
+        .arg(ca)
+        .args(["--addr", addr])
+        .args(["--login", "alice", "--password-stdin", "-c", "prolongate"])
+        .env_remove("RUST_LOG");
+    crate::common::run_with_input(command, b"secret\n", Duration::from_secs(10))
+}
+
+/// The README's self-signed pair, word for word but for the names: `NAME.pem`/`NAME.key`
+/// in `dir`, valid for `subject_alt_names`.
+fn readme_pair(dir: &Path, name: &str, subject_alt_names: &str) {
+    crate::common::tls::openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "365",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            &format!("subjectAltName={subject_alt_names}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    );
+}
+
+#[test]
+fn tether_client_trusts_the_readmes_self_signed_certificate_given_as_its_ca_file() {
+    // Issue 23: OpenSSL 3's `req -x509` marks the certificate CA:TRUE, and rustls refused
+    // it as the server's own: "invalid peer certificate: Other(OtherError(
+    // CaUsedAsEndEntity))". The help says a self-signed server certificate will do.
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    readme_pair(setup.dir(), "server", "DNS:localhost,IP:127.0.0.1");
+    readme_pair(setup.dir(), "other", "DNS:localhost,IP:127.0.0.1");
+    let (server, tls) = setup.tls_only().start();
+    let pinned = server.dir().join("server.pem");
+    for addr in [format!("localhost:{}", tls.port()), tls.to_string()] {
+        let ran = tls_client_run(&server, &pinned, &addr);
+        assert!(ran.status.success(), "{addr}: {ran:?}");
+        assert_eq!(
+            ran.stdout.lines().collect::<Vec<_>>(),
+            ["login_valid", "prolongate_ack"]
+        );
+    }
+    // The exact certificate is trusted, not another one like it nor what a CA signed;
+    // each refusal is a sentence, not rustls's debug text.
+    let localhost = format!("localhost:{}", tls.port());
+    for (ca, says) in [
+        (
+            server.dir().join("other.pem"),
+            "not the certificate of --ca-file",
+        ),
+        (ca(&server), "not signed by"),
+    ] {
+        let ran = tls_client_run(&server, &ca, &localhost);
+        assert_eq!(ran.status.code(), Some(3), "{ran:?}");
+        assert!(ran.stderr.contains(says), "{}", ran.stderr);
+        for raw in ["Other(", "OtherError", "CaUsedAsEndEntity", "UnknownIssuer"] {
+            assert!(!ran.stderr.contains(raw), "{}", ran.stderr);
+        }
+    }
+    drop(server);
+
+    // The pinned certificate, for another name: refused, saying so.
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    readme_pair(setup.dir(), "server", "DNS:elsewhere.example");
+    let (server, tls) = setup.tls_only().start();
+    let pinned = server.dir().join("server.pem");
+    let ran = tls_client_run(&server, &pinned, &format!("localhost:{}", tls.port()));
+    assert_eq!(ran.status.code(), Some(3), "{ran:?}");
+    assert!(
+        ran.stderr.contains("not valid for localhost"),
+        "{}",
+        ran.stderr
+    );
+}
+
+#[test]
+fn a_client_ca_rotation_closes_the_sessions_the_new_ca_does_not_sign() {
+    // Issue 23: after client_ca_file changed, sessions of the old CA stayed open forever.
+    let Some(setup) = TlsSetup::new() else {
+        return;
+    };
+    let (server, tls) = setup.tls_only().client_ca().start();
+    let d = server.dir();
+    make_signed(d, "test", "client");
+    make_ca(d, "new");
+    make_signed(d, "new", "renewed");
+    // What the clients trust the server's certificate with (the CA file is rotated).
+    let server_ca = d.join("server-ca.pem");
+    std::fs::copy(ca(&server), &server_ca).expect("copy");
+    let old_client = client_config(
+        &server_ca,
+        Some((&d.join("client.pem"), &d.join("client.key"))),
+    );
+    let mut old = TlsClient::connect(tls, old_client).expect("handshake, old CA");
+    old.send(&["login", "alice", "secret"]);
+    old.expect(&["login_valid"]);
+
+    // The client CA file now holds only the new CA (written whole, then renamed in).
+    std::fs::copy(d.join("new-ca.pem"), d.join("rotated.pem")).expect("copy");
+    std::fs::rename(d.join("rotated.pem"), d.join("test-ca.pem")).expect("rename");
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log("TLS certificate reloaded", Duration::from_secs(5));
+    // io_error, then the end of the stream.
+    assert_eq!(old.try_recv().expect("a reply"), ["io_error"]);
+    assert!(old.try_recv().is_err(), "the connection stays open");
+    server.wait_for_log(
+        "client certificate no longer accepted",
+        Duration::from_secs(5),
+    );
+
+    // A certificate of the new CA gets in.
+    let renewed = client_config(
+        &server_ca,
+        Some((&d.join("renewed.pem"), &d.join("renewed.key"))),
+    );
+    let mut fresh = TlsClient::connect(tls, renewed).expect("handshake, new CA");
+    fresh.send(&["login", "alice", "secret"]);
+    fresh.expect(&["login_valid"]);
+}

@@ -1,10 +1,14 @@
 //! Login throttling (SPEC §2): failed logins are counted per (client address, name) over
 //! a sliding minute; a pair at its limit is refused without a password check.
 //!
-//! Checks in flight count too: a login takes a [`Reservation`] before its check starts,
-//! and a pair whose recent failures plus reservations reach the limit is refused, so
-//! guesses sent at once on many connections get no more checks than guesses sent one
-//! after another. A failed check turns its reservation into a failure; a success clears
+//! Checks in flight hold logins back, but only counted failures refuse one: a login takes
+//! a [`Reservation`] before its check starts; a pair whose recent failures reach the limit
+//! is refused; a pair whose failures plus reservations reach it makes the login wait
+//! ([`Admission::Wait`]) until one of its checks in flight is decided, and then asks
+//! again. So guesses sent at once on many connections get no more checks than guesses sent
+//! one after another (they wait, and are refused once the failures are in), while right
+//! passwords sent at once (a gateway reconnecting its users) all get in, some a little
+//! later (issue 23). A failed check turns its reservation into a failure; a success clears
 //! the pair's failures; a check that never gave its verdict to the client (the connection
 //! left first) releases it.
 //!
@@ -18,6 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 
 /// How far back failures count.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -46,12 +51,56 @@ struct Pair {
     failures: VecDeque<Instant>,
     /// Checks started and not yet decided.
     in_flight: usize,
+    /// Logins held back behind the checks in flight, woken when one is decided.
+    waiting: Vec<oneshot::Sender<()>>,
 }
 
 impl Pair {
     /// Failures and checks in flight, each counting against the limit.
     fn counted(&self) -> usize {
         self.failures.len() + self.in_flight
+    }
+
+    /// Wakes every login held back: a check was decided, so each may ask again.
+    fn wake_waiting(&mut self) {
+        for waiter in self.waiting.drain(..) {
+            // A login whose connection left meanwhile no longer listens.
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Whether nothing of the pair is left to remember.
+    fn is_idle(&self) -> bool {
+        self.counted() == 0 && self.waiting.is_empty()
+    }
+}
+
+/// What [`LoginThrottle::reserve`] allows a login.
+#[derive(Debug)]
+pub enum Admission {
+    /// Check the password; the outcome is reported through the reservation.
+    Check(Reservation),
+    /// Wait: checks in flight fill the pair's limit. When the [`Turn`] resolves, one of
+    /// them was decided; ask again.
+    Wait(Turn),
+    /// Refuse unchecked: the pair has failed `limit` times in the last minute.
+    Refused,
+}
+
+/// Resolves when a check in flight of the pair a login waits for is decided (see
+/// [`Admission::Wait`]).
+#[derive(Debug)]
+pub struct Turn(oneshot::Receiver<()>);
+
+impl std::future::Future for Turn {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        task: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        // Resolved or dropped alike: either way, time to ask again.
+        std::pin::Pin::new(&mut self.0).poll(task).map(|_| ())
     }
 }
 
@@ -89,31 +138,34 @@ impl LoginThrottle {
         }
     }
 
-    /// Takes a place for one password check of this pair, or `None` when the pair is at
-    /// its limit (failures in the window plus checks in flight) and the login must be
-    /// refused unchecked. The check's outcome is reported through the reservation.
-    pub fn reserve(
-        self: &Arc<Self>,
-        client: IpAddr,
-        name: &[u8],
-        now: Instant,
-    ) -> Option<Reservation> {
+    /// Takes a place for one password check of this pair ([`Admission::Check`]); or, when
+    /// the pair has failed `limit` times in the window, refuses the login unchecked
+    /// ([`Admission::Refused`]); or, when the pair's failures plus its checks in flight
+    /// reach the limit, holds it back until one of them is decided ([`Admission::Wait`]).
+    /// Checks in flight never refuse a login: they may all be right passwords.
+    pub fn reserve(self: &Arc<Self>, client: IpAddr, name: &[u8], now: Instant) -> Admission {
         let key = (client, key_name(name));
         if self.limit == 0 {
-            return Some(Reservation::untracked(self, key));
+            return Admission::Check(Reservation::untracked(self, key));
         }
         let mut state = self.lock();
         if !state.by_pair.contains_key(&key) && !state.make_room(now) {
             // The table is full: this pair is not counted (see the module comment).
-            return Some(Reservation::untracked(self, key));
+            return Admission::Check(Reservation::untracked(self, key));
         }
         let pair = state.by_pair.entry(key.clone()).or_default();
         expire(&mut pair.failures, now);
+        if pair.failures.len() >= self.limit {
+            return Admission::Refused;
+        }
         if pair.counted() >= self.limit {
-            return None;
+            let (waiter, turn) = oneshot::channel();
+            pair.waiting.retain(|waiter| !waiter.is_closed());
+            pair.waiting.push(waiter);
+            return Admission::Wait(Turn(turn));
         }
         pair.in_flight += 1;
-        Some(Reservation {
+        Admission::Check(Reservation {
             throttle: Arc::clone(self),
             key,
             tracked: true,
@@ -130,7 +182,7 @@ impl LoginThrottle {
         match state.by_pair.get_mut(&(client, key_name(name))) {
             Some(pair) => {
                 expire(&mut pair.failures, now);
-                pair.counted() >= self.limit
+                pair.failures.len() >= self.limit
             }
             None => false,
         }
@@ -139,7 +191,7 @@ impl LoginThrottle {
     /// Counts a failed, checked login without a reservation.
     #[cfg(test)]
     fn record_failure(self: &Arc<Self>, client: IpAddr, name: &[u8], now: Instant) {
-        if let Some(reservation) = self.reserve(client, name, now) {
+        if let Admission::Check(reservation) = self.reserve(client, name, now) {
             reservation.failed(now);
         } else {
             let mut state = self.lock();
@@ -160,7 +212,8 @@ impl LoginThrottle {
             expire(&mut pair.failures, now);
             push_failure(&mut pair.failures, self.limit, now);
         }
-        if pair.counted() == 0 {
+        pair.wake_waiting();
+        if pair.is_idle() {
             state.by_pair.remove(key);
         }
     }
@@ -176,7 +229,8 @@ impl LoginThrottle {
             pair.in_flight = pair.in_flight.saturating_sub(1);
         }
         pair.failures.clear();
-        if pair.in_flight == 0 {
+        pair.wake_waiting();
+        if pair.is_idle() {
             state.by_pair.remove(key);
         }
     }
@@ -213,8 +267,9 @@ impl Failures {
                 let expiry = newest + WINDOW;
                 next_expiry = Some(next_expiry.map_or(expiry, |at| at.min(expiry)));
             }
-            // A pair with a check in flight stays: its reservation is settled later.
-            pair.counted() > 0
+            // A pair with a check in flight stays: its reservation is settled later (and
+            // wakes the logins waiting for it).
+            !pair.is_idle()
         });
         let len = self.by_pair.len();
         self.sweep_at = (len * 2).clamp(1024.min(self.max_pairs), self.max_pairs);
@@ -325,6 +380,21 @@ mod tests {
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const ELSEWHERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    impl Admission {
+        fn check(self) -> Option<Reservation> {
+            match self {
+                Self::Check(reservation) => Some(reservation),
+                _ => None,
+            }
+        }
+        fn waits(&self) -> bool {
+            matches!(self, Self::Wait(_))
+        }
+        fn refused(&self) -> bool {
+            matches!(self, Self::Refused)
+        }
+    }
+
     #[test]
     fn a_pair_is_throttled_at_its_limit_and_released_after_a_minute() {
         let throttle = Arc::new(LoginThrottle::new(3));
@@ -344,8 +414,8 @@ mod tests {
         let throttle = Arc::new(LoginThrottle::new(2));
         let now = Instant::now();
         throttle.record_failure(HOME, b"alice", now);
-        let right = throttle.reserve(HOME, b"alice", now).expect("room");
-        assert!(throttle.is_throttled(HOME, b"alice", now));
+        let right = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).waits());
         right.succeeded();
         assert!(!throttle.is_throttled(HOME, b"alice", now));
         assert_eq!(throttle.tracked_pairs(), 0);
@@ -452,16 +522,20 @@ mod tests {
         let throttle = Arc::new(LoginThrottle::new(3));
         let now = Instant::now();
         let held: Vec<Reservation> = (0..3)
-            .map(|_| throttle.reserve(HOME, b"alice", now).expect("room"))
+            .map(|_| throttle.reserve(HOME, b"alice", now).check().expect("room"))
             .collect();
-        assert!(throttle.reserve(HOME, b"alice", now).is_none());
-        assert!(throttle.reserve(ELSEWHERE, b"alice", now).is_some());
-        // Failures take the places of the reservations; the pair stays at its limit.
+        // Held back, not refused: the checks in flight may all be right.
+        assert!(throttle.reserve(HOME, b"alice", now).waits());
+        assert!(throttle.reserve(ELSEWHERE, b"alice", now).check().is_some());
+        // Failures take the places of the reservations: now the pair is refused.
         for reservation in held {
             reservation.failed(now);
         }
-        assert!(throttle.reserve(HOME, b"alice", now).is_none());
-        assert!(throttle.reserve(HOME, b"alice", now + WINDOW).is_some());
+        assert!(throttle.reserve(HOME, b"alice", now).refused());
+        assert!(throttle
+            .reserve(HOME, b"alice", now + WINDOW)
+            .check()
+            .is_some());
     }
 
     #[test]
@@ -470,17 +544,18 @@ mod tests {
         let now = Instant::now();
         throttle
             .reserve(HOME, b"alice", now)
+            .check()
             .expect("room")
             .failed(now);
-        let pending = throttle.reserve(HOME, b"alice", now).expect("room");
-        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        let pending = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).waits());
         drop(pending);
-        let right = throttle.reserve(HOME, b"alice", now).expect("room again");
+        let right = throttle
+            .reserve(HOME, b"alice", now)
+            .check()
+            .expect("room again");
         let other = throttle.reserve(HOME, b"alice", now);
-        assert!(
-            other.is_none(),
-            "one failure and one check in flight fill it"
-        );
+        assert!(other.waits(), "one failure and one check in flight fill it");
         right.succeeded();
         assert!(!throttle.is_throttled(HOME, b"alice", now));
         assert_eq!(throttle.tracked_pairs(), 0);
@@ -490,14 +565,17 @@ mod tests {
     fn a_full_table_does_not_sweep_out_pairs_with_checks_in_flight() {
         let throttle = Arc::new(LoginThrottle::with_max_pairs(1, 1024));
         let start = Instant::now();
-        let held = throttle.reserve(HOME, b"alice", start).expect("room");
+        let held = throttle
+            .reserve(HOME, b"alice", start)
+            .check()
+            .expect("room");
         for n in 0..1023u32 {
             throttle.record_failure(address(n), b"spray", start);
         }
         // Everything else expires; the check in flight keeps its pair.
         let later = start + WINDOW + Duration::from_secs(2);
         throttle.record_failure(ELSEWHERE, b"x", later);
-        assert!(throttle.reserve(HOME, b"alice", later).is_none());
+        assert!(throttle.reserve(HOME, b"alice", later).waits());
         held.failed(later);
         assert!(throttle.is_throttled(HOME, b"alice", later));
     }
@@ -506,14 +584,53 @@ mod tests {
     fn a_success_keeps_the_places_of_other_checks_in_flight() {
         let throttle = Arc::new(LoginThrottle::new(2));
         let now = Instant::now();
-        let other = throttle.reserve(HOME, b"alice", now).expect("room");
+        let other = throttle.reserve(HOME, b"alice", now).check().expect("room");
         throttle
             .reserve(HOME, b"alice", now)
+            .check()
             .expect("room")
             .succeeded();
-        let _again = throttle.reserve(HOME, b"alice", now).expect("room");
-        assert!(throttle.reserve(HOME, b"alice", now).is_none());
+        let again = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        assert!(throttle.reserve(HOME, b"alice", now).waits());
         other.failed(now);
+        assert!(throttle.reserve(HOME, b"alice", now).waits());
+        again.failed(now);
         assert!(throttle.is_throttled(HOME, b"alice", now));
+    }
+
+    #[actix_rt::test]
+    async fn right_passwords_at_once_wait_their_turn_and_all_get_in() {
+        let throttle = Arc::new(LoginThrottle::new(2));
+        let now = Instant::now();
+        let first = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        let second = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        let Admission::Wait(turn) = throttle.reserve(HOME, b"alice", now) else {
+            panic!("a third check in flight must wait, not be refused");
+        };
+        first.succeeded();
+        tokio::time::timeout(Duration::from_secs(5), turn)
+            .await
+            .expect("a decided check wakes the logins held back");
+        let third = throttle.reserve(HOME, b"alice", now).check().expect("room");
+        second.succeeded();
+        third.succeeded();
+        assert_eq!(throttle.tracked_pairs(), 0);
+    }
+
+    #[actix_rt::test]
+    async fn guesses_held_back_are_refused_once_the_failures_are_in() {
+        let throttle = Arc::new(LoginThrottle::new(2));
+        let now = Instant::now();
+        let guesses: Vec<Reservation> = (0..2)
+            .map(|_| throttle.reserve(HOME, b"alice", now).check().expect("room"))
+            .collect();
+        let Admission::Wait(turn) = throttle.reserve(HOME, b"alice", now) else {
+            panic!("held back while the guesses are checked");
+        };
+        for guess in guesses {
+            guess.failed(now);
+        }
+        turn.await;
+        assert!(throttle.reserve(HOME, b"alice", now).refused());
     }
 }

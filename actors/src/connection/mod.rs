@@ -576,6 +576,26 @@ impl Handler<OutputEvicted> for ConnectionActor {
     }
 }
 
+/// The client CA changed and no longer accepts this TLS connection's client certificate
+/// (or it has none and one is now required): `io_error`, and the connection is closed. Not
+/// `shutdown`: the server goes on, and a client must not take this for a restart to wait
+/// out; its reconnection is refused in the handshake, which says why.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClientCertificateRevoked;
+
+impl Handler<ClientCertificateRevoked> for ConnectionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ClientCertificateRevoked, ctx: &mut Context<Self>) {
+        self.fail(
+            IoErrorCause::ClientCertificate,
+            "client certificate no longer accepted (server.tls.client_ca_file changed)",
+            ctx,
+        );
+    }
+}
+
 impl Handler<HubChanged> for ConnectionActor {
     type Result = ();
 

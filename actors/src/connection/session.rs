@@ -5,7 +5,7 @@
 
 use crate::auth::credentials::{check_name_bytes, check_password};
 use crate::auth::password::{Checked, HashLookup, Verdict};
-use crate::auth::throttle::Reservation;
+use crate::auth::throttle::{Admission, Reservation, Turn};
 use crate::auth::users::PasswordHash;
 use crate::connection::shared::ConnectionShared;
 use crate::hub::messages::{BindingId, Push, ShardEvent};
@@ -30,17 +30,35 @@ pub(crate) struct Binding {
     pub id: BindingId,
 }
 
-/// A login whose password is being checked.
+/// A login held back by the throttle or being checked.
 struct PendingLogin {
-    /// Whether the password matched; dropping it gives the check up if it has not started.
-    verdict: Verdict,
-    /// This check's place under the throttle's limit.
-    reservation: Reservation,
-    /// The user to bind if the lookup finds a hash and it matches; `None` when a match
-    /// cannot log in (the name or the password breaks the rules).
-    user: Option<Arc<str>>,
+    /// Where it is.
+    stage: LoginStage,
     /// The name as the client sent it, for the throttle and the log.
     name: Vec<u8>,
+}
+
+/// Where a pending login is.
+enum LoginStage {
+    /// Held back: checks of the same (address, name) in flight fill the throttle's limit.
+    /// When one is decided, the login asks the throttle again.
+    Waiting {
+        /// Resolves when a check in flight of the pair is decided.
+        turn: Turn,
+        /// The password, kept until the check starts.
+        password: Vec<u8>,
+    },
+    /// Its password is being checked.
+    Checking {
+        /// Whether the password matched; dropping it gives the check up if it has not
+        /// started.
+        verdict: Verdict,
+        /// This check's place under the throttle's limit.
+        reservation: Reservation,
+        /// The user to bind if the lookup finds a hash and it matches; `None` when a match
+        /// cannot log in (the name or the password breaks the rules).
+        user: Option<Arc<str>>,
+    },
 }
 
 /// How long a login waits for the cluster broker to follow its user's channel before it
@@ -177,7 +195,8 @@ impl Session {
     }
 
     /// Polls the verdict of the login being checked: ready (and answered) when there is
-    /// none or it is in; pending while bcrypt still works on it, or while the cluster
+    /// none or it is in; pending while the throttle holds it back behind checks of the same
+    /// (address, name) in flight, while bcrypt still works on it, or while the cluster
     /// broker is not yet following the user it bound.
     pub(crate) fn poll_login(
         &mut self,
@@ -199,16 +218,32 @@ impl Session {
             self.answer_subscribing(fx);
             return Poll::Ready(());
         }
-        let Some(login) = &mut self.login else {
-            return Poll::Ready(());
-        };
-        let Poll::Ready(checked) = Pin::new(&mut login.verdict).poll(task) else {
-            return Poll::Pending;
-        };
-        if let Some(login) = self.login.take() {
-            self.finish_login(login, checked, fx);
+        loop {
+            let Some(login) = &mut self.login else {
+                return Poll::Ready(());
+            };
+            match &mut login.stage {
+                LoginStage::Waiting { turn, password } => {
+                    if Pin::new(turn).poll(task).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let password = std::mem::take(password);
+                    let Some(login) = self.login.take() else {
+                        return Poll::Ready(());
+                    };
+                    self.start_login(&login.name, &password, fx);
+                }
+                LoginStage::Checking { verdict, .. } => {
+                    let Poll::Ready(checked) = Pin::new(verdict).poll(task) else {
+                        return Poll::Pending;
+                    };
+                    if let Some(login) = self.login.take() {
+                        self.finish_login(login, checked, fx);
+                    }
+                    return Poll::Ready(());
+                }
+            }
         }
-        Poll::Ready(())
     }
 
     /// Gives up the login being checked, if any (its check is dropped if not yet started);
@@ -312,15 +347,29 @@ impl Session {
     /// still taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], fx: &mut impl Effects) {
         let now = Instant::now();
-        let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
-            self.shared.metrics.login(LoginResult::Throttled);
-            log::warn!(
-                "{}: login as {} refused unchecked: too many failures",
-                self.peer,
-                Excerpt(name)
-            );
-            fx.reply(Reply::LoginInvalid);
-            return;
+        let reservation = match self.shared.throttle.reserve(self.peer.ip(), name, now) {
+            Admission::Check(reservation) => reservation,
+            Admission::Wait(turn) => {
+                // Checks of this pair in flight fill the limit: wait for one of them.
+                self.login = Some(PendingLogin {
+                    stage: LoginStage::Waiting {
+                        turn,
+                        password: password.to_vec(),
+                    },
+                    name: name.to_vec(),
+                });
+                return;
+            }
+            Admission::Refused => {
+                self.shared.metrics.login(LoginResult::Throttled);
+                log::warn!(
+                    "{}: login as {} refused unchecked: too many failures",
+                    self.peer,
+                    Excerpt(name)
+                );
+                fx.reply(Reply::LoginInvalid);
+                return;
+            }
         };
         // A known user's hash is checked even when the password is malformed (the verdict
         // is then no match): the time a login takes must not depend on whether the name
@@ -346,21 +395,29 @@ impl Session {
                 .check(self.peer.ip(), password, stand_in),
         };
         self.login = Some(PendingLogin {
-            verdict,
-            reservation,
-            user: valid_name.filter(|_| check_password(password).is_ok()),
+            stage: LoginStage::Checking {
+                verdict,
+                reservation,
+                user: valid_name.filter(|_| check_password(password).is_ok()),
+            },
             name: name.to_vec(),
         });
     }
 
     /// Acts on the verdict of the login that was being checked.
     fn finish_login(&mut self, login: PendingLogin, checked: Checked, fx: &mut impl Effects) {
-        match (checked.matches, login.user, checked.found) {
+        let LoginStage::Checking {
+            reservation, user, ..
+        } = login.stage
+        else {
+            return;
+        };
+        match (checked.matches, user, checked.found) {
             (true, Some(user), Some(hash)) => {
-                self.login_succeeded(user, &hash, login.reservation, fx);
+                self.login_succeeded(user, &hash, reservation, fx);
             }
             _ => {
-                login.reservation.failed(Instant::now());
+                reservation.failed(Instant::now());
                 self.shared.metrics.login(LoginResult::Invalid);
                 log::info!("{}: login as {} failed", self.peer, Excerpt(&login.name));
                 fx.reply(Reply::LoginInvalid);

@@ -135,6 +135,8 @@ pub enum IoErrorCause {
     Write,
     /// Unsent output passed `max_pending_bytes`.
     SlowReader,
+    /// The client CA changed and no longer accepts the connection's client certificate.
+    ClientCertificate,
 }
 
 /// Why a user's connections are invalidated; for logs and metrics.
@@ -241,6 +243,7 @@ label_values! {
         Read => "read",
         Write => "write",
         SlowReader => "slow_reader",
+        ClientCertificate => "client_certificate",
     }
     InvalidationCause {
         Client => "client",
@@ -290,7 +293,7 @@ pub struct Metrics {
     invalidations: [Counter; 5],
     /// Connections closed by the idle timeout.
     pub(crate) timeouts: Counter,
-    io_errors: [Counter; 4],
+    io_errors: [Counter; 5],
     /// Password checks and admin password hashes waiting for a bcrypt thread.
     pub(crate) password_queue_depth: Gauge,
     /// Time one bcrypt check took.
