@@ -203,7 +203,7 @@ impl Broker for RedisBroker {
     fn publish(&self, event: ClusterEvent, answered: Answered) {
         self.send(worker::Request::Publish {
             event,
-            answer: worker::Answer::Call(answered),
+            answer: answered,
         });
     }
 

@@ -26,6 +26,18 @@ impl Names {
         format!("{}:user:{}", self.prefix, hex(user))
     }
 
+    /// The part of every per-user key and channel that names the user (its hexadecimal
+    /// name): one place, so a Redis Cluster hash tag added here tags them all.
+    pub(crate) fn user_part(&self, user: &str) -> String {
+        hex(user)
+    }
+
+    /// An event id accepted for `user` in the last 5 minutes (SPEC §6), holding the time
+    /// of the event first published with it: `{prefix}:id:{user}:{hex id}`.
+    pub(crate) fn id_key(&self, user: &str, id: &str) -> String {
+        format!("{}:id:{}:{}", self.prefix, self.user_part(user), hex(id))
+    }
+
     /// When `user` was last invalidated (Redis milliseconds): `{prefix}:invalidated:{hex}`.
     pub(crate) fn invalidated_key(&self, user: &str) -> String {
         format!("{}:invalidated:{}", self.prefix, hex(user))

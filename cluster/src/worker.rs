@@ -25,7 +25,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_actors::hub::broker::{Answered, BrokerUnreachable, ClusterEvent, Inbox};
+use tether_actors::hub::broker::{
+    Answered, BrokerUnreachable, ClusterEvent, Inbox, NotTaken, Taken,
+};
 use tether_actors::hub::messages::BindingId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -50,9 +52,12 @@ const MARK_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_MARKS: usize = 3600;
 
 /// One script for every scripted command, so each is one round trip and one command:
-/// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key;
-/// `ARGV` = mode, this node, the user, the payload, the prefix of node keys.
-/// Modes: `e` publish an event, `i` publish an invalidation (and note its time), `c`
+/// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key, and
+/// for an event with an id its id key; `ARGV` = mode, this node, the user, the payload,
+/// the prefix of node keys, and for an event with an id the event's time.
+/// Modes: `e` publish an event — unless its id key exists, then answer `{time}` of the
+/// first event with that id and publish nothing; else set the id key (5 minutes) in the
+/// same step (SPEC §6) — `i` publish an invalidation (and note its time), `c`
 /// count only — each answers the user's connections on the other live nodes (heartbeat
 /// within 10 s); `h` heartbeat (renews this node, forgets nodes silent for a minute) —
 /// answers Redis's time in milliseconds; `m` count many (only `KEYS[1]`; the users are
@@ -84,6 +89,11 @@ if mode == 'm' then
   end
   return totals
 end
+if mode == 'e' and KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then return {tonumber(first)} end
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', 300000)
+end
 if mode == 'i' then redis.call('SET', KEYS[3], now, 'PX', 86400000) end
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
 local total = 0
@@ -100,9 +110,6 @@ return total
 pub(crate) enum Answer {
     /// To a waiting caller.
     Channel(oneshot::Sender<Result<usize, BrokerUnreachable>>),
-    /// To a function the node gave (a publish's delivery on this node), called on this
-    /// thread in the order of the requests.
-    Call(Answered),
 }
 
 impl Answer {
@@ -112,7 +119,6 @@ impl Answer {
             Self::Channel(sender) => {
                 let _ = sender.send(result);
             }
-            Self::Call(answered) => answered(result),
         }
     }
 }
@@ -121,8 +127,11 @@ impl Answer {
 pub(crate) enum Request {
     /// Where messages from other nodes go.
     Attach(Arc<dyn Inbox>),
-    /// Publish an event.
-    Publish { event: ClusterEvent, answer: Answer },
+    /// Publish an event; `answer` delivers it here, or answers why not.
+    Publish {
+        event: ClusterEvent,
+        answer: Answered,
+    },
     /// Invalidate a user on the other nodes: now (an operator's) or, without an answer,
     /// as soon as Redis is reachable (a client's).
     Invalidate {
@@ -154,8 +163,8 @@ impl Request {
     /// lost then — the thread is gone).
     pub(crate) fn refuse(self) {
         match self {
-            Self::Publish { answer, .. }
-            | Self::Count { answer, .. }
+            Self::Publish { answer, .. } => answer(Err(NotTaken::Unreachable)),
+            Self::Count { answer, .. }
             | Self::Invalidate {
                 answer: Some(answer),
                 ..
@@ -334,8 +343,8 @@ impl Worker {
     fn unreachable(&mut self, request: Request) -> bool {
         match request {
             Request::Attach(inbox) => self.inbox = Some(inbox),
-            Request::Publish { answer, .. }
-            | Request::Count { answer, .. }
+            Request::Publish { answer, .. } => answer(Err(NotTaken::Unreachable)),
+            Request::Count { answer, .. }
             | Request::Invalidate {
                 answer: Some(answer),
                 ..
@@ -567,7 +576,7 @@ impl Worker {
     /// this node's counts as one pipeline.
     async fn handle_requests(&mut self, link: &mut Link, first: Request) -> Result<(), Ended> {
         let mut pipe = redis::pipe();
-        let mut answers: Vec<(Option<Answer>, bool)> = Vec::new();
+        let mut answers: Vec<Pending> = Vec::new();
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut stop = None;
         let mut many = Vec::new();
@@ -582,26 +591,17 @@ impl Worker {
             match request {
                 Request::Attach(inbox) => self.inbox = Some(inbox),
                 Request::Publish { event, answer } => {
-                    let payload =
-                        event_payload(&self.names.node, &event.user, event.time, &event.text);
-                    script(
-                        &mut pipe,
-                        &link.script,
-                        &self.names,
-                        'e',
-                        &event.user,
-                        &payload,
-                    );
-                    answers.push((Some(answer), true));
+                    publish_script(&mut pipe, &link.script, &self.names, &event);
+                    answers.push(Pending::Publish(answer));
                 }
                 Request::Invalidate { user, answer } => {
                     let payload = invalidation_payload(&self.names.node, &user);
                     script(&mut pipe, &link.script, &self.names, 'i', &user, &payload);
-                    answers.push((answer, false));
+                    answers.push(Pending::Other(answer));
                 }
                 Request::Count { user, answer } => {
                     script(&mut pipe, &link.script, &self.names, 'c', &user, "");
-                    answers.push((Some(answer), false));
+                    answers.push(Pending::Other(Some(answer)));
                 }
                 Request::CountMany { users, answer } => many.push((users, answer)),
                 Request::Flush(done) => flushes.push(done),
@@ -626,10 +626,9 @@ impl Worker {
         // Subscribed before this node's counts say it holds the users: a node counted as
         // holding a user's connections receives that user's events.
         if let Err(err) = self.follow(link, changed).await {
-            for (answer, _) in answers {
-                if let Some(answer) = answer {
-                    answer.send(Err(BrokerUnreachable));
-                }
+            // Nothing of this pipeline was sent.
+            for pending in answers {
+                pending.fail(NotTaken::Unreachable);
             }
             for (_, answer) in many {
                 let _ = answer.send(Err(BrokerUnreachable));
@@ -650,22 +649,21 @@ impl Worker {
             };
         }
         if !answers.is_empty() || writes {
-            match bounded(pipe.query_async::<Vec<i64>>(&mut link.commands)).await {
-                Ok(counts) => {
-                    for ((answer, event), count) in answers.into_iter().zip(counts) {
-                        if event {
+            match bounded(pipe.query_async::<Vec<redis::Value>>(&mut link.commands)).await {
+                Ok(replies) => {
+                    let mut replies = replies.into_iter();
+                    for pending in answers {
+                        let reply = replies.next().unwrap_or(redis::Value::Nil);
+                        if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
                             self.metrics.sent().inc();
                         }
-                        if let Some(answer) = answer {
-                            answer.send(Ok(usize::try_from(count).unwrap_or(0)));
-                        }
+                        pending.answer(&reply);
                     }
                 }
                 Err(err) => {
-                    for (answer, _) in answers {
-                        if let Some(answer) = answer {
-                            answer.send(Err(BrokerUnreachable));
-                        }
+                    // The pipeline was sent: Redis may have run any of it.
+                    for pending in answers {
+                        pending.fail(NotTaken::Unknown);
                     }
                     return Err(Ended::Lost(err));
                 }
@@ -803,6 +801,89 @@ async fn connect(client: redis::Client) -> Result<Link, String> {
         messages,
         script,
     })
+}
+
+/// A request of a pipeline waiting for its reply.
+enum Pending {
+    /// A publish.
+    Publish(Answered),
+    /// A count or an invalidation (answered with the other nodes' count), or a client's
+    /// invalidation (no answer).
+    Other(Option<Answer>),
+}
+
+impl Pending {
+    /// Answers with the script's `reply`.
+    fn answer(self, reply: &redis::Value) {
+        match self {
+            Self::Publish(answered) => answered(Ok(match duplicate_time(reply) {
+                Some(time) => Taken::Duplicate { time },
+                None => Taken::Sent {
+                    others: count_of(reply),
+                },
+            })),
+            Self::Other(Some(answer)) => answer.send(Ok(count_of(reply))),
+            Self::Other(None) => {}
+        }
+    }
+
+    /// Answers that the pipeline failed: a publish `why`, anything else unreachable.
+    fn fail(self, why: NotTaken) {
+        match self {
+            Self::Publish(answered) => answered(Err(why)),
+            Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
+            Self::Other(None) => {}
+        }
+    }
+}
+
+/// A count the script answered (0 for anything else).
+fn count_of(reply: &redis::Value) -> usize {
+    match reply {
+        redis::Value::Int(count) => usize::try_from(*count).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The time the script answered for a duplicate event (`{time}`), if it did.
+fn duplicate_time(reply: &redis::Value) -> Option<i64> {
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(time)) => Some(*time),
+            _ => Some(0),
+        },
+        _ => None,
+    }
+}
+
+/// Whether the script answered that an event is a duplicate.
+fn is_duplicate(reply: &redis::Value) -> bool {
+    duplicate_time(reply).is_some()
+}
+
+/// Adds the `EVALSHA` of [`SCRIPT`] publishing `event` to `pipe` (mode `e`, with its id
+/// key and time when it has an id).
+fn publish_script(pipe: &mut redis::Pipeline, sha: &str, names: &Names, event: &ClusterEvent) {
+    let payload = event_payload(&names.node, &event.user, event.time, &event.text);
+    let keys = if event.id.is_some() { 4 } else { 3 };
+    let cmd = pipe
+        .cmd("EVALSHA")
+        .arg(sha)
+        .arg(keys)
+        .arg(names.nodes_key())
+        .arg(names.user_channel(&event.user))
+        .arg(names.invalidated_key(&event.user));
+    if let Some(id) = &event.id {
+        cmd.arg(names.id_key(&event.user, id));
+    }
+    cmd.arg("e")
+        .arg(&names.node)
+        .arg(&*event.user)
+        .arg(payload)
+        .arg(names.node_key_prefix());
+    if event.id.is_some() {
+        cmd.arg(event.time);
+    }
 }
 
 /// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`.

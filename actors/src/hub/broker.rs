@@ -34,9 +34,35 @@ pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
 /// in the order asked.
 pub type OtherNodesMany = oneshot::Receiver<Result<Vec<usize>, BrokerUnreachable>>;
 
+/// What a broker did with a publish it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Published: `others` is the user's connections on the other live nodes.
+    Sent {
+        /// The user's connections on the other live nodes.
+        others: usize,
+    },
+    /// Not published: the event's id was accepted in the last 5 minutes, for an event
+    /// stamped `time` (SPEC §6). It must not be delivered here either.
+    Duplicate {
+        /// The time of the event first accepted with the id.
+        time: i64,
+    },
+}
+
+/// Why a broker did not take a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Nothing was sent: nothing will be delivered anywhere (`503`).
+    Unreachable,
+    /// It was sent, and the broker stopped answering before it said what it did: the
+    /// event may or may not be delivered on other nodes (`504`).
+    Unknown,
+}
+
 /// Called once with the answer to a publish, on the broker's thread, in the order of the
-/// publishes: it delivers the event on this node (or answers the publisher `503`).
-pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
+/// publishes: it delivers the event on this node (or answers the publisher `503`/`504`).
+pub type Answered = Box<dyn FnOnce(Result<Taken, NotTaken>) + Send>;
 
 /// An event for the other nodes, stamped and checked by the bus.
 #[derive(Debug, Clone)]
@@ -47,6 +73,9 @@ pub struct ClusterEvent {
     pub time: i64,
     /// Its text.
     pub text: Arc<str>,
+    /// Its id (SPEC §6): the broker publishes it only if the id was not accepted in the
+    /// last 5 minutes anywhere in the cluster, and remembers it, in one step.
+    pub id: Option<Arc<str>>,
 }
 
 /// Connects this node to the others. Every method hands its work to the broker's own
