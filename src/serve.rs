@@ -20,6 +20,10 @@ use tether_actors::{Listeners, Settings, Tether, TlsConfigSlot};
 /// holds (it drops them at the grace, rounded down to whole seconds).
 const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
+/// How long the start waits for the cluster's first answer (whether this node's name is
+/// free); a Redis that does not answer by then is not waited for.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -189,6 +193,11 @@ pub fn run(config: Config) -> Outcome {
                 };
                 match tether_cluster::RedisBroker::start(settings) {
                     Ok(broker) => {
+                        // SPEC §8: a name another live node holds refuses the start.
+                        if let Err(taken) = broker.wait_joined(JOIN_WAIT) {
+                            fatal(&taken.to_string());
+                            return Outcome::Failed;
+                        }
                         log::info!(
                             "cluster: node {:?}, prefix {:?}, Redis at {}",
                             cluster.node,

@@ -108,6 +108,46 @@ fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client>
     }
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`, else
+/// `$HOSTNAME`), or `"localhost"` when none says: the default node name is it, a colon and
+/// `server.listen`'s port.
+pub fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| {
+            let name = std::fs::read_to_string(path).ok()?;
+            let name = name.trim();
+            (!name.is_empty()).then(|| name.to_owned())
+        })
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Another live node of the cluster holds this node's name (SPEC §8): the node must not
+/// join under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTaken {
+    /// The name.
+    pub node: String,
+}
+
+impl std::fmt::Display for NameTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cluster.node {:?} is held by another live node of this cluster: another node \
+             holds it; give this node a unique cluster.node",
+            self.node
+        )
+    }
+}
+
+impl std::error::Error for NameTaken {}
+
 /// Why a broker could not start.
 #[derive(Debug)]
 pub enum ClusterError {
@@ -138,6 +178,11 @@ pub struct RedisBroker {
     connected: Arc<AtomicBool>,
     /// What the broker counts.
     metrics: ClusterMetrics,
+    /// How the first attempt to join went, once the thread says (taken by
+    /// [`RedisBroker::wait_joined`]).
+    joined: std::sync::Mutex<Option<std::sync::mpsc::Receiver<worker::Joined>>>,
+    /// This node's name.
+    node: String,
 }
 
 impl RedisBroker {
@@ -148,12 +193,14 @@ impl RedisBroker {
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let metrics = ClusterMetrics::new();
+        let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
         let worker = worker::Worker::new(
             client,
             names::Names::new(&settings.prefix, &settings.node),
             incoming,
             Arc::clone(&connected),
             metrics.clone(),
+            tell_joined,
         );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -167,7 +214,27 @@ impl RedisBroker {
             requests,
             connected,
             metrics,
+            joined: std::sync::Mutex::new(Some(joined)),
+            node: settings.node,
         }))
+    }
+
+    /// Waits, at most `within`, for the first attempt to join the cluster: `Err` when
+    /// another live node holds this node's name (SPEC §8: the node must refuse to start).
+    /// `Ok` when it joined, when Redis could not be reached (the node starts and keeps
+    /// trying; should the name turn out taken then, the node stops serving the cluster
+    /// side), or when `within` passed. Blocks the calling thread; call it once, at start.
+    pub fn wait_joined(&self, within: Duration) -> Result<(), NameTaken> {
+        let joined = match self.joined.lock() {
+            Ok(mut joined) => joined.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match joined.map(|joined| joined.recv_timeout(within)) {
+            Some(Ok(worker::Joined::NameTaken)) => Err(NameTaken {
+                node: self.node.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// What the broker counts; register it with the server's Prometheus registry.

@@ -53,6 +53,12 @@ impl Names {
         format!("{}:node:", self.prefix)
     }
 
+    /// Which run of a node holds this node's name (a token), for 10 s after its last
+    /// heartbeat: `{prefix}:owner:{node}`.
+    pub(crate) fn owner_key(&self) -> String {
+        format!("{}:owner:{}", self.prefix, self.node)
+    }
+
     /// This node's connection counts, a hash of user name → count: `{prefix}:node:{node}`.
     pub(crate) fn own_node_key(&self) -> String {
         format!("{}{}", self.node_key_prefix(), self.node)

@@ -50,6 +50,12 @@ const MAX_LATER: usize = 10_000;
 const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Marks kept at most (an hour's worth); later logins are then spared from the last one.
 const MAX_MARKS: usize = 3600;
+/// How long a node's claim on its name lasts without a heartbeat: another node may take
+/// the name once it has lapsed (a live node renews it every [`HEARTBEAT`]).
+const OWNER_TTL: Duration = Duration::from_secs(10);
+/// A heartbeat this late (the node was paused, or its thread starved) is sent before
+/// anything else, so that a node forgotten or replaced meanwhile finds out first.
+const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 
 /// One script for every scripted command, so each is one round trip and one command:
 /// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key, and
@@ -59,8 +65,14 @@ const MAX_MARKS: usize = 3600;
 /// first event with that id and publish nothing; else set the id key (5 minutes) in the
 /// same step (SPEC §6) — `i` publish an invalidation (and note its time), `c`
 /// count only — each answers the user's connections on the other live nodes (heartbeat
-/// within 10 s); `h` heartbeat (renews this node, forgets nodes silent for a minute) —
-/// answers Redis's time in milliseconds; `m` count many (only `KEYS[1]`; the users are
+/// within 10 s); `h` heartbeat (`KEYS[2]` = this node's owner key, `ARGV[3]` = this
+/// node's token, `ARGV[4]` = a stale token it may replace): claims the node's name for
+/// [`OWNER_TTL`] unless another live node holds it, renews this node, forgets nodes silent
+/// for a minute — answers `{Redis's time in ms, verdict, owner}`, verdict 0 = renewed,
+/// 1 = this node was not in the set of live nodes (new, or forgotten: it must write its
+/// presence again), 2 = the name is held by `owner`, nothing done; `w` withdraw (same
+/// keys): this node's entry, counts and owner key deleted, if it still owns the name;
+/// `m` count many (only `KEYS[1]`; the users are
 /// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
 /// `HMGET` per live node.
 const SCRIPT: &str = r"
@@ -69,12 +81,24 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
 if mode == 'h' then
+  local owner = redis.call('GET', KEYS[2])
+  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[6])
+  local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[1], now, ARGV[2])
   for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)) do
     redis.call('DEL', ARGV[5] .. n)
     redis.call('ZREM', KEYS[1], n)
   end
-  return now
+  if known then return {now, 0, ''} end
+  return {now, 1, ''}
+end
+if mode == 'w' then
+  if redis.call('GET', KEYS[2]) == ARGV[3] then
+    redis.call('DEL', KEYS[2], ARGV[5] .. ARGV[2])
+    redis.call('ZREM', KEYS[1], ARGV[2])
+  end
+  return 0
 end
 if mode == 'm' then
   local totals = {}
@@ -183,6 +207,30 @@ enum Ended {
     Lost(String),
     /// The node stops.
     Stopping,
+    /// Another live node holds this node's name (its token is given).
+    NameTaken(String),
+}
+
+/// What a heartbeat found.
+enum Beat {
+    /// This node was renewed.
+    Renewed,
+    /// This node was not in the set of live nodes: new, or forgotten by the others while
+    /// it was paused or cut off — its counts may be gone.
+    Forgotten,
+    /// Another live node holds this node's name (its token is given).
+    Taken(String),
+}
+
+/// How the first attempt to join the cluster went, for [`crate::RedisBroker::wait_joined`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Joined {
+    /// Connected, the name claimed.
+    Connected,
+    /// Redis could not be reached (the node starts and keeps trying).
+    Unreachable(String),
+    /// Another live node holds the name.
+    NameTaken,
 }
 
 /// The two connections to Redis while connected.
@@ -228,6 +276,12 @@ pub(crate) struct Worker {
     jitter: RandomState,
     /// Counts draws, so each jitter differs.
     draws: u64,
+    /// This run's claim on the node's name: host, process id and a nonce.
+    token: String,
+    /// Told how the first attempt to join went, then `None`.
+    joined: Option<std::sync::mpsc::SyncSender<Joined>>,
+    /// When the last heartbeat was answered.
+    last_beat: Instant,
 }
 
 impl Worker {
@@ -237,7 +291,15 @@ impl Worker {
         requests: mpsc::UnboundedReceiver<Request>,
         connected: Arc<AtomicBool>,
         metrics: ClusterMetrics,
+        joined: std::sync::mpsc::SyncSender<Joined>,
     ) -> Self {
+        let jitter = RandomState::new();
+        let token = format!(
+            "{}\u{1f}{}\u{1f}{:016x}",
+            crate::host_name(),
+            std::process::id(),
+            jitter.hash_one(now_ms())
+        );
         Self {
             client,
             names,
@@ -254,8 +316,11 @@ impl Worker {
             marks: Vec::new(),
             was_connected: false,
             told_unreachable: false,
-            jitter: RandomState::new(),
+            jitter,
             draws: 0,
+            token,
+            joined: Some(joined),
+            last_beat: Instant::now(),
         }
     }
 
@@ -266,20 +331,65 @@ impl Worker {
             match self.connect_while_serving().await {
                 Some(Ok(link)) => match self.serve(link).await {
                     Ended::Stopping => return,
+                    Ended::NameTaken(owner) => return self.retire(&owner).await,
                     Ended::Lost(reason) => {
                         // It served: the next attempt starts from the shortest pause.
                         if self.connected.load(Ordering::Relaxed) {
                             backoff = BACKOFF_MIN;
                         }
+                        self.tell_joined(Joined::Unreachable(reason.clone()));
                         self.lost(&reason);
                     }
                 },
-                Some(Err(reason)) => self.lost(&reason),
+                Some(Err(reason)) => {
+                    self.tell_joined(Joined::Unreachable(reason.clone()));
+                    self.lost(&reason);
+                }
                 None => return,
             }
             let pause = self.jittered(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
             if self.wait_while_unreachable(pause).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Says how the first attempt to join went (once).
+    fn tell_joined(&mut self, joined: Joined) {
+        if let Some(tell) = self.joined.take() {
+            let _ = tell.try_send(joined);
+        }
+    }
+
+    /// Another live node holds this node's name: this node stops serving the cluster side
+    /// for good (publishes `503`, one log line) rather than share the name, and serves its
+    /// own clients until it stops. It writes nothing more to Redis: the keys under its name
+    /// are the other node's now.
+    async fn retire(&mut self, owner: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics.connected.set(0);
+        self.subscribed.clear();
+        self.metrics.subscribed_users.set(0);
+        let holder = owner.split('\u{1f}').next().unwrap_or("");
+        if self.joined.is_some() {
+            log::error!(
+                "cluster: node name {:?} is held by another live node of this cluster (on \
+                 host {holder:?}); another node holds it — give this node a unique \
+                 cluster.node",
+                self.names.node
+            );
+        } else {
+            log::error!(
+                "cluster: node name {:?} was taken over by another node (on host {holder:?}) \
+                 while this one was paused or cut off; this node stops serving the cluster \
+                 side (publishes answer 503) — restart it with a unique cluster.node",
+                self.names.node
+            );
+        }
+        self.tell_joined(Joined::NameTaken);
+        while let Some(request) = self.requests.recv().await {
+            if self.unreachable(request) {
                 return;
             }
         }
@@ -431,10 +541,11 @@ impl Worker {
         // Redis's time when this node last heard from it: kept until a restore completes,
         // so that one cut short does not skip the invalidations missed.
         let last_seen = self.last_seen;
-        if let Err(err) = self.restore(&mut link, last_seen).await {
+        if let Err(ended) = self.restore(&mut link, last_seen).await {
             self.last_seen = last_seen;
-            return Ended::Lost(err);
+            return ended;
         }
+        self.tell_joined(Joined::Connected);
         self.connected.store(true, Ordering::Relaxed);
         self.told_unreachable = false;
         self.metrics.connected.set(1);
@@ -453,7 +564,16 @@ impl Worker {
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
-                    Some(request) => self.handle_requests(&mut link, request).await,
+                    Some(request) => {
+                        // Back from a pause: first find out whether this node was forgotten
+                        // or replaced meanwhile.
+                        if self.last_beat.elapsed() > LATE_HEARTBEAT {
+                            if let Err(ended) = self.beat(&mut link).await {
+                                return ended;
+                            }
+                        }
+                        self.handle_requests(&mut link, request).await
+                    }
                     None => return Ended::Stopping,
                 },
                 message = link.messages.next() => match message {
@@ -463,7 +583,7 @@ impl Worker {
                     }
                     None => Err(Ended::Lost("the subscriber connection was closed".to_owned())),
                 },
-                _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
+                _ = heartbeat.tick() => self.beat(&mut link).await,
             };
             if let Err(ended) = step {
                 return ended;
@@ -474,9 +594,22 @@ impl Worker {
     /// After connecting: this node's entry and counts rewritten, its users resubscribed,
     /// the invalidations made since `last_seen` (Redis's time) applied, the ones it kept
     /// sent.
-    async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), String> {
-        let names = self.names.clone();
-        // Counts: the whole map, replacing whatever a previous run or link left.
+    async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), Ended> {
+        // The name first: nothing is written under a name another live node holds.
+        match self.heartbeat(link).await.map_err(Ended::Lost)? {
+            Beat::Taken(owner) => return Err(Ended::NameTaken(owner)),
+            Beat::Renewed | Beat::Forgotten => {}
+        }
+        self.rewrite_counts(link).await.map_err(Ended::Lost)?;
+        self.restore_rest(link, last_seen)
+            .await
+            .map_err(Ended::Lost)
+    }
+
+    /// This node's counts, the whole map, replacing whatever a previous run, link or
+    /// forgetting left.
+    async fn rewrite_counts(&mut self, link: &mut Link) -> Result<(), String> {
+        let names = &self.names;
         let users: Vec<(Arc<str>, u32)> = self
             .local
             .iter()
@@ -490,7 +623,21 @@ impl Worker {
         }
         bounded(pipe.query_async::<()>(&mut link.commands)).await?;
         self.dirty.clear();
-        self.heartbeat(link).await?;
+        Ok(())
+    }
+
+    /// After the counts: subscriptions, missed invalidations, kept invalidations.
+    async fn restore_rest(
+        &mut self,
+        link: &mut Link,
+        last_seen: Option<i64>,
+    ) -> Result<(), String> {
+        let names = self.names.clone();
+        let users: Vec<(Arc<str>, u32)> = self
+            .local
+            .iter()
+            .map(|(user, count)| (Arc::clone(user), *count))
+            .collect();
         // Subscriptions, in batches.
         for chunk in users.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|(u, _)| names.user_channel(u)).collect();
@@ -559,16 +706,62 @@ impl Worker {
             .map_or_else(BindingId::watermark, |(_, binding)| *binding)
     }
 
-    /// Renews this node's liveness and probes both connections.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<(), String> {
-        let mut pipe = redis::pipe();
-        script(&mut pipe, &link.script, &self.names, 'h', "", "");
-        let answered: Vec<i64> = bounded(pipe.query_async(&mut link.commands)).await?;
-        let now = answered.first().copied().unwrap_or_else(now_ms);
+    /// A heartbeat while connected: a node found forgotten writes all its presence again
+    /// at once (SPEC §8: counted again within 10 s); one whose name was taken ends.
+    async fn beat(&mut self, link: &mut Link) -> Result<(), Ended> {
+        match self.heartbeat(link).await.map_err(Ended::Lost)? {
+            Beat::Renewed => Ok(()),
+            Beat::Taken(owner) => Err(Ended::NameTaken(owner)),
+            Beat::Forgotten => {
+                log::warn!(
+                    "cluster: node {:?} had been forgotten by the others (paused or cut off \
+                     for a minute or more); writing its {} user(s)' presence again",
+                    self.names.node,
+                    self.local.len()
+                );
+                self.rewrite_counts(link).await.map_err(Ended::Lost)
+            }
+        }
+    }
+
+    /// Claims this node's name, renews its liveness and probes both connections. A name
+    /// held by a run of this node on this host that is gone (a crash, restarted at once) is
+    /// taken over.
+    async fn heartbeat(&mut self, link: &mut Link) -> Result<Beat, String> {
+        let mut beat = self.heartbeat_once(link, "").await?;
+        if let Beat::Taken(owner) = &beat {
+            if is_dead_run_of_this_host(owner) {
+                log::info!(
+                    "cluster: node name {:?} was held by an earlier run on this host that is \
+                     gone; taking it over",
+                    self.names.node
+                );
+                let stale = owner.clone();
+                beat = self.heartbeat_once(link, &stale).await?;
+            }
+        }
         bounded(link.sink.ping::<redis::Value>()).await?;
+        self.last_beat = Instant::now();
+        Ok(beat)
+    }
+
+    /// One heartbeat script run, replacing the claim `stale` if it holds the name.
+    async fn heartbeat_once(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
+        let (now, verdict, owner): (i64, i64, String) = bounded(
+            owner_script(&link.script, &self.names, 'h', &self.token, stale)
+                .query_async(&mut link.commands),
+        )
+        .await?;
+        if verdict == 2 {
+            return Ok(Beat::Taken(owner));
+        }
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
-        Ok(())
+        Ok(if verdict == 1 {
+            Beat::Forgotten
+        } else {
+            Beat::Renewed
+        })
     }
 
     /// Takes `first` and whatever else is queued (up to [`BATCH`]); subscribes to the users
@@ -635,10 +828,9 @@ impl Worker {
             }
             return Err(Ended::Lost(err));
         }
-        for subscribed in waiting {
-            let _ = subscribed.send(());
-        }
-        // This node's counts go in the same round trip, after the requests.
+        // This node's counts go in the same round trip, after the requests; the logins
+        // waiting are answered once they are written, so a publish anywhere right after a
+        // `login_valid` counts that login.
         for user in self.dirty.drain() {
             writes = true;
             match self.local.get(&user) {
@@ -668,6 +860,9 @@ impl Worker {
                     return Err(Ended::Lost(err));
                 }
             }
+        }
+        for subscribed in waiting {
+            let _ = subscribed.send(());
         }
         for done in flushes {
             let _ = done.send(());
@@ -737,12 +932,8 @@ impl Worker {
     /// The node stops: its entry and counts leave Redis at once (others stop counting its
     /// connections now rather than after 10 s).
     async fn withdraw(&mut self, link: &mut Link) {
-        let mut pipe = redis::pipe();
-        pipe.del(self.names.own_node_key())
-            .ignore()
-            .zrem(self.names.nodes_key(), &self.names.node)
-            .ignore();
-        if let Err(err) = bounded(pipe.query_async::<()>(&mut link.commands)).await {
+        let withdraw = owner_script(&link.script, &self.names, 'w', &self.token, "");
+        if let Err(err) = bounded(withdraw.query_async::<()>(&mut link.commands)).await {
             log::warn!("cluster: cannot withdraw this node from Redis: {err}");
         }
     }
@@ -906,6 +1097,39 @@ fn script(
         .arg(user)
         .arg(payload)
         .arg(names.node_key_prefix());
+}
+
+/// One `EVALSHA` of [`SCRIPT`] in mode `h` (heartbeat) or `w` (withdraw) for this node,
+/// whose claim on its name is `token`; `stale` is a claim it may replace.
+fn owner_script(sha: &str, names: &Names, mode: char, token: &str, stale: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(2)
+        .arg(names.nodes_key())
+        .arg(names.owner_key())
+        .arg(mode.to_string())
+        .arg(&names.node)
+        .arg(token)
+        .arg(stale)
+        .arg(names.node_key_prefix())
+        .arg(OWNER_TTL.as_millis().to_string());
+    cmd
+}
+
+/// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
+/// gone: a run of this node that crashed and was restarted before its claim lapsed.
+fn is_dead_run_of_this_host(owner: &str) -> bool {
+    let mut fields = owner.split('\u{1f}');
+    let (Some(host), Some(pid)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == crate::host_name()
+        && pid != std::process::id()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// One `EVALSHA` of [`SCRIPT`] counting each of `users` on the other live nodes.

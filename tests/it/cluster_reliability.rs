@@ -5,9 +5,13 @@
 //! stale invalidation that spares the sessions made after it.
 
 use crate::common::cluster::{event_text, expect_event, Cluster, Node};
-use crate::common::{admin_addr, admin_call, TestConfig, TestServer};
+use crate::common::{
+    admin_addr, admin_call, run_to_exit, tether_command, users_toml, wait_until, TestConfig,
+    TestServer,
+};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// SPEC §8: a dead, paused or cut Redis connection is noticed within 10 s.
 const NOTICED: Duration = Duration::from_secs(10);
@@ -250,6 +254,7 @@ fn a_publish_redis_stops_answering_is_504_and_its_retry_with_the_id_is_not_deliv
     cluster.redis.pause();
     let (status, body) = post(n1, &batch);
     assert_eq!(status, 504, "{body}");
+    n1.wait_cluster_state("unreachable", NOTICED);
     cluster.redis.resume();
     n1.wait_cluster_state("connected", BACK);
     let (status, retry) = post(n1, &batch);
@@ -278,4 +283,173 @@ fn a_publish_redis_stops_answering_is_504_and_its_retry_with_the_id_is_not_deliv
     }
     let _ = n2;
     on_n2.expect_nothing_for(QUIET);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Counts that go stale.
+// ---------------------------------------------------------------------------------------
+
+/// Does to `node`'s entries in Redis what the other nodes' heartbeats do to a node silent
+/// for a minute (and what a minute does to its claim on its name): forgets it. A test
+/// cannot wait the 65 s; the state it leaves is the same.
+fn forget(cluster: &Cluster, node: &str) {
+    let prefix = &cluster.prefix;
+    cluster
+        .redis
+        .cli(&["ZREM", &format!("{prefix}:nodes"), node]);
+    cluster.redis.cli(&[
+        "DEL",
+        &format!("{prefix}:node:{node}"),
+        &format!("{prefix}:owner:{node}"),
+    ]);
+}
+
+#[test]
+fn a_node_forgotten_while_paused_writes_its_presence_again_and_is_counted_within_10_s() {
+    let Some(cluster) = Cluster::start(2, &[ALICE]) else {
+        return;
+    };
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    let mut on_n1 = n1.login(ALICE.0, ALICE.1);
+    cluster.wait_connections(ALICE.0, 1);
+
+    n1.server.signal(Signal::SIGSTOP);
+    forget(&cluster, "n1");
+    assert_eq!(n2.connections(ALICE.0), 0, "n1 is forgotten");
+    n1.server.signal(Signal::SIGCONT);
+    let resumed = Instant::now();
+    let counted = wait_until(Duration::from_secs(10), || n2.connections(ALICE.0) == 1);
+    assert!(
+        counted,
+        "n1's connection is not counted again {:?} after it resumed; log:\n{}",
+        resumed.elapsed(),
+        n1.server.stderr_text()
+    );
+    assert_eq!(n2.publish_ok(ALICE.0, "counted"), 1);
+    expect_event(&mut on_n1, "counted", Duration::from_secs(5));
+}
+
+#[test]
+fn a_logins_count_is_in_redis_before_its_login_valid() {
+    let Some(cluster) = Cluster::start(2, &[ALICE]) else {
+        return;
+    };
+    let (n1, n2) = (cluster.node(1), cluster.node(2));
+    // n1 follows alice already: a second login needs no subscription.
+    let _first = n1.login(ALICE.0, ALICE.1);
+    cluster.wait_connections(ALICE.0, 1);
+
+    let mut second = n1.client();
+    cluster.redis.pause();
+    second.send(&["login", ALICE.0, ALICE.1]);
+    // Its count cannot reach a paused Redis, so its login_valid must wait (bounded).
+    let early = second.try_recv(Duration::from_millis(400));
+    cluster.redis.resume();
+    assert!(
+        early.is_err(),
+        "login_valid came while its count could not be written: {early:?}"
+    );
+    assert_eq!(second.recv_within(Duration::from_secs(5)), ["login_valid"]);
+    let written = cluster
+        .redis
+        .cli(&["HGET", &format!("{}:node:n1", cluster.prefix), ALICE.0]);
+    assert_eq!(
+        written.trim(),
+        "2",
+        "n1's count of alice in Redis at login_valid"
+    );
+    assert_eq!(n2.publish_ok(ALICE.0, "both"), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Node names are unique.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_node_whose_name_another_live_node_holds_refuses_to_start() {
+    let Some(cluster) = Cluster::start(1, &[ALICE]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("server.toml");
+    let config = TestConfig::new()
+        .set("admin", "listen", "")
+        .set("cluster", "redis", cluster.redis.url())
+        .set("cluster", "node", "n1")
+        .set("cluster", "prefix", cluster.prefix.as_str());
+    std::fs::write(&config_path, config.to_toml()).expect("write config");
+    std::fs::write(dir.path().join("users.toml"), users_toml(&[])).expect("write users");
+    let ran = run_to_exit(tether_command(&config_path), Duration::from_secs(20));
+    assert_eq!(ran.status.code(), Some(1), "stderr:\n{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("\"n1\"") && ran.stderr.contains("another node holds it"),
+        "the refusal names the name and says another node holds it:\n{}",
+        ran.stderr
+    );
+    // The live node was not disturbed.
+    let mut alice = cluster.node(1).login(ALICE.0, ALICE.1);
+    assert_eq!(cluster.node(1).publish_ok(ALICE.0, "still"), 1);
+    expect_event(&mut alice, "still", Duration::from_secs(5));
+}
+
+#[test]
+fn a_node_restarted_at_once_after_a_crash_takes_its_name_back() {
+    let Some(mut cluster) = Cluster::start(2, &[ALICE]) else {
+        return;
+    };
+    let crashed = cluster.nodes.remove(0);
+    crashed.server.signal(Signal::SIGKILL);
+    drop(crashed);
+    // Its claim has not lapsed yet; the run holding it is gone.
+    let hashes = cluster.user_hashes();
+    let again = Node::start(&cluster.redis, &cluster.prefix, "n1", &hashes, &|config| {
+        config
+    });
+    let mut alice = again.login(ALICE.0, ALICE.1);
+    assert!(wait_until(Duration::from_secs(10), || cluster
+        .node(1)
+        .connections(ALICE.0)
+        == 1));
+    assert_eq!(cluster.node(1).publish_ok(ALICE.0, "back"), 1);
+    expect_event(&mut alice, "back", Duration::from_secs(5));
+}
+
+#[test]
+fn a_node_whose_name_was_taken_while_it_was_paused_stops_serving_the_cluster_side() {
+    let Some(cluster) = Cluster::start(2, &[ALICE]) else {
+        return;
+    };
+    let (old, n2) = (cluster.node(1), cluster.node(2));
+    let mut on_old = old.login(ALICE.0, ALICE.1);
+    cluster.wait_connections(ALICE.0, 1);
+    old.server.signal(Signal::SIGSTOP);
+    forget(&cluster, "n1");
+    let hashes = cluster.user_hashes();
+    let new = Node::start(&cluster.redis, &cluster.prefix, "n1", &hashes, &|config| {
+        config
+    });
+    let mut on_new = new.login(ALICE.0, ALICE.1);
+    old.server.signal(Signal::SIGCONT);
+
+    old.wait_cluster_state("unreachable", Duration::from_secs(10));
+    let (status, body) = old.publish(ALICE.0, "from the old one");
+    assert_eq!(status, 503, "{body}");
+    // It still serves its own clients.
+    on_old.send(&["prolongate"]);
+    on_old.expect(&["prolongate_ack"]);
+    // The cluster goes on with the new holder of the name.
+    assert!(wait_until(Duration::from_secs(10), || n2
+        .connections(ALICE.0)
+        == 1));
+    assert_eq!(n2.publish_ok(ALICE.0, "to the new one"), 1);
+    expect_event(&mut on_new, "to the new one", Duration::from_secs(5));
+    on_old.expect_nothing_for(QUIET);
+    std::thread::sleep(Duration::from_secs(3));
+    let log = old.server.stderr_text();
+    assert_eq!(
+        log.matches("was taken over").count(),
+        1,
+        "one log line says so:\n{log}"
+    );
+    assert_eq!(old.cluster_state().as_deref(), Some("unreachable"));
 }
