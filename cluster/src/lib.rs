@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+mod history;
 mod metrics;
 mod names;
 mod worker;
@@ -278,13 +279,16 @@ impl Broker for RedisBroker {
         self.ask(|answer| worker::Request::Invalidate {
             user,
             answer: Some(answer),
+            made: worker::now_ms(),
         })
     }
 
     fn invalidate_later(&self, user: Arc<str>) {
-        let _ = self
-            .requests
-            .send(worker::Request::Invalidate { user, answer: None });
+        let _ = self.requests.send(worker::Request::Invalidate {
+            user,
+            answer: None,
+            made: worker::now_ms(),
+        });
     }
 
     fn count(&self, user: Arc<str>) -> OtherNodes {

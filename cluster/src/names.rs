@@ -84,9 +84,9 @@ pub(crate) fn event_payload(node: &str, user: &str, time: i64, text: &str) -> St
     format!("E{SEPARATOR}{node}{SEPARATOR}{user}{SEPARATOR}{time}{SEPARATOR}{text}")
 }
 
-/// An invalidation on the wire: `I␟node␟user`.
-pub(crate) fn invalidation_payload(node: &str, user: &str) -> String {
-    format!("I{SEPARATOR}{node}{SEPARATOR}{user}")
+/// An invalidation on the wire: `I␟node␟user␟made` (Redis ms when it was made).
+pub(crate) fn invalidation_payload(node: &str, user: &str, made: i64) -> String {
+    format!("I{SEPARATOR}{node}{SEPARATOR}{user}{SEPARATOR}{made}")
 }
 
 /// What a node published on a user's channel.
@@ -109,6 +109,9 @@ pub(crate) enum Payload {
         node: String,
         /// The user.
         user: Arc<str>,
+        /// When it was made (Redis ms), if it says (`None` from a node of an earlier
+        /// version: then it ends every binding).
+        made: Option<i64>,
     },
 }
 
@@ -133,10 +136,14 @@ impl Payload {
             "I" => {
                 let node = fields.next()?.to_owned();
                 let user = Arc::from(fields.next()?);
+                let made = match fields.next() {
+                    None => None,
+                    Some(made) => Some(made.parse().ok()?),
+                };
                 fields
                     .next()
                     .is_none()
-                    .then_some(Self::Invalidation { node, user })
+                    .then_some(Self::Invalidation { node, user, made })
             }
             _ => None,
         }
@@ -180,15 +187,31 @@ mod tests {
             Payload::parse(empty_text.as_bytes()),
             Some(Payload::Event { time: -5, .. })
         ));
-        let invalidation = invalidation_payload("n2", "bob");
+        let invalidation = invalidation_payload("n2", "bob", 42);
         assert_eq!(
             Payload::parse(invalidation.as_bytes()),
             Some(Payload::Invalidation {
                 node: "n2".into(),
-                user: "bob".into()
+                user: "bob".into(),
+                made: Some(42)
             })
         );
-        for junk in ["", "E", "E\u{1f}n\u{1f}u\u{1f}x\u{1f}t", "X\u{1f}n\u{1f}u"] {
+        assert_eq!(
+            Payload::parse("I\u{1f}n2\u{1f}bob".as_bytes()),
+            Some(Payload::Invalidation {
+                node: "n2".into(),
+                user: "bob".into(),
+                made: None
+            })
+        );
+        for junk in [
+            "",
+            "E",
+            "E\u{1f}n\u{1f}u\u{1f}x\u{1f}t",
+            "X\u{1f}n\u{1f}u",
+            "I\u{1f}n\u{1f}u\u{1f}soon",
+            "I\u{1f}n\u{1f}u\u{1f}1\u{1f}2",
+        ] {
             assert_eq!(Payload::parse(junk.as_bytes()), None, "{junk:?}");
         }
         assert_eq!(Payload::parse(&[0xff, 0xfe]), None);

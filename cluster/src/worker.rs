@@ -16,6 +16,7 @@
 //!   counts, resubscribes in batches of [`BATCH`], applies the invalidations it missed
 //!   (from each user's `invalidated` key) and sends the ones it kept.
 
+use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, Names, Payload};
 use futures_util::StreamExt;
@@ -118,7 +119,15 @@ if mode == 'e' and KEYS[4] then
   if first then return {tonumber(first)} end
   redis.call('SET', KEYS[4], ARGV[6], 'PX', 300000)
 end
-if mode == 'i' then redis.call('SET', KEYS[3], now, 'PX', 86400000) end
+if mode == 'i' then
+  local made = tonumber(ARGV[6]) or now
+  local old = redis.call('GET', KEYS[3])
+  if old then
+    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
+    if before and before > made then made = before end
+  end
+  redis.call('SET', KEYS[3], now .. ':' .. made, 'PX', 86400000)
+end
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
 local total = 0
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
@@ -161,6 +170,9 @@ pub(crate) enum Request {
     Invalidate {
         user: Arc<str>,
         answer: Option<Answer>,
+        /// When it was made, this machine's ms: a client's may wait for Redis, and the
+        /// other nodes spare the logins made after it.
+        made: i64,
     },
     /// Count the user's connections on the other nodes.
     Count { user: Arc<str>, answer: Answer },
@@ -260,8 +272,11 @@ pub(crate) struct Worker {
     dirty: HashSet<Arc<str>>,
     /// Users whose channel the current subscriber connection follows.
     subscribed: HashSet<Arc<str>>,
-    /// Client invalidations to send once Redis is reachable, in order, once per user.
-    later: VecDeque<Arc<str>>,
+    /// Client invalidations to send once Redis is reachable, in order, once per user, each
+    /// with when the latest of the user's was made (this machine's ms).
+    later: VecDeque<(Arc<str>, i64)>,
+    /// Which bindings existed when, for invalidations received late.
+    history: BindingHistory,
     /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
     /// Redis's clock minus this machine's, in ms, at the last heartbeat.
@@ -311,6 +326,7 @@ impl Worker {
             dirty: HashSet::new(),
             subscribed: HashSet::new(),
             later: VecDeque::new(),
+            history: BindingHistory::default(),
             last_seen: None,
             clock_offset: 0,
             marks: Vec::new(),
@@ -415,11 +431,14 @@ impl Worker {
         }
     }
 
-    /// Notes this machine's time and the next binding id (at most [`MAX_MARKS`]).
+    /// Notes this machine's time and the next binding id (at most [`MAX_MARKS`] while
+    /// unreachable; the last hour in `history` always).
     fn mark(&mut self) {
+        let (now, next) = (now_ms(), BindingId::watermark());
         if self.marks.len() < MAX_MARKS {
-            self.marks.push((now_ms(), BindingId::watermark()));
+            self.marks.push((now, next));
         }
+        self.history.note(now, next);
     }
 
     /// `pause` less up to half of it, drawn at random, so nodes do not reconnect in step.
@@ -465,7 +484,11 @@ impl Worker {
             Request::Flush(done) => {
                 let _ = done.send(());
             }
-            Request::Invalidate { user, answer: None } => self.keep_for_later(user),
+            Request::Invalidate {
+                user,
+                answer: None,
+                made,
+            } => self.keep_for_later(user, made),
             // `subscribed` is dropped: the login is answered now, not after the outage.
             Request::Presence { user, delta, .. } => {
                 self.count(&user, delta);
@@ -479,8 +502,9 @@ impl Worker {
     }
 
     /// Keeps a client's invalidation until Redis is back (once per user, bounded).
-    fn keep_for_later(&mut self, user: Arc<str>) {
-        if self.later.iter().any(|kept| *kept == user) {
+    fn keep_for_later(&mut self, user: Arc<str>, made: i64) {
+        if let Some((_, kept)) = self.later.iter_mut().find(|(kept, _)| *kept == user) {
+            *kept = (*kept).max(made);
             return;
         }
         if self.later.len() >= MAX_LATER {
@@ -494,7 +518,7 @@ impl Worker {
             }
             return;
         }
-        self.later.push_back(user);
+        self.later.push_back((user, made));
     }
 
     /// Applies a presence change to this node's counts; answers whether the user now has
@@ -561,6 +585,8 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut marks = tokio::time::interval(MARK_INTERVAL);
+        marks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
@@ -584,6 +610,11 @@ impl Worker {
                     None => Err(Ended::Lost("the subscriber connection was closed".to_owned())),
                 },
                 _ = heartbeat.tick() => self.beat(&mut link).await,
+                _ = marks.tick() => {
+                    let (now, next) = (now_ms(), BindingId::watermark());
+                    self.history.note(now, next);
+                    Ok(())
+                }
             };
             if let Err(ended) = step {
                 return ended;
@@ -659,10 +690,16 @@ impl Worker {
                 for key in &keys {
                     pipe.get(key);
                 }
-                let times: Vec<Option<i64>> = bounded(pipe.query_async(&mut link.commands)).await?;
+                let times: Vec<Option<String>> =
+                    bounded(pipe.query_async(&mut link.commands)).await?;
                 for ((user, _), time) in chunk.iter().zip(times) {
-                    if let Some(time) = time.filter(|time| *time > since) {
-                        let issued_before = self.issued_before(time - self.clock_offset);
+                    let Some((sent, made)) = time.as_deref().and_then(invalidated_times) else {
+                        continue;
+                    };
+                    if sent > since {
+                        // When it was made, not when it reached Redis: a client's may have
+                        // waited for Redis on a node cut off.
+                        let issued_before = self.issued_before(made - self.clock_offset);
                         log::info!(
                             "cluster: user {user:?} was invalidated while Redis was unreachable"
                         );
@@ -678,15 +715,9 @@ impl Worker {
         while !self.later.is_empty() {
             let take = self.later.len().min(BATCH);
             let mut pipe = redis::pipe();
-            for user in self.later.iter().take(take) {
-                script(
-                    &mut pipe,
-                    &link.script,
-                    &names,
-                    'i',
-                    user,
-                    &invalidation_payload(&names.node, user),
-                );
+            for (user, made) in self.later.iter().take(take) {
+                let made = made + self.clock_offset;
+                invalidation_script(&mut pipe, &link.script, &names, user, made);
                 pipe.ignore();
             }
             bounded(pipe.query_async::<()>(&mut link.commands)).await?;
@@ -787,9 +818,9 @@ impl Worker {
                     publish_script(&mut pipe, &link.script, &self.names, &event);
                     answers.push(Pending::Publish(answer));
                 }
-                Request::Invalidate { user, answer } => {
-                    let payload = invalidation_payload(&self.names.node, &user);
-                    script(&mut pipe, &link.script, &self.names, 'i', &user, &payload);
+                Request::Invalidate { user, answer, made } => {
+                    let made = made + self.clock_offset;
+                    invalidation_script(&mut pipe, &link.script, &self.names, &user, made);
                     answers.push(Pending::Other(answer));
                 }
                 Request::Count { user, answer } => {
@@ -960,9 +991,13 @@ impl Worker {
                     self.metrics.dropped_slow_node().inc();
                 }
             }
-            Payload::Invalidation { user, .. } => {
+            Payload::Invalidation { user, made, .. } => {
                 self.metrics.received().inc();
-                inbox.invalidate(user, None);
+                // Made long ago (it waited for Redis on a node cut off): the logins made
+                // here since are spared.
+                let issued_before =
+                    made.and_then(|made| self.history.issued_before(made - self.clock_offset));
+                inbox.invalidate(user, issued_before);
             }
         }
     }
@@ -1077,6 +1112,41 @@ fn publish_script(pipe: &mut redis::Pipeline, sha: &str, names: &Names, event: &
     }
 }
 
+/// A user's `invalidated` key: `sent:made` (Redis ms when the last invalidation reached
+/// Redis, and when the latest was made), or `sent` alone as written before.
+fn invalidated_times(value: &str) -> Option<(i64, i64)> {
+    match value.split_once(':') {
+        Some((sent, made)) => Some((sent.parse().ok()?, made.parse().ok()?)),
+        None => {
+            let sent = value.parse().ok()?;
+            Some((sent, sent))
+        }
+    }
+}
+
+/// Adds the `EVALSHA` of [`SCRIPT`] invalidating `user` on the other nodes to `pipe`: an
+/// invalidation made at `made` (Redis's ms, as this node reckons it).
+fn invalidation_script(
+    pipe: &mut redis::Pipeline,
+    sha: &str,
+    names: &Names,
+    user: &str,
+    made: i64,
+) {
+    pipe.cmd("EVALSHA")
+        .arg(sha)
+        .arg(3)
+        .arg(names.nodes_key())
+        .arg(names.user_channel(user))
+        .arg(names.invalidated_key(user))
+        .arg("i")
+        .arg(&names.node)
+        .arg(user)
+        .arg(invalidation_payload(&names.node, user, made))
+        .arg(names.node_key_prefix())
+        .arg(made);
+}
+
 /// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`.
 fn script(
     pipe: &mut redis::Pipeline,
@@ -1161,7 +1231,7 @@ async fn bounded<T>(
 }
 
 /// This machine's wall-clock time in ms since 1970.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {

@@ -4,6 +4,7 @@
 //! before its `login_valid`; unique node names; one login throttle for the cluster; a
 //! stale invalidation that spares the sessions made after it.
 
+use crate::cluster_internals::two_nodes_one_relayed;
 use crate::common::cluster::{event_text, expect_event, Cluster, Node};
 use crate::common::{
     admin_addr, admin_call, run_to_exit, tether_command, users_toml, wait_until, TestConfig,
@@ -22,6 +23,8 @@ const QUIET: Duration = Duration::from_millis(400);
 
 const ALICE: (&str, &str) = ("alice", "pw-a");
 const BOB: (&str, &str) = ("bob", "pw-b");
+/// The user of `cluster_internals::two_nodes_one_relayed`.
+const RELAYED_ALICE: (&str, &str) = ("alice", "alice-pw");
 
 /// `POST /v1/events` with `body` on `node`.
 fn post(node: &Node, body: &Value) -> (u16, Value) {
@@ -452,4 +455,41 @@ fn a_node_whose_name_was_taken_while_it_was_paused_stops_serving_the_cluster_sid
         "one log line says so:\n{log}"
     );
     assert_eq!(old.cluster_state().as_deref(), Some("unreachable"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. A stale invalidation spares the sessions made after it.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_client_invalidate_queued_while_its_node_was_cut_off_spares_later_logins_elsewhere() {
+    let Some((_redis, relay, n1, n2)) = two_nodes_one_relayed() else {
+        return;
+    };
+    // n2 reaches Redis through the relay; n1 directly.
+    let mut sender = n2.login(RELAYED_ALICE.0, RELAYED_ALICE.1);
+    let mut before = n1.login(RELAYED_ALICE.0, RELAYED_ALICE.1);
+    assert!(wait_until(Duration::from_secs(10), || n1
+        .connections(RELAYED_ALICE.0)
+        == 2));
+
+    relay.cut();
+    n2.wait_cluster_state("unreachable", NOTICED);
+    sender.send(&["invalidate"]);
+    sender.expect(&["invalidate_ack"]);
+    before.expect_nothing_for(QUIET);
+    // A login on n1 made after the invalidation (n1 notes its logins' order each second).
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut after = n1.login(RELAYED_ALICE.0, RELAYED_ALICE.1);
+
+    relay.restore();
+    n2.wait_cluster_state("connected", BACK);
+    assert_eq!(before.recv_within(BACK), ["invalidated"]);
+    after.expect_nothing_for(QUIET);
+    after.send(&["prolongate"]);
+    after.expect(&["prolongate_ack"]);
+    // A fresh invalidation still reaches every session, the later one included.
+    sender.send(&["invalidate"]);
+    sender.expect(&["invalidate_ack"]);
+    assert_eq!(after.recv_within(Duration::from_secs(5)), ["invalidated"]);
 }
