@@ -265,6 +265,10 @@ impl Tether {
             users,
             checker: passwords.clone(),
             throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
+            cluster_throttle: crate::connection::cluster_throttle::ClusterThrottle::new(
+                broker.clone(),
+                settings.login_failures_per_minute,
+            ),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
             presence: Arc::clone(&presence),

@@ -25,6 +25,7 @@
 mod history;
 mod metrics;
 mod names;
+mod throttle;
 mod worker;
 
 pub use metrics::ClusterMetrics;
@@ -184,6 +185,8 @@ pub struct RedisBroker {
     joined: std::sync::Mutex<Option<std::sync::mpsc::Receiver<worker::Joined>>>,
     /// This node's name.
     node: String,
+    /// The pairs the cluster throttles (shared with the thread).
+    throttled: Arc<throttle::Throttled>,
 }
 
 impl RedisBroker {
@@ -195,6 +198,7 @@ impl RedisBroker {
         let connected = Arc::new(AtomicBool::new(false));
         let metrics = ClusterMetrics::new();
         let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
+        let throttled = Arc::new(throttle::Throttled::default());
         let worker = worker::Worker::new(
             client,
             names::Names::new(&settings.prefix, &settings.node),
@@ -202,6 +206,7 @@ impl RedisBroker {
             Arc::clone(&connected),
             metrics.clone(),
             tell_joined,
+            Arc::clone(&throttled),
         );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -217,6 +222,7 @@ impl RedisBroker {
             metrics,
             joined: std::sync::Mutex::new(Some(joined)),
             node: settings.node,
+            throttled,
         }))
     }
 
@@ -326,6 +332,31 @@ impl Broker for RedisBroker {
 
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    fn login_throttled(&self, client: std::net::IpAddr, name: &[u8]) -> bool {
+        self.throttled.is_throttled(client, name)
+    }
+
+    fn login_failed(&self, client: std::net::IpAddr, name: &[u8], limit: u32) {
+        // Dropped at once while Redis is unreachable: the node's own throttle holds then.
+        if self.connected() {
+            let _ = self.requests.send(worker::Request::LoginFailed {
+                client,
+                name: Box::from(name),
+                limit,
+            });
+        }
+    }
+
+    fn login_succeeded(&self, client: std::net::IpAddr, name: &[u8]) {
+        self.throttled.forget(client, name);
+        if self.connected() {
+            let _ = self.requests.send(worker::Request::LoginSucceeded {
+                client,
+                name: Box::from(name),
+            });
+        }
     }
 
     fn stop(&self) {

@@ -2,7 +2,9 @@
 //! with the cluster's prefix and a colon; a user's name is written in hexadecimal, so any
 //! name SPEC §5 allows makes a safe, distinct channel and key.
 
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The names one node uses.
 #[derive(Debug, Clone)]
@@ -38,6 +40,19 @@ impl Names {
         format!("{}:id:{}:{}", self.prefix, self.user_part(user), hex(id))
     }
 
+    /// The failed logins of `name` from `client` in the last minute (a sorted set of
+    /// Redis ms): `{prefix}:throttle:{name}:{client}`, under the name's part like the
+    /// user's keys.
+    pub(crate) fn throttle_key(&self, client: IpAddr, name: &[u8]) -> String {
+        format!("{}:throttle:{}:{client}", self.prefix, hex_bytes(name))
+    }
+
+    /// The channel every node follows for the pairs the cluster throttles:
+    /// `{prefix}:throttle`.
+    pub(crate) fn throttle_channel(&self) -> String {
+        format!("{}:throttle", self.prefix)
+    }
+
     /// When `user` was last invalidated (Redis milliseconds): `{prefix}:invalidated:{hex}`.
     pub(crate) fn invalidated_key(&self, user: &str) -> String {
         format!("{}:invalidated:{}", self.prefix, hex(user))
@@ -67,12 +82,28 @@ impl Names {
 
 /// `text`'s bytes in lowercase hexadecimal.
 fn hex(text: &str) -> String {
+    hex_bytes(text.as_bytes())
+}
+
+/// `bytes` in lowercase hexadecimal.
+fn hex_bytes(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    let mut out = String::with_capacity(text.len() * 2);
-    for byte in text.bytes() {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
         let _ = write!(out, "{byte:02x}");
     }
     out
+}
+
+/// `hex`'s bytes back, `None` for anything that is not lowercase hexadecimal pairs.
+fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(hex.get(at..at + 2)?, 16).ok())
+        .collect()
 }
 
 /// The separator of a payload's fields: U+001F, which no node name (checked), user name
@@ -89,7 +120,16 @@ pub(crate) fn invalidation_payload(node: &str, user: &str, made: i64) -> String 
     format!("I{SEPARATOR}{node}{SEPARATOR}{user}{SEPARATOR}{made}")
 }
 
-/// What a node published on a user's channel.
+/// A pair the cluster throttles, on the throttle channel: `T␟node␟client␟hex name␟ms`.
+pub(crate) fn throttle_payload(node: &str, client: IpAddr, name: &[u8], for_: Duration) -> String {
+    format!(
+        "T{SEPARATOR}{node}{SEPARATOR}{client}{SEPARATOR}{}{SEPARATOR}{}",
+        hex_bytes(name),
+        for_.as_millis()
+    )
+}
+
+/// What a node published on a user's channel (or the throttle channel).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Payload {
     /// An event.
@@ -102,6 +142,17 @@ pub(crate) enum Payload {
         time: i64,
         /// Its text.
         text: Arc<str>,
+    },
+    /// A pair throttled cluster-wide.
+    Throttle {
+        /// The node that found it at the limit.
+        node: String,
+        /// The client's address.
+        client: IpAddr,
+        /// The name as the client sent it.
+        name: Vec<u8>,
+        /// How long it stays throttled.
+        remaining: Duration,
     },
     /// An invalidation.
     Invalidation {
@@ -133,6 +184,18 @@ impl Payload {
                     text,
                 })
             }
+            "T" => {
+                let node = fields.next()?.to_owned();
+                let client = fields.next()?.parse().ok()?;
+                let name = from_hex(fields.next()?)?;
+                let remaining = Duration::from_millis(fields.next()?.parse().ok()?);
+                fields.next().is_none().then_some(Self::Throttle {
+                    node,
+                    client,
+                    name,
+                    remaining,
+                })
+            }
             "I" => {
                 let node = fields.next()?.to_owned();
                 let user = Arc::from(fields.next()?);
@@ -152,7 +215,9 @@ impl Payload {
     /// The node that published it.
     pub(crate) fn node(&self) -> &str {
         match self {
-            Self::Event { node, .. } | Self::Invalidation { node, .. } => node,
+            Self::Event { node, .. }
+            | Self::Invalidation { node, .. }
+            | Self::Throttle { node, .. } => node,
         }
     }
 }
@@ -215,5 +280,26 @@ mod tests {
             assert_eq!(Payload::parse(junk.as_bytes()), None, "{junk:?}");
         }
         assert_eq!(Payload::parse(&[0xff, 0xfe]), None);
+        let throttle = throttle_payload(
+            "n3",
+            "::1".parse().expect("an address"),
+            b"a\x1fb",
+            Duration::from_millis(1500),
+        );
+        assert_eq!(
+            Payload::parse(throttle.as_bytes()),
+            Some(Payload::Throttle {
+                node: "n3".into(),
+                client: "::1".parse().expect("an address"),
+                name: b"a\x1fb".to_vec(),
+                remaining: Duration::from_millis(1500)
+            })
+        );
+        for junk in [
+            "T\u{1f}n\u{1f}nope\u{1f}61\u{1f}5",
+            "T\u{1f}n\u{1f}::1\u{1f}6\u{1f}5",
+        ] {
+            assert_eq!(Payload::parse(junk.as_bytes()), None, "{junk:?}");
+        }
     }
 }

@@ -18,11 +18,13 @@
 
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
-use crate::names::{event_payload, invalidation_payload, Names, Payload};
+use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
+use crate::throttle::Throttled;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,7 +75,9 @@ const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 /// 1 = this node was not in the set of live nodes (new, or forgotten: it must write its
 /// presence again), 2 = the name is held by `owner`, nothing done; `w` withdraw (same
 /// keys): this node's entry, counts and owner key deleted, if it still owns the name;
-/// `m` count many (only `KEYS[1]`; the users are
+/// `t` a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the limit, `ARGV[3]` =
+/// a member naming this failure): counts it over the last minute and answers how many
+/// ms the pair stays throttled (0: not throttled); `m` count many (only `KEYS[1]`; the users are
 /// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
 /// `HMGET` per live node.
 const SCRIPT: &str = r"
@@ -81,6 +85,18 @@ if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
+if mode == 't' then
+  local limit = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + 60000 - now
+  end
+  return 0
+end
 if mode == 'h' then
   local owner = redis.call('GET', KEYS[2])
   if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
@@ -188,6 +204,14 @@ pub(crate) enum Request {
         delta: i32,
         subscribed: Option<oneshot::Sender<()>>,
     },
+    /// A checked login of `name` from `client` failed on this node; `limit` a minute.
+    LoginFailed {
+        client: IpAddr,
+        name: Box<[u8]>,
+        limit: u32,
+    },
+    /// A checked login of `name` from `client` succeeded on this node.
+    LoginSucceeded { client: IpAddr, name: Box<[u8]> },
     /// Say so on the channel once the requests before have been answered.
     Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
@@ -297,6 +321,10 @@ pub(crate) struct Worker {
     joined: Option<std::sync::mpsc::SyncSender<Joined>>,
     /// When the last heartbeat was answered.
     last_beat: Instant,
+    /// The pairs the cluster throttles, shared with the broker's handle.
+    throttled: Arc<Throttled>,
+    /// Counts this node's failed logins, so each is a distinct member of its pair's set.
+    failures: u64,
 }
 
 impl Worker {
@@ -307,6 +335,7 @@ impl Worker {
         connected: Arc<AtomicBool>,
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
+        throttled: Arc<Throttled>,
     ) -> Self {
         let jitter = RandomState::new();
         let token = format!(
@@ -337,6 +366,8 @@ impl Worker {
             token,
             joined: Some(joined),
             last_beat: Instant::now(),
+            throttled,
+            failures: 0,
         }
     }
 
@@ -425,7 +456,8 @@ impl Worker {
             self.told_unreachable = true;
             log::warn!(
                 "cluster: Redis unreachable ({reason}); node {:?} keeps serving its own \
-                 clients, refuses publishes (503) and reconnects",
+                 clients, refuses publishes (503), throttles logins by its own count of \
+                 failures only, and reconnects",
                 self.names.node
             );
         }
@@ -484,6 +516,8 @@ impl Worker {
             Request::Flush(done) => {
                 let _ = done.send(());
             }
+            // Not counted cluster-wide: the node's own throttle holds meanwhile.
+            Request::LoginFailed { .. } | Request::LoginSucceeded { .. } => {}
             Request::Invalidate {
                 user,
                 answer: None,
@@ -669,7 +703,8 @@ impl Worker {
             .iter()
             .map(|(user, count)| (Arc::clone(user), *count))
             .collect();
-        // Subscriptions, in batches.
+        // What the other nodes throttle, then the users' channels in batches.
+        bounded(link.sink.subscribe(names.throttle_channel())).await?;
         for chunk in users.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|(u, _)| names.user_channel(u)).collect();
             bounded(link.sink.subscribe(channels)).await?;
@@ -828,6 +863,27 @@ impl Worker {
                     answers.push(Pending::Other(Some(answer)));
                 }
                 Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::LoginFailed {
+                    client,
+                    name,
+                    limit,
+                } => {
+                    self.failures += 1;
+                    let member = format!("{}:{}", self.token, self.failures);
+                    pipe.cmd("EVALSHA")
+                        .arg(&link.script)
+                        .arg(1)
+                        .arg(self.names.throttle_key(client, &name))
+                        .arg("t")
+                        .arg(limit)
+                        .arg(member);
+                    answers.push(Pending::Failure { client, name });
+                }
+                Request::LoginSucceeded { client, name } => {
+                    self.throttled.forget(client, &name);
+                    pipe.del(self.names.throttle_key(client, &name)).ignore();
+                    writes = true;
+                }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
                     user,
@@ -875,12 +931,35 @@ impl Worker {
             match bounded(pipe.query_async::<Vec<redis::Value>>(&mut link.commands)).await {
                 Ok(replies) => {
                     let mut replies = replies.into_iter();
+                    let mut throttle = redis::pipe();
+                    let mut told = 0;
                     for pending in answers {
                         let reply = replies.next().unwrap_or(redis::Value::Nil);
                         if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
                             self.metrics.sent().inc();
                         }
+                        if let Pending::Failure { client, name } = &pending {
+                            // At the limit: throttled here, and every node is told.
+                            let remaining = count_of(&reply) as u64;
+                            if remaining > 0 {
+                                let remaining = Duration::from_millis(remaining);
+                                self.throttled.throttle(*client, name, remaining);
+                                let payload =
+                                    throttle_payload(&self.names.node, *client, name, remaining);
+                                throttle
+                                    .publish(self.names.throttle_channel(), payload)
+                                    .ignore();
+                                told += 1;
+                            }
+                        }
                         pending.answer(&reply);
+                    }
+                    if told > 0 {
+                        if let Err(err) =
+                            bounded(throttle.query_async::<()>(&mut link.commands)).await
+                        {
+                            return Err(Ended::Lost(err));
+                        }
                     }
                 }
                 Err(err) => {
@@ -991,6 +1070,12 @@ impl Worker {
                     self.metrics.dropped_slow_node().inc();
                 }
             }
+            Payload::Throttle {
+                client,
+                name,
+                remaining,
+                ..
+            } => self.throttled.throttle(client, &name, remaining),
             Payload::Invalidation { user, made, .. } => {
                 self.metrics.received().inc();
                 // Made long ago (it waited for Redis on a node cut off): the logins made
@@ -1036,6 +1121,8 @@ enum Pending {
     /// A count or an invalidation (answered with the other nodes' count), or a client's
     /// invalidation (no answer).
     Other(Option<Answer>),
+    /// A failed login counted: the reply is how long its pair is throttled.
+    Failure { client: IpAddr, name: Box<[u8]> },
 }
 
 impl Pending {
@@ -1049,7 +1136,7 @@ impl Pending {
                 },
             })),
             Self::Other(Some(answer)) => answer.send(Ok(count_of(reply))),
-            Self::Other(None) => {}
+            Self::Other(None) | Self::Failure { .. } => {}
         }
     }
 
@@ -1058,7 +1145,7 @@ impl Pending {
         match self {
             Self::Publish(answered) => answered(Err(why)),
             Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
-            Self::Other(None) => {}
+            Self::Other(None) | Self::Failure { .. } => {}
         }
     }
 }

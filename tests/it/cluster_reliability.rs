@@ -493,3 +493,73 @@ fn a_client_invalidate_queued_while_its_node_was_cut_off_spares_later_logins_els
     sender.expect(&["invalidate_ack"]);
     assert_eq!(after.recv_within(Duration::from_secs(5)), ["invalidated"]);
 }
+
+// ---------------------------------------------------------------------------------------
+// 5. One login throttle for the cluster.
+// ---------------------------------------------------------------------------------------
+
+/// `tether_logins_total{result="throttled"}` of `node`.
+fn throttled_logins(node: &Node) -> f64 {
+    node.metric("tether_logins_total{result=\"throttled\"}")
+}
+
+/// Sends `node` wrong passwords for `name` (each on a connection of its own) until it
+/// refuses one unchecked; panics after 10 s.
+fn wait_throttled(node: &Node, name: &str) {
+    let before = throttled_logins(node);
+    let throttled = wait_until(Duration::from_secs(10), || {
+        assert_eq!(node.server.login_reply(name, "wrong"), "login_invalid");
+        throttled_logins(node) > before
+    });
+    assert!(throttled, "the node does not throttle {name:?}");
+}
+
+#[test]
+fn ten_failures_through_one_node_throttle_the_pair_on_every_node() {
+    let Some(mut cluster) = Cluster::start(3, &[ALICE, BOB]) else {
+        return;
+    };
+    for _ in 0..10 {
+        assert_eq!(
+            cluster.node(1).server.login_reply(ALICE.0, "guess"),
+            "login_invalid"
+        );
+    }
+    for number in [2, 3] {
+        let node = cluster.node(number);
+        wait_throttled(node, ALICE.0);
+        // Even the right password: no check until the minute ends.
+        assert_eq!(node.server.login_reply(ALICE.0, ALICE.1), "login_invalid");
+        // Another name from the same address is not concerned.
+        assert_eq!(node.server.login_reply(BOB.0, BOB.1), "login_valid");
+    }
+    // A node that joins later learns it from the next failure's count.
+    cluster.add_node(&|config| config);
+    assert_eq!(
+        cluster.node(4).server.login_reply(ALICE.0, "guess"),
+        "login_invalid"
+    );
+    wait_throttled(cluster.node(4), ALICE.0);
+
+    // Redis unreachable: each node falls back to its own count, and says so.
+    cluster.redis.kill();
+    for node in &cluster.nodes {
+        node.wait_cluster_state("unreachable", NOTICED);
+    }
+    let n2 = cluster.node(2);
+    assert!(
+        n2.server
+            .stderr_text()
+            .contains("throttles logins by its own count of failures only"),
+        "{}",
+        n2.server.stderr_text()
+    );
+    for _ in 0..10 {
+        assert_eq!(n2.server.login_reply(BOB.0, "guess"), "login_invalid");
+    }
+    assert_eq!(n2.server.login_reply(BOB.0, BOB.1), "login_invalid");
+    assert_eq!(
+        cluster.node(3).server.login_reply(BOB.0, BOB.1),
+        "login_valid"
+    );
+}

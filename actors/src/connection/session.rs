@@ -312,7 +312,12 @@ impl Session {
     /// still taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], fx: &mut impl Effects) {
         let now = Instant::now();
-        let Some(reservation) = self.shared.throttle.reserve(self.peer.ip(), name, now) else {
+        // Throttled by the cluster (failures through any node), or here.
+        let reservation = match self.shared.cluster_throttle.throttled(self.peer.ip(), name) {
+            true => None,
+            false => self.shared.throttle.reserve(self.peer.ip(), name, now),
+        };
+        let Some(reservation) = reservation else {
             self.shared.metrics.login(LoginResult::Throttled);
             log::warn!(
                 "{}: login as {} refused unchecked: too many failures",
@@ -361,6 +366,9 @@ impl Session {
             }
             _ => {
                 login.reservation.failed(Instant::now());
+                self.shared
+                    .cluster_throttle
+                    .failed(self.peer.ip(), &login.name);
                 self.shared.metrics.login(LoginResult::Invalid);
                 log::info!("{}: login as {} failed", self.peer, Excerpt(&login.name));
                 fx.reply(Reply::LoginInvalid);
@@ -388,6 +396,9 @@ impl Session {
             return;
         }
         reservation.succeeded();
+        self.shared
+            .cluster_throttle
+            .succeeded(self.peer.ip(), user.as_bytes());
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
@@ -508,6 +519,7 @@ mod tests {
             users: Arc::new(UserTable::new(users)),
             checker: PasswordChecker::start(1, metrics.clone()).expect("starts"),
             throttle: Arc::new(LoginThrottle::new(100)),
+            cluster_throttle: crate::connection::cluster_throttle::ClusterThrottle::new(None, 100),
             stand_in_hash: stand_in_hash(4).expect("hashes"),
             delivery_seconds: metrics.event_delivery_seconds(1),
             metrics,

@@ -10,6 +10,7 @@
 
 use crate::hub::messages::BindingId;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -129,6 +130,27 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
 
     /// The server is stopping: withdraw this node's presence from the cluster.
     fn stop(&self);
+
+    /// Whether the cluster throttles logins of `name` from `client` now: `limit` failures
+    /// (of [`Broker::login_failed`]) through any node in the last minute (SPEC §8). Answered
+    /// at once, from what the broker has learnt; a broker that counts nothing says `false`.
+    fn login_throttled(&self, client: IpAddr, name: &[u8]) -> bool {
+        let _ = (client, name);
+        false
+    }
+
+    /// A checked login of `name` from `client` failed here; `limit` failures a minute
+    /// throttle the pair. Counted cluster-wide as soon as the broker can (not while it is
+    /// unreachable: then the node's own throttle alone holds).
+    fn login_failed(&self, client: IpAddr, name: &[u8], limit: u32) {
+        let _ = (client, name, limit);
+    }
+
+    /// A checked login of `name` from `client` succeeded here: the cluster forgets the
+    /// pair's failures, as the node's own throttle does.
+    fn login_succeeded(&self, client: IpAddr, name: &[u8]) {
+        let _ = (client, name);
+    }
 }
 
 /// Where a broker hands what the other nodes publish. Never blocks: a node that cannot
