@@ -160,6 +160,9 @@ pub struct ClusterConfig {
     pub redis: String,
     /// This node's name in logs, metrics and Redis.
     pub node: String,
+    /// Whether `node` is the default (the host's name and the listen port): with port 0,
+    /// the port the listener got replaces it at start.
+    pub node_is_default: bool,
     /// The prefix of every Redis key and channel.
     pub prefix: String,
     /// With `rediss://`: the CA certificates (PEM) that alone are trusted for Redis's
@@ -1020,6 +1023,7 @@ impl Check<'_> {
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(Some(ClusterConfig {
+            node_is_default: raw.node.is_empty(),
             redis: raw.redis,
             node,
             prefix: raw.prefix,

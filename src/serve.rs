@@ -178,6 +178,13 @@ pub fn run(config: Config) -> Outcome {
             Users::Database(database) => Arc::new(database.clone()),
         };
         let tls_slot = tls_listener.as_ref().map(|(_, slot)| slot.clone());
+        // The port the clients' listener got (`:0` in the configuration picks one), for a
+        // default node name.
+        let bound_port = listener
+            .as_ref()
+            .or(tls_listener.as_ref().map(|(listener, _)| listener))
+            .and_then(|listener| listener.local_addr().ok())
+            .map(|address| address.port());
         let listeners = Listeners {
             plain: listener,
             tls: tls_listener,
@@ -185,9 +192,13 @@ pub fn run(config: Config) -> Outcome {
         };
         let broker = match &config.cluster {
             Some(cluster) => {
+                let node = match bound_port.filter(|_| cluster.node_is_default) {
+                    Some(port) => format!("{}:{port}", tether_cluster::host_name()),
+                    None => cluster.node.clone(),
+                };
                 let settings = tether_cluster::ClusterSettings {
                     redis: cluster.redis.clone(),
-                    node: cluster.node.clone(),
+                    node: node.clone(),
                     prefix: cluster.prefix.clone(),
                     redis_ca: redis_ca.clone(),
                 };
@@ -200,7 +211,7 @@ pub fn run(config: Config) -> Outcome {
                         }
                         log::info!(
                             "cluster: node {:?}, prefix {:?}, Redis at {}",
-                            cluster.node,
+                            node,
                             cluster.prefix,
                             crate::config::mask_password(&cluster.redis)
                         );

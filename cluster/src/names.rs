@@ -97,7 +97,7 @@ fn hex_bytes(bytes: &[u8]) -> String {
 
 /// `hex`'s bytes back, `None` for anything that is not lowercase hexadecimal pairs.
 fn from_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -563,3 +563,26 @@ fn ten_failures_through_one_node_throttle_the_pair_on_every_node() {
         "login_valid"
     );
 }
+
+#[test]
+fn a_nodes_default_name_is_the_host_name_and_the_listen_port() {
+    let Some(redis) = crate::common::redis::Redis::start() else {
+        return;
+    };
+    let config = TestConfig::new().set("admin", "listen", "127.0.0.1:0").set(
+        "cluster",
+        "redis",
+        redis.url(),
+    );
+    let server = TestServer::start(&config, &[ALICE]);
+    server.wait_for_log("cluster: connected to Redis", Duration::from_secs(10));
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("a host name");
+    let name = format!("{}:{}", host.trim(), server.addr().port());
+    let log = server.stderr_text();
+    assert!(
+        log.contains(&format!("cluster: node {name:?}")),
+        "the node is named {name:?}:\n{log}"
+    );
+    let nodes = redis.cli(&["ZRANGE", "tether:nodes", "0", "-1"]);
+    assert_eq!(nodes.trim(), name, "the name in Redis");
+}

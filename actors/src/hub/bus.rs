@@ -1031,7 +1031,8 @@ mod tests {
             let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
             (index, Arc::new(EventInFlight { _permit: permit }))
         });
-        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, slice, &mut receipts);
+        let ids = RecentIds::default();
+        let per_shard = sort_by_shard(&presence, &ids, 3, stamp, &batch, slice, &mut receipts);
 
         let texts = |shard: usize| -> Vec<(String, String)> {
             per_shard[shard]
@@ -1128,5 +1129,34 @@ mod tests {
         );
         hub.bus.send(Drain).await.expect("the bus answers");
         assert_eq!(hoarder.send(Held).await.expect("answers"), 0);
+    }
+
+    #[test]
+    fn a_batch_is_503_only_when_none_was_sent_and_504_when_any_outcome_is_unknown() {
+        let taken = || {
+            Ok(PublishReceipt {
+                time: 1,
+                connections: 1,
+                duplicate: false,
+            })
+        };
+        let unreachable = || Err(PublishError::ClusterUnreachable);
+        let unknown = || Err(PublishError::OutcomeUnknown);
+        assert_eq!(
+            batch_outcome(vec![taken(), taken()]).map(|r| r.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            batch_outcome(vec![unreachable(), unreachable()]),
+            Err(PublishError::ClusterUnreachable)
+        );
+        for mixed in [
+            vec![taken(), unknown()],
+            vec![unknown(), unreachable()],
+            vec![taken(), unreachable()],
+            vec![unknown()],
+        ] {
+            assert_eq!(batch_outcome(mixed), Err(PublishError::OutcomeUnknown));
+        }
     }
 }

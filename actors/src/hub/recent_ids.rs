@@ -67,17 +67,15 @@ impl RecentIds {
         if let Some(&(first, _)) = ids.by_id.get(id) {
             return Err(first);
         }
-        if ids.by_id.len() >= self.max_ids {
-            if ids.pop_oldest().is_some() {
-                ids.evicted += 1;
-                if ids.evicted == 1 {
-                    log::warn!(
-                        "{} event ids were accepted in the last {}s: the oldest are \
-                         forgotten early, so a late retry of theirs would be delivered again",
-                        self.max_ids,
-                        ID_LIFETIME.as_secs()
-                    );
-                }
+        if ids.by_id.len() >= self.max_ids && ids.pop_oldest().is_some() {
+            ids.evicted += 1;
+            if ids.evicted == 1 {
+                log::warn!(
+                    "{} event ids were accepted in the last {}s: the oldest are forgotten \
+                     early, so a late retry of theirs would be delivered again",
+                    self.max_ids,
+                    ID_LIFETIME.as_secs()
+                );
             }
         }
         let id: Box<str> = Box::from(id);
