@@ -182,7 +182,7 @@ fn a_node_cut_off_answers_503_for_publishes_and_counts_while_its_own_clients_go_
 /// A node started the way a host program embeds one (SPEC §8: "the same cluster mode is
 /// available to a host program"): `RedisBroker` and `Tether::start_clustered` on an actix
 /// System of its own; stopped when the answered sender is dropped.
-fn embedded_node(
+pub(crate) fn embedded_node(
     redis: &Redis,
     node: &str,
 ) -> (

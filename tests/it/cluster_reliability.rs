@@ -4,7 +4,7 @@
 //! before its `login_valid`; unique node names; one login throttle for the cluster; a
 //! stale invalidation that spares the sessions made after it.
 
-use crate::cluster_internals::two_nodes_one_relayed;
+use crate::cluster_internals::{embedded_node, two_nodes_one_relayed};
 use crate::common::cluster::{event_text, expect_event, Cluster, Node};
 use crate::common::{
     admin_addr, admin_call, run_to_exit, tether_command, users_toml, wait_until, TestConfig,
@@ -585,4 +585,56 @@ fn a_nodes_default_name_is_the_host_name_and_the_listen_port() {
     );
     let nodes = redis.cli(&["ZRANGE", "tether:nodes", "0", "-1"]);
     assert_eq!(nodes.trim(), name, "the name in Redis");
+}
+
+#[test]
+fn the_embedded_handle_says_duplicate_alone_and_in_a_cluster() {
+    use tether_actors::bus::Publish;
+    // Alone.
+    let server = crate::common::in_process::InProcessServer::start(
+        crate::common::in_process::test_settings(),
+        &[RELAYED_ALICE],
+    );
+    let mut alice = server
+        .logged_in(RELAYED_ALICE.0, RELAYED_ALICE.1, 1)
+        .remove(0);
+    let event = || Publish::new(RELAYED_ALICE.0, "once").with_id("k-1");
+    let first = server
+        .block_on(server.handle().publish_event(event()))
+        .expect("published");
+    assert!(!first.duplicate);
+    let again = server
+        .block_on(server.handle().publish_event(event()))
+        .expect("answered");
+    assert!(again.duplicate, "{again:?}");
+    assert_eq!(again.time, first.time);
+    expect_event(&mut alice, "once", Duration::from_secs(5));
+    alice.expect_nothing_for(QUIET);
+    let bad = server.block_on(
+        server
+            .handle()
+            .publish_event(Publish::new(RELAYED_ALICE.0, "x").with_id("")),
+    );
+    assert_eq!(bad, Err(tether_actors::bus::PublishError::InvalidId));
+
+    // In a cluster.
+    let Some(redis) = crate::common::redis::Redis::start() else {
+        return;
+    };
+    let (_, node, _stop) = embedded_node(&redis, "e1");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    assert!(wait_until(Duration::from_secs(10), || node
+        .cluster_connected()
+        == Some(true)));
+    let first = runtime
+        .block_on(node.publish_event(event()))
+        .expect("published");
+    let again = runtime
+        .block_on(node.publish_event(event()))
+        .expect("answered");
+    assert_eq!((first.duplicate, again.duplicate), (false, true));
+    assert_eq!(again.time, first.time);
 }
