@@ -205,8 +205,10 @@ pub fn run(config: Config) -> Outcome {
                 match tether_cluster::RedisBroker::start(settings) {
                     Ok(broker) => {
                         // SPEC §8: a name another live node holds refuses the start.
-                        if let Err(taken) = broker.wait_joined(JOIN_WAIT) {
-                            fatal(&taken.to_string());
+                        let joined =
+                            tether_actors::hub::broker::Broker::wait_joined(&*broker, JOIN_WAIT);
+                        if let Err(taken) = joined {
+                            fatal(&taken);
                             return Outcome::Failed;
                         }
                         log::info!(

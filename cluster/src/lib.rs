@@ -181,7 +181,7 @@ pub struct RedisBroker {
     /// What the broker counts.
     metrics: ClusterMetrics,
     /// How the first attempt to join went, once the thread says (taken by
-    /// [`RedisBroker::wait_joined`]).
+    /// `wait_joined`).
     joined: std::sync::Mutex<Option<std::sync::mpsc::Receiver<worker::Joined>>>,
     /// This node's name.
     node: String,
@@ -224,24 +224,6 @@ impl RedisBroker {
             node: settings.node,
             throttled,
         }))
-    }
-
-    /// Waits, at most `within`, for the first attempt to join the cluster: `Err` when
-    /// another live node holds this node's name (SPEC §8: the node must refuse to start).
-    /// `Ok` when it joined, when Redis could not be reached (the node starts and keeps
-    /// trying; should the name turn out taken then, the node stops serving the cluster
-    /// side), or when `within` passed. Blocks the calling thread; call it once, at start.
-    pub fn wait_joined(&self, within: Duration) -> Result<(), NameTaken> {
-        let joined = match self.joined.lock() {
-            Ok(mut joined) => joined.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        match joined.map(|joined| joined.recv_timeout(within)) {
-            Some(Ok(worker::Joined::NameTaken)) => Err(NameTaken {
-                node: self.node.clone(),
-            }),
-            _ => Ok(()),
-        }
     }
 
     /// What the broker counts; register it with the server's Prometheus registry.
@@ -356,6 +338,25 @@ impl Broker for RedisBroker {
                 client,
                 name: Box::from(name),
             });
+        }
+    }
+
+    /// Waits, at most `within`, for the first attempt to join the cluster: `Err` (a
+    /// [`NameTaken`]'s text) when another live node holds this node's name (SPEC §8: the
+    /// node must refuse to start). `Ok` when it joined, when Redis could not be reached
+    /// (the node starts and keeps trying; should the name turn out taken then, the node
+    /// stops serving the cluster side), or when `within` passed. Call it once, at start.
+    fn wait_joined(&self, within: Duration) -> Result<(), String> {
+        let joined = match self.joined.lock() {
+            Ok(mut joined) => joined.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match joined.map(|joined| joined.recv_timeout(within)) {
+            Some(Ok(worker::Joined::NameTaken)) => Err(NameTaken {
+                node: self.node.clone(),
+            }
+            .to_string()),
+            _ => Ok(()),
         }
     }
 

@@ -31,20 +31,37 @@ impl Names {
     /// The part of every per-user key and channel that names the user (its hexadecimal
     /// name): one place, so a Redis Cluster hash tag added here tags them all.
     pub(crate) fn user_part(&self, user: &str) -> String {
-        hex(user)
+        self.name_part(user.as_bytes())
+    }
+
+    /// [`Names::user_part`] of a name as a client sent it (any bytes): the same for a
+    /// valid name.
+    pub(crate) fn name_part(&self, name: &[u8]) -> String {
+        hex_bytes(name)
     }
 
     /// An event id accepted for `user` in the last 5 minutes (SPEC §6), holding the time
-    /// of the event first published with it: `{prefix}:id:{user}:{hex id}`.
+    /// of the event first published with it: `{prefix}:id:{<user>}:{hex id}` — the user's
+    /// part in braces, a Redis Cluster hash tag (harmless elsewhere), so the key lives on
+    /// the user's shard.
     pub(crate) fn id_key(&self, user: &str, id: &str) -> String {
-        format!("{}:id:{}:{}", self.prefix, self.user_part(user), hex(id))
+        format!(
+            "{}:id:{{{}}}:{}",
+            self.prefix,
+            self.user_part(user),
+            hex(id)
+        )
     }
 
     /// The failed logins of `name` from `client` in the last minute (a sorted set of
-    /// Redis ms): `{prefix}:throttle:{name}:{client}`, under the name's part like the
-    /// user's keys.
+    /// Redis ms): `{prefix}:throttle:{<name>}:{client}`, tagged with the name's part like
+    /// the id keys.
     pub(crate) fn throttle_key(&self, client: IpAddr, name: &[u8]) -> String {
-        format!("{}:throttle:{}:{client}", self.prefix, hex_bytes(name))
+        format!(
+            "{}:throttle:{{{}}}:{client}",
+            self.prefix,
+            self.name_part(name)
+        )
     }
 
     /// The channel every node follows for the pairs the cluster throttles:
@@ -233,6 +250,12 @@ mod tests {
         assert_ne!(names.user_channel("a:b"), names.user_channel("a"));
         assert_eq!(names.user_channel("ü *?[]"), "t:user:c3bc202a3f5b5d");
         assert_eq!(names.own_node_key(), "t:node:n1");
+        assert_eq!(names.id_key("al", "x"), "t:id:{616c}:78");
+        assert_eq!(
+            names.throttle_key([10, 0, 0, 1].into(), b"al"),
+            "t:throttle:{616c}:10.0.0.1"
+        );
+        assert_eq!(names.owner_key(), "t:owner:n1");
     }
 
     #[test]

@@ -258,7 +258,7 @@ enum Beat {
     Taken(String),
 }
 
-/// How the first attempt to join the cluster went, for [`crate::RedisBroker::wait_joined`].
+/// How the first attempt to join the cluster went, for the broker's `wait_joined`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Joined {
     /// Connected, the name claimed.

@@ -131,6 +131,15 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// The server is stopping: withdraw this node's presence from the cluster.
     fn stop(&self);
 
+    /// At start, waits (at most `within`; blocks the calling thread) for the broker's first
+    /// attempt to join: `Err` with the reason when the node must not start — another live
+    /// node holds its name (SPEC §8). `Ok` when it joined, could not reach the cluster yet
+    /// (it keeps trying), or `within` passed.
+    fn wait_joined(&self, within: std::time::Duration) -> Result<(), String> {
+        let _ = within;
+        Ok(())
+    }
+
     /// Whether the cluster throttles logins of `name` from `client` now: `limit` failures
     /// (of [`Broker::login_failed`]) through any node in the last minute (SPEC §8). Answered
     /// at once, from what the broker has learnt; a broker that counts nothing says `false`.
