@@ -340,7 +340,7 @@ impl Worker {
         let jitter = RandomState::new();
         let token = format!(
             "{}\u{1f}{}\u{1f}{:016x}",
-            crate::host_name(),
+            this_host(),
             std::process::id(),
             jitter.hash_one(now_ms())
         );
@@ -418,7 +418,7 @@ impl Worker {
         self.metrics.connected.set(0);
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
-        let holder = owner.split('\u{1f}').next().unwrap_or("");
+        let holder = owner.split(['\u{1f}', '/']).next().unwrap_or_default();
         if self.joined.is_some() {
             log::error!(
                 "cluster: node name {:?} is held by another live node of this cluster (on \
@@ -1273,6 +1273,20 @@ fn owner_script(sha: &str, names: &Names, mode: char, token: &str, stale: &str) 
     cmd
 }
 
+/// This machine as a claim names it: its host name and, when it has one, its machine id
+/// (`/etc/machine-id`), so that two machines both called `localhost` differ.
+fn this_host() -> String {
+    let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|path| {
+            let id = std::fs::read_to_string(path).ok()?;
+            let id = id.trim();
+            (!id.is_empty()).then(|| id.to_owned())
+        })
+        .unwrap_or_default();
+    format!("{}/{machine}", crate::host_name())
+}
+
 /// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
 /// gone: a run of this node that crashed and was restarted before its claim lapsed.
 fn is_dead_run_of_this_host(owner: &str) -> bool {
@@ -1283,7 +1297,7 @@ fn is_dead_run_of_this_host(owner: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
-    host == crate::host_name()
+    host == this_host()
         && pid != std::process::id()
         && std::path::Path::new("/proc/self").exists()
         && !std::path::Path::new(&format!("/proc/{pid}")).exists()
