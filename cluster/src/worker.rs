@@ -1220,29 +1220,20 @@ fn invalidation_script(
     user: &str,
     made: i64,
 ) {
-    pipe.cmd("EVALSHA")
-        .arg(sha)
-        .arg(3)
-        .arg(names.nodes_key())
-        .arg(names.user_channel(user))
-        .arg(names.invalidated_key(user))
-        .arg("i")
-        .arg(&names.node)
-        .arg(user)
-        .arg(invalidation_payload(&names.node, user, made))
-        .arg(names.node_key_prefix())
-        .arg(made);
+    let payload = invalidation_payload(&names.node, user, made);
+    script(pipe, sha, names, 'i', user, &payload).arg(made);
 }
 
-/// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`.
-fn script(
-    pipe: &mut redis::Pipeline,
+/// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`; answers `pipe`, whose
+/// `arg` adds more arguments to it.
+fn script<'a>(
+    pipe: &'a mut redis::Pipeline,
     sha: &str,
     names: &Names,
     mode: char,
     user: &str,
     payload: &str,
-) {
+) -> &'a mut redis::Pipeline {
     pipe.cmd("EVALSHA")
         .arg(sha)
         .arg(3)
@@ -1253,7 +1244,7 @@ fn script(
         .arg(&names.node)
         .arg(user)
         .arg(payload)
-        .arg(names.node_key_prefix());
+        .arg(names.node_key_prefix())
 }
 
 /// One `EVALSHA` of [`SCRIPT`] in mode `h` (heartbeat) or `w` (withdraw) for this node,
