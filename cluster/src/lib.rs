@@ -320,15 +320,24 @@ impl Broker for RedisBroker {
         self.throttled.is_throttled(client, name)
     }
 
-    fn login_failed(&self, client: std::net::IpAddr, name: &[u8], limit: u32) {
-        // Dropped at once while Redis is unreachable: the node's own throttle holds then.
-        if self.connected() {
-            let _ = self.requests.send(worker::Request::LoginFailed {
-                client,
-                name: Box::from(name),
-                limit,
-            });
+    fn login_failed(
+        &self,
+        client: std::net::IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<()>> {
+        // Not counted while Redis is unreachable: the node's own throttle holds then.
+        if !self.connected() {
+            return None;
         }
+        let (counted, answered) = oneshot::channel();
+        let _ = self.requests.send(worker::Request::LoginFailed {
+            client,
+            name: Box::from(name),
+            limit,
+            counted,
+        });
+        Some(answered)
     }
 
     fn login_succeeded(&self, client: std::net::IpAddr, name: &[u8]) {

@@ -205,10 +205,13 @@ pub(crate) enum Request {
         subscribed: Option<oneshot::Sender<()>>,
     },
     /// A checked login of `name` from `client` failed on this node; `limit` a minute.
+    /// `counted` is answered once it is counted (and every node told when it reached the
+    /// limit), or dropped.
     LoginFailed {
         client: IpAddr,
         name: Box<[u8]>,
         limit: u32,
+        counted: oneshot::Sender<()>,
     },
     /// A checked login of `name` from `client` succeeded on this node.
     LoginSucceeded { client: IpAddr, name: Box<[u8]> },
@@ -867,6 +870,7 @@ impl Worker {
                     client,
                     name,
                     limit,
+                    counted,
                 } => {
                     self.failures += 1;
                     let member = format!("{}:{}", self.token, self.failures);
@@ -877,7 +881,11 @@ impl Worker {
                         .arg("t")
                         .arg(limit)
                         .arg(member);
-                    answers.push(Pending::Failure { client, name });
+                    answers.push(Pending::Failure {
+                        client,
+                        name,
+                        counted,
+                    });
                 }
                 Request::LoginSucceeded { client, name } => {
                     self.throttled.forget(client, &name);
@@ -933,26 +941,34 @@ impl Worker {
                     let mut replies = replies.into_iter();
                     let mut throttle = redis::pipe();
                     let mut told = 0;
+                    let mut counted = Vec::new();
                     for pending in answers {
                         let reply = replies.next().unwrap_or(redis::Value::Nil);
-                        if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
-                            self.metrics.sent().inc();
-                        }
-                        if let Pending::Failure { client, name } = &pending {
-                            // At the limit: throttled here, and every node is told.
-                            let remaining = count_of(&reply) as u64;
-                            if remaining > 0 {
-                                let remaining = Duration::from_millis(remaining);
-                                self.throttled.throttle(*client, name, remaining);
-                                let payload =
-                                    throttle_payload(&self.names.node, *client, name, remaining);
-                                throttle
-                                    .publish(self.names.throttle_channel(), payload)
-                                    .ignore();
-                                told += 1;
+                        let Pending::Failure {
+                            client,
+                            name,
+                            counted: waiting,
+                        } = pending
+                        else {
+                            if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
+                                self.metrics.sent().inc();
                             }
+                            pending.answer(&reply);
+                            continue;
+                        };
+                        // At the limit: throttled here, and every node is told.
+                        let remaining = count_of(&reply) as u64;
+                        if remaining > 0 {
+                            let remaining = Duration::from_millis(remaining);
+                            self.throttled.throttle(client, &name, remaining);
+                            let payload =
+                                throttle_payload(&self.names.node, client, &name, remaining);
+                            throttle
+                                .publish(self.names.throttle_channel(), payload)
+                                .ignore();
+                            told += 1;
                         }
-                        pending.answer(&reply);
+                        counted.push(waiting);
                     }
                     if told > 0 {
                         if let Err(err) =
@@ -960,6 +976,10 @@ impl Worker {
                         {
                             return Err(Ended::Lost(err));
                         }
+                    }
+                    // The logins that failed are answered now: every node throttles them.
+                    for waiting in counted {
+                        let _ = waiting.send(());
                     }
                 }
                 Err(err) => {
@@ -1121,8 +1141,13 @@ enum Pending {
     /// A count or an invalidation (answered with the other nodes' count), or a client's
     /// invalidation (no answer).
     Other(Option<Answer>),
-    /// A failed login counted: the reply is how long its pair is throttled.
-    Failure { client: IpAddr, name: Box<[u8]> },
+    /// A failed login counted: the reply is how long its pair is throttled; `counted` is
+    /// answered once that is known everywhere.
+    Failure {
+        client: IpAddr,
+        name: Box<[u8]>,
+        counted: oneshot::Sender<()>,
+    },
 }
 
 impl Pending {
@@ -1136,6 +1161,7 @@ impl Pending {
                 },
             })),
             Self::Other(Some(answer)) => answer.send(Ok(count_of(reply))),
+            // Its reply is read where the pipeline's replies are.
             Self::Other(None) | Self::Failure { .. } => {}
         }
     }

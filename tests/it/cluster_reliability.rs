@@ -525,6 +525,12 @@ fn ten_failures_through_one_node_throttle_the_pair_on_every_node() {
             "login_invalid"
         );
     }
+    // The tenth failure is answered once every node was told: right away, even the right
+    // password is refused unchecked elsewhere.
+    assert_eq!(
+        cluster.node(2).server.login_reply(ALICE.0, ALICE.1),
+        "login_invalid"
+    );
     for number in [2, 3] {
         let node = cluster.node(number);
         wait_throttled(node, ALICE.0);

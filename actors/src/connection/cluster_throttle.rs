@@ -8,6 +8,7 @@
 use crate::hub::broker::Broker;
 use std::net::IpAddr;
 use std::sync::Arc;
+use tokio::sync::oneshot;
 
 /// The broker's view of the throttle, when there is a broker and a limit.
 pub(crate) struct ClusterThrottle {
@@ -33,11 +34,12 @@ impl ClusterThrottle {
             .is_some_and(|broker| broker.login_throttled(client, name))
     }
 
-    /// A checked login of this pair failed.
-    pub(crate) fn failed(&self, client: IpAddr, name: &[u8]) {
-        if let Some(broker) = &self.broker {
-            broker.login_failed(client, name, self.limit);
-        }
+    /// A checked login of this pair failed: answers what resolves once the cluster has
+    /// counted it (and told every node when it reached the limit), to hold the
+    /// `login_invalid` until then; `None` when there is nothing to wait for.
+    pub(crate) fn failed(&self, client: IpAddr, name: &[u8]) -> Option<oneshot::Receiver<()>> {
+        let broker = self.broker.as_ref()?;
+        broker.login_failed(client, name, self.limit)
     }
 
     /// A checked login of this pair succeeded: the cluster forgets its failures.

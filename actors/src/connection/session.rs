@@ -49,8 +49,11 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
 /// A login that bound the connection in a cluster and waits, before `login_valid`, until
 /// the broker follows the user's channel: until then an event published on another node
-/// might not reach this node.
+/// might not reach this node. Or, before `login_invalid`, until the cluster has counted
+/// the failure: the pair is then throttled on every node by the time the client hears it.
 struct Subscribing {
+    /// What the login is answered once confirmed (or given up on).
+    reply: Reply,
     /// Resolves (answered or dropped, alike) once the broker follows the channel or
     /// cannot.
     confirmed: oneshot::Receiver<()>,
@@ -190,7 +193,7 @@ impl Session {
                     return Poll::Pending;
                 }
                 log::warn!(
-                    "{}: login answered before the cluster broker followed the user \
+                    "{}: login answered before the cluster broker confirmed it \
                      (waited {SUBSCRIBE_WAIT:?}){}",
                     self.peer,
                     self.who()
@@ -219,12 +222,12 @@ impl Session {
     }
 
     /// Answers now a login that waits for the cluster broker (the connection closes):
-    /// `login_valid`, then the pushes held meanwhile.
+    /// `login_valid` (or `login_invalid`), then the pushes held meanwhile.
     pub(crate) fn answer_subscribing(&mut self, fx: &mut impl Effects) {
         let Some(subscribing) = self.subscribing.take() else {
             return;
         };
-        fx.reply(Reply::LoginValid);
+        fx.reply(subscribing.reply);
         for push in subscribing.held {
             self.on_push(push, fx);
         }
@@ -366,14 +369,30 @@ impl Session {
             }
             _ => {
                 login.reservation.failed(Instant::now());
-                self.shared
-                    .cluster_throttle
-                    .failed(self.peer.ip(), &login.name);
                 self.shared.metrics.login(LoginResult::Invalid);
                 log::info!("{}: login as {} failed", self.peer, Excerpt(&login.name));
-                fx.reply(Reply::LoginInvalid);
+                // In a cluster, answered once the cluster counted the failure (bounded).
+                match self
+                    .shared
+                    .cluster_throttle
+                    .failed(self.peer.ip(), &login.name)
+                {
+                    Some(counted) => self.hold_answer(Reply::LoginInvalid, counted),
+                    None => fx.reply(Reply::LoginInvalid),
+                }
             }
         }
+    }
+
+    /// Holds the login's answer `reply` (and the pushes that come meanwhile) until
+    /// `confirmed` resolves, at most [`SUBSCRIBE_WAIT`].
+    fn hold_answer(&mut self, reply: Reply, confirmed: oneshot::Receiver<()>) {
+        self.subscribing = Some(Box::new(Subscribing {
+            reply,
+            confirmed,
+            give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
+            held: Vec::new(),
+        }));
     }
 
     /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
@@ -418,11 +437,7 @@ impl Session {
             self.shared.metrics.connections_bound.inc();
             if let Some(confirmed) = confirmed {
                 // In a cluster: bound for every node once the broker follows the user.
-                self.subscribing = Some(Box::new(Subscribing {
-                    confirmed,
-                    give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
-                    held: Vec::new(),
-                }));
+                self.hold_answer(Reply::LoginValid, confirmed);
                 return;
             }
         }

@@ -150,9 +150,17 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
 
     /// A checked login of `name` from `client` failed here; `limit` failures a minute
     /// throttle the pair. Counted cluster-wide as soon as the broker can (not while it is
-    /// unreachable: then the node's own throttle alone holds).
-    fn login_failed(&self, client: IpAddr, name: &[u8], limit: u32) {
+    /// unreachable: then the node's own throttle alone holds). Answers what resolves (or
+    /// is dropped) once it is counted and, at the limit, every node told — the session
+    /// holds its `login_invalid` until then — or `None` when nothing will be counted.
+    fn login_failed(
+        &self,
+        client: IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<()>> {
         let _ = (client, name, limit);
+        None
     }
 
     /// A checked login of `name` from `client` succeeded here: the cluster forgets the
