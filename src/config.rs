@@ -180,6 +180,9 @@ pub struct ClusterConfig {
     pub redis: String,
     /// This node's name in logs, metrics and Redis.
     pub node: String,
+    /// Whether `node` is the default (the host's name and the listen port): with port 0,
+    /// the port the listener got replaces it at start.
+    pub node_is_default: bool,
     /// The prefix of every Redis key and channel.
     pub prefix: String,
     /// With `rediss://`: the CA certificates (PEM) that alone are trusted for Redis's
@@ -1189,8 +1192,8 @@ impl Check<'_> {
         })
     }
 
-    /// `[cluster]`: `None` when `redis` is empty. `node` defaults to the host:port of
-    /// `server.listen` (else of `server.tls.listen`).
+    /// `[cluster]`: `None` when `redis` is empty. `node` defaults to the host's name and
+    /// the port of `server.listen` (else of `server.tls.listen`).
     fn cluster(
         &self,
         raw: RawCluster,
@@ -1222,12 +1225,16 @@ impl Check<'_> {
         }
         let is_plain_text = |text: &str| !text.chars().any(char::is_control);
         let node = match raw.node.as_str() {
+            // The host's name and the port (SPEC §4): the listen address alone would be
+            // `0.0.0.0:7700` on every host.
             "" => config
                 .server
                 .listen
                 .or(config.server.tls.as_ref().and_then(|tls| tls.listen))
                 .or(config.server.websocket.as_ref().map(|ws| ws.listen))
-                .map_or_else(String::new, |address| address.to_string()),
+                .map_or_else(String::new, |address| {
+                    format!("{}:{}", tether_cluster::host_name(), address.port())
+                }),
             node => node.to_string(),
         };
         if node.is_empty() || node.len() > 128 || !is_plain_text(&node) {
@@ -1244,6 +1251,7 @@ impl Check<'_> {
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(Some(ClusterConfig {
+            node_is_default: raw.node.is_empty(),
             redis: raw.redis,
             node,
             prefix: raw.prefix,
@@ -1751,7 +1759,7 @@ mod tests {
     }
 
     #[test]
-    fn cluster_keys_are_checked_and_the_node_defaults_to_the_listen_address() {
+    fn cluster_keys_are_checked_and_the_node_defaults_to_the_host_name_and_port() {
         assert!(config("").unwrap().cluster.is_none(), "alone by default");
         assert!(config("[cluster]\nnode = \"n1\"")
             .unwrap()
@@ -1763,13 +1771,14 @@ mod tests {
         )
         .unwrap();
         let cluster = clustered.cluster.as_ref().expect("clustered");
+        let default_node = format!("{}:9000", tether_cluster::host_name());
         assert_eq!(
             (cluster.node.as_str(), cluster.prefix.as_str()),
-            ("127.0.0.1:9000", "tether")
+            (default_node.as_str(), "tether")
         );
         let effective = clustered.effective_toml();
         assert!(effective.contains("redis = \"redis://:****@127.0.0.1:6390/2\""));
-        assert!(effective.contains("node = \"127.0.0.1:9000\""));
+        assert!(effective.contains(&format!("node = \"{default_node}\"")));
         let tls = Config::from_toml(
             "[cluster]\nredis = \"rediss://h:6379\"\nredis_ca_file = \"ca.pem\"",
             Path::new("/etc/tether/server.toml"),

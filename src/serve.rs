@@ -22,6 +22,10 @@ use tether_actors::{
 /// holds (it drops them at the grace, rounded down to whole seconds).
 const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
+/// How long the start waits for the cluster's first answer (whether this node's name is
+/// free); a Redis that does not answer by then is not waited for.
+const JOIN_WAIT: Duration = Duration::from_secs(5);
+
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -195,6 +199,14 @@ pub fn run(config: Config) -> Outcome {
             Users::File(table, _) => Arc::clone(table) as _,
             Users::Database(database) => Arc::new(database.clone()),
         };
+        // The port the clients' listener got (`:0` in the configuration picks one), for a
+        // default node name.
+        let bound_port = listener
+            .as_ref()
+            .or(tls_listener.as_ref().map(|(listener, _)| listener))
+            .or(ws_listener.as_ref().map(|ws| &ws.listener))
+            .and_then(|listener| listener.local_addr().ok())
+            .map(|address| address.port());
         let listeners = Listeners {
             plain: listener,
             tls: tls_listener,
@@ -203,17 +215,28 @@ pub fn run(config: Config) -> Outcome {
         };
         let broker = match &config.cluster {
             Some(cluster) => {
+                let node = match bound_port.filter(|_| cluster.node_is_default) {
+                    Some(port) => format!("{}:{port}", tether_cluster::host_name()),
+                    None => cluster.node.clone(),
+                };
                 let settings = tether_cluster::ClusterSettings {
                     redis: cluster.redis.clone(),
-                    node: cluster.node.clone(),
+                    node: node.clone(),
                     prefix: cluster.prefix.clone(),
                     redis_ca: redis_ca.clone(),
                 };
                 match tether_cluster::RedisBroker::start(settings) {
                     Ok(broker) => {
+                        // SPEC §8: a name another live node holds refuses the start.
+                        let joined =
+                            tether_actors::hub::broker::Broker::wait_joined(&*broker, JOIN_WAIT);
+                        if let Err(taken) = joined {
+                            fatal(&taken);
+                            return Outcome::Failed;
+                        }
                         log::info!(
                             "cluster: node {:?}, prefix {:?}, Redis at {}",
-                            cluster.node,
+                            node,
                             cluster.prefix,
                             crate::config::mask_password(&cluster.redis)
                         );

@@ -367,6 +367,7 @@ impl Tether {
                 metrics: metrics.clone(),
                 presence: Arc::clone(&presence),
                 broker: broker.clone(),
+                recent_ids: Arc::default(),
             },
             Arc::clone(&roster) as Arc<dyn crate::hub::roster::HubListeners>,
         );
@@ -382,6 +383,10 @@ impl Tether {
             users,
             checker: passwords.clone(),
             throttle: Arc::new(LoginThrottle::new(settings.login_failures_per_minute)),
+            cluster_throttle: crate::connection::cluster_throttle::ClusterThrottle::new(
+                broker.clone(),
+                settings.login_failures_per_minute,
+            ),
             stand_in_hash: stand_in_hash(settings.bcrypt_cost).map_err(StartError::Hash)?,
             metrics: metrics.clone(),
             presence: Arc::clone(&presence),
@@ -1024,11 +1029,14 @@ impl TetherHandle {
         user: impl Into<String>,
         text: impl Into<String>,
     ) -> Result<PublishReceipt, PublishError> {
-        let message = Publish {
-            user: user.into(),
-            text: text.into(),
-        };
-        self.ask_bus(message).await
+        self.ask_bus(Publish::new(user, text)).await
+    }
+
+    /// Publishes `event` (which may carry an id, see [`Publish::id`]); see [`Publish`].
+    /// A retry of an event whose outcome is unknown
+    /// ([`PublishError::OutcomeUnknown`]) is safe with the same id.
+    pub async fn publish_event(&self, event: Publish) -> Result<PublishReceipt, PublishError> {
+        self.ask_bus(event).await
     }
 
     /// Publishes several events in order; see [`PublishBatch`]. One invalid event fails

@@ -24,8 +24,10 @@
 
 #![forbid(unsafe_code)]
 
+mod history;
 mod metrics;
 mod names;
+mod throttle;
 mod worker;
 
 pub use metrics::ClusterMetrics;
@@ -110,6 +112,46 @@ fn client(url: &str, ca_pem: Option<&[u8]>) -> redis::RedisResult<redis::Client>
     }
 }
 
+/// This machine's host name (`/proc/sys/kernel/hostname`, else `/etc/hostname`, else
+/// `$HOSTNAME`), or `"localhost"` when none says: the default node name is it, a colon and
+/// `server.listen`'s port.
+pub fn host_name() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| {
+            let name = std::fs::read_to_string(path).ok()?;
+            let name = name.trim();
+            (!name.is_empty()).then(|| name.to_owned())
+        })
+        .or_else(|| {
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Another live node of the cluster holds this node's name (SPEC §8): the node must not
+/// join under it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTaken {
+    /// The name.
+    pub node: String,
+}
+
+impl std::fmt::Display for NameTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cluster.node {:?} is held by another live node of this cluster: another node \
+             holds it; give this node a unique cluster.node",
+            self.node
+        )
+    }
+}
+
+impl std::error::Error for NameTaken {}
+
 /// Why a broker could not start.
 #[derive(Debug)]
 pub enum ClusterError {
@@ -140,6 +182,13 @@ pub struct RedisBroker {
     connected: Arc<AtomicBool>,
     /// What the broker counts.
     metrics: ClusterMetrics,
+    /// How the first attempt to join went, once the thread says (taken by
+    /// `wait_joined`).
+    joined: std::sync::Mutex<Option<std::sync::mpsc::Receiver<worker::Joined>>>,
+    /// This node's name.
+    node: String,
+    /// The pairs the cluster throttles (shared with the thread).
+    throttled: Arc<throttle::Throttled>,
 }
 
 impl RedisBroker {
@@ -150,12 +199,16 @@ impl RedisBroker {
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let metrics = ClusterMetrics::new();
+        let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
+        let throttled = Arc::new(throttle::Throttled::default());
         let worker = worker::Worker::new(
             client,
             names::Names::new(&settings.prefix, &settings.node),
             incoming,
             Arc::clone(&connected),
             metrics.clone(),
+            tell_joined,
+            Arc::clone(&throttled),
         );
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -169,6 +222,9 @@ impl RedisBroker {
             requests,
             connected,
             metrics,
+            joined: std::sync::Mutex::new(Some(joined)),
+            node: settings.node,
+            throttled,
         }))
     }
 
@@ -205,7 +261,7 @@ impl Broker for RedisBroker {
     fn publish(&self, event: ClusterEvent, answered: Answered) {
         self.send(worker::Request::Publish {
             event,
-            answer: worker::Answer::Call(answered),
+            answer: answered,
         });
     }
 
@@ -213,13 +269,16 @@ impl Broker for RedisBroker {
         self.ask(|answer| worker::Request::Invalidate {
             user,
             answer: Some(answer),
+            made: worker::now_ms(),
         })
     }
 
     fn invalidate_later(&self, user: Arc<str>) {
-        let _ = self
-            .requests
-            .send(worker::Request::Invalidate { user, answer: None });
+        let _ = self.requests.send(worker::Request::Invalidate {
+            user,
+            answer: None,
+            made: worker::now_ms(),
+        });
     }
 
     fn count(&self, user: Arc<str>) -> OtherNodes {
@@ -257,6 +316,59 @@ impl Broker for RedisBroker {
 
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    fn login_throttled(&self, client: std::net::IpAddr, name: &[u8]) -> bool {
+        self.throttled.is_throttled(client, name)
+    }
+
+    fn login_failed(
+        &self,
+        client: std::net::IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<()>> {
+        // Not counted while Redis is unreachable: the node's own throttle holds then.
+        if !self.connected() {
+            return None;
+        }
+        let (counted, answered) = oneshot::channel();
+        let _ = self.requests.send(worker::Request::LoginFailed {
+            client,
+            name: Box::from(name),
+            limit,
+            counted,
+        });
+        Some(answered)
+    }
+
+    fn login_succeeded(&self, client: std::net::IpAddr, name: &[u8]) {
+        self.throttled.forget(client, name);
+        if self.connected() {
+            let _ = self.requests.send(worker::Request::LoginSucceeded {
+                client,
+                name: Box::from(name),
+            });
+        }
+    }
+
+    /// Waits, at most `within`, for the first attempt to join the cluster: `Err` (a
+    /// [`NameTaken`]'s text) when another live node holds this node's name (SPEC §8: the
+    /// node must refuse to start). `Ok` when it joined, when Redis could not be reached
+    /// (the node starts and keeps trying; should the name turn out taken then, the node
+    /// stops serving the cluster side), or when `within` passed. Call it once, at start.
+    fn wait_joined(&self, within: Duration) -> Result<(), String> {
+        let joined = match self.joined.lock() {
+            Ok(mut joined) => joined.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        match joined.map(|joined| joined.recv_timeout(within)) {
+            Some(Ok(worker::Joined::NameTaken)) => Err(NameTaken {
+                node: self.node.clone(),
+            }
+            .to_string()),
+            _ => Ok(()),
+        }
     }
 
     fn stop(&self) {

@@ -16,16 +16,21 @@
 //!   counts, resubscribes in batches of [`BATCH`], applies the invalidations it missed
 //!   (from each user's `invalidated` key) and sends the ones it kept.
 
+use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
-use crate::names::{event_payload, invalidation_payload, Names, Payload};
+use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
+use crate::throttle::Throttled;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tether_actors::hub::broker::{Answered, BrokerUnreachable, ClusterEvent, Inbox};
+use tether_actors::hub::broker::{
+    Answered, BrokerUnreachable, ClusterEvent, Inbox, NotTaken, Taken,
+};
 use tether_actors::hub::messages::BindingId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -48,14 +53,31 @@ const MAX_LATER: usize = 10_000;
 const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Marks kept at most (an hour's worth); later logins are then spared from the last one.
 const MAX_MARKS: usize = 3600;
+/// How long a node's claim on its name lasts without a heartbeat: another node may take
+/// the name once it has lapsed (a live node renews it every [`HEARTBEAT`]).
+const OWNER_TTL: Duration = Duration::from_secs(10);
+/// A heartbeat this late (the node was paused, or its thread starved) is sent before
+/// anything else, so that a node forgotten or replaced meanwhile finds out first.
+const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 
 /// One script for every scripted command, so each is one round trip and one command:
-/// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key;
-/// `ARGV` = mode, this node, the user, the payload, the prefix of node keys.
-/// Modes: `e` publish an event, `i` publish an invalidation (and note its time), `c`
+/// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key, and
+/// for an event with an id its id key; `ARGV` = mode, this node, the user, the payload,
+/// the prefix of node keys, and for an event with an id the event's time.
+/// Modes: `e` publish an event — unless its id key exists, then answer `{time}` of the
+/// first event with that id and publish nothing; else set the id key (5 minutes) in the
+/// same step (SPEC §6) — `i` publish an invalidation (and note its time), `c`
 /// count only — each answers the user's connections on the other live nodes (heartbeat
-/// within 10 s); `h` heartbeat (renews this node, forgets nodes silent for a minute) —
-/// answers Redis's time in milliseconds; `m` count many (only `KEYS[1]`; the users are
+/// within 10 s); `h` heartbeat (`KEYS[2]` = this node's owner key, `ARGV[3]` = this
+/// node's token, `ARGV[4]` = a stale token it may replace): claims the node's name for
+/// [`OWNER_TTL`] unless another live node holds it, renews this node, forgets nodes silent
+/// for a minute — answers `{Redis's time in ms, verdict, owner}`, verdict 0 = renewed,
+/// 1 = this node was not in the set of live nodes (new, or forgotten: it must write its
+/// presence again), 2 = the name is held by `owner`, nothing done; `w` withdraw (same
+/// keys): this node's entry, counts and owner key deleted, if it still owns the name;
+/// `t` a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the limit, `ARGV[3]` =
+/// a member naming this failure): counts it over the last minute and answers how many
+/// ms the pair stays throttled (0: not throttled); `m` count many (only `KEYS[1]`; the users are
 /// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
 /// `HMGET` per live node.
 const SCRIPT: &str = r"
@@ -63,13 +85,37 @@ if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
+if mode == 't' then
+  local limit = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + 60000 - now
+  end
+  return 0
+end
 if mode == 'h' then
+  local owner = redis.call('GET', KEYS[2])
+  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[6])
+  local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[1], now, ARGV[2])
   for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - 60000)) do
     redis.call('DEL', ARGV[5] .. n)
     redis.call('ZREM', KEYS[1], n)
   end
-  return now
+  if known then return {now, 0, ''} end
+  return {now, 1, ''}
+end
+if mode == 'w' then
+  if redis.call('GET', KEYS[2]) == ARGV[3] then
+    redis.call('DEL', KEYS[2], ARGV[5] .. ARGV[2])
+    redis.call('ZREM', KEYS[1], ARGV[2])
+  end
+  return 0
 end
 if mode == 'm' then
   local totals = {}
@@ -84,7 +130,20 @@ if mode == 'm' then
   end
   return totals
 end
-if mode == 'i' then redis.call('SET', KEYS[3], now, 'PX', 86400000) end
+if mode == 'e' and KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then return {tonumber(first)} end
+  redis.call('SET', KEYS[4], ARGV[6], 'PX', 300000)
+end
+if mode == 'i' then
+  local made = tonumber(ARGV[6]) or now
+  local old = redis.call('GET', KEYS[3])
+  if old then
+    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
+    if before and before > made then made = before end
+  end
+  redis.call('SET', KEYS[3], now .. ':' .. made, 'PX', 86400000)
+end
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
 local total = 0
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
@@ -100,9 +159,6 @@ return total
 pub(crate) enum Answer {
     /// To a waiting caller.
     Channel(oneshot::Sender<Result<usize, BrokerUnreachable>>),
-    /// To a function the node gave (a publish's delivery on this node), called on this
-    /// thread in the order of the requests.
-    Call(Answered),
 }
 
 impl Answer {
@@ -112,7 +168,6 @@ impl Answer {
             Self::Channel(sender) => {
                 let _ = sender.send(result);
             }
-            Self::Call(answered) => answered(result),
         }
     }
 }
@@ -121,13 +176,19 @@ impl Answer {
 pub(crate) enum Request {
     /// Where messages from other nodes go.
     Attach(Arc<dyn Inbox>),
-    /// Publish an event.
-    Publish { event: ClusterEvent, answer: Answer },
+    /// Publish an event; `answer` delivers it here, or answers why not.
+    Publish {
+        event: ClusterEvent,
+        answer: Answered,
+    },
     /// Invalidate a user on the other nodes: now (an operator's) or, without an answer,
     /// as soon as Redis is reachable (a client's).
     Invalidate {
         user: Arc<str>,
         answer: Option<Answer>,
+        /// When it was made, this machine's ms: a client's may wait for Redis, and the
+        /// other nodes spare the logins made after it.
+        made: i64,
     },
     /// Count the user's connections on the other nodes.
     Count { user: Arc<str>, answer: Answer },
@@ -143,6 +204,17 @@ pub(crate) enum Request {
         delta: i32,
         subscribed: Option<oneshot::Sender<()>>,
     },
+    /// A checked login of `name` from `client` failed on this node; `limit` a minute.
+    /// `counted` is answered once it is counted (and every node told when it reached the
+    /// limit), or dropped.
+    LoginFailed {
+        client: IpAddr,
+        name: Box<[u8]>,
+        limit: u32,
+        counted: oneshot::Sender<()>,
+    },
+    /// A checked login of `name` from `client` succeeded on this node.
+    LoginSucceeded { client: IpAddr, name: Box<[u8]> },
     /// Say so on the channel once the requests before have been answered.
     Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
@@ -154,8 +226,8 @@ impl Request {
     /// lost then — the thread is gone).
     pub(crate) fn refuse(self) {
         match self {
-            Self::Publish { answer, .. }
-            | Self::Count { answer, .. }
+            Self::Publish { answer, .. } => answer(Err(NotTaken::Unreachable)),
+            Self::Count { answer, .. }
             | Self::Invalidate {
                 answer: Some(answer),
                 ..
@@ -174,6 +246,30 @@ enum Ended {
     Lost(String),
     /// The node stops.
     Stopping,
+    /// Another live node holds this node's name (its token is given).
+    NameTaken(String),
+}
+
+/// What a heartbeat found.
+enum Beat {
+    /// This node was renewed.
+    Renewed,
+    /// This node was not in the set of live nodes: new, or forgotten by the others while
+    /// it was paused or cut off — its counts may be gone.
+    Forgotten,
+    /// Another live node holds this node's name (its token is given).
+    Taken(String),
+}
+
+/// How the first attempt to join the cluster went, for the broker's `wait_joined`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Joined {
+    /// Connected, the name claimed.
+    Connected,
+    /// Redis could not be reached (the node starts and keeps trying).
+    Unreachable(String),
+    /// Another live node holds the name.
+    NameTaken,
 }
 
 /// The two connections to Redis while connected.
@@ -203,8 +299,11 @@ pub(crate) struct Worker {
     dirty: HashSet<Arc<str>>,
     /// Users whose channel the current subscriber connection follows.
     subscribed: HashSet<Arc<str>>,
-    /// Client invalidations to send once Redis is reachable, in order, once per user.
-    later: VecDeque<Arc<str>>,
+    /// Client invalidations to send once Redis is reachable, in order, once per user, each
+    /// with when the latest of the user's was made (this machine's ms).
+    later: VecDeque<(Arc<str>, i64)>,
+    /// Which bindings existed when, for invalidations received late.
+    history: BindingHistory,
     /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
     /// Redis's clock minus this machine's, in ms, at the last heartbeat.
@@ -219,6 +318,16 @@ pub(crate) struct Worker {
     jitter: RandomState,
     /// Counts draws, so each jitter differs.
     draws: u64,
+    /// This run's claim on the node's name: host, process id and a nonce.
+    token: String,
+    /// Told how the first attempt to join went, then `None`.
+    joined: Option<std::sync::mpsc::SyncSender<Joined>>,
+    /// When the last heartbeat was answered.
+    last_beat: Instant,
+    /// The pairs the cluster throttles, shared with the broker's handle.
+    throttled: Arc<Throttled>,
+    /// Counts this node's failed logins, so each is a distinct member of its pair's set.
+    failures: u64,
 }
 
 impl Worker {
@@ -228,7 +337,16 @@ impl Worker {
         requests: mpsc::UnboundedReceiver<Request>,
         connected: Arc<AtomicBool>,
         metrics: ClusterMetrics,
+        joined: std::sync::mpsc::SyncSender<Joined>,
+        throttled: Arc<Throttled>,
     ) -> Self {
+        let jitter = RandomState::new();
+        let token = format!(
+            "{}\u{1f}{}\u{1f}{:016x}",
+            this_host(),
+            std::process::id(),
+            jitter.hash_one(now_ms())
+        );
         Self {
             client,
             names,
@@ -240,13 +358,19 @@ impl Worker {
             dirty: HashSet::new(),
             subscribed: HashSet::new(),
             later: VecDeque::new(),
+            history: BindingHistory::default(),
             last_seen: None,
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
             told_unreachable: false,
-            jitter: RandomState::new(),
+            jitter,
             draws: 0,
+            token,
+            joined: Some(joined),
+            last_beat: Instant::now(),
+            throttled,
+            failures: 0,
         }
     }
 
@@ -257,20 +381,65 @@ impl Worker {
             match self.connect_while_serving().await {
                 Some(Ok(link)) => match self.serve(link).await {
                     Ended::Stopping => return,
+                    Ended::NameTaken(owner) => return self.retire(&owner).await,
                     Ended::Lost(reason) => {
                         // It served: the next attempt starts from the shortest pause.
                         if self.connected.load(Ordering::Relaxed) {
                             backoff = BACKOFF_MIN;
                         }
+                        self.tell_joined(Joined::Unreachable(reason.clone()));
                         self.lost(&reason);
                     }
                 },
-                Some(Err(reason)) => self.lost(&reason),
+                Some(Err(reason)) => {
+                    self.tell_joined(Joined::Unreachable(reason.clone()));
+                    self.lost(&reason);
+                }
                 None => return,
             }
             let pause = self.jittered(backoff);
             backoff = (backoff * 2).min(BACKOFF_MAX);
             if self.wait_while_unreachable(pause).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Says how the first attempt to join went (once).
+    fn tell_joined(&mut self, joined: Joined) {
+        if let Some(tell) = self.joined.take() {
+            let _ = tell.try_send(joined);
+        }
+    }
+
+    /// Another live node holds this node's name: this node stops serving the cluster side
+    /// for good (publishes `503`, one log line) rather than share the name, and serves its
+    /// own clients until it stops. It writes nothing more to Redis: the keys under its name
+    /// are the other node's now.
+    async fn retire(&mut self, owner: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics.connected.set(0);
+        self.subscribed.clear();
+        self.metrics.subscribed_users.set(0);
+        let holder = owner.split(['\u{1f}', '/']).next().unwrap_or_default();
+        if self.joined.is_some() {
+            log::error!(
+                "cluster: node name {:?} is held by another live node of this cluster (on \
+                 host {holder:?}); another node holds it — give this node a unique \
+                 cluster.node",
+                self.names.node
+            );
+        } else {
+            log::error!(
+                "cluster: node name {:?} was taken over by another node (on host {holder:?}) \
+                 while this one was paused or cut off; this node stops serving the cluster \
+                 side (publishes answer 503) — restart it with a unique cluster.node",
+                self.names.node
+            );
+        }
+        self.tell_joined(Joined::NameTaken);
+        while let Some(request) = self.requests.recv().await {
+            if self.unreachable(request) {
                 return;
             }
         }
@@ -290,17 +459,21 @@ impl Worker {
             self.told_unreachable = true;
             log::warn!(
                 "cluster: Redis unreachable ({reason}); node {:?} keeps serving its own \
-                 clients, refuses publishes (503) and reconnects",
+                 clients, refuses publishes (503), throttles logins by its own count of \
+                 failures only, and reconnects",
                 self.names.node
             );
         }
     }
 
-    /// Notes this machine's time and the next binding id (at most [`MAX_MARKS`]).
+    /// Notes this machine's time and the next binding id (at most [`MAX_MARKS`] while
+    /// unreachable; the last hour in `history` always).
     fn mark(&mut self) {
+        let (now, next) = (now_ms(), BindingId::watermark());
         if self.marks.len() < MAX_MARKS {
-            self.marks.push((now_ms(), BindingId::watermark()));
+            self.marks.push((now, next));
         }
+        self.history.note(now, next);
     }
 
     /// `pause` less up to half of it, drawn at random, so nodes do not reconnect in step.
@@ -334,8 +507,8 @@ impl Worker {
     fn unreachable(&mut self, request: Request) -> bool {
         match request {
             Request::Attach(inbox) => self.inbox = Some(inbox),
-            Request::Publish { answer, .. }
-            | Request::Count { answer, .. }
+            Request::Publish { answer, .. } => answer(Err(NotTaken::Unreachable)),
+            Request::Count { answer, .. }
             | Request::Invalidate {
                 answer: Some(answer),
                 ..
@@ -346,7 +519,13 @@ impl Worker {
             Request::Flush(done) => {
                 let _ = done.send(());
             }
-            Request::Invalidate { user, answer: None } => self.keep_for_later(user),
+            // Not counted cluster-wide: the node's own throttle holds meanwhile.
+            Request::LoginFailed { .. } | Request::LoginSucceeded { .. } => {}
+            Request::Invalidate {
+                user,
+                answer: None,
+                made,
+            } => self.keep_for_later(user, made),
             // `subscribed` is dropped: the login is answered now, not after the outage.
             Request::Presence { user, delta, .. } => {
                 self.count(&user, delta);
@@ -360,8 +539,9 @@ impl Worker {
     }
 
     /// Keeps a client's invalidation until Redis is back (once per user, bounded).
-    fn keep_for_later(&mut self, user: Arc<str>) {
-        if self.later.iter().any(|kept| *kept == user) {
+    fn keep_for_later(&mut self, user: Arc<str>, made: i64) {
+        if let Some((_, kept)) = self.later.iter_mut().find(|(kept, _)| *kept == user) {
+            *kept = (*kept).max(made);
             return;
         }
         if self.later.len() >= MAX_LATER {
@@ -375,7 +555,7 @@ impl Worker {
             }
             return;
         }
-        self.later.push_back(user);
+        self.later.push_back((user, made));
     }
 
     /// Applies a presence change to this node's counts; answers whether the user now has
@@ -422,10 +602,11 @@ impl Worker {
         // Redis's time when this node last heard from it: kept until a restore completes,
         // so that one cut short does not skip the invalidations missed.
         let last_seen = self.last_seen;
-        if let Err(err) = self.restore(&mut link, last_seen).await {
+        if let Err(ended) = self.restore(&mut link, last_seen).await {
             self.last_seen = last_seen;
-            return Ended::Lost(err);
+            return ended;
         }
+        self.tell_joined(Joined::Connected);
         self.connected.store(true, Ordering::Relaxed);
         self.told_unreachable = false;
         self.metrics.connected.set(1);
@@ -441,10 +622,21 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut marks = tokio::time::interval(MARK_INTERVAL);
+        marks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
-                    Some(request) => self.handle_requests(&mut link, request).await,
+                    Some(request) => {
+                        // Back from a pause: first find out whether this node was forgotten
+                        // or replaced meanwhile.
+                        if self.last_beat.elapsed() > LATE_HEARTBEAT {
+                            if let Err(ended) = self.beat(&mut link).await {
+                                return ended;
+                            }
+                        }
+                        self.handle_requests(&mut link, request).await
+                    }
                     None => return Ended::Stopping,
                 },
                 message = link.messages.next() => match message {
@@ -454,7 +646,12 @@ impl Worker {
                     }
                     None => Err(Ended::Lost("the subscriber connection was closed".to_owned())),
                 },
-                _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
+                _ = heartbeat.tick() => self.beat(&mut link).await,
+                _ = marks.tick() => {
+                    let (now, next) = (now_ms(), BindingId::watermark());
+                    self.history.note(now, next);
+                    Ok(())
+                }
             };
             if let Err(ended) = step {
                 return ended;
@@ -465,9 +662,22 @@ impl Worker {
     /// After connecting: this node's entry and counts rewritten, its users resubscribed,
     /// the invalidations made since `last_seen` (Redis's time) applied, the ones it kept
     /// sent.
-    async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), String> {
-        let names = self.names.clone();
-        // Counts: the whole map, replacing whatever a previous run or link left.
+    async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), Ended> {
+        // The name first: nothing is written under a name another live node holds.
+        match self.heartbeat(link).await.map_err(Ended::Lost)? {
+            Beat::Taken(owner) => return Err(Ended::NameTaken(owner)),
+            Beat::Renewed | Beat::Forgotten => {}
+        }
+        self.rewrite_counts(link).await.map_err(Ended::Lost)?;
+        self.restore_rest(link, last_seen)
+            .await
+            .map_err(Ended::Lost)
+    }
+
+    /// This node's counts, the whole map, replacing whatever a previous run, link or
+    /// forgetting left.
+    async fn rewrite_counts(&mut self, link: &mut Link) -> Result<(), String> {
+        let names = &self.names;
         let users: Vec<(Arc<str>, u32)> = self
             .local
             .iter()
@@ -481,8 +691,23 @@ impl Worker {
         }
         bounded(pipe.query_async::<()>(&mut link.commands)).await?;
         self.dirty.clear();
-        self.heartbeat(link).await?;
-        // Subscriptions, in batches.
+        Ok(())
+    }
+
+    /// After the counts: subscriptions, missed invalidations, kept invalidations.
+    async fn restore_rest(
+        &mut self,
+        link: &mut Link,
+        last_seen: Option<i64>,
+    ) -> Result<(), String> {
+        let names = self.names.clone();
+        let users: Vec<(Arc<str>, u32)> = self
+            .local
+            .iter()
+            .map(|(user, count)| (Arc::clone(user), *count))
+            .collect();
+        // What the other nodes throttle, then the users' channels in batches.
+        bounded(link.sink.subscribe(names.throttle_channel())).await?;
         for chunk in users.chunks(BATCH) {
             let channels: Vec<String> = chunk.iter().map(|(u, _)| names.user_channel(u)).collect();
             bounded(link.sink.subscribe(channels)).await?;
@@ -503,10 +728,16 @@ impl Worker {
                 for key in &keys {
                     pipe.get(key);
                 }
-                let times: Vec<Option<i64>> = bounded(pipe.query_async(&mut link.commands)).await?;
+                let times: Vec<Option<String>> =
+                    bounded(pipe.query_async(&mut link.commands)).await?;
                 for ((user, _), time) in chunk.iter().zip(times) {
-                    if let Some(time) = time.filter(|time| *time > since) {
-                        let issued_before = self.issued_before(time - self.clock_offset);
+                    let Some((sent, made)) = time.as_deref().and_then(invalidated_times) else {
+                        continue;
+                    };
+                    if sent > since {
+                        // When it was made, not when it reached Redis: a client's may have
+                        // waited for Redis on a node cut off.
+                        let issued_before = self.issued_before(made - self.clock_offset);
                         log::info!(
                             "cluster: user {user:?} was invalidated while Redis was unreachable"
                         );
@@ -522,15 +753,9 @@ impl Worker {
         while !self.later.is_empty() {
             let take = self.later.len().min(BATCH);
             let mut pipe = redis::pipe();
-            for user in self.later.iter().take(take) {
-                script(
-                    &mut pipe,
-                    &link.script,
-                    &names,
-                    'i',
-                    user,
-                    &invalidation_payload(&names.node, user),
-                );
+            for (user, made) in self.later.iter().take(take) {
+                let made = made + self.clock_offset;
+                invalidation_script(&mut pipe, &link.script, &names, user, made);
                 pipe.ignore();
             }
             bounded(pipe.query_async::<()>(&mut link.commands)).await?;
@@ -550,16 +775,62 @@ impl Worker {
             .map_or_else(BindingId::watermark, |(_, binding)| *binding)
     }
 
-    /// Renews this node's liveness and probes both connections.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<(), String> {
-        let mut pipe = redis::pipe();
-        script(&mut pipe, &link.script, &self.names, 'h', "", "");
-        let answered: Vec<i64> = bounded(pipe.query_async(&mut link.commands)).await?;
-        let now = answered.first().copied().unwrap_or_else(now_ms);
+    /// A heartbeat while connected: a node found forgotten writes all its presence again
+    /// at once (SPEC §8: counted again within 10 s); one whose name was taken ends.
+    async fn beat(&mut self, link: &mut Link) -> Result<(), Ended> {
+        match self.heartbeat(link).await.map_err(Ended::Lost)? {
+            Beat::Renewed => Ok(()),
+            Beat::Taken(owner) => Err(Ended::NameTaken(owner)),
+            Beat::Forgotten => {
+                log::warn!(
+                    "cluster: node {:?} had been forgotten by the others (paused or cut off \
+                     for a minute or more); writing its {} user(s)' presence again",
+                    self.names.node,
+                    self.local.len()
+                );
+                self.rewrite_counts(link).await.map_err(Ended::Lost)
+            }
+        }
+    }
+
+    /// Claims this node's name, renews its liveness and probes both connections. A name
+    /// held by a run of this node on this host that is gone (a crash, restarted at once) is
+    /// taken over.
+    async fn heartbeat(&mut self, link: &mut Link) -> Result<Beat, String> {
+        let mut beat = self.heartbeat_once(link, "").await?;
+        if let Beat::Taken(owner) = &beat {
+            if is_dead_run_of_this_host(owner) {
+                log::info!(
+                    "cluster: node name {:?} was held by an earlier run on this host that is \
+                     gone; taking it over",
+                    self.names.node
+                );
+                let stale = owner.clone();
+                beat = self.heartbeat_once(link, &stale).await?;
+            }
+        }
         bounded(link.sink.ping::<redis::Value>()).await?;
+        self.last_beat = Instant::now();
+        Ok(beat)
+    }
+
+    /// One heartbeat script run, replacing the claim `stale` if it holds the name.
+    async fn heartbeat_once(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
+        let (now, verdict, owner): (i64, i64, String) = bounded(
+            owner_script(&link.script, &self.names, 'h', &self.token, stale)
+                .query_async(&mut link.commands),
+        )
+        .await?;
+        if verdict == 2 {
+            return Ok(Beat::Taken(owner));
+        }
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
-        Ok(())
+        Ok(if verdict == 1 {
+            Beat::Forgotten
+        } else {
+            Beat::Renewed
+        })
     }
 
     /// Takes `first` and whatever else is queued (up to [`BATCH`]); subscribes to the users
@@ -567,7 +838,7 @@ impl Worker {
     /// this node's counts as one pipeline.
     async fn handle_requests(&mut self, link: &mut Link, first: Request) -> Result<(), Ended> {
         let mut pipe = redis::pipe();
-        let mut answers: Vec<(Option<Answer>, bool)> = Vec::new();
+        let mut answers: Vec<Pending> = Vec::new();
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut stop = None;
         let mut many = Vec::new();
@@ -582,28 +853,45 @@ impl Worker {
             match request {
                 Request::Attach(inbox) => self.inbox = Some(inbox),
                 Request::Publish { event, answer } => {
-                    let payload =
-                        event_payload(&self.names.node, &event.user, event.time, &event.text);
-                    script(
-                        &mut pipe,
-                        &link.script,
-                        &self.names,
-                        'e',
-                        &event.user,
-                        &payload,
-                    );
-                    answers.push((Some(answer), true));
+                    publish_script(&mut pipe, &link.script, &self.names, &event);
+                    answers.push(Pending::Publish(answer));
                 }
-                Request::Invalidate { user, answer } => {
-                    let payload = invalidation_payload(&self.names.node, &user);
-                    script(&mut pipe, &link.script, &self.names, 'i', &user, &payload);
-                    answers.push((answer, false));
+                Request::Invalidate { user, answer, made } => {
+                    let made = made + self.clock_offset;
+                    invalidation_script(&mut pipe, &link.script, &self.names, &user, made);
+                    answers.push(Pending::Other(answer));
                 }
                 Request::Count { user, answer } => {
                     script(&mut pipe, &link.script, &self.names, 'c', &user, "");
-                    answers.push((Some(answer), false));
+                    answers.push(Pending::Other(Some(answer)));
                 }
                 Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::LoginFailed {
+                    client,
+                    name,
+                    limit,
+                    counted,
+                } => {
+                    self.failures += 1;
+                    let member = format!("{}:{}", self.token, self.failures);
+                    pipe.cmd("EVALSHA")
+                        .arg(&link.script)
+                        .arg(1)
+                        .arg(self.names.throttle_key(client, &name))
+                        .arg("t")
+                        .arg(limit)
+                        .arg(member);
+                    answers.push(Pending::Failure {
+                        client,
+                        name,
+                        counted,
+                    });
+                }
+                Request::LoginSucceeded { client, name } => {
+                    self.throttled.forget(client, &name);
+                    pipe.del(self.names.throttle_key(client, &name)).ignore();
+                    writes = true;
+                }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
                     user,
@@ -626,20 +914,18 @@ impl Worker {
         // Subscribed before this node's counts say it holds the users: a node counted as
         // holding a user's connections receives that user's events.
         if let Err(err) = self.follow(link, changed).await {
-            for (answer, _) in answers {
-                if let Some(answer) = answer {
-                    answer.send(Err(BrokerUnreachable));
-                }
+            // Nothing of this pipeline was sent.
+            for pending in answers {
+                pending.fail(NotTaken::Unreachable);
             }
             for (_, answer) in many {
                 let _ = answer.send(Err(BrokerUnreachable));
             }
             return Err(Ended::Lost(err));
         }
-        for subscribed in waiting {
-            let _ = subscribed.send(());
-        }
-        // This node's counts go in the same round trip, after the requests.
+        // This node's counts go in the same round trip, after the requests; the logins
+        // waiting are answered once they are written, so a publish anywhere right after a
+        // `login_valid` counts that login.
         for user in self.dirty.drain() {
             writes = true;
             match self.local.get(&user) {
@@ -650,26 +936,63 @@ impl Worker {
             };
         }
         if !answers.is_empty() || writes {
-            match bounded(pipe.query_async::<Vec<i64>>(&mut link.commands)).await {
-                Ok(counts) => {
-                    for ((answer, event), count) in answers.into_iter().zip(counts) {
-                        if event {
-                            self.metrics.sent().inc();
+            match bounded(pipe.query_async::<Vec<redis::Value>>(&mut link.commands)).await {
+                Ok(replies) => {
+                    let mut replies = replies.into_iter();
+                    let mut throttle = redis::pipe();
+                    let mut told = 0;
+                    let mut counted = Vec::new();
+                    for pending in answers {
+                        let reply = replies.next().unwrap_or(redis::Value::Nil);
+                        let Pending::Failure {
+                            client,
+                            name,
+                            counted: waiting,
+                        } = pending
+                        else {
+                            if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
+                                self.metrics.sent().inc();
+                            }
+                            pending.answer(&reply);
+                            continue;
+                        };
+                        // At the limit: throttled here, and every node is told.
+                        let remaining = count_of(&reply) as u64;
+                        if remaining > 0 {
+                            let remaining = Duration::from_millis(remaining);
+                            self.throttled.throttle(client, &name, remaining);
+                            let payload =
+                                throttle_payload(&self.names.node, client, &name, remaining);
+                            throttle
+                                .publish(self.names.throttle_channel(), payload)
+                                .ignore();
+                            told += 1;
                         }
-                        if let Some(answer) = answer {
-                            answer.send(Ok(usize::try_from(count).unwrap_or(0)));
+                        counted.push(waiting);
+                    }
+                    if told > 0 {
+                        if let Err(err) =
+                            bounded(throttle.query_async::<()>(&mut link.commands)).await
+                        {
+                            return Err(Ended::Lost(err));
                         }
+                    }
+                    // The logins that failed are answered now: every node throttles them.
+                    for waiting in counted {
+                        let _ = waiting.send(());
                     }
                 }
                 Err(err) => {
-                    for (answer, _) in answers {
-                        if let Some(answer) = answer {
-                            answer.send(Err(BrokerUnreachable));
-                        }
+                    // The pipeline was sent: Redis may have run any of it.
+                    for pending in answers {
+                        pending.fail(NotTaken::Unknown);
                     }
                     return Err(Ended::Lost(err));
                 }
             }
+        }
+        for subscribed in waiting {
+            let _ = subscribed.send(());
         }
         for done in flushes {
             let _ = done.send(());
@@ -739,12 +1062,8 @@ impl Worker {
     /// The node stops: its entry and counts leave Redis at once (others stop counting its
     /// connections now rather than after 10 s).
     async fn withdraw(&mut self, link: &mut Link) {
-        let mut pipe = redis::pipe();
-        pipe.del(self.names.own_node_key())
-            .ignore()
-            .zrem(self.names.nodes_key(), &self.names.node)
-            .ignore();
-        if let Err(err) = bounded(pipe.query_async::<()>(&mut link.commands)).await {
+        let withdraw = owner_script(&link.script, &self.names, 'w', &self.token, "");
+        if let Err(err) = bounded(withdraw.query_async::<()>(&mut link.commands)).await {
             log::warn!("cluster: cannot withdraw this node from Redis: {err}");
         }
     }
@@ -771,9 +1090,19 @@ impl Worker {
                     self.metrics.dropped_slow_node().inc();
                 }
             }
-            Payload::Invalidation { user, .. } => {
+            Payload::Throttle {
+                client,
+                name,
+                remaining,
+                ..
+            } => self.throttled.throttle(client, &name, remaining),
+            Payload::Invalidation { user, made, .. } => {
                 self.metrics.received().inc();
-                inbox.invalidate(user, None);
+                // Made long ago (it waited for Redis on a node cut off): the logins made
+                // here since are spared.
+                let issued_before =
+                    made.and_then(|made| self.history.issued_before(made - self.clock_offset));
+                inbox.invalidate(user, issued_before);
             }
         }
     }
@@ -805,15 +1134,132 @@ async fn connect(client: redis::Client) -> Result<Link, String> {
     })
 }
 
-/// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`.
-fn script(
+/// A request of a pipeline waiting for its reply.
+enum Pending {
+    /// A publish.
+    Publish(Answered),
+    /// A count or an invalidation (answered with the other nodes' count), or a client's
+    /// invalidation (no answer).
+    Other(Option<Answer>),
+    /// A failed login counted: the reply is how long its pair is throttled; `counted` is
+    /// answered once that is known everywhere.
+    Failure {
+        client: IpAddr,
+        name: Box<[u8]>,
+        counted: oneshot::Sender<()>,
+    },
+}
+
+impl Pending {
+    /// Answers with the script's `reply`.
+    fn answer(self, reply: &redis::Value) {
+        match self {
+            Self::Publish(answered) => answered(Ok(match duplicate_time(reply) {
+                Some(time) => Taken::Duplicate { time },
+                None => Taken::Sent {
+                    others: count_of(reply),
+                },
+            })),
+            Self::Other(Some(answer)) => answer.send(Ok(count_of(reply))),
+            // Its reply is read where the pipeline's replies are.
+            Self::Other(None) | Self::Failure { .. } => {}
+        }
+    }
+
+    /// Answers that the pipeline failed: a publish `why`, anything else unreachable.
+    fn fail(self, why: NotTaken) {
+        match self {
+            Self::Publish(answered) => answered(Err(why)),
+            Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
+            Self::Other(None) | Self::Failure { .. } => {}
+        }
+    }
+}
+
+/// A count the script answered (0 for anything else).
+fn count_of(reply: &redis::Value) -> usize {
+    match reply {
+        redis::Value::Int(count) => usize::try_from(*count).unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The time the script answered for a duplicate event (`{time}`), if it did.
+fn duplicate_time(reply: &redis::Value) -> Option<i64> {
+    match reply {
+        redis::Value::Array(items) => match items.first() {
+            Some(redis::Value::Int(time)) => Some(*time),
+            _ => Some(0),
+        },
+        _ => None,
+    }
+}
+
+/// Whether the script answered that an event is a duplicate.
+fn is_duplicate(reply: &redis::Value) -> bool {
+    duplicate_time(reply).is_some()
+}
+
+/// Adds the `EVALSHA` of [`SCRIPT`] publishing `event` to `pipe` (mode `e`, with its id
+/// key and time when it has an id).
+fn publish_script(pipe: &mut redis::Pipeline, sha: &str, names: &Names, event: &ClusterEvent) {
+    let payload = event_payload(&names.node, &event.user, event.time, &event.text);
+    let keys = if event.id.is_some() { 4 } else { 3 };
+    let cmd = pipe
+        .cmd("EVALSHA")
+        .arg(sha)
+        .arg(keys)
+        .arg(names.nodes_key())
+        .arg(names.user_channel(&event.user))
+        .arg(names.invalidated_key(&event.user));
+    if let Some(id) = &event.id {
+        cmd.arg(names.id_key(&event.user, id));
+    }
+    cmd.arg("e")
+        .arg(&names.node)
+        .arg(&*event.user)
+        .arg(payload)
+        .arg(names.node_key_prefix());
+    if event.id.is_some() {
+        cmd.arg(event.time);
+    }
+}
+
+/// A user's `invalidated` key: `sent:made` (Redis ms when the last invalidation reached
+/// Redis, and when the latest was made), or `sent` alone as written before.
+fn invalidated_times(value: &str) -> Option<(i64, i64)> {
+    match value.split_once(':') {
+        Some((sent, made)) => Some((sent.parse().ok()?, made.parse().ok()?)),
+        None => {
+            let sent = value.parse().ok()?;
+            Some((sent, sent))
+        }
+    }
+}
+
+/// Adds the `EVALSHA` of [`SCRIPT`] invalidating `user` on the other nodes to `pipe`: an
+/// invalidation made at `made` (Redis's ms, as this node reckons it).
+fn invalidation_script(
     pipe: &mut redis::Pipeline,
+    sha: &str,
+    names: &Names,
+    user: &str,
+    made: i64,
+) {
+    let payload = invalidation_payload(&names.node, user, made);
+    script(pipe, sha, names, 'i', user, &payload).arg(made);
+}
+
+/// Adds one `EVALSHA` of [`SCRIPT`] in `mode` for `user` to `pipe`; answers `pipe`, whose
+/// `arg` adds more arguments to it.
+fn script<'a>(
+    pipe: &'a mut redis::Pipeline,
     sha: &str,
     names: &Names,
     mode: char,
     user: &str,
     payload: &str,
-) {
+) -> &'a mut redis::Pipeline {
     pipe.cmd("EVALSHA")
         .arg(sha)
         .arg(3)
@@ -824,7 +1270,54 @@ fn script(
         .arg(&names.node)
         .arg(user)
         .arg(payload)
-        .arg(names.node_key_prefix());
+        .arg(names.node_key_prefix())
+}
+
+/// One `EVALSHA` of [`SCRIPT`] in mode `h` (heartbeat) or `w` (withdraw) for this node,
+/// whose claim on its name is `token`; `stale` is a claim it may replace.
+fn owner_script(sha: &str, names: &Names, mode: char, token: &str, stale: &str) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha)
+        .arg(2)
+        .arg(names.nodes_key())
+        .arg(names.owner_key())
+        .arg(mode.to_string())
+        .arg(&names.node)
+        .arg(token)
+        .arg(stale)
+        .arg(names.node_key_prefix())
+        .arg(OWNER_TTL.as_millis().to_string());
+    cmd
+}
+
+/// This machine as a claim names it: its host name and, when it has one, its machine id
+/// (`/etc/machine-id`), so that two machines both called `localhost` differ.
+fn this_host() -> String {
+    let machine = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|path| {
+            let id = std::fs::read_to_string(path).ok()?;
+            let id = id.trim();
+            (!id.is_empty()).then(|| id.to_owned())
+        })
+        .unwrap_or_default();
+    format!("{}/{machine}", crate::host_name())
+}
+
+/// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
+/// gone: a run of this node that crashed and was restarted before its claim lapsed.
+fn is_dead_run_of_this_host(owner: &str) -> bool {
+    let mut fields = owner.split('\u{1f}');
+    let (Some(host), Some(pid)) = (fields.next(), fields.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    host == this_host()
+        && pid != std::process::id()
+        && std::path::Path::new("/proc/self").exists()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// One `EVALSHA` of [`SCRIPT`] counting each of `users` on the other live nodes.
@@ -856,7 +1349,7 @@ async fn bounded<T>(
 }
 
 /// This machine's wall-clock time in ms since 1970.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {

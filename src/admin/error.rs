@@ -60,6 +60,12 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, reason)
     }
 
+    /// `504`: the outcome is unknown (the cluster's broker stopped answering after the
+    /// event was sent); retry with the event's id.
+    pub fn outcome_unknown(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, reason)
+    }
+
     fn new(status: StatusCode, reason: impl Into<String>) -> Self {
         Self {
             status,

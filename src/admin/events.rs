@@ -1,4 +1,5 @@
-//! `POST /v1/events` (SPEC §6): one event, `{"user": …, "text": …}`, or a batch,
+//! `POST /v1/events` (SPEC §6): one event, `{"user": …, "text": …}` with an optional
+//! `"id"` (idempotent publishing: a duplicate is answered with `"duplicate": true`), or a batch,
 //! `{"events": [{"user": …, "text": …}, …]}` of 1 to 1000, published in order. A batch is
 //! checked whole before anything is published: one bad entry answers `400` naming its
 //! index (`events[3]: …`) and nothing is delivered. Bodies are read straight into these
@@ -21,6 +22,7 @@ use tether_actors::bus::{Publish, PublishError, PublishReceipt, MAX_BATCH_EVENTS
 pub(super) struct PublishBody {
     user: Option<String>,
     text: Option<String>,
+    id: Option<String>,
     events: Option<Batch>,
 }
 
@@ -30,6 +32,8 @@ pub(super) struct PublishBody {
 struct EventBody {
     user: String,
     text: String,
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// A batch's entries; an entry that is not an [`EventBody`] fails the body naming its
@@ -49,7 +53,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
     type Value = Batch;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of {\"user\": …, \"text\": …}")
+        f.write_str("a list of {\"user\": …, \"text\": …, \"id\": … (optional)}")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
@@ -68,7 +72,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
                 return Ok(Batch(events));
             }
             match seq.next_element::<EventBody>() {
-                Ok(Some(EventBody { user, text })) => events.push(Publish { user, text }),
+                Ok(Some(EventBody { user, text, id })) => events.push(Publish { user, text, id }),
                 Ok(None) => return Ok(Batch(events)),
                 Err(err) => return Err(A::Error::custom(format!("events[{index}]: {err}"))),
             }
@@ -81,6 +85,9 @@ impl<'de> Visitor<'de> for BatchVisitor {
 #[derive(Debug, Serialize)]
 struct EventAnswer<'a> {
     connections: usize,
+    /// Present (and `true`) only for an event whose id was accepted before.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
     time: i64,
     user: &'a str,
 }
@@ -98,20 +105,34 @@ pub async fn publish(
         PublishBody {
             user: None,
             text: None,
+            id: None,
             events: Some(Batch(events)),
         } => publish_batch(&state, events).await,
         PublishBody {
             user: Some(user),
             text: Some(text),
+            id,
             events: None,
         } => {
+            let event = Publish {
+                user: user.clone(),
+                text,
+                id,
+            };
             let receipt = state
                 .tether
-                .publish(user.clone(), text)
+                .publish_event(event)
                 .await
                 .map_err(publish_error)?;
             Ok(HttpResponse::Accepted().json(answer(&user, receipt)))
         }
+        PublishBody {
+            events: Some(_),
+            id: Some(_),
+            ..
+        } => Err(not_expected(
+            "a batch's ids go in its entries, not beside \"events\"",
+        )),
         PublishBody {
             events: Some(_), ..
         } => Err(not_expected(
@@ -190,6 +211,9 @@ fn batch_answer(events: &[Publish], receipts: &[PublishReceipt]) -> Vec<u8> {
         }
         body.extend_from_slice(b"{\"connections\":");
         body.extend_from_slice(number.format(receipt.connections).as_bytes());
+        if receipt.duplicate {
+            body.extend_from_slice(b",\"duplicate\":true");
+        }
         body.extend_from_slice(b",\"time\":");
         body.extend_from_slice(number.format(receipt.time).as_bytes());
         body.extend_from_slice(b",\"user\":");
@@ -219,6 +243,7 @@ fn json_string(text: &str, out: &mut Vec<u8>) {
 fn answer(user: &str, receipt: PublishReceipt) -> EventAnswer<'_> {
     EventAnswer {
         connections: receipt.connections,
+        duplicate: receipt.duplicate,
         time: receipt.time,
         user,
     }
@@ -228,13 +253,15 @@ fn not_expected(reason: &str) -> ApiError {
     ApiError::bad_request(format!("the body is not the expected JSON: {reason}"))
 }
 
-/// `503` while the bus restarts or the cluster's broker is unreachable; `400` for an
-/// event (or batch) that is not valid.
+/// `503` while the bus restarts or the cluster's broker is unreachable (nothing was
+/// sent); `504` when the broker stopped answering after an event was sent (its outcome is
+/// unknown); `400` for an event (or batch) that is not valid.
 pub fn publish_error(err: PublishError) -> ApiError {
     match err {
         PublishError::Unavailable | PublishError::ClusterUnreachable => {
             ApiError::unavailable(err.to_string())
         }
+        PublishError::OutcomeUnknown => ApiError::outcome_unknown(err.to_string()),
         other => ApiError::bad_request(other.to_string()),
     }
 }
@@ -253,17 +280,12 @@ mod tests {
             "control\u{1}\n",
             "",
         ];
-        let events: Vec<Publish> = users
-            .iter()
-            .map(|user| Publish {
-                user: user.to_string(),
-                text: "x".to_owned(),
-            })
-            .collect();
+        let events: Vec<Publish> = users.iter().map(|user| Publish::new(*user, "x")).collect();
         let receipts: Vec<PublishReceipt> = (0..users.len())
             .map(|index| PublishReceipt {
                 time: i64::MAX - index as i64 * 1_000_003,
                 connections: index * 7919,
+                duplicate: index % 2 == 1,
             })
             .collect();
         let answers: Vec<EventAnswer<'_>> = events

@@ -20,14 +20,14 @@ const BACK: Duration = Duration::from_secs(15);
 
 /// Relays TCP connections to `upstream` until cut: then every relayed connection is shut
 /// and new ones are closed at once, until restored.
-struct Relay {
+pub(crate) struct Relay {
     addr: SocketAddr,
     cut: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Relay {
-    fn start(upstream: SocketAddr) -> Self {
+    pub(crate) fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binds a loopback port");
         let addr = listener.local_addr().expect("has an address");
         let cut = Arc::new(AtomicBool::new(false));
@@ -52,12 +52,12 @@ impl Relay {
         Self { addr, cut, open }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}/0", self.addr)
     }
 
     /// Shuts every relayed connection and refuses new ones.
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
         for stream in self.open.lock().expect("not poisoned").drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
@@ -65,7 +65,7 @@ impl Relay {
     }
 
     /// Relays new connections again.
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
     }
 }
@@ -89,7 +89,7 @@ fn pipe(from: &TcpStream, to: &TcpStream) {
 }
 
 /// Node 1 on Redis directly, node 2 through a relay; alice may log in on both.
-fn two_nodes_one_relayed() -> Option<(Redis, Relay, Node, Node)> {
+pub(crate) fn two_nodes_one_relayed() -> Option<(Redis, Relay, Node, Node)> {
     let redis = Redis::start()?;
     let relay = Relay::start(redis.addr());
     let hash = cheap_hash(ALICE.1);
@@ -182,7 +182,7 @@ fn a_node_cut_off_answers_503_for_publishes_and_counts_while_its_own_clients_go_
 /// A node started the way a host program embeds one (SPEC §8: "the same cluster mode is
 /// available to a host program"): `RedisBroker` and `Tether::start_clustered` on an actix
 /// System of its own; stopped when the answered sender is dropped.
-fn embedded_node(
+pub(crate) fn embedded_node(
     redis: &Redis,
     node: &str,
 ) -> (

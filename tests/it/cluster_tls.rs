@@ -125,6 +125,9 @@ fn a_node_that_does_not_trust_redis_certificate_stays_unreachable_and_says_why()
     let hash = cheap_hash(ALICE.1);
     let server = TestServer::start_with_hashes(&config, &[(ALICE.0, hash.as_str())]);
     server.wait_for_log("cluster: Redis unreachable", Duration::from_secs(10));
+    // The start waits for the first attempt (is the node's name free?): the line can come
+    // before the admin API listens.
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
     let log = server.stderr_text();
     let line = log
         .lines()

@@ -240,10 +240,7 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
 fn batch(events: &[(&str, String)]) -> Vec<Publish> {
     events
         .iter()
-        .map(|(user, text)| Publish {
-            user: (*user).to_owned(),
-            text: text.clone(),
-        })
+        .map(|(user, text)| Publish::new(*user, text.clone()))
         .collect()
 }
 

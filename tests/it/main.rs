@@ -14,6 +14,7 @@ mod client_library;
 mod cluster;
 mod cluster_faults;
 mod cluster_internals;
+mod cluster_reliability;
 mod cluster_tls;
 mod codec_properties;
 mod console;

@@ -13,6 +13,7 @@
 //! spawned per wake-up.
 
 pub(crate) mod client_stream;
+pub(crate) mod cluster_throttle;
 pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod tls_handshake;

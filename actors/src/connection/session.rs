@@ -67,8 +67,11 @@ const SUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
 /// A login that bound the connection in a cluster and waits, before `login_valid`, until
 /// the broker follows the user's channel: until then an event published on another node
-/// might not reach this node.
+/// might not reach this node. Or, before `login_invalid`, until the cluster has counted
+/// the failure: the pair is then throttled on every node by the time the client hears it.
 struct Subscribing {
+    /// What the login is answered once confirmed (or given up on).
+    reply: Reply,
     /// Resolves (answered or dropped, alike) once the broker follows the channel or
     /// cannot.
     confirmed: oneshot::Receiver<()>,
@@ -209,7 +212,7 @@ impl Session {
                     return Poll::Pending;
                 }
                 log::warn!(
-                    "{}: login answered before the cluster broker followed the user \
+                    "{}: login answered before the cluster broker confirmed it \
                      (waited {SUBSCRIBE_WAIT:?}){}",
                     self.peer,
                     self.who()
@@ -254,12 +257,12 @@ impl Session {
     }
 
     /// Answers now a login that waits for the cluster broker (the connection closes):
-    /// `login_valid`, then the pushes held meanwhile.
+    /// `login_valid` (or `login_invalid`), then the pushes held meanwhile.
     pub(crate) fn answer_subscribing(&mut self, fx: &mut impl Effects) {
         let Some(subscribing) = self.subscribing.take() else {
             return;
         };
-        fx.reply(Reply::LoginValid);
+        fx.reply(subscribing.reply);
         for push in subscribing.held {
             self.on_push(push, fx);
         }
@@ -347,7 +350,13 @@ impl Session {
     /// still taken meanwhile.
     fn start_login(&mut self, name: &[u8], password: &[u8], fx: &mut impl Effects) {
         let now = Instant::now();
-        let reservation = match self.shared.throttle.reserve(self.peer.ip(), name, now) {
+        // Throttled by the cluster (failures through any node), or here.
+        let admission = if self.shared.cluster_throttle.throttled(self.peer.ip(), name) {
+            Admission::Refused
+        } else {
+            self.shared.throttle.reserve(self.peer.ip(), name, now)
+        };
+        let reservation = match admission {
             Admission::Check(reservation) => reservation,
             Admission::Wait(turn) => {
                 // Checks of this pair in flight fill the limit: wait for one of them.
@@ -420,9 +429,28 @@ impl Session {
                 reservation.failed(Instant::now());
                 self.shared.metrics.login(LoginResult::Invalid);
                 log::info!("{}: login as {} failed", self.peer, Excerpt(&login.name));
-                fx.reply(Reply::LoginInvalid);
+                // In a cluster, answered once the cluster counted the failure (bounded).
+                match self
+                    .shared
+                    .cluster_throttle
+                    .failed(self.peer.ip(), &login.name)
+                {
+                    Some(counted) => self.hold_answer(Reply::LoginInvalid, counted),
+                    None => fx.reply(Reply::LoginInvalid),
+                }
             }
         }
+    }
+
+    /// Holds the login's answer `reply` (and the pushes that come meanwhile) until
+    /// `confirmed` resolves, at most [`SUBSCRIBE_WAIT`].
+    fn hold_answer(&mut self, reply: Reply, confirmed: oneshot::Receiver<()>) {
+        self.subscribing = Some(Box::new(Subscribing {
+            reply,
+            confirmed,
+            give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
+            held: Vec::new(),
+        }));
     }
 
     /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
@@ -445,6 +473,9 @@ impl Session {
             return;
         }
         reservation.succeeded();
+        self.shared
+            .cluster_throttle
+            .succeeded(self.peer.ip(), user.as_bytes());
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
@@ -464,11 +495,7 @@ impl Session {
             self.shared.metrics.connections_bound.inc();
             if let Some(confirmed) = confirmed {
                 // In a cluster: bound for every node once the broker follows the user.
-                self.subscribing = Some(Box::new(Subscribing {
-                    confirmed,
-                    give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
-                    held: Vec::new(),
-                }));
+                self.hold_answer(Reply::LoginValid, confirmed);
                 return;
             }
         }
@@ -565,6 +592,7 @@ mod tests {
             users: Arc::new(UserTable::new(users)),
             checker: PasswordChecker::start(1, metrics.clone()).expect("starts"),
             throttle: Arc::new(LoginThrottle::new(100)),
+            cluster_throttle: crate::connection::cluster_throttle::ClusterThrottle::new(None, 100),
             stand_in_hash: stand_in_hash(4).expect("hashes"),
             delivery_seconds: metrics.event_delivery_seconds(1),
             metrics,

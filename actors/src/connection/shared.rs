@@ -3,6 +3,7 @@
 use crate::auth::password::{PasswordChecker, PasswordHash};
 use crate::auth::throttle::LoginThrottle;
 use crate::auth::users::UserStore;
+use crate::connection::cluster_throttle::ClusterThrottle;
 use crate::connection::ConnectionActor;
 use crate::hub::presence::Presence;
 use crate::hub::roster::Roster;
@@ -28,6 +29,8 @@ pub(crate) struct ConnectionShared {
     pub checker: PasswordChecker,
     /// Counts failed logins and checks in flight per client address and name.
     pub throttle: Arc<LoginThrottle>,
+    /// In a cluster, the throttle's count over every node.
+    pub cluster_throttle: ClusterThrottle,
     /// Checked for unknown users when the user store has no stand-in of its own, so they
     /// cost as much as a wrong password.
     pub stand_in_hash: PasswordHash,

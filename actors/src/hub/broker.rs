@@ -10,6 +10,7 @@
 
 use crate::hub::messages::BindingId;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -34,9 +35,35 @@ pub type OtherNodes = oneshot::Receiver<Result<usize, BrokerUnreachable>>;
 /// in the order asked.
 pub type OtherNodesMany = oneshot::Receiver<Result<Vec<usize>, BrokerUnreachable>>;
 
+/// What a broker did with a publish it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    /// Published: `others` is the user's connections on the other live nodes.
+    Sent {
+        /// The user's connections on the other live nodes.
+        others: usize,
+    },
+    /// Not published: the event's id was accepted in the last 5 minutes, for an event
+    /// stamped `time` (SPEC §6). It must not be delivered here either.
+    Duplicate {
+        /// The time of the event first accepted with the id.
+        time: i64,
+    },
+}
+
+/// Why a broker did not take a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Nothing was sent: nothing will be delivered anywhere (`503`).
+    Unreachable,
+    /// It was sent, and the broker stopped answering before it said what it did: the
+    /// event may or may not be delivered on other nodes (`504`).
+    Unknown,
+}
+
 /// Called once with the answer to a publish, on the broker's thread, in the order of the
-/// publishes: it delivers the event on this node (or answers the publisher `503`).
-pub type Answered = Box<dyn FnOnce(Result<usize, BrokerUnreachable>) + Send>;
+/// publishes: it delivers the event on this node (or answers the publisher `503`/`504`).
+pub type Answered = Box<dyn FnOnce(Result<Taken, NotTaken>) + Send>;
 
 /// An event for the other nodes, stamped and checked by the bus.
 #[derive(Debug, Clone)]
@@ -47,6 +74,9 @@ pub struct ClusterEvent {
     pub time: i64,
     /// Its text.
     pub text: Arc<str>,
+    /// Its id (SPEC §6): the broker publishes it only if the id was not accepted in the
+    /// last 5 minutes anywhere in the cluster, and remembers it, in one step.
+    pub id: Option<Arc<str>>,
 }
 
 /// Connects this node to the others. Every method hands its work to the broker's own
@@ -100,6 +130,44 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
 
     /// The server is stopping: withdraw this node's presence from the cluster.
     fn stop(&self);
+
+    /// At start, waits (at most `within`; blocks the calling thread) for the broker's first
+    /// attempt to join: `Err` with the reason when the node must not start — another live
+    /// node holds its name (SPEC §8). `Ok` when it joined, could not reach the cluster yet
+    /// (it keeps trying), or `within` passed.
+    fn wait_joined(&self, within: std::time::Duration) -> Result<(), String> {
+        let _ = within;
+        Ok(())
+    }
+
+    /// Whether the cluster throttles logins of `name` from `client` now: `limit` failures
+    /// (of [`Broker::login_failed`]) through any node in the last minute (SPEC §8). Answered
+    /// at once, from what the broker has learnt; a broker that counts nothing says `false`.
+    fn login_throttled(&self, client: IpAddr, name: &[u8]) -> bool {
+        let _ = (client, name);
+        false
+    }
+
+    /// A checked login of `name` from `client` failed here; `limit` failures a minute
+    /// throttle the pair. Counted cluster-wide as soon as the broker can (not while it is
+    /// unreachable: then the node's own throttle alone holds). Answers what resolves (or
+    /// is dropped) once it is counted and, at the limit, every node told — the session
+    /// holds its `login_invalid` until then — or `None` when nothing will be counted.
+    fn login_failed(
+        &self,
+        client: IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<()>> {
+        let _ = (client, name, limit);
+        None
+    }
+
+    /// A checked login of `name` from `client` succeeded here: the cluster forgets the
+    /// pair's failures, as the node's own throttle does.
+    fn login_succeeded(&self, client: IpAddr, name: &[u8]) {
+        let _ = (client, name);
+    }
 }
 
 /// Where a broker hands what the other nodes publish. Never blocks: a node that cannot

@@ -10,7 +10,7 @@
 //! from other nodes come in as `RemoteEvent` and `RemoteInvalidate`.
 
 use crate::auth::credentials::check_name;
-use crate::hub::broker::{Broker, BrokerUnreachable, ClusterEvent};
+use crate::hub::broker::{Broker, BrokerUnreachable, ClusterEvent, NotTaken, Taken};
 use crate::hub::messages::{
     BatchedEvent, BindingId, DeathNotice, Deliver, DeliverBatch, Drain, EventInFlight, RemoteEvent,
     RemoteInvalidate, Revoke,
@@ -20,6 +20,7 @@ pub use crate::hub::messages::{
     MAX_BATCH_EVENTS,
 };
 use crate::hub::presence::Presence;
+use crate::hub::recent_ids::{valid_id, RecentIds};
 use crate::hub::registry::UserRegistryActor;
 use crate::hub::shards::{Shards, ShardsInForce};
 use crate::util::clock::EventClock;
@@ -65,6 +66,8 @@ pub struct EventBusActor {
     in_flight: Arc<Semaphore>,
     /// In a cluster, the broker every event and cross-node invalidation goes through.
     broker: Option<Arc<dyn Broker>>,
+    /// Alone, the event ids accepted recently (in a cluster the broker keeps them).
+    recent_ids: Arc<RecentIds>,
     /// Tells the supervisor when this actor is gone, stopped or panicked.
     _death: DeathNotice,
 }
@@ -84,6 +87,7 @@ impl EventBusActor {
             presence: limits.presence,
             in_flight: Arc::new(Semaphore::new(EVENTS_IN_FLIGHT)),
             broker: limits.broker,
+            recent_ids: limits.recent_ids,
             _death: death,
         }
     }
@@ -125,6 +129,8 @@ pub(crate) struct BusLimits {
     pub presence: Arc<Presence>,
     /// In a cluster, the broker to the other nodes; `None` alone.
     pub broker: Option<Arc<dyn Broker>>,
+    /// Alone, the event ids accepted recently, shared by every bus started.
+    pub recent_ids: Arc<RecentIds>,
 }
 
 /// An event the broker has taken, to deliver on this node: what the broker's answer runs.
@@ -235,9 +241,9 @@ impl Handler<PublishBatch> for EventBusActor {
                 let receipts = all_handed.await.map_err(|_| PublishError::Unavailable)?;
                 let mut answers = Vec::with_capacity(receipts.len());
                 for receipt in receipts {
-                    answers.push(receipt.await.map_err(|_| PublishError::Unavailable)??);
+                    answers.push(receipt.await.unwrap_or(Err(PublishError::Unavailable)));
                 }
-                Ok(answers)
+                batch_outcome(answers)
             });
         }
         let (answer, answered) = oneshot::channel();
@@ -257,6 +263,9 @@ impl EventBusActor {
             return Err(PublishError::TextTooLong {
                 limit: self.max_text_bytes,
             });
+        }
+        if msg.id.as_deref().is_some_and(|id| !valid_id(id)) {
+            return Err(PublishError::InvalidId);
         }
         Ok(())
     }
@@ -280,9 +289,14 @@ impl EventBusActor {
             }
             connections += held;
         }
-        self.metrics.events_published.inc();
         let time = self.clock.now();
         let accepted = Instant::now();
+        if let Some(id) = &msg.id {
+            if let Err(first) = self.recent_ids.accept(id, time, accepted) {
+                return Ok(PublishReceipt::duplicate(first));
+            }
+        }
+        self.metrics.events_published.inc();
         let message = event_message(&time.to_string(), &msg.text);
         let user: Arc<str> = Arc::from(msg.user);
         let in_flight = Arc::new(EventInFlight { _permit: permit });
@@ -295,7 +309,11 @@ impl EventBusActor {
                 accepted,
             });
         }
-        Ok(PublishReceipt { time, connections })
+        Ok(PublishReceipt {
+            time,
+            connections,
+            duplicate: false,
+        })
     }
 
     /// Hands on what is left of a checked batch, [`BATCH_SLICE`] events at a time, each
@@ -356,6 +374,7 @@ impl EventBusActor {
         };
         let per_shard = sort_by_shard(
             &self.presence,
+            &self.recent_ids,
             self.registries().len(),
             stamp,
             batch,
@@ -458,20 +477,33 @@ impl EventBusActor {
             shards: self.shards.clone(),
         };
         let metrics = self.metrics.clone();
-        let answered = Box::new(move |answer: Result<usize, BrokerUnreachable>| {
+        let answered = Box::new(move |answer: Result<Taken, NotTaken>| {
             let result = match answer {
-                Ok(others) => {
+                Ok(Taken::Sent { others }) => {
                     metrics.events_published.inc();
                     Ok(PublishReceipt {
                         time,
                         connections: here.deliver() + others,
+                        duplicate: false,
                     })
                 }
-                Err(BrokerUnreachable) => Err(PublishError::ClusterUnreachable),
+                // Not delivered here either; its permit goes back with `here`.
+                Ok(Taken::Duplicate { time }) => Ok(PublishReceipt::duplicate(time)),
+                Err(NotTaken::Unreachable) => Err(PublishError::ClusterUnreachable),
+                Err(NotTaken::Unknown) => Err(PublishError::OutcomeUnknown),
             };
             let _ = receipt.send(result);
         });
-        broker.publish(ClusterEvent { user, time, text }, answered);
+        let id = msg.id.map(Arc::from);
+        broker.publish(
+            ClusterEvent {
+                user,
+                time,
+                text,
+                id,
+            },
+            answered,
+        );
     }
 
     /// Hands an encoded event to the shards holding `user`; answers how many connections
@@ -495,6 +527,30 @@ impl EventBusActor {
         }
         connections
     }
+}
+
+/// The answer to a batch published through the broker, from its entries' answers: all
+/// receipts when every entry was taken; [`PublishError::ClusterUnreachable`] (`503`) only
+/// when none was sent; otherwise — an entry's outcome unknown, or some taken and others
+/// not — [`PublishError::OutcomeUnknown`] (`504`: retry the batch with its ids).
+fn batch_outcome(
+    answers: Vec<Result<PublishReceipt, PublishError>>,
+) -> Result<Vec<PublishReceipt>, PublishError> {
+    let failed = answers.iter().filter(|answer| answer.is_err()).count();
+    if failed == 0 {
+        return Ok(answers.into_iter().flatten().collect());
+    }
+    let unknown = answers
+        .iter()
+        .any(|answer| matches!(answer, Err(PublishError::OutcomeUnknown)));
+    if unknown || failed < answers.len() {
+        return Err(PublishError::OutcomeUnknown);
+    }
+    // None was sent: the first entry says why (unreachable, or the bus restarting).
+    answers
+        .into_iter()
+        .find_map(Result::err)
+        .map_or(Err(PublishError::Unavailable), Err)
 }
 
 /// When the bus accepted a slice of events: on the wire and for the delivery histogram.
@@ -532,6 +588,7 @@ type Encoded = (usize, Arc<EventInFlight>, usize);
 /// the slice, not per event.
 fn sort_by_shard(
     presence: &Presence,
+    recent_ids: &RecentIds,
     shards: usize,
     stamp: Stamp,
     batch: &[Publish],
@@ -545,6 +602,12 @@ fn sort_by_shard(
     let holders = presence.lock_all();
     for (index, in_flight) in slice {
         let Some(event) = batch.get(index) else { break };
+        if let Some(id) = &event.id {
+            if let Err(first) = recent_ids.accept(id, stamp.time, stamp.accepted) {
+                receipts.push(PublishReceipt::duplicate(first));
+                continue;
+            }
+        }
         let parts = event_parts(&time, &event.text);
         let mut connections = 0;
         for (shard, held) in holders.holding(&event.user) {
@@ -557,6 +620,7 @@ fn sort_by_shard(
         receipts.push(PublishReceipt {
             time: stamp.time,
             connections,
+            duplicate: false,
         });
     }
     drop(holders);
@@ -844,6 +908,7 @@ mod tests {
             metrics: Metrics::new(),
             presence: Arc::clone(presence),
             broker: None,
+            recent_ids: Arc::default(),
         }
     }
 
@@ -879,10 +944,7 @@ mod tests {
     }
 
     fn publish_to_alice(hub: &HubState) -> Request<EventBusActor, Publish> {
-        hub.bus.send(Publish {
-            user: "alice".to_owned(),
-            text: "e".to_owned(),
-        })
+        hub.bus.send(Publish::new("alice", "e"))
     }
 
     #[actix_rt::test]
@@ -946,10 +1008,7 @@ mod tests {
     }
 
     fn event(user: &str, text: &str) -> Publish {
-        Publish {
-            user: user.to_owned(),
-            text: text.to_owned(),
-        }
+        Publish::new(user, text)
     }
 
     #[test]
@@ -976,7 +1035,8 @@ mod tests {
             let permit = Arc::clone(&permits).try_acquire_owned().expect("a permit");
             (index, Arc::new(EventInFlight { _permit: permit }))
         });
-        let per_shard = sort_by_shard(&presence, 3, stamp, &batch, slice, &mut receipts);
+        let ids = RecentIds::default();
+        let per_shard = sort_by_shard(&presence, &ids, 3, stamp, &batch, slice, &mut receipts);
 
         let texts = |shard: usize| -> Vec<(String, String)> {
             per_shard[shard]
@@ -1073,5 +1133,34 @@ mod tests {
         );
         hub.bus.send(Drain).await.expect("the bus answers");
         assert_eq!(hoarder.send(Held).await.expect("answers"), 0);
+    }
+
+    #[test]
+    fn a_batch_is_503_only_when_none_was_sent_and_504_when_any_outcome_is_unknown() {
+        let taken = || {
+            Ok(PublishReceipt {
+                time: 1,
+                connections: 1,
+                duplicate: false,
+            })
+        };
+        let unreachable = || Err(PublishError::ClusterUnreachable);
+        let unknown = || Err(PublishError::OutcomeUnknown);
+        assert_eq!(
+            batch_outcome(vec![taken(), taken()]).map(|r| r.len()),
+            Ok(2)
+        );
+        assert_eq!(
+            batch_outcome(vec![unreachable(), unreachable()]),
+            Err(PublishError::ClusterUnreachable)
+        );
+        for mixed in [
+            vec![taken(), unknown()],
+            vec![unknown(), unreachable()],
+            vec![taken(), unreachable()],
+            vec![unknown()],
+        ] {
+            assert_eq!(batch_outcome(mixed), Err(PublishError::OutcomeUnknown));
+        }
     }
 }

@@ -153,6 +153,28 @@ pub struct Publish {
     pub user: String,
     /// The event's text; it must not hold U+001E or U+001F.
     pub text: String,
+    /// The event's id, 1 to 128 characters chosen by the publisher, or `None`: an event
+    /// whose id was accepted in the last 5 minutes (on this node, or anywhere in the
+    /// cluster) is not delivered again, and its receipt says
+    /// [`duplicate`](PublishReceipt::duplicate) (SPEC §6).
+    pub id: Option<String>,
+}
+
+impl Publish {
+    /// An event for `user` without an id.
+    pub fn new(user: impl Into<String>, text: impl Into<String>) -> Self {
+        Self {
+            user: user.into(),
+            text: text.into(),
+            id: None,
+        }
+    }
+
+    /// The same event with the id `id` (see [`Publish::id`]).
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
 }
 
 /// What happened to a published event.
@@ -160,8 +182,22 @@ pub struct Publish {
 pub struct PublishReceipt {
     /// The event's time as written on the wire (SPEC §3).
     pub time: i64,
-    /// How many connections it was handed to.
+    /// How many connections it was handed to (0 for a duplicate: none this time).
     pub connections: usize,
+    /// The event's id was accepted in the last 5 minutes: it was not delivered again,
+    /// and `time` is the time the first one was stamped with.
+    pub duplicate: bool,
+}
+
+impl PublishReceipt {
+    /// The receipt of a duplicate: the first event's time, handed to no connection.
+    pub fn duplicate(time: i64) -> Self {
+        Self {
+            time,
+            connections: 0,
+            duplicate: true,
+        }
+    }
 }
 
 /// Why an event was not published.
@@ -180,6 +216,12 @@ pub enum PublishError {
     Unavailable,
     /// In a cluster, the broker cannot be reached: nothing was delivered (SPEC §8).
     ClusterUnreachable,
+    /// In a cluster, the broker stopped answering after the event was sent to it: it may
+    /// or may not be delivered (SPEC §6, `504`). Retry it with its id. For a batch: at
+    /// least one entry's outcome is unknown, or some were delivered and others not sent.
+    OutcomeUnknown,
+    /// The event's id is not 1 to 128 characters.
+    InvalidId,
     /// A batch with no event or more than [`MAX_BATCH_EVENTS`].
     BatchSize {
         /// How many events the batch held.
@@ -204,6 +246,11 @@ impl fmt::Display for PublishError {
             Self::ClusterUnreachable => {
                 f.write_str("the cluster broker (Redis) is unreachable; nothing was delivered")
             }
+            Self::OutcomeUnknown => f.write_str(
+                "the cluster broker (Redis) stopped answering after the event was sent: it \
+                 may or may not be delivered; retry it with its \"id\"",
+            ),
+            Self::InvalidId => f.write_str("\"id\" must be 1 to 128 characters"),
             Self::BatchSize { events } => write!(
                 f,
                 "a batch holds 1 to {MAX_BATCH_EVENTS} events, not {events}"
