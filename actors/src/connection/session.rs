@@ -334,11 +334,11 @@ impl Session {
         let verdict = match &valid_name {
             Some(user) => {
                 let users = Arc::clone(&self.shared.users);
-                let user = Arc::clone(user);
-                let lookup: HashLookup = Box::new(move || users.lookup_for_login(&user));
+                let name = Arc::clone(user);
+                let lookup: HashLookup = Box::new(move || users.lookup_for_login(&name));
                 self.shared
                     .checker
-                    .check_user(self.peer.ip(), password, lookup, stand_in)
+                    .check_user(self.peer.ip(), Arc::clone(user), password, lookup, stand_in)
             }
             None => self
                 .shared
