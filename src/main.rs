@@ -74,6 +74,15 @@ enum Command {
     /// Check the configuration and the users file, and print the settings in force (the
     /// admin token masked); exit code 0 when both are valid, 2 otherwise
     CheckConfig,
+    /// Write a new verifier key (auth.verifier_key_file): 32 random bytes as 64 hexadecimal
+    /// digits, mode 0600
+    Keygen {
+        /// Where to write it
+        path: PathBuf,
+        /// Replace an existing file (every verifier made under the old key becomes useless)
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a completion script for SHELL to standard output
     #[command(hide = true)]
     Completions {
@@ -135,6 +144,16 @@ fn main() -> ExitCode {
             with_config(config, |config| db_cli::import(config, &file))
         }
         Some(Command::CheckConfig) => with_config(config, users_cli::check_config),
+        Some(Command::Keygen { path, force }) => match tether::admission::keygen(&path, force) {
+            Ok(done) => {
+                println!("{done}");
+                ExitCode::SUCCESS
+            }
+            Err(Failure { exit_code, message }) => {
+                eprintln!("tether: {message}");
+                ExitCode::from(exit_code)
+            }
+        },
         Some(Command::Client(args)) => match load_config(config) {
             Ok(config) => ExitCode::from(tether::client::run(args, &config)),
             Err(exit) => exit,

@@ -56,6 +56,7 @@ pub fn settings(config: &Config) -> Settings {
         login_failures_per_minute: config.auth.login_failures_per_minute,
         bcrypt_cost: config.auth.bcrypt_cost,
         time_zone: config.events.time_zone.clone(),
+        verifiers: None,
     }
 }
 
@@ -121,6 +122,13 @@ pub fn run(config: Config) -> Outcome {
         admin_tls,
     } = match load_certificates(&config) {
         Ok(certificates) => certificates,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
+    let verifier_key = match crate::admission::load_key(&config) {
+        Ok(key) => key,
         Err(err) => {
             fatal(&err);
             return Outcome::BadConfiguration;
@@ -206,8 +214,16 @@ pub fn run(config: Config) -> Outcome {
             None => None,
         };
         let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
+        let admission = verifier_key
+            .map(|key| crate::admission::start(&config, key, broker.as_deref()));
         let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
-        let started = Tether::start_clustered(listeners, settings(&config), store, broker);
+        let mut settings = settings(&config);
+        settings.verifiers = admission.as_ref().map(|admission| admission.verifiers.clone());
+        let verifier_file = admission.and_then(|admission| admission.file);
+        let saving = verifier_file
+            .clone()
+            .map(|file| actix_rt::spawn(file.save_periodically()));
+        let started = Tether::start_clustered(listeners, settings, store, broker);
         let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
@@ -297,6 +313,10 @@ pub fn run(config: Config) -> Outcome {
         let admin_deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
         let admin_stopped = admin.map(|(admin, _)| admin.stop(true));
         tether.shutdown().await;
+        if let (Some(saving), Some(file)) = (saving, verifier_file) {
+            saving.abort();
+            let _ = tokio::task::spawn_blocking(move || file.save()).await;
+        }
         if let Some(admin_stopped) = admin_stopped {
             let waited =
                 tokio::time::timeout_at(admin_deadline + ADMIN_STOP_SLACK, admin_stopped).await;

@@ -24,9 +24,11 @@
 
 mod metrics;
 mod names;
+mod verifiers;
 mod worker;
 
 pub use metrics::ClusterMetrics;
+pub use verifiers::RedisVerifiers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -173,6 +175,12 @@ impl RedisBroker {
     /// What the broker counts; register it with the server's Prometheus registry.
     pub fn metrics(&self) -> &ClusterMetrics {
         &self.metrics
+    }
+
+    /// The cluster's verifiers (SPEC §5), kept in its Redis through this broker's thread,
+    /// each forgotten once unused for `ttl`.
+    pub fn verifiers(&self, ttl: Duration) -> RedisVerifiers {
+        RedisVerifiers::new(self.requests.clone(), Arc::clone(&self.connected), ttl)
     }
 
     /// Queues a request that is answered with the other nodes' count.

@@ -96,6 +96,15 @@ impl VerifierKey {
     }
 }
 
+/// [`MIN_KEY_BYTES`] fresh random bytes from the operating system, for a new key file;
+/// `None` if it has none to give.
+pub fn random_key() -> Option<[u8; MIN_KEY_BYTES]> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0; MIN_KEY_BYTES];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(bytes)
+}
+
 /// Bytes of a verifier (an HMAC-SHA-256).
 pub const TAG_BYTES: usize = 32;
 
