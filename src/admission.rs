@@ -81,12 +81,18 @@ pub struct VerifierFile {
     path: PathBuf,
     store: Arc<MemoryVerifiers>,
     key_id: String,
+    /// Held by a save from its snapshot to its rename, so saves never overtake each other.
+    saving: std::sync::Mutex<()>,
 }
 
 impl VerifierFile {
     /// Writes the verifiers if they changed since the last save (blocking file I/O: call it
     /// off the event loops). A failure is logged; the next save tries again.
     pub fn save(&self) {
+        let _one_at_a_time = self
+            .saving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(bytes) = self.store.encode(&self.key_id) else {
             return;
         };
@@ -99,7 +105,10 @@ impl VerifierFile {
             Err(err) => {
                 // Written again at the next save.
                 self.store.mark_changed();
-                log::error!("cannot save the verifiers to {}: {err}", self.path.display());
+                log::error!(
+                    "cannot save the verifiers to {}: {err}",
+                    self.path.display()
+                );
             }
         }
     }
@@ -186,6 +195,7 @@ pub fn start(
         path,
         store: Arc::clone(&store),
         key_id: key.id().to_owned(),
+        saving: std::sync::Mutex::new(()),
     });
     Admission {
         verifiers: Verifiers::new(key, store),
@@ -226,7 +236,10 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, [5; 31]).unwrap();
         let err = read_key(&path).unwrap_err();
-        assert!(err.contains(&path.display().to_string()) && err.contains("31"), "{err}");
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("31"),
+            "{err}"
+        );
         let err = read_key(&folder.path().join("none")).unwrap_err();
         assert!(err.contains("none"), "{err}");
     }

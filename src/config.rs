@@ -1400,11 +1400,26 @@ mod tests {
         let auth = config("[auth]\nverifier_key_file = \"k\"\nverifier_ttl = \"1d12h\"")
             .unwrap()
             .auth;
-        assert_eq!(auth.verifier_key_file.as_deref(), Some(Path::new("/etc/tether/k")));
+        assert_eq!(
+            auth.verifier_key_file.as_deref(),
+            Some(Path::new("/etc/tether/k"))
+        );
         assert_eq!(auth.verifier_ttl, Duration::from_secs(36 * 3_600));
-        assert_refused("[auth]\nverifier_ttl = \"0s\"", "auth.verifier_ttl", "at least 1s");
-        assert_refused("[auth]\nverifier_ttl = \"7w\"", "auth.verifier_ttl", "unknown unit");
-        assert_refused("[auth]\nverifier_file = \"\"", "auth.verifier_file", "must name");
+        assert_refused(
+            "[auth]\nverifier_ttl = \"0s\"",
+            "auth.verifier_ttl",
+            "at least 1s",
+        );
+        assert_refused(
+            "[auth]\nverifier_ttl = \"7w\"",
+            "auth.verifier_ttl",
+            "unknown unit",
+        );
+        assert_refused(
+            "[auth]\nverifier_file = \"\"",
+            "auth.verifier_file",
+            "must name",
+        );
     }
 
     #[test]

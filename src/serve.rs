@@ -214,11 +214,13 @@ pub fn run(config: Config) -> Outcome {
             None => None,
         };
         let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
-        let admission = verifier_key
-            .map(|key| crate::admission::start(&config, key, broker.as_deref()));
+        let admission =
+            verifier_key.map(|key| crate::admission::start(&config, key, broker.as_deref()));
         let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
         let mut settings = settings(&config);
-        settings.verifiers = admission.as_ref().map(|admission| admission.verifiers.clone());
+        settings.verifiers = admission
+            .as_ref()
+            .map(|admission| admission.verifiers.clone());
         let verifier_file = admission.and_then(|admission| admission.file);
         let saving = verifier_file
             .clone()
@@ -312,9 +314,17 @@ pub fn run(config: Config) -> Outcome {
         // admin API is doing (a request trickling its body must not hold them).
         let admin_deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
         let admin_stopped = admin.map(|(admin, _)| admin.stop(true));
+        // The verifiers are saved at once (a successor started without waiting for this
+        // process finds them), and again once the last logins are done.
+        let early_save = verifier_file
+            .clone()
+            .map(|file| tokio::task::spawn_blocking(move || file.save()));
         tether.shutdown().await;
         if let (Some(saving), Some(file)) = (saving, verifier_file) {
             saving.abort();
+            if let Some(early_save) = early_save {
+                let _ = early_save.await;
+            }
             let _ = tokio::task::spawn_blocking(move || file.save()).await;
         }
         if let Some(admin_stopped) = admin_stopped {

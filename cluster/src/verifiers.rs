@@ -70,8 +70,7 @@ pub(crate) async fn run(
             }
         }
     }
-    let found: Vec<Option<Vec<u8>>> =
-        crate::worker::bounded(pipe.query_async(commands)).await?;
+    let found: Vec<Option<Vec<u8>>> = crate::worker::bounded(pipe.query_async(commands)).await?;
     for (answer, found) in checks.into_iter().zip(found) {
         let _ = answer.send(found);
     }

@@ -671,7 +671,10 @@ mod tests {
                 .lines()
                 .find(|line| line.starts_with("tether_password_check_seconds_count "))
                 .expect("the histogram is there");
-            line.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).expect("a count")
+            line.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count")
         };
         assert!(login(b"pw", hash.clone()).await.matches);
         assert_eq!((bcrypts(), metrics.password_checks_saved.get()), (1, 0));

@@ -336,9 +336,13 @@ impl Session {
                 let users = Arc::clone(&self.shared.users);
                 let name = Arc::clone(user);
                 let lookup: HashLookup = Box::new(move || users.lookup_for_login(&name));
-                self.shared
-                    .checker
-                    .check_user(self.peer.ip(), Arc::clone(user), password, lookup, stand_in)
+                self.shared.checker.check_user(
+                    self.peer.ip(),
+                    Arc::clone(user),
+                    password,
+                    lookup,
+                    stand_in,
+                )
             }
             None => self
                 .shared
