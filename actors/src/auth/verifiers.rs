@@ -383,7 +383,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of lowercase or uppercase hexadecimal `text`.
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let digit = |byte: u8| char::from(byte).to_digit(16);
