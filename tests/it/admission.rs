@@ -235,6 +235,21 @@ fn the_old_password_is_refused_after_a_change_in_the_file_or_through_the_admin_a
 }
 
 #[test]
+fn a_password_changed_while_the_server_was_down_makes_its_verifier_useless() {
+    let site = Site::new(&[("carol", "old")]);
+    let first = site.start(&site.config());
+    first.server.logged_in("carol", "old");
+    first.stop();
+    assert_eq!(site.saved_verifiers(), 1);
+    // Nothing running sees this change: only the stored hash inside the verifier does.
+    site.write_users(&[("carol", "new")]);
+    let second = site.start(&site.config());
+    assert_eq!(second.server.login_reply("carol", "old"), "login_invalid");
+    assert_eq!(second.server.login_reply("carol", "new"), "login_valid");
+    assert_eq!(second.checks(), (2, 0));
+}
+
+#[test]
 fn a_crash_costs_one_bcrypt_for_each_login_the_last_save_missed() {
     let everyone = users(12);
     let (before, after) = everyone.split_at(8);
