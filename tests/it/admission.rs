@@ -424,3 +424,72 @@ fn a_user_admitted_on_one_node_is_admitted_on_another_without_bcrypt() {
 fn base_of(node: &Node) -> String {
     format!("http://{}", admin_addr(&node.server.stderr_text()))
 }
+
+#[test]
+fn a_password_changed_through_another_node_or_in_postgresql_ends_the_kept_verifier() {
+    let Some(redis) = Redis::start() else { return };
+    let Some(postgres) = crate::common::postgres::Postgres::start() else {
+        return;
+    };
+    let site = Site::new(&[]);
+    let configure = |config: TestConfig| {
+        config
+            .auth("database", postgres.url())
+            .auth("bcrypt_cost", 4)
+            .auth("verifier_key_file", site.key().to_string_lossy().as_ref())
+    };
+    let init = configure(TestConfig::new());
+    let init_dir = tempfile::tempdir().unwrap();
+    let init_path = init_dir.path().join("server.toml");
+    std::fs::write(&init_path, init.to_toml()).unwrap();
+    let mut command = crate::common::tether_command(&init_path);
+    command.args(["db", "init"]);
+    let ran = run_to_exit(command, EXIT_TIMEOUT);
+    assert!(ran.status.success(), "db init: {ran:?}");
+    let set_in_table = |password: &str| {
+        postgres.psql(&format!(
+            "INSERT INTO tether_users (name, password_hash) VALUES ('alice', '{}') \
+             ON CONFLICT (name) DO UPDATE SET password_hash = excluded.password_hash",
+            cheap_hash(password)
+        ))
+    };
+    set_in_table("first");
+    let a = Node::start(&redis, "pg", "a", &[], &configure);
+    let b = Node::start(&redis, "pg", "b", &[], &configure);
+    let (a_base, b_base) = (base_of(&a), base_of(&b));
+    let key = "pg:verifier:{616c696365}";
+
+    a.login("alice", "first");
+    b.login("alice", "first");
+    assert_eq!(bcrypt_and_saved(&a_base), (1, 0));
+    assert_eq!(bcrypt_and_saved(&b_base), (0, 1));
+    // Through B's admin API: B deletes the verifier, and A's is useless anyway.
+    let (status, _) = b.call(
+        "PUT",
+        "/v1/users/alice/password",
+        Some(&serde_json::json!({"password": "second"})),
+    );
+    assert_eq!(status, 204);
+    assert!(wait_until(Duration::from_secs(5), || redis
+        .cli(&["EXISTS", key])
+        .trim()
+        == "0"));
+    assert_eq!(a.server.login_reply("alice", "first"), "login_invalid");
+    assert_eq!(bcrypt_and_saved(&a_base), (2, 0));
+
+    // In the table, by psql: the nodes that know alice delete her verifier.
+    a.login("alice", "second");
+    b.login("alice", "second");
+    assert_eq!(bcrypt_and_saved(&b_base), (0, 2));
+    assert_eq!(redis.cli(&["EXISTS", key]).trim(), "1");
+    set_in_table("third");
+    assert!(wait_until(Duration::from_secs(5), || redis
+        .cli(&["EXISTS", key])
+        .trim()
+        == "0"));
+    assert_eq!(a.server.login_reply("alice", "second"), "login_invalid");
+    assert_eq!(b.server.login_reply("alice", "second"), "login_invalid");
+    a.login("alice", "third");
+    b.login("alice", "third");
+    assert_eq!(bcrypt_and_saved(&b_base), (1, 3));
+}
