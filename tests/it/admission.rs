@@ -335,6 +335,19 @@ fn an_open_short_or_missing_key_stops_the_start_naming_the_file() {
     assert!(stderr.contains(&short.display().to_string()), "{stderr}");
     assert!(stderr.contains("at least 32"), "{stderr}");
 
+    // `tether check-config` reads the key as start-up does.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("server.toml");
+    let config = site
+        .config()
+        .auth("verifier_key_file", short.to_string_lossy().as_ref());
+    std::fs::write(&config_path, config.to_toml()).unwrap();
+    let mut command = crate::common::tether_command(&config_path);
+    command.arg("check-config");
+    let ran = run_to_exit(command, EXIT_TIMEOUT);
+    assert_eq!(ran.status.code(), Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("at least 32"), "{ran:?}");
+
     let missing = site.path("no.key");
     let (code, stderr) = start_with_key(&site, &missing);
     assert_eq!(code, Some(2), "{stderr}");
