@@ -144,16 +144,7 @@ fn main() -> ExitCode {
             with_config(config, |config| db_cli::import(config, &file))
         }
         Some(Command::CheckConfig) => with_config(config, users_cli::check_config),
-        Some(Command::Keygen { path, force }) => match tether::admission::keygen(&path, force) {
-            Ok(done) => {
-                println!("{done}");
-                ExitCode::SUCCESS
-            }
-            Err(Failure { exit_code, message }) => {
-                eprintln!("tether: {message}");
-                ExitCode::from(exit_code)
-            }
-        },
+        Some(Command::Keygen { path, force }) => outcome(tether::admission::keygen(&path, force)),
         Some(Command::Client(args)) => match load_config(config) {
             Ok(config) => ExitCode::from(tether::client::run(args, &config)),
             Err(exit) => exit,
@@ -184,11 +175,16 @@ fn with_config(
     path: Option<PathBuf>,
     command: impl FnOnce(&Config) -> Result<String, Failure>,
 ) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(config) => config,
-        Err(exit) => return exit,
-    };
-    match command(&config) {
+    match load_config(path) {
+        Ok(config) => outcome(command(&config)),
+        Err(exit) => exit,
+    }
+}
+
+/// A command's answer on standard output, or its failure on standard error with its exit
+/// code.
+fn outcome(result: Result<String, Failure>) -> ExitCode {
+    match result {
         Ok(done) => {
             println!("{done}");
             ExitCode::SUCCESS

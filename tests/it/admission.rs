@@ -409,10 +409,7 @@ fn a_user_admitted_on_one_node_is_admitted_on_another_without_bcrypt() {
     site.write_users(&[("alice", "new"), ("bob", "pw")]);
     b.server.wait_for_log("changed: \"alice\"", EXIT_TIMEOUT);
     a.server.wait_for_log("changed: \"alice\"", EXIT_TIMEOUT);
-    assert!(wait_until(Duration::from_secs(5), || redis
-        .cli(&["EXISTS", key])
-        .trim()
-        == "0"));
+    wait_deleted(&redis, key);
     assert_eq!(a.server.login_reply("alice", "old"), "login_invalid");
     assert_eq!(bcrypt_and_saved(&a_base), (2, 0));
     b.login("alice", "new");
@@ -431,6 +428,14 @@ fn a_user_admitted_on_one_node_is_admitted_on_another_without_bcrypt() {
         !site.verifier_file().exists(),
         "a cluster keeps no verifier file"
     );
+}
+
+/// Waits (at most 5 s) until `key` is gone from `redis`.
+fn wait_deleted(redis: &Redis, key: &str) {
+    let gone = wait_until(Duration::from_secs(5), || {
+        redis.cli(&["EXISTS", key]).trim() == "0"
+    });
+    assert!(gone, "{key} is still in Redis");
 }
 
 /// `http://ADDR` of a node's admin API.
@@ -483,10 +488,7 @@ fn a_password_changed_through_another_node_or_in_postgresql_ends_the_kept_verifi
         Some(&serde_json::json!({"password": "second"})),
     );
     assert_eq!(status, 204);
-    assert!(wait_until(Duration::from_secs(5), || redis
-        .cli(&["EXISTS", key])
-        .trim()
-        == "0"));
+    wait_deleted(&redis, key);
     assert_eq!(a.server.login_reply("alice", "first"), "login_invalid");
     assert_eq!(bcrypt_and_saved(&a_base), (2, 0));
 
@@ -496,10 +498,7 @@ fn a_password_changed_through_another_node_or_in_postgresql_ends_the_kept_verifi
     assert_eq!(bcrypt_and_saved(&b_base), (0, 2));
     assert_eq!(redis.cli(&["EXISTS", key]).trim(), "1");
     set_in_table("third");
-    assert!(wait_until(Duration::from_secs(5), || redis
-        .cli(&["EXISTS", key])
-        .trim()
-        == "0"));
+    wait_deleted(&redis, key);
     assert_eq!(a.server.login_reply("alice", "second"), "login_invalid");
     assert_eq!(b.server.login_reply("alice", "second"), "login_invalid");
     a.login("alice", "third");
