@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::hub::broker::Broker;
 use tether_actors::verifiers::{random_key, MemoryVerifiers, VerifierKey, Verifiers};
 
 /// How often a node alone saves its verifiers when they changed ("at least every minute";
@@ -145,26 +146,32 @@ pub fn load_key(config: &Config) -> Result<Option<Arc<VerifierKey>>, String> {
         .transpose()
 }
 
-/// The verifiers under `key`: in Redis through `broker` in a cluster, else in memory,
+/// The verifiers under `key`: where the cluster's `broker` keeps them, else in memory,
 /// filled from `auth.verifier_file` (a corrupt or unreadable file, or one made under
-/// another key, is logged and ignored).
+/// another key, is logged and ignored). `None` for a broker that keeps none.
 pub fn start(
     config: &Config,
     key: Arc<VerifierKey>,
-    broker: Option<&tether_cluster::RedisBroker>,
-) -> Admission {
+    broker: Option<&Arc<dyn Broker>>,
+) -> Option<Admission> {
     let ttl = config.auth.verifier_ttl;
     if let Some(broker) = broker {
+        let Some(store) = broker.verifiers(ttl) else {
+            log::warn!(
+                "auth.verifier_key_file is set, but this cluster's broker keeps no \
+                 verifiers: every login pays bcrypt"
+            );
+            return None;
+        };
         log::info!(
-            "admission after a restart: verifiers (key {}) kept in Redis for {}",
+            "admission after a restart: verifiers (key {}) kept by the cluster for {}",
             key.id(),
             crate::config::format_duration(ttl)
         );
-        let store = Arc::new(broker.verifiers(ttl));
-        return Admission {
+        return Some(Admission {
             verifiers: Verifiers::new(key, store),
             file: None,
-        };
+        });
     }
     let path = config.auth.verifier_file.clone();
     let store = Arc::new(MemoryVerifiers::new(ttl));
@@ -197,10 +204,10 @@ pub fn start(
         key_id: key.id().to_owned(),
         saving: std::sync::Mutex::new(()),
     });
-    Admission {
+    Some(Admission {
         verifiers: Verifiers::new(key, store),
         file: Some(file),
-    }
+    })
 }
 
 #[cfg(test)]

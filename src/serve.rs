@@ -214,9 +214,9 @@ pub fn run(config: Config) -> Outcome {
             None => None,
         };
         let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
-        let admission =
-            verifier_key.map(|key| crate::admission::start(&config, key, broker.as_deref()));
         let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
+        let admission =
+            verifier_key.and_then(|key| crate::admission::start(&config, key, broker.as_ref()));
         let mut settings = settings(&config);
         settings.verifiers = admission
             .as_ref()

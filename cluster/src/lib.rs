@@ -36,6 +36,7 @@ use std::time::Duration;
 use tether_actors::hub::broker::{
     Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
 };
+use tether_actors::verifiers::VerifierStore;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
@@ -177,12 +178,6 @@ impl RedisBroker {
         &self.metrics
     }
 
-    /// The cluster's verifiers (SPEC §5), kept in its Redis through this broker's thread,
-    /// each forgotten once unused for `ttl`.
-    pub fn verifiers(&self, ttl: Duration) -> RedisVerifiers {
-        RedisVerifiers::new(self.requests.clone(), Arc::clone(&self.connected), ttl)
-    }
-
     /// Queues a request that is answered with the other nodes' count.
     fn ask(&self, request: impl FnOnce(worker::Answer) -> worker::Request) -> OtherNodes {
         let (answer, answered) = oneshot::channel();
@@ -263,6 +258,15 @@ impl Broker for RedisBroker {
 
     fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Kept in Redis through this broker's thread (`RedisVerifiers`).
+    fn verifiers(&self, ttl: Duration) -> Option<Arc<dyn VerifierStore>> {
+        Some(Arc::new(RedisVerifiers::new(
+            self.requests.clone(),
+            Arc::clone(&self.connected),
+            ttl,
+        )))
     }
 
     fn stop(&self) {
