@@ -3,7 +3,7 @@
 //! without bcrypt wherever they reconnect.
 //!
 //! One key per user, `{prefix}:verifier:{<hex of the name>}` (the braces are a Redis
-//! Cluster hash tag: the key lives on the user's shard), holding the 32-byte HMAC with a
+//! Cluster hash tag: the key lives on the user's shard; every command here names one key), holding the 32-byte HMAC with a
 //! TTL of `auth.verifier_ttl`: `GETEX … EX ttl` checks one and refreshes it, `SET … EX`
 //! keeps one, `DEL` forgets one. Requests go to the broker's thread like everything else;
 //! a check waits for its answer on the password-check thread that asked (bounded), and
@@ -11,7 +11,6 @@
 //! "not held": the login pays bcrypt, it is never admitted on a guess.
 
 use crate::names::Names;
-use redis::aio::MultiplexedConnection;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +39,12 @@ pub(crate) enum Op {
 }
 
 /// Sends `ops` as one pipeline on `commands` and hands each check its answer. A check
-/// whose pipeline fails is dropped unanswered (its thread runs bcrypt).
+/// whose pipeline fails is dropped unanswered (its thread runs bcrypt). A worker that
+/// does not run them drops them: every check is then answered "not held".
 pub(crate) async fn run(
     ops: Vec<Op>,
     names: &Names,
-    commands: &mut MultiplexedConnection,
+    commands: &mut impl redis::aio::ConnectionLike,
 ) -> Result<(), String> {
     let mut pipe = redis::pipe();
     let mut checks = Vec::new();
