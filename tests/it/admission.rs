@@ -284,6 +284,25 @@ fn a_crash_costs_one_bcrypt_for_each_login_the_last_save_missed() {
 }
 
 #[test]
+fn a_corrupt_verifier_file_is_logged_ignored_and_rewritten() {
+    let site = Site::new(&[("alice", "pw")]);
+    std::fs::write(
+        site.verifier_file(),
+        "tether-verifiers 1 nonsense\nnot a record\n",
+    )
+    .unwrap();
+    let first = site.start(&site.config());
+    first.server.wait_for_log("ignored", EXIT_TIMEOUT);
+    first.server.logged_in("alice", "pw");
+    assert_eq!(first.checks(), (1, 0));
+    first.stop();
+    assert_eq!(site.saved_verifiers(), 1);
+    let second = site.start(&site.config());
+    second.server.logged_in("alice", "pw");
+    assert_eq!(second.checks(), (0, 1));
+}
+
+#[test]
 fn without_a_key_file_nothing_is_kept() {
     let site = Site::new(&[("alice", "pw")]);
     let config = TestConfig::new()
