@@ -38,14 +38,18 @@ pub(crate) enum Op {
     Forget { user: Arc<str> },
 }
 
-/// Sends `ops` as one pipeline on `commands` and hands each check its answer. A check
-/// whose pipeline fails is dropped unanswered (its thread runs bcrypt). A worker that
-/// does not run them drops them: every check is then answered "not held".
+/// Said once per process: Redis refused the verifiers' commands.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Sends `ops` as one pipeline on `commands` and hands each check its answer. When the
+/// pipeline fails its checks are dropped unanswered (their threads run bcrypt), and the
+/// first failure is logged. A worker that does not run them drops them: every check is
+/// then answered "not held".
 pub(crate) async fn run(
     ops: Vec<Op>,
     names: &Names,
     commands: &mut impl redis::aio::ConnectionLike,
-) -> Result<(), String> {
+) {
     let mut pipe = redis::pipe();
     let mut checks = Vec::new();
     for op in ops {
@@ -70,11 +74,21 @@ pub(crate) async fn run(
             }
         }
     }
-    let found: Vec<Option<Vec<u8>>> = crate::worker::bounded(pipe.query_async(commands)).await?;
-    for (answer, found) in checks.into_iter().zip(found) {
-        let _ = answer.send(found);
+    match crate::worker::bounded(pipe.query_async::<Vec<Option<Vec<u8>>>>(commands)).await {
+        Ok(found) => {
+            for (answer, found) in checks.into_iter().zip(found) {
+                let _ = answer.send(found);
+            }
+        }
+        Err(err) => {
+            if !REFUSED.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "verifiers: Redis did not answer GETEX/SET/DEL ({err}); those logins paid bcrypt \
+                     (verifiers need Redis 6.2 or later)"
+                );
+            }
+        }
     }
-    Ok(())
 }
 
 /// The verifiers of a cluster, kept in its Redis (see the module's comment).
