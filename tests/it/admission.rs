@@ -235,6 +235,41 @@ fn the_old_password_is_refused_after_a_change_in_the_file_or_through_the_admin_a
 }
 
 #[test]
+fn a_returning_user_is_admitted_at_once_while_bcrypt_checks_queue() {
+    let site = Site::new(&[]);
+    let slow = bcrypt::hash("slow-pw", 10).unwrap();
+    let alice = cheap_hash("pw");
+    std::fs::write(
+        site.path("users.toml"),
+        users_toml(&[("alice", &alice), ("slow", &slow)]),
+    )
+    .unwrap();
+    let running = site.start(&site.config().auth("password_threads", 1));
+    running.server.logged_in("alice", "pw");
+    // Three cost-10 checks (60 ms of a core each, more on a busy machine: the thread is
+    // niced) hold the one thread.
+    let mut waiting: Vec<TestClient> = (0..3)
+        .map(|_| {
+            let mut client = running.server.client();
+            client.send(&["login", "slow", "wrong"]);
+            client
+        })
+        .collect();
+    assert_eq!(running.server.login_reply("alice", "pw"), "login_valid");
+    assert!(
+        !waiting.last_mut().unwrap().has_pending_input(),
+        "alice was answered before the last of the bcrypt checks queued ahead of her"
+    );
+    for client in &mut waiting {
+        assert_eq!(
+            client.recv_within(Duration::from_secs(60)),
+            ["login_invalid"]
+        );
+    }
+    assert_eq!(running.checks(), (4, 1));
+}
+
+#[test]
 fn a_password_changed_while_the_server_was_down_makes_its_verifier_useless() {
     let site = Site::new(&[("carol", "old")]);
     let first = site.start(&site.config());

@@ -7,6 +7,9 @@
 //! computes its verifier (an HMAC: microseconds) on the same thread, after the hash lookup
 //! and in the same queue, so the fair order and the throttle are as before: a kept one
 //! admits it without bcrypt; anything else runs bcrypt, and a match leaves a verifier.
+//! When the hash is in memory and the store answers without waiting (a node alone), the
+//! connection asks first, on its event loop ([`PasswordChecker::admits_at_once`]): a
+//! returning user then waits behind no bcrypt check queued before them.
 //!
 //! A check whose login is gone (its connection closed or was reset before the check
 //! started) is dropped unrun; a client that only shut its sending side keeps its login,
@@ -249,6 +252,24 @@ impl PasswordChecker {
         stand_in: PasswordHash,
     ) -> Verdict {
         self.verify(client, password, Some((user, lookup)), stand_in)
+    }
+
+    /// Whether a verifier kept for `user` vouches for `password` against the stored `hash`,
+    /// when the store can tell at once (a node alone's memory): then the login needs no
+    /// queue at all. `false` when it cannot tell, or no verifiers are kept; the login is
+    /// then queued as usual (and its verifier, if any, checked on a checker thread).
+    pub fn admits_at_once(&self, user: &str, password: &[u8], hash: &str) -> bool {
+        let Some(verifiers) = &self.pool.verifiers else {
+            return false;
+        };
+        // The same bytes a queued check keys its verifier with.
+        let password = &password[..password.len().min(BCRYPT_READS_BYTES)];
+        let tag = verifiers.key().tag(user, password, hash);
+        let admitted = verifiers.store().holds_now(user, &tag) == Some(true);
+        if admitted {
+            self.pool.metrics.password_checks_saved.inc();
+        }
+        admitted
     }
 
     /// Forgets `user`'s verifier, if verifiers are kept: its password changed or it was

@@ -146,6 +146,14 @@ pub trait VerifierStore: Send + Sync + 'static {
     fn keep(&self, user: &str, tag: Tag);
     /// Forgets `user`'s verifier (the password changed or the user was removed).
     fn forget(&self, user: &str);
+
+    /// [`VerifierStore::holds`] answered at once, without waiting for anything (an event
+    /// loop may ask): `None` when the store cannot tell without waiting (the check then
+    /// goes to the password-check threads). By default `None`.
+    fn holds_now(&self, user: &str, tag: &Tag) -> Option<bool> {
+        let _ = (user, tag);
+        None
+    }
 }
 
 /// The key and the store: what the password checks need to admit without bcrypt.
@@ -360,6 +368,11 @@ impl VerifierStore for MemoryVerifiers {
         if self.lock().remove(user).is_some() {
             self.changed.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// In memory: answered at once (a hash-map look-up under a lock held for that alone).
+    fn holds_now(&self, user: &str, tag: &Tag) -> Option<bool> {
+        Some(self.holds(user, tag))
     }
 }
 
