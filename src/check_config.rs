@@ -29,6 +29,8 @@ pub fn check_config(config: &Config) -> Result<String, Failure> {
     // Certificate and CA files are read as start-up reads them: a file that would stop
     // the server is named here too.
     crate::tls::load_certificates(config).map_err(Failure::invalid)?;
+    // So is the verifier key: too short or too open stops the server.
+    crate::admission::load_key(config).map_err(Failure::invalid)?;
     if let Some(url) = &config.auth.database {
         crate::users::pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
             .map_err(|why| Failure::invalid(format!("auth.database_ca_file: {why}")))?;

@@ -138,6 +138,13 @@ pub struct AuthConfig {
     /// Threads running bcrypt (1–1024); a configured 0 is already resolved to one per CPU
     /// but one, at least one.
     pub password_threads: usize,
+    /// The secret key of the verifiers that admit a returning login without bcrypt (SPEC
+    /// §5), resolved against the configuration's folder; `None` (`""`): off.
+    pub verifier_key_file: Option<PathBuf>,
+    /// Where a node alone keeps its verifiers, resolved against the configuration's folder.
+    pub verifier_file: PathBuf,
+    /// How long an unused verifier is kept; at least a second.
+    pub verifier_ttl: Duration,
 }
 
 /// The `[events]` table: how event times are written.
@@ -323,6 +330,19 @@ impl Config {
                     value(i64::from(auth.login_failures_per_minute)),
                 ),
                 ("password_threads", count(auth.password_threads)),
+                (
+                    "verifier_key_file",
+                    value(
+                        auth.verifier_key_file
+                            .as_ref()
+                            .map_or_else(String::new, |p| p.to_string_lossy().into_owned()),
+                    ),
+                ),
+                (
+                    "verifier_file",
+                    value(auth.verifier_file.to_string_lossy().into_owned()),
+                ),
+                ("verifier_ttl", value(format_duration(auth.verifier_ttl))),
             ],
         );
         section(
@@ -442,7 +462,14 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".to_string();
     }
     let mut text = String::new();
-    for (unit, unit_ms) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
+    let units = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    for (unit, unit_ms) in units {
         let amount = ms / unit_ms;
         ms %= unit_ms;
         if amount > 0 {
@@ -531,10 +558,10 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads a duration: one or more `<decimal integer><unit>` with units `ms`, `s`, `m`, `h`
-/// and no spaces, such as `"30m"`, `"250ms"` or `"1m30s"`.
+/// Reads a duration: one or more `<decimal integer><unit>` with units `ms`, `s`, `m`, `h`,
+/// `d` and no spaces, such as `"30m"`, `"250ms"`, `"1m30s"` or `"7d"`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    const UNITS: &str = "units are ms, s, m and h";
+    const UNITS: &str = "units are ms, s, m, h and d";
     if text.is_empty() {
         return Err(
             "the duration is empty (write it like \"30m\", \"5s\", \"250ms\" or \"1m30s\")"
@@ -560,6 +587,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "s" => 1_000,
             "m" => 60_000,
             "h" => 3_600_000,
+            "d" => 86_400_000,
             "" => return Err(format!("missing unit after {digits} in {text:?} ({UNITS})")),
             other => return Err(format!("unknown unit {other:?} in {text:?} ({UNITS})")),
         };
@@ -766,6 +794,9 @@ struct RawAuth {
     watch: bool,
     login_failures_per_minute: u32,
     password_threads: u64,
+    verifier_key_file: String,
+    verifier_file: String,
+    verifier_ttl: String,
 }
 
 impl Default for RawAuth {
@@ -779,6 +810,9 @@ impl Default for RawAuth {
             watch: true,
             login_failures_per_minute: 10,
             password_threads: 0,
+            verifier_key_file: String::new(),
+            verifier_file: "verifiers".to_string(),
+            verifier_ttl: "7d".to_string(),
         }
     }
 }
@@ -1174,6 +1208,19 @@ impl Check<'_> {
             ));
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
+        let verifier_ttl = self.duration("auth.verifier_ttl", &raw.verifier_ttl)?;
+        if verifier_ttl < Duration::from_secs(1) {
+            return Err(self.error(
+                "auth.verifier_ttl",
+                format!("must be at least 1s, found {:?}", raw.verifier_ttl),
+            ));
+        }
+        if raw.verifier_file.is_empty() {
+            return Err(self.error(
+                "auth.verifier_file",
+                "must name a file (it is only written when auth.verifier_key_file is set)".into(),
+            ));
+        }
         Ok(AuthConfig {
             users_file: folder.join(
                 raw.users_file
@@ -1189,6 +1236,12 @@ impl Check<'_> {
             watch: raw.watch,
             login_failures_per_minute: raw.login_failures_per_minute,
             password_threads,
+            verifier_key_file: match raw.verifier_key_file.as_str() {
+                "" => None,
+                file => Some(folder.join(file)),
+            },
+            verifier_file: folder.join(raw.verifier_file),
+            verifier_ttl,
         })
     }
 
@@ -1597,6 +1650,38 @@ mod tests {
             "1h1m1s1ms"
         );
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(7 * 86_400)), "7d");
+    }
+
+    #[test]
+    fn verifier_keys_have_their_defaults_and_are_checked() {
+        let auth = config("").unwrap().auth;
+        assert_eq!(auth.verifier_key_file, None);
+        assert_eq!(auth.verifier_file, Path::new("/etc/tether/verifiers"));
+        assert_eq!(auth.verifier_ttl, Duration::from_secs(7 * 86_400));
+        let auth = config("[auth]\nverifier_key_file = \"k\"\nverifier_ttl = \"1d12h\"")
+            .unwrap()
+            .auth;
+        assert_eq!(
+            auth.verifier_key_file.as_deref(),
+            Some(Path::new("/etc/tether/k"))
+        );
+        assert_eq!(auth.verifier_ttl, Duration::from_secs(36 * 3_600));
+        assert_refused(
+            "[auth]\nverifier_ttl = \"0s\"",
+            "auth.verifier_ttl",
+            "at least 1s",
+        );
+        assert_refused(
+            "[auth]\nverifier_ttl = \"7w\"",
+            "auth.verifier_ttl",
+            "unknown unit",
+        );
+        assert_refused(
+            "[auth]\nverifier_file = \"\"",
+            "auth.verifier_file",
+            "must name",
+        );
     }
 
     #[test]
@@ -2201,7 +2286,7 @@ mod tests {
 
     #[test]
     fn duration_with_unknown_unit_is_rejected() {
-        for text in ["5x", "5sec", "5S", "1d", "5 s", "5s "] {
+        for text in ["5x", "5sec", "5S", "5 s", "5s "] {
             assert!(
                 parse_duration(text).unwrap_err().contains("unknown unit"),
                 "{text}"

@@ -75,6 +75,15 @@ enum Command {
     /// Check the configuration and the users file, and print the settings in force (the
     /// admin token masked); exit code 0 when both are valid, 2 otherwise
     CheckConfig,
+    /// Write a new verifier key (auth.verifier_key_file): 32 random bytes as 64 hexadecimal
+    /// digits, mode 0600
+    Keygen {
+        /// Where to write it
+        path: PathBuf,
+        /// Replace an existing file (every verifier made under the old key becomes useless)
+        #[arg(long)]
+        force: bool,
+    },
     /// Print a completion script for SHELL to standard output
     Completions {
         /// The shell
@@ -141,6 +150,7 @@ fn main() -> ExitCode {
             with_config(config, |config| db_cli::import(config, &file))
         }
         Some(Command::CheckConfig) => with_config(config, tether::check_config::check_config),
+        Some(Command::Keygen { path, force }) => outcome(tether::admission::keygen(&path, force)),
         Some(Command::Client(args)) => match load_config(config) {
             Ok(config) => ExitCode::from(tether::client::run(args, &config)),
             Err(exit) => exit,
@@ -171,11 +181,16 @@ fn with_config(
     path: Option<PathBuf>,
     command: impl FnOnce(&Config) -> Result<String, Failure>,
 ) -> ExitCode {
-    let config = match load_config(path) {
-        Ok(config) => config,
-        Err(exit) => return exit,
-    };
-    match command(&config) {
+    match load_config(path) {
+        Ok(config) => outcome(command(&config)),
+        Err(exit) => exit,
+    }
+}
+
+/// A command's answer on standard output, or its failure on standard error with its exit
+/// code.
+fn outcome(result: Result<String, Failure>) -> ExitCode {
+    match result {
         Ok(done) => {
             tether::stdout::line(done);
             ExitCode::SUCCESS

@@ -62,6 +62,7 @@ pub fn settings(config: &Config) -> Settings {
         login_failures_per_minute: config.auth.login_failures_per_minute,
         bcrypt_cost: config.auth.bcrypt_cost,
         time_zone: config.events.time_zone.clone(),
+        verifiers: None,
     }
 }
 
@@ -127,6 +128,13 @@ pub fn run(config: Config) -> Outcome {
         admin_tls,
     } = match crate::tls::load_certificates(&config) {
         Ok(certificates) => certificates,
+        Err(err) => {
+            fatal(&err);
+            return Outcome::BadConfiguration;
+        }
+    };
+    let verifier_key = match crate::admission::load_key(&config) {
+        Ok(key) => key,
         Err(err) => {
             fatal(&err);
             return Outcome::BadConfiguration;
@@ -252,7 +260,17 @@ pub fn run(config: Config) -> Outcome {
         };
         let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
         let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
-        let started = Tether::start_clustered(listeners, settings(&config), store, broker);
+        let admission =
+            verifier_key.and_then(|key| crate::admission::start(&config, key, broker.as_ref()));
+        let mut settings = settings(&config);
+        settings.verifiers = admission
+            .as_ref()
+            .map(|admission| admission.verifiers.clone());
+        let verifier_file = admission.and_then(|admission| admission.file);
+        let saving = verifier_file
+            .clone()
+            .map(|file| actix_rt::spawn(file.save_periodically()));
+        let started = Tether::start_clustered(listeners, settings, store, broker);
         let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
@@ -353,7 +371,19 @@ pub fn run(config: Config) -> Outcome {
         // admin API is doing (a request trickling its body must not hold them).
         let admin_deadline = tokio::time::Instant::now() + config.server.shutdown_grace;
         let admin_stopped = admin.map(|(admin, _)| admin.stop(true));
+        // The verifiers are saved at once (a successor started without waiting for this
+        // process finds them), and again once the last logins are done.
+        let early_save = verifier_file
+            .clone()
+            .map(|file| tokio::task::spawn_blocking(move || file.save()));
         tether.shutdown().await;
+        if let (Some(saving), Some(file)) = (saving, verifier_file) {
+            saving.abort();
+            if let Some(early_save) = early_save {
+                let _ = early_save.await;
+            }
+            let _ = tokio::task::spawn_blocking(move || file.save()).await;
+        }
         if let Some(admin_stopped) = admin_stopped {
             let waited =
                 tokio::time::timeout_at(admin_deadline + ADMIN_STOP_SLACK, admin_stopped).await;

@@ -115,6 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         login_failures_per_minute: 10,
         bcrypt_cost: 4,
         time_zone: jiff::tz::TimeZone::UTC,
+        verifiers: None,
     };
     let listener = std::net::TcpListener::bind(&address)?;
 

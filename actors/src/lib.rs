@@ -19,7 +19,7 @@ pub mod util;
 pub mod wire;
 
 // The paths host programs and the tests used before the layers had folders.
-pub use auth::{credentials, password, throttle, users};
+pub use auth::{credentials, password, throttle, users, verifiers};
 pub use hub::{bus, registry, supervisor};
 pub use util::{buffers, clock, excerpt, metrics};
 pub use wire::{codec, protocol, proxy_header};

@@ -83,6 +83,9 @@ pub struct Settings {
     pub bcrypt_cost: u32,
     /// The zone whose wall-clock time events carry.
     pub time_zone: jiff::tz::TimeZone,
+    /// Admission without bcrypt for a login a kept verifier vouches for (SPEC §5,
+    /// `auth.verifier_key_file`); `None`: every login pays bcrypt and nothing is kept.
+    pub verifiers: Option<crate::auth::verifiers::Verifiers>,
 }
 
 /// Why the server could not start.
@@ -374,7 +377,11 @@ impl Tether {
         if let Some(broker) = &broker {
             broker.attach(Arc::new(NodeInbox { hub: hub.clone() }));
         }
-        let passwords = PasswordChecker::start(settings.password_threads, metrics.clone())?;
+        let passwords = PasswordChecker::start_with_verifiers(
+            settings.password_threads,
+            metrics.clone(),
+            settings.verifiers.clone(),
+        )?;
         let shared = Arc::new(ConnectionShared {
             idle_timeout: settings.idle_timeout,
             max_message_bytes: settings.max_message_bytes,
@@ -1049,14 +1056,22 @@ impl TetherHandle {
         self.ask_bus(PublishBatch { events }).await
     }
 
-    /// Invalidates every connection bound to `user`; answers how many there were.
+    /// Invalidates every connection bound to `user`; answers how many there were. For a
+    /// password change or a removal, the user's verifier is forgotten first.
     pub async fn invalidate(
         &self,
         user: impl Into<String>,
         cause: InvalidationCause,
     ) -> Result<usize, PublishError> {
+        let user = user.into();
+        if matches!(
+            cause,
+            InvalidationCause::PasswordChanged | InvalidationCause::UserRemoved
+        ) {
+            self.passwords.forget_verifier(&user);
+        }
         let message = Invalidate {
-            user: user.into(),
+            user,
             except: None,
             cause,
         };

@@ -2,6 +2,10 @@
 //! maximum, once alone and once while logins at bcrypt cost 10 arrive at a fixed rate that
 //! keeps one core busy (calibrated by timing a verify at that cost here); the `prolongate`
 //! p99 of the two runs is compared.
+//!
+//! `readmit`: users logging in again at once — after a restart, or on another node — with
+//! and without verifiers (SPEC §5): how long until all are back, and how many bcrypt
+//! checks it took (from the server's `/metrics`).
 
 use crate::cmd::{check_outcome, run_load, LoadSpec};
 use crate::net::{check_loopback, connect_from, instant_at, now_ns};
@@ -226,4 +230,151 @@ impl Storm {
             })
             .collect()
     }
+}
+
+/// Arguments of `readmit`: a re-admission storm (SPEC §5, "Admission after a restart").
+#[derive(Debug, clap::Args)]
+pub struct ReadmitArgs {
+    /// tether's client address (loopback).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// Its admin API, for the password-check counters.
+    #[arg(long)]
+    admin: SocketAddr,
+    /// Its process id, for the CPU time it spends.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Users PREFIX0 .. PREFIX(N-1) log in (as `make-users` writes them).
+    #[arg(long, default_value_t = 1000)]
+    users: u32,
+    /// Their name prefix.
+    #[arg(long, default_value = "u")]
+    prefix: String,
+    /// Their password.
+    #[arg(long, default_value = "bench")]
+    password: String,
+    /// 0: every user logs in at once on a connection of its own (a storm); K > 0: one
+    /// connection logs in K times in a row, cycling through the users (cost per login).
+    #[arg(long, default_value_t = 0)]
+    sequential: u32,
+    /// What this run is, for the table and the JSON line.
+    #[arg(long, default_value = "storm")]
+    label: String,
+    /// Seconds the storm may take before it is given up.
+    #[arg(long, default_value_t = 1200.0)]
+    timeout: f64,
+}
+
+/// (bcrypt checks run, logins admitted by a verifier) so far, from `/metrics`.
+async fn password_counters(admin: SocketAddr) -> Fallible<(f64, f64)> {
+    let response = crate::http::HttpClient::new(admin, None)
+        .get("/metrics")
+        .await?;
+    let text = String::from_utf8_lossy(&response.body);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("tether_password_check_seconds_count"),
+        value("tether_password_checks_saved_total"),
+    ))
+}
+
+/// Runs one re-admission storm (or a sequence of logins) and reports it.
+pub async fn readmit(args: &ReadmitArgs, report: &mut Report) -> Fallible<()> {
+    let addr = check_loopback(args.addr)?;
+    check_loopback(args.admin)?;
+    crate::net::raise_open_files()?;
+    let names: Vec<String> = (0..args.users.max(1))
+        .map(|n| format!("{}{n}", args.prefix))
+        .collect();
+    let (checks_before, saved_before) = password_counters(args.admin).await?;
+    let cpu_before = args.pid.map(crate::stats::cpu_times).transpose()?;
+    let began = Instant::now();
+    let logins = if args.sequential > 0 {
+        let mut stream = connect_from(Ipv4Addr::LOCALHOST, addr, false).await?;
+        for n in 0..args.sequential {
+            let name = &names[n as usize % names.len()];
+            let login = crate::proto::login_message(name, &args.password);
+            exchange(&mut stream, &login, b"login_valid\x1e").await?;
+        }
+        args.sequential as usize
+    } else {
+        // Every connection first, then every login at once.
+        let mut streams = Vec::with_capacity(names.len());
+        for _ in &names {
+            streams.push(connect_from(Ipv4Addr::LOCALHOST, addr, false).await?);
+        }
+        let began = Instant::now();
+        let tasks: Vec<_> = streams
+            .into_iter()
+            .zip(&names)
+            .map(|(mut stream, name)| {
+                let login = crate::proto::login_message(name, &args.password);
+                tokio::spawn(async move {
+                    exchange(&mut stream, &login, b"login_valid\x1e").await?;
+                    Ok::<_, String>(began.elapsed())
+                })
+            })
+            .collect();
+        let deadline = Duration::from_secs_f64(args.timeout);
+        for task in tasks {
+            tokio::time::timeout(deadline, task)
+                .await
+                .map_err(|_| format!("readmit: no answer within {:.0} s", args.timeout))?
+                .map_err(|err| format!("readmit: a login task failed: {err}"))??;
+        }
+        names.len()
+    };
+    let seconds = began.elapsed().as_secs_f64();
+    let cpu = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => {
+            let used = crate::stats::cpu_times(pid)? - before;
+            Some(used.user + used.system)
+        }
+        _ => None,
+    };
+    let (checks_after, saved_after) = password_counters(args.admin).await?;
+    let checks = checks_after - checks_before;
+    let saved = saved_after - saved_before;
+    let per_login_us = seconds * 1e6 / logins as f64;
+    report.emit(&json!({
+        "scenario": "readmit",
+        "target": "tether",
+        "label": args.label,
+        "logins": logins,
+        "sequential": args.sequential > 0,
+        "seconds": seconds,
+        "logins_per_s": logins as f64 / seconds,
+        "per_login_us": per_login_us,
+        "bcrypt_checks": checks,
+        "checks_saved": saved,
+        "server_cpu_s": cpu,
+        "server_cpu_per_login_us": cpu.map(|cpu| cpu * 1e6 / logins as f64),
+    }))?;
+    report.table(
+        &format!("readmit — tether at {addr}: {}", args.label),
+        &[
+            "logins",
+            "seconds",
+            "logins/s",
+            "µs/login",
+            "bcrypt",
+            "saved",
+            "server CPU s",
+        ],
+        &[vec![
+            count(logins as f64),
+            format!("{seconds:.2}"),
+            count(logins as f64 / seconds),
+            dec(per_login_us),
+            count(checks),
+            count(saved),
+            cpu.map_or_else(|| "-".into(), |cpu| format!("{cpu:.2}")),
+        ]],
+    );
+    Ok(())
 }

@@ -102,6 +102,9 @@ enum Command {
     Fanout(fanout::Args),
     /// `prolongate` latency at half the maximum rate, with and without a bcrypt login storm.
     LoginStorm(login_storm::Args),
+    /// Users logging in again at once (after a restart, on another node): seconds, bcrypt
+    /// checks and logins a verifier admitted; or logins in a row, for the cost of one.
+    Readmit(login_storm::ReadmitArgs),
     /// Connect, log in, drop, in a loop: connections/s and server RSS before and after.
     Churn(churn::Args),
     /// TLS against plaintext on one tether: `cmd` ratio, handshakes/s, and `prolongate`
@@ -140,6 +143,7 @@ fn main() -> ExitCode {
             Command::Fanout(args) => fanout::run(args, &mut report).await,
             Command::LoginStorm(args) => login_storm::run(args, &mut report).await,
             Command::Churn(args) => churn::run(args, &mut report).await,
+            Command::Readmit(args) => login_storm::readmit(args, &mut report).await,
             Command::Tls(args) => tls::run(args, &mut report).await,
             Command::ServeRaw(_) | Command::MakeUsers(_) | Command::FreePorts { .. } => Ok(()),
         }

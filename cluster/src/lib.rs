@@ -28,9 +28,11 @@ mod history;
 mod metrics;
 mod names;
 mod throttle;
+mod verifiers;
 mod worker;
 
 pub use metrics::ClusterMetrics;
+pub use verifiers::RedisVerifiers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use std::time::Duration;
 use tether_actors::hub::broker::{
     Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
 };
+use tether_actors::verifiers::VerifierStore;
 use tokio::sync::{mpsc, oneshot};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
@@ -369,6 +372,15 @@ impl Broker for RedisBroker {
             .to_string()),
             _ => Ok(()),
         }
+    }
+
+    /// Kept in Redis through this broker's thread (`RedisVerifiers`).
+    fn verifiers(&self, ttl: Duration) -> Option<Arc<dyn VerifierStore>> {
+        Some(Arc::new(RedisVerifiers::new(
+            self.requests.clone(),
+            Arc::clone(&self.connected),
+            ttl,
+        )))
     }
 
     fn stop(&self) {

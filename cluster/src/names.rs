@@ -95,6 +95,12 @@ impl Names {
     pub(crate) fn own_node_key(&self) -> String {
         format!("{}{}", self.node_key_prefix(), self.node)
     }
+
+    /// `user`'s verifier (SPEC §5): `{prefix}:verifier:{{hex}}`, the braces a Redis Cluster
+    /// hash tag putting it on the user's shard.
+    pub(crate) fn verifier_key(&self, user: &str) -> String {
+        format!("{}:verifier:{{{}}}", self.prefix, hex(user))
+    }
 }
 
 /// `text`'s bytes in lowercase hexadecimal.

@@ -219,6 +219,8 @@ pub(crate) enum Request {
     Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
     Stop(std::sync::mpsc::Sender<()>),
+    /// Check, keep or forget a verifier (`verifiers.rs`); dropped while unreachable.
+    Verifier(crate::verifiers::Op),
 }
 
 impl Request {
@@ -534,6 +536,9 @@ impl Worker {
                 let _ = done.send(());
                 return true;
             }
+            // A check dropped unanswered pays bcrypt; a keep or forget is lost (see
+            // `verifiers.rs`).
+            Request::Verifier(_) => {}
         }
         false
     }
@@ -848,6 +853,7 @@ impl Worker {
         // dropped, unanswered, if it fails).
         let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut writes = false;
+        let mut verifier_ops = Vec::new();
         let mut next = Some(first);
         while let Some(request) = next.take() {
             match request {
@@ -906,6 +912,7 @@ impl Worker {
                     stop = Some(done);
                     break;
                 }
+                Request::Verifier(op) => verifier_ops.push(op),
             }
             if answers.len() < BATCH {
                 next = self.requests.try_recv().ok();
@@ -1024,6 +1031,12 @@ impl Worker {
         }
         if let Some(err) = lost {
             return Err(Ended::Lost(err));
+        }
+        if !verifier_ops.is_empty() {
+            // A failure here (an error reply, such as a Redis older than 6.2 refusing
+            // GETEX) costs the logins a bcrypt check; a lost connection is noticed by the
+            // next request or heartbeat.
+            crate::verifiers::run(verifier_ops, &self.names, &mut link.commands).await;
         }
         if let Some(done) = stop {
             self.withdraw(link).await;
@@ -1338,7 +1351,7 @@ fn count_many(sha: &str, names: &Names, users: &[Arc<str>]) -> redis::Cmd {
 }
 
 /// `request`, failing after [`ANSWER_TIMEOUT`].
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     request: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(ANSWER_TIMEOUT, request).await {

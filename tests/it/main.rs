@@ -9,6 +9,7 @@
 mod common;
 
 mod admin;
+mod admission;
 mod client_cli;
 mod client_library;
 mod cluster;

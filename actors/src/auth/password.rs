@@ -3,10 +3,19 @@
 //! arbiter and a flood from one address delays only that address's logins. New hashes
 //! (the admin API's password changes) are made on the same threads, queued the same way.
 //!
+//! With [`Verifiers`] (SPEC §5, "Admission after a restart"), a login's check first
+//! computes its verifier (an HMAC: microseconds) on the same thread, after the hash lookup
+//! and in the same queue, so the fair order and the throttle are as before: a kept one
+//! admits it without bcrypt; anything else runs bcrypt, and a match leaves a verifier.
+//! When the hash is in memory and the store answers without waiting (a node alone), the
+//! connection asks first, on its event loop ([`PasswordChecker::admits_at_once`]): a
+//! returning user then waits behind no bcrypt check queued before them.
+//!
 //! A check whose login is gone (its connection closed or was reset before the check
 //! started) is dropped unrun; a client that only shut its sending side keeps its login,
 //! and the bound on what one address takes is the round-robin, not a guess at departures.
 
+use crate::auth::verifiers::Verifiers;
 use crate::util::metrics::Metrics;
 use crate::util::priority;
 use std::collections::{HashMap, VecDeque};
@@ -55,8 +64,9 @@ struct Check {
 enum Work {
     /// Compares it with a hash.
     Verify {
-        /// Finds the user's hash first, when the check has one.
-        lookup: Option<HashLookup>,
+        /// Finds the user's hash first, when the check has one; with the user's name,
+        /// for its verifier.
+        lookup: Option<(Arc<str>, HashLookup)>,
         /// The hash checked when there is no lookup or it finds no user: the stored hash,
         /// or the stand-in for an unknown user.
         hash: PasswordHash,
@@ -145,6 +155,8 @@ struct Pool {
     abandoned: AtomicUsize,
     /// Queue depth and check durations.
     metrics: Metrics,
+    /// Admission without bcrypt, when `auth.verifier_key_file` is set.
+    verifiers: Option<Verifiers>,
 }
 
 impl Pool {
@@ -190,11 +202,22 @@ pub struct PasswordChecker {
 impl PasswordChecker {
     /// Starts `threads` checker threads.
     pub fn start(threads: usize, metrics: Metrics) -> std::io::Result<Self> {
+        Self::start_with_verifiers(threads, metrics, None)
+    }
+
+    /// Starts `threads` checker threads that admit a login with a kept verifier without
+    /// bcrypt and leave one after each successful bcrypt check (see the module's comment).
+    pub fn start_with_verifiers(
+        threads: usize,
+        metrics: Metrics,
+        verifiers: Option<Verifiers>,
+    ) -> std::io::Result<Self> {
         let pool = Arc::new(Pool {
             queue: Mutex::new(FairQueue::default()),
             ready: Condvar::new(),
             abandoned: AtomicUsize::new(0),
             metrics,
+            verifiers,
         });
         for index in 0..threads.max(1) {
             let pool = Arc::clone(&pool);
@@ -215,18 +238,46 @@ impl PasswordChecker {
         self.verify(client, password, None, hash)
     }
 
-    /// Queues a check for a login from `client` of `password` against the hash `lookup`
-    /// finds, or `stand_in` when it finds none. The lookup runs on the checker thread, just
-    /// before bcrypt, so a store that asks a database never blocks an event loop; the
-    /// verdict's [`Checked::found`] is what it found.
+    /// Queues a check for a login as `user` from `client` of `password` against the hash
+    /// `lookup` finds, or `stand_in` when it finds none. The lookup runs on the checker
+    /// thread, just before bcrypt, so a store that asks a database never blocks an event
+    /// loop; the verdict's [`Checked::found`] is what it found. With verifiers, a kept one
+    /// for (`user`, `password`, the hash found) answers instead of bcrypt.
     pub fn check_user(
         &self,
         client: IpAddr,
+        user: Arc<str>,
         password: &[u8],
         lookup: HashLookup,
         stand_in: PasswordHash,
     ) -> Verdict {
-        self.verify(client, password, Some(lookup), stand_in)
+        self.verify(client, password, Some((user, lookup)), stand_in)
+    }
+
+    /// Whether a verifier kept for `user` vouches for `password` against the stored `hash`,
+    /// when the store can tell at once (a node alone's memory): then the login needs no
+    /// queue at all. `false` when it cannot tell, or no verifiers are kept; the login is
+    /// then queued as usual (and its verifier, if any, checked on a checker thread).
+    pub fn admits_at_once(&self, user: &str, password: &[u8], hash: &str) -> bool {
+        let Some(verifiers) = &self.pool.verifiers else {
+            return false;
+        };
+        // The same bytes a queued check keys its verifier with.
+        let password = &password[..password.len().min(BCRYPT_READS_BYTES)];
+        let tag = verifiers.key().tag(user, password, hash);
+        let admitted = verifiers.store().holds_now(user, &tag) == Some(true);
+        if admitted {
+            self.pool.metrics.password_checks_saved.inc();
+        }
+        admitted
+    }
+
+    /// Forgets `user`'s verifier, if verifiers are kept: its password changed or it was
+    /// removed (the kept one is useless already, as the stored hash is part of it).
+    pub fn forget_verifier(&self, user: &str) {
+        if let Some(verifiers) = &self.pool.verifiers {
+            verifiers.store().forget(user);
+        }
     }
 
     /// Queues the making of a bcrypt hash of `password` at `cost`, asked for from `client`
@@ -241,7 +292,7 @@ impl PasswordChecker {
         &self,
         client: IpAddr,
         password: &[u8],
-        lookup: Option<HashLookup>,
+        lookup: Option<(Arc<str>, HashLookup)>,
         hash: PasswordHash,
     ) -> Verdict {
         let (verdict, answer) = oneshot::channel();
@@ -395,7 +446,26 @@ fn run_checks(pool: &Pool) {
                 verdict,
             } => {
                 let started = Instant::now();
-                let found = lookup.and_then(|lookup| lookup());
+                let (user, found) = match lookup {
+                    Some((user, lookup)) => (Some(user), lookup()),
+                    None => (None, None),
+                };
+                // A known user's verifier, when verifiers are kept: an HMAC, microseconds.
+                let verifier = match (&pool.verifiers, &user, &found) {
+                    (Some(verifiers), Some(user), Some(stored)) => {
+                        let tag = verifiers.key().tag(user, &check.password, stored);
+                        if verifiers.store().holds(user, &tag) {
+                            metrics.password_checks_saved.inc();
+                            let _ = verdict.send(Checked {
+                                matches: true,
+                                found: found.clone(),
+                            });
+                            continue;
+                        }
+                        Some((verifiers, user, tag))
+                    }
+                    _ => None,
+                };
                 let hash = found.as_ref().unwrap_or(&hash);
                 // The one place a password is checked: on the checker's own threads.
                 #[allow(clippy::disallowed_methods)]
@@ -403,6 +473,9 @@ fn run_checks(pool: &Pool) {
                 metrics
                     .password_check_seconds
                     .observe(started.elapsed().as_secs_f64());
+                if let (true, Some((verifiers, user, tag))) = (matches, verifier) {
+                    verifiers.store().keep(user, tag);
+                }
                 // The connection may have gone meanwhile; then nobody needs the verdict.
                 let _ = verdict.send(Checked { matches, found });
             }
@@ -596,6 +669,50 @@ mod tests {
     }
 
     #[actix_rt::test]
+    async fn a_kept_verifier_admits_without_bcrypt_and_a_wrong_password_pays_it() {
+        use crate::auth::verifiers::{MemoryVerifiers, VerifierKey};
+        let metrics = Metrics::new();
+        let store = Arc::new(MemoryVerifiers::new(std::time::Duration::from_secs(60)));
+        let key = Arc::new(VerifierKey::new(&[3; 32]).expect("long enough"));
+        let verifiers = Verifiers::new(key, store.clone());
+        let checker = PasswordChecker::start_with_verifiers(1, metrics.clone(), Some(verifiers))
+            .expect("threads start");
+        let hash = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
+        let stand_in = stand_in_hash(4).expect("hashes");
+        let login = |password: &'static [u8], hash: PasswordHash| {
+            let lookup: HashLookup = Box::new(move || Some(hash));
+            checker.check_user(HOME, Arc::from("u"), password, lookup, stand_in.clone())
+        };
+        let mut registry = prometheus_client::registry::Registry::with_prefix("tether");
+        metrics.register(&mut registry);
+        let bcrypts = || {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+            let line = text
+                .lines()
+                .find(|line| line.starts_with("tether_password_check_seconds_count "))
+                .expect("the histogram is there");
+            line.rsplit(' ')
+                .next()
+                .and_then(|n| n.parse::<u64>().ok())
+                .expect("a count")
+        };
+        assert!(login(b"pw", hash.clone()).await.matches);
+        assert_eq!((bcrypts(), metrics.password_checks_saved.get()), (1, 0));
+        assert_eq!(store.len(), 1);
+        assert!(login(b"pw", hash.clone()).await.matches);
+        assert_eq!((bcrypts(), metrics.password_checks_saved.get()), (1, 1));
+        assert!(!login(b"wrong", hash.clone()).await.matches);
+        assert_eq!((bcrypts(), metrics.password_checks_saved.get()), (2, 1));
+        // Another stored hash (a password change, even to the same password): bcrypt.
+        let rehashed = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
+        assert!(login(b"pw", rehashed).await.matches);
+        assert_eq!((bcrypts(), metrics.password_checks_saved.get()), (3, 1));
+        checker.forget_verifier("u");
+        assert!(store.is_empty());
+    }
+
+    #[actix_rt::test]
     async fn a_lookup_runs_on_the_checker_thread_and_its_hash_is_checked() {
         let checker = PasswordChecker::start(1, Metrics::new()).expect("threads start");
         let hash = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
@@ -609,7 +726,7 @@ mod tests {
             on_checker.then_some(found)
         });
         let checked = checker
-            .check_user(HOME, b"pw", lookup, stand_in.clone())
+            .check_user(HOME, Arc::from("u"), b"pw", lookup, stand_in.clone())
             .await;
         assert_eq!(
             checked,
@@ -619,7 +736,7 @@ mod tests {
             }
         );
         let nobody = checker
-            .check_user(HOME, b"pw", Box::new(|| None), stand_in)
+            .check_user(HOME, Arc::from("u"), b"pw", Box::new(|| None), stand_in)
             .await;
         assert!(!nobody.matches && nobody.found.is_none());
     }

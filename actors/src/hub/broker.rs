@@ -8,6 +8,7 @@
 //! broker how many connections this node has per user, so that it subscribes to a user
 //! while the node has one and answers counts over all nodes.
 
+use crate::auth::verifiers::VerifierStore;
 use crate::hub::messages::BindingId;
 use std::fmt;
 use std::net::IpAddr;
@@ -167,6 +168,14 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// pair's failures, as the node's own throttle does.
     fn login_succeeded(&self, client: IpAddr, name: &[u8]) {
         let _ = (client, name);
+    }
+
+    /// Where the cluster keeps its verifiers (SPEC §5, "Admission after a restart"), each
+    /// forgotten once unused for `ttl`, so that every node finds the one another node
+    /// left; `None` when this broker keeps none (every login then pays bcrypt).
+    fn verifiers(&self, ttl: std::time::Duration) -> Option<Arc<dyn VerifierStore>> {
+        let _ = ttl;
+        None
     }
 }
 

@@ -301,6 +301,8 @@ pub struct Metrics {
     /// Checks and admin hashes dropped unrun because whoever asked was gone (the
     /// connection, or the admin request, left first).
     pub(crate) password_checks_dropped: Counter,
+    /// Logins admitted by a kept verifier instead of bcrypt (SPEC §5).
+    pub(crate) password_checks_saved: Counter,
     /// Connections refused because `max_connections` was reached.
     pub(crate) connections_refused: Counter,
     /// Client TLS handshakes under way, each holding a `max_connections` slot.
@@ -382,6 +384,7 @@ impl Metrics {
             password_queue_depth: Gauge::default(),
             password_check_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
             password_checks_dropped: Counter::default(),
+            password_checks_saved: Counter::default(),
             connections_refused: Counter::default(),
             tls_handshakes_pending: Gauge::default(),
             tls_handshake_failures: children(
@@ -509,6 +512,11 @@ impl Metrics {
             "Password checks and admin password hashes dropped unrun because their \
              connection or admin request had gone",
             self.password_checks_dropped.clone(),
+        );
+        registry.register(
+            "password_checks_saved",
+            "Logins admitted by a kept verifier (auth.verifier_key_file) without a bcrypt check",
+            self.password_checks_saved.clone(),
         );
         registry.register(
             "event_delivery_seconds",

@@ -28,6 +28,7 @@ pub fn test_settings() -> Settings {
         login_failures_per_minute: 100,
         bcrypt_cost: 4,
         time_zone: jiff::tz::TimeZone::UTC,
+        verifiers: None,
     }
 }
 

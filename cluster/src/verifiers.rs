@@ -1,0 +1,159 @@
+//! Verifiers kept in Redis (SPEC §5, "Admission after a restart"): in a cluster every node
+//! finds the verifier another node left, so a user moved by a rolling deploy is admitted
+//! without bcrypt wherever they reconnect.
+//!
+//! One key per user, `{prefix}:verifier:{<hex of the name>}` (the braces are a Redis
+//! Cluster hash tag: the key lives on the user's shard; every command here names one key), holding the 32-byte HMAC with a
+//! TTL of `auth.verifier_ttl`: `GETEX … EX ttl` checks one and refreshes it, `SET … EX`
+//! keeps one, `DEL` forgets one. Requests go to the broker's thread like everything else;
+//! a check waits for its answer on the password-check thread that asked (bounded), and
+//! anything but a verifier that matches — Redis unreachable, slow, or a missing key — is
+//! "not held": the login pays bcrypt, it is never admitted on a guess.
+
+use crate::names::Names;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tether_actors::verifiers::{Tag, VerifierStore};
+use tokio::sync::mpsc;
+
+/// How long a password-check thread waits for Redis's answer before it runs bcrypt.
+const CHECK_WAIT: Duration = Duration::from_secs(1);
+
+/// What the broker's thread does with a verifier.
+pub(crate) enum Op {
+    /// Reads `user`'s verifier and refreshes its TTL; the bytes (or nothing) go to `answer`.
+    Check {
+        user: Arc<str>,
+        ttl: Duration,
+        answer: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    },
+    /// Keeps `tag` as `user`'s verifier for `ttl`.
+    Keep {
+        user: Arc<str>,
+        tag: Tag,
+        ttl: Duration,
+    },
+    /// Forgets `user`'s verifier.
+    Forget { user: Arc<str> },
+}
+
+/// Said once per process: Redis refused the verifiers' commands.
+static REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Sends `ops` as one pipeline on `commands` and hands each check its answer. When the
+/// pipeline fails its checks are dropped unanswered (their threads run bcrypt), and the
+/// first failure is logged. A worker that does not run them drops them: every check is
+/// then answered "not held".
+pub(crate) async fn run(
+    ops: Vec<Op>,
+    names: &Names,
+    commands: &mut impl redis::aio::ConnectionLike,
+) {
+    let mut pipe = redis::pipe();
+    let mut checks = Vec::new();
+    for op in ops {
+        match op {
+            Op::Check { user, ttl, answer } => {
+                pipe.cmd("GETEX")
+                    .arg(names.verifier_key(&user))
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1));
+                checks.push(answer);
+            }
+            Op::Keep { user, tag, ttl } => {
+                pipe.cmd("SET")
+                    .arg(names.verifier_key(&user))
+                    .arg(&tag.as_bytes()[..])
+                    .arg("EX")
+                    .arg(ttl.as_secs().max(1))
+                    .ignore();
+            }
+            Op::Forget { user } => {
+                pipe.cmd("DEL").arg(names.verifier_key(&user)).ignore();
+            }
+        }
+    }
+    match crate::worker::bounded(pipe.query_async::<Vec<Option<Vec<u8>>>>(commands)).await {
+        Ok(found) => {
+            for (answer, found) in checks.into_iter().zip(found) {
+                let _ = answer.send(found);
+            }
+        }
+        Err(err) => {
+            if !REFUSED.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "verifiers: Redis did not answer GETEX/SET/DEL ({err}); those logins paid bcrypt \
+                     (verifiers need Redis 6.2 or later)"
+                );
+            }
+        }
+    }
+}
+
+/// The verifiers of a cluster, kept in its Redis (see the module's comment).
+#[derive(Debug)]
+pub struct RedisVerifiers {
+    /// Requests for the broker's thread.
+    requests: mpsc::UnboundedSender<crate::worker::Request>,
+    /// Whether the broker's thread is connected to Redis now.
+    connected: Arc<AtomicBool>,
+    /// How long an unused verifier is kept.
+    ttl: Duration,
+}
+
+impl RedisVerifiers {
+    pub(crate) fn new(
+        requests: mpsc::UnboundedSender<crate::worker::Request>,
+        connected: Arc<AtomicBool>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            requests,
+            connected,
+            ttl,
+        }
+    }
+
+    fn send(&self, op: Op) -> bool {
+        self.connected.load(Ordering::Relaxed)
+            && self
+                .requests
+                .send(crate::worker::Request::Verifier(op))
+                .is_ok()
+    }
+}
+
+impl VerifierStore for RedisVerifiers {
+    fn holds(&self, user: &str, tag: &Tag) -> bool {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let op = Op::Check {
+            user: Arc::from(user),
+            ttl: self.ttl,
+            answer,
+        };
+        if !self.send(op) {
+            return false;
+        }
+        match answered.recv_timeout(CHECK_WAIT) {
+            Ok(Some(kept)) => tag.matches(&kept),
+            _ => false,
+        }
+    }
+
+    fn keep(&self, user: &str, tag: Tag) {
+        self.send(Op::Keep {
+            user: Arc::from(user),
+            tag,
+            ttl: self.ttl,
+        });
+    }
+
+    fn forget(&self, user: &str) {
+        // Dropped while Redis is unreachable: the stored hash is part of the verifier, so
+        // it is useless after the change anyway, and its TTL ends it.
+        self.send(Op::Forget {
+            user: Arc::from(user),
+        });
+    }
+}
