@@ -80,6 +80,17 @@ fn churned_connections_leave_no_registry_entry_and_no_connection_slot_behind() {
 
     server.wait_for_connections("alice", 1);
     server.wait_for_connections("bob", 0);
+    // The registry shards (not only `Presence`, which the counts above read) hold the one
+    // steady binding and nothing of the churned connections.
+    let mut held = 0.0;
+    let emptied = wait_until(Duration::from_secs(5), || {
+        held = server.registry_bindings();
+        held == 1.0
+    });
+    assert!(
+        emptied,
+        "the registry shards hold {held} binding(s) after the churn; 1 connection is bound"
+    );
     // All 15 other slots are free again.
     let mut fresh: Vec<TestClient> = Vec::new();
     let all_admitted = wait_until(Duration::from_secs(5), || {

@@ -92,6 +92,11 @@ impl InProcessServer {
         self.addr
     }
 
+    /// How many registry shards (one per worker) the server runs.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// The library handle of the running server.
     pub fn handle(&self) -> &TetherHandle {
         &self.handle
@@ -119,7 +124,7 @@ impl InProcessServer {
     }
 
     /// The bindings all registry shards hold together (`tether_registry_bindings`).
-    fn registry_bindings(&self) -> f64 {
+    pub fn registry_bindings(&self) -> f64 {
         (0..self.workers)
             .map(|worker| self.metric(&format!("tether_registry_bindings{{worker=\"{worker}\"}}")))
             .sum()

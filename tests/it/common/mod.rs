@@ -53,16 +53,47 @@ pub fn cheap_hash(password: &str) -> String {
     bcrypt::hash(password, TEST_BCRYPT_COST).expect("bcrypt hash")
 }
 
+/// The file [`skip_without`] appends one line to per skip, under the target directory:
+/// `scripts/test` empties it before a run and prints it after, so the summary a user sees
+/// names every test that did nothing and how to get what it needs.
+pub const SKIPPED_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+
+/// Whether this run is CI's: `CI` set to exactly `true` (as GitHub Actions, GitLab and most
+/// others set it). Under CI nothing may be skipped.
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
 /// What a test does when an external program it needs (a database, a proxy, a broker) is
-/// not installed: outside CI it prints one line saying the test was skipped, why, and how
-/// to get the program (`advice`), and the test returns; under `CI=true` it fails, so CI
-/// never passes by skipping.
+/// not installed — the one rule for every such test: outside CI it records the skip
+/// (`TEST NAME: why; advice` in [`SKIPPED_FILE`], and the same line on stderr) and the test
+/// returns; under `CI=true` it fails, so CI never passes by skipping. `advice` says how to
+/// get the program.
 pub fn skip_without(why: &str, advice: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "needed under CI=true: {why}; {advice}"
-    );
-    eprintln!("skipped: {why}; {advice}");
+    assert!(!under_ci(), "needed under CI=true: {why}; {advice}");
+    // libtest names each test's thread after the test; a thread the test started has no
+    // name (or `main` with --test-threads=1).
+    let current = thread::current();
+    let test = match current.name() {
+        Some(name) if name != "main" => name,
+        _ => "(a test)",
+    };
+    let line = format!("{test}: {why}; {advice}\n");
+    eprint!("skipped: {line}");
+    // One `write` of one short line to a file opened for appending: lines from parallel
+    // tests (and test binaries) do not interleave; the lock keeps this process's in order.
+    static RECORD: Mutex<()> = Mutex::new(());
+    let _held = RECORD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPPED_FILE)
+        .and_then(|mut file| file.write_all(line.as_bytes()));
+    if let Err(err) = written {
+        eprintln!("(could not record the skip in {SKIPPED_FILE}: {err})");
+    }
 }
 
 /// A loopback port nobody listens on now (another process may take it before the caller
@@ -125,11 +156,6 @@ impl TestConfig {
     /// Sets a key of `[auth]`.
     pub fn auth(self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.set("auth", key, value)
-    }
-
-    /// Sets a key of `[events]`.
-    pub fn events(self, key: &str, value: impl Into<toml::Value>) -> Self {
-        self.set("events", key, value)
     }
 
     /// The configuration as TOML text.
