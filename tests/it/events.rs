@@ -204,7 +204,10 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
     server.replace_users(&[("alice", "pw-a")], 14);
     let mut alice = TestClient::connect(server.addr());
     alice.send(&["login", "alice", "pw-a"]);
-    assert_eq!(alice.recv_within(Duration::from_secs(30)), ["login_valid"]);
+    assert_eq!(
+        alice.recv_within(crate::common::CHECKS_TIMEOUT),
+        ["login_valid"]
+    );
     alice.send(&["login", "nobody", "pw"]);
     alice.send(&["prolongate"]);
     // Counted once the login was handled: its check is under way.
@@ -236,7 +239,7 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
     );
     // The command behind the login waited for its verdict.
     assert_eq!(
-        alice.recv_within(Duration::from_secs(30)),
+        alice.recv_within(crate::common::CHECKS_TIMEOUT),
         ["login_invalid"]
     );
     assert_eq!(alice.recv(), ["prolongate_ack"]);

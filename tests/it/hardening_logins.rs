@@ -71,7 +71,7 @@ fn a_login_spray_neither_stalls_other_commands_nor_grows_memory() {
             let mut late = client_from(addr, [127, 0, 0, 2].into());
             let sent = Instant::now();
             late.send(&["login", "alice", "pw"]);
-            let reply = late.recv_within(Duration::from_secs(60));
+            let reply = late.recv_within(crate::common::CHECKS_TIMEOUT);
             late_answered.store(true, std::sync::atomic::Ordering::SeqCst);
             (sprayers, busy.then_some(queued), reply, sent.elapsed())
         })
@@ -92,7 +92,7 @@ fn a_login_spray_neither_stalls_other_commands_nor_grows_memory() {
         peak_rss = peak_rss.max(rss_kib(pid));
         std::thread::sleep(Duration::from_millis(20));
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < crate::common::CHECKS_TIMEOUT * 2,
             "the spray took too long"
         );
     }
@@ -316,14 +316,16 @@ fn a_login_flood_from_one_address_delays_only_that_address() {
     let sent = Instant::now();
     real.send(&["login", "alice", "pw"]);
     real.shutdown_write();
-    let reply = real.recv_within(Duration::from_secs(30));
+    let reply = real.recv_within(crate::common::CHECKS_TIMEOUT);
     let waited = sent.elapsed();
     let queued = metric(admin, "tether_password_check_queue_depth");
     eprintln!("a login behind a flood of {FLOOD} from one address waited {waited:?} ({queued} checks still queued)");
     assert_eq!(reply, ["login_valid"]);
+    // Answered ahead of the flood, not after it: most of the flood's checks still wait
+    // (a count, not a time: on a loaded machine one check alone can take seconds).
     assert!(
-        waited < Duration::from_secs(3),
-        "a login from another address waited {waited:?} behind the flood"
+        queued >= (FLOOD / 2) as f64,
+        "a login from another address waited {waited:?} behind the flood ({queued} of {FLOOD} checks left)"
     );
     real.expect_closed();
 }
@@ -341,7 +343,7 @@ fn checks_of_connections_reset_before_their_turn_are_dropped_unrun() {
     // Most were reset while queued: they are dropped, not run (at cost 10 running them
     // all would take the thread for many seconds).
     let mut dropped = 0.0;
-    wait_until(Duration::from_secs(20), || {
+    wait_until(crate::common::CHECKS_TIMEOUT, || {
         dropped = metric(admin, "tether_password_checks_dropped_total");
         dropped >= (RESETS / 2) as f64 && metric(admin, "tether_password_check_queue_depth") == 0.0
     });
@@ -356,7 +358,10 @@ fn checks_of_connections_reset_before_their_turn_are_dropped_unrun() {
     );
     let mut client = server.client();
     client.send(&["login", "alice", "pw"]);
-    assert_eq!(client.recv_within(Duration::from_secs(5)), ["login_valid"]);
+    assert_eq!(
+        client.recv_within(crate::common::CHECKS_TIMEOUT),
+        ["login_valid"]
+    );
 }
 
 #[test]

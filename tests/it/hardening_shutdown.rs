@@ -85,7 +85,10 @@ fn sigterm_under_load_says_shutdown_to_everyone_and_drops_no_acknowledged_event(
         })
         .collect();
     for (_, client) in &mut clients {
-        assert_eq!(client.recv_within(Duration::from_secs(20)), ["login_valid"]);
+        assert_eq!(
+            client.recv_within(crate::common::CHECKS_TIMEOUT),
+            ["login_valid"]
+        );
     }
 
     // Events flow; the clients read nothing until the end (the kernel holds a few KiB).
@@ -124,7 +127,7 @@ fn sigterm_under_load_says_shutdown_to_everyone_and_drops_no_acknowledged_event(
         let name = user(*user_index);
         let mut received = Vec::new();
         let last = loop {
-            match client.try_recv(Duration::from_secs(5)) {
+            match client.try_recv(crate::common::RECV_TIMEOUT) {
                 Ok(message) if message[0] == "event" => {
                     let sequence: usize = message[2]
                         .strip_prefix("seq-")

@@ -183,10 +183,10 @@ impl InProcessServer {
         clients
     }
 
-    /// Waits (at most 5 s) until `user` has `expected` bound connections.
+    /// Waits (at most 30 s, a hang guard) until `user` has `expected` bound connections.
     pub fn wait_for_connections(&self, user: &str, expected: usize) {
         let mut count = 0;
-        let reached = wait_until(Duration::from_secs(5), || {
+        let reached = wait_until(Duration::from_secs(30), || {
             count = self.handle.connections(user);
             count == expected
         });

@@ -27,8 +27,13 @@ pub const RS: u8 = 0x1E;
 /// Separates the parts of a message (U+001F).
 pub const US: u8 = 0x1F;
 
-/// How long [`TestClient::recv`] waits for a message unless told otherwise.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`TestClient::recv`] waits for a message unless told otherwise: a guard against
+/// a hang, not a bound on speed. A reply behind a password check waits for a bcrypt thread
+/// at nice 10, which gets about a tenth of a core beside busy processes of normal priority.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for bcrypt checks it queued by the hundred (or for a few of a high
+/// cost) to be answered: the same threads, on a loaded machine, may take minutes.
+pub const CHECKS_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the server may take to log its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`admin_call`] waits for an answer: a request that hangs fails the test.
