@@ -850,7 +850,8 @@ impl TestClient {
     /// Logs in and asserts the login is valid.
     pub fn login(&mut self, name: &str, password: &str) {
         self.send(&["login", name, password]);
-        let got = self.recv();
+        // A login waits for a bcrypt thread (nice 10): a hang guard of minutes.
+        let got = self.recv_within(CHECKS_TIMEOUT);
         assert_eq!(
             got,
             ["login_valid"],
