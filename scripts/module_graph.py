@@ -104,6 +104,8 @@ def upward_of(crate, edges):
         if parts[0] not in layers:
             return None
         inner = ORDER.get((crate, parts[0]))
+        if inner and len(parts) > 1 and parts[1] not in inner:
+            return None
         return (layers.index(parts[0]),
                 inner.index(parts[1]) if inner and len(parts) > 1 else -1)
     wrong = []

@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::users::atomic_write::write_atomically;
-use crate::users::cli::Failure;
+use crate::users::failure::Failure;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -522,9 +522,26 @@ fn metrics_show_every_family_and_move_when_things_happen() {
 
 #[test]
 fn an_empty_admin_listen_turns_the_api_off() {
-    let server = TestServer::start(&TestConfig::new(), &[("alice", "pw-a")]);
+    use crate::common::hardening::listening_ports;
+    // The harness's baseline sets `listen = ""` already: say it here, so the test does not
+    // hang on the baseline.
+    let config = TestConfig::new().set("admin", "listen", "");
+    let server = TestServer::start(&config, &[("alice", "pw-a")]);
     server.client().login("alice", "pw-a");
+    // Nothing listens but the client protocol: no admin port on any address.
+    let pid = server.pid().as_raw();
+    assert_eq!(listening_ports(pid), [server.addr().port()]);
     assert!(!server.stderr_text().contains("(admin API)"));
+    // The same look sees an admin API that is on.
+    let on = TestServer::start(
+        &TestConfig::new().set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    on.wait_for_log("(admin API)", Duration::from_secs(10));
+    let admin = crate::common::admin_addr(&on.stderr_text()).port();
+    let mut expected = [on.addr().port(), admin];
+    expected.sort_unstable();
+    assert_eq!(listening_ports(on.pid().as_raw()), expected);
 }
 
 #[test]

@@ -296,8 +296,11 @@ fn redis_paused_for_15_s_is_noticed_within_10_s_and_the_nodes_recover() {
     let asked = Instant::now();
     let _carol = n2.login(carol.0, carol.1);
     let answered = asked.elapsed();
+    // A login waiting for the subscription would be answered when the broker's 3 s answer
+    // timeout ends it, or after the reconnect; 2 s leaves a loaded machine room for the
+    // connect and the bcrypt check.
     assert!(
-        answered < Duration::from_millis(500),
+        answered < Duration::from_secs(2),
         "login of a new user answered after {answered:?} while Redis is unreachable"
     );
 

@@ -204,11 +204,19 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
     server.replace_users(&[("alice", "pw-a")], 14);
     let mut alice = TestClient::connect(server.addr());
     alice.send(&["login", "alice", "pw-a"]);
-    assert_eq!(alice.recv_within(Duration::from_secs(30)), ["login_valid"]);
+    assert_eq!(
+        alice.recv_within(crate::common::CHECKS_TIMEOUT),
+        ["login_valid"]
+    );
     alice.send(&["login", "nobody", "pw"]);
     alice.send(&["prolongate"]);
-    // The server reads it at once; nothing outside it shows when.
-    std::thread::sleep(Duration::from_millis(100));
+    // Counted once the login was handled: its check is under way.
+    assert!(
+        crate::common::wait_until(Duration::from_secs(5), || {
+            server.metric(r#"tether_commands_total{type="login"}"#) == 2.0
+        }),
+        "the second login never reached the server"
+    );
 
     // More events than may be in flight: if the checking connection held them, the last
     // publishes would wait for its verdict.
@@ -231,7 +239,7 @@ fn a_connection_checking_a_new_login_still_takes_its_users_events() {
     );
     // The command behind the login waited for its verdict.
     assert_eq!(
-        alice.recv_within(Duration::from_secs(30)),
+        alice.recv_within(crate::common::CHECKS_TIMEOUT),
         ["login_invalid"]
     );
     assert_eq!(alice.recv(), ["prolongate_ack"]);

@@ -321,10 +321,11 @@ fn get(admin: SocketAddr, path: &str) -> (u16, String) {
     call(admin, "GET", path, None)
 }
 
-/// Sends a request to the admin API (waiting up to 20 s); answers status and body.
+/// Sends a request to the admin API (waiting up to `CHECKS_TIMEOUT`); answers status and body.
 fn call(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    // A hang guard: a password change waits for the one bcrypt thread (nice 10).
     let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(20))
+        .timeout(crate::common::CHECKS_TIMEOUT)
         .build();
     let request = agent.request(method, &format!("http://{admin}{path}"));
     let result = match body {

@@ -72,6 +72,9 @@ fn churned_connections_leave_no_registry_entry_and_no_connection_slot_behind() {
     // Far fewer slots than churned connections: a leaked slot would soon lock everyone out.
     let mut settings = test_settings();
     settings.max_connections = 16;
+    // The steady connection says nothing during the churn, which on a loaded machine (its
+    // 2,000 logins wait for bcrypt threads at nice 10) outlasts the 60 s of test_settings.
+    settings.idle_timeout = Duration::from_secs(3600);
     let server = InProcessServer::start(settings, &[("alice", "pw"), ("bob", "pw")]);
     let mut steady = TestClient::connect(server.addr());
     steady.login("alice", "pw");
@@ -80,6 +83,17 @@ fn churned_connections_leave_no_registry_entry_and_no_connection_slot_behind() {
 
     server.wait_for_connections("alice", 1);
     server.wait_for_connections("bob", 0);
+    // The registry shards (not only `Presence`, which the counts above read) hold the one
+    // steady binding and nothing of the churned connections.
+    let mut held = 0.0;
+    let emptied = wait_until(Duration::from_secs(5), || {
+        held = server.registry_bindings();
+        held == 1.0
+    });
+    assert!(
+        emptied,
+        "the registry shards hold {held} binding(s) after the churn; 1 connection is bound"
+    );
     // All 15 other slots are free again.
     let mut fresh: Vec<TestClient> = Vec::new();
     let all_admitted = wait_until(Duration::from_secs(5), || {

@@ -125,13 +125,38 @@ fn a_timed_out_client_that_takes_none_of_its_output_is_dropped_a_timeout_later()
     // in the server, under `max_pending_bytes`; the client then reads nothing and says
     // nothing, so the server's `timeout` waits behind output nobody takes.
     stuck.send_raw(&crate::common::encode(&["prolongate"]).repeat(500_000));
+    // The server reads the last command after this write has copied it out, or a moment
+    // before the call returns: its idle timer starts no earlier than this, less that moment.
+    let sent = Instant::now() - Duration::from_millis(50);
     assert_eq!(open_sockets(pid), baseline + 1, "the connection is open");
 
-    let freed = wait_until(Duration::from_secs(8), || open_sockets(pid) <= baseline);
+    // A timeout (1 s) after its last command the server gives up waiting and queues
+    // `timeout` behind the output nobody takes; a timeout after that it drops the
+    // connection, the unsent bytes with it. Generous bound: a debug build answers 500,000
+    // commands first, on a loaded machine.
+    let mut dropped_after = Duration::ZERO;
+    let freed = wait_until(Duration::from_secs(30), || {
+        dropped_after = sent.elapsed();
+        open_sockets(pid) <= baseline
+    });
     assert!(
         freed,
         "a closing connection whose client takes nothing is still held ({} sockets, baseline {baseline})",
         open_sockets(pid)
+    );
+    let log = server.stderr_text();
+    assert!(
+        log.contains("idle timeout"),
+        "no `timeout` was given before the drop:\n{log}"
+    );
+    assert!(
+        log.contains("byte(s) unsent: the client did not take them within 1s"),
+        "the drop was not for output untaken a timeout long:\n{log}"
+    );
+    // No sooner than the idle timeout and then the flush timeout.
+    assert!(
+        dropped_after >= Duration::from_secs(2),
+        "dropped {dropped_after:?} after the last command: sooner than two timeouts of 1 s"
     );
     let mut bystander = server.client();
     bystander.login("alice", "pw");

@@ -152,15 +152,26 @@ fn one_edit_is_one_reload_and_a_burst_of_fifty_a_few() {
     assert_eq!(reloads(&server, "applied"), 1, "a touch reloaded the file");
 
     let hashes: Vec<String> = (0..50).map(|i| cheap_hash(&format!("b{i}"))).collect();
+    // A pause between two edits longer than the watcher's quiet period (250 ms) ends one
+    // burst and starts another: a loaded machine may stall this loop that long. Counted,
+    // each such stall allows one more reload.
+    let mut stalls = 0;
+    let mut last_edit: Option<Instant> = None;
     for hash in &hashes {
         write_in_place(&path, &users_toml(&[("alice", hash)]));
+        if last_edit.is_some_and(|at| at.elapsed() >= Duration::from_millis(250)) {
+            stalls += 1;
+        }
+        last_edit = Some(Instant::now());
         std::thread::sleep(Duration::from_millis(5));
     }
     std::thread::sleep(SETTLED);
     let after_burst = reloads(&server, "applied");
+    // One reload per edit would be 50; a burst is one, or a few where an edit lands while
+    // the previous reload is read.
     assert!(
-        (2..=4).contains(&after_burst),
-        "{} reloads for a burst of 50 edits",
+        (2..=4 + stalls).contains(&after_burst),
+        "{} reloads for a burst of 50 edits ({stalls} pause(s) over 250 ms between edits)",
         after_burst - 1
     );
     assert_eq!(server.login_reply("alice", "b49"), "login_valid");

@@ -177,7 +177,6 @@ impl HubSupervisor {
             return;
         };
         let metrics = &self.bus_limits.metrics;
-        metrics.restarted(HubActor::Registry);
         let registry = start_registry(worker, shard, &ctx.address(), metrics);
         if let Some(backoff) = self.registry_backoff.get_mut(shard) {
             backoff.restarted(Instant::now());
@@ -193,11 +192,12 @@ impl HubSupervisor {
                 generations: generations.into(),
             };
         });
+        // Counted once the fresh shard is in the state: whoever sees the count can reach it.
+        self.bus_limits.metrics.restarted(HubActor::Registry);
     }
 
     /// Starts a fresh bus in place of the one that failed.
     fn restart_bus(&mut self, ctx: &mut Context<Self>) {
-        self.bus_limits.metrics.restarted(HubActor::Bus);
         let bus = start_bus(
             &self.hub,
             &ctx.address(),
@@ -206,6 +206,8 @@ impl HubSupervisor {
         );
         self.bus_backoff.restarted(Instant::now());
         self.change_state(|state| state.bus = bus);
+        // Counted once the fresh bus is in the state: whoever sees the count can reach it.
+        self.bus_limits.metrics.restarted(HubActor::Bus);
     }
 }
 

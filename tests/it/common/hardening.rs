@@ -37,6 +37,58 @@ pub fn open_sockets(pid: i32) -> usize {
         .count()
 }
 
+/// The TCP ports process `pid` listens on (its sockets in state LISTEN, IPv4 and IPv6,
+/// from `/proc/PID/net/tcp*` matched to its descriptors by inode), sorted.
+pub fn listening_ports(pid: i32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("proc fd")
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let mut ports: Vec<u16> = ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let listening = *fields.get(3)? == "0A";
+                    let port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+                    (listening && inodes.contains(*fields.get(9)?)).then_some(port)
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports
+}
+
+/// Raises this process's soft open-file limit to at least `needed` (up to the hard limit),
+/// so a test holding many sockets fails for what it tests, not with EMFILE; panics when the
+/// hard limit is lower, saying so.
+pub fn allow_open_files(needed: u64) {
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).expect("getrlimit");
+    if soft >= needed {
+        return;
+    }
+    assert!(
+        hard >= needed,
+        "this test holds {needed} descriptors; the hard open-file limit is {hard} (raise it: ulimit -Hn)"
+    );
+    rlimit::setrlimit(rlimit::Resource::NOFILE, needed, hard).expect("raise the open-file limit");
+}
+
 /// CPU time (user + system) process `pid` has used, in clock ticks (1/100 s on Linux).
 pub fn cpu_ticks(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");

@@ -93,6 +93,11 @@ impl InProcessServer {
         self.addr
     }
 
+    /// How many registry shards (one per worker) the server runs.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
     /// The library handle of the running server.
     pub fn handle(&self) -> &TetherHandle {
         &self.handle
@@ -120,7 +125,7 @@ impl InProcessServer {
     }
 
     /// The bindings all registry shards hold together (`tether_registry_bindings`).
-    fn registry_bindings(&self) -> f64 {
+    pub fn registry_bindings(&self) -> f64 {
         (0..self.workers)
             .map(|worker| self.metric(&format!("tether_registry_bindings{{worker=\"{worker}\"}}")))
             .sum()
@@ -179,10 +184,10 @@ impl InProcessServer {
         clients
     }
 
-    /// Waits (at most 5 s) until `user` has `expected` bound connections.
+    /// Waits (at most 30 s, a hang guard) until `user` has `expected` bound connections.
     pub fn wait_for_connections(&self, user: &str, expected: usize) {
         let mut count = 0;
-        let reached = wait_until(Duration::from_secs(5), || {
+        let reached = wait_until(Duration::from_secs(30), || {
             count = self.handle.connections(user);
             count == expected
         });

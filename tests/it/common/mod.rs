@@ -27,8 +27,13 @@ pub const RS: u8 = 0x1E;
 /// Separates the parts of a message (U+001F).
 pub const US: u8 = 0x1F;
 
-/// How long [`TestClient::recv`] waits for a message unless told otherwise.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long [`TestClient::recv`] waits for a message unless told otherwise: a guard against
+/// a hang, not a bound on speed. A reply behind a password check waits for a bcrypt thread
+/// at nice 10, which gets about a tenth of a core beside busy processes of normal priority.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a test waits for bcrypt checks it queued by the hundred (or for a few of a high
+/// cost) to be answered: the same threads, on a loaded machine, may take minutes.
+pub const CHECKS_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long the server may take to log its listening line.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long [`admin_call`] waits for an answer: a request that hangs fails the test.
@@ -53,16 +58,47 @@ pub fn cheap_hash(password: &str) -> String {
     bcrypt::hash(password, TEST_BCRYPT_COST).expect("bcrypt hash")
 }
 
+/// The file [`skip_without`] appends one line to per skip, under the target directory:
+/// `scripts/test` empties it before a run and prints it after, so the summary a user sees
+/// names every test that did nothing and how to get what it needs.
+pub const SKIPPED_FILE: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/skipped-tests.txt");
+
+/// Whether this run is CI's: `CI` set to exactly `true` (as GitHub Actions, GitLab and most
+/// others set it). Under CI nothing may be skipped.
+pub fn under_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
 /// What a test does when an external program it needs (a database, a proxy, a broker) is
-/// not installed: outside CI it prints one line saying the test was skipped, why, and how
-/// to get the program (`advice`), and the test returns; under `CI=true` it fails, so CI
-/// never passes by skipping.
+/// not installed — the one rule for every such test: outside CI it records the skip
+/// (`TEST NAME: why; advice` in [`SKIPPED_FILE`], and the same line on stderr) and the test
+/// returns; under `CI=true` it fails, so CI never passes by skipping. `advice` says how to
+/// get the program.
 pub fn skip_without(why: &str, advice: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "needed under CI=true: {why}; {advice}"
-    );
-    eprintln!("skipped: {why}; {advice}");
+    assert!(!under_ci(), "needed under CI=true: {why}; {advice}");
+    // libtest names each test's thread after the test; a thread the test started has no
+    // name (or `main` with --test-threads=1).
+    let current = thread::current();
+    let test = match current.name() {
+        Some(name) if name != "main" => name,
+        _ => "(a test)",
+    };
+    let line = format!("{test}: {why}; {advice}\n");
+    eprint!("skipped: {line}");
+    // One `write` of one short line to a file opened for appending: lines from parallel
+    // tests (and test binaries) do not interleave; the lock keeps this process's in order.
+    static RECORD: Mutex<()> = Mutex::new(());
+    let _held = RECORD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(SKIPPED_FILE)
+        .and_then(|mut file| file.write_all(line.as_bytes()));
+    if let Err(err) = written {
+        eprintln!("(could not record the skip in {SKIPPED_FILE}: {err})");
+    }
 }
 
 /// A loopback port nobody listens on now (another process may take it before the caller
@@ -125,11 +161,6 @@ impl TestConfig {
     /// Sets a key of `[auth]`.
     pub fn auth(self, key: &str, value: impl Into<toml::Value>) -> Self {
         self.set("auth", key, value)
-    }
-
-    /// Sets a key of `[events]`.
-    pub fn events(self, key: &str, value: impl Into<toml::Value>) -> Self {
-        self.set("events", key, value)
     }
 
     /// The configuration as TOML text.
@@ -819,7 +850,8 @@ impl TestClient {
     /// Logs in and asserts the login is valid.
     pub fn login(&mut self, name: &str, password: &str) {
         self.send(&["login", name, password]);
-        let got = self.recv();
+        // A login waits for a bcrypt thread (nice 10): a hang guard of minutes.
+        let got = self.recv_within(CHECKS_TIMEOUT);
         assert_eq!(
             got,
             ["login_valid"],

@@ -15,11 +15,10 @@ pub fn nginx_available() -> bool {
     let found =
         Command::new("nginx").arg("-v").output().is_ok() && Path::new(STREAM_MODULE).exists();
     if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nginx or its stream module is missing (apt-get install nginx libnginx-mod-stream)"
+        super::skip_without(
+            "no nginx command or stream module",
+            "apt-get install nginx libnginx-mod-stream",
         );
-        eprintln!("skipped: no nginx stream module (apt-get install nginx libnginx-mod-stream)");
     }
     found
 }

@@ -1,5 +1,5 @@
 //! A private PostgreSQL server for a test: `initdb` and `pg_ctl` (Debian's `postgresql`
-//! package, `/usr/lib/postgresql/*/bin`) on a temporary folder and a free loopback port,
+//! package, `/usr/lib/postgresql/*/bin`, or any installation on `PATH`) on a temporary folder and a free loopback port,
 //! which the test can stop and start again. Both refuse to run as root: as root they run
 //! as the `postgres` system user the package creates, in a folder it owns.
 //!
@@ -29,19 +29,33 @@ pub struct Postgres {
     as_postgres: bool,
 }
 
-/// The folder of the newest installed PostgreSQL's programs.
+/// The programs a test server needs, all from one installation.
+const PROGRAMS: [&str; 3] = ["initdb", "pg_ctl", "psql"];
+
+/// The folder of PostgreSQL's programs: the newest of Debian's `/usr/lib/postgresql/*/bin`
+/// (its `/usr/bin` holds wrappers without `initdb`), else the first folder of `PATH`, then
+/// `/usr/local/bin` and `/usr/local/pgsql/bin` (a source build), holding all of
+/// [`PROGRAMS`].
 fn find_bin() -> Option<PathBuf> {
-    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
+    let complete = |bin: &Path| PROGRAMS.iter().all(|program| bin.join(program).is_file());
+    let mut debian: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|entry| {
             let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
             let bin = entry.path().join("bin");
-            bin.join("initdb").exists().then_some((version, bin))
+            complete(&bin).then_some((version, bin))
         })
         .collect();
-    found.sort();
-    found.pop().map(|(_, bin)| bin)
+    debian.sort();
+    if let Some((_, bin)) = debian.pop() {
+        return Some(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/local/bin".into(), "/usr/local/pgsql/bin".into()])
+        .find(|bin| complete(bin))
 }
 
 /// Skips the test (one line) outside CI, fails it under `CI=true`.
@@ -67,7 +81,9 @@ impl Postgres {
     /// `None` when PostgreSQL is not installed (outside CI).
     pub fn start() -> Option<Self> {
         let Some(bin) = find_bin() else {
-            return unavailable("no /usr/lib/postgresql/*/bin/initdb");
+            return unavailable(
+                "no initdb, pg_ctl and psql in /usr/lib/postgresql/*/bin, PATH, /usr/local/bin",
+            );
         };
         let as_postgres = std::fs::metadata("/proc/self").is_ok_and(|me| me.uid() == 0);
         let dir = tempfile::tempdir().expect("temp dir");
