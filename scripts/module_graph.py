@@ -19,13 +19,13 @@ VERBOSE = "-v" in sys.argv[1:]
 LAYERS = {
     "wire": ["frame", "reply", "verb"],
     "actors": ["util", "wire", "auth", "hub", "connection", "server"],
-    "cluster": ["names", "metrics", "worker"],
+    "cluster": ["answer", "names", "metrics", "history", "throttle", "verifiers", "worker"],
     "client": ["message", "error", "wire", "incoming", "connection"],
-    ".": ["toml_error", "limits", "pem", "config", "users", "tls", "admin", "client",
-          "check_config", "serve"],
+    ".": ["toml_error", "limits", "pem", "tls_client", "stdout", "config", "users",
+          "admission", "tls", "admin", "client", "check_config", "serve"],
 }
 ORDER = {
-    ("actors", "hub"): ["messages", "broker", "presence", "registry", "shards", "bus",
+    ("actors", "hub"): ["messages", "recent_ids", "broker", "presence", "registry", "shards", "bus",
                         "state", "roster", "supervisor"],
 }
 # Crates that must stay small at the bottom: the wire format and the client.

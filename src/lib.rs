@@ -13,5 +13,6 @@ pub mod pem;
 pub mod serve;
 pub mod stdout;
 pub mod tls;
+pub mod tls_client;
 pub mod toml_error;
 pub mod users;

@@ -24,6 +24,7 @@
 
 #![forbid(unsafe_code)]
 
+mod answer;
 mod history;
 mod metrics;
 mod names;
@@ -376,8 +377,9 @@ impl Broker for RedisBroker {
 
     /// Kept in Redis through this broker's thread (`RedisVerifiers`).
     fn verifiers(&self, ttl: Duration) -> Option<Arc<dyn VerifierStore>> {
+        let requests = self.requests.clone();
         Some(Arc::new(RedisVerifiers::new(
-            self.requests.clone(),
+            Box::new(move |op| requests.send(worker::Request::Verifier(op)).is_ok()),
             Arc::clone(&self.connected),
             ttl,
         )))

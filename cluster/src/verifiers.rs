@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::verifiers::{Tag, VerifierStore};
-use tokio::sync::mpsc;
 
 /// How long a password-check thread waits for Redis's answer before it runs bcrypt.
 const CHECK_WAIT: Duration = Duration::from_secs(1);
@@ -74,7 +73,7 @@ pub(crate) async fn run(
             }
         }
     }
-    match crate::worker::bounded(pipe.query_async::<Vec<Option<Vec<u8>>>>(commands)).await {
+    match crate::answer::bounded(pipe.query_async::<Vec<Option<Vec<u8>>>>(commands)).await {
         Ok(found) => {
             for (answer, found) in checks.into_iter().zip(found) {
                 let _ = answer.send(found);
@@ -91,11 +90,14 @@ pub(crate) async fn run(
     }
 }
 
+/// How a [`RedisVerifiers`] hands an operation to the broker's thread (the thread's
+/// request queue, which this module does not know).
+pub(crate) type SendOp = Box<dyn Fn(Op) -> bool + Send + Sync>;
+
 /// The verifiers of a cluster, kept in its Redis (see the module's comment).
-#[derive(Debug)]
 pub struct RedisVerifiers {
-    /// Requests for the broker's thread.
-    requests: mpsc::UnboundedSender<crate::worker::Request>,
+    /// Hands an operation to the broker's thread; `false` once that thread is gone.
+    send_op: SendOp,
     /// Whether the broker's thread is connected to Redis now.
     connected: Arc<AtomicBool>,
     /// How long an unused verifier is kept.
@@ -103,24 +105,25 @@ pub struct RedisVerifiers {
 }
 
 impl RedisVerifiers {
-    pub(crate) fn new(
-        requests: mpsc::UnboundedSender<crate::worker::Request>,
-        connected: Arc<AtomicBool>,
-        ttl: Duration,
-    ) -> Self {
+    pub(crate) fn new(send_op: SendOp, connected: Arc<AtomicBool>, ttl: Duration) -> Self {
         Self {
-            requests,
+            send_op,
             connected,
             ttl,
         }
     }
 
     fn send(&self, op: Op) -> bool {
-        self.connected.load(Ordering::Relaxed)
-            && self
-                .requests
-                .send(crate::worker::Request::Verifier(op))
-                .is_ok()
+        self.connected.load(Ordering::Relaxed) && (self.send_op)(op)
+    }
+}
+
+impl std::fmt::Debug for RedisVerifiers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisVerifiers")
+            .field("connected", &self.connected)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 

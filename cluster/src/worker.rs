@@ -16,6 +16,7 @@
 //!   counts, resubscribes in batches of [`BATCH`], applies the invalidations it missed
 //!   (from each user's `invalidated` key) and sends the ones it kept.
 
+use crate::answer::{bounded, ANSWER_TIMEOUT};
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
@@ -37,8 +38,6 @@ use tokio::time::Instant;
 
 /// How often the node renews its liveness and probes its connections.
 const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long any answer from Redis may take before the connection counts as lost.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First pause before reconnecting, and the longest.
@@ -1348,17 +1347,6 @@ fn count_many(sha: &str, names: &Names, users: &[Arc<str>]) -> redis::Cmd {
         cmd.arg(&**user);
     }
     cmd
-}
-
-/// `request`, failing after [`ANSWER_TIMEOUT`].
-pub(crate) async fn bounded<T>(
-    request: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
-    }
 }
 
 /// This machine's wall-clock time in ms since 1970.

@@ -3,9 +3,6 @@
 //! the `tether-client` crate.
 
 mod console;
-mod tls;
-
-pub use tls::describe_rustls as describe_tls_failure;
 
 use crate::config::{parse_duration, Config};
 use clap::Args;
@@ -303,8 +300,9 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     use tokio_rustls::rustls::pki_types::ServerName;
     let certificates = crate::pem::read_certificates(ca_file)?;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = tls::PinnedOrChained::new(certificates, std::sync::Arc::clone(&provider))
-        .map_err(|err| format!("{}: {err}", ca_file.display()))?;
+    let verifier =
+        crate::tls_client::PinnedOrChained::new(certificates, std::sync::Arc::clone(&provider))
+            .map_err(|err| format!("{}: {err}", ca_file.display()))?;
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|err| err.to_string())?
@@ -325,7 +323,7 @@ async fn open(args: &ClientArgs, addr: &str, options: Options) -> Result<(Client
     let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|err| format!("TLS handshake: {}", tls::describe(&err, host)))?;
+        .map_err(|err| format!("TLS handshake: {}", crate::tls_client::describe(&err, host)))?;
     Ok(Client::from_stream(stream, options))
 }
 

@@ -291,7 +291,7 @@ pub fn describe(err: &tokio_postgres::Error) -> String {
                             .and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>())
                     });
                 if let Some(tls) = tls {
-                    let said = crate::client::describe_tls_failure(
+                    let said = crate::tls_client::describe_rustls(
                         tls,
                         "the database host",
                         "auth.database_ca_file",

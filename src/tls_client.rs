@@ -1,5 +1,5 @@
-//! TLS for `tether client --tls --ca-file FILE`: what the server's certificate is checked
-//! against, and TLS failures said as sentences.
+//! TLS as a client (`tether client --tls --ca-file FILE`, PostgreSQL over TLS): what the
+//! server's certificate is checked against, and TLS failures said as sentences.
 //!
 //! `--ca-file` holds CA certificates the server's chain must lead to, or — as its help
 //! promises — the server's own self-signed certificate. OpenSSL 3's `req -x509` (the
