@@ -14,10 +14,13 @@ use tether_actors::supervisor::FaultTarget;
 use tether_actors::users::{PasswordHash, UserSet, UserTable};
 use tether_actors::{Settings, Tether, TetherHandle};
 
-/// Settings for tests: short limits where a test does not choose, bcrypt cost 4.
+/// Settings for tests: short limits where a test does not choose, bcrypt cost 4. The idle
+/// timeout is the product's default: a test's steady connections say nothing while the test
+/// works, which on a loaded machine (logins waiting for bcrypt threads at nice 10) can
+/// take minutes.
 pub fn test_settings() -> Settings {
     Settings {
-        idle_timeout: Duration::from_secs(60),
+        idle_timeout: Duration::from_secs(30 * 60),
         max_message_bytes: 4096,
         max_pending_bytes: 1 << 20,
         max_pending_total: 256 << 20,
