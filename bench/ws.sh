@@ -2,7 +2,8 @@
 # WebSocket against TCP on one tether (issue 25, SPEC §11), side by side in one run, A and B
 # alternating (order swapped each round) so that a neighbour's load lands on both:
 #   cmd     50x16 closed loop over server.listen (tcp) and server.websocket.listen (ws);
-#   fanout  1,000 connections of one user, events through the admin API, tcp and ws;
+#   fanout  1,000 connections of one user, events through the admin API, tcp and ws, with
+#           the server's CPU time per delivery (what the client's decoding does not blur);
 #   hold    10,000 idle logged-in connections on a fresh tether each, tcp and ws (read the
 #           slope 5,000 -> 10,000: a fresh tether's first reading holds start-up garbage);
 #   storm   on a tether whose WebSocket listener is wss: `tls --skip-cmd` with every
@@ -44,7 +45,7 @@ for scenario in $SCENARIOS; do
             fanout)
                 bench "${ws_args[@]}" --threads 2 --tag "r$round" --target-name "tether-$side" \
                     fanout --addr "$addr" --admin "$ADMIN_ADDR" --connections 1000 --users 1 \
-                    --duration "$DUR" --publishers 8 ;;
+                    --duration "$DUR" --publishers 8 --server-latency --pid "$TETHER_PID" ;;
             hold)
                 start_tether "tether-hold-$side" "${WORKERS:-0}"
                 addr=$STARTED_ADDR

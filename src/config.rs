@@ -2334,4 +2334,56 @@ mod tests {
         assert_eq!(Config::load(&path).unwrap().server.workers, 2);
         assert_eq!(Config::load_or_defaults(&path).unwrap().server.workers, 2);
     }
+
+    #[test]
+    fn websocket_keys_are_checked_and_a_websocket_listener_may_stand_alone() {
+        let text = "[server]\nlisten = \"\"\n[server.websocket]\nlisten = \"127.0.0.1:7780\"\n\
+                    path = \"/tether\"\nallowed_origins = [\"https://App.example.com\", \"*\"]\n\
+                    forwarded_from = [\"10.0.0.0/8\", \"192.0.2.1\"]\n";
+        let loaded = config(text).expect("a WebSocket listener alone");
+        let ws = loaded.server.websocket.as_ref().expect("on");
+        assert_eq!(ws.path, "/tether");
+        assert_eq!(ws.allowed_origins, ["https://app.example.com", "*"]);
+        assert_eq!(ws.forwarded_from.len(), 2);
+        assert!(!ws.tls && loaded.server.tls.is_none());
+        let shown = loaded.effective_toml();
+        assert!(
+            shown.contains("[server.websocket]") && shown.contains("\"/tether\""),
+            "{shown}"
+        );
+        assert!(config(&shown).is_ok(), "{shown}");
+
+        let ws = |keys: &str| format!("[server.websocket]\nlisten = \"127.0.0.1:7780\"\n{keys}\n");
+        assert_refused(
+            &ws("tls = true"),
+            "server.tls.cert_file",
+            "server.websocket.tls",
+        );
+        let wss = format!(
+            "{}[server.tls]\ncert_file = \"s.pem\"\nkey_file = \"s.key\"\n",
+            ws("tls = true")
+        );
+        let loaded = config(&wss).expect("wss with [server.tls]'s files and no TLS listener");
+        assert_eq!(loaded.server.tls.as_ref().and_then(|tls| tls.listen), None);
+        assert_refused(
+            &ws("path = \"tether\""),
+            "server.websocket.path",
+            "not a path",
+        );
+        assert_refused(
+            &ws("allowed_origins = [\"https://app.example.com/\"]"),
+            "server.websocket.allowed_origins",
+            "not an origin",
+        );
+        assert_refused(
+            &ws("forwarded_from = [\"proxy\"]"),
+            "server.websocket.forwarded_from",
+            "invalid network",
+        );
+        assert_refused(
+            "[server]\nlisten = \"127.0.0.1:7780\"\n[server.websocket]\nlisten = \"127.0.0.1:7780\"\n",
+            "server.websocket.listen",
+            "another port",
+        );
+    }
 }

@@ -145,6 +145,7 @@ async fn websocket(
     Ok(BenchStream::Ws(Box::new(WsBench {
         socket,
         unread: bytes::Bytes::new(),
+        ended: false,
     })))
 }
 
@@ -154,9 +155,13 @@ pub struct WsBench {
     socket: tokio_tungstenite::WebSocketStream<BenchStream>,
     /// Payload not yet read.
     unread: bytes::Bytes,
+    /// The server closed (or the socket failed): reads answer the end.
+    ended: bool,
 }
 
 impl AsyncRead for WsBench {
+    /// Hands on the payloads of every frame already received that fits in `buf` (as one
+    /// TCP read hands on every message that arrived), not one frame per read.
     fn poll_read(
         self: Pin<&mut Self>,
         task: &mut Context<'_>,
@@ -165,17 +170,33 @@ impl AsyncRead for WsBench {
         use futures_util::Stream;
         use tokio_tungstenite::tungstenite::Message;
         let this = self.get_mut();
+        let mut got = false;
         loop {
             if !this.unread.is_empty() {
                 let length = this.unread.len().min(buf.remaining());
                 buf.put_slice(&this.unread.split_to(length));
+                got = true;
+                if buf.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            if this.ended {
                 return Poll::Ready(Ok(()));
             }
-            match std::task::ready!(Pin::new(&mut this.socket).poll_next(task)) {
-                None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
+            let next = match Pin::new(&mut this.socket).poll_next(task) {
+                Poll::Pending if got => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(next) => next,
+            };
+            match next {
+                None | Some(Ok(Message::Close(_))) => this.ended = true,
                 Some(Ok(Message::Text(text))) => this.unread = text.into(),
                 Some(Ok(Message::Binary(data))) => this.unread = data,
                 Some(Ok(_)) => {}
+                Some(Err(_)) if got => {
+                    this.ended = true;
+                    return Poll::Ready(Ok(()));
+                }
                 Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err))),
             }
         }

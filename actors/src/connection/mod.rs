@@ -18,8 +18,8 @@ pub(crate) mod session;
 pub(crate) mod shared;
 pub(crate) mod tls_handshake;
 pub(crate) mod transport;
-pub mod websocket;
-pub mod ws_handshake;
+pub(crate) mod websocket;
+pub(crate) mod ws_handshake;
 
 use crate::hub::messages::{Bind, Invalidate, InvalidationCause, Unbind};
 pub use crate::hub::messages::{Push, ShardEvent};

@@ -112,6 +112,10 @@ pub struct WsStream {
     violated: bool,
     /// A violation found after data was handed on, answered by the next read.
     deferred: Option<WsViolation>,
+    /// The last read took every byte the socket had (it answered "would block"): until the
+    /// socket is readable again there is nothing to decode, so a wake-up for output costs
+    /// no `recv`.
+    drained: bool,
 }
 
 impl WsStream {
@@ -144,6 +148,7 @@ impl WsStream {
             close_sent: false,
             violated: false,
             deferred: None,
+            drained: false,
         }
     }
 
@@ -287,6 +292,7 @@ impl WsStream {
         task: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.drained = false;
         let mut got_data = false;
         loop {
             if let Some(violation) = self.deferred.take() {
@@ -316,6 +322,7 @@ impl WsStream {
                     return Poll::Ready(Ok(()));
                 }
                 Err(WsError::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
+                    self.drained = self.raw.is_empty();
                     // A pong queued meanwhile goes out now if the socket takes it.
                     if let Poll::Ready(Err(err)) = self.poll_write_frames(task) {
                         return Poll::Ready(Err(err));
@@ -473,9 +480,17 @@ impl Stream for WsStream {
         }
     }
 
-    fn poll_read_ready(&self, _task: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Decoded input may wait in `raw` or in tungstenite: only a read tells.
-        Poll::Ready(Ok(()))
+    fn poll_read_ready(&self, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.drained
+            && self.unread.is_empty()
+            && self.deferred.is_none()
+            && self.read_side == ReadSide::Open
+        {
+            // Everything read was decoded: only the socket can bring more.
+            self.inner.poll_read_ready(task)
+        } else {
+            Poll::Ready(Ok(()))
+        }
     }
 
     fn set_close_code(&mut self, code: u16) {

@@ -108,10 +108,13 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
                 let early = head[length..].to_vec();
                 return match verdict {
                     Ok((response, client)) => {
-                        stream
-                            .write_all(response.as_bytes())
-                            .await
-                            .map_err(|err| closed(err.to_string()))?;
+                        // Flushed: over TLS the records must leave before the socket moves
+                        // to its worker.
+                        let written = match stream.write_all(response.as_bytes()).await {
+                            Ok(()) => stream.flush().await,
+                            Err(err) => Err(err),
+                        };
+                        written.map_err(|err| closed(err.to_string()))?;
                         Ok(Upgraded { client, early })
                     }
                     Err((answer, why)) => Err(refuse(stream, answer, &why).await),
