@@ -2,8 +2,10 @@
 # redis-server on free loopback ports with generated configuration, and stop them on exit.
 # Expects BIN (the folder with the release binaries) and WORK (a temporary folder).
 # WORKERS (default 0: one event loop per CPU) is tether's `server.workers`.
-# Every tether also listens for TLS (`server.tls.listen`) with a certificate for localhost
-# signed by a CA made here with `openssl` ($WORK/tls-ca.pem, what `--tls-ca` trusts).
+# Every tether also listens for TLS (`server.tls.listen`; not with TETHER_TLS=0) with a
+# certificate for localhost signed by a CA made here with `openssl` ($WORK/tls-ca.pem, what
+# `--tls-ca` trusts). Every bench script starts tether through start_tether (its knobs:
+# launch prefix, binary, [auth] body, TLS, waiting) and writes no tether config of its own.
 
 PIDS=()
 stop_servers() {
@@ -17,11 +19,11 @@ stop_servers() {
     PIDS=()
 }
 
-# wait_port PORT [PID]: until something listens on 127.0.0.1:PORT (at most 20 s; fails at
-# once if process PID has exited).
+# wait_port PORT [PID [SECONDS]]: until something listens on 127.0.0.1:PORT (at most
+# SECONDS, default 20; fails at once if process PID has exited).
 wait_port() {
     local i
-    for i in $(seq 1 200); do
+    for i in $(seq 1 $((${3:-20} * 10))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
             return 0
         fi
@@ -31,7 +33,7 @@ wait_port() {
         fi
         sleep 0.1
     done
-    echo "nothing listens on 127.0.0.1:$1 after 20 s" >&2
+    echo "nothing listens on 127.0.0.1:$1 after ${3:-20} s" >&2
     return 1
 }
 
@@ -103,48 +105,48 @@ start_base_and_branch() {
     done
 }
 
-# start_tether NAME WORKERS [PORT ADMIN_PORT TLS_PORT]: a tether with `server.workers =
-# WORKERS`, config $WORK/NAME.toml (ending with $TETHER_EXTRA_TOML, such as a [cluster]
-# section), sharing $WORK/users.toml (start_servers writes it); ports picked here when not
-# given (and picked again, up to 3 times, if they turn out taken). Sets STARTED_ADDR
-# STARTED_TLS_ADDR STARTED_ADMIN STARTED_PID; stop_servers stops it with the rest, stop_one
-# PID before.
+# start_tether NAME WORKERS [PORT ADMIN_PORT [TLS_PORT]]: a tether with `server.workers =
+# WORKERS`, its config $WORK/NAME.toml written by tether_config (below), its log (stderr)
+# appended to $WORK/NAME.log; ports picked here when not given (and picked again, up to 3
+# times, if they turn out taken). Waits until every port listens. Sets STARTED_ADDR
+# STARTED_TLS_ADDR (empty without TLS) STARTED_ADMIN STARTED_PID; stop_servers stops it
+# with the rest, stop_one PID before. Knobs, read at each call (so `KNOB=value start_tether
+# …` sets one for that call only; every bench script starts tether here, never by itself):
+#   BIN            the folder with `tether` and `tether-bench` (the default of the next two)
+#   TETHER_BIN     the tether binary (default $BIN/tether)
+#   TETHER_BENCH   the tether-bench that picks free ports (default $BIN/tether-bench)
+#   TETHER_PREFIX  words run before the binary, split at spaces: `taskset -c 0`,
+#                  `valgrind --tool=callgrind --callgrind-out-file=DIR/callgrind.%p` (these
+#                  exec the binary: STARTED_PID is still tether's process)
+#   TETHER_WAIT    seconds to wait for each port (default 20; 60 suits valgrind); 0: do not
+#                  wait (the caller waits, e.g. for `listening on` in the log; no retry)
+#   TETHER_TLS     1 (default): also a TLS listener; 0: plaintext and admin ports only
+#   TETHER_AUTH    the body of [auth] (default: $WORK/users.toml at bcrypt cost 4, no
+#                  login-failure limit); e.g. a PostgreSQL `database = "postgres://…"`,
+#                  `watch = false`, another `bcrypt_cost`
+#   TETHER_LOG_LEVEL  `log.level` (default warn; info logs `listening on`)
+#   TETHER_EXTRA_TOML appended to the config, such as a [cluster] section
 start_tether() {
-    local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} attempt
-    make_tls_pair
+    local name=$1 workers=$2 tport=${3:-} aport=${4:-} sport=${5:-} attempt prefix wait
+    local tls=${TETHER_TLS:-1}
+    read -ra prefix <<< "${TETHER_PREFIX:-}"
+    wait=${TETHER_WAIT:-20}
     for attempt in 1 2 3; do
         if [[ -z ${3:-} ]]; then
-            read -r tport aport sport < <("$BIN/tether-bench" free-ports 3)
+            read -r tport aport sport < <("${TETHER_BENCH:-$BIN/tether-bench}" free-ports 3)
         fi
-        cat > "$WORK/$name.toml" <<TOML
-[server]
-listen = "127.0.0.1:$tport"
-max_connections = 20000
-workers = $workers
-[server.tls]
-listen = "127.0.0.1:$sport"
-cert_file = "tls.pem"
-key_file = "tls.key"
-[auth]
-users_file = "users.toml"
-bcrypt_cost = 4
-login_failures_per_minute = 0
-[events]
-time_zone = "UTC"
-[admin]
-listen = "127.0.0.1:$aport"
-[log]
-level = "warn"
-${TETHER_EXTRA_TOML:-}
-TOML
-        "$BIN/tether" --config "$WORK/$name.toml" 2>> "$WORK/$name.log" &
+        tether_config "$name" "$workers" "$tport" "$aport" "$sport"
+        "${prefix[@]}" "${TETHER_BIN:-$BIN/tether}" --config "$WORK/$name.toml" \
+            2>> "$WORK/$name.log" &
         STARTED_PID=$!
         PIDS+=("$STARTED_PID")
-        if wait_port "$tport" "$STARTED_PID" && wait_port "$aport" "$STARTED_PID" \
-            && wait_port "$sport" "$STARTED_PID"; then
-            STARTED_ADDR=127.0.0.1:$tport
-            STARTED_TLS_ADDR=127.0.0.1:$sport
-            STARTED_ADMIN=127.0.0.1:$aport
+        STARTED_ADDR=127.0.0.1:$tport
+        STARTED_TLS_ADDR=
+        [[ $tls == 0 ]] || STARTED_TLS_ADDR=127.0.0.1:$sport
+        STARTED_ADMIN=127.0.0.1:$aport
+        [[ $wait == 0 ]] && return 0
+        if wait_port "$tport" "$STARTED_PID" "$wait" && wait_port "$aport" "$STARTED_PID" "$wait" \
+            && { [[ $tls == 0 ]] || wait_port "$sport" "$STARTED_PID" "$wait"; }; then
             return 0
         fi
         stop_one "$STARTED_PID"
@@ -153,6 +155,40 @@ TOML
     done
     cat "$WORK/$name.log" >&2
     return 1
+}
+
+# tether_config NAME WORKERS PORT ADMIN_PORT [TLS_PORT]: writes $WORK/NAME.toml as
+# start_tether would, with the same knobs (TETHER_TLS, TETHER_AUTH, TETHER_LOG_LEVEL,
+# TETHER_EXTRA_TOML); alone, for the `tether db …`/`tether passwd` commands a script runs
+# before starting the server. Relative paths in it (users.toml, the TLS pair) are $WORK's.
+tether_config() {
+    local name=$1 workers=$2 tport=$3 aport=$4 sport=${5:-} tls="" auth
+    auth=${TETHER_AUTH:-'users_file = "users.toml"
+bcrypt_cost = 4
+login_failures_per_minute = 0'}
+    if [[ ${TETHER_TLS:-1} != 0 ]]; then
+        make_tls_pair
+        tls="[server.tls]
+listen = \"127.0.0.1:$sport\"
+cert_file = \"tls.pem\"
+key_file = \"tls.key\""
+    fi
+    cat > "$WORK/$name.toml" <<TOML
+[server]
+listen = "127.0.0.1:$tport"
+max_connections = 20000
+workers = $workers
+$tls
+[auth]
+$auth
+[events]
+time_zone = "UTC"
+[admin]
+listen = "127.0.0.1:$aport"
+[log]
+level = "${TETHER_LOG_LEVEL:-warn}"
+${TETHER_EXTRA_TOML:-}
+TOML
 }
 
 # stop_one PID: stop one of the servers started here (and forget it).
