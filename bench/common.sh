@@ -87,16 +87,16 @@ start_servers() {
     REDIS_ADDR=127.0.0.1:$dport
 }
 
-# For A/B scripts: starts the base build ($A_DIR) as "base" and this tree's release build as
-# "branch" (B_FIRST=1 starts the branch first), with TLS; sets A_PLAIN A_TLS A_PID and
-# B_PLAIN B_TLS B_PID.
+# For A/B scripts: starts the base build ($A_DIR/tether) as "base" and this tree's release
+# build as "branch" (B_FIRST=1 starts the branch first), with TLS, ports picked by this
+# tree's tether-bench; sets A_PLAIN A_TLS A_PID and B_PLAIN B_TLS B_PID.
 start_base_and_branch() {
     local side
     local order=(A B)
     [[ -n ${B_FIRST:-} ]] && order=(B A)
     for side in "${order[@]}"; do
         if [[ $side == A ]]; then
-            BIN=$A_DIR start_tether base 0
+            BIN=$A_DIR TETHER_BENCH=$PWD/target/release/tether-bench start_tether base 0
             A_PLAIN=$STARTED_ADDR A_TLS=$STARTED_TLS_ADDR A_PID=$STARTED_PID
         else
             BIN=$PWD/target/release start_tether branch 0
