@@ -17,46 +17,23 @@ OLD=$1 NEW=$2 B=$3 OUT=$4
 ROUNDS=${ROUNDS:-3} BATCH=${BATCH:-500} SCENARIOS=${SCENARIOS:-"batch fan1000"}
 SERVER_CPU=() CLIENT_CPU=()
 if [[ ${PIN:-0} == 1 ]]; then SERVER_CPU=(taskset -c 0) CLIENT_CPU=(taskset -c 1); fi
-W=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
+WORK=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
+trap 'stop_servers; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
-"$B" make-users 10000 --cost 4 > "$W/users.toml"
-wait_port() {
-    for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done
-    echo "nothing listens on $1" >&2; exit 1
+"$B" make-users 10000 --cost 4 > "$WORK/users.toml"
+# start NAME BIN_DIR -> sets ADDR ADMIN PID (no TLS listener: plaintext only, as measured)
+start() {
+    BIN=$2 TETHER_BENCH=$B TETHER_TLS=0 TETHER_PREFIX="${SERVER_CPU[*]}" start_tether "$1" 0
+    ADDR=$STARTED_ADDR ADMIN=$STARTED_ADMIN PID=$STARTED_PID
 }
-start_tether() { # NAME BIN_DIR -> sets ADDR ADMIN PID
-    local port admin
-    read -r port admin < <("$B" free-ports 2)
-    cat > "$W/$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$port"
-max_connections = 20000
-workers = 0
-[auth]
-users_file = "users.toml"
-bcrypt_cost = 4
-login_failures_per_minute = 0
-[events]
-time_zone = "UTC"
-[admin]
-listen = "127.0.0.1:$admin"
-[log]
-level = "warn"
-TOML
-    "${SERVER_CPU[@]}" "$2/tether" --config "$W/$1.toml" 2>> "$W/$1.log" &
-    PID=$!; PIDS+=("$PID")
-    wait_port "$port"; wait_port "$admin"
-    ADDR=127.0.0.1:$port ADMIN=127.0.0.1:$admin
-}
-start_tether old "$OLD"; OLD_ADDR=$ADDR OLD_ADMIN=$ADMIN OLD_PID=$PID
-start_tether new "$NEW"; NEW_ADDR=$ADDR NEW_ADMIN=$ADMIN NEW_PID=$PID
+start old "$OLD"; OLD_ADDR=$ADDR OLD_ADMIN=$ADMIN OLD_PID=$PID
+start new "$NEW"; NEW_ADDR=$ADDR NEW_ADMIN=$ADMIN NEW_PID=$PID
 read -r rport < <("$B" free-ports 1)
 "${SERVER_CPU[@]}" redis-server --bind 127.0.0.1 --port "$rport" --save '' --appendonly no \
-    --protected-mode no --maxclients 19900 --logfile "$W/redis.log" &
+    --protected-mode no --maxclients 19900 --logfile "$WORK/redis.log" &
 REDIS_PID=$!; PIDS+=("$REDIS_PID")
-wait_port "$rport"
+wait_port "$rport" "$REDIS_PID"
 bench() { "${CLIENT_CPU[@]}" "$B" --tag "r$round" --json-out "$OUT" "$@" | grep -v '^{' | tail -4; }
 for round in $(seq "$ROUNDS"); do
     for scenario in $SCENARIOS; do

@@ -10,23 +10,21 @@
 # (default /tmp).
 # Usage: [WORKERS=1] [BENCH=tether-bench] bench/batch-instructions.sh NAME TETHER_BINARY
 set -euo pipefail
-NAME=$1 BIN=$2 WORKERS=${WORKERS:-1} OUT_DIR=${OUT_DIR:-/tmp}
+NAME=$1 TETHER=$2 WORKERS=${WORKERS:-1} OUT_DIR=${OUT_DIR:-/tmp}
 CONNECTIONS=${CONNECTIONS:-2000} BATCH=${BATCH:-500}
 B=${BENCH:-$(cd "$(dirname "$0")/.." && pwd)/target/release/tether-bench}
-W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
+WORK=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
+trap 'kill $(jobs -p) 2>/dev/null; stop_servers; rm -rf "$WORK"' EXIT
 ulimit -n "$(ulimit -Hn)"
-"$B" make-users "$CONNECTIONS" --cost 4 > "$W/users.toml"
-read -r port admin < <("$B" free-ports 2)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = %s\nmax_connections = 20000\n[auth]\nusers_file = "%s"\nbcrypt_cost = 4\nlogin_failures_per_minute = 0\n[events]\ntime_zone = "UTC"\n[admin]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' \
-    "$port" "$WORKERS" "$W/users.toml" "$admin" > "$W/c.toml"
+"$B" make-users "$CONNECTIONS" --cost 4 > "$WORK/users.toml"
 rm -f "$OUT_DIR/callgrind.$NAME".*
-valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.$NAME.%p" \
-    "$BIN" --config "$W/c.toml" > "$W/log" 2>&1 &
-PID=$!
-for _ in $(seq 600); do (exec 3<> "/dev/tcp/127.0.0.1/$admin") 2> /dev/null && break; sleep 0.1; done
+TETHER_BIN=$TETHER TETHER_BENCH=$B TETHER_TLS=0 TETHER_WAIT=${TETHER_WAIT:-60} \
+    TETHER_PREFIX="valgrind --tool=callgrind --callgrind-out-file=$OUT_DIR/callgrind.$NAME.%p" \
+    start_tether c "$WORKERS"
+PID=$STARTED_PID ADDR=$STARTED_ADDR ADMIN=$STARTED_ADMIN
 events() {
-    curl -s "http://127.0.0.1:$admin/metrics" | awk '/^tether_events_published_total / {print $2}'
+    curl -s "http://$ADMIN/metrics" | awk '/^tether_events_published_total / {print $2}'
 }
 # Calls of `Outbox as Effects>::event` in a callgrind dump.
 deliveries_in() {
@@ -39,16 +37,17 @@ deliveries_in() {
                   split(substr($0, 7), c, " "); n += c[1] }
          END { print n + 0 }' "$1"
 }
-"$B" --threads 2 fanout --proto tether --addr "127.0.0.1:$port" --admin "127.0.0.1:$admin" \
+"$B" --threads 2 fanout --proto tether --addr "$ADDR" --admin "$ADMIN" \
     --connections "$CONNECTIONS" --users "$CONNECTIONS" --publishers 2 --batch "$BATCH" \
-    --duration 20 > "$W/bench" 2>&1 &
+    --duration 20 > "$WORK/bench" 2>&1 &
+BENCH_PID=$!
 # Publishing starts once every connection has logged in.
 for _ in $(seq 1200); do [[ $(events) =~ ^[1-9] ]] && break; sleep 0.5; done
 sleep 2
-callgrind_control -z "$PID" > "$W/zero" 2>&1 || cat "$W/zero" >&2
+callgrind_control -z "$PID" > "$WORK/zero" 2>&1 || cat "$WORK/zero" >&2
 sleep 10
-callgrind_control -d "$PID" > "$W/dump" 2>&1 || cat "$W/dump" >&2
-wait %2 || true
+callgrind_control -d "$PID" > "$WORK/dump" 2>&1 || cat "$WORK/dump" >&2
+wait "$BENCH_PID" || true
 dump=$(ls "$OUT_DIR/callgrind.$NAME.$PID".*)
 deliveries=$(deliveries_in "$dump")
 echo "$NAME: $deliveries deliveries in the window"

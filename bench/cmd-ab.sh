@@ -12,33 +12,30 @@ DIRS=("$@")
 ROUNDS=${ROUNDS:-4}
 WORKERS=${WORKERS:-0}
 B=${BENCH:-$(cd "$(dirname "$0")/.." && pwd)/target/release/tether-bench}
-W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
-"$B" make-users 100 --cost 4 > "$W/users.toml"
+WORK=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
+trap 'stop_servers; rm -rf "$WORK"' EXIT
+"$B" make-users 100 --cost 4 > "$WORK/users.toml"
 cpu() { awk '{print $14, $15}' "/proc/$1/stat"; }
 commands() {
     curl -s "http://$1/metrics" | awk '/^tether_commands_total\{type="prolongate"\}/ {print $2}'
 }
-PIDS=() ADDRS=() ADMINS=()
+SERVERS=() ADDRS=() ADMINS=()
 for i in "${!DIRS[@]}"; do
-    read -r port admin < <("$B" free-ports 2)
-    printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = %s\n[auth]\nusers_file = "%s"\n[admin]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' \
-        "$port" "$WORKERS" "$W/users.toml" "$admin" > "$W/$i.toml"
-    "${DIRS[$i]}/tether" --config "$W/$i.toml" > "$W/$i.log" 2>&1 &
-    PIDS+=($!) ADDRS+=("127.0.0.1:$port") ADMINS+=("127.0.0.1:$admin")
-    for _ in $(seq 100); do (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null && break; sleep 0.1; done
+    BIN=${DIRS[$i]} TETHER_BENCH=$B TETHER_TLS=0 start_tether "$i" "$WORKERS"
+    SERVERS+=("$STARTED_PID") ADDRS+=("$STARTED_ADDR") ADMINS+=("$STARTED_ADMIN")
 done
 ticks=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
     for k in "${!DIRS[@]}"; do
         i=$(((k + round) % ${#DIRS[@]}))
         name=$(basename "${DIRS[$i]}")
-        read -r u0 s0 < <(cpu "${PIDS[$i]}")
+        read -r u0 s0 < <(cpu "${SERVERS[$i]}")
         c0=$(commands "${ADMINS[$i]}")
         line=$("$B" --tag "r$round" --json-out "$OUT" --threads 2 --target-name "tether-$name" \
             cmd --proto tether --addr "${ADDRS[$i]}" --shapes 50x16 --duration 5 --warmup 1 |
             grep -E '^\s+50x16' | tail -1)
-        read -r u1 s1 < <(cpu "${PIDS[$i]}")
+        read -r u1 s1 < <(cpu "${SERVERS[$i]}")
         replies=$(($(commands "${ADMINS[$i]}") - c0))
         printf 'r%s %-8s %s | server CPU ns/reply: user %d sys %d\n' "$round" "$name" "$line" \
             $(((u1 - u0) * 1000000000 / ticks / replies)) $(((s1 - s0) * 1000000000 / ticks / replies))

@@ -6,31 +6,30 @@
 # and the top functions per reply; the dump is left in OUT_DIR (default /tmp).
 # Usage: [WORKERS=1] [BENCH=tether-bench] bench/cmd-instructions.sh NAME TETHER_BINARY
 set -euo pipefail
-NAME=$1 BIN=$2 WORKERS=${WORKERS:-1} OUT_DIR=${OUT_DIR:-/tmp}
+NAME=$1 TETHER=$2 WORKERS=${WORKERS:-1} OUT_DIR=${OUT_DIR:-/tmp}
 B=${BENCH:-$(cd "$(dirname "$0")/.." && pwd)/target/release/tether-bench}
-W=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"' EXIT
-"$B" make-users 100 --cost 4 > "$W/users.toml"
-read -r port admin < <("$B" free-ports 2)
-printf '[server]\nlisten = "127.0.0.1:%s"\nworkers = %s\n[auth]\nusers_file = "%s"\n[admin]\nlisten = "127.0.0.1:%s"\n[log]\nlevel = "warn"\n' \
-    "$port" "$WORKERS" "$W/users.toml" "$admin" > "$W/c.toml"
+WORK=$(mktemp -d)
+source "$(dirname "$0")/common.sh"
+trap 'kill $(jobs -p) 2>/dev/null; stop_servers; rm -rf "$WORK"' EXIT
+"$B" make-users 100 --cost 4 > "$WORK/users.toml"
 rm -f "$OUT_DIR/callgrind.$NAME".*
-valgrind --tool=callgrind --callgrind-out-file="$OUT_DIR/callgrind.$NAME.%p" \
-    "$BIN" --config "$W/c.toml" > "$W/log" 2>&1 &
-PID=$!
-for _ in $(seq 600); do (exec 3<> "/dev/tcp/127.0.0.1/$port") 2> /dev/null && break; sleep 0.1; done
+TETHER_BIN=$TETHER TETHER_BENCH=$B TETHER_TLS=0 TETHER_WAIT=${TETHER_WAIT:-60} \
+    TETHER_PREFIX="valgrind --tool=callgrind --callgrind-out-file=$OUT_DIR/callgrind.$NAME.%p" \
+    start_tether c "$WORKERS"
+PID=$STARTED_PID ADDR=$STARTED_ADDR ADMIN=$STARTED_ADMIN
 commands() {
-    curl -s "http://127.0.0.1:$admin/metrics" | awk '/^tether_commands_total\{type="prolongate"\}/ {print $2}'
+    curl -s "http://$ADMIN/metrics" | awk '/^tether_commands_total\{type="prolongate"\}/ {print $2}'
 }
-"$B" --threads 2 cmd --proto tether --addr "127.0.0.1:$port" --shapes 50x16 --duration 25 \
-    --warmup 1 > "$W/bench" 2>&1 &
+"$B" --threads 2 cmd --proto tether --addr "$ADDR" --shapes 50x16 --duration 25 \
+    --warmup 1 > "$WORK/bench" 2>&1 &
+BENCH_PID=$!
 sleep 6
 callgrind_control -z "$PID" > /dev/null 2>&1
 c0=$(commands)
 sleep 10
 replies=$(($(commands) - c0))
 callgrind_control -d "$PID" > /dev/null 2>&1
-wait %2 || true
+wait "$BENCH_PID" || true
 dump=$(ls "$OUT_DIR/callgrind.$NAME.$PID".*)
 echo "$NAME: $replies replies in the window"
 callgrind_annotate --threshold=100 --auto=no "$dump" 2> /dev/null |

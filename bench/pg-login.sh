@@ -6,8 +6,8 @@
 # a busy moment of the machine hits both alike; the table then gets 1,000,000 more rows and
 # the rounds run again. Printed: the median over the rounds of each figure.
 #
-# Needs Debian's postgresql and root (initdb runs as the `postgres` user). Uses ports
-# 55433 and 57710-57713 on 127.0.0.1. TETHER_BIN / BENCH_BIN use binaries already built
+# Needs Debian's postgresql and root (initdb runs as the `postgres` user). Uses port 55433
+# and four free ones on 127.0.0.1. TETHER_BIN / BENCH_BIN use binaries already built
 # instead of `cargo build --release`. COSTS (default "4 10"), ROUNDS (5), DURATION (3 s
 # per measurement), LOOPS (1: connect-login loops at once).
 set -euo pipefail
@@ -19,57 +19,47 @@ LOOPS=${LOOPS:-1}
 if [[ -z "${TETHER_BIN:-}" || -z "${BENCH_BIN:-}" ]]; then
     cargo build --release --locked -p tether -p tether-bench
 fi
-BIN=${TETHER_BIN:-$PWD/target/release/tether}
+TETHER_BIN=${TETHER_BIN:-$PWD/target/release/tether}
 BENCH=${BENCH_BIN:-$PWD/target/release/tether-bench}
+TETHER_BENCH=$BENCH TETHER_TLS=0
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | tail -1)
-W=$(mktemp -d /tmp/pgl.XXXX); chown postgres "$W"; chmod 755 "$W"
-declare -A PIDS=() PORTS=([file]=57710 [database]=57712)
+WORK=$(mktemp -d /tmp/pgl.XXXX); chown postgres "$WORK"; chmod 755 "$WORK"
+source bench/common.sh
+declare -A SERVERS=() PORTS=() ADMINS=()
+read -r 'PORTS[file]' 'ADMINS[file]' 'PORTS[database]' 'ADMINS[database]' < <("$BENCH" free-ports 4)
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2> /dev/null || true; done
-    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -m fast -w stop > /dev/null 2>&1 || true
-    [[ -n "${KEEP:-}" ]] && echo "kept $W" || rm -rf "$W"
+    stop_servers
+    runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -m fast -w stop > /dev/null 2>&1 || true
+    [[ -n "${KEEP:-}" ]] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
-runuser -u postgres -- "$PGBIN/initdb" -D "$W/data" -U tether --auth=trust > /dev/null
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$W/data" -o "-p 55433 -k $W -c listen_addresses=127.0.0.1" -l "$W/pg.log" -w start > /dev/null
+runuser -u postgres -- "$PGBIN/initdb" -D "$WORK/data" -U tether --auth=trust > /dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/data" -o "-p 55433 -k $WORK -c listen_addresses=127.0.0.1" -l "$WORK/pg.log" -w start > /dev/null
 PSQL="runuser -u postgres -- $PGBIN/psql -h 127.0.0.1 -p 55433 -U tether -d postgres -qAt"
 
-# config STORE COST PORT: server-STORE.toml for the users file or the table, at COST, serving
-# clients on PORT and the admin API on PORT+1.
-config() {
-    local store
+# auth STORE COST: the [auth] body of the server of STORE (the users file or the table) at
+# COST; its config is $WORK/STORE.toml (bench/common.sh writes it).
+auth() {
     if [[ $1 == file ]]; then
-        store="users_file = \"$W/users.toml\""
+        echo 'users_file = "users.toml"'
     else
-        store='database = "postgres://tether@127.0.0.1:55433/postgres"'
+        echo 'database = "postgres://tether@127.0.0.1:55433/postgres"'
     fi
-    cat > "$W/server-$1.toml" <<TOML
-[server]
-listen = "127.0.0.1:$3"
-[auth]
-$store
-bcrypt_cost = $2
-watch = false
-login_failures_per_minute = 0
-[admin]
-listen = "127.0.0.1:$(($3 + 1))"
-[log]
-level = "warn"
-TOML
+    printf 'bcrypt_cost = %s\nwatch = false\nlogin_failures_per_minute = 0\n' "$2"
 }
 
-# start STORE: starts the server of STORE and waits until it answers.
+# start STORE COST: starts the server of STORE and waits until it answers.
 start() {
-    "$BIN" --config "$W/server-$1.toml" > "$W/tether-$1.log" 2>&1 &
-    PIDS[$1]=$!
-    until curl -fs "http://127.0.0.1:$((PORTS[$1] + 1))/healthz" > /dev/null; do sleep 0.05; done
+    TETHER_AUTH=$(auth "$1" "$2") start_tether "$1" 0 "${PORTS[$1]}" "${ADMINS[$1]}"
+    SERVERS[$1]=$STARTED_PID
+    until curl -fs "http://$STARTED_ADMIN/healthz" > /dev/null; do sleep 0.05; done
     # Warm up: connections, the store's first lookups.
-    "$BENCH" churn --addr "127.0.0.1:${PORTS[$1]}" --pid "${PIDS[$1]}" --duration 1 --settle 0 \
+    "$BENCH" churn --addr "$STARTED_ADDR" --pid "$STARTED_PID" --duration 1 --settle 0 \
         --concurrency "$LOOPS" --users 1000 > /dev/null
 }
 stop_all() {
-    for store in "${!PIDS[@]}"; do kill "${PIDS[$store]}"; wait "${PIDS[$store]}" || true; done
-    PIDS=()
+    for store in "${!SERVERS[@]}"; do stop_one "${SERVERS[$store]}"; done
+    SERVERS=()
 }
 # rounds LABEL COST: ROUNDS measurements of each server, interleaved.
 rounds() {
@@ -77,22 +67,26 @@ rounds() {
         for store in file database; do
             local label="users file, 1,000 users"
             [[ $store == database ]] && label="PostgreSQL, $1"
-            "$BENCH" --tag "$label|$2" --json-out "$W/results.jsonl" churn \
-                --addr "127.0.0.1:${PORTS[$store]}" --pid "${PIDS[$store]}" \
+            "$BENCH" --tag "$label|$2" --json-out "$WORK/results.jsonl" churn \
+                --addr "127.0.0.1:${PORTS[$store]}" --pid "${SERVERS[$store]}" \
                 --duration "$SECONDS_EACH" --settle 0 --concurrency "$LOOPS" --users 1000 > /dev/null
         done
     done
 }
 
-config database 4 57712
-"$BIN" db init --config "$W/server-database.toml" > /dev/null
+# The table's config, for `tether db`: bench/common.sh writes it, start rewrites it alike.
+database_config() {
+    TETHER_AUTH=$(auth database "$1") tether_config database 0 "${PORTS[database]}" \
+        "${ADMINS[database]}"
+}
+database_config 4
+"$TETHER_BIN" db init --config "$WORK/database.toml" > /dev/null
 for cost in $COSTS; do
-    "$BENCH" make-users 1000 --cost "$cost" > "$W/users.toml"
+    "$BENCH" make-users 1000 --cost "$cost" > "$WORK/users.toml"
     $PSQL -c "truncate tether_users"
-    config file "$cost" 57710
-    config database "$cost" 57712
-    "$BIN" db import "$W/users.toml" --config "$W/server-database.toml" > /dev/null
-    start file; start database
+    database_config "$cost"
+    "$TETHER_BIN" db import "$WORK/users.toml" --config "$WORK/database.toml" > /dev/null
+    start file "$cost"; start database "$cost"
     rounds "1,000 rows" "$cost"
     HASH=$($PSQL -c "select password_hash from tether_users where name = 'u0'")
     # Without the trigger: its 1,000,000 notifications would keep the node busy meanwhile.
@@ -104,7 +98,7 @@ done
 
 echo "median of $ROUNDS rounds of ${SECONDS_EACH} s, $LOOPS loop(s)"
 echo "store | cost | logins/s | p50 ms | p99 ms"
-python3 - "$W/results.jsonl" <<'PY'
+python3 - "$WORK/results.jsonl" <<'PY'
 import json, statistics, sys
 runs = {}
 for line in open(sys.argv[1]):

@@ -3,7 +3,7 @@
 # (this branch), both running side by side (idle while the other is measured), the same
 # tether-bench (B's) as the client. Per round, in alternating order: cmd 50x16 plaintext and
 # over TLS, then handshakes/s (16 loops, full, then resuming).
-# Usage: A_DIR=DIR_WITH_BASE_TETHER_AND_TETHER_BENCH ROUNDS=4 OUT=FILE [B_FIRST=1] bench/tls-ab.sh
+# Usage: A_DIR=DIR_WITH_BASE_TETHER ROUNDS=4 OUT=FILE [B_FIRST=1] bench/tls-ab.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-4}
