@@ -60,7 +60,7 @@ make_tls_pair() {
 
 # start_servers USERS: users file (USERS at cost 4, plus storm0..storm1 at cost 10),
 # tether config (`workers = $WORKERS`), then the three servers. Sets TETHER_ADDR
-# TETHER_TLS_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
+# TETHER_TLS_ADDR TETHER_WS_ADDR ADMIN_ADDR RAW_ADDR REDIS_ADDR and TETHER_PID RAW_PID REDIS_PID.
 start_servers() {
     local users=$1 tport aport sport rport dport
     # All ports first, before any connection: a port picked later can still be the local
@@ -82,6 +82,7 @@ start_servers() {
     start_tether tether "${WORKERS:-0}" "$tport" "$aport" "$sport"
     TETHER_ADDR=$STARTED_ADDR
     TETHER_TLS_ADDR=$STARTED_TLS_ADDR
+    TETHER_WS_ADDR=$STARTED_WS_ADDR
     ADMIN_ADDR=$STARTED_ADMIN
     TETHER_PID=$STARTED_PID
     RAW_ADDR=127.0.0.1:$rport

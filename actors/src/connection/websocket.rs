@@ -29,6 +29,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use tether_wire::RS;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
@@ -40,8 +41,6 @@ use tungstenite::Message;
 const READ_CHUNK: usize = 4096;
 /// Framed output held beyond which no more messages are framed and no more input is read.
 pub(crate) const FRAME_CHUNK: usize = 16 * 1024;
-/// The message terminator (SPEC §1).
-const RS: u8 = 0x1E;
 
 /// Close code: normal closure.
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
