@@ -156,7 +156,7 @@ pub struct AdminTls {
 /// The `[cluster]` table when `redis` is set.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The Redis URL (`redis://` or `rediss://`).
+    /// The Redis URL (`redis://` or `rediss://`; `redis+sentinel://`, `redis+cluster://`).
     pub redis: String,
     /// This node's name in logs, metrics and Redis.
     pub node: String,
@@ -978,13 +978,25 @@ impl Check<'_> {
             }
             return Ok(None);
         }
-        if !raw.redis.starts_with("redis://") && !raw.redis.starts_with("rediss://") {
+        if ![
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|scheme| raw.redis.starts_with(scheme))
+        {
             return Err(self.error(
                 "cluster.redis",
-                "must be a redis:// or rediss:// (TLS) URL, or \"\" for a node alone".into(),
+                "must be a redis:// or rediss:// (TLS) URL, redis+sentinel://h1:p1,h2:p2/MASTER, \
+                 redis+cluster://h1:p1,h2:p2 (rediss+… for TLS), or \"\" for a node alone"
+                    .into(),
             ));
         }
-        if !raw.redis_ca_file.is_empty() && !raw.redis.starts_with("rediss://") {
+        if !raw.redis_ca_file.is_empty() && !tether_cluster::ClusterSettings::is_tls(&raw.redis) {
             return Err(self.error(
                 "cluster.redis_ca_file",
                 "is only used with a rediss:// (TLS) cluster.redis".into(),
@@ -1013,6 +1025,9 @@ impl Check<'_> {
                 "cluster.prefix",
                 "must be 1 to 128 bytes without control characters".into(),
             ));
+        }
+        if let Err(err) = tether_cluster::ClusterSettings::check_prefix(&raw.redis, &raw.prefix) {
+            return Err(self.error("cluster.prefix", err));
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(Some(ClusterConfig {

@@ -180,33 +180,15 @@ pub fn run(config: Config) -> Outcome {
             proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
         let broker = match &config.cluster {
-            Some(cluster) => {
-                let settings = tether_cluster::ClusterSettings {
-                    redis: cluster.redis.clone(),
-                    node: cluster.node.clone(),
-                    prefix: cluster.prefix.clone(),
-                    redis_ca: redis_ca.clone(),
-                };
-                match tether_cluster::RedisBroker::start(settings) {
-                    Ok(broker) => {
-                        log::info!(
-                            "cluster: node {:?}, prefix {:?}, Redis at {}",
-                            cluster.node,
-                            cluster.prefix,
-                            crate::config::mask_password(&cluster.redis)
-                        );
-                        Some(broker)
-                    }
-                    Err(err) => {
-                        fatal(&err.to_string());
-                        return Outcome::Failed;
-                    }
+            Some(cluster) => match crate::broker::start(cluster, redis_ca.clone()) {
+                Ok(broker) => Some(broker),
+                Err(err) => {
+                    fatal(&err);
+                    return Outcome::Failed;
                 }
-            }
+            },
             None => None,
         };
-        let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
-        let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
         let started = Tether::start_clustered(listeners, settings(&config), store, broker);
         let tether = match started {
             Ok(tether) => tether,
@@ -239,14 +221,7 @@ pub fn run(config: Config) -> Outcome {
             }
         };
         let admin = match admin_listener {
-            Some(listener) => match start_admin(
-                listener,
-                &config,
-                &tether,
-                user_sync,
-                admin_tls,
-                cluster_metrics.as_ref(),
-            ) {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -386,13 +361,10 @@ fn start_admin(
     tether: &Tether,
     users: UserAdmin,
     tls: Option<rustls::ServerConfig>,
-    cluster: Option<&tether_cluster::ClusterMetrics>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
-    if let Some(cluster) = cluster {
-        cluster.register(&mut registry);
-    }
+    tether.handle().register_broker_metrics(&mut registry);
     match &users {
         UserAdmin::File(sync) => sync.register_metrics(&mut registry),
         UserAdmin::Database(database) => database.register_metrics(&mut registry),

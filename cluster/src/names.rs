@@ -26,6 +26,12 @@ impl Names {
         format!("{}:user:{}", self.prefix, hex(user))
     }
 
+    /// A per-user name that carries the user's hash tag, `{prefix}:{kind}:{{hex}}`, so that
+    /// every key and channel of one user lands on the same shard of a Redis Cluster.
+    pub(crate) fn tagged(&self, kind: &str, user: &str) -> String {
+        format!("{}:{kind}:{{{}}}", self.prefix, hex(user))
+    }
+
     /// When `user` was last invalidated (Redis milliseconds): `{prefix}:invalidated:{hex}`.
     pub(crate) fn invalidated_key(&self, user: &str) -> String {
         format!("{}:invalidated:{}", self.prefix, hex(user))
@@ -143,6 +149,7 @@ mod tests {
         assert_ne!(names.user_channel("a:b"), names.user_channel("a"));
         assert_eq!(names.user_channel("ü *?[]"), "t:user:c3bc202a3f5b5d");
         assert_eq!(names.own_node_key(), "t:node:n1");
+        assert_eq!(names.tagged("user", "al"), "t:user:{616c}");
     }
 
     #[test]

@@ -18,6 +18,7 @@
 
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, Names, Payload};
+use crate::topology::Source;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -31,23 +32,23 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// How often the node renews its liveness and probes its connections.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long any answer from Redis may take before the connection counts as lost.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First pause before reconnecting, and the longest.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Requests sent as one pipeline at most, and channels per `SUBSCRIBE` when resubscribing.
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 /// Client invalidations kept while Redis is unreachable, at most (one per user).
-const MAX_LATER: usize = 10_000;
+pub(crate) const MAX_LATER: usize = 10_000;
 /// While Redis is unreachable, how often the node notes which bindings it has issued, so
 /// that an invalidation it missed spares the logins made after it.
-const MARK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Marks kept at most (an hour's worth); later logins are then spared from the last one.
-const MAX_MARKS: usize = 3600;
+pub(crate) const MAX_MARKS: usize = 3600;
 
 /// One script for every scripted command, so each is one round trip and one command:
 /// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key;
@@ -107,7 +108,7 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// Hands over `result`.
-    fn send(self, result: Result<usize, BrokerUnreachable>) {
+    pub(crate) fn send(self, result: Result<usize, BrokerUnreachable>) {
         match self {
             Self::Channel(sender) => {
                 let _ = sender.send(result);
@@ -169,7 +170,7 @@ impl Request {
 }
 
 /// Why the connected phase ended.
-enum Ended {
+pub(crate) enum Ended {
     /// A connection was lost or an answer did not come.
     Lost(String),
     /// The node stops.
@@ -186,11 +187,18 @@ struct Link {
     messages: PubSubStream,
     /// The SHA1 of [`SCRIPT`], loaded on this connection's Redis.
     script: String,
+    /// The Redis's `host:port`.
+    address: String,
 }
 
 /// The state of the broker's thread.
 pub(crate) struct Worker {
-    client: redis::Client,
+    /// Where Redis is (one, or the master that sentinels name).
+    source: Source,
+    /// The address of the Redis connected to now, for `/healthz`.
+    upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The address of the last Redis connected to, to log a change of master.
+    last_address: Option<String>,
     names: Names,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
@@ -223,14 +231,17 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        client: redis::Client,
+        source: Source,
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        connected: Arc<AtomicBool>,
+        status: (Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>),
         metrics: ClusterMetrics,
     ) -> Self {
+        let (connected, upstream) = status;
         Self {
-            client,
+            source,
+            upstream,
+            last_address: None,
             names,
             requests,
             connected,
@@ -280,6 +291,10 @@ impl Worker {
     fn lost(&mut self, reason: &str) {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
+        self.metrics.set_masters(&[]);
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = None;
+        }
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
         if was_connected {
@@ -317,6 +332,8 @@ impl Worker {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return Ok(()),
+                // The sentinels announced a new master: try it now.
+                () = self.source.switched() => return Ok(()),
                 _ = marks.tick() => self.mark(),
                 request = self.requests.recv() => match request {
                     Some(request) => {
@@ -394,7 +411,8 @@ impl Worker {
     /// Tries to connect while answering requests as unreachable; `None` when the node
     /// stops meanwhile.
     async fn connect_while_serving(&mut self) -> Option<Result<Link, String>> {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(self.client.clone()));
+        let source = self.source.clone();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(source));
         tokio::pin!(attempt);
         loop {
             tokio::select! {
@@ -433,11 +451,27 @@ impl Worker {
             self.metrics.reconnects.inc();
         }
         self.was_connected = true;
-        log::info!(
-            "cluster: connected to Redis as node {:?} ({} user(s) here)",
-            self.names.node,
-            self.local.len()
-        );
+        self.metrics
+            .set_masters(std::slice::from_ref(&link.address));
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = Some(link.address.clone());
+        }
+        let master = match self.source.master_name() {
+            Some(name) => format!("master {name:?} at {}", link.address),
+            None => link.address.clone(),
+        };
+        match self.last_address.replace(link.address.clone()) {
+            Some(old) if old != link.address => log::warn!(
+                "cluster: connected to Redis {master} (was {old}) as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+            _ => log::info!(
+                "cluster: connected to Redis {master} as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+        }
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -455,6 +489,7 @@ impl Worker {
                     None => Err(Ended::Lost("the subscriber connection was closed".to_owned())),
                 },
                 _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
+                () = self.source.switched() => self.source.check_master(&link.address).await.map_err(Ended::Lost),
             };
             if let Err(ended) = step {
                 return ended;
@@ -779,15 +814,29 @@ impl Worker {
     }
 }
 
-/// Opens both connections and loads the script.
-async fn connect(client: redis::Client) -> Result<Link, String> {
+/// Finds the Redis (asking the sentinels, with Sentinel), opens both connections, checks
+/// that it takes writes (a master) and loads the script.
+async fn connect(source: Source) -> Result<Link, String> {
+    let (client, address) = source.locate().await?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(ANSWER_TIMEOUT));
     let mut commands = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| format!("{address}: {err}"))?;
+    if source.master_name().is_some() {
+        let role: Vec<redis::Value> =
+            bounded(redis::cmd("ROLE").query_async(&mut commands)).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => {}
+            _ => {
+                return Err(format!(
+                    "{address}, named by the sentinels, is not a master (stale answer)"
+                ))
+            }
+        }
+    }
     let script: String = bounded(
         redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -802,6 +851,7 @@ async fn connect(client: redis::Client) -> Result<Link, String> {
         sink,
         messages,
         script,
+        address,
     })
 }
 
@@ -845,7 +895,7 @@ fn count_many(sha: &str, names: &Names, users: &[Arc<str>]) -> redis::Cmd {
 }
 
 /// `request`, failing after [`ANSWER_TIMEOUT`].
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     request: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
     match tokio::time::timeout(ANSWER_TIMEOUT, request).await {
@@ -856,7 +906,7 @@ async fn bounded<T>(
 }
 
 /// This machine's wall-clock time in ms since 1970.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
