@@ -11,19 +11,21 @@
 //! name and the time it started (`node#ms`), so a node that restarts is not counted for
 //! the users its previous run had.
 //!
-//! The `redis` crate's cluster connection does the routing: it keeps one multiplexed RESP3
-//! connection per node (commands and sharded subscriptions share it: pushes need no
-//! connection of their own in RESP3), follows `MOVED`/`ASK`, and resubscribes after its
-//! own reconnections and slot-map refreshes. What it lacks, and this module adds:
-//! - a sharded subscription that Redis drops because its slot moved (a `sunsubscribe` push
-//!   no command of ours asked for) is made again at once — the crate only resubscribes
-//!   when it reconnects or refreshes its slot map;
+//! Commands go through the `redis` crate's cluster connection (one multiplexed connection
+//! per node; it routes by slot and follows `MOVED`/`ASK`), without a push sender: its
+//! subscription support does not serve sharded channels of many slots — it resubscribes a
+//! node with one `SSUBSCRIBE` listing every channel the node owns, which Redis refuses
+//! (`CROSSSLOT`), and a `sunsubscribe` Redis sends on its own when a slot moves is taken
+//! for the answer to whatever command is in flight. So this module keeps, per master, one
+//! RESP3 connection of its own for sharded subscriptions (one `SSUBSCRIBE` per user, sent
+//! to the master that owns the user's slot after `CLUSTER SLOTS`), and adds:
+//! - a sharded subscription that Redis drops because its slot moved (a `sunsubscribe`
+//!   push) is made again at once on the slot's new owner;
 //! - a node that loses any master (a `Disconnection` push, a probe unanswered) counts as
 //!   unreachable as a whole, as with one Redis, and reconnects, resubscribes and
-//!   reconciles (the crate would repair the connection silently, and events and
-//!   invalidations sent meanwhile would be missed without anyone knowing);
-//! - one pipeline per user per batch (the crate routes a pipeline to one slot), so a
-//!   user's events keep their order.
+//!   reconciles;
+//! - one pipeline per user per batch (a pipeline goes to one slot), so a user's events
+//!   keep their order.
 
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, Names, Payload};
@@ -32,6 +34,7 @@ use crate::worker::{
     CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS,
 };
 use futures_util::future::join_all;
+use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{PushInfo, PushKind, Value};
@@ -85,15 +88,21 @@ type Many = (
     oneshot::Sender<Result<Vec<usize>, BrokerUnreachable>>,
 );
 
-/// The connection to the cluster while connected.
+/// The connections to the cluster while connected.
 struct Link {
-    /// Routes commands and sharded subscriptions to the masters.
+    /// Routes commands to the masters.
     connection: ClusterConnection,
+    /// Per master address, the connection of its sharded subscriptions (RESP3).
+    subscriptions: HashMap<String, MultiplexedConnection>,
+    /// Slot ranges and the address of the master serving each, from `CLUSTER SLOTS`.
+    slots: Vec<(u16, u16, String)>,
     /// The SHA1 of [`USER_SCRIPT`] and of [`HEARTBEAT_SCRIPT`], loaded on every master.
     user_script: String,
     heartbeat_script: String,
     /// The masters' addresses.
     masters: Vec<String>,
+    /// The CA certificates (PEM) trusted for TLS, if given.
+    ca: Option<Vec<u8>>,
 }
 
 /// The state of the broker's thread over a Redis Cluster.
@@ -380,9 +389,18 @@ impl Worker {
                     "cluster: Redis dropped the subscription of user {user:?} (its slot moved); \
                      subscribing on its new shard"
                 );
-                bounded(link.connection.ssubscribe(self.names.tagged("user", &user))).await
+                link.refresh_slots().await?;
+                link.subscribe(
+                    &self.seeds[0],
+                    &self.push_sender,
+                    vec![self.names.tagged("user", &user)],
+                    "SSUBSCRIBE",
+                )
+                .await
             }
-            PushKind::Disconnection => Err("a connection to a Redis Cluster node was lost".into()),
+            PushKind::Disconnection => {
+                Err("a connection to a Redis Cluster master was lost".into())
+            }
             _ => Ok(()),
         }
     }
@@ -397,14 +415,12 @@ impl Worker {
             .map(|(user, count)| (Arc::clone(user), *count))
             .collect();
         for chunk in users.chunks(BATCH) {
-            let subscribing = chunk.iter().map(|(user, _)| {
-                link.connection
-                    .clone()
-                    .ssubscribe_owned(self.names.tagged("user", user))
-            });
-            for result in join_all(subscribing).await {
-                result?;
-            }
+            let channels = chunk
+                .iter()
+                .map(|(user, _)| self.names.tagged("user", user))
+                .collect();
+            link.subscribe(&self.seeds[0], &self.push_sender, channels, "SSUBSCRIBE")
+                .await?;
             self.subscribed
                 .extend(chunk.iter().map(|(user, _)| Arc::clone(user)));
         }
@@ -521,6 +537,13 @@ impl Worker {
             )),
         ))
         .await?;
+        let probes = link.subscriptions.values().map(|connection| {
+            let mut connection = connection.clone();
+            async move { bounded(redis::cmd("PING").query_async::<Value>(&mut connection)).await }
+        });
+        for probe in join_all(probes).await {
+            probe?;
+        }
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
@@ -722,18 +745,10 @@ impl Worker {
                 lost.push(self.names.tagged("user", &user));
             }
         }
-        let subscribing = gained
-            .into_iter()
-            .map(|channel| link.connection.clone().ssubscribe_owned(channel));
-        for result in join_all(subscribing).await {
-            result?;
-        }
-        let unsubscribing = lost
-            .into_iter()
-            .map(|channel| link.connection.clone().sunsubscribe_owned(channel));
-        for result in join_all(unsubscribing).await {
-            result?;
-        }
+        link.subscribe(&self.seeds[0], &self.push_sender, gained, "SSUBSCRIBE")
+            .await?;
+        link.subscribe(&self.seeds[0], &self.push_sender, lost, "SUNSUBSCRIBE")
+            .await?;
         self.metrics
             .subscribed_users
             .set(self.subscribed.len() as i64);
@@ -802,100 +817,242 @@ impl Worker {
     }
 }
 
-/// Subscribing through a clone of the connection, so that many run at once.
-trait Owned {
-    async fn ssubscribe_owned(self, channel: String) -> Result<(), String>;
-    async fn sunsubscribe_owned(self, channel: String) -> Result<(), String>;
-}
-
-impl Owned for ClusterConnection {
-    async fn ssubscribe_owned(mut self, channel: String) -> Result<(), String> {
-        bounded(self.ssubscribe(channel)).await
-    }
-
-    async fn sunsubscribe_owned(mut self, channel: String) -> Result<(), String> {
-        bounded(self.sunsubscribe(channel)).await
-    }
-}
-
-/// Connects to the cluster, checks every slot is served, loads the scripts on every master.
+/// Connects to the cluster, checks every slot is served, loads the scripts on every master
+/// and opens each master's subscription connection.
 async fn connect(
     seeds: Vec<String>,
     ca: Option<Vec<u8>>,
     pushes: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<Link, String> {
+    let template = seeds.first().cloned().unwrap_or_default();
     let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
-        .use_protocol(redis::ProtocolVersion::RESP3)
-        .push_sender(pushes)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(ANSWER_TIMEOUT)
         .retries(4)
         .max_retry_wait(500)
         .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-    if let Some(pem) = ca {
+    if let Some(pem) = &ca {
         builder = builder.certs(redis::TlsCertificates {
             client_tls: None,
-            root_cert: Some(pem),
+            root_cert: Some(pem.clone()),
         });
     }
     let client = builder.build().map_err(|err| err.to_string())?;
-    let mut connection = bounded(client.get_async_connection()).await?;
-    let slots: Vec<Value> = bounded(
-        redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut connection),
-    )
-    .await?;
-    let mut masters = Vec::new();
-    let mut covered = 0u32;
-    for range in &slots {
-        let Value::Array(fields) = range else {
-            continue;
-        };
-        if let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
-            (fields.first(), fields.get(1), fields.get(2))
-        {
-            covered += u32::try_from(end - start + 1).unwrap_or(0);
+    let connection = bounded(client.get_async_connection()).await?;
+    let mut link = Link {
+        connection,
+        subscriptions: HashMap::new(),
+        slots: Vec::new(),
+        user_script: String::new(),
+        heartbeat_script: String::new(),
+        masters: Vec::new(),
+        ca,
+    };
+    link.refresh_slots().await?;
+    link.user_script = link.load(USER_SCRIPT).await?;
+    link.heartbeat_script = link.load(HEARTBEAT_SCRIPT).await?;
+    for master in link.masters.clone() {
+        link.subscription_connection(&template, &pushes, &master)
+            .await?;
+    }
+    Ok(link)
+}
+
+impl Link {
+    /// Loads `script` on every master; answers its SHA1.
+    async fn load(&mut self, script: &str) -> Result<String, String> {
+        let mut cmd = redis::cmd("SCRIPT");
+        cmd.arg("LOAD").arg(script);
+        let sha = bounded(self.connection.route_command(
+            cmd,
+            RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllMasters,
+                Some(ResponsePolicy::AllSucceeded),
+            )),
+        ))
+        .await?;
+        sha_of(sha)
+    }
+
+    /// Reads which master serves which slots (`CLUSTER SLOTS`); `Err` unless all 16384 are.
+    async fn refresh_slots(&mut self) -> Result<(), String> {
+        let ranges: Vec<Value> = bounded(
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut self.connection),
+        )
+        .await?;
+        let mut slots = Vec::new();
+        let mut covered = 0u32;
+        for range in &ranges {
+            let Value::Array(fields) = range else {
+                continue;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(master))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
             let host = match master.first() {
                 Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
                 Some(Value::SimpleString(host)) => host.clone(),
                 _ => continue,
             };
-            if let Some(Value::Int(port)) = master.get(1) {
-                let address = format!("{host}:{port}");
-                if !masters.contains(&address) {
-                    masters.push(address);
+            let (Some(Value::Int(port)), Ok(start), Ok(end)) =
+                (master.get(1), u16::try_from(*start), u16::try_from(*end))
+            else {
+                continue;
+            };
+            covered += u32::from(end.saturating_sub(start)) + 1;
+            slots.push((start, end, format!("{host}:{port}")));
+        }
+        if covered < 16384 {
+            return Err(format!("the Redis Cluster serves {covered} of 16384 slots"));
+        }
+        let mut masters: Vec<String> = slots.iter().map(|(_, _, master)| master.clone()).collect();
+        masters.sort();
+        masters.dedup();
+        self.slots = slots;
+        self.masters = masters;
+        Ok(())
+    }
+
+    /// The master serving `name`'s slot.
+    fn owner(&self, name: &str) -> Option<&String> {
+        let slot = slot_of(name.as_bytes());
+        self.slots
+            .iter()
+            .find(|(start, end, _)| (*start..=*end).contains(&slot))
+            .map(|(_, _, master)| master)
+    }
+
+    /// The subscription connection of `master`, opened (RESP3, pushes to `pushes`) if
+    /// there is none yet.
+    async fn subscription_connection(
+        &mut self,
+        template: &str,
+        pushes: &mpsc::UnboundedSender<PushInfo>,
+        master: &str,
+    ) -> Result<MultiplexedConnection, String> {
+        if let Some(connection) = self.subscriptions.get(master) {
+            return Ok(connection.clone());
+        }
+        let url = with_host(template, master);
+        let client = crate::client(&url, self.ca.as_deref()).map_err(|err| err.to_string())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(ANSWER_TIMEOUT))
+            .set_push_sender(pushes.clone());
+        let connection = bounded(client.get_multiplexed_async_connection_with_config(&config))
+            .await
+            .map_err(|err| format!("{master}: {err}"))?;
+        self.subscriptions
+            .insert(master.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends `command` (`SSUBSCRIBE` or `SUNSUBSCRIBE`) for each of `channels`, one per
+    /// channel, to the master serving it, all at once; a channel whose slot moved meanwhile
+    /// (`MOVED`) is sent again after the slots are read again.
+    async fn subscribe(
+        &mut self,
+        template: &str,
+        pushes: &mpsc::UnboundedSender<PushInfo>,
+        channels: Vec<String>,
+        command: &str,
+    ) -> Result<(), String> {
+        let mut pending = channels;
+        for attempt in 0..3 {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                self.refresh_slots().await?;
+            }
+            let mut sends = Vec::new();
+            for channel in std::mem::take(&mut pending) {
+                let master = self
+                    .owner(&channel)
+                    .cloned()
+                    .ok_or_else(|| "no master serves a channel's slot".to_owned())?;
+                let mut connection = self
+                    .subscription_connection(template, pushes, &master)
+                    .await?;
+                let mut cmd = redis::cmd(command);
+                cmd.arg(&channel);
+                sends.push(async move {
+                    let answer =
+                        tokio::time::timeout(ANSWER_TIMEOUT, connection.send_packed_command(&cmd))
+                            .await;
+                    (channel, answer)
+                });
+            }
+            for (channel, answer) in join_all(sends).await {
+                match answer {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) if err.code() == Some("MOVED") => pending.push(channel),
+                    Ok(Err(err)) => return Err(err.to_string()),
+                    Err(_) => return Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
                 }
             }
         }
-    }
-    if covered < 16384 {
-        return Err(format!("the Redis Cluster serves {covered} of 16384 slots"));
-    }
-    masters.sort();
-    let load = |script: &str| {
-        let mut cmd = redis::cmd("SCRIPT");
-        cmd.arg("LOAD").arg(script);
-        let mut connection = connection.clone();
-        async move {
-            bounded(connection.route_command(
-                cmd,
-                RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::AllSucceeded),
-                )),
-            ))
-            .await
+        if pending.is_empty() {
+            Ok(())
+        } else {
+            Err("a channel's slot kept moving".into())
         }
+    }
+}
+
+/// `template` (a seed's URL, with the credentials) with `address` as its host and port,
+/// speaking RESP3 (sharded messages arrive as pushes).
+fn with_host(template: &str, address: &str) -> String {
+    let Some(scheme_end) = template.find("://").map(|at| at + 3) else {
+        return template.to_owned();
     };
-    let user_script = sha_of(load(USER_SCRIPT).await?)?;
-    let heartbeat_script = sha_of(load(HEARTBEAT_SCRIPT).await?)?;
-    Ok(Link {
-        connection,
-        user_script,
-        heartbeat_script,
-        masters,
-    })
+    let rest = &template[scheme_end..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let userinfo = rest[..authority_end]
+        .rfind('@')
+        .map_or("", |at| &rest[..=at]);
+    let protocol = if rest[authority_end..].contains('?') {
+        "&protocol=resp3"
+    } else {
+        "?protocol=resp3"
+    };
+    format!(
+        "{}{userinfo}{address}{}{protocol}",
+        &template[..scheme_end],
+        &rest[authority_end..]
+    )
+}
+
+/// The Redis Cluster slot of `name`: CRC16 (XMODEM) of its hash tag (the text between
+/// the first `{` and the next `}`, when not empty), else of the whole name, modulo 16384.
+fn slot_of(name: &[u8]) -> u16 {
+    let tag = name
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            name[open + 1..]
+                .iter()
+                .position(|&b| b == b'}')
+                .filter(|&len| len > 0)
+                .map(|len| &name[open + 1..open + 1 + len])
+        })
+        .unwrap_or(name);
+    let mut crc: u16 = 0;
+    for &byte in tag {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }
 
 /// The SHA1 a `SCRIPT LOAD` answered.
@@ -905,5 +1062,28 @@ fn sha_of(value: Value) -> Result<String, String> {
         Value::SimpleString(sha) => Ok(sha),
         Value::VerbatimString { text, .. } => Ok(text),
         other => Err(format!("SCRIPT LOAD answered {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_redis_cluster_hash_tags_and_urls_keep_credentials() {
+        // As `CLUSTER KEYSLOT` answers.
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"bar"), 5061);
+        assert_eq!(slot_of(b"t:user:{foo}"), 12182);
+        assert_eq!(slot_of(b"{foo}"), 12182);
+        assert_ne!(slot_of(b"{}foo"), slot_of(b"foo"));
+        assert_eq!(
+            with_host("redis://u:p@a:1/0", "127.0.0.1:7000"),
+            "redis://u:p@127.0.0.1:7000/0?protocol=resp3"
+        );
+        assert_eq!(
+            with_host("rediss://b:2/0", "h:3"),
+            "rediss://h:3/0?protocol=resp3"
+        );
     }
 }

@@ -9,6 +9,8 @@
 mod common;
 
 mod admin;
+mod brokers_cluster;
+mod brokers_sentinel;
 mod client_cli;
 mod client_library;
 mod cluster;

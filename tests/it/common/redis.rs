@@ -25,6 +25,10 @@ pub struct Redis {
     port: u16,
     /// The running server; `None` while killed.
     child: Option<Child>,
+    /// Arguments added to every start (a cluster node's, a replica's…).
+    extra: Vec<String>,
+    /// A sentinel's configuration file: the server runs `--sentinel` with it.
+    sentinel_conf: Option<String>,
 }
 
 /// Whether `program` can be run (it answers `--version`).
@@ -54,6 +58,23 @@ impl Redis {
     /// Starts a Redis on a free loopback port; `None` (after one line saying so) when
     /// `redis-server` or `redis-cli` is not installed, outside CI.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with `extra` arguments to `redis-server` at every start; a
+    /// `{dir}` in them stands for the server's folder.
+    pub fn start_with(extra: &[String]) -> Option<Self> {
+        Self::spawn_new(extra, None)
+    }
+
+    /// A sentinel (`redis-server CONF --sentinel`) on a free loopback port; `conf` must be
+    /// writable (the sentinel rewrites it).
+    pub fn start_sentinel(conf: &str) -> Option<Self> {
+        Self::spawn_new(&[], Some(conf.to_owned()))
+    }
+
+    /// Starts a server of either kind on a free port.
+    fn spawn_new(extra: &[String], sentinel_conf: Option<String>) -> Option<Self> {
         for program in ["redis-server", "redis-cli"] {
             if !installed(program) {
                 super::skip_without(
@@ -64,10 +85,16 @@ impl Redis {
             }
         }
         let dir = tempfile::tempdir().expect("temp dir");
+        let extra = extra
+            .iter()
+            .map(|arg| arg.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
         let mut redis = Self {
             dir,
             port: 0,
             child: None,
+            extra,
+            sentinel_conf,
         };
         for _ in 0..PORT_ATTEMPTS {
             redis.port = super::free_port();
@@ -85,13 +112,18 @@ impl Redis {
     /// when it exits first (the port was taken meanwhile).
     fn try_spawn(&mut self) -> bool {
         let log = self.dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            command.arg(conf).arg("--sentinel");
+        }
+        let mut child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +158,11 @@ impl Redis {
     /// The URL for `cluster.redis`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether the server runs now (not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's process id; panics while it is killed.

@@ -1,0 +1,1 @@
+//! Nodes over Redis with Sentinel (`redis+sentinel://`, SPEC §8).
