@@ -1571,6 +1571,51 @@ mod tests {
     }
 
     #[test]
+    fn sentinel_and_redis_cluster_urls_are_checked() {
+        let sentinel = config(
+            "[cluster]\nredis = \"redis+sentinel://u:pw@h1:26379,h2:26379/mymaster\"\nnode = \"n\"",
+        )
+        .unwrap();
+        assert!(sentinel
+            .effective_toml()
+            .contains("redis = \"redis+sentinel://u:****@h1:26379,h2:26379/mymaster\""));
+        assert!(
+            config("[cluster]\nredis = \"redis+cluster://h1:7000,h2:7001\"\nnode = \"n\"")
+                .unwrap()
+                .cluster
+                .is_some()
+        );
+        assert!(Config::from_toml(
+            "[cluster]\nredis = \"rediss+cluster://h1:7000\"\nnode = \"n\"\nredis_ca_file = \"ca.pem\"",
+            Path::new("/etc/tether/server.toml"),
+        )
+        .is_ok());
+        for (url, why) in [
+            ("redis+sentinel://h1:26379,h2:26379/", "master"),
+            ("redis+sentinel://h1:x/m", "host:port"),
+            ("redis+cluster://h1:7000/3", "database 0"),
+            ("redis+cluster://", "no host"),
+            ("nats://h:4222", "redis+sentinel://"),
+        ] {
+            assert_refused(
+                &format!("[cluster]\nredis = \"{url}\"\nnode = \"n\""),
+                "cluster.redis",
+                why,
+            );
+        }
+        assert_refused(
+            "[cluster]\nredis = \"redis+cluster://h:7000\"\nnode = \"n\"\nprefix = \"t{x}\"",
+            "cluster.prefix",
+            "hash tags",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis+sentinel://h:1/m\"\nnode = \"n\"\nredis_ca_file = \"ca.pem\"",
+            "cluster.redis_ca_file",
+            "rediss://",
+        );
+    }
+
+    #[test]
     fn empty_users_file_is_refused() {
         assert_refused("[auth]\nusers_file = \"\"", "auth.users_file", "empty");
     }

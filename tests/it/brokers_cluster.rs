@@ -64,8 +64,11 @@ fn events_go_by_spublish_on_every_master_once_and_in_order_and_survive_reshard_a
     };
     const USERS: usize = 1000;
     let users = users(USERS);
-    let n1 = node(&cluster, "n1", &users);
-    let n2 = node(&cluster, "n2", &users);
+    // One more user, for an invalidation.
+    let mut everyone = users.clone();
+    everyone.push(("victim".to_owned(), cheap_hash("pw")));
+    let n1 = node(&cluster, "n1", &everyone);
+    let n2 = node(&cluster, "n2", &everyone);
     let healthz = n1.cluster_redis().expect("cluster_redis in /healthz");
     for master in cluster.masters() {
         assert!(
@@ -119,6 +122,19 @@ fn events_go_by_spublish_on_every_master_once_and_in_order_and_survive_reshard_a
     assert!(
         evalsha >= (USERS * ROUNDS) as u64,
         "one script run per event: {evalsha}"
+    );
+
+    // An operator's invalidation on n1 reaches the user's connection on n2, by SPUBLISH.
+    let mut victim = n2.login("victim", "pw");
+    let counted = wait_until(SETTLE_TIMEOUT, || n1.connections("victim") == 1);
+    assert!(counted, "n1 does not count the victim's connection on n2");
+    let (status, body) = n1.invalidate("victim");
+    assert_eq!((status, body), (200, json!({"invalidated": 1})));
+    assert_eq!(victim.recv_within(DELIVERY), ["invalidated"]);
+    assert_eq!(
+        calls_per_master(&cluster, "spublish").iter().sum::<u64>(),
+        (USERS * ROUNDS) as u64 + 1,
+        "one SPUBLISH for the invalidation"
     );
 
     // 2. A slot migration under a steady stream: afterwards every user is reached again

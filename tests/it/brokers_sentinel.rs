@@ -197,3 +197,33 @@ fn a_sentinel_failover_moves_every_node_to_the_promoted_replica() {
         assert_eq!(node.cluster_redis().as_deref(), Some(replica.as_str()));
     }
 }
+
+#[test]
+fn the_urls_password_reaches_a_master_and_sentinels_that_want_it() {
+    let Some(set) = SentinelSet::start_with_password(Some("s3cret")) else {
+        return;
+    };
+    let hash = cheap_hash("pw");
+    let users = [("alice", hash.as_str())];
+    let url = set.url_with(":s3cret@");
+    let n1 = Node::start_url(&url, "tether", "n1", &users, &|config| config);
+    let n2 = Node::start_url(&url, "tether", "n2", &users, &|config| config);
+    let master = set.master.addr().to_string();
+    assert_eq!(n1.cluster_redis().as_deref(), Some(master.as_str()));
+    let mut alice = n2.login("alice", "pw");
+    assert!(wait_until(Duration::from_secs(10), || n1
+        .connections("alice")
+        == 1));
+    assert_eq!(n1.publish_ok("alice", "hello"), 1);
+    assert_eq!(
+        event_text(&alice.recv_within(Duration::from_secs(5))),
+        "hello"
+    );
+    // The password is not written to the log.
+    for node in [&n1, &n2] {
+        assert!(
+            !node.server.stderr_text().contains("s3cret"),
+            "the log shows the password"
+        );
+    }
+}

@@ -28,12 +28,32 @@ impl SentinelSet {
     /// Starts it and waits until every sentinel knows the master and its replica; `None`
     /// when Redis is not installed (outside CI).
     pub fn start() -> Option<Self> {
-        let master = Redis::start()?;
-        let replica = Redis::start_with(&[
+        Self::start_with_password(None)
+    }
+
+    /// Like [`SentinelSet::start`]; with a `password`, the master, the replica and the
+    /// sentinels all want it (`requirepass`, `masterauth`, `sentinel auth-pass`).
+    pub fn start_with_password(password: Option<&str>) -> Option<Self> {
+        let auth: Vec<String> = password
+            .map(|password| {
+                vec![
+                    "--requirepass".into(),
+                    password.into(),
+                    "--masterauth".into(),
+                    password.into(),
+                ]
+            })
+            .unwrap_or_default();
+        let mut master = Redis::start_with(&auth)?;
+        master.cli_password = password.map(str::to_owned);
+        let mut replica_args = auth.clone();
+        replica_args.extend([
             "--replicaof".into(),
             "127.0.0.1".into(),
             master.addr().port().to_string(),
-        ])?;
+        ]);
+        let mut replica = Redis::start_with(&replica_args)?;
+        replica.cli_password = password.map(str::to_owned);
         let synced = wait_until(SETUP_TIMEOUT, || {
             replica
                 .cli(&["INFO", "replication"])
@@ -42,7 +62,9 @@ impl SentinelSet {
         assert!(synced, "the replica did not sync:\n{}", replica.log());
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(start_sentinel(master.addr().port())?);
+            let mut sentinel = start_sentinel(master.addr().port(), password)?;
+            sentinel.cli_password = password.map(str::to_owned);
+            sentinels.push(sentinel);
         }
         let known = wait_until(SETUP_TIMEOUT, || {
             sentinels.iter().all(|sentinel| {
@@ -66,6 +88,19 @@ impl SentinelSet {
         })
     }
 
+    /// The `cluster.redis` URL listing the three sentinels, with `userinfo@` if given.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|sentinel| sentinel.addr().to_string())
+            .collect();
+        format!(
+            "redis+sentinel://{userinfo}{}/{MASTER_NAME}",
+            hosts.join(",")
+        )
+    }
+
     /// The `cluster.redis` URL listing the three sentinels.
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
@@ -83,8 +118,9 @@ impl SentinelSet {
 }
 
 /// A sentinel (`redis-server sentinel.conf --sentinel`) watching the master on
-/// `master_port`, quorum 2, declaring it down after 1 s.
-fn start_sentinel(master_port: u16) -> Option<Redis> {
+/// `master_port`, quorum 2, declaring it down after 1 s; with a `password`, it gives it to
+/// the data nodes and wants it from its clients.
+fn start_sentinel(master_port: u16, password: Option<&str>) -> Option<Redis> {
     let dir = tempfile::tempdir().expect("temp dir");
     let conf = dir.path().join("sentinel.conf");
     std::fs::write(
@@ -93,7 +129,10 @@ fn start_sentinel(master_port: u16) -> Option<Redis> {
             "sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
              sentinel failover-timeout {MASTER_NAME} 5000\n\
-             sentinel parallel-syncs {MASTER_NAME} 1\n"
+             sentinel parallel-syncs {MASTER_NAME} 1\n{}",
+            password.map_or_else(String::new, |password| format!(
+                "sentinel auth-pass {MASTER_NAME} {password}\nrequirepass {password}\n"
+            ))
         ),
     )
     .expect("write sentinel.conf");

@@ -29,6 +29,8 @@ pub struct Redis {
     extra: Vec<String>,
     /// A sentinel's configuration file: the server runs `--sentinel` with it.
     sentinel_conf: Option<String>,
+    /// The password `redis-cli` gives, when the server wants one.
+    pub cli_password: Option<String>,
 }
 
 /// Whether `program` can be run (it answers `--version`).
@@ -51,7 +53,8 @@ fn answers_ping(addr: SocketAddr) -> bool {
         return false;
     }
     let mut answer = [0u8; 7];
-    stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    // A server with a password answers, too: that it wants one.
+    stream.read_exact(&mut answer).is_ok() && (&answer == b"+PONG\r\n" || &answer == b"-NOAUTH")
 }
 
 impl Redis {
@@ -95,6 +98,7 @@ impl Redis {
             child: None,
             extra,
             sentinel_conf,
+            cli_password: None,
         };
         for _ in 0..PORT_ATTEMPTS {
             redis.port = super::free_port();
@@ -215,6 +219,11 @@ impl Redis {
     pub fn cli(&self, args: &[&str]) -> String {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(
+                self.cli_password
+                    .iter()
+                    .flat_map(|password| ["-a", password, "--no-auth-warning"]),
+            )
             .args(args)
             .stdin(Stdio::null())
             .output()
