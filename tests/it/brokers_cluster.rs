@@ -164,6 +164,18 @@ fn events_go_by_spublish_on_every_master_once_and_in_order_and_survive_reshard_a
         reshard.join().expect("reshard");
     });
     eprintln!("reshard of 500 slots took {:?}", start.elapsed());
+    // The subscriber follows the moved slots without losing Redis.
+    let lost: Vec<String> = n2
+        .server
+        .stderr_text()
+        .lines()
+        .filter(|line| line.contains("unreachable ("))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "n2 lost the cluster during the reshard: {lost:?}"
+    );
     // What the stream delivered is still queued: reach_everyone skips it.
     let after = Instant::now();
     reach_everyone(
