@@ -231,6 +231,10 @@ brokers_compare() {
             "$setup" "${CLUSTER_TAG:-}" "$events" "$spublish" "$publish" "$evalsha" \
             "$(for port in "${ports[@]}"; do commandstats "$port" | cut -d' ' -f1; done | paste -sd,)" |
             tee -a "$OUT"
+        if [[ $setup == 3masters ]] && ((spublish != events || publish != 0)); then
+            echo "Redis Cluster: $spublish SPUBLISH and $publish PUBLISH for $events events" >&2
+            return 1
+        fi
         for pid in "${CLUSTER_PIDS[@]}" ${CLUSTER_REDIS_PID:+"$CLUSTER_REDIS_PID"} \
             ${RCLUSTER_PIDS[@]+"${RCLUSTER_PIDS[@]}"}; do
             stop_one "$pid"
@@ -331,6 +335,10 @@ sentinel_failover() {
                 printf "\"kill_to_promotion_s\":%.3f,\"kill_to_first_delivery_s\":%.3f,", p - k, (f > 0 ? f - k : -1)
                 printf "\"promotion_to_first_delivery_s\":%.3f,\"refused\":%d}\n", (f > 0 ? f - p : -1), refused }' \
             "$WORK/fo-published" | tee -a "$OUT"
+        if [[ -z $first ]]; then
+            echo "sentinel failover: no event crossed nodes within 30 s of the promotion" >&2
+            return 1
+        fi
         for pid in "${CLUSTER_PIDS[@]}" "${pids[@]}" "$listener"; do
             stop_one "$pid"
         done
