@@ -18,7 +18,8 @@
 //! (`CROSSSLOT`), and a `sunsubscribe` Redis sends on its own when a slot moves is taken
 //! for the answer to whatever command is in flight. So this module keeps, per master, one
 //! RESP3 connection of its own for sharded subscriptions (one `SSUBSCRIBE` per user, sent
-//! to the master that owns the user's slot after `CLUSTER SLOTS`), and adds:
+//! to the master that owns the user's slot after `CLUSTER SLOTS`, its confirmation read
+//! from the pushes rather than waited for as an answer), and adds:
 //! - a sharded subscription that Redis drops because its slot moved (a `sunsubscribe`
 //!   push) is made again at once on the slot's new owner;
 //! - a node that loses any master (a `Disconnection` push, a probe unanswered) counts as
@@ -126,6 +127,8 @@ pub(crate) struct Worker {
     dirty: HashSet<Arc<str>>,
     /// Users whose channel this node follows.
     subscribed: HashSet<Arc<str>>,
+    /// Users whose subscription Redis dropped (their slot moved), to subscribe again.
+    moved: Vec<Arc<str>>,
     /// Client invalidations to send once Redis is reachable.
     later: VecDeque<Arc<str>>,
     /// The other live nodes' fields, as the last heartbeat saw them.
@@ -165,6 +168,7 @@ impl Worker {
             local: HashMap::new(),
             dirty: HashSet::new(),
             subscribed: HashSet::new(),
+            moved: Vec::new(),
             later: VecDeque::new(),
             others: Vec::new(),
             last_seen: None,
@@ -213,6 +217,7 @@ impl Worker {
             *upstream = None;
         }
         self.subscribed.clear();
+        self.moved.clear();
         self.metrics.subscribed_users.set(0);
         // Every count is written again once back: a pipeline cut short may have lost some.
         self.dirty.extend(self.local.keys().cloned());
@@ -352,7 +357,7 @@ impl Worker {
                     None => return Ended::Stopping,
                 },
                 push = self.pushes.recv() => match push {
-                    Some(push) => self.pushed(&mut link, push).await.map_err(Ended::Lost),
+                    Some(push) => self.handle_push(push).map_err(Ended::Lost),
                     None => Err(Ended::Lost("the push channel closed".to_owned())),
                 },
                 _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
@@ -360,48 +365,111 @@ impl Worker {
             if let Err(ended) = step {
                 return ended;
             }
+            if let Err(err) = self.follow_moved(&mut link).await {
+                return Ended::Lost(err);
+            }
         }
     }
 
-    /// A push from a node: a message, a subscription Redis dropped (its slot moved: made
-    /// again on the slot's new owner), or a lost connection.
-    async fn pushed(&mut self, link: &mut Link, push: PushInfo) -> Result<(), String> {
+    /// A push from a node: a message (handed on), a subscription Redis dropped because
+    /// its slot moved (noted in `moved`, made again by [`Worker::follow_moved`]), a lost
+    /// connection (`Err`); confirmations outside [`Worker::subscribe_confirmed`] are
+    /// ignored.
+    fn handle_push(&mut self, push: PushInfo) -> Result<(), String> {
         match push.kind {
             PushKind::SMessage | PushKind::Message => {
                 if let Some(Value::BulkString(payload)) = push.data.get(1) {
                     self.received(payload);
                 }
-                Ok(())
             }
             PushKind::SUnsubscribe => {
                 let Some(Value::BulkString(channel)) = push.data.first() else {
                     return Ok(());
                 };
-                let Some(user) = self
+                if let Some(user) = self
                     .subscribed
                     .iter()
                     .find(|user| self.names.tagged("user", user).as_bytes() == channel.as_slice())
                     .cloned()
-                else {
-                    return Ok(());
-                };
-                log::info!(
-                    "cluster: Redis dropped the subscription of user {user:?} (its slot moved); \
-                     subscribing on its new shard"
-                );
-                link.refresh_slots().await?;
-                link.subscribe(
-                    &self.seeds[0],
-                    &self.push_sender,
-                    vec![self.names.tagged("user", &user)],
-                    "SSUBSCRIBE",
-                )
-                .await
+                {
+                    log::info!(
+                        "cluster: Redis dropped the subscription of user {user:?} (its slot \
+                         moved); subscribing on its new shard"
+                    );
+                    self.moved.push(user);
+                }
             }
             PushKind::Disconnection => {
-                Err("a connection to a Redis Cluster master was lost".into())
+                return Err("a connection to a Redis Cluster master was lost".into());
             }
-            _ => Ok(()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Subscribes again, on their slots' new owners, to the users whose subscriptions
+    /// Redis dropped.
+    async fn follow_moved(&mut self, link: &mut Link) -> Result<(), String> {
+        while !self.moved.is_empty() {
+            let users = std::mem::take(&mut self.moved);
+            let channels = users
+                .iter()
+                .filter(|user| self.subscribed.contains(*user))
+                .map(|user| self.names.tagged("user", user))
+                .collect();
+            link.refresh_slots().await?;
+            self.subscribe_confirmed(link, channels).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one `SSUBSCRIBE` per channel to the master serving it and waits for every
+    /// confirmation among the pushes (handling the others meanwhile); what is not
+    /// confirmed in time (a slot that moved: the `MOVED` answer is not waited for) is sent
+    /// again after the slots are read again.
+    async fn subscribe_confirmed(
+        &mut self,
+        link: &mut Link,
+        channels: Vec<String>,
+    ) -> Result<(), String> {
+        let mut waiting: HashSet<String> = channels.into_iter().collect();
+        for attempt in 0..3 {
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                link.refresh_slots().await?;
+            }
+            link.send(
+                &self.seeds[0],
+                &self.push_sender,
+                waiting.iter().cloned().collect(),
+                "SSUBSCRIBE",
+            )
+            .await?;
+            let deadline = Instant::now() + ANSWER_TIMEOUT;
+            while !waiting.is_empty() {
+                let push = match tokio::time::timeout_at(deadline, self.pushes.recv()).await {
+                    Ok(Some(push)) => push,
+                    Ok(None) => return Err("the push channel closed".into()),
+                    Err(_) => break,
+                };
+                if push.kind == PushKind::SSubscribe {
+                    if let Some(Value::BulkString(channel)) = push.data.first() {
+                        waiting.remove(String::from_utf8_lossy(channel).as_ref());
+                    }
+                } else {
+                    self.handle_push(push)?;
+                }
+            }
+        }
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} sharded subscription(s) not confirmed within {ANSWER_TIMEOUT:?}, three times",
+                waiting.len()
+            ))
         }
     }
 
@@ -419,8 +487,7 @@ impl Worker {
                 .iter()
                 .map(|(user, _)| self.names.tagged("user", user))
                 .collect();
-            link.subscribe(&self.seeds[0], &self.push_sender, channels, "SSUBSCRIBE")
-                .await?;
+            self.subscribe_confirmed(link, channels).await?;
             self.subscribed
                 .extend(chunk.iter().map(|(user, _)| Arc::clone(user)));
         }
@@ -537,13 +604,7 @@ impl Worker {
             )),
         ))
         .await?;
-        let probes = link.subscriptions.values().map(|connection| {
-            let mut connection = connection.clone();
-            async move { bounded(redis::cmd("PING").query_async::<Value>(&mut connection)).await }
-        });
-        for probe in join_all(probes).await {
-            probe?;
-        }
+
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
@@ -745,9 +806,8 @@ impl Worker {
                 lost.push(self.names.tagged("user", &user));
             }
         }
-        link.subscribe(&self.seeds[0], &self.push_sender, gained, "SSUBSCRIBE")
-            .await?;
-        link.subscribe(&self.seeds[0], &self.push_sender, lost, "SUNSUBSCRIBE")
+        self.subscribe_confirmed(link, gained).await?;
+        link.send(&self.seeds[0], &self.push_sender, lost, "SUNSUBSCRIBE")
             .await?;
         self.metrics
             .subscribed_users
@@ -952,55 +1012,34 @@ impl Link {
     }
 
     /// Sends `command` (`SSUBSCRIBE` or `SUNSUBSCRIBE`) for each of `channels`, one per
-    /// channel, to the master serving it, all at once; a channel whose slot moved meanwhile
-    /// (`MOVED`) is sent again after the slots are read again.
-    async fn subscribe(
+    /// channel, to the master serving it, without waiting for the answers: they are read
+    /// from the pushes ([`Worker::subscribe_confirmed`]). (The connection pairs answers
+    /// with requests in order, and takes a `sunsubscribe` Redis sends on its own, when a
+    /// slot moves, for the answer to the oldest request in flight: nothing may wait on
+    /// it.)
+    async fn send(
         &mut self,
         template: &str,
         pushes: &mpsc::UnboundedSender<PushInfo>,
         channels: Vec<String>,
-        command: &str,
+        command: &'static str,
     ) -> Result<(), String> {
-        let mut pending = channels;
-        for attempt in 0..3 {
-            if pending.is_empty() {
-                return Ok(());
-            }
-            if attempt > 0 {
-                self.refresh_slots().await?;
-            }
-            let mut sends = Vec::new();
-            for channel in std::mem::take(&mut pending) {
-                let master = self
-                    .owner(&channel)
-                    .cloned()
-                    .ok_or_else(|| "no master serves a channel's slot".to_owned())?;
-                let mut connection = self
-                    .subscription_connection(template, pushes, &master)
-                    .await?;
-                let mut cmd = redis::cmd(command);
-                cmd.arg(&channel);
-                sends.push(async move {
-                    let answer =
-                        tokio::time::timeout(ANSWER_TIMEOUT, connection.send_packed_command(&cmd))
-                            .await;
-                    (channel, answer)
-                });
-            }
-            for (channel, answer) in join_all(sends).await {
-                match answer {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(err)) if err.code() == Some("MOVED") => pending.push(channel),
-                    Ok(Err(err)) => return Err(err.to_string()),
-                    Err(_) => return Err(format!("no answer within {ANSWER_TIMEOUT:?}")),
-                }
-            }
+        for channel in channels {
+            let master = self
+                .owner(&channel)
+                .cloned()
+                .ok_or_else(|| "no master serves a channel's slot".to_owned())?;
+            let mut connection = self
+                .subscription_connection(template, pushes, &master)
+                .await?;
+            let mut cmd = redis::cmd(command);
+            cmd.arg(channel);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(ANSWER_TIMEOUT, connection.send_packed_command(&cmd))
+                    .await;
+            });
         }
-        if pending.is_empty() {
-            Ok(())
-        } else {
-            Err("a channel's slot kept moving".into())
-        }
+        Ok(())
     }
 }
 
