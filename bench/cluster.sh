@@ -161,15 +161,22 @@ start_redis_cluster() {
     RCLUSTER_PORTS=()
     RCLUSTER_PIDS=()
     for i in $(seq 1 "$masters"); do
-        read -r port < <("$BIN/tether-bench" free-ports 1)
-        mkdir -p "$WORK/rcluster-$port"
-        redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-            --protected-mode no --maxclients 4000 --cluster-enabled yes \
-            --cluster-config-file "$WORK/rcluster-$port/nodes.conf" --dir "$WORK/rcluster-$port" \
-            --logfile "$WORK/rcluster-$port.log" &
-        RCLUSTER_PIDS+=("$!")
-        PIDS+=("$!")
-        wait_port "$port" "$!"
+        # A cluster node also listens on its port + 10000 (the cluster bus): the port must
+        # leave room for it, and a bus port taken makes the server exit: try another.
+        for attempt in $(seq 1 20); do
+            read -r port < <("$BIN/tether-bench" free-ports 1)
+            ((port < 55000)) || continue
+            mkdir -p "$WORK/rcluster-$port"
+            redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+                --protected-mode no --maxclients 4000 --cluster-enabled yes \
+                --cluster-config-file "$WORK/rcluster-$port/nodes.conf" \
+                --dir "$WORK/rcluster-$port" --logfile "$WORK/rcluster-$port.log" &
+            if wait_port "$port" "$!" 2> /dev/null; then
+                RCLUSTER_PIDS+=("$!")
+                PIDS+=("$!")
+                break
+            fi
+        done
         RCLUSTER_PORTS+=("$port")
         hosts+=("127.0.0.1:$port")
     done

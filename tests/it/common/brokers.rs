@@ -111,9 +111,12 @@ impl SentinelSet {
         format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
     }
 
-    /// Whether `redis` says it is a master (`ROLE`).
+    /// Whether `redis` says it is a master (`ROLE`); `false` while it does not answer
+    /// (a promotion closes the clients' connections).
     pub fn is_master(redis: &Redis) -> bool {
-        redis.cli(&["ROLE"]).lines().next() == Some("master")
+        redis
+            .try_cli(&["ROLE"])
+            .is_ok_and(|role| role.lines().next() == Some("master"))
     }
 }
 

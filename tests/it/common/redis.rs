@@ -217,6 +217,13 @@ impl Redis {
     /// Runs one command with `redis-cli` and answers its output in `redis-cli`'s raw form
     /// (one line per element of an array reply); panics when Redis answers an error.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|failure| panic!("redis-cli {args:?} failed: {failure}"))
+    }
+
+    /// Like [`Redis::cli`], answering why it failed rather than panicking (a server that
+    /// closes connections, as a sentinel's promotion does).
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
             .args(
@@ -229,12 +236,11 @@ impl Redis {
             .output()
             .expect("run redis-cli");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success() && !text.starts_with("ERR") && !text.starts_with("WRONG"),
-            "redis-cli {args:?} failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
+        if output.status.success() && !text.starts_with("ERR") && !text.starts_with("WRONG") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
+        }
     }
 
     /// The channels matching `pattern` that have at least one subscriber
