@@ -299,7 +299,17 @@ sentinel_failover() {
         until redis-cli -p "$replica" INFO replication | grep -q master_link_status:up; do
             sleep 0.1
         done
-        sleep 2 # the sentinels learn the replica and each other
+        # The sentinels learn the replica (from the master's INFO, every 10 s) and each
+        # other; without both there is no failover.
+        for i in $(seq 1 300); do
+            local ready=0
+            for port in "${sentinels[@]##*:}"; do
+                redis-cli -p "$port" SENTINEL master m | tr -d '\r' | paste -sd' ' |
+                    grep -q 'num-slaves 1 .*num-other-sentinels 2' && ready=$((ready + 1))
+            done
+            ((ready == 3)) && break
+            sleep 0.1
+        done
         start_cluster 2 "redis+sentinel://$(IFS=,; echo "${sentinels[*]}")/m"
         n2_admin=${CLUSTER_ADMINS[1]##*:}
         : > "$WORK/fo-received"
@@ -322,7 +332,8 @@ sentinel_failover() {
         sleep 1
         kill_at=$(now)
         kill -9 "$master_pid"
-        until [[ $(redis-cli -p "$replica" ROLE 2> /dev/null | head -1) == master ]]; do
+        for i in $(seq 1 1500); do
+            [[ $(redis-cli -p "$replica" ROLE 2> /dev/null | head -1) == master ]] && break
             sleep 0.02
         done
         promoted_at=$(now)
