@@ -275,11 +275,11 @@ sentinel_failover() {
     for run in $(seq 1 "$runs"); do
         read -r master replica < <("$BIN/tether-bench" free-ports 2)
         redis-server --bind 127.0.0.1 --port "$master" --save '' --appendonly no \
-            --logfile "$WORK/fo-master.log" &
+            --dir "$WORK" --logfile "$WORK/fo-master.log" &
         local master_pid=$!
         PIDS+=("$master_pid")
         redis-server --bind 127.0.0.1 --port "$replica" --save '' --appendonly no \
-            --replicaof 127.0.0.1 "$master" --logfile "$WORK/fo-replica.log" &
+            --dir "$WORK" --replicaof 127.0.0.1 "$master" --logfile "$WORK/fo-replica.log" &
         local replica_pid=$!
         PIDS+=("$replica_pid")
         wait_port "$master" "$master_pid"
