@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admission;
 pub mod check_config;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod limits;

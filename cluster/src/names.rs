@@ -70,6 +70,12 @@ impl Names {
         format!("{}:throttle", self.prefix)
     }
 
+    /// A per-user name that carries the user's hash tag, `{prefix}:{kind}:{{hex}}`, so that
+    /// every key and channel of one user lands on the same shard of a Redis Cluster.
+    pub(crate) fn tagged(&self, kind: &str, user: &str) -> String {
+        format!("{}:{kind}:{{{}}}", self.prefix, hex(user))
+    }
+
     /// When `user` was last invalidated (Redis milliseconds): `{prefix}:invalidated:{hex}`.
     pub(crate) fn invalidated_key(&self, user: &str) -> String {
         format!("{}:invalidated:{}", self.prefix, hex(user))
@@ -262,6 +268,7 @@ mod tests {
             "t:throttle:{616c}:10.0.0.1"
         );
         assert_eq!(names.owner_key(), "t:owner:n1");
+        assert_eq!(names.tagged("user", "al"), "t:user:{616c}");
     }
 
     #[test]

@@ -16,11 +16,12 @@
 //!   counts, resubscribes in batches of [`BATCH`], applies the invalidations it missed
 //!   (from each user's `invalidated` key) and sends the ones it kept.
 
-use crate::answer::{bounded, ANSWER_TIMEOUT};
+pub(crate) use crate::answer::{bounded, ANSWER_TIMEOUT};
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
 use crate::throttle::Throttled;
+use crate::topology::Source;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -37,21 +38,21 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// How often the node renews its liveness and probes its connections.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First pause before reconnecting, and the longest.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Requests sent as one pipeline at most, and channels per `SUBSCRIBE` when resubscribing.
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 /// Client invalidations kept while Redis is unreachable, at most (one per user).
-const MAX_LATER: usize = 10_000;
+pub(crate) const MAX_LATER: usize = 10_000;
 /// While Redis is unreachable, how often the node notes which bindings it has issued, so
 /// that an invalidation it missed spares the logins made after it.
-const MARK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Marks kept at most (an hour's worth); later logins are then spared from the last one.
-const MAX_MARKS: usize = 3600;
+pub(crate) const MAX_MARKS: usize = 3600;
 /// How long a node's claim on its name lasts without a heartbeat: another node may take
 /// the name once it has lapsed (a live node renews it every [`HEARTBEAT`]).
 const OWNER_TTL: Duration = Duration::from_secs(10);
@@ -162,7 +163,7 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// Hands over `result`.
-    fn send(self, result: Result<usize, BrokerUnreachable>) {
+    pub(crate) fn send(self, result: Result<usize, BrokerUnreachable>) {
         match self {
             Self::Channel(sender) => {
                 let _ = sender.send(result);
@@ -242,7 +243,7 @@ impl Request {
 }
 
 /// Why the connected phase ended.
-enum Ended {
+pub(crate) enum Ended {
     /// A connection was lost or an answer did not come.
     Lost(String),
     /// The node stops.
@@ -283,11 +284,18 @@ struct Link {
     messages: PubSubStream,
     /// The SHA1 of [`SCRIPT`], loaded on this connection's Redis.
     script: String,
+    /// The Redis's `host:port`.
+    address: String,
 }
 
 /// The state of the broker's thread.
 pub(crate) struct Worker {
-    client: redis::Client,
+    /// Where Redis is (one, or the master that sentinels name).
+    source: Source,
+    /// The address of the Redis connected to now, for `/healthz`.
+    upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The address of the last Redis connected to, to log a change of master.
+    last_address: Option<String>,
     names: Names,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
@@ -333,14 +341,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        client: redis::Client,
+        source: Source,
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        connected: Arc<AtomicBool>,
+        status: (Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>),
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
+        let (connected, upstream) = status;
         let jitter = RandomState::new();
         let token = format!(
             "{}\u{1f}{}\u{1f}{:016x}",
@@ -349,7 +358,9 @@ impl Worker {
             jitter.hash_one(now_ms())
         );
         Self {
-            client,
+            source,
+            upstream,
+            last_address: None,
             names,
             requests,
             connected,
@@ -450,6 +461,10 @@ impl Worker {
     fn lost(&mut self, reason: &str) {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
+        self.metrics.set_masters(&[]);
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = None;
+        }
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
         if was_connected {
@@ -491,6 +506,8 @@ impl Worker {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return Ok(()),
+                // The sentinels announced a new master: try it now.
+                () = self.source.switched() => return Ok(()),
                 _ = marks.tick() => self.mark(),
                 request = self.requests.recv() => match request {
                     Some(request) => {
@@ -578,7 +595,8 @@ impl Worker {
     /// Tries to connect while answering requests as unreachable; `None` when the node
     /// stops meanwhile.
     async fn connect_while_serving(&mut self) -> Option<Result<Link, String>> {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(self.client.clone()));
+        let source = self.source.clone();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(source));
         tokio::pin!(attempt);
         loop {
             tokio::select! {
@@ -618,11 +636,27 @@ impl Worker {
             self.metrics.reconnects.inc();
         }
         self.was_connected = true;
-        log::info!(
-            "cluster: connected to Redis as node {:?} ({} user(s) here)",
-            self.names.node,
-            self.local.len()
-        );
+        self.metrics
+            .set_masters(std::slice::from_ref(&link.address));
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = Some(link.address.clone());
+        }
+        let master = match self.source.master_name() {
+            Some(name) => format!("master {name:?} at {}", link.address),
+            None => link.address.clone(),
+        };
+        match self.last_address.replace(link.address.clone()) {
+            Some(old) if old != link.address => log::warn!(
+                "cluster: connected to Redis {master} (was {old}) as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+            _ => log::info!(
+                "cluster: connected to Redis {master} as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+        }
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -656,6 +690,7 @@ impl Worker {
                     self.history.note(now, next);
                     Ok(())
                 }
+                () = self.source.switched() => self.source.check_master(&link.address).await.map_err(Ended::Lost),
             };
             if let Err(ended) = step {
                 return ended;
@@ -1120,15 +1155,29 @@ impl Worker {
     }
 }
 
-/// Opens both connections and loads the script.
-async fn connect(client: redis::Client) -> Result<Link, String> {
+/// Finds the Redis (asking the sentinels, with Sentinel), opens both connections, checks
+/// that it takes writes (a master) and loads the script.
+async fn connect(source: Source) -> Result<Link, String> {
+    let (client, address) = source.locate().await?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(ANSWER_TIMEOUT));
     let mut commands = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| format!("{address}: {err}"))?;
+    if source.master_name().is_some() {
+        let role: Vec<redis::Value> =
+            bounded(redis::cmd("ROLE").query_async(&mut commands)).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => {}
+            _ => {
+                return Err(format!(
+                    "{address}, named by the sentinels, is not a master (stale answer)"
+                ))
+            }
+        }
+    }
     let script: String = bounded(
         redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -1143,6 +1192,7 @@ async fn connect(client: redis::Client) -> Result<Link, String> {
         sink,
         messages,
         script,
+        address,
     })
 }
 
