@@ -30,11 +30,11 @@ mod answer;
 mod history;
 mod metrics;
 mod names;
-mod throttle;
-mod verifiers;
 mod sentinel;
 mod sharded;
+mod throttle;
 mod topology;
+mod verifiers;
 mod worker;
 
 pub use metrics::ClusterMetrics;
@@ -288,8 +288,7 @@ impl RedisBroker {
             }
             Topology::Cluster { seeds, ca } => Box::pin(
                 sharded::Worker::new(
-                    seeds,
-                    ca,
+                    (seeds, ca),
                     names,
                     incoming,
                     status,

@@ -28,11 +28,14 @@
 //! - one pipeline per user per batch (a pipeline goes to one slot), so a user's events
 //!   keep their order.
 
+use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
-use crate::names::{event_payload, invalidation_payload, Names, Payload};
+use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
+use crate::throttle::Throttled;
 use crate::worker::{
-    bounded, now_ms, Answer, Ended, Request, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH,
-    CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS,
+    bounded, count_of, invalidated_times, is_duplicate, now_ms, Ended, Joined, Pending, Request,
+    ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL,
+    MAX_LATER, MAX_MARKS,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
@@ -43,25 +46,58 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use tether_actors::hub::broker::{BrokerUnreachable, Inbox};
+use std::time::Duration;
+use tether_actors::hub::broker::{BrokerUnreachable, Inbox, NotTaken};
 use tether_actors::hub::messages::BindingId;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// The per-user script: `KEYS` = the user's presence hash, its `invalidated` key; `ARGV` =
-/// mode, the user's channel, the payload, then the other live nodes' fields. Modes: `e`
-/// publish an event, `i` publish an invalidation (and note its time), `c` count only —
-/// each answers the user's connections on the given nodes.
+/// The per-user script: `KEYS` = the user's presence hash, its `invalidated` key, and for
+/// an event with an id its id key (all on the user's hash tag); `ARGV` = mode, the user's
+/// channel, the payload, the event's time or the invalidation's made time (else empty),
+/// then the other live nodes' fields. Modes: `e` publish an event — unless its id key
+/// exists, then answer `{time}` of the first event with that id and publish nothing; else
+/// set the id key (5 minutes) in the same step (SPEC §6) — `i` publish an invalidation
+/// (and note when it reached Redis and when the latest was made, `sent:made`), `c` count
+/// only — each answers the user's connections on the given nodes; `t` a failed login
+/// (`KEYS[1]` = the pair's failures, on the name's hash tag, `ARGV[2]` = the limit,
+/// `ARGV[3]` = a member naming this failure): answers how many ms the pair stays
+/// throttled (0: not throttled), as `worker.rs`'s script does.
 const USER_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local mode = ARGV[1]
+if mode == 't' then
+  local limit = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + 60000 - now
+  end
+  return 0
+end
+if mode == 'e' and KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {tonumber(first)} end
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', 300000)
+end
 if mode == 'i' then
-  local t = redis.call('TIME')
-  redis.call('SET', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'PX', 86400000)
+  local made = tonumber(ARGV[4]) or now
+  local old = redis.call('GET', KEYS[2])
+  if old then
+    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
+    if before and before > made then made = before end
+  end
+  redis.call('SET', KEYS[2], now .. ':' .. made, 'PX', 86400000)
 end
 if mode ~= 'c' then redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
 local total = 0
-if #ARGV >= 4 then
-  for _, c in ipairs(redis.call('HMGET', KEYS[1], unpack(ARGV, 4))) do
+if #ARGV >= 5 then
+  for _, c in ipairs(redis.call('HMGET', KEYS[1], unpack(ARGV, 5))) do
     if c then total = total + tonumber(c) end
   end
 end
@@ -79,9 +115,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 return {now, redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')}
 ";
 
-/// An answer awaited: its user's pipeline, its place there, where it goes, whether it is
-/// an event's.
-type Answering = (usize, usize, Option<Answer>, bool);
+/// An answer awaited: its pipeline, and what waits for it there (in order).
+type Answering = (usize, Pending);
 
 /// A [`Request::CountMany`]: the users and where their counts go.
 type Many = (
@@ -129,8 +164,19 @@ pub(crate) struct Worker {
     subscribed: HashSet<Arc<str>>,
     /// Users whose subscription Redis dropped (their slot moved), to subscribe again.
     moved: Vec<Arc<str>>,
-    /// Client invalidations to send once Redis is reachable.
-    later: VecDeque<Arc<str>>,
+    /// Client invalidations to send once Redis is reachable, once per user, each with when
+    /// the latest of the user's was made (this machine's ms).
+    later: VecDeque<(Arc<str>, i64)>,
+    /// Which bindings existed when, for invalidations received late.
+    history: BindingHistory,
+    /// Told how the first attempt to join went, then `None`.
+    joined: Option<std::sync::mpsc::SyncSender<Joined>>,
+    /// The pairs the cluster throttles, shared with the broker's handle.
+    throttled: Arc<Throttled>,
+    /// Counts this run's failed logins, so each is a distinct member of its pair's set.
+    failures: u64,
+    /// Whether Redis dropped the throttle channel's subscription (its slot moved).
+    throttle_moved: bool,
     /// The other live nodes' fields, as the last heartbeat saw them.
     others: Vec<String>,
     last_seen: Option<i64>,
@@ -143,15 +189,18 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    /// `cluster`: the seed nodes' URLs and the CA certificates (PEM) trusted for TLS.
     pub(crate) fn new(
-        seeds: Vec<String>,
-        ca: Option<Vec<u8>>,
+        cluster: (Vec<String>, Option<Vec<u8>>),
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
         status: (Arc<AtomicBool>, Arc<Mutex<Option<String>>>),
         metrics: ClusterMetrics,
+        joined: std::sync::mpsc::SyncSender<Joined>,
+        throttled: Arc<Throttled>,
     ) -> Self {
         let (connected, upstream) = status;
+        let (seeds, ca) = cluster;
         let (push_sender, pushes) = mpsc::unbounded_channel();
         Self {
             seeds,
@@ -170,6 +219,11 @@ impl Worker {
             subscribed: HashSet::new(),
             moved: Vec::new(),
             later: VecDeque::new(),
+            history: BindingHistory::default(),
+            joined: Some(joined),
+            throttled,
+            failures: 0,
+            throttle_moved: false,
             others: Vec::new(),
             last_seen: None,
             clock_offset: 0,
@@ -187,15 +241,20 @@ impl Worker {
         loop {
             match self.connect_while_serving().await {
                 Some(Ok(link)) => match self.serve(link).await {
-                    Ended::Stopping => return,
+                    // No name claim in this mode (see the module's comment): never ends so.
+                    Ended::Stopping | Ended::NameTaken(_) => return,
                     Ended::Lost(reason) => {
                         if self.connected.load(Ordering::Relaxed) {
                             backoff = BACKOFF_MIN;
                         }
+                        self.tell_joined(Joined::Unreachable(reason.clone()));
                         self.lost(&reason);
                     }
                 },
-                Some(Err(reason)) => self.lost(&reason),
+                Some(Err(reason)) => {
+                    self.tell_joined(Joined::Unreachable(reason.clone()));
+                    self.lost(&reason);
+                }
                 None => return,
             }
             self.draws += 1;
@@ -205,6 +264,13 @@ impl Worker {
             if self.wait_while_unreachable(pause).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Says how the first attempt to join went (once).
+    fn tell_joined(&mut self, joined: Joined) {
+        if let Some(tell) = self.joined.take() {
+            let _ = tell.try_send(joined);
         }
     }
 
@@ -236,9 +302,11 @@ impl Worker {
     }
 
     fn mark(&mut self) {
+        let (now, next) = (now_ms(), BindingId::watermark());
         if self.marks.len() < MAX_MARKS {
-            self.marks.push((now_ms(), BindingId::watermark()));
+            self.marks.push((now, next));
         }
+        self.history.note(now, next);
     }
 
     /// Waits `pause` while serving requests as unreachable; `Err` when the node stops.
@@ -263,8 +331,16 @@ impl Worker {
     fn unreachable(&mut self, request: Request) -> bool {
         match request {
             Request::Attach(inbox) => self.inbox = Some(inbox),
-            Request::Invalidate { user, answer: None } => self.keep_for_later(user),
+            Request::Invalidate {
+                user,
+                answer: None,
+                made,
+            } => self.keep_for_later(user, made),
             Request::Presence { user, delta, .. } => self.count(&user, delta),
+            // Not counted cluster-wide: the node's own throttle holds meanwhile; a verifier
+            // check dropped unanswered pays bcrypt.
+            Request::LoginFailed { .. } | Request::LoginSucceeded { .. } | Request::Verifier(_) => {
+            }
             Request::Flush(done) => {
                 let _ = done.send(());
             }
@@ -277,15 +353,16 @@ impl Worker {
         false
     }
 
-    fn keep_for_later(&mut self, user: Arc<str>) {
-        if self.later.iter().any(|kept| *kept == user) {
+    fn keep_for_later(&mut self, user: Arc<str>, made: i64) {
+        if let Some((_, kept)) = self.later.iter_mut().find(|(kept, _)| *kept == user) {
+            *kept = (*kept).max(made);
             return;
         }
         if self.later.len() >= MAX_LATER {
             self.metrics.invalidations_dropped.inc();
             return;
         }
-        self.later.push_back(user);
+        self.later.push_back((user, made));
     }
 
     /// Applies a presence change to this node's counts.
@@ -330,6 +407,7 @@ impl Worker {
             self.last_seen = last_seen;
             return Ended::Lost(err);
         }
+        self.tell_joined(Joined::Connected);
         self.connected.store(true, Ordering::Relaxed);
         self.told_unreachable = false;
         self.metrics.connected.set(1);
@@ -350,6 +428,8 @@ impl Worker {
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
+        let mut marks = tokio::time::interval(MARK_INTERVAL);
+        marks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
@@ -361,6 +441,10 @@ impl Worker {
                     None => Err(Ended::Lost("the push channel closed".to_owned())),
                 },
                 _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
+                _ = marks.tick() => {
+                    self.history.note(now_ms(), BindingId::watermark());
+                    Ok(())
+                }
             };
             if let Err(ended) = step {
                 return ended;
@@ -386,6 +470,10 @@ impl Worker {
                 let Some(Value::BulkString(channel)) = push.data.first() else {
                     return Ok(());
                 };
+                if self.names.throttle_channel().as_bytes() == channel.as_slice() {
+                    self.throttle_moved = true;
+                    return Ok(());
+                }
                 if let Some(user) = self
                     .subscribed
                     .iter()
@@ -410,6 +498,12 @@ impl Worker {
     /// Subscribes again, on their slots' new owners, to the users whose subscriptions
     /// Redis dropped.
     async fn follow_moved(&mut self, link: &mut Link) -> Result<(), String> {
+        if self.throttle_moved {
+            self.throttle_moved = false;
+            link.refresh_slots().await?;
+            self.subscribe_confirmed(link, vec![self.names.throttle_channel()])
+                .await?;
+        }
         while !self.moved.is_empty() {
             let users = std::mem::take(&mut self.moved);
             let channels = users
@@ -477,6 +571,9 @@ impl Worker {
     /// resubscribed, the invalidations missed applied, the ones kept sent.
     async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), String> {
         self.heartbeat(link).await?;
+        // What the other nodes throttle (a sharded channel on its own slot).
+        self.subscribe_confirmed(link, vec![self.names.throttle_channel()])
+            .await?;
         let users: Vec<(Arc<str>, u32)> = self
             .local
             .iter()
@@ -504,15 +601,19 @@ impl Worker {
                         bounded(
                             redis::cmd("GET")
                                 .arg(key)
-                                .query_async::<Option<i64>>(&mut connection),
+                                .query_async::<Option<String>>(&mut connection),
                         )
                         .await
                     }
                 });
                 let times = join_all(reads).await;
                 for ((user, _), time) in chunk.iter().zip(times) {
-                    if let Some(time) = time?.filter(|time| *time > since) {
-                        let issued_before = self.issued_before(time - self.clock_offset);
+                    let Some((sent, made)) = time?.as_deref().and_then(invalidated_times) else {
+                        continue;
+                    };
+                    if sent > since {
+                        // When it was made, not when it reached Redis.
+                        let issued_before = self.issued_before(made - self.clock_offset);
                         log::info!(
                             "cluster: user {user:?} was invalidated while Redis was unreachable"
                         );
@@ -526,17 +627,11 @@ impl Worker {
         self.marks.clear();
         while !self.later.is_empty() {
             let take = self.later.len().min(BATCH);
-            let sends = self.later.iter().take(take).map(|user| {
+            let sends = self.later.iter().take(take).map(|(user, made)| {
                 let mut pipe = redis::pipe();
-                self.user_script(
-                    &mut pipe,
-                    &link.user_script,
-                    'i',
-                    user,
-                    &invalidation_payload(&self.names.node, user),
-                );
+                self.invalidation(&mut pipe, &link.user_script, user, made + self.clock_offset);
                 let mut connection = link.connection.clone();
-                async move { bounded(pipe.query_async::<Vec<i64>>(&mut connection)).await }
+                async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
             });
             for result in join_all(sends).await {
                 result?;
@@ -611,70 +706,120 @@ impl Worker {
         Ok(())
     }
 
-    /// Adds one `EVALSHA` of [`USER_SCRIPT`] for `user` to `pipe`.
+    /// Adds one `EVALSHA` of [`USER_SCRIPT`] for `user` to `pipe`: `id` an event's id,
+    /// `extra` the event's time or the invalidation's made time.
     fn user_script(
         &self,
         pipe: &mut redis::Pipeline,
-        sha: &str,
-        mode: char,
+        (sha, mode): (&str, char),
         user: &str,
         payload: &str,
+        id: Option<&str>,
+        extra: &str,
     ) {
         let cmd = pipe
             .cmd("EVALSHA")
             .arg(sha)
-            .arg(2)
+            .arg(if id.is_some() { 3 } else { 2 })
             .arg(self.names.tagged("presence", user))
-            .arg(self.names.tagged("invalidated", user))
-            .arg(mode.to_string())
+            .arg(self.names.tagged("invalidated", user));
+        if let Some(id) = id {
+            cmd.arg(self.names.id_key(user, id));
+        }
+        cmd.arg(mode.to_string())
             .arg(self.names.tagged("user", user))
-            .arg(payload);
+            .arg(payload)
+            .arg(extra);
         for other in &self.others {
             cmd.arg(other);
         }
     }
 
+    /// Adds the invalidation of `user`, made at `made` (Redis's ms as this node reckons
+    /// it), to `pipe`.
+    fn invalidation(&self, pipe: &mut redis::Pipeline, sha: &str, user: &str, made: i64) {
+        let payload = invalidation_payload(&self.names.node, user, made);
+        self.user_script(pipe, (sha, 'i'), user, &payload, None, &made.to_string());
+    }
+
     /// Takes `first` and whatever else is queued (up to [`BATCH`]); follows the users this
-    /// node gained or lost; sends each user's requests and count as one pipeline, all
-    /// users at once; answers in the order of the requests.
+    /// node gained or lost; sends each user's requests and count as one pipeline (a failed
+    /// login's count as one of its own, on the name's slot), all at once; answers in the
+    /// order of the requests. A publish is answered [`NotTaken::Unreachable`] when nothing
+    /// was sent, [`NotTaken::Unknown`] when its pipeline was sent and not answered.
     async fn handle_requests(&mut self, link: &mut Link, first: Request) -> Result<(), Ended> {
-        // Per user, the pipeline and the answers in it, in order.
-        let mut pipes: Vec<(Arc<str>, redis::Pipeline)> = Vec::new();
+        // Per user, the pipeline (failed logins: one each, not in `by_user`).
+        let mut pipes: Vec<redis::Pipeline> = Vec::new();
         let mut by_user: HashMap<Arc<str>, usize> = HashMap::new();
-        // Each answer: (its pipeline, its place there, where it goes, whether an event).
         let mut answers: Vec<Answering> = Vec::new();
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut flushes = Vec::new();
         let mut many: Vec<Many> = Vec::new();
+        let mut verifier_ops = Vec::new();
         let mut stop = None;
         let mut next = Some(first);
+        let sha = link.user_script.clone();
         while let Some(request) = next.take() {
-            let (user, mode, payload, answer, event) = match request {
-                Request::Attach(inbox) => {
-                    self.inbox = Some(inbox);
-                    (None, 'c', String::new(), None, false)
-                }
+            match request {
+                Request::Attach(inbox) => self.inbox = Some(inbox),
                 Request::Publish { event, answer } => {
                     let payload =
                         event_payload(&self.names.node, &event.user, event.time, &event.text);
-                    (Some(event.user), 'e', payload, Some(answer), true)
+                    let index = pipe_of(&mut pipes, &mut by_user, &event.user);
+                    self.user_script(
+                        &mut pipes[index],
+                        (&sha, 'e'),
+                        &event.user,
+                        &payload,
+                        event.id.as_deref(),
+                        &event.time.to_string(),
+                    );
+                    answers.push((index, Pending::Publish(answer)));
                 }
-                Request::Invalidate { user, answer } => {
-                    let payload = invalidation_payload(&self.names.node, &user);
-                    (Some(user), 'i', payload, answer, false)
+                Request::Invalidate { user, answer, made } => {
+                    let index = pipe_of(&mut pipes, &mut by_user, &user);
+                    self.invalidation(&mut pipes[index], &sha, &user, made + self.clock_offset);
+                    answers.push((index, Pending::Other(answer)));
                 }
                 Request::Count { user, answer } => {
-                    (Some(user), 'c', String::new(), Some(answer), false)
+                    let index = pipe_of(&mut pipes, &mut by_user, &user);
+                    self.user_script(&mut pipes[index], (&sha, 'c'), &user, "", None, "");
+                    answers.push((index, Pending::Other(Some(answer))));
                 }
-                Request::CountMany { users, answer } => {
-                    many.push((users, answer));
-                    (None, 'c', String::new(), None, false)
+                Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::LoginFailed {
+                    client,
+                    name,
+                    limit,
+                    counted,
+                } => {
+                    self.failures += 1;
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(1)
+                        .arg(self.names.throttle_key(client, &name))
+                        .arg("t")
+                        .arg(limit)
+                        .arg(format!("{}:{}", self.member, self.failures));
+                    pipes.push(pipe);
+                    answers.push((
+                        pipes.len() - 1,
+                        Pending::Failure {
+                            client,
+                            name,
+                            counted,
+                        },
+                    ));
                 }
-                Request::Flush(done) => {
-                    flushes.push(done);
-                    (None, 'c', String::new(), None, false)
+                Request::LoginSucceeded { client, name } => {
+                    self.throttled.forget(client, &name);
+                    let mut pipe = redis::pipe();
+                    pipe.del(self.names.throttle_key(client, &name)).ignore();
+                    pipes.push(pipe);
                 }
+                Request::Flush(done) => flushes.push(done),
                 Request::Presence {
                     user,
                     delta,
@@ -683,39 +828,25 @@ impl Worker {
                     self.count(&user, delta);
                     changed.push(user);
                     waiting.extend(subscribed);
-                    (None, 'c', String::new(), None, false)
                 }
                 Request::Stop(done) => {
                     stop = Some(done);
                     break;
                 }
-            };
-            if let Some(user) = user {
-                let index = *by_user.entry(Arc::clone(&user)).or_insert_with(|| {
-                    pipes.push((Arc::clone(&user), redis::pipe()));
-                    pipes.len() - 1
-                });
-                let pipe = &mut pipes[index].1;
-                let place = pipe.len();
-                self.user_script(pipe, &link.user_script, mode, &user, &payload);
-                answers.push((index, place, answer, event));
+                Request::Verifier(op) => verifier_ops.push(op),
             }
             if answers.len() < BATCH {
                 next = self.requests.try_recv().ok();
             }
         }
-        let refuse = |answers: Vec<Answering>, many: Vec<Many>| {
-            for (_, _, answer, _) in answers {
-                if let Some(answer) = answer {
-                    answer.send(Err(BrokerUnreachable));
-                }
+        if let Err(err) = self.follow(link, changed).await {
+            // Nothing of these pipelines was sent.
+            for (_, pending) in answers {
+                pending.fail(NotTaken::Unreachable);
             }
             for (_, answer) in many {
                 let _ = answer.send(Err(BrokerUnreachable));
             }
-        };
-        if let Err(err) = self.follow(link, changed).await {
-            refuse(answers, many);
             return Err(Ended::Lost(err));
         }
         for subscribed in waiting {
@@ -724,36 +855,82 @@ impl Worker {
         // Counts go with the user's pipeline when it has one, else in one of their own.
         let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
         for user in &dirty {
-            let index = *by_user.entry(Arc::clone(user)).or_insert_with(|| {
-                pipes.push((Arc::clone(user), redis::pipe()));
-                pipes.len() - 1
-            });
-            self.count_write(&mut pipes[index].1, user);
+            let index = pipe_of(&mut pipes, &mut by_user, user);
+            self.count_write(&mut pipes[index], user);
         }
-        let sent = pipes.into_iter().map(|(_, pipe)| {
+        let sent = pipes.into_iter().map(|pipe| {
             let mut connection = link.connection.clone();
-            async move { bounded(pipe.query_async::<Vec<i64>>(&mut connection)).await }
+            async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
         });
         let results = join_all(sent).await;
-        if let Some(err) = results.iter().find_map(|result| result.as_ref().err()) {
-            let err = err.clone();
+        let failed = results
+            .iter()
+            .find_map(|result| result.as_ref().err())
+            .cloned();
+        if failed.is_some() {
             self.dirty.extend(dirty);
-            refuse(answers, many);
+        }
+        // Each pipeline's replies in order; the place of each answer is its rank among
+        // the answered requests of its pipeline (counts' writes are ignored).
+        let mut places: Vec<usize> = vec![0; results.len()];
+        let mut counted = Vec::new();
+        let mut told = Vec::new();
+        for (index, pending) in answers {
+            let replies = match results.get(index) {
+                Some(Ok(replies)) => replies,
+                // Sent, and not answered: Redis may have run any of it.
+                _ => {
+                    pending.fail(NotTaken::Unknown);
+                    continue;
+                }
+            };
+            let place = places[index];
+            places[index] += 1;
+            let reply = replies.get(place).cloned().unwrap_or(Value::Nil);
+            match pending {
+                Pending::Failure {
+                    client,
+                    name,
+                    counted: done,
+                } => {
+                    let remaining = count_of(&reply) as u64;
+                    if remaining > 0 {
+                        let remaining = Duration::from_millis(remaining);
+                        self.throttled.throttle(client, &name, remaining);
+                        told.push(throttle_payload(&self.names.node, client, &name, remaining));
+                    }
+                    counted.push(done);
+                }
+                pending => {
+                    if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
+                        self.metrics.sent().inc();
+                    }
+                    pending.answer(&reply);
+                }
+            }
+        }
+        if let Some(err) = failed {
+            for (_, answer) in many {
+                let _ = answer.send(Err(BrokerUnreachable));
+            }
             return Err(Ended::Lost(err));
         }
-        for (index, place, answer, event) in answers {
-            if event {
-                self.metrics.sent().inc();
+        // Pairs at the limit: every node is told on the throttle channel, then the logins
+        // that failed are answered.
+        for payload in told {
+            if let Err(err) = bounded(
+                redis::cmd("SPUBLISH")
+                    .arg(self.names.throttle_channel())
+                    .arg(payload)
+                    .query_async::<()>(&mut link.connection),
+            )
+            .await
+            {
+                return Err(Ended::Lost(err));
             }
-            let count = results
-                .get(index)
-                .and_then(|result| result.as_ref().ok())
-                .and_then(|counts| counts.get(place))
-                .copied()
-                .unwrap_or(0);
-            if let Some(answer) = answer {
-                answer.send(Ok(usize::try_from(count).unwrap_or(0)));
-            }
+        }
+        for done in counted {
+            let _ = done.send(());
         }
         for done in flushes {
             let _ = done.send(());
@@ -761,18 +938,14 @@ impl Worker {
         for (users, answer) in many {
             let reads = users.iter().map(|user| {
                 let mut pipe = redis::pipe();
-                self.user_script(&mut pipe, &link.user_script, 'c', user, "");
+                self.user_script(&mut pipe, (&sha, 'c'), user, "", None, "");
                 let mut connection = link.connection.clone();
-                async move { bounded(pipe.query_async::<Vec<i64>>(&mut connection)).await }
+                async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
             });
             let counts: Result<Vec<usize>, String> = join_all(reads)
                 .await
                 .into_iter()
-                .map(|counts| {
-                    counts.map(|counts| {
-                        usize::try_from(counts.first().copied().unwrap_or(0)).unwrap_or(0)
-                    })
-                })
+                .map(|counts| counts.map(|counts| counts.first().map_or(0, count_of)))
                 .collect();
             match counts {
                 Ok(counts) => {
@@ -783,6 +956,11 @@ impl Worker {
                     return Err(Ended::Lost(err));
                 }
             }
+        }
+        // Each verifier's key is on its user's slot: one pipeline per operation.
+        for op in verifier_ops {
+            let mut connection = link.connection.clone();
+            crate::verifiers::run(vec![op], &self.names, &mut connection).await;
         }
         if let Some(done) = stop {
             self.withdraw(link).await;
@@ -869,12 +1047,34 @@ impl Worker {
                     self.metrics.dropped_slow_node().inc();
                 }
             }
-            Payload::Invalidation { user, .. } => {
+            Payload::Throttle {
+                client,
+                name,
+                remaining,
+                ..
+            } => self.throttled.throttle(client, &name, remaining),
+            Payload::Invalidation { user, made, .. } => {
                 self.metrics.received().inc();
-                inbox.invalidate(user, None);
+                // Made long ago (it waited for Redis on a node cut off): the logins made
+                // here since are spared.
+                let issued_before =
+                    made.and_then(|made| self.history.issued_before(made - self.clock_offset));
+                inbox.invalidate(user, issued_before);
             }
         }
     }
+}
+
+/// The index of `user`'s pipeline in `pipes`, added if it has none yet.
+fn pipe_of(
+    pipes: &mut Vec<redis::Pipeline>,
+    by_user: &mut HashMap<Arc<str>, usize>,
+    user: &Arc<str>,
+) -> usize {
+    *by_user.entry(Arc::clone(user)).or_insert_with(|| {
+        pipes.push(redis::pipe());
+        pipes.len() - 1
+    })
 }
 
 /// Connects to the cluster, checks every slot is served, loads the scripts on every master

@@ -19,7 +19,9 @@
 pub(crate) use crate::answer::{bounded, ANSWER_TIMEOUT};
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
-use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
+use crate::names::{
+    event_payload, invalidation_payload, throttle_payload, Names, Payload, SEPARATOR,
+};
 use crate::throttle::Throttled;
 use crate::topology::Source;
 use futures_util::StreamExt;
@@ -352,7 +354,7 @@ impl Worker {
         let (connected, upstream) = status;
         let jitter = RandomState::new();
         let token = format!(
-            "{}\u{1f}{}\u{1f}{:016x}",
+            "{}{SEPARATOR}{}{SEPARATOR}{:016x}",
             this_host(),
             std::process::id(),
             jitter.hash_one(now_ms())
@@ -433,7 +435,7 @@ impl Worker {
         self.metrics.connected.set(0);
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
-        let holder = owner.split(['\u{1f}', '/']).next().unwrap_or_default();
+        let holder = owner.split([SEPARATOR, '/']).next().unwrap_or_default();
         if self.joined.is_some() {
             log::error!(
                 "cluster: node name {:?} is held by another live node of this cluster (on \
@@ -1197,7 +1199,7 @@ async fn connect(source: Source) -> Result<Link, String> {
 }
 
 /// A request of a pipeline waiting for its reply.
-enum Pending {
+pub(crate) enum Pending {
     /// A publish.
     Publish(Answered),
     /// A count or an invalidation (answered with the other nodes' count), or a client's
@@ -1214,7 +1216,7 @@ enum Pending {
 
 impl Pending {
     /// Answers with the script's `reply`.
-    fn answer(self, reply: &redis::Value) {
+    pub(crate) fn answer(self, reply: &redis::Value) {
         match self {
             Self::Publish(answered) => answered(Ok(match duplicate_time(reply) {
                 Some(time) => Taken::Duplicate { time },
@@ -1229,7 +1231,7 @@ impl Pending {
     }
 
     /// Answers that the pipeline failed: a publish `why`, anything else unreachable.
-    fn fail(self, why: NotTaken) {
+    pub(crate) fn fail(self, why: NotTaken) {
         match self {
             Self::Publish(answered) => answered(Err(why)),
             Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
@@ -1239,7 +1241,7 @@ impl Pending {
 }
 
 /// A count the script answered (0 for anything else).
-fn count_of(reply: &redis::Value) -> usize {
+pub(crate) fn count_of(reply: &redis::Value) -> usize {
     match reply {
         redis::Value::Int(count) => usize::try_from(*count).unwrap_or(0),
         _ => 0,
@@ -1258,7 +1260,7 @@ fn duplicate_time(reply: &redis::Value) -> Option<i64> {
 }
 
 /// Whether the script answered that an event is a duplicate.
-fn is_duplicate(reply: &redis::Value) -> bool {
+pub(crate) fn is_duplicate(reply: &redis::Value) -> bool {
     duplicate_time(reply).is_some()
 }
 
@@ -1289,7 +1291,7 @@ fn publish_script(pipe: &mut redis::Pipeline, sha: &str, names: &Names, event: &
 
 /// A user's `invalidated` key: `sent:made` (Redis ms when the last invalidation reached
 /// Redis, and when the latest was made), or `sent` alone as written before.
-fn invalidated_times(value: &str) -> Option<(i64, i64)> {
+pub(crate) fn invalidated_times(value: &str) -> Option<(i64, i64)> {
     match value.split_once(':') {
         Some((sent, made)) => Some((sent.parse().ok()?, made.parse().ok()?)),
         None => {
@@ -1369,7 +1371,7 @@ fn this_host() -> String {
 /// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
 /// gone: a run of this node that crashed and was restarted before its claim lapsed.
 fn is_dead_run_of_this_host(owner: &str) -> bool {
-    let mut fields = owner.split('\u{1f}');
+    let mut fields = owner.split(SEPARATOR);
     let (Some(host), Some(pid)) = (fields.next(), fields.next()) else {
         return false;
     };
