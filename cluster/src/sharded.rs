@@ -33,9 +33,9 @@ use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
 use crate::throttle::Throttled;
 use crate::worker::{
-    bounded, count_of, invalidated_times, is_duplicate, now_ms, Ended, Joined, Pending, Request,
-    ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL,
-    MAX_LATER, MAX_MARKS,
+    bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
+    log_name_taken, now_ms, Ended, Joined, Pending, Request, ANSWER_TIMEOUT, BACKOFF_MAX,
+    BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
@@ -105,14 +105,33 @@ return total
 ";
 
 /// The heartbeat: `KEYS[1]` = the set of live nodes; `ARGV[1]` = this node's field.
-/// Renews it, forgets nodes silent for a minute, answers Redis's time (ms) and the nodes
-/// heard from within 10 s.
+/// Renews it, forgets nodes silent for a minute, answers Redis's time (ms), the nodes
+/// heard from within 10 s, and 1 if this node was in the set (0: new, or forgotten).
 const HEARTBEAT_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-return {now, redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')}
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')
+if known then return {now, live, 1} end
+return {now, live, 0}
+";
+
+/// The claim on this node's name, on the owner key's own slot: `KEYS[1]` = the owner key;
+/// `ARGV` = mode, this run's token, a stale token it may replace, the claim's TTL (ms).
+/// Mode `h`: claims the name unless another token holds it — answers the holder's token,
+/// or `''` when this run holds it; `w`: gives the name up if this run holds it.
+const OWNER_SCRIPT: &str = r"
+local owner = redis.call('GET', KEYS[1])
+if ARGV[1] == 'w' then
+  if owner == ARGV[2] then redis.call('DEL', KEYS[1]) end
+  return ''
+end
+if owner and owner ~= ARGV[2] and owner ~= ARGV[3] then return owner end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
+return ''
 ";
 
 /// An answer awaited: its pipeline, and what waits for it there (in order).
@@ -135,6 +154,8 @@ struct Link {
     /// The SHA1 of [`USER_SCRIPT`] and of [`HEARTBEAT_SCRIPT`], loaded on every master.
     user_script: String,
     heartbeat_script: String,
+    /// The SHA1 of [`OWNER_SCRIPT`].
+    owner_script: String,
     /// The masters' addresses.
     masters: Vec<String>,
     /// The CA certificates (PEM) trusted for TLS, if given.
@@ -148,6 +169,8 @@ pub(crate) struct Worker {
     names: Names,
     /// This run's field in presence hashes and in the set of live nodes: `node#start-ms`.
     member: String,
+    /// This run's claim on the node's name (`worker::claim_token`).
+    token: String,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
     upstream: Arc<Mutex<Option<String>>>,
@@ -206,6 +229,7 @@ impl Worker {
             seeds,
             ca,
             member: format!("{}#{}", names.node, now_ms()),
+            token: claim_token(&RandomState::new()),
             names,
             requests,
             connected,
@@ -241,8 +265,8 @@ impl Worker {
         loop {
             match self.connect_while_serving().await {
                 Some(Ok(link)) => match self.serve(link).await {
-                    // No name claim in this mode (see the module's comment): never ends so.
-                    Ended::Stopping | Ended::NameTaken(_) => return,
+                    Ended::Stopping => return,
+                    Ended::NameTaken(owner) => return self.retire(&owner).await,
                     Ended::Lost(reason) => {
                         if self.connected.load(Ordering::Relaxed) {
                             backoff = BACKOFF_MIN;
@@ -271,6 +295,30 @@ impl Worker {
     fn tell_joined(&mut self, joined: Joined) {
         if let Some(tell) = self.joined.take() {
             let _ = tell.try_send(joined);
+        }
+    }
+
+    /// Another live node holds this node's name: this node stops serving the cluster side
+    /// for good (publishes `503`), as `worker.rs`'s does, and serves its own clients.
+    async fn retire(&mut self, owner: &str) {
+        self.connected.store(false, Ordering::Relaxed);
+        self.metrics.connected.set(0);
+        self.metrics.set_masters(&[]);
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = None;
+        }
+        self.subscribed.clear();
+        self.metrics.subscribed_users.set(0);
+        log_name_taken(&self.names.node, owner, self.joined.is_some());
+        self.tell_joined(Joined::NameTaken);
+        loop {
+            tokio::select! {
+                request = self.requests.recv() => match request {
+                    Some(request) => if self.unreachable(request) { return },
+                    None => return,
+                },
+                _ = self.pushes.recv() => {}
+            }
         }
     }
 
@@ -403,6 +451,11 @@ impl Worker {
     /// Serves a fresh link until it is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
         let last_seen = self.last_seen;
+        // The name first: nothing is written under a name another live node holds.
+        if let Err(ended) = self.beat(&mut link).await {
+            self.last_seen = last_seen;
+            return ended;
+        }
         if let Err(err) = self.restore(&mut link, last_seen).await {
             self.last_seen = last_seen;
             return Ended::Lost(err);
@@ -440,7 +493,7 @@ impl Worker {
                     Some(push) => self.handle_push(push).map_err(Ended::Lost),
                     None => Err(Ended::Lost("the push channel closed".to_owned())),
                 },
-                _ = heartbeat.tick() => self.heartbeat(&mut link).await.map_err(Ended::Lost),
+                _ = heartbeat.tick() => self.beat(&mut link).await,
                 _ = marks.tick() => {
                     self.history.note(now_ms(), BindingId::watermark());
                     Ok(())
@@ -570,7 +623,6 @@ impl Worker {
     /// After connecting: the live nodes read, this node's counts written again, its users
     /// resubscribed, the invalidations missed applied, the ones kept sent.
     async fn restore(&mut self, link: &mut Link, last_seen: Option<i64>) -> Result<(), String> {
-        self.heartbeat(link).await?;
         // What the other nodes throttle (a sharded channel on its own slot).
         self.subscribe_confirmed(link, vec![self.names.throttle_channel()])
             .await?;
@@ -679,9 +731,58 @@ impl Worker {
             .map_or_else(BindingId::watermark, |(_, binding)| *binding)
     }
 
-    /// Renews this node's liveness, reads the live nodes and probes every master.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<(), String> {
-        let answer: (i64, Vec<String>) = bounded(
+    /// A heartbeat: claims the name (one whose holder is a run of this node on this host
+    /// that is gone is taken over), then renews the node; a node found forgotten writes
+    /// all its presence again; one whose name another live node holds ends.
+    async fn beat(&mut self, link: &mut Link) -> Result<(), Ended> {
+        let mut owner = self.claim(link, "").await.map_err(Ended::Lost)?;
+        if let Some(held) = owner.clone().filter(|held| is_dead_run_of_this_host(held)) {
+            log::info!(
+                "cluster: node name {:?} was held by an earlier run on this host that is \
+                 gone; taking it over",
+                self.names.node
+            );
+            owner = self.claim(link, &held).await.map_err(Ended::Lost)?;
+        }
+        if let Some(owner) = owner {
+            return Err(Ended::NameTaken(owner));
+        }
+        let known = self.heartbeat(link).await.map_err(Ended::Lost)?;
+        if !known && self.connected.load(Ordering::Relaxed) {
+            log::warn!(
+                "cluster: node {:?} had been forgotten by the others (paused or cut off for a \
+                 minute or more); writing its {} user(s)' presence again",
+                self.names.node,
+                self.local.len()
+            );
+            self.dirty.extend(self.local.keys().cloned());
+            self.write_counts(link).await.map_err(Ended::Lost)?;
+        }
+        Ok(())
+    }
+
+    /// One run of [`OWNER_SCRIPT`] claiming the name (replacing `stale` if it holds it);
+    /// answers the token of another run that holds it.
+    async fn claim(&mut self, link: &mut Link, stale: &str) -> Result<Option<String>, String> {
+        let owner: String = bounded(
+            redis::cmd("EVALSHA")
+                .arg(&link.owner_script)
+                .arg(1)
+                .arg(self.names.owner_key())
+                .arg("h")
+                .arg(&self.token)
+                .arg(stale)
+                .arg(OWNER_TTL.as_millis().to_string())
+                .query_async(&mut link.connection),
+        )
+        .await?;
+        Ok(Some(owner).filter(|owner| !owner.is_empty()))
+    }
+
+    /// Renews this node's liveness, reads the live nodes and probes every master; answers
+    /// whether this node was in the set of live nodes.
+    async fn heartbeat(&mut self, link: &mut Link) -> Result<bool, String> {
+        let answer: (i64, Vec<String>, i64) = bounded(
             redis::cmd("EVALSHA")
                 .arg(&link.heartbeat_script)
                 .arg(1)
@@ -690,7 +791,7 @@ impl Worker {
                 .query_async(&mut link.connection),
         )
         .await?;
-        let (now, live) = answer;
+        let (now, live, known) = answer;
         bounded(link.connection.route_command(
             redis::cmd("PING"),
             RoutingInfo::MultiNode((
@@ -703,7 +804,7 @@ impl Worker {
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
-        Ok(())
+        Ok(known == 1)
     }
 
     /// Adds one `EVALSHA` of [`USER_SCRIPT`] for `user` to `pipe`: `id` an event's id,
@@ -1021,6 +1122,19 @@ impl Worker {
         {
             failed = Some(err);
         }
+        if let Err(err) = bounded(
+            redis::cmd("EVALSHA")
+                .arg(&link.owner_script)
+                .arg(1)
+                .arg(self.names.owner_key())
+                .arg("w")
+                .arg(&self.token)
+                .query_async::<()>(&mut link.connection),
+        )
+        .await
+        {
+            failed = Some(err);
+        }
         if let Some(err) = failed {
             log::warn!("cluster: cannot withdraw this node from Redis: {err}");
         }
@@ -1105,12 +1219,14 @@ async fn connect(
         slots: Vec::new(),
         user_script: String::new(),
         heartbeat_script: String::new(),
+        owner_script: String::new(),
         masters: Vec::new(),
         ca,
     };
     link.refresh_slots().await?;
     link.user_script = link.load(USER_SCRIPT).await?;
     link.heartbeat_script = link.load(HEARTBEAT_SCRIPT).await?;
+    link.owner_script = link.load(OWNER_SCRIPT).await?;
     for master in link.masters.clone() {
         link.subscription_connection(&template, &pushes, &master)
             .await?;

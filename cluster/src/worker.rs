@@ -57,7 +57,7 @@ pub(crate) const MARK_INTERVAL: Duration = Duration::from_secs(1);
 pub(crate) const MAX_MARKS: usize = 3600;
 /// How long a node's claim on its name lasts without a heartbeat: another node may take
 /// the name once it has lapsed (a live node renews it every [`HEARTBEAT`]).
-const OWNER_TTL: Duration = Duration::from_secs(10);
+pub(crate) const OWNER_TTL: Duration = Duration::from_secs(10);
 /// A heartbeat this late (the node was paused, or its thread starved) is sent before
 /// anything else, so that a node forgotten or replaced meanwhile finds out first.
 const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
@@ -353,12 +353,7 @@ impl Worker {
     ) -> Self {
         let (connected, upstream) = status;
         let jitter = RandomState::new();
-        let token = format!(
-            "{}{SEPARATOR}{}{SEPARATOR}{:016x}",
-            this_host(),
-            std::process::id(),
-            jitter.hash_one(now_ms())
-        );
+        let token = claim_token(&jitter);
         Self {
             source,
             upstream,
@@ -435,22 +430,7 @@ impl Worker {
         self.metrics.connected.set(0);
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
-        let holder = owner.split([SEPARATOR, '/']).next().unwrap_or_default();
-        if self.joined.is_some() {
-            log::error!(
-                "cluster: node name {:?} is held by another live node of this cluster (on \
-                 host {holder:?}); another node holds it — give this node a unique \
-                 cluster.node",
-                self.names.node
-            );
-        } else {
-            log::error!(
-                "cluster: node name {:?} was taken over by another node (on host {holder:?}) \
-                 while this one was paused or cut off; this node stops serving the cluster \
-                 side (publishes answer 503) — restart it with a unique cluster.node",
-                self.names.node
-            );
-        }
+        log_name_taken(&self.names.node, owner, self.joined.is_some());
         self.tell_joined(Joined::NameTaken);
         while let Some(request) = self.requests.recv().await {
             if self.unreachable(request) {
@@ -1354,6 +1334,34 @@ fn owner_script(sha: &str, names: &Names, mode: char, token: &str, stale: &str) 
     cmd
 }
 
+/// This run's claim on the node's name: host, process id and a nonce drawn from `jitter`.
+pub(crate) fn claim_token(jitter: &RandomState) -> String {
+    format!(
+        "{}{SEPARATOR}{}{SEPARATOR}{:016x}",
+        this_host(),
+        std::process::id(),
+        jitter.hash_one(now_ms())
+    )
+}
+
+/// Logs that another live node holds `node`'s name (the claim `owner`): at the first
+/// attempt to join (`first`), or taken over later.
+pub(crate) fn log_name_taken(node: &str, owner: &str, first: bool) {
+    let holder = owner.split([SEPARATOR, '/']).next().unwrap_or_default();
+    if first {
+        log::error!(
+            "cluster: node name {node:?} is held by another live node of this cluster (on \
+             host {holder:?}); another node holds it — give this node a unique cluster.node"
+        );
+    } else {
+        log::error!(
+            "cluster: node name {node:?} was taken over by another node (on host {holder:?}) \
+             while this one was paused or cut off; this node stops serving the cluster side \
+             (publishes answer 503) — restart it with a unique cluster.node"
+        );
+    }
+}
+
 /// This machine as a claim names it: its host name and, when it has one, its machine id
 /// (`/etc/machine-id`), so that two machines both called `localhost` differ.
 fn this_host() -> String {
@@ -1370,7 +1378,7 @@ fn this_host() -> String {
 
 /// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
 /// gone: a run of this node that crashed and was restarted before its claim lapsed.
-fn is_dead_run_of_this_host(owner: &str) -> bool {
+pub(crate) fn is_dead_run_of_this_host(owner: &str) -> bool {
     let mut fields = owner.split(SEPARATOR);
     let (Some(host), Some(pid)) = (fields.next(), fields.next()) else {
         return false;
