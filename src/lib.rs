@@ -5,8 +5,8 @@
 
 pub mod admin;
 pub mod admission;
-pub mod check_config;
 pub mod broker;
+pub mod check_config;
 pub mod client;
 pub mod config;
 pub mod limits;

@@ -6,7 +6,9 @@
 
 use crate::common::brokers::RedisCluster;
 use crate::common::cluster::{event_text, Node, SETTLE_TIMEOUT};
-use crate::common::{cheap_hash, wait_until, TestClient};
+use crate::common::{
+    cheap_hash, run_to_exit, tether_command, users_toml, wait_until, TestClient, TestConfig,
+};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -291,4 +293,61 @@ fn reach_everyone(
         &names[..names.len().min(10)],
         logs.join("\n----\n")
     );
+}
+
+/// Issue 23's guarantees hold over a Redis Cluster too, each script on one slot: an event
+/// id is published once whichever node the retry goes to, a node name another live node
+/// holds is refused, and ten failed logins through one node throttle the pair on the other
+/// (told on the sharded throttle channel).
+#[test]
+fn event_ids_name_claims_and_the_login_throttle_hold_over_a_redis_cluster() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let users = users(2);
+    let (alice, bob) = (users[0].0.as_str(), users[1].0.as_str());
+    let n1 = node(&cluster, "n1", &users);
+    let n2 = node(&cluster, "n2", &users);
+    let mut on_n2 = n2.login(alice, "pw");
+    let counted = wait_until(SETTLE_TIMEOUT, || n1.connections(alice) == 1);
+    assert!(counted, "n1 does not count n2's connection");
+
+    // 1. An event id: delivered once; its retry on either node answers duplicate.
+    let event = json!({"user": alice, "text": "once", "id": "order-7"});
+    let (status, first) = n1.call("POST", "/v1/events", Some(&event));
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(event_text(&on_n2.recv_within(DELIVERY)), "once");
+    for node in [&n2, &n1] {
+        let (status, again) = node.call("POST", "/v1/events", Some(&event));
+        assert_eq!(status, 202, "{again}");
+        assert_eq!(again["duplicate"], true, "{again}");
+        assert_eq!(again["time"], first["time"], "{again}");
+    }
+    on_n2.expect_nothing_for(Duration::from_millis(400));
+
+    // 2. The name n1 is held: another node called n1 refuses to start.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("server.toml");
+    let config = TestConfig::new()
+        .set("admin", "listen", "")
+        .set("cluster", "redis", cluster.url())
+        .set("cluster", "node", "n1")
+        .set("cluster", "prefix", "tether");
+    std::fs::write(&config_path, config.to_toml()).expect("write config");
+    std::fs::write(dir.path().join("users.toml"), users_toml(&[])).expect("write users");
+    let ran = run_to_exit(tether_command(&config_path), Duration::from_secs(20));
+    assert_eq!(ran.status.code(), Some(1), "stderr:\n{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("\"n1\"") && ran.stderr.contains("another node holds it"),
+        "{}",
+        ran.stderr
+    );
+
+    // 3. Ten failures through n1: n2 refuses even the right password, unchecked; another
+    //    name is not concerned.
+    for _ in 0..10 {
+        assert_eq!(n1.server.login_reply(alice, "guess"), "login_invalid");
+    }
+    assert_eq!(n2.server.login_reply(alice, "pw"), "login_invalid");
+    assert_eq!(n2.server.login_reply(bob, "pw"), "login_valid");
 }
