@@ -22,9 +22,6 @@ use tether_actors::{
 /// holds (it drops them at the grace, rounded down to whole seconds).
 const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
-/// How long the start waits for the cluster's first answer (whether this node's name is
-/// free); a Redis that does not answer by then is not waited for.
-
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
