@@ -299,7 +299,7 @@ pub async fn readmit(args: &ReadmitArgs, report: &mut Report) -> Fallible<()> {
         for n in 0..args.sequential {
             let name = &names[n as usize % names.len()];
             let login = crate::proto::login_message(name, &args.password);
-            exchange(&mut stream, &login, b"login_valid\x1e").await?;
+            exchange(&mut stream, &login, &crate::proto::login_valid_reply()).await?;
         }
         args.sequential as usize
     } else {
@@ -315,7 +315,7 @@ pub async fn readmit(args: &ReadmitArgs, report: &mut Report) -> Fallible<()> {
             .map(|(mut stream, name)| {
                 let login = crate::proto::login_message(name, &args.password);
                 tokio::spawn(async move {
-                    exchange(&mut stream, &login, b"login_valid\x1e").await?;
+                    exchange(&mut stream, &login, &crate::proto::login_valid_reply()).await?;
                     Ok::<_, String>(began.elapsed())
                 })
             })

@@ -68,6 +68,11 @@ impl Proto {
     }
 }
 
+/// `login_valid␞`, the answer to a login that succeeded.
+pub fn login_valid_reply() -> Vec<u8> {
+    tether_client::wire::encoded_message(&[b"login_valid".as_slice()]).to_vec()
+}
+
 /// `login␟user␟password␞`.
 pub fn login_message(user: &str, password: &str) -> Vec<u8> {
     tether_client::wire::encoded_message(&[

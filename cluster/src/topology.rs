@@ -9,7 +9,7 @@
 //! - `redis+cluster://[user:pass@]h1:p1,h2:p2`, `rediss+cluster://…`: some nodes of a
 //!   Redis Cluster; the rest is learnt from them.
 
-use crate::sentinel::Sentinels;
+use crate::sentinel::{MultiHost, Sentinels};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -98,61 +98,6 @@ impl Source {
             )),
             _ => Ok(()),
         }
-    }
-}
-
-/// A URL that lists several hosts: `scheme://[userinfo@]h1:p1,h2:p2[/path]`.
-#[derive(Debug)]
-pub(crate) struct MultiHost {
-    /// TLS to the data nodes (`rediss+…`).
-    pub tls: bool,
-    /// `user:pass` or `:pass`, as written (percent-encoded).
-    pub userinfo: Option<String>,
-    /// `host:port` each.
-    pub hosts: Vec<String>,
-    /// What follows the hosts' `/`, without it.
-    pub path: String,
-}
-
-impl MultiHost {
-    /// Reads the part of `url` after `scheme://`.
-    fn parse(tls: bool, rest: &str) -> Result<Self, String> {
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (userinfo, hosts) = match authority.rfind('@') {
-            Some(at) => (Some(authority[..at].to_owned()), &authority[at + 1..]),
-            None => (None, authority),
-        };
-        let hosts: Vec<String> = hosts
-            .split(',')
-            .map(str::trim)
-            .filter(|host| !host.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if hosts.is_empty() {
-            return Err("lists no host".into());
-        }
-        for host in &hosts {
-            let port = host.rsplit_once(':').map(|(_, port)| port);
-            if port.and_then(|port| port.parse::<u16>().ok()).is_none() {
-                return Err(format!("{host:?} is not host:port"));
-            }
-        }
-        Ok(Self {
-            tls,
-            userinfo,
-            hosts,
-            path: path.to_owned(),
-        })
-    }
-
-    /// The data node URL for `host` (`host:port`), with the credentials and `db`.
-    pub(crate) fn node_url(&self, host: &str, db: &str) -> String {
-        let scheme = if self.tls { "rediss" } else { "redis" };
-        let credentials = self
-            .userinfo
-            .as_deref()
-            .map_or_else(String::new, |userinfo| format!("{userinfo}@"));
-        format!("{scheme}://{credentials}{host}/{db}")
     }
 }
 

@@ -40,8 +40,8 @@ use tungstenite::Message;
 const READ_CHUNK: usize = 4096;
 /// Framed output held beyond which no more messages are framed and no more input is read.
 pub(crate) const FRAME_CHUNK: usize = 16 * 1024;
-/// The message terminator (SPEC §1).
-const RS: u8 = 0x1E;
+// The message terminator (SPEC §1).
+use crate::wire::codec::RS;
 
 /// Close code: normal closure.
 pub(crate) const CLOSE_NORMAL: u16 = 1000;
