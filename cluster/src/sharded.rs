@@ -34,8 +34,9 @@ use crate::names::{event_payload, invalidation_payload, throttle_payload, Names,
 use crate::throttle::Throttled;
 use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
-    log_name_taken, now_ms, Ended, Joined, Pending, Request, ANSWER_TIMEOUT, BACKOFF_MAX,
-    BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
+    log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
+    Request, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
+    MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
@@ -63,37 +64,13 @@ use tokio::time::Instant;
 /// (`KEYS[1]` = the pair's failures, on the name's hash tag, `ARGV[2]` = the limit,
 /// `ARGV[3]` = a member naming this failure): answers how many ms the pair stays
 /// throttled (0: not throttled), as `worker.rs`'s script does.
-const USER_SCRIPT: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mode = ARGV[1]
-if mode == 't' then
-  local limit = tonumber(ARGV[2])
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
-  redis.call('PEXPIRE', KEYS[1], 60000)
-  if redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + 60000 - now
-  end
-  return 0
-end
-if mode == 'e' and KEYS[3] then
-  local first = redis.call('GET', KEYS[3])
-  if first then return {tonumber(first)} end
-  redis.call('SET', KEYS[3], ARGV[4], 'PX', 300000)
-end
-if mode == 'i' then
-  local made = tonumber(ARGV[4]) or now
-  local old = redis.call('GET', KEYS[2])
-  if old then
-    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
-    if before and before > made then made = before end
-  end
-  redis.call('SET', KEYS[2], now .. ':' .. made, 'PX', 86400000)
-end
+const USER_SCRIPT: &str = concat!(
+    script_head!(),
+    r"
+local id_key, invalidated_key, extra = KEYS[3], KEYS[2], ARGV[4]
+",
+    script_id_and_invalidated!(),
+    r"
 if mode ~= 'c' then redis.call('SPUBLISH', ARGV[2], ARGV[3]) end
 local total = 0
 if #ARGV >= 5 then
@@ -102,7 +79,8 @@ if #ARGV >= 5 then
   end
 end
 return total
-";
+"
+);
 
 /// The heartbeat: `KEYS[1]` = the set of live nodes; `ARGV[1]` = this node's field.
 /// Renews it, forgets nodes silent for a minute, answers Redis's time (ms), the nodes

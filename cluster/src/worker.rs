@@ -62,6 +62,60 @@ pub(crate) const OWNER_TTL: Duration = Duration::from_secs(10);
 /// anything else, so that a node forgotten or replaced meanwhile finds out first.
 const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 
+/// The start of both scripts (this one and `sharded.rs`'s): Redis's time as `now`, the
+/// mode, and mode `t`, a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the
+/// limit, `ARGV[3]` = a member naming this failure), which answers how many ms the pair
+/// stays throttled (0: not throttled).
+macro_rules! script_head {
+    () => {
+        r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+if mode == 't' then
+  local limit = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + 60000 - now
+  end
+  return 0
+end
+"
+    };
+}
+pub(crate) use script_head;
+
+/// Modes `e` and `i` of both scripts, given the Lua locals `id_key` (an event's id key, or
+/// nil), `invalidated_key` and `extra` (the event's time, or the invalidation's made
+/// time): an event whose id was accepted answers `{time}` of the first; an invalidation
+/// notes `sent:made` in the user's `invalidated` key.
+macro_rules! script_id_and_invalidated {
+    () => {
+        r"
+if mode == 'e' and id_key then
+  local first = redis.call('GET', id_key)
+  if first then return {tonumber(first)} end
+  redis.call('SET', id_key, extra, 'PX', 300000)
+end
+if mode == 'i' then
+  local made = tonumber(extra) or now
+  local old = redis.call('GET', invalidated_key)
+  if old then
+    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
+    if before and before > made then made = before end
+  end
+  redis.call('SET', invalidated_key, now .. ':' .. made, 'PX', 86400000)
+end
+"
+    };
+}
+pub(crate) use script_id_and_invalidated;
+
 /// One script for every scripted command, so each is one round trip and one command:
 /// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key, and
 /// for an event with an id its id key; `ARGV` = mode, this node, the user, the payload,
@@ -82,23 +136,9 @@ const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 /// ms the pair stays throttled (0: not throttled); `m` count many (only `KEYS[1]`; the users are
 /// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
 /// `HMGET` per live node.
-const SCRIPT: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mode = ARGV[1]
-if mode == 't' then
-  local limit = tonumber(ARGV[2])
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
-  redis.call('PEXPIRE', KEYS[1], 60000)
-  if redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + 60000 - now
-  end
-  return 0
-end
+const SCRIPT: &str = concat!(
+    script_head!(),
+    r"
 if mode == 'h' then
   local owner = redis.call('GET', KEYS[2])
   if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
@@ -132,20 +172,10 @@ if mode == 'm' then
   end
   return totals
 end
-if mode == 'e' and KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
-  if first then return {tonumber(first)} end
-  redis.call('SET', KEYS[4], ARGV[6], 'PX', 300000)
-end
-if mode == 'i' then
-  local made = tonumber(ARGV[6]) or now
-  local old = redis.call('GET', KEYS[3])
-  if old then
-    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
-    if before and before > made then made = before end
-  end
-  redis.call('SET', KEYS[3], now .. ':' .. made, 'PX', 86400000)
-end
+local id_key, invalidated_key, extra = KEYS[4], KEYS[3], ARGV[6]
+",
+    script_id_and_invalidated!(),
+    r"
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
 local total = 0
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
@@ -155,7 +185,8 @@ for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
   end
 end
 return total
-";
+"
+);
 
 /// Where the answer to a request goes: the other nodes' count, or unreachable.
 pub(crate) enum Answer {
