@@ -103,6 +103,9 @@ for repeat in $(seq "$FIRST_REPEAT" $((FIRST_REPEAT + REPEATS - 1))); do
             done ;;
         cluster) # issue 13: three nodes and a Redis against the single node (bench/cluster.sh)
             CLUSTER_TAG="r$repeat" cluster_scenarios full ;;
+        brokers) # issue 26: one Redis against a 3-master Redis Cluster; Sentinel failover
+            CLUSTER_TAG="r$repeat" brokers_compare full
+            CLUSTER_TAG="r$repeat" sentinel_failover "${FAILOVER_RUNS:-5}" ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
         esac
     done

@@ -77,5 +77,8 @@ bench --websocket / --target-name tether-ws hold --addr "$TETHER_WS_ADDR" --pid 
     --connections 400 --checkpoints 200 --users 1000 --pause 0.2 --settle 0.5
 # A cluster of three nodes and a Redis (issue 13): latency, fan-out, commands per event.
 OUT=$WORK/smoke.jsonl cluster_scenarios smoke
+# Redis Cluster against one Redis, and one Sentinel failover (issue 26).
+OUT=$WORK/smoke.jsonl brokers_compare smoke
+OUT=$WORK/smoke.jsonl sentinel_failover 1
 results=$(wc -l < "$WORK/smoke.jsonl")
 echo "bench smoke: every scenario ran and lost nothing ($results results)"

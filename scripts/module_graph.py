@@ -19,9 +19,10 @@ VERBOSE = "-v" in sys.argv[1:]
 LAYERS = {
     "wire": ["frame", "reply", "verb"],
     "actors": ["util", "wire", "auth", "hub", "connection", "server"],
-    "cluster": ["answer", "names", "metrics", "history", "throttle", "verifiers", "worker"],
+    "cluster": ["answer", "names", "metrics", "history", "throttle", "verifiers", "sentinel",
+                "topology", "worker", "sharded"],
     "client": ["message", "error", "wire", "incoming", "connection"],
-    ".": ["toml_error", "limits", "pem", "tls_client", "stdout", "config", "users",
+    ".": ["toml_error", "limits", "pem", "tls_client", "stdout", "config", "broker", "users",
           "admission", "tls", "admin", "client", "check_config", "serve"],
 }
 ORDER = {

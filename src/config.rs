@@ -183,7 +183,7 @@ pub struct AdminTls {
 /// The `[cluster]` table when `redis` is set.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
-    /// The Redis URL (`redis://` or `rediss://`).
+    /// The Redis URL (`redis://` or `rediss://`; `redis+sentinel://`, `redis+cluster://`).
     pub redis: String,
     /// This node's name in logs, metrics and Redis.
     pub node: String,
@@ -1261,13 +1261,25 @@ impl Check<'_> {
             }
             return Ok(None);
         }
-        if !raw.redis.starts_with("redis://") && !raw.redis.starts_with("rediss://") {
+        if ![
+            "redis://",
+            "rediss://",
+            "redis+sentinel://",
+            "rediss+sentinel://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|scheme| raw.redis.starts_with(scheme))
+        {
             return Err(self.error(
                 "cluster.redis",
-                "must be a redis:// or rediss:// (TLS) URL, or \"\" for a node alone".into(),
+                "must be a redis:// or rediss:// (TLS) URL, redis+sentinel://h1:p1,h2:p2/MASTER, \
+                 redis+cluster://h1:p1,h2:p2 (rediss+… for TLS), or \"\" for a node alone"
+                    .into(),
             ));
         }
-        if !raw.redis_ca_file.is_empty() && !raw.redis.starts_with("rediss://") {
+        if !raw.redis_ca_file.is_empty() && !tether_cluster::ClusterSettings::is_tls(&raw.redis) {
             return Err(self.error(
                 "cluster.redis_ca_file",
                 "is only used with a rediss:// (TLS) cluster.redis".into(),
@@ -1301,6 +1313,9 @@ impl Check<'_> {
                 "cluster.prefix",
                 "must be 1 to 128 bytes without control characters".into(),
             ));
+        }
+        if let Err(err) = tether_cluster::ClusterSettings::check_prefix(&raw.redis, &raw.prefix) {
+            return Err(self.error("cluster.prefix", err));
         }
         let folder = self.file.parent().unwrap_or(Path::new(""));
         Ok(Some(ClusterConfig {
@@ -1900,6 +1915,51 @@ mod tests {
             "[cluster]\nredis = \"redis://h\"\nprefix = \"\"",
             "cluster.prefix",
             "1 to 128",
+        );
+    }
+
+    #[test]
+    fn sentinel_and_redis_cluster_urls_are_checked() {
+        let sentinel = config(
+            "[cluster]\nredis = \"redis+sentinel://u:pw@h1:26379,h2:26379/mymaster\"\nnode = \"n\"",
+        )
+        .unwrap();
+        assert!(sentinel
+            .effective_toml()
+            .contains("redis = \"redis+sentinel://u:****@h1:26379,h2:26379/mymaster\""));
+        assert!(
+            config("[cluster]\nredis = \"redis+cluster://h1:7000,h2:7001\"\nnode = \"n\"")
+                .unwrap()
+                .cluster
+                .is_some()
+        );
+        assert!(Config::from_toml(
+            "[cluster]\nredis = \"rediss+cluster://h1:7000\"\nnode = \"n\"\nredis_ca_file = \"ca.pem\"",
+            Path::new("/etc/tether/server.toml"),
+        )
+        .is_ok());
+        for (url, why) in [
+            ("redis+sentinel://h1:26379,h2:26379/", "master"),
+            ("redis+sentinel://h1:x/m", "host:port"),
+            ("redis+cluster://h1:7000/3", "database 0"),
+            ("redis+cluster://", "no host"),
+            ("nats://h:4222", "redis+sentinel://"),
+        ] {
+            assert_refused(
+                &format!("[cluster]\nredis = \"{url}\"\nnode = \"n\""),
+                "cluster.redis",
+                why,
+            );
+        }
+        assert_refused(
+            "[cluster]\nredis = \"redis+cluster://h:7000\"\nnode = \"n\"\nprefix = \"t{x}\"",
+            "cluster.prefix",
+            "hash tags",
+        );
+        assert_refused(
+            "[cluster]\nredis = \"redis+sentinel://h:1/m\"\nnode = \"n\"\nredis_ca_file = \"ca.pem\"",
+            "cluster.redis_ca_file",
+            "rediss://",
         );
     }
 

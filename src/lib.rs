@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod broker;
 pub mod check_config;
 pub mod client;
 pub mod config;

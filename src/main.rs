@@ -209,6 +209,9 @@ fn serve(config: Config) -> ExitCode {
         // actix-server narrates its workers starting and stopping at info; tether logs its
         // listeners itself.
         .filter_module("actix_server", config.log.level.min(log::LevelFilter::Warn))
+        // The redis crate's cluster client warns at every node it cannot reach while a
+        // Redis Cluster fails over, many times a second; the broker logs the outage once.
+        .filter_module("redis", config.log.level.min(log::LevelFilter::Error))
         .parse_env("RUST_LOG")
         .init();
     let outcome = tether::serve::run(config);

@@ -22,10 +22,6 @@ use tether_actors::{
 /// holds (it drops them at the grace, rounded down to whole seconds).
 const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 
-/// How long the start waits for the cluster's first answer (whether this node's name is
-/// free); a Redis that does not answer by then is not waited for.
-const JOIN_WAIT: Duration = Duration::from_secs(5);
-
 /// How a run ended, as the process's exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -222,44 +218,15 @@ pub fn run(config: Config) -> Outcome {
             proxy_trust: ProxyTrust::new(config.server.proxy_protocol_from.clone()),
         };
         let broker = match &config.cluster {
-            Some(cluster) => {
-                let node = match bound_port.filter(|_| cluster.node_is_default) {
-                    Some(port) => format!("{}:{port}", tether_cluster::host_name()),
-                    None => cluster.node.clone(),
-                };
-                let settings = tether_cluster::ClusterSettings {
-                    redis: cluster.redis.clone(),
-                    node: node.clone(),
-                    prefix: cluster.prefix.clone(),
-                    redis_ca: redis_ca.clone(),
-                };
-                match tether_cluster::RedisBroker::start(settings) {
-                    Ok(broker) => {
-                        // SPEC §8: a name another live node holds refuses the start.
-                        let joined =
-                            tether_actors::hub::broker::Broker::wait_joined(&*broker, JOIN_WAIT);
-                        if let Err(taken) = joined {
-                            fatal(&taken);
-                            return Outcome::Failed;
-                        }
-                        log::info!(
-                            "cluster: node {:?}, prefix {:?}, Redis at {}",
-                            node,
-                            cluster.prefix,
-                            crate::config::mask_password(&cluster.redis)
-                        );
-                        Some(broker)
-                    }
-                    Err(err) => {
-                        fatal(&err.to_string());
-                        return Outcome::Failed;
-                    }
+            Some(cluster) => match crate::broker::start(cluster, bound_port, redis_ca.clone()) {
+                Ok(broker) => Some(broker),
+                Err(err) => {
+                    fatal(&err);
+                    return Outcome::Failed;
                 }
-            }
+            },
             None => None,
         };
-        let cluster_metrics = broker.as_ref().map(|broker| broker.metrics().clone());
-        let broker = broker.map(|broker| broker as Arc<dyn tether_actors::hub::broker::Broker>);
         let admission =
             verifier_key.and_then(|key| crate::admission::start(&config, key, broker.as_ref()));
         let mut settings = settings(&config);
@@ -302,14 +269,7 @@ pub fn run(config: Config) -> Outcome {
             }
         };
         let admin = match admin_listener {
-            Some(listener) => match start_admin(
-                listener,
-                &config,
-                &tether,
-                user_sync,
-                admin_tls,
-                cluster_metrics.as_ref(),
-            ) {
+            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -473,13 +433,10 @@ fn start_admin(
     tether: &Tether,
     users: UserAdmin,
     tls: Option<rustls::ServerConfig>,
-    cluster: Option<&tether_cluster::ClusterMetrics>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
-    if let Some(cluster) = cluster {
-        cluster.register(&mut registry);
-    }
+    tether.handle().register_broker_metrics(&mut registry);
     match &users {
         UserAdmin::File(sync) => sync.register_metrics(&mut registry),
         UserAdmin::Database(database) => database.register_metrics(&mut registry),

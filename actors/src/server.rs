@@ -1143,6 +1143,19 @@ impl TetherHandle {
         self.broker.as_ref().map(|broker| broker.connected())
     }
 
+    /// What this node's cluster broker is connected to now (the Redis master's address…);
+    /// `None` when it runs alone or the broker is connected to nothing.
+    pub fn cluster_upstream(&self) -> Option<String> {
+        self.broker.as_ref().and_then(|broker| broker.upstream())
+    }
+
+    /// Adds the cluster broker's metrics, if any, to `registry`.
+    pub fn register_broker_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(broker) = &self.broker {
+            broker.register_metrics(registry);
+        }
+    }
+
     /// Sends `message` to the bus, again after a restart if the bus or the registry died
     /// before handling it.
     async fn ask_bus<M, R>(&self, message: M) -> Result<R, PublishError>

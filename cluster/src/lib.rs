@@ -1,5 +1,7 @@
 //! Several tether nodes as one service over Redis (SPEC §8): [`RedisBroker`], the
-//! [`Broker`] that `tether-actors`' bus hands events and invalidations to.
+//! [`Broker`] that `tether-actors`' bus hands events and invalidations to, over one Redis,
+//! a master found through Sentinel, or a Redis Cluster (sharded pub/sub); [`start`] picks
+//! it from the URL.
 //!
 //! The broker runs its Redis I/O on a thread of its own (`tether-redis`, a current-thread
 //! tokio runtime), never on the actors' event loops: every [`Broker`] method only queues a
@@ -28,7 +30,10 @@ mod answer;
 mod history;
 mod metrics;
 mod names;
+mod sentinel;
+mod sharded;
 mod throttle;
+mod topology;
 mod verifiers;
 mod worker;
 
@@ -36,13 +41,14 @@ pub use metrics::ClusterMetrics;
 pub use verifiers::RedisVerifiers;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tether_actors::hub::broker::{
     Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
 };
 use tether_actors::verifiers::VerifierStore;
 use tokio::sync::{mpsc, oneshot};
+use topology::{Source, Topology};
 
 /// How long [`Broker::stop`] waits for this node's presence to be withdrawn from Redis.
 const STOP_WAIT: Duration = Duration::from_secs(1);
@@ -50,7 +56,10 @@ const STOP_WAIT: Duration = Duration::from_secs(1);
 /// What a node needs to join a cluster (`[cluster]` of SPEC §4).
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
-    /// The Redis URL: `redis://[:password@]host:port/db`, or `rediss://…` for TLS.
+    /// The Redis URL: `redis://[:password@]host:port/db`, or `rediss://…` for TLS;
+    /// `redis+sentinel://[user:password@]h1:p1,h2:p2/MASTER[/db]` (Sentinel);
+    /// `redis+cluster://[user:password@]h1:p1,h2:p2` (Redis Cluster); `rediss+…` for TLS
+    /// to the data nodes.
     pub redis: String,
     /// This node's name, unique in the cluster, without control characters.
     pub node: String,
@@ -64,14 +73,30 @@ pub struct ClusterSettings {
 impl ClusterSettings {
     /// Checks a Redis URL as [`RedisBroker::start`] will read it.
     pub fn check_url(url: &str) -> Result<(), String> {
-        client(url, None).map(drop).map_err(|err| err.to_string())
+        Topology::parse(url, None).map(drop)
+    }
+
+    /// Checks a key prefix for `url`: a Redis Cluster places a user's keys and channel on
+    /// one shard by a hash tag (`{…}`), so its prefix may hold no brace.
+    pub fn check_prefix(url: &str, prefix: &str) -> Result<(), String> {
+        if (url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://"))
+            && prefix.contains(['{', '}'])
+        {
+            return Err("may hold no { or } with a Redis Cluster (they are its hash tags)".into());
+        }
+        Ok(())
+    }
+
+    /// Whether `url` reaches its data nodes over TLS (`rediss://`, `rediss+…://`).
+    pub fn is_tls(url: &str) -> bool {
+        Topology::is_tls_url(url)
     }
 
     /// Checks a Redis URL with the CA certificates (PEM) it is to be trusted with, as
     /// [`RedisBroker::start`] will read them: the URL must be `rediss://` and the PEM must
     /// hold at least one certificate.
     pub fn check_tls(url: &str, ca_pem: &[u8]) -> Result<(), String> {
-        if !url.starts_with("rediss://") {
+        if !Topology::is_tls_url(url) {
             return Err("a CA file is only used with a rediss:// (TLS) URL".into());
         }
         if !ca_pem
@@ -80,9 +105,7 @@ impl ClusterSettings {
         {
             return Err("the CA file holds no PEM certificate".into());
         }
-        client(url, Some(ca_pem))
-            .map(drop)
-            .map_err(|err| err.to_string())
+        Topology::parse(url, Some(ca_pem)).map(drop)
     }
 }
 
@@ -160,7 +183,7 @@ impl std::error::Error for NameTaken {}
 #[derive(Debug)]
 pub enum ClusterError {
     /// The Redis URL (or, with TLS, the CA certificates) is not valid.
-    Url(redis::RedisError),
+    Url(String),
     /// The broker's thread could not be started.
     Thread(std::io::Error),
 }
@@ -176,6 +199,12 @@ impl std::fmt::Display for ClusterError {
 
 impl std::error::Error for ClusterError {}
 
+/// Starts the broker `settings.redis` names (one Redis, Sentinel or a Redis Cluster): the
+/// one function a server calls to join a cluster.
+pub fn start(settings: ClusterSettings) -> Result<Arc<dyn Broker>, ClusterError> {
+    Ok(RedisBroker::start(settings)? as Arc<dyn Broker>)
+}
+
 /// The Redis broker: a handle on its thread. Connects (and reconnects) on its own; until it
 /// is connected, publishes are refused ([`BrokerUnreachable`]).
 #[derive(Debug)]
@@ -184,6 +213,8 @@ pub struct RedisBroker {
     requests: mpsc::UnboundedSender<worker::Request>,
     /// Whether the thread is connected to Redis now.
     connected: Arc<AtomicBool>,
+    /// The address(es) of the Redis master(s) connected to now.
+    upstream: Arc<Mutex<Option<String>>>,
     /// What the broker counts.
     metrics: ClusterMetrics,
     /// How the first attempt to join went, once the thread says (taken by
@@ -198,33 +229,84 @@ pub struct RedisBroker {
 impl RedisBroker {
     /// Starts the broker's thread, which connects to Redis at once (and keeps trying).
     pub fn start(settings: ClusterSettings) -> Result<Arc<Self>, ClusterError> {
-        let client =
-            client(&settings.redis, settings.redis_ca.as_deref()).map_err(ClusterError::Url)?;
+        let topology = Topology::parse(&settings.redis, settings.redis_ca.as_deref())
+            .map_err(ClusterError::Url)?;
+        if let Err(err) = ClusterSettings::check_prefix(&settings.redis, &settings.prefix) {
+            return Err(ClusterError::Url(format!("cluster.prefix {err}")));
+        }
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(Mutex::new(None));
         let metrics = ClusterMetrics::new();
         let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
         let throttled = Arc::new(throttle::Throttled::default());
-        let worker = worker::Worker::new(
-            client,
-            names::Names::new(&settings.prefix, &settings.node),
-            incoming,
-            Arc::clone(&connected),
-            metrics.clone(),
-            tell_joined,
-            Arc::clone(&throttled),
-        );
+        let names = names::Names::new(&settings.prefix, &settings.node);
+        let status = (Arc::clone(&connected), Arc::clone(&upstream));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ClusterError::Thread)?;
+        let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match topology {
+            Topology::Single { client, address } => {
+                let source = Source::Single {
+                    client: Box::new(client),
+                    address,
+                };
+                Box::pin(
+                    worker::Worker::new(
+                        source,
+                        names,
+                        incoming,
+                        status,
+                        metrics.clone(),
+                        tell_joined,
+                        Arc::clone(&throttled),
+                    )
+                    .run(),
+                )
+            }
+            Topology::Sentinel(sentinels) => {
+                let sentinels = Arc::new(sentinels);
+                let source = Source::Sentinel {
+                    switched: sentinels.switched.subscribe(),
+                    sentinels: Arc::clone(&sentinels),
+                };
+                let worker = worker::Worker::new(
+                    source,
+                    names,
+                    incoming,
+                    status,
+                    metrics.clone(),
+                    tell_joined,
+                    Arc::clone(&throttled),
+                );
+                Box::pin(async move {
+                    let watcher = tokio::spawn(sentinels.watch());
+                    worker.run().await;
+                    watcher.abort();
+                })
+            }
+            Topology::Cluster { seeds, ca } => Box::pin(
+                sharded::Worker::new(
+                    (seeds, ca),
+                    names,
+                    incoming,
+                    status,
+                    metrics.clone(),
+                    tell_joined,
+                    Arc::clone(&throttled),
+                )
+                .run(),
+            ),
+        };
         std::thread::Builder::new()
             .name("tether-redis".into())
-            .spawn(move || runtime.block_on(worker.run()))
+            .spawn(move || runtime.block_on(run))
             .map_err(ClusterError::Thread)?;
         Ok(Arc::new(Self {
             requests,
             connected,
+            upstream,
             metrics,
             joined: std::sync::Mutex::new(Some(joined)),
             node: settings.node,
@@ -383,6 +465,17 @@ impl Broker for RedisBroker {
             Arc::clone(&self.connected),
             ttl,
         )))
+    }
+
+    fn upstream(&self) -> Option<String> {
+        self.upstream
+            .lock()
+            .ok()
+            .and_then(|upstream| upstream.clone())
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.metrics.register(registry);
     }
 
     fn stop(&self) {

@@ -20,6 +20,8 @@ pub struct ClusterMetrics {
     pub(crate) invalidations_dropped: Counter,
     /// Users whose channel this node is subscribed to.
     pub(crate) subscribed_users: Gauge,
+    /// 1 for each Redis master this node is connected to now, by address.
+    masters: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl ClusterMetrics {
@@ -53,6 +55,16 @@ impl ClusterMetrics {
             .clone()
     }
 
+    /// The Redis masters this node is connected to now (none while unreachable).
+    pub(crate) fn set_masters(&self, addresses: &[String]) {
+        self.masters.clear();
+        for address in addresses {
+            self.masters
+                .get_or_create(&vec![("address", address.clone())])
+                .set(1);
+        }
+    }
+
     /// Adds every metric to `registry` (give it a `tether` prefix).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -84,6 +96,11 @@ impl ClusterMetrics {
             "cluster_subscribed_users",
             "Users whose Redis channel this node is subscribed to",
             self.subscribed_users.clone(),
+        );
+        registry.register(
+            "cluster_redis_master",
+            "1 for each Redis master this node is connected to now, labelled by its address",
+            self.masters.clone(),
         );
     }
 }

@@ -70,6 +70,12 @@ impl Names {
         format!("{}:throttle", self.prefix)
     }
 
+    /// A per-user name that carries the user's hash tag, `{prefix}:{kind}:{{hex}}`, so that
+    /// every key and channel of one user lands on the same shard of a Redis Cluster.
+    pub(crate) fn tagged(&self, kind: &str, user: &str) -> String {
+        format!("{}:{kind}:{{{}}}", self.prefix, hex(user))
+    }
+
     /// When `user` was last invalidated (Redis milliseconds): `{prefix}:invalidated:{hex}`.
     pub(crate) fn invalidated_key(&self, user: &str) -> String {
         format!("{}:invalidated:{}", self.prefix, hex(user))
@@ -131,7 +137,7 @@ fn from_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// The separator of a payload's fields: U+001F, which no node name (checked), user name
 /// (SPEC §5) or event text (SPEC §3) holds.
-const SEPARATOR: char = tether_actors::codec::US as char;
+pub(crate) const SEPARATOR: char = tether_actors::codec::US as char;
 
 /// An event on the wire: `E␟node␟user␟time␟text`.
 pub(crate) fn event_payload(node: &str, user: &str, time: i64, text: &str) -> String {
@@ -262,6 +268,7 @@ mod tests {
             "t:throttle:{616c}:10.0.0.1"
         );
         assert_eq!(names.owner_key(), "t:owner:n1");
+        assert_eq!(names.tagged("user", "al"), "t:user:{616c}");
     }
 
     #[test]

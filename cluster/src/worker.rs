@@ -16,11 +16,14 @@
 //!   counts, resubscribes in batches of [`BATCH`], applies the invalidations it missed
 //!   (from each user's `invalidated` key) and sends the ones it kept.
 
-use crate::answer::{bounded, ANSWER_TIMEOUT};
+pub(crate) use crate::answer::{bounded, ANSWER_TIMEOUT};
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
-use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
+use crate::names::{
+    event_payload, invalidation_payload, throttle_payload, Names, Payload, SEPARATOR,
+};
 use crate::throttle::Throttled;
+use crate::topology::Source;
 use futures_util::StreamExt;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -37,27 +40,81 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 /// How often the node renews its liveness and probes its connections.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+pub(crate) const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First pause before reconnecting, and the longest.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Requests sent as one pipeline at most, and channels per `SUBSCRIBE` when resubscribing.
-const BATCH: usize = 500;
+pub(crate) const BATCH: usize = 500;
 /// Client invalidations kept while Redis is unreachable, at most (one per user).
-const MAX_LATER: usize = 10_000;
+pub(crate) const MAX_LATER: usize = 10_000;
 /// While Redis is unreachable, how often the node notes which bindings it has issued, so
 /// that an invalidation it missed spares the logins made after it.
-const MARK_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Marks kept at most (an hour's worth); later logins are then spared from the last one.
-const MAX_MARKS: usize = 3600;
+pub(crate) const MAX_MARKS: usize = 3600;
 /// How long a node's claim on its name lasts without a heartbeat: another node may take
 /// the name once it has lapsed (a live node renews it every [`HEARTBEAT`]).
-const OWNER_TTL: Duration = Duration::from_secs(10);
+pub(crate) const OWNER_TTL: Duration = Duration::from_secs(10);
 /// A heartbeat this late (the node was paused, or its thread starved) is sent before
 /// anything else, so that a node forgotten or replaced meanwhile finds out first.
 const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
+
+/// The start of both scripts (this one and `sharded.rs`'s): Redis's time as `now`, the
+/// mode, and mode `t`, a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the
+/// limit, `ARGV[3]` = a member naming this failure), which answers how many ms the pair
+/// stays throttled (0: not throttled).
+macro_rules! script_head {
+    () => {
+        r"
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+if mode == 't' then
+  local limit = tonumber(ARGV[2])
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
+  redis.call('PEXPIRE', KEYS[1], 60000)
+  if redis.call('ZCARD', KEYS[1]) >= limit then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return tonumber(oldest[2]) + 60000 - now
+  end
+  return 0
+end
+"
+    };
+}
+pub(crate) use script_head;
+
+/// Modes `e` and `i` of both scripts, given the Lua locals `id_key` (an event's id key, or
+/// nil), `invalidated_key` and `extra` (the event's time, or the invalidation's made
+/// time): an event whose id was accepted answers `{time}` of the first; an invalidation
+/// notes `sent:made` in the user's `invalidated` key.
+macro_rules! script_id_and_invalidated {
+    () => {
+        r"
+if mode == 'e' and id_key then
+  local first = redis.call('GET', id_key)
+  if first then return {tonumber(first)} end
+  redis.call('SET', id_key, extra, 'PX', 300000)
+end
+if mode == 'i' then
+  local made = tonumber(extra) or now
+  local old = redis.call('GET', invalidated_key)
+  if old then
+    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
+    if before and before > made then made = before end
+  end
+  redis.call('SET', invalidated_key, now .. ':' .. made, 'PX', 86400000)
+end
+"
+    };
+}
+pub(crate) use script_id_and_invalidated;
 
 /// One script for every scripted command, so each is one round trip and one command:
 /// `KEYS` = the set of live nodes, the user's channel, the user's `invalidated` key, and
@@ -79,23 +136,9 @@ const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 /// ms the pair stays throttled (0: not throttled); `m` count many (only `KEYS[1]`; the users are
 /// `ARGV[6..]`) — answers each user's connections on the other live nodes, with one
 /// `HMGET` per live node.
-const SCRIPT: &str = r"
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local mode = ARGV[1]
-if mode == 't' then
-  local limit = tonumber(ARGV[2])
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(limit + 1))
-  redis.call('PEXPIRE', KEYS[1], 60000)
-  if redis.call('ZCARD', KEYS[1]) >= limit then
-    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return tonumber(oldest[2]) + 60000 - now
-  end
-  return 0
-end
+const SCRIPT: &str = concat!(
+    script_head!(),
+    r"
 if mode == 'h' then
   local owner = redis.call('GET', KEYS[2])
   if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
@@ -129,20 +172,10 @@ if mode == 'm' then
   end
   return totals
 end
-if mode == 'e' and KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
-  if first then return {tonumber(first)} end
-  redis.call('SET', KEYS[4], ARGV[6], 'PX', 300000)
-end
-if mode == 'i' then
-  local made = tonumber(ARGV[6]) or now
-  local old = redis.call('GET', KEYS[3])
-  if old then
-    local before = tonumber(string.match(old, ':(%-?%d+)$') or old)
-    if before and before > made then made = before end
-  end
-  redis.call('SET', KEYS[3], now .. ':' .. made, 'PX', 86400000)
-end
+local id_key, invalidated_key, extra = KEYS[4], KEYS[3], ARGV[6]
+",
+    script_id_and_invalidated!(),
+    r"
 if mode ~= 'c' then redis.call('PUBLISH', KEYS[2], ARGV[4]) end
 local total = 0
 for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
@@ -152,7 +185,8 @@ for _, n in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')) do
   end
 end
 return total
-";
+"
+);
 
 /// Where the answer to a request goes: the other nodes' count, or unreachable.
 pub(crate) enum Answer {
@@ -162,7 +196,7 @@ pub(crate) enum Answer {
 
 impl Answer {
     /// Hands over `result`.
-    fn send(self, result: Result<usize, BrokerUnreachable>) {
+    pub(crate) fn send(self, result: Result<usize, BrokerUnreachable>) {
         match self {
             Self::Channel(sender) => {
                 let _ = sender.send(result);
@@ -242,7 +276,7 @@ impl Request {
 }
 
 /// Why the connected phase ended.
-enum Ended {
+pub(crate) enum Ended {
     /// A connection was lost or an answer did not come.
     Lost(String),
     /// The node stops.
@@ -283,11 +317,18 @@ struct Link {
     messages: PubSubStream,
     /// The SHA1 of [`SCRIPT`], loaded on this connection's Redis.
     script: String,
+    /// The Redis's `host:port`.
+    address: String,
 }
 
 /// The state of the broker's thread.
 pub(crate) struct Worker {
-    client: redis::Client,
+    /// Where Redis is (one, or the master that sentinels name).
+    source: Source,
+    /// The address of the Redis connected to now, for `/healthz`.
+    upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The address of the last Redis connected to, to log a change of master.
+    last_address: Option<String>,
     names: Names,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
@@ -333,23 +374,21 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn new(
-        client: redis::Client,
+        source: Source,
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        connected: Arc<AtomicBool>,
+        status: (Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>),
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
+        let (connected, upstream) = status;
         let jitter = RandomState::new();
-        let token = format!(
-            "{}\u{1f}{}\u{1f}{:016x}",
-            this_host(),
-            std::process::id(),
-            jitter.hash_one(now_ms())
-        );
+        let token = claim_token(&jitter);
         Self {
-            client,
+            source,
+            upstream,
+            last_address: None,
             names,
             requests,
             connected,
@@ -422,22 +461,7 @@ impl Worker {
         self.metrics.connected.set(0);
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
-        let holder = owner.split(['\u{1f}', '/']).next().unwrap_or_default();
-        if self.joined.is_some() {
-            log::error!(
-                "cluster: node name {:?} is held by another live node of this cluster (on \
-                 host {holder:?}); another node holds it — give this node a unique \
-                 cluster.node",
-                self.names.node
-            );
-        } else {
-            log::error!(
-                "cluster: node name {:?} was taken over by another node (on host {holder:?}) \
-                 while this one was paused or cut off; this node stops serving the cluster \
-                 side (publishes answer 503) — restart it with a unique cluster.node",
-                self.names.node
-            );
-        }
+        log_name_taken(&self.names.node, owner, self.joined.is_some());
         self.tell_joined(Joined::NameTaken);
         while let Some(request) = self.requests.recv().await {
             if self.unreachable(request) {
@@ -450,6 +474,10 @@ impl Worker {
     fn lost(&mut self, reason: &str) {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
+        self.metrics.set_masters(&[]);
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = None;
+        }
         self.subscribed.clear();
         self.metrics.subscribed_users.set(0);
         if was_connected {
@@ -491,6 +519,8 @@ impl Worker {
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(until) => return Ok(()),
+                // The sentinels announced a new master: try it now.
+                () = self.source.switched() => return Ok(()),
                 _ = marks.tick() => self.mark(),
                 request = self.requests.recv() => match request {
                     Some(request) => {
@@ -578,7 +608,8 @@ impl Worker {
     /// Tries to connect while answering requests as unreachable; `None` when the node
     /// stops meanwhile.
     async fn connect_while_serving(&mut self) -> Option<Result<Link, String>> {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(self.client.clone()));
+        let source = self.source.clone();
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT * 2, connect(source));
         tokio::pin!(attempt);
         loop {
             tokio::select! {
@@ -618,11 +649,27 @@ impl Worker {
             self.metrics.reconnects.inc();
         }
         self.was_connected = true;
-        log::info!(
-            "cluster: connected to Redis as node {:?} ({} user(s) here)",
-            self.names.node,
-            self.local.len()
-        );
+        self.metrics
+            .set_masters(std::slice::from_ref(&link.address));
+        if let Ok(mut upstream) = self.upstream.lock() {
+            *upstream = Some(link.address.clone());
+        }
+        let master = match self.source.master_name() {
+            Some(name) => format!("master {name:?} at {}", link.address),
+            None => link.address.clone(),
+        };
+        match self.last_address.replace(link.address.clone()) {
+            Some(old) if old != link.address => log::warn!(
+                "cluster: connected to Redis {master} (was {old}) as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+            _ => log::info!(
+                "cluster: connected to Redis {master} as node {:?} ({} user(s) here)",
+                self.names.node,
+                self.local.len()
+            ),
+        }
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
@@ -656,6 +703,7 @@ impl Worker {
                     self.history.note(now, next);
                     Ok(())
                 }
+                () = self.source.switched() => self.source.check_master(&link.address).await.map_err(Ended::Lost),
             };
             if let Err(ended) = step {
                 return ended;
@@ -1120,15 +1168,29 @@ impl Worker {
     }
 }
 
-/// Opens both connections and loads the script.
-async fn connect(client: redis::Client) -> Result<Link, String> {
+/// Finds the Redis (asking the sentinels, with Sentinel), opens both connections, checks
+/// that it takes writes (a master) and loads the script.
+async fn connect(source: Source) -> Result<Link, String> {
+    let (client, address) = source.locate().await?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(CONNECT_TIMEOUT))
         .set_response_timeout(Some(ANSWER_TIMEOUT));
     let mut commands = client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| format!("{address}: {err}"))?;
+    if source.master_name().is_some() {
+        let role: Vec<redis::Value> =
+            bounded(redis::cmd("ROLE").query_async(&mut commands)).await?;
+        match role.first() {
+            Some(redis::Value::BulkString(role)) if role == b"master" => {}
+            _ => {
+                return Err(format!(
+                    "{address}, named by the sentinels, is not a master (stale answer)"
+                ))
+            }
+        }
+    }
     let script: String = bounded(
         redis::cmd("SCRIPT")
             .arg("LOAD")
@@ -1143,11 +1205,12 @@ async fn connect(client: redis::Client) -> Result<Link, String> {
         sink,
         messages,
         script,
+        address,
     })
 }
 
 /// A request of a pipeline waiting for its reply.
-enum Pending {
+pub(crate) enum Pending {
     /// A publish.
     Publish(Answered),
     /// A count or an invalidation (answered with the other nodes' count), or a client's
@@ -1164,7 +1227,7 @@ enum Pending {
 
 impl Pending {
     /// Answers with the script's `reply`.
-    fn answer(self, reply: &redis::Value) {
+    pub(crate) fn answer(self, reply: &redis::Value) {
         match self {
             Self::Publish(answered) => answered(Ok(match duplicate_time(reply) {
                 Some(time) => Taken::Duplicate { time },
@@ -1179,7 +1242,7 @@ impl Pending {
     }
 
     /// Answers that the pipeline failed: a publish `why`, anything else unreachable.
-    fn fail(self, why: NotTaken) {
+    pub(crate) fn fail(self, why: NotTaken) {
         match self {
             Self::Publish(answered) => answered(Err(why)),
             Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
@@ -1189,7 +1252,7 @@ impl Pending {
 }
 
 /// A count the script answered (0 for anything else).
-fn count_of(reply: &redis::Value) -> usize {
+pub(crate) fn count_of(reply: &redis::Value) -> usize {
     match reply {
         redis::Value::Int(count) => usize::try_from(*count).unwrap_or(0),
         _ => 0,
@@ -1208,7 +1271,7 @@ fn duplicate_time(reply: &redis::Value) -> Option<i64> {
 }
 
 /// Whether the script answered that an event is a duplicate.
-fn is_duplicate(reply: &redis::Value) -> bool {
+pub(crate) fn is_duplicate(reply: &redis::Value) -> bool {
     duplicate_time(reply).is_some()
 }
 
@@ -1239,7 +1302,7 @@ fn publish_script(pipe: &mut redis::Pipeline, sha: &str, names: &Names, event: &
 
 /// A user's `invalidated` key: `sent:made` (Redis ms when the last invalidation reached
 /// Redis, and when the latest was made), or `sent` alone as written before.
-fn invalidated_times(value: &str) -> Option<(i64, i64)> {
+pub(crate) fn invalidated_times(value: &str) -> Option<(i64, i64)> {
     match value.split_once(':') {
         Some((sent, made)) => Some((sent.parse().ok()?, made.parse().ok()?)),
         None => {
@@ -1302,6 +1365,34 @@ fn owner_script(sha: &str, names: &Names, mode: char, token: &str, stale: &str) 
     cmd
 }
 
+/// This run's claim on the node's name: host, process id and a nonce drawn from `jitter`.
+pub(crate) fn claim_token(jitter: &RandomState) -> String {
+    format!(
+        "{}{SEPARATOR}{}{SEPARATOR}{:016x}",
+        this_host(),
+        std::process::id(),
+        jitter.hash_one(now_ms())
+    )
+}
+
+/// Logs that another live node holds `node`'s name (the claim `owner`): at the first
+/// attempt to join (`first`), or taken over later.
+pub(crate) fn log_name_taken(node: &str, owner: &str, first: bool) {
+    let holder = owner.split([SEPARATOR, '/']).next().unwrap_or_default();
+    if first {
+        log::error!(
+            "cluster: node name {node:?} is held by another live node of this cluster (on \
+             host {holder:?}); another node holds it — give this node a unique cluster.node"
+        );
+    } else {
+        log::error!(
+            "cluster: node name {node:?} was taken over by another node (on host {holder:?}) \
+             while this one was paused or cut off; this node stops serving the cluster side \
+             (publishes answer 503) — restart it with a unique cluster.node"
+        );
+    }
+}
+
 /// This machine as a claim names it: its host name and, when it has one, its machine id
 /// (`/etc/machine-id`), so that two machines both called `localhost` differ.
 fn this_host() -> String {
@@ -1318,8 +1409,8 @@ fn this_host() -> String {
 
 /// Whether the claim `owner` (host␟pid␟nonce) was made by a process of this host that is
 /// gone: a run of this node that crashed and was restarted before its claim lapsed.
-fn is_dead_run_of_this_host(owner: &str) -> bool {
-    let mut fields = owner.split('\u{1f}');
+pub(crate) fn is_dead_run_of_this_host(owner: &str) -> bool {
+    let mut fields = owner.split(SEPARATOR);
     let (Some(host), Some(pid)) = (fields.next(), fields.next()) else {
         return false;
     };

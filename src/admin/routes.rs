@@ -59,7 +59,8 @@ type State = web::Data<AdminState>;
 /// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
 /// `"unreachable"` while the database does not answer (the server still serves; logins
 /// then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or `"unreachable"`
-/// (SPEC §8).
+/// (SPEC §8), and while connected `"cluster_redis"`: the Redis master's `host:port` (the
+/// masters', comma-separated, of a Redis Cluster).
 async fn healthz(state: State) -> HttpResponse {
     let mut body = json!({ "status": "ok" });
     if let UserAdmin::Database(database) = &state.users {
@@ -77,6 +78,9 @@ async fn healthz(state: State) -> HttpResponse {
             "unreachable"
         };
         body["cluster"] = json!(cluster);
+        if let Some(upstream) = state.tether.cluster_upstream() {
+            body["cluster_redis"] = json!(upstream);
+        }
     }
     HttpResponse::Ok().json(body)
 }

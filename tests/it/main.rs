@@ -10,6 +10,8 @@ mod common;
 
 mod admin;
 mod admission;
+mod brokers_cluster;
+mod brokers_sentinel;
 mod client_cli;
 mod client_library;
 mod cluster;

@@ -177,6 +177,18 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
         let _ = ttl;
         None
     }
+
+    /// What the broker is connected to now, for `/healthz` and logs (a Redis broker: the
+    /// master's address, or the masters of a Redis Cluster); `None` while it is connected
+    /// to nothing, or when it has nothing to say.
+    fn upstream(&self) -> Option<String> {
+        None
+    }
+
+    /// Adds the broker's metrics to `registry` (the server gives it a `tether` prefix).
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let _ = registry;
+    }
 }
 
 /// Where a broker hands what the other nodes publish. Never blocks: a node that cannot

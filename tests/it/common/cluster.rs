@@ -35,11 +35,22 @@ impl Node {
         users: &[(&str, &str)],
         configure: &dyn Fn(TestConfig) -> TestConfig,
     ) -> Self {
+        Self::start_url(&redis.url(), prefix, name, users, configure)
+    }
+
+    /// Like [`Node::start`] with any `cluster.redis` URL (Sentinel, Redis Cluster).
+    pub fn start_url(
+        url: &str,
+        prefix: &str,
+        name: &str,
+        users: &[(&str, &str)],
+        configure: &dyn Fn(TestConfig) -> TestConfig,
+    ) -> Self {
         let config = TestConfig::new()
             .set("admin", "listen", "127.0.0.1:0")
             .set("events", "time_zone", "UTC")
             .auth("bcrypt_cost", 4)
-            .set("cluster", "redis", redis.url())
+            .set("cluster", "redis", url)
             .set("cluster", "node", name)
             .set("cluster", "prefix", prefix);
         let server = TestServer::start_with_hashes(&configure(config), users);
@@ -115,6 +126,13 @@ impl Node {
     /// `POST /v1/users/{name}/invalidate`; answers the status and the body.
     pub fn invalidate(&self, user: &str) -> (u16, Value) {
         self.call("POST", &Self::user_path(user, "/invalidate"), None)
+    }
+
+    /// The `cluster_redis` field of `/healthz`: the Redis master(s) connected to now.
+    pub fn cluster_redis(&self) -> Option<String> {
+        let (status, body) = self.call("GET", "/healthz", None);
+        assert_eq!(status, 200, "/healthz: {body}");
+        body["cluster_redis"].as_str().map(str::to_owned)
     }
 
     /// The `cluster` field of `/healthz` (which must answer 200), if there is one.

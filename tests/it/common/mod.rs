@@ -5,6 +5,7 @@
 //! it against any address. [`in_process`] runs the server inside the test process instead;
 //! [`hardening`] looks at the server process through `/proc` and opens sockets with options.
 
+pub mod brokers;
 pub mod cluster;
 pub mod haproxy;
 pub mod hardening;

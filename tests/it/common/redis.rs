@@ -25,6 +25,12 @@ pub struct Redis {
     port: u16,
     /// The running server; `None` while killed.
     child: Option<Child>,
+    /// Arguments added to every start (a cluster node's, a replica's…).
+    extra: Vec<String>,
+    /// A sentinel's configuration file: the server runs `--sentinel` with it.
+    sentinel_conf: Option<String>,
+    /// The password `redis-cli` gives, when the server wants one.
+    pub cli_password: Option<String>,
 }
 
 /// Whether `program` can be run (it answers `--version`).
@@ -47,13 +53,31 @@ fn answers_ping(addr: SocketAddr) -> bool {
         return false;
     }
     let mut answer = [0u8; 7];
-    stream.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    // A server with a password answers, too: that it wants one.
+    stream.read_exact(&mut answer).is_ok() && (&answer == b"+PONG\r\n" || &answer == b"-NOAUTH")
 }
 
 impl Redis {
     /// Starts a Redis on a free loopback port; `None` (after one line saying so) when
     /// `redis-server` or `redis-cli` is not installed, outside CI.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with `extra` arguments to `redis-server` at every start; a
+    /// `{dir}` in them stands for the server's folder.
+    pub fn start_with(extra: &[String]) -> Option<Self> {
+        Self::spawn_new(extra, None)
+    }
+
+    /// A sentinel (`redis-server CONF --sentinel`) on a free loopback port; `conf` must be
+    /// writable (the sentinel rewrites it).
+    pub fn start_sentinel(conf: &str) -> Option<Self> {
+        Self::spawn_new(&[], Some(conf.to_owned()))
+    }
+
+    /// Starts a server of either kind on a free port.
+    fn spawn_new(extra: &[String], sentinel_conf: Option<String>) -> Option<Self> {
         for program in ["redis-server", "redis-cli"] {
             if !installed(program) {
                 super::skip_without(
@@ -64,10 +88,17 @@ impl Redis {
             }
         }
         let dir = tempfile::tempdir().expect("temp dir");
+        let extra = extra
+            .iter()
+            .map(|arg| arg.replace("{dir}", &dir.path().display().to_string()))
+            .collect();
         let mut redis = Self {
             dir,
             port: 0,
             child: None,
+            extra,
+            sentinel_conf,
+            cli_password: None,
         };
         for _ in 0..PORT_ATTEMPTS {
             redis.port = super::free_port();
@@ -85,13 +116,18 @@ impl Redis {
     /// when it exits first (the port was taken meanwhile).
     fn try_spawn(&mut self) -> bool {
         let log = self.dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
+        let mut command = Command::new("redis-server");
+        if let Some(conf) = &self.sentinel_conf {
+            command.arg(conf).arg("--sentinel");
+        }
+        let mut child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(&log)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -126,6 +162,11 @@ impl Redis {
     /// The URL for `cluster.redis`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Whether the server runs now (not killed).
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's process id; panics while it is killed.
@@ -176,19 +217,30 @@ impl Redis {
     /// Runs one command with `redis-cli` and answers its output in `redis-cli`'s raw form
     /// (one line per element of an array reply); panics when Redis answers an error.
     pub fn cli(&self, args: &[&str]) -> String {
+        self.try_cli(args)
+            .unwrap_or_else(|failure| panic!("redis-cli {args:?} failed: {failure}"))
+    }
+
+    /// Like [`Redis::cli`], answering why it failed rather than panicking (a server that
+    /// closes connections, as a sentinel's promotion does).
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let output = Command::new("redis-cli")
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(
+                self.cli_password
+                    .iter()
+                    .flat_map(|password| ["-a", password, "--no-auth-warning"]),
+            )
             .args(args)
             .stdin(Stdio::null())
             .output()
             .expect("run redis-cli");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success() && !text.starts_with("ERR") && !text.starts_with("WRONG"),
-            "redis-cli {args:?} failed: {text}{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        text
+        if output.status.success() && !text.starts_with("ERR") && !text.starts_with("WRONG") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&output.stderr)))
+        }
     }
 
     /// The channels matching `pattern` that have at least one subscriber
