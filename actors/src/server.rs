@@ -1149,6 +1149,12 @@ impl TetherHandle {
         self.broker.as_ref().and_then(|broker| broker.upstream())
     }
 
+    /// The names of the cluster's live nodes, this one included ([`Broker::live_nodes`]);
+    /// `None` when not clustered or not connected.
+    pub fn cluster_live_nodes(&self) -> Option<Vec<String>> {
+        self.broker.as_ref().and_then(|broker| broker.live_nodes())
+    }
+
     /// Adds the cluster broker's metrics, if any, to `registry`.
     pub fn register_broker_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         if let Some(broker) = &self.broker {

@@ -215,6 +215,8 @@ pub struct RedisBroker {
     connected: Arc<AtomicBool>,
     /// The address(es) of the Redis master(s) connected to now.
     upstream: Arc<Mutex<Option<String>>>,
+    /// The live nodes' names as the last heartbeat read them (shared with the thread).
+    live_nodes: Arc<Mutex<Vec<String>>>,
     /// What the broker counts.
     metrics: ClusterMetrics,
     /// How the first attempt to join went, once the thread says (taken by
@@ -237,11 +239,16 @@ impl RedisBroker {
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Mutex::new(None));
+        let live_nodes = Arc::new(Mutex::new(Vec::new()));
         let metrics = ClusterMetrics::new();
         let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
         let throttled = Arc::new(throttle::Throttled::default());
         let names = names::Names::new(&settings.prefix, &settings.node);
-        let status = (Arc::clone(&connected), Arc::clone(&upstream));
+        let status = worker::Status {
+            connected: Arc::clone(&connected),
+            upstream: Arc::clone(&upstream),
+            live_nodes: Arc::clone(&live_nodes),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -307,6 +314,7 @@ impl RedisBroker {
             requests,
             connected,
             upstream,
+            live_nodes,
             metrics,
             joined: std::sync::Mutex::new(Some(joined)),
             node: settings.node,
@@ -472,6 +480,13 @@ impl Broker for RedisBroker {
             .lock()
             .ok()
             .and_then(|upstream| upstream.clone())
+    }
+
+    fn live_nodes(&self) -> Option<Vec<String>> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.live_nodes.lock().ok().map(|nodes| nodes.clone())
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

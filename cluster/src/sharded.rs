@@ -35,7 +35,7 @@ use crate::throttle::Throttled;
 use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
     log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
-    Request, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
+    Request, Status, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
     MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
@@ -46,7 +46,7 @@ use redis::{PushInfo, PushKind, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::hub::broker::{BrokerUnreachable, Inbox, NotTaken};
 use tether_actors::hub::messages::BindingId;
@@ -151,7 +151,8 @@ pub(crate) struct Worker {
     token: String,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
-    upstream: Arc<Mutex<Option<String>>>,
+    /// The masters connected to now and the live nodes, for `/healthz` and `GET /v1/node`.
+    status: Status,
     metrics: ClusterMetrics,
     inbox: Option<Arc<dyn Inbox>>,
     /// Pushes from every node: messages, (un)subscriptions, disconnections.
@@ -195,12 +196,12 @@ impl Worker {
         cluster: (Vec<String>, Option<Vec<u8>>),
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        status: (Arc<AtomicBool>, Arc<Mutex<Option<String>>>),
+        status: Status,
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
-        let (connected, upstream) = status;
+        let connected = Arc::clone(&status.connected);
         let (seeds, ca) = cluster;
         let (push_sender, pushes) = mpsc::unbounded_channel();
         Self {
@@ -211,7 +212,7 @@ impl Worker {
             names,
             requests,
             connected,
-            upstream,
+            status,
             metrics,
             inbox: None,
             pushes,
@@ -282,7 +283,7 @@ impl Worker {
         self.connected.store(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -305,7 +306,7 @@ impl Worker {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -448,7 +449,7 @@ impl Worker {
         self.was_connected = true;
         self.metrics.set_masters(&link.masters);
         let masters = link.masters.join(",");
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = Some(masters.clone());
         }
         log::info!(
@@ -779,6 +780,12 @@ impl Worker {
         ))
         .await?;
 
+        // A member is `node#start-ms`: the node's name is all before the last `#`.
+        self.status.set_live_nodes(live.iter().map(|member| {
+            member
+                .rsplit_once('#')
+                .map_or(member.as_str(), |(node, _)| node)
+        }));
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();

@@ -141,7 +141,7 @@ const SCRIPT: &str = concat!(
     r"
 if mode == 'h' then
   local owner = redis.call('GET', KEYS[2])
-  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
+  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner, {}} end
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[6])
   local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[1], now, ARGV[2])
@@ -149,8 +149,9 @@ if mode == 'h' then
     redis.call('DEL', ARGV[5] .. n)
     redis.call('ZREM', KEYS[1], n)
   end
-  if known then return {now, 0, ''} end
-  return {now, 1, ''}
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')
+  if known then return {now, 0, '', live} end
+  return {now, 1, '', live}
 end
 if mode == 'w' then
   if redis.call('GET', KEYS[2]) == ARGV[3] then
@@ -321,12 +322,35 @@ struct Link {
     address: String,
 }
 
+/// What the broker's thread shares with its handle, for `/healthz` and `GET /v1/node`.
+pub(crate) struct Status {
+    /// Whether the thread is connected to Redis now.
+    pub(crate) connected: Arc<AtomicBool>,
+    /// The address(es) of the Redis master(s) connected to now.
+    pub(crate) upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The live nodes' names, sorted, as the last heartbeat read them.
+    pub(crate) live_nodes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Status {
+    /// Keeps `names` as the live nodes' names, sorted, without repeats.
+    pub(crate) fn set_live_nodes<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let mut names: Vec<String> = names.map(str::to_owned).collect();
+        names.sort_unstable();
+        names.dedup();
+        if let Ok(mut nodes) = self.live_nodes.lock() {
+            *nodes = names;
+        }
+    }
+}
+
 /// The state of the broker's thread.
 pub(crate) struct Worker {
     /// Where Redis is (one, or the master that sentinels name).
     source: Source,
-    /// The address of the Redis connected to now, for `/healthz`.
-    upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The address of the Redis connected to now and the live nodes, for `/healthz` and
+    /// `GET /v1/node`.
+    status: Status,
     /// The address of the last Redis connected to, to log a change of master.
     last_address: Option<String>,
     names: Names,
@@ -377,17 +401,17 @@ impl Worker {
         source: Source,
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        status: (Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>),
+        status: Status,
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
-        let (connected, upstream) = status;
+        let connected = Arc::clone(&status.connected);
         let jitter = RandomState::new();
         let token = claim_token(&jitter);
         Self {
             source,
-            upstream,
+            status,
             last_address: None,
             names,
             requests,
@@ -475,7 +499,7 @@ impl Worker {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -651,7 +675,7 @@ impl Worker {
         self.was_connected = true;
         self.metrics
             .set_masters(std::slice::from_ref(&link.address));
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = Some(link.address.clone());
         }
         let master = match self.source.master_name() {
@@ -868,7 +892,7 @@ impl Worker {
 
     /// One heartbeat script run, replacing the claim `stale` if it holds the name.
     async fn heartbeat_once(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
-        let (now, verdict, owner): (i64, i64, String) = bounded(
+        let (now, verdict, owner, live): (i64, i64, String, Vec<String>) = bounded(
             owner_script(&link.script, &self.names, 'h', &self.token, stale)
                 .query_async(&mut link.commands),
         )
@@ -876,6 +900,7 @@ impl Worker {
         if verdict == 2 {
             return Ok(Beat::Taken(owner));
         }
+        self.status.set_live_nodes(live.iter().map(String::as_str));
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
         Ok(if verdict == 1 {

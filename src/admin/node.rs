@@ -146,6 +146,7 @@ pub async fn node(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError
         json!({
             "node": state.node_name,
             "state": if connected { "connected" } else { "unreachable" },
+            "nodes": state.tether.cluster_live_nodes(),
         })
     });
     let body = json!({

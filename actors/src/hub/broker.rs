@@ -185,6 +185,13 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
         None
     }
 
+    /// The names of the cluster's live nodes, this one included, sorted, as the broker
+    /// last saw them (a Redis broker: at its last heartbeat); `None` while it is connected
+    /// to nothing, or when it has nothing to say.
+    fn live_nodes(&self) -> Option<Vec<String>> {
+        None
+    }
+
     /// Adds the broker's metrics to `registry` (the server gives it a `tether` prefix).
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         let _ = registry;
