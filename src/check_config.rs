@@ -1,11 +1,13 @@
-//! `tether check-config`: the configuration, the users file and every certificate file
+//! `tether check-config`: the configuration, the user store and every certificate file
 //! checked as start-up would, without starting or connecting to anything.
 
 use crate::config::Config;
 use crate::users::failure::Failure;
 
-/// `tether check-config`: checks the configuration (already loaded), the users file it
-/// names and the certificate files it names (without connecting anywhere), and answers the settings in force as `server.toml` text, the admin token masked.
+/// `tether check-config`: checks the configuration (already loaded), the user store it
+/// names (see [`crate::users::Store::check`]) and the certificate files it names (without
+/// connecting anywhere), and answers the settings in force as `server.toml` text, the
+/// admin token masked.
 /// Every failure is exit code 2: the server would refuse to start.
 pub fn check_config(config: &Config) -> Result<String, Failure> {
     // The store first (its CA file, say), then what it holds as start-up would find it.

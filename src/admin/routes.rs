@@ -55,11 +55,11 @@ where
 
 type State = web::Data<AdminState>;
 
-/// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
-/// `"unreachable"` while the database does not answer (the server still serves; logins
-/// then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or `"unreachable"`
-/// (SPEC §8), and while connected `"cluster_redis"`: the Redis master's `host:port` (the
-/// masters', comma-separated, of a Redis Cluster).
+/// `{"status": "ok"}`; with a user store that can be unreachable (PostgreSQL), also
+/// `"users"`: `"ok"`, or `"unreachable"` while it does not answer (the server still
+/// serves; logins then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or
+/// `"unreachable"` (SPEC §8), and while connected `"cluster_redis"`: the Redis master's
+/// `host:port` (the masters', comma-separated, of a Redis Cluster).
 async fn healthz(state: State) -> HttpResponse {
     let mut body = json!({ "status": "ok" });
     if let Some(reachable) = state.users.reachable() {

@@ -5,11 +5,16 @@
 //! deluser`, `tether check-config`), and the server starts it into a [`Running`] store,
 //! which answers the logins (`tether_actors::users::UserStore`), keeps them in step
 //! (SIGHUP, a watcher, notifications), writes and lists users for the admin API, and says
-//! what `/metrics`, `/healthz` and `GET /v1/node` show of it. Nothing outside this folder
-//! names a store.
+//! what `/metrics`, `/healthz` and `GET /v1/node` show of it. Outside this folder, only
+//! the configuration (its keys) and `tether db` (the PostgreSQL store's own commands)
+//! name a store.
 //!
 //! **Adding a store** is a module here implementing [`Store`] and [`Running`], and one
-//! line in [`open`] (with its configuration keys in `config`).
+//! line in [`open`] (with its keys in the configuration's `[auth]` table). Its writes must
+//! be in force on this node when they answer (the affected users' connections told
+//! through the `TetherHandle` given to [`Running::keep_in_step`]); a store each node keeps
+//! for itself says so in [`Running::per_node`], and the admin API then refuses to write
+//! it in a cluster.
 //!
 //! **The users file** (SPEC §5), the default: [`file_store`] is the store, [`read`] reads
 //! and checks the file, [`edit`] changes one entry keeping the rest as written,
