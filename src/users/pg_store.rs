@@ -44,8 +44,10 @@ use tether_actors::TetherHandle;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
+use crate::users::edit::PasswordChange;
 use crate::users::pg_schema::{self, Database, TableError};
 use crate::users::read::check_bcrypt_hash;
+use crate::users::store::{Answer, KeptInStep, Page, Running, StoreError};
 
 /// Longest a login waits for the database before it is answered from what is known.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -1171,5 +1173,76 @@ impl PgUsers {
         if let Some(tether) = tether {
             invalidate(&tether, name).await;
         }
+    }
+}
+
+/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
+/// table now (as after a reconnect) instead of reloading a file.
+async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        database.reconcile_now();
+    }
+}
+
+impl Running for PgUsers {
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn logins(&self) -> Arc<dyn UserStore> {
+        Arc::new(self.clone())
+    }
+
+    fn keep_in_step(
+        &self,
+        tether: TetherHandle,
+        hangups: tokio::signal::unix::Signal,
+    ) -> KeptInStep {
+        self.listen(tether);
+        actix_rt::spawn(reconcile_on_hangup(self.clone(), hangups));
+        KeptInStep(None)
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        PgUsers::register_metrics(self, registry);
+    }
+
+    fn reachable(&self) -> Option<bool> {
+        Some(PgUsers::reachable(self))
+    }
+
+    fn figures(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    fn per_node(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn set_hash<'a>(&'a self, name: &'a str, hash: &'a str) -> Answer<'a, PasswordChange> {
+        Box::pin(async move {
+            match PgUsers::set_hash(self, name, hash).await {
+                Ok(Written::Created) => Ok(PasswordChange::Created),
+                Ok(_) => Ok(PasswordChange::Changed),
+                Err(err) => Err(StoreError::Unavailable(err)),
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> Answer<'a, bool> {
+        Box::pin(async move {
+            PgUsers::remove(self, name)
+                .await
+                .map(|written| written != Written::Missing)
+                .map_err(StoreError::Unavailable)
+        })
+    }
+
+    fn names(&self, page: Page) -> Answer<'_, Vec<String>> {
+        Box::pin(async move {
+            PgUsers::names(self, page.after, page.limit, page.search)
+                .await
+                .map_err(StoreError::Unavailable)
+        })
     }
 }
