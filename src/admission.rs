@@ -11,8 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::auth::verifiers::{random_key, MemoryVerifiers, VerifierKey, Verifiers};
 use tether_actors::hub::broker::Broker;
-use tether_actors::verifiers::{random_key, MemoryVerifiers, VerifierKey, Verifiers};
 
 /// How often a node alone saves its verifiers when they changed ("at least every minute";
 /// what a crash loses since is paid in bcrypt once per user).

@@ -1184,7 +1184,7 @@ impl Check<'_> {
                 ),
             ));
         }
-        let max_cost = tether_actors::password::MAX_STORED_COST;
+        let max_cost = tether_actors::auth::password::MAX_STORED_COST;
         if !(4..=max_cost).contains(&raw.bcrypt_cost) {
             return Err(self.error(
                 "auth.bcrypt_cost",

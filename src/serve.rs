@@ -8,8 +8,8 @@ use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::proxy_header::ProxyTrust;
 use tether_actors::rustls;
+use tether_actors::wire::proxy_header::ProxyTrust;
 use tether_actors::{
     Listeners, Settings, Tether, TlsConfigSlot, WebSocketListener, WebSocketPolicy,
 };
@@ -224,7 +224,7 @@ pub fn run(config: Config) -> Outcome {
         log::info!(
             "password checks: {} thread(s) (bcrypt, nice {})",
             config.auth.password_threads,
-            tether_actors::password::CHECKER_NICENESS
+            tether_actors::auth::password::CHECKER_NICENESS
         );
         let _users_kept = users.keep_in_step(tether.handle(), hangups);
         let admin = match admin_listener {

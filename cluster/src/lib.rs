@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # fn start(listeners: tether_actors::Listeners, settings: tether_actors::Settings,
-//! #          users: std::sync::Arc<dyn tether_actors::users::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
+//! #          users: std::sync::Arc<dyn tether_actors::auth::users::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
 //!     redis: "redis://127.0.0.1:6379/0".into(),
@@ -43,10 +43,10 @@ pub use verifiers::RedisVerifiers;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tether_actors::auth::verifiers::VerifierStore;
 use tether_actors::hub::broker::{
     Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
 };
-use tether_actors::verifiers::VerifierStore;
 use tokio::sync::{mpsc, oneshot};
 use topology::{Source, Topology};
 

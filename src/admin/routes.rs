@@ -8,8 +8,8 @@ use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
-use tether_actors::bus::InvalidationCause;
-use tether_actors::credentials::{check_name, check_password};
+use tether_actors::auth::credentials::{check_name, check_password};
+use tether_actors::hub::bus::InvalidationCause;
 
 /// Mounts every route, and JSON answers for unknown routes and methods.
 pub fn configure(config: &mut web::ServiceConfig) {

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, IsTerminal};
 
-use tether_actors::credentials::{check_name, check_password};
+use tether_actors::auth::credentials::{check_name, check_password};
 
 use crate::config::Config;
 use crate::users::failure::Failure;

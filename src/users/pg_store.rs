@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tether_actors::bus::InvalidationCause;
-use tether_actors::password::MAX_STORED_COST;
-use tether_actors::users::{PasswordHash, StandIns, UserStore};
+use tether_actors::auth::password::MAX_STORED_COST;
+use tether_actors::auth::users::{PasswordHash, StandIns, UserStore};
+use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
@@ -783,7 +783,7 @@ async fn report_bad_rows(inner: Arc<Inner>) {
             let names: Vec<String> = rows
                 .iter()
                 .filter_map(|row| row.try_get::<_, String>(0).ok())
-                .map(|name| tether_actors::excerpt::Excerpt(name.as_bytes()).to_string())
+                .map(|name| tether_actors::util::excerpt::Excerpt(name.as_bytes()).to_string())
                 .collect();
             log::warn!(
                 "users table {table}: rows no login can use (an invalid name, or a \

@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tether_actors::bus::InvalidationCause;
-use tether_actors::users::{UserSet, UserTable};
+use tether_actors::auth::users::{UserSet, UserTable};
+use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 
 use crate::users::edit::Edited;

@@ -598,7 +598,7 @@ fn a_nodes_default_name_is_the_host_name_and_the_listen_port() {
 
 #[test]
 fn the_embedded_handle_says_duplicate_alone_and_in_a_cluster() {
-    use tether_actors::bus::Publish;
+    use tether_actors::hub::bus::Publish;
     // Alone.
     let server = crate::common::in_process::InProcessServer::start(
         crate::common::in_process::test_settings(),
@@ -624,7 +624,7 @@ fn the_embedded_handle_says_duplicate_alone_and_in_a_cluster() {
             .handle()
             .publish_event(Publish::new(RELAYED_ALICE.0, "x").with_id("")),
     );
-    assert_eq!(bad, Err(tether_actors::bus::PublishError::InvalidId));
+    assert_eq!(bad, Err(tether_actors::hub::bus::PublishError::InvalidId));
 
     // In a cluster.
     let Some(redis) = crate::common::redis::Redis::start() else {
