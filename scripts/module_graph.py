@@ -18,12 +18,12 @@ VERBOSE = "-v" in sys.argv[1:]
 # Layers, bottom up, by top-level module; a folder listed in ORDER is also ordered inside.
 LAYERS = {
     "wire": ["frame", "reply", "verb"],
-    "actors": ["util", "wire", "auth", "hub", "connection", "server"],
+    "actors": ["util", "protocol", "auth", "hub", "connection", "server"],
     "cluster": ["answer", "names", "metrics", "history", "throttle", "verifiers", "sentinel",
                 "topology", "worker", "sharded"],
-    "client": ["message", "error", "wire", "incoming", "connection"],
+    "client": ["message", "error", "framing", "incoming", "connection"],
     ".": ["toml_error", "limits", "pem", "tls_client", "stdout", "config", "broker", "users",
-          "admission", "tls", "admin", "client", "check_config", "serve"],
+          "admission", "tls", "admin", "cli", "check_config", "serve"],
 }
 ORDER = {
     ("actors", "hub"): ["messages", "recent_ids", "broker", "presence", "registry", "shards", "bus",

@@ -7,7 +7,7 @@ pub mod admin;
 pub mod admission;
 pub mod broker;
 pub mod check_config;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod limits;
 pub mod pem;

@@ -72,7 +72,7 @@ enum Command {
     #[command(subcommand)]
     Db(DbCommand),
     /// Connect to a server as a client: a prompt for people, flags for scripts
-    Client(tether::client::ClientArgs),
+    Client(tether::cli::ClientArgs),
     /// Check the configuration and the users file, and print the settings in force (the
     /// admin token masked); exit code 0 when both are valid, 2 otherwise
     CheckConfig,
@@ -153,7 +153,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => with_config(config, tether::check_config::check_config),
         Some(Command::Keygen { path, force }) => outcome(tether::admission::keygen(&path, force)),
         Some(Command::Client(args)) => match load_config(config) {
-            Ok(config) => ExitCode::from(tether::client::run(args, &config)),
+            Ok(config) => ExitCode::from(tether::cli::run(args, &config)),
             Err(exit) => exit,
         },
         None => match load_config(config) {

@@ -8,8 +8,8 @@ use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::protocol::proxy_header::ProxyTrust;
 use tether_actors::rustls;
-use tether_actors::wire::proxy_header::ProxyTrust;
 use tether_actors::{
     Listeners, Settings, Tether, TlsConfigSlot, WebSocketListener, WebSocketPolicy,
 };

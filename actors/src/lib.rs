@@ -9,15 +9,15 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::disallowed_methods)]
 
-// Layers, bottom up: util → wire → auth → hub → connection → server. A module imports only
+// Layers, bottom up: util → protocol → auth → hub → connection → server. A module imports only
 // from layers below it (inside `hub`, from the modules before it in `hub`'s own order);
 // `scripts/module_graph.py` checks it (in CI). See ARCHITECTURE.md.
 pub mod auth;
 pub mod connection;
 pub mod hub;
+pub mod protocol;
 pub mod server;
 pub mod util;
-pub mod wire;
 
 // The front door: what a host program needs to start and drive a server. Everything
 // else is reached through its layer (`tether_actors::hub::bus`, `…::auth::users`).
