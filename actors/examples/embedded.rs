@@ -12,7 +12,7 @@
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::auth::users::{PasswordHash, UserSet, UserTable};
+use tether_actors::auth::user_store::{PasswordHash, UserSet, UserTable};
 use tether_actors::hub::bus::{Invalidate, InvalidationCause};
 use tether_actors::{Settings, Tether, TetherHandle};
 

@@ -2,7 +2,7 @@
 //! that embed it.
 //!
 //! Start a [`Tether`] inside a running actix System with a listener, [`Settings`] and a
-//! [`auth::users::UserStore`]; publish events and invalidate users through its
+//! [`auth::user_store::UserStore`]; publish events and invalidate users through its
 //! [`TetherHandle`] or by sending [`hub::bus::Publish`], [`hub::bus::PublishBatch`] and
 //! [`hub::bus::Invalidate`] to the bus.
 
@@ -20,7 +20,7 @@ pub mod server;
 pub mod util;
 
 // The front door: what a host program needs to start and drive a server. Everything
-// else is reached through its layer (`tether_actors::hub::bus`, `…::auth::users`).
+// else is reached through its layer (`tether_actors::hub::bus`, `…::auth::user_store`).
 pub use connection::ws_handshake::WebSocketPolicy;
 pub use server::{
     Listeners, Settings, StartError, Tether, TetherHandle, TlsConfigSlot, WebSocketListener,

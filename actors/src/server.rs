@@ -4,7 +4,7 @@
 
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
-use crate::auth::users::UserStore;
+use crate::auth::user_store::UserStore;
 use crate::connection::tls_handshake::{
     tls_handshake, HandshakeThreads, PendingHandshake, TLS_HANDSHAKE_TIMEOUT,
 };

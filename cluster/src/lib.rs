@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # fn start(listeners: tether_actors::Listeners, settings: tether_actors::Settings,
-//! #          users: std::sync::Arc<dyn tether_actors::auth::users::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
+//! #          users: std::sync::Arc<dyn tether_actors::auth::user_store::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
 //!     redis: "redis://127.0.0.1:6379/0".into(),

@@ -7,7 +7,7 @@ use std::fs::{File, Metadata};
 use std::path::Path;
 
 use tether_actors::auth::credentials::check_name;
-use tether_actors::auth::users::UserSet;
+use tether_actors::auth::user_store::UserSet;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use super::atomic_write::{lock, symlink_target, write_atomically};

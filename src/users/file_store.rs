@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use tether_actors::auth::users::{UserStore, UserTable};
+use tether_actors::auth::user_store::{UserStore, UserTable};
 use tether_actors::TetherHandle;
 use tokio::signal::unix::Signal;
 

@@ -3,7 +3,7 @@
 //! **The seam.** [`open`] is the one place that chooses the store from the configuration
 //! and answers it as a [`Store`]: the commands use it as it is (`tether passwd`, `tether
 //! deluser`, `tether check-config`), and the server starts it into a [`Running`] store,
-//! which answers the logins (`tether_actors::auth::users::UserStore`), keeps them in step
+//! which answers the logins (`tether_actors::auth::user_store::UserStore`), keeps them in step
 //! (SIGHUP, a watcher, notifications), writes and lists users for the admin API, and says
 //! what `/metrics`, `/healthz` and `GET /v1/node` show of it. Outside this folder, only
 //! the configuration (its keys) and `tether db` (the PostgreSQL store's own commands)

@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tether_actors::auth::password::MAX_STORED_COST;
-use tether_actors::auth::users::{PasswordHash, StandIns, UserStore};
+use tether_actors::auth::user_store::{PasswordHash, StandIns, UserStore};
 use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 use tokio::sync::Notify;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tether_actors::auth::credentials::check_name;
 use tether_actors::auth::password::MAX_STORED_COST;
-use tether_actors::auth::users::{PasswordHash, UserSet};
+use tether_actors::auth::user_store::{PasswordHash, UserSet};
 use toml::Spanned;
 
 use crate::toml_error::{line_and_column, Located};

@@ -3,14 +3,14 @@
 //! the server's [`Running`] store; and [`Running`], what the server and its admin API
 //! (`/healthz`, `/metrics`, `GET /v1/node`, the `/v1/users` routes) use while it runs.
 //!
-//! Logins read through `tether_actors::auth::users::UserStore`, which [`Running::logins`] answers.
+//! Logins read through `tether_actors::auth::user_store::UserStore`, which [`Running::logins`] answers.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
-use tether_actors::auth::users::UserStore;
+use tether_actors::auth::user_store::UserStore;
 use tether_actors::TetherHandle;
 use tokio::signal::unix::Signal;
 

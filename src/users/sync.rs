@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tether_actors::auth::users::{UserSet, UserTable};
+use tether_actors::auth::user_store::{UserSet, UserTable};
 use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 

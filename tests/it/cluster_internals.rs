@@ -263,7 +263,7 @@ pub(crate) fn embedded_node(
     tokio::sync::oneshot::Sender<()>,
 ) {
     use crate::common::in_process::{test_settings, user_set};
-    use tether_actors::auth::users::UserTable;
+    use tether_actors::auth::user_store::UserTable;
     let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
         redis: redis.url(),
         node: node.to_owned(),

@@ -6,5 +6,5 @@
 pub mod credentials;
 pub mod password;
 pub mod throttle;
-pub mod users;
+pub mod user_store;
 pub mod verifiers;

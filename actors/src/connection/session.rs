@@ -6,7 +6,7 @@
 use crate::auth::credentials::{check_name_bytes, check_password};
 use crate::auth::password::{Checked, HashLookup, Verdict};
 use crate::auth::throttle::{Admission, Reservation, Turn};
-use crate::auth::users::PasswordHash;
+use crate::auth::user_store::PasswordHash;
 use crate::connection::shared::ConnectionShared;
 use crate::hub::messages::{BindingId, Push, ShardEvent};
 use crate::protocol::command::{parse_command, Command, CommandError, Reply};
@@ -528,7 +528,7 @@ mod tests {
     use super::*;
     use crate::auth::password::{stand_in_hash, PasswordChecker};
     use crate::auth::throttle::LoginThrottle;
-    use crate::auth::users::{UserSet, UserTable};
+    use crate::auth::user_store::{UserSet, UserTable};
     use crate::hub::messages::EventInFlight;
     use crate::hub::presence::Presence;
     use crate::hub::roster::Roster;

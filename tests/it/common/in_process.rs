@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tether_actors::auth::users::{PasswordHash, UserSet, UserTable};
+use tether_actors::auth::user_store::{PasswordHash, UserSet, UserTable};
 use tether_actors::hub::supervisor::FaultTarget;
 use tether_actors::{Settings, Tether, TetherHandle};
 
