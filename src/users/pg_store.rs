@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tether_actors::auth::password::MAX_STORED_COST;
-use tether_actors::auth::user_store::{PasswordHash, StandIns, UserStore};
+use tether_actors::auth::user_store::{PasswordHash, StandIns, StoreUnreachable, UserStore};
 use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 use tokio::sync::Notify;
@@ -487,11 +487,11 @@ impl UserStore for PgUsers {
         stand_ins.pick(self.inner.name_key.hash_one(name))
     }
 
-    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
+    fn lookup_for_login(&self, name: &str) -> Result<Option<PasswordHash>, StoreUnreachable> {
         let inner = &self.inner;
         let client = lock(&inner.client).clone();
         let Some(client) = client else {
-            return inner.recently_known(name);
+            return inner.recently_known(name).map(Some).ok_or(StoreUnreachable);
         };
         for _ in 0..LOOKUP_ATTEMPTS {
             lock(&inner.in_flight)
@@ -515,7 +515,7 @@ impl UserStore for PgUsers {
                 Err(why) => {
                     drop(in_flight);
                     inner.connection_failed(&client, &why);
-                    return inner.recently_known(name);
+                    return inner.recently_known(name).map(Some).ok_or(StoreUnreachable);
                 }
             };
             let mut known = lock(&inner.known);
@@ -540,12 +540,12 @@ impl UserStore for PgUsers {
             if old.is_some_and(|old| Some(&old.hash) != found.as_ref()) {
                 inner.replaced(name);
             }
-            return found;
+            return Ok(found);
         }
         // Changed at every look: the hash found is not remembered, so the event loop's
         // confirmation refuses the login.
         log::info!("user {name:?} kept changing while looked up; login refused");
-        None
+        Ok(None)
     }
 }
 

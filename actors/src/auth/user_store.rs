@@ -15,6 +15,12 @@ use std::sync::{Arc, RwLock};
 
 pub use crate::auth::password::PasswordHash;
 
+/// A login's lookup found no answer: the store (a database) did not answer in time. The
+/// login is refused, and not counted by the throttle as a failed password: the password
+/// was never checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnreachable;
+
 /// The source of password hashes consulted at every login.
 ///
 /// A login's hash is found by [`UserStore::lookup_for_login`], on a password-check thread
@@ -27,11 +33,13 @@ pub trait UserStore: Send + Sync + 'static {
     /// its lookups found, until a change replaces them.
     fn password_hash(&self, name: &str) -> Option<PasswordHash>;
 
-    /// The stored hash of `name` for a login, looked up on a password-check thread (never
-    /// an event loop), so it may wait for a database; it should answer within seconds.
-    /// By default, [`UserStore::password_hash`].
-    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
-        self.password_hash(name)
+    /// The stored hash of `name` for a login (`None`: no such user), looked up on a
+    /// password-check thread (never an event loop), so it may wait for a database; it
+    /// should answer within seconds. [`StoreUnreachable`] when the store could not say:
+    /// the login is refused without counting as a wrong password. By default,
+    /// [`UserStore::password_hash`].
+    fn lookup_for_login(&self, name: &str) -> Result<Option<PasswordHash>, StoreUnreachable> {
+        Ok(self.password_hash(name))
     }
 
     /// The hash to check a login for `name` against when it has no user (or the login is

@@ -439,6 +439,19 @@ impl Session {
         else {
             return;
         };
+        if checked.store_unreachable {
+            // The password was never checked: refused, not counted as a failure here or
+            // in the cluster (the reservation is released as it is dropped).
+            drop(reservation);
+            self.shared.metrics.login(LoginResult::Unchecked);
+            log::warn!(
+                "{}: login as {} refused unchecked: the user store did not answer",
+                self.peer,
+                Excerpt(&login.name)
+            );
+            fx.reply(Reply::LoginInvalid);
+            return;
+        }
         match (checked.matches, user, checked.found) {
             (true, Some(user), Some(hash)) => {
                 self.login_succeeded(user, &hash, reservation, fx);
