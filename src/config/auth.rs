@@ -47,6 +47,10 @@ pub struct AuthConfig {
     pub verifier_file: PathBuf,
     /// How long an unused verifier is kept; at least a second.
     pub verifier_ttl: Duration,
+    /// How often a node alone saves its verifiers to `verifier_file` when they changed
+    /// (SPEC §5: at least every minute); from 1 s to 1 min. What a crash loses since the
+    /// last save is paid in bcrypt once per user.
+    pub verifier_save_interval: Duration,
 }
 
 /// `[auth]` as written; every key optional. `users_file` has no default here so that
@@ -65,6 +69,7 @@ pub(super) struct RawAuth {
     verifier_key_file: String,
     verifier_file: String,
     verifier_ttl: String,
+    verifier_save_interval: String,
 }
 
 impl Default for RawAuth {
@@ -81,9 +86,15 @@ impl Default for RawAuth {
             verifier_key_file: String::new(),
             verifier_file: "verifiers".to_string(),
             verifier_ttl: "7d".to_string(),
+            verifier_save_interval: "10s".to_string(),
         }
     }
 }
+
+/// The accepted `auth.verifier_save_interval`s: a save rewrites the whole file, and SPEC §5
+/// saves at least every minute.
+const VERIFIER_SAVE_INTERVALS: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(60);
 
 /// Largest accepted `auth.password_threads`.
 const MAX_PASSWORD_THREADS: u64 = 1024;
@@ -200,6 +211,17 @@ impl Check<'_> {
                 format!("must be at least 1s, found {:?}", raw.verifier_ttl),
             ));
         }
+        let verifier_save_interval =
+            self.duration("auth.verifier_save_interval", &raw.verifier_save_interval)?;
+        if !VERIFIER_SAVE_INTERVALS.contains(&verifier_save_interval) {
+            return Err(self.error(
+                "auth.verifier_save_interval",
+                format!(
+                    "must be from 1s to 1m, found {:?}",
+                    raw.verifier_save_interval
+                ),
+            ));
+        }
         if raw.verifier_file.is_empty() {
             return Err(self.error(
                 "auth.verifier_file",
@@ -221,6 +243,7 @@ impl Check<'_> {
             verifier_key_file: self.optional_path(&raw.verifier_key_file),
             verifier_file: folder.join(raw.verifier_file),
             verifier_ttl,
+            verifier_save_interval,
         })
     }
 }
@@ -255,6 +278,10 @@ pub(super) fn effective(auth: &AuthConfig) -> Table {
         format::path(Some(auth.verifier_file.as_path())),
     );
     table.insert("verifier_ttl", value(format_duration(auth.verifier_ttl)));
+    table.insert(
+        "verifier_save_interval",
+        value(format_duration(auth.verifier_save_interval)),
+    );
     table
 }
 
@@ -328,6 +355,45 @@ mod tests {
             "[auth]\nverifier_file = \"\"",
             "auth.verifier_file",
             "must name",
+        );
+    }
+
+    #[test]
+    fn the_verifier_save_interval_defaults_to_10s_and_lies_from_1s_to_1m() {
+        let interval = |text: &str| config(text).unwrap().auth.verifier_save_interval;
+        assert_eq!(interval(""), Duration::from_secs(10));
+        for (text, expected) in [("1s", 1), ("1m", 60), ("1m0s", 60), ("15s", 15)] {
+            let text = format!("[auth]\nverifier_save_interval = \"{text}\"");
+            assert_eq!(interval(&text), Duration::from_secs(expected), "{text}");
+            let shown = config(&text).unwrap().effective_toml();
+            assert_eq!(
+                config(&shown)
+                    .unwrap()
+                    .auth
+                    .verifier_save_interval
+                    .as_secs(),
+                expected
+            );
+        }
+        for (text, words) in [
+            ("0s", "from 1s to 1m"),
+            ("999ms", "from 1s to 1m"),
+            ("1m1s", "from 1s to 1m"),
+            ("1h", "from 1s to 1m"),
+            ("10", "missing unit"),
+            ("", "empty"),
+            ("-5s", "expected a number"),
+        ] {
+            assert_refused(
+                &format!("[auth]\nverifier_save_interval = \"{text}\""),
+                "auth.verifier_save_interval",
+                words,
+            );
+        }
+        assert_refused(
+            "[auth]\nverifier_save_interval = 10",
+            "auth.verifier_save_interval",
+            "invalid type",
         );
     }
 
