@@ -28,6 +28,11 @@ LAYERS = {
 ORDER = {
     ("actors", "hub"): ["messages", "recent_ids", "broker", "presence", "registry", "shards", "bus",
                         "state", "roster", "supervisor"],
+    # The shared pieces, then one file per table of server.toml (a table before the one that
+    # holds it), then the check across tables, the loading and the printer's frame.
+    (".", "config"): ["error", "duration", "format", "check", "server_tls", "websocket", "server",
+                      "auth", "events", "admin_tls", "admin", "logging", "cluster", "listeners",
+                      "load", "effective"],
 }
 # Crates that must stay small at the bottom: the wire format and the client.
 FORBIDDEN = {

@@ -15,7 +15,6 @@
 //! started) is dropped unrun; a client that only shut its sending side keeps its login,
 //! and the bound on what one address takes is the round-robin, not a guess at departures.
 
-use crate::auth::user_store::StoreUnreachable;
 use crate::auth::verifiers::Verifiers;
 use crate::util::metrics::Metrics;
 use crate::util::priority;
@@ -40,6 +39,12 @@ const BCRYPT_READS_BYTES: usize = 72;
 /// at 16 takes about 4 s of a core; each step up doubles it, and a single hash at 31 would
 /// hold a bcrypt thread for days.
 pub const MAX_STORED_COST: u32 = 16;
+
+/// A login's lookup found no answer: the store (a database) did not answer in time. The
+/// login is refused, and not counted by the throttle as a failed password: the password
+/// was never checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnreachable;
 
 /// Finds a user's hash on a checker thread, where it may block (a database query does).
 pub type HashLookup = Box<dyn FnOnce() -> Result<Option<PasswordHash>, StoreUnreachable> + Send>;

@@ -13,13 +13,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
-pub use crate::auth::password::PasswordHash;
-
-/// A login's lookup found no answer: the store (a database) did not answer in time. The
-/// login is refused, and not counted by the throttle as a failed password: the password
-/// was never checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreUnreachable;
+pub use crate::auth::password::{PasswordHash, StoreUnreachable};
 
 /// The source of password hashes consulted at every login.
 ///
