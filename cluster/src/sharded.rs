@@ -892,11 +892,28 @@ impl Worker {
                         },
                     ));
                 }
-                Request::LoginSucceeded { client, name } => {
-                    self.throttled.forget(client, &name);
+                Request::LoginSucceeded {
+                    client,
+                    name,
+                    limit,
+                    admitted,
+                } => {
                     let mut pipe = redis::pipe();
-                    pipe.del(self.names.throttle_key(client, &name)).ignore();
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(1)
+                        .arg(self.names.throttle_key(client, &name))
+                        .arg("s")
+                        .arg(limit);
                     pipes.push(pipe);
+                    answers.push((
+                        pipes.len() - 1,
+                        Pending::Success {
+                            client,
+                            name,
+                            admitted,
+                        },
+                    ));
                 }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
@@ -979,6 +996,13 @@ impl Worker {
                         told.push(throttle_payload(&self.names.node, client, &name, remaining));
                     }
                     counted.push(done);
+                }
+                Pending::Success {
+                    client,
+                    name,
+                    admitted,
+                } => {
+                    let _ = admitted.send(self.throttled.admits(client, &name, count_of(&reply)));
                 }
                 pending => {
                     if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
