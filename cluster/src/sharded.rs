@@ -154,7 +154,11 @@ pub(crate) struct Worker {
     upstream: Arc<Mutex<Option<String>>>,
     metrics: ClusterMetrics,
     inbox: Option<Arc<dyn Inbox>>,
-    /// Pushes from every node: messages, (un)subscriptions, disconnections.
+    /// Pushes from every node: messages, (un)subscriptions, disconnections. A new channel
+    /// for each connection attempt: a connection of a link given up on can outlive it (its
+    /// driver waits for the answer to a request in flight, from a master that hangs), and
+    /// what that master sends once it runs again — an event published into it before it
+    /// hung — must not be delivered late, out of order.
     pushes: mpsc::UnboundedReceiver<PushInfo>,
     push_sender: mpsc::UnboundedSender<PushInfo>,
     /// This node's connections per user (only users with some).
@@ -180,7 +184,11 @@ pub(crate) struct Worker {
     throttle_moved: bool,
     /// The other live nodes' fields, as the last heartbeat saw them.
     others: Vec<String>,
+    /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
+    /// Redis's time (ms) at the heartbeat before that one: what a restore reconciles from
+    /// (see `serve`).
+    seen_before: Option<i64>,
     clock_offset: i64,
     marks: Vec<(i64, BindingId)>,
     was_connected: bool,
@@ -228,6 +236,7 @@ impl Worker {
             throttle_moved: false,
             others: Vec::new(),
             last_seen: None,
+            seen_before: None,
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
@@ -403,6 +412,7 @@ impl Worker {
 
     /// Tries to connect while answering requests as unreachable; `None` when the node stops.
     async fn connect_while_serving(&mut self) -> Option<Result<Link, String>> {
+        (self.push_sender, self.pushes) = mpsc::unbounded_channel();
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
             connect(
@@ -428,14 +438,15 @@ impl Worker {
 
     /// Serves a fresh link until it is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
-        let last_seen = self.last_seen;
+        // Reconciled from the heartbeat before the last, as `worker.rs`'s `serve` says why.
+        let (last_seen, seen_before) = (self.last_seen, self.seen_before);
         // The name first: nothing is written under a name another live node holds.
         if let Err(ended) = self.beat(&mut link).await {
-            self.last_seen = last_seen;
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return ended;
         }
-        if let Err(err) = self.restore(&mut link, last_seen).await {
-            self.last_seen = last_seen;
+        if let Err(err) = self.restore(&mut link, seen_before.or(last_seen)).await {
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return Ended::Lost(err);
         }
         self.tell_joined(Joined::Connected);
@@ -780,6 +791,7 @@ impl Worker {
         .await?;
 
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
+        self.seen_before = self.last_seen;
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
         Ok(known == 1)
@@ -1193,6 +1205,50 @@ fn pipe_of(
     })
 }
 
+/// How long a seed may take to answer `PING` before a connection attempt leaves it out.
+const SEED_PROBE: Duration = Duration::from_secs(1);
+
+/// The seeds that answer `PING` within [`SEED_PROBE`], all asked at once; every seed when
+/// none does (the attempt then fails with the crate's own reason). The crate connects to
+/// all its seeds before it asks one for the slots, so a seed that accepts connections and
+/// answers nothing — a master paused or hung, whose replica has taken over — would hold
+/// every attempt until it times out, and the node would stay unreachable for as long as
+/// that server hangs.
+async fn answering_seeds(seeds: Vec<String>, ca: Option<&[u8]>) -> Vec<String> {
+    let probes = seeds.iter().map(|seed| async move {
+        let client = crate::client(seed, ca).ok()?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(SEED_PROBE))
+            .set_response_timeout(Some(SEED_PROBE));
+        let probe = async {
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(SEED_PROBE * 2, probe)
+            .await
+            .ok()
+            .flatten()
+    });
+    let answered = join_all(probes).await;
+    let alive: Vec<String> = seeds
+        .iter()
+        .zip(answered)
+        .filter(|(_, answered)| answered.is_some())
+        .map(|(seed, _)| seed.clone())
+        .collect();
+    if alive.is_empty() {
+        seeds
+    } else {
+        alive
+    }
+}
+
 /// Connects to the cluster, checks every slot is served, loads the scripts on every master
 /// and opens each master's subscription connection.
 async fn connect(
@@ -1201,6 +1257,7 @@ async fn connect(
     pushes: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<Link, String> {
     let template = seeds.first().cloned().unwrap_or_default();
+    let seeds = answering_seeds(seeds, ca.as_deref()).await;
     let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(ANSWER_TIMEOUT)

@@ -367,6 +367,9 @@ pub(crate) struct Worker {
     history: BindingHistory,
     /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
+    /// Redis's time (ms) at the heartbeat before that one: what a restore reconciles from
+    /// (see `serve`).
+    seen_before: Option<i64>,
     /// Redis's clock minus this machine's, in ms, at the last heartbeat.
     clock_offset: i64,
     /// While unreachable: (this machine's time in ms, the next binding id) now and then.
@@ -419,6 +422,7 @@ impl Worker {
             later: VecDeque::new(),
             history: BindingHistory::default(),
             last_seen: None,
+            seen_before: None,
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
@@ -654,10 +658,15 @@ impl Worker {
     /// link is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
         // Redis's time when this node last heard from it: kept until a restore completes,
-        // so that one cut short does not skip the invalidations missed.
-        let last_seen = self.last_seen;
-        if let Err(ended) = self.restore(&mut link, last_seen).await {
-            self.last_seen = last_seen;
+        // so that one cut short does not skip the invalidations missed. Reconciled from the
+        // heartbeat before the last: the last may have been answered after the
+        // subscription was cut (a node resumed after a pause runs its overdue heartbeat
+        // before it reads that Redis closed its subscription, as one cut off as a slow
+        // subscriber while paused does); applying again an invalidation already received
+        // changes nothing (it spares the logins made after it).
+        let (last_seen, seen_before) = (self.last_seen, self.seen_before);
+        if let Err(ended) = self.restore(&mut link, seen_before.or(last_seen)).await {
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return ended;
         }
         self.tell_joined(Joined::Connected);
@@ -895,6 +904,7 @@ impl Worker {
         if verdict == 2 {
             return Ok(Beat::Taken(owner));
         }
+        self.seen_before = self.last_seen;
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
         Ok(if verdict == 1 {

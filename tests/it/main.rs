@@ -11,6 +11,7 @@ mod common;
 mod admin;
 mod admission;
 mod brokers_cluster;
+mod brokers_faults;
 mod brokers_sentinel;
 mod client_cli;
 mod client_library;

@@ -165,6 +165,10 @@ impl RedisCluster {
                 "{dir}/nodes.conf".into(),
                 "--cluster-node-timeout".into(),
                 "1000".into(),
+                // A replica syncs at once, not 5 s later: one not yet synced refuses to
+                // take over ("disconnected from master for longer than allowed").
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
             ])?);
         }
         let addresses: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
@@ -191,6 +195,13 @@ impl RedisCluster {
             }) && cluster.masters().len() == 3
         });
         assert!(ok, "the Redis Cluster did not become ok");
+        let synced = wait_until(SETUP_TIMEOUT, || {
+            cluster.servers.iter().all(|server| {
+                let info = server.cli(&["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "the replicas did not sync with their masters");
         Some(cluster)
     }
 
