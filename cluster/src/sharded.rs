@@ -154,11 +154,7 @@ pub(crate) struct Worker {
     upstream: Arc<Mutex<Option<String>>>,
     metrics: ClusterMetrics,
     inbox: Option<Arc<dyn Inbox>>,
-    /// Pushes from every node: messages, (un)subscriptions, disconnections. A new channel
-    /// for each connection attempt: a connection of a link given up on can outlive it (its
-    /// driver waits for the answer to a request in flight, from a master that hangs), and
-    /// what that master sends once it runs again — an event published into it before it
-    /// hung — must not be delivered late, out of order.
+    /// Pushes from every node: messages, (un)subscriptions, disconnections.
     pushes: mpsc::UnboundedReceiver<PushInfo>,
     push_sender: mpsc::UnboundedSender<PushInfo>,
     /// This node's connections per user (only users with some).
@@ -412,7 +408,6 @@ impl Worker {
 
     /// Tries to connect while answering requests as unreachable; `None` when the node stops.
     async fn connect_while_serving(&mut self) -> Option<Result<Link, String>> {
-        (self.push_sender, self.pushes) = mpsc::unbounded_channel();
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
             connect(
