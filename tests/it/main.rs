@@ -13,6 +13,7 @@ mod admission;
 mod brokers_cluster;
 mod brokers_faults;
 mod brokers_sentinel;
+mod brokers_tls;
 mod client_cli;
 mod client_library;
 mod cluster;
