@@ -9,7 +9,7 @@
 //! Cluster gossips over TLS (`tls-cluster yes`) and names each master's TLS port to a
 //! client that asks over TLS.
 
-use crate::common::brokers::MASTER_NAME;
+use crate::common::brokers::{create_cluster, MASTER_NAME};
 use crate::common::cluster::{expect_event, Node};
 use crate::common::redis::Redis;
 use crate::common::tls::{ca_and_server_pair, make_ca};
@@ -17,7 +17,6 @@ use crate::common::{
     admin_addr, admin_call, cheap_hash, free_port, wait_until, TestConfig, TestServer,
 };
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const ALICE: (&str, &str) = ("alice", "alice-pw");
@@ -96,21 +95,9 @@ fn wrong_ca_refused(url: &str, dir: &Path, redis: &Redis) {
     let server = TestServer::start_with_hashes(&config, &[(ALICE.0, hash.as_str())]);
     server.wait_for_log("unreachable (", Duration::from_secs(15));
     server.wait_for_log("(admin API)", Duration::from_secs(15));
-    redis.cli(&["CONFIG", "SET", "loglevel", "verbose"]);
-    let refused = || {
-        redis
-            .log()
-            .matches("Error accepting a client connection")
-            .count()
-    };
-    let first = refused();
-    let retried = wait_until(Duration::from_secs(30), || refused() >= first + 3);
-    assert!(
-        retried,
-        "the node tried {} more time(s) in 30 s; Redis's log:\n{}",
-        refused() - first,
-        redis.log()
-    );
+    // One line for the change of state, not one per attempt: counted once the node has
+    // tried again a few times.
+    redis.wait_refused_tls_handshakes(3);
     let log = server.stderr_text();
     let lines: Vec<&str> = log
         .lines()
@@ -230,28 +217,7 @@ fn redis_cluster_over_tls_delivers_across_and_a_wrong_ca_is_refused() {
         tls_ports.push(tls_port);
     }
     // Made one cluster through the plain ports; the bus speaks TLS.
-    let addresses: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
-    let output = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addresses)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run redis-cli --cluster create");
-    assert!(
-        output.status.success(),
-        "redis-cli --cluster create failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ok = wait_until(SETUP, || {
-        servers.iter().all(|server| {
-            server
-                .cli(&["CLUSTER", "INFO"])
-                .contains("cluster_state:ok")
-        })
-    });
-    assert!(ok, "the Redis Cluster did not become ok");
+    create_cluster(&servers, 0);
     let hosts: Vec<String> = tls_ports
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))
