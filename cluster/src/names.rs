@@ -97,6 +97,13 @@ impl Names {
         format!("{}:owner:{}", self.prefix, self.node)
     }
 
+    /// [`Names::owner_key`] over a Redis Cluster: on the slot of [`Names::nodes_key`] (its
+    /// name as a hash tag), so that one script claims the name and renews the node:
+    /// `{{prefix}:nodes}:owner:{node}`.
+    pub(crate) fn nodes_owner_key(&self) -> String {
+        format!("{{{}}}:owner:{}", self.nodes_key(), self.node)
+    }
+
     /// This node's connection counts, a hash of user name → count: `{prefix}:node:{node}`.
     pub(crate) fn own_node_key(&self) -> String {
         format!("{}{}", self.node_key_prefix(), self.node)

@@ -46,7 +46,7 @@ use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
     log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
     Request, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
-    MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
+    LATE_HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
@@ -92,35 +92,41 @@ return total
 "
 );
 
-/// The heartbeat: `KEYS[1]` = the set of live nodes; `ARGV[1]` = this node's field.
-/// Renews it, forgets nodes silent for a minute, answers Redis's time (ms), the nodes
-/// heard from within 10 s, and 1 if this node was in the set (0: new, or forgotten).
+/// The heartbeat, which also claims the node's name: `KEYS[1]` = the set of live nodes,
+/// `KEYS[2]` = the node's owner key (on the same slot: `Names::nodes_owner_key`); `ARGV` =
+/// mode, this run's field, this run's token, a stale token it may replace, the claim's TTL
+/// (ms). Mode `h`: unless another token holds the name (then answers `{now, {}, 2,
+/// holder}` and writes nothing), claims it, renews this node, forgets nodes silent for a
+/// minute, and answers Redis's time (ms), the nodes heard from within 10 s, 0 if this node
+/// was in the set (1: new, or forgotten) and `''`. Mode `w`: this run leaves the set and
+/// gives the name up if it holds it.
 const HEARTBEAT_SCRIPT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
+local owner = redis.call('GET', KEYS[2])
+if ARGV[1] == 'w' then
+  if owner == ARGV[3] then redis.call('DEL', KEYS[2]) end
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, {}, 2, owner} end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')
-if known then return {now, live, 1} end
-return {now, live, 0}
+if known then return {now, live, 0, ''} end
+return {now, live, 1, ''}
 ";
 
-/// The claim on this node's name, on the owner key's own slot: `KEYS[1]` = the owner key;
-/// `ARGV` = mode, this run's token, a stale token it may replace, the claim's TTL (ms).
-/// Mode `h`: claims the name unless another token holds it — answers the holder's token,
-/// or `''` when this run holds it; `w`: gives the name up if this run holds it.
-const OWNER_SCRIPT: &str = r"
-local owner = redis.call('GET', KEYS[1])
-if ARGV[1] == 'w' then
-  if owner == ARGV[2] then redis.call('DEL', KEYS[1]) end
-  return ''
-end
-if owner and owner ~= ARGV[2] and owner ~= ARGV[3] then return owner end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-return ''
-";
+/// What a heartbeat found.
+enum Beat {
+    /// This run holds the name and was renewed; `known`: it was in the set of live nodes.
+    Renewed { known: bool },
+    /// Another run holds the name (its token).
+    Taken(String),
+}
 
 /// An answer awaited: its command's place in the batch, and what waits for it.
 type Answering = (usize, Pending);
@@ -195,8 +201,6 @@ struct Link {
     /// The SHA1 of [`USER_SCRIPT`] and of [`HEARTBEAT_SCRIPT`], loaded on every master.
     user_script: String,
     heartbeat_script: String,
-    /// The SHA1 of [`OWNER_SCRIPT`].
-    owner_script: String,
     /// The masters' addresses.
     masters: Vec<String>,
     /// The CA certificates (PEM) trusted for TLS, if given.
@@ -244,6 +248,8 @@ pub(crate) struct Worker {
     /// The other live nodes' fields, as the last heartbeat saw them.
     others: Vec<String>,
     last_seen: Option<i64>,
+    /// When the last heartbeat was sent.
+    last_beat: Instant,
     clock_offset: i64,
     marks: Vec<(i64, BindingId)>,
     was_connected: bool,
@@ -291,6 +297,7 @@ impl Worker {
             throttle_moved: false,
             others: Vec::new(),
             last_seen: None,
+            last_beat: Instant::now(),
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
@@ -527,7 +534,16 @@ impl Worker {
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
-                    Some(request) => self.handle_requests(&mut link, request).await,
+                    Some(request) => {
+                        // Back from a pause, or starved: first renew this node (and find out
+                        // whether it was forgotten or replaced meanwhile).
+                        if self.last_beat.elapsed() > LATE_HEARTBEAT {
+                            if let Err(ended) = self.beat(&mut link).await {
+                                return ended;
+                            }
+                        }
+                        self.handle_requests(&mut link, request).await
+                    }
                     None => return Ended::Stopping,
                 },
                 push = self.pushes.recv() => match push {
@@ -775,22 +791,26 @@ impl Worker {
     }
 
     /// A heartbeat: claims the name (one whose holder is a run of this node on this host
-    /// that is gone is taken over), then renews the node; a node found forgotten writes
-    /// all its presence again; one whose name another live node holds ends.
+    /// that is gone is taken over) and renews the node in one script run, while every
+    /// master is probed; a node found forgotten writes all its presence again; one whose
+    /// name another live node holds ends.
     async fn beat(&mut self, link: &mut Link) -> Result<(), Ended> {
-        let mut owner = self.claim(link, "").await.map_err(Ended::Lost)?;
-        if let Some(held) = owner.clone().filter(|held| is_dead_run_of_this_host(held)) {
-            log::info!(
-                "cluster: node name {:?} was held by an earlier run on this host that is \
-                 gone; taking it over",
-                self.names.node
-            );
-            owner = self.claim(link, &held).await.map_err(Ended::Lost)?;
+        let mut beat = self.heartbeat(link, "").await.map_err(Ended::Lost)?;
+        if let Beat::Taken(held) = &beat {
+            if is_dead_run_of_this_host(held) {
+                log::info!(
+                    "cluster: node name {:?} was held by an earlier run on this host that is \
+                     gone; taking it over",
+                    self.names.node
+                );
+                let stale = held.clone();
+                beat = self.heartbeat(link, &stale).await.map_err(Ended::Lost)?;
+            }
         }
-        if let Some(owner) = owner {
-            return Err(Ended::NameTaken(owner));
-        }
-        let known = self.heartbeat(link).await.map_err(Ended::Lost)?;
+        let known = match beat {
+            Beat::Taken(owner) => return Err(Ended::NameTaken(owner)),
+            Beat::Renewed { known } => known,
+        };
         if !known && self.connected.load(Ordering::Relaxed) {
             log::warn!(
                 "cluster: node {:?} had been forgotten by the others (paused or cut off for a \
@@ -804,50 +824,50 @@ impl Worker {
         Ok(())
     }
 
-    /// One run of [`OWNER_SCRIPT`] claiming the name (replacing `stale` if it holds it);
-    /// answers the token of another run that holds it.
-    async fn claim(&mut self, link: &mut Link, stale: &str) -> Result<Option<String>, String> {
-        let owner: String = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.owner_script)
-                .arg(1)
-                .arg(self.names.owner_key())
-                .arg("h")
-                .arg(&self.token)
-                .arg(stale)
-                .arg(OWNER_TTL.as_millis().to_string())
-                .query_async(&mut link.connection),
-        )
-        .await?;
-        Ok(Some(owner).filter(|owner| !owner.is_empty()))
+    /// The run of [`HEARTBEAT_SCRIPT`] in `mode`, replacing the claim `stale`.
+    fn heartbeat_command(&self, sha: &str, mode: char, stale: &str) -> (u16, redis::Cmd) {
+        let key = self.names.nodes_key();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(2)
+            .arg(&key)
+            .arg(self.names.nodes_owner_key())
+            .arg(mode.to_string())
+            .arg(&self.member)
+            .arg(&self.token)
+            .arg(stale)
+            .arg(OWNER_TTL.as_millis().to_string());
+        keyed(&key, cmd)
     }
 
-    /// Renews this node's liveness, reads the live nodes and probes every master; answers
-    /// whether this node was in the set of live nodes.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<bool, String> {
-        let answer: (i64, Vec<String>, i64) = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.heartbeat_script)
-                .arg(1)
-                .arg(self.names.nodes_key())
-                .arg(&self.member)
-                .query_async(&mut link.connection),
-        )
-        .await?;
-        let (now, live, known) = answer;
-        bounded(link.connection.route_command(
-            redis::cmd("PING"),
-            RoutingInfo::MultiNode((
-                MultipleNodeRoutingInfo::AllMasters,
-                Some(ResponsePolicy::AllSucceeded),
-            )),
-        ))
-        .await?;
-
+    /// One heartbeat (claiming the name, replacing `stale` if it holds it) and, at the same
+    /// time, a `PING` to every master on its command connection.
+    async fn heartbeat(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
+        self.last_beat = Instant::now();
+        let script = self.heartbeat_command(&link.heartbeat_script, 'h', stale);
+        let connections: Vec<MultiplexedConnection> = link.commands.values().cloned().collect();
+        let probes = connections.into_iter().map(|mut connection| async move {
+            bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await
+        });
+        let (sent, probed) = tokio::join!(link.run(vec![script]), join_all(probes));
+        if let Some(err) = sent.failure() {
+            return Err(err);
+        }
+        if let Some(err) = probed.into_iter().find_map(Result::err) {
+            return Err(err);
+        }
+        let reply = sent.reply(0).cloned().unwrap_or(Value::Nil);
+        let (now, live, verdict, owner): (i64, Vec<String>, i64, String) =
+            redis::from_redis_value(reply).map_err(|err| format!("heartbeat: {err}"))?;
+        if verdict == 2 {
+            return Ok(Beat::Taken(owner));
+        }
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
-        Ok(known == 1)
+        Ok(Beat::Renewed {
+            known: verdict == 0,
+        })
     }
 
     /// One `EVALSHA` of [`USER_SCRIPT`] for `user`, on the user's slot: `id` an event's
@@ -1113,7 +1133,7 @@ impl Worker {
 
     /// The node stops: its counts and entry leave Redis at once.
     async fn withdraw(&mut self, link: &mut Link) {
-        let removals = self
+        let mut removals: Batch = self
             .local
             .keys()
             .map(|user| {
@@ -1121,31 +1141,8 @@ impl Worker {
                 keyed(&key, redis::Cmd::hdel(&key, &self.member))
             })
             .collect();
-        let mut failed = link.run(removals).await.failure();
-        if let Err(err) = bounded(
-            redis::cmd("ZREM")
-                .arg(self.names.nodes_key())
-                .arg(&self.member)
-                .query_async::<()>(&mut link.connection),
-        )
-        .await
-        {
-            failed = Some(err);
-        }
-        if let Err(err) = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.owner_script)
-                .arg(1)
-                .arg(self.names.owner_key())
-                .arg("w")
-                .arg(&self.token)
-                .query_async::<()>(&mut link.connection),
-        )
-        .await
-        {
-            failed = Some(err);
-        }
-        if let Some(err) = failed {
+        removals.push(self.heartbeat_command(&link.heartbeat_script, 'w', ""));
+        if let Some(err) = link.run(removals).await.failure() {
             log::warn!("cluster: cannot withdraw this node from Redis: {err}");
         }
     }
@@ -1219,14 +1216,12 @@ async fn connect(
         slots: Vec::new(),
         user_script: String::new(),
         heartbeat_script: String::new(),
-        owner_script: String::new(),
         masters: Vec::new(),
         ca,
     };
     link.refresh_slots().await?;
     link.user_script = link.load(USER_SCRIPT).await?;
     link.heartbeat_script = link.load(HEARTBEAT_SCRIPT).await?;
-    link.owner_script = link.load(OWNER_SCRIPT).await?;
     for master in link.masters.clone() {
         link.command_connection(&master).await?;
         link.subscription_connection(&template, &pushes, &master)

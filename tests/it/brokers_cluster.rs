@@ -357,3 +357,33 @@ fn event_ids_name_claims_and_the_login_throttle_hold_over_a_redis_cluster() {
     assert_eq!(n2.server.login_reply(alice, "pw"), "login_invalid");
     assert_eq!(n2.server.login_reply(bob, "pw"), "login_valid");
 }
+
+/// A node's heartbeat claims its name and renews it in one script run (the name's claim
+/// sits on the live-node set's slot), with its probe of every master at the same time:
+/// one `EVALSHA` per heartbeat, not a claim and then a renewal (two round trips, two
+/// `EVALSHA`s). An idle node's only commands are its heartbeats: a `PING` to each master
+/// and the script.
+#[test]
+fn a_heartbeat_claims_the_name_and_renews_the_node_in_one_script_run() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let n1 = node(&cluster, "n1", &users(1));
+    for master in cluster.masters() {
+        master.cli(&["CONFIG", "RESETSTAT"]);
+    }
+    let masters = cluster.masters().len() as u64;
+    // Three heartbeats at least (one every 2 s).
+    let beats = wait_until(Duration::from_secs(15), || {
+        calls_per_master(&cluster, "ping").iter().sum::<u64>() >= 3 * masters
+    });
+    assert!(beats, "no heartbeat probed the masters");
+    let evalsha: u64 = calls_per_master(&cluster, "evalsha").iter().sum();
+    let pings: u64 = calls_per_master(&cluster, "ping").iter().sum();
+    assert!(
+        evalsha >= 1 && evalsha <= pings / masters + 1,
+        "{evalsha} EVALSHA for {} heartbeat(s) ({pings} PING)",
+        pings / masters
+    );
+    assert_eq!(n1.cluster_state().as_deref(), Some("connected"));
+}
