@@ -514,6 +514,14 @@ impl Worker {
         self.metrics.connected.set(1);
         if self.was_connected {
             self.metrics.reconnects.inc();
+        } else {
+            // This run's first connection: what its crashed predecessors left goes.
+            tokio::spawn(sweep_earlier_runs(
+                link.commands.values().cloned().collect(),
+                self.names.presence_pattern(),
+                self.names.node.clone(),
+                self.member.clone(),
+            ));
         }
         self.was_connected = true;
         self.metrics.set_masters(&link.masters);
@@ -1183,6 +1191,98 @@ impl Worker {
                 inbox.invalidate(user, issued_before);
             }
         }
+    }
+}
+
+/// Deletes, from every user's presence hash on every master, the fields of this node's
+/// earlier runs (`node#start-ms` other than `member`, this run's): a run that was killed
+/// or lost the name left them (one that stops withdraws its own), and nothing else would
+/// ever delete them. Runs once per run, beside the node's work: on each master `SCAN` of
+/// the presence hashes, then `HKEYS` and `HDEL` pipelined per 500 keys. (Fields of runs
+/// of other names are left to those nodes' next start: deleting them here could race
+/// with a node coming back from a long pause and writing them again.)
+async fn sweep_earlier_runs(
+    masters: Vec<MultiplexedConnection>,
+    pattern: String,
+    node: String,
+    member: String,
+) {
+    let earlier = |field: &String| {
+        *field != member
+            && field
+                .rsplit_once('#')
+                .is_some_and(|(name, ms)| name == node && ms.parse::<i64>().is_ok())
+    };
+    let mut removed = 0;
+    for mut connection in masters {
+        let mut cursor = 0u64;
+        loop {
+            let step = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .query_async::<(u64, Vec<String>)>(&mut connection),
+            )
+            .await;
+            let (next, keys) = match step {
+                Ok(step) => step,
+                Err(err) => {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            };
+            if keys.is_empty() {
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+                continue;
+            }
+            let mut reads = redis::pipe();
+            for key in &keys {
+                reads.hkeys(key);
+            }
+            let fields = match bounded(connection.send_packed_commands(&reads, 0, keys.len())).await
+            {
+                Ok(fields) => fields,
+                Err(err) => {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            };
+            let mut deletes = redis::pipe();
+            for (key, fields) in keys.iter().zip(fields) {
+                // An error (the key's slot moving) leaves it to the next start.
+                let Ok(fields) = redis::from_redis_value::<Vec<String>>(fields) else {
+                    continue;
+                };
+                let stale: Vec<String> = fields.into_iter().filter(earlier).collect();
+                if !stale.is_empty() {
+                    removed += stale.len();
+                    deletes.hdel(key, stale);
+                }
+            }
+            if !deletes.is_empty() {
+                if let Err(err) =
+                    bounded(connection.send_packed_commands(&deletes, 0, deletes.len())).await
+                {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "cluster: removed {removed} presence field(s) left by earlier runs of node {node:?}"
+        );
     }
 }
 

@@ -358,6 +358,24 @@ fn event_ids_name_claims_and_the_login_throttle_hold_over_a_redis_cluster() {
     assert_eq!(n2.server.login_reply(bob, "pw"), "login_valid");
 }
 
+/// `user`'s presence hash over a Redis Cluster: `tether:presence:{hex}`.
+fn presence_key(user: &str) -> String {
+    let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("tether:presence:{{{hex}}}")
+}
+
+/// The fields of `key`, a hash on whichever master owns its slot (`redis-cli -c`).
+fn hash_fields(cluster: &RedisCluster, key: &str) -> Vec<String> {
+    let mut fields: Vec<String> = cluster.masters()[0]
+        .cli(&["-c", "HKEYS", key])
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    fields.sort();
+    fields
+}
+
 /// A node's heartbeat claims its name and renews it in one script run (the name's claim
 /// sits on the live-node set's slot), with its probe of every master at the same time:
 /// one `EVALSHA` per heartbeat, not a claim and then a renewal (two round trips, two
@@ -386,4 +404,53 @@ fn a_heartbeat_claims_the_name_and_renews_the_node_in_one_script_run() {
         pings / masters
     );
     assert_eq!(n1.cluster_state().as_deref(), Some("connected"));
+}
+
+/// A run killed without withdrawing leaves its field (`n1#start-ms`) in its users'
+/// presence hashes; the next run of the node deletes those at its start, and nothing of
+/// another node.
+#[test]
+fn a_restarted_node_deletes_the_presence_its_killed_run_left() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let users = users(2);
+    let (alice, bob) = (users[0].0.as_str(), users[1].0.as_str());
+    let mut n1 = node(&cluster, "n1", &users);
+    let n2 = node(&cluster, "n2", &users);
+    let _on_n1 = n1.login(alice, "pw");
+    let _on_n2 = n2.login(bob, "pw");
+    let counted = wait_until(SETTLE_TIMEOUT, || {
+        n2.connections(alice) == 1 && n1.connections(bob) == 1
+    });
+    assert!(counted, "the nodes do not count each other's connections");
+    let left = hash_fields(&cluster, &presence_key(alice));
+    assert!(
+        left.len() == 1 && left[0].starts_with("n1#"),
+        "alice's presence: {left:?}"
+    );
+    let kept = hash_fields(&cluster, &presence_key(bob));
+    assert!(
+        kept.len() == 1 && kept[0].starts_with("n2#"),
+        "bob's presence: {kept:?}"
+    );
+
+    n1.server.signal(nix::sys::signal::Signal::SIGKILL);
+    n1.server.wait_exit(Duration::from_secs(10));
+    // The next run takes the name over (its holder, a process of this host, is gone).
+    n1 = node(&cluster, "n1", &users);
+    let swept = wait_until(SETTLE_TIMEOUT, || {
+        !hash_fields(&cluster, &presence_key(alice)).contains(&left[0])
+    });
+    assert!(
+        swept,
+        "the killed run's field is still there: {:?}; log:\n{}",
+        hash_fields(&cluster, &presence_key(alice)),
+        n1.server.stderr_text()
+    );
+    assert_eq!(hash_fields(&cluster, &presence_key(bob)), kept);
+    assert!(n1
+        .server
+        .stderr_text()
+        .contains("removed 1 presence field(s) left by earlier runs of node \"n1\""));
 }
