@@ -454,3 +454,78 @@ fn a_restarted_node_deletes_the_presence_its_killed_run_left() {
         .stderr_text()
         .contains("removed 1 presence field(s) left by earlier runs of node \"n1\""));
 }
+
+/// Verifiers over a Redis Cluster (SPEC §5): users who logged in on n1 are admitted on n2
+/// without bcrypt, their logins sent at once — n2's checks (`GETEX`) and n1's keeps (`SET`)
+/// go in the broker's batches, one pipeline per master — and their verifiers live on
+/// every master, each on its user's slot.
+#[test]
+fn verifiers_are_kept_and_checked_on_every_master_of_a_redis_cluster() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let key = dir.path().join("verifier.key");
+    let keygen = std::process::Command::new(env!("CARGO_BIN_EXE_tether"))
+        .arg("keygen")
+        .arg(&key)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run tether keygen");
+    assert!(keygen.status.success(), "keygen: {keygen:?}");
+    const USERS: usize = 60;
+    let users = users(USERS);
+    let pairs: Vec<(&str, &str)> = users
+        .iter()
+        .map(|(name, hash)| (name.as_str(), hash.as_str()))
+        .collect();
+    let key_path = key.to_string_lossy().into_owned();
+    let configure = |config: TestConfig| config.auth("verifier_key_file", key_path.as_str());
+    let n1 = Node::start_url(&cluster.url(), "tether", "n1", &pairs, &configure);
+    let n2 = Node::start_url(&cluster.url(), "tether", "n2", &pairs, &configure);
+    let storm = |node: &Node| -> Vec<String> {
+        let mut clients: Vec<TestClient> = users
+            .iter()
+            .map(|(name, _)| {
+                let mut client = TestClient::connect(node.server.addr());
+                client.send(&["login", name, "pw"]);
+                client
+            })
+            .collect();
+        clients
+            .iter_mut()
+            .map(|client| client.recv().join(" "))
+            .collect()
+    };
+    let checks = |node: &Node| {
+        (
+            node.metric("tether_password_check_seconds_count") as u64,
+            node.metric("tether_password_checks_saved_total") as u64,
+        )
+    };
+    assert!(storm(&n1).iter().all(|reply| reply == "login_valid"));
+    assert_eq!(checks(&n1), (USERS as u64, 0));
+    let kept = wait_until(SETTLE_TIMEOUT, || {
+        cluster
+            .masters()
+            .iter()
+            .map(|master| {
+                master
+                    .cli(&["KEYS", "tether:verifier:*"])
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count()
+            })
+            .sum::<usize>()
+            == USERS
+    });
+    assert!(kept, "the verifiers did not reach Redis");
+    for master in cluster.masters() {
+        assert!(
+            !master.cli(&["KEYS", "tether:verifier:*"]).trim().is_empty(),
+            "a master without verifiers"
+        );
+    }
+    assert!(storm(&n2).iter().all(|reply| reply == "login_valid"));
+    assert_eq!(checks(&n2), (0, USERS as u64), "n2 ran bcrypt");
+}
