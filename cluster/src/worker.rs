@@ -60,7 +60,7 @@ pub(crate) const MAX_MARKS: usize = 3600;
 pub(crate) const OWNER_TTL: Duration = Duration::from_secs(10);
 /// A heartbeat this late (the node was paused, or its thread starved) is sent before
 /// anything else, so that a node forgotten or replaced meanwhile finds out first.
-const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
+pub(crate) const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 
 /// The start of both scripts (this one and `sharded.rs`'s): Redis's time as `now`, the
 /// mode, and mode `t`, a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the
