@@ -436,14 +436,27 @@ impl Broker for RedisBroker {
         Some(answered)
     }
 
-    fn login_succeeded(&self, client: std::net::IpAddr, name: &[u8]) {
-        self.throttled.forget(client, name);
-        if self.connected() {
-            let _ = self.requests.send(worker::Request::LoginSucceeded {
-                client,
-                name: Box::from(name),
-            });
+    fn login_succeeded(
+        &self,
+        client: std::net::IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<bool>> {
+        // Unreachable: admitted at once, the node's own throttle holds meanwhile.
+        if !self.connected() {
+            self.throttled.forget(client, name);
+            return None;
         }
+        // Asked where the failures are counted: the cluster may throttle the pair already
+        // while this node has not yet heard it on the throttle channel.
+        let (admitted, answered) = oneshot::channel();
+        let _ = self.requests.send(worker::Request::LoginSucceeded {
+            client,
+            name: Box::from(name),
+            limit,
+            admitted,
+        });
+        Some(answered)
     }
 
     /// Waits, at most `within`, for the first attempt to join the cluster: `Err` (a

@@ -97,6 +97,26 @@ impl Names {
         format!("{}:owner:{}", self.prefix, self.node)
     }
 
+    /// The `SCAN` pattern of every user's presence hash over a Redis Cluster
+    /// ([`Names::tagged`] `presence`), the prefix's glob characters escaped.
+    pub(crate) fn presence_pattern(&self) -> String {
+        let mut pattern = String::new();
+        for c in self.prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern + ":presence:{*"
+    }
+
+    /// [`Names::owner_key`] over a Redis Cluster: on the slot of [`Names::nodes_key`] (its
+    /// name as a hash tag), so that one script claims the name and renews the node:
+    /// `{{prefix}:nodes}:owner:{node}`.
+    pub(crate) fn nodes_owner_key(&self) -> String {
+        format!("{{{}}}:owner:{}", self.nodes_key(), self.node)
+    }
+
     /// This node's connection counts, a hash of user name → count: `{prefix}:node:{node}`.
     pub(crate) fn own_node_key(&self) -> String {
         format!("{}{}", self.node_key_prefix(), self.node)

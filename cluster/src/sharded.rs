@@ -11,8 +11,17 @@
 //! name and the time it started (`node#ms`), so a node that restarts is not counted for
 //! the users its previous run had.
 //!
-//! Commands go through the `redis` crate's cluster connection (one multiplexed connection
-//! per node; it routes by slot and follows `MOVED`/`ASK`), without a push sender: its
+//! A batch of requests (events, counts, failed logins, verifiers…) goes out as one
+//! pipeline per master, on a connection of this module's own to each master: every
+//! command to the master of its slot in the slot map read by `CLUSTER SLOTS`. Sending
+//! each user's pipeline through the `redis` crate's cluster connection instead (it routes
+//! one pipeline to one slot) cost the nodes a future and a pipeline per user, and its
+//! retry of a pipeline that met a redirect sends the whole pipeline again (commands
+//! already run included). The crate's connection (one multiplexed connection per node;
+//! it routes by slot and follows `MOVED`/`ASK`) serves what goes to every master
+//! (`SCRIPT LOAD`, the probe) and the commands a master answered with a redirect — each
+//! sent again alone, in order per slot, then the slot map is read again. It has no push
+//! sender: its
 //! subscription support does not serve sharded channels of many slots — it resubscribes a
 //! node with one `SSUBSCRIBE` listing every channel the node owns, which Redis refuses
 //! (`CROSSSLOT`), and a `sunsubscribe` Redis sends on its own when a slot moves is taken
@@ -25,24 +34,25 @@
 //! - a node that loses any master (a `Disconnection` push, a probe unanswered) counts as
 //!   unreachable as a whole, as with one Redis, and reconnects, resubscribes and
 //!   reconciles;
-//! - one pipeline per user per batch (a pipeline goes to one slot), so a user's events
-//!   keep their order.
+//! - one pipeline per master per batch, in the order of the requests, so a user's events
+//!   keep their order (a redirected one is sent again before any later one of its slot).
 
 use crate::history::BindingHistory;
 use crate::metrics::ClusterMetrics;
 use crate::names::{event_payload, invalidation_payload, throttle_payload, Names, Payload};
 use crate::throttle::Throttled;
+use crate::verifiers::Check;
 use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
     log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
     Request, Status, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
-    MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
+    LATE_HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, ServerErrorKind, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,49 +92,108 @@ return total
 "
 );
 
-/// The heartbeat: `KEYS[1]` = the set of live nodes; `ARGV[1]` = this node's field.
-/// Renews it, forgets nodes silent for a minute, answers Redis's time (ms), the nodes
-/// heard from within 10 s, and 1 if this node was in the set (0: new, or forgotten).
+/// The heartbeat, which also claims the node's name: `KEYS[1]` = the set of live nodes,
+/// `KEYS[2]` = the node's owner key (on the same slot: `Names::nodes_owner_key`); `ARGV` =
+/// mode, this run's field, this run's token, a stale token it may replace, the claim's TTL
+/// (ms). Mode `h`: unless another token holds the name (then answers `{now, {}, 2,
+/// holder}` and writes nothing), claims it, renews this node, forgets nodes silent for a
+/// minute, and answers Redis's time (ms), the nodes heard from within 10 s, 0 if this node
+/// was in the set (1: new, or forgotten) and `''`. Mode `w`: this run leaves the set and
+/// gives the name up if it holds it.
 const HEARTBEAT_SCRIPT: &str = r"
 if redis.replicate_commands then redis.replicate_commands() end
+local owner = redis.call('GET', KEYS[2])
+if ARGV[1] == 'w' then
+  if owner == ARGV[3] then redis.call('DEL', KEYS[2]) end
+  redis.call('ZREM', KEYS[1], ARGV[2])
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
+if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, {}, 2, owner} end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[5])
+local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')
-if known then return {now, live, 1} end
-return {now, live, 0}
+if known then return {now, live, 0, ''} end
+return {now, live, 1, ''}
 ";
 
-/// The claim on this node's name, on the owner key's own slot: `KEYS[1]` = the owner key;
-/// `ARGV` = mode, this run's token, a stale token it may replace, the claim's TTL (ms).
-/// Mode `h`: claims the name unless another token holds it — answers the holder's token,
-/// or `''` when this run holds it; `w`: gives the name up if this run holds it.
-const OWNER_SCRIPT: &str = r"
-local owner = redis.call('GET', KEYS[1])
-if ARGV[1] == 'w' then
-  if owner == ARGV[2] then redis.call('DEL', KEYS[1]) end
-  return ''
-end
-if owner and owner ~= ARGV[2] and owner ~= ARGV[3] then return owner end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[4])
-return ''
-";
+/// What a heartbeat found.
+enum Beat {
+    /// This run holds the name and was renewed; `known`: it was in the set of live nodes.
+    Renewed { known: bool },
+    /// Another run holds the name (its token).
+    Taken(String),
+}
 
-/// An answer awaited: its pipeline, and what waits for it there (in order).
+/// An answer awaited: its command's place in the batch, and what waits for it.
 type Answering = (usize, Pending);
 
-/// A [`Request::CountMany`]: the users and where their counts go.
+/// A [`Request::CountMany`]: its commands' places in the batch and where the counts go.
 type Many = (
-    Vec<Arc<str>>,
+    std::ops::Range<usize>,
     oneshot::Sender<Result<Vec<usize>, BrokerUnreachable>>,
 );
 
+/// Commands to send at once, each with the slot it goes to ([`Link::run`]).
+type Batch = Vec<(u16, redis::Cmd)>;
+
+/// `cmd` with the slot of `key`, the key it names.
+fn keyed(key: &str, cmd: redis::Cmd) -> (u16, redis::Cmd) {
+    (slot_of(key.as_bytes()), cmd)
+}
+
+/// The replies to a [`Batch`], in its order.
+struct Sent {
+    /// Per command its reply (an error reply included), or `None` when it was not
+    /// answered.
+    replies: Vec<Option<Value>>,
+    /// Why some were not answered (a connection lost, an answer late).
+    failed: Option<String>,
+}
+
+impl Sent {
+    /// The reply to the command at `index`, unless it was an error or none came.
+    fn reply(&self, index: usize) -> Option<&Value> {
+        self.replies
+            .get(index)
+            .and_then(Option::as_ref)
+            .filter(|reply| !matches!(reply, Value::ServerError(_)))
+    }
+
+    /// Why the batch did not fully succeed: a command not answered, or answered with an
+    /// error.
+    fn failure(&self) -> Option<String> {
+        self.failed.clone().or_else(|| {
+            self.replies.iter().find_map(|reply| match reply {
+                Some(Value::ServerError(err)) => Some(err.to_string()),
+                _ => None,
+            })
+        })
+    }
+}
+
+/// Whether `reply` says the command went to the wrong master, or not yet to the right
+/// one, and was not run (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`).
+fn is_redirect(reply: &Value) -> bool {
+    matches!(reply, Value::ServerError(err) if matches!(
+        err.kind(),
+        Some(ServerErrorKind::Moved | ServerErrorKind::Ask | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown)
+    ))
+}
+
 /// The connections to the cluster while connected.
 struct Link {
-    /// Routes commands to the masters.
+    /// The crate's cluster connection: routes by slot and follows `MOVED`/`ASK`; used for
+    /// what goes to every master, and for the commands a master redirected.
     connection: ClusterConnection,
+    /// Per master address, the connection its batches' pipelines go to (one per batch).
+    commands: HashMap<String, MultiplexedConnection>,
+    /// A seed's URL (with the credentials), for the connections to each master.
+    template: String,
     /// Per master address, the connection of its sharded subscriptions (RESP3).
     subscriptions: HashMap<String, MultiplexedConnection>,
     /// Slot ranges and the address of the master serving each, from `CLUSTER SLOTS`.
@@ -132,8 +201,6 @@ struct Link {
     /// The SHA1 of [`USER_SCRIPT`] and of [`HEARTBEAT_SCRIPT`], loaded on every master.
     user_script: String,
     heartbeat_script: String,
-    /// The SHA1 of [`OWNER_SCRIPT`].
-    owner_script: String,
     /// The masters' addresses.
     masters: Vec<String>,
     /// The CA certificates (PEM) trusted for TLS, if given.
@@ -181,7 +248,13 @@ pub(crate) struct Worker {
     throttle_moved: bool,
     /// The other live nodes' fields, as the last heartbeat saw them.
     others: Vec<String>,
+    /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
+    /// Redis's time (ms) at the heartbeat before that one: what a restore reconciles from
+    /// (see `serve`).
+    seen_before: Option<i64>,
+    /// When the last heartbeat was sent.
+    last_beat: Instant,
     clock_offset: i64,
     marks: Vec<(i64, BindingId)>,
     was_connected: bool,
@@ -229,6 +302,8 @@ impl Worker {
             throttle_moved: false,
             others: Vec::new(),
             last_seen: None,
+            seen_before: None,
+            last_beat: Instant::now(),
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
@@ -429,14 +504,15 @@ impl Worker {
 
     /// Serves a fresh link until it is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
-        let last_seen = self.last_seen;
+        // Reconciled from the heartbeat before the last, as `worker.rs`'s `serve` says why.
+        let (last_seen, seen_before) = (self.last_seen, self.seen_before);
         // The name first: nothing is written under a name another live node holds.
         if let Err(ended) = self.beat(&mut link).await {
-            self.last_seen = last_seen;
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return ended;
         }
-        if let Err(err) = self.restore(&mut link, last_seen).await {
-            self.last_seen = last_seen;
+        if let Err(err) = self.restore(&mut link, seen_before.or(last_seen)).await {
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return Ended::Lost(err);
         }
         self.tell_joined(Joined::Connected);
@@ -445,6 +521,14 @@ impl Worker {
         self.metrics.connected.set(1);
         if self.was_connected {
             self.metrics.reconnects.inc();
+        } else {
+            // This run's first connection: what its crashed predecessors left goes.
+            tokio::spawn(sweep_earlier_runs(
+                link.commands.values().cloned().collect(),
+                self.names.presence_pattern(),
+                self.names.node.clone(),
+                self.member.clone(),
+            ));
         }
         self.was_connected = true;
         self.metrics.set_masters(&link.masters);
@@ -465,7 +549,16 @@ impl Worker {
         loop {
             let step = tokio::select! {
                 request = self.requests.recv() => match request {
-                    Some(request) => self.handle_requests(&mut link, request).await,
+                    Some(request) => {
+                        // Back from a pause, or starved: first renew this node (and find out
+                        // whether it was forgotten or replaced meanwhile).
+                        if self.last_beat.elapsed() > LATE_HEARTBEAT {
+                            if let Err(ended) = self.beat(&mut link).await {
+                                return ended;
+                            }
+                        }
+                        self.handle_requests(&mut link, request).await
+                    }
                     None => return Ended::Stopping,
                 },
                 push = self.pushes.recv() => match push {
@@ -625,21 +718,25 @@ impl Worker {
         self.write_counts(link).await?;
         if let Some(since) = last_seen {
             for chunk in users.chunks(BATCH) {
-                let reads = chunk.iter().map(|(user, _)| {
-                    let mut connection = link.connection.clone();
-                    let key = self.names.tagged("invalidated", user);
-                    async move {
-                        bounded(
-                            redis::cmd("GET")
-                                .arg(key)
-                                .query_async::<Option<String>>(&mut connection),
-                        )
-                        .await
-                    }
-                });
-                let times = join_all(reads).await;
-                for ((user, _), time) in chunk.iter().zip(times) {
-                    let Some((sent, made)) = time?.as_deref().and_then(invalidated_times) else {
+                let reads = chunk
+                    .iter()
+                    .map(|(user, _)| {
+                        let key = self.names.tagged("invalidated", user);
+                        let mut cmd = redis::cmd("GET");
+                        cmd.arg(&key);
+                        keyed(&key, cmd)
+                    })
+                    .collect();
+                let times = link.run(reads).await;
+                if let Some(err) = times.failure() {
+                    return Err(err);
+                }
+                for (index, (user, _)) in chunk.iter().enumerate() {
+                    let time = match times.reply(index) {
+                        Some(Value::BulkString(time)) => String::from_utf8_lossy(time),
+                        _ => continue,
+                    };
+                    let Some((sent, made)) = invalidated_times(&time) else {
                         continue;
                     };
                     if sent > since {
@@ -658,32 +755,29 @@ impl Worker {
         self.marks.clear();
         while !self.later.is_empty() {
             let take = self.later.len().min(BATCH);
-            let sends = self.later.iter().take(take).map(|(user, made)| {
-                let mut pipe = redis::pipe();
-                self.invalidation(&mut pipe, &link.user_script, user, made + self.clock_offset);
-                let mut connection = link.connection.clone();
-                async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
-            });
-            for result in join_all(sends).await {
-                result?;
+            let sends = self
+                .later
+                .iter()
+                .take(take)
+                .map(|(user, made)| {
+                    self.invalidation(&link.user_script, user, made + self.clock_offset)
+                })
+                .collect();
+            if let Some(err) = link.run(sends).await.failure() {
+                return Err(err);
             }
             self.later.drain(..take);
         }
         Ok(())
     }
 
-    /// Writes every count changed since the last write, one pipeline per user.
+    /// Writes every count changed since the last write, one pipeline per master.
     async fn write_counts(&mut self, link: &mut Link) -> Result<(), String> {
         let users: Vec<Arc<str>> = self.dirty.iter().cloned().collect();
         for chunk in users.chunks(BATCH) {
-            let writes = chunk.iter().map(|user| {
-                let mut pipe = redis::pipe();
-                self.count_write(&mut pipe, user);
-                let mut connection = link.connection.clone();
-                async move { bounded(pipe.query_async::<()>(&mut connection)).await }
-            });
-            for result in join_all(writes).await {
-                result?;
+            let writes = chunk.iter().map(|user| self.count_write(user)).collect();
+            if let Some(err) = link.run(writes).await.failure() {
+                return Err(err);
             }
             for user in chunk {
                 self.dirty.remove(user);
@@ -692,13 +786,14 @@ impl Worker {
         Ok(())
     }
 
-    /// Adds the write of `user`'s count here to `pipe`.
-    fn count_write(&self, pipe: &mut redis::Pipeline, user: &Arc<str>) {
+    /// The write of `user`'s count here.
+    fn count_write(&self, user: &Arc<str>) -> (u16, redis::Cmd) {
         let key = self.names.tagged("presence", user);
-        match self.local.get(user) {
-            Some(count) => pipe.hset(key, &self.member, *count).ignore(),
-            None => pipe.hdel(key, &self.member).ignore(),
+        let cmd = match self.local.get(user) {
+            Some(count) => redis::Cmd::hset(&key, &self.member, *count),
+            None => redis::Cmd::hdel(&key, &self.member),
         };
+        keyed(&key, cmd)
     }
 
     fn issued_before(&self, at: i64) -> BindingId {
@@ -711,22 +806,26 @@ impl Worker {
     }
 
     /// A heartbeat: claims the name (one whose holder is a run of this node on this host
-    /// that is gone is taken over), then renews the node; a node found forgotten writes
-    /// all its presence again; one whose name another live node holds ends.
+    /// that is gone is taken over) and renews the node in one script run, while every
+    /// master is probed; a node found forgotten writes all its presence again; one whose
+    /// name another live node holds ends.
     async fn beat(&mut self, link: &mut Link) -> Result<(), Ended> {
-        let mut owner = self.claim(link, "").await.map_err(Ended::Lost)?;
-        if let Some(held) = owner.clone().filter(|held| is_dead_run_of_this_host(held)) {
-            log::info!(
-                "cluster: node name {:?} was held by an earlier run on this host that is \
-                 gone; taking it over",
-                self.names.node
-            );
-            owner = self.claim(link, &held).await.map_err(Ended::Lost)?;
+        let mut beat = self.heartbeat(link, "").await.map_err(Ended::Lost)?;
+        if let Beat::Taken(held) = &beat {
+            if is_dead_run_of_this_host(held) {
+                log::info!(
+                    "cluster: node name {:?} was held by an earlier run on this host that is \
+                     gone; taking it over",
+                    self.names.node
+                );
+                let stale = held.clone();
+                beat = self.heartbeat(link, &stale).await.map_err(Ended::Lost)?;
+            }
         }
-        if let Some(owner) = owner {
-            return Err(Ended::NameTaken(owner));
-        }
-        let known = self.heartbeat(link).await.map_err(Ended::Lost)?;
+        let known = match beat {
+            Beat::Taken(owner) => return Err(Ended::NameTaken(owner)),
+            Beat::Renewed { known } => known,
+        };
         if !known && self.connected.load(Ordering::Relaxed) {
             log::warn!(
                 "cluster: node {:?} had been forgotten by the others (paused or cut off for a \
@@ -740,46 +839,44 @@ impl Worker {
         Ok(())
     }
 
-    /// One run of [`OWNER_SCRIPT`] claiming the name (replacing `stale` if it holds it);
-    /// answers the token of another run that holds it.
-    async fn claim(&mut self, link: &mut Link, stale: &str) -> Result<Option<String>, String> {
-        let owner: String = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.owner_script)
-                .arg(1)
-                .arg(self.names.owner_key())
-                .arg("h")
-                .arg(&self.token)
-                .arg(stale)
-                .arg(OWNER_TTL.as_millis().to_string())
-                .query_async(&mut link.connection),
-        )
-        .await?;
-        Ok(Some(owner).filter(|owner| !owner.is_empty()))
+    /// The run of [`HEARTBEAT_SCRIPT`] in `mode`, replacing the claim `stale`.
+    fn heartbeat_command(&self, sha: &str, mode: char, stale: &str) -> (u16, redis::Cmd) {
+        let key = self.names.nodes_key();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
+            .arg(2)
+            .arg(&key)
+            .arg(self.names.nodes_owner_key())
+            .arg(mode.to_string())
+            .arg(&self.member)
+            .arg(&self.token)
+            .arg(stale)
+            .arg(OWNER_TTL.as_millis().to_string());
+        keyed(&key, cmd)
     }
 
-    /// Renews this node's liveness, reads the live nodes and probes every master; answers
-    /// whether this node was in the set of live nodes.
-    async fn heartbeat(&mut self, link: &mut Link) -> Result<bool, String> {
-        let answer: (i64, Vec<String>, i64) = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.heartbeat_script)
-                .arg(1)
-                .arg(self.names.nodes_key())
-                .arg(&self.member)
-                .query_async(&mut link.connection),
-        )
-        .await?;
-        let (now, live, known) = answer;
-        bounded(link.connection.route_command(
-            redis::cmd("PING"),
-            RoutingInfo::MultiNode((
-                MultipleNodeRoutingInfo::AllMasters,
-                Some(ResponsePolicy::AllSucceeded),
-            )),
-        ))
-        .await?;
-
+    /// One heartbeat (claiming the name, replacing `stale` if it holds it) and, at the same
+    /// time, a `PING` to every master on its command connection.
+    async fn heartbeat(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
+        self.last_beat = Instant::now();
+        let script = self.heartbeat_command(&link.heartbeat_script, 'h', stale);
+        let connections: Vec<MultiplexedConnection> = link.commands.values().cloned().collect();
+        let probes = connections.into_iter().map(|mut connection| async move {
+            bounded(redis::cmd("PING").query_async::<()>(&mut connection)).await
+        });
+        let (sent, probed) = tokio::join!(link.run(vec![script]), join_all(probes));
+        if let Some(err) = sent.failure() {
+            return Err(err);
+        }
+        if let Some(err) = probed.into_iter().find_map(Result::err) {
+            return Err(err);
+        }
+        let reply = sent.reply(0).cloned().unwrap_or(Value::Nil);
+        let (now, live, verdict, owner): (i64, Vec<String>, i64, String) =
+            redis::from_redis_value(reply).map_err(|err| format!("heartbeat: {err}"))?;
+        if verdict == 2 {
+            return Ok(Beat::Taken(owner));
+        }
         // A member is `node#start-ms`: the node's name is all before the last `#`.
         self.status.set_live_nodes(live.iter().map(|member| {
             member
@@ -787,27 +884,29 @@ impl Worker {
                 .map_or(member.as_str(), |(node, _)| node)
         }));
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
+        self.seen_before = self.last_seen;
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
-        Ok(known == 1)
+        Ok(Beat::Renewed {
+            known: verdict == 0,
+        })
     }
 
-    /// Adds one `EVALSHA` of [`USER_SCRIPT`] for `user` to `pipe`: `id` an event's id,
-    /// `extra` the event's time or the invalidation's made time.
+    /// One `EVALSHA` of [`USER_SCRIPT`] for `user`, on the user's slot: `id` an event's
+    /// id, `extra` the event's time or the invalidation's made time.
     fn user_script(
         &self,
-        pipe: &mut redis::Pipeline,
         (sha, mode): (&str, char),
         user: &str,
         payload: &str,
         id: Option<&str>,
         extra: &str,
-    ) {
-        let cmd = pipe
-            .cmd("EVALSHA")
-            .arg(sha)
+    ) -> (u16, redis::Cmd) {
+        let presence = self.names.tagged("presence", user);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(sha)
             .arg(if id.is_some() { 3 } else { 2 })
-            .arg(self.names.tagged("presence", user))
+            .arg(&presence)
             .arg(self.names.tagged("invalidated", user));
         if let Some(id) = id {
             cmd.arg(self.names.id_key(user, id));
@@ -819,30 +918,29 @@ impl Worker {
         for other in &self.others {
             cmd.arg(other);
         }
+        keyed(&presence, cmd)
     }
 
-    /// Adds the invalidation of `user`, made at `made` (Redis's ms as this node reckons
-    /// it), to `pipe`.
-    fn invalidation(&self, pipe: &mut redis::Pipeline, sha: &str, user: &str, made: i64) {
+    /// The invalidation of `user`, made at `made` (Redis's ms as this node reckons it).
+    fn invalidation(&self, sha: &str, user: &str, made: i64) -> (u16, redis::Cmd) {
         let payload = invalidation_payload(&self.names.node, user, made);
-        self.user_script(pipe, (sha, 'i'), user, &payload, None, &made.to_string());
+        self.user_script((sha, 'i'), user, &payload, None, &made.to_string())
     }
 
     /// Takes `first` and whatever else is queued (up to [`BATCH`]); follows the users this
-    /// node gained or lost; sends each user's requests and count as one pipeline (a failed
-    /// login's count as one of its own, on the name's slot), all at once; answers in the
-    /// order of the requests. A publish is answered [`NotTaken::Unreachable`] when nothing
-    /// was sent, [`NotTaken::Unknown`] when its pipeline was sent and not answered.
+    /// node gained or lost; sends every request, count and verifier operation as one
+    /// batch — one pipeline per master, a user's commands in the order of the requests —
+    /// and answers in the order of the requests. A publish is answered
+    /// [`NotTaken::Unreachable`] when nothing was sent, [`NotTaken::Unknown`] when its
+    /// pipeline was sent and not answered.
     async fn handle_requests(&mut self, link: &mut Link, first: Request) -> Result<(), Ended> {
-        // Per user, the pipeline (failed logins: one each, not in `by_user`).
-        let mut pipes: Vec<redis::Pipeline> = Vec::new();
-        let mut by_user: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut batch: Batch = Vec::new();
         let mut answers: Vec<Answering> = Vec::new();
         let mut changed: Vec<Arc<str>> = Vec::new();
         let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
         let mut flushes = Vec::new();
         let mut many: Vec<Many> = Vec::new();
-        let mut verifier_ops = Vec::new();
+        let mut checks: Vec<(usize, Check)> = Vec::new();
         let mut stop = None;
         let mut next = Some(first);
         let sha = link.user_script.clone();
@@ -852,28 +950,30 @@ impl Worker {
                 Request::Publish { event, answer } => {
                     let payload =
                         event_payload(&self.names.node, &event.user, event.time, &event.text);
-                    let index = pipe_of(&mut pipes, &mut by_user, &event.user);
-                    self.user_script(
-                        &mut pipes[index],
+                    batch.push(self.user_script(
                         (&sha, 'e'),
                         &event.user,
                         &payload,
                         event.id.as_deref(),
                         &event.time.to_string(),
-                    );
-                    answers.push((index, Pending::Publish(answer)));
+                    ));
+                    answers.push((batch.len() - 1, Pending::Publish(answer)));
                 }
                 Request::Invalidate { user, answer, made } => {
-                    let index = pipe_of(&mut pipes, &mut by_user, &user);
-                    self.invalidation(&mut pipes[index], &sha, &user, made + self.clock_offset);
-                    answers.push((index, Pending::Other(answer)));
+                    batch.push(self.invalidation(&sha, &user, made + self.clock_offset));
+                    answers.push((batch.len() - 1, Pending::Other(answer)));
                 }
                 Request::Count { user, answer } => {
-                    let index = pipe_of(&mut pipes, &mut by_user, &user);
-                    self.user_script(&mut pipes[index], (&sha, 'c'), &user, "", None, "");
-                    answers.push((index, Pending::Other(Some(answer))));
+                    batch.push(self.user_script((&sha, 'c'), &user, "", None, ""));
+                    answers.push((batch.len() - 1, Pending::Other(Some(answer))));
                 }
-                Request::CountMany { users, answer } => many.push((users, answer)),
+                Request::CountMany { users, answer } => {
+                    let start = batch.len();
+                    for user in &users {
+                        batch.push(self.user_script((&sha, 'c'), user, "", None, ""));
+                    }
+                    many.push((start..batch.len(), answer));
+                }
                 Request::LoginFailed {
                     client,
                     name,
@@ -881,17 +981,17 @@ impl Worker {
                     counted,
                 } => {
                     self.failures += 1;
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("EVALSHA")
-                        .arg(&sha)
+                    let key = self.names.throttle_key(client, &name);
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&sha)
                         .arg(1)
-                        .arg(self.names.throttle_key(client, &name))
+                        .arg(&key)
                         .arg("t")
                         .arg(limit)
                         .arg(format!("{}:{}", self.member, self.failures));
-                    pipes.push(pipe);
+                    batch.push(keyed(&key, cmd));
                     answers.push((
-                        pipes.len() - 1,
+                        batch.len() - 1,
                         Pending::Failure {
                             client,
                             name,
@@ -899,11 +999,24 @@ impl Worker {
                         },
                     ));
                 }
-                Request::LoginSucceeded { client, name } => {
-                    self.throttled.forget(client, &name);
-                    let mut pipe = redis::pipe();
-                    pipe.del(self.names.throttle_key(client, &name)).ignore();
-                    pipes.push(pipe);
+                Request::LoginSucceeded {
+                    client,
+                    name,
+                    limit,
+                    admitted,
+                } => {
+                    let key = self.names.throttle_key(client, &name);
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&sha).arg(1).arg(&key).arg("s").arg(limit);
+                    batch.push(keyed(&key, cmd));
+                    answers.push((
+                        batch.len() - 1,
+                        Pending::Success {
+                            client,
+                            name,
+                            admitted,
+                        },
+                    ));
                 }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
@@ -919,14 +1032,20 @@ impl Worker {
                     stop = Some(done);
                     break;
                 }
-                Request::Verifier(op) => verifier_ops.push(op),
+                Request::Verifier(op) => {
+                    let (key, cmd, check) = crate::verifiers::command(op, &self.names);
+                    batch.push(keyed(&key, cmd));
+                    if let Some(check) = check {
+                        checks.push((batch.len() - 1, check));
+                    }
+                }
             }
             if answers.len() < BATCH {
                 next = self.requests.try_recv().ok();
             }
         }
         if let Err(err) = self.follow(link, changed).await {
-            // Nothing of these pipelines was sent.
+            // Nothing of this batch was sent (its verifier checks, dropped, pay bcrypt).
             for (_, pending) in answers {
                 pending.fail(NotTaken::Unreachable);
             }
@@ -938,48 +1057,30 @@ impl Worker {
         for subscribed in waiting {
             let _ = subscribed.send(());
         }
-        // Counts go with the user's pipeline when it has one, else in one of their own.
         let dirty: Vec<Arc<str>> = self.dirty.drain().collect();
         for user in &dirty {
-            let index = pipe_of(&mut pipes, &mut by_user, user);
-            self.count_write(&mut pipes[index], user);
+            batch.push(self.count_write(user));
         }
-        let sent = pipes.into_iter().map(|pipe| {
-            let mut connection = link.connection.clone();
-            async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
-        });
-        let results = join_all(sent).await;
-        let failed = results
-            .iter()
-            .find_map(|result| result.as_ref().err())
-            .cloned();
+        let sent = link.run(batch).await;
+        let failed = sent.failure();
         if failed.is_some() {
             self.dirty.extend(dirty);
         }
-        // Each pipeline's replies in order; the place of each answer is its rank among
-        // the answered requests of its pipeline (counts' writes are ignored).
-        let mut places: Vec<usize> = vec![0; results.len()];
         let mut counted = Vec::new();
         let mut told = Vec::new();
         for (index, pending) in answers {
-            let replies = match results.get(index) {
-                Some(Ok(replies)) => replies,
-                // Sent, and not answered: Redis may have run any of it.
-                _ => {
-                    pending.fail(NotTaken::Unknown);
-                    continue;
-                }
+            let Some(reply) = sent.reply(index) else {
+                // Sent, and not answered: Redis may have run it.
+                pending.fail(NotTaken::Unknown);
+                continue;
             };
-            let place = places[index];
-            places[index] += 1;
-            let reply = replies.get(place).cloned().unwrap_or(Value::Nil);
             match pending {
                 Pending::Failure {
                     client,
                     name,
                     counted: done,
                 } => {
-                    let remaining = count_of(&reply) as u64;
+                    let remaining = count_of(reply) as u64;
                     if remaining > 0 {
                         let remaining = Duration::from_millis(remaining);
                         self.throttled.throttle(client, &name, remaining);
@@ -987,31 +1088,50 @@ impl Worker {
                     }
                     counted.push(done);
                 }
+                Pending::Success {
+                    client,
+                    name,
+                    admitted,
+                } => {
+                    let _ = admitted.send(self.throttled.admits(client, &name, count_of(reply)));
+                }
                 pending => {
-                    if matches!(pending, Pending::Publish(_)) && !is_duplicate(&reply) {
+                    if matches!(pending, Pending::Publish(_)) && !is_duplicate(reply) {
                         self.metrics.sent().inc();
                     }
-                    pending.answer(&reply);
+                    pending.answer(reply);
                 }
             }
         }
-        if let Some(err) = failed {
-            for (_, answer) in many {
-                let _ = answer.send(Err(BrokerUnreachable));
+        for (index, check) in checks {
+            if let Some(reply) = sent.reply(index) {
+                let _ = check.send(match reply {
+                    Value::BulkString(kept) => Some(kept.clone()),
+                    _ => None,
+                });
             }
+        }
+        for (range, answer) in many {
+            let counts: Option<Vec<usize>> =
+                range.map(|index| sent.reply(index).map(count_of)).collect();
+            let _ = answer.send(counts.ok_or(BrokerUnreachable));
+        }
+        if let Some(err) = failed {
             return Err(Ended::Lost(err));
         }
-        // Pairs at the limit: every node is told on the throttle channel, then the logins
-        // that failed are answered.
-        for payload in told {
-            if let Err(err) = bounded(
-                redis::cmd("SPUBLISH")
-                    .arg(self.names.throttle_channel())
-                    .arg(payload)
-                    .query_async::<()>(&mut link.connection),
-            )
-            .await
-            {
+        // Pairs at the limit: every node is told on the throttle channel (one pipeline,
+        // the channel's master), then the logins that failed are answered.
+        if !told.is_empty() {
+            let channel = self.names.throttle_channel();
+            let publishes = told
+                .into_iter()
+                .map(|payload| {
+                    let mut cmd = redis::cmd("SPUBLISH");
+                    cmd.arg(&channel).arg(payload);
+                    keyed(&channel, cmd)
+                })
+                .collect();
+            if let Some(err) = link.run(publishes).await.failure() {
                 return Err(Ended::Lost(err));
             }
         }
@@ -1020,33 +1140,6 @@ impl Worker {
         }
         for done in flushes {
             let _ = done.send(());
-        }
-        for (users, answer) in many {
-            let reads = users.iter().map(|user| {
-                let mut pipe = redis::pipe();
-                self.user_script(&mut pipe, (&sha, 'c'), user, "", None, "");
-                let mut connection = link.connection.clone();
-                async move { bounded(pipe.query_async::<Vec<Value>>(&mut connection)).await }
-            });
-            let counts: Result<Vec<usize>, String> = join_all(reads)
-                .await
-                .into_iter()
-                .map(|counts| counts.map(|counts| counts.first().map_or(0, count_of)))
-                .collect();
-            match counts {
-                Ok(counts) => {
-                    let _ = answer.send(Ok(counts));
-                }
-                Err(err) => {
-                    let _ = answer.send(Err(BrokerUnreachable));
-                    return Err(Ended::Lost(err));
-                }
-            }
-        }
-        // Each verifier's key is on its user's slot: one pipeline per operation.
-        for op in verifier_ops {
-            let mut connection = link.connection.clone();
-            crate::verifiers::run(vec![op], &self.names, &mut connection).await;
         }
         if let Some(done) = stop {
             self.withdraw(link).await;
@@ -1081,46 +1174,16 @@ impl Worker {
 
     /// The node stops: its counts and entry leave Redis at once.
     async fn withdraw(&mut self, link: &mut Link) {
-        let users: Vec<Arc<str>> = self.local.keys().cloned().collect();
-        let removals = users.iter().map(|user| {
-            let mut connection = link.connection.clone();
-            let key = self.names.tagged("presence", user);
-            let member = self.member.clone();
-            async move {
-                bounded(
-                    redis::cmd("HDEL")
-                        .arg(key)
-                        .arg(member)
-                        .query_async::<()>(&mut connection),
-                )
-                .await
-            }
-        });
-        let mut failed = join_all(removals).await.into_iter().find_map(Result::err);
-        if let Err(err) = bounded(
-            redis::cmd("ZREM")
-                .arg(self.names.nodes_key())
-                .arg(&self.member)
-                .query_async::<()>(&mut link.connection),
-        )
-        .await
-        {
-            failed = Some(err);
-        }
-        if let Err(err) = bounded(
-            redis::cmd("EVALSHA")
-                .arg(&link.owner_script)
-                .arg(1)
-                .arg(self.names.owner_key())
-                .arg("w")
-                .arg(&self.token)
-                .query_async::<()>(&mut link.connection),
-        )
-        .await
-        {
-            failed = Some(err);
-        }
-        if let Some(err) = failed {
+        let mut removals: Batch = self
+            .local
+            .keys()
+            .map(|user| {
+                let key = self.names.tagged("presence", user);
+                keyed(&key, redis::Cmd::hdel(&key, &self.member))
+            })
+            .collect();
+        removals.push(self.heartbeat_command(&link.heartbeat_script, 'w', ""));
+        if let Some(err) = link.run(removals).await.failure() {
             log::warn!("cluster: cannot withdraw this node from Redis: {err}");
         }
     }
@@ -1164,16 +1227,140 @@ impl Worker {
     }
 }
 
-/// The index of `user`'s pipeline in `pipes`, added if it has none yet.
-fn pipe_of(
-    pipes: &mut Vec<redis::Pipeline>,
-    by_user: &mut HashMap<Arc<str>, usize>,
-    user: &Arc<str>,
-) -> usize {
-    *by_user.entry(Arc::clone(user)).or_insert_with(|| {
-        pipes.push(redis::pipe());
-        pipes.len() - 1
-    })
+/// Deletes, from every user's presence hash on every master, the fields of this node's
+/// earlier runs (`node#start-ms` other than `member`, this run's): a run that was killed
+/// or lost the name left them (one that stops withdraws its own), and nothing else would
+/// ever delete them. Runs once per run, beside the node's work: on each master `SCAN` of
+/// the presence hashes, then `HKEYS` and `HDEL` pipelined per 500 keys. (Fields of runs
+/// of other names are left to those nodes' next start: deleting them here could race
+/// with a node coming back from a long pause and writing them again.)
+async fn sweep_earlier_runs(
+    masters: Vec<MultiplexedConnection>,
+    pattern: String,
+    node: String,
+    member: String,
+) {
+    let earlier = |field: &String| {
+        *field != member
+            && field
+                .rsplit_once('#')
+                .is_some_and(|(name, ms)| name == node && ms.parse::<i64>().is_ok())
+    };
+    let mut removed = 0;
+    for mut connection in masters {
+        let mut cursor = 0u64;
+        loop {
+            let step = bounded(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(BATCH)
+                    .query_async::<(u64, Vec<String>)>(&mut connection),
+            )
+            .await;
+            let (next, keys) = match step {
+                Ok(step) => step,
+                Err(err) => {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            };
+            if keys.is_empty() {
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+                continue;
+            }
+            let mut reads = redis::pipe();
+            for key in &keys {
+                reads.hkeys(key);
+            }
+            let fields = match bounded(connection.send_packed_commands(&reads, 0, keys.len())).await
+            {
+                Ok(fields) => fields,
+                Err(err) => {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            };
+            let mut deletes = redis::pipe();
+            for (key, fields) in keys.iter().zip(fields) {
+                // An error (the key's slot moving) leaves it to the next start.
+                let Ok(fields) = redis::from_redis_value::<Vec<String>>(fields) else {
+                    continue;
+                };
+                let stale: Vec<String> = fields.into_iter().filter(earlier).collect();
+                if !stale.is_empty() {
+                    removed += stale.len();
+                    deletes.hdel(key, stale);
+                }
+            }
+            if !deletes.is_empty() {
+                if let Err(err) =
+                    bounded(connection.send_packed_commands(&deletes, 0, deletes.len())).await
+                {
+                    log::warn!("cluster: cannot remove the presence of earlier runs: {err}");
+                    return;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    if removed > 0 {
+        log::info!(
+            "cluster: removed {removed} presence field(s) left by earlier runs of node {node:?}"
+        );
+    }
+}
+
+/// How long a seed may take to answer `PING` before a connection attempt leaves it out.
+const SEED_PROBE: Duration = Duration::from_secs(1);
+
+/// The seeds that answer `PING` within [`SEED_PROBE`], all asked at once; every seed when
+/// none does (the attempt then fails with the crate's own reason). The crate connects to
+/// all its seeds before it asks one for the slots, so a seed that accepts connections and
+/// answers nothing — a master paused or hung, whose replica has taken over — would hold
+/// every attempt until it times out, and the node would stay unreachable for as long as
+/// that server hangs.
+async fn answering_seeds(seeds: Vec<String>, ca: Option<&[u8]>) -> Vec<String> {
+    let probes = seeds.iter().map(|seed| async move {
+        let client = crate::client(seed, ca).ok()?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(SEED_PROBE))
+            .set_response_timeout(Some(SEED_PROBE));
+        let probe = async {
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(SEED_PROBE * 2, probe)
+            .await
+            .ok()
+            .flatten()
+    });
+    let answered = join_all(probes).await;
+    let alive: Vec<String> = seeds
+        .iter()
+        .zip(answered)
+        .filter(|(_, answered)| answered.is_some())
+        .map(|(seed, _)| seed.clone())
+        .collect();
+    if alive.is_empty() {
+        seeds
+    } else {
+        alive
+    }
 }
 
 /// Connects to the cluster, checks every slot is served, loads the scripts on every master
@@ -1184,6 +1371,7 @@ async fn connect(
     pushes: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<Link, String> {
     let template = seeds.first().cloned().unwrap_or_default();
+    let seeds = answering_seeds(seeds, ca.as_deref()).await;
     let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(ANSWER_TIMEOUT)
@@ -1200,19 +1388,20 @@ async fn connect(
     let connection = bounded(client.get_async_connection()).await?;
     let mut link = Link {
         connection,
+        commands: HashMap::new(),
+        template: template.clone(),
         subscriptions: HashMap::new(),
         slots: Vec::new(),
         user_script: String::new(),
         heartbeat_script: String::new(),
-        owner_script: String::new(),
         masters: Vec::new(),
         ca,
     };
     link.refresh_slots().await?;
     link.user_script = link.load(USER_SCRIPT).await?;
     link.heartbeat_script = link.load(HEARTBEAT_SCRIPT).await?;
-    link.owner_script = link.load(OWNER_SCRIPT).await?;
     for master in link.masters.clone() {
+        link.command_connection(&master).await?;
         link.subscription_connection(&template, &pushes, &master)
             .await?;
     }
@@ -1280,11 +1469,147 @@ impl Link {
 
     /// The master serving `name`'s slot.
     fn owner(&self, name: &str) -> Option<&String> {
-        let slot = slot_of(name.as_bytes());
+        self.master_of(slot_of(name.as_bytes()))
+    }
+
+    /// The master serving `slot`, as the slot map last read says.
+    fn master_of(&self, slot: u16) -> Option<&String> {
         self.slots
             .iter()
             .find(|(start, end, _)| (*start..=*end).contains(&slot))
             .map(|(_, _, master)| master)
+    }
+
+    /// The command connection of `master`, opened if there is none yet.
+    async fn command_connection(&mut self, master: &str) -> Result<MultiplexedConnection, String> {
+        if let Some(connection) = self.commands.get(master) {
+            return Ok(connection.clone());
+        }
+        let url = with_host(&self.template, master, false);
+        let client = crate::client(&url, self.ca.as_deref()).map_err(|err| err.to_string())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(ANSWER_TIMEOUT));
+        let connection = bounded(client.get_multiplexed_async_connection_with_config(&config))
+            .await
+            .map_err(|err| format!("{master}: {err}"))?;
+        self.commands.insert(master.to_owned(), connection.clone());
+        Ok(connection)
+    }
+
+    /// Sends `batch`: one pipeline per master (each command to the master of its slot in
+    /// the slot map, in the batch's order), all at once. A command answered `MOVED`,
+    /// `ASK`, `TRYAGAIN` or `CLUSTERDOWN` was not run: it is sent again through the
+    /// crate's cluster connection, which follows the redirect — one at a time per slot,
+    /// in the batch's order (a user's commands keep theirs) — and after a `MOVED` the
+    /// slot map is read again. Answers every command's reply in the batch's order.
+    async fn run(&mut self, batch: Batch) -> Sent {
+        let mut replies: Vec<Option<Value>> = vec![None; batch.len()];
+        let mut failed = None;
+        // Per master: its pipeline and the batch's places of its commands.
+        let mut groups: Vec<(String, redis::Pipeline, Vec<usize>)> = Vec::new();
+        let mut commands: Vec<Option<redis::Cmd>> = Vec::with_capacity(batch.len());
+        let mut redirected: Vec<(u16, usize)> = Vec::new();
+        let slots: Vec<u16> = batch.iter().map(|(slot, _)| *slot).collect();
+        for (index, (slot, cmd)) in batch.into_iter().enumerate() {
+            let Some(master) = self.master_of(slot) else {
+                redirected.push((slot, index));
+                commands.push(Some(cmd));
+                continue;
+            };
+            let group = match groups.iter().position(|(name, _, _)| name == master) {
+                Some(group) => group,
+                None => {
+                    groups.push((master.clone(), redis::pipe(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[group].1.add_command(cmd);
+            groups[group].2.push(index);
+            commands.push(None);
+        }
+        let mut connections = Vec::with_capacity(groups.len());
+        for (master, _, _) in &groups {
+            match self.command_connection(master).await {
+                Ok(connection) => connections.push(Some(connection)),
+                Err(err) => {
+                    failed = Some(err);
+                    connections.push(None);
+                }
+            }
+        }
+        let sends = groups
+            .iter()
+            .zip(connections)
+            .map(|((_, pipe, _), connection)| async move {
+                let mut connection = connection?;
+                Some(bounded(connection.send_packed_commands(pipe, 0, pipe.len())).await)
+            });
+        let answered = join_all(sends).await;
+        let mut moved = false;
+        for ((_, pipe, places), answer) in groups.iter().zip(answered) {
+            match answer {
+                Some(Ok(values)) => {
+                    for ((&index, value), cmd) in places.iter().zip(values).zip(pipe.cmd_iter()) {
+                        if is_redirect(&value) {
+                            moved |= matches!(&value, Value::ServerError(err)
+                                if err.kind() == Some(ServerErrorKind::Moved));
+                            redirected.push((slots[index], index));
+                            commands[index] = Some(cmd.clone());
+                        } else {
+                            replies[index] = Some(value);
+                        }
+                    }
+                }
+                Some(Err(err)) => failed = Some(err),
+                None => {}
+            }
+        }
+        if !redirected.is_empty() {
+            redirected.sort_unstable();
+            let mut by_slot: Vec<Vec<(usize, redis::Cmd)>> = Vec::new();
+            let mut last = None;
+            for (slot, index) in redirected {
+                let Some(cmd) = commands[index].take() else {
+                    continue;
+                };
+                if last != Some(slot) {
+                    by_slot.push(Vec::new());
+                    last = Some(slot);
+                }
+                if let Some(slot_commands) = by_slot.last_mut() {
+                    slot_commands.push((index, cmd));
+                }
+            }
+            let retries = by_slot.into_iter().map(|slot_commands| {
+                let mut connection = self.connection.clone();
+                async move {
+                    let mut answered = Vec::new();
+                    for (index, cmd) in slot_commands {
+                        let reply = bounded(cmd.query_async::<Value>(&mut connection)).await;
+                        let lost = reply.is_err();
+                        answered.push((index, reply));
+                        if lost {
+                            // The slot's later commands stay unsent: they keep their order.
+                            break;
+                        }
+                    }
+                    answered
+                }
+            });
+            for (index, reply) in join_all(retries).await.into_iter().flatten() {
+                match reply {
+                    Ok(value) => replies[index] = Some(value),
+                    Err(err) => failed = Some(err),
+                }
+            }
+            if moved {
+                if let Err(err) = self.refresh_slots().await {
+                    failed = Some(err);
+                }
+            }
+        }
+        Sent { replies, failed }
     }
 
     /// The subscription connection of `master`, opened (RESP3, pushes to `pushes`) if
@@ -1298,7 +1623,7 @@ impl Link {
         if let Some(connection) = self.subscriptions.get(master) {
             return Ok(connection.clone());
         }
-        let url = with_host(template, master);
+        let url = with_host(template, master, true);
         let client = crate::client(&url, self.ca.as_deref()).map_err(|err| err.to_string())?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -1345,8 +1670,8 @@ impl Link {
 }
 
 /// `template` (a seed's URL, with the credentials) with `address` as its host and port,
-/// speaking RESP3 (sharded messages arrive as pushes).
-fn with_host(template: &str, address: &str) -> String {
+/// speaking RESP3 if `resp3` (sharded messages arrive as pushes).
+fn with_host(template: &str, address: &str, resp3: bool) -> String {
     let Some(scheme_end) = template.find("://").map(|at| at + 3) else {
         return template.to_owned();
     };
@@ -1355,7 +1680,9 @@ fn with_host(template: &str, address: &str) -> String {
     let userinfo = rest[..authority_end]
         .rfind('@')
         .map_or("", |at| &rest[..=at]);
-    let protocol = if rest[authority_end..].contains('?') {
+    let protocol = if !resp3 {
+        ""
+    } else if rest[authority_end..].contains('?') {
         "&protocol=resp3"
     } else {
         "?protocol=resp3"
@@ -1418,12 +1745,16 @@ mod tests {
         assert_eq!(slot_of(b"{foo}"), 12182);
         assert_ne!(slot_of(b"{}foo"), slot_of(b"foo"));
         assert_eq!(
-            with_host("redis://u:p@a:1/0", "127.0.0.1:7000"),
+            with_host("redis://u:p@a:1/0", "127.0.0.1:7000", true),
             "redis://u:p@127.0.0.1:7000/0?protocol=resp3"
         );
         assert_eq!(
-            with_host("rediss://b:2/0", "h:3"),
+            with_host("rediss://b:2/0", "h:3", true),
             "rediss://h:3/0?protocol=resp3"
+        );
+        assert_eq!(
+            with_host("redis://u:p@a:1/0", "h:3", false),
+            "redis://u:p@h:3/0"
         );
     }
 }

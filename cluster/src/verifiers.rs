@@ -40,10 +40,42 @@ pub(crate) enum Op {
 /// Said once per process: Redis refused the verifiers' commands.
 static REFUSED: AtomicBool = AtomicBool::new(false);
 
+/// Where a check's answer goes: the verifier's bytes, or nothing.
+pub(crate) type Check = std::sync::mpsc::SyncSender<Option<Vec<u8>>>;
+
+/// The command of `op`, with the key it names (for a Redis Cluster's routing) and, for a
+/// check, where its answer goes.
+pub(crate) fn command(op: Op, names: &Names) -> (String, redis::Cmd, Option<Check>) {
+    match op {
+        Op::Check { user, ttl, answer } => {
+            let key = names.verifier_key(&user);
+            let mut cmd = redis::cmd("GETEX");
+            cmd.arg(&key).arg("EX").arg(ttl.as_secs().max(1));
+            (key, cmd, Some(answer))
+        }
+        Op::Keep { user, tag, ttl } => {
+            let key = names.verifier_key(&user);
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key)
+                .arg(&tag.as_bytes()[..])
+                .arg("EX")
+                .arg(ttl.as_secs().max(1));
+            (key, cmd, None)
+        }
+        Op::Forget { user } => {
+            let key = names.verifier_key(&user);
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(&key);
+            (key, cmd, None)
+        }
+    }
+}
+
 /// Sends `ops` as one pipeline on `commands` and hands each check its answer. When the
 /// pipeline fails its checks are dropped unanswered (their threads run bcrypt), and the
 /// first failure is logged. A worker that does not run them drops them: every check is
-/// then answered "not held".
+/// then answered "not held". (Over a Redis Cluster the broker's thread puts the commands
+/// of [`command`] into its batches instead, one pipeline per master.)
 pub(crate) async fn run(
     ops: Vec<Op>,
     names: &Names,
@@ -52,24 +84,14 @@ pub(crate) async fn run(
     let mut pipe = redis::pipe();
     let mut checks = Vec::new();
     for op in ops {
-        match op {
-            Op::Check { user, ttl, answer } => {
-                pipe.cmd("GETEX")
-                    .arg(names.verifier_key(&user))
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1));
-                checks.push(answer);
+        let (_, cmd, check) = command(op, names);
+        match check {
+            Some(check) => {
+                pipe.add_command(cmd);
+                checks.push(check);
             }
-            Op::Keep { user, tag, ttl } => {
-                pipe.cmd("SET")
-                    .arg(names.verifier_key(&user))
-                    .arg(&tag.as_bytes()[..])
-                    .arg("EX")
-                    .arg(ttl.as_secs().max(1))
-                    .ignore();
-            }
-            Op::Forget { user } => {
-                pipe.cmd("DEL").arg(names.verifier_key(&user)).ignore();
+            None => {
+                pipe.add_command(cmd).ignore();
             }
         }
     }

@@ -59,6 +59,21 @@ enum LoginStage {
         /// cannot log in (the name or the password breaks the rules).
         user: Option<Arc<str>>,
     },
+    /// Its password matched; in a cluster, the broker is asked whether the cluster
+    /// throttles the pair (failures through other nodes that this node has not heard of
+    /// yet) before the login binds.
+    Admitting {
+        /// `true` admits, `false` refuses as throttled; dropped unanswered, admits.
+        admitted: oneshot::Receiver<bool>,
+        /// When the login is admitted without the cluster's answer.
+        give_up: Pin<Box<Sleep>>,
+        /// This check's place under the throttle's limit.
+        reservation: Reservation,
+        /// The user to bind.
+        user: Arc<str>,
+        /// The hash the password matched.
+        hash: PasswordHash,
+    },
 }
 
 /// How long a login waits for the cluster broker to follow its user's channel before it
@@ -243,6 +258,50 @@ impl Session {
                     if let Some(login) = self.login.take() {
                         self.finish_login(login, checked, fx);
                     }
+                    // Ready, or on to `Admitting`.
+                    if self.login.is_none() {
+                        return Poll::Ready(());
+                    }
+                }
+                LoginStage::Admitting {
+                    admitted, give_up, ..
+                } => {
+                    let admit = match Pin::new(admitted).poll(task) {
+                        // Dropped: the broker lost Redis; the node's own throttle holds.
+                        Poll::Ready(answer) => answer.unwrap_or(true),
+                        Poll::Pending => {
+                            if give_up.as_mut().poll(task).is_pending() {
+                                return Poll::Pending;
+                            }
+                            log::warn!(
+                                "{}: login admitted before the cluster broker said whether \
+                                 the cluster throttles it (waited {SUBSCRIBE_WAIT:?})",
+                                self.peer
+                            );
+                            true
+                        }
+                    };
+                    let Some(PendingLogin {
+                        stage:
+                            LoginStage::Admitting {
+                                reservation,
+                                user,
+                                hash,
+                                ..
+                            },
+                        ..
+                    }) = self.login.take()
+                    else {
+                        return Poll::Ready(());
+                    };
+                    if admit {
+                        self.bind_checked(user, &hash, reservation, fx);
+                    } else {
+                        // A right password, refused as any login of a throttled pair is:
+                        // unchecked, and not counted as a failure (its place is released).
+                        drop(reservation);
+                        self.refuse_throttled(user.as_bytes(), fx);
+                    }
                     return Poll::Ready(());
                 }
             }
@@ -370,13 +429,7 @@ impl Session {
                 return;
             }
             Admission::Refused => {
-                self.shared.metrics.login(LoginResult::Throttled);
-                log::warn!(
-                    "{}: login as {} refused unchecked: too many failures",
-                    self.peer,
-                    Excerpt(name)
-                );
-                fx.reply(Reply::LoginInvalid);
+                self.refuse_throttled(name, fx);
                 return;
             }
         };
@@ -429,6 +482,17 @@ impl Session {
             },
             name: name.to_vec(),
         });
+    }
+
+    /// Refuses a login of `name` whose pair is throttled, here or by the cluster.
+    fn refuse_throttled(&mut self, name: &[u8], fx: &mut impl Effects) {
+        self.shared.metrics.login(LoginResult::Throttled);
+        log::warn!(
+            "{}: login as {} refused unchecked: too many failures",
+            self.peer,
+            Excerpt(name)
+        );
+        fx.reply(Reply::LoginInvalid);
     }
 
     /// Acts on the verdict of the login that was being checked.
@@ -484,10 +548,40 @@ impl Session {
         }));
     }
 
+    /// The password of `user` matched `hash`: in a cluster, asks first whether the cluster
+    /// throttles the pair (the login waits in [`LoginStage::Admitting`]); then binds.
+    fn login_succeeded(
+        &mut self,
+        user: Arc<str>,
+        hash: &PasswordHash,
+        reservation: Reservation,
+        fx: &mut impl Effects,
+    ) {
+        match self
+            .shared
+            .cluster_throttle
+            .succeeded(self.peer.ip(), user.as_bytes())
+        {
+            Some(admitted) => {
+                self.login = Some(PendingLogin {
+                    name: user.as_bytes().to_vec(),
+                    stage: LoginStage::Admitting {
+                        admitted,
+                        give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
+                        reservation,
+                        user,
+                        hash: hash.clone(),
+                    },
+                });
+            }
+            None => self.bind_checked(user, hash, reservation, fx),
+        }
+    }
+
     /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
     /// replaced while it was being checked: that change's invalidation may already have
     /// passed, so the login must not outlive it.
-    fn login_succeeded(
+    fn bind_checked(
         &mut self,
         user: Arc<str>,
         hash: &PasswordHash,
@@ -504,9 +598,6 @@ impl Session {
             return;
         }
         reservation.succeeded();
-        self.shared
-            .cluster_throttle
-            .succeeded(self.peer.ip(), user.as_bytes());
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
