@@ -10,8 +10,9 @@
 //!   not counted here).
 //! - **decode** (client → server: commands): masked binary frames, received 4 KiB per
 //!   `recv`, each payload handed on into the input buffer. tungstenite as tether drives it
-//!   (`WebSocketContext` with tether's config: no read buffer of its own, fed from a 4 KiB
-//!   staging buffer) and with its default config (its own 128 KiB read buffer);
+//!   (`WebSocketContext` with tether's config, fed from a 4 KiB staging buffer: its own read
+//!   buffer 0 bytes as first shipped — it then reads 14 bytes at a time — and 256 bytes)
+//!   and with its default config (its own 128 KiB read buffer);
 //!   fastwebsockets `WebSocket::read_frame` polled with a no-op waker, its future on the
 //!   stack, and boxed per read (what a poll-based driver holding it across wake-ups needs).
 //!
@@ -45,7 +46,10 @@ const PROLONGATE: &[u8] = b"prolongate\x1e";
 fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
-    let frames: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2_000_000);
+    let frames: usize = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
     // (name, message, messages per write)
     let encodes: [(&str, &[u8], usize); 3] = [
         ("encode event, 1 per write (fanout)", EVENT, 1),
@@ -68,7 +72,10 @@ fn main() {
             let mut sides: Vec<(&str, fn(&[u8], usize, usize) -> f64)> = vec![
                 ("tungstenite FrameHeader::format", encode_tungstenite),
                 ("fastwebsockets fmt_head", encode_fastwebsockets),
-                ("fastwebsockets Frame::write per frame", encode_fastwebsockets_write),
+                (
+                    "fastwebsockets Frame::write per frame",
+                    encode_fastwebsockets_write,
+                ),
             ];
             if flip {
                 sides.reverse();
@@ -82,10 +89,23 @@ fn main() {
             let input = client_frames(&payload, frames / commands.max(1));
             let count = frames / commands.max(1);
             let mut sides: Vec<(&str, fn(&[u8], usize, usize) -> f64)> = vec![
-                ("tungstenite, tether's config", decode_tungstenite_tether),
+                (
+                    "tungstenite, tether's first config (read buffer 0, payload kept)",
+                    decode_tungstenite_tether,
+                ),
+                (
+                    "tungstenite, tether's config (read buffer 256)",
+                    decode_tungstenite_tether_256,
+                ),
                 ("tungstenite, default config", decode_tungstenite_default),
-                ("fastwebsockets, future on the stack", decode_fastwebsockets_inline),
-                ("fastwebsockets, future boxed per read", decode_fastwebsockets_boxed),
+                (
+                    "fastwebsockets, future on the stack",
+                    decode_fastwebsockets_inline,
+                ),
+                (
+                    "fastwebsockets, future boxed per read",
+                    decode_fastwebsockets_boxed,
+                ),
             ];
             if flip {
                 sides.reverse();
@@ -247,18 +267,26 @@ impl Write for DirectIo<'_> {
     }
 }
 
+/// Decodes `frames` frames; with `keep_previous`, each payload is held until the next frame
+/// is read (as `WsStream` first did: its `unread` kept the handed-on `Bytes`, so tungstenite
+/// could not reuse its buffer in place).
 fn decode_tungstenite<S: Read + Write>(
     mut context: WebSocketContext,
     mut stream: S,
     frames: usize,
     payload: usize,
+    keep_previous: bool,
 ) -> f64 {
     let mut input = Vec::with_capacity(RECV);
+    let mut previous = Bytes::new();
     let started = Instant::now();
     for _ in 0..frames {
         match context.read(&mut stream) {
             Ok(Message::Binary(data)) => {
                 input.extend_from_slice(&data);
+                if keep_previous {
+                    previous = data;
+                }
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -268,14 +296,30 @@ fn decode_tungstenite<S: Read + Write>(
         }
     }
     let ns = started.elapsed().as_nanos() as f64 / frames as f64;
+    black_box(previous);
     assert!(input.len() % payload == 0);
     ns
 }
 
 fn decode_tungstenite_tether(data: &[u8], frames: usize, payload: usize) -> f64 {
-    // WsStream::new's configuration.
+    decode_tungstenite_staged(data, frames, payload, 0, true)
+}
+
+fn decode_tungstenite_tether_256(data: &[u8], frames: usize, payload: usize) -> f64 {
+    decode_tungstenite_staged(data, frames, payload, 256, false)
+}
+
+fn decode_tungstenite_staged(
+    data: &[u8],
+    frames: usize,
+    payload: usize,
+    read_buffer_size: usize,
+    keep_previous: bool,
+) -> f64 {
+    // WsStream::new's configuration (before and after issue 25's benchmarks: its read
+    // buffer 0, then 256 bytes).
     let mut config = WebSocketConfig::default();
-    config.read_buffer_size = 0;
+    config.read_buffer_size = read_buffer_size;
     config.write_buffer_size = 0;
     config.max_write_buffer_size = usize::MAX;
     config.max_frame_size = Some(64 * 1024);
@@ -291,12 +335,19 @@ fn decode_tungstenite_tether(data: &[u8], frames: usize, payload: usize) -> f64 
         io,
         frames,
         payload,
+        keep_previous,
     )
 }
 
 fn decode_tungstenite_default(data: &[u8], frames: usize, payload: usize) -> f64 {
     let io = DirectIo(Socket { data, at: 0 });
-    decode_tungstenite(WebSocketContext::new(Role::Server, None), io, frames, payload)
+    decode_tungstenite(
+        WebSocketContext::new(Role::Server, None),
+        io,
+        frames,
+        payload,
+        false,
+    )
 }
 
 /// The socket as fastwebsockets' stream.
@@ -320,7 +371,11 @@ impl AsyncRead for AsyncSocket<'_> {
 }
 
 impl AsyncWrite for AsyncSocket<'_> {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Poll::Ready(Ok(buf.len()))
     }
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
