@@ -33,6 +33,9 @@ use tungstenite::protocol::frame::{Frame, FrameHeader};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
 
+/// One measured variant: its name and the function run (message or input, count, size).
+type Side = (&'static str, fn(&[u8], usize, usize) -> f64);
+
 /// Bytes a `recv` hands over at most (tether's read chunk).
 const RECV: usize = 4096;
 
@@ -69,7 +72,7 @@ fn main() {
     for round in 0..rounds {
         let flip = round % 2 == 1;
         for (name, message, batch) in encodes {
-            let mut sides: Vec<(&str, fn(&[u8], usize, usize) -> f64)> = vec![
+            let mut sides: Vec<Side> = vec![
                 ("tungstenite FrameHeader::format", encode_tungstenite),
                 ("fastwebsockets fmt_head", encode_fastwebsockets),
                 (
@@ -88,7 +91,7 @@ fn main() {
             let payload = PROLONGATE.repeat(commands);
             let input = client_frames(&payload, frames / commands.max(1));
             let count = frames / commands.max(1);
-            let mut sides: Vec<(&str, fn(&[u8], usize, usize) -> f64)> = vec![
+            let mut sides: Vec<Side> = vec![
                 (
                     "tungstenite, tether's first config (read buffer 0, payload kept)",
                     decode_tungstenite_tether,
