@@ -8,9 +8,10 @@
 #           slope 5,000 -> 10,000: a fresh tether's first reading holds start-up garbage);
 #   storm   on a tether whose WebSocket listener is wss: `tls --skip-cmd` with every
 #           connection a wss one — handshakes/s, and the p99 of open wss connections during
-#           a wss handshake storm against quiet.
+#           a wss handshake storm against quiet, ROUNDS rounds in one run (STORM_ARGS: more
+#           `tls` options, e.g. "--storm-nice 19").
 # JSON lines are appended to OUT (default bench/results/ws.jsonl); tags say the round.
-#   ROUNDS=3 DUR=5 SCENARIOS="cmd fanout hold storm" bench/ws.sh
+#   ROUNDS=3 DUR=5 SCENARIOS="cmd fanout hold storm" [STORM_ARGS=...] bench/ws.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
@@ -54,11 +55,16 @@ for scenario in $SCENARIOS; do
                     --addr "$addr" --pid "$STARTED_PID" --connections 10000 --checkpoints 5000
                 stop_one "$STARTED_PID" ;;
             storm)
-                [[ $side == ws ]] || continue # one run per round: wss against itself quiet
+                # One run on one wss tether, its own ROUNDS rounds of quiet and storm in
+                # alternating order; STORM_ARGS adds `tls` options (`--storm-nice 19`,
+                # `--storm-cmd-rate N`).
+                [[ $side == ws && $round == 1 ]] || continue
                 TETHER_WS_TLS=true start_tether tether-wss "${WORKERS:-0}"
-                bench --websocket / --tag "r$round" --target-name tether-wss tls --skip-cmd \
+                read -ra storm_args <<< "${STORM_ARGS:-}"
+                bench --websocket / --tag "storm" --target-name tether-wss tls --skip-cmd \
                     --addr "$STARTED_ADDR" --tls-addr "$STARTED_WS_ADDR" \
-                    --tls-ca "$WORK/tls-ca.pem" --rounds 1 --duration "$DUR" --warmup 1
+                    --tls-ca "$WORK/tls-ca.pem" --rounds "$ROUNDS" --duration "$DUR" --warmup 1 \
+                    "${storm_args[@]}"
                 stop_one "$STARTED_PID" ;;
             *) echo "unknown scenario $scenario" >&2; exit 2 ;;
             esac

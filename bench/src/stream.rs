@@ -123,7 +123,8 @@ pub async fn connect(
     }
 }
 
-/// Upgrades `stream` to a WebSocket on `path`.
+/// Upgrades `stream` to a WebSocket on `path` (tokio-tungstenite's client handshake), then
+/// runs the frames over the same socket through [`WsBench`].
 async fn websocket(
     stream: BenchStream,
     target: SocketAddr,
@@ -131,32 +132,164 @@ async fn websocket(
     tls: bool,
 ) -> Fallible<BenchStream> {
     let scheme = if tls { "wss" } else { "ws" };
-    let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
-    // Every write goes out at once, as on TCP (the drivers flush only in their exchanges).
-    config.write_buffer_size = 0;
-    config.read_buffer_size = 16 * 1024;
-    let (socket, _) = tokio_tungstenite::client_async_with_config(
-        format!("{scheme}://{target}{path}"),
-        stream,
-        Some(config),
-    )
-    .await
-    .map_err(|err| format!("WebSocket upgrade failed: {err}"))?;
-    Ok(BenchStream::Ws(Box::new(WsBench {
-        socket,
-        unread: bytes::Bytes::new(),
-        ended: false,
-    })))
+    let (socket, _) = tokio_tungstenite::client_async(format!("{scheme}://{target}{path}"), stream)
+        .await
+        .map_err(|err| format!("WebSocket upgrade failed: {err}"))?;
+    // The server sends nothing after its `101` until it is spoken to, so the handshake left
+    // no frame bytes behind in tokio-tungstenite's buffer.
+    Ok(BenchStream::Ws(Box::new(WsBench::new(socket.into_inner()))))
 }
 
-/// A WebSocket as a byte stream.
+/// Bytes asked of the socket per read (as the TCP receivers' buffers).
+const WS_READ_CHUNK: usize = 16 * 1024;
+
+/// A WebSocket as a byte stream, built to cost the bench machine little, as the TCP path
+/// does: a read takes every frame the socket has in one `recv` and hands their payloads on
+/// with one copy (headers parsed by tungstenite's `FrameHeader::parse`; no `Message`, no
+/// UTF-8 check, no allocation per frame), and every write is one masked binary frame
+/// (tungstenite's `Frame::format`). The server's frames are taken as they come: it is the
+/// server under test, its conformance is the integration tests' business. tokio-tungstenite's
+/// `Message` stream cost the bench client ~2× the TCP client's CPU per fan-out delivery on
+/// the two cores it shares with the server (BENCHMARKS.md, "WebSocket against TCP").
 pub struct WsBench {
-    /// The socket, over plain TCP or TLS.
-    socket: tokio_tungstenite::WebSocketStream<BenchStream>,
-    /// Payload not yet read.
-    unread: bytes::Bytes,
-    /// The server closed (or the socket failed): reads answer the end.
+    /// The socket, over plain TCP or TLS, after the upgrade.
+    stream: BenchStream,
+    /// Bytes read (`raw[head..tail]` not yet decoded: a partial header, or payload not yet
+    /// handed on); allocated at the first read.
+    raw: Vec<u8>,
+    /// Where the undecoded bytes start in `raw`.
+    head: usize,
+    /// Where they end.
+    tail: usize,
+    /// Payload bytes of the current data frame still to hand on (at the start of `raw`).
+    payload_left: u64,
+    /// Payload bytes of the current control frame still to skip.
+    skip_left: u64,
+    /// Framed output the socket has not taken yet.
+    out: Vec<u8>,
+    /// Where the next frame's mask comes from.
+    mask_state: u32,
+    /// The server closed (or sent what is not a frame): reads answer the end.
     ended: bool,
+}
+
+impl WsBench {
+    fn new(stream: BenchStream) -> Self {
+        Self {
+            stream,
+            raw: Vec::new(),
+            head: 0,
+            tail: 0,
+            payload_left: 0,
+            skip_left: 0,
+            out: Vec::new(),
+            mask_state: 0x9e37_79b9,
+            ended: false,
+        }
+    }
+
+    /// Decodes what `raw` holds into `buf`: whether any payload was handed on.
+    fn decode(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<bool> {
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        let mut got = false;
+        loop {
+            let held = (self.tail - self.head) as u64;
+            if self.skip_left > 0 {
+                let skip = held.min(self.skip_left);
+                self.head += skip as usize;
+                self.skip_left -= skip;
+                if self.skip_left > 0 {
+                    return Ok(got);
+                }
+            }
+            if self.payload_left > 0 {
+                let length = held.min(self.payload_left).min(buf.remaining() as u64) as usize;
+                buf.put_slice(&self.raw[self.head..self.head + length]);
+                self.head += length;
+                self.payload_left -= length as u64;
+                got |= length > 0;
+                if self.payload_left > 0 {
+                    return Ok(got);
+                }
+            }
+            if self.ended || buf.remaining() == 0 {
+                return Ok(got);
+            }
+            let mut cursor = io::Cursor::new(&self.raw[self.head..self.tail]);
+            let (header, length) = match FrameHeader::parse(&mut cursor) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => return Ok(got),
+                Err(err) => {
+                    self.ended = true;
+                    return if got {
+                        Ok(got)
+                    } else {
+                        Err(io::Error::other(err))
+                    };
+                }
+            };
+            self.head += cursor.position() as usize;
+            match header.opcode {
+                OpCode::Data(_) => self.payload_left = length,
+                OpCode::Control(Control::Close) => self.ended = true,
+                OpCode::Control(_) => self.skip_left = length,
+            }
+        }
+    }
+
+    /// Reads once from the socket into `raw` (ready with the bytes read, 0 at the end).
+    fn poll_fill(&mut self, task: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.head == self.tail {
+            (self.head, self.tail) = (0, 0);
+        }
+        if self.raw.len() < WS_READ_CHUNK {
+            self.raw.resize(WS_READ_CHUNK, 0);
+        }
+        if self.tail == self.raw.len() {
+            // A partial header at the end: move it to the front.
+            self.raw.copy_within(self.head..self.tail, 0);
+            (self.head, self.tail) = (0, self.tail - self.head);
+        }
+        let mut read = ReadBuf::new(&mut self.raw[self.tail..]);
+        std::task::ready!(Pin::new(&mut self.stream).poll_read(task, &mut read))?;
+        let filled = read.filled().len();
+        self.tail += filled;
+        Poll::Ready(Ok(filled))
+    }
+
+    /// Writes `out` until it is empty (ready) or the socket takes no more (pending).
+    fn poll_out(&mut self, task: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match std::task::ready!(Pin::new(&mut self.stream).poll_write(task, &self.out)) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(written) => drop(self.out.drain(..written)),
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Appends one masked, final frame of `payload` to `out`.
+    fn frame(
+        &mut self,
+        opcode: tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode,
+        payload: &[u8],
+    ) {
+        use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+        // xorshift: masks that differ frame to frame (the server checks only that there is one).
+        self.mask_state ^= self.mask_state << 13;
+        self.mask_state ^= self.mask_state >> 17;
+        self.mask_state ^= self.mask_state << 5;
+        let header = FrameHeader {
+            opcode,
+            mask: Some(self.mask_state.to_ne_bytes()),
+            ..FrameHeader::default()
+        };
+        // Formatting into memory cannot fail.
+        let _ = Frame::from_payload(header, bytes::Bytes::copy_from_slice(payload))
+            .format(&mut self.out);
+    }
 }
 
 impl AsyncRead for WsBench {
@@ -167,37 +300,22 @@ impl AsyncRead for WsBench {
         task: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        use futures_util::Stream;
-        use tokio_tungstenite::tungstenite::Message;
         let this = self.get_mut();
-        let mut got = false;
+        // A frame the socket could not take at once goes before any more is waited for.
+        if let Poll::Ready(Err(err)) = this.poll_out(task) {
+            return Poll::Ready(Err(err));
+        }
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
-            if !this.unread.is_empty() {
-                let length = this.unread.len().min(buf.remaining());
-                buf.put_slice(&this.unread.split_to(length));
-                got = true;
-                if buf.remaining() == 0 {
-                    return Poll::Ready(Ok(()));
-                }
-            }
-            if this.ended {
+            if this.decode(buf)? || this.ended {
                 return Poll::Ready(Ok(()));
             }
-            let next = match Pin::new(&mut this.socket).poll_next(task) {
-                Poll::Pending if got => return Poll::Ready(Ok(())),
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(next) => next,
-            };
-            match next {
-                None | Some(Ok(Message::Close(_))) => this.ended = true,
-                Some(Ok(Message::Text(text))) => this.unread = text.into(),
-                Some(Ok(Message::Binary(data))) => this.unread = data,
-                Some(Ok(_)) => {}
-                Some(Err(_)) if got => {
-                    this.ended = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Some(Err(err)) => return Poll::Ready(Err(io::Error::other(err))),
+            match std::task::ready!(this.poll_fill(task)) {
+                Ok(0) => this.ended = true,
+                Ok(_) => {}
+                Err(err) => return Poll::Ready(Err(err)),
             }
         }
     }
@@ -209,29 +327,33 @@ impl AsyncWrite for WsBench {
         task: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        use futures_util::Sink;
-        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
         let this = self.get_mut();
-        std::task::ready!(Pin::new(&mut this.socket).poll_ready(task)).map_err(io::Error::other)?;
-        let message = Message::binary(bytes::Bytes::copy_from_slice(buf));
-        Pin::new(&mut this.socket)
-            .start_send(message)
-            .map_err(io::Error::other)?;
+        std::task::ready!(this.poll_out(task))?;
+        this.frame(OpCode::Data(Data::Binary), buf);
+        // What the socket does not take now goes with the next write, read or flush.
+        if let Poll::Ready(Err(err)) = this.poll_out(task) {
+            return Poll::Ready(Err(err));
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
-        use futures_util::Sink;
-        Pin::new(&mut self.get_mut().socket)
-            .poll_flush(task)
-            .map_err(io::Error::other)
+        let this = self.get_mut();
+        std::task::ready!(this.poll_out(task))?;
+        Pin::new(&mut this.stream).poll_flush(task)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, task: &mut Context<'_>) -> Poll<io::Result<()>> {
-        use futures_util::Sink;
-        Pin::new(&mut self.get_mut().socket)
-            .poll_close(task)
-            .map_err(io::Error::other)
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, OpCode};
+        let this = self.get_mut();
+        if !this.ended {
+            // A close frame (no code) before the FIN, once.
+            this.ended = true;
+            this.frame(OpCode::Control(Control::Close), &[]);
+        }
+        std::task::ready!(this.poll_out(task))?;
+        Pin::new(&mut this.stream).poll_shutdown(task)
     }
 }
 
@@ -243,7 +365,7 @@ impl BenchStream {
             Self::Tls(stream) => {
                 stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
             }
-            Self::Ws(stream) => stream.socket.get_ref().resumed(),
+            Self::Ws(stream) => stream.stream.resumed(),
         }
     }
 }

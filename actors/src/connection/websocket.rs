@@ -39,6 +39,9 @@ use tungstenite::Message;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 4096;
+/// tungstenite's own read buffer, and the most it copies from `raw` per read: a frame of
+/// 16 commands fits (`cmd` 50×16).
+const CONTEXT_READ_BUFFER: usize = 256;
 /// Framed output held beyond which no more messages are framed and no more input is read.
 pub(crate) const FRAME_CHUNK: usize = 16 * 1024;
 
@@ -123,9 +126,12 @@ impl WsStream {
     /// are refused from their header.
     pub(crate) fn new(inner: ClientStream, early: &[u8], max_payload: usize) -> Self {
         let mut config = WebSocketConfig::default();
-        // The context's read buffer grows to the frame being read and no more; its
-        // writes go straight to `frames` (see `Io`).
-        config.read_buffer_size = 0;
+        // The context's read buffer: small, as every connection holds it while idle, and
+        // what it asks of `Io` per read (with 0 it asked 14 bytes at a time, a copy and a
+        // call per 14 bytes of payload: 2.5× the cost per 16-command frame, BENCHMARKS.md).
+        // It grows to the frame being read and no more. Its writes go straight to `frames`
+        // (see `Io`).
+        config.read_buffer_size = CONTEXT_READ_BUFFER;
         config.write_buffer_size = 0;
         config.max_write_buffer_size = usize::MAX;
         config.max_frame_size = Some(max_payload);
@@ -182,7 +188,7 @@ impl WsStream {
                 }
                 Poll::Ready(Ok(_)) => {
                     self.frames.clear();
-                    buffers::release(&mut self.frames, Spare::Output);
+                    buffers::release(&mut self.frames, Spare::Frames);
                 }
                 Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
             }
@@ -225,7 +231,7 @@ impl WsStream {
         buffers::reserve(
             &mut self.frames,
             header.len(length) + payload.len(),
-            Spare::Output,
+            Spare::Frames,
         );
         // Writing into memory cannot fail.
         let _ = header.format(length, &mut (&mut self.frames).writer());
@@ -281,6 +287,11 @@ impl WsStream {
         let length = self.unread.len().min(buf.remaining());
         buf.put_slice(&self.unread[..length]);
         self.unread.advance(length);
+        if self.unread.is_empty() {
+            // Let go of the payload's memory, which is tungstenite's read buffer: held, it
+            // would make tungstenite allocate a new buffer for the next frame.
+            self.unread = Bytes::new();
+        }
     }
 
     /// Reads frames into `buf` until it is full or no frame is complete: ready once some
@@ -414,7 +425,7 @@ impl Read for Io<'_, '_> {
 impl Write for Io<'_, '_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if !self.discard {
-            buffers::reserve(self.frames, buf.len(), Spare::Output);
+            buffers::reserve(self.frames, buf.len(), Spare::Frames);
             self.frames.extend_from_slice(buf);
         }
         Ok(buf.len())

@@ -14,6 +14,7 @@ const FRESH_CAPACITY: usize = 4096;
 thread_local! {
     static SPARE_INPUT: Cell<Option<BytesMut>> = const { Cell::new(None) };
     static SPARE_OUTPUT: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    static SPARE_FRAMES: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
 /// Which spare a buffer comes from and goes back to.
@@ -23,6 +24,9 @@ pub(crate) enum Spare {
     Input,
     /// Encoded messages not yet written to a socket.
     Output,
+    /// A WebSocket's framed output, filled from the output while that still holds its
+    /// buffer (sharing the output's spare, each write would allocate one of them anew).
+    Frames,
 }
 
 impl Spare {
@@ -30,6 +34,7 @@ impl Spare {
         match self {
             Self::Input => SPARE_INPUT.with(f),
             Self::Output => SPARE_OUTPUT.with(f),
+            Self::Frames => SPARE_FRAMES.with(f),
         }
     }
 }
