@@ -18,16 +18,21 @@ VERBOSE = "-v" in sys.argv[1:]
 # Layers, bottom up, by top-level module; a folder listed in ORDER is also ordered inside.
 LAYERS = {
     "wire": ["frame", "reply", "verb"],
-    "actors": ["util", "wire", "auth", "hub", "connection", "server"],
+    "actors": ["util", "protocol", "auth", "hub", "connection", "server"],
     "cluster": ["answer", "names", "metrics", "history", "throttle", "verifiers", "sentinel",
                 "topology", "worker", "sharded"],
-    "client": ["message", "error", "wire", "incoming", "connection"],
+    "client": ["message", "error", "framing", "incoming", "connection"],
     ".": ["toml_error", "limits", "pem", "tls_client", "stdout", "config", "broker", "users",
-          "admission", "tls", "admin", "client", "check_config", "serve"],
+          "admission", "tls", "admin", "cli", "check_config", "serve"],
 }
 ORDER = {
     ("actors", "hub"): ["messages", "recent_ids", "broker", "presence", "registry", "shards", "bus",
                         "state", "roster", "supervisor"],
+    # The shared pieces, then one file per table of server.toml (a table before the one that
+    # holds it), then the check across tables, the loading and the printer's frame.
+    (".", "config"): ["error", "duration", "format", "check", "server_tls", "websocket", "server",
+                      "auth", "events", "admin_tls", "admin", "logging", "cluster", "listeners",
+                      "load", "effective"],
 }
 # Crates that must stay small at the bottom: the wire format and the client.
 FORBIDDEN = {

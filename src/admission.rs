@@ -1,8 +1,8 @@
 //! Admission after a restart (SPEC §5) in the application: the verifier key file
 //! (`auth.verifier_key_file`, checked at start-up), `tether keygen`, and where verifiers
 //! are kept — in the cluster's Redis (`tether-cluster`), or, on a node alone, in memory and
-//! in `auth.verifier_file`, read at start and saved atomically every [`SAVE_EVERY`] and at
-//! shutdown. Without a key file nothing of this runs: no file is read or written.
+//! in `auth.verifier_file`, read at start and saved atomically every
+//! `auth.verifier_save_interval` and at shutdown. Without a key file nothing of this runs: no file is read or written.
 
 use crate::config::Config;
 use crate::users::atomic_write::write_atomically;
@@ -11,12 +11,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tether_actors::auth::verifiers::{random_key, MemoryVerifiers, VerifierKey, Verifiers};
 use tether_actors::hub::broker::Broker;
-use tether_actors::verifiers::{random_key, MemoryVerifiers, VerifierKey, Verifiers};
-
-/// How often a node alone saves its verifiers when they changed ("at least every minute";
-/// what a crash loses since is paid in bcrypt once per user).
-pub const SAVE_EVERY: Duration = Duration::from_secs(10);
 
 /// Reads and checks the key file: at least 32 bytes (one trailing newline aside), not
 /// readable, writable or executable by group or others. The error names the file.
@@ -82,6 +78,8 @@ pub struct VerifierFile {
     path: PathBuf,
     store: Arc<MemoryVerifiers>,
     key_id: String,
+    /// `auth.verifier_save_interval`: how often [`VerifierFile::save_periodically`] saves.
+    every: Duration,
     /// Held by a save from its snapshot to its rename, so saves never overtake each other.
     saving: std::sync::Mutex<()>,
 }
@@ -114,9 +112,9 @@ impl VerifierFile {
         }
     }
 
-    /// Saves now and then every [`SAVE_EVERY`], on tokio's blocking pool, until dropped.
+    /// Saves every `auth.verifier_save_interval`, on tokio's blocking pool, until dropped.
     pub async fn save_periodically(self: Arc<Self>) {
-        let mut ticks = tokio::time::interval(SAVE_EVERY);
+        let mut ticks = tokio::time::interval(self.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
@@ -202,6 +200,7 @@ pub fn start(
         path,
         store: Arc::clone(&store),
         key_id: key.id().to_owned(),
+        every: config.auth.verifier_save_interval,
         saving: std::sync::Mutex::new(()),
     });
     Some(Admission {

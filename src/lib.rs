@@ -1,4 +1,4 @@
-//! The tether application: its configuration, its users file, and the wiring that runs the
+//! The tether application: its configuration, its user stores, and the wiring that runs the
 //! protocol server of `tether-actors` as a process.
 
 #![forbid(unsafe_code)]
@@ -7,7 +7,7 @@ pub mod admin;
 pub mod admission;
 pub mod broker;
 pub mod check_config;
-pub mod client;
+pub mod cli;
 pub mod config;
 pub mod limits;
 pub mod pem;

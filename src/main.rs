@@ -1,5 +1,5 @@
-//! The `tether` command: parses arguments, sets up logging and runs the server, or edits
-//! the users file (`passwd`, `deluser`), checks the configuration (`check-config`), talks
+//! The `tether` command: parses arguments, sets up logging and runs the server, or changes
+//! the user store (`passwd`, `deluser`; `db` for the users table), checks the configuration (`check-config`), talks
 //! to a server as a client (`client`), or writes shell completions and the man page.
 
 #![forbid(unsafe_code)]
@@ -56,13 +56,14 @@ struct Cli {
 /// What to do instead of running the server.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Set a user's password in the users file, creating the user if needed: prompted twice
-    /// on a terminal, one line from standard input otherwise
+    /// Set a user's password in the user store (the users file, or the users table with
+    /// auth.database), creating the user if needed: prompted twice on a terminal, one line
+    /// from standard input otherwise
     Passwd {
         /// The user name (1–128 bytes, no control characters)
         name: String,
     },
-    /// Remove a user from the users file (exit code 1 if there is none by that name)
+    /// Remove a user from the user store (exit code 1 if there is none by that name)
     Deluser {
         /// The user name
         name: String,
@@ -71,7 +72,7 @@ enum Command {
     #[command(subcommand)]
     Db(DbCommand),
     /// Connect to a server as a client: a prompt for people, flags for scripts
-    Client(tether::client::ClientArgs),
+    Client(tether::cli::ClientArgs),
     /// Check the configuration and the users file, and print the settings in force (the
     /// admin token masked); exit code 0 when both are valid, 2 otherwise
     CheckConfig,
@@ -152,7 +153,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig) => with_config(config, tether::check_config::check_config),
         Some(Command::Keygen { path, force }) => outcome(tether::admission::keygen(&path, force)),
         Some(Command::Client(args)) => match load_config(config) {
-            Ok(config) => ExitCode::from(tether::client::run(args, &config)),
+            Ok(config) => ExitCode::from(tether::cli::run(args, &config)),
             Err(exit) => exit,
         },
         None => match load_config(config) {

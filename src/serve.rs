@@ -1,19 +1,15 @@
 //! Running the server as a process (SPEC §7): users loaded, listener bound, `listening on`
 //! logged, and on SIGINT or SIGTERM a graceful shutdown.
 
-use crate::admin::{self, AdminState, UserAdmin};
+use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::users::pg_schema;
-use crate::users::pg_store::{PgUsers, StartError};
-use crate::users::read::{self, Contents};
-use crate::users::sync::UserSync;
+use crate::users::Running;
 use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::proxy_header::ProxyTrust;
+use tether_actors::protocol::proxy_header::ProxyTrust;
 use tether_actors::rustls;
-use tether_actors::users::{UserStore, UserTable};
 use tether_actors::{
     Listeners, Settings, Tether, TlsConfigSlot, WebSocketListener, WebSocketPolicy,
 };
@@ -27,7 +23,7 @@ const ADMIN_STOP_SLACK: Duration = Duration::from_millis(500);
 pub enum Outcome {
     /// Stopped on a signal after a graceful shutdown.
     Stopped,
-    /// The configuration or the users file is invalid.
+    /// The configuration or the user store is invalid.
     BadConfiguration,
     /// Something needed at run time failed (such as binding the address).
     Failed,
@@ -62,11 +58,11 @@ pub fn settings(config: &Config) -> Settings {
     }
 }
 
-/// Loads the users file, binds every listener, serves until SIGINT or SIGTERM, then shuts
+/// Starts the user store, binds every listener, serves until SIGINT or SIGTERM, then shuts
 /// down gracefully. Logs the version and the configuration file first; a reason not to run
 /// reaches standard error whatever the log level.
 ///
-/// SIGHUP, SIGINT and SIGTERM are caught before anything slow (the users file, the stand-in
+/// SIGHUP, SIGINT and SIGTERM are caught before anything slow (the user store, the stand-in
 /// hash): one arriving during start-up is acted on once the server runs — a reload, or an
 /// orderly stop — instead of killing the process.
 pub fn run(config: Config) -> Outcome {
@@ -92,31 +88,15 @@ pub fn run(config: Config) -> Outcome {
         config.source
     );
     crate::limits::raise_open_files_limit(config.server.max_connections);
-    let users = match &config.auth.database {
-        Some(url) => match pg_schema::Database::new(url, config.auth.database_ca_file.as_deref())
-            .map_err(|why| StartError::NotReady(format!("auth.database_ca_file: {why}")))
-            .and_then(|database| PgUsers::connect(database, &config.auth.table))
-        {
-            Ok(database) => {
-                log::info!(
-                    "users from PostgreSQL table {} (looked up per login)",
-                    config.auth.table
-                );
-                Users::Database(database)
-            }
-            Err(StartError::NotReady(why)) => {
-                fatal(&why);
-                return Outcome::BadConfiguration;
-            }
-            Err(StartError::Unreachable(why)) => {
-                fatal(&format!("cannot reach the users database: {why}"));
-                return Outcome::Failed;
-            }
-        },
-        None => match load_users_file(&config) {
-            Some(loaded) => loaded,
-            None => return Outcome::BadConfiguration,
-        },
+    let users = match crate::users::open(&config).and_then(|store| store.start()) {
+        Ok(users) => users,
+        Err(failure) => {
+            fatal(&failure.message);
+            return match failure.exit_code {
+                2 => Outcome::BadConfiguration,
+                _ => Outcome::Failed,
+            };
+        }
     };
     let crate::tls::Certificates {
         tls: tls_config,
@@ -199,10 +179,6 @@ pub fn run(config: Config) -> Outcome {
     }
 
     system.block_on(async move {
-        let store: Arc<dyn UserStore> = match &users {
-            Users::File(table, _) => Arc::clone(table) as _,
-            Users::Database(database) => Arc::new(database.clone()),
-        };
         // The port the clients' listener got (`:0` in the configuration picks one), for a
         // default node name.
         let bound_port = listener
@@ -237,7 +213,7 @@ pub fn run(config: Config) -> Outcome {
         let saving = verifier_file
             .clone()
             .map(|file| actix_rt::spawn(file.save_periodically()));
-        let started = Tether::start_clustered(listeners, settings, store, broker);
+        let started = Tether::start_clustered(listeners, settings, users.logins(), broker);
         let tether = match started {
             Ok(tether) => tether,
             Err(err) => {
@@ -248,28 +224,11 @@ pub fn run(config: Config) -> Outcome {
         log::info!(
             "password checks: {} thread(s) (bcrypt, nice {})",
             config.auth.password_threads,
-            tether_actors::password::CHECKER_NICENESS
+            tether_actors::auth::password::CHECKER_NICENESS
         );
-        let (user_sync, _users_watch) = match users {
-            Users::File(table, loaded) => {
-                let user_sync = UserSync::new(
-                    config.auth.users_file.clone(),
-                    table,
-                    tether.handle(),
-                    loaded,
-                );
-                let watch =
-                    crate::users::watch::start(user_sync.clone(), config.auth.watch, hangups);
-                (UserAdmin::File(user_sync), Some(watch))
-            }
-            Users::Database(database) => {
-                database.listen(tether.handle());
-                actix_rt::spawn(reconcile_on_hangup(database.clone(), hangups));
-                (UserAdmin::Database(database), None)
-            }
-        };
+        let _users_kept = users.keep_in_step(tether.handle(), hangups);
         let admin = match admin_listener {
-            Some(listener) => match start_admin(listener, &config, &tether, user_sync, admin_tls) {
+            Some(listener) => match start_admin(listener, &config, &tether, users, admin_tls) {
                 Ok(admin) => Some(admin),
                 Err(err) => {
                     fatal(&err);
@@ -356,51 +315,6 @@ pub fn run(config: Config) -> Outcome {
     })
 }
 
-/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
-/// table now (as after a reconnect) instead of reloading a file.
-async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
-    while hangups.recv().await.is_some() {
-        database.reconcile_now();
-    }
-}
-
-/// Where the users come from.
-enum Users {
-    /// The users file, as loaded, with what it held.
-    File(Arc<UserTable>, Contents),
-    /// A PostgreSQL table.
-    Database(PgUsers),
-}
-
-/// Loads the users file (a missing one means no users yet); `None` when it is invalid
-/// (reported).
-fn load_users_file(config: &Config) -> Option<Users> {
-    let loaded = read::read_contents(&config.auth.users_file);
-    let users = match loaded.users(&config.auth.users_file) {
-        Ok(users) => {
-            log::info!(
-                "{} user(s) loaded from {}",
-                users.len(),
-                config.auth.users_file.display()
-            );
-            users
-        }
-        Err(_) if loaded == Contents::Missing => {
-            log::warn!(
-                "users file {} does not exist: nobody can log in until a user is added \
-                 (`tether passwd NAME`, or PUT /v1/users/NAME/password on the admin API)",
-                config.auth.users_file.display()
-            );
-            Default::default()
-        }
-        Err(err) => {
-            fatal(&err.to_string());
-            return None;
-        }
-    };
-    Some(Users::File(Arc::new(UserTable::new(users)), loaded))
-}
-
 /// Reports why the server cannot run: in the log, or on standard error when the log would
 /// not show it (`log.level = "off"`, or `RUST_LOG` filtering it out).
 fn fatal(message: &str) {
@@ -431,16 +345,13 @@ fn start_admin(
     listener: TcpListener,
     config: &Config,
     tether: &Tether,
-    users: UserAdmin,
+    users: Arc<dyn Running>,
     tls: Option<rustls::ServerConfig>,
 ) -> Result<(actix_web::dev::ServerHandle, SocketAddr), String> {
     let mut registry = Registry::with_prefix("tether");
     tether.metrics().register(&mut registry);
     tether.handle().register_broker_metrics(&mut registry);
-    match &users {
-        UserAdmin::File(sync) => sync.register_metrics(&mut registry),
-        UserAdmin::Database(database) => database.register_metrics(&mut registry),
-    }
+    users.register_metrics(&mut registry);
     let state = AdminState {
         tether: tether.handle(),
         users,

@@ -12,8 +12,8 @@
 use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::bus::{Invalidate, InvalidationCause};
-use tether_actors::users::{PasswordHash, UserSet, UserTable};
+use tether_actors::auth::user_store::{PasswordHash, UserSet, UserTable};
+use tether_actors::hub::bus::{Invalidate, InvalidationCause};
 use tether_actors::{Settings, Tether, TetherHandle};
 
 /// The tick at which the host changes demo's password.

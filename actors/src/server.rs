@@ -4,7 +4,7 @@
 
 use crate::auth::password::{stand_in_hash, PasswordChecker};
 use crate::auth::throttle::LoginThrottle;
-use crate::auth::users::UserStore;
+use crate::auth::user_store::UserStore;
 use crate::connection::tls_handshake::{
     tls_handshake, HandshakeThreads, PendingHandshake, TLS_HANDSHAKE_TIMEOUT,
 };
@@ -23,12 +23,12 @@ use crate::hub::presence::Presence;
 use crate::hub::roster::Roster;
 use crate::hub::state::HubState;
 use crate::hub::supervisor::{BeginShutdown, HubSupervisor};
+use crate::protocol::proxy_header::{self, ProxyTrust};
 use crate::util::clock::EventClock;
 use crate::util::failure_log::FailureLog;
 use crate::util::metrics::{HandshakeFailure, Metrics, ProxyHeaderFailure, WsHandshakeFailure};
 use crate::util::output_budget::OutputBudget;
 use crate::util::priority::BACKGROUND_NICENESS;
-use crate::wire::proxy_header::{self, ProxyTrust};
 use actix::prelude::*;
 use actix_rt::{Arbiter, ArbiterHandle};
 use std::net::SocketAddr;
@@ -1147,6 +1147,12 @@ impl TetherHandle {
     /// `None` when it runs alone or the broker is connected to nothing.
     pub fn cluster_upstream(&self) -> Option<String> {
         self.broker.as_ref().and_then(|broker| broker.upstream())
+    }
+
+    /// The names of the cluster's live nodes, this one included ([`Broker::live_nodes`]);
+    /// `None` when not clustered or not connected.
+    pub fn cluster_live_nodes(&self) -> Option<Vec<String>> {
+        self.broker.as_ref().and_then(|broker| broker.live_nodes())
     }
 
     /// Adds the cluster broker's metrics, if any, to `registry`.

@@ -419,7 +419,9 @@ async fn start_receivers(
                 }
                 _ => (
                     login_message(&name, &args.password),
-                    tether_client::wire::OnePart::LoginValid.message().to_vec(),
+                    tether_client::framing::OnePart::LoginValid
+                        .message()
+                        .to_vec(),
                 ),
             };
             pending.push(tokio::spawn(async move {

@@ -17,7 +17,7 @@ use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tether_client::wire::OnePart;
+use tether_client::framing::OnePart;
 
 /// Arguments of `login-storm`.
 #[derive(Debug, clap::Args)]

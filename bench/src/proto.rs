@@ -11,8 +11,8 @@ use crate::Fallible;
 use clap::ValueEnum;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use tether_client::wire::OnePart;
-pub use tether_client::wire::{parts, Verb, EVENT, RS};
+use tether_client::framing::OnePart;
+pub use tether_client::framing::{parts, Verb, EVENT, RS};
 /// Longest single reply waited for before it counts as garbage.
 const MAX_REPLY: usize = 64 * 1024;
 
@@ -70,7 +70,7 @@ impl Proto {
 
 /// `login␟user␟password␞`.
 pub fn login_message(user: &str, password: &str) -> Vec<u8> {
-    tether_client::wire::encoded_message(&[
+    tether_client::framing::encoded_message(&[
         Verb::Login.word().as_bytes(),
         user.as_bytes(),
         password.as_bytes(),
@@ -225,13 +225,13 @@ pub fn parse_probe(text: &[u8]) -> Fallible<(u64, u64)> {
 pub fn printable(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes)
         .replace(char::from(RS), "␞")
-        .replace(char::from(tether_client::wire::US), "␟")
+        .replace(char::from(tether_client::framing::US), "␟")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tether_client::wire::encoded_message;
+    use tether_client::framing::encoded_message;
     use tether_client::Reply;
 
     /// A one-part message as the client crate encodes it.

@@ -21,7 +21,7 @@ pub struct Args {
     lifetime_secs: u64,
 }
 
-const REPLY: &[u8] = tether_client::wire::OnePart::ProlongateAck.message();
+const REPLY: &[u8] = tether_client::framing::OnePart::ProlongateAck.message();
 const READ_BUFFER: usize = 4096;
 
 /// Serves until the lifetime ends (or the process is killed).

@@ -9,9 +9,9 @@
 //! from any number of clones of the handle.
 
 use crate::error::{ClientError, ProtocolError};
+use crate::framing::{encode_message, is_valid_part, MessageDecoder, Verb};
 use crate::incoming::{classify, Incoming};
 use crate::message::{Push, Reply};
-use crate::wire::{encode_message, is_valid_part, MessageDecoder, Verb};
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -2,8 +2,8 @@
 //! command or a push ([`classify`]), or breaks the protocol.
 
 use crate::error::ProtocolError;
+use crate::framing::{parts, OnePart, EVENT};
 use crate::message::{EventTime, Push, Reply};
-use crate::wire::{parts, OnePart, EVENT};
 
 /// A message from the server, sorted into a reply or a push.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -47,9 +47,9 @@
 
 mod connection;
 mod error;
+pub mod framing;
 mod incoming;
 mod message;
-pub mod wire;
 
 pub use connection::{Client, LoginOutcome, Options, Pushes};
 pub use error::{ClientError, ProtocolError};

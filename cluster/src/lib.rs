@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! # fn start(listeners: tether_actors::Listeners, settings: tether_actors::Settings,
-//! #          users: std::sync::Arc<dyn tether_actors::users::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
+//! #          users: std::sync::Arc<dyn tether_actors::auth::user_store::UserStore>) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
 //!     redis: "redis://127.0.0.1:6379/0".into(),
@@ -43,10 +43,10 @@ pub use verifiers::RedisVerifiers;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tether_actors::auth::verifiers::VerifierStore;
 use tether_actors::hub::broker::{
     Answered, Broker, BrokerUnreachable, ClusterEvent, Inbox, OtherNodes, OtherNodesMany,
 };
-use tether_actors::verifiers::VerifierStore;
 use tokio::sync::{mpsc, oneshot};
 use topology::{Source, Topology};
 
@@ -215,6 +215,8 @@ pub struct RedisBroker {
     connected: Arc<AtomicBool>,
     /// The address(es) of the Redis master(s) connected to now.
     upstream: Arc<Mutex<Option<String>>>,
+    /// The live nodes' names as the last heartbeat read them (shared with the thread).
+    live_nodes: Arc<Mutex<Vec<String>>>,
     /// What the broker counts.
     metrics: ClusterMetrics,
     /// How the first attempt to join went, once the thread says (taken by
@@ -237,11 +239,16 @@ impl RedisBroker {
         let (requests, incoming) = mpsc::unbounded_channel();
         let connected = Arc::new(AtomicBool::new(false));
         let upstream = Arc::new(Mutex::new(None));
+        let live_nodes = Arc::new(Mutex::new(Vec::new()));
         let metrics = ClusterMetrics::new();
         let (tell_joined, joined) = std::sync::mpsc::sync_channel(1);
         let throttled = Arc::new(throttle::Throttled::default());
         let names = names::Names::new(&settings.prefix, &settings.node);
-        let status = (Arc::clone(&connected), Arc::clone(&upstream));
+        let status = worker::Status {
+            connected: Arc::clone(&connected),
+            upstream: Arc::clone(&upstream),
+            live_nodes: Arc::clone(&live_nodes),
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -307,6 +314,7 @@ impl RedisBroker {
             requests,
             connected,
             upstream,
+            live_nodes,
             metrics,
             joined: std::sync::Mutex::new(Some(joined)),
             node: settings.node,
@@ -428,14 +436,27 @@ impl Broker for RedisBroker {
         Some(answered)
     }
 
-    fn login_succeeded(&self, client: std::net::IpAddr, name: &[u8]) {
-        self.throttled.forget(client, name);
-        if self.connected() {
-            let _ = self.requests.send(worker::Request::LoginSucceeded {
-                client,
-                name: Box::from(name),
-            });
+    fn login_succeeded(
+        &self,
+        client: std::net::IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<bool>> {
+        // Unreachable: admitted at once, the node's own throttle holds meanwhile.
+        if !self.connected() {
+            self.throttled.forget(client, name);
+            return None;
         }
+        // Asked where the failures are counted: the cluster may throttle the pair already
+        // while this node has not yet heard it on the throttle channel.
+        let (admitted, answered) = oneshot::channel();
+        let _ = self.requests.send(worker::Request::LoginSucceeded {
+            client,
+            name: Box::from(name),
+            limit,
+            admitted,
+        });
+        Some(answered)
     }
 
     /// Waits, at most `within`, for the first attempt to join the cluster: `Err` (a
@@ -472,6 +493,13 @@ impl Broker for RedisBroker {
             .lock()
             .ok()
             .and_then(|upstream| upstream.clone())
+    }
+
+    fn live_nodes(&self) -> Option<Vec<String>> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.live_nodes.lock().ok().map(|nodes| nodes.clone())
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {

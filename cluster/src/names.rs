@@ -157,7 +157,7 @@ fn from_hex(hex: &str) -> Option<Vec<u8>> {
 
 /// The separator of a payload's fields: U+001F, which no node name (checked), user name
 /// (SPEC §5) or event text (SPEC §3) holds.
-pub(crate) const SEPARATOR: char = tether_actors::codec::US as char;
+pub(crate) const SEPARATOR: char = tether_actors::protocol::codec::US as char;
 
 /// An event on the wire: `E␟node␟user␟time␟text`.
 pub(crate) fn event_payload(node: &str, user: &str, time: i64, text: &str) -> String {

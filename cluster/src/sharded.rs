@@ -45,7 +45,7 @@ use crate::verifiers::Check;
 use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
     log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
-    Request, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
+    Request, Status, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
     LATE_HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
@@ -56,7 +56,7 @@ use redis::{PushInfo, PushKind, ServerErrorKind, Value};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tether_actors::hub::broker::{BrokerUnreachable, Inbox, NotTaken};
 use tether_actors::hub::messages::BindingId;
@@ -218,7 +218,8 @@ pub(crate) struct Worker {
     token: String,
     requests: mpsc::UnboundedReceiver<Request>,
     connected: Arc<AtomicBool>,
-    upstream: Arc<Mutex<Option<String>>>,
+    /// The masters connected to now and the live nodes, for `/healthz` and `GET /v1/node`.
+    status: Status,
     metrics: ClusterMetrics,
     inbox: Option<Arc<dyn Inbox>>,
     /// Pushes from every node: messages, (un)subscriptions, disconnections.
@@ -247,7 +248,11 @@ pub(crate) struct Worker {
     throttle_moved: bool,
     /// The other live nodes' fields, as the last heartbeat saw them.
     others: Vec<String>,
+    /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
+    /// Redis's time (ms) at the heartbeat before that one: what a restore reconciles from
+    /// (see `serve`).
+    seen_before: Option<i64>,
     /// When the last heartbeat was sent.
     last_beat: Instant,
     clock_offset: i64,
@@ -264,12 +269,12 @@ impl Worker {
         cluster: (Vec<String>, Option<Vec<u8>>),
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        status: (Arc<AtomicBool>, Arc<Mutex<Option<String>>>),
+        status: Status,
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
-        let (connected, upstream) = status;
+        let connected = Arc::clone(&status.connected);
         let (seeds, ca) = cluster;
         let (push_sender, pushes) = mpsc::unbounded_channel();
         Self {
@@ -280,7 +285,7 @@ impl Worker {
             names,
             requests,
             connected,
-            upstream,
+            status,
             metrics,
             inbox: None,
             pushes,
@@ -297,6 +302,7 @@ impl Worker {
             throttle_moved: false,
             others: Vec::new(),
             last_seen: None,
+            seen_before: None,
             last_beat: Instant::now(),
             clock_offset: 0,
             marks: Vec::new(),
@@ -352,7 +358,7 @@ impl Worker {
         self.connected.store(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -375,7 +381,7 @@ impl Worker {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -498,14 +504,15 @@ impl Worker {
 
     /// Serves a fresh link until it is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
-        let last_seen = self.last_seen;
+        // Reconciled from the heartbeat before the last, as `worker.rs`'s `serve` says why.
+        let (last_seen, seen_before) = (self.last_seen, self.seen_before);
         // The name first: nothing is written under a name another live node holds.
         if let Err(ended) = self.beat(&mut link).await {
-            self.last_seen = last_seen;
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return ended;
         }
-        if let Err(err) = self.restore(&mut link, last_seen).await {
-            self.last_seen = last_seen;
+        if let Err(err) = self.restore(&mut link, seen_before.or(last_seen)).await {
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return Ended::Lost(err);
         }
         self.tell_joined(Joined::Connected);
@@ -526,7 +533,7 @@ impl Worker {
         self.was_connected = true;
         self.metrics.set_masters(&link.masters);
         let masters = link.masters.join(",");
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = Some(masters.clone());
         }
         log::info!(
@@ -870,7 +877,14 @@ impl Worker {
         if verdict == 2 {
             return Ok(Beat::Taken(owner));
         }
+        // A member is `node#start-ms`: the node's name is all before the last `#`.
+        self.status.set_live_nodes(live.iter().map(|member| {
+            member
+                .rsplit_once('#')
+                .map_or(member.as_str(), |(node, _)| node)
+        }));
         self.others = live.into_iter().filter(|n| *n != self.member).collect();
+        self.seen_before = self.last_seen;
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
         Ok(Beat::Renewed {
@@ -985,12 +999,24 @@ impl Worker {
                         },
                     ));
                 }
-                Request::LoginSucceeded { client, name } => {
-                    self.throttled.forget(client, &name);
+                Request::LoginSucceeded {
+                    client,
+                    name,
+                    limit,
+                    admitted,
+                } => {
                     let key = self.names.throttle_key(client, &name);
-                    let mut cmd = redis::cmd("DEL");
-                    cmd.arg(&key);
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(&sha).arg(1).arg(&key).arg("s").arg(limit);
                     batch.push(keyed(&key, cmd));
+                    answers.push((
+                        batch.len() - 1,
+                        Pending::Success {
+                            client,
+                            name,
+                            admitted,
+                        },
+                    ));
                 }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
@@ -1061,6 +1087,13 @@ impl Worker {
                         told.push(throttle_payload(&self.names.node, client, &name, remaining));
                     }
                     counted.push(done);
+                }
+                Pending::Success {
+                    client,
+                    name,
+                    admitted,
+                } => {
+                    let _ = admitted.send(self.throttled.admits(client, &name, count_of(reply)));
                 }
                 pending => {
                     if matches!(pending, Pending::Publish(_)) && !is_duplicate(reply) {
@@ -1286,6 +1319,50 @@ async fn sweep_earlier_runs(
     }
 }
 
+/// How long a seed may take to answer `PING` before a connection attempt leaves it out.
+const SEED_PROBE: Duration = Duration::from_secs(1);
+
+/// The seeds that answer `PING` within [`SEED_PROBE`], all asked at once; every seed when
+/// none does (the attempt then fails with the crate's own reason). The crate connects to
+/// all its seeds before it asks one for the slots, so a seed that accepts connections and
+/// answers nothing — a master paused or hung, whose replica has taken over — would hold
+/// every attempt until it times out, and the node would stay unreachable for as long as
+/// that server hangs.
+async fn answering_seeds(seeds: Vec<String>, ca: Option<&[u8]>) -> Vec<String> {
+    let probes = seeds.iter().map(|seed| async move {
+        let client = crate::client(seed, ca).ok()?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(SEED_PROBE))
+            .set_response_timeout(Some(SEED_PROBE));
+        let probe = async {
+            let mut connection = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            redis::cmd("PING")
+                .query_async::<()>(&mut connection)
+                .await
+                .ok()
+        };
+        tokio::time::timeout(SEED_PROBE * 2, probe)
+            .await
+            .ok()
+            .flatten()
+    });
+    let answered = join_all(probes).await;
+    let alive: Vec<String> = seeds
+        .iter()
+        .zip(answered)
+        .filter(|(_, answered)| answered.is_some())
+        .map(|(seed, _)| seed.clone())
+        .collect();
+    if alive.is_empty() {
+        seeds
+    } else {
+        alive
+    }
+}
+
 /// Connects to the cluster, checks every slot is served, loads the scripts on every master
 /// and opens each master's subscription connection.
 async fn connect(
@@ -1294,6 +1371,7 @@ async fn connect(
     pushes: mpsc::UnboundedSender<PushInfo>,
 ) -> Result<Link, String> {
     let template = seeds.first().cloned().unwrap_or_default();
+    let seeds = answering_seeds(seeds, ca.as_deref()).await;
     let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(ANSWER_TIMEOUT)

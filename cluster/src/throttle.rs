@@ -59,6 +59,19 @@ impl Throttled {
         self.lock().until.remove(&(client, Box::from(name)));
     }
 
+    /// Acts on the cluster's answer to a login of the pair whose password matched
+    /// (`remaining_ms` the pair stays throttled, 0 when it is not): answers whether the
+    /// login is admitted; a pair throttled is mirrored here, one admitted forgotten.
+    pub(crate) fn admits(&self, client: IpAddr, name: &[u8], remaining_ms: usize) -> bool {
+        if remaining_ms == 0 {
+            self.forget(client, name);
+            return true;
+        }
+        let remaining = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(u64::MAX));
+        self.throttle(client, name, remaining);
+        false
+    }
+
     /// Whether the pair is throttled now.
     pub(crate) fn is_throttled(&self, client: IpAddr, name: &[u8]) -> bool {
         let mut pairs = self.lock();
@@ -98,5 +111,17 @@ mod tests {
         assert!(!throttled.is_throttled(client, b"alice"));
         throttled.throttle(client, b"bob", Duration::ZERO);
         assert!(!throttled.is_throttled(client, b"bob"));
+    }
+
+    #[test]
+    fn the_clusters_answer_to_a_right_password_is_mirrored() {
+        let throttled = Throttled::default();
+        let client: IpAddr = [10, 0, 0, 1].into();
+        // Throttled in Redis by failures through other nodes: refused, and known here.
+        assert!(!throttled.admits(client, b"alice", 30_000));
+        assert!(throttled.is_throttled(client, b"alice"));
+        // Not throttled: admitted, and whatever was mirrored is forgotten.
+        assert!(throttled.admits(client, b"alice", 0));
+        assert!(!throttled.is_throttled(client, b"alice"));
     }
 }

@@ -14,7 +14,7 @@ use crate::names::Names;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tether_actors::verifiers::{Tag, VerifierStore};
+use tether_actors::auth::verifiers::{Tag, VerifierStore};
 
 /// How long a password-check thread waits for Redis's answer before it runs bcrypt.
 const CHECK_WAIT: Duration = Duration::from_secs(1);

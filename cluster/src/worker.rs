@@ -65,7 +65,10 @@ pub(crate) const LATE_HEARTBEAT: Duration = Duration::from_secs(6);
 /// The start of both scripts (this one and `sharded.rs`'s): Redis's time as `now`, the
 /// mode, and mode `t`, a failed login (`KEYS[1]` = the pair's failures, `ARGV[2]` = the
 /// limit, `ARGV[3]` = a member naming this failure), which answers how many ms the pair
-/// stays throttled (0: not throttled).
+/// stays throttled (0: not throttled); mode `s`, a login whose password matched (same
+/// `KEYS[1]` and `ARGV[2]`): a pair with `limit` failures in the last minute stays
+/// throttled (the login is refused: answers how many ms more), any other has its
+/// failures forgotten (answers 0).
 macro_rules! script_head {
     () => {
         r"
@@ -83,6 +86,15 @@ if mode == 't' then
     local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
     return tonumber(oldest[2]) + 60000 - now
   end
+  return 0
+end
+if mode == 's' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+  if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+    local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+    return math.max(tonumber(oldest[2]) + 60000 - now, 1)
+  end
+  redis.call('DEL', KEYS[1])
   return 0
 end
 "
@@ -141,7 +153,7 @@ const SCRIPT: &str = concat!(
     r"
 if mode == 'h' then
   local owner = redis.call('GET', KEYS[2])
-  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner} end
+  if owner and owner ~= ARGV[3] and owner ~= ARGV[4] then return {now, 2, owner, {}} end
   redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[6])
   local known = redis.call('ZSCORE', KEYS[1], ARGV[2])
   redis.call('ZADD', KEYS[1], now, ARGV[2])
@@ -149,8 +161,9 @@ if mode == 'h' then
     redis.call('DEL', ARGV[5] .. n)
     redis.call('ZREM', KEYS[1], n)
   end
-  if known then return {now, 0, ''} end
-  return {now, 1, ''}
+  local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - 10000, '+inf')
+  if known then return {now, 0, '', live} end
+  return {now, 1, '', live}
 end
 if mode == 'w' then
   if redis.call('GET', KEYS[2]) == ARGV[3] then
@@ -246,8 +259,15 @@ pub(crate) enum Request {
         limit: u32,
         counted: oneshot::Sender<()>,
     },
-    /// A checked login of `name` from `client` succeeded on this node.
-    LoginSucceeded { client: IpAddr, name: Box<[u8]> },
+    /// A checked login of `name` from `client` succeeded on this node; `limit` a minute.
+    /// `admitted` is answered `false` when the cluster throttles the pair (the login is
+    /// refused), `true` when it does not (its failures are forgotten); dropped, it admits.
+    LoginSucceeded {
+        client: IpAddr,
+        name: Box<[u8]>,
+        limit: u32,
+        admitted: oneshot::Sender<bool>,
+    },
     /// Say so on the channel once the requests before have been answered.
     Flush(oneshot::Sender<()>),
     /// Withdraw this node from the cluster and end; says so on the channel.
@@ -321,12 +341,35 @@ struct Link {
     address: String,
 }
 
+/// What the broker's thread shares with its handle, for `/healthz` and `GET /v1/node`.
+pub(crate) struct Status {
+    /// Whether the thread is connected to Redis now.
+    pub(crate) connected: Arc<AtomicBool>,
+    /// The address(es) of the Redis master(s) connected to now.
+    pub(crate) upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The live nodes' names, sorted, as the last heartbeat read them.
+    pub(crate) live_nodes: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Status {
+    /// Keeps `names` as the live nodes' names, sorted, without repeats.
+    pub(crate) fn set_live_nodes<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let mut names: Vec<String> = names.map(str::to_owned).collect();
+        names.sort_unstable();
+        names.dedup();
+        if let Ok(mut nodes) = self.live_nodes.lock() {
+            *nodes = names;
+        }
+    }
+}
+
 /// The state of the broker's thread.
 pub(crate) struct Worker {
     /// Where Redis is (one, or the master that sentinels name).
     source: Source,
-    /// The address of the Redis connected to now, for `/healthz`.
-    upstream: Arc<std::sync::Mutex<Option<String>>>,
+    /// The address of the Redis connected to now and the live nodes, for `/healthz` and
+    /// `GET /v1/node`.
+    status: Status,
     /// The address of the last Redis connected to, to log a change of master.
     last_address: Option<String>,
     names: Names,
@@ -348,6 +391,9 @@ pub(crate) struct Worker {
     history: BindingHistory,
     /// Redis's time (ms) at the last heartbeat answered.
     last_seen: Option<i64>,
+    /// Redis's time (ms) at the heartbeat before that one: what a restore reconciles from
+    /// (see `serve`).
+    seen_before: Option<i64>,
     /// Redis's clock minus this machine's, in ms, at the last heartbeat.
     clock_offset: i64,
     /// While unreachable: (this machine's time in ms, the next binding id) now and then.
@@ -377,17 +423,17 @@ impl Worker {
         source: Source,
         names: Names,
         requests: mpsc::UnboundedReceiver<Request>,
-        status: (Arc<AtomicBool>, Arc<std::sync::Mutex<Option<String>>>),
+        status: Status,
         metrics: ClusterMetrics,
         joined: std::sync::mpsc::SyncSender<Joined>,
         throttled: Arc<Throttled>,
     ) -> Self {
-        let (connected, upstream) = status;
+        let connected = Arc::clone(&status.connected);
         let jitter = RandomState::new();
         let token = claim_token(&jitter);
         Self {
             source,
-            upstream,
+            status,
             last_address: None,
             names,
             requests,
@@ -400,6 +446,7 @@ impl Worker {
             later: VecDeque::new(),
             history: BindingHistory::default(),
             last_seen: None,
+            seen_before: None,
             clock_offset: 0,
             marks: Vec::new(),
             was_connected: false,
@@ -475,7 +522,7 @@ impl Worker {
         let was_connected = self.connected.swap(false, Ordering::Relaxed);
         self.metrics.connected.set(0);
         self.metrics.set_masters(&[]);
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = None;
         }
         self.subscribed.clear();
@@ -635,10 +682,15 @@ impl Worker {
     /// link is lost or the node stops.
     async fn serve(&mut self, mut link: Link) -> Ended {
         // Redis's time when this node last heard from it: kept until a restore completes,
-        // so that one cut short does not skip the invalidations missed.
-        let last_seen = self.last_seen;
-        if let Err(ended) = self.restore(&mut link, last_seen).await {
-            self.last_seen = last_seen;
+        // so that one cut short does not skip the invalidations missed. Reconciled from the
+        // heartbeat before the last: the last may have been answered after the
+        // subscription was cut (a node resumed after a pause runs its overdue heartbeat
+        // before it reads that Redis closed its subscription, as one cut off as a slow
+        // subscriber while paused does); applying again an invalidation already received
+        // changes nothing (it spares the logins made after it).
+        let (last_seen, seen_before) = (self.last_seen, self.seen_before);
+        if let Err(ended) = self.restore(&mut link, seen_before.or(last_seen)).await {
+            (self.last_seen, self.seen_before) = (last_seen, seen_before);
             return ended;
         }
         self.tell_joined(Joined::Connected);
@@ -651,7 +703,7 @@ impl Worker {
         self.was_connected = true;
         self.metrics
             .set_masters(std::slice::from_ref(&link.address));
-        if let Ok(mut upstream) = self.upstream.lock() {
+        if let Ok(mut upstream) = self.status.upstream.lock() {
             *upstream = Some(link.address.clone());
         }
         let master = match self.source.master_name() {
@@ -868,7 +920,7 @@ impl Worker {
 
     /// One heartbeat script run, replacing the claim `stale` if it holds the name.
     async fn heartbeat_once(&mut self, link: &mut Link, stale: &str) -> Result<Beat, String> {
-        let (now, verdict, owner): (i64, i64, String) = bounded(
+        let (now, verdict, owner, live): (i64, i64, String, Vec<String>) = bounded(
             owner_script(&link.script, &self.names, 'h', &self.token, stale)
                 .query_async(&mut link.commands),
         )
@@ -876,6 +928,8 @@ impl Worker {
         if verdict == 2 {
             return Ok(Beat::Taken(owner));
         }
+        self.status.set_live_nodes(live.iter().map(String::as_str));
+        self.seen_before = self.last_seen;
         self.last_seen = Some(now);
         self.clock_offset = now - now_ms();
         Ok(if verdict == 1 {
@@ -940,10 +994,23 @@ impl Worker {
                         counted,
                     });
                 }
-                Request::LoginSucceeded { client, name } => {
-                    self.throttled.forget(client, &name);
-                    pipe.del(self.names.throttle_key(client, &name)).ignore();
-                    writes = true;
+                Request::LoginSucceeded {
+                    client,
+                    name,
+                    limit,
+                    admitted,
+                } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(&link.script)
+                        .arg(1)
+                        .arg(self.names.throttle_key(client, &name))
+                        .arg("s")
+                        .arg(limit);
+                    answers.push(Pending::Success {
+                        client,
+                        name,
+                        admitted,
+                    });
                 }
                 Request::Flush(done) => flushes.push(done),
                 Request::Presence {
@@ -998,6 +1065,18 @@ impl Worker {
                     let mut counted = Vec::new();
                     for pending in answers {
                         let reply = replies.next().unwrap_or(redis::Value::Nil);
+                        let pending = match pending {
+                            Pending::Success {
+                                client,
+                                name,
+                                admitted,
+                            } => {
+                                let admit = self.throttled.admits(client, &name, count_of(&reply));
+                                let _ = admitted.send(admit);
+                                continue;
+                            }
+                            pending => pending,
+                        };
                         let Pending::Failure {
                             client,
                             name,
@@ -1223,6 +1302,13 @@ pub(crate) enum Pending {
         name: Box<[u8]>,
         counted: oneshot::Sender<()>,
     },
+    /// A login whose password matched, asking whether the cluster throttles its pair: the
+    /// reply is how long the pair stays throttled (0: admitted, its failures forgotten).
+    Success {
+        client: IpAddr,
+        name: Box<[u8]>,
+        admitted: oneshot::Sender<bool>,
+    },
 }
 
 impl Pending {
@@ -1237,7 +1323,7 @@ impl Pending {
             })),
             Self::Other(Some(answer)) => answer.send(Ok(count_of(reply))),
             // Its reply is read where the pipeline's replies are.
-            Self::Other(None) | Self::Failure { .. } => {}
+            Self::Other(None) | Self::Failure { .. } | Self::Success { .. } => {}
         }
     }
 
@@ -1246,7 +1332,8 @@ impl Pending {
         match self {
             Self::Publish(answered) => answered(Err(why)),
             Self::Other(Some(answer)) => answer.send(Err(BrokerUnreachable)),
-            Self::Other(None) | Self::Failure { .. } => {}
+            // A success dropped unanswered is admitted: the node's own throttle holds.
+            Self::Other(None) | Self::Failure { .. } | Self::Success { .. } => {}
         }
     }
 }

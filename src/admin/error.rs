@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(StatusCode::REQUEST_TIMEOUT, reason)
     }
 
-    /// `409`: the request cannot be done in the current state (an invalid users file).
+    /// `409`: the request cannot be done in the current state (an invalid user store, such as a hand-broken users file).
     pub fn conflict(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, reason)
     }

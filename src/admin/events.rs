@@ -14,7 +14,7 @@ use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 use std::sync::Arc;
-use tether_actors::bus::{Publish, PublishError, PublishReceipt, MAX_BATCH_EVENTS};
+use tether_actors::hub::bus::{Publish, PublishError, PublishReceipt, MAX_BATCH_EVENTS};
 
 /// The body: `user` and `text`, or `events`.
 #[derive(Debug, Deserialize)]

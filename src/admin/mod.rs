@@ -11,8 +11,7 @@ mod node;
 mod routes;
 mod token;
 
-use crate::users::pg_store::PgUsers;
-use crate::users::sync::UserSync;
+use crate::users::Running;
 use actix_web::dev::{fn_factory, fn_service, Service, ServiceFactory};
 use actix_web::{middleware, web, App};
 use prometheus_client::registry::Registry;
@@ -44,21 +43,13 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// [`MAX_CONNECTIONS`]; further ones are refused by the kernel.
 pub const LISTEN_BACKLOG: i32 = 256;
 
-/// Where the user routes read and write.
-pub enum UserAdmin {
-    /// Writes the users file, puts what it wrote in force and invalidates the users it
-    /// affects.
-    File(UserSync),
-    /// Users in PostgreSQL.
-    Database(PgUsers),
-}
-
 /// What the routes need.
 pub struct AdminState {
     /// Publishes events, invalidates users, counts connections.
     pub tether: TetherHandle,
-    /// Where the user routes write: the users file, or the users table.
-    pub users: UserAdmin,
+    /// The user store the user routes read and write, and `/healthz` and `/v1/node`
+    /// describe.
+    pub users: Arc<dyn Running>,
     /// bcrypt cost of the hashes the routes write.
     pub bcrypt_cost: u32,
     /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.

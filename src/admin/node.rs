@@ -7,7 +7,7 @@
 //! [`SAMPLE_INTERVAL`] and keeps the last [`HISTORY_LEN`] samples, so a page opened now
 //! draws the last minutes at once.
 
-use super::{AdminState, ApiError, UserAdmin};
+use super::{AdminState, ApiError};
 use actix_web::{web, HttpResponse};
 use prometheus_client::registry::Registry;
 use serde_json::{json, Map, Value};
@@ -130,22 +130,20 @@ pub async fn node(state: web::Data<AdminState>) -> Result<HttpResponse, ApiError
     let text = encoded(&state.metrics)
         .ok_or_else(|| ApiError::internal("cannot encode the metrics (see the log)"))?;
     let metrics = Samples(&text);
-    let users = match &state.users {
-        UserAdmin::File(sync) => json!({
-            "store": "file",
-            "state": "ok",
-            "count": sync.users().len(),
-            "reloads_refused": metrics.sum("tether_users_reloads_total", Some(("result", "refused"))),
-        }),
-        UserAdmin::Database(database) => json!({
-            "store": "postgresql",
-            "state": if database.reachable() { "ok" } else { "unreachable" },
-        }),
-    };
+    let store = &state.users;
+    let reachable = store.reachable() != Some(false);
+    let mut users = Map::new();
+    users.insert("store".to_owned(), json!(store.kind()));
+    users.insert(
+        "state".to_owned(),
+        json!(if reachable { "ok" } else { "unreachable" }),
+    );
+    users.extend(store.figures());
     let cluster = state.tether.cluster_connected().map(|connected| {
         json!({
             "node": state.node_name,
             "state": if connected { "connected" } else { "unreachable" },
+            "nodes": state.tether.cluster_live_nodes(),
         })
     });
     let body = json!({

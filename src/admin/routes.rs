@@ -1,16 +1,15 @@
 //! The routes of the admin API (docs/admin-api.md) and what each answers.
 
 use super::events::{self, publish_error};
-use super::{metrics_format, AdminState, ApiError, UserAdmin};
-use crate::users::edit::{self, PasswordChange};
-use crate::users::pg_store::Written;
-use crate::users::read::UsersFileError;
+use super::{metrics_format, AdminState, ApiError};
+use crate::users::edit::PasswordChange;
+use crate::users::{Page, StoreError};
 use actix_web::{dev::Payload, web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr};
-use tether_actors::bus::InvalidationCause;
-use tether_actors::credentials::{check_name, check_password};
+use tether_actors::auth::credentials::{check_name, check_password};
+use tether_actors::hub::bus::InvalidationCause;
 
 /// Mounts every route, and JSON answers for unknown routes and methods.
 pub fn configure(config: &mut web::ServiceConfig) {
@@ -56,20 +55,15 @@ where
 
 type State = web::Data<AdminState>;
 
-/// `{"status": "ok"}`; with users in PostgreSQL, also `"users"`: `"ok"`, or
-/// `"unreachable"` while the database does not answer (the server still serves; logins
-/// then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or `"unreachable"`
-/// (SPEC §8), and while connected `"cluster_redis"`: the Redis master's `host:port` (the
-/// masters', comma-separated, of a Redis Cluster).
+/// `{"status": "ok"}`; with a user store that can be unreachable (PostgreSQL), also
+/// `"users"`: `"ok"`, or `"unreachable"` while it does not answer (the server still
+/// serves; logins then follow SPEC §9); in a cluster, also `"cluster"`: `"connected"` or
+/// `"unreachable"` (SPEC §8), and while connected `"cluster_redis"`: the Redis master's
+/// `host:port` (the masters', comma-separated, of a Redis Cluster).
 async fn healthz(state: State) -> HttpResponse {
     let mut body = json!({ "status": "ok" });
-    if let UserAdmin::Database(database) = &state.users {
-        let users = if database.reachable() {
-            "ok"
-        } else {
-            "unreachable"
-        };
-        body["users"] = json!(users);
+    if let Some(reachable) = state.users.reachable() {
+        body["users"] = json!(if reachable { "ok" } else { "unreachable" });
     }
     if let Some(connected) = state.tether.cluster_connected() {
         let cluster = if connected {
@@ -85,17 +79,12 @@ async fn healthz(state: State) -> HttpResponse {
     HttpResponse::Ok().json(body)
 }
 
-/// In a cluster whose users come from files, each node's own file governs it: the user
-/// routes answer `409` (SPEC §8).
-fn refuse_files_in_cluster(state: &AdminState) -> Result<(), ApiError> {
-    match &state.users {
-        UserAdmin::File(_) if state.tether.cluster_connected().is_some() => {
-            Err(ApiError::conflict(
-                "this node is part of a cluster whose users come from each node's own users \
-                 file: change the files (tether passwd/deluser on every node), or keep the \
-                 users in PostgreSQL (auth.database)"
-                    .to_owned(),
-            ))
+/// In a cluster whose users are kept per node (users files), each node's own store
+/// governs it: the user routes answer `409` (SPEC §8).
+fn refuse_per_node_in_cluster(state: &AdminState) -> Result<(), ApiError> {
+    match state.users.per_node() {
+        Some(why) if state.tether.cluster_connected().is_some() => {
+            Err(ApiError::conflict(why.to_owned()))
         }
         _ => Ok(()),
     }
@@ -136,7 +125,7 @@ async fn set_password(
     UserName(name): UserName,
     body: web::Json<PasswordBody>,
 ) -> Result<HttpResponse, ApiError> {
-    refuse_files_in_cluster(&state)?;
+    refuse_per_node_in_cluster(&state)?;
     let password = body.into_inner().password;
     check_password(password.as_bytes()).map_err(|err| ApiError::bad_request(err.to_string()))?;
     let requester = request
@@ -148,25 +137,12 @@ async fn set_password(
         .hash(requester, password.as_bytes(), state.bcrypt_cost)
         .await
         .map_err(|err| ApiError::internal(err.to_string()))?;
-    let user = name.clone();
     // In force, and the user's connections told, when the answer comes.
-    let change = match &state.users {
-        UserAdmin::File(sync) => sync
-            .write(move |path| edit::set_password_hash(path, &user, &hash))
-            .await
-            .map_err(|err| {
-                users_file_error(&format!("cannot set the password of {name:?}"), &err)
-            })?,
-        UserAdmin::Database(database) => match database.set_hash(&user, &hash).await {
-            Ok(Written::Created) => PasswordChange::Created,
-            Ok(_) => PasswordChange::Changed,
-            Err(err) => {
-                return Err(ApiError::unavailable(format!(
-                    "cannot set the password of {name:?}: {err}"
-                )))
-            }
-        },
-    };
+    let change = state
+        .users
+        .set_hash(&name, &hash)
+        .await
+        .map_err(|err| store_error(&format!("cannot set the password of {name:?}"), err))?;
     Ok(match change {
         PasswordChange::Created => {
             log::info!("admin API: user {name:?} created");
@@ -180,20 +156,12 @@ async fn set_password(
 }
 
 async fn delete_user(state: State, UserName(name): UserName) -> Result<HttpResponse, ApiError> {
-    refuse_files_in_cluster(&state)?;
-    let user = name.clone();
-    let removed =
-        match &state.users {
-            UserAdmin::File(sync) => sync
-                .write(move |path| edit::remove_user(path, &user))
-                .await
-                .map_err(|err| users_file_error(&format!("cannot remove {name:?}"), &err))?,
-            UserAdmin::Database(database) => {
-                database.remove(&user).await.map_err(|err| {
-                    ApiError::unavailable(format!("cannot remove {name:?}: {err}"))
-                })? != Written::Missing
-            }
-        };
+    refuse_per_node_in_cluster(&state)?;
+    let removed = state
+        .users
+        .remove(&name)
+        .await
+        .map_err(|err| store_error(&format!("cannot remove {name:?}"), err))?;
     if !removed {
         return Err(ApiError::not_found(format!("no user named {name:?}")));
     }
@@ -231,17 +199,20 @@ async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
     Err(ApiError::method_not_allowed())
 }
 
-/// Why the users file could not be changed: `409` when the file holds something invalid
-/// (a hand-edited entry, say) that must be fixed first, `500` when it could not be read or
-/// written. Logged either way.
-fn users_file_error(what: &str, err: &UsersFileError) -> ApiError {
-    log::error!("admin API: {what}: {err}");
-    if err.is_io() {
-        ApiError::internal(format!("cannot write the users file: {err}"))
-    } else {
-        ApiError::conflict(format!(
-            "the users file is invalid, nothing changed; fix it first: {err}"
-        ))
+/// Why the user store could not be written or read: `409` when it holds something
+/// invalid that must be fixed first, `500` when it could not be read or written (both
+/// logged), `503` when it did not answer.
+fn store_error(what: &str, err: StoreError) -> ApiError {
+    match err {
+        StoreError::Invalid(answer) => {
+            log::error!("admin API: {what}: {answer}");
+            ApiError::conflict(answer)
+        }
+        StoreError::Failed(answer) => {
+            log::error!("admin API: {what}: {answer}");
+            ApiError::internal(answer)
+        }
+        StoreError::Unavailable(why) => ApiError::unavailable(format!("{what}: {why}")),
     }
 }
 
@@ -301,7 +272,15 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
             None => limit,
             Some(_) => MAX_LIST_LIMIT.min(ONLINE_SCAN_BUDGET - examined),
         };
-        let mut names = user_names(&state, cursor.take(), batch + 1, search.as_deref()).await?;
+        let mut names = state
+            .users
+            .names(Page {
+                after: cursor.take(),
+                limit: batch + 1,
+                search: search.clone(),
+            })
+            .await
+            .map_err(|err| store_error("cannot list the users", err))?;
         let mut more = names.len() > batch;
         names.truncate(batch);
         let batch_names: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -333,43 +312,6 @@ async fn list_users(state: State, query: web::Query<ListQuery>) -> Result<HttpRe
         }
     };
     Ok(HttpResponse::Ok().json(json!({ "users": listed, "next": next })))
-}
-
-/// Up to `limit` names of the users in force that sort after `after`, sorted bytewise,
-/// containing `search` (ASCII lowercase) when given.
-async fn user_names(
-    state: &AdminState,
-    after: Option<String>,
-    limit: usize,
-    search: Option<&str>,
-) -> Result<Vec<String>, ApiError> {
-    match &state.users {
-        UserAdmin::File(sync) => {
-            let users = sync.users();
-            let mut names: Vec<&String> = users
-                .keys()
-                .filter(|name| after.as_ref().is_none_or(|after| *name > after))
-                .filter(|name| search.is_none_or(|search| contains_ascii_folded(name, search)))
-                .collect();
-            if names.len() > limit {
-                names.select_nth_unstable(limit);
-                names.truncate(limit);
-            }
-            names.sort_unstable();
-            Ok(names.into_iter().cloned().collect())
-        }
-        UserAdmin::Database(database) => database
-            .names(after, limit, search.map(str::to_owned))
-            .await
-            .map_err(|err| ApiError::unavailable(format!("cannot list the users: {err}"))),
-    }
-}
-
-/// Whether `name` contains `needle` (ASCII lowercase), ASCII letters compared without case.
-fn contains_ascii_folded(name: &str, needle: &str) -> bool {
-    name.as_bytes()
-        .windows(needle.len())
-        .any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// The `{name}` of a `/v1/users/{name}…` route: percent-decoded, valid UTF-8 and valid by

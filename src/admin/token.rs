@@ -7,7 +7,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
 use subtle::ConstantTimeEq;
-use tether_actors::excerpt::Excerpt;
+use tether_actors::util::excerpt::Excerpt;
 
 /// The one API route open without a token.
 const OPEN_ROUTE: &str = "/healthz";

@@ -1,66 +1,31 @@
-//! The `tether passwd` and `tether deluser` commands (SPEC §5), which edit the users file
-//! named by the configuration (a running server picks the change up itself).
+//! The `tether passwd` and `tether deluser` commands (SPEC §5), which change the user
+//! store the configuration names (a running server picks the change up itself).
 
 use std::io::{BufRead, IsTerminal};
-use std::path::Path;
 
-use tether_actors::credentials::{check_name, check_password};
+use tether_actors::auth::credentials::{check_name, check_password};
 
 use crate::config::Config;
-use crate::users::edit::{self, PasswordChange};
 use crate::users::failure::Failure;
 
 /// `tether passwd NAME`: reads a password (twice without echo on a terminal, one line from
-/// standard input otherwise), hashes it at `auth.bcrypt_cost` and sets it, creating the
-/// user (and the file) if needed. Answers what it did, naming the file.
+/// standard input otherwise), hashes it at `auth.bcrypt_cost` and sets it in the user
+/// store, creating the user (and the users file) if needed. Answers what it did, naming
+/// the store.
 pub fn passwd(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
-    let path = &config.auth.users_file;
-    let shown = match &config.auth.database {
-        Some(_) => format!("table {}", config.auth.table),
-        None => shown_path(path),
-    };
-    let password = read_password(name, &shown)?;
+    let store = crate::users::open(config)?;
+    let password = read_password(name, &store.shown())?;
     let hash = bcrypt::hash(&password, config.auth.bcrypt_cost)
         .map_err(|error| Failure::failed(format!("cannot hash the password: {error}")))?;
-    if config.auth.database.is_some() {
-        return crate::users::db_cli::set_hash(config, name, &hash);
-    }
-    let new_file = !path.exists();
-    let change = edit::set_password_hash(path, name, &hash)?.outcome;
-    Ok(match change {
-        PasswordChange::Created if new_file => {
-            format!("user {name:?} created in {shown} (a new users file)")
-        }
-        PasswordChange::Created => format!("user {name:?} created in {shown}"),
-        PasswordChange::Changed => format!("password of user {name:?} changed in {shown}"),
-    })
+    store.set_password_hash(name, &hash)
 }
 
-/// `tether deluser NAME`: removes the user; an absent user is a failure (exit code 1) and
-/// leaves the file untouched. Answers what it did.
+/// `tether deluser NAME`: removes the user from the user store; an absent user is a
+/// failure (exit code 1) and changes nothing. Answers what it did.
 pub fn deluser(config: &Config, name: &str) -> Result<String, Failure> {
     check_name(name).map_err(|error| Failure::invalid(format!("user {name:?}: {error}")))?;
-    if config.auth.database.is_some() {
-        return crate::users::db_cli::remove(config, name);
-    }
-    let path = &config.auth.users_file;
-    let shown = shown_path(path);
-    if edit::remove_user(path, name)?.outcome {
-        Ok(format!("user {name:?} removed from {shown}"))
-    } else {
-        Err(Failure::failed(format!(
-            "no user {name:?} in {shown}; nothing removed"
-        )))
-    }
-}
-
-/// `path` made absolute for messages, so that the person sees which file was meant.
-pub(crate) fn shown_path(path: &Path) -> String {
-    std::path::absolute(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+    crate::users::open(config)?.remove_user(name)
 }
 
 /// The new password of `name`, checked against SPEC §5.

@@ -6,8 +6,8 @@
 use std::fs::{File, Metadata};
 use std::path::Path;
 
-use tether_actors::credentials::check_name;
-use tether_actors::users::UserSet;
+use tether_actors::auth::credentials::check_name;
+use tether_actors::auth::user_store::UserSet;
 use toml_edit::{DocumentMut, Item, Table, TableLike, Value};
 
 use super::atomic_write::{lock, symlink_target, write_atomically};

@@ -37,15 +37,17 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tether_actors::bus::InvalidationCause;
-use tether_actors::password::MAX_STORED_COST;
-use tether_actors::users::{PasswordHash, StandIns, UserStore};
+use tether_actors::auth::password::MAX_STORED_COST;
+use tether_actors::auth::user_store::{PasswordHash, StandIns, StoreUnreachable, UserStore};
+use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client};
 
+use crate::users::edit::PasswordChange;
 use crate::users::pg_schema::{self, Database, TableError};
 use crate::users::read::check_bcrypt_hash;
+use crate::users::store::{Answer, KeptInStep, Page, Running, StoreError};
 
 /// Longest a login waits for the database before it is answered from what is known.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(4);
@@ -485,11 +487,11 @@ impl UserStore for PgUsers {
         stand_ins.pick(self.inner.name_key.hash_one(name))
     }
 
-    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
+    fn lookup_for_login(&self, name: &str) -> Result<Option<PasswordHash>, StoreUnreachable> {
         let inner = &self.inner;
         let client = lock(&inner.client).clone();
         let Some(client) = client else {
-            return inner.recently_known(name);
+            return inner.recently_known(name).map(Some).ok_or(StoreUnreachable);
         };
         for _ in 0..LOOKUP_ATTEMPTS {
             lock(&inner.in_flight)
@@ -513,7 +515,7 @@ impl UserStore for PgUsers {
                 Err(why) => {
                     drop(in_flight);
                     inner.connection_failed(&client, &why);
-                    return inner.recently_known(name);
+                    return inner.recently_known(name).map(Some).ok_or(StoreUnreachable);
                 }
             };
             let mut known = lock(&inner.known);
@@ -538,12 +540,12 @@ impl UserStore for PgUsers {
             if old.is_some_and(|old| Some(&old.hash) != found.as_ref()) {
                 inner.replaced(name);
             }
-            return found;
+            return Ok(found);
         }
         // Changed at every look: the hash found is not remembered, so the event loop's
         // confirmation refuses the login.
         log::info!("user {name:?} kept changing while looked up; login refused");
-        None
+        Ok(None)
     }
 }
 
@@ -781,7 +783,7 @@ async fn report_bad_rows(inner: Arc<Inner>) {
             let names: Vec<String> = rows
                 .iter()
                 .filter_map(|row| row.try_get::<_, String>(0).ok())
-                .map(|name| tether_actors::excerpt::Excerpt(name.as_bytes()).to_string())
+                .map(|name| tether_actors::util::excerpt::Excerpt(name.as_bytes()).to_string())
                 .collect();
             log::warn!(
                 "users table {table}: rows no login can use (an invalid name, or a \
@@ -1171,5 +1173,76 @@ impl PgUsers {
         if let Some(tether) = tether {
             invalidate(&tether, name).await;
         }
+    }
+}
+
+/// With users in PostgreSQL, each SIGHUP checks the users known on this node against the
+/// table now (as after a reconnect) instead of reloading a file.
+async fn reconcile_on_hangup(database: PgUsers, mut hangups: tokio::signal::unix::Signal) {
+    while hangups.recv().await.is_some() {
+        database.reconcile_now();
+    }
+}
+
+impl Running for PgUsers {
+    fn kind(&self) -> &'static str {
+        "postgresql"
+    }
+
+    fn logins(&self) -> Arc<dyn UserStore> {
+        Arc::new(self.clone())
+    }
+
+    fn keep_in_step(
+        &self,
+        tether: TetherHandle,
+        hangups: tokio::signal::unix::Signal,
+    ) -> KeptInStep {
+        self.listen(tether);
+        actix_rt::spawn(reconcile_on_hangup(self.clone(), hangups));
+        KeptInStep(None)
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        PgUsers::register_metrics(self, registry);
+    }
+
+    fn reachable(&self) -> Option<bool> {
+        Some(PgUsers::reachable(self))
+    }
+
+    fn figures(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
+
+    fn per_node(&self) -> Option<&'static str> {
+        None
+    }
+
+    fn set_hash<'a>(&'a self, name: &'a str, hash: &'a str) -> Answer<'a, PasswordChange> {
+        Box::pin(async move {
+            match PgUsers::set_hash(self, name, hash).await {
+                Ok(Written::Created) => Ok(PasswordChange::Created),
+                Ok(_) => Ok(PasswordChange::Changed),
+                Err(err) => Err(StoreError::Unavailable(err)),
+            }
+        })
+    }
+
+    fn remove<'a>(&'a self, name: &'a str) -> Answer<'a, bool> {
+        Box::pin(async move {
+            PgUsers::remove(self, name)
+                .await
+                .map(|written| written != Written::Missing)
+                .map_err(StoreError::Unavailable)
+        })
+    }
+
+    fn names(&self, page: Page) -> Answer<'_, Vec<String>> {
+        Box::pin(async move {
+            PgUsers::names(self, page.after, page.limit, page.search)
+                .await
+                .map_err(StoreError::Unavailable)
+        })
     }
 }

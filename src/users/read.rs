@@ -8,9 +8,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tether_actors::credentials::check_name;
-use tether_actors::password::MAX_STORED_COST;
-use tether_actors::users::{PasswordHash, UserSet};
+use tether_actors::auth::credentials::check_name;
+use tether_actors::auth::password::MAX_STORED_COST;
+use tether_actors::auth::user_store::{PasswordHash, UserSet};
 use toml::Spanned;
 
 use crate::toml_error::{line_and_column, Located};

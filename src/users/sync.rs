@@ -9,13 +9,13 @@
 //! last read and leaves it.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
-use tether_actors::bus::InvalidationCause;
-use tether_actors::users::{UserSet, UserTable};
+use tether_actors::auth::user_store::{UserSet, UserTable};
+use tether_actors::hub::bus::InvalidationCause;
 use tether_actors::TetherHandle;
 
 use crate::users::edit::Edited;
@@ -35,8 +35,8 @@ struct Shared {
     path: PathBuf,
     /// The users in force, consulted at every login.
     table: Arc<UserTable>,
-    /// Where invalidations are sent.
-    tether: TetherHandle,
+    /// Where invalidations are sent, once the server runs (see [`UserSync::invalidate_through`]).
+    tether: OnceLock<TetherHandle>,
     /// What the file held when last read (applied, refused or set aside), held across a
     /// whole reload (read, replace, invalidate), so an older read is never put in force
     /// after a newer one and a reload that finds nothing new returns only once the reload
@@ -51,14 +51,10 @@ struct Shared {
 }
 
 impl UserSync {
-    /// Reloads of the file at `path` into `table`, invalidating through `tether`;
-    /// `loaded` is what the file held when `table` was filled from it.
-    pub fn new(
-        path: PathBuf,
-        table: Arc<UserTable>,
-        tether: TetherHandle,
-        loaded: Contents,
-    ) -> Self {
+    /// Reloads of the file at `path` into `table`; `loaded` is what the file held when
+    /// `table` was filled from it. Nobody is invalidated until
+    /// [`UserSync::invalidate_through`] says where.
+    pub fn new(path: PathBuf, table: Arc<UserTable>, loaded: Contents) -> Self {
         let reloads = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         let applied = reloads.get_or_create_owned(&vec![("result", "applied")]);
         let refused = reloads.get_or_create_owned(&vec![("result", "refused")]);
@@ -66,13 +62,19 @@ impl UserSync {
             shared: Arc::new(Shared {
                 path,
                 table,
-                tether,
+                tether: OnceLock::new(),
                 last_read: tokio::sync::Mutex::new(loaded),
                 applied,
                 refused,
                 reloads,
             }),
         }
+    }
+
+    /// From now on, the users a reload or a write changes are invalidated through `tether`
+    /// (the first call counts).
+    pub fn invalidate_through(&self, tether: TetherHandle) {
+        let _ = self.shared.tether.set(tether);
     }
 
     /// The users file.
@@ -87,6 +89,11 @@ impl UserSync {
             "Reloads of the users file, by whether it was put in force",
             self.shared.reloads.clone(),
         );
+    }
+
+    /// Reloads that found the file missing, unreadable or invalid, since the start.
+    pub fn reloads_refused(&self) -> u64 {
+        self.shared.refused.get()
     }
 
     /// The users in force now.
@@ -233,8 +240,11 @@ impl UserSync {
                     .iter()
                     .map(|name| (name, InvalidationCause::UserRemoved)),
             );
+        let Some(tether) = shared.tether.get() else {
+            return affected;
+        };
         for (name, cause) in causes {
-            if let Err(error) = shared.tether.invalidate(*name, cause).await {
+            if let Err(error) = tether.invalidate(*name, cause).await {
                 log::error!("user {name:?}: cannot invalidate its connections ({cause}): {error}");
             }
         }

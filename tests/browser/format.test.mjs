@@ -6,6 +6,7 @@ import {
   Pager,
   errorText,
   formatCount,
+  formatNodes,
   formatRate,
   formatUptime,
   listQuery,
@@ -31,6 +32,12 @@ test('counts and rates are readable', () => {
   assert.equal(formatRate(9.94), '9.9');
   assert.equal(formatRate(1234.4), '1,234');
   assert.equal(formatRate(null), '–');
+});
+
+test('the live nodes are one line, and an empty or missing list says none', () => {
+  assert.equal(formatNodes(['n1', 'n2']), 'n1, n2');
+  assert.equal(formatNodes([]), 'none');
+  assert.equal(formatNodes(null), 'none');
 });
 
 test('a sparkline is right-aligned, scaled to its largest value, and skips gaps', () => {

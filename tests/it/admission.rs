@@ -319,6 +319,25 @@ fn a_crash_costs_one_bcrypt_for_each_login_the_last_save_missed() {
 }
 
 #[test]
+fn a_shorter_verifier_save_interval_brings_new_verifiers_to_the_file_sooner() {
+    // The default 10 s would save nothing within the 5 s waited here; 1 s saves each new
+    // verifier within about a second, while the server keeps running.
+    let site = Site::new(&[("alice", "pw1"), ("bob", "pw2")]);
+    let running = site.start(&site.config().auth("verifier_save_interval", "1s"));
+    let _alice = running.server.logged_in("alice", "pw1");
+    assert!(
+        wait_until(Duration::from_secs(5), || site.saved_verifiers() == 1),
+        "alice's verifier saved within 5 s"
+    );
+    let _bob = running.server.logged_in("bob", "pw2");
+    assert!(
+        wait_until(Duration::from_secs(5), || site.saved_verifiers() == 2),
+        "and bob's at a later save"
+    );
+    running.stop();
+}
+
+#[test]
 fn a_corrupt_verifier_file_is_logged_ignored_and_rewritten() {
     let site = Site::new(&[("alice", "pw")]);
     std::fs::write(

@@ -263,7 +263,7 @@ pub(crate) fn embedded_node(
     tokio::sync::oneshot::Sender<()>,
 ) {
     use crate::common::in_process::{test_settings, user_set};
-    use tether_actors::users::UserTable;
+    use tether_actors::auth::user_store::UserTable;
     let broker = tether_cluster::RedisBroker::start(tether_cluster::ClusterSettings {
         redis: redis.url(),
         node: node.to_owned(),
@@ -340,7 +340,10 @@ fn a_host_program_embedding_two_nodes_publishes_across_them_through_its_handle()
     let message = alice.recv_within(BACK);
     assert_eq!(message[2], "through the handle", "{message:?}");
     let invalidated = runtime
-        .block_on(first.invalidate(ALICE.0, tether_actors::metrics::InvalidationCause::Operator))
+        .block_on(first.invalidate(
+            ALICE.0,
+            tether_actors::util::metrics::InvalidationCause::Operator,
+        ))
         .expect("invalidated");
     assert_eq!(invalidated, 1);
     assert_eq!(alice.recv(), ["invalidated"]);

@@ -149,22 +149,7 @@ fn a_node_that_does_not_trust_redis_certificate_stays_unreachable_and_says_why()
     // One line for the change of state, not one per attempt: counted once the node has
     // tried again a few times. Redis logs (at `verbose`) every TLS connection it could not
     // accept: the node's attempts, refused by the node at the handshake.
-    redis.redis.cli(&["CONFIG", "SET", "loglevel", "verbose"]);
-    let refused = || {
-        redis
-            .redis
-            .log()
-            .matches("Error accepting a client connection")
-            .count()
-    };
-    let first = refused();
-    let retried = crate::common::wait_until(Duration::from_secs(30), || refused() >= first + 3);
-    assert!(
-        retried,
-        "the node tried {} more time(s) in 30 s; Redis's log:\n{}",
-        refused() - first,
-        redis.redis.log()
-    );
+    redis.redis.wait_refused_tls_handshakes(3);
     assert_eq!(
         server
             .stderr_text()

@@ -6,7 +6,7 @@
 
 use bytes::BytesMut;
 use proptest::prelude::*;
-use tether_actors::codec::{encode_message, is_valid_part, DecodeError, MessageCodec};
+use tether_actors::protocol::codec::{encode_message, is_valid_part, DecodeError, MessageCodec};
 
 /// Terminates a message.
 const RS: u8 = 0x1E;

@@ -4,8 +4,8 @@
 use crate::common::in_process::{test_settings, InProcessServer};
 use crate::common::{utc_millis_now, RecvError, TestClient};
 use std::time::Duration;
-use tether_actors::bus::{Publish, PublishError, EVENTS_IN_FLIGHT, MAX_BATCH_EVENTS};
-use tether_actors::credentials::CredentialError;
+use tether_actors::auth::credentials::CredentialError;
+use tether_actors::hub::bus::{Publish, PublishError, EVENTS_IN_FLIGHT, MAX_BATCH_EVENTS};
 
 const QUIET: Duration = Duration::from_millis(300);
 

@@ -8,7 +8,7 @@ use crate::common::{RecvError, TestClient};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tether_actors::supervisor::{FaultTarget, MAX_RESTART_DELAY};
+use tether_actors::hub::supervisor::{FaultTarget, MAX_RESTART_DELAY};
 
 const USERS: usize = 6;
 /// Connections per user that stay bound through the storm.

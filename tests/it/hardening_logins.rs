@@ -167,7 +167,7 @@ fn start_with_admin(config: TestConfig, users: &[(&str, &str)]) -> (TestServer, 
 
 /// The value of the series `series` (as written, labels included) on `/metrics`; 0 when
 /// it is not there.
-fn metric(admin: SocketAddr, series: &str) -> f64 {
+pub(crate) fn metric(admin: SocketAddr, series: &str) -> f64 {
     let text = ureq::get(&format!("http://{admin}/metrics"))
         .call()
         .expect("GET /metrics")

@@ -5,7 +5,7 @@
 use crate::common::in_process::{test_settings, InProcessServer};
 use crate::common::{wait_until, TestClient};
 use std::time::{Duration, Instant};
-use tether_actors::supervisor::{FaultTarget, FIRST_RESTART_DELAY, MAX_RESTART_DELAY};
+use tether_actors::hub::supervisor::{FaultTarget, FIRST_RESTART_DELAY, MAX_RESTART_DELAY};
 
 const QUIET: Duration = Duration::from_millis(300);
 

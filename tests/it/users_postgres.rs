@@ -8,7 +8,7 @@ use crate::common::{
     admin_addr, cheap_hash, run_to_exit, run_with_input, tether_command, wait_until, TestClient,
     TestConfig, TestServer,
 };
-use crate::hardening_logins::median_failed_logins;
+use crate::hardening_logins::{median_failed_logins, metric};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -237,6 +237,56 @@ fn an_outage_is_answered_in_bounded_time_and_changes_made_during_it_are_enforced
     assert_invalidated(&mut alice, Duration::from_secs(5));
     assert_invalidated(&mut alice_again, Duration::from_secs(1));
     server.client().login("alice", "new-a");
+}
+
+#[test]
+fn logins_the_database_cannot_answer_are_refused_without_counting_as_failed_passwords() {
+    let Some(postgres) = with_alice_and_bob() else {
+        return;
+    };
+    const LIMIT: u32 = 3;
+    let server = TestServer::start(
+        &config(&postgres)
+            .auth("login_failures_per_minute", LIMIT)
+            .set("admin", "listen", "127.0.0.1:0"),
+        &[],
+    );
+    server.wait_for_log("(admin API)", Duration::from_secs(10));
+    let admin = admin_addr(&server.stderr_text());
+    postgres.stop();
+    server.wait_for_log("users database unreachable", Duration::from_secs(5));
+    // Bob, never looked up here, with his right password, more often than the limit: each
+    // refused, none counted against the pair (the password was never checked).
+    for attempt in 0..LIMIT + 2 {
+        assert_eq!(
+            login_answer(&server, "bob", "pw-b"),
+            ["login_invalid"],
+            "attempt {attempt}"
+        );
+    }
+    let unchecked = r#"tether_logins_total{result="unchecked"}"#;
+    assert_eq!(metric(admin, unchecked), f64::from(LIMIT + 2));
+    assert_eq!(
+        metric(admin, r#"tether_logins_total{result="invalid"}"#),
+        0.0
+    );
+    server.wait_for_log(
+        "login as \"bob\" refused unchecked: the user store did not answer",
+        Duration::from_secs(5),
+    );
+    postgres.start_again();
+    server.wait_for_log("users database reachable again", Duration::from_secs(10));
+    // Not throttled: the first login after the outage is checked, and admitted.
+    assert_eq!(login_answer(&server, "bob", "pw-b"), ["login_valid"]);
+    // Wrong passwords still count as they did: the limit, then throttled.
+    for _ in 0..LIMIT {
+        assert_eq!(login_answer(&server, "bob", "wrong"), ["login_invalid"]);
+    }
+    assert_eq!(login_answer(&server, "bob", "pw-b"), ["login_invalid"]);
+    assert_eq!(
+        metric(admin, r#"tether_logins_total{result="throttled"}"#),
+        1.0
+    );
 }
 
 #[test]

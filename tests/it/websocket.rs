@@ -689,7 +689,7 @@ fn a_websocket_client_that_stops_reading_is_cut_off_and_metrics_say_ws() {
 fn an_embedding_program_starts_the_websocket_listener_alone_and_publishes_to_it() {
     use crate::common::in_process::{test_settings, user_set};
     use std::sync::Arc;
-    use tether_actors::users::UserTable;
+    use tether_actors::auth::user_store::UserTable;
     use tether_actors::{Listeners, Tether, WebSocketListener, WebSocketPolicy};
     let (started_tx, started_rx) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

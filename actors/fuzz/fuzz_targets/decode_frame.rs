@@ -7,7 +7,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use tether_actors::codec::MessageCodec;
+use tether_actors::protocol::codec::MessageCodec;
 
 /// Decodes `stream` fed in pieces whose lengths come from `cuts` (cycled); returns the
 /// frames' bytes and whether decoding stopped on an over-long message.

@@ -40,8 +40,14 @@ const BCRYPT_READS_BYTES: usize = 72;
 /// hold a bcrypt thread for days.
 pub const MAX_STORED_COST: u32 = 16;
 
+/// A login's lookup found no answer: the store (a database) did not answer in time. The
+/// login is refused, and not counted by the throttle as a failed password: the password
+/// was never checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreUnreachable;
+
 /// Finds a user's hash on a checker thread, where it may block (a database query does).
-pub type HashLookup = Box<dyn FnOnce() -> Option<PasswordHash> + Send>;
+pub type HashLookup = Box<dyn FnOnce() -> Result<Option<PasswordHash>, StoreUnreachable> + Send>;
 
 /// The outcome of one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +56,8 @@ pub struct Checked {
     pub matches: bool,
     /// The hash the check's lookup found, if it had one and found a user.
     pub found: Option<PasswordHash>,
+    /// The lookup could not be answered (the store is unreachable): nothing was checked.
+    pub store_unreachable: bool,
 }
 
 /// One password to compare with a hash, or to hash.
@@ -369,6 +377,7 @@ impl Future for Verdict {
             answer.unwrap_or(Checked {
                 matches: false,
                 found: None,
+                store_unreachable: false,
             })
         })
     }
@@ -447,7 +456,18 @@ fn run_checks(pool: &Pool) {
             } => {
                 let started = Instant::now();
                 let (user, found) = match lookup {
-                    Some((user, lookup)) => (Some(user), lookup()),
+                    Some((user, lookup)) => match lookup() {
+                        Ok(found) => (Some(user), found),
+                        Err(StoreUnreachable) => {
+                            // Nothing to check against: answered at once, no bcrypt spent.
+                            let _ = verdict.send(Checked {
+                                matches: false,
+                                found: None,
+                                store_unreachable: true,
+                            });
+                            continue;
+                        }
+                    },
                     None => (None, None),
                 };
                 // A known user's verifier, when verifiers are kept: an HMAC, microseconds.
@@ -459,6 +479,7 @@ fn run_checks(pool: &Pool) {
                             let _ = verdict.send(Checked {
                                 matches: true,
                                 found: found.clone(),
+                                store_unreachable: false,
                             });
                             continue;
                         }
@@ -477,7 +498,11 @@ fn run_checks(pool: &Pool) {
                     verifiers.store().keep(user, tag);
                 }
                 // The connection may have gone meanwhile; then nobody needs the verdict.
-                let _ = verdict.send(Checked { matches, found });
+                let _ = verdict.send(Checked {
+                    matches,
+                    found,
+                    store_unreachable: false,
+                });
             }
             Work::Hash { cost, made } => {
                 // The one place a password's hash is made in a server: on these threads.
@@ -680,7 +705,7 @@ mod tests {
         let hash = PasswordHash::from(bcrypt::hash("pw", 4).expect("hashes"));
         let stand_in = stand_in_hash(4).expect("hashes");
         let login = |password: &'static [u8], hash: PasswordHash| {
-            let lookup: HashLookup = Box::new(move || Some(hash));
+            let lookup: HashLookup = Box::new(move || Ok(Some(hash)));
             checker.check_user(HOME, Arc::from("u"), password, lookup, stand_in.clone())
         };
         let mut registry = prometheus_client::registry::Registry::with_prefix("tether");
@@ -723,7 +748,7 @@ mod tests {
             let on_checker = thread::current()
                 .name()
                 .is_some_and(|name| name.starts_with("tether-bcrypt"));
-            on_checker.then_some(found)
+            Ok(on_checker.then_some(found))
         });
         let checked = checker
             .check_user(HOME, Arc::from("u"), b"pw", lookup, stand_in.clone())
@@ -732,12 +757,29 @@ mod tests {
             checked,
             Checked {
                 matches: true,
-                found: Some(hash)
+                found: Some(hash),
+                store_unreachable: false,
             }
         );
         let nobody = checker
-            .check_user(HOME, Arc::from("u"), b"pw", Box::new(|| None), stand_in)
+            .check_user(
+                HOME,
+                Arc::from("u"),
+                b"pw",
+                Box::new(|| Ok(None)),
+                stand_in.clone(),
+            )
             .await;
-        assert!(!nobody.matches && nobody.found.is_none());
+        assert!(!nobody.matches && nobody.found.is_none() && !nobody.store_unreachable);
+        let unanswered = checker
+            .check_user(
+                HOME,
+                Arc::from("u"),
+                b"pw",
+                Box::new(|| Err(StoreUnreachable)),
+                stand_in,
+            )
+            .await;
+        assert!(!unanswered.matches && unanswered.store_unreachable);
     }
 }

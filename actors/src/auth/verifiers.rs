@@ -16,7 +16,7 @@
 //!
 //! [`VerifierStore`] is where verifiers are kept: [`MemoryVerifiers`] on a node alone (the
 //! application saves it to a file), a Redis store in a cluster (`tether-cluster`). The
-//! checks run on the password-check threads ([`crate::password`]), never on an event loop.
+//! checks run on the password-check threads ([`crate::auth::password`]), never on an event loop.
 
 use ring::hmac;
 use std::collections::HashMap;

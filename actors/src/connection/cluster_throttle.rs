@@ -42,10 +42,12 @@ impl ClusterThrottle {
         broker.login_failed(client, name, self.limit)
     }
 
-    /// A checked login of this pair succeeded: the cluster forgets its failures.
-    pub(crate) fn succeeded(&self, client: IpAddr, name: &[u8]) {
-        if let Some(broker) = &self.broker {
-            broker.login_succeeded(client, name);
-        }
+    /// A checked login of this pair succeeded: answers what resolves with whether the
+    /// cluster admits it (`false`: the cluster throttles the pair, which this node had not
+    /// heard yet; a dropped sender admits), the cluster then forgetting its failures;
+    /// `None` admits at once.
+    pub(crate) fn succeeded(&self, client: IpAddr, name: &[u8]) -> Option<oneshot::Receiver<bool>> {
+        let broker = self.broker.as_ref()?;
+        broker.login_succeeded(client, name, self.limit)
     }
 }

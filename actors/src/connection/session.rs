@@ -6,12 +6,12 @@
 use crate::auth::credentials::{check_name_bytes, check_password};
 use crate::auth::password::{Checked, HashLookup, Verdict};
 use crate::auth::throttle::{Admission, Reservation, Turn};
-use crate::auth::users::PasswordHash;
+use crate::auth::user_store::PasswordHash;
 use crate::connection::shared::ConnectionShared;
 use crate::hub::messages::{BindingId, Push, ShardEvent};
+use crate::protocol::command::{parse_command, Command, CommandError, Reply};
 use crate::util::excerpt::Excerpt;
 use crate::util::metrics::{CommandKind, CommandTally, LoginResult};
-use crate::wire::protocol::{parse_command, Command, CommandError, Reply};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -58,6 +58,21 @@ enum LoginStage {
         /// The user to bind if the lookup finds a hash and it matches; `None` when a match
         /// cannot log in (the name or the password breaks the rules).
         user: Option<Arc<str>>,
+    },
+    /// Its password matched; in a cluster, the broker is asked whether the cluster
+    /// throttles the pair (failures through other nodes that this node has not heard of
+    /// yet) before the login binds.
+    Admitting {
+        /// `true` admits, `false` refuses as throttled; dropped unanswered, admits.
+        admitted: oneshot::Receiver<bool>,
+        /// When the login is admitted without the cluster's answer.
+        give_up: Pin<Box<Sleep>>,
+        /// This check's place under the throttle's limit.
+        reservation: Reservation,
+        /// The user to bind.
+        user: Arc<str>,
+        /// The hash the password matched.
+        hash: PasswordHash,
     },
 }
 
@@ -243,6 +258,50 @@ impl Session {
                     if let Some(login) = self.login.take() {
                         self.finish_login(login, checked, fx);
                     }
+                    // Ready, or on to `Admitting`.
+                    if self.login.is_none() {
+                        return Poll::Ready(());
+                    }
+                }
+                LoginStage::Admitting {
+                    admitted, give_up, ..
+                } => {
+                    let admit = match Pin::new(admitted).poll(task) {
+                        // Dropped: the broker lost Redis; the node's own throttle holds.
+                        Poll::Ready(answer) => answer.unwrap_or(true),
+                        Poll::Pending => {
+                            if give_up.as_mut().poll(task).is_pending() {
+                                return Poll::Pending;
+                            }
+                            log::warn!(
+                                "{}: login admitted before the cluster broker said whether \
+                                 the cluster throttles it (waited {SUBSCRIBE_WAIT:?})",
+                                self.peer
+                            );
+                            true
+                        }
+                    };
+                    let Some(PendingLogin {
+                        stage:
+                            LoginStage::Admitting {
+                                reservation,
+                                user,
+                                hash,
+                                ..
+                            },
+                        ..
+                    }) = self.login.take()
+                    else {
+                        return Poll::Ready(());
+                    };
+                    if admit {
+                        self.bind_checked(user, &hash, reservation, fx);
+                    } else {
+                        // A right password, refused as any login of a throttled pair is:
+                        // unchecked, and not counted as a failure (its place is released).
+                        drop(reservation);
+                        self.refuse_throttled(user.as_bytes(), fx);
+                    }
                     return Poll::Ready(());
                 }
             }
@@ -370,13 +429,7 @@ impl Session {
                 return;
             }
             Admission::Refused => {
-                self.shared.metrics.login(LoginResult::Throttled);
-                log::warn!(
-                    "{}: login as {} refused unchecked: too many failures",
-                    self.peer,
-                    Excerpt(name)
-                );
-                fx.reply(Reply::LoginInvalid);
+                self.refuse_throttled(name, fx);
                 return;
             }
         };
@@ -431,6 +484,17 @@ impl Session {
         });
     }
 
+    /// Refuses a login of `name` whose pair is throttled, here or by the cluster.
+    fn refuse_throttled(&mut self, name: &[u8], fx: &mut impl Effects) {
+        self.shared.metrics.login(LoginResult::Throttled);
+        log::warn!(
+            "{}: login as {} refused unchecked: too many failures",
+            self.peer,
+            Excerpt(name)
+        );
+        fx.reply(Reply::LoginInvalid);
+    }
+
     /// Acts on the verdict of the login that was being checked.
     fn finish_login(&mut self, login: PendingLogin, checked: Checked, fx: &mut impl Effects) {
         let LoginStage::Checking {
@@ -439,6 +503,19 @@ impl Session {
         else {
             return;
         };
+        if checked.store_unreachable {
+            // The password was never checked: refused, not counted as a failure here or
+            // in the cluster (the reservation is released as it is dropped).
+            drop(reservation);
+            self.shared.metrics.login(LoginResult::Unchecked);
+            log::warn!(
+                "{}: login as {} refused unchecked: the user store did not answer",
+                self.peer,
+                Excerpt(&login.name)
+            );
+            fx.reply(Reply::LoginInvalid);
+            return;
+        }
         match (checked.matches, user, checked.found) {
             (true, Some(user), Some(hash)) => {
                 self.login_succeeded(user, &hash, reservation, fx);
@@ -471,10 +548,40 @@ impl Session {
         }));
     }
 
+    /// The password of `user` matched `hash`: in a cluster, asks first whether the cluster
+    /// throttles the pair (the login waits in [`LoginStage::Admitting`]); then binds.
+    fn login_succeeded(
+        &mut self,
+        user: Arc<str>,
+        hash: &PasswordHash,
+        reservation: Reservation,
+        fx: &mut impl Effects,
+    ) {
+        match self
+            .shared
+            .cluster_throttle
+            .succeeded(self.peer.ip(), user.as_bytes())
+        {
+            Some(admitted) => {
+                self.login = Some(PendingLogin {
+                    name: user.as_bytes().to_vec(),
+                    stage: LoginStage::Admitting {
+                        admitted,
+                        give_up: Box::pin(tokio::time::sleep(SUBSCRIBE_WAIT)),
+                        reservation,
+                        user,
+                        hash: hash.clone(),
+                    },
+                });
+            }
+            None => self.bind_checked(user, hash, reservation, fx),
+        }
+    }
+
     /// Binds the connection to `user`, whose password matched `hash`, unless the hash was
     /// replaced while it was being checked: that change's invalidation may already have
     /// passed, so the login must not outlive it.
-    fn login_succeeded(
+    fn bind_checked(
         &mut self,
         user: Arc<str>,
         hash: &PasswordHash,
@@ -491,9 +598,6 @@ impl Session {
             return;
         }
         reservation.succeeded();
-        self.shared
-            .cluster_throttle
-            .succeeded(self.peer.ip(), user.as_bytes());
         self.shared.metrics.login(LoginResult::Valid);
         let same_user = self
             .binding
@@ -528,13 +632,13 @@ mod tests {
     use super::*;
     use crate::auth::password::{stand_in_hash, PasswordChecker};
     use crate::auth::throttle::LoginThrottle;
-    use crate::auth::users::{UserSet, UserTable};
+    use crate::auth::user_store::{UserSet, UserTable};
     use crate::hub::messages::EventInFlight;
     use crate::hub::presence::Presence;
     use crate::hub::roster::Roster;
+    use crate::protocol::codec::{encoded_message, MessageCodec};
     use crate::util::metrics::Metrics;
     use crate::util::output_budget::OutputBudget;
-    use crate::wire::codec::{encoded_message, MessageCodec};
     use bytes::Bytes;
     use std::time::Duration;
     use tokio::sync::Semaphore;

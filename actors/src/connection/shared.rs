@@ -2,7 +2,7 @@
 
 use crate::auth::password::{PasswordChecker, PasswordHash};
 use crate::auth::throttle::LoginThrottle;
-use crate::auth::users::UserStore;
+use crate::auth::user_store::UserStore;
 use crate::connection::cluster_throttle::ClusterThrottle;
 use crate::connection::ConnectionActor;
 use crate::hub::presence::Presence;

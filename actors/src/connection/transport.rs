@@ -4,10 +4,10 @@
 //! it, the one deadline, and where the connection is in its close. It knows nothing of the
 //! protocol's commands: the [`Session`](super::session::Session) does.
 
+use crate::protocol::codec::{ends_at_boundary, DecodeError, MessageCodec};
+use crate::protocol::command::Reply;
 use crate::util::buffers::{self, Spare};
 use crate::util::output_budget::{Evictee, OutputCharge, FREE_BYTES};
-use crate::wire::codec::{ends_at_boundary, DecodeError, MessageCodec};
-use crate::wire::protocol::Reply;
 use bytes::{Buf, BytesMut};
 use prometheus_client::metrics::histogram::Histogram;
 use std::io;

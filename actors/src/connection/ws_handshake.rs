@@ -6,8 +6,8 @@
 //! connection's client address is settled for a peer in `forwarded_from`: the last address
 //! of its `X-Forwarded-For`.
 
+use crate::protocol::proxy_header::ProxyTrust;
 use crate::util::metrics::WsHandshakeFailure;
-use crate::wire::proxy_header::ProxyTrust;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};

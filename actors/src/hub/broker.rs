@@ -164,10 +164,23 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
         None
     }
 
-    /// A checked login of `name` from `client` succeeded here: the cluster forgets the
-    /// pair's failures, as the node's own throttle does.
-    fn login_succeeded(&self, client: IpAddr, name: &[u8]) {
-        let _ = (client, name);
+    /// A checked login of `name` from `client` succeeded here and is about to be admitted;
+    /// `limit` failures a minute throttle the pair. The cluster may throttle the pair
+    /// already while this node has not heard so (the other node's announcement is still
+    /// on its way), so the broker asks where the failures are counted: answers what
+    /// resolves with `true` to admit the login — the cluster then forgets the pair's
+    /// failures, as the node's own throttle does — or `false` to refuse it unchecked as
+    /// throttled. A sender dropped unanswered admits (the broker lost its connection: the
+    /// node's own throttle holds then). `None` admits at once (nothing is counted, or the
+    /// broker is unreachable).
+    fn login_succeeded(
+        &self,
+        client: IpAddr,
+        name: &[u8],
+        limit: u32,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let _ = (client, name, limit);
+        None
     }
 
     /// Where the cluster keeps its verifiers (SPEC §5, "Admission after a restart"), each
@@ -182,6 +195,13 @@ pub trait Broker: fmt::Debug + Send + Sync + 'static {
     /// master's address, or the masters of a Redis Cluster); `None` while it is connected
     /// to nothing, or when it has nothing to say.
     fn upstream(&self) -> Option<String> {
+        None
+    }
+
+    /// The names of the cluster's live nodes, this one included, sorted, as the broker
+    /// last saw them (a Redis broker: at its last heartbeat); `None` while it is connected
+    /// to nothing, or when it has nothing to say.
+    fn live_nodes(&self) -> Option<Vec<String>> {
         None
     }
 

@@ -29,6 +29,8 @@ pub enum LoginResult {
     Invalid,
     /// Refused unchecked by the throttle.
     Throttled,
+    /// Refused unchecked: the user store did not answer the lookup.
+    Unchecked,
 }
 
 /// The type of a client message, as counted.
@@ -216,6 +218,7 @@ label_values! {
         Valid => "valid",
         Invalid => "invalid",
         Throttled => "throttled",
+        Unchecked => "unchecked",
     }
     CommandKind {
         Login => "login",
@@ -284,7 +287,7 @@ pub struct Metrics {
     pub(crate) connections_open: Gauge,
     /// Connections bound to a user.
     pub(crate) connections_bound: Gauge,
-    logins: [Counter; 3],
+    logins: [Counter; 4],
     commands: [Counter; 7],
     /// Events accepted by the bus.
     pub(crate) events_published: Counter,

@@ -5,6 +5,7 @@ import { ApiError, call, forgetToken, storeToken, storedToken } from './api.mjs'
 import {
   Pager,
   formatCount,
+  formatNodes,
   formatRate,
   formatUptime,
   listQuery,
@@ -130,7 +131,8 @@ function showNode(node) {
         (users.reloads_refused > 0 ? `, ${formatCount(users.reloads_refused)} bad edits refused` : '')
       : `PostgreSQL, ${users.state}`;
   $('fact-cluster').textContent = node.cluster
-    ? `node ${node.cluster.node}, Redis ${node.cluster.state}`
+    ? `node ${node.cluster.node}, Redis ${node.cluster.state}` +
+      (node.cluster.nodes ? `; live nodes: ${formatNodes(node.cluster.nodes)}` : '')
     : 'none (this node alone)';
   $('whoami').textContent = node.cluster ? `node ${node.cluster.node}` : '';
 

@@ -19,6 +19,11 @@ export function formatCount(value) {
   return Math.round(Number(value) || 0).toLocaleString('en-US');
 }
 
+/** The cluster's live nodes as one line: "n1, n2, n3" ("none" for an empty list). */
+export function formatNodes(nodes) {
+  return Array.isArray(nodes) && nodes.length ? nodes.join(', ') : 'none';
+}
+
 /** A rate per second: whole above 10, one decimal below ("0.5", "12"). */
 export function formatRate(value) {
   if (value === null || !Number.isFinite(value)) return '–';

@@ -146,6 +146,35 @@ fn start_sentinel(master_port: u16, password: Option<&str>) -> Option<Redis> {
     Redis::start_sentinel(&conf)
 }
 
+/// Makes `servers` (started with `--cluster-enabled yes`) one Redis Cluster with
+/// `redis-cli --cluster create`, `replicas` per master, through their plain ports; waits
+/// until every one says `cluster_state:ok`.
+pub fn create_cluster(servers: &[Redis], replicas: u32) {
+    let addresses: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    let output = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(&addresses)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli --cluster create");
+    assert!(
+        output.status.success(),
+        "redis-cli --cluster create failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ok = wait_until(SETUP_TIMEOUT, || {
+        servers.iter().all(|server| {
+            server
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")
+        })
+    });
+    assert!(ok, "the Redis Cluster did not become ok");
+}
+
 /// Three masters and three replicas, one Redis Cluster.
 pub struct RedisCluster {
     /// Every server, the masters first (as created).
@@ -165,32 +194,23 @@ impl RedisCluster {
                 "{dir}/nodes.conf".into(),
                 "--cluster-node-timeout".into(),
                 "1000".into(),
+                // A replica syncs at once, not 5 s later: one not yet synced refuses to
+                // take over ("disconnected from master for longer than allowed").
+                "--repl-diskless-sync-delay".into(),
+                "0".into(),
             ])?);
         }
-        let addresses: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
-        let output = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            output.status.success(),
-            "redis-cli --cluster create failed: {}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        create_cluster(&servers, 1);
         let cluster = Self { servers };
-        let ok = wait_until(SETUP_TIMEOUT, || {
+        let ok = wait_until(SETUP_TIMEOUT, || cluster.masters().len() == 3);
+        assert!(ok, "the Redis Cluster does not have three masters");
+        let synced = wait_until(SETUP_TIMEOUT, || {
             cluster.servers.iter().all(|server| {
-                server
-                    .cli(&["CLUSTER", "INFO"])
-                    .contains("cluster_state:ok")
-            }) && cluster.masters().len() == 3
+                let info = server.cli(&["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
         });
-        assert!(ok, "the Redis Cluster did not become ok");
+        assert!(synced, "the replicas did not sync with their masters");
         Some(cluster)
     }
 

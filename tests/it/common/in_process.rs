@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
-use tether_actors::supervisor::FaultTarget;
-use tether_actors::users::{PasswordHash, UserSet, UserTable};
+use tether_actors::auth::user_store::{PasswordHash, UserSet, UserTable};
+use tether_actors::hub::supervisor::FaultTarget;
 use tether_actors::{Settings, Tether, TetherHandle};
 
 /// Settings for tests: short limits where a test does not choose, bcrypt cost 4. The idle

@@ -243,6 +243,26 @@ impl Redis {
         }
     }
 
+    /// Waits (at most 30 s, panicking then) until a client has tried `attempts` more TLS
+    /// handshakes that failed: Redis logs at `verbose` (set here) every TLS connection it
+    /// could not accept — a client that does not trust its certificate breaks it off.
+    pub fn wait_refused_tls_handshakes(&self, attempts: usize) {
+        self.cli(&["CONFIG", "SET", "loglevel", "verbose"]);
+        let refused = || {
+            self.log()
+                .matches("Error accepting a client connection")
+                .count()
+        };
+        let first = refused();
+        let retried = super::wait_until(Duration::from_secs(30), || refused() >= first + attempts);
+        assert!(
+            retried,
+            "the client tried {} more time(s) in 30 s; Redis's log:\n{}",
+            refused() - first,
+            self.log()
+        );
+    }
+
     /// The channels matching `pattern` that have at least one subscriber
     /// (`PUBSUB CHANNELS`), sorted.
     pub fn channels(&self, pattern: &str) -> Vec<String> {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, RwLock};
 
-pub use crate::auth::password::PasswordHash;
+pub use crate::auth::password::{PasswordHash, StoreUnreachable};
 
 /// The source of password hashes consulted at every login.
 ///
@@ -27,11 +27,13 @@ pub trait UserStore: Send + Sync + 'static {
     /// its lookups found, until a change replaces them.
     fn password_hash(&self, name: &str) -> Option<PasswordHash>;
 
-    /// The stored hash of `name` for a login, looked up on a password-check thread (never
-    /// an event loop), so it may wait for a database; it should answer within seconds.
-    /// By default, [`UserStore::password_hash`].
-    fn lookup_for_login(&self, name: &str) -> Option<PasswordHash> {
-        self.password_hash(name)
+    /// The stored hash of `name` for a login (`None`: no such user), looked up on a
+    /// password-check thread (never an event loop), so it may wait for a database; it
+    /// should answer within seconds. [`StoreUnreachable`] when the store could not say:
+    /// the login is refused without counting as a wrong password. By default,
+    /// [`UserStore::password_hash`].
+    fn lookup_for_login(&self, name: &str) -> Result<Option<PasswordHash>, StoreUnreachable> {
+        Ok(self.password_hash(name))
     }
 
     /// The hash to check a login for `name` against when it has no user (or the login is

@@ -1,8 +1,8 @@
-//! The wire layer: bytes ↔ messages (`codec`), messages ↔ commands and replies
-//! (`protocol`), and the PROXY protocol header before them (`proxy_header`). Imports only
+//! The protocol layer: bytes ↔ messages (`codec`), messages ↔ commands and replies
+//! (`command`), and the PROXY protocol header before them (`proxy_header`). Imports only
 //! `util`. The framing and the reply words are the `tether-wire` crate's, shared with the
 //! client; this layer re-exports them and adds the server's side (commands, PROXY).
 
 pub mod codec;
-pub mod protocol;
+pub mod command;
 pub mod proxy_header;

@@ -10,7 +10,7 @@ use console::{Console, Interactive, LinesFromStdin};
 use jiff::tz::TimeZone;
 use std::io::{BufRead, IsTerminal};
 use std::time::Duration;
-use tether_client::wire::Verb;
+use tether_client::framing::Verb;
 use tether_client::{Client, ClientError, Options, Push, Pushes, Reply};
 
 /// Exit code for `login_invalid` in a script.

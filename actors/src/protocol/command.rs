@@ -1,7 +1,7 @@
 //! The commands a client sends and the one-part messages the server answers with
 //! (SPEC §2–§3), independent of sockets and actors.
 
-use crate::wire::codec::parts;
+use crate::protocol::codec::parts;
 /// The one-part messages the server sends, from `tether-wire` (the client reads the same).
 pub use tether_wire::Reply;
 use tether_wire::Verb;
@@ -70,7 +70,7 @@ pub fn parse_command(message: &[u8]) -> Result<Command<'_>, CommandError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::codec::{encoded_message, MessageCodec};
+    use crate::protocol::codec::{encoded_message, MessageCodec};
     use bytes::BytesMut;
 
     /// The message made of `parts`, as the connection hands it to `parse_command`.
