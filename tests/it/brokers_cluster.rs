@@ -525,3 +525,71 @@ fn verifiers_are_kept_and_checked_on_every_master_of_a_redis_cluster() {
     assert!(storm(&n2).iter().all(|reply| reply == "login_valid"));
     assert_eq!(checks(&n2), (0, USERS as u64), "n2 ran bcrypt");
 }
+
+/// After a reshard, a node that follows none of the moved users (no sharded subscription:
+/// Redis tells it nothing) still has the old slot map: its next batches meet `MOVED` on
+/// the old owner. Those commands were not run; sent again through the crate's routing,
+/// each event arrives once and in order, and every publish is accepted.
+#[test]
+fn a_publisher_with_a_stale_slot_map_delivers_each_event_once_and_in_order() {
+    let Some(cluster) = RedisCluster::start() else {
+        return;
+    };
+    const USERS: usize = 200;
+    let users = users(USERS);
+    let n1 = node(&cluster, "n1", &users);
+    let n2 = node(&cluster, "n2", &users);
+    let mut clients: Vec<TestClient> = users.iter().map(|(name, _)| n2.login(name, "pw")).collect();
+    let counted = wait_until(SETTLE_TIMEOUT, || n1.connections(&users[USERS - 1].0) == 1);
+    assert!(counted, "n1 does not count n2's connections");
+    let masters = cluster.masters();
+    cluster.reshard(masters[0], masters[1], 3000);
+    // n2 follows its users to their new shard: every channel has its subscriber again.
+    let shard_channels = || -> usize {
+        cluster
+            .masters()
+            .iter()
+            .map(|master| {
+                master
+                    .cli(&["PUBSUB", "SHARDCHANNELS", "tether:user:*"])
+                    .lines()
+                    .filter(|line| !line.is_empty())
+                    .count()
+            })
+            .sum()
+    };
+    let followed = wait_until(SETTLE_TIMEOUT, || shard_channels() == USERS);
+    assert!(
+        followed,
+        "{} of {USERS} channels subscribed",
+        shard_channels()
+    );
+    let spublish_before = calls_per_master(&cluster, "spublish").iter().sum::<u64>();
+    const ROUNDS: usize = 3;
+    for round in 0..ROUNDS {
+        let batch: Vec<(String, String)> = users
+            .iter()
+            .map(|(name, _)| (name.clone(), format!("{name}-{round}")))
+            .collect();
+        publish_batch(&n1, &batch);
+    }
+    for (client, (name, _)) in clients.iter_mut().zip(&users) {
+        for round in 0..ROUNDS {
+            let message = client.recv_within(DELIVERY);
+            assert_eq!(event_text(&message), format!("{name}-{round}"), "{name}");
+        }
+    }
+    for client in clients.iter_mut().step_by(10) {
+        client.expect_nothing_for(Duration::from_millis(20));
+    }
+    assert_eq!(
+        calls_per_master(&cluster, "spublish").iter().sum::<u64>() - spublish_before,
+        (USERS * ROUNDS) as u64,
+        "one SPUBLISH per event"
+    );
+    assert!(
+        !n1.server.stderr_text().contains("unreachable ("),
+        "n1 lost the cluster:\n{}",
+        n1.server.stderr_text()
+    );
+}
