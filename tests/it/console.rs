@@ -578,7 +578,7 @@ fn node_route_answers_the_node_and_its_live_figures() {
     );
     assert_eq!(
         node["logins"],
-        serde_json::json!({"valid": 1, "invalid": 1, "throttled": 0}),
+        serde_json::json!({"valid": 1, "invalid": 1, "throttled": 0, "unchecked": 0}),
         "{node}"
     );
     assert_eq!(node["events"]["published"], 1, "{node}");

@@ -80,6 +80,11 @@ fn replace_the_bus(server: &InProcessServer) -> Duration {
         wait_until(Duration::from_secs(1), || !panicked.connected()),
         "the panicked bus still runs"
     );
+    // Counted by the supervisor as it starts the new bus, which may be a moment after the
+    // handle is swapped: awaited, then exactly one.
+    wait_until(Duration::from_secs(5), || {
+        server.metric(RESTARTS) >= restarts + 1.0
+    });
     assert_eq!(
         server.metric(RESTARTS),
         restarts + 1.0,
