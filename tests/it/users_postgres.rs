@@ -235,7 +235,8 @@ fn an_outage_is_answered_in_bounded_time_and_changes_made_during_it_are_enforced
     ));
     postgres.psql("ALTER ROLE tether LOGIN");
     assert_invalidated(&mut alice, Duration::from_secs(5));
-    assert_invalidated(&mut alice_again, Duration::from_secs(1));
+    // Told in the same round as the first connection; the bound is a hang guard.
+    assert_invalidated(&mut alice_again, Duration::from_secs(5));
     server.client().login("alice", "new-a");
 }
 
@@ -455,8 +456,8 @@ fn an_unknown_name_costs_what_a_known_one_does_when_rows_have_mixed_costs() {
 
 #[test]
 fn a_slow_scan_of_the_whole_table_delays_no_login() {
-    // The background scans read every row; here one row's hash takes 5 s to compute, so
-    // they take 5 s, as on a large table. Before the fix the scan for bad rows ran on the
+    // The background scans read every row; here one row's hash takes 10 s to compute, so
+    // they take 10 s, as on a large table. Before the fix the scan for bad rows ran on the
     // connection that lookups and pings share: they queued behind it, logins waited, and
     // the ping's 3 s timeout made the node give the database up.
     let Some(postgres) = Postgres::start() else {
@@ -465,7 +466,7 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
     postgres.psql(
         "CREATE TABLE accounts (name text PRIMARY KEY, password_hash text NOT NULL); \
          CREATE FUNCTION slowly(hash text) RETURNS text LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(5); RETURN hash; END $$; \
+             $$ BEGIN PERFORM pg_sleep(10); RETURN hash; END $$; \
          CREATE VIEW tether_users AS SELECT name, CASE WHEN name = 'slow' \
              THEN slowly(password_hash) ELSE password_hash END AS password_hash FROM accounts; \
          GRANT SELECT ON tether_users TO tether",
@@ -479,19 +480,21 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
     }
     let server = TestServer::start(&config(&postgres), &[]);
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(6) {
+    // A login behind the scan would wait for most of its 10 s; one beside it, a cheap check
+    // and a lookup: 4 s leaves a loaded machine room and still tells the two apart.
+    while started.elapsed() < Duration::from_secs(11) {
         let mut alice = server.client();
         alice.send(&["login", "alice", "pw-a"]);
         assert_eq!(
-            alice.recv_within(Duration::from_secs(1)),
+            alice.recv_within(Duration::from_secs(4)),
             ["login_valid"],
             "{:?} after start-up",
             started.elapsed()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The scan did run, and took its 5 s.
-    server.wait_for_log("rows no login can use", Duration::from_secs(10));
+    // The scan did run, and took its 10 s.
+    server.wait_for_log("rows no login can use", Duration::from_secs(15));
     let log = server.stderr_text();
     assert!(!log.contains("unreachable"), "{log}");
 }
