@@ -48,13 +48,15 @@ fn past_max_connections_new_sockets_are_closed_at_once_and_accepted_again_after_
     }
     server.wait_for_log("refused: max_connections reached", AT_ONCE);
 
-    // Two leave; two new ones get in (once the server has seen the closes).
+    // Two leave; two new ones get in (once the server has seen the closes). A newcomer
+    // refused is closed at once; one let in is answered, on a loaded machine perhaps
+    // seconds later: given up on too soon, it would hold a slot until the server saw it go.
     admitted.truncate(3);
     let mut newcomers = Vec::new();
-    let got_in = wait_until(Duration::from_secs(5), || {
+    let got_in = wait_until(Duration::from_secs(30), || {
         let mut client = server.client();
         client.send(&["prolongate"]);
-        match client.try_recv(Duration::from_secs(1)) {
+        match client.try_recv(crate::common::RECV_TIMEOUT) {
             Ok(reply) => {
                 assert_eq!(reply, ["prolongate_ack"]);
                 newcomers.push(client);
@@ -226,7 +228,7 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
             "queued connection #{index} not served after descriptors freed up"
         );
     }
-    server.wait_for_log("accepting again after", Duration::from_secs(1));
+    server.wait_for_log("accepting again after", Duration::from_secs(5));
     first.send(&["prolongate"]);
     first.expect(&["prolongate_ack"]);
 }
