@@ -738,15 +738,22 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // each, all delivered at its commit) and changes the hash of alice, who is logged in.
     // Before the fix the node sent the bus one invalidation per name it did not know, in
     // order, and logins waited; alice's came after all of them.
-    // The server sends the 100,000 notifications in well under a second, but this is a
-    // debug build on a shared machine: alice's comes last, so it gets a few seconds.
-    const CHANGE_BOUND: Duration = Duration::from_secs(3);
+    // The server reads the 100,000 notifications in well under a second, but this is a
+    // debug build on a shared machine: alice's comes last, so it gets a few seconds. At a
+    // load of 19 on 2 cores the reading alone took 2.5–3 s: 5 s is the floor.
+    const CHANGE_BOUND: Duration = Duration::from_secs(5);
     let Some(postgres) = with_alice_and_bob() else {
         return;
     };
     let server = TestServer::start(&config(&postgres), &[]);
     let mut alice = server.client();
     alice.login("alice", "pw-a");
+    // Alice's invalidation is awaited as it comes (looking for it between logins would
+    // see it up to a login later), the hang guard past the loop's.
+    let watcher = std::thread::spawn(move || {
+        let got = alice.try_recv(Duration::from_secs(120));
+        (got, Instant::now(), alice)
+    });
     let postgres = std::sync::Arc::new(postgres);
     let mut loading = Some({
         let postgres = std::sync::Arc::clone(&postgres);
@@ -761,7 +768,6 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
         })
     });
     let mut committed = None;
-    let mut invalidated = None;
     // The slowest login while the rows are inserted, and after their commit.
     let mut slowest = [Duration::ZERO; 2];
     let mut logins = 0;
@@ -769,7 +775,7 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // alice's change came, on a slow machine: a hang guard of 60 s).
     while committed.is_none_or(|at: Instant| {
         at.elapsed() < CHANGE_BOUND
-            || (invalidated.is_none() && at.elapsed() < Duration::from_secs(60))
+            || (!watcher.is_finished() && at.elapsed() < Duration::from_secs(60))
     }) {
         let started = Instant::now();
         assert_eq!(
@@ -782,12 +788,6 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
         logins += 1;
         if let Some(load) = loading.take_if(|load| load.is_finished()) {
             committed = Some(load.join().expect("the load"));
-        }
-        if invalidated.is_none() {
-            if let Ok(message) = alice.try_recv(Duration::from_millis(1)) {
-                assert_eq!(message, ["invalidated"]);
-                invalidated = Some(Instant::now());
-            }
         }
     }
     let committed = committed.expect("committed");
@@ -802,14 +802,16 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
         slowest[1],
         slowest[0]
     );
-    let invalidated = invalidated.unwrap_or_else(|| {
-        panic!(
-            "alice was not invalidated 60 s after the commit ({logins} logins, slowest {slowest:?})"
-        )
-    });
+    let (got, invalidated, mut alice) = watcher.join().expect("alice's watcher");
+    match got {
+        Ok(message) => assert_eq!(message, ["invalidated"]),
+        Err(why) => {
+            panic!("alice was not invalidated ({why:?}; {logins} logins, slowest {slowest:?})")
+        }
+    }
     // Before the fix alice's change waited for the whole flood. A loaded machine slows
     // alice's change as it slows the logins during the insert: the bound grows with them.
-    let change_bound = CHANGE_BOUND.max(slowest[0] * 3);
+    let change_bound = CHANGE_BOUND.max(slowest[0] * 5);
     eprintln!(
         "{logins} logins, slowest {slowest:?}; alice invalidated {:?} after the commit",
         invalidated.saturating_duration_since(committed)
