@@ -1,7 +1,7 @@
 //! Resource limits (issue 6): the connection cap, running out of file descriptors, and
 //! the open-file limit the process raises at start-up. All against the real binary.
 
-use crate::common::hardening::{cpu_ticks, open_fds};
+use crate::common::hardening::{accept_queue, cpu_ticks, open_fds};
 use crate::common::{wait_until, RecvError, TestClient, TestConfig, TestServer};
 use rlimit::Resource;
 use std::time::Duration;
@@ -48,13 +48,15 @@ fn past_max_connections_new_sockets_are_closed_at_once_and_accepted_again_after_
     }
     server.wait_for_log("refused: max_connections reached", AT_ONCE);
 
-    // Two leave; two new ones get in (once the server has seen the closes).
+    // Two leave; two new ones get in (once the server has seen the closes). A newcomer
+    // refused is closed at once; one let in is answered, on a loaded machine perhaps
+    // seconds later: given up on too soon, it would hold a slot until the server saw it go.
     admitted.truncate(3);
     let mut newcomers = Vec::new();
-    let got_in = wait_until(Duration::from_secs(5), || {
+    let got_in = wait_until(Duration::from_secs(30), || {
         let mut client = server.client();
         client.send(&["prolongate"]);
-        match client.try_recv(Duration::from_secs(1)) {
+        match client.try_recv(crate::common::RECV_TIMEOUT) {
             Ok(reply) => {
                 assert_eq!(reply, ["prolongate_ack"]);
                 newcomers.push(client);
@@ -142,8 +144,13 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
 
     // A few are accepted until the descriptors run out; the first one the server fails
     // to accept has completed the TCP handshake (the kernel queued it) but is not served.
-    // Each client is classified by what happens to it, not by how soon: answered, or the
-    // server logs that accepting it failed.
+    // Each client is classified by what happens to it, not by how soon: answered, or left
+    // in the listener's accept queue once accepting has failed. The log line alone does not
+    // say which: the server's accept loop also fails (EMFILE) right after taking the last
+    // descriptor, with nothing queued, while the client it took may not be answered yet on
+    // a loaded machine. Only one client is undecided at a time, so a queued connection
+    // after the failure is this one.
+    let port = server.addr().port();
     let mut accepted = Vec::new();
     let mut waiting = Vec::new();
     while waiting.is_empty() {
@@ -156,7 +163,9 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
         let mut answered = false;
         let decided = wait_until(Duration::from_secs(10), || {
             answered = prolongate_answered(&mut client, Duration::from_millis(10));
-            answered || server.stderr_text().contains("accept failed")
+            answered
+                || (server.stderr_text().contains("accept failed")
+                    && accept_queue(pid, port).is_some_and(|queued| queued > 0))
         });
         assert!(
             decided,
@@ -180,6 +189,12 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
         server.stderr_text().contains("Too many open files"),
         "the failure should be EMFILE:\n{}",
         server.stderr_text()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || accept_queue(pid, port)
+            == Some(3)),
+        "the three connections past the limit should wait in the accept queue: {:?}",
+        accept_queue(pid, port)
     );
     for client in &mut waiting {
         assert!(
@@ -213,7 +228,7 @@ fn out_of_descriptors_the_server_backs_off_keeps_serving_and_recovers() {
             "queued connection #{index} not served after descriptors freed up"
         );
     }
-    server.wait_for_log("accepting again after", Duration::from_secs(1));
+    server.wait_for_log("accepting again after", Duration::from_secs(5));
     first.send(&["prolongate"]);
     first.expect(&["prolongate_ack"]);
 }

@@ -392,8 +392,10 @@ fn relative_users_file_is_resolved_against_the_config_folder() {
 #[test]
 fn missing_users_file_means_no_users_yet() {
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("server.toml"), TestConfig::new().to_toml())
-        .expect("write config");
+    // With no users, a login is checked against the stand-in of the configured cost: the
+    // default 12 waits minutes for a nice-10 bcrypt thread on a loaded machine.
+    let config = TestConfig::new().auth("bcrypt_cost", crate::common::TEST_BCRYPT_COST);
+    std::fs::write(dir.path().join("server.toml"), config.to_toml()).expect("write config");
     let cwd = dir.path().to_owned();
     let server = TestServer::start_in(dir, &cwd);
     let log = server.stderr_text();

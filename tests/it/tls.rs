@@ -328,11 +328,13 @@ fn a_handshake_not_done_in_ten_seconds_is_dropped_and_counted_meanwhile() {
         "TLS handshake failed: not done within 10s",
         Duration::from_secs(5),
     );
-    // Its slot comes back with it.
-    let served = crate::common::wait_until(Duration::from_secs(5), || {
+    // Its slot comes back with it. A connection refused is closed at once; one let in is
+    // answered, on a loaded machine perhaps seconds later (given up on too soon, it would
+    // hold the one slot until the server saw it go).
+    let served = crate::common::wait_until(Duration::from_secs(30), || {
         let mut plain = server.client();
         plain.send(&["prolongate"]);
-        plain.try_recv(Duration::from_secs(1)).is_ok()
+        plain.try_recv(crate::common::RECV_TIMEOUT).is_ok()
     });
     assert!(served, "the dropped handshake's slot did not come back");
 }
@@ -463,7 +465,7 @@ fn a_changed_pair_is_picked_up_while_100_tls_clients_keep_getting_events() {
         client.server_certificate() != before
     });
     assert!(renewed, "new handshakes still get the old certificate");
-    server.wait_for_log("(files changed)", Duration::from_secs(1));
+    server.wait_for_log("(files changed)", Duration::from_secs(10));
     publish(admin, "after");
     expect_event(&mut clients, "after");
 }

@@ -235,7 +235,8 @@ fn an_outage_is_answered_in_bounded_time_and_changes_made_during_it_are_enforced
     ));
     postgres.psql("ALTER ROLE tether LOGIN");
     assert_invalidated(&mut alice, Duration::from_secs(5));
-    assert_invalidated(&mut alice_again, Duration::from_secs(1));
+    // Told in the same round as the first connection; the bound is a hang guard.
+    assert_invalidated(&mut alice_again, Duration::from_secs(5));
     server.client().login("alice", "new-a");
 }
 
@@ -505,8 +506,8 @@ fn an_unknown_name_costs_what_a_known_one_does_when_rows_have_mixed_costs() {
 
 #[test]
 fn a_slow_scan_of_the_whole_table_delays_no_login() {
-    // The background scans read every row; here one row's hash takes 5 s to compute, so
-    // they take 5 s, as on a large table. Before the fix the scan for bad rows ran on the
+    // The background scans read every row; here one row's hash takes 10 s to compute, so
+    // they take 10 s, as on a large table. Before the fix the scan for bad rows ran on the
     // connection that lookups and pings share: they queued behind it, logins waited, and
     // the ping's 3 s timeout made the node give the database up.
     let Some(postgres) = Postgres::start() else {
@@ -515,7 +516,7 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
     postgres.psql(
         "CREATE TABLE accounts (name text PRIMARY KEY, password_hash text NOT NULL); \
          CREATE FUNCTION slowly(hash text) RETURNS text LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_sleep(5); RETURN hash; END $$; \
+             $$ BEGIN PERFORM pg_sleep(10); RETURN hash; END $$; \
          CREATE VIEW tether_users AS SELECT name, CASE WHEN name = 'slow' \
              THEN slowly(password_hash) ELSE password_hash END AS password_hash FROM accounts; \
          GRANT SELECT ON tether_users TO tether",
@@ -529,19 +530,21 @@ fn a_slow_scan_of_the_whole_table_delays_no_login() {
     }
     let server = TestServer::start(&config(&postgres), &[]);
     let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(6) {
+    // A login behind the scan would wait for most of its 10 s; one beside it, a cheap check
+    // and a lookup: 4 s leaves a loaded machine room and still tells the two apart.
+    while started.elapsed() < Duration::from_secs(11) {
         let mut alice = server.client();
         alice.send(&["login", "alice", "pw-a"]);
         assert_eq!(
-            alice.recv_within(Duration::from_secs(1)),
+            alice.recv_within(Duration::from_secs(4)),
             ["login_valid"],
             "{:?} after start-up",
             started.elapsed()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The scan did run, and took its 5 s.
-    server.wait_for_log("rows no login can use", Duration::from_secs(10));
+    // The scan did run, and took its 10 s.
+    server.wait_for_log("rows no login can use", Duration::from_secs(15));
     let log = server.stderr_text();
     assert!(!log.contains("unreachable"), "{log}");
 }
@@ -785,15 +788,22 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // each, all delivered at its commit) and changes the hash of alice, who is logged in.
     // Before the fix the node sent the bus one invalidation per name it did not know, in
     // order, and logins waited; alice's came after all of them.
-    // The server sends the 100,000 notifications in well under a second, but this is a
-    // debug build on a shared machine: alice's comes last, so it gets a few seconds.
-    const CHANGE_BOUND: Duration = Duration::from_secs(3);
+    // The server reads the 100,000 notifications in well under a second, but this is a
+    // debug build on a shared machine: alice's comes last, so it gets a few seconds. At a
+    // load of 19 on 2 cores the reading alone took 2.5–3 s: 5 s is the floor.
+    const CHANGE_BOUND: Duration = Duration::from_secs(5);
     let Some(postgres) = with_alice_and_bob() else {
         return;
     };
     let server = TestServer::start(&config(&postgres), &[]);
     let mut alice = server.client();
     alice.login("alice", "pw-a");
+    // Alice's invalidation is awaited as it comes (looking for it between logins would
+    // see it up to a login later), the hang guard past the loop's.
+    let watcher = std::thread::spawn(move || {
+        let got = alice.try_recv(Duration::from_secs(120));
+        (got, Instant::now(), alice)
+    });
     let postgres = std::sync::Arc::new(postgres);
     let mut loading = Some({
         let postgres = std::sync::Arc::clone(&postgres);
@@ -808,7 +818,6 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
         })
     });
     let mut committed = None;
-    let mut invalidated = None;
     // The slowest login while the rows are inserted, and after their commit.
     let mut slowest = [Duration::ZERO; 2];
     let mut logins = 0;
@@ -816,7 +825,7 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
     // alice's change came, on a slow machine: a hang guard of 60 s).
     while committed.is_none_or(|at: Instant| {
         at.elapsed() < CHANGE_BOUND
-            || (invalidated.is_none() && at.elapsed() < Duration::from_secs(60))
+            || (!watcher.is_finished() && at.elapsed() < Duration::from_secs(60))
     }) {
         let started = Instant::now();
         assert_eq!(
@@ -830,33 +839,33 @@ fn a_burst_of_notifications_for_names_nobody_holds_delays_no_login_nor_a_real_ch
         if let Some(load) = loading.take_if(|load| load.is_finished()) {
             committed = Some(load.join().expect("the load"));
         }
-        if invalidated.is_none() {
-            if let Ok(message) = alice.try_recv(Duration::from_millis(1)) {
-                assert_eq!(message, ["invalidated"]);
-                invalidated = Some(Instant::now());
-            }
-        }
     }
     let committed = committed.expect("committed");
     // The notifications all arrive at the commit: logins after it must not wait for them.
     // Before the fix they waited over a second. The logins during the insert ran on the
     // same loaded machine without the notifications: a slow moment of the machine slows
     // both phases, so what the logins after the commit may take is measured against them.
-    let allowed = Duration::from_secs(1).max(slowest[0] * 2);
+    // After the commit the server also reads the 100,000 notifications, on a thread at
+    // the event loops' priority: on a loaded 2-core machine that work takes seconds and
+    // starves bob's nice-10 check beside it (not queued behind it): 2.5 times the slowest
+    // login of the insert was seen at load 16, so 4 times is allowed.
+    let allowed = Duration::from_secs(1).max(slowest[0] * 4);
     assert!(
         slowest[1] < allowed,
         "a login after the commit took {:?} (slowest during the insert {:?})",
         slowest[1],
         slowest[0]
     );
-    let invalidated = invalidated.unwrap_or_else(|| {
-        panic!(
-            "alice was not invalidated 60 s after the commit ({logins} logins, slowest {slowest:?})"
-        )
-    });
+    let (got, invalidated, mut alice) = watcher.join().expect("alice's watcher");
+    match got {
+        Ok(message) => assert_eq!(message, ["invalidated"]),
+        Err(why) => {
+            panic!("alice was not invalidated ({why:?}; {logins} logins, slowest {slowest:?})")
+        }
+    }
     // Before the fix alice's change waited for the whole flood. A loaded machine slows
     // alice's change as it slows the logins during the insert: the bound grows with them.
-    let change_bound = CHANGE_BOUND.max(slowest[0] * 3);
+    let change_bound = CHANGE_BOUND.max(slowest[0] * 5);
     eprintln!(
         "{logins} logins, slowest {slowest:?}; alice invalidated {:?} after the commit",
         invalidated.saturating_duration_since(committed)

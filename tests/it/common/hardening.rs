@@ -74,6 +74,28 @@ pub fn listening_ports(pid: i32) -> Vec<u16> {
     ports
 }
 
+/// How many connections wait in the accept queue of the socket listening on `port`, as
+/// `/proc/PID/net/tcp*` of process `pid` shows it (a listener's `rx_queue` is its accept
+/// backlog): handshakes the kernel completed that the server has not accepted. `None`
+/// when nothing listens on `port`.
+pub fn accept_queue(pid: i32, port: u16) -> Option<u32> {
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .find_map(|text| {
+            text.lines().skip(1).find_map(|line| {
+                // sl local_address rem_address st tx_queue:rx_queue ...
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let local_port =
+                    u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+                if *fields.get(3)? != "0A" || local_port != port {
+                    return None;
+                }
+                u32::from_str_radix(fields.get(4)?.split(':').nth(1)?, 16).ok()
+            })
+        })
+}
+
 /// Raises this process's soft open-file limit to at least `needed` (up to the hard limit),
 /// so a test holding many sockets fails for what it tests, not with EMFILE; panics when the
 /// hard limit is lower, saying so.

@@ -441,13 +441,19 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 /// Waits (at most `timeout`) until `condition` holds, asking again every 10 ms; answers
 /// whether it did. The one polling loop of the harness: use it for any state the server
 /// reports only when asked.
+///
+/// The last question is asked at or after the deadline: a test thread descheduled on a
+/// busy machine between a `false` and its look at the clock would otherwise answer "not
+/// by the deadline" for a state reached before it. (So `!wait_until(..)` cannot prove
+/// that something did *not* happen by a deadline: it may count a little past it.)
 pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
+        let expired = Instant::now() >= deadline;
         if condition() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if expired {
             return false;
         }
         thread::sleep(Duration::from_millis(10));

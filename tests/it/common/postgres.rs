@@ -58,6 +58,9 @@ fn find_bin() -> Option<PathBuf> {
         .find(|bin| complete(bin))
 }
 
+/// How many free ports a new cluster tries before giving up.
+const PORT_ATTEMPTS: usize = 5;
+
 /// Skips the test (one line) outside CI, fails it under `CI=true`.
 fn unavailable(why: &str) -> Option<Postgres> {
     super::skip_without(
@@ -95,7 +98,7 @@ impl Postgres {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))
                 .expect("chmod");
         }
-        let postgres = Self {
+        let mut postgres = Self {
             dir,
             bin,
             port: super::free_port(),
@@ -115,7 +118,20 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        postgres.start_again();
+        // The free port may be taken by another process before the server binds it (other
+        // tests, and other programs on a shared machine, open ports all the time): then
+        // another one is tried.
+        let mut attempts = 1;
+        while let Err(failure) = postgres.try_start() {
+            let taken = postgres.server_log().contains("Address already in use");
+            assert!(
+                taken && attempts < PORT_ATTEMPTS,
+                "{failure}\nserver log:\n{}",
+                postgres.server_log()
+            );
+            attempts += 1;
+            postgres.port = super::free_port();
+        }
         postgres.psql_in("postgres", &format!("CREATE ROLE {ROLE} LOGIN"));
         postgres.psql_in(
             "postgres",
@@ -167,6 +183,14 @@ impl Postgres {
 
     /// Starts the server (again) on its port, waiting until it accepts connections.
     pub fn start_again(&self) {
+        if let Err(failure) = self.try_start() {
+            panic!("{failure}\nserver log:\n{}", self.server_log());
+        }
+    }
+
+    /// Starts the server on its port and waits until it accepts connections; answers
+    /// `pg_ctl`'s output when it could not.
+    fn try_start(&self) -> Result<(), String> {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             self.port,
@@ -174,19 +198,30 @@ impl Postgres {
         );
         let data = self.data();
         let log = self.dir.path().join("log");
-        self.run_owned(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().expect("UTF-8 path"),
-                "-o",
-                &options,
-                "-l",
-                log.to_str().expect("UTF-8 path"),
-                "-w",
-                "start",
-            ],
-        );
+        let args = [
+            "-D",
+            data.to_str().expect("UTF-8 path"),
+            "-o",
+            &options,
+            "-l",
+            log.to_str().expect("UTF-8 path"),
+            "-w",
+            "start",
+        ];
+        let output = self
+            .owned_command("pg_ctl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run pg_ctl: {err}"));
+        if output.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "pg_ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ))
     }
 
     /// Stops the server at once (every connection cut), waiting until it has.
