@@ -253,24 +253,21 @@ impl RedisBroker {
             .enable_all()
             .build()
             .map_err(ClusterError::Thread)?;
+        let wiring = worker::Wiring {
+            names,
+            requests: incoming,
+            status,
+            metrics: metrics.clone(),
+            joined: tell_joined,
+            throttled: Arc::clone(&throttled),
+        };
         let run: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match topology {
             Topology::Single { client, address } => {
                 let source = Source::Single {
                     client: Box::new(client),
                     address,
                 };
-                Box::pin(
-                    worker::Worker::new(
-                        source,
-                        names,
-                        incoming,
-                        status,
-                        metrics.clone(),
-                        tell_joined,
-                        Arc::clone(&throttled),
-                    )
-                    .run(),
-                )
+                Box::pin(worker::Worker::new(source, wiring).run())
             }
             Topology::Sentinel(sentinels) => {
                 let sentinels = Arc::new(sentinels);
@@ -278,33 +275,16 @@ impl RedisBroker {
                     switched: sentinels.switched.subscribe(),
                     sentinels: Arc::clone(&sentinels),
                 };
-                let worker = worker::Worker::new(
-                    source,
-                    names,
-                    incoming,
-                    status,
-                    metrics.clone(),
-                    tell_joined,
-                    Arc::clone(&throttled),
-                );
+                let worker = worker::Worker::new(source, wiring);
                 Box::pin(async move {
                     let watcher = tokio::spawn(sentinels.watch());
                     worker.run().await;
                     watcher.abort();
                 })
             }
-            Topology::Cluster { seeds, ca } => Box::pin(
-                sharded::Worker::new(
-                    (seeds, ca),
-                    names,
-                    incoming,
-                    status,
-                    metrics.clone(),
-                    tell_joined,
-                    Arc::clone(&throttled),
-                )
-                .run(),
-            ),
+            Topology::Cluster { seeds, ca } => {
+                Box::pin(sharded::Worker::new((seeds, ca), wiring).run())
+            }
         };
         std::thread::Builder::new()
             .name("tether-redis".into())

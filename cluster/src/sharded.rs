@@ -45,8 +45,8 @@ use crate::verifiers::Check;
 use crate::worker::{
     bounded, claim_token, count_of, invalidated_times, is_dead_run_of_this_host, is_duplicate,
     log_name_taken, now_ms, script_head, script_id_and_invalidated, Ended, Joined, Pending,
-    Request, Status, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT, HEARTBEAT,
-    LATE_HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
+    Request, Status, Wiring, ANSWER_TIMEOUT, BACKOFF_MAX, BACKOFF_MIN, BATCH, CONNECT_TIMEOUT,
+    HEARTBEAT, LATE_HEARTBEAT, MARK_INTERVAL, MAX_LATER, MAX_MARKS, OWNER_TTL,
 };
 use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
@@ -265,15 +265,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// `cluster`: the seed nodes' URLs and the CA certificates (PEM) trusted for TLS.
-    pub(crate) fn new(
-        cluster: (Vec<String>, Option<Vec<u8>>),
-        names: Names,
-        requests: mpsc::UnboundedReceiver<Request>,
-        status: Status,
-        metrics: ClusterMetrics,
-        joined: std::sync::mpsc::SyncSender<Joined>,
-        throttled: Arc<Throttled>,
-    ) -> Self {
+    pub(crate) fn new(cluster: (Vec<String>, Option<Vec<u8>>), wiring: Wiring) -> Self {
+        let Wiring {
+            names,
+            requests,
+            status,
+            metrics,
+            joined,
+            throttled,
+        } = wiring;
         let connected = Arc::clone(&status.connected);
         let (seeds, ca) = cluster;
         let (push_sender, pushes) = mpsc::unbounded_channel();

@@ -363,6 +363,16 @@ impl Status {
     }
 }
 
+/// What either worker (this one or `sharded.rs`'s) takes from the broker's handle.
+pub(crate) struct Wiring {
+    pub(crate) names: Names,
+    pub(crate) requests: mpsc::UnboundedReceiver<Request>,
+    pub(crate) status: Status,
+    pub(crate) metrics: ClusterMetrics,
+    pub(crate) joined: std::sync::mpsc::SyncSender<Joined>,
+    pub(crate) throttled: Arc<Throttled>,
+}
+
 /// The state of the broker's thread.
 pub(crate) struct Worker {
     /// Where Redis is (one, or the master that sentinels name).
@@ -419,15 +429,15 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    pub(crate) fn new(
-        source: Source,
-        names: Names,
-        requests: mpsc::UnboundedReceiver<Request>,
-        status: Status,
-        metrics: ClusterMetrics,
-        joined: std::sync::mpsc::SyncSender<Joined>,
-        throttled: Arc<Throttled>,
-    ) -> Self {
+    pub(crate) fn new(source: Source, wiring: Wiring) -> Self {
+        let Wiring {
+            names,
+            requests,
+            status,
+            metrics,
+            joined,
+            throttled,
+        } = wiring;
         let connected = Arc::clone(&status.connected);
         let jitter = RandomState::new();
         let token = claim_token(&jitter);
